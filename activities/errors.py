@@ -1,0 +1,35 @@
+"""Turning AWS errors into Temporal retry decisions."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from botocore.exceptions import ClientError
+from temporalio import activity
+from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
+
+# Met by backing off, never by failing the batch (HealthImaging quotas: 1 TPS starts, 100 concurrent jobs).
+BACKOFF_CODES = {"ThrottlingException", "ServiceQuotaExceededException", "TooManyRequestsException",
+                 "SlowDown", "RequestLimitExceeded", "InternalServerException", "ServiceUnavailable"}
+# A retry cannot help: the request itself is wrong or the resource does not exist.
+FATAL_CODES = {"ValidationException", "ResourceNotFoundException", "AccessDeniedException", "ConflictException",
+               "NoSuchBucket"}
+
+
+def error_code(err: ClientError) -> str:
+    return str(err.response.get("Error", {}).get("Code", "Unknown"))
+
+
+def backoff_delay(attempt: int, base: float = 1.0, cap: float = 60.0) -> timedelta:
+    return timedelta(seconds=min(cap, base * (2 ** max(0, attempt - 1))))
+
+
+def classify(err: ClientError, what: str) -> ApplicationError:
+    """An `ApplicationError` for ``err`` whose type is the AWS code and whose retryability matches it."""
+    code = error_code(err)
+    message = str(err.response.get("Error", {}).get("Message", ""))[:500]
+    if code in BACKOFF_CODES:
+        attempt = activity.info().attempt if activity.in_activity() else 1
+        return ApplicationError(f"{what}: {code} (backing off): {message}", type=code,
+                                next_retry_delay=backoff_delay(attempt), category=ApplicationErrorCategory.BENIGN)
+    return ApplicationError(f"{what}: {code}: {message}", type=code, non_retryable=code in FATAL_CODES)

@@ -1,0 +1,82 @@
+"""import: stage one planned batch by server-side S3 copy and start its HealthImaging import job.
+
+The job's ``clientToken`` is derived from the migration and batch, so a retried activity or a restarted worker
+gets the same job back instead of starting a second one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from botocore.exceptions import ClientError
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.errors import classify
+from activities.storage import read_models
+from contracts import layout
+from contracts.pipeline import BatchInput, ImportJobRef
+from contracts.records import InstanceRecord
+from contracts.s3uri import parse_s3_uri
+
+
+def client_token(migration_id: str, batch: int, generation: int = 0) -> str:
+    """Deterministic idempotency token (64 hex characters, within the API's 1-64 ``[A-Za-z0-9._-]``)."""
+    return hashlib.sha256(f"himig/{migration_id}/batch/{batch}/gen/{generation}".encode()).hexdigest()
+
+
+def staged_key(staging_prefix: str, source_key: str) -> str:
+    return staging_prefix + source_key
+
+
+class ImportActivities:
+    def __init__(self, s3: Any, medical_imaging: Any, default_role_arn: str, concurrency: int = 8) -> None:
+        self._s3 = s3
+        self._mi = medical_imaging
+        self._role = default_role_arn
+        self._concurrency = concurrency
+
+    def _stage(self, batch: BatchInput, files: list[InstanceRecord]) -> str:
+        staging = layout.staging_prefix(batch.work_s3_uri, batch.migration_id, batch.batch)
+        source_bucket = parse_s3_uri(batch.source_s3_uri, field="source_s3_uri").bucket
+        done = 0
+        lock = threading.Lock()
+
+        def copy(inst: InstanceRecord) -> None:
+            nonlocal done
+            # Copying again is harmless: same source, same key, same bytes.
+            self._s3.copy_object(Bucket=staging.bucket, Key=staged_key(staging.key, inst.key),
+                                 CopySource={"Bucket": source_bucket, "Key": inst.key})
+            with lock:
+                done += 1
+                if activity.in_activity() and done % 100 == 0:
+                    activity.heartbeat(done)
+
+        with ThreadPoolExecutor(self._concurrency) as pool:
+            list(pool.map(copy, files))
+        return staging.uri
+
+    @activity.defn(name="start_import_job")
+    def start_import_job(self, batch: BatchInput) -> ImportJobRef:
+        manifest = layout.batch_manifest(batch.work_s3_uri, batch.migration_id, batch.batch)
+        try:
+            files = read_models(self._s3, manifest, InstanceRecord)
+            if not files:
+                raise ApplicationError(f"batch {batch.batch} has no files", type="EmptyBatch", non_retryable=True)
+            staging_uri = self._stage(batch, files)
+            output = layout.import_output_prefix(batch.work_s3_uri, batch.migration_id, batch.batch)
+            resp = self._mi.start_dicom_import_job(
+                jobName=f"himig-{batch.batch:05d}",
+                datastoreId=batch.datastore_id,
+                dataAccessRoleArn=batch.data_access_role_arn or self._role,
+                clientToken=client_token(batch.migration_id, batch.batch),
+                inputS3Uri=staging_uri,
+                outputS3Uri=output.uri,
+            )
+        except ClientError as err:
+            raise classify(err, f"starting the import job of batch {batch.batch}") from None
+        return ImportJobRef(datastore_id=batch.datastore_id, job_id=resp["jobId"], staged_prefix_uri=staging_uri,
+                            staged_files=len(files), output_s3_uri=output.uri)

@@ -1,0 +1,114 @@
+"""Batch planning (the first half of the import stage): de-duplicate and pack instances into import jobs.
+
+Packing keeps a study in one batch whenever it fits, because HealthImaging builds image sets per series and a
+study split across jobs costs more jobs and more chances of partial failure. Limits are the job quotas.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from temporalio import activity
+
+from activities.storage import put_ndjson, read_models
+from contracts import layout
+from contracts.pipeline import FileState, PlanInput, PlanResult
+from contracts.records import InstanceRecord, LedgerEntry
+
+
+def deduplicate(instances: list[InstanceRecord]) -> tuple[list[InstanceRecord], list[LedgerEntry]]:
+    """Keep the first file (by key) of each SOP Instance UID.
+
+    Identical content is ``skipped_duplicate``. Different content under the same UID is ``rejected``: importing
+    both would silently overwrite one with the other in the image set.
+    """
+    first: dict[str, InstanceRecord] = {}
+    kept: list[InstanceRecord] = []
+    ledger: list[LedgerEntry] = []
+    for inst in sorted(instances, key=lambda i: i.key):
+        original = first.get(inst.sop_instance_uid)
+        if original is None:
+            first[inst.sop_instance_uid] = inst
+            kept.append(inst)
+        elif original.content_id == inst.content_id:
+            ledger.append(LedgerEntry(key=inst.key, state=FileState.SKIPPED_DUPLICATE, size=inst.size,
+                                      code="duplicate_sop_instance", duplicate_of=original.key,
+                                      reason="identical copy of another source file; imported once"))
+        else:
+            ledger.append(LedgerEntry(key=inst.key, state=FileState.REJECTED, size=inst.size,
+                                      code="conflicting_duplicate_sop_instance", duplicate_of=original.key,
+                                      reason="another source file has the same SOP Instance UID with different "
+                                             "content; the first (by key) is imported, this one needs review"))
+    return kept, ledger
+
+
+def predict_non_primary(instances: list[InstanceRecord]) -> int:
+    """Files whose series already arrived with other patient/study/series attributes in this source."""
+    seen: dict[tuple[str, str], str] = {}
+    count = 0
+    for inst in sorted(instances, key=lambda i: i.key):
+        fp = f"{inst.patient_fingerprint}/{inst.study_fingerprint}/{inst.series_fingerprint}"
+        series = (inst.study_instance_uid, inst.series_instance_uid)
+        if seen.setdefault(series, fp) != fp:
+            count += 1
+    return count
+
+
+def pack(instances: list[InstanceRecord], max_files: int, max_bytes: int) -> list[list[InstanceRecord]]:
+    """First-fit packing of whole studies; a study larger than one batch is split by series, then by file."""
+    studies: dict[str, list[InstanceRecord]] = defaultdict(list)
+    for inst in instances:
+        studies[inst.study_instance_uid].append(inst)
+    units: list[list[InstanceRecord]] = []
+    for study_uid in sorted(studies):
+        files = sorted(studies[study_uid], key=lambda i: (i.series_instance_uid, i.key))
+        if len(files) <= max_files and sum(f.size for f in files) <= max_bytes:
+            units.append(files)
+            continue
+        chunk: list[InstanceRecord] = []
+        for f in files:
+            if chunk and (len(chunk) + 1 > max_files or sum(c.size for c in chunk) + f.size > max_bytes):
+                units.append(chunk)
+                chunk = []
+            chunk.append(f)
+        if chunk:
+            units.append(chunk)
+    batches: list[list[InstanceRecord]] = []
+    sizes: list[int] = []
+    for unit in units:
+        unit_bytes = sum(f.size for f in unit)
+        # Only the last few open batches are tried: full first-fit is quadratic at millions of files.
+        for i in range(max(0, len(batches) - 8), len(batches)):
+            batch = batches[i]
+            if len(batch) + len(unit) <= max_files and sizes[i] + unit_bytes <= max_bytes:
+                batch.extend(unit)
+                sizes[i] += unit_bytes
+                break
+        else:
+            batches.append(list(unit))
+            sizes.append(unit_bytes)
+    return batches
+
+
+class PlanActivities:
+    def __init__(self, s3: Any) -> None:
+        self._s3 = s3
+
+    @activity.defn(name="plan_batches")
+    def plan_batches(self, input: PlanInput) -> PlanResult:
+        instances: list[InstanceRecord] = []
+        for page in range(input.pages):
+            instances.extend(read_models(
+                self._s3, layout.normalized_page(input.work_s3_uri, input.migration_id, page), InstanceRecord))
+            if activity.in_activity():
+                activity.heartbeat(page)
+        kept, ledger = deduplicate(instances)
+        batches = pack(kept, input.max_files_per_batch, input.max_bytes_per_batch)
+        for n, batch in enumerate(batches):
+            put_ndjson(self._s3, layout.batch_manifest(input.work_s3_uri, input.migration_id, n), batch)
+        put_ndjson(self._s3, layout.ledger_for_plan(input.work_s3_uri, input.migration_id), ledger)
+        conflicting = sum(1 for e in ledger if e.state is FileState.REJECTED)
+        return PlanResult(batches=len(batches), files=len(kept), duplicates=len(ledger) - conflicting,
+                          conflicting_duplicates=conflicting,
+                          predicted_non_primary=predict_non_primary(kept))

@@ -1,0 +1,75 @@
+"""receive: inventory the source S3 prefix into NDJSON pages under the work prefix (claim check).
+
+The listing is paginated and resumable: the heartbeat carries the S3 continuation token and the next page
+number, so a retried activity continues where the previous attempt stopped instead of listing from scratch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from botocore.exceptions import ClientError
+from pydantic import BaseModel
+from temporalio import activity
+
+from activities.errors import classify
+from activities.storage import put_ndjson
+from contracts import layout
+from contracts.pipeline import ReceiveInput, ReceiveResult
+from contracts.records import InventoryEntry
+from contracts.s3uri import parse_s3_uri
+
+
+class _Cursor(BaseModel):
+    continuation_token: str | None = None
+    start_after: str | None = None
+    pages: int = 0
+    files: int = 0
+    bytes: int = 0
+
+
+class ReceiveActivities:
+    def __init__(self, s3: Any) -> None:
+        self._s3 = s3
+
+    @activity.defn(name="receive_inventory")
+    def receive_inventory(self, input: ReceiveInput) -> ReceiveResult:
+        source = parse_s3_uri(input.source_s3_uri, field="source_s3_uri").as_prefix()
+        details = activity.info().heartbeat_details if activity.in_activity() else ()
+        cursor = _Cursor.model_validate(details[0]) if details else _Cursor()
+        buffer: list[InventoryEntry] = []
+        token = cursor.continuation_token
+        try:
+            while True:
+                kwargs: dict[str, Any] = {"Bucket": source.bucket, "Prefix": source.key, "MaxKeys": 1000}
+                if token:
+                    kwargs["ContinuationToken"] = token
+                elif cursor.start_after:
+                    kwargs["StartAfter"] = cursor.start_after
+                resp = self._s3.list_objects_v2(**kwargs)
+                for obj in resp.get("Contents", []):
+                    if obj["Key"].endswith("/"):  # folder placeholder objects are not files
+                        continue
+                    buffer.append(InventoryEntry(key=obj["Key"], size=int(obj["Size"]), etag=obj.get("ETag", "").strip('"')))
+                token = resp.get("NextContinuationToken") if resp.get("IsTruncated") else None
+                # Only whole pages are written, so a resumed attempt never writes a page twice with other content.
+                while len(buffer) >= input.page_size or (token is None and buffer):
+                    page, buffer = buffer[: input.page_size], buffer[input.page_size :]
+                    put_ndjson(self._s3, layout.inventory_page(input.work_s3_uri, input.migration_id, cursor.pages), page)
+                    cursor.pages += 1
+                    cursor.files += len(page)
+                    cursor.bytes += sum(e.size for e in page)
+                    cursor.start_after = page[-1].key
+                    cursor.continuation_token = None
+                    if activity.in_activity():
+                        activity.heartbeat(cursor.model_dump())
+                if token is None:
+                    break
+                if buffer:
+                    # A partial page stays in memory; on resume we restart listing after the last written key.
+                    continue
+                cursor.continuation_token = token
+        except ClientError as err:
+            raise classify(err, "listing the source prefix") from None
+        prefix = layout.root(input.work_s3_uri, input.migration_id).join("inventory").as_prefix()
+        return ReceiveResult(files=cursor.files, bytes=cursor.bytes, pages=cursor.pages, inventory_prefix_uri=prefix.uri)

@@ -1,0 +1,102 @@
+"""report: merge every ledger into the final per-file report and prove each source file appears exactly once."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from temporalio import activity
+
+from activities.storage import iter_ndjson, list_objects, put_bytes, put_json
+from contracts import layout
+from contracts.pipeline import FileState, ReportInput, ReportResult
+from contracts.records import InventoryEntry, LedgerEntry
+from contracts.s3uri import S3Location
+
+
+def build_report(inventory: list[InventoryEntry], ledger: list[LedgerEntry]) -> tuple[list[LedgerEntry], dict[str, Any]]:
+    """Join the inventory with the ledger; files with no ledger line are reported ``failed`` as unaccounted."""
+    by_key: dict[str, LedgerEntry] = {}
+    twice: list[str] = []
+    for entry in ledger:
+        if entry.key in by_key:
+            twice.append(entry.key)
+        by_key[entry.key] = entry
+    rows: list[LedgerEntry] = []
+    unaccounted = 0
+    for inv in sorted(inventory, key=lambda e: e.key):
+        entry = by_key.pop(inv.key, None)
+        if entry is None:
+            unaccounted += 1
+            entry = LedgerEntry(key=inv.key, state=FileState.FAILED, size=inv.size, code="Unaccounted",
+                                reason="no stage recorded an outcome for this file")
+        rows.append(entry)
+    states = Counter(r.state for r in rows)
+    reasons: Counter[str] = Counter()
+    for r in rows:
+        if r.state in (FileState.REJECTED, FileState.FAILED, FileState.IMPORTED_WITH_WARNINGS):
+            reasons[f"{r.state.value}: {r.reason}"] += 1
+    image_sets: dict[str, bool] = {}
+    for r in rows:
+        if r.image_set_id:
+            image_sets[r.image_set_id] = bool(r.is_primary)
+    summary = {
+        "files_total": len(rows),
+        "bytes_total": sum(r.size for r in rows),
+        "files_by_state": {s.value: states.get(s, 0) for s in FileState},
+        "reasons": dict(reasons.most_common()),
+        "image_sets": len(image_sets),
+        "primary_image_sets": sum(1 for p in image_sets.values() if p),
+        "non_primary_image_sets": sorted(k for k, p in image_sets.items() if not p),
+        "jobs": sorted({r.job_id for r in rows if r.job_id}),
+        "unaccounted": unaccounted,
+        "accounted_twice": len(twice),
+        "outside_inventory": len(by_key),
+    }
+    return rows, summary
+
+
+def render_summary(migration_id: str, summary: dict[str, Any]) -> str:
+    lines = [f"Migration {migration_id}", f"  files: {summary['files_total']}  bytes: {summary['bytes_total']}"]
+    for state, n in summary["files_by_state"].items():
+        lines.append(f"  {state:<24}{n:>8}")
+    lines.append(f"  image sets: {summary['image_sets']} ({summary['primary_image_sets']} primary, "
+                 f"{len(summary['non_primary_image_sets'])} non-primary)")
+    if summary["non_primary_image_sets"]:
+        lines.append("  non-primary image sets awaiting reconciliation: " + ", ".join(summary["non_primary_image_sets"]))
+    if summary["reasons"]:
+        lines.append("  reasons:")
+        lines += [f"    {n:>6} x {reason}" for reason, n in summary["reasons"].items()]
+    if summary["unaccounted"] or summary["accounted_twice"]:
+        lines.append(f"  ACCOUNTING PROBLEM: {summary['unaccounted']} unaccounted, {summary['accounted_twice']} twice")
+    return "\n".join(lines) + "\n"
+
+
+class ReportActivities:
+    def __init__(self, s3: Any) -> None:
+        self._s3 = s3
+
+    @activity.defn(name="write_report")
+    def write_report(self, input: ReportInput) -> ReportResult:
+        root = layout.root(input.work_s3_uri, input.migration_id)
+        inventory: list[InventoryEntry] = []
+        for obj in list_objects(self._s3, root.join("inventory").as_prefix()):
+            inventory += [InventoryEntry.model_validate(r) for r in iter_ndjson(self._s3, S3Location(root.bucket, obj["Key"]))]
+        ledger: list[LedgerEntry] = []
+        for obj in list_objects(self._s3, layout.ledger_prefix(input.work_s3_uri, input.migration_id)):
+            ledger += [LedgerEntry.model_validate(r) for r in iter_ndjson(self._s3, S3Location(root.bucket, obj["Key"]))]
+        rows, summary = build_report(inventory, ledger)
+        summary.update({"migration_id": input.migration_id, "datastore_id": input.datastore_id})
+        prefix = layout.report_prefix(input.work_s3_uri, input.migration_id)
+        files_loc, report_loc, text_loc = prefix.join("files.ndjson"), prefix.join("report.json"), prefix.join("summary.txt")
+        body = "".join(r.model_dump_json(exclude_none=True) + "\n" for r in rows).encode()
+        put_bytes(self._s3, files_loc, body, "application/x-ndjson")
+        summary["files_uri"] = files_loc.uri
+        put_json(self._s3, report_loc, summary)
+        put_bytes(self._s3, text_loc, render_summary(input.migration_id, summary).encode(), "text/plain; charset=utf-8")
+        return ReportResult(report_uri=report_loc.uri, summary_uri=text_loc.uri, files_uri=files_loc.uri,
+                            files_total=len(rows), files_by_state={FileState(k): v for k, v in summary["files_by_state"].items()},
+                            unaccounted=summary["unaccounted"], accounted_twice=summary["accounted_twice"])
+
+
+

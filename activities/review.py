@@ -1,0 +1,193 @@
+"""review manifest: prove, file by file, what one import job did.
+
+Reads ``job-output-manifest.json`` and the SUCCESS / FAILURE / WARNING NDJSON (retrying while they are not yet
+visible), gives every staged file exactly one terminal state, cross-checks the job's counters, and verifies
+each image set the job reports with ``GetImageSet``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from botocore.exceptions import ClientError
+from temporalio import activity
+from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
+
+from activities.errors import classify
+from activities.storage import get_bytes, is_missing, put_ndjson, read_models
+from contracts import layout
+from contracts.pipeline import FailedBatchInput, FileState, ImageSetRef, ReviewInput, ReviewResult
+from contracts.records import InstanceRecord, LedgerEntry
+from contracts.s3uri import S3Location, parse_s3_uri
+
+
+@dataclass
+class JobOutput:
+    """The parsed output files of one import job, keyed by ``inputFile`` (the S3 key without bucket)."""
+
+    summary: dict[str, Any]
+    success: dict[str, dict[str, Any]] = field(default_factory=dict)
+    failure: dict[str, dict[str, Any]] = field(default_factory=dict)
+    warning: dict[str, dict[str, Any]] = field(default_factory=dict)
+    duplicate_lines: list[str] = field(default_factory=list)
+
+
+def _lines(body: bytes) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in body.splitlines() if line.strip()]
+
+
+def index_lines(rows: list[dict[str, Any]], into: dict[str, dict[str, Any]], dupes: list[str]) -> None:
+    for row in rows:
+        key = str(row.get("inputFile", ""))
+        if key in into:
+            dupes.append(key)
+        into[key] = row
+
+
+def classify_file(key: str, output: JobOutput, job_failed: bool, job_message: str | None) -> LedgerEntry:
+    """The terminal state of one staged file from the job's output (``key`` is the staged key)."""
+    if key in output.failure:
+        exc = output.failure[key].get("exception") or {}
+        return LedgerEntry(key=key, state=FileState.FAILED, code=str(exc.get("exceptionType", "ImportFailure")),
+                           reason=str(exc.get("message", "import failed")))
+    if key in output.warning:
+        resp = output.warning[key].get("importResponse") or {}
+        warnings = resp.get("warnings") or []
+        text = "; ".join(f"{w.get('warning_reason_code', '')} {w.get('type', '')}: {w.get('message', '')}".strip()
+                         for w in warnings) or "imported with warnings"
+        return LedgerEntry(key=key, state=FileState.IMPORTED_WITH_WARNINGS, image_set_id=resp.get("imageSetId"),
+                           is_primary=resp.get("isPrimary"), image_set_version=resp.get("imageSetVersion"),
+                           reason=text, code="warning")
+    if key in output.success:
+        resp = output.success[key].get("importResponse") or {}
+        return LedgerEntry(key=key, state=FileState.IMPORTED, image_set_id=resp.get("imageSetId"),
+                           is_primary=resp.get("isPrimary"), image_set_version=resp.get("imageSetVersion"))
+    reason = f"import job FAILED: {job_message}" if job_failed else "the import job's output does not mention this file"
+    return LedgerEntry(key=key, state=FileState.FAILED, code="JobFailed" if job_failed else "NotReported", reason=reason)
+
+
+def check_counters(summary: dict[str, Any], staged: int, output: JobOutput) -> list[str]:
+    """Differences between the manifest's counters and what the NDJSON files and our staging say."""
+    problems = []
+    expect = {
+        "numberOfScannedFiles": staged,
+        "numberOfImportedFiles": len(output.success) + len(output.warning),
+        "numberOfFilesWithCustomerError": None,
+    }
+    for name, value in expect.items():
+        if value is not None and name in summary and int(summary[name]) != value:
+            problems.append(f"manifest {name}={summary[name]} but {value} observed")
+    errors = int(summary.get("numberOfFilesWithCustomerError", 0)) + int(summary.get("numberOfFilesWithServerError", 0))
+    if "numberOfFilesWithCustomerError" in summary and errors != len(output.failure):
+        problems.append(f"manifest reports {errors} failed files but failure.ndjson has {len(output.failure)} lines")
+    if output.duplicate_lines:
+        problems.append(f"{len(output.duplicate_lines)} files appear more than once in the job output")
+    return problems
+
+
+class ReviewActivities:
+    def __init__(self, s3: Any, medical_imaging: Any) -> None:
+        self._s3 = s3
+        self._mi = medical_imaging
+
+    def _read_output(self, folder: S3Location) -> JobOutput:
+        try:
+            manifest = json.loads(get_bytes(self._s3, folder.join("job-output-manifest.json")))
+            output = JobOutput(summary=manifest.get("jobSummary", {}))
+            for name, target in (("SUCCESS/success.ndjson", output.success), ("FAILURE/failure.ndjson", output.failure),
+                                 ("WARNING/warning.ndjson", output.warning)):
+                try:
+                    index_lines(_lines(get_bytes(self._s3, folder.join(name))), target, output.duplicate_lines)
+                except ClientError as err:
+                    if not is_missing(err):
+                        raise
+        except ClientError as err:
+            if is_missing(err):
+                # The manifest can appear a little after the job is COMPLETED: retry quietly.
+                raise ApplicationError(f"job output not yet visible under {folder.uri}", type="ManifestNotYetVisible",
+                                       category=ApplicationErrorCategory.BENIGN) from None
+            raise classify(err, "reading the import job output") from None
+        return output
+
+    def _verify_image_sets(self, datastore_id: str, refs: dict[str, ImageSetRef]) -> list[str]:
+        problems = []
+        for ref in refs.values():
+            try:
+                props = self._mi.get_image_set(datastoreId=datastore_id, imageSetId=ref.image_set_id)
+            except ClientError as err:
+                problems.append(f"image set {ref.image_set_id}: GetImageSet failed: {err.response['Error'].get('Code')}")
+                continue
+            if "isPrimary" in props and bool(props["isPrimary"]) != ref.is_primary:
+                problems.append(f"image set {ref.image_set_id}: isPrimary={props['isPrimary']} but the job output says "
+                                f"{ref.is_primary}")
+        return problems
+
+    @activity.defn(name="review_manifest")
+    def review_manifest(self, input: ReviewInput) -> ReviewResult:
+        batch, job = input.batch, input.job
+        files = read_models(self._s3, layout.batch_manifest(batch.work_s3_uri, batch.migration_id, batch.batch),
+                            InstanceRecord)
+        output = self._read_output(parse_s3_uri(input.outcome.output_s3_uri, field="outputS3Uri").as_prefix())
+        staging = parse_s3_uri(job.staged_prefix_uri).as_prefix()
+        failed = input.outcome.status == "FAILED"
+        ledger: list[LedgerEntry] = []
+        refs: dict[str, ImageSetRef] = {}
+        for inst in files:
+            entry = classify_file(staging.key + inst.key, output, failed, input.outcome.message)
+            entry = entry.model_copy(update={"key": inst.key, "size": inst.size, "batch": batch.batch,
+                                             "job_id": job.job_id})
+            ledger.append(entry)
+            if entry.image_set_id:
+                ref = refs.setdefault(entry.image_set_id, ImageSetRef(
+                    image_set_id=entry.image_set_id, version=entry.image_set_version,
+                    is_primary=bool(entry.is_primary), instances=0))
+                ref.instances += 1
+        staged_keys = {staging.key + f.key for f in files}
+        unknown = [k for k in (*output.success, *output.failure, *output.warning) if k not in staged_keys]
+        problems = check_counters(output.summary, len(files), output)
+        if unknown:
+            problems.append(f"{len(unknown)} files in the job output were not staged by this batch")
+        problems += self._verify_image_sets(job.datastore_id, refs)
+        for summary in output.summary.get("imageSetsSummary", []) or []:
+            ref = refs.get(summary.get("imageSetId", ""))
+            if ref and "isPrimary" in summary and bool(summary["isPrimary"]) != ref.is_primary:
+                problems.append(f"image set {ref.image_set_id}: manifest and success.ndjson disagree on isPrimary")
+        ledger_loc = layout.ledger_for_batch(batch.work_s3_uri, batch.migration_id, batch.batch)
+        put_ndjson(self._s3, ledger_loc, ledger)
+        counts: dict[FileState, int] = {}
+        for entry in ledger:
+            counts[entry.state] = counts.get(entry.state, 0) + 1
+        return ReviewResult(
+            files_by_state=counts,
+            image_sets=len(refs),
+            non_primary_image_sets=sorted(r.image_set_id for r in refs.values() if not r.is_primary),
+            ledger_uri=ledger_loc.uri,
+            counters_consistent=not problems,
+            problems=problems[:50],
+        )
+
+
+class FailedBatchActivities:
+    """Writes the ledger of a batch whose workflow could not finish, so its files are still accounted for."""
+
+    def __init__(self, s3: Any) -> None:
+        self._s3 = s3
+
+    @activity.defn(name="record_failed_batch")
+    def record_failed_batch(self, input: FailedBatchInput) -> int:
+        batch = input.batch
+        ledger_loc = layout.ledger_for_batch(batch.work_s3_uri, batch.migration_id, batch.batch)
+        try:
+            self._s3.head_object(Bucket=ledger_loc.bucket, Key=ledger_loc.key)
+            return 0  # the review already accounted for these files; never write a second verdict
+        except ClientError as err:
+            if not is_missing(err):
+                raise classify(err, "checking the batch ledger") from None
+        files = read_models(self._s3, layout.batch_manifest(batch.work_s3_uri, batch.migration_id, batch.batch),
+                            InstanceRecord)
+        ledger = [LedgerEntry(key=f.key, state=FileState.FAILED, size=f.size, batch=batch.batch, job_id=input.job_id,
+                              code="BatchFailed", reason=input.reason[:500]) for f in files]
+        put_ndjson(self._s3, ledger_loc, ledger)
+        return len(ledger)

@@ -1,0 +1,63 @@
+"""Small S3 helpers for NDJSON and JSON objects under the work prefix."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from typing import Any, TypeVar
+
+from botocore.exceptions import ClientError
+from pydantic import BaseModel
+
+from contracts.s3uri import S3Location
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def is_missing(err: ClientError) -> bool:
+    return err.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound")
+
+
+def put_bytes(s3: Any, loc: S3Location, body: bytes, content_type: str) -> None:
+    s3.put_object(Bucket=loc.bucket, Key=loc.key, Body=body, ContentType=content_type)
+
+
+def put_ndjson(s3: Any, loc: S3Location, rows: Iterable[BaseModel | dict[str, Any]]) -> int:
+    """Write rows as one NDJSON object (one PUT) and return the row count."""
+    lines = []
+    for row in rows:
+        if isinstance(row, BaseModel):
+            lines.append(row.model_dump_json(exclude_none=True))
+        else:
+            lines.append(json.dumps(row, separators=(",", ":"), sort_keys=True))
+    body = ("\n".join(lines) + "\n").encode() if lines else b""
+    put_bytes(s3, loc, body, "application/x-ndjson")
+    return len(lines)
+
+
+def get_bytes(s3: Any, loc: S3Location) -> bytes:
+    return bytes(s3.get_object(Bucket=loc.bucket, Key=loc.key)["Body"].read())
+
+
+def iter_ndjson(s3: Any, loc: S3Location) -> Iterator[dict[str, Any]]:
+    for line in get_bytes(s3, loc).splitlines():
+        if line.strip():
+            yield json.loads(line)
+
+
+def read_models(s3: Any, loc: S3Location, model: type[M]) -> list[M]:
+    return [model.model_validate(row) for row in iter_ndjson(s3, loc)]
+
+
+def put_json(s3: Any, loc: S3Location, doc: Any) -> None:
+    put_bytes(s3, loc, json.dumps(doc, indent=2, sort_keys=True, default=str).encode(), "application/json")
+
+
+def get_json(s3: Any, loc: S3Location) -> Any:
+    return json.loads(get_bytes(s3, loc))
+
+
+def list_objects(s3: Any, prefix: S3Location) -> Iterator[dict[str, Any]]:
+    """Every object under ``prefix`` (recursive), in key order."""
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=prefix.bucket, Prefix=prefix.key):
+        yield from page.get("Contents", [])

@@ -1,0 +1,74 @@
+"""validate: decide, per file and per validation level, whether it may be imported.
+
+The parse stage records findings with codes; this stage applies the level's policy to them. A rejected
+file never reaches import and is written to the ledger as ``rejected`` with every reason.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from temporalio import activity
+
+from activities.storage import put_ndjson, read_models
+from contracts import layout
+from contracts.pipeline import FileState, PageInput, ValidateResult, ValidationLevel
+from contracts.records import Finding, LedgerEntry, ParsedRecord, Severity
+
+_ALL = {ValidationLevel.MINIMAL, ValidationLevel.STRUCTURE_ONLY, ValidationLevel.STRICT}
+_STRUCTURE = {ValidationLevel.STRUCTURE_ONLY, ValidationLevel.STRICT}
+_STRICT = {ValidationLevel.STRICT}
+
+# Which finding codes reject a file at which levels. `minimal` lets through anything the service itself
+# can judge (its verdict then appears as `failed` with the service's reason); stricter levels catch it first.
+REJECTING_LEVELS: dict[str, set[ValidationLevel]] = {
+    "zero_byte": _ALL,
+    "not_dicom": _ALL,
+    "unparseable": _ALL,
+    "compressed_archive": _ALL,
+    "dicomdir": _ALL,
+    "source_missing": _ALL,
+    "missing_sop_instance_uid": _ALL,
+    "missing_study_instance_uid": _STRUCTURE,
+    "missing_series_instance_uid": _STRUCTURE,
+    "missing_sop_class_uid": _STRUCTURE,
+    "missing_transfer_syntax": _STRUCTURE,
+    "unknown_transfer_syntax": _STRUCTURE,
+    "truncated": _STRUCTURE,
+    "invalid_uid": _STRICT,
+    "length_limit": _STRICT,
+}
+
+
+def rejects(code: str, level: ValidationLevel) -> bool:
+    """True when a finding with ``code`` rejects the file at ``level`` (unknown codes are only warnings)."""
+    return level in REJECTING_LEVELS.get(code, set())
+
+
+class ValidateActivities:
+    def __init__(self, s3: Any) -> None:
+        self._s3 = s3
+
+    @activity.defn(name="validate_page")
+    def validate_page(self, input: PageInput) -> ValidateResult:
+        records = read_models(self._s3, layout.parsed_page(input.work_s3_uri, input.migration_id, input.page),
+                              ParsedRecord)
+        valid: list[ParsedRecord] = []
+        rejected: list[LedgerEntry] = []
+        for rec in records:
+            blocking = [f for f in rec.findings if rejects(f.code, input.validation_level)]
+            if not rec.readable and not blocking:
+                # Whatever the level, bytes we could not read as DICOM are never sent to the service.
+                blocking = rec.findings or [Finding(code="unreadable", severity=Severity.ERROR,
+                                                    reason="file could not be read as DICOM")]
+            if blocking:
+                rejected.append(LedgerEntry(
+                    key=rec.key, state=FileState.REJECTED, size=rec.size,
+                    code=",".join(dict.fromkeys(f.code for f in blocking)),
+                    reason="; ".join(dict.fromkeys(f.reason for f in blocking)),
+                ))
+            else:
+                valid.append(rec)
+        put_ndjson(self._s3, layout.validated_page(input.work_s3_uri, input.migration_id, input.page), valid)
+        put_ndjson(self._s3, layout.ledger_for_page(input.work_s3_uri, input.migration_id, input.page), rejected)
+        return ValidateResult(valid=len(valid), rejected=len(rejected))

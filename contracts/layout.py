@@ -1,0 +1,62 @@
+"""Where the pipeline keeps its per-file data in S3, under ``<work_s3_uri>/<migration_id>/``.
+
+One function per artefact so activities, the report and tests agree on the layout.
+"""
+
+from __future__ import annotations
+
+from contracts.s3uri import S3Location, parse_s3_uri
+
+
+def root(work_s3_uri: str, migration_id: str) -> S3Location:
+    return parse_s3_uri(work_s3_uri, field="work_s3_uri").join(migration_id)
+
+
+def inventory_page(work_s3_uri: str, migration_id: str, page: int) -> S3Location:
+    return root(work_s3_uri, migration_id).join("inventory", f"page-{page:06d}.ndjson")
+
+
+def parsed_page(work_s3_uri: str, migration_id: str, page: int) -> S3Location:
+    return root(work_s3_uri, migration_id).join("parsed", f"page-{page:06d}.ndjson")
+
+
+def validated_page(work_s3_uri: str, migration_id: str, page: int) -> S3Location:
+    return root(work_s3_uri, migration_id).join("validated", f"page-{page:06d}.ndjson")
+
+
+def normalized_page(work_s3_uri: str, migration_id: str, page: int) -> S3Location:
+    return root(work_s3_uri, migration_id).join("normalized", f"page-{page:06d}.ndjson")
+
+
+def batch_manifest(work_s3_uri: str, migration_id: str, batch: int) -> S3Location:
+    return root(work_s3_uri, migration_id).join("batches", f"batch-{batch:05d}.ndjson")
+
+
+def staging_prefix(work_s3_uri: str, migration_id: str, batch: int) -> S3Location:
+    return root(work_s3_uri, migration_id).join("staging", f"batch-{batch:05d}").as_prefix()
+
+
+def import_output_prefix(work_s3_uri: str, migration_id: str, batch: int) -> S3Location:
+    return root(work_s3_uri, migration_id).join("import-output", f"batch-{batch:05d}").as_prefix()
+
+
+def ledger_prefix(work_s3_uri: str, migration_id: str) -> S3Location:
+    return root(work_s3_uri, migration_id).join("ledger").as_prefix()
+
+
+def ledger_for_page(work_s3_uri: str, migration_id: str, page: int) -> S3Location:
+    """Rejected files of one inventory page (decided before any batch exists)."""
+    return ledger_prefix(work_s3_uri, migration_id).join(f"page-{page:06d}.ndjson")
+
+
+def ledger_for_plan(work_s3_uri: str, migration_id: str) -> S3Location:
+    """Duplicates found while planning batches."""
+    return ledger_prefix(work_s3_uri, migration_id).join("plan.ndjson")
+
+
+def ledger_for_batch(work_s3_uri: str, migration_id: str, batch: int) -> S3Location:
+    return ledger_prefix(work_s3_uri, migration_id).join(f"batch-{batch:05d}.ndjson")
+
+
+def report_prefix(work_s3_uri: str, migration_id: str) -> S3Location:
+    return root(work_s3_uri, migration_id).join("report").as_prefix()

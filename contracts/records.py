@@ -1,0 +1,90 @@
+"""Per-file records written as NDJSON under the work prefix (never in workflow history)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import BaseModel, Field
+
+from contracts.pipeline import FileState
+
+
+class InventoryEntry(BaseModel):
+    """One source object, as listed by the receive stage."""
+
+    key: str
+    size: int
+    etag: str = ""
+
+
+class Severity(StrEnum):
+    ERROR = "error"
+    WARNING = "warning"
+    INFO = "info"
+
+
+class Finding(BaseModel):
+    """One problem found in a file. ``reason`` is readable by an operator and contains no PHI."""
+
+    code: str
+    severity: Severity
+    reason: str
+    attribute: str | None = None
+
+
+class ParsedRecord(BaseModel):
+    """What the header-only parse learned about one file. Patient-level values are kept only as a hash."""
+
+    key: str
+    size: int
+    etag: str = ""
+    readable: bool
+    findings: list[Finding] = Field(default_factory=list)
+    sop_instance_uid: str | None = None
+    sop_class_uid: str | None = None
+    study_instance_uid: str | None = None
+    series_instance_uid: str | None = None
+    transfer_syntax_uid: str | None = None
+    modality: str | None = None
+    is_dicomdir: bool = False
+    header_bytes: int = 0
+    # sha256 over the normalised patient / study / series attributes (conflict prediction without PHI).
+    patient_fingerprint: str | None = None
+    study_fingerprint: str | None = None
+    series_fingerprint: str | None = None
+    # sha256 of the bytes read (header only); with size and etag it identifies identical content.
+    header_sha256: str | None = None
+
+
+class InstanceRecord(BaseModel):
+    """The canonical record of a valid instance, input to batch planning."""
+
+    key: str
+    size: int
+    etag: str
+    sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    transfer_syntax_uid: str
+    sop_class_uid: str
+    patient_fingerprint: str
+    study_fingerprint: str
+    series_fingerprint: str
+    content_id: str
+    warnings: list[Finding] = Field(default_factory=list)
+
+
+class LedgerEntry(BaseModel):
+    """The terminal state of one source file. The report is the union of all ledger lines."""
+
+    key: str
+    state: FileState
+    size: int = 0
+    reason: str | None = None
+    code: str | None = None
+    batch: int | None = None
+    job_id: str | None = None
+    image_set_id: str | None = None
+    is_primary: bool | None = None
+    image_set_version: int | None = None
+    duplicate_of: str | None = None

@@ -1,0 +1,35 @@
+"""The job clock: what decides when jobs (and data stores) move to their next state.
+
+``auto``: wall-clock time plus an offset that ``/_emulator/clock/advance`` can push forward.
+``manual``: a virtual time that starts at 0 and only moves through ``/_emulator/clock/advance``.
+Both are persisted, so a restart keeps held jobs held. Timestamps shown to clients (``submittedAt``...) are always
+real wall-clock time; only progression follows this clock.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from emulator.store import Store
+
+
+class JobClock:
+    def __init__(self, mode: str, store: Store) -> None:
+        if mode not in ("auto", "manual"):
+            raise ValueError(f"clock must be 'auto' or 'manual', not {mode!r}")
+        self.mode = mode
+        self.store = store
+        self._lock = threading.Lock()
+
+    def _stored(self) -> float:
+        return float(self.store.get_meta(f"clock:{self.mode}", "0") or 0)
+
+    def now(self) -> float:
+        base = time.time() if self.mode == "auto" else 0.0
+        return base + self._stored()
+
+    def advance(self, seconds: float) -> float:
+        with self._lock:
+            self.store.set_meta(f"clock:{self.mode}", repr(self._stored() + float(seconds)))
+        return self.now()

@@ -1,0 +1,126 @@
+"""HTTP front end: one ``ThreadingHTTPServer`` hosting several route families on one port.
+
+Each family is a :class:`~emulator.protocol.Dispatcher` (the ``/_emulator/`` admin API, the HealthImaging rest-json
+API, and later DICOMweb and a json-1.1 HealthLake target). The first dispatcher that claims a request handles it.
+Whatever happens inside, the client gets an AWS-shaped JSON error, never a stack trace.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import urllib.parse
+from collections.abc import Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from emulator.errors import (
+    AwsError,
+    InternalServerException,
+    RequestEntityTooLargeException,
+    SerializationException,
+    UnknownOperationException,
+)
+from emulator.protocol import Dispatcher, HttpRequest, HttpResponse, error_response
+
+log = logging.getLogger("emulator.http")
+
+
+class EmulatorHTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    # A burst of parallel boto3 clients must not be refused by a short listen backlog.
+    request_queue_size = 128
+
+    def __init__(self, address: tuple[str, int], dispatchers: Sequence[Dispatcher], max_body_bytes: int) -> None:
+        self.dispatchers = list(dispatchers)
+        self.max_body_bytes = max_body_bytes
+        super().__init__(address, RequestHandler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # Connection resets and the like: log one line instead of the default traceback to stderr.
+        log.debug("connection error from %s", client_address, exc_info=True)
+
+
+class RequestHandler(BaseHTTPRequestHandler):
+    server: EmulatorHTTPServer
+    # Keep-alive: botocore reuses connections, and a fresh TCP connect per call would dominate polling costs.
+    protocol_version = "HTTP/1.1"
+    server_version = "himig-emulator"
+    sys_version = ""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s - %s", self.address_string(), format % args)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        # Called by BaseHTTPRequestHandler for malformed request lines/headers: answer in the AWS JSON shape.
+        err = SerializationException(message or "Malformed request", status=code if code >= 400 else 400)
+        self.close_connection = True
+        try:
+            self._write(error_response(err), head_only=False)
+        except OSError:
+            pass
+
+    def _dispatch(self) -> None:
+        request_id = ""
+        try:
+            length_text = self.headers.get("Content-Length")
+            if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                raise SerializationException("Chunked request bodies are not supported; send Content-Length")
+            try:
+                length = int(length_text) if length_text else 0
+            except ValueError:
+                raise SerializationException("Invalid Content-Length header") from None
+            if length < 0:
+                raise SerializationException("Invalid Content-Length header")
+            if length > self.server.max_body_bytes:
+                # Do not read (or wait for) a body we will not accept; the connection is closed afterwards.
+                self.close_connection = True
+                raise RequestEntityTooLargeException(
+                    f"Request body of {length} bytes exceeds the limit of {self.server.max_body_bytes} bytes")
+            body = self.rfile.read(length) if length else b""
+            if len(body) < length:
+                self.close_connection = True
+                raise SerializationException("Request body shorter than Content-Length")
+            split = urllib.parse.urlsplit(self.path)
+            request = HttpRequest(
+                method=self.command.upper(),
+                raw_path=split.path or "/",
+                query=urllib.parse.parse_qs(split.query, keep_blank_values=True),
+                headers={k.lower(): v for k, v in self.headers.items()},
+                body=body,
+            )
+            request_id = request.request_id
+            handler = None
+            for dispatcher in self.server.dispatchers:
+                handler = dispatcher.match(request)
+                if handler is not None:
+                    break
+            if handler is None:
+                raise UnknownOperationException(f"No operation matches {request.method} {request.raw_path}")
+            response = handler(request)
+        except AwsError as err:
+            if err.status >= 500:
+                log.warning("request failed with %s: %s", err.code, err.message)
+            response = error_response(err, request_id or None)
+        except Exception:
+            # Log the traceback for us; the client only learns that something went wrong inside.
+            log.exception("unhandled error serving %s %s", self.command, self.path.split("?")[0])
+            response = error_response(InternalServerException("Internal server error"), request_id or None)
+        try:
+            self._write(response, head_only=self.command == "HEAD")
+        except (BrokenPipeError, ConnectionResetError, socket.timeout):
+            self.close_connection = True
+
+    def _write(self, response: HttpResponse, head_only: bool) -> None:
+        self.send_response_only(response.status)
+        for k, v in response.headers.items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(response.body)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        if not head_only and response.body:
+            self.wfile.write(response.body)
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _dispatch

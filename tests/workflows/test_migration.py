@@ -1,0 +1,154 @@
+"""End-to-end migrations through the real Temporal dev server, moto S3 and the HealthImaging emulator."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import pytest
+from temporalio.client import Client, WorkflowFailureError
+from temporalio.worker import Worker
+
+from contracts.pipeline import FileState, MigrationInput, MigrationResult, ValidationLevel
+from tests.support.dicom import make_instance, uid
+from workflows.batch import ImportBatchWorkflow
+from workflows.migration import MigrationWorkflow
+
+
+def _put(s3: Any, bucket: str, key: str, body: bytes) -> None:
+    s3.put_object(Bucket=bucket, Key=key, Body=body)
+
+
+def _report_rows(s3: Any, result: MigrationResult) -> dict[str, dict[str, Any]]:
+    bucket, key = result.files_uri[5:].split("/", 1)
+    body = s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode()
+    return {row["key"]: row for row in map(json.loads, body.splitlines())}
+
+
+async def _migrate(client: Client, worker: Worker, payload: MigrationInput) -> tuple[str, MigrationResult]:
+    wid = f"mig-{uuid.uuid4().hex[:10]}"
+    result = await client.execute_workflow(MigrationWorkflow.run, payload, id=wid, task_queue=worker.task_queue)
+    return wid, result
+
+
+class TestMigrationEndToEnd:
+    async def test_every_file_has_exactly_one_outcome(self, client: Client, worker: Worker, buckets: dict[str, Any],
+                                                      datastore_id: str) -> None:
+        s3, src, work = buckets["s3"], buckets["source"], buckets["work"]
+        study_a, study_b = uid(), uid()
+        series = [uid(), uid(), uid()]
+        good = {}
+        for i in range(3):
+            good[f"in/a/{i}.dcm"] = make_instance(study_a, series[0])
+            good[f"in/a2/{i}.dcm"] = make_instance(study_a, series[1])
+            good[f"in/b/{i}.dcm"] = make_instance(study_b, series[2], patient_id="SYNTH-0002")
+        for key, body in good.items():
+            _put(s3, src, key, body)
+        _put(s3, src, "in/bad/zero.dcm", b"")
+        _put(s3, src, "in/bad/readme.txt", b"this is not DICOM")
+        _put(s3, src, "in/bad/no-series.dcm", make_instance(study_a, series[0], drop=("SeriesInstanceUID",)))
+        _put(s3, src, "in/dup/copy-of-a0.dcm", good["in/a/0.dcm"])
+        payload = MigrationInput(source_s3_uri=f"s3://{src}/in/", datastore_id=datastore_id,
+                                 work_s3_uri=f"s3://{work}/runs/", max_files_per_batch=4,
+                                 import_start_interval_seconds=0, inventory_page_size=5)
+        wid, result = await _migrate(client, worker, payload)
+
+        rows = _report_rows(s3, result)
+        assert result.files_total == 13
+        assert set(rows) == {*good, "in/bad/zero.dcm", "in/bad/readme.txt", "in/bad/no-series.dcm",
+                             "in/dup/copy-of-a0.dcm"}
+        for key in good:
+            assert rows[key]["state"] == FileState.IMPORTED, rows[key]
+            assert len(rows[key]["image_set_id"]) == 32
+        assert rows["in/bad/zero.dcm"]["state"] == FileState.REJECTED
+        assert "empty" in rows["in/bad/zero.dcm"]["reason"]
+        assert "not a DICOM" in rows["in/bad/readme.txt"]["reason"]
+        assert rows["in/bad/no-series.dcm"]["state"] == FileState.REJECTED
+        assert "SeriesInstanceUID" in rows["in/bad/no-series.dcm"]["reason"]
+        assert rows["in/dup/copy-of-a0.dcm"]["state"] == FileState.SKIPPED_DUPLICATE
+        assert rows["in/dup/copy-of-a0.dcm"]["duplicate_of"] == "in/a/0.dcm"
+        assert result.files_by_state[FileState.IMPORTED] == 9
+        # Three series -> three image sets, all primary.
+        assert len({rows[k]["image_set_id"] for k in good}) == 3
+        # Study A (6 files) exceeds a 4-file batch and is split; study B fits whole.
+        assert len({rows[k]["job_id"] for k in good}) >= 3
+
+        progress = await client.get_workflow_handle(wid).query(MigrationWorkflow.progress)
+        assert progress.phase == "completed"
+        assert progress.files_done == 13
+
+    async def test_service_failures_keep_the_service_reason_and_stages_are_visible(
+            self, client: Client, worker: Worker, buckets: dict[str, Any], datastore_id: str) -> None:
+        """At `minimal`, a file missing a UID reaches the service, which fails it with its own reason."""
+        s3, src, work = buckets["s3"], buckets["source"], buckets["work"]
+        study, series = uid(), uid()
+        _put(s3, src, "x/ok.dcm", make_instance(study, series))
+        _put(s3, src, "x/noseries.dcm", make_instance(study, series, drop=("SeriesInstanceUID",)))
+        payload = MigrationInput(source_s3_uri=f"s3://{src}/x/", datastore_id=datastore_id,
+                                 work_s3_uri=f"s3://{work}/w/", validation_level=ValidationLevel.MINIMAL,
+                                 import_start_interval_seconds=0)
+        wid, result = await _migrate(client, worker, payload)
+        rows = _report_rows(s3, result)
+        assert rows["x/ok.dcm"]["state"] == FileState.IMPORTED
+        failed = rows["x/noseries.dcm"]
+        assert failed["state"] == FileState.FAILED
+        assert failed["code"] == "ValidationException"
+        assert "SeriesInstanceUID" in failed["reason"]
+
+        batch = await client.get_workflow_handle(f"{wid}.batch-00000").query(ImportBatchWorkflow.progress)
+        stages = [t.stage.value for t in batch.transitions]
+        assert stages.index("job_completed") < stages.index("manifest_reviewed")
+        assert stages[-1] == "done"
+
+    async def test_non_primary_image_set_is_reported(self, client: Client, worker: Worker, buckets: dict[str, Any],
+                                                     datastore_id: str) -> None:
+        s3, src, work = buckets["s3"], buckets["source"], buckets["work"]
+        study, series = uid(), uid()
+        _put(s3, src, "np/a_original.dcm", make_instance(study, series, patient_id="SYNTH-A"))
+        _put(s3, src, "np/b_conflict.dcm", make_instance(study, series, patient_id="SYNTH-B"))
+        payload = MigrationInput(source_s3_uri=f"s3://{src}/np/", datastore_id=datastore_id,
+                                 work_s3_uri=f"s3://{work}/w/", import_start_interval_seconds=0)
+        _, result = await _migrate(client, worker, payload)
+        rows = _report_rows(s3, result)
+        assert rows["np/a_original.dcm"]["is_primary"] is True
+        assert rows["np/b_conflict.dcm"]["is_primary"] is False
+        assert rows["np/a_original.dcm"]["image_set_id"] != rows["np/b_conflict.dcm"]["image_set_id"]
+        summary_bucket, summary_key = result.report_uri[5:].split("/", 1)
+        summary = json.loads(s3.get_object(Bucket=summary_bucket, Key=summary_key)["Body"].read())
+        assert summary["non_primary_image_sets"] == [rows["np/b_conflict.dcm"]["image_set_id"]]
+
+
+class TestBadInput:
+    async def test_invalid_json_input_fails_the_workflow_at_once(self, client: Client, worker: Worker) -> None:
+        """Input as the `temporal` CLI would send it (plain JSON) with a bad field: fails, never retries forever."""
+        from temporalio.api.common.v1 import Payload
+
+        handle = await client.start_workflow(
+            "MigrationWorkflow",
+            Payload(metadata={"encoding": b"json/plain"},
+                    data=json.dumps({"source_s3_uri": "not-a-uri", "datastore_id": "x", "work_s3_uri": "s3://w-b/"}).encode()),
+            id=f"bad-{uuid.uuid4().hex[:8]}", task_queue=worker.task_queue)
+        with pytest.raises(WorkflowFailureError) as info:
+            await handle.result()
+        text = str(info.value.cause)
+        assert "source_s3_uri" in text and "datastore_id" in text
+
+    @pytest.mark.parametrize("field,value,needle", [
+        ("source_s3_uri", "s3://UPPER/x/", "source_s3_uri"),
+        ("work_s3_uri", "http://x/", "work_s3_uri"),
+        ("datastore_id", "short", "datastore_id"),
+        ("max_files_per_batch", 5001, "max_files_per_batch"),
+        ("validation_level", "lenient", "validation_level"),
+        ("unknown_field", 1, "unknown_field"),
+    ])
+    def test_input_model_names_the_field(self, field: str, value: Any, needle: str) -> None:
+        base: dict[str, Any] = {"source_s3_uri": "s3://src-b/in/", "datastore_id": "a" * 32,
+                                "work_s3_uri": "s3://work-b/w/"}
+        base[field] = value
+        with pytest.raises(ValueError, match=needle):
+            MigrationInput.model_validate(base)
+
+    def test_work_prefix_may_not_overlap_source(self) -> None:
+        with pytest.raises(ValueError, match="must not overlap"):
+            MigrationInput(source_s3_uri="s3://same-b/dicom/", datastore_id="a" * 32, work_s3_uri="s3://same-b/dicom/work/")

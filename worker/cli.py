@@ -1,0 +1,214 @@
+"""The ``himig`` command line: start and watch migrations, read reports, run the local stack and the demo."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import uuid
+from typing import Any
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
+from temporalio.service import RPCError, RPCStatusCode
+
+from contracts.pipeline import (
+    MAX_BYTES_PER_JOB,
+    MAX_FILES_PER_JOB,
+    MigrationInput,
+    MigrationResult,
+    ValidationLevel,
+    check_migration_id,
+)
+from worker.progress import watch_migration, print_progress
+from worker.reporting import load_report, print_report
+from worker.settings import Settings
+from workflows.migration import MigrationWorkflow
+
+app = typer.Typer(help="Durable DICOM → AWS HealthImaging migration.", no_args_is_help=True, add_completion=False)
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _mount() -> None:
+    try:
+        from worker.cli_stack import stack_app
+        app.add_typer(stack_app, name="stack", help="Start, stop and inspect the embedded local stack.")
+    except ImportError:  # pragma: no cover - only while the stack module is absent
+        pass
+    try:
+        from corpus.cli import corpus_app
+        app.add_typer(corpus_app, name="corpus", help="Generate sample, synthetic and malformed DICOM corpora.")
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    err_console.print(f"[red]error:[/red] {message}")
+    return typer.Exit(code)
+
+
+def settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as err:
+        raise fail(f"invalid settings from the environment:\n{err}") from None
+
+
+async def _client(s: Settings) -> Client:
+    from worker.client import connect
+
+    try:
+        return await connect(s)
+    except ConnectionError as err:
+        raise fail(str(err), 1) from None
+
+
+def _run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def validation_message(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "input"
+        lines.append(f"  {field}: {e['msg']}")
+    return "invalid migration input:\n" + "\n".join(lines)
+
+
+@app.command()
+def start(
+    source: str = typer.Option(..., "--source", help="S3 prefix with the DICOM files (source_s3_uri)"),
+    datastore_id: str = typer.Option(..., "--datastore-id", help="HealthImaging data store id"),
+    work: str = typer.Option(..., "--work", help="S3 prefix for inventory, staging, output and report (work_s3_uri)"),
+    validation_level: ValidationLevel = typer.Option(ValidationLevel.STRUCTURE_ONLY, "--validation-level"),
+    max_files_per_batch: int = typer.Option(1000, "--max-files-per-batch", help=f"at most {MAX_FILES_PER_JOB}"),
+    max_bytes_per_batch: int = typer.Option(MAX_BYTES_PER_JOB, "--max-bytes-per-batch"),
+    max_concurrent_jobs: int = typer.Option(4, "--max-concurrent-jobs"),
+    import_start_interval: float = typer.Option(1.0, "--import-start-interval", help="seconds between job starts"),
+    data_access_role_arn: str | None = typer.Option(None, "--data-access-role-arn"),
+    migration_id: str | None = typer.Option(None, "--id", help="workflow id (default: migration-<random>)"),
+    wait: bool = typer.Option(False, "--wait", help="watch progress until the migration ends"),
+) -> None:
+    """Start a MigrationWorkflow; prints its workflow id."""
+    try:
+        payload = MigrationInput(
+            source_s3_uri=source, datastore_id=datastore_id, work_s3_uri=work, validation_level=validation_level,
+            max_files_per_batch=max_files_per_batch, max_bytes_per_batch=max_bytes_per_batch,
+            max_concurrent_jobs=max_concurrent_jobs, import_start_interval_seconds=import_start_interval,
+            data_access_role_arn=data_access_role_arn)
+    except ValidationError as err:
+        raise fail(validation_message(err)) from None
+    wid = migration_id or f"migration-{uuid.uuid4().hex[:12]}"
+    try:
+        check_migration_id(wid)
+    except ValueError as err:
+        raise fail(f"--id: {err}") from None
+    s = settings()
+
+    async def go() -> None:
+        client = await _client(s)
+        try:
+            await client.start_workflow(MigrationWorkflow.run, payload, id=wid, task_queue=s.task_queue)
+        except RPCError as err:
+            if err.status == RPCStatusCode.ALREADY_EXISTS:
+                raise fail(f"a migration with id {wid!r} is already running") from None
+            raise
+        console.print(wid)
+        if wait:
+            await watch_migration(client, wid, console)
+
+    _run(go())
+
+
+@app.command()
+def status(
+    migration_id: str = typer.Argument(..., help="workflow id of the migration"),
+    as_json: bool = typer.Option(False, "--json", help="print the progress query as JSON"),
+    watch: bool = typer.Option(False, "--watch", help="show a live progress bar until it ends"),
+) -> None:
+    """Show a migration's progress (files per terminal state, batches per stage, throughput, ETA)."""
+    s = settings()
+
+    async def go() -> None:
+        client = await _client(s)
+        if watch:
+            await watch_migration(client, migration_id, console)
+            return
+        handle = client.get_workflow_handle(migration_id)
+        try:
+            progress = await handle.query(MigrationWorkflow.progress)
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                raise fail(f"no migration with id {migration_id!r}", 1) from None
+            raise
+        if as_json:
+            console.print_json(progress.model_dump_json())
+        else:
+            print_progress(progress, console)
+
+    _run(go())
+
+
+@app.command()
+def report(
+    migration_id: str = typer.Argument(..., help="workflow id of a finished migration"),
+    as_json: bool = typer.Option(False, "--json", help="print the JSON summary"),
+    files: bool = typer.Option(False, "--files", help="print the per-file NDJSON report"),
+) -> None:
+    """Print the final report of a finished migration."""
+    s = settings()
+
+    async def go() -> None:
+        client = await _client(s)
+        handle = client.get_workflow_handle(migration_id)
+        try:
+            desc = await handle.describe()
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                raise fail(f"no migration with id {migration_id!r}", 1) from None
+            raise
+        if desc.status == WorkflowExecutionStatus.RUNNING:
+            raise fail(f"migration {migration_id!r} is still running; see `himig status {migration_id} --watch`", 1)
+        try:
+            result: MigrationResult = await handle.result(result_type=MigrationResult)
+        except WorkflowFailureError as err:
+            raise fail(f"migration {migration_id!r} did not complete: {err.cause}", 1) from None
+        summary, rows = load_report(s, result, with_files=files)
+        if files:
+            for row in rows:
+                sys.stdout.write(row + "\n")
+        elif as_json:
+            console.print_json(json.dumps(summary))
+        else:
+            print_report(summary, console)
+
+    _run(go())
+
+
+@app.command()
+def demo(
+    keep_going: bool = typer.Option(True, "--leave-running/--stop-after", help="leave the local stack running"),
+    validation_level: ValidationLevel = typer.Option(ValidationLevel.STRUCTURE_ONLY, "--validation-level"),
+) -> None:
+    """Start the local stack, migrate the bundled sample corpus, and print the report."""
+    from worker.demo import run_demo
+
+    code = run_demo(console, validation_level=validation_level, leave_running=keep_going)
+    raise typer.Exit(code)
+
+
+@app.command("worker")
+def worker_cmd() -> None:
+    """Run a worker in the foreground (same as ``python -m worker``)."""
+    from worker.__main__ import main
+
+    raise typer.Exit(main())
+
+
+_mount()
+
+if __name__ == "__main__":
+    app()

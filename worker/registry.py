@@ -1,0 +1,43 @@
+"""What a worker runs: the workflow classes and the activity callables bound to their clients."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from activities.await_job import AwaitActivities
+from activities.importjob import ImportActivities
+from activities.normalize import NormalizeActivities
+from activities.parse import ParseActivities
+from activities.plan import PlanActivities
+from activities.receive import ReceiveActivities
+from activities.report import ReportActivities
+from activities.review import FailedBatchActivities, ReviewActivities
+from activities.route import RouteActivities
+from activities.validate import ValidateActivities
+from worker.aws import AwsClients
+from worker.settings import Settings
+from workflows.batch import ImportBatchWorkflow
+from workflows.migration import MigrationWorkflow
+
+WORKFLOWS: list[type] = [MigrationWorkflow, ImportBatchWorkflow]
+
+
+def build_activities(clients: AwsClients, settings: Settings) -> list[Callable[..., Any]]:
+    s3, mi = clients.s3, clients.medical_imaging
+    receive = ReceiveActivities(s3)
+    parse = ParseActivities(s3, settings.parse_concurrency)
+    validate = ValidateActivities(s3)
+    normalize = NormalizeActivities(s3)
+    plan = PlanActivities(s3)
+    start = ImportActivities(s3, mi, settings.data_access_role_arn, settings.parse_concurrency)
+    await_job = AwaitActivities(mi)
+    review = ReviewActivities(s3, mi)
+    failed = FailedBatchActivities(s3)
+    route = RouteActivities(s3, clients.events, settings.event_bus_name)
+    report = ReportActivities(s3)
+    return [
+        receive.receive_inventory, parse.parse_headers, validate.validate_page, normalize.normalize_page,
+        plan.plan_batches, start.start_import_job, await_job.await_import_job, review.review_manifest,
+        failed.record_failed_batch, route.route_batch, report.write_report,
+    ]

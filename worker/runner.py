@@ -1,0 +1,57 @@
+"""Building and running the worker, with a clean shutdown on SIGTERM (ECS stop) or SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from pathlib import Path
+
+import pydantic
+import structlog
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from worker.aws import AwsClients
+from worker.registry import WORKFLOWS, build_activities
+from worker.settings import Settings
+
+log = structlog.get_logger("himig.worker")
+
+
+def build_worker(client: Client, settings: Settings, executor: ThreadPoolExecutor, task_queue: str | None = None) -> Worker:
+    return Worker(
+        client,
+        task_queue=task_queue or settings.task_queue,
+        workflows=WORKFLOWS,
+        activities=build_activities(AwsClients.from_settings(settings), settings),
+        activity_executor=executor,
+        max_concurrent_activities=settings.max_concurrent_activities,
+        # Bad workflow input fails the workflow at once instead of retrying its first task forever.
+        workflow_failure_exception_types=[pydantic.ValidationError],
+        graceful_shutdown_timeout=timedelta(seconds=settings.graceful_shutdown_seconds),
+    )
+
+
+async def run_worker(client: Client, settings: Settings) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    health = Path(settings.health_file) if settings.health_file else None
+    with ThreadPoolExecutor(max_workers=settings.max_concurrent_activities) as executor:
+        worker = build_worker(client, settings, executor)
+        async with worker:
+            if health:
+                health.parent.mkdir(parents=True, exist_ok=True)
+                health.write_text(str(os.getpid()))
+            log.info("worker started", task_queue=settings.task_queue, temporal=settings.temporal_address)
+            try:
+                await stop.wait()
+                log.info("shutdown requested; finishing in-flight work", grace_seconds=settings.graceful_shutdown_seconds)
+            finally:
+                if health:
+                    health.unlink(missing_ok=True)
+    log.info("worker stopped")

@@ -1,0 +1,65 @@
+"""All runtime settings of the worker and the CLI, read from the environment (and `.env`).
+
+One `Settings` object is built at process start and passed in; nothing reads `os.environ` elsewhere.
+Endpoint overrides use boto3's own standard variable names so that every AWS client, including those
+in tools we do not control, finds the local stack the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_TASK_QUEUE = "dicom-migration"
+
+
+class Settings(BaseSettings):
+    """Worker and CLI settings. Every field can be set by the environment variable named in its alias."""
+
+    model_config = SettingsConfigDict(env_prefix="HIMIG_", env_file=".env", extra="ignore", populate_by_name=True)
+
+    temporal_address: str = Field("127.0.0.1:7233", description="host:port of the Temporal frontend")
+    temporal_namespace: str = "default"
+    task_queue: str = DEFAULT_TASK_QUEUE
+
+    aws_region: str = Field("us-east-1", validation_alias=AliasChoices("HIMIG_AWS_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"))
+    # Standard boto3 per-service endpoint variables; `None` means the real AWS endpoint.
+    s3_endpoint_url: str | None = Field(None, validation_alias=AliasChoices("AWS_ENDPOINT_URL_S3", "HIMIG_S3_ENDPOINT_URL"))
+    medical_imaging_endpoint_url: str | None = Field(
+        None, validation_alias=AliasChoices("AWS_ENDPOINT_URL_MEDICAL_IMAGING", "HIMIG_MEDICAL_IMAGING_ENDPOINT_URL")
+    )
+    eventbridge_endpoint_url: str | None = Field(
+        None, validation_alias=AliasChoices("AWS_ENDPOINT_URL_EVENTBRIDGE", "HIMIG_EVENTBRIDGE_ENDPOINT_URL")
+    )
+    sqs_endpoint_url: str | None = Field(None, validation_alias=AliasChoices("AWS_ENDPOINT_URL_SQS", "HIMIG_SQS_ENDPOINT_URL"))
+    healthlake_endpoint_url: str | None = Field(
+        None, validation_alias=AliasChoices("AWS_ENDPOINT_URL_HEALTHLAKE", "HIMIG_HEALTHLAKE_ENDPOINT_URL")
+    )
+
+    data_access_role_arn: str = Field(
+        "arn:aws:iam::000000000000:role/HealthImagingImportRole",
+        description="role HealthImaging assumes to read the import input and write its output",
+    )
+    event_bus_name: str | None = Field("default", description="EventBridge bus for domain events; empty disables")
+    health_file: str | None = Field(None, description="file written with our pid while polling (stack health)")
+    parse_concurrency: int = Field(8, ge=1, le=256, description="parallel header reads inside one parse activity")
+    max_concurrent_activities: int = Field(32, ge=1, le=1000)
+    graceful_shutdown_seconds: float = Field(25.0, ge=0, le=115, description="below ECS stopTimeout")
+
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "console"] = "json"
+
+    @field_validator("event_bus_name", "health_file")
+    @classmethod
+    def _empty_is_none(cls, value: str | None) -> str | None:
+        return value or None
+
+    @field_validator("temporal_address")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"must be host:port, got {value!r}")
+        return value

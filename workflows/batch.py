@@ -1,0 +1,75 @@
+"""`ImportBatchWorkflow`: one planned batch → one import job → its reviewed manifest → routing."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio import workflow
+
+with workflow.unsafe.imports_passed_through():
+    from contracts.pipeline import (
+        BatchInput,
+        BatchProgress,
+        BatchResult,
+        BatchStage,
+        ImportJobRef,
+        JobOutcome,
+        ReviewInput,
+        ReviewResult,
+        RouteInput,
+        RouteResult,
+        StageTransition,
+    )
+    from workflows import policies
+
+
+@workflow.defn
+class ImportBatchWorkflow:
+    """Stages of one batch. "Job COMPLETED" and "manifest reviewed" are separate steps and separate states."""
+
+    def __init__(self) -> None:
+        self._progress = BatchProgress(batch=-1, stage=BatchStage.PENDING)
+
+    def _stage(self, stage: BatchStage) -> None:
+        self._progress.stage = stage
+        self._progress.transitions.append(StageTransition(stage=stage, at=workflow.now()))
+
+    @workflow.query
+    def progress(self) -> BatchProgress:
+        return self._progress
+
+    @workflow.run
+    async def run(self, input: BatchInput) -> BatchResult:
+        self._progress.batch = input.batch
+        self._stage(BatchStage.IMPORTING)
+        job = await workflow.execute_activity(
+            "start_import_job", input, result_type=ImportJobRef,
+            start_to_close_timeout=policies.PAGE_TIMEOUT, heartbeat_timeout=policies.HEARTBEAT,
+            retry_policy=policies.START_JOB_RETRY)
+        self._progress.job_id = job.job_id
+        self._progress.staged_files = job.staged_files
+
+        self._stage(BatchStage.AWAITING_JOB)
+        outcome = await workflow.execute_activity(
+            "await_import_job", job, result_type=JobOutcome,
+            start_to_close_timeout=timedelta(seconds=60), schedule_to_close_timeout=policies.JOB_WAIT_LIMIT,
+            retry_policy=policies.POLL_RETRY)
+        self._progress.job_status = outcome.status
+        self._stage(BatchStage.JOB_COMPLETED if outcome.status == "COMPLETED" else BatchStage.JOB_FAILED)
+
+        self._stage(BatchStage.REVIEWING_MANIFEST)
+        review = await workflow.execute_activity(
+            "review_manifest", ReviewInput(batch=input, job=job, outcome=outcome), result_type=ReviewResult,
+            start_to_close_timeout=policies.PAGE_TIMEOUT, schedule_to_close_timeout=timedelta(hours=2),
+            retry_policy=policies.STAGE_RETRY)
+        self._progress.files_by_state = review.files_by_state
+        self._stage(BatchStage.MANIFEST_REVIEWED)
+
+        self._stage(BatchStage.ROUTING)
+        await workflow.execute_activity(
+            "route_batch", RouteInput(batch=input, review=review), result_type=RouteResult,
+            start_to_close_timeout=policies.PAGE_TIMEOUT, retry_policy=policies.STAGE_RETRY)
+        self._stage(BatchStage.DONE)
+        return BatchResult(batch=input.batch, job_id=job.job_id, job_status=outcome.status,
+                           files_by_state=review.files_by_state, image_sets=review.image_sets,
+                           non_primary_image_sets=review.non_primary_image_sets, stage=BatchStage.DONE)

@@ -1,0 +1,202 @@
+"""`MigrationWorkflow`: inventory a source, parse/validate/normalize it page by page, plan batches, run one
+`ImportBatchWorkflow` per batch under a concurrency cap, and write the final report.
+
+History stays bounded at any source size: the workflow continues as new at a point where nothing is in flight,
+carrying only counts (`MigrationState`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
+
+with workflow.unsafe.imports_passed_through():
+    from contracts.pipeline import (
+        BatchInput,
+        BatchResult,
+        FailedBatchInput,
+        FileState,
+        MigrationInput,
+        MigrationProgress,
+        MigrationResult,
+        MigrationState,
+        NormalizeResult,
+        PageInput,
+        ParseResult,
+        PlanInput,
+        PlanResult,
+        ReceiveInput,
+        ReceiveResult,
+        ReportInput,
+        ReportResult,
+        ValidateResult,
+        batch_workflow_id,
+        check_migration_id,
+    )
+    from workflows import policies
+    from workflows.batch import ImportBatchWorkflow
+
+# Continue as new well before Temporal's 10k-event warning, and whenever the server suggests it.
+HISTORY_ROLLOVER = 5_000
+
+
+@workflow.defn
+class MigrationWorkflow:
+    def __init__(self) -> None:
+        self._state = MigrationState()
+        self._running: set[int] = set()
+        self._id = ""
+
+    @workflow.query
+    def progress(self) -> MigrationProgress:
+        s = self._state
+        done = sum(s.files_by_state.values())
+        elapsed = (workflow.now() - s.started_at).total_seconds() if s.started_at else 0.0
+        rate = done / elapsed if elapsed > 0 else 0.0
+        remaining = max(0, s.files_total - done)
+        return MigrationProgress(
+            migration_id=self._id, phase=s.phase, files_total=s.files_total, bytes_total=s.bytes_total,
+            inventory_pages=s.inventory_pages, pages_done=s.pages_done, batches_planned=s.batches_planned,
+            batches_done=s.batches_done,
+            batches_by_stage={"pending": max(0, s.batches_planned - s.batches_done - len(self._running)),
+                              "running": len(self._running), "done": s.batches_done - s.batches_failed,
+                              "failed": s.batches_failed},
+            running_batches=sorted(self._running), files_by_state=s.files_by_state, files_done=done,
+            rejected=s.rejected, duplicates=s.duplicates, image_sets=s.image_sets,
+            non_primary_image_sets=s.non_primary_image_sets, elapsed_seconds=elapsed, files_per_second=rate,
+            eta_seconds=(remaining / rate) if rate > 0 and s.phase != "completed" else None,
+            report_uri=s.report_uri)
+
+    def _add_states(self, counts: dict[FileState, int]) -> None:
+        for state, n in counts.items():
+            if not n:
+                continue
+            self._state.files_by_state[state] = self._state.files_by_state.get(state, 0) + n
+
+    def _should_roll_over(self) -> bool:
+        info = workflow.info()
+        return info.is_continue_as_new_suggested() or info.get_current_history_length() > HISTORY_ROLLOVER
+
+    async def _bounded(self, start: int, stop: int, limit: int, step: Callable[[int], Awaitable[None]],
+                       pace: timedelta | None = None) -> int:
+        """Run ``step(i)`` for i in [start, stop) with at most ``limit`` in flight.
+
+        Stops launching when history should roll over and returns the first index not run; everything launched
+        has finished by then, so the caller may continue as new.
+        """
+        running: set[asyncio.Task[None]] = set()
+        nxt = start
+        while nxt < stop or running:
+            while nxt < stop and len(running) < limit and not self._should_roll_over():
+                if pace and nxt > start:
+                    await workflow.sleep(pace)
+                running.add(asyncio.ensure_future(step(nxt)))
+                nxt += 1
+            if not running:
+                break
+            done, running = await workflow.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()
+        return nxt
+
+    @workflow.run
+    async def run(self, input: MigrationInput, state: MigrationState | None = None) -> MigrationResult:
+        self._id = workflow.info().workflow_id
+        try:
+            check_migration_id(self._id)
+        except ValueError as err:
+            raise ApplicationError(str(err), type="InvalidMigrationId", non_retryable=True) from None
+        if state:
+            self._state = state
+            self._state.runs += 1
+        if self._state.started_at is None:
+            self._state.started_at = workflow.now()
+        s = self._state
+
+        if s.phase == "receiving":
+            received = await workflow.execute_activity(
+                "receive_inventory",
+                ReceiveInput(migration_id=self._id, source_s3_uri=input.source_s3_uri,
+                             work_s3_uri=input.work_s3_uri, page_size=input.inventory_page_size),
+                result_type=ReceiveResult, start_to_close_timeout=timedelta(hours=6),
+                heartbeat_timeout=policies.HEARTBEAT, retry_policy=policies.STAGE_RETRY)
+            s.inventory_pages, s.files_total, s.bytes_total = received.pages, received.files, received.bytes
+            s.phase = "parsing"
+
+        if s.phase == "parsing":
+            s.pages_done = await self._bounded(s.pages_done, s.inventory_pages, input.max_parallel_pages,
+                                               lambda page: self._page(input, page))
+            if s.pages_done < s.inventory_pages:
+                workflow.continue_as_new(args=[input, s])
+            s.phase = "planning"
+
+        if s.phase == "planning":
+            plan = await workflow.execute_activity(
+                "plan_batches",
+                PlanInput(migration_id=self._id, work_s3_uri=input.work_s3_uri, pages=s.inventory_pages,
+                          max_files_per_batch=input.max_files_per_batch, max_bytes_per_batch=input.max_bytes_per_batch),
+                result_type=PlanResult, start_to_close_timeout=timedelta(hours=2), heartbeat_timeout=policies.HEARTBEAT,
+                retry_policy=policies.STAGE_RETRY)
+            s.batches_planned, s.duplicates = plan.batches, plan.duplicates
+            s.rejected += plan.conflicting_duplicates
+            # Both kinds of duplicate are final here: they never reach an import job.
+            self._add_states({FileState.SKIPPED_DUPLICATE: plan.duplicates,
+                              FileState.REJECTED: plan.conflicting_duplicates})
+            s.phase = "importing"
+
+        if s.phase == "importing":
+            pace = timedelta(seconds=input.import_start_interval_seconds) if input.import_start_interval_seconds else None
+            s.batches_done = await self._bounded(s.batches_done, s.batches_planned, input.max_concurrent_jobs,
+                                                 lambda batch: self._batch(input, batch), pace)
+            if s.batches_done < s.batches_planned:
+                workflow.continue_as_new(args=[input, s])
+            s.phase = "reporting"
+
+        report = await workflow.execute_activity(
+            "write_report", ReportInput(migration_id=self._id, work_s3_uri=input.work_s3_uri,
+                                        datastore_id=input.datastore_id),
+            result_type=ReportResult, start_to_close_timeout=timedelta(hours=1), retry_policy=policies.STAGE_RETRY)
+        # The report is the authority: it re-derives every file's state from the ledgers.
+        s.files_by_state = dict(report.files_by_state)
+        s.report_uri = report.report_uri
+        s.phase = "completed"
+        return MigrationResult(migration_id=self._id, report_uri=report.report_uri, summary_uri=report.summary_uri,
+                               files_uri=report.files_uri, files_by_state=report.files_by_state,
+                               files_total=report.files_total)
+
+    async def _page(self, input: MigrationInput, page: int) -> None:
+        args = PageInput(migration_id=self._id, work_s3_uri=input.work_s3_uri, page=page,
+                         source_s3_uri=input.source_s3_uri, validation_level=input.validation_level)
+        opts = {"start_to_close_timeout": policies.PAGE_TIMEOUT, "heartbeat_timeout": policies.HEARTBEAT,
+                "retry_policy": policies.STAGE_RETRY}
+        await workflow.execute_activity("parse_headers", args, result_type=ParseResult, **opts)  # type: ignore[arg-type]
+        validated = await workflow.execute_activity("validate_page", args, result_type=ValidateResult, **opts)  # type: ignore[arg-type]
+        await workflow.execute_activity("normalize_page", args, result_type=NormalizeResult, **opts)  # type: ignore[arg-type]
+        self._state.rejected += validated.rejected
+        self._add_states({FileState.REJECTED: validated.rejected} if validated.rejected else {})
+
+    async def _batch(self, input: MigrationInput, batch: int) -> None:
+        args = BatchInput(migration_id=self._id, batch=batch, source_s3_uri=input.source_s3_uri,
+                          work_s3_uri=input.work_s3_uri, datastore_id=input.datastore_id,
+                          data_access_role_arn=input.data_access_role_arn)
+        self._running.add(batch)
+        try:
+            result: BatchResult = await workflow.execute_child_workflow(
+                ImportBatchWorkflow.run, args, id=batch_workflow_id(self._id, batch))
+            self._add_states(result.files_by_state)
+            self._state.image_sets += result.image_sets
+            self._state.non_primary_image_sets += len(result.non_primary_image_sets)
+        except (ChildWorkflowError, ActivityError) as err:
+            # Never lose the batch's files: record them as failed with the reason, then carry on.
+            cause = err.cause if err.cause is not None else err
+            written = await workflow.execute_activity(
+                "record_failed_batch", FailedBatchInput(batch=args, reason=f"batch workflow failed: {cause}"),
+                result_type=int, start_to_close_timeout=policies.PAGE_TIMEOUT, retry_policy=policies.STAGE_RETRY)
+            self._add_states({FileState.FAILED: written} if written else {})
+            self._state.batches_failed += 1
+        finally:
+            self._running.discard(batch)

@@ -1,0 +1,25 @@
+"""Retry policies and timeouts per stage, in one place so they are reviewed together."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio.common import RetryPolicy
+
+# Errors where a retry cannot help: the request or the data is wrong.
+FATAL = ["ValidationException", "ResourceNotFoundException", "AccessDeniedException", "ConflictException",
+         "EmptyBatch", "NoSuchBucket", "ValidationError"]
+
+# Work on S3 objects (parse, stage, review): transient errors and throttling are retried with backoff.
+STAGE_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
+                          maximum_interval=timedelta(seconds=60), maximum_attempts=10, non_retryable_error_types=FATAL)
+# Starting an import job: throttling (1 TPS) and the concurrent-job quota are waited out, never failed on.
+START_JOB_RETRY = RetryPolicy(initial_interval=timedelta(seconds=2), backoff_coefficient=2.0,
+                              maximum_interval=timedelta(seconds=60), maximum_attempts=0, non_retryable_error_types=FATAL)
+# Polling a running job: the activity picks the delay itself (next_retry_delay); unlimited within the timeout.
+POLL_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=1.5,
+                         maximum_interval=timedelta(seconds=30), maximum_attempts=0, non_retryable_error_types=FATAL)
+
+PAGE_TIMEOUT = timedelta(minutes=15)
+HEARTBEAT = timedelta(minutes=2)
+JOB_WAIT_LIMIT = timedelta(hours=24)
