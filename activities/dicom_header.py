@@ -19,10 +19,12 @@ from typing import Any
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.valuerep import VR
 
 from contracts.records import Finding, Severity
 
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
+_VRS = {str(v.value) for v in VR}
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 KNOWN_TRANSFER_SYNTAXES = {
     "1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2",
@@ -79,10 +81,18 @@ def _sniff(buf: bytes) -> Finding | None:
     return None
 
 
+def _get(ds: Dataset, name: str) -> Any:
+    """``ds.get(name)``, or None when the stored value cannot be decoded (e.g. an unknown VR)."""
+    try:
+        return ds.get(name)
+    except Exception:
+        return None
+
+
 def _fingerprint(ds: Dataset, attrs: tuple[str, ...]) -> str:
     h = hashlib.sha256()
     for name in attrs:
-        value = ds.get(name)
+        value = _get(ds, name)
         h.update(name.encode() + b"=" + str(value if value is not None else "").strip().encode("utf-8", "replace") + b"\0")
     return h.hexdigest()
 
@@ -145,12 +155,14 @@ def parse_header(buf: bytes, total_size: int, key: str = "") -> HeaderResult:
         missing = _pixel_data_overrun(fp, total_size)
         if missing:
             result.findings.append(_finding("truncated", f"Pixel Data is {missing} bytes shorter than its declared length (truncated file)", "PixelData"))
-    _describe(ds, result)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _describe(ds, result)
     return result
 
 
 def _text(ds: Dataset, name: str) -> str | None:
-    value = ds.get(name)
+    value = _get(ds, name)
     if value is None:
         return None
     text = str(value).strip()
@@ -163,18 +175,23 @@ def _describe(ds: Dataset, result: HeaderResult) -> None:
     media_class = _text(meta, "MediaStorageSOPClassUID")
     values = {
         "sop_instance_uid": _text(ds, "SOPInstanceUID") or None,
-        "sop_class_uid": _text(ds, "SOPClassUID") or media_class,
+        "sop_class_uid": _text(ds, "SOPClassUID"),
         "study_instance_uid": _text(ds, "StudyInstanceUID"),
         "series_instance_uid": _text(ds, "SeriesInstanceUID"),
         "transfer_syntax_uid": tsuid,
         "modality": _text(ds, "Modality"),
-        "is_dicomdir": media_class == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds,
+        "is_dicomdir": media_class == DICOMDIR_SOP_CLASS or _text(ds, "SOPClassUID") == DICOMDIR_SOP_CLASS
+        or "DirectoryRecordSequence" in ds,
         "patient_fingerprint": _fingerprint(ds, PATIENT_ATTRS),
         "study_fingerprint": _fingerprint(ds, STUDY_ATTRS),
         "series_fingerprint": _fingerprint(ds, SERIES_ATTRS),
     }
     result.values = values
     f = result.findings
+    # Raw elements are checked without decoding them: decoding every value would double the parse cost.
+    bad_vrs = sorted({str(raw.VR) for raw in ds._dict.values() if getattr(raw, "VR", None) and raw.VR not in _VRS})
+    if bad_vrs:
+        f.append(_finding("bad_vr", f"invalid value representation {', '.join(bad_vrs)} in the header"))
     if values["is_dicomdir"]:
         f.append(_finding("dicomdir", "DICOMDIR media index, not an image instance; not imported"))
         return

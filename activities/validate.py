@@ -35,7 +35,8 @@ REJECTING_LEVELS: dict[str, set[ValidationLevel]] = {
     "missing_transfer_syntax": _STRUCTURE,
     "unknown_transfer_syntax": _STRUCTURE,
     "truncated": _STRUCTURE,
-    "invalid_uid": _STRICT,
+    "bad_vr": _STRUCTURE,
+    "invalid_uid": _STRUCTURE,
     "length_limit": _STRICT,
 }
 

@@ -31,7 +31,7 @@ import urllib.parse
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Any
 
 import botocore.session
@@ -92,7 +92,7 @@ class Dispatcher:
         raise NotImplementedError
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_service_model(service_name: str) -> ServiceModel:
     return botocore.session.get_session().get_service_model(service_name)
 
@@ -141,7 +141,7 @@ def validate_shape(shape: Shape, value: Any, path: str, errors: list[str], sensi
                 errors.append(f"Value null at '{_join(path, name)}' failed to satisfy constraint: "
                               "Member must not be null")
         set_members = [n for n in members if value.get(n) is not None]
-        if shape.is_union and len(set_members) != 1:
+        if shape.metadata.get("union") and len(set_members) != 1:
             errors.append(f"Value at '{path or shape.name}' failed to satisfy constraint: "
                           "Union must have exactly one member set")
         for name in set_members:

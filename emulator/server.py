@@ -7,8 +7,8 @@ Whatever happens inside, the client gets an AWS-shaped JSON error, never a stack
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import socket
 import urllib.parse
 from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -56,10 +56,11 @@ class RequestHandler(BaseHTTPRequestHandler):
         # Called by BaseHTTPRequestHandler for malformed request lines/headers: answer in the AWS JSON shape.
         err = SerializationException(message or "Malformed request", status=code if code >= 400 else 400)
         self.close_connection = True
-        try:
+        if not self.request_version.startswith("HTTP/1."):
+            # An unparsable request line leaves the HTTP/0.9 default, which would suppress the status line.
+            self.request_version = "HTTP/1.1"
+        with contextlib.suppress(OSError):
             self._write(error_response(err), head_only=False)
-        except OSError:
-            pass
 
     def _dispatch(self) -> None:
         request_id = ""
@@ -109,7 +110,7 @@ class RequestHandler(BaseHTTPRequestHandler):
             response = error_response(InternalServerException("Internal server error"), request_id or None)
         try:
             self._write(response, head_only=self.command == "HEAD")
-        except (BrokenPipeError, ConnectionResetError, socket.timeout):
+        except (TimeoutError, BrokenPipeError, ConnectionResetError):
             self.close_connection = True
 
     def _write(self, response: HttpResponse, head_only: bool) -> None:

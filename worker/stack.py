@@ -105,7 +105,7 @@ class StackConfig(BaseSettings):
         description="buckets (re)created on moto after it is healthy; env: comma-separated",
     )
     health_timeout: float = Field(default=60.0, gt=0, le=3600, description="seconds to wait for each component")
-    stop_timeout: float = Field(default=20.0, gt=0, le=600, description="seconds between SIGTERM and SIGKILL")
+    stop_timeout: float = Field(default=30.0, gt=0, le=600, description="seconds between SIGTERM and SIGKILL")
     temporal_bin: Path | None = Field(default=None, description="the `temporal` CLI; default: PATH, then next to python")
 
     @field_validator("buckets", mode="before")

@@ -98,20 +98,21 @@ class MigrationWorkflow:
                 nxt += 1
             if not running:
                 break
-            done, running = await workflow.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            done, pending = await workflow.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            running = set(pending)
             for task in done:
                 task.result()
         return nxt
 
     @workflow.run
-    async def run(self, input: MigrationInput, state: MigrationState | None = None) -> MigrationResult:
+    async def run(self, input: MigrationInput) -> MigrationResult:
         self._id = workflow.info().workflow_id
         try:
             check_migration_id(self._id)
         except ValueError as err:
             raise ApplicationError(str(err), type="InvalidMigrationId", non_retryable=True) from None
-        if state:
-            self._state = state
+        if input.continued:
+            self._state = input.continued.model_copy(deep=True)
             self._state.runs += 1
         if self._state.started_at is None:
             self._state.started_at = workflow.now()
@@ -131,7 +132,7 @@ class MigrationWorkflow:
             s.pages_done = await self._bounded(s.pages_done, s.inventory_pages, input.max_parallel_pages,
                                                lambda page: self._page(input, page))
             if s.pages_done < s.inventory_pages:
-                workflow.continue_as_new(args=[input, s])
+                workflow.continue_as_new(input.model_copy(update={"continued": s}))
             s.phase = "planning"
 
         if s.phase == "planning":
@@ -153,7 +154,7 @@ class MigrationWorkflow:
             s.batches_done = await self._bounded(s.batches_done, s.batches_planned, input.max_concurrent_jobs,
                                                  lambda batch: self._batch(input, batch), pace)
             if s.batches_done < s.batches_planned:
-                workflow.continue_as_new(args=[input, s])
+                workflow.continue_as_new(input.model_copy(update={"continued": s}))
             s.phase = "reporting"
 
         report = await workflow.execute_activity(

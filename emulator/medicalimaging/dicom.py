@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pydicom
-from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.datadict import dictionary_VR, keyword_for_tag
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
 from pydicom.errors import InvalidDicomError

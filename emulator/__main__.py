@@ -1,0 +1,96 @@
+"""``python -m emulator --host 127.0.0.1 --port 8789 --data-dir .local/emulator``.
+
+Every flag can also be set with an environment variable ``HIMIG_EMULATOR_<FLAG>`` (dashes as underscores,
+e.g. ``HIMIG_EMULATOR_CLOCK=manual``); an explicit flag wins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from emulator.app import build
+from emulator.config import Settings
+
+
+def _env(name: str, default: Any) -> Any:
+    return os.environ.get("HIMIG_EMULATOR_" + name.upper().replace("-", "_"), default)
+
+
+def _bool(text: Any) -> bool:
+    return str(text).lower() in ("1", "true", "yes", "on")
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[Settings, str]:
+    d = Settings(data_dir=Path("."))
+    p = argparse.ArgumentParser(prog="python -m emulator", description="Local AWS HealthImaging emulator")
+    p.add_argument("--host", default=_env("host", d.host))
+    p.add_argument("--port", type=int, default=int(_env("port", d.port)))
+    p.add_argument("--data-dir", type=Path, default=Path(_env("data-dir", ".local/emulator")))
+    p.add_argument("--clock", choices=("auto", "manual"), default=_env("clock", d.clock),
+                   help="auto: jobs progress on their own; manual: only via /_emulator/clock/advance or job advance")
+    p.add_argument("--submitted-seconds", type=float, default=_opt_float(_env("submitted-seconds", None)),
+                   help="minimum time a job stays SUBMITTED (default 0 auto, 1 manual)")
+    p.add_argument("--in-progress-seconds", type=float, default=_opt_float(_env("in-progress-seconds", None)),
+                   help="minimum time a job stays IN_PROGRESS (default 0 auto, 1 manual)")
+    p.add_argument("--datastore-create-seconds", type=float,
+                   default=float(_env("datastore-create-seconds", d.datastore_create_seconds)))
+    p.add_argument("--threads", type=int, default=int(_env("threads", d.threads)),
+                   help="S3 GET + parse worker threads shared by all jobs")
+    p.add_argument("--max-running-jobs", type=int, default=int(_env("max-running-jobs", d.max_running_jobs)))
+    p.add_argument("--max-files-per-job", type=int, default=int(_env("max-files-per-job", d.max_files_per_job)))
+    p.add_argument("--max-bytes-per-job", type=int, default=int(_env("max-bytes-per-job", d.max_bytes_per_job)))
+    p.add_argument("--max-file-bytes", type=int, default=int(_env("max-file-bytes", d.max_file_bytes)))
+    p.add_argument("--max-nested-folders", type=int, default=int(_env("max-nested-folders", d.max_nested_folders)))
+    p.add_argument("--max-concurrent-jobs", type=int,
+                   default=int(_env("max-concurrent-jobs", d.max_concurrent_jobs)),
+                   help="SUBMITTED + IN_PROGRESS jobs per data store before ServiceQuotaExceededException")
+    p.add_argument("--max-body-bytes", type=int, default=int(_env("max-body-bytes", d.max_body_bytes)))
+    p.add_argument("--region", default=_env("region", d.region))
+    p.add_argument("--account-id", default=_env("account-id", d.account_id))
+    p.add_argument("--store-instances", type=_bool, default=_bool(_env("store-instances", d.store_instances)),
+                   help="keep imported P10 files content-addressed under DATA_DIR/blobs (true/false)")
+    p.add_argument("--log-level", default=_env("log-level", "INFO"))
+    a = p.parse_args(argv)
+    settings = Settings(
+        data_dir=a.data_dir, host=a.host, port=a.port, clock=a.clock, submitted_seconds=a.submitted_seconds,
+        in_progress_seconds=a.in_progress_seconds, datastore_create_seconds=a.datastore_create_seconds,
+        threads=a.threads, max_running_jobs=a.max_running_jobs, max_files_per_job=a.max_files_per_job,
+        max_bytes_per_job=a.max_bytes_per_job, max_file_bytes=a.max_file_bytes,
+        max_nested_folders=a.max_nested_folders, max_concurrent_jobs=a.max_concurrent_jobs,
+        max_body_bytes=a.max_body_bytes, region=a.region, account_id=a.account_id,
+        store_instances=a.store_instances,
+    )
+    return settings, a.log_level
+
+
+def _opt_float(text: Any) -> float | None:
+    return None if text in (None, "") else float(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings, level = parse_args(argv)
+    logging.basicConfig(level=level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log = logging.getLogger("emulator")
+    emulator = build(settings)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    emulator.start()
+    log.info("HealthImaging emulator listening on %s (data dir %s, clock %s)", emulator.url, settings.data_dir,
+             settings.clock)
+    stop.wait()
+    log.info("shutting down")
+    emulator.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""Test controls under ``/_emulator/`` (like moto's ``/moto-api/``). Documented in ``emulator/README.md``."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any
+
+from emulator.config import Settings
+from emulator.errors import ResourceNotFoundException, SerializationException, ValidationException
+from emulator.medicalimaging.jobs import JobRunner
+from emulator.medicalimaging.models import JOB_ORDER, MedicalImagingBackend
+from emulator.protocol import Dispatcher, Handler, HttpRequest, HttpResponse, json_response
+
+PREFIX = "/_emulator/"
+
+
+class AdminApi(Dispatcher):
+    def __init__(self, backend: MedicalImagingBackend, runner: JobRunner, settings: Settings) -> None:
+        self.backend = backend
+        self.runner = runner
+        self.settings = settings
+        self.routes: list[tuple[str, re.Pattern[str], Callable[..., Any]]] = [
+            ("GET", re.compile(r"health"), self.health),
+            ("POST", re.compile(r"reset"), self.reset),
+            ("GET", re.compile(r"state"), self.state),
+            ("GET", re.compile(r"stats"), self.stats),
+            ("GET", re.compile(r"config"), self.config),
+            ("GET", re.compile(r"clock"), self.clock),
+            ("POST", re.compile(r"clock/advance"), self.clock_advance),
+            ("POST", re.compile(r"jobs/(?P<job_id>[0-9a-z]{1,32})/advance"), self.job_advance),
+        ]
+
+    def match(self, request: HttpRequest) -> Handler | None:
+        if not request.raw_path.startswith(PREFIX):
+            return None
+        sub = request.raw_path[len(PREFIX):].rstrip("/")
+        for method, regex, fn in self.routes:
+            m = regex.fullmatch(sub)
+            if m and method == request.method:
+                return lambda req, fn=fn, kw=m.groupdict(): self._call(fn, req, kw)  # type: ignore[misc]
+        return None
+
+    def _call(self, fn: Callable[..., Any], request: HttpRequest, kwargs: dict[str, str]) -> HttpResponse:
+        body: dict[str, Any] = {}
+        if request.body.strip():
+            try:
+                body = json.loads(request.body)
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                raise SerializationException("Request body is not valid JSON") from None
+            if not isinstance(body, dict):
+                raise SerializationException("Request body must be a JSON object")
+        query = {k: v[-1] for k, v in request.query.items()}
+        return json_response(200, fn(body=body, query=query, **kwargs), request.request_id)
+
+    # ---- endpoints
+
+    def health(self, **_: Any) -> dict[str, Any]:
+        return {"status": "ok"}
+
+    def reset(self, **_: Any) -> dict[str, Any]:
+        self.backend.reset()
+        self.runner.wake()
+        return {"status": "reset"}
+
+    def state(self, **_: Any) -> dict[str, Any]:
+        return self.backend.state()
+
+    def stats(self, query: dict[str, str], **_: Any) -> dict[str, Any]:
+        return self.backend.stats(query.get("jobId"))
+
+    def config(self, **_: Any) -> dict[str, Any]:
+        return {k: (str(v) if k == "data_dir" else v) for k, v in asdict(self.settings).items()}
+
+    def clock(self, **_: Any) -> dict[str, Any]:
+        return {"mode": self.backend.clock.mode, "now": self.backend.clock.now()}
+
+    def clock_advance(self, body: dict[str, Any], **_: Any) -> dict[str, Any]:
+        seconds = body.get("seconds")
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
+            raise ValidationException("'seconds' must be a non-negative number")
+        now = self.backend.clock.advance(seconds)
+        self.runner.wake()
+        return {"mode": self.backend.clock.mode, "now": now}
+
+    def job_advance(self, body: dict[str, Any], job_id: str, **_: Any) -> dict[str, Any]:
+        """Release a held job to its next phase (or ``{"to": "COMPLETED"}``) and by default wait for it."""
+        job = self.backend.job(job_id)
+        if job is None:
+            raise ResourceNotFoundException(f"Import job {job_id} does not exist")
+        to = body.get("to")
+        if to is None:
+            to = "IN_PROGRESS" if job.status == "SUBMITTED" else "COMPLETED"
+        if to not in ("IN_PROGRESS", "COMPLETED"):
+            raise ValidationException("'to' must be IN_PROGRESS or COMPLETED")
+        if JOB_ORDER[job.status] < JOB_ORDER[to]:
+            self.backend.release_job(job_id, to)
+            self.runner.wake()
+        if body.get("wait", True):
+            timeout = float(body.get("timeoutSeconds", 30))
+            targets = {"IN_PROGRESS", "COMPLETED", "FAILED"} if to == "IN_PROGRESS" else {"COMPLETED", "FAILED"}
+            job = self.runner.wait_for(job_id, targets, timeout) or job
+        else:
+            job = self.backend.job(job_id) or job
+        return {"jobId": job.id, "jobStatus": job.status}

@@ -1,0 +1,68 @@
+"""Wiring: build the store, backend, job runner and HTTP server from :class:`~emulator.config.Settings`."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import warnings
+from dataclasses import dataclass
+
+import pydicom
+
+from emulator.admin import AdminApi
+from emulator.config import Settings
+from emulator.medicalimaging.clock import JobClock
+from emulator.medicalimaging.handlers import MedicalImagingHandlers
+from emulator.medicalimaging.jobs import JobRunner
+from emulator.medicalimaging.models import MedicalImagingBackend
+from emulator.protocol import RestJsonService
+from emulator.server import EmulatorHTTPServer
+from emulator.store import Store
+
+log = logging.getLogger("emulator")
+
+
+@dataclass
+class Emulator:
+    settings: Settings
+    store: Store
+    backend: MedicalImagingBackend
+    runner: JobRunner
+    server: EmulatorHTTPServer
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.settings.host}:{self.server.server_address[1]}"
+
+    def start(self) -> threading.Thread:
+        """Start the job runner and serve HTTP on a background thread."""
+        self.runner.start()
+        thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.2},
+                                  name="http", daemon=True)
+        thread.start()
+        return thread
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.runner.stop()
+        self.store.close()
+
+
+def build(settings: Settings) -> Emulator:
+    # Import is about whether a file can be stored, not whether every value is pedantically valid; pydicom's
+    # per-value validation warnings would also flood the log (and could echo patient data into it).
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+    warnings.filterwarnings("ignore", module=r"pydicom\..*")
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
+
+    store = Store(settings.data_dir)
+    clock = JobClock(settings.clock, store)
+    backend = MedicalImagingBackend(settings, store, clock)
+    runner = JobRunner(backend, settings, store)
+    api = RestJsonService("medical-imaging", MedicalImagingHandlers(backend, runner))
+    # Order matters: admin first; future families (DICOMweb under /datastore/{id}/studies, HealthLake json-1.1
+    # keyed on X-Amz-Target) go before the rest-json API so its looser patterns never shadow them.
+    server = EmulatorHTTPServer((settings.host, settings.port), [AdminApi(backend, runner, settings), api],
+                                settings.max_body_bytes)
+    return Emulator(settings, store, backend, runner, server)

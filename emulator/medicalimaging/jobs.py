@@ -1,0 +1,297 @@
+"""Running import jobs: SUBMITTED → IN_PROGRESS → COMPLETED | FAILED, on the job clock.
+
+A scheduler thread moves SUBMITTED jobs to IN_PROGRESS when the clock allows and a run slot is free, and starts
+one worker thread per IN_PROGRESS job. The worker:
+
+1. lists ``inputS3Uri`` (ListObjectsV2 pages) and reads every object exactly once (one GET, no HEAD) on a shared
+   thread pool, parsing each from memory with pydicom and storing it content-addressed;
+2. waits until the job clock lets it leave IN_PROGRESS (so tests can hold a job there);
+3. applies the result in one SQLite transaction (image sets + the output documents), then PUTs the four output
+   objects and marks the job COMPLETED.
+
+A job found IN_PROGRESS at start-up (the server died mid-job) is simply run again: step 1 is read-only, image-set
+ids are deterministic, and step 3 is atomic, so a re-run is idempotent. If the crash came after step 3's
+transaction, only the PUTs and the final status are redone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from emulator.config import Settings
+from emulator.errors import ServiceQuotaExceededException
+from emulator.medicalimaging.dicom import InstanceRejected, parse_instance
+from emulator.medicalimaging.models import FileOutcome, ImportJob, MedicalImagingBackend
+from emulator.medicalimaging.s3io import (
+    ObjectReader,
+    S3Object,
+    count_folders,
+    folder_prefix,
+    list_objects,
+    make_s3_client,
+    split_s3_uri,
+)
+from emulator.store import Store
+
+log = logging.getLogger("emulator.jobs")
+
+
+class JobFailed(Exception):
+    """The whole job fails (FAILED status) with this message."""
+
+
+class JobRunner:
+    def __init__(self, backend: MedicalImagingBackend, settings: Settings, store: Store) -> None:
+        self.backend = backend
+        self.settings = settings
+        self.store = store
+        self.s3 = make_s3_client(settings.region, pool=settings.threads + 8)
+        self.reader = ObjectReader(self.s3, pool=settings.threads + 8)
+        self.cond = threading.Condition()
+        self._stop = threading.Event()
+        self._active: set[str] = set()
+        self._working = 0
+        self._pool = ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="import-io")
+        self._thread = threading.Thread(target=self._loop, name="job-scheduler", daemon=True)
+
+    # ---- lifecycle
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.wake()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._thread.join(timeout=5)
+
+    def wake(self) -> None:
+        with self.cond:
+            self.cond.notify_all()
+
+    def wait_for(self, job_id: str, statuses: set[str], timeout: float) -> ImportJob | None:
+        """Block until the job reaches one of ``statuses`` (admin helper); returns the job."""
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.backend.job(job_id)
+            if job is None or job.status in statuses or time.monotonic() >= deadline:
+                return job
+            with self.cond:
+                self.cond.wait(timeout=min(0.05, max(0.0, deadline - time.monotonic())))
+
+    # ---- quota checks at submit (need S3, so they live here rather than in models)
+
+    def check_input_quotas(self, input_uri: str) -> None:
+        """Raise ServiceQuotaExceededException if the input prefix is over a per-job quota."""
+        s = self.settings
+        bucket, prefix = split_s3_uri(input_uri)
+        prefix = folder_prefix(prefix)
+        try:
+            objects, _ = list_objects(self.s3, bucket, prefix)
+        except (ClientError, BotoCoreError):
+            return  # unreadable input is the job's failure to report, not the submit call's
+        total = sum(o.size for o in objects)
+        if len(objects) > s.max_files_per_job:
+            raise ServiceQuotaExceededException(
+                f"The input contains {len(objects)} files; the limit per import job is {s.max_files_per_job}")
+        if total > s.max_bytes_per_job:
+            raise ServiceQuotaExceededException(
+                f"The input contains {total} bytes; the limit per import job is {s.max_bytes_per_job} bytes")
+        biggest = max(objects, key=lambda o: o.size, default=None)
+        if biggest is not None and biggest.size > s.max_file_bytes:
+            raise ServiceQuotaExceededException(
+                f"An input file is {biggest.size} bytes; the limit per file is {s.max_file_bytes} bytes")
+        folders = count_folders(objects, prefix)
+        if folders > s.max_nested_folders:
+            raise ServiceQuotaExceededException(
+                f"The input contains {folders} nested folders; the limit per import job is {s.max_nested_folders}")
+
+    # ---- scheduling
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                waiting = self._schedule()
+            except Exception:
+                log.exception("job scheduler pass failed")
+                waiting = True
+            with self.cond:
+                # Poll quickly only while some job waits on the clock; otherwise sleep until woken.
+                self.cond.wait(timeout=0.05 if waiting else 1.0)
+
+    def _schedule(self) -> bool:
+        waiting = False
+        for job in self.backend.unfinished_jobs():
+            if job.id in self._active:
+                continue
+            if job.status == "SUBMITTED":
+                if self._working >= self.settings.max_running_jobs or not self.backend.gate_open(job):
+                    waiting = True
+                    continue
+                if not self.backend.mark_in_progress(job.id):
+                    continue
+                log.info("job %s IN_PROGRESS", job.id)
+            self._spawn(job.id)
+        return waiting
+
+    def _spawn(self, job_id: str) -> None:
+        with self.cond:
+            self._active.add(job_id)
+        threading.Thread(target=self._run, args=(job_id,), name=f"job-{job_id[:8]}", daemon=True).start()
+
+    # ---- one job
+
+    def _run(self, job_id: str) -> None:
+        try:
+            self._run_job(job_id)
+        except Exception:
+            if self._stop.is_set():
+                return  # shutting down: leave the job IN_PROGRESS so the next start resumes it
+            log.exception("job %s crashed", job_id)
+            self.backend.finish_job(job_id, "FAILED", "Internal error while running the import job", None)
+        finally:
+            with self.cond:
+                self._active.discard(job_id)
+                self.cond.notify_all()
+
+    def _run_job(self, job_id: str) -> None:
+        job = self.backend.job(job_id)
+        if job is None:
+            return
+        outputs = job.outputs if job.applied else None
+        stats: dict[str, Any] = dict(job.stats or {})
+        if outputs is None:
+            started = time.perf_counter()
+            with self.cond:
+                self._working += 1
+            try:
+                outcomes, stats = self._read_all(job)
+            except JobFailed as exc:
+                self._fail(job, str(exc), stats)
+                return
+            finally:
+                with self.cond:
+                    self._working -= 1
+                    self.cond.notify_all()
+            if not self._wait_gate(job_id):
+                return
+            t = time.perf_counter()
+            outputs = self.backend.apply_import(job_id, outcomes, stats)
+            if outputs is None:
+                return  # job vanished (reset)
+            stats["apply_seconds"] = round(time.perf_counter() - t, 6)
+            stats["work_seconds"] = round(time.perf_counter() - started, 6)
+        t = time.perf_counter()
+        try:
+            self._write_outputs(job, outputs)
+        except (ClientError, BotoCoreError) as exc:
+            self.backend.finish_job(job_id, "FAILED", f"Unable to write results to outputS3Uri: {_code(exc)}",
+                                    stats)
+            return
+        stats["write_seconds"] = round(time.perf_counter() - t, 6)
+        stats["s3_put_requests"] = len(outputs)
+        self.backend.finish_job(job_id, "COMPLETED", None, stats)
+        log.info("job %s COMPLETED (%s files)", job_id, stats.get("files"))
+
+    def _wait_gate(self, job_id: str) -> bool:
+        while not self._stop.is_set():
+            job = self.backend.job(job_id)
+            if job is None:
+                return False
+            if self.backend.gate_open(job):
+                return True
+            with self.cond:
+                self.cond.wait(timeout=0.05)
+        return False
+
+    def _fail(self, job: ImportJob, message: str, stats: dict[str, Any]) -> None:
+        outputs = self.backend.failure_outputs(job, [])
+        with contextlib.suppress(ClientError, BotoCoreError):  # the output location may be what is broken
+            self._write_outputs(job, outputs)
+        self.backend.finish_job(job.id, "FAILED", message, stats, outputs)
+        log.info("job %s FAILED: %s", job.id, message)
+
+    def _read_all(self, job: ImportJob) -> tuple[list[FileOutcome], dict[str, Any]]:
+        wall = time.perf_counter()
+        out_bucket, _ = split_s3_uri(job.output_uri)
+        try:
+            self.s3.head_bucket(Bucket=out_bucket)
+        except (ClientError, BotoCoreError) as exc:
+            raise JobFailed(f"Unable to access outputS3Uri bucket {out_bucket}: {_code(exc)}") from None
+        bucket, prefix = split_s3_uri(job.input_uri)
+        prefix = folder_prefix(prefix)
+        t = time.perf_counter()
+        try:
+            objects, list_requests = list_objects(self.s3, bucket, prefix)
+        except (ClientError, BotoCoreError) as exc:
+            raise JobFailed(f"Unable to list inputS3Uri: {_code(exc)}") from None
+        list_seconds = time.perf_counter() - t
+        if not objects:
+            raise JobFailed("No files were found under inputS3Uri")
+        outcomes = list(self._pool.map(lambda o: self._read_one(bucket, o), objects))
+        stats: dict[str, Any] = {
+            "files": len(objects),
+            "bytes": sum(o.size for o in objects),
+            "threads": self.settings.threads,
+            "s3_list_requests": list_requests,
+            "s3_get_requests": sum(int(o.timings.get("gets", 0)) for o in outcomes),
+            "list_seconds": round(list_seconds, 6),
+            "read_seconds": round(sum(o.timings.get("read", 0.0) for o in outcomes), 6),
+            "parse_seconds": round(sum(o.timings.get("parse", 0.0) for o in outcomes), 6),
+            "store_seconds": round(sum(o.timings.get("store", 0.0) for o in outcomes), 6),
+            "read_wall_seconds": round(time.perf_counter() - wall, 6),
+            "imported": sum(1 for o in outcomes if o.parsed is not None),
+            "rejected": sum(1 for o in outcomes if o.parsed is None),
+        }
+        return outcomes, stats
+
+    def _read_one(self, bucket: str, obj: S3Object) -> FileOutcome:
+        outcome = FileOutcome(key=obj.key, size=obj.size)
+        if obj.size > self.settings.max_file_bytes:
+            outcome.error = f"File size {obj.size} exceeds the maximum of {self.settings.max_file_bytes} bytes"
+            return outcome
+        t0 = time.perf_counter()
+        gets = 1
+        try:
+            data, gets = self.reader.get(bucket, obj.key)
+        except ClientError as exc:
+            outcome.timings = {"read": time.perf_counter() - t0, "gets": 1}
+            outcome.error = f"Unable to read the input file: {_code(exc)}"
+            return outcome
+        except BotoCoreError as exc:
+            outcome.timings = {"read": time.perf_counter() - t0, "gets": 1}
+            outcome.error = f"Unable to read the input file: {type(exc).__name__}"
+            outcome.server_error = True
+            return outcome
+        t1 = time.perf_counter()
+        try:
+            outcome.parsed = parse_instance(data)
+        except InstanceRejected as exc:
+            outcome.error = str(exc)
+        except Exception as exc:  # never let one odd file take the job down
+            outcome.error = f"Input file could not be parsed as DICOM ({type(exc).__name__})"
+        t2 = time.perf_counter()
+        if outcome.parsed is not None and self.settings.store_instances:
+            self.store.put_blob(data, outcome.parsed.sha256)
+        t3 = time.perf_counter()
+        outcome.timings = {"read": t1 - t0, "parse": t2 - t1, "store": t3 - t2, "gets": gets}
+        return outcome
+
+    def _write_outputs(self, job: ImportJob, outputs: dict[str, str]) -> None:
+        bucket, prefix = split_s3_uri(job.resolved_output_uri)
+        for name, body in outputs.items():
+            content_type = "application/json" if name.endswith(".json") else "application/x-ndjson"
+            self.s3.put_object(Bucket=bucket, Key=prefix + name, Body=body.encode(), ContentType=content_type)
+
+
+def _code(exc: Exception) -> str:
+    if isinstance(exc, ClientError):
+        return str(exc.response.get("Error", {}).get("Code") or "ClientError")
+    return type(exc).__name__
