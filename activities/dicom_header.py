@@ -173,7 +173,7 @@ def _describe(ds: Dataset, result: HeaderResult) -> None:
     meta = getattr(ds, "file_meta", None) or Dataset()
     tsuid = _text(meta, "TransferSyntaxUID")
     media_class = _text(meta, "MediaStorageSOPClassUID")
-    values = {
+    values: dict[str, Any] = {
         "sop_instance_uid": _text(ds, "SOPInstanceUID") or None,
         "sop_class_uid": _text(ds, "SOPClassUID"),
         "study_instance_uid": _text(ds, "StudyInstanceUID"),

@@ -25,8 +25,10 @@ def build_report(inventory: list[InventoryEntry], ledger: list[LedgerEntry]) -> 
     rows: list[LedgerEntry] = []
     unaccounted = 0
     for inv in sorted(inventory, key=lambda e: e.key):
-        entry = by_key.pop(inv.key, None)
-        if entry is None:
+        found = by_key.pop(inv.key, None)
+        if found is not None:
+            entry = found
+        else:
             unaccounted += 1
             entry = LedgerEntry(key=inv.key, state=FileState.FAILED, size=inv.size, code="Unaccounted",
                                 reason="no stage recorded an outcome for this file")

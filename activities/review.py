@@ -151,9 +151,9 @@ class ReviewActivities:
             problems.append(f"{len(unknown)} files in the job output were not staged by this batch")
         problems += self._verify_image_sets(job.datastore_id, refs)
         for summary in output.summary.get("imageSetsSummary", []) or []:
-            ref = refs.get(summary.get("imageSetId", ""))
-            if ref and "isPrimary" in summary and bool(summary["isPrimary"]) != ref.is_primary:
-                problems.append(f"image set {ref.image_set_id}: manifest and success.ndjson disagree on isPrimary")
+            listed = refs.get(summary.get("imageSetId", ""))
+            if listed and "isPrimary" in summary and bool(summary["isPrimary"]) != listed.is_primary:
+                problems.append(f"image set {listed.image_set_id}: manifest and success.ndjson disagree on isPrimary")
         ledger_loc = layout.ledger_for_batch(batch.work_s3_uri, batch.migration_id, batch.batch)
         put_ndjson(self._s3, ledger_loc, ledger)
         counts: dict[FileState, int] = {}

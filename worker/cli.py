@@ -22,7 +22,7 @@ from contracts.pipeline import (
     ValidationLevel,
     check_migration_id,
 )
-from worker.progress import watch_migration, print_progress
+from worker.progress import print_progress, watch_migration
 from worker.reporting import load_report, print_report
 from worker.settings import Settings
 from workflows.migration import MigrationWorkflow
@@ -163,7 +163,7 @@ def report(
 
     async def go() -> None:
         client = await _client(s)
-        handle = client.get_workflow_handle(migration_id)
+        handle = client.get_workflow_handle_for(MigrationWorkflow.run, migration_id)
         try:
             desc = await handle.describe()
         except RPCError as err:
@@ -173,7 +173,7 @@ def report(
         if desc.status == WorkflowExecutionStatus.RUNNING:
             raise fail(f"migration {migration_id!r} is still running; see `himig status {migration_id} --watch`", 1)
         try:
-            result: MigrationResult = await handle.result(result_type=MigrationResult)
+            result: MigrationResult = await handle.result()
         except WorkflowFailureError as err:
             raise fail(f"migration {migration_id!r} did not complete: {err.cause}", 1) from None
         summary, rows = load_report(s, result, with_files=files)

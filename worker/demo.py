@@ -109,7 +109,7 @@ def run_demo(console: Console, validation_level: ValidationLevel = ValidationLev
                                              task_queue=settings.task_queue)
         console.print(f"started MigrationWorkflow {migration_id}")
         await watch_migration(client, migration_id, console)
-        return await handle.result(result_type=MigrationResult)
+        return await handle.result()
 
     result = asyncio.run(go())
     summary, rows = load_report(settings, result, with_files=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from typing import Any
 
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
@@ -172,13 +173,16 @@ class MigrationWorkflow:
     async def _page(self, input: MigrationInput, page: int) -> None:
         args = PageInput(migration_id=self._id, work_s3_uri=input.work_s3_uri, page=page,
                          source_s3_uri=input.source_s3_uri, validation_level=input.validation_level)
-        opts = {"start_to_close_timeout": policies.PAGE_TIMEOUT, "heartbeat_timeout": policies.HEARTBEAT,
-                "retry_policy": policies.STAGE_RETRY}
-        await workflow.execute_activity("parse_headers", args, result_type=ParseResult, **opts)  # type: ignore[arg-type]
-        validated = await workflow.execute_activity("validate_page", args, result_type=ValidateResult, **opts)  # type: ignore[arg-type]
-        await workflow.execute_activity("normalize_page", args, result_type=NormalizeResult, **opts)  # type: ignore[arg-type]
+        await self._page_stage("parse_headers", args, ParseResult)
+        validated: ValidateResult = await self._page_stage("validate_page", args, ValidateResult)
+        await self._page_stage("normalize_page", args, NormalizeResult)
         self._state.rejected += validated.rejected
         self._add_states({FileState.REJECTED: validated.rejected} if validated.rejected else {})
+
+    async def _page_stage(self, name: str, args: PageInput, result_type: type) -> Any:
+        return await workflow.execute_activity(
+            name, args, result_type=result_type, start_to_close_timeout=policies.PAGE_TIMEOUT,
+            heartbeat_timeout=policies.HEARTBEAT, retry_policy=policies.STAGE_RETRY)
 
     async def _batch(self, input: MigrationInput, batch: int) -> None:
         args = BatchInput(migration_id=self._id, batch=batch, source_s3_uri=input.source_s3_uri,

@@ -35,14 +35,15 @@ class TestParseHeader:
         data = make_instance(uid(), uid())
         result = parse_header(data[:256], len(data))
         assert result.need_bytes > 256
-        result, read = _parse_like_s3(data, first=256)
+        result, _read = _parse_like_s3(data, first=256)
         assert result.readable and not result.findings
 
     @pytest.mark.parametrize("name", ["MR_truncated.dcm", "rtplan_truncated.dcm"])
     def test_real_truncated_files_are_caught(self, name: str) -> None:
         path = get_testdata_file(name)
         assert path is not None
-        data = open(path, "rb").read()
+        with open(path, "rb") as fh:
+            data = fh.read()
         result, _ = _parse_like_s3(data)
         assert [f.code for f in result.findings] == ["truncated"]
 

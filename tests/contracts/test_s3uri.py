@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -15,7 +17,7 @@ class TestParseS3Uri:
     @pytest.mark.parametrize("uri", ["http://b/x", "s3://A/x", "s3://ab/x", "s3://bucket/a//b", "s3://bucket/../x",
                                      "s3://bucket/" + "x" * 1100, ""])
     def test_rejects_with_the_field_name(self, uri: str) -> None:
-        with pytest.raises(ValueError, match="^source_s3_uri: "):
+        with pytest.raises(ValueError, match=r"^source_s3_uri: "):
             parse_s3_uri(uri, field="source_s3_uri")
 
     def test_join_has_single_slashes(self) -> None:
@@ -24,7 +26,5 @@ class TestParseS3Uri:
 
     @given(st.text(max_size=80))
     def test_never_raises_anything_but_value_error(self, text: str) -> None:
-        try:
+        with contextlib.suppress(ValueError):
             parse_s3_uri("s3://" + text)
-        except ValueError:
-            pass
