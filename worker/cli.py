@@ -12,6 +12,8 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
+from temporalio.common import WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from contracts.pipeline import (
@@ -111,11 +113,11 @@ def start(
     async def go() -> None:
         client = await _client(s)
         try:
-            await client.start_workflow(MigrationWorkflow.run, payload, id=wid, task_queue=s.task_queue)
-        except RPCError as err:
-            if err.status == RPCStatusCode.ALREADY_EXISTS:
-                raise fail(f"a migration with id {wid!r} is already running") from None
-            raise
+            # A migration id names its work prefix and its import jobs' client tokens: never reuse one.
+            await client.start_workflow(MigrationWorkflow.run, payload, id=wid, task_queue=s.task_queue,
+                                        id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE)
+        except WorkflowAlreadyStartedError:
+            raise fail(f"a migration with id {wid!r} already exists (running or finished); choose another --id") from None
         console.print(wid)
         if wait:
             await watch_migration(client, wid, console)

@@ -111,7 +111,9 @@ def start_emulator(
 ) -> ServerProcess:
     """Start ``python -m emulator`` against the given S3 endpoint and wait for its health check."""
     port = port or free_port()
-    env = {**os.environ, **FAKE_AWS_ENV, "AWS_ENDPOINT_URL_S3": s3_url, **(extra_env or {})}
+    # Throttling is the emulator's default (AWS's rates); tests about something else switch it off.
+    env = {**os.environ, **FAKE_AWS_ENV, "AWS_ENDPOINT_URL_S3": s3_url, "HIMIG_EMULATOR_THROTTLING": "off",
+           **(extra_env or {})}
     log_path = log_dir / f"emulator-{port}.log"
     args = [sys.executable, "-m", "emulator", "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(data_dir)]
     proc = _spawn(args + (extra_args or []), env, log_path)

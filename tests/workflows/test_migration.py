@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from datetime import timedelta
@@ -151,3 +152,46 @@ class TestBadInput:
     def test_work_prefix_may_not_overlap_source(self) -> None:
         with pytest.raises(ValueError, match="must not overlap"):
             MigrationInput(source_s3_uri="s3://same-b/dicom/", datastore_id="a" * 32, work_s3_uri="s3://same-b/dicom/work/")
+
+
+class TestCliAgainstTemporal:
+    """`himig start/status/report` against the real dev server and a real migration."""
+
+    async def test_start_status_report_and_unknown_id(self, client: Client, worker: Worker, buckets: dict[str, Any],
+                                                datastore_id: str, temporal_env: Any,
+                                                monkeypatch: pytest.MonkeyPatch, moto_url: str) -> None:
+        from typer.testing import CliRunner
+
+        from worker.cli import app
+
+        s3, src, work = buckets["s3"], buckets["source"], buckets["work"]
+        _put(s3, src, "c/1.dcm", make_instance(uid(), uid()))
+        _put(s3, src, "c/bad.txt", b"not dicom")
+        monkeypatch.setenv("HIMIG_TEMPORAL_ADDRESS", temporal_env.client.service_client.config.target_host)
+        monkeypatch.setenv("HIMIG_TASK_QUEUE", worker.task_queue)
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto_url)
+        cli = CliRunner()
+
+        async def invoke(args: list[str]) -> Any:
+            # The CLI runs its own event loop; the in-process worker needs this one to keep running.
+            return await asyncio.to_thread(cli.invoke, app, args)
+
+        wid = f"cli-{uuid.uuid4().hex[:8]}"
+        result = await invoke(["start", "--source", f"s3://{src}/c/", "--datastore-id", datastore_id,
+                                     "--work", f"s3://{work}/w/", "--import-start-interval", "0", "--id", wid,
+                                     "--wait"])
+        assert result.exit_code == 0, result.output
+        assert wid in result.output
+        result = await invoke(["start", "--source", f"s3://{src}/c/", "--datastore-id", datastore_id,
+                                     "--work", f"s3://{work}/w/", "--id", wid])
+        assert result.exit_code == 2 and "already exists" in " ".join(result.output.split())
+        result = await invoke(["status", wid, "--json"])
+        assert result.exit_code == 0, result.output
+        assert '"phase": "completed"' in result.output
+        result = await invoke(["report", wid, "--json"])
+        assert result.exit_code == 0, result.output
+        assert '"imported": 1' in result.output and '"rejected": 1' in result.output
+        result = await invoke(["report", wid, "--files"])
+        assert result.exit_code == 0 and result.output.count('"key"') == 2
+        result = await invoke(["status", "no-such-migration"])
+        assert result.exit_code == 1 and "no migration with id" in result.output

@@ -1,0 +1,83 @@
+"""`python -m worker` as a real process: it serves a migration, and stops cleanly on SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from temporalio.client import Client
+
+from contracts.pipeline import FileState, MigrationInput
+from tests.support.dicom import make_instance, uid
+from workflows.migration import MigrationWorkflow
+
+
+def _wait_for(path: Path, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, f"worker exited with {proc.returncode}"
+        assert time.monotonic() < deadline, "worker never wrote its health file"
+        time.sleep(0.05)
+
+
+async def test_worker_process_migrates_and_stops_on_sigterm(
+        client: Client, moto_url: str, emulator_url: str, buckets: dict[str, Any], datastore_id: str,
+        tmp_path: Path) -> None:
+    queue = f"proc-{uuid.uuid4().hex[:8]}"
+    health = tmp_path / "worker.ready"
+    env = {**os.environ, "HIMIG_TEMPORAL_ADDRESS": client.service_client.config.target_host,
+           "HIMIG_TASK_QUEUE": queue, "HIMIG_HEALTH_FILE": str(health), "HIMIG_GRACEFUL_SHUTDOWN_SECONDS": "5",
+           "AWS_ENDPOINT_URL_S3": moto_url, "AWS_ENDPOINT_URL_EVENTBRIDGE": moto_url,
+           "AWS_ENDPOINT_URL_MEDICAL_IMAGING": emulator_url}
+    log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115 - owned by the child for its lifetime
+    proc = subprocess.Popen([sys.executable, "-m", "worker"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        _wait_for(health, proc)
+        assert health.read_text() == str(proc.pid)
+        s3, src, work = buckets["s3"], buckets["source"], buckets["work"]
+        s3.put_object(Bucket=src, Key="p/1.dcm", Body=make_instance(uid(), uid()))
+        payload = MigrationInput(source_s3_uri=f"s3://{src}/p/", datastore_id=datastore_id,
+                                 work_s3_uri=f"s3://{work}/w/", import_start_interval_seconds=0)
+        result = await client.execute_workflow(MigrationWorkflow.run, payload, id=f"proc-{uuid.uuid4().hex[:8]}",
+                                               task_queue=queue, execution_timeout=timedelta(seconds=90))
+        assert result.files_by_state[FileState.IMPORTED] == 1
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        assert not health.exists()
+        text = (tmp_path / "worker.log").read_text()
+        assert "shutdown requested" in text and "worker stopped" in text
+        assert "SYNTH" not in text  # no patient values in the worker's logs
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        log.close()
+
+
+@pytest.mark.parametrize("var,value,needle", [
+    ("HIMIG_TEMPORAL_ADDRESS", "nohostport", "temporal_address"),
+    ("HIMIG_PARSE_CONCURRENCY", "0", "parse_concurrency"),
+    ("HIMIG_LOG_LEVEL", "loud", "log_level"),
+])
+def test_bad_settings_exit_2_naming_the_setting(var: str, value: str, needle: str) -> None:
+    proc = subprocess.run([sys.executable, "-m", "worker"], env={**os.environ, var: value}, capture_output=True,
+                          timeout=60)
+    assert proc.returncode == 2
+    assert needle in proc.stderr.decode()
+
+
+def test_unreachable_temporal_exits_1_with_a_clear_message() -> None:
+    from tests.support.servers import free_port
+
+    proc = subprocess.run([sys.executable, "-m", "worker"], capture_output=True, timeout=60,
+                          env={**os.environ, "HIMIG_TEMPORAL_ADDRESS": f"127.0.0.1:{free_port()}"})
+    assert proc.returncode == 1
+    assert "cannot reach Temporal" in proc.stderr.decode()
