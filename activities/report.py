@@ -14,8 +14,13 @@ from contracts.records import InventoryEntry, LedgerEntry
 from contracts.s3uri import S3Location
 
 
-def build_report(inventory: list[InventoryEntry], ledger: list[LedgerEntry]) -> tuple[list[LedgerEntry], dict[str, Any]]:
-    """Join the inventory with the ledger; files with no ledger line are reported ``failed`` as unaccounted."""
+def build_report(inventory: list[InventoryEntry], ledger: list[LedgerEntry],
+                 cancelled: bool = False) -> tuple[list[LedgerEntry], dict[str, Any]]:
+    """Join the inventory with the ledger; files with no ledger line are reported ``failed``.
+
+    After a cancel, such files are the ones the migration never reached (code ``Cancelled``); otherwise they
+    are a bug somewhere (code ``Unaccounted``) and counted as such.
+    """
     by_key: dict[str, LedgerEntry] = {}
     twice: list[str] = []
     for entry in ledger:
@@ -23,11 +28,15 @@ def build_report(inventory: list[InventoryEntry], ledger: list[LedgerEntry]) -> 
             twice.append(entry.key)
         by_key[entry.key] = entry
     rows: list[LedgerEntry] = []
-    unaccounted = 0
+    unaccounted = not_reached = 0
     for inv in sorted(inventory, key=lambda e: e.key):
         found = by_key.pop(inv.key, None)
         if found is not None:
             entry = found
+        elif cancelled:
+            not_reached += 1
+            entry = LedgerEntry(key=inv.key, state=FileState.FAILED, size=inv.size, code="Cancelled",
+                                reason="the migration was cancelled before this file was imported")
         else:
             unaccounted += 1
             entry = LedgerEntry(key=inv.key, state=FileState.FAILED, size=inv.size, code="Unaccounted",
@@ -52,6 +61,8 @@ def build_report(inventory: list[InventoryEntry], ledger: list[LedgerEntry]) -> 
         "non_primary_image_sets": sorted(k for k, p in image_sets.items() if not p),
         "jobs": sorted({r.job_id for r in rows if r.job_id}),
         "unaccounted": unaccounted,
+        "cancelled": cancelled,
+        "not_reached_before_cancel": not_reached,
         "accounted_twice": len(twice),
         "outside_inventory": len(by_key),
     }
@@ -87,7 +98,7 @@ class ReportActivities:
         ledger: list[LedgerEntry] = []
         for obj in list_objects(self._s3, layout.ledger_prefix(input.work_s3_uri, input.migration_id)):
             ledger += [LedgerEntry.model_validate(r) for r in iter_ndjson(self._s3, S3Location(root.bucket, obj["Key"]))]
-        rows, summary = build_report(inventory, ledger)
+        rows, summary = build_report(inventory, ledger, input.cancelled)
         summary.update({"migration_id": input.migration_id, "datastore_id": input.datastore_id})
         prefix = layout.report_prefix(input.work_s3_uri, input.migration_id)
         files_loc, report_loc, text_loc = prefix.join("files.ndjson"), prefix.join("report.json"), prefix.join("summary.txt")

@@ -54,6 +54,22 @@ def _check_s3(value: str, field: str) -> str:
     return value
 
 
+class OperatorCommand(BaseModel):
+    """Optional argument of the `pause`, `resume` and `cancel` signals: who asks, and why (no PHI)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    by: str | None = Field(None, max_length=200)
+    reason: str | None = Field(None, max_length=1000)
+
+
+class OperatorAction(BaseModel):
+    action: str
+    at: datetime
+    by: str | None = None
+    reason: str | None = None
+
+
 class MigrationState(BaseModel):
     """State carried across continue-as-new; counts only."""
 
@@ -73,6 +89,9 @@ class MigrationState(BaseModel):
     started_at: datetime | None = None
     runs: int = 1
     report_uri: str | None = None
+    paused: bool = False
+    cancel_requested: bool = False
+    operator_log: list[OperatorAction] = Field(default_factory=list)
 
 
 class MigrationInput(Strict):
@@ -160,6 +179,9 @@ class MigrationProgress(BaseModel):
     files_per_second: float
     eta_seconds: float | None
     report_uri: str | None = None
+    paused: bool = False
+    cancel_requested: bool = False
+    operator_log: list[OperatorAction] = Field(default_factory=list)
 
 
 # ---- activity contracts -------------------------------------------------------------------------------------
@@ -322,6 +344,7 @@ class ReportInput(BaseModel):
     migration_id: str
     work_s3_uri: str
     datastore_id: str
+    cancelled: bool = False
 
 
 class ReportResult(BaseModel):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import uuid
 from typing import Any
@@ -21,6 +22,7 @@ from contracts.pipeline import (
     MAX_FILES_PER_JOB,
     MigrationInput,
     MigrationResult,
+    OperatorCommand,
     ValidationLevel,
     check_migration_id,
 )
@@ -188,6 +190,52 @@ def report(
             print_report(summary, console)
 
     _run(go())
+
+
+def _signal(migration_id: str, name: str, reason: str | None, by: str | None) -> None:
+    s = settings()
+    try:
+        command = OperatorCommand(by=by or os.environ.get("USER"), reason=reason)
+    except ValidationError as err:
+        raise fail(validation_message(err)) from None
+
+    async def go() -> None:
+        client = await _client(s)
+        handle = client.get_workflow_handle(migration_id)
+        try:
+            desc = await handle.describe()
+            if desc.status != WorkflowExecutionStatus.RUNNING:
+                raise fail(f"migration {migration_id!r} is not running (it is {desc.status.name})", 1)
+            await handle.signal(name, command)
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                raise fail(f"no migration with id {migration_id!r}", 1) from None
+            raise
+        console.print(f"{name} sent to {migration_id}")
+
+    _run(go())
+
+
+REASON = typer.Option(None, "--reason", help="why (recorded in the workflow; no patient data)")
+BY = typer.Option(None, "--by", help="who (default: $USER)")
+
+
+@app.command()
+def pause(migration_id: str = typer.Argument(...), reason: str | None = REASON, by: str | None = BY) -> None:
+    """Stop launching new work; what is in flight finishes."""
+    _signal(migration_id, "pause", reason, by)
+
+
+@app.command()
+def resume(migration_id: str = typer.Argument(...), reason: str | None = REASON, by: str | None = BY) -> None:
+    """Resume a paused migration."""
+    _signal(migration_id, "resume", reason, by)
+
+
+@app.command()
+def cancel(migration_id: str = typer.Argument(...), reason: str | None = REASON, by: str | None = BY) -> None:
+    """Drain and finish: submitted import jobs are still reviewed; files never reached are reported Cancelled."""
+    _signal(migration_id, "cancel", reason, by)
 
 
 @app.command()

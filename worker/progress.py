@@ -24,6 +24,10 @@ def print_progress(p: MigrationProgress, console: Console) -> None:
     table.add_row("batches", ", ".join(f"{k} {v}" for k, v in p.batches_by_stage.items()) + f" of {p.batches_planned}")
     table.add_row("image sets", f"{p.image_sets} ({p.non_primary_image_sets} non-primary)")
     table.add_row("throughput", f"{p.files_per_second:.1f} files/s" + (f", ETA {p.eta_seconds:.0f}s" if p.eta_seconds else ""))
+    if p.paused or p.cancel_requested:
+        table.add_row("operator", ("paused " if p.paused else "") + ("cancel requested" if p.cancel_requested else ""))
+    for action in p.operator_log[-3:]:
+        table.add_row(f"  {action.action}", f"{action.at:%Y-%m-%d %H:%M:%S} by {action.by or '?'}: {action.reason or ''}")
     if p.report_uri:
         table.add_row("report", p.report_uri)
     console.print(table)

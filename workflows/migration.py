@@ -26,6 +26,8 @@ with workflow.unsafe.imports_passed_through():
         MigrationResult,
         MigrationState,
         NormalizeResult,
+        OperatorAction,
+        OperatorCommand,
         PageInput,
         ParseResult,
         PlanInput,
@@ -70,7 +72,8 @@ class MigrationWorkflow:
             rejected=s.rejected, duplicates=s.duplicates, image_sets=s.image_sets,
             non_primary_image_sets=s.non_primary_image_sets, elapsed_seconds=elapsed, files_per_second=rate,
             eta_seconds=(remaining / rate) if rate > 0 and s.phase != "completed" else None,
-            report_uri=s.report_uri)
+            report_uri=s.report_uri, paused=s.paused, cancel_requested=s.cancel_requested,
+            operator_log=s.operator_log[-10:])
 
     def _add_states(self, counts: dict[FileState, int]) -> None:
         for state, n in counts.items():
@@ -86,13 +89,20 @@ class MigrationWorkflow:
                        pace: timedelta | None = None) -> int:
         """Run ``step(i)`` for i in [start, stop) with at most ``limit`` in flight.
 
-        Stops launching when history should roll over and returns the first index not run; everything launched
-        has finished by then, so the caller may continue as new.
+        Stops launching when history should roll over or a cancel arrives, and returns the first index not run;
+        everything launched has finished by then, so the caller may continue as new. While paused, nothing new
+        is launched but work in flight completes.
         """
         running: set[asyncio.Task[None]] = set()
         nxt = start
         while nxt < stop or running:
-            while nxt < stop and len(running) < limit and not self._should_roll_over():
+            while (nxt < stop and len(running) < limit and not self._should_roll_over()
+                   and not self._state.cancel_requested):
+                if self._state.paused:
+                    if running:
+                        break  # keep draining what is in flight; launch nothing new while paused
+                    await workflow.wait_condition(lambda: not self._state.paused or self._state.cancel_requested)
+                    continue
                 if pace and nxt > start:
                     await workflow.sleep(pace)
                 running.add(asyncio.ensure_future(step(nxt)))
@@ -104,6 +114,29 @@ class MigrationWorkflow:
             for task in done:
                 task.result()
         return nxt
+
+    def _record(self, action: str, command: OperatorCommand | None) -> None:
+        cmd = command or OperatorCommand()
+        self._state.operator_log.append(OperatorAction(action=action, at=workflow.now(), by=cmd.by, reason=cmd.reason))
+        del self._state.operator_log[:-50]  # bounded: it rides along through continue-as-new
+
+    @workflow.signal
+    def pause(self, command: OperatorCommand | None = None) -> None:
+        """Stop launching new pages and batches; work already in flight finishes."""
+        self._state.paused = True
+        self._record("pause", command)
+
+    @workflow.signal
+    def resume(self, command: OperatorCommand | None = None) -> None:
+        self._state.paused = False
+        self._record("resume", command)
+
+    @workflow.signal
+    def cancel(self, command: OperatorCommand | None = None) -> None:
+        """Drain and finish: nothing new starts, import jobs already submitted are still reviewed, and the
+        report marks every file that was never imported as failed with code ``Cancelled``."""
+        self._state.cancel_requested = True
+        self._record("cancel", command)
 
     @workflow.run
     async def run(self, input: MigrationInput) -> MigrationResult:
@@ -130,16 +163,17 @@ class MigrationWorkflow:
             s.phase = "parsing"
 
         if s.phase == "parsing":
-            s.pages_done = await self._bounded(s.pages_done, s.inventory_pages, input.max_parallel_pages,
-                                               lambda page: self._page(input, page))
-            if s.pages_done < s.inventory_pages:
+            reached = await self._bounded(s.pages_done, s.inventory_pages, input.max_parallel_pages,
+                                          lambda page: self._page(input, page))
+            if reached < s.inventory_pages and not s.cancel_requested:
                 workflow.continue_as_new(input.model_copy(update={"continued": s}))
+            # Planning runs even after a cancel, so files already parsed get their duplicate verdicts.
             s.phase = "planning"
 
         if s.phase == "planning":
             plan = await workflow.execute_activity(
                 "plan_batches",
-                PlanInput(migration_id=self._id, work_s3_uri=input.work_s3_uri, pages=s.inventory_pages,
+                PlanInput(migration_id=self._id, work_s3_uri=input.work_s3_uri, pages=s.pages_done,
                           max_files_per_batch=input.max_files_per_batch, max_bytes_per_batch=input.max_bytes_per_batch),
                 result_type=PlanResult, start_to_close_timeout=timedelta(hours=2), heartbeat_timeout=policies.HEARTBEAT,
                 retry_policy=policies.STAGE_RETRY)
@@ -152,15 +186,15 @@ class MigrationWorkflow:
 
         if s.phase == "importing":
             pace = timedelta(seconds=input.import_start_interval_seconds) if input.import_start_interval_seconds else None
-            s.batches_done = await self._bounded(s.batches_done, s.batches_planned, input.max_concurrent_jobs,
-                                                 lambda batch: self._batch(input, batch), pace)
-            if s.batches_done < s.batches_planned:
+            reached = await self._bounded(s.batches_done, s.batches_planned, input.max_concurrent_jobs,
+                                          lambda batch: self._batch(input, batch), pace)
+            if reached < s.batches_planned and not s.cancel_requested:
                 workflow.continue_as_new(input.model_copy(update={"continued": s}))
             s.phase = "reporting"
 
         report = await workflow.execute_activity(
             "write_report", ReportInput(migration_id=self._id, work_s3_uri=input.work_s3_uri,
-                                        datastore_id=input.datastore_id),
+                                        datastore_id=input.datastore_id, cancelled=s.cancel_requested),
             result_type=ReportResult, start_to_close_timeout=timedelta(hours=1), retry_policy=policies.STAGE_RETRY)
         # The report is the authority: it re-derives every file's state from the ledgers.
         s.files_by_state = dict(report.files_by_state)
@@ -178,6 +212,7 @@ class MigrationWorkflow:
         await self._page_stage("normalize_page", args, NormalizeResult)
         self._state.rejected += validated.rejected
         self._add_states({FileState.REJECTED: validated.rejected} if validated.rejected else {})
+        self._state.pages_done += 1
 
     async def _page_stage(self, name: str, args: PageInput, result_type: type) -> Any:
         return await workflow.execute_activity(
@@ -205,3 +240,4 @@ class MigrationWorkflow:
             self._state.batches_failed += 1
         finally:
             self._running.discard(batch)
+            self._state.batches_done += 1

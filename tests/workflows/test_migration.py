@@ -12,7 +12,7 @@ import pytest
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.worker import Worker
 
-from contracts.pipeline import FileState, MigrationInput, MigrationResult, ValidationLevel
+from contracts.pipeline import FileState, MigrationInput, MigrationResult, OperatorCommand, ValidationLevel
 from tests.support.dicom import make_instance, uid
 from workflows.batch import ImportBatchWorkflow
 from workflows.migration import MigrationWorkflow
@@ -195,3 +195,53 @@ class TestCliAgainstTemporal:
         assert result.exit_code == 0 and result.output.count('"key"') == 2
         result = await invoke(["status", "no-such-migration"])
         assert result.exit_code == 1 and "no migration with id" in result.output
+
+
+class TestOperatorControls:
+    async def _paused_start(self, client: Client, worker: Worker, payload: MigrationInput) -> Any:
+        # Signal-with-start: the migration is paused before its first step, so the test is deterministic.
+        return await client.start_workflow(MigrationWorkflow.run, payload, id=f"ctl-{uuid.uuid4().hex[:8]}",
+                                           task_queue=worker.task_queue, start_signal="pause",
+                                           start_signal_args=[OperatorCommand(by="tester", reason="hold")],
+                                           execution_timeout=timedelta(seconds=90))
+
+    async def _wait_phase(self, handle: Any, phase: str) -> Any:
+        for _ in range(200):
+            progress = await handle.query(MigrationWorkflow.progress)
+            if progress.phase == phase:
+                return progress
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"never reached phase {phase}")
+
+    async def test_pause_holds_and_resume_finishes(self, client: Client, worker: Worker, buckets: dict[str, Any],
+                                                   datastore_id: str) -> None:
+        s3, src, work = buckets["s3"], buckets["source"], buckets["work"]
+        for i in range(3):
+            _put(s3, src, f"pr/{i}.dcm", make_instance(uid(), uid()))
+        handle = await self._paused_start(client, worker, MigrationInput(
+            source_s3_uri=f"s3://{src}/pr/", datastore_id=datastore_id, work_s3_uri=f"s3://{work}/w/",
+            import_start_interval_seconds=0))
+        progress = await self._wait_phase(handle, "parsing")
+        await asyncio.sleep(1.0)  # give a wrongly unpaused workflow time to move on
+        progress = await handle.query(MigrationWorkflow.progress)
+        assert progress.paused and progress.pages_done == 0 and progress.phase == "parsing"
+        assert progress.operator_log[0].action == "pause" and progress.operator_log[0].by == "tester"
+        await handle.signal(MigrationWorkflow.resume, OperatorCommand(reason="go"))
+        result = await handle.result()
+        assert result.files_by_state[FileState.IMPORTED] == 3
+
+    async def test_cancel_drains_and_reports_every_file(self, client: Client, worker: Worker,
+                                                        buckets: dict[str, Any], datastore_id: str) -> None:
+        s3, src, work = buckets["s3"], buckets["source"], buckets["work"]
+        for i in range(4):
+            _put(s3, src, f"cx/{i}.dcm", make_instance(uid(), uid()))
+        handle = await self._paused_start(client, worker, MigrationInput(
+            source_s3_uri=f"s3://{src}/cx/", datastore_id=datastore_id, work_s3_uri=f"s3://{work}/w/",
+            inventory_page_size=2, import_start_interval_seconds=0))
+        await self._wait_phase(handle, "parsing")
+        await handle.signal(MigrationWorkflow.cancel)  # a bare signal, as `temporal workflow signal` sends it
+        result = await handle.result()
+        rows = _report_rows(s3, result)
+        assert len(rows) == 4
+        assert {r["code"] for r in rows.values()} == {"Cancelled"}
+        assert result.files_by_state[FileState.FAILED] == 4

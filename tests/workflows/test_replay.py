@@ -1,0 +1,61 @@
+"""Replay guards: workflow code must stay deterministic against histories recorded from real runs.
+
+`tests/histories/*.json` were recorded from real migrations (set HIMIG_RECORD_HISTORIES=1 to re-record). A
+change that alters the command sequence without `workflow.patched` makes these replays fail.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from temporalio.client import Client, WorkflowHistory
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Replayer, Worker
+
+from contracts.pipeline import MigrationInput
+from tests.support.dicom import make_instance, uid
+from worker.registry import WORKFLOWS
+from workflows.migration import MigrationWorkflow
+
+HISTORIES = Path(__file__).parent.parent / "histories"
+
+
+def _replayer() -> Replayer:
+    return Replayer(workflows=WORKFLOWS, data_converter=pydantic_data_converter)
+
+
+async def test_live_run_replays_and_is_recorded(client: Client, worker: Worker, buckets: dict[str, Any],
+                                                datastore_id: str) -> None:
+    s3, src, work = buckets["s3"], buckets["source"], buckets["work"]
+    study = uid()
+    for i in range(3):
+        s3.put_object(Bucket=src, Key=f"r/{i}.dcm", Body=make_instance(study, uid()))
+    s3.put_object(Bucket=src, Key="r/bad.txt", Body=b"nope")
+    wid = f"replay-{uuid.uuid4().hex[:8]}"
+    handle = await client.start_workflow(
+        MigrationWorkflow.run, MigrationInput(source_s3_uri=f"s3://{src}/r/", datastore_id=datastore_id,
+                                              work_s3_uri=f"s3://{work}/w/", max_files_per_batch=2,
+                                              import_start_interval_seconds=0.1),
+        id=wid, task_queue=worker.task_queue, execution_timeout=timedelta(seconds=90))
+    await handle.result()
+    histories = [await handle.fetch_history()]
+    async for execution in client.list_workflows(f"WorkflowId STARTS_WITH '{wid}.batch-'"):
+        histories.append(await client.get_workflow_handle(execution.id).fetch_history())
+    for history in histories:
+        await _replayer().replay_workflow(history)
+    if os.environ.get("HIMIG_RECORD_HISTORIES"):
+        HISTORIES.mkdir(exist_ok=True)
+        for history in histories[:2]:  # the migration and its first batch; the file name is the workflow id
+            (HISTORIES / f"{history.workflow_id}.json").write_text(json.dumps(json.loads(history.to_json()), indent=1))
+
+
+@pytest.mark.parametrize("path", sorted(HISTORIES.glob("*.json")), ids=lambda p: p.stem)
+async def test_recorded_history_replays(path: Path) -> None:
+    history = WorkflowHistory.from_json(path.stem, path.read_text())
+    await _replayer().replay_workflow(history)
