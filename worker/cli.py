@@ -205,7 +205,8 @@ def _signal(migration_id: str, name: str, reason: str | None, by: str | None) ->
         try:
             desc = await handle.describe()
             if desc.status != WorkflowExecutionStatus.RUNNING:
-                raise fail(f"migration {migration_id!r} is not running (it is {desc.status.name})", 1)
+                state = desc.status.name if desc.status else "unknown"
+                raise fail(f"migration {migration_id!r} is not running (it is {state})", 1)
             await handle.signal(name, command)
         except RPCError as err:
             if err.status == RPCStatusCode.NOT_FOUND:
