@@ -1,4 +1,7 @@
-"""import: stage one planned batch by server-side S3 copy and start its HealthImaging import job.
+"""import: start the HealthImaging import job of one planned batch.
+
+A batch that is exactly one clean source folder is imported in place; any other batch is first staged by
+server-side S3 copy into its own prefix (no bytes pass through the worker).
 
 The job's ``clientToken`` is derived from the migration and batch, so a retried activity or a restarted worker
 gets the same job back instead of starting a second one.
@@ -16,9 +19,9 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.errors import classify
-from activities.storage import read_models
+from activities.storage import get_bytes, read_models
 from contracts import layout
-from contracts.pipeline import BatchInput, ImportJobRef
+from contracts.pipeline import BatchInput, BatchPlan, ImportJobRef
 from contracts.records import InstanceRecord
 from contracts.s3uri import parse_s3_uri
 
@@ -66,17 +69,24 @@ class ImportActivities:
             files = read_models(self._s3, manifest, InstanceRecord)
             if not files:
                 raise ApplicationError(f"batch {batch.batch} has no files", type="EmptyBatch", non_retryable=True)
-            staging_uri = self._stage(batch, files)
+            plan = BatchPlan.model_validate_json(
+                get_bytes(self._s3, layout.batch_meta(batch.work_s3_uri, batch.migration_id, batch.batch)))
+            if plan.direct_input_s3_uri:
+                input_uri, key_prefix = plan.direct_input_s3_uri, ""
+            else:
+                input_uri = self._stage(batch, files)
+                key_prefix = parse_s3_uri(input_uri).key
             output = layout.import_output_prefix(batch.work_s3_uri, batch.migration_id, batch.batch)
             resp = self._mi.start_dicom_import_job(
                 jobName=f"himig-{batch.batch:05d}",
                 datastoreId=batch.datastore_id,
                 dataAccessRoleArn=batch.data_access_role_arn or self._role,
                 clientToken=client_token(batch.migration_id, batch.batch),
-                inputS3Uri=staging_uri,
+                inputS3Uri=input_uri,
                 outputS3Uri=output.uri,
             )
         except ClientError as err:
             raise classify(err, f"starting the import job of batch {batch.batch}") from None
-        return ImportJobRef(datastore_id=batch.datastore_id, job_id=resp["jobId"], staged_prefix_uri=staging_uri,
+        return ImportJobRef(datastore_id=batch.datastore_id, job_id=resp["jobId"], input_s3_uri=input_uri,
+                            input_key_prefix=key_prefix, direct=plan.direct_input_s3_uri is not None,
                             staged_files=len(files), output_s3_uri=output.uri)

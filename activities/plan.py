@@ -6,15 +6,17 @@ study split across jobs costs more jobs and more chances of partial failure. Lim
 
 from __future__ import annotations
 
+import os
 from collections import defaultdict
 from typing import Any
 
 from temporalio import activity
 
-from activities.storage import put_ndjson, read_models
+from activities.storage import put_bytes, put_ndjson, read_models
 from contracts import layout
-from contracts.pipeline import FileState, PlanInput, PlanResult
-from contracts.records import InstanceRecord, LedgerEntry
+from contracts.pipeline import BatchPlan, FileState, PlanInput, PlanResult
+from contracts.records import InstanceRecord, InventoryEntry, LedgerEntry
+from contracts.s3uri import S3Location, parse_s3_uri
 
 
 def deduplicate(instances: list[InstanceRecord]) -> tuple[list[InstanceRecord], list[LedgerEntry]]:
@@ -91,6 +93,29 @@ def pack(instances: list[InstanceRecord], max_files: int, max_bytes: int) -> lis
     return batches
 
 
+def folder_counts(keys: list[str]) -> dict[str, int]:
+    """Number of objects under every folder (recursively), e.g. ``a/`` and ``a/b/`` for ``a/b/c.dcm``."""
+    counts: dict[str, int] = defaultdict(int)
+    for key in keys:
+        end = key.find("/")
+        while end != -1:
+            counts[key[: end + 1]] += 1
+            end = key.find("/", end + 1)
+    return counts
+
+
+def clean_folder(keys: list[str], counts: dict[str, int], source_prefix: str) -> str | None:
+    """The folder holding exactly ``keys`` and nothing else, when there is one inside the source prefix.
+
+    An import job reads its input prefix recursively, so only such a folder can be imported in place.
+    """
+    common = os.path.commonprefix(keys)  # noqa: RUF071 - character prefix on purpose; cut at the last "/" below
+    folder = common[: common.rfind("/") + 1]
+    if not folder or not folder.startswith(source_prefix):
+        return None
+    return folder if counts.get(folder, 0) == len(keys) else None
+
+
 class PlanActivities:
     def __init__(self, s3: Any) -> None:
         self._s3 = s3
@@ -105,10 +130,24 @@ class PlanActivities:
                 activity.heartbeat(page)
         kept, ledger = deduplicate(instances)
         batches = pack(kept, input.max_files_per_batch, input.max_bytes_per_batch)
+        source = parse_s3_uri(input.source_s3_uri, field="source_s3_uri").as_prefix()
+        inventory: list[str] = []
+        for page in range(input.pages):
+            inventory += [e.key for e in read_models(
+                self._s3, layout.inventory_page(input.work_s3_uri, input.migration_id, page), InventoryEntry)]
+        counts = folder_counts(inventory)
+        direct = 0
         for n, batch in enumerate(batches):
             put_ndjson(self._s3, layout.batch_manifest(input.work_s3_uri, input.migration_id, n), batch)
+            folder = clean_folder([i.key for i in batch], counts, source.key)
+            direct += folder is not None
+            plan = BatchPlan(files=len(batch), bytes=sum(i.size for i in batch),
+                             studies=len({i.study_instance_uid for i in batch}),
+                             direct_input_s3_uri=S3Location(source.bucket, folder).uri if folder else None)
+            put_bytes(self._s3, layout.batch_meta(input.work_s3_uri, input.migration_id, n),
+                      plan.model_dump_json().encode(), "application/json")
         put_ndjson(self._s3, layout.ledger_for_plan(input.work_s3_uri, input.migration_id), ledger)
         conflicting = sum(1 for e in ledger if e.state is FileState.REJECTED)
-        return PlanResult(batches=len(batches), files=len(kept), duplicates=len(ledger) - conflicting,
+        return PlanResult(batches=len(batches), direct_batches=direct, files=len(kept), duplicates=len(ledger) - conflicting,
                           conflicting_duplicates=conflicting,
                           predicted_non_primary=predict_non_primary(kept))

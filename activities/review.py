@@ -130,12 +130,12 @@ class ReviewActivities:
         files = read_models(self._s3, layout.batch_manifest(batch.work_s3_uri, batch.migration_id, batch.batch),
                             InstanceRecord)
         output = self._read_output(parse_s3_uri(input.outcome.output_s3_uri, field="outputS3Uri").as_prefix())
-        staging = parse_s3_uri(job.staged_prefix_uri).as_prefix()
+        prefix = job.input_key_prefix
         failed = input.outcome.status == "FAILED"
         ledger: list[LedgerEntry] = []
         refs: dict[str, ImageSetRef] = {}
         for inst in files:
-            entry = classify_file(staging.key + inst.key, output, failed, input.outcome.message)
+            entry = classify_file(prefix + inst.key, output, failed, input.outcome.message)
             entry = entry.model_copy(update={"key": inst.key, "size": inst.size, "batch": batch.batch,
                                              "job_id": job.job_id})
             ledger.append(entry)
@@ -144,7 +144,7 @@ class ReviewActivities:
                     image_set_id=entry.image_set_id, version=entry.image_set_version,
                     is_primary=bool(entry.is_primary), instances=0))
                 ref.instances += 1
-        staged_keys = {staging.key + f.key for f in files}
+        staged_keys = {prefix + f.key for f in files}
         unknown = [k for k in (*output.success, *output.failure, *output.warning) if k not in staged_keys]
         problems = check_counters(output.summary, len(files), output)
         if unknown:

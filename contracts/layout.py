@@ -32,6 +32,11 @@ def batch_manifest(work_s3_uri: str, migration_id: str, batch: int) -> S3Locatio
     return root(work_s3_uri, migration_id).join("batches", f"batch-{batch:05d}.ndjson")
 
 
+def batch_meta(work_s3_uri: str, migration_id: str, batch: int) -> S3Location:
+    """How the batch is imported: straight from a clean source folder, or staged."""
+    return root(work_s3_uri, migration_id).join("batches", f"batch-{batch:05d}.meta.json")
+
+
 def staging_prefix(work_s3_uri: str, migration_id: str, batch: int) -> S3Location:
     return root(work_s3_uri, migration_id).join("staging", f"batch-{batch:05d}").as_prefix()
 

@@ -230,14 +230,27 @@ class NormalizeResult(BaseModel):
 
 class PlanInput(BaseModel):
     migration_id: str
+    source_s3_uri: str
     work_s3_uri: str
     pages: int
     max_files_per_batch: int
     max_bytes_per_batch: int
 
 
+class BatchPlan(BaseModel):
+    """Written next to each batch manifest (`layout.batch_meta`)."""
+
+    files: int
+    bytes: int
+    studies: int
+    # Set when the batch is exactly every object under one source folder: the job reads that folder directly
+    # and no staging copy is made (one S3 request per file fewer).
+    direct_input_s3_uri: str | None = None
+
+
 class PlanResult(BaseModel):
     batches: int
+    direct_batches: int
     files: int
     duplicates: int
     conflicting_duplicates: int
@@ -264,7 +277,10 @@ class FailedBatchInput(BaseModel):
 class ImportJobRef(BaseModel):
     datastore_id: str
     job_id: str
-    staged_prefix_uri: str
+    input_s3_uri: str
+    # inputFile in the job's output = input_key_prefix + source key ("" when imported straight from the source)
+    input_key_prefix: str
+    direct: bool = False
     staged_files: int
     output_s3_uri: str
     reused_existing_job: bool = False

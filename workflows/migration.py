@@ -173,7 +173,8 @@ class MigrationWorkflow:
         if s.phase == "planning":
             plan = await workflow.execute_activity(
                 "plan_batches",
-                PlanInput(migration_id=self._id, work_s3_uri=input.work_s3_uri, pages=s.pages_done,
+                PlanInput(migration_id=self._id, source_s3_uri=input.source_s3_uri, work_s3_uri=input.work_s3_uri,
+                          pages=s.pages_done,
                           max_files_per_batch=input.max_files_per_batch, max_bytes_per_batch=input.max_bytes_per_batch),
                 result_type=PlanResult, start_to_close_timeout=timedelta(hours=2), heartbeat_timeout=policies.HEARTBEAT,
                 retry_policy=policies.STAGE_RETRY)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from activities.plan import deduplicate, pack, predict_non_primary
+from activities.plan import clean_folder, deduplicate, folder_counts, pack, predict_non_primary
 from activities.report import build_report
 from activities.review import JobOutput, check_counters, classify_file
 from contracts.pipeline import FileState
@@ -91,3 +91,17 @@ class TestBuildReport:
         ledger = [LedgerEntry(key="a", state=FileState.IMPORTED), LedgerEntry(key="a", state=FileState.FAILED)]
         _, summary = build_report(inventory, ledger)
         assert summary["accounted_twice"] == 1
+
+
+class TestCleanFolder:
+    def test_counts_every_ancestor_folder(self) -> None:
+        counts = folder_counts(["s/a/1.dcm", "s/a/2.dcm", "s/b/c/3.dcm", "top.dcm"])
+        assert counts == {"s/": 3, "s/a/": 2, "s/b/": 1, "s/b/c/": 1}
+
+    def test_only_a_folder_holding_exactly_the_batch_is_clean(self) -> None:
+        counts = folder_counts(["s/a/1.dcm", "s/a/2.dcm", "s/b/1.dcm", "s/b/bad.txt"])
+        assert clean_folder(["s/a/1.dcm", "s/a/2.dcm"], counts, "s/") == "s/a/"
+        assert clean_folder(["s/b/1.dcm"], counts, "s/") is None  # bad.txt would be imported too
+        assert clean_folder(["s/a/1.dcm"], counts, "s/") is None  # half a folder
+        assert clean_folder(["s/a/1.dcm", "s/a/2.dcm"], counts, "other/") is None
+        assert clean_folder(["x.dcm"], folder_counts(["x.dcm"]), "") is None  # never a whole bucket

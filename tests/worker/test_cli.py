@@ -8,7 +8,6 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from tests.support.servers import free_port
 from worker.cli import app
 
 GOOD = ["--source", "s3://src-bucket/in/", "--datastore-id", "a" * 32, "--work", "s3://work-bucket/w/"]
@@ -17,7 +16,7 @@ GOOD = ["--source", "s3://src-bucket/in/", "--datastore-id", "a" * 32, "--work",
 @pytest.fixture
 def runner(monkeypatch: pytest.MonkeyPatch) -> CliRunner:
     # Nothing listens here: any attempt to reach Temporal fails fast and visibly.
-    monkeypatch.setenv("HIMIG_TEMPORAL_ADDRESS", f"127.0.0.1:{free_port()}")
+    monkeypatch.setenv("HIMIG_TEMPORAL_ADDRESS", "127.0.0.1:1")
     return CliRunner()
 
 

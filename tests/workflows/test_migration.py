@@ -82,6 +82,25 @@ class TestMigrationEndToEnd:
         assert progress.phase == "completed"
         assert progress.files_done == 13
 
+    async def test_clean_folder_is_imported_in_place_and_others_are_staged(
+            self, client: Client, worker: Worker, buckets: dict[str, Any], datastore_id: str) -> None:
+        s3, src, work = buckets["s3"], buckets["source"], buckets["work"]
+        clean_study, mixed_study = uid(), uid()
+        for i in range(3):
+            _put(s3, src, f"d/clean/{i}.dcm", make_instance(clean_study, uid()))
+        for i in range(2):
+            _put(s3, src, f"d/mixed/{i}.dcm", make_instance(mixed_study, uid()))
+        _put(s3, src, "d/mixed/notes.txt", b"not dicom")
+        payload = MigrationInput(source_s3_uri=f"s3://{src}/d/", datastore_id=datastore_id,
+                                 work_s3_uri=f"s3://{work}/w/", max_files_per_batch=3,
+                                 import_start_interval_seconds=0)
+        wid, result = await _migrate(client, worker, payload)
+        rows = _report_rows(s3, result)
+        assert [rows[f"d/clean/{i}.dcm"]["state"] for i in range(3)] == ["imported"] * 3
+        assert [rows[f"d/mixed/{i}.dcm"]["state"] for i in range(2)] == ["imported"] * 2
+        staged = [o["Key"] for o in s3.list_objects_v2(Bucket=work, Prefix=f"w/{wid}/staging/").get("Contents", [])]
+        assert sorted(k.split("/staging/")[1].split("/", 1)[1] for k in staged) == ["d/mixed/0.dcm", "d/mixed/1.dcm"]
+
     async def test_service_failures_keep_the_service_reason_and_stages_are_visible(
             self, client: Client, worker: Worker, buckets: dict[str, Any], datastore_id: str) -> None:
         """At `minimal`, a file missing a UID reaches the service, which fails it with its own reason."""

@@ -75,9 +75,8 @@ def test_bad_settings_exit_2_naming_the_setting(var: str, value: str, needle: st
 
 
 def test_unreachable_temporal_exits_1_with_a_clear_message() -> None:
-    from tests.support.servers import free_port
-
+    # Port 1 is privileged and never ours: the connection is refused at once, with no race for a free port.
     proc = subprocess.run([sys.executable, "-m", "worker"], capture_output=True, timeout=60,
-                          env={**os.environ, "HIMIG_TEMPORAL_ADDRESS": f"127.0.0.1:{free_port()}"})
+                          env={**os.environ, "HIMIG_TEMPORAL_ADDRESS": "127.0.0.1:1"})
     assert proc.returncode == 1
     assert "cannot reach Temporal" in proc.stderr.decode()
