@@ -17,6 +17,8 @@ from typing import Any
 
 from emulator.app import build
 from emulator.config import Settings
+from emulator.faults import parse_fault_specs
+from emulator.throttling import parse_rates
 
 
 def _env(name: str, default: Any) -> Any:
@@ -57,6 +59,40 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, str]:
     p.add_argument("--store-instances", type=_bool, default=_bool(_env("store-instances", d.store_instances)),
                    help="keep imported P10 files content-addressed under DATA_DIR/blobs (true/false)")
     p.add_argument("--log-level", default=_env("log-level", "INFO"))
+    p.add_argument("--mutation-seconds", type=float, default=float(_env("mutation-seconds", d.mutation_seconds)),
+                   help="how long image-set mutations keep their image sets LOCKED, on the job clock")
+    p.add_argument("--throttling", type=_on_off, default=str(_env("throttling", "on")),
+                   help="per-operation token buckets with AWS's rates, answering 429 ThrottlingException (on/off)")
+    p.add_argument("--throttle-rates", type=parse_rates, default=str(_env("throttle-rates", "")),
+                   help='overrides: "Op=RATE:BURST,Op2=RATE:BURST" or JSON {"Op": {"rate": R, "burst": B}}')
+    p.add_argument("--events", choices=("auto", "on", "off"), default=_env("events", d.events),
+                   help="EventBridge PutEvents: auto = when AWS_ENDPOINT_URL_EVENTBRIDGE (or AWS_ENDPOINT_URL) is set")
+    p.add_argument("--event-bus-name", default=_env("event-bus-name", d.event_bus_name))
+    p.add_argument("--events-webhook-url", default=_env("events-webhook-url", None) or None,
+                   help="also POST each event envelope (JSON) to this URL")
+    p.add_argument("--events-max-attempts", type=int, default=int(_env("events-max-attempts", d.events_max_attempts)))
+    p.add_argument("--events-image-set-id-key", choices=("imageSetId", "imagesetId", "both"),
+                   default=_env("events-image-set-id-key", d.events_image_set_id_key))
+    p.add_argument("--faults", type=parse_fault_specs, default=str(_env("faults", "")),
+                   help="start-up faults: a JSON object or list, or @file.json (see emulator/README.md)")
+    p.add_argument("--healthlake-datastore-create-seconds", type=float,
+                   default=float(_env("healthlake-datastore-create-seconds", d.healthlake_datastore_create_seconds)),
+                   help="how long a new HealthLake FHIR data store stays CREATING")
+    p.add_argument("--healthlake-max-resource-bytes", type=int,
+                   default=int(_env("healthlake-max-resource-bytes", d.healthlake_max_resource_bytes)),
+                   help="largest FHIR resource (one NDJSON line, one $validate body) HealthLake accepts")
+    p.add_argument("--dicomweb-auth", choices=("required", "off"), default=_env("dicomweb-auth", d.dicomweb_auth),
+                   help="DICOMweb requests need SigV4 or an OIDC bearer token (required) or nothing (off)")
+    p.add_argument("--oidc-issuer", default=_env("oidc-issuer", None) or None,
+                   help="OIDC issuer URL whose RS256/ES256 bearer tokens DICOMweb accepts")
+    p.add_argument("--oidc-audience", default=_env("oidc-audience", None) or None,
+                   help="required 'aud' of bearer tokens (unchecked when unset)")
+    p.add_argument("--oidc-jwks-url", default=_env("oidc-jwks-url", None) or None,
+                   help="JWKS URL (default: jwks_uri of ISSUER/.well-known/openid-configuration, "
+                        "else ISSUER/.well-known/jwks.json)")
+    p.add_argument("--dicomweb-max-body-bytes", type=int,
+                   default=int(_env("dicomweb-max-body-bytes", d.dicomweb_max_body_bytes)),
+                   help="largest STOW-RS request body (default 1 GiB)")
     a = p.parse_args(argv)
     settings = Settings(
         data_dir=a.data_dir, host=a.host, port=a.port, clock=a.clock, submitted_seconds=a.submitted_seconds,
@@ -65,9 +101,23 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, str]:
         max_bytes_per_job=a.max_bytes_per_job, max_file_bytes=a.max_file_bytes,
         max_nested_folders=a.max_nested_folders, max_concurrent_jobs=a.max_concurrent_jobs,
         max_body_bytes=a.max_body_bytes, region=a.region, account_id=a.account_id,
-        store_instances=a.store_instances,
+        store_instances=a.store_instances, mutation_seconds=a.mutation_seconds,
+        throttling=a.throttling, throttle_rates=a.throttle_rates, events=a.events, event_bus_name=a.event_bus_name,
+        events_webhook_url=a.events_webhook_url, events_max_attempts=a.events_max_attempts,
+        events_image_set_id_key=a.events_image_set_id_key, faults=a.faults,
+        healthlake_datastore_create_seconds=a.healthlake_datastore_create_seconds,
+        healthlake_max_resource_bytes=a.healthlake_max_resource_bytes,
+        dicomweb_auth=a.dicomweb_auth, oidc_issuer=a.oidc_issuer, oidc_audience=a.oidc_audience,
+        oidc_jwks_url=a.oidc_jwks_url, dicomweb_max_body_bytes=a.dicomweb_max_body_bytes,
     )
     return settings, a.log_level
+
+
+def _on_off(text: Any) -> bool:
+    value = str(text).strip().lower()
+    if value not in ("on", "off", "true", "false", "1", "0", "yes", "no"):
+        raise argparse.ArgumentTypeError(f"expected on or off, not {text!r}")
+    return value in ("on", "true", "1", "yes")
 
 
 def _opt_float(text: Any) -> float | None:

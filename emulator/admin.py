@@ -22,6 +22,8 @@ class AdminApi(Dispatcher):
         self.backend = backend
         self.runner = runner
         self.settings = settings
+        # Called by POST /_emulator/reset after the state wipe (throttling, faults and events register here).
+        self.on_reset: list[Callable[[], None]] = []
         self.routes: list[tuple[str, re.Pattern[str], Callable[..., Any]]] = [
             ("GET", re.compile(r"health"), self.health),
             ("POST", re.compile(r"reset"), self.reset),
@@ -62,6 +64,8 @@ class AdminApi(Dispatcher):
 
     def reset(self, **_: Any) -> dict[str, Any]:
         self.backend.reset()
+        for hook in self.on_reset:
+            hook()
         self.runner.wake()
         return {"status": "reset"}
 

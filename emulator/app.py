@@ -11,11 +11,14 @@ import pydicom
 
 from emulator.admin import AdminApi
 from emulator.config import Settings
+from emulator.dicomweb.routes import DicomWebApi
+from emulator.healthlake.service import HealthLake
 from emulator.medicalimaging.clock import JobClock
 from emulator.medicalimaging.handlers import MedicalImagingHandlers
 from emulator.medicalimaging.jobs import JobRunner
 from emulator.medicalimaging.models import MedicalImagingBackend
 from emulator.protocol import RestJsonService
+from emulator.resilience import Resilience
 from emulator.server import EmulatorHTTPServer
 from emulator.store import Store
 
@@ -29,6 +32,8 @@ class Emulator:
     backend: MedicalImagingBackend
     runner: JobRunner
     server: EmulatorHTTPServer
+    resilience: Resilience | None = None  # throttling, faults, events
+    healthlake: HealthLake | None = None
 
     @property
     def url(self) -> str:
@@ -36,7 +41,11 @@ class Emulator:
 
     def start(self) -> threading.Thread:
         """Start the job runner and serve HTTP on a background thread."""
+        if self.resilience is not None:
+            self.resilience.start()
         self.runner.start()
+        if self.healthlake is not None:
+            self.healthlake.start()
         thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.2},
                                   name="http", daemon=True)
         thread.start()
@@ -46,6 +55,10 @@ class Emulator:
         self.server.shutdown()
         self.server.server_close()
         self.runner.stop()
+        if self.healthlake is not None:
+            self.healthlake.stop()
+        if self.resilience is not None:
+            self.resilience.stop()  # after the runner: delivers the events of its last transitions
         self.store.close()
 
 
@@ -59,10 +72,17 @@ def build(settings: Settings) -> Emulator:
     store = Store(settings.data_dir)
     clock = JobClock(settings.clock, store)
     backend = MedicalImagingBackend(settings, store, clock)
-    runner = JobRunner(backend, settings, store)
-    api = RestJsonService("medical-imaging", MedicalImagingHandlers(backend, runner))
+    resilience = Resilience(settings, backend)  # also installs backend.events
+    runner = JobRunner(backend, settings, store, faults=resilience.faults)
+    api = RestJsonService("medical-imaging", MedicalImagingHandlers(backend, runner),
+                          on_request=resilience.before_operation, on_response=resilience.after_operation)
+    admin = AdminApi(backend, runner, settings)
+    admin.on_reset.append(resilience.reset)
     # Order matters: admin first; future families (DICOMweb under /datastore/{id}/studies, HealthLake json-1.1
     # keyed on X-Amz-Target) go before the rest-json API so its looser patterns never shadow them.
-    server = EmulatorHTTPServer((settings.host, settings.port), [AdminApi(backend, runner, settings), api],
+    # HealthLake claims only X-Amz-Target: HealthLake.* on POST / and /datastore/{id}/r4/...
+    healthlake = HealthLake(settings, store, clock)
+    server = EmulatorHTTPServer((settings.host, settings.port),
+                                [resilience.admin, admin, healthlake.dispatcher, DicomWebApi(backend, settings), api],
                                 settings.max_body_bytes)
-    return Emulator(settings, store, backend, runner, server)
+    return Emulator(settings, store, backend, runner, server, resilience, healthlake=healthlake)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 GB = 1024**3
 
@@ -26,6 +27,12 @@ class Settings:
         max_body_bytes: larger request bodies are refused with 413 before being read.
         store_instances: keep each imported P10 file (content-addressed by SHA-256) under ``data_dir/blobs`` so
             GetImageFrame / DICOMweb retrieval can be served later.
+        throttling / throttle_rates: per-operation token buckets (AWS rates) answering 429; overrides
+            ``{"Op": (rate, burst)}``.
+        events: ``auto`` (PutEvents when an EventBridge endpoint is configured), ``on`` or ``off``; the bus,
+            an optional webhook, delivery attempts and the image-set id key (``imageSetId``, ``imagesetId``,
+            ``both``) of event details.
+        faults: fault specs active from start-up (see emulator/faults.py).
     """
 
     data_dir: Path
@@ -46,6 +53,29 @@ class Settings:
     region: str = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
     account_id: str = "123456789012"
     store_instances: bool = True
+    # How long (on the job clock) an UpdateImageSetMetadata / CopyImageSet / DeleteImageSet keeps its image sets
+    # LOCKED (UPDATING, COPYING, DELETING...) before they become ACTIVE/UPDATED, ACTIVE/COPIED or DELETED.
+    mutation_seconds: float = 0.2
+    # Throttling, events and faults (emulator/throttling.py, events.py, faults.py; README "Throttling...").
+    throttling: bool = True
+    throttle_rates: dict[str, tuple[float, float]] = field(default_factory=dict)
+    events: str = "auto"
+    event_bus_name: str = "default"
+    events_webhook_url: str | None = None
+    events_max_attempts: int = 4
+    events_image_set_id_key: str = "imageSetId"
+    faults: list[dict[str, Any]] = field(default_factory=list)
+    # HealthLake subset (emulator/healthlake/, README "HealthLake"): how long a new FHIR data store stays
+    # CREATING (on the job clock), and the largest single FHIR resource accepted by import and $validate.
+    healthlake_datastore_create_seconds: float = 0.0
+    healthlake_max_resource_bytes: int = 5 * 1024 * 1024
+    # DICOMweb (emulator/dicomweb/, README "DICOMweb"): auth ``required`` (SigV4 or a bearer token of the OIDC
+    # issuer) or ``off``; the issuer, audience and optional JWKS URL; the STOW-RS body limit (AWS: 1 GB).
+    dicomweb_auth: str = "required"
+    oidc_issuer: str | None = None
+    oidc_audience: str | None = None
+    oidc_jwks_url: str | None = None
+    dicomweb_max_body_bytes: int = GB
 
     def phase_seconds(self, phase: str) -> float:
         """Minimum seconds on the job clock that a job spends in ``phase`` (SUBMITTED or IN_PROGRESS)."""

@@ -91,6 +91,14 @@ class Dispatcher:
     def match(self, request: HttpRequest) -> Handler | None:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def body_limit(self, method: str, raw_path: str) -> int | None:
+        """A request-body limit replacing ``--max-body-bytes`` for requests this family serves, or None.
+
+        A family that returns a limit also accepts ``Transfer-Encoding: chunked`` bodies up to it (DICOMweb
+        STOW-RS: up to 1 GB, and dicomweb-client sends bodies over 1 MB chunked).
+        """
+        return None
+
 
 @cache
 def load_service_model(service_name: str) -> ServiceModel:
@@ -101,9 +109,17 @@ def load_service_model(service_name: str) -> ServiceModel:
 # Validation
 
 
+# Unicode separators (\p{Z}: Zs, Zl, Zp), spelled out because Python's ``re`` has no property classes.
+_UNICODE_Z = r" \u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+
+
 def _java_to_python_regex(pattern: str) -> str:
     # Smithy/Coral patterns are Java regexes; only a few constructs differ from Python's.
-    return pattern.replace(r"\p{ASCII}", r"[\x00-\x7f]")
+    pattern = pattern.replace(r"\p{ASCII}", r"[\x00-\x7f]")
+    # The json-protocol models (HealthLake) use Unicode properties, always inside a character class that also
+    # lists "_" and digits: there \p{L} / \p{N} are Python's \w (letters, numbers, "_"); [\P{M}\p{M}] is anything.
+    return (pattern.replace(r"\P{M}\p{M}", r"\s\S").replace(r"\p{L}", r"\w").replace(r"\p{N}", r"\w")
+            .replace(r"\p{Z}", _UNICODE_Z))
 
 
 @lru_cache(maxsize=512)
@@ -478,13 +494,18 @@ class RestJsonService(Dispatcher):
             answers ``NotImplementedException`` (501).
         on_request: optional hook called with the operation name before the handler (throttling, fault
             injection and metrics slot in here later).
+        on_response: optional hook called with the operation name after the handler succeeded, before the
+            response is serialized; raising an AwsError there answers an error although the operation took effect
+            (fault injection of "ambiguous" failures).
     """
 
     def __init__(self, service_name: str, handlers: object,
-                 on_request: Callable[[str, HttpRequest], None] | None = None) -> None:
+                 on_request: Callable[[str, HttpRequest], None] | None = None,
+                 on_response: Callable[[str, HttpRequest], None] | None = None) -> None:
         self.model = load_service_model(service_name)
         self.handlers = handlers
         self.on_request = on_request
+        self.on_response = on_response
         routes = []
         for op_name in self.model.operation_names:
             op = self.model.operation_model(op_name)
@@ -523,4 +544,6 @@ class RestJsonService(Dispatcher):
         if method is None:
             raise NotImplementedException(f"{op.name} is not implemented by this emulator yet")
         output = method(params)
+        if self.on_response is not None:
+            self.on_response(op.name, request)
         return serialize_response(op, output or {}, request.request_id)

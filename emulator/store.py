@@ -14,7 +14,7 @@ import shutil
 import sqlite3
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 SCHEMA = """
@@ -76,6 +76,8 @@ class Store:
         self._write_lock = threading.RLock()
         self._all: list[sqlite3.Connection] = []
         self._all_lock = threading.Lock()
+        # Tables added by other service families (add_schema), wiped together with TABLES.
+        self._extra_tables: list[str] = []
         with self._write_lock:
             self._conn().executescript(SCHEMA)
 
@@ -131,10 +133,16 @@ class Store:
     def wipe(self) -> None:
         """Delete every row and every blob (``POST /_emulator/reset``)."""
         with self.write() as conn:
-            for table in TABLES:
+            for table in (*TABLES, *self._extra_tables):
                 conn.execute(f"DELETE FROM {table}")
             shutil.rmtree(self.blob_dir, ignore_errors=True)
             self.blob_dir.mkdir(exist_ok=True)
+
+    def add_schema(self, schema: str, tables: Sequence[str]) -> None:
+        """Create another family's tables (``CREATE ... IF NOT EXISTS`` script) and include them in :meth:`wipe`."""
+        with self._write_lock:
+            self._conn().executescript(schema)
+            self._extra_tables.extend(t for t in tables if t not in self._extra_tables)
 
     # ---- content-addressed blobs -------------------------------------------------------------------------
 

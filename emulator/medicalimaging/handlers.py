@@ -1,9 +1,9 @@
 """One method per HealthImaging operation (snake_case of the operation name), dict in, dict out.
 
 Requests arrive already parsed and validated against the botocore model by ``emulator.protocol``; responses are
-plain dicts keyed by output member name that the protocol serializes. Operations without a method here are
-answered with ``NotImplementedException`` (501): UpdateImageSetMetadata, CopyImageSet, DeleteImageSet,
-GetImageFrame, TagResource, UntagResource, ListTagsForResource.
+plain dicts keyed by output member name that the protocol serializes. All 18 operations of the model are here
+(an operation without a method would answer ``NotImplementedException``, 501); the mutating image-set
+operations, GetImageFrame and tagging are implemented in ``mutations.py``.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import Any
 
 from emulator.medicalimaging.jobs import JobRunner
 from emulator.medicalimaging.models import Datastore, ImageSetVersion, ImportJob, MedicalImagingBackend
+from emulator.medicalimaging.mutations import ImageSetMutations
 
 
 def _datastore_summary(ds: Datastore) -> dict[str, Any]:
@@ -31,13 +32,15 @@ def _job_properties(job: ImportJob) -> dict[str, Any]:
 def _image_set_properties(v: ImageSetVersion) -> dict[str, Any]:
     return {"imageSetId": v.image_set_id, "versionId": str(v.version), "imageSetState": v.state,
             "ImageSetWorkflowStatus": v.workflow_status, "createdAt": v.created_at, "updatedAt": v.updated_at,
-            "message": v.message, "isPrimary": v.is_primary}
+            "deletedAt": v.deleted_at, "message": v.message, "isPrimary": v.is_primary,
+            "overrides": {"forced": True} if v.forced else None}
 
 
 class MedicalImagingHandlers:
     def __init__(self, backend: MedicalImagingBackend, runner: JobRunner) -> None:
         self.backend = backend
         self.runner = runner
+        self.mutations = ImageSetMutations(backend)
 
     # ---- data stores
 
@@ -92,7 +95,8 @@ class MedicalImagingHandlers:
         return {"datastoreId": v.datastore_id, "imageSetId": v.image_set_id, "versionId": str(v.version),
                 "imageSetState": v.state, "imageSetWorkflowStatus": v.workflow_status, "createdAt": v.created_at,
                 "updatedAt": v.updated_at, "message": v.message, "imageSetArn": v.arn, "isPrimary": v.is_primary,
-                "storageTier": "FREQUENT_ACCESS"}
+                "storageTier": "FREQUENT_ACCESS", "deletedAt": v.deleted_at,
+                "overrides": {"forced": True} if v.forced else None}
 
     def get_image_set_metadata(self, p: dict[str, Any]) -> dict[str, Any]:
         blob = self.backend.get_image_set_metadata(p["datastoreId"], p["imageSetId"], p.get("versionId"))
@@ -108,3 +112,26 @@ class MedicalImagingHandlers:
         items, token, sort = self.backend.search_image_sets(p["datastoreId"], p.get("searchCriteria"),
                                                             p.get("nextToken"), p.get("maxResults"))
         return {"imageSetsMetadataSummaries": items, "nextToken": token, "sort": sort}
+
+    # ---- image-set mutations, frames, tags (mutations.py)
+
+    def update_image_set_metadata(self, p: dict[str, Any]) -> dict[str, Any]:
+        return self.mutations.update_image_set_metadata(p)
+
+    def copy_image_set(self, p: dict[str, Any]) -> dict[str, Any]:
+        return self.mutations.copy_image_set(p)
+
+    def delete_image_set(self, p: dict[str, Any]) -> dict[str, Any]:
+        return self.mutations.delete_image_set(p)
+
+    def get_image_frame(self, p: dict[str, Any]) -> dict[str, Any]:
+        return self.mutations.get_image_frame(p)
+
+    def tag_resource(self, p: dict[str, Any]) -> dict[str, Any]:
+        return self.mutations.tag_resource(p)
+
+    def untag_resource(self, p: dict[str, Any]) -> dict[str, Any]:
+        return self.mutations.untag_resource(p)
+
+    def list_tags_for_resource(self, p: dict[str, Any]) -> dict[str, Any]:
+        return self.mutations.list_tags_for_resource(p)

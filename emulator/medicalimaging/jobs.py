@@ -27,6 +27,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from emulator.config import Settings
 from emulator.errors import ServiceQuotaExceededException
+from emulator.faults import FaultInjector
 from emulator.medicalimaging.dicom import InstanceRejected, parse_instance
 from emulator.medicalimaging.models import FileOutcome, ImportJob, MedicalImagingBackend
 from emulator.medicalimaging.s3io import (
@@ -48,8 +49,10 @@ class JobFailed(Exception):
 
 
 class JobRunner:
-    def __init__(self, backend: MedicalImagingBackend, settings: Settings, store: Store) -> None:
+    def __init__(self, backend: MedicalImagingBackend, settings: Settings, store: Store,
+                 faults: FaultInjector | None = None) -> None:
         self.backend = backend
+        self.faults = faults or FaultInjector()  # injected job / per-file faults (emulator/faults.py)
         self.settings = settings
         self.store = store
         self.s3 = make_s3_client(settings.region, pool=settings.threads + 8)
@@ -180,6 +183,13 @@ class JobRunner:
                 with self.cond:
                     self._working -= 1
                     self.cond.notify_all()
+            injected = self.faults.job_failure(job)
+            if injected is not None:
+                # An injected whole-job failure: every file is reported as a server error, outputs still written.
+                for o in outcomes:
+                    o.parsed, o.server_error, o.error = None, True, injected
+                self._fail(job, injected, stats, outcomes)
+                return
             if not self._wait_gate(job_id):
                 return
             t = time.perf_counter()
@@ -189,6 +199,12 @@ class JobRunner:
             stats["apply_seconds"] = round(time.perf_counter() - t, 6)
             stats["work_seconds"] = round(time.perf_counter() - started, 6)
         t = time.perf_counter()
+        delay = self.faults.manifest_delay(job)
+        delayed: dict[str, str] = {}
+        if delay > 0:
+            # Injected: the job COMPLETES first, the manifest shows up `delay` seconds later.
+            outputs = dict(outputs)
+            delayed = {"job-output-manifest.json": outputs.pop("job-output-manifest.json")}
         try:
             self._write_outputs(job, outputs)
         except (ClientError, BotoCoreError) as exc:
@@ -199,6 +215,16 @@ class JobRunner:
         stats["s3_put_requests"] = len(outputs)
         self.backend.finish_job(job_id, "COMPLETED", None, stats)
         log.info("job %s COMPLETED (%s files)", job_id, stats.get("files"))
+        if delayed:
+            timer = threading.Timer(delay, self._write_delayed, args=(job, delayed))
+            timer.daemon = True
+            timer.start()
+
+    def _write_delayed(self, job: ImportJob, outputs: dict[str, str]) -> None:
+        try:
+            self._write_outputs(job, outputs)
+        except (ClientError, BotoCoreError) as exc:
+            log.warning("job %s: delayed manifest write failed: %s", job.id, _code(exc))
 
     def _wait_gate(self, job_id: str) -> bool:
         while not self._stop.is_set():
@@ -211,8 +237,9 @@ class JobRunner:
                 self.cond.wait(timeout=0.05)
         return False
 
-    def _fail(self, job: ImportJob, message: str, stats: dict[str, Any]) -> None:
-        outputs = self.backend.failure_outputs(job, [])
+    def _fail(self, job: ImportJob, message: str, stats: dict[str, Any],
+              outcomes: list[FileOutcome] | None = None) -> None:
+        outputs = self.backend.failure_outputs(job, outcomes or [])
         with contextlib.suppress(ClientError, BotoCoreError):  # the output location may be what is broken
             self._write_outputs(job, outputs)
         self.backend.finish_job(job.id, "FAILED", message, stats, outputs)
@@ -235,7 +262,7 @@ class JobRunner:
         list_seconds = time.perf_counter() - t
         if not objects:
             raise JobFailed("No files were found under inputS3Uri")
-        outcomes = list(self._pool.map(lambda o: self._read_one(bucket, o), objects))
+        outcomes = list(self._pool.map(lambda o: self._read_one(bucket, o, job), objects))
         stats: dict[str, Any] = {
             "files": len(objects),
             "bytes": sum(o.size for o in objects),
@@ -252,8 +279,13 @@ class JobRunner:
         }
         return outcomes, stats
 
-    def _read_one(self, bucket: str, obj: S3Object) -> FileOutcome:
+    def _read_one(self, bucket: str, obj: S3Object, job: ImportJob | None = None) -> FileOutcome:
         outcome = FileOutcome(key=obj.key, size=obj.size)
+        if job is not None:
+            injected = self.faults.file_error(job, obj.key)
+            if injected is not None:
+                outcome.error, outcome.server_error = injected, True
+                return outcome
         if obj.size > self.settings.max_file_bytes:
             outcome.error = f"File size {obj.size} exceeds the maximum of {self.settings.max_file_bytes} bytes"
             return outcome
@@ -282,6 +314,10 @@ class JobRunner:
             self.store.put_blob(data, outcome.parsed.sha256)
         t3 = time.perf_counter()
         outcome.timings = {"read": t1 - t0, "parse": t2 - t1, "store": t3 - t2, "gets": gets}
+        if job is not None:
+            if outcome.parsed is not None:
+                outcome.warnings = self.faults.file_warnings(job, obj.key)
+            self.faults.file_read(job)  # may end the process (injected crash)
         return outcome
 
     def _write_outputs(self, job: ImportJob, outputs: dict[str, str]) -> None:

@@ -4,9 +4,10 @@ Everything lives in SQLite (``emulator.store``), so every method is safe to call
 survives restarts. S3 reading for jobs is in ``jobs.py``; this module decides what an import *means*: which image
 set each instance lands in, primary or not, which version, and the exact output documents.
 
-Not implemented yet (answer NotImplementedException from the HTTP layer): UpdateImageSetMetadata, CopyImageSet,
-DeleteImageSet, GetImageFrame, tagging. The version table (``image_set_versions``) and per-version instance rows
-(``instances.first_version/until_version``) are designed so those operations are new versions of the same rows.
+The mutating image-set operations (UpdateImageSetMetadata, CopyImageSet, DeleteImageSet), GetImageFrame and
+tagging live in ``mutations.py``; they write new versions of the same rows (``image_set_versions`` and per-version
+instance rows, ``instances.first_version/until_version``). This module ends their transient LOCKED states
+(:meth:`MedicalImagingBackend.finalize_locks`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import gzip
 import hashlib
 import json
 import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -29,6 +31,7 @@ from emulator.errors import (
     ServiceQuotaExceededException,
     ValidationException,
 )
+from emulator.events import EventSink
 from emulator.medicalimaging.clock import JobClock
 from emulator.medicalimaging.dicom import ParsedInstance
 from emulator.store import Store
@@ -138,6 +141,8 @@ class ImageSetVersion:
     updated_at: float
     message: str | None
     arn: str
+    deleted_at: float | None = None
+    forced: bool = False
 
 
 @dataclass
@@ -149,6 +154,7 @@ class FileOutcome:
     parsed: ParsedInstance | None = None
     error: str | None = None
     server_error: bool = False
+    warnings: list[dict[str, Any]] = field(default_factory=list)  # imported, but reported in warning.ndjson
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -175,6 +181,100 @@ class MedicalImagingBackend:
         self.settings = settings
         self.store = store
         self.clock = clock
+        # The notification hook: state changes call self.events.emit(detail_type, detail, resources) or one of its
+        # helpers (datastore_event / job_event / image_set_event, emulator/events.py). A no-op until app.build
+        # installs the EventBridge publisher.
+        self.events: EventSink = EventSink()
+        # Mutations (mutations.py) leave image sets LOCKED for settings.mutation_seconds; a sweeper thread ends
+        # those locks on time (so their events go out), and every read ends the due ones first anyway.
+        self._sweeper: threading.Thread | None = None
+        self._sweeper_lock = threading.Lock()
+        self._migrate()
+        self._ensure_sweeper()
+
+    # ---- schema additions for mutations and tagging (additive, idempotent, also for older data dirs)
+
+    _IMAGE_SET_COLUMNS = (("lock_until", "REAL"), ("final_state", "TEXT"), ("final_status", "TEXT"),
+                          ("lock_version", "INTEGER"), ("deleted_at", "REAL"), ("tags", "TEXT"))
+
+    def _migrate(self) -> None:
+        with self.store.write() as conn:
+            have = {r["name"] for r in conn.execute("PRAGMA table_info(image_sets)")}
+            for name, kind in self._IMAGE_SET_COLUMNS:
+                if name not in have:
+                    conn.execute(f"ALTER TABLE image_sets ADD COLUMN {name} {kind}")
+            if "forced" not in {r["name"] for r in conn.execute("PRAGMA table_info(image_set_versions)")}:
+                conn.execute("ALTER TABLE image_set_versions ADD COLUMN forced INTEGER NOT NULL DEFAULT 0")
+            conn.execute("CREATE INDEX IF NOT EXISTS image_sets_lock ON image_sets(lock_until)")
+
+    # ---- transient LOCKED states of mutations
+
+    def image_set_event_args(self, row: sqlite3.Row, detail_type: str,
+                             extra: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
+        """(detail type, keyword arguments of ``events.image_set_event``) for an image-set row."""
+        return detail_type, {"datastore_id": row["datastore_id"], "image_set_id": row["id"],
+                             "version": row["version"], "is_primary": bool(row["is_primary"]),
+                             "state": row["state"], "workflow_status": row["workflow_status"], "extra": extra}
+
+    def locks_changed(self, events: list[tuple[str, dict[str, Any]]]) -> None:
+        """Called by a mutation after its commit: publish its events and make sure the locks will end."""
+        for detail_type, kwargs in events:
+            self.events.image_set_event(detail_type, **kwargs)
+        self._ensure_sweeper()
+
+    _FINAL_EVENTS = {"UPDATED": "Image Set Updated", "COPIED": "Image Set Copied", "DELETED": "Image Set Deleted"}
+
+    def finalize_locks(self) -> int:
+        """End every lock whose time on the job clock is up (ACTIVE/UPDATED, ACTIVE/COPIED, DELETED/DELETED)."""
+        now = self.clock.now()
+        with self.store.read() as conn:
+            if conn.execute("SELECT 1 FROM image_sets WHERE lock_until IS NOT NULL AND lock_until<=? LIMIT 1",
+                            (now,)).fetchone() is None:
+                return 0
+        events = []
+        with self.store.write() as conn:
+            rows = conn.execute("SELECT * FROM image_sets WHERE lock_until IS NOT NULL AND lock_until<=?",
+                                (now,)).fetchall()
+            for r in rows:
+                final_state, final_status = r["final_state"], r["final_status"]
+                # An import may have added a version meanwhile; its workflow status (IMPORTED) then stays.
+                status = final_status if r["version"] == r["lock_version"] else r["workflow_status"]
+                conn.execute(
+                    "UPDATE image_sets SET state=?, workflow_status=?, lock_until=NULL, final_state=NULL, "
+                    "final_status=NULL, deleted_at=? WHERE id=?",
+                    (final_state, status, time.time() if final_state == "DELETED" else r["deleted_at"], r["id"]))
+                conn.execute("UPDATE image_set_versions SET state=?, workflow_status=? WHERE image_set_id=? AND "
+                             "version=?", (final_state, final_status, r["id"], r["lock_version"]))
+                kind = self._FINAL_EVENTS.get(final_status)
+                if kind:
+                    row = conn.execute("SELECT * FROM image_sets WHERE id=?", (r["id"],)).fetchone()
+                    events.append(self.image_set_event_args(row, kind))
+        for detail_type, kwargs in events:
+            self.events.image_set_event(detail_type, **kwargs)
+        return len(rows)
+
+    def _ensure_sweeper(self) -> None:
+        with self._sweeper_lock:
+            if self._sweeper is None and self._locks_pending():
+                self._sweeper = threading.Thread(target=self._sweep, name="image-set-locks", daemon=True)
+                self._sweeper.start()
+
+    def _locks_pending(self) -> bool:
+        with self.store.read() as conn:
+            return conn.execute("SELECT 1 FROM image_sets WHERE lock_until IS NOT NULL LIMIT 1").fetchone() is not None
+
+    def _sweep(self) -> None:
+        try:
+            while True:
+                time.sleep(0.05)
+                self.finalize_locks()
+                with self._sweeper_lock:
+                    if not self._locks_pending():
+                        self._sweeper = None
+                        return
+        except Exception:  # the store was closed (shutdown) or reset under us: reads still finalize lazily
+            with self._sweeper_lock:
+                self._sweeper = None
 
     # ---- ARNs
 
@@ -192,8 +292,11 @@ class MedicalImagingBackend:
         if status == "CREATING" and self.clock.now() >= row["created_clock"] + self.settings.datastore_create_seconds:
             status = "ACTIVE"
             with self.store.write() as conn:
-                conn.execute("UPDATE datastores SET status='ACTIVE', updated_at=? WHERE id=? AND status='CREATING'",
-                             (time.time(), row["id"]))
+                cur = conn.execute(
+                    "UPDATE datastores SET status='ACTIVE', updated_at=? WHERE id=? AND status='CREATING'",
+                    (time.time(), row["id"]))
+            if cur.rowcount == 1:  # only the caller that made the transition announces it
+                self.events.datastore_event("Data Store Created", row["id"], row["name"], "ACTIVE")
         return Datastore(
             id=row["id"], name=row["name"], status=status, kms_key_arn=row["kms_key_arn"],
             lambda_authorizer_arn=row["lambda_authorizer_arn"],
@@ -225,6 +328,8 @@ class MedicalImagingBackend:
                      json.dumps(params.get("tags") or {}), now, now, self.clock.now()),
                 )
                 created = conn.execute("SELECT * FROM datastores WHERE id=?", (ds_id,)).fetchone()
+        if row is None:
+            self.events.datastore_event("Data Store Creating", created["id"], created["name"], "CREATING")
         ds = self._datastore(created)
         if row is None:
             ds.status = "CREATING"  # the create call itself always reports CREATING, like AWS
@@ -248,6 +353,7 @@ class MedicalImagingBackend:
 
     def delete_datastore(self, datastore_id: str) -> Datastore:
         ds = self.get_datastore(datastore_id)
+        self.finalize_locks()  # image sets whose deletion is due count as deleted
         with self.store.write() as conn:
             n = conn.execute("SELECT COUNT(*) FROM image_sets WHERE datastore_id=? AND state!='DELETED'",
                              (datastore_id,)).fetchone()[0]
@@ -263,6 +369,8 @@ class MedicalImagingBackend:
                 return ds
             conn.execute("UPDATE datastores SET status='DELETED', updated_at=? WHERE id=?",
                          (time.time(), datastore_id))
+        self.events.datastore_event("Data Store Deleting", ds.id, ds.name, "DELETING")
+        self.events.datastore_event("Data Store Deleted", ds.id, ds.name, "DELETED")
         ds.status = "DELETING"
         return ds
 
@@ -324,7 +432,9 @@ class MedicalImagingBackend:
                  params["clientToken"], request_hash(params, self.JOB_PARAMS), time.time(), self.clock.now()),
             )
             row = conn.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
-        return _job(row)
+        job = _job(row)
+        self.events.job_event("Import Job Submitted", job)
+        return job
 
     def get_import_job(self, datastore_id: str, job_id: str) -> ImportJob:
         self.get_datastore(datastore_id)
@@ -374,16 +484,25 @@ class MedicalImagingBackend:
             cur = conn.execute(
                 "UPDATE jobs SET status='IN_PROGRESS', started_at=?, phase_clock=? WHERE id=? AND status='SUBMITTED'",
                 (time.time(), self.clock.now(), job_id))
+        if cur.rowcount == 1:
+            self._job_event("Import Job In Progress", job_id)
         return cur.rowcount == 1
+
+    def _job_event(self, detail_type: str, job_id: str) -> None:
+        job = self.job(job_id)
+        if job is not None:
+            self.events.job_event(detail_type, job)
 
     def finish_job(self, job_id: str, status: str, message: str | None, stats: dict[str, Any] | None,
                    outputs: dict[str, str] | None = None) -> None:
         with self.store.write() as conn:
-            conn.execute(
+            cur = conn.execute(
                 "UPDATE jobs SET status=?, ended_at=?, message=?, stats=COALESCE(?, stats), "
                 "outputs=COALESCE(?, outputs) WHERE id=? AND status IN (?, ?)",
                 (status, time.time(), message, json.dumps(stats) if stats else None,
                  json.dumps(outputs) if outputs else None, job_id, *ACTIVE_JOB_STATES))
+        if cur.rowcount == 1:
+            self._job_event("Import Job Completed" if status == "COMPLETED" else "Import Job Failed", job_id)
 
     # ---- applying an import: the heart of the primary / non-primary logic
 
@@ -411,17 +530,60 @@ class MedicalImagingBackend:
             outputs = self._outputs(job, outcomes, plan)
             conn.execute("UPDATE jobs SET applied=1, outputs=?, stats=? WHERE id=?",
                          (json.dumps(outputs), json.dumps(stats), job_id))
+        # After the commit, so a rolled-back or crashed apply announces nothing. Adding to an existing set is
+        # announced as "Image Set Updated" (workflow IMPORTED): AWS documents no import-specific detail type.
+        for t in plan.touched.values():
+            self.events.image_set_event(
+                "Image Set Created" if t.created else "Image Set Updated", datastore_id=job.datastore_id,
+                image_set_id=t.image_set_id, version=t.version, is_primary=t.is_primary, state="ACTIVE",
+                workflow_status="CREATED" if t.created else "IMPORTED")
         return outputs
 
     def failure_outputs(self, job: ImportJob, outcomes: list[FileOutcome]) -> dict[str, str]:
         return self._outputs(job, outcomes, None)
 
+    def apply_instances(self, datastore_id: str, outcomes: list[FileOutcome],
+                        source_id: str) -> dict[str, tuple[str, int, bool]]:
+        """Store parsed instances outside an import job (DICOMweb STOW-RS) through the same plan as imports.
+
+        One transaction; outcomes are applied in key order; each touched image set gets one new version.
+        ``source_id`` stands in for the job id (image-set ids and ``image_set_versions.job_id``). Returns
+        ``outcome.key -> (imageSetId, version, isPrimary)``.
+        """
+        self._active_datastore(datastore_id)
+        now = time.time()
+        source = ImportJob(
+            id=source_id, datastore_id=datastore_id, name=source_id, status="COMPLETED", role_arn="", input_uri="",
+            output_uri="", resolved_output_uri="", input_owner=None, import_config=None, submitted_at=now,
+            started_at=now, ended_at=now, message=None, phase_clock=0.0, release_to=None, applied=True,
+            outputs=None, stats=None)
+        with self.store.write() as conn:
+            plan = _ImportPlan(self, conn, source)
+            for outcome in sorted(outcomes, key=lambda o: o.key):
+                if outcome.parsed is not None:
+                    plan.add(outcome)
+            plan.commit()
+        for t in plan.touched.values():
+            self.events.image_set_event(
+                "Image Set Created" if t.created else "Image Set Updated", datastore_id=datastore_id,
+                image_set_id=t.image_set_id, version=t.version, is_primary=t.is_primary, state="ACTIVE",
+                workflow_status="CREATED" if t.created else "IMPORTED")
+        return {key: (set_id, plan.touched[set_id].version, plan.touched[set_id].is_primary)
+                for key, set_id in plan.assignment.items()}
+
     def _outputs(self, job: ImportJob, outcomes: list[FileOutcome], plan: _ImportPlan | None) -> dict[str, str]:
         success: list[str] = []
         failure: list[str] = []
+        warning: list[str] = []
         customer_errors = server_errors = 0
         for o in sorted(outcomes, key=lambda o: o.key):
-            if o.parsed is not None and plan is not None:
+            if o.parsed is not None and plan is not None and o.warnings:
+                # Imported with warnings (injected, emulator/faults.py): reported in warning.ndjson instead.
+                info = plan.touched[plan.assignment[o.key]]
+                warning.append(canonical_line({"inputFile": o.key, "importResponse": {
+                    "imageSetId": info.image_set_id, "imageSetVersion": info.version, "isPrimary": info.is_primary,
+                    "warnings": o.warnings}}))
+            elif o.parsed is not None and plan is not None:
                 set_id = plan.assignment[o.key]
                 info = plan.touched[set_id]
                 success.append(canonical_line({
@@ -454,7 +616,7 @@ class MedicalImagingBackend:
             "failureOutputS3Uri": base + "FAILURE/",
             "warningsOutputS3Uri": base + "WARNING/",
             "numberOfScannedFiles": len(outcomes),
-            "numberOfImportedFiles": len(success),
+            "numberOfImportedFiles": len(success) + len(warning),
             "numberOfFilesWithCustomerError": customer_errors,
             "numberOfFilesWithServerError": server_errors,
             "numberOfGeneratedImageSets": len(summaries),
@@ -464,7 +626,7 @@ class MedicalImagingBackend:
             "job-output-manifest.json": json.dumps(manifest, indent=2),
             "SUCCESS/success.ndjson": "".join(line + "\n" for line in success),
             "FAILURE/failure.ndjson": "".join(line + "\n" for line in failure),
-            "WARNING/warning.ndjson": "",
+            "WARNING/warning.ndjson": "".join(line + "\n" for line in warning),
         }
 
     # ---- image sets
@@ -485,14 +647,21 @@ class MedicalImagingBackend:
         return vrow
 
     def _version(self, row: sqlite3.Row, vrow: sqlite3.Row) -> ImageSetVersion:
+        latest = vrow["version"] == row["version"]
+        deleted = row["state"] == "DELETED"
+        # The set row carries the live state (LOCKED during a mutation, DELETED, a demotion); history keeps its own.
         return ImageSetVersion(
             image_set_id=row["id"], datastore_id=row["datastore_id"], version=vrow["version"],
-            latest_version=row["version"], state=vrow["state"], workflow_status=vrow["workflow_status"],
-            is_primary=bool(vrow["is_primary"]), created_at=vrow["created_at"], updated_at=vrow["updated_at"],
-            message=vrow["message"], arn=self.image_set_arn(row["datastore_id"], row["id"]),
+            latest_version=row["version"], state="DELETED" if deleted else (row["state"] if latest else vrow["state"]),
+            workflow_status=row["workflow_status"] if latest else vrow["workflow_status"],
+            is_primary=bool(row["is_primary"] if latest else vrow["is_primary"]), created_at=vrow["created_at"],
+            updated_at=vrow["updated_at"], message=vrow["message"],
+            arn=self.image_set_arn(row["datastore_id"], row["id"]),
+            deleted_at=row["deleted_at"] if deleted else None, forced=bool(vrow["forced"]),
         )
 
     def get_image_set(self, datastore_id: str, image_set_id: str, version: str | None) -> ImageSetVersion:
+        self.finalize_locks()
         with self.store.read() as conn:
             row = self._image_set_row(conn, datastore_id, image_set_id)
             vrow = self._version_row(conn, image_set_id, int(version) if version else row["version"])
@@ -500,6 +669,7 @@ class MedicalImagingBackend:
 
     def list_image_set_versions(self, datastore_id: str, image_set_id: str, token: str | None,
                                 max_results: int | None) -> tuple[list[ImageSetVersion], str | None]:
+        self.finalize_locks()
         with self.store.read() as conn:
             row = self._image_set_row(conn, datastore_id, image_set_id)
             vrows = conn.execute("SELECT * FROM image_set_versions WHERE image_set_id=? ORDER BY version DESC",
@@ -509,8 +679,11 @@ class MedicalImagingBackend:
 
     def get_image_set_metadata(self, datastore_id: str, image_set_id: str, version: str | None) -> bytes:
         """The gzip-compressed metadata document of one image-set version."""
+        self.finalize_locks()
         with self.store.read() as conn:
             row = self._image_set_row(conn, datastore_id, image_set_id)
+            if row["state"] == "DELETED":
+                raise ResourceNotFoundException(f"Image set {image_set_id} is deleted")
             v = int(version) if version else row["version"]
             vrow = self._version_row(conn, image_set_id, v)
             docs = conn.execute(
@@ -518,7 +691,9 @@ class MedicalImagingBackend:
                 "AND (until_version IS NULL OR until_version>?) ORDER BY sop_uid", (image_set_id, v, v)).fetchall()
         # The instance documents are stored as JSON text; splice them in instead of re-parsing thousands of them.
         instances = ",".join(f"{json.dumps(r['sop_uid'])}:{r['doc']}" for r in docs)
-        series = (f"{json.dumps(row['series_uid'])}:{{\"DICOM\":{vrow['series']},"
+        # A forced update may have changed the SeriesInstanceUID: each version is keyed by its own.
+        series_uid = json.loads(vrow["series"]).get("SeriesInstanceUID") or row["series_uid"]
+        series = (f"{json.dumps(series_uid)}:{{\"DICOM\":{vrow['series']},"
                   f"\"Instances\":{{{instances}}}}}")
         text = (f"{{\"SchemaVersion\":\"1.1\",\"DatastoreID\":{json.dumps(datastore_id)},"
                 f"\"ImageSetID\":{json.dumps(image_set_id)},\"Patient\":{{\"DICOM\":{vrow['patient']}}},"
@@ -528,12 +703,13 @@ class MedicalImagingBackend:
     def search_image_sets(self, datastore_id: str, criteria: dict[str, Any] | None, token: str | None,
                           max_results: int | None) -> tuple[list[dict[str, Any]], str | None, dict[str, Any] | None]:
         self.get_datastore(datastore_id)
+        self.finalize_locks()
         criteria = criteria or {}
         filters = criteria.get("filters") or []
         predicates = [_filter_predicate(f, i) for i, f in enumerate(filters, start=1)]
         with self.store.read() as conn:
-            rows = conn.execute("SELECT * FROM image_sets WHERE datastore_id=? AND state!='DELETED'",
-                                (datastore_id,)).fetchall()
+            rows = conn.execute("SELECT * FROM image_sets WHERE datastore_id=? AND state!='DELETED' "
+                                "AND workflow_status!='DELETING'", (datastore_id,)).fetchall()
         items = []
         for r in rows:
             tags = json.loads(r["dicom_tags"])
@@ -631,14 +807,16 @@ class _ImportPlan:
     def _study_primaries(self, study_uid: str) -> list[tuple[str, dict[str, Any]]]:
         rows = self._existing(
             "SELECT id, series_uid, conflict_key FROM image_sets WHERE datastore_id=? AND study_uid=? "
-            "AND is_primary=1 AND state!='DELETED'", (self.job.datastore_id, study_uid))
+            "AND is_primary=1 AND state!='DELETED' AND workflow_status!='DELETING'",
+            (self.job.datastore_id, study_uid))
         found = [(r["series_uid"], json.loads(r["conflict_key"])) for r in rows]
         found += [(t.series_uid, json.loads(t.conflict_key)) for t in self.touched.values()
                   if t.created and t.is_primary and t.study_uid == study_uid]
         return found
 
     def _set_row(self, where: str, args: tuple[Any, ...]) -> sqlite3.Row | None:
-        return self.conn.execute(f"SELECT * FROM image_sets WHERE {where} AND state!='DELETED'", args).fetchone()
+        return self.conn.execute(f"SELECT * FROM image_sets WHERE {where} AND state!='DELETED' "
+                                 "AND workflow_status!='DELETING'", args).fetchone()
 
     def add(self, outcome: FileOutcome) -> None:
         p = outcome.parsed

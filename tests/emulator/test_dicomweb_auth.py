@@ -1,0 +1,184 @@
+"""DICOMweb authentication: SigV4 presence, OIDC bearer tokens from a real local issuer, and the off switch.
+
+The emulator under test fetches the issuer's JWKS over HTTP like a real deployment would; every hostile token
+must end in 401/403 in the AWS shape, never in a crash, and must leave the data untouched.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+import requests
+from dicomweb_client.api import DICOMwebClient
+from joserfc.jwk import RSAKey
+from pydicom.uid import generate_uid
+
+from tests.conftest import emulator_admin, make_medical_imaging
+from tests.emulator.conftest import create_datastore, dicom_bytes
+from tests.emulator.oidc_issuer import AUDIENCE, BearerAuth, OidcIssuer, SigV4RequestsAuth
+from tests.support.servers import ServerProcess, start_emulator
+
+
+@pytest.fixture(scope="module")
+def issuer() -> Iterator[OidcIssuer]:
+    server = OidcIssuer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def oidc_emulator(moto_url: str, log_dir: Path, tmp_path_factory: pytest.TempPathFactory,
+                  issuer: OidcIssuer) -> Iterator[ServerProcess]:
+    server = start_emulator(tmp_path_factory.mktemp("dicomweb-auth-data"), moto_url, log_dir,
+                            extra_args=["--oidc-issuer", issuer.url, "--oidc-audience", AUDIENCE])
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def stored(oidc_emulator: ServerProcess) -> dict[str, str]:
+    """A data store with one instance, stored with SigV4 before any token is tried."""
+    ds_id = create_datastore(make_medical_imaging(oidc_emulator.url))
+    study, series, sop = (str(generate_uid()) for _ in range(3))
+    client = DICOMwebClient(url=f"{oidc_emulator.url}/datastore/{ds_id}", session=_session(SigV4RequestsAuth()))
+    client.store_instances([pydicom.dcmread(io.BytesIO(dicom_bytes(study, series, sop)))])
+    return {"ds": ds_id, "study": study, "series": series, "sop": sop,
+            "studies": f"{oidc_emulator.url}/datastore/{ds_id}/studies"}
+
+
+def _session(auth: requests.auth.AuthBase | None) -> requests.Session:
+    s = requests.Session()
+    s.auth = auth
+    return s
+
+
+def _get(url: str, auth: requests.auth.AuthBase | None = None,
+         headers: dict[str, str] | None = None) -> requests.Response:
+    return _session(auth).get(url, headers=headers or {}, timeout=30)
+
+
+def test_valid_bearer_token_searches_and_stores(oidc_emulator: ServerProcess, stored: dict[str, str],
+                                                issuer: OidcIssuer) -> None:
+    client = DICOMwebClient(url=f"{oidc_emulator.url}/datastore/{stored['ds']}",
+                            session=_session(BearerAuth(issuer.token())))
+    studies = client.search_for_studies()
+    assert [s["0020000D"]["Value"][0] for s in studies] == [stored["study"]]
+    sop = str(generate_uid())
+    result = client.store_instances([pydicom.dcmread(io.BytesIO(dicom_bytes(stored["study"], stored["series"],
+                                                                            sop)))])
+    assert result.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == sop
+    assert len(client.search_for_instances(stored["study"], stored["series"])) == 2
+    # A list audience containing ours is fine too; tokens are verified with the cached JWKS.
+    assert _get(stored["studies"], BearerAuth(issuer.token(aud=["other", AUDIENCE]))).status_code == 200
+    assert _get(stored["studies"], BearerAuth(issuer.es256_token())).status_code == 200
+    assert sum(1 for p in issuer.requests if p == "/keys") == 1
+
+
+def test_sigv4_is_accepted_by_presence(stored: dict[str, str]) -> None:
+    assert _get(stored["studies"], SigV4RequestsAuth()).status_code == 200
+
+
+def _wrong_key_token(issuer: OidcIssuer) -> str:
+    other = RSAKey.generate_key(2048, parameters={"kid": "test-key-1"})
+    return issuer.token(key=other)
+
+
+TWELVE_HOURS = 12 * 3600
+HOSTILE: list[tuple[str, Callable[[OidcIssuer], str], int]] = [
+    ("alg-none", lambda i: i.unsigned_token(), 401),
+    ("hs256-with-public-key", lambda i: i.hs256_with_public_key(), 401),
+    ("tampered-payload", lambda i: i.tampered_token(), 401),
+    ("signed-by-another-key", _wrong_key_token, 401),
+    ("unknown-kid", lambda i: i.token(header={"alg": "RS256", "kid": "nope"}), 401),
+    ("rs256-header-on-ec-key", lambda i: i.token(header={"alg": "RS256", "kid": "test-key-ec"}), 401),
+    ("expired", lambda i: i.token(exp=int(time.time()) - 600, iat=int(time.time()) - 1200,
+                                  nbf=int(time.time()) - 1200), 401),
+    ("nbf-in-future", lambda i: i.token(nbf=int(time.time()) + 3600), 401),
+    ("iat-older-than-12h", lambda i: i.token(iat=int(time.time()) - TWELVE_HOURS - 120,
+                                             nbf=int(time.time()) - TWELVE_HOURS - 120), 401),
+    ("iat-in-future", lambda i: i.token(iat=int(time.time()) + 3600), 401),
+    ("no-exp", lambda i: i.token(exp=None), 401),
+    ("no-iat", lambda i: i.token(iat=None), 401),
+    ("exp-not-a-number", lambda i: i.token(exp="tomorrow"), 401),
+    ("garbage", lambda i: "not.a.jwt", 401),
+    ("garbage-no-dots", lambda i: "xyz", 401),
+    ("huge", lambda i: "a." + "b" * 20000 + ".c", 401),
+    ("empty", lambda i: "", 401),
+    ("wrong-audience", lambda i: i.token(aud="someone-else"), 403),
+    ("no-audience", lambda i: i.token(aud=None), 403),
+    ("wrong-issuer", lambda i: i.token(iss="https://evil.example"), 403),
+]
+
+
+@pytest.mark.parametrize(("build", "status"), [pytest.param(b, s, id=n) for n, b, s in HOSTILE])
+def test_hostile_tokens_are_refused(oidc_emulator: ServerProcess, stored: dict[str, str], issuer: OidcIssuer,
+                                    build: Callable[[OidcIssuer], str], status: int) -> None:
+    token = build(issuer)
+    before = {k: v for k, v in emulator_admin(oidc_emulator.url, "state").items() if k != "clock"}
+    body = dicom_bytes(stored["study"], stored["series"], str(generate_uid()))
+    boundary = "b0undary"
+    multipart = (f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + body
+                 + f"\r\n--{boundary}--\r\n".encode())
+    headers = {"Authorization": f"Bearer {token}"}
+    search = requests.get(stored["studies"], headers=headers, timeout=30)
+    store = requests.post(stored["studies"], data=multipart, timeout=30, headers={
+        **headers, "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'})
+    for resp in (search, store):
+        assert resp.status_code == status
+        expected = "UnauthorizedException" if status == 401 else "AccessDeniedException"
+        assert resp.headers["x-amzn-ErrorType"] == expected
+        assert set(resp.json()) == {"message"}
+        if status == 401:
+            assert resp.headers["WWW-Authenticate"].startswith("Bearer ")
+        if token:
+            assert token not in resp.text
+    assert {k: v for k, v in emulator_admin(oidc_emulator.url, "state").items() if k != "clock"} == before
+    assert emulator_admin(oidc_emulator.url, "health") == {"status": "ok"}
+
+
+@pytest.mark.parametrize(("headers", "status"), [
+    pytest.param({}, 401, id="no-credentials"),
+    pytest.param({"Authorization": "Basic dXNlcjpwYXNz"}, 401, id="basic"),
+    pytest.param({"Authorization": "AWS4-HMAC-SHA256 garbage"}, 401, id="sigv4-malformed"),
+    pytest.param({"Authorization": "AWS4-HMAC-SHA256 Credential=AKID/20250101/us-east-1/s3/aws4_request, "
+                                   "SignedHeaders=host, Signature=abc"}, 403, id="sigv4-wrong-service"),
+])
+def test_missing_or_unusable_credentials(stored: dict[str, str], headers: dict[str, str], status: int) -> None:
+    resp = _get(stored["studies"], headers=headers)
+    assert resp.status_code == status
+    assert resp.headers["x-amzn-ErrorType"] == ("UnauthorizedException" if status == 401 else
+                                                "AccessDeniedException")
+    if status == 401:
+        assert "WWW-Authenticate" in resp.headers
+
+
+def test_rest_json_api_is_not_affected(oidc_emulator: ServerProcess, stored: dict[str, str]) -> None:
+    mi = make_medical_imaging(oidc_emulator.url)
+    assert mi.get_datastore(datastoreId=stored["ds"])["datastoreProperties"]["datastoreStatus"] == "ACTIVE"
+
+
+def test_without_issuer_bearer_is_refused_and_sigv4_accepted(emulator_url: str, issuer: OidcIssuer) -> None:
+    """The shared session emulator has no OIDC issuer configured (and auth required by default)."""
+    ds_id = create_datastore(make_medical_imaging(emulator_url))
+    url = f"{emulator_url}/datastore/{ds_id}/studies"
+    resp = _get(url, BearerAuth(issuer.token()))
+    assert resp.status_code == 401 and resp.headers["x-amzn-ErrorType"] == "UnauthorizedException"
+    ok = _get(url, SigV4RequestsAuth())
+    assert ok.status_code == 200 and ok.json() == []
+
+
+def test_auth_off_switch(moto_url: str, log_dir: Path, tmp_path: Path) -> None:
+    server = start_emulator(tmp_path / "data", moto_url, log_dir, extra_args=["--dicomweb-auth", "off"])
+    try:
+        ds_id = create_datastore(make_medical_imaging(server.url))
+        client: Any = DICOMwebClient(url=f"{server.url}/datastore/{ds_id}")
+        assert client.search_for_studies() == []
+        assert emulator_admin(server.url, "config")["dicomweb_auth"] == "off"
+    finally:
+        server.stop()
