@@ -12,6 +12,7 @@ from typing import Any
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.table import Table
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
@@ -213,6 +214,30 @@ def _signal(migration_id: str, name: str, reason: str | None, by: str | None) ->
                 raise fail(f"no migration with id {migration_id!r}", 1) from None
             raise
         console.print(f"{name} sent to {migration_id}")
+
+    _run(go())
+
+
+@app.command("list")
+def list_cmd(
+    all_states: bool = typer.Option(False, "--all", help="include finished executions"),
+    limit: int = typer.Option(50, "--limit", min=1, max=1000),
+) -> None:
+    """List running migrations and reconciliations awaiting a decision."""
+    s = settings()
+
+    async def go() -> None:
+        client = await _client(s)
+        table = Table(title="migrations and reconciliations")
+        for col in ("type", "workflow id", "status", "started"):
+            table.add_column(col)
+        query = "WorkflowType IN ('MigrationWorkflow', 'ReconciliationWorkflow')"
+        if not all_states:
+            query += " AND ExecutionStatus = 'Running'"
+        async for wf in client.list_workflows(query, limit=limit):
+            table.add_row(wf.workflow_type, wf.id, wf.status.name if wf.status else "?",
+                          f"{wf.start_time:%Y-%m-%d %H:%M:%S}")
+        console.print(table)
 
     _run(go())
 

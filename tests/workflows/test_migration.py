@@ -212,6 +212,8 @@ class TestCliAgainstTemporal:
         assert '"imported": 1' in result.output and '"rejected": 1' in result.output
         result = await invoke(["report", wid, "--files"])
         assert result.exit_code == 0 and result.output.count('"key"') == 2
+        result = await invoke(["list", "--all"])
+        assert result.exit_code == 0 and wid in result.output
         result = await invoke(["status", "no-such-migration"])
         assert result.exit_code == 1 and "no migration with id" in result.output
 
