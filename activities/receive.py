@@ -11,9 +11,10 @@ from typing import Any
 from botocore.exceptions import ClientError
 from pydantic import BaseModel
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
 from activities.errors import classify
-from activities.storage import put_ndjson
+from activities.storage import iter_ndjson, put_ndjson
 from contracts import layout
 from contracts.pipeline import ReceiveInput, ReceiveResult
 from contracts.records import InventoryEntry
@@ -32,8 +33,35 @@ class ReceiveActivities:
     def __init__(self, s3: Any) -> None:
         self._s3 = s3
 
+    def _from_manifest(self, input: ReceiveInput) -> ReceiveResult:
+        """Inventory from a given list of objects (event-driven ingestion) instead of a listing."""
+        source = parse_s3_uri(input.source_s3_uri, field="source_s3_uri").as_prefix()
+        manifest = parse_s3_uri(input.source_manifest_uri or "", field="source_manifest_uri")
+        try:
+            entries = [InventoryEntry.model_validate(row) for row in iter_ndjson(self._s3, manifest)]
+        except ClientError as err:
+            raise classify(err, "reading the source manifest") from None
+        except ValueError as err:
+            raise ApplicationError(f"source_manifest_uri: not an NDJSON list of {{key, size, etag}}: {err}",
+                                   type="InvalidSourceManifest", non_retryable=True) from None
+        outside = [e.key for e in entries if not e.key.startswith(source.key)]
+        if outside:
+            raise ApplicationError(f"source_manifest_uri: {len(outside)} keys are outside source_s3_uri",
+                                   type="InvalidSourceManifest", non_retryable=True)
+        unique = sorted({e.key: e for e in entries}.values(), key=lambda e: e.key)
+        pages = 0
+        for start in range(0, len(unique), input.page_size):
+            put_ndjson(self._s3, layout.inventory_page(input.work_s3_uri, input.migration_id, pages),
+                       unique[start : start + input.page_size])
+            pages += 1
+        prefix = layout.root(input.work_s3_uri, input.migration_id).join("inventory").as_prefix()
+        return ReceiveResult(files=len(unique), bytes=sum(e.size for e in unique), pages=pages,
+                             inventory_prefix_uri=prefix.uri)
+
     @activity.defn(name="receive_inventory")
     def receive_inventory(self, input: ReceiveInput) -> ReceiveResult:
+        if input.source_manifest_uri:
+            return self._from_manifest(input)
         source = parse_s3_uri(input.source_s3_uri, field="source_s3_uri").as_prefix()
         details = activity.info().heartbeat_details if activity.in_activity() else ()
         cursor = _Cursor.model_validate(details[0]) if details else _Cursor()

@@ -98,6 +98,9 @@ class MigrationInput(Strict):
     """What an operator passes to start a `MigrationWorkflow` (plain JSON from the CLI or the Temporal UI)."""
 
     source_s3_uri: str = Field(description="S3 prefix holding the DICOM files to migrate, e.g. s3://bucket/dicom/")
+    source_manifest_uri: str | None = Field(
+        None, description="NDJSON of {key, size, etag} objects (keys in the source bucket, under the source prefix) "
+        "to migrate instead of listing the whole prefix; used by event-driven ingestion")
     datastore_id: Annotated[str, Field(pattern=DATASTORE_ID_PATTERN, description="HealthImaging data store id")]
     work_s3_uri: str = Field(description="S3 prefix for inventory, staging, import output, ledger and report")
     validation_level: ValidationLevel = ValidationLevel.STRUCTURE_ONLY
@@ -122,6 +125,11 @@ class MigrationInput(Strict):
     @classmethod
     def _work(cls, v: str) -> str:
         return _check_s3(v, "work_s3_uri")
+
+    @field_validator("source_manifest_uri")
+    @classmethod
+    def _manifest(cls, v: str | None) -> str | None:
+        return None if v is None else _check_s3(v, "source_manifest_uri")
 
     @model_validator(mode="after")
     def _work_outside_source(self) -> MigrationInput:
@@ -192,6 +200,7 @@ class ReceiveInput(BaseModel):
     source_s3_uri: str
     work_s3_uri: str
     page_size: int
+    source_manifest_uri: str | None = None
 
 
 class ReceiveResult(BaseModel):

@@ -142,6 +142,30 @@ class TestMigrationEndToEnd:
         assert summary["non_primary_image_sets"] == [rows["np/b_conflict.dcm"]["image_set_id"]]
 
 
+class TestSourceManifest:
+    async def test_only_listed_objects_are_migrated(self, client: Client, worker: Worker, buckets: dict[str, Any],
+                                                    datastore_id: str) -> None:
+        s3, src, work = buckets["s3"], buckets["source"], buckets["work"]
+        for i in range(3):
+            _put(s3, src, f"m/{i}.dcm", make_instance(uid(), uid()))
+        listed = [{"key": f"m/{i}.dcm", "size": 1, "etag": ""} for i in (0, 2, 2)]  # a repeat is harmless
+        _put(s3, work, "manifests/one.ndjson", "\n".join(json.dumps(x) for x in listed).encode())
+        payload = MigrationInput(source_s3_uri=f"s3://{src}/m/", source_manifest_uri=f"s3://{work}/manifests/one.ndjson",
+                                 datastore_id=datastore_id, work_s3_uri=f"s3://{work}/w/", import_start_interval_seconds=0)
+        _, result = await _migrate(client, worker, payload)
+        assert sorted(_report_rows(s3, result)) == ["m/0.dcm", "m/2.dcm"]
+
+    async def test_keys_outside_the_source_fail_the_migration_clearly(
+            self, client: Client, worker: Worker, buckets: dict[str, Any], datastore_id: str) -> None:
+        s3, src, work = buckets["s3"], buckets["source"], buckets["work"]
+        _put(s3, work, "manifests/bad.ndjson", json.dumps({"key": "elsewhere/x.dcm", "size": 1}).encode())
+        payload = MigrationInput(source_s3_uri=f"s3://{src}/m/", source_manifest_uri=f"s3://{work}/manifests/bad.ndjson",
+                                 datastore_id=datastore_id, work_s3_uri=f"s3://{work}/w/")
+        with pytest.raises(WorkflowFailureError) as info:
+            await _migrate(client, worker, payload)
+        assert "outside source_s3_uri" in str(info.value.cause.cause)
+
+
 class TestBadInput:
     async def test_invalid_json_input_fails_the_workflow_at_once(self, client: Client, worker: Worker) -> None:
         """Input as the `temporal` CLI would send it (plain JSON) with a bad field: fails, never retries forever."""
