@@ -36,6 +36,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/emulator.py
+	$(PY) bench/parse.py
 
 clean: stop
 	rm -rf .local $(VENV)

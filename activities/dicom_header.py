@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pydicom
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.valuerep import VR
@@ -41,6 +42,12 @@ LENGTH_LIMITS = {"PatientName": 256, "PatientID": 256, "AccessionNumber": 256, "
 PATIENT_ATTRS = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex")
 STUDY_ATTRS = ("StudyDate", "StudyTime", "AccessionNumber", "StudyID", "StudyDescription")
 SERIES_ATTRS = ("SeriesNumber", "Modality", "SeriesDescription")
+_TAGS: dict[str, int] = {
+    name: int(tag_for_keyword(name) or 0)
+    for name in ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality",
+                 "TransferSyntaxUID", "MediaStorageSOPClassUID", *PATIENT_ATTRS, *STUDY_ATTRS, *SERIES_ATTRS,
+                 *LENGTH_LIMITS)
+}
 
 
 @dataclass
@@ -89,15 +96,35 @@ def _get(ds: Dataset, name: str) -> Any:
         return None
 
 
+def _raw(ds: Dataset, name: str) -> bytes | None:
+    """The stored bytes of an element, without pydicom's value conversion (which costs more than the parse).
+
+    ``get_item`` hands back the raw element read from the file; elements pydicom already converted (the file
+    meta) are re-encoded from their value.
+    """
+    try:
+        elem = ds.get_item(_TAGS[name])
+    except Exception:
+        return None
+    if elem is None:
+        return None
+    value = elem.value
+    if value is None:
+        return b""
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).strip(b" \x00")
+    return str(value).strip().encode("utf-8", "replace")
+
+
 def _fingerprint(ds: Dataset, attrs: tuple[str, ...]) -> str:
+    # Raw bytes are hashed: equal values in one character set hash equally, and no decoding is needed.
     h = hashlib.sha256()
     for name in attrs:
-        value = _get(ds, name)
-        h.update(name.encode() + b"=" + str(value if value is not None else "").strip().encode("utf-8", "replace") + b"\0")
+        h.update(name.encode() + b"=" + (_raw(ds, name) or b"") + b"\0")
     return h.hexdigest()
 
 
-def _pixel_data_overrun(fp: _ProbeReader, total_size: int) -> int | None:
+def _pixel_data_overrun(fp: io.BytesIO, total_size: int) -> int | None:
     """Bytes missing at the end when the Pixel Data element claims more than the object holds, else None."""
     start = fp.tell()
     head = fp.read(12)
@@ -119,6 +146,16 @@ def _pixel_data_overrun(fp: _ProbeReader, total_size: int) -> int | None:
     return end - total_size if end > total_size else None
 
 
+def _more(buf: bytes, total_size: int) -> int:
+    return min(total_size, max(len(buf) * 4, 65536))
+
+
+def _read(fp: io.BytesIO) -> Dataset:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return pydicom.dcmread(fp, stop_before_pixels=True)
+
+
 def parse_header(buf: bytes, total_size: int, key: str = "") -> HeaderResult:
     """Parse the DICOM header in ``buf`` (the first ``len(buf)`` bytes of an object of ``total_size`` bytes)."""
     result = HeaderResult()
@@ -126,30 +163,36 @@ def parse_header(buf: bytes, total_size: int, key: str = "") -> HeaderResult:
     if sniffed:
         result.findings.append(sniffed)
         return result
-    fp = _ProbeReader(buf)
+    fp: io.BytesIO = io.BytesIO(buf)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(fp, stop_before_pixels=True)
+        ds = _read(fp)
+        short_read = False
+        if fp.tell() >= len(buf):
+            # The parse ran to the end of the buffer: either the header is longer than this prefix, or the file
+            # has no Pixel Data, or it is truncated. Only then is the (slower) short-read probe worth running:
+            # a parse that stops before Pixel Data has read every header element in full.
+            if len(buf) < total_size:
+                result.need_bytes = _more(buf, total_size)
+                return result
+            fp = _ProbeReader(buf)
+            ds = _read(fp)
+            short_read = fp.short_read  # type: ignore[attr-defined]
     except (InvalidDicomError, EOFError) as err:
         if len(buf) < total_size:
-            result.need_bytes = min(total_size, max(len(buf) * 4, 65536))
+            result.need_bytes = _more(buf, total_size)
             return result
         reason = str(err).split("\n")[0][:200] if isinstance(err, InvalidDicomError) else "unexpected end of file"
         result.findings.append(_finding("not_dicom", f"not a DICOM Part 10 file: {reason}"))
         return result
     except Exception as err:  # pydicom raises many types on corrupt input; each is a finding, not a crash
         if len(buf) < total_size:
-            result.need_bytes = min(total_size, max(len(buf) * 4, 65536))
+            result.need_bytes = _more(buf, total_size)
             return result
         result.findings.append(_finding("unparseable", f"DICOM header could not be parsed: {type(err).__name__}"))
         return result
-    if fp.short_read and len(buf) < total_size:
-        result.need_bytes = min(total_size, max(len(buf) * 4, 65536))
-        return result
     result.readable = True
     result.header_bytes = fp.tell()
-    if fp.short_read:
+    if short_read:
         result.findings.append(_finding("truncated", "file ends inside the DICOM header (truncated)"))
     else:
         missing = _pixel_data_overrun(fp, total_size)
@@ -162,11 +205,8 @@ def parse_header(buf: bytes, total_size: int, key: str = "") -> HeaderResult:
 
 
 def _text(ds: Dataset, name: str) -> str | None:
-    value = _get(ds, name)
-    if value is None:
-        return None
-    text = str(value).strip()
-    return text or None
+    raw = _raw(ds, name)
+    return raw.decode("ascii", "replace") or None if raw is not None else None
 
 
 def _describe(ds: Dataset, result: HeaderResult) -> None:
@@ -210,6 +250,10 @@ def _describe(ds: Dataset, result: HeaderResult) -> None:
         if uid and (len(uid) > 64 or not _UID.match(uid)):
             f.append(_finding("invalid_uid", f"{label} is not a valid UID (digits and dots, at most 64 characters)", label))
     for name, limit in LENGTH_LIMITS.items():
-        text = _text(ds, name)
-        if text is not None and len(text) > limit:
-            f.append(_finding("length_limit", f"{name} is {len(text)} characters; HealthImaging accepts at most {limit}", name))
+        raw = _raw(ds, name)
+        if raw is None or len(raw) <= limit:
+            continue  # bytes >= characters in every character set, so no decoding is needed to pass
+        value = _get(ds, name)
+        length = len(str(value).strip()) if value is not None else len(raw)
+        if length > limit:
+            f.append(_finding("length_limit", f"{name} is {length} characters; HealthImaging accepts at most {limit}", name))
