@@ -82,7 +82,9 @@ def build(settings: Settings) -> Emulator:
     # keyed on X-Amz-Target) go before the rest-json API so its looser patterns never shadow them.
     # HealthLake claims only X-Amz-Target: HealthLake.* on POST / and /datastore/{id}/r4/...
     healthlake = HealthLake(settings, store, clock)
+    # DICOMweb WADO-RS draws on the same token buckets as the rest-json API (AWS publishes rates for four actions).
+    dicomweb = DicomWebApi(backend, settings, throttle=resilience.throttler.check)
     server = EmulatorHTTPServer((settings.host, settings.port),
-                                [resilience.admin, admin, healthlake.dispatcher, DicomWebApi(backend, settings), api],
+                                [resilience.admin, admin, healthlake.dispatcher, dicomweb, api],
                                 settings.max_body_bytes)
     return Emulator(settings, store, backend, runner, server, resilience, healthlake=healthlake)

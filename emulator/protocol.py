@@ -58,6 +58,8 @@ class HttpRequest:
     headers: dict[str, str]  # lower-cased names
     body: bytes
     request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    # Notes a family leaves for itself between before_body and its handler (DICOMweb: already authenticated).
+    context: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -96,6 +98,14 @@ class Dispatcher:
 
         A family that returns a limit also accepts ``Transfer-Encoding: chunked`` bodies up to it (DICOMweb
         STOW-RS: up to 1 GB, and dicomweb-client sends bodies over 1 MB chunked).
+        """
+        return None
+
+    def before_body(self, request: HttpRequest) -> None:
+        """Vet a request from its head alone, before the server reads the body (``request.body`` is still empty).
+
+        Raise an :class:`AwsError` to refuse it: the server answers without reading the body and closes the
+        connection. DICOMweb authenticates here, so an unauthenticated STOW-RS cannot make it read up to 1 GB.
         """
         return None
 

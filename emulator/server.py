@@ -77,8 +77,10 @@ class RequestHandler(BaseHTTPRequestHandler):
                 if family_limit is not None:
                     max_body = family_limit
                     break
-            if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            chunked = self.headers.get("Transfer-Encoding", "").lower() == "chunked"
+            if chunked:
                 if family_limit is None:
+                    self.close_connection = True  # the chunked body stays unread
                     raise SerializationException("Chunked request bodies are not supported; send Content-Length")
                 length_text = None
             try:
@@ -87,12 +89,29 @@ class RequestHandler(BaseHTTPRequestHandler):
                 raise SerializationException("Invalid Content-Length header") from None
             if length < 0:
                 raise SerializationException("Invalid Content-Length header")
+            split = urllib.parse.urlsplit(self.path)
+            request = HttpRequest(
+                method=self.command.upper(),
+                raw_path=split.path or "/",
+                query=urllib.parse.parse_qs(split.query, keep_blank_values=True),
+                headers={k.lower(): v for k, v in self.headers.items()},
+                body=b"",
+            )
+            request_id = request.request_id
+            try:
+                # Before the body: a refused request (DICOMweb without credentials) must not make us read it.
+                for dispatcher in self.server.dispatchers:
+                    dispatcher.before_body(request)
+            except AwsError:
+                if length or chunked:
+                    self.close_connection = True  # the unread body would otherwise be parsed as the next request
+                raise
             if length > max_body:
                 # Do not read (or wait for) a body we will not accept; the connection is closed afterwards.
                 self.close_connection = True
                 raise RequestEntityTooLargeException(
                     f"Request body of {length} bytes exceeds the limit of {max_body} bytes")
-            if family_limit is not None and self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            if chunked:  # only reached with a family limit (refused above otherwise)
                 body = self._read_chunked(max_body)
                 length = len(body)
             else:
@@ -100,15 +119,7 @@ class RequestHandler(BaseHTTPRequestHandler):
             if len(body) < length:
                 self.close_connection = True
                 raise SerializationException("Request body shorter than Content-Length")
-            split = urllib.parse.urlsplit(self.path)
-            request = HttpRequest(
-                method=self.command.upper(),
-                raw_path=split.path or "/",
-                query=urllib.parse.parse_qs(split.query, keep_blank_values=True),
-                headers={k.lower(): v for k, v in self.headers.items()},
-                body=body,
-            )
-            request_id = request.request_id
+            request.body = body
             handler = None
             for dispatcher in self.server.dispatchers:
                 handler = dispatcher.match(request)
@@ -121,6 +132,7 @@ class RequestHandler(BaseHTTPRequestHandler):
             if err.status >= 500:
                 log.warning("request failed with %s: %s", err.code, err.message)
             response = error_response(err, request_id or None)
+            response.headers.update(getattr(err, "headers", {}))  # e.g. WWW-Authenticate of a 401
         except Exception:
             # Log the traceback for us; the client only learns that something went wrong inside.
             log.exception("unhandled error serving %s %s", self.command, self.path.split("?")[0])

@@ -71,6 +71,8 @@ class Store:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.blob_dir = self.data_dir / "blobs"
         self.blob_dir.mkdir(exist_ok=True)
+        # GetImageFrame's lossless-J2K codestreams, by frame id (medicalimaging/frames.py); created on demand.
+        self.frame_dir = self.data_dir / "frames"
         self.db_path = self.data_dir / "emulator.sqlite3"
         self._local = threading.local()
         self._write_lock = threading.RLock()
@@ -131,12 +133,13 @@ class Store:
             conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
 
     def wipe(self) -> None:
-        """Delete every row and every blob (``POST /_emulator/reset``)."""
+        """Delete every row, every blob and every cached frame (``POST /_emulator/reset``)."""
         with self.write() as conn:
             for table in (*TABLES, *self._extra_tables):
                 conn.execute(f"DELETE FROM {table}")
             shutil.rmtree(self.blob_dir, ignore_errors=True)
             self.blob_dir.mkdir(exist_ok=True)
+            shutil.rmtree(self.frame_dir, ignore_errors=True)
 
     def add_schema(self, schema: str, tables: Sequence[str]) -> None:
         """Create another family's tables (``CREATE ... IF NOT EXISTS`` script) and include them in :meth:`wipe`."""

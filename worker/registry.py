@@ -7,10 +7,12 @@ from typing import Any
 
 from activities.await_job import AwaitActivities
 from activities.importjob import ImportActivities
+from activities.ingest import IngestActivities
 from activities.normalize import NormalizeActivities
 from activities.parse import ParseActivities
 from activities.plan import PlanActivities
 from activities.receive import ReceiveActivities
+from activities.reconcile import ReconcileActivities
 from activities.report import ReportActivities
 from activities.review import FailedBatchActivities, ReviewActivities
 from activities.route import RouteActivities
@@ -18,9 +20,11 @@ from activities.validate import ValidateActivities
 from worker.aws import AwsClients
 from worker.settings import Settings
 from workflows.batch import ImportBatchWorkflow
+from workflows.ingest import IngestWorkflow
 from workflows.migration import MigrationWorkflow
+from workflows.reconciliation import ReconciliationWorkflow
 
-WORKFLOWS: list[type] = [MigrationWorkflow, ImportBatchWorkflow]
+WORKFLOWS: list[type] = [MigrationWorkflow, ImportBatchWorkflow, ReconciliationWorkflow, IngestWorkflow]
 
 
 def build_activities(clients: AwsClients, settings: Settings) -> list[Callable[..., Any]]:
@@ -36,8 +40,12 @@ def build_activities(clients: AwsClients, settings: Settings) -> list[Callable[.
     failed = FailedBatchActivities(s3)
     route = RouteActivities(s3, clients.events, settings.event_bus_name)
     report = ReportActivities(s3)
+    recon = ReconcileActivities(mi, clients.events, settings.event_bus_name)
+    ingest = IngestActivities(s3)
     return [
         receive.receive_inventory, parse.parse_headers, validate.validate_page, normalize.normalize_page,
         plan.plan_batches, start.start_import_job, await_job.await_import_job, review.review_manifest,
         failed.record_failed_batch, route.route_batch, report.write_report,
+        recon.describe_conflict, recon.await_image_set, recon.update_before_promote, recon.promote_image_set,
+        recon.delete_image_set, recon.publish_escalation, ingest.write_ingest_manifest,
     ]

@@ -14,7 +14,8 @@ import structlog
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from worker.aws import AwsClients
+from worker.aws import AwsClients, make_client
+from worker.listener import IngestSettings, SqsListener
 from worker.registry import WORKFLOWS, build_activities
 from worker.settings import Settings
 
@@ -44,14 +45,25 @@ async def run_worker(client: Client, settings: Settings) -> None:
     with ThreadPoolExecutor(max_workers=settings.max_concurrent_activities) as executor:
         worker = build_worker(client, settings, executor)
         async with worker:
+            ingest = IngestSettings()
+            listener_task: asyncio.Task[None] | None = None
+            if ingest.enabled:
+                # Event-driven ingestion: S3 ObjectCreated -> SQS -> signal-with-start IngestWorkflow.
+                listener = SqsListener(client, make_client("sqs", settings, settings.sqs_endpoint_url),
+                                       make_client("s3", settings, settings.s3_endpoint_url), ingest,
+                                       settings.task_queue)
+                listener_task = asyncio.create_task(listener.run(stop))
             if health:
                 health.parent.mkdir(parents=True, exist_ok=True)
                 health.write_text(str(os.getpid()))
-            log.info("worker started", task_queue=settings.task_queue, temporal=settings.temporal_address)
+            log.info("worker started", task_queue=settings.task_queue, temporal=settings.temporal_address,
+                     ingest_listener=ingest.enabled)
             try:
                 await stop.wait()
                 log.info("shutdown requested; finishing in-flight work", grace_seconds=settings.graceful_shutdown_seconds)
             finally:
+                if listener_task is not None:
+                    await asyncio.wait_for(listener_task, timeout=5)
                 if health:
                     health.unlink(missing_ok=True)
     log.info("worker stopped")

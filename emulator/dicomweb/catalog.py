@@ -44,7 +44,12 @@ class InstanceRecord:
 
     @property
     def transfer_syntax(self) -> str:
-        return str(self.doc.get("StoredTransferSyntaxUID") or "")
+        """The syntax of the stored P10 file: its file meta, kept in the instance's DICOM attributes.
+
+        ``StoredTransferSyntaxUID`` may name lossless JPEG 2000 instead, the syntax GetImageFrame transcodes to.
+        """
+        dicom = self.doc.get("DICOM") or {}
+        return str(dicom.get("TransferSyntaxUID") or self.doc.get("StoredTransferSyntaxUID") or "")
 
     @property
     def vrs(self) -> dict[str, str]:

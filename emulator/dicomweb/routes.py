@@ -1,7 +1,9 @@
 """The DICOMweb route family: ``/datastore/{datastoreId}/studies...`` and ``/datastore/{datastoreId}/series``.
 
 Claims every GET/HEAD/POST under those two prefixes (so the rest-json API never sees them), authenticates
-(``auth.py``), then routes to STOW-RS / QIDO-RS / WADO-RS. Path segments are percent-decoded one by one after
+(``auth.py``) from the request head before the server reads any body, takes a token from the throttler's bucket
+for the four WADO-RS operations AWS publishes rates for (STOW-RS and QIDO-RS have none, so they are not
+throttled), then routes to STOW-RS / QIDO-RS / WADO-RS. Path segments are percent-decoded one by one after
 splitting, so ``..%2F`` stays inside one segment and then fails the UID check (400); UIDs never reach the file
 system anyway (blobs are addressed by SHA-256).
 """
@@ -35,12 +37,16 @@ PREFIX_RE = re.compile(r"^/datastore/[^/]+/(studies|series)(/.*)?$")
 DATASTORE_ID_RE = re.compile(r"[0-9a-z]{32}")
 HOST_RE = re.compile(r"[A-Za-z0-9.\-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 DICOM_JSON = "application/dicom+json"
+_AUTHENTICATED = "dicomweb.authenticated"
 
 
 class DicomWebApi(Dispatcher):
-    def __init__(self, backend: MedicalImagingBackend, settings: Settings) -> None:
+    def __init__(self, backend: MedicalImagingBackend, settings: Settings,
+                 throttle: Callable[[str], None] | None = None) -> None:
         self.backend = backend
         self.settings = settings
+        # Throttler.check of the rest-json API (one account, so the same buckets); None = never throttled.
+        self.throttle = throttle
         self.auth = DicomwebAuth(settings)
         self.catalog = Catalog(backend)
         self.search = Searcher(self.catalog)
@@ -60,9 +66,20 @@ class DicomWebApi(Dispatcher):
             return self.settings.dicomweb_max_body_bytes
         return None
 
+    def before_body(self, request: HttpRequest) -> None:
+        """Authenticate from the head: an unauthenticated STOW-RS is refused before its (up to 1 GB) body is read.
+
+        The server answers the raised 401/403 itself and closes the connection.
+        """
+        if self.match(request) is None:
+            return
+        self.auth.check(request)
+        request.context[_AUTHENTICATED] = True
+
     def _handle(self, request: HttpRequest) -> HttpResponse:
         try:
-            self.auth.check(request)
+            if not request.context.get(_AUTHENTICATED):  # requests not passed through before_body (direct calls)
+                self.auth.check(request)
             response = self._route(request)
         except AwsError as err:
             response = error_response(err, request.request_id)
@@ -82,6 +99,10 @@ class DicomWebApi(Dispatcher):
                                       "constraint: Member must satisfy regular expression pattern: [0-9a-z]{32}")
         rest = segments[2:]
         post = request.method == "POST"
+        operation = None if post else _wado_operation(rest)
+        if operation is not None and self.throttle is not None:
+            # After authentication (AWS throttles per account), before any lookup: a throttled call does nothing.
+            self.throttle(operation)
         image_set_id = self._image_set_id(request)
         base_url = self._base_url(request, ds)
         self.catalog.check_datastore(ds)
@@ -160,6 +181,23 @@ class DicomWebApi(Dispatcher):
         if not HOST_RE.fullmatch(host) or not re.search(r":[0-9]+$", host):
             host = f"{self.settings.host}:{self.settings.port}"
         return f"http://{host}/datastore/{ds}"
+
+
+def _wado_operation(rest: list[str]) -> str | None:
+    """The AWS action name of a WADO-RS path (``rest`` = segments after the data store id), else None."""
+    if len(rest) < 5 or rest[0] != "studies" or rest[2] != "series":
+        return None
+    tail = rest[4:]
+    if tail == ["metadata"]:
+        return "GetDICOMSeriesMetadata"
+    if len(tail) >= 2 and tail[0] == "instances":
+        if len(tail) == 2:
+            return "GetDICOMInstance"
+        if tail[2:] == ["metadata"]:
+            return "GetDICOMInstanceMetadata"
+        if len(tail) == 4 and tail[2] == "frames":
+            return "GetDICOMInstanceFrames"
+    return None
 
 
 def _uid(segment: str, name: str) -> str:

@@ -31,6 +31,8 @@ from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.valuerep import PersonName
 
+from emulator.medicalimaging import frames as frames_module
+
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 PIXEL_DATA_TAG = 0x7FE00010
 UNDEFINED_LENGTH = 0xFFFFFFFF
@@ -158,7 +160,11 @@ class ParsedInstance:
         return json.dumps({
             "DICOM": self.instance,
             "DICOMVRs": self.vrs,
-            "StoredTransferSyntaxUID": self.transfer_syntax_uid,
+            # Lossless J2K when GetImageFrame will transcode the frames (frames.py); the source syntax stays in
+            # DICOM.TransferSyntaxUID (file meta), which DICOMweb uses to describe the stored P10 file.
+            "StoredTransferSyntaxUID": frames_module.stored_syntax(
+                self.transfer_syntax_uid, self.instance.get("BitsAllocated"),
+                self.instance.get("PhotometricInterpretation"), bool(self.frames)),
             "ImageFrames": frames,
         }, separators=(",", ":"))
 

@@ -696,16 +696,16 @@ class ImageSetMutations:
         if frame_id not in ids:
             raise not_found
         try:
-            data = self.store.get_blob(hit["blob_sha256"])
+            # Transcoded frames come from the on-disk cache when present (the P10 file is then not read).
+            blob, ctype = frames.get_frame(doc, ids.index(frame_id), frame_id,
+                                           lambda: self.store.get_blob(hit["blob_sha256"]), self.store.frame_dir)
         except FileNotFoundError:
             raise ResourceNotFoundException(
                 f"Pixel data of image frame {frame_id} is not stored (the emulator runs with "
                 "--store-instances false)") from None
-        try:
-            blob = frames.extract_frame(data, ids.index(frame_id))
         except IndexError:
             raise not_found from None
-        return {"imageFrameBlob": blob, "contentType": frames.content_type(doc.get("StoredTransferSyntaxUID"))}
+        return {"imageFrameBlob": blob, "contentType": ctype}
 
     # ---- tagging
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import socket
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -351,6 +352,25 @@ class TestHostile:
         assert "RequestEntityTooLargeException" in head
         assert emulator_admin(dw_emulator.url, "health") == {"status": "ok"}
 
+    @pytest.mark.parametrize("framing", ["Content-Length: 500000000", "Transfer-Encoding: chunked"])
+    def test_unauthenticated_stow_is_refused_before_its_body_is_read(self, dw_emulator: ServerProcess, ds_id: str,
+                                                                     framing: str) -> None:
+        host, port = dw_emulator.url.removeprefix("http://").split(":")
+        started = time.monotonic()
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall((f"POST /datastore/{ds_id}/studies HTTP/1.1\r\nHost: {host}\r\n"
+                          'Content-Type: multipart/related; type="application/dicom"; boundary=b\r\n'
+                          f"{framing}\r\n\r\n").encode())
+            received = b""
+            while chunk := sock.recv(65536):  # until the server closes: the unread body is never waited for
+                received += chunk
+        head = received.decode("latin-1")
+        assert time.monotonic() - started < 5
+        assert head.startswith("HTTP/1.1 401")
+        assert "UnauthorizedException" in head and "Connection: close" in head
+        assert "WWW-Authenticate: Bearer" in head
+        assert emulator_admin(dw_emulator.url, "health") == {"status": "ok"}
+
     def test_stow_response_body_is_dicom_json(self, dw_emulator: ServerProcess, ds_id: str) -> None:
         study, series, sop = uid(), uid(), uid()
         resp = stow_raw(dw_emulator.url, ds_id, [dicom_bytes(study, series, sop)])
@@ -359,3 +379,53 @@ class TestHostile:
         item = doc["00081199"]["Value"][0]
         assert item["00081155"] == {"vr": "UI", "Value": [sop]}
         assert json.dumps(doc)  # plain JSON, no bytes
+
+
+# ---- throttling: WADO-RS shares the rest-json API's token buckets (AWS publishes rates for these four actions)
+
+WADO_RATES = ("GetDICOMInstanceMetadata=0:2,GetDICOMInstance=0:1,GetDICOMInstanceFrames=0:1,"
+              "GetDICOMSeriesMetadata=0:1")
+
+
+@pytest.fixture(scope="module")
+def throttled_dw(moto_url: str, log_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    # Rate 0: a bucket never refills, so the test does not depend on timing.
+    server = start_emulator(tmp_path_factory.mktemp("dicomweb-throttled"), moto_url, log_dir,
+                            extra_args=["--throttling", "on", "--throttle-rates", WADO_RATES])
+    yield server
+    server.stop()
+
+
+def test_wado_rs_is_throttled_stow_and_qido_are_not(throttled_dw: ServerProcess) -> None:
+    base = throttled_dw.url
+    ds = create_datastore(make_medical_imaging(base))
+    study, series, sops = uid(), uid(), [uid() for _ in range(3)]
+    for sop in sops:  # STOW-RS three times: no bucket
+        assert stow_raw(base, ds, [dicom_bytes(study, series, sop)]).status_code == 200
+    s = session()
+    root = f"{base}/datastore/{ds}/studies/{study}/series/{series}"
+    for _ in range(4):  # QIDO-RS: no bucket either
+        assert s.get(f"{base}/datastore/{ds}/studies").status_code == 200
+        assert s.get(root + "/instances").status_code == 200
+
+    def status(url: str, accept: str = "application/dicom+json") -> tuple[int, str | None]:
+        resp = s.get(url, headers={"Accept": accept})
+        return resp.status_code, resp.headers.get("x-amzn-ErrorType")
+
+    inst = f"{root}/instances/{sops[0]}"
+    throttled = (429, "ThrottlingException")
+    assert [status(inst + "/metadata") for _ in range(3)] == [(200, None), (200, None), throttled]
+    assert [status(inst, "application/dicom") for _ in range(2)] == [(200, None), throttled]
+    frames_accept = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
+    assert [status(inst + "/frames/1", frames_accept) for _ in range(2)] == [(200, None), throttled]
+    assert [status(root + "/metadata") for _ in range(2)] == [(200, None), throttled]
+
+    resp = s.get(inst + "/metadata")
+    assert resp.status_code == 429 and resp.json() == {"message": "Rate exceeded"}
+    # Authentication comes first: without credentials an empty bucket still answers 401.
+    assert requests.get(inst + "/metadata").status_code == 401
+    ops = emulator_admin(base, "throttling")["operations"]
+    assert {op: (ops[op]["allowed"], ops[op]["throttled"]) for op in
+            ("GetDICOMInstanceMetadata", "GetDICOMInstance", "GetDICOMInstanceFrames", "GetDICOMSeriesMetadata")} \
+        == {"GetDICOMInstanceMetadata": (2, 2), "GetDICOMInstance": (1, 1), "GetDICOMInstanceFrames": (1, 1),
+            "GetDICOMSeriesMetadata": (1, 1)}

@@ -1,0 +1,185 @@
+"""Inputs, messages and progress of event-driven ingestion (`IngestWorkflow`).
+
+S3 ObjectCreated events reach a listener in the worker, which signals each object as an `Arrival` into one
+`IngestWorkflow` per (data store, study). The workflow buffers arrivals and flushes them as a source manifest
+into a child `MigrationWorkflow`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+from typing import Annotated
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+from contracts.pipeline import (
+    DATASTORE_ID_PATTERN,
+    ROLE_ARN_PATTERN,
+    FileState,
+    MigrationInput,
+    Strict,
+    ValidationLevel,
+    _check_s3,
+)
+from contracts.records import InventoryEntry
+from contracts.s3uri import parse_s3_uri
+
+# Arrivals ride in workflow payloads (signals, continue-as-new input, the manifest activity's input): this bound
+# keeps those payloads far below Temporal's 2 MiB limit even with long keys.
+MAX_FILES_PER_FLUSH = 2_000
+# How many already-flushed (key, etag) marks a workflow chain remembers to drop late duplicate events.
+RECENT_FLUSHED_LIMIT = 5_000
+
+
+class Arrival(BaseModel):
+    """One object that appeared under the watched prefix (from an S3 event notification).
+
+    ``sequencer`` is S3's per-key ordering token (hex, compare after left-padding); when either side lacks it,
+    ``event_time`` orders events for the same key.
+    """
+
+    key: str = Field(min_length=1, max_length=1024)
+    size: int = Field(ge=0)
+    etag: str = ""
+    event_time: datetime
+    sequencer: str | None = None
+
+    def is_newer_than(self, other: Arrival) -> bool:
+        if self.sequencer and other.sequencer and self.sequencer != other.sequencer:
+            return self.sequencer.rjust(32, "0") > other.sequencer.rjust(32, "0")
+        return self.event_time > other.event_time
+
+    def entry(self) -> InventoryEntry:
+        return InventoryEntry(key=self.key, size=self.size, etag=self.etag)
+
+
+class FlushedMark(BaseModel):
+    """What a chain remembers of a flushed object: enough to drop a duplicate or older event for it."""
+
+    etag: str
+    event_time: datetime
+    sequencer: str | None = None
+
+
+class FlushSummary(BaseModel):
+    """Outcome of one flush (one child `MigrationWorkflow`)."""
+
+    flush: int
+    migration_id: str
+    manifest_uri: str
+    files: int
+    status: str  # "completed" | "failed"
+    files_by_state: dict[FileState, int] = Field(default_factory=dict)
+    report_uri: str | None = None
+    files_uri: str | None = None
+    error: str | None = None
+
+
+class IngestState(BaseModel):
+    """State carried across continue-as-new: unflushed arrivals and counts, nothing unbounded."""
+
+    buffer: list[Arrival] = Field(default_factory=list)
+    first_buffered_at: datetime | None = None
+    last_arrival_at: datetime | None = None
+    flushes: int = 0
+    files_flushed: int = 0
+    duplicates_ignored: int = 0
+    last_flush: FlushSummary | None = None
+    # sha256(key)[:24] -> mark; keys are hashed so the carried state stays small.
+    recent: dict[str, FlushedMark] = Field(default_factory=dict)
+    runs: int = 1
+
+
+class IngestInput(Strict):
+    """Input of `IngestWorkflow` (plain JSON; the listener builds it from `IngestSettings`)."""
+
+    datastore_id: Annotated[str, Field(pattern=DATASTORE_ID_PATTERN, description="HealthImaging data store id")]
+    source_s3_uri: str = Field(description="the watched S3 prefix; every flush migrates keys under it")
+    work_s3_uri: str = Field(description="S3 prefix for ingest manifests and the flushes' migration data")
+    validation_level: ValidationLevel = ValidationLevel.STRUCTURE_ONLY
+    quiet_seconds: float = Field(30.0, gt=0, le=86_400, description="flush after this long without an arrival")
+    max_files: int = Field(1_000, ge=1, le=MAX_FILES_PER_FLUSH, description="flush as soon as this many are buffered")
+    max_wait_seconds: float = Field(600.0, gt=0, le=7 * 86_400,
+                                    description="flush this long after the first buffered arrival, even while files keep coming")
+    data_access_role_arn: Annotated[str | None, Field(pattern=ROLE_ARN_PATTERN)] = None
+    continued: IngestState | None = Field(None, description="set by the workflow when it continues as new")
+
+    @field_validator("source_s3_uri")
+    @classmethod
+    def _source(cls, v: str) -> str:
+        return _check_s3(v, "source_s3_uri")
+
+    @field_validator("work_s3_uri")
+    @classmethod
+    def _work(cls, v: str) -> str:
+        return _check_s3(v, "work_s3_uri")
+
+    @model_validator(mode="after")
+    def _checks(self) -> IngestInput:
+        # Same rule as MigrationInput (each flush becomes one): fail here, at start, not at the first flush.
+        MigrationInput(source_s3_uri=self.source_s3_uri, datastore_id=self.datastore_id, work_s3_uri=self.work_s3_uri)
+        if self.max_wait_seconds < self.quiet_seconds:
+            raise ValueError("max_wait_seconds must be at least quiet_seconds")
+        return self
+
+
+class IngestManifestInput(BaseModel):
+    """Input of the `write_ingest_manifest` activity."""
+
+    ingest_id: str
+    work_s3_uri: str
+    source_s3_uri: str
+    flush_hint: int = Field(ge=1, description="the flush number this chain expects; the activity may pick a later one")
+    arrivals: list[Arrival]
+
+
+class IngestManifest(BaseModel):
+    flush: int
+    manifest_uri: str
+    files: int
+    bytes: int
+
+
+class IngestProgress(BaseModel):
+    """Answer of the `progress` query on `IngestWorkflow`."""
+
+    ingest_id: str
+    phase: str
+    buffered: int
+    flushes: int
+    files_flushed: int
+    duplicates_ignored: int
+    runs: int
+    last_flush: FlushSummary | None = None
+
+
+class IngestResult(BaseModel):
+    ingest_id: str
+    flushes: int
+    files_flushed: int
+    duplicates_ignored: int
+    last_flush: FlushSummary | None = None
+
+
+def key_hash(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()[:24]
+
+
+def ingest_workflow_id(datastore_id: str, study_instance_uid: str | None, bucket: str, key: str) -> str:
+    """``ingest-<datastore>-<sha256(study uid)[:16]>``: no PHI in the id.
+
+    An object without a readable StudyInstanceUID is keyed by its folder instead, so it still flows through the
+    pipeline (and gets its `rejected` verdict) next to its neighbours.
+    """
+    basis = study_instance_uid if study_instance_uid else f"folder:{bucket}/{key.rpartition('/')[0]}/"
+    return f"ingest-{datastore_id}-{hashlib.sha256(basis.encode()).hexdigest()[:16]}"
+
+
+def flush_migration_id(ingest_id: str, flush: int) -> str:
+    return f"{ingest_id}.flush-{flush:05d}"
+
+
+def in_prefix(source_s3_uri: str, bucket: str, key: str) -> bool:
+    src = parse_s3_uri(source_s3_uri, field="source_s3_uri").as_prefix()
+    return bucket == src.bucket and key.startswith(src.key) and not key.endswith("/")

@@ -1,0 +1,298 @@
+"""`ReconciliationWorkflow` against the real Temporal dev server, the HealthImaging emulator and moto
+(EventBridge → SQS). Non-primary image sets are made the way production meets them: by importing two files of
+one series that disagree on PatientID."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import boto3
+import pydantic
+import pytest
+from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import ActivityEnvironment
+from temporalio.worker import Replayer, Worker
+
+from activities.reconcile import ESCALATED_DETAIL_TYPE, EVENT_SOURCE, ReconcileActivities, diff_metadata
+from contracts.reconciliation import (
+    ImageSetTarget,
+    PromoteInput,
+    ReconciliationDecision,
+    ReconciliationInput,
+    ReconciliationOutcome,
+    ReconciliationStatus,
+    reconciliation_workflow_id,
+)
+from tests.support.dicom import make_instance, uid
+from worker.aws import AwsClients
+from worker.settings import Settings
+from workflows.reconciliation import ReconciliationWorkflow
+
+
+@pytest.fixture
+def bus(moto_url: str) -> dict[str, Any]:
+    """A private EventBridge bus on moto with a rule for escalations → an SQS queue."""
+    events = boto3.client("events", endpoint_url=moto_url, region_name="us-east-1")
+    sqs = boto3.client("sqs", endpoint_url=moto_url, region_name="us-east-1")
+    name = f"recon-{uuid.uuid4().hex[:8]}"
+    events.create_event_bus(Name=name)
+    queue_url = sqs.create_queue(QueueName=name)["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    events.put_rule(Name="escalations", EventBusName=name, EventPattern=json.dumps(
+        {"source": [EVENT_SOURCE], "detail-type": [ESCALATED_DETAIL_TYPE]}))
+    events.put_targets(Rule="escalations", EventBusName=name, Targets=[{"Id": "q", "Arn": queue_arn}])
+    return {"name": name, "sqs": sqs, "queue_url": queue_url}
+
+
+@pytest.fixture
+async def recon_worker(client: Client, settings: Settings, bus: dict[str, Any]) -> AsyncIterator[Worker]:
+    clients = AwsClients.from_settings(settings)
+    acts = ReconcileActivities(clients.medical_imaging, clients.events, bus["name"], fingerprint_key=b"test-key")
+    with ThreadPoolExecutor(max_workers=8) as executor:
+        worker = Worker(
+            client, task_queue=settings.task_queue, workflows=[ReconciliationWorkflow],
+            activities=[acts.describe_conflict, acts.await_image_set, acts.update_before_promote,
+                        acts.promote_image_set, acts.delete_image_set, acts.publish_escalation],
+            activity_executor=executor, workflow_failure_exception_types=[pydantic.ValidationError])
+        async with worker:
+            yield worker
+
+
+@pytest.fixture
+def mi(settings: Settings) -> Any:
+    return AwsClients.from_settings(settings).medical_imaging
+
+
+def _import_conflict(mi: Any, s3: Any, bucket: str, datastore_id: str, role_arn: str) -> tuple[str, str]:
+    """Import two files of one series with different PatientIDs: returns (primary, non-primary) ids."""
+    study, series = uid(), uid()
+    prefix = f"recon/{uuid.uuid4().hex[:8]}/"
+    s3.put_object(Bucket=bucket, Key=prefix + "a.dcm", Body=make_instance(study, series, patient_id="SYNTH-OLD-7"))
+    s3.put_object(Bucket=bucket, Key=prefix + "b.dcm", Body=make_instance(study, series, patient_id="SYNTH-NEW-9"))
+    job = mi.start_dicom_import_job(datastoreId=datastore_id, dataAccessRoleArn=role_arn,
+                                    inputS3Uri=f"s3://{bucket}/{prefix}", outputS3Uri=f"s3://{bucket}/out/{prefix}")
+    deadline = time.monotonic() + 30
+    while mi.get_dicom_import_job(datastoreId=datastore_id, jobId=job["jobId"])["jobProperties"]["jobStatus"] \
+            != "COMPLETED":
+        assert time.monotonic() < deadline, "import job did not complete"
+        time.sleep(0.05)
+    sets = mi.search_image_sets(datastoreId=datastore_id, searchCriteria={"filters": [
+        {"operator": "EQUAL", "values": [{"DICOMSeriesInstanceUID": series}]}]})["imageSetsMetadataSummaries"]
+    by_primary = {s["isPrimary"]: s["imageSetId"] for s in sets}
+    assert set(by_primary) == {True, False}, sets
+    return by_primary[True], by_primary[False]
+
+
+def _get(mi: Any, datastore_id: str, set_id: str, state: str | None = None) -> dict[str, Any]:
+    """GetImageSet, waiting (bounded) until the set reaches ``state`` when given."""
+    deadline = time.monotonic() + 10
+    while True:
+        got: dict[str, Any] = mi.get_image_set(datastoreId=datastore_id, imageSetId=set_id)
+        if state is None or got["imageSetState"] == state:
+            return got
+        assert time.monotonic() < deadline, f"image set still {got['imageSetState']}"
+        time.sleep(0.05)
+
+
+class Recon:
+    """One reconciliation under test: a fresh conflict and its running workflow."""
+
+    def __init__(self, handle: WorkflowHandle[Any, Any], primary: str, non_primary: str) -> None:
+        self.handle, self.primary, self.non_primary = handle, primary, non_primary
+
+    async def status(self) -> ReconciliationStatus:
+        return await self.handle.query("conflict", result_type=ReconciliationStatus)
+
+    async def wait_state(self, state: str, timeout: float = 20.0) -> ReconciliationStatus:
+        deadline = time.monotonic() + timeout
+        while True:
+            status = await self.status()
+            if status.state == state:
+                return status
+            assert time.monotonic() < deadline, f"state {status.state}, wanted {state}"
+            await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+def start(client: Client, recon_worker: Worker, mi: Any, buckets: dict[str, Any], datastore_id: str,
+          settings: Settings) -> Any:
+    async def _start(**extra: Any) -> Recon:
+        primary, non_primary = await asyncio.to_thread(_import_conflict, mi, buckets["s3"], buckets["work"],
+                                                       datastore_id, settings.data_access_role_arn)
+        # Plain JSON, as `route`, the CLI or the Temporal UI start it.
+        payload = {"datastore_id": datastore_id, "image_set_id": non_primary, "migration_id": "mig-1", **extra}
+        handle = await client.start_workflow(
+            "ReconciliationWorkflow", payload, id=reconciliation_workflow_id(datastore_id, non_primary),
+            task_queue=recon_worker.task_queue, execution_timeout=timedelta(seconds=60),
+            result_type=ReconciliationOutcome)
+        return Recon(handle, primary, non_primary)
+    return _start
+
+
+async def _replays(handle: WorkflowHandle[Any, Any]) -> None:
+    """The recorded history replays deterministically (signals, updates, timer, activities)."""
+    replayer = Replayer(workflows=[ReconciliationWorkflow], data_converter=pydantic_data_converter,
+                        workflow_failure_exception_types=[pydantic.ValidationError])
+    await replayer.replay_workflow(await handle.fetch_history())
+
+
+class TestReconciliation:
+    async def test_promote_by_signal_makes_a_new_primary_and_deletes_the_old_set(
+            self, start: Any, mi: Any, datastore_id: str) -> None:
+        recon = await start()
+        status = await recon.wait_state("awaiting_decision")
+
+        # The query names what differs, old vs new, without any patient value.
+        assert status.conflict is not None and status.conflict.primary_image_set_id == recon.primary
+        diffs = {d.attribute: d for d in status.conflict.differences}
+        assert diffs["PatientID"].normalized and diffs["PatientID"].level == "Patient"
+        assert diffs["PatientID"].primary_fingerprint != diffs["PatientID"].non_primary_fingerprint
+        text = status.model_dump_json()
+        assert "SYNTH-OLD-7" not in text and "SYNTH-NEW-9" not in text
+
+        # Exactly what `temporal workflow signal --name approve --input '{...}'` sends: a plain JSON object.
+        await recon.handle.signal("approve", {"action": "promote", "reviewer": "alice", "reason": "new is right"})
+        outcome = await recon.handle.result()
+        assert outcome.state == "promoted" and outcome.decided_by == "alice" and outcome.reason == "new is right"
+        new_id = outcome.promoted_image_set_id
+        assert new_id and new_id not in (recon.primary, recon.non_primary)
+        assert (await asyncio.to_thread(_get, mi, datastore_id, new_id, "ACTIVE"))["isPrimary"] is True
+        assert (await asyncio.to_thread(_get, mi, datastore_id, recon.non_primary, "DELETED"))["imageSetState"] \
+            == "DELETED"
+        final = await recon.status()
+        assert [(r.accepted, r.via, r.action) for r in final.decisions] == [(True, "signal", "promote")]
+        await _replays(recon.handle)
+
+    async def test_discard_by_update_deletes_the_set(self, start: Any, mi: Any, datastore_id: str) -> None:
+        recon = await start()
+        await recon.wait_state("awaiting_decision")
+        outcome = await recon.handle.execute_update(
+            "decide", ReconciliationDecision(action="discard", reviewer="bob", reason="duplicate"),  # type: ignore[arg-type]
+            result_type=ReconciliationOutcome)
+        assert outcome.state == "discarded" and outcome.decided_by == "bob"
+        await asyncio.to_thread(_get, mi, datastore_id, recon.non_primary, "DELETED")
+        assert (await recon.handle.result()).state == "discarded"
+
+    async def test_keep_leaves_the_set_untouched(self, start: Any, mi: Any, datastore_id: str) -> None:
+        recon = await start()
+        await recon.wait_state("awaiting_decision")
+        before = await asyncio.to_thread(_get, mi, datastore_id, recon.non_primary)
+        await recon.handle.signal("approve", {"action": "keep", "reviewer": "carol", "reason": "needs research"})
+        assert (await recon.handle.result()).state == "kept"
+        after = await asyncio.to_thread(_get, mi, datastore_id, recon.non_primary)
+        assert (after["versionId"], after["imageSetState"], after["isPrimary"]) == \
+            (before["versionId"], "ACTIVE", False)
+
+    async def test_bad_decisions_are_rejected_and_recorded(self, start: Any) -> None:
+        recon = await start(authorized_reviewers=["alice"])
+        await recon.wait_state("awaiting_decision")
+        await recon.handle.signal("approve", {"action": "explode", "reviewer": "alice"})
+        await recon.handle.signal("approve", 42)
+        await recon.handle.signal("approve", {"action": "keep", "reviewer": "mallory", "reason": "x"})
+        with pytest.raises(WorkflowUpdateFailedError):  # malformed: rejected to the caller, nothing in history
+            await recon.handle.execute_update("decide", {"action": "keep"}, result_type=ReconciliationOutcome)
+        with pytest.raises(WorkflowUpdateFailedError):  # unauthorised
+            await recon.handle.execute_update("decide", {"action": "keep", "reviewer": "mallory"},
+                                              result_type=ReconciliationOutcome)
+        status = await recon.status()
+        assert status.state == "awaiting_decision"
+        rejected = [r for r in status.decisions if not r.accepted]
+        assert [r.via for r in rejected] == ["signal"] * 3
+        assert "action" in (rejected[0].error or "") and "explode" not in (rejected[0].error or "")
+        assert "JSON object" in (rejected[1].error or "")
+        assert rejected[2].reviewer == "mallory" and "not authorised" in (rejected[2].error or "")
+
+        outcome = await recon.handle.execute_update("decide", {"action": "keep", "reviewer": "alice"},
+                                                    result_type=ReconciliationOutcome)
+        assert outcome.state == "kept"
+        status = await recon.status()
+        assert [r.accepted for r in status.decisions] == [False, False, False, True]
+        await _replays(recon.handle)
+
+    async def test_timeout_escalates_and_a_later_decision_still_works(self, start: Any,
+                                                                      bus: dict[str, Any]) -> None:
+        recon = await start(timeout_seconds=2)
+        status = await recon.wait_state("escalated")
+        assert status.escalated_at is not None
+
+        def receive() -> list[dict[str, Any]]:
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:
+                msgs = bus["sqs"].receive_message(QueueUrl=bus["queue_url"], WaitTimeSeconds=1).get("Messages", [])
+                if msgs:
+                    return [json.loads(m["Body"]) for m in msgs]
+            return []
+
+        events = await asyncio.to_thread(receive)
+        assert len(events) == 1
+        assert events[0]["detail-type"] == ESCALATED_DETAIL_TYPE and events[0]["source"] == EVENT_SOURCE
+        assert events[0]["detail"]["imageSetId"] == recon.non_primary
+        assert events[0]["detail"]["workflowId"] == recon.handle.id
+        assert (await recon.status()).state == "escalated"  # escalation does not decide
+
+        await recon.handle.signal("approve", {"action": "keep", "reviewer": "dave", "reason": "late but sure"})
+        assert (await recon.handle.result()).state == "kept"
+        await _replays(recon.handle)
+
+
+class TestIdempotentSteps:
+    async def test_a_repeated_promote_reuses_the_first_copy_and_a_repeated_delete_succeeds(
+            self, mi: Any, buckets: dict[str, Any], datastore_id: str, settings: Settings) -> None:
+        """What a retry after a lost response or a worker crash does: no second copy, no error on delete."""
+        primary, non_primary = await asyncio.to_thread(_import_conflict, mi, buckets["s3"], buckets["work"],
+                                                       datastore_id, settings.data_access_role_arn)
+        acts = ReconcileActivities(mi, None, None)
+        env = ActivityEnvironment()
+        args = PromoteInput(datastore_id=datastore_id, image_set_id=non_primary, primary_image_set_id=primary,
+                            not_before=datetime.now(UTC))
+        first = await asyncio.to_thread(env.run, acts.promote_image_set, args)
+        assert not first.reused_existing
+        await asyncio.to_thread(_get, mi, datastore_id, first.image_set_id, "ACTIVE")
+        await asyncio.to_thread(_get, mi, datastore_id, non_primary, "ACTIVE")
+        again = await asyncio.to_thread(env.run, acts.promote_image_set, args)
+        assert (again.image_set_id, again.reused_existing) == (first.image_set_id, True)
+
+        target = ImageSetTarget(datastore_id=datastore_id, image_set_id=non_primary)
+        assert not (await asyncio.to_thread(env.run, acts.delete_image_set, target)).already_deleted
+        await asyncio.to_thread(_get, mi, datastore_id, non_primary, "DELETED")
+        assert (await asyncio.to_thread(env.run, acts.delete_image_set, target)).already_deleted
+
+
+class TestPureParts:
+    def test_diff_names_attributes_and_hides_values(self) -> None:
+        def doc(pid: str, modality: str) -> dict[str, Any]:
+            return {"Patient": {"DICOM": {"PatientID": pid, "PatientName": "SYNTH^X"}},
+                    "Study": {"DICOM": {"StudyInstanceUID": "1.2", "StudyDescription": "d"},
+                              "Series": {"1.2.3": {"DICOM": {"Modality": modality}, "Instances": {}}}}}
+        diffs = diff_metadata(doc("SYNTH-1", "CT"), doc("SYNTH-2", "MR"), b"k")
+        assert [(d.level, d.attribute, d.normalized) for d in diffs] == \
+            [("Patient", "PatientID", True), ("Series", "Modality", True)]
+        assert "SYNTH" not in json.dumps([d.model_dump() for d in diffs])
+        assert diff_metadata(doc("SYNTH-1", "CT"), doc("SYNTH-2", "MR"), b"k", same_series=False)[0].attribute \
+            == "PatientID"
+        assert len(diff_metadata(doc("SYNTH-1", "CT"), doc("SYNTH-2", "MR"), b"k", same_series=False)) == 1
+        assert diff_metadata(doc("A", "CT"), doc("A", "CT"), b"k") == []
+        other_key = diff_metadata(doc("SYNTH-1", "CT"), doc("SYNTH-2", "CT"), b"other")[0]
+        assert other_key.primary_fingerprint != diffs[0].primary_fingerprint
+
+    @pytest.mark.parametrize("payload,needle", [
+        ({"action": "keep"}, "reviewer"),
+        ({"action": "keep", "reviewer": "a b"}, "reviewer"),
+        ({"action": "keep", "reviewer": "a", "update_first": {"Patient": {"PatientID": "X"}}}, "update_first"),
+        ({"action": "promote", "reviewer": "a", "extra": 1}, "extra"),
+    ])
+    def test_decision_model_names_the_field(self, payload: dict[str, Any], needle: str) -> None:
+        with pytest.raises(pydantic.ValidationError, match=needle):
+            ReconciliationDecision.model_validate(payload)
+
+    def test_input_rejects_bad_ids(self) -> None:
+        with pytest.raises(pydantic.ValidationError, match="image_set_id"):
+            ReconciliationInput.model_validate({"datastore_id": "a" * 32, "image_set_id": "../x"})

@@ -1,0 +1,199 @@
+"""`IngestWorkflow`: buffer S3 arrivals for one (data store, study) and flush them into child migrations.
+
+The listener (`worker.listener`) signal-with-starts this workflow with `arrived(Arrival)` for every new object.
+Arrivals are deduplicated by key and etag (S3 and SQS deliver at least once and in no particular order), then
+flushed when ``max_files`` are buffered, after ``quiet_seconds`` without an arrival, or ``max_wait_seconds`` after
+the first buffered arrival. A flush writes a source manifest (activity `write_ingest_manifest`) and runs one child
+`MigrationWorkflow` over it. With nothing left to flush the workflow lingers one quiet period (a late duplicate
+is still recognised) and completes; the next arrival signal-with-starts a new run under the same id.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from datetime import datetime, timedelta
+
+from temporalio import workflow
+from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
+
+with workflow.unsafe.imports_passed_through():
+    from contracts.ingest import (
+        RECENT_FLUSHED_LIMIT,
+        Arrival,
+        FlushedMark,
+        FlushSummary,
+        IngestInput,
+        IngestManifest,
+        IngestManifestInput,
+        IngestProgress,
+        IngestResult,
+        IngestState,
+        flush_migration_id,
+        in_prefix,
+        key_hash,
+    )
+    from contracts.pipeline import MigrationInput, check_migration_id
+    from contracts.s3uri import parse_s3_uri
+    from workflows import policies
+    from workflows.migration import MigrationWorkflow
+
+# Each arrival costs a signal and a workflow task in history; roll over well before the 10k-event warning, and
+# after a few flushes (each flush adds a child's events), carrying only what is still buffered.
+HISTORY_ROLLOVER = 5_000
+FLUSHES_PER_RUN = 5
+MANIFEST_TIMEOUT = timedelta(minutes=5)
+
+
+def _newer(arrival: Arrival, etag: str, event_time: datetime, sequencer: str | None) -> bool:
+    other = Arrival(key=arrival.key, size=0, etag=etag, event_time=event_time, sequencer=sequencer)
+    return arrival.is_newer_than(other)
+
+
+@workflow.defn
+class IngestWorkflow:
+    @workflow.init
+    def __init__(self, input: IngestInput) -> None:
+        # State is restored here, not in run(): with signal-with-start the `arrived` handler runs before run().
+        self._input = input
+        self._state = input.continued.model_copy(deep=True) if input.continued else IngestState()
+        if input.continued:
+            self._state.runs += 1
+        self._buffer: dict[str, Arrival] = {a.key: a for a in self._state.buffer}
+        self._state.buffer = []
+        self._source = parse_s3_uri(input.source_s3_uri, field="source_s3_uri").as_prefix()
+        self._phase = "buffering"
+
+    # ---- messages ----------------------------------------------------------------------------------------
+
+    @workflow.signal
+    def arrived(self, arrival: Arrival) -> None:
+        """One object arrived. Idempotent: repeated, older or out-of-prefix events change nothing."""
+        s = self._state
+        if not in_prefix(self._input.source_s3_uri, self._source.bucket, arrival.key):
+            # Only a hand-sent signal can do this (the listener filters); a migration would reject the whole
+            # manifest for it, so it is counted and dropped here. The key is not logged (it may carry PHI).
+            workflow.logger.warning("ignoring an arrival outside the watched prefix")
+            s.duplicates_ignored += 1
+            return
+        mark = s.recent.get(key_hash(arrival.key))
+        if mark is not None and (mark.etag == arrival.etag
+                                 or not _newer(arrival, mark.etag, mark.event_time, mark.sequencer)):
+            s.duplicates_ignored += 1  # already flushed, or an older version of something flushed
+            return
+        current = self._buffer.get(arrival.key)
+        if current is not None and (current.etag == arrival.etag or not arrival.is_newer_than(current)):
+            s.duplicates_ignored += 1
+            return
+        self._buffer[arrival.key] = arrival  # a newer etag replaces the older one in place
+        now = workflow.now()
+        if s.first_buffered_at is None:
+            s.first_buffered_at = now
+        s.last_arrival_at = now
+
+    @workflow.query
+    def progress(self) -> IngestProgress:
+        s = self._state
+        return IngestProgress(ingest_id=workflow.info().workflow_id, phase=self._phase, buffered=len(self._buffer),
+                              flushes=s.flushes, files_flushed=s.files_flushed,
+                              duplicates_ignored=s.duplicates_ignored, runs=s.runs, last_flush=s.last_flush)
+
+    # ---- main loop ---------------------------------------------------------------------------------------
+
+    @workflow.run
+    async def run(self, input: IngestInput) -> IngestResult:
+        ingest_id = workflow.info().workflow_id
+        try:
+            check_migration_id(flush_migration_id(ingest_id, 99_999))
+        except ValueError as err:
+            raise ApplicationError(str(err), type="InvalidIngestId", non_retryable=True) from None
+        quiet = timedelta(seconds=input.quiet_seconds)
+        flushes_this_run = 0
+        while True:
+            if not self._buffer:
+                self._phase = "idle"
+                # Linger one quiet period: a re-delivered event now still meets its `recent` mark.
+                with contextlib.suppress(TimeoutError):
+                    await workflow.wait_condition(lambda: bool(self._buffer), timeout=quiet)
+                if not self._buffer:
+                    # A signal that lands while this completion is being recorded makes the server reject the
+                    # completion and replay with the signal, so nothing is lost between here and the return.
+                    self._phase = "completed"
+                    return IngestResult(ingest_id=ingest_id, flushes=self._state.flushes,
+                                        files_flushed=self._state.files_flushed,
+                                        duplicates_ignored=self._state.duplicates_ignored,
+                                        last_flush=self._state.last_flush)
+                continue
+            if flushes_this_run >= FLUSHES_PER_RUN or self._should_roll_over():
+                self._state.buffer = list(self._buffer.values())
+                workflow.continue_as_new(input.model_copy(update={"continued": self._state}))
+            self._phase = "buffering"
+            remaining = self._seconds_until_due(input)
+            if len(self._buffer) >= input.max_files or remaining <= 0:
+                await self._flush(input, ingest_id)
+                flushes_this_run += 1
+                continue
+            # Arrivals do not wake this wait (only a full buffer does), so a steady stream of events costs no
+            # timer churn; the deadline is recomputed from the latest arrival when the timer fires.
+            with contextlib.suppress(TimeoutError):
+                await workflow.wait_condition(lambda: len(self._buffer) >= input.max_files,
+                                              timeout=timedelta(seconds=remaining))
+
+    def _should_roll_over(self) -> bool:
+        info = workflow.info()
+        return info.is_continue_as_new_suggested() or info.get_current_history_length() > HISTORY_ROLLOVER
+
+    def _seconds_until_due(self, input: IngestInput) -> float:
+        s = self._state
+        now = workflow.now()
+        last = s.last_arrival_at or now
+        first = s.first_buffered_at or now
+        due = min(last + timedelta(seconds=input.quiet_seconds), first + timedelta(seconds=input.max_wait_seconds))
+        return (due - now).total_seconds()
+
+    async def _flush(self, input: IngestInput, ingest_id: str) -> None:
+        s = self._state
+        self._phase = "flushing"
+        taken = list(self._buffer.values())[: input.max_files]
+        manifest: IngestManifest = await workflow.execute_activity(
+            "write_ingest_manifest",
+            IngestManifestInput(ingest_id=ingest_id, work_s3_uri=input.work_s3_uri, source_s3_uri=input.source_s3_uri,
+                                flush_hint=s.flushes + 1, arrivals=taken),
+            result_type=IngestManifest, start_to_close_timeout=MANIFEST_TIMEOUT, retry_policy=policies.STAGE_RETRY)
+        for arrival in taken:
+            # An entry replaced by a newer etag while the manifest was written stays buffered for the next flush.
+            if self._buffer.get(arrival.key) is arrival:
+                del self._buffer[arrival.key]
+            self._remember(arrival)
+        s.first_buffered_at = workflow.now() if self._buffer else None
+        s.flushes += 1
+        s.files_flushed += manifest.files
+
+        migration_id = flush_migration_id(ingest_id, manifest.flush)
+        summary = FlushSummary(flush=manifest.flush, migration_id=migration_id, manifest_uri=manifest.manifest_uri,
+                               files=manifest.files, status="completed")
+        try:
+            # Awaited, not fire-and-forget: flushes of one study run one after another, and the workflow only
+            # completes once every file it accepted has its verdict in a report.
+            result = await workflow.execute_child_workflow(
+                MigrationWorkflow.run,
+                MigrationInput(source_s3_uri=input.source_s3_uri, source_manifest_uri=manifest.manifest_uri,
+                               datastore_id=input.datastore_id, work_s3_uri=input.work_s3_uri,
+                               validation_level=input.validation_level,
+                               data_access_role_arn=input.data_access_role_arn),
+                id=migration_id)
+            summary.files_by_state = dict(result.files_by_state)
+            summary.report_uri, summary.files_uri = result.report_uri, result.files_uri
+        except (ChildWorkflowError, ActivityError) as err:
+            # The manifest stays in S3, so the flush can be re-run by hand; ingestion carries on.
+            cause = err.cause if err.cause is not None else err
+            summary.status, summary.error = "failed", str(cause)[:1000]
+            workflow.logger.warning("ingest flush failed", extra={"migration_id": migration_id})
+        s.last_flush = summary
+
+    def _remember(self, arrival: Arrival) -> None:
+        recent = self._state.recent
+        h = key_hash(arrival.key)
+        recent.pop(h, None)  # re-insert so the dict's order stays oldest-first
+        recent[h] = FlushedMark(etag=arrival.etag, event_time=arrival.event_time, sequencer=arrival.sequencer)
+        while len(recent) > RECENT_FLUSHED_LIMIT:
+            del recent[next(iter(recent))]
