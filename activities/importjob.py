@@ -19,6 +19,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.errors import classify
+from activities.heartbeat import current, keeps_alive
 from activities.storage import get_bytes, read_models
 from contracts import layout
 from contracts.pipeline import BatchInput, BatchPlan, ImportJobRef
@@ -47,6 +48,7 @@ class ImportActivities:
         source_bucket = parse_s3_uri(batch.source_s3_uri, field="source_s3_uri").bucket
         done = 0
         lock = threading.Lock()
+        keep = current()  # captured here: the pool threads below have no activity context
 
         def copy(inst: InstanceRecord) -> None:
             nonlocal done
@@ -55,14 +57,15 @@ class ImportActivities:
                                  CopySource={"Bucket": source_bucket, "Key": inst.key})
             with lock:
                 done += 1
-                if activity.in_activity() and done % 100 == 0:
-                    activity.heartbeat(done)
+                if keep and done % 100 == 0:
+                    keep.record(done)
 
         with ThreadPoolExecutor(self._concurrency) as pool:
             list(pool.map(copy, files))
         return staging.uri
 
     @activity.defn(name="start_import_job")
+    @keeps_alive
     def start_import_job(self, batch: BatchInput) -> ImportJobRef:
         manifest = layout.batch_manifest(batch.work_s3_uri, batch.migration_id, batch.batch)
         try:

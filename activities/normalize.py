@@ -6,6 +6,7 @@ from typing import Any
 
 from temporalio import activity
 
+from activities.heartbeat import keeps_alive
 from activities.storage import put_ndjson, read_models
 from contracts import layout
 from contracts.pipeline import NormalizeResult, PageInput
@@ -37,6 +38,7 @@ class NormalizeActivities:
         self._s3 = s3
 
     @activity.defn(name="normalize_page")
+    @keeps_alive
     def normalize_page(self, input: PageInput) -> NormalizeResult:
         records = read_models(self._s3, layout.validated_page(input.work_s3_uri, input.migration_id, input.page),
                               ParsedRecord)

@@ -17,6 +17,7 @@ from temporalio import activity
 
 from activities.dicom_header import parse_header
 from activities.errors import classify, error_code
+from activities.heartbeat import current, keeps_alive
 from activities.storage import put_ndjson, read_models
 from contracts import layout
 from contracts.pipeline import PageInput, ParseResult
@@ -98,6 +99,7 @@ class ParseActivities:
         return record
 
     @activity.defn(name="parse_headers")
+    @keeps_alive
     def parse_headers(self, input: PageInput) -> ParseResult:
         page_loc = layout.inventory_page(input.work_s3_uri, input.migration_id, input.page)
         entries = read_models(self._s3, page_loc, InventoryEntry)
@@ -106,14 +108,15 @@ class ParseActivities:
         sizer = _RangeSizer()
         lock = threading.Lock()
         done = 0
+        keep = current()  # captured here: the pool threads below have no activity context
 
         def one(entry: InventoryEntry) -> ParsedRecord:
             nonlocal done
             rec = self._read(source_bucket, entry, counter, sizer)
             with lock:
                 done += 1
-                if activity.in_activity() and done % 100 == 0:
-                    activity.heartbeat(done)
+                if keep and done % 100 == 0:
+                    keep.record(done)
             return rec
 
         try:

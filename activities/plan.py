@@ -12,6 +12,7 @@ from typing import Any
 
 from temporalio import activity
 
+from activities.heartbeat import current, keeps_alive
 from activities.storage import put_bytes, put_ndjson, read_models
 from contracts import layout
 from contracts.pipeline import BatchPlan, FileState, PlanInput, PlanResult
@@ -121,13 +122,14 @@ class PlanActivities:
         self._s3 = s3
 
     @activity.defn(name="plan_batches")
+    @keeps_alive
     def plan_batches(self, input: PlanInput) -> PlanResult:
         instances: list[InstanceRecord] = []
         for page in range(input.pages):
             instances.extend(read_models(
                 self._s3, layout.normalized_page(input.work_s3_uri, input.migration_id, page), InstanceRecord))
-            if activity.in_activity():
-                activity.heartbeat(page)
+            if keep := current():
+                keep.record(page)
         kept, ledger = deduplicate(instances)
         batches = pack(kept, input.max_files_per_batch, input.max_bytes_per_batch)
         source = parse_s3_uri(input.source_s3_uri, field="source_s3_uri").as_prefix()

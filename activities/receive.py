@@ -14,6 +14,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.errors import classify
+from activities.heartbeat import current, keeps_alive
 from activities.storage import iter_ndjson, put_ndjson
 from contracts import layout
 from contracts.pipeline import ReceiveInput, ReceiveResult
@@ -59,6 +60,7 @@ class ReceiveActivities:
                              inventory_prefix_uri=prefix.uri)
 
     @activity.defn(name="receive_inventory")
+    @keeps_alive
     def receive_inventory(self, input: ReceiveInput) -> ReceiveResult:
         if input.source_manifest_uri:
             return self._from_manifest(input)
@@ -89,8 +91,8 @@ class ReceiveActivities:
                     cursor.bytes += sum(e.size for e in page)
                     cursor.start_after = page[-1].key
                     cursor.continuation_token = None
-                    if activity.in_activity():
-                        activity.heartbeat(cursor.model_dump())
+                    if keep := current():
+                        keep.record(cursor.model_dump())
                 if token is None:
                     break
                 if buffer:

@@ -7,6 +7,7 @@ from typing import Any
 
 from temporalio import activity
 
+from activities.heartbeat import keeps_alive
 from activities.storage import iter_ndjson, list_objects, put_bytes, put_json
 from contracts import layout
 from contracts.pipeline import FileState, ReportInput, ReportResult
@@ -90,6 +91,7 @@ class ReportActivities:
         self._s3 = s3
 
     @activity.defn(name="write_report")
+    @keeps_alive
     def write_report(self, input: ReportInput) -> ReportResult:
         root = layout.root(input.work_s3_uri, input.migration_id)
         inventory: list[InventoryEntry] = []

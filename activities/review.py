@@ -16,6 +16,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from activities.errors import classify
+from activities.heartbeat import keeps_alive
 from activities.storage import get_bytes, is_missing, put_ndjson, read_models
 from contracts import layout
 from contracts.pipeline import FailedBatchInput, FileState, ImageSetRef, ReviewInput, ReviewResult
@@ -125,6 +126,7 @@ class ReviewActivities:
         return problems
 
     @activity.defn(name="review_manifest")
+    @keeps_alive
     def review_manifest(self, input: ReviewInput) -> ReviewResult:
         batch, job = input.batch, input.job
         files = read_models(self._s3, layout.batch_manifest(batch.work_s3_uri, batch.migration_id, batch.batch),
@@ -176,6 +178,7 @@ class FailedBatchActivities:
         self._s3 = s3
 
     @activity.defn(name="record_failed_batch")
+    @keeps_alive
     def record_failed_batch(self, input: FailedBatchInput) -> int:
         batch = input.batch
         ledger_loc = layout.ledger_for_batch(batch.work_s3_uri, batch.migration_id, batch.batch)

@@ -13,6 +13,7 @@ from botocore.exceptions import ClientError
 from temporalio import activity
 
 from activities.errors import classify
+from activities.heartbeat import keeps_alive
 from activities.storage import read_models
 from contracts.pipeline import RouteInput, RouteResult
 from contracts.records import LedgerEntry
@@ -29,6 +30,7 @@ class RouteActivities:
         self._bus = event_bus_name
 
     @activity.defn(name="route_batch")
+    @keeps_alive
     def route_batch(self, input: RouteInput) -> RouteResult:
         if not self._bus:
             return RouteResult(events_published=0, non_primary_for_reconciliation=len(input.review.non_primary_image_sets))

@@ -10,6 +10,7 @@ from typing import Any
 
 from temporalio import activity
 
+from activities.heartbeat import keeps_alive
 from activities.storage import put_ndjson, read_models
 from contracts import layout
 from contracts.pipeline import FileState, PageInput, ValidateResult, ValidationLevel
@@ -51,6 +52,7 @@ class ValidateActivities:
         self._s3 = s3
 
     @activity.defn(name="validate_page")
+    @keeps_alive
     def validate_page(self, input: PageInput) -> ValidateResult:
         records = read_models(self._s3, layout.parsed_page(input.work_s3_uri, input.migration_id, input.page),
                               ParsedRecord)

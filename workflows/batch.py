@@ -52,7 +52,7 @@ class ImportBatchWorkflow:
         self._stage(BatchStage.AWAITING_JOB)
         outcome = await workflow.execute_activity(
             "await_import_job", job, result_type=JobOutcome,
-            start_to_close_timeout=timedelta(seconds=60), schedule_to_close_timeout=policies.JOB_WAIT_LIMIT,
+            start_to_close_timeout=policies.POLL_TIMEOUT, schedule_to_close_timeout=policies.JOB_WAIT_LIMIT,
             retry_policy=policies.POLL_RETRY)
         self._progress.job_status = outcome.status
         self._stage(BatchStage.JOB_COMPLETED if outcome.status == "COMPLETED" else BatchStage.JOB_FAILED)
@@ -61,6 +61,7 @@ class ImportBatchWorkflow:
         review = await workflow.execute_activity(
             "review_manifest", ReviewInput(batch=input, job=job, outcome=outcome), result_type=ReviewResult,
             start_to_close_timeout=policies.PAGE_TIMEOUT, schedule_to_close_timeout=timedelta(hours=2),
+            heartbeat_timeout=policies.HEARTBEAT,
             retry_policy=policies.STAGE_RETRY)
         self._progress.files_by_state = review.files_by_state
         self._stage(BatchStage.MANIFEST_REVIEWED)
@@ -68,7 +69,8 @@ class ImportBatchWorkflow:
         self._stage(BatchStage.ROUTING)
         await workflow.execute_activity(
             "route_batch", RouteInput(batch=input, review=review), result_type=RouteResult,
-            start_to_close_timeout=policies.PAGE_TIMEOUT, retry_policy=policies.STAGE_RETRY)
+            start_to_close_timeout=policies.PAGE_TIMEOUT, heartbeat_timeout=policies.HEARTBEAT,
+            retry_policy=policies.STAGE_RETRY)
         self._stage(BatchStage.DONE)
         return BatchResult(batch=input.batch, job_id=job.job_id, job_status=outcome.status,
                            files_by_state=review.files_by_state, image_sets=review.image_sets,

@@ -197,7 +197,8 @@ class MigrationWorkflow:
         report = await workflow.execute_activity(
             "write_report", ReportInput(migration_id=self._id, work_s3_uri=input.work_s3_uri,
                                         datastore_id=input.datastore_id, cancelled=s.cancel_requested),
-            result_type=ReportResult, start_to_close_timeout=timedelta(hours=1), retry_policy=policies.STAGE_RETRY)
+            result_type=ReportResult, start_to_close_timeout=timedelta(hours=1), heartbeat_timeout=policies.HEARTBEAT,
+            retry_policy=policies.STAGE_RETRY)
         # The report is the authority: it re-derives every file's state from the ledgers.
         s.files_by_state = dict(report.files_by_state)
         s.report_uri = report.report_uri
@@ -237,7 +238,8 @@ class MigrationWorkflow:
             cause = err.cause if err.cause is not None else err
             written = await workflow.execute_activity(
                 "record_failed_batch", FailedBatchInput(batch=args, reason=f"batch workflow failed: {cause}"),
-                result_type=int, start_to_close_timeout=policies.PAGE_TIMEOUT, retry_policy=policies.STAGE_RETRY)
+                result_type=int, start_to_close_timeout=policies.PAGE_TIMEOUT, heartbeat_timeout=policies.HEARTBEAT,
+                retry_policy=policies.STAGE_RETRY)
             self._add_states({FileState.FAILED: written} if written else {})
             self._state.batches_failed += 1
         finally:

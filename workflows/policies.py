@@ -21,5 +21,9 @@ POLL_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coeffici
                          maximum_interval=timedelta(seconds=30), maximum_attempts=0, non_retryable_error_types=FATAL)
 
 PAGE_TIMEOUT = timedelta(minutes=15)
-HEARTBEAT = timedelta(minutes=2)
+# Every long activity heartbeats in the background (activities.heartbeat), so a killed worker's activity is
+# retried elsewhere after this long, not after its start-to-close timeout.
+HEARTBEAT = timedelta(seconds=20)
+# One GetDICOMImportJob call: short, so a poll lost with its worker is retried quickly.
+POLL_TIMEOUT = timedelta(seconds=20)
 JOB_WAIT_LIMIT = timedelta(hours=24)
