@@ -13,7 +13,7 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError, WorkflowUpdateFailedError
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
@@ -262,6 +262,40 @@ def resume(migration_id: str = typer.Argument(...), reason: str | None = REASON,
 def cancel(migration_id: str = typer.Argument(...), reason: str | None = REASON, by: str | None = BY) -> None:
     """Drain and finish: submitted import jobs are still reviewed; files never reached are reported Cancelled."""
     _signal(migration_id, "cancel", reason, by)
+
+
+@app.command()
+def approve(
+    reconciliation_id: str = typer.Argument(..., help="ReconciliationWorkflow id (recon-<datastore>-<image set>)"),
+    action: str = typer.Option(..., "--action", help="promote | keep | discard"),
+    reason: str | None = typer.Option(None, "--reason", help="why (recorded; no patient data)"),
+    by: str | None = BY,
+) -> None:
+    """Decide a non-primary image set's reconciliation (validated update `decide`; prints the outcome)."""
+    from contracts.reconciliation import ReconciliationDecision, ReconciliationOutcome
+    from workflows.reconciliation import ReconciliationWorkflow
+
+    s = settings()
+    try:
+        decision = ReconciliationDecision.model_validate(
+            {"action": action, "reviewer": by or os.environ.get("USER") or "operator", "reason": reason})
+    except ValidationError as err:
+        raise fail(validation_message(err).replace("migration input", "decision")) from None
+
+    async def go() -> None:
+        client = await _client(s)
+        handle = client.get_workflow_handle_for(ReconciliationWorkflow.run, reconciliation_id)
+        try:
+            outcome: ReconciliationOutcome = await handle.execute_update(ReconciliationWorkflow.decide, decision)
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                raise fail(f"no reconciliation with id {reconciliation_id!r}", 1) from None
+            raise
+        except WorkflowUpdateFailedError as err:
+            raise fail(f"decision rejected: {err.cause}", 1) from None
+        console.print_json(outcome.model_dump_json())
+
+    _run(go())
 
 
 @app.command()

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 from datetime import timedelta
 
 from temporalio import workflow
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
     from contracts.pipeline import (
@@ -20,7 +23,9 @@ with workflow.unsafe.imports_passed_through():
         RouteResult,
         StageTransition,
     )
+    from contracts.reconciliation import ReconciliationInput, reconciliation_workflow_id
     from workflows import policies
+    from workflows.reconciliation import ReconciliationWorkflow
 
 
 @workflow.defn
@@ -37,6 +42,18 @@ class ImportBatchWorkflow:
     @workflow.query
     def progress(self) -> BatchProgress:
         return self._progress
+
+    async def _start_reconciliations(self, input: BatchInput, image_set_ids: list[str]) -> None:
+        """One `ReconciliationWorkflow` per non-primary image set; they outlive this batch (ABANDON)."""
+        for image_set_id in image_set_ids:
+            # Already running (the same non-primary set met again, e.g. a re-run migration): nothing to add.
+            with contextlib.suppress(WorkflowAlreadyStartedError):
+                await workflow.start_child_workflow(
+                    ReconciliationWorkflow.run,
+                    ReconciliationInput(datastore_id=input.datastore_id, image_set_id=image_set_id,
+                                        migration_id=input.migration_id, batch=input.batch),
+                    id=reconciliation_workflow_id(input.datastore_id, image_set_id),
+                    parent_close_policy=ParentClosePolicy.ABANDON)
 
     @workflow.run
     async def run(self, input: BatchInput) -> BatchResult:
@@ -71,6 +88,8 @@ class ImportBatchWorkflow:
             "route_batch", RouteInput(batch=input, review=review), result_type=RouteResult,
             start_to_close_timeout=policies.PAGE_TIMEOUT, heartbeat_timeout=policies.HEARTBEAT,
             retry_policy=policies.STAGE_RETRY)
+        if review.non_primary_image_sets and workflow.patched("start-reconciliation"):
+            await self._start_reconciliations(input, review.non_primary_image_sets)
         self._stage(BatchStage.DONE)
         return BatchResult(batch=input.batch, job_id=job.job_id, job_status=outcome.status,
                            files_by_state=review.files_by_state, image_sets=review.image_sets,

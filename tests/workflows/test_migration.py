@@ -139,7 +139,26 @@ class TestMigrationEndToEnd:
         assert rows["np/a_original.dcm"]["image_set_id"] != rows["np/b_conflict.dcm"]["image_set_id"]
         summary_bucket, summary_key = result.report_uri[5:].split("/", 1)
         summary = json.loads(s3.get_object(Bucket=summary_bucket, Key=summary_key)["Body"].read())
-        assert summary["non_primary_image_sets"] == [rows["np/b_conflict.dcm"]["image_set_id"]]
+        non_primary = rows["np/b_conflict.dcm"]["image_set_id"]
+        assert summary["non_primary_image_sets"] == [non_primary]
+
+        # The batch handed the set to a ReconciliationWorkflow; an operator decides it with `himig approve`.
+        from typer.testing import CliRunner
+
+        from contracts.reconciliation import reconciliation_workflow_id
+        from worker.cli import app
+
+        recon_id = reconciliation_workflow_id(datastore_id, non_primary)
+        desc = await client.get_workflow_handle(recon_id).describe()
+        assert desc.workflow_type == "ReconciliationWorkflow"
+        env = {"HIMIG_TEMPORAL_ADDRESS": client.service_client.config.target_host}
+        cli = CliRunner()
+        bad = await asyncio.to_thread(cli.invoke, app, ["approve", recon_id, "--action", "explode"], env=env)
+        assert bad.exit_code == 2 and "action" in bad.output
+        result = await asyncio.to_thread(cli.invoke, app, ["approve", recon_id, "--action", "keep", "--reason",
+                                                           "verified with the PACS team", "--by", "tester"], env=env)
+        assert result.exit_code == 0, result.output
+        assert '"kept"' in result.output
 
 
 class TestSourceManifest:
