@@ -17,7 +17,40 @@ from emulator.protocol import Dispatcher, Handler, HttpRequest, HttpResponse, js
 PREFIX = "/_emulator/"
 
 
-class AdminApi(Dispatcher):
+class JsonRoutes(Dispatcher):
+    """A family of ``/_emulator/`` endpoints: ``(method, path regex, handler)`` routes that answer JSON.
+
+    Handlers are called as ``fn(body=..., query=..., **path_groups)``. ``object_body`` says whether a request
+    body must be a JSON object (``{}`` when absent) or may be any JSON value (``None`` when absent).
+    """
+
+    routes: list[tuple[str, re.Pattern[str], Callable[..., Any]]]
+    object_body = True
+
+    def match(self, request: HttpRequest) -> Handler | None:
+        if not request.raw_path.startswith(PREFIX):
+            return None
+        sub = request.raw_path[len(PREFIX):].rstrip("/")
+        for method, regex, fn in self.routes:
+            m = regex.fullmatch(sub)
+            if m and method == request.method:
+                return lambda req, fn=fn, kw=m.groupdict(): self._call(fn, req, kw)  # type: ignore[misc]
+        return None
+
+    def _call(self, fn: Callable[..., Any], request: HttpRequest, kwargs: dict[str, str]) -> HttpResponse:
+        body: Any = {} if self.object_body else None
+        if request.body.strip():
+            try:
+                body = json.loads(request.body)
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                raise SerializationException("Request body is not valid JSON") from None
+            if self.object_body and not isinstance(body, dict):
+                raise SerializationException("Request body must be a JSON object")
+        query = {k: v[-1] for k, v in request.query.items()}
+        return json_response(200, fn(body=body, query=query, **kwargs), request.request_id)
+
+
+class AdminApi(JsonRoutes):
     def __init__(self, backend: MedicalImagingBackend, runner: JobRunner, settings: Settings) -> None:
         self.backend = backend
         self.runner = runner
@@ -34,28 +67,6 @@ class AdminApi(Dispatcher):
             ("POST", re.compile(r"clock/advance"), self.clock_advance),
             ("POST", re.compile(r"jobs/(?P<job_id>[0-9a-z]{1,32})/advance"), self.job_advance),
         ]
-
-    def match(self, request: HttpRequest) -> Handler | None:
-        if not request.raw_path.startswith(PREFIX):
-            return None
-        sub = request.raw_path[len(PREFIX):].rstrip("/")
-        for method, regex, fn in self.routes:
-            m = regex.fullmatch(sub)
-            if m and method == request.method:
-                return lambda req, fn=fn, kw=m.groupdict(): self._call(fn, req, kw)  # type: ignore[misc]
-        return None
-
-    def _call(self, fn: Callable[..., Any], request: HttpRequest, kwargs: dict[str, str]) -> HttpResponse:
-        body: dict[str, Any] = {}
-        if request.body.strip():
-            try:
-                body = json.loads(request.body)
-            except (UnicodeDecodeError, json.JSONDecodeError):
-                raise SerializationException("Request body is not valid JSON") from None
-            if not isinstance(body, dict):
-                raise SerializationException("Request body must be a JSON object")
-        query = {k: v[-1] for k, v in request.query.items()}
-        return json_response(200, fn(body=body, query=query, **kwargs), request.request_id)
 
     # ---- endpoints
 

@@ -17,18 +17,18 @@ Admin endpoints (JSON):
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import threading
 from collections.abc import Callable
 from typing import Any
 
+from emulator.admin import JsonRoutes
 from emulator.config import Settings
 from emulator.errors import ResourceNotFoundException, SerializationException, ValidationException
 from emulator.events import EventPublisher, eventbridge_configured
 from emulator.faults import FaultInjector
-from emulator.protocol import Dispatcher, Handler, HttpRequest, HttpResponse, json_response
+from emulator.protocol import HttpRequest
 from emulator.throttling import Throttler, normalize_rates
 
 log = logging.getLogger("emulator.resilience")
@@ -100,7 +100,9 @@ class Resilience:
                 log.debug("data store tick failed", exc_info=True)
 
 
-class ResilienceAdmin(Dispatcher):
+class ResilienceAdmin(JsonRoutes):
+    object_body = False  # fault specs may be posted as a list
+
     def __init__(self, res: Resilience) -> None:
         self.res = res
         self.routes: list[tuple[str, re.Pattern[str], Callable[..., Any]]] = [
@@ -113,26 +115,6 @@ class ResilienceAdmin(Dispatcher):
             ("GET", re.compile(r"events"), self.get_events),
             ("DELETE", re.compile(r"events"), self.delete_events),
         ]
-
-    def match(self, request: HttpRequest) -> Handler | None:
-        if not request.raw_path.startswith(PREFIX):
-            return None
-        sub = request.raw_path[len(PREFIX):].rstrip("/")
-        for method, regex, fn in self.routes:
-            m = regex.fullmatch(sub)
-            if m and method == request.method:
-                return lambda req, fn=fn, kw=m.groupdict(): self._call(fn, req, kw)  # type: ignore[misc]
-        return None
-
-    def _call(self, fn: Callable[..., Any], request: HttpRequest, kwargs: dict[str, str]) -> HttpResponse:
-        body: Any = None
-        if request.body.strip():
-            try:
-                body = json.loads(request.body)
-            except (UnicodeDecodeError, json.JSONDecodeError):
-                raise SerializationException("Request body is not valid JSON") from None
-        query = {k: v[-1] for k, v in request.query.items()}
-        return json_response(200, fn(body=body, query=query, **kwargs), request.request_id)
 
     # ---- throttling
 
