@@ -9,19 +9,10 @@ from __future__ import annotations
 
 import hashlib
 from datetime import datetime
-from typing import Annotated
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, model_validator
 
-from contracts.pipeline import (
-    DATASTORE_ID_PATTERN,
-    ROLE_ARN_PATTERN,
-    FileState,
-    MigrationInput,
-    Strict,
-    ValidationLevel,
-    _check_s3,
-)
+from contracts.pipeline import FileState, SourceAndTarget
 from contracts.records import InventoryEntry
 from contracts.s3uri import parse_s3_uri
 
@@ -91,34 +82,21 @@ class IngestState(BaseModel):
     runs: int = 1
 
 
-class IngestInput(Strict):
-    """Input of `IngestWorkflow` (plain JSON; the listener builds it from `IngestSettings`)."""
+class IngestInput(SourceAndTarget):
+    """Input of `IngestWorkflow` (plain JSON; the listener builds it from `IngestSettings`).
 
-    datastore_id: Annotated[str, Field(pattern=DATASTORE_ID_PATTERN, description="HealthImaging data store id")]
-    source_s3_uri: str = Field(description="the watched S3 prefix; every flush migrates keys under it")
-    work_s3_uri: str = Field(description="S3 prefix for ingest manifests and the flushes' migration data")
-    validation_level: ValidationLevel = ValidationLevel.STRUCTURE_ONLY
+    ``source_s3_uri`` is the watched prefix (every flush migrates keys under it); ``work_s3_uri`` holds the
+    ingest manifests and the flushes' migration data.
+    """
+
     quiet_seconds: float = Field(30.0, gt=0, le=86_400, description="flush after this long without an arrival")
     max_files: int = Field(1_000, ge=1, le=MAX_FILES_PER_FLUSH, description="flush as soon as this many are buffered")
     max_wait_seconds: float = Field(600.0, gt=0, le=7 * 86_400,
                                     description="flush this long after the first buffered arrival, even while files keep coming")
-    data_access_role_arn: Annotated[str | None, Field(pattern=ROLE_ARN_PATTERN)] = None
     continued: IngestState | None = Field(None, description="set by the workflow when it continues as new")
-
-    @field_validator("source_s3_uri")
-    @classmethod
-    def _source(cls, v: str) -> str:
-        return _check_s3(v, "source_s3_uri")
-
-    @field_validator("work_s3_uri")
-    @classmethod
-    def _work(cls, v: str) -> str:
-        return _check_s3(v, "work_s3_uri")
 
     @model_validator(mode="after")
     def _checks(self) -> IngestInput:
-        # Same rule as MigrationInput (each flush becomes one): fail here, at start, not at the first flush.
-        MigrationInput(source_s3_uri=self.source_s3_uri, datastore_id=self.datastore_id, work_s3_uri=self.work_s3_uri)
         if self.max_wait_seconds < self.quiet_seconds:
             raise ValueError("max_wait_seconds must be at least quiet_seconds")
         return self

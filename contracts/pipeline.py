@@ -94,27 +94,14 @@ class MigrationState(BaseModel):
     operator_log: list[OperatorAction] = Field(default_factory=list)
 
 
-class MigrationInput(Strict):
-    """What an operator passes to start a `MigrationWorkflow` (plain JSON from the CLI or the Temporal UI)."""
+class SourceAndTarget(Strict):
+    """Where files come from and where they go: shared by migrations and event-driven ingestion."""
 
     source_s3_uri: str = Field(description="S3 prefix holding the DICOM files to migrate, e.g. s3://bucket/dicom/")
-    source_manifest_uri: str | None = Field(
-        None, description="NDJSON of {key, size, etag} objects (keys in the source bucket, under the source prefix) "
-        "to migrate instead of listing the whole prefix; used by event-driven ingestion")
     datastore_id: Annotated[str, Field(pattern=DATASTORE_ID_PATTERN, description="HealthImaging data store id")]
     work_s3_uri: str = Field(description="S3 prefix for inventory, staging, import output, ledger and report")
     validation_level: ValidationLevel = ValidationLevel.STRUCTURE_ONLY
-    max_files_per_batch: int = Field(1_000, ge=1, le=MAX_FILES_PER_JOB)
-    max_bytes_per_batch: int = Field(MAX_BYTES_PER_JOB, ge=1, le=MAX_BYTES_PER_JOB)
-    inventory_page_size: int = Field(1_000, ge=1, le=10_000)
-    max_concurrent_jobs: int = Field(4, ge=1, le=100)
-    max_parallel_pages: int = Field(2, ge=1, le=50)
-    import_start_interval_seconds: float = Field(
-        1.0, ge=0, le=3600, description="pause between import job starts (StartDICOMImportJob allows 1 TPS)")
     data_access_role_arn: Annotated[str | None, Field(pattern=ROLE_ARN_PATTERN)] = None
-    # Temporal decodes a workflow's arguments by type only when their count matches, so the state carried
-    # across continue-as-new rides inside the one input object. Operators leave it out.
-    continued: MigrationState | None = Field(None, description="set by the workflow when it continues as new")
 
     @field_validator("source_s3_uri")
     @classmethod
@@ -126,19 +113,37 @@ class MigrationInput(Strict):
     def _work(cls, v: str) -> str:
         return _check_s3(v, "work_s3_uri")
 
-    @field_validator("source_manifest_uri")
-    @classmethod
-    def _manifest(cls, v: str | None) -> str | None:
-        return None if v is None else _check_s3(v, "source_manifest_uri")
-
     @model_validator(mode="after")
-    def _work_outside_source(self) -> MigrationInput:
+    def _work_outside_source(self) -> SourceAndTarget:
         src = parse_s3_uri(self.source_s3_uri).as_prefix()
         work = parse_s3_uri(self.work_s3_uri).as_prefix()
         if src.bucket == work.bucket and (work.key.startswith(src.key) or src.key.startswith(work.key)):
             # Staged copies and reports under the source would be inventoried as source files next time.
             raise ValueError("work_s3_uri must not overlap source_s3_uri (staged copies would be re-inventoried)")
         return self
+
+
+class MigrationInput(SourceAndTarget):
+    """What an operator passes to start a `MigrationWorkflow` (plain JSON from the CLI or the Temporal UI)."""
+
+    source_manifest_uri: str | None = Field(
+        None, description="NDJSON of {key, size, etag} objects (keys in the source bucket, under the source prefix) "
+        "to migrate instead of listing the whole prefix; used by event-driven ingestion")
+    max_files_per_batch: int = Field(1_000, ge=1, le=MAX_FILES_PER_JOB)
+    max_bytes_per_batch: int = Field(MAX_BYTES_PER_JOB, ge=1, le=MAX_BYTES_PER_JOB)
+    inventory_page_size: int = Field(1_000, ge=1, le=10_000)
+    max_concurrent_jobs: int = Field(4, ge=1, le=100)
+    max_parallel_pages: int = Field(2, ge=1, le=50)
+    import_start_interval_seconds: float = Field(
+        1.0, ge=0, le=3600, description="pause between import job starts (StartDICOMImportJob allows 1 TPS)")
+    # Temporal decodes a workflow's arguments by type only when their count matches, so the state carried
+    # across continue-as-new rides inside the one input object. Operators leave it out.
+    continued: MigrationState | None = Field(None, description="set by the workflow when it continues as new")
+
+    @field_validator("source_manifest_uri")
+    @classmethod
+    def _manifest(cls, v: str | None) -> str | None:
+        return None if v is None else _check_s3(v, "source_manifest_uri")
 
 
 class MigrationResult(BaseModel):
