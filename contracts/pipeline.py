@@ -136,6 +136,8 @@ class MigrationInput(SourceAndTarget):
     max_parallel_pages: int = Field(2, ge=1, le=50)
     import_start_interval_seconds: float = Field(
         1.0, ge=0, le=3600, description="pause between import job starts (StartDICOMImportJob allows 1 TPS)")
+    manual_review: bool = Field(
+        False, description="hold each batch after its manifest is reviewed until an operator approves routing")
     # Temporal decodes a workflow's arguments by type only when their count matches, so the state carried
     # across continue-as-new rides inside the one input object. Operators leave it out.
     continued: MigrationState | None = Field(None, description="set by the workflow when it continues as new")
@@ -165,7 +167,9 @@ class BatchStage(StrEnum):
     JOB_FAILED = "job_failed"
     REVIEWING_MANIFEST = "reviewing_manifest"
     MANIFEST_REVIEWED = "manifest_reviewed"
+    AWAITING_APPROVAL = "awaiting_approval"
     ROUTING = "routing"
+    NOT_ROUTED = "not_routed"
     DONE = "done"
 
 
@@ -280,6 +284,7 @@ class BatchInput(BaseModel):
     work_s3_uri: str
     datastore_id: str
     data_access_role_arn: str | None = None
+    manual_review: bool = False
 
 
 class FailedBatchInput(BaseModel):
@@ -349,6 +354,14 @@ class BatchResult(BaseModel):
     stage: BatchStage
 
 
+class ManifestApproval(Strict):
+    """Argument of the `approve_manifest` update on `ImportBatchWorkflow` (manual review gate)."""
+
+    approve: bool = Field(description="true: route the batch; false: hold it back from routing")
+    reviewer: str = Field(min_length=1, max_length=200)
+    reason: str | None = Field(None, max_length=1000, description="why (no PHI)")
+
+
 class StageTransition(BaseModel):
     stage: BatchStage
     at: datetime
@@ -368,6 +381,11 @@ class BatchProgress(BaseModel):
     job_status: str | None = None
     staged_files: int = 0
     files_by_state: dict[FileState, int] = Field(default_factory=dict)
+    # What a manual reviewer decides on: the review's consistency verdict and problems, then the decision.
+    counters_consistent: bool | None = None
+    problems: list[str] = Field(default_factory=list)
+    non_primary_image_sets: list[str] = Field(default_factory=list)
+    approval: ManifestApproval | None = None
 
 
 class ReportInput(BaseModel):

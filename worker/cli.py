@@ -21,6 +21,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from contracts.pipeline import (
     MAX_BYTES_PER_JOB,
     MAX_FILES_PER_JOB,
+    ManifestApproval,
     MigrationInput,
     MigrationResult,
     OperatorCommand,
@@ -294,6 +295,42 @@ def approve(
         except WorkflowUpdateFailedError as err:
             raise fail(f"decision rejected: {err.cause}", 1) from None
         console.print_json(outcome.model_dump_json())
+
+    _run(go())
+
+
+@app.command("approve-manifest")
+def approve_manifest(
+    batch_id: str = typer.Argument(..., help="ImportBatchWorkflow id (<migration>.batch-NNNNN)"),
+    approve: bool = typer.Option(..., "--approve/--hold", help="route the batch, or hold it back"),
+    reason: str | None = REASON,
+    by: str | None = BY,
+) -> None:
+    """Manual review gate: decide a batch whose manifest has been reviewed (migrations started with manual review)."""
+    from workflows.batch import ImportBatchWorkflow
+
+    s = settings()
+    try:
+        decision = ManifestApproval(approve=approve, reviewer=by or os.environ.get("USER") or "operator", reason=reason)
+    except ValidationError as err:
+        raise fail(validation_message(err).replace("migration input", "approval")) from None
+
+    async def go() -> None:
+        client = await _client(s)
+        handle = client.get_workflow_handle_for(ImportBatchWorkflow.run, batch_id)
+        try:
+            progress = await handle.execute_update(ImportBatchWorkflow.approve_manifest, decision)
+        except RPCError as err:
+            if err.status != RPCStatusCode.NOT_FOUND:
+                raise
+            try:  # an update to a finished workflow is also NOT_FOUND: tell the two apart
+                await handle.describe()
+            except RPCError:
+                raise fail(f"no batch with id {batch_id!r}", 1) from None
+            raise fail(f"batch {batch_id!r} is not awaiting approval (it has finished)", 1) from None
+        except WorkflowUpdateFailedError as err:
+            raise fail(f"approval rejected: {err.cause}", 1) from None
+        console.print(f"batch {progress.batch}: {'approved' if approve else 'held back'}")
 
     _run(go())
 

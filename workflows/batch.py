@@ -17,6 +17,7 @@ with workflow.unsafe.imports_passed_through():
         BatchStage,
         ImportJobRef,
         JobOutcome,
+        ManifestApproval,
         ReviewInput,
         ReviewResult,
         RouteInput,
@@ -42,6 +43,18 @@ class ImportBatchWorkflow:
     @workflow.query
     def progress(self) -> BatchProgress:
         return self._progress
+
+    @workflow.update
+    def approve_manifest(self, approval: ManifestApproval) -> BatchProgress:
+        """The manual review gate: approve (route) or hold back a batch whose manifest has been reviewed."""
+        self._progress.approval = approval
+        return self._progress
+
+    @approve_manifest.validator
+    def _check_approval(self, approval: ManifestApproval) -> None:
+        # Rejected before it reaches history: only a batch waiting at the gate takes a decision, and only once.
+        if self._progress.stage is not BatchStage.AWAITING_APPROVAL:
+            raise ValueError(f"batch {self._progress.batch} is not awaiting approval (stage {self._progress.stage.value})")
 
     async def _start_reconciliations(self, input: BatchInput, image_set_ids: list[str]) -> None:
         """One `ReconciliationWorkflow` per non-primary image set; they outlive this batch (ABANDON)."""
@@ -81,15 +94,25 @@ class ImportBatchWorkflow:
             heartbeat_timeout=policies.HEARTBEAT,
             retry_policy=policies.STAGE_RETRY)
         self._progress.files_by_state = review.files_by_state
+        self._progress.counters_consistent = review.counters_consistent
+        self._progress.problems = review.problems
+        self._progress.non_primary_image_sets = review.non_primary_image_sets
         self._stage(BatchStage.MANIFEST_REVIEWED)
 
-        self._stage(BatchStage.ROUTING)
-        await workflow.execute_activity(
-            "route_batch", RouteInput(batch=input, review=review), result_type=RouteResult,
-            start_to_close_timeout=policies.PAGE_TIMEOUT, heartbeat_timeout=policies.HEARTBEAT,
-            retry_policy=policies.STAGE_RETRY)
-        if review.non_primary_image_sets and workflow.patched("start-reconciliation"):
-            await self._start_reconciliations(input, review.non_primary_image_sets)
+        if input.manual_review:
+            self._stage(BatchStage.AWAITING_APPROVAL)
+            await workflow.wait_condition(lambda: self._progress.approval is not None)
+        if self._progress.approval is None or self._progress.approval.approve:
+            self._stage(BatchStage.ROUTING)
+            await workflow.execute_activity(
+                "route_batch", RouteInput(batch=input, review=review), result_type=RouteResult,
+                start_to_close_timeout=policies.PAGE_TIMEOUT, heartbeat_timeout=policies.HEARTBEAT,
+                retry_policy=policies.STAGE_RETRY)
+            if review.non_primary_image_sets and workflow.patched("start-reconciliation"):
+                await self._start_reconciliations(input, review.non_primary_image_sets)
+        else:
+            # The files stay imported (and in the report); only events and reconciliation are held back.
+            self._stage(BatchStage.NOT_ROUTED)
         self._stage(BatchStage.DONE)
         return BatchResult(batch=input.batch, job_id=job.job_id, job_status=outcome.status,
                            files_by_state=review.files_by_state, image_sets=review.image_sets,

@@ -225,7 +225,7 @@ class MigrationWorkflow:
     async def _batch(self, input: MigrationInput, batch: int) -> None:
         args = BatchInput(migration_id=self._id, batch=batch, source_s3_uri=input.source_s3_uri,
                           work_s3_uri=input.work_s3_uri, datastore_id=input.datastore_id,
-                          data_access_role_arn=input.data_access_role_arn)
+                          data_access_role_arn=input.data_access_role_arn, manual_review=input.manual_review)
         self._running.add(batch)
         try:
             result: BatchResult = await workflow.execute_child_workflow(

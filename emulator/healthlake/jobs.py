@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -31,16 +30,13 @@ from botocore.exceptions import BotoCoreError, ClientError
 from emulator.config import Settings
 from emulator.healthlake.fhir import Issue, check_resource, has_errors, operation_outcome, parse_json
 from emulator.healthlake.models import Accepted, FhirImportJob, HealthLakeBackend
+from emulator.jobrunner import ClockedJobRunner, JobFailed, error_code
 from emulator.medicalimaging.s3io import S3Object, folder_prefix, list_objects, make_s3_client, split_s3_uri
 
 log = logging.getLogger("emulator.healthlake")
 
 MB = 1_000_000
 CHUNK = 1024 * 1024
-
-
-class JobFailed(Exception):
-    """The whole job fails (FAILED) with this message."""
 
 
 @dataclass
@@ -88,45 +84,20 @@ def iter_lines(body: Any, max_line: int) -> Iterator[tuple[int, bytes | None]]:
         yield number, (None if oversized else bytes(pending))
 
 
-def _code(exc: Exception) -> str:
-    if isinstance(exc, ClientError):
-        return str(exc.response.get("Error", {}).get("Code") or "ClientError")
-    return type(exc).__name__
+class FhirImportRunner(ClockedJobRunner[HealthLakeBackend]):
+    log = log  # the shared machinery logs under this module's logger, as before
+    scheduler_thread_name = "healthlake-jobs"
+    job_thread_prefix = "hl-job-"
+    job_label = "FHIR import job"
+    scheduler_error = "HealthLake job scheduler pass failed"
+    idle_wait = 0.5
 
-
-class FhirImportRunner:
     def __init__(self, backend: HealthLakeBackend, settings: Settings) -> None:
-        self.backend = backend
+        super().__init__(backend)
         self.settings = settings
         self.s3 = make_s3_client(settings.region, pool=8)
-        self.cond = threading.Condition()
-        self._stop = threading.Event()
-        self._active: set[str] = set()
-        self._thread = threading.Thread(target=self._loop, name="healthlake-jobs", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self.wake()
-        self._thread.join(timeout=5)
-
-    def wake(self) -> None:
-        with self.cond:
-            self.cond.notify_all()
 
     # ---- scheduling
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                waiting = self._schedule()
-            except Exception:
-                log.exception("HealthLake job scheduler pass failed")
-                waiting = True
-            with self.cond:
-                self.cond.wait(timeout=0.05 if waiting else 0.5)
 
     def _schedule(self) -> bool:
         waiting = False
@@ -147,25 +118,10 @@ class FhirImportRunner:
                 self._spawn(job.id)
         return waiting or bool(self._active)
 
-    def _spawn(self, job_id: str) -> None:
-        with self.cond:
-            self._active.add(job_id)
-        threading.Thread(target=self._run, args=(job_id,), name=f"hl-job-{job_id[:8]}", daemon=True).start()
-
-    def _run(self, job_id: str) -> None:
-        try:
-            self._run_job(job_id)
-        except Exception:
-            if self._stop.is_set():
-                return  # shutting down: the job stays IN_PROGRESS and is resumed on the next start
-            log.exception("FHIR import job %s crashed", job_id)
-            self.backend.finish_job(job_id, "FAILED", "Internal error while running the import job")
-        finally:
-            with self.cond:
-                self._active.discard(job_id)
-                self.cond.notify_all()
-
     # ---- one job
+
+    def _fail_crashed(self, job_id: str, message: str) -> None:
+        self.backend.finish_job(job_id, "FAILED", message)
 
     def _run_job(self, job_id: str) -> None:
         job = self.backend.job(job_id)
@@ -192,23 +148,13 @@ class FhirImportRunner:
         try:
             self._write_outputs(job, job.outputs)
         except (ClientError, BotoCoreError) as exc:
-            self.backend.finish_job(job_id, "FAILED", f"Unable to write results to the output S3Uri: {_code(exc)}")
+            self.backend.finish_job(job_id, "FAILED",
+                                    f"Unable to write results to the output S3Uri: {error_code(exc)}")
             return
         status = job.final_status or "COMPLETED"
         self.backend.finish_job(job_id, status, None)
         log.info("FHIR import job %s %s (%s resources imported)", job_id, status,
                  job.progress.get("TotalNumberOfResourcesImported"))
-
-    def _wait_gate(self, job_id: str) -> bool:
-        while not self._stop.is_set():
-            job = self.backend.job(job_id)
-            if job is None:
-                return False
-            if self.backend.gate_open(job):
-                return True
-            with self.cond:
-                self.cond.wait(timeout=0.05)
-        return False
 
     def _fail(self, job: FhirImportJob, message: str) -> None:
         manifest = self._manifest(job, [], 0)
@@ -222,12 +168,12 @@ class FhirImportRunner:
         try:
             self.s3.head_bucket(Bucket=out_bucket)
         except (ClientError, BotoCoreError) as exc:
-            raise JobFailed(f"Unable to access the output S3 bucket: {_code(exc)}") from None
+            raise JobFailed(f"Unable to access the output S3 bucket: {error_code(exc)}") from None
         bucket, prefix = split_s3_uri(job.input_uri)
         try:
             objects, base = self._input_objects(bucket, prefix)
         except (ClientError, BotoCoreError) as exc:
-            raise JobFailed(f"Unable to list the input S3Uri: {_code(exc)}") from None
+            raise JobFailed(f"Unable to list the input S3Uri: {error_code(exc)}") from None
         if not objects:
             raise JobFailed("No files were found at the input S3Uri")
         results: list[FileResult] = []
@@ -263,8 +209,8 @@ class FhirImportRunner:
         except (ClientError, BotoCoreError) as exc:
             result.read_error = True
             result.failures.append({"file": obj.key, "errorType": "CustomerError",
-                                    "operationOutcome": operation_outcome(
-                                        [Issue("error", "exception", f"Unable to read the file: {_code(exc)}")])})
+                                    "operationOutcome": operation_outcome([Issue(
+                                        "error", "exception", f"Unable to read the file: {error_code(exc)}")])})
         return result
 
     def _check_line(self, job: FhirImportJob, result: FileResult, number: int, raw: bytes | None) -> None:

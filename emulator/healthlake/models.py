@@ -7,12 +7,9 @@ documents are committed together (a crash re-runs the job from scratch or only r
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import sqlite3
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,6 +19,7 @@ from emulator.config import Settings
 from emulator.errors import ConflictException, ResourceNotFoundException, ValidationException
 from emulator.healthlake.fhir import identifiers
 from emulator.medicalimaging.clock import JobClock
+from emulator.persistence import canonical, canonical_digest, new_id, offset_page, replayed_request
 from emulator.store import Store
 
 SCHEMA = """
@@ -55,14 +53,11 @@ TABLES = ("hl_datastores", "hl_jobs", "hl_resources", "hl_identifiers")
 
 UNFINISHED = ("SUBMITTED", "IN_PROGRESS")
 PHASE_ORDER = {"SUBMITTED": 0, "IN_PROGRESS": 1}
-
-
-def _canonical(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+TOKEN_REUSED = "ClientToken was already used with different parameters"
 
 
 def _request_hash(params: dict[str, Any], skip: Sequence[str] = ("ClientToken",)) -> str:
-    return hashlib.sha256(_canonical({k: v for k, v in params.items() if k not in skip}).encode()).hexdigest()
+    return canonical_digest({k: v for k, v in params.items() if k not in skip})
 
 
 def fhir_instant(ts: float) -> str:
@@ -73,31 +68,9 @@ def fhir_instant(ts: float) -> str:
 # ------------------------------------------------------------------------------------------ pagination tokens
 
 
-def encode_token(offset: int, scope: str) -> str:
-    raw = _canonical({"o": offset, "s": hashlib.sha1(scope.encode()).hexdigest()[:12]})
-    return base64.urlsafe_b64encode(raw.encode()).decode()
-
-
-def decode_token(token: str | None, scope: str) -> int:
-    if not token:
-        return 0
-    try:
-        doc = json.loads(base64.urlsafe_b64decode(token.encode()))
-        offset = int(doc["o"])
-        ok = doc["s"] == hashlib.sha1(scope.encode()).hexdigest()[:12] and offset >= 0
-    except (ValueError, KeyError, TypeError):
-        ok = False
-    if not ok:
-        raise ValidationException("Invalid NextToken")
-    return offset
-
-
 def paginate(items: list[Any], token: str | None, max_results: int | None, scope: str,
              default_max: int = 100) -> tuple[list[Any], str | None]:
-    start = decode_token(token, scope)
-    size = max_results or default_max
-    end = start + size
-    return items[start:end], (encode_token(end, scope) if end < len(items) else None)
+    return offset_page(items, token, max_results, scope, default_max, "Invalid NextToken")
 
 
 # ------------------------------------------------------------------------------------------ records
@@ -205,12 +178,11 @@ class HealthLakeBackend:
                           {"AuthorizationStrategy": "AWS_AUTH", "FineGrainedAuthorizationEnabled": False})
         with self.store.write() as conn:
             if token:
-                row = conn.execute("SELECT * FROM hl_datastores WHERE client_token=?", (token,)).fetchone()
+                row = replayed_request(conn, "SELECT * FROM hl_datastores WHERE client_token=?", (token,), digest,
+                                       ValidationException, TOKEN_REUSED)
                 if row is not None:
-                    if row["request_hash"] != digest:
-                        raise ValidationException("ClientToken was already used with different parameters")
                     return self._datastore(row)
-            ds_id = uuid.uuid4().hex
+            ds_id = new_id()
             now = time.time()
             conn.execute(
                 "INSERT INTO hl_datastores(id, seq, name, status, type_version, config, client_token, request_hash, "
@@ -251,7 +223,7 @@ class HealthLakeBackend:
             items = [d for d in items if d.created_at < flt["CreatedBefore"]]
         if "CreatedAfter" in flt:
             items = [d for d in items if d.created_at > flt["CreatedAfter"]]
-        return paginate(items, token, max_results, "datastores:" + _canonical(flt))
+        return paginate(items, token, max_results, "datastores:" + canonical(flt))
 
     def delete_datastore(self, datastore_id: str) -> FhirDatastore:
         ds = self.get_datastore(datastore_id)
@@ -279,13 +251,11 @@ class HealthLakeBackend:
         s3conf = params["JobOutputDataConfig"]["S3Configuration"]
         with self.store.write() as conn:
             if token:
-                row = conn.execute("SELECT * FROM hl_jobs WHERE datastore_id=? AND client_token=?",
-                                   (ds.id, token)).fetchone()
+                row = replayed_request(conn, "SELECT * FROM hl_jobs WHERE datastore_id=? AND client_token=?",
+                                       (ds.id, token), digest, ValidationException, TOKEN_REUSED)
                 if row is not None:
-                    if row["request_hash"] != digest:
-                        raise ValidationException("ClientToken was already used with different parameters")
                     return _job(row)
-            job_id = uuid.uuid4().hex
+            job_id = new_id()
             conn.execute(
                 "INSERT INTO hl_jobs(id, seq, datastore_id, name, status, role_arn, input_uri, output_uri, "
                 "kms_key_id, validation_level, client_token, request_hash, submitted_at, phase_clock) "
@@ -322,7 +292,7 @@ class HealthLakeBackend:
             jobs = [j for j in jobs if j.submitted_at < params["SubmittedBefore"]]
         if "SubmittedAfter" in params:
             jobs = [j for j in jobs if j.submitted_at > params["SubmittedAfter"]]
-        scope = _canonical({k: params.get(k) for k in ("DatastoreId", "JobName", "JobStatus", "SubmittedBefore",
+        scope = canonical({k: params.get(k) for k in ("DatastoreId", "JobName", "JobStatus", "SubmittedBefore",
                                                          "SubmittedAfter")})
         return paginate(jobs, params.get("NextToken"), params.get("MaxResults"), "jobs:" + scope)
 

@@ -28,6 +28,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from emulator.config import Settings
 from emulator.errors import ServiceQuotaExceededException
 from emulator.faults import FaultInjector
+from emulator.jobrunner import ClockedJobRunner, JobFailed, error_code
 from emulator.medicalimaging.dicom import InstanceRejected, parse_instance
 from emulator.medicalimaging.models import FileOutcome, ImportJob, MedicalImagingBackend
 from emulator.medicalimaging.s3io import (
@@ -44,40 +45,29 @@ from emulator.store import Store
 log = logging.getLogger("emulator.jobs")
 
 
-class JobFailed(Exception):
-    """The whole job fails (FAILED status) with this message."""
+class JobRunner(ClockedJobRunner[MedicalImagingBackend]):
+    log = log  # the shared machinery logs under this module's logger, as before
+    scheduler_thread_name = "job-scheduler"
+    job_thread_prefix = "job-"
+    job_label = "job"
+    scheduler_error = "job scheduler pass failed"
+    idle_wait = 1.0
 
-
-class JobRunner:
     def __init__(self, backend: MedicalImagingBackend, settings: Settings, store: Store,
                  faults: FaultInjector | None = None) -> None:
-        self.backend = backend
+        super().__init__(backend)
         self.faults = faults or FaultInjector()  # injected job / per-file faults (emulator/faults.py)
         self.settings = settings
         self.store = store
         self.s3 = make_s3_client(settings.region, pool=settings.threads + 8)
         self.reader = ObjectReader(self.s3, pool=settings.threads + 8)
-        self.cond = threading.Condition()
-        self._stop = threading.Event()
-        self._active: set[str] = set()
         self._working = 0
         self._pool = ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="import-io")
-        self._thread = threading.Thread(target=self._loop, name="job-scheduler", daemon=True)
 
     # ---- lifecycle
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self.wake()
+    def _release_workers(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
-        self._thread.join(timeout=5)
-
-    def wake(self) -> None:
-        with self.cond:
-            self.cond.notify_all()
 
     def wait_for(self, job_id: str, statuses: set[str], timeout: float) -> ImportJob | None:
         """Block until the job reaches one of ``statuses`` (admin helper); returns the job."""
@@ -118,17 +108,6 @@ class JobRunner:
 
     # ---- scheduling
 
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                waiting = self._schedule()
-            except Exception:
-                log.exception("job scheduler pass failed")
-                waiting = True
-            with self.cond:
-                # Poll quickly only while some job waits on the clock; otherwise sleep until woken.
-                self.cond.wait(timeout=0.05 if waiting else 1.0)
-
     def _schedule(self) -> bool:
         waiting = False
         for job in self.backend.unfinished_jobs():
@@ -144,25 +123,10 @@ class JobRunner:
             self._spawn(job.id)
         return waiting
 
-    def _spawn(self, job_id: str) -> None:
-        with self.cond:
-            self._active.add(job_id)
-        threading.Thread(target=self._run, args=(job_id,), name=f"job-{job_id[:8]}", daemon=True).start()
-
     # ---- one job
 
-    def _run(self, job_id: str) -> None:
-        try:
-            self._run_job(job_id)
-        except Exception:
-            if self._stop.is_set():
-                return  # shutting down: leave the job IN_PROGRESS so the next start resumes it
-            log.exception("job %s crashed", job_id)
-            self.backend.finish_job(job_id, "FAILED", "Internal error while running the import job", None)
-        finally:
-            with self.cond:
-                self._active.discard(job_id)
-                self.cond.notify_all()
+    def _fail_crashed(self, job_id: str, message: str) -> None:
+        self.backend.finish_job(job_id, "FAILED", message, None)
 
     def _run_job(self, job_id: str) -> None:
         job = self.backend.job(job_id)
@@ -208,8 +172,8 @@ class JobRunner:
         try:
             self._write_outputs(job, outputs)
         except (ClientError, BotoCoreError) as exc:
-            self.backend.finish_job(job_id, "FAILED", f"Unable to write results to outputS3Uri: {_code(exc)}",
-                                    stats)
+            self.backend.finish_job(job_id, "FAILED",
+                                    f"Unable to write results to outputS3Uri: {error_code(exc)}", stats)
             return
         stats["write_seconds"] = round(time.perf_counter() - t, 6)
         stats["s3_put_requests"] = len(outputs)
@@ -224,18 +188,7 @@ class JobRunner:
         try:
             self._write_outputs(job, outputs)
         except (ClientError, BotoCoreError) as exc:
-            log.warning("job %s: delayed manifest write failed: %s", job.id, _code(exc))
-
-    def _wait_gate(self, job_id: str) -> bool:
-        while not self._stop.is_set():
-            job = self.backend.job(job_id)
-            if job is None:
-                return False
-            if self.backend.gate_open(job):
-                return True
-            with self.cond:
-                self.cond.wait(timeout=0.05)
-        return False
+            log.warning("job %s: delayed manifest write failed: %s", job.id, error_code(exc))
 
     def _fail(self, job: ImportJob, message: str, stats: dict[str, Any],
               outcomes: list[FileOutcome] | None = None) -> None:
@@ -251,14 +204,14 @@ class JobRunner:
         try:
             self.s3.head_bucket(Bucket=out_bucket)
         except (ClientError, BotoCoreError) as exc:
-            raise JobFailed(f"Unable to access outputS3Uri bucket {out_bucket}: {_code(exc)}") from None
+            raise JobFailed(f"Unable to access outputS3Uri bucket {out_bucket}: {error_code(exc)}") from None
         bucket, prefix = split_s3_uri(job.input_uri)
         prefix = folder_prefix(prefix)
         t = time.perf_counter()
         try:
             objects, list_requests = list_objects(self.s3, bucket, prefix)
         except (ClientError, BotoCoreError) as exc:
-            raise JobFailed(f"Unable to list inputS3Uri: {_code(exc)}") from None
+            raise JobFailed(f"Unable to list inputS3Uri: {error_code(exc)}") from None
         list_seconds = time.perf_counter() - t
         if not objects:
             raise JobFailed("No files were found under inputS3Uri")
@@ -295,7 +248,7 @@ class JobRunner:
             data, gets = self.reader.get(bucket, obj.key)
         except ClientError as exc:
             outcome.timings = {"read": time.perf_counter() - t0, "gets": 1}
-            outcome.error = f"Unable to read the input file: {_code(exc)}"
+            outcome.error = f"Unable to read the input file: {error_code(exc)}"
             return outcome
         except BotoCoreError as exc:
             outcome.timings = {"read": time.perf_counter() - t0, "gets": 1}
@@ -325,9 +278,3 @@ class JobRunner:
         for name, body in outputs.items():
             content_type = "application/json" if name.endswith(".json") else "application/x-ndjson"
             self.s3.put_object(Bucket=bucket, Key=prefix + name, Body=body.encode(), ContentType=content_type)
-
-
-def _code(exc: Exception) -> str:
-    if isinstance(exc, ClientError):
-        return str(exc.response.get("Error", {}).get("Code") or "ClientError")
-    return type(exc).__name__

@@ -12,14 +12,12 @@ instance rows, ``instances.first_version/until_version``). This module ends thei
 
 from __future__ import annotations
 
-import base64
 import gzip
 import hashlib
 import json
 import sqlite3
 import threading
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,15 +32,11 @@ from emulator.errors import (
 from emulator.events import EventSink
 from emulator.medicalimaging.clock import JobClock
 from emulator.medicalimaging.dicom import ParsedInstance
+from emulator.persistence import canonical, canonical_digest, new_id, offset_page, replayed_request
 from emulator.store import Store
 
 ACTIVE_JOB_STATES = ("SUBMITTED", "IN_PROGRESS")
 JOB_ORDER = {"SUBMITTED": 0, "IN_PROGRESS": 1, "COMPLETED": 2, "FAILED": 2}
-
-
-def new_id() -> str:
-    """A 32-character lowercase id, matching the model's ``[0-9a-z]{32}``."""
-    return uuid.uuid4().hex
 
 
 def stable_id(*parts: str) -> str:
@@ -50,43 +44,14 @@ def stable_id(*parts: str) -> str:
     return hashlib.md5("\x1f".join(parts).encode()).hexdigest()
 
 
-def canonical(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
-
-
 def request_hash(params: dict[str, Any], names: Sequence[str]) -> str:
-    return hashlib.sha256(canonical({n: params.get(n) for n in names}).encode()).hexdigest()
-
-
-# ----------------------------------------------------------------------------------------------- pagination
-
-
-def encode_token(offset: int, scope: str) -> str:
-    raw = canonical({"o": offset, "s": hashlib.sha1(scope.encode()).hexdigest()[:12]})
-    return base64.urlsafe_b64encode(raw.encode()).decode()
-
-
-def decode_token(token: str | None, scope: str) -> int:
-    if not token:
-        return 0
-    try:
-        doc = json.loads(base64.urlsafe_b64decode(token.encode()))
-        offset = int(doc["o"])
-        ok = doc["s"] == hashlib.sha1(scope.encode()).hexdigest()[:12] and offset >= 0
-    except (ValueError, KeyError, TypeError):
-        ok = False
-    if not ok:
-        raise ValidationException("Invalid pagination token: nextToken does not belong to this request")
-    return offset
+    return canonical_digest({n: params.get(n) for n in names})
 
 
 def page(items: list[Any], token: str | None, max_results: int | None, scope: str,
          default_max: int = 50) -> tuple[list[Any], str | None]:
-    start = decode_token(token, scope)
-    size = max_results or default_max
-    chunk = items[start:start + size]
-    nxt = encode_token(start + size, scope) if start + size < len(items) else None
-    return chunk, nxt
+    return offset_page(items, token, max_results, scope, default_max,
+                       "Invalid pagination token: nextToken does not belong to this request")
 
 
 # ----------------------------------------------------------------------------------------------- records
@@ -309,11 +274,10 @@ class MedicalImagingBackend:
         digest = request_hash(params, names)
         token = params["clientToken"]
         with self.store.write() as conn:
-            row = conn.execute("SELECT * FROM datastores WHERE client_token=?", (token,)).fetchone()
+            row = replayed_request(
+                conn, "SELECT * FROM datastores WHERE client_token=?", (token,), digest, ConflictException,
+                "The clientToken was already used by a CreateDatastore request with different parameters")
             if row is not None:
-                if row["request_hash"] != digest:
-                    raise ConflictException(
-                        "The clientToken was already used by a CreateDatastore request with different parameters")
                 created = row
             else:
                 now = time.time()

@@ -19,6 +19,7 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 
 from tests.conftest import make_medical_imaging
+from tests.emulator.oidc_issuer import AUDIENCE, OidcIssuer
 from tests.support.servers import ServerProcess, start_emulator
 
 ROLE_ARN = "arn:aws:iam::123456789012:role/HealthImagingImportRole"
@@ -175,3 +176,24 @@ def private_emulator(moto_url: str, log_dir: Path, tmp_path: Path) -> Iterator[C
 
 def client_for(server: ServerProcess) -> Any:
     return make_medical_imaging(server.url)
+
+
+# ---- OIDC (DICOMweb bearer tokens)
+
+
+@pytest.fixture(scope="module")
+def issuer() -> Iterator[OidcIssuer]:
+    """A local OIDC issuer; module-scoped, so each module counts the JWKS fetches of its own emulator."""
+    server = OidcIssuer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def oidc_emulator(moto_url: str, log_dir: Path, tmp_path_factory: pytest.TempPathFactory,
+                  issuer: OidcIssuer) -> Iterator[ServerProcess]:
+    """A private emulator that accepts ``issuer``'s bearer tokens (audience AUDIENCE) as well as SigV4."""
+    server = start_emulator(tmp_path_factory.mktemp("oidc-emulator-data"), moto_url, log_dir,
+                            extra_args=["--oidc-issuer", issuer.url, "--oidc-audience", AUDIENCE])
+    yield server
+    server.stop()

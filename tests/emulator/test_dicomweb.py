@@ -24,26 +24,16 @@ from pydicom.uid import generate_uid
 
 from tests.conftest import emulator_admin, make_medical_imaging, make_s3
 from tests.emulator.conftest import Importer, create_datastore, dicom_bytes, unique
-from tests.emulator.oidc_issuer import AUDIENCE, OidcIssuer, SigV4RequestsAuth
+from tests.emulator.oidc_issuer import SigV4RequestsAuth
 from tests.support.servers import ServerProcess, start_emulator
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 
 
 @pytest.fixture(scope="module")
-def issuer() -> Iterator[OidcIssuer]:
-    server = OidcIssuer().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def dw_emulator(moto_url: str, log_dir: Path, tmp_path_factory: pytest.TempPathFactory,
-                issuer: OidcIssuer) -> Iterator[ServerProcess]:
-    server = start_emulator(tmp_path_factory.mktemp("dicomweb-data"), moto_url, log_dir,
-                            extra_args=["--oidc-issuer", issuer.url, "--oidc-audience", AUDIENCE])
-    yield server
-    server.stop()
+def dw_emulator(oidc_emulator: ServerProcess) -> ServerProcess:
+    """This module's emulator: the conftest one with an OIDC issuer (the bearer-token tests need it)."""
+    return oidc_emulator
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,22 +23,6 @@ from tests.conftest import emulator_admin, make_medical_imaging
 from tests.emulator.conftest import create_datastore, dicom_bytes
 from tests.emulator.oidc_issuer import AUDIENCE, BearerAuth, OidcIssuer, SigV4RequestsAuth
 from tests.support.servers import ServerProcess, start_emulator
-
-
-@pytest.fixture(scope="module")
-def issuer() -> Iterator[OidcIssuer]:
-    server = OidcIssuer().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def oidc_emulator(moto_url: str, log_dir: Path, tmp_path_factory: pytest.TempPathFactory,
-                  issuer: OidcIssuer) -> Iterator[ServerProcess]:
-    server = start_emulator(tmp_path_factory.mktemp("dicomweb-auth-data"), moto_url, log_dir,
-                            extra_args=["--oidc-issuer", issuer.url, "--oidc-audience", AUDIENCE])
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")

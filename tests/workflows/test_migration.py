@@ -161,6 +161,48 @@ class TestMigrationEndToEnd:
         assert '"kept"' in result.output
 
 
+class TestManualReviewGate:
+    async def test_batch_waits_for_approval_after_its_manifest_is_reviewed(
+            self, client: Client, worker: Worker, buckets: dict[str, Any], datastore_id: str) -> None:
+        from typer.testing import CliRunner
+
+        from contracts.pipeline import BatchStage
+        from worker.cli import app
+
+        s3, src, work = buckets["s3"], buckets["source"], buckets["work"]
+        _put(s3, src, "g/1.dcm", make_instance(uid(), uid()))
+        wid = f"gate-{uuid.uuid4().hex[:8]}"
+        handle = await client.start_workflow(
+            MigrationWorkflow.run, MigrationInput(source_s3_uri=f"s3://{src}/g/", datastore_id=datastore_id,
+                                                  work_s3_uri=f"s3://{work}/w/", manual_review=True,
+                                                  import_start_interval_seconds=0),
+            id=wid, task_queue=worker.task_queue, execution_timeout=timedelta(seconds=90))
+        batch = client.get_workflow_handle(f"{wid}.batch-00000")
+        for _ in range(300):
+            try:
+                progress = await batch.query(ImportBatchWorkflow.progress)
+                if progress.stage is BatchStage.AWAITING_APPROVAL:
+                    break
+            except Exception:  # the batch workflow may not exist yet
+                pass
+            await asyncio.sleep(0.05)
+        assert progress.stage is BatchStage.AWAITING_APPROVAL
+        assert progress.counters_consistent is True and progress.files_by_state == {FileState.IMPORTED: 1}
+        env = {"HIMIG_TEMPORAL_ADDRESS": client.service_client.config.target_host}
+        cli = CliRunner()
+        result = await asyncio.to_thread(cli.invoke, app, ["approve-manifest", f"{wid}.batch-00000", "--approve",
+                                                           "--by", "tester", "--reason", "counts match"], env=env)
+        assert result.exit_code == 0, result.output
+        migration = await handle.result()
+        assert migration.files_by_state[FileState.IMPORTED] == 1
+        final = await batch.query(ImportBatchWorkflow.progress)
+        assert [t.stage for t in final.transitions][-3:] == [BatchStage.AWAITING_APPROVAL, BatchStage.ROUTING,
+                                                             BatchStage.DONE]
+        # A second decision is refused: the batch no longer waits at the gate.
+        again = await asyncio.to_thread(cli.invoke, app, ["approve-manifest", f"{wid}.batch-00000", "--hold"], env=env)
+        assert again.exit_code == 1 and "not awaiting approval" in again.output
+
+
 class TestSourceManifest:
     async def test_only_listed_objects_are_migrated(self, client: Client, worker: Worker, buckets: dict[str, Any],
                                                     datastore_id: str) -> None:
