@@ -32,6 +32,12 @@ def client_token(migration_id: str, batch: int, generation: int = 0) -> str:
     return hashlib.sha256(f"himig/{migration_id}/batch/{batch}/gen/{generation}".encode()).hexdigest()
 
 
+def job_name(batch: BatchInput) -> str:
+    """Readable and unique per migration (no PHI): ``himig-<migration hash>-<batch>[-p<part>]``."""
+    tag = hashlib.sha256(batch.migration_id.encode()).hexdigest()[:8]
+    return f"himig-{tag}-{layout.batch_name(batch.batch, batch.part)}"
+
+
 def staged_key(staging_prefix: str, source_key: str) -> str:
     return staging_prefix + source_key
 
@@ -44,7 +50,7 @@ class ImportActivities:
         self._concurrency = concurrency
 
     def _stage(self, batch: BatchInput, files: list[InstanceRecord]) -> str:
-        staging = layout.staging_prefix(batch.work_s3_uri, batch.migration_id, batch.batch)
+        staging = layout.staging_prefix(batch.work_s3_uri, batch.migration_id, batch.batch, batch.part)
         source_bucket = parse_s3_uri(batch.source_s3_uri, field="source_s3_uri").bucket
         done = 0
         lock = threading.Lock()
@@ -67,24 +73,24 @@ class ImportActivities:
     @activity.defn(name="start_import_job")
     @keeps_alive
     def start_import_job(self, batch: BatchInput) -> ImportJobRef:
-        manifest = layout.batch_manifest(batch.work_s3_uri, batch.migration_id, batch.batch)
+        manifest = layout.batch_manifest(batch.work_s3_uri, batch.migration_id, batch.batch, batch.part)
         try:
             files = read_models(self._s3, manifest, InstanceRecord)
             if not files:
                 raise ApplicationError(f"batch {batch.batch} has no files", type="EmptyBatch", non_retryable=True)
             plan = BatchPlan.model_validate_json(
-                get_bytes(self._s3, layout.batch_meta(batch.work_s3_uri, batch.migration_id, batch.batch)))
+                get_bytes(self._s3, layout.batch_meta(batch.work_s3_uri, batch.migration_id, batch.batch, batch.part)))
             if plan.direct_input_s3_uri:
                 input_uri, key_prefix = plan.direct_input_s3_uri, ""
             else:
                 input_uri = self._stage(batch, files)
                 key_prefix = parse_s3_uri(input_uri).key
-            output = layout.import_output_prefix(batch.work_s3_uri, batch.migration_id, batch.batch)
+            output = layout.import_output_prefix(batch.work_s3_uri, batch.migration_id, batch.batch, batch.part)
             resp = self._mi.start_dicom_import_job(
-                jobName=f"himig-{batch.batch:05d}",
+                jobName=job_name(batch),
                 datastoreId=batch.datastore_id,
                 dataAccessRoleArn=batch.data_access_role_arn or self._role,
-                clientToken=client_token(batch.migration_id, batch.batch),
+                clientToken=client_token(batch.migration_id, batch.batch, batch.part or 0),
                 inputS3Uri=input_uri,
                 outputS3Uri=output.uri,
             )

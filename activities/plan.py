@@ -15,7 +15,7 @@ from temporalio import activity
 from activities.heartbeat import current, keeps_alive
 from activities.storage import put_bytes, put_ndjson, read_models
 from contracts import layout
-from contracts.pipeline import BatchPlan, FileState, PlanInput, PlanResult
+from contracts.pipeline import BatchInput, BatchPlan, FileState, PlanInput, PlanResult
 from contracts.records import InstanceRecord, InventoryEntry, LedgerEntry
 from contracts.s3uri import S3Location, parse_s3_uri
 
@@ -117,9 +117,37 @@ def clean_folder(keys: list[str], counts: dict[str, int], source_prefix: str) ->
     return folder if counts.get(folder, 0) == len(keys) else None
 
 
+def halves(files: list[InstanceRecord]) -> tuple[list[InstanceRecord], list[InstanceRecord]]:
+    """Split a batch in two, keeping a study in one half when the split point allows it."""
+    ordered = sorted(files, key=lambda i: (i.study_instance_uid, i.series_instance_uid, i.key))
+    middle = len(ordered) // 2
+    # Move the cut to the nearest study boundary, if there is one not too far from the middle.
+    for offset in range(0, max(1, len(ordered) // 4)):
+        for cut in (middle - offset, middle + offset):
+            if 0 < cut < len(ordered) and ordered[cut - 1].study_instance_uid != ordered[cut].study_instance_uid:
+                return ordered[:cut], ordered[cut:]
+    return ordered[:middle], ordered[middle:]
+
+
 class PlanActivities:
     def __init__(self, s3: Any) -> None:
         self._s3 = s3
+
+    @activity.defn(name="split_batch")
+    @keeps_alive
+    def split_batch(self, batch: BatchInput) -> list[int]:
+        """Write the two halves of a batch whose import job FAILED (always staged: a half is never a whole folder)."""
+        files = read_models(self._s3, layout.batch_manifest(batch.work_s3_uri, batch.migration_id, batch.batch),
+                            InstanceRecord)
+        sizes = []
+        for part, half in enumerate(halves(files), start=1):
+            put_ndjson(self._s3, layout.batch_manifest(batch.work_s3_uri, batch.migration_id, batch.batch, part), half)
+            plan = BatchPlan(files=len(half), bytes=sum(i.size for i in half),
+                             studies=len({i.study_instance_uid for i in half}))
+            put_bytes(self._s3, layout.batch_meta(batch.work_s3_uri, batch.migration_id, batch.batch, part),
+                      plan.model_dump_json().encode(), "application/json")
+            sizes.append(len(half))
+        return sizes
 
     @activity.defn(name="plan_batches")
     @keeps_alive

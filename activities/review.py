@@ -17,7 +17,7 @@ from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from activities.errors import classify
 from activities.heartbeat import keeps_alive
-from activities.storage import get_bytes, is_missing, put_ndjson, read_models
+from activities.storage import get_bytes, is_missing, iter_ndjson, list_objects, put_ndjson, read_models
 from contracts import layout
 from contracts.pipeline import FailedBatchInput, FileState, ImageSetRef, ReviewInput, ReviewResult
 from contracts.records import InstanceRecord, LedgerEntry
@@ -129,8 +129,8 @@ class ReviewActivities:
     @keeps_alive
     def review_manifest(self, input: ReviewInput) -> ReviewResult:
         batch, job = input.batch, input.job
-        files = read_models(self._s3, layout.batch_manifest(batch.work_s3_uri, batch.migration_id, batch.batch),
-                            InstanceRecord)
+        files = read_models(self._s3, layout.batch_manifest(batch.work_s3_uri, batch.migration_id, batch.batch,
+                                                            batch.part), InstanceRecord)
         output = self._read_output(parse_s3_uri(input.outcome.output_s3_uri, field="outputS3Uri").as_prefix())
         prefix = job.input_key_prefix
         failed = input.outcome.status == "FAILED"
@@ -156,7 +156,7 @@ class ReviewActivities:
             listed = refs.get(summary.get("imageSetId", ""))
             if listed and "isPrimary" in summary and bool(summary["isPrimary"]) != listed.is_primary:
                 problems.append(f"image set {listed.image_set_id}: manifest and success.ndjson disagree on isPrimary")
-        ledger_loc = layout.ledger_for_batch(batch.work_s3_uri, batch.migration_id, batch.batch)
+        ledger_loc = layout.ledger_for_batch(batch.work_s3_uri, batch.migration_id, batch.batch, batch.part)
         put_ndjson(self._s3, ledger_loc, ledger)
         counts: dict[FileState, int] = {}
         for entry in ledger:
@@ -181,16 +181,22 @@ class FailedBatchActivities:
     @keeps_alive
     def record_failed_batch(self, input: FailedBatchInput) -> int:
         batch = input.batch
-        ledger_loc = layout.ledger_for_batch(batch.work_s3_uri, batch.migration_id, batch.batch)
+        # Files any ledger of this batch (whole, or its halves after a FAILED job) already accounts for keep
+        # that verdict: a second one would count them twice.
+        accounted: set[str] = set()
+        prefix = layout.ledger_prefix(batch.work_s3_uri, batch.migration_id)
         try:
-            self._s3.head_object(Bucket=ledger_loc.bucket, Key=ledger_loc.key)
-            return 0  # the review already accounted for these files; never write a second verdict
+            name = layout.batch_name(batch.batch)
+            for obj in list_objects(self._s3, prefix.join(name)):
+                if obj["Key"].rsplit("/", 1)[-1][len(name)] not in ".-":
+                    continue  # batch-10000 is a prefix of batch-100000: not ours
+                accounted |= {str(row["key"]) for row in iter_ndjson(self._s3, S3Location(prefix.bucket, obj["Key"]))}
         except ClientError as err:
-            if not is_missing(err):
-                raise classify(err, "checking the batch ledger") from None
+            raise classify(err, "reading the batch ledgers") from None
         files = read_models(self._s3, layout.batch_manifest(batch.work_s3_uri, batch.migration_id, batch.batch),
                             InstanceRecord)
         ledger = [LedgerEntry(key=f.key, state=FileState.FAILED, size=f.size, batch=batch.batch, job_id=input.job_id,
-                              code="BatchFailed", reason=input.reason[:500]) for f in files]
-        put_ndjson(self._s3, ledger_loc, ledger)
+                              code="BatchFailed", reason=input.reason[:500]) for f in files if f.key not in accounted]
+        if ledger:
+            put_ndjson(self._s3, prefix.join(f"{layout.batch_name(batch.batch)}-unfinished.ndjson"), ledger)
         return len(ledger)

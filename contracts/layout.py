@@ -28,21 +28,26 @@ def normalized_page(work_s3_uri: str, migration_id: str, page: int) -> S3Locatio
     return root(work_s3_uri, migration_id).join("normalized", f"page-{page:06d}.ndjson")
 
 
-def batch_manifest(work_s3_uri: str, migration_id: str, batch: int) -> S3Location:
-    return root(work_s3_uri, migration_id).join("batches", f"batch-{batch:05d}.ndjson")
+def batch_name(batch: int, part: int | None = None) -> str:
+    """``batch-00003``, or ``batch-00003-p1`` for a half of a batch retried after its job FAILED."""
+    return f"batch-{batch:05d}" + (f"-p{part}" if part else "")
 
 
-def batch_meta(work_s3_uri: str, migration_id: str, batch: int) -> S3Location:
+def batch_manifest(work_s3_uri: str, migration_id: str, batch: int, part: int | None = None) -> S3Location:
+    return root(work_s3_uri, migration_id).join("batches", f"{batch_name(batch, part)}.ndjson")
+
+
+def batch_meta(work_s3_uri: str, migration_id: str, batch: int, part: int | None = None) -> S3Location:
     """How the batch is imported: straight from a clean source folder, or staged."""
-    return root(work_s3_uri, migration_id).join("batches", f"batch-{batch:05d}.meta.json")
+    return root(work_s3_uri, migration_id).join("batches", f"{batch_name(batch, part)}.meta.json")
 
 
-def staging_prefix(work_s3_uri: str, migration_id: str, batch: int) -> S3Location:
-    return root(work_s3_uri, migration_id).join("staging", f"batch-{batch:05d}").as_prefix()
+def staging_prefix(work_s3_uri: str, migration_id: str, batch: int, part: int | None = None) -> S3Location:
+    return root(work_s3_uri, migration_id).join("staging", batch_name(batch, part)).as_prefix()
 
 
-def import_output_prefix(work_s3_uri: str, migration_id: str, batch: int) -> S3Location:
-    return root(work_s3_uri, migration_id).join("import-output", f"batch-{batch:05d}").as_prefix()
+def import_output_prefix(work_s3_uri: str, migration_id: str, batch: int, part: int | None = None) -> S3Location:
+    return root(work_s3_uri, migration_id).join("import-output", batch_name(batch, part)).as_prefix()
 
 
 def ledger_prefix(work_s3_uri: str, migration_id: str) -> S3Location:
@@ -59,8 +64,8 @@ def ledger_for_plan(work_s3_uri: str, migration_id: str) -> S3Location:
     return ledger_prefix(work_s3_uri, migration_id).join("plan.ndjson")
 
 
-def ledger_for_batch(work_s3_uri: str, migration_id: str, batch: int) -> S3Location:
-    return ledger_prefix(work_s3_uri, migration_id).join(f"batch-{batch:05d}.ndjson")
+def ledger_for_batch(work_s3_uri: str, migration_id: str, batch: int, part: int | None = None) -> S3Location:
+    return ledger_prefix(work_s3_uri, migration_id).join(f"{batch_name(batch, part)}.ndjson")
 
 
 def report_prefix(work_s3_uri: str, migration_id: str) -> S3Location:

@@ -285,6 +285,8 @@ class BatchInput(BaseModel):
     datastore_id: str
     data_access_role_arn: str | None = None
     manual_review: bool = False
+    # 1 or 2: one half of this batch, imported again after the whole batch's job FAILED.
+    part: int | None = Field(None, ge=1, le=2)
 
 
 class FailedBatchInput(BaseModel):
@@ -348,6 +350,8 @@ class BatchResult(BaseModel):
     batch: int
     job_id: str | None
     job_status: str | None
+    # Set when the batch's job FAILED and its files were imported again in two halves.
+    failed_job: JobOutcome | None = None
     files_by_state: dict[FileState, int]
     image_sets: int
     non_primary_image_sets: list[str]
@@ -386,6 +390,7 @@ class BatchProgress(BaseModel):
     problems: list[str] = Field(default_factory=list)
     non_primary_image_sets: list[str] = Field(default_factory=list)
     approval: ManifestApproval | None = None
+    failed_job: JobOutcome | None = Field(None, description="set when the job FAILED and the batch was split")
 
 
 class ReportInput(BaseModel):

@@ -44,7 +44,7 @@ def build_activities(clients: AwsClients, settings: Settings) -> list[Callable[.
     ingest = IngestActivities(s3)
     return [
         receive.receive_inventory, parse.parse_headers, validate.validate_page, normalize.normalize_page,
-        plan.plan_batches, start.start_import_job, await_job.await_import_job, review.review_manifest,
+        plan.plan_batches, plan.split_batch, start.start_import_job, await_job.await_import_job, review.review_manifest,
         failed.record_failed_batch, route.route_batch, report.write_report,
         recon.describe_conflict, recon.await_image_set, recon.update_before_promote, recon.promote_image_set,
         recon.delete_image_set, recon.publish_escalation, ingest.write_ingest_manifest,

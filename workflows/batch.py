@@ -15,6 +15,7 @@ with workflow.unsafe.imports_passed_through():
         BatchProgress,
         BatchResult,
         BatchStage,
+        FileState,
         ImportJobRef,
         JobOutcome,
         ManifestApproval,
@@ -68,9 +69,8 @@ class ImportBatchWorkflow:
                     id=reconciliation_workflow_id(input.datastore_id, image_set_id),
                     parent_close_policy=ParentClosePolicy.ABANDON)
 
-    @workflow.run
-    async def run(self, input: BatchInput) -> BatchResult:
-        self._progress.batch = input.batch
+    async def _import_and_review(self, input: BatchInput) -> tuple[ImportJobRef, JobOutcome, ReviewResult | None]:
+        """Stage, import and await one job; review its manifest unless a FAILED job is going to be split."""
         self._stage(BatchStage.IMPORTING)
         job = await workflow.execute_activity(
             "start_import_job", input, result_type=ImportJobRef,
@@ -86,20 +86,25 @@ class ImportBatchWorkflow:
             retry_policy=policies.POLL_RETRY)
         self._progress.job_status = outcome.status
         self._stage(BatchStage.JOB_COMPLETED if outcome.status == "COMPLETED" else BatchStage.JOB_FAILED)
+        if outcome.status == "FAILED" and input.part is None and job.staged_files > 1 \
+                and workflow.patched("split-failed-batch"):
+            return job, outcome, None  # retried in two halves; the halves' reviews account for the files
 
         self._stage(BatchStage.REVIEWING_MANIFEST)
         review = await workflow.execute_activity(
             "review_manifest", ReviewInput(batch=input, job=job, outcome=outcome), result_type=ReviewResult,
             start_to_close_timeout=policies.PAGE_TIMEOUT, schedule_to_close_timeout=timedelta(hours=2),
-            heartbeat_timeout=policies.HEARTBEAT,
-            retry_policy=policies.STAGE_RETRY)
-        self._progress.files_by_state = review.files_by_state
+            heartbeat_timeout=policies.HEARTBEAT, retry_policy=policies.STAGE_RETRY)
+        self._progress.files_by_state = _merge(self._progress.files_by_state, review.files_by_state)
         self._progress.counters_consistent = review.counters_consistent
         self._progress.problems = review.problems
-        self._progress.non_primary_image_sets = review.non_primary_image_sets
+        self._progress.non_primary_image_sets += review.non_primary_image_sets
         self._stage(BatchStage.MANIFEST_REVIEWED)
+        return job, outcome, review
 
+    async def _route(self, input: BatchInput, review: ReviewResult) -> None:
         if input.manual_review:
+            self._progress.approval = None
             self._stage(BatchStage.AWAITING_APPROVAL)
             await workflow.wait_condition(lambda: self._progress.approval is not None)
         if self._progress.approval is None or self._progress.approval.approve:
@@ -113,7 +118,43 @@ class ImportBatchWorkflow:
         else:
             # The files stay imported (and in the report); only events and reconciliation are held back.
             self._stage(BatchStage.NOT_ROUTED)
+
+    @workflow.run
+    async def run(self, input: BatchInput) -> BatchResult:
+        self._progress.batch = input.batch
+        job, outcome, review = await self._import_and_review(input)
+        if review is not None:
+            await self._route(input, review)
+            self._stage(BatchStage.DONE)
+            return BatchResult(batch=input.batch, job_id=job.job_id, job_status=outcome.status,
+                               files_by_state=review.files_by_state, image_sets=review.image_sets,
+                               non_primary_image_sets=review.non_primary_image_sets, stage=BatchStage.DONE)
+
+        # The whole batch's job FAILED: import it once more in two halves (a bad file or a transient service
+        # fault then costs half a batch), each with its own job, review and routing. A half that fails again is
+        # reviewed and reported as failed.
+        self._progress.failed_job = outcome
+        await workflow.execute_activity("split_batch", input, result_type=list[int],
+                                        start_to_close_timeout=policies.PAGE_TIMEOUT,
+                                        heartbeat_timeout=policies.HEARTBEAT, retry_policy=policies.STAGE_RETRY)
+        totals: dict[FileState, int] = {}
+        image_sets, non_primary, last = 0, [], outcome
+        for part in (1, 2):
+            half = input.model_copy(update={"part": part})
+            _, last, half_review = await self._import_and_review(half)
+            assert half_review is not None  # halves are never split again
+            await self._route(half, half_review)
+            totals = _merge(totals, half_review.files_by_state)
+            image_sets += half_review.image_sets
+            non_primary += half_review.non_primary_image_sets
         self._stage(BatchStage.DONE)
-        return BatchResult(batch=input.batch, job_id=job.job_id, job_status=outcome.status,
-                           files_by_state=review.files_by_state, image_sets=review.image_sets,
-                           non_primary_image_sets=review.non_primary_image_sets, stage=BatchStage.DONE)
+        return BatchResult(batch=input.batch, job_id=self._progress.job_id, job_status=last.status, failed_job=outcome,
+                           files_by_state=totals, image_sets=image_sets, non_primary_image_sets=non_primary,
+                           stage=BatchStage.DONE)
+
+
+def _merge(a: dict[FileState, int], b: dict[FileState, int]) -> dict[FileState, int]:
+    out = dict(a)
+    for state, n in b.items():
+        out[state] = out.get(state, 0) + n
+    return out

@@ -161,6 +161,50 @@ class TestMigrationEndToEnd:
         assert '"kept"' in result.output
 
 
+class TestFailedJobIsRetriedInHalves:
+    async def _run(self, client: Client, worker: Worker, buckets: dict[str, Any], datastore_id: str,
+                   emulator_url: str, fail_count: int) -> tuple[str, MigrationResult, dict[str, dict[str, Any]]]:
+        from activities.importjob import job_name
+        from contracts.pipeline import BatchInput
+        from tests.conftest import emulator_admin
+
+        s3, src, work = buckets["s3"], buckets["source"], buckets["work"]
+        for study in range(2):
+            study_uid, series_uid = uid(), uid()
+            for i in range(3):
+                _put(s3, src, f"f/{study}/{i}.dcm", make_instance(study_uid, series_uid))
+        wid = f"split-{uuid.uuid4().hex[:8]}"
+        name = job_name(BatchInput(migration_id=wid, batch=0, source_s3_uri="s3://x-b/", work_s3_uri="s3://y-b/",
+                                   datastore_id=datastore_id))
+        # The whole batch's job fails; with fail_count 3 its two halves fail as well.
+        emulator_admin(emulator_url, "faults", {"kind": "job_failed", "jobName": f"{name}*", "count": fail_count,
+                                                "message": "Internal error (injected)"})
+        result = await client.execute_workflow(
+            MigrationWorkflow.run, MigrationInput(source_s3_uri=f"s3://{src}/f/", datastore_id=datastore_id,
+                                                  work_s3_uri=f"s3://{work}/w/", import_start_interval_seconds=0),
+            id=wid, task_queue=worker.task_queue, execution_timeout=timedelta(seconds=90))
+        return wid, result, _report_rows(s3, result)
+
+    async def test_halves_import_after_a_failed_job(self, client: Client, worker: Worker, buckets: dict[str, Any],
+                                                    datastore_id: str, emulator_url: str) -> None:
+        wid, _, rows = await self._run(client, worker, buckets, datastore_id, emulator_url, 1)
+        assert len(rows) == 6 and {r["state"] for r in rows.values()} == {"imported"}
+        # Two new jobs, one per half (whole studies stay together), none of them the failed one.
+        assert len({r["job_id"] for r in rows.values()}) == 2
+        for study in range(2):
+            assert len({rows[f"f/{study}/{i}.dcm"]["job_id"] for i in range(3)}) == 1
+        batch = await client.get_workflow_handle(f"{wid}.batch-00000").query(ImportBatchWorkflow.progress)
+        assert batch.failed_job is not None and batch.failed_job.status == "FAILED"
+        assert [t.stage.value for t in batch.transitions].count("job_failed") == 1
+
+    async def test_halves_that_fail_again_are_reported_failed_once(
+            self, client: Client, worker: Worker, buckets: dict[str, Any], datastore_id: str, emulator_url: str) -> None:
+        _, result, rows = await self._run(client, worker, buckets, datastore_id, emulator_url, 3)
+        assert len(rows) == 6
+        assert {r["state"] for r in rows.values()} == {"failed"}
+        assert result.files_by_state[FileState.FAILED] == 6
+
+
 class TestManualReviewGate:
     async def test_batch_waits_for_approval_after_its_manifest_is_reviewed(
             self, client: Client, worker: Worker, buckets: dict[str, Any], datastore_id: str) -> None:
