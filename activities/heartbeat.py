@@ -26,7 +26,9 @@ class KeepAlive:
         self._interval = max(0.5, timeout.total_seconds() / 3) if timeout else None
         # A copy of the activity's context: heartbeats sent from other threads reach the right activity.
         self._ctx = contextvars.copy_context()
-        self._details: tuple[Any, ...] = ()
+        # Until the activity records progress, re-send the previous attempt's details: an empty heartbeat would
+        # erase the resume cursor that attempt left behind.
+        self._details: tuple[Any, ...] = tuple(activity.info().heartbeat_details)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

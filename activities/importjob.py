@@ -20,7 +20,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.errors import classify
 from activities.heartbeat import current, keeps_alive
-from activities.storage import get_bytes, read_models
+from activities.storage import get_bytes, list_objects, read_models
 from contracts import layout
 from contracts.pipeline import BatchInput, BatchPlan, ImportJobRef
 from contracts.records import InstanceRecord
@@ -70,6 +70,16 @@ class ImportActivities:
             list(pool.map(copy, files))
         return staging.uri
 
+    def _folder_unchanged(self, folder_uri: str, files: list[InstanceRecord]) -> bool:
+        """True when the folder still holds exactly the validated objects (same keys, same ETags).
+
+        The job reads the folder as it is at import time; anything added or rewritten since the inventory would be
+        imported unvalidated, so then the batch is staged instead (one LIST per 1,000 objects decides it).
+        """
+        folder = parse_s3_uri(folder_uri, field="direct_input_s3_uri")
+        now = {o["Key"]: o.get("ETag", "").strip('"') for o in list_objects(self._s3, folder)}
+        return now == {f.key: f.etag for f in files}
+
     @activity.defn(name="start_import_job")
     @keeps_alive
     def start_import_job(self, batch: BatchInput) -> ImportJobRef:
@@ -80,7 +90,7 @@ class ImportActivities:
                 raise ApplicationError(f"batch {batch.batch} has no files", type="EmptyBatch", non_retryable=True)
             plan = BatchPlan.model_validate_json(
                 get_bytes(self._s3, layout.batch_meta(batch.work_s3_uri, batch.migration_id, batch.batch, batch.part)))
-            if plan.direct_input_s3_uri:
+            if plan.direct_input_s3_uri and self._folder_unchanged(plan.direct_input_s3_uri, files):
                 input_uri, key_prefix = plan.direct_input_s3_uri, ""
             else:
                 input_uri = self._stage(batch, files)

@@ -65,16 +65,27 @@ class ParseActivities:
         buf = b""
         total = entry.size
         want = sizer.first()
+        result = parse_header(b"", 0)  # what an object with no readable bytes amounts to
         while True:
             try:
                 resp = self._s3.get_object(Bucket=bucket, Key=entry.key, Range=f"bytes={len(buf)}-{want - 1}")
             except ClientError as err:
-                if error_code(err) in ("NoSuchKey", "404"):
+                code = error_code(err)
+                if code in ("NoSuchKey", "404"):
                     record.findings.append(Finding(code="source_missing", severity=Severity.ERROR,
                                                    reason="object was listed but no longer exists in the source"))
                     return record
-                if error_code(err) == "InvalidRange":
+                if code == "InvalidRange":  # the object shrank (e.g. rewritten empty) since it was listed
+                    if not buf:
+                        record.findings.append(Finding(code="zero_byte", severity=Severity.ERROR,
+                                                       reason="empty file (0 bytes) when it was read"))
+                        return record
                     break
+                if code in ("AccessDenied", "403", "InvalidObjectState"):
+                    # One unreadable object is a finding about that file, not a reason to fail the page.
+                    record.findings.append(Finding(code="source_unreadable", severity=Severity.ERROR,
+                                                   reason=f"the object cannot be read from the source ({code})"))
+                    return record
                 raise
             counter[0] += 1
             chunk = resp["Body"].read()

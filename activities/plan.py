@@ -169,7 +169,7 @@ class PlanActivities:
         direct = 0
         for n, batch in enumerate(batches):
             put_ndjson(self._s3, layout.batch_manifest(input.work_s3_uri, input.migration_id, n), batch)
-            folder = clean_folder([i.key for i in batch], counts, source.key)
+            folder = clean_folder([i.key for i in batch], counts, source.key) if input.allow_direct else None
             direct += folder is not None
             plan = BatchPlan(files=len(batch), bytes=sum(i.size for i in batch),
                              studies=len({i.study_instance_uid for i in batch}),

@@ -43,6 +43,8 @@ def build_report(inventory: list[InventoryEntry], ledger: list[LedgerEntry],
             entry = LedgerEntry(key=inv.key, state=FileState.FAILED, size=inv.size, code="Unaccounted",
                                 reason="no stage recorded an outcome for this file")
         rows.append(entry)
+    by_row_key = {r.key: r for r in rows}
+    rows = [_resolve_duplicate(r, by_row_key) for r in rows]
     states = Counter(r.state for r in rows)
     reasons: Counter[str] = Counter()
     for r in rows:
@@ -70,6 +72,18 @@ def build_report(inventory: list[InventoryEntry], ledger: list[LedgerEntry],
     return rows, summary
 
 
+def _resolve_duplicate(row: LedgerEntry, by_key: dict[str, LedgerEntry]) -> LedgerEntry:
+    """A copy is only `skipped_duplicate` if its original really was imported; otherwise it shares its fate."""
+    if row.state is not FileState.SKIPPED_DUPLICATE or not row.duplicate_of:
+        return row
+    original = by_key.get(row.duplicate_of)
+    if original is None or original.state in (FileState.IMPORTED, FileState.IMPORTED_WITH_WARNINGS):
+        return row
+    return row.model_copy(update={"state": original.state, "code": "DuplicateOfNotImported",
+                                  "reason": f"identical copy of {row.duplicate_of}, which was not imported: "
+                                            f"{original.reason or original.state.value}"})
+
+
 def render_summary(migration_id: str, summary: dict[str, Any]) -> str:
     lines = [f"Migration {migration_id}", f"  files: {summary['files_total']}  bytes: {summary['bytes_total']}"]
     for state, n in summary["files_by_state"].items():
@@ -95,8 +109,13 @@ class ReportActivities:
     def write_report(self, input: ReportInput) -> ReportResult:
         root = layout.root(input.work_s3_uri, input.migration_id)
         inventory: list[InventoryEntry] = []
-        for obj in list_objects(self._s3, root.join("inventory").as_prefix()):
-            inventory += [InventoryEntry.model_validate(r) for r in iter_ndjson(self._s3, S3Location(root.bucket, obj["Key"]))]
+        if input.inventory_pages is not None:
+            # Exactly the pages this run wrote: a stale page from an earlier run of the same id must not count.
+            page_locs = [layout.inventory_page(input.work_s3_uri, input.migration_id, n) for n in range(input.inventory_pages)]
+        else:
+            page_locs = [S3Location(root.bucket, o["Key"]) for o in list_objects(self._s3, root.join("inventory").as_prefix())]
+        for loc in page_locs:
+            inventory += [InventoryEntry.model_validate(r) for r in iter_ndjson(self._s3, loc)]
         ledger: list[LedgerEntry] = []
         for obj in list_objects(self._s3, layout.ledger_prefix(input.work_s3_uri, input.migration_id)):
             ledger += [LedgerEntry.model_validate(r) for r in iter_ndjson(self._s3, S3Location(root.bucket, obj["Key"]))]

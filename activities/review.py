@@ -15,7 +15,7 @@ from botocore.exceptions import ClientError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
-from activities.errors import classify
+from activities.errors import BACKOFF_CODES, classify, error_code
 from activities.heartbeat import keeps_alive
 from activities.storage import get_bytes, is_missing, iter_ndjson, list_objects, put_ndjson, read_models
 from contracts import layout
@@ -118,7 +118,9 @@ class ReviewActivities:
             try:
                 props = self._mi.get_image_set(datastoreId=datastore_id, imageSetId=ref.image_set_id)
             except ClientError as err:
-                problems.append(f"image set {ref.image_set_id}: GetImageSet failed: {err.response['Error'].get('Code')}")
+                if error_code(err) in BACKOFF_CODES:
+                    raise classify(err, "verifying image sets") from None  # throttled: retry, not a problem
+                problems.append(f"image set {ref.image_set_id}: GetImageSet failed: {error_code(err)}")
                 continue
             if "isPrimary" in props and bool(props["isPrimary"]) != ref.is_primary:
                 problems.append(f"image set {ref.image_set_id}: isPrimary={props['isPrimary']} but the job output says "
@@ -188,8 +190,9 @@ class FailedBatchActivities:
         try:
             name = layout.batch_name(batch.batch)
             for obj in list_objects(self._s3, prefix.join(name)):
-                if obj["Key"].rsplit("/", 1)[-1][len(name)] not in ".-":
-                    continue  # batch-10000 is a prefix of batch-100000: not ours
+                rest = obj["Key"].rsplit("/", 1)[-1][len(name):]
+                if rest[:1] not in (".", "-") or rest == "-unfinished.ndjson":
+                    continue  # batch-10000 is a prefix of batch-100000; our own earlier output is rewritten whole
                 accounted |= {str(row["key"]) for row in iter_ndjson(self._s3, S3Location(prefix.bucket, obj["Key"]))}
         except ClientError as err:
             raise classify(err, "reading the batch ledgers") from None

@@ -29,6 +29,7 @@ REJECTING_LEVELS: dict[str, set[ValidationLevel]] = {
     "compressed_archive": _ALL,
     "dicomdir": _ALL,
     "source_missing": _ALL,
+    "source_unreadable": _ALL,
     "missing_sop_instance_uid": _ALL,
     "missing_study_instance_uid": _STRUCTURE,
     "missing_series_instance_uid": _STRUCTURE,

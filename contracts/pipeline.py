@@ -250,6 +250,8 @@ class PlanInput(BaseModel):
     migration_id: str
     source_s3_uri: str
     work_s3_uri: str
+    # Off for an explicit object list (ingestion): a folder may hold objects the list does not name.
+    allow_direct: bool = True
     pages: int
     max_files_per_batch: int
     max_bytes_per_batch: int
@@ -398,6 +400,7 @@ class ReportInput(BaseModel):
     work_s3_uri: str
     datastore_id: str
     cancelled: bool = False
+    inventory_pages: int | None = None
 
 
 class ReportResult(BaseModel):

@@ -49,10 +49,15 @@ HISTORY_ROLLOVER = 5_000
 
 @workflow.defn
 class MigrationWorkflow:
-    def __init__(self) -> None:
-        self._state = MigrationState()
+    @workflow.init
+    def __init__(self, input: MigrationInput) -> None:
+        # Carried state is restored here, not in run(): a pause or cancel signal delivered in a new run's first
+        # task is applied before run() starts, and must land on the carried state, not on a blank one.
+        self._state = input.continued.model_copy(deep=True) if input.continued else MigrationState()
+        if input.continued:
+            self._state.runs += 1
         self._running: set[int] = set()
-        self._id = ""
+        self._id = workflow.info().workflow_id
 
     @workflow.query
     def progress(self) -> MigrationProgress:
@@ -95,6 +100,7 @@ class MigrationWorkflow:
         """
         running: set[asyncio.Task[None]] = set()
         nxt = start
+        paced = False
         while nxt < stop or running:
             while (nxt < stop and len(running) < limit and not self._should_roll_over()
                    and not self._state.cancel_requested):
@@ -103,8 +109,11 @@ class MigrationWorkflow:
                         break  # keep draining what is in flight; launch nothing new while paused
                     await workflow.wait_condition(lambda: not self._state.paused or self._state.cancel_requested)
                     continue
-                if pace and nxt > start:
+                if pace and nxt > start and not paced:
                     await workflow.sleep(pace)
+                    paced = True
+                    continue  # a pause, cancel or rollover may have arrived during the pause between starts
+                paced = False
                 running.add(asyncio.ensure_future(step(nxt)))
                 nxt += 1
             if not running:
@@ -140,14 +149,10 @@ class MigrationWorkflow:
 
     @workflow.run
     async def run(self, input: MigrationInput) -> MigrationResult:
-        self._id = workflow.info().workflow_id
         try:
             check_migration_id(self._id)
         except ValueError as err:
             raise ApplicationError(str(err), type="InvalidMigrationId", non_retryable=True) from None
-        if input.continued:
-            self._state = input.continued.model_copy(deep=True)
-            self._state.runs += 1
         if self._state.started_at is None:
             self._state.started_at = workflow.now()
         s = self._state
@@ -175,7 +180,7 @@ class MigrationWorkflow:
             plan = await workflow.execute_activity(
                 "plan_batches",
                 PlanInput(migration_id=self._id, source_s3_uri=input.source_s3_uri, work_s3_uri=input.work_s3_uri,
-                          pages=s.pages_done,
+                          pages=s.pages_done, allow_direct=input.source_manifest_uri is None,
                           max_files_per_batch=input.max_files_per_batch, max_bytes_per_batch=input.max_bytes_per_batch),
                 result_type=PlanResult, start_to_close_timeout=timedelta(hours=2), heartbeat_timeout=policies.HEARTBEAT,
                 retry_policy=policies.STAGE_RETRY)
@@ -196,7 +201,8 @@ class MigrationWorkflow:
 
         report = await workflow.execute_activity(
             "write_report", ReportInput(migration_id=self._id, work_s3_uri=input.work_s3_uri,
-                                        datastore_id=input.datastore_id, cancelled=s.cancel_requested),
+                                        datastore_id=input.datastore_id, cancelled=s.cancel_requested,
+                                        inventory_pages=s.inventory_pages),
             result_type=ReportResult, start_to_close_timeout=timedelta(hours=1), heartbeat_timeout=policies.HEARTBEAT,
             retry_policy=policies.STAGE_RETRY)
         # The report is the authority: it re-derives every file's state from the ledgers.

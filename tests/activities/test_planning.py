@@ -105,3 +105,18 @@ class TestCleanFolder:
         assert clean_folder(["s/a/1.dcm"], counts, "s/") is None  # half a folder
         assert clean_folder(["s/a/1.dcm", "s/a/2.dcm"], counts, "other/") is None
         assert clean_folder(["x.dcm"], folder_counts(["x.dcm"]), "") is None  # never a whole bucket
+
+
+class TestDuplicateOfAFailedOriginal:
+    def test_copy_shares_the_fate_of_an_original_that_was_not_imported(self) -> None:
+        inventory = [InventoryEntry(key=k, size=1) for k in ("a", "b", "c", "d")]
+        ledger = [LedgerEntry(key="a", state=FileState.FAILED, reason="InternalServerException: boom"),
+                  LedgerEntry(key="b", state=FileState.SKIPPED_DUPLICATE, duplicate_of="a"),
+                  LedgerEntry(key="c", state=FileState.IMPORTED),
+                  LedgerEntry(key="d", state=FileState.SKIPPED_DUPLICATE, duplicate_of="c")]
+        rows, summary = build_report(inventory, ledger)
+        by_key = {r.key: r for r in rows}
+        assert by_key["b"].state is FileState.FAILED and by_key["b"].code == "DuplicateOfNotImported"
+        assert "boom" in (by_key["b"].reason or "")
+        assert by_key["d"].state is FileState.SKIPPED_DUPLICATE
+        assert summary["files_by_state"]["failed"] == 2
