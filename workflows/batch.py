@@ -94,7 +94,7 @@ class ImportBatchWorkflow:
         review = await workflow.execute_activity(
             "review_manifest", ReviewInput(batch=input, job=job, outcome=outcome), result_type=ReviewResult,
             start_to_close_timeout=policies.PAGE_TIMEOUT, schedule_to_close_timeout=timedelta(hours=2),
-            heartbeat_timeout=policies.HEARTBEAT, retry_policy=policies.REVIEW_RETRY)
+            heartbeat_timeout=policies.HEARTBEAT, retry_policy=policies.PATIENT_RETRY)
         self._progress.files_by_state = _merge(self._progress.files_by_state, review.files_by_state)
         self._progress.counters_consistent = review.counters_consistent
         self._progress.problems = review.problems

@@ -158,7 +158,8 @@ class IngestWorkflow:
             "write_ingest_manifest",
             IngestManifestInput(ingest_id=ingest_id, work_s3_uri=input.work_s3_uri, source_s3_uri=input.source_s3_uri,
                                 flush_hint=s.flushes + 1, arrivals=taken),
-            result_type=IngestManifest, start_to_close_timeout=MANIFEST_TIMEOUT, retry_policy=policies.STAGE_RETRY)
+            # Patient: if this failed for good, the buffered arrivals (held only in this workflow) would be lost.
+            result_type=IngestManifest, start_to_close_timeout=MANIFEST_TIMEOUT, retry_policy=policies.PATIENT_RETRY)
         for arrival in taken:
             # An entry replaced by a newer etag while the manifest was written stays buffered for the next flush.
             if self._buffer.get(arrival.key) is arrival:

@@ -16,9 +16,9 @@ STAGE_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coeffic
 # Starting an import job: throttling (1 TPS) and the concurrent-job quota are waited out, never failed on.
 START_JOB_RETRY = RetryPolicy(initial_interval=timedelta(seconds=2), backoff_coefficient=2.0,
                               maximum_interval=timedelta(seconds=60), maximum_attempts=0, non_retryable_error_types=FATAL)
-# Reviewing a job's output: the manifest may appear late and GetImageSet may be throttled; both are waited out,
+# Steps that must not give up on transient trouble (a late manifest, throttling, S3 outages): waited out,
 # bounded by the activity's schedule-to-close timeout rather than an attempt count.
-REVIEW_RETRY = RetryPolicy(initial_interval=timedelta(seconds=2), backoff_coefficient=2.0,
+PATIENT_RETRY = RetryPolicy(initial_interval=timedelta(seconds=2), backoff_coefficient=2.0,
                            maximum_interval=timedelta(seconds=60), maximum_attempts=0, non_retryable_error_types=FATAL)
 # Polling a running job: the activity picks the delay itself (next_retry_delay); unlimited within the timeout.
 POLL_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=1.5,
