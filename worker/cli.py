@@ -231,7 +231,7 @@ def list_cmd(
         client = await _client(s)
         table = Table(title="migrations and reconciliations")
         for col in ("type", "workflow id", "status", "started"):
-            table.add_column(col)
+            table.add_column(col, overflow="fold")  # ids are copied into `himig approve`: never truncate them
         query = "WorkflowType IN ('MigrationWorkflow', 'ReconciliationWorkflow')"
         if not all_states:
             query += " AND ExecutionStatus = 'Running'"

@@ -17,6 +17,7 @@ from typing import Any
 from rich.console import Console
 
 from contracts.pipeline import MigrationInput, MigrationResult, ValidationLevel
+from contracts.reconciliation import reconciliation_workflow_id
 from worker.aws import make_client
 from worker.client import connect
 from worker.progress import watch_migration
@@ -118,6 +119,9 @@ def run_demo(console: Console, validation_level: ValidationLevel = ValidationLev
     for problem in problems:
         console.print(f"[red]{problem}[/red]")
     console.print(f"report: {result.report_uri}\nsummary: {result.summary_uri}")
+    for image_set in summary.get("non_primary_image_sets", []):
+        console.print(f"reconciliation waiting for a decision: himig approve {reconciliation_workflow_id(datastore_id, image_set)} "
+                      "--action promote|keep|discard --reason '...'")
     console.print(f"demo finished in {time.monotonic() - started:.1f}s")
     if leave_running:
         console.print(f"Temporal UI: {stack.config.temporal_ui_url}/namespaces/default/workflows/{migration_id}\n"
