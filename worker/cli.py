@@ -28,6 +28,8 @@ from contracts.pipeline import (
     ValidationLevel,
     check_migration_id,
 )
+from corpus.cli import corpus_app
+from worker.cli_stack import stack_app
 from worker.progress import print_progress, watch_migration
 from worker.reporting import load_report, print_report
 from worker.settings import Settings
@@ -36,19 +38,6 @@ from workflows.migration import MigrationWorkflow
 app = typer.Typer(help="Durable DICOM → AWS HealthImaging migration.", no_args_is_help=True, add_completion=False)
 console = Console()
 err_console = Console(stderr=True)
-
-
-def _mount() -> None:
-    try:
-        from worker.cli_stack import stack_app
-        app.add_typer(stack_app, name="stack", help="Start, stop and inspect the embedded local stack.")
-    except ImportError:  # pragma: no cover - only while the stack module is absent
-        pass
-    try:
-        from corpus.cli import corpus_app
-        app.add_typer(corpus_app, name="corpus", help="Generate sample, synthetic and malformed DICOM corpora.")
-    except ImportError:  # pragma: no cover
-        pass
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
@@ -355,7 +344,8 @@ def worker_cmd() -> None:
     raise typer.Exit(main())
 
 
-_mount()
+app.add_typer(stack_app, name="stack", help="Start, stop and inspect the embedded local stack.")
+app.add_typer(corpus_app, name="corpus", help="Generate sample, synthetic and malformed DICOM corpora.")
 
 if __name__ == "__main__":
     app()
