@@ -37,6 +37,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/emulator.py
 	$(PY) bench/parse.py
+	$(PY) bench/requests.py
 	$(PY) bench/orchestration.py
 
 clean: stop
