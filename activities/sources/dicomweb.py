@@ -147,32 +147,52 @@ class DicomwebConnector:
             out.fail(study_key(landing.prefix, unit), "StudyNotFound",
                      "QIDO-RS found no instances for this study (unknown StudyInstanceUID or an empty study)")
             return out
-        what = "retrieving a study (WADO-RS)"
-        resp = self._get(f"/studies/{quote(unit, safe='')}", None, ACCEPT_DICOM, what, stream=True)
         delivered: dict[str, str] = {}
-        try:
-            if resp.status_code != 200:
-                reason = f"WADO-RS answered HTTP {resp.status_code} for the study"
-                for sop, series in sorted(expected.items()):
-                    out.fail(instance_key(landing.prefix, unit, series, sop), "RetrieveFailed", reason)
-                return out
-            try:
-                boundary = boundary_of(resp.headers.get("Content-Type", ""))
-                for _headers, body, size in iter_parts(resp.iter_content(chunk_size=1 << 20), boundary):
-                    self._land(unit, body, size, landing, delivered)
-                    out.pulled += 1
-            except MultipartError as err:
-                # Parts already landed are kept (same keys on retry); the retry re-pulls the whole study.
-                raise SourceUnavailable(f"{what}: {err}") from None
-            except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as err:
-                raise SourceUnavailable(f"{what}: the stream broke ({type(err).__name__})") from None
-        finally:
-            resp.close()
+        study_path = f"/studies/{quote(unit, safe='')}"
+        statuses = {self._retrieve(study_path, unit, landing, delivered, out)}
+        if 404 in statuses:
+            # Orthanc keeps one StudyInstanceUID under two PatientIDs as two studies, and then WADO-RS finds
+            # neither: fall back to series, then to instances, so every instance QIDO listed is still tried.
+            by_series: dict[str | None, list[str]] = {}
+            for sop, series in expected.items():
+                by_series.setdefault(series, []).append(sop)
+            for series, sops in sorted(by_series.items(), key=lambda kv: kv[0] or ""):
+                status = 404 if series is None else self._retrieve(
+                    f"{study_path}/series/{quote(series, safe='')}", unit, landing, delivered, out)
+                statuses.add(status)
+                if status == 404 and series is not None:
+                    for sop in sorted(sops):
+                        if sop not in delivered:
+                            statuses.add(self._retrieve(
+                                f"{study_path}/series/{quote(series, safe='')}/instances/{quote(sop, safe='')}",
+                                unit, landing, delivered, out))
+        answers = ", ".join(f"HTTP {s}" for s in sorted(statuses))
         for sop, series in sorted(expected.items()):
             if sop not in delivered:
                 out.fail(instance_key(landing.prefix, unit, series, sop), "NotDelivered",
-                         "QIDO-RS listed this instance but WADO-RS did not return it")
+                         f"QIDO-RS listed this instance but WADO-RS did not return it ({answers})")
         return out
+
+    def _retrieve(self, path: str, study: str, landing: Landing, delivered: dict[str, str], out: UnitOutcome) -> int:
+        """WADO-RS ``path`` as one multipart stream, landing every part; returns the HTTP status."""
+        what = "retrieving (WADO-RS)"
+        resp = self._get(path, None, ACCEPT_DICOM, what, stream=True)
+        try:
+            if resp.status_code != 200:
+                return int(resp.status_code)
+            try:
+                boundary = boundary_of(resp.headers.get("Content-Type", ""))
+                for _headers, body, size in iter_parts(resp.iter_content(chunk_size=1 << 20), boundary):
+                    self._land(study, body, size, landing, delivered)
+                    out.pulled += 1
+            except MultipartError as err:
+                # Parts already landed are kept (same keys on retry); the retry re-pulls the whole unit.
+                raise SourceUnavailable(f"{what}: {err}") from None
+            except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as err:
+                raise SourceUnavailable(f"{what}: the stream broke ({type(err).__name__})") from None
+            return 200
+        finally:
+            resp.close()
 
     def _land(self, study: str, body: IO[bytes], size: int, landing: Landing, delivered: dict[str, str]) -> None:
         try:

@@ -132,6 +132,10 @@ class DimseConnector:
             assoc.release()
         return found
 
+    def _storage_classes(self, expected: dict[str, tuple[str | None, str | None]]) -> list[str]:
+        """The SOP classes to accept C-STOREs for: those C-FIND reported for the study."""
+        return sorted({cls for _, cls in expected.values() if cls})
+
     def pull(self, unit: str, landing: Landing) -> UnitOutcome:
         out = UnitOutcome()
         expected = self._enumerate(self._ae(), unit)
@@ -139,7 +143,7 @@ class DimseConnector:
             out.fail(study_key(landing.prefix, unit), "StudyNotFound",
                      "C-FIND found no instances for this study (unknown StudyInstanceUID or an empty study)")
             return out
-        classes = sorted({cls for _, cls in expected.values() if cls})
+        classes = self._storage_classes(expected)
         ae = self._ae()
         ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
         groups = TRANSFER_GROUPS
