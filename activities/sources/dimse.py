@@ -198,7 +198,7 @@ class DimseConnector:
         outcome = "the association broke" if final is None else f"C-GET final status 0x{final:04X}"
         for sop, (series, _cls) in sorted(expected.items()):
             if sop not in delivered:
-                code = "RetrieveFailed" if sop in failed_list else "NotDelivered"
+                code = "RetrieveFailed" if sop in failed_list or (final or 0) >= 0xA000 else "NotDelivered"
                 out.fail(instance_key(landing.prefix, unit, series, sop), code,
                          f"C-FIND listed this instance but the C-GET did not deliver it ({outcome})")
         if final is None and len(delivered) < len(expected):
