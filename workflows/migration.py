@@ -167,6 +167,9 @@ class MigrationWorkflow:
                 result_type=ReceiveResult, start_to_close_timeout=timedelta(hours=6),
                 heartbeat_timeout=policies.HEARTBEAT, retry_policy=policies.STAGE_RETRY)
             s.inventory_pages, s.files_total, s.bytes_total = received.pages, received.files, received.bytes
+            # What a source connector enumerated but could not pull is already final (failed) and in the report.
+            s.files_total += received.source_failures
+            self._add_states({FileState.FAILED: received.source_failures})
             s.phase = "parsing"
 
         if s.phase == "parsing":
