@@ -71,8 +71,13 @@ class Landing:
 
     def put(self, key: str, body: IO[bytes], size: int) -> None:
         try:
-            self.s3.upload_fileobj(body, self.prefix.bucket, key, Config=TRANSFER,
-                                   ExtraArgs={"ContentType": "application/dicom"})
+            if size < MULTIPART_THRESHOLD:
+                # One PutObject streaming the file object (upload_fileobj would start a thread pool per object).
+                self.s3.put_object(Bucket=self.prefix.bucket, Key=key, Body=body, ContentLength=size,
+                                   ContentType="application/dicom")
+            else:
+                self.s3.upload_fileobj(body, self.prefix.bucket, key, Config=TRANSFER,
+                                       ExtraArgs={"ContentType": "application/dicom"})
         except ClientError as err:
             raise classify(err, "writing a pulled object to the landing prefix") from None
         # One PutObject, or create + parts + complete for a multipart upload.
