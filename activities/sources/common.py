@@ -30,8 +30,6 @@ from contracts.sources import is_uid
 UNITS_PER_PAGE = 1000
 # Instances up to this size are one PutObject; bigger ones are streamed as a multipart upload.
 MULTIPART_THRESHOLD = 64 * 1024 * 1024
-TRANSFER = TransferConfig(multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_THRESHOLD,
-                          max_concurrency=4, use_threads=True)
 
 
 class SourceUnavailable(Exception):
@@ -65,23 +63,27 @@ class Landing:
 
     s3: Any
     prefix: S3Location
+    multipart_threshold: int = MULTIPART_THRESHOLD
     requests: int = 0
     objects: int = 0
     bytes_written: int = 0
 
     def put(self, key: str, body: IO[bytes], size: int) -> None:
         try:
-            if size < MULTIPART_THRESHOLD:
+            if size < self.multipart_threshold:
                 # One PutObject streaming the file object (upload_fileobj would start a thread pool per object).
                 self.s3.put_object(Bucket=self.prefix.bucket, Key=key, Body=body, ContentLength=size,
                                    ContentType="application/dicom")
             else:
-                self.s3.upload_fileobj(body, self.prefix.bucket, key, Config=TRANSFER,
+                # Streamed in parts of the threshold's size; at most a few parts in memory at once.
+                config = TransferConfig(multipart_threshold=self.multipart_threshold,
+                                        multipart_chunksize=self.multipart_threshold, max_concurrency=4)
+                self.s3.upload_fileobj(body, self.prefix.bucket, key, Config=config,
                                        ExtraArgs={"ContentType": "application/dicom"})
         except ClientError as err:
             raise classify(err, "writing a pulled object to the landing prefix") from None
         # One PutObject, or create + parts + complete for a multipart upload.
-        self.requests += 1 if size < MULTIPART_THRESHOLD else 2 + -(-size // MULTIPART_THRESHOLD)
+        self.requests += 1 if size < self.multipart_threshold else 2 + -(-size // self.multipart_threshold)
         self.objects += 1
         self.bytes_written += size
 

@@ -28,6 +28,7 @@ from pydicom.uid import (
     RLELossless,
 )
 from pynetdicom import AE, build_role, evt
+from pynetdicom import _config as pynetdicom_config
 from pynetdicom.association import Association
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # generated at import time
     StudyRootQueryRetrieveInformationModelFind,
@@ -36,6 +37,10 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # generated at
 
 from activities.sources.common import Landing, SourceUnavailable, UnitOutcome, instance_key, study_key
 from contracts.sources import DimseSource
+
+# pynetdicom logs query identifiers by default; ours hold only UIDs, but a PACS's answers are not ours to log.
+pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
+pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = False
 
 MAX_MATCHES = 1_000_000  # bounds every C-FIND response loop
 # A context per (SOP class, transfer syntax) lets the PACS send each instance in its stored encoding instead of
@@ -46,6 +51,17 @@ TRANSFER_GROUPS: list[list[str]] = [
     [ExplicitVRBigEndian],
 ]
 MAX_CONTEXTS = 128  # the association's presentation-context limit (odd ids 1..255)
+
+
+def context_groups(classes: int) -> list[list[str]]:
+    """Transfer-syntax groups to offer per SOP class so that all classes fit next to the C-GET context.
+
+    With many SOP classes each gets fewer encodings (the uncompressed pair always); the PACS transcodes the rest.
+    """
+    groups = TRANSFER_GROUPS
+    while classes * len(groups) > MAX_CONTEXTS - 1 and len(groups) > 1:
+        groups = groups[:-1]
+    return groups
 
 
 def _status(ds: Dataset | None) -> int | None:
@@ -146,9 +162,7 @@ class DimseConnector:
         classes = self._storage_classes(expected)
         ae = self._ae()
         ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
-        groups = TRANSFER_GROUPS
-        while len(classes) * len(groups) > MAX_CONTEXTS - 1 and len(groups) > 1:
-            groups = groups[:-1]  # many SOP classes: fewer encodings each (the PACS transcodes the rest)
+        groups = context_groups(len(classes))
         for cls in classes[: MAX_CONTEXTS - 1]:
             for syntaxes in groups:
                 ae.add_requested_context(cls, syntaxes)

@@ -113,10 +113,9 @@ def test_failed_c_get_sub_operations_become_failure_rows(s3: Any, orthanc: Ortha
         assert "C-GET final status 0x" in (row.reason or "")
 
 
-def test_context_budget_keeps_every_class() -> None:
-    # Pure check of the presentation-context arithmetic: many SOP classes get fewer encodings each.
-    classes = 40
-    groups = dimse.TRANSFER_GROUPS
-    while classes * len(groups) > dimse.MAX_CONTEXTS - 1 and len(groups) > 1:
-        groups = groups[:-1]
-    assert classes * len(groups) <= dimse.MAX_CONTEXTS - 1 and groups[0] == dimse.TRANSFER_GROUPS[0]
+@pytest.mark.parametrize("classes", [1, 12, 13, 40, 127, 200])
+def test_context_budget_keeps_the_uncompressed_pair_for_every_class(classes: int) -> None:
+    groups = dimse.context_groups(classes)
+    assert groups[0] == [str(dimse.ExplicitVRLittleEndian), str(dimse.ImplicitVRLittleEndian)]
+    assert min(classes, dimse.MAX_CONTEXTS - 1) * len(groups) <= dimse.MAX_CONTEXTS - 1 or len(groups) == 1
+    assert len(groups) == (len(dimse.TRANSFER_GROUPS) if classes <= 12 else max(1, 127 // classes))

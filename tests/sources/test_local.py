@@ -9,6 +9,9 @@ from typing import Any
 import pytest
 from temporalio.exceptions import ApplicationError
 
+from activities.sources.common import Landing
+from activities.sources.local import LocalConnector
+from contracts.s3uri import parse_s3_uri
 from contracts.sources import LocalSource
 from tests.sources.support import (
     RequestCounter,
@@ -119,3 +122,18 @@ def test_interrupted_pull_resumes_at_the_cursor_without_duplicate_pages(s3: Any,
     assert counter.calls["PutObject"] == 8 + 3
     keys = [r["key"] for r in inventory(s3, inp)]
     assert len(keys) == len(set(keys)) == 12
+
+
+def test_big_files_are_streamed_as_multipart_uploads(s3: Any, tmp_path: Path) -> None:
+    big = tmp_path / "big.bin"
+    with open(big, "wb") as f:
+        for i in range(11):  # 11 MiB in 1 MiB writes
+            f.write(bytes([i]) * (1 << 20))
+    land, _ = buckets(s3)
+    counter = RequestCounter(s3)
+    landing = Landing(s3, parse_s3_uri(f"s3://{land}/landed/").as_prefix(), multipart_threshold=5 << 20)
+    out = LocalConnector(LocalSource(kind="local", path=str(tmp_path))).pull("big.bin", landing)
+    assert out.pulled == 1 and not out.failures
+    assert counter.calls == {"CreateMultipartUpload": 1, "UploadPart": 3, "CompleteMultipartUpload": 1}
+    assert landing.requests == 5
+    assert s3.get_object(Bucket=land, Key="landed/big.bin")["Body"].read() == big.read_bytes()
