@@ -7,6 +7,8 @@ from typing import Any
 import pytest
 from temporalio.exceptions import ApplicationError
 
+from activities.sources.dicomweb import DicomwebAuth
+from activities.sources.registry import SourceSettings
 from contracts.sources import DicomwebSource
 from tests.sources.pacs import seed_two_studies
 from tests.sources.support import (
@@ -124,3 +126,15 @@ def test_an_instance_the_pacs_lists_but_cannot_serve_is_a_failure_row(s3: Any, o
     [row] = failures(s3, inp)
     assert (row["key"], row["state"], row["code"]) == (f"landed/{study}/{series}/{sop}.dcm", "failed", "NotDelivered")
     assert "HTTP 404" in row["reason"]
+
+
+def test_refused_credentials_fail_without_retry_and_never_echo_the_secret(s3: Any, emulator_url: str) -> None:
+    """The HealthImaging emulator's DICOMweb answers 401 to a bad bearer token, as an authenticating PACS would."""
+    land, work = buckets(s3)
+    secret = "not-a-valid-token-" + uid()
+    inp = receive_input(land, work, DicomwebSource(kind="dicomweb", url=f"{emulator_url}/datastore/{'a' * 32}"))
+    with pytest.raises(ApplicationError) as info:
+        run_receive(s3, inp, settings=SourceSettings(dicomweb_auth=DicomwebAuth(token=secret)))
+    assert info.value.type == "InvalidSourceConnector" and info.value.non_retryable
+    assert "HTTP 401" in str(info.value) and "HIMIG_DICOMWEB_TOKEN" in str(info.value)
+    assert secret not in str(info.value)
