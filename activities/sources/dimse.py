@@ -8,7 +8,9 @@ aborted association) becomes a failed report line naming the PACS status.
 
 from __future__ import annotations
 
+import contextlib
 import io
+import socket
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -34,6 +36,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # generated at
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
 )
+from pynetdicom.transport import AssociationSocket
 
 from activities.sources.common import Landing, SourceUnavailable, UnitOutcome, instance_key, study_key
 from contracts.sources import DimseSource
@@ -62,6 +65,19 @@ def context_groups(classes: int) -> list[list[str]]:
     while classes * len(groups) > MAX_CONTEXTS - 1 and len(groups) > 1:
         groups = groups[:-1]
     return groups
+
+
+class _QuickAckSocket(AssociationSocket):
+    """Acknowledges every read at once. A PACS that writes a C-STORE in small pieces with Nagle's algorithm on
+    (Orthanc does) otherwise waits for our delayed ACK, about 40 ms per instance: measured against Orthanc with
+    38 KB instances, 20 -> 165 instances/s. Linux only; elsewhere it is a plain AssociationSocket."""
+
+    def recv(self, nr_bytes: int) -> bytearray:
+        data = super().recv(nr_bytes)
+        if self.socket is not None and hasattr(socket, "TCP_QUICKACK"):
+            with contextlib.suppress(OSError):
+                self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+        return data
 
 
 def _status(ds: Dataset | None) -> int | None:
@@ -188,6 +204,8 @@ class DimseConnector:
                 return 0xA700
 
         assoc = self._associate(ae, ext_neg=roles, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+        if type(assoc.dul.socket) is AssociationSocket:
+            assoc.dul.socket.__class__ = _QuickAckSocket  # this association only; no library-wide patch
         final: int | None = None
         failed_list: set[str] = set()
         try:
