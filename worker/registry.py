@@ -35,7 +35,9 @@ def build_activities(clients: AwsClients, settings: Settings) -> list[Callable[.
         username=settings.dicomweb_username,
         password=settings.dicomweb_password.get_secret_value() if settings.dicomweb_password else None,
         token=settings.dicomweb_token.get_secret_value() if settings.dicomweb_token else None)
-    receive = ReceiveActivities(s3, SourceSettings(dicomweb_auth=auth, timeout_seconds=settings.source_timeout_seconds))
+    roots = tuple(r for r in settings.source_dir_roots.split(":") if r)
+    receive = ReceiveActivities(s3, SourceSettings(dicomweb_auth=auth, timeout_seconds=settings.source_timeout_seconds,
+                                                   local_roots=roots))
     parse = ParseActivities(s3, settings.parse_concurrency)
     validate = ValidateActivities(s3)
     normalize = NormalizeActivities(s3)

@@ -53,6 +53,8 @@ class Settings(BaseSettings):
     dicomweb_password: SecretStr | None = Field(None, description="HTTP basic-auth password for a DICOMweb source")
     dicomweb_token: SecretStr | None = Field(None, description="bearer token for a DICOMweb source (wins over basic)")
     source_timeout_seconds: float = Field(60.0, gt=0, le=3600, description="network timeout talking to a PACS")
+    source_dir_roots: str = Field(
+        "", description="colon-separated directories a `local` source must be under; empty allows any readable one")
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"

@@ -18,8 +18,9 @@ MAX_KEY_BYTES = 1024  # S3's key length limit
 
 
 class LocalConnector:
-    def __init__(self, config: LocalSource) -> None:
+    def __init__(self, config: LocalSource, allowed_roots: tuple[str, ...] = ()) -> None:
         self._root = Path(config.path)
+        self._allowed = allowed_roots
 
     def describe(self) -> str:
         return "local directory source"
@@ -31,6 +32,9 @@ class LocalConnector:
             raise SourceMisconfigured(f"path: cannot open the directory ({type(err).__name__})") from None
         if not root.is_dir():
             raise SourceMisconfigured("path: is not a directory")
+        if self._allowed and not any(root.is_relative_to(Path(a).resolve()) for a in self._allowed):
+            # Workflow input must not turn the worker into a reader of arbitrary files (keys, configs).
+            raise SourceMisconfigured("path: is outside the directories this worker may read (HIMIG_SOURCE_DIR_ROOTS)")
         return root
 
     def units(self) -> Iterator[str]:

@@ -17,11 +17,13 @@ class SourceSettings:
 
     dicomweb_auth: DicomwebAuth | None = None
     timeout_seconds: float = 60.0
+    # Directories a `local` source may be under; empty allows any directory the worker can read.
+    local_roots: tuple[str, ...] = ()
 
 
 def connector_for(config: LocalSource | DicomwebSource | DimseSource, settings: SourceSettings) -> Connector:
     if isinstance(config, LocalSource):
-        return LocalConnector(config)
+        return LocalConnector(config, settings.local_roots)
     if isinstance(config, DicomwebSource):
         return DicomwebConnector(config, settings.dicomweb_auth, settings.timeout_seconds)
     return DimseConnector(config, settings.timeout_seconds)

@@ -11,6 +11,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.sources.common import Landing
 from activities.sources.local import LocalConnector
+from activities.sources.registry import SourceSettings
 from contracts.s3uri import parse_s3_uri
 from contracts.sources import LocalSource
 from tests.sources.support import (
@@ -137,3 +138,25 @@ def test_big_files_are_streamed_as_multipart_uploads(s3: Any, tmp_path: Path) ->
     assert counter.calls == {"CreateMultipartUpload": 1, "UploadPart": 3, "CompleteMultipartUpload": 1}
     assert landing.requests == 5
     assert s3.get_object(Bucket=land, Key="landed/big.bin")["Body"].read() == big.read_bytes()
+
+
+def test_directories_outside_the_allowed_roots_are_refused(s3: Any, tmp_path: Path) -> None:
+    allowed, other = tmp_path / "exports", tmp_path / "elsewhere"
+    (allowed / "x").mkdir(parents=True)
+    other.mkdir()
+    (allowed / "x" / "a.dcm").write_bytes(b"a")
+    land, work = buckets(s3)
+    roots = SourceSettings(local_roots=(str(allowed),))
+    inp = receive_input(land, work, LocalSource(kind="local", path=str(other)))
+    with pytest.raises(ApplicationError) as info:
+        run_receive(s3, inp, settings=roots)
+    assert info.value.non_retryable and "outside the directories this worker may read" in str(info.value)
+    assert str(other) not in str(info.value)  # folder names can carry patient names: never echoed
+    # A symlink into the allowed root does not help: the resolved directory is checked.
+    (allowed / "link").symlink_to(other, target_is_directory=True)
+    inp = receive_input(land, work, LocalSource(kind="local", path=str(allowed / "link")))
+    with pytest.raises(ApplicationError, match="outside the directories"):
+        run_receive(s3, inp, settings=roots)
+    inp = receive_input(land, work, LocalSource(kind="local", path=str(allowed / "x")))
+    result, _ = run_receive(s3, inp, settings=roots)
+    assert result is not None and result.files == 1
