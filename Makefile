@@ -3,6 +3,8 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+# Orthanc (Debian packages) for the PACS connector tests; see tests/support/ensure_orthanc.sh.
+ORTHANC_STAMP := .local/orthanc-packages.stamp
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: install demo stop status test lint bench clean
@@ -26,9 +28,13 @@ stop:
 status: $(STAMP)
 	$(VENV)/bin/himig stack status
 
-## Install (or refresh) the venv and run the whole suite against real local servers.
-test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider
+$(ORTHANC_STAMP):
+	@bash tests/support/ensure_orthanc.sh $@
+
+## Install (or refresh) the venv and Orthanc, and run the whole suite against real local servers, inside a
+## private network namespace (Orthanc cannot bind to 127.0.0.1 only).
+test: $(STAMP) $(ORTHANC_STAMP)
+	bash tests/support/in_private_netns.sh $(PY) -m pytest -q -p no:cacheprovider
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -1,5 +1,8 @@
 """receive: inventory the source S3 prefix into NDJSON pages under the work prefix (claim check).
 
+With a source connector (a local directory, a DICOMweb or DIMSE PACS) the source is first pulled into the
+landing prefix (`source_s3_uri`, see `activities.sources`), then that prefix is listed as usual.
+
 The listing is paginated and resumable: the heartbeat carries the S3 continuation token and the next page
 number, so a retried activity continues where the previous attempt stopped instead of listing from scratch.
 """
@@ -15,6 +18,8 @@ from temporalio.exceptions import ApplicationError
 
 from activities.errors import classify
 from activities.heartbeat import current, keeps_alive
+from activities.sources.common import Landing, PullCursor, pull_all
+from activities.sources.registry import SourceSettings, connector_for
 from activities.storage import iter_ndjson, put_ndjson
 from contracts import layout
 from contracts.pipeline import ReceiveInput, ReceiveResult
@@ -28,11 +33,32 @@ class _Cursor(BaseModel):
     pages: int = 0
     files: int = 0
     bytes: int = 0
+    # With a source connector: the pull into the landing prefix, which runs before the listing.
+    pull: PullCursor | None = None
 
 
 class ReceiveActivities:
-    def __init__(self, s3: Any) -> None:
+    def __init__(self, s3: Any, sources: SourceSettings | None = None) -> None:
         self._s3 = s3
+        self._sources = sources or SourceSettings()
+
+    def _pull(self, input: ReceiveInput, cursor: _Cursor) -> None:
+        """Pull the connector's source into the landing prefix (``source_s3_uri``), resuming from ``cursor``."""
+        assert input.source_connector is not None
+        if cursor.pull is None:
+            cursor.pull = PullCursor()
+        if cursor.pull.done:
+            return
+        landing = Landing(self._s3, parse_s3_uri(input.source_s3_uri, field="source_s3_uri").as_prefix())
+
+        def save(_: PullCursor) -> None:
+            if keep := current():
+                keep.record(cursor.model_dump())
+
+        pull_all(self._s3, connector_for(input.source_connector, self._sources), landing, input.work_s3_uri,
+                 input.migration_id, cursor.pull, save)
+        activity.logger.info("source pulled", extra={"objects": landing.objects, "bytes": landing.bytes_written,
+                                                     "s3_requests": landing.requests})
 
     def _from_manifest(self, input: ReceiveInput) -> ReceiveResult:
         """Inventory from a given list of objects (event-driven ingestion) instead of a listing."""
@@ -67,6 +93,8 @@ class ReceiveActivities:
         source = parse_s3_uri(input.source_s3_uri, field="source_s3_uri").as_prefix()
         details = activity.info().heartbeat_details if activity.in_activity() else ()
         cursor = _Cursor.model_validate(details[0]) if details else _Cursor()
+        if input.source_connector is not None:
+            self._pull(input, cursor)
         buffer: list[InventoryEntry] = []
         token = cursor.continuation_token
         try:
@@ -102,4 +130,5 @@ class ReceiveActivities:
         except ClientError as err:
             raise classify(err, "listing the source prefix") from None
         prefix = layout.root(input.work_s3_uri, input.migration_id).join("inventory").as_prefix()
-        return ReceiveResult(files=cursor.files, bytes=cursor.bytes, pages=cursor.pages, inventory_prefix_uri=prefix.uri)
+        return ReceiveResult(files=cursor.files, bytes=cursor.bytes, pages=cursor.pages, inventory_prefix_uri=prefix.uri,
+                             source_failures=cursor.pull.source_failures if cursor.pull else 0)

@@ -16,11 +16,13 @@ from contracts.s3uri import S3Location
 
 
 def build_report(inventory: list[InventoryEntry], ledger: list[LedgerEntry],
-                 cancelled: bool = False) -> tuple[list[LedgerEntry], dict[str, Any]]:
+                 cancelled: bool = False, unreceived: list[LedgerEntry] | None = None,
+                 ) -> tuple[list[LedgerEntry], dict[str, Any]]:
     """Join the inventory with the ledger; files with no ledger line are reported ``failed``.
 
     After a cancel, such files are the ones the migration never reached (code ``Cancelled``); otherwise they
-    are a bug somewhere (code ``Unaccounted``) and counted as such.
+    are a bug somewhere (code ``Unaccounted``) and counted as such. ``unreceived`` are the instances a source
+    connector enumerated but could not pull: they never reached the inventory and are reported ``failed``.
     """
     by_key: dict[str, LedgerEntry] = {}
     twice: list[str] = []
@@ -43,6 +45,9 @@ def build_report(inventory: list[InventoryEntry], ledger: list[LedgerEntry],
             entry = LedgerEntry(key=inv.key, state=FileState.FAILED, size=inv.size, code="Unaccounted",
                                 reason="no stage recorded an outcome for this file")
         rows.append(entry)
+    inventoried = {r.key for r in rows}
+    # An instance that failed once and landed on a retry is in the inventory: the inventory wins.
+    rows += sorted({u.key: u for u in unreceived or [] if u.key not in inventoried}.values(), key=lambda u: u.key)
     by_row_key = {r.key: r for r in rows}
     rows = [_resolve_duplicate(r, by_row_key) for r in rows]
     states = Counter(r.state for r in rows)
@@ -119,7 +124,10 @@ class ReportActivities:
         ledger: list[LedgerEntry] = []
         for obj in list_objects(self._s3, layout.ledger_prefix(input.work_s3_uri, input.migration_id)):
             ledger += [LedgerEntry.model_validate(r) for r in iter_ndjson(self._s3, S3Location(root.bucket, obj["Key"]))]
-        rows, summary = build_report(inventory, ledger, input.cancelled)
+        unreceived: list[LedgerEntry] = []
+        for obj in list_objects(self._s3, layout.receive_failures_prefix(input.work_s3_uri, input.migration_id)):
+            unreceived += [LedgerEntry.model_validate(r) for r in iter_ndjson(self._s3, S3Location(root.bucket, obj["Key"]))]
+        rows, summary = build_report(inventory, ledger, input.cancelled, unreceived)
         summary.update({"migration_id": input.migration_id, "datastore_id": input.datastore_id})
         prefix = layout.report_prefix(input.work_s3_uri, input.migration_id)
         files_loc, report_loc, text_loc = prefix.join("files.ndjson"), prefix.join("report.json"), prefix.join("summary.txt")

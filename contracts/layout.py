@@ -16,6 +16,15 @@ def inventory_page(work_s3_uri: str, migration_id: str, page: int) -> S3Location
     return root(work_s3_uri, migration_id).join("inventory", f"page-{page:06d}.ndjson")
 
 
+def receive_failures_prefix(work_s3_uri: str, migration_id: str) -> S3Location:
+    """What a source connector enumerated but could not pull: one NDJSON of failed ledger lines per unit."""
+    return root(work_s3_uri, migration_id).join("receive", "failures").as_prefix()
+
+
+def receive_failures(work_s3_uri: str, migration_id: str, unit: int) -> S3Location:
+    return receive_failures_prefix(work_s3_uri, migration_id).join(f"unit-{unit:06d}.ndjson")
+
+
 def parsed_page(work_s3_uri: str, migration_id: str, page: int) -> S3Location:
     return root(work_s3_uri, migration_id).join("parsed", f"page-{page:06d}.ndjson")
 

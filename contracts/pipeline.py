@@ -14,6 +14,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from contracts.s3uri import parse_s3_uri
+from contracts.sources import SourceConnector
 
 DATASTORE_ID_PATTERN = r"^[0-9a-z]{32}$"
 # Workflow ids become S3 path segments and Temporal ids: no PHI, no path tricks.
@@ -138,6 +139,9 @@ class MigrationInput(SourceAndTarget):
         1.0, ge=0, le=3600, description="pause between import job starts (StartDICOMImportJob allows 1 TPS)")
     manual_review: bool = Field(
         False, description="hold each batch after its manifest is reviewed until an operator approves routing")
+    source_connector: SourceConnector | None = Field(
+        None, description="pull this source (a local directory, a DICOMweb or a DIMSE PACS) into source_s3_uri "
+        "first, then migrate that prefix")
     # Temporal decodes a workflow's arguments by type only when their count matches, so the state carried
     # across continue-as-new rides inside the one input object. Operators leave it out.
     continued: MigrationState | None = Field(None, description="set by the workflow when it continues as new")
@@ -146,6 +150,12 @@ class MigrationInput(SourceAndTarget):
     @classmethod
     def _manifest(cls, v: str | None) -> str | None:
         return None if v is None else _check_s3(v, "source_manifest_uri")
+
+    @model_validator(mode="after")
+    def _one_source_kind(self) -> MigrationInput:
+        if self.source_connector is not None and self.source_manifest_uri is not None:
+            raise ValueError("source_connector and source_manifest_uri are exclusive: a connector lists what it pulls")
+        return self
 
 
 class MigrationResult(BaseModel):
@@ -210,6 +220,7 @@ class ReceiveInput(BaseModel):
     work_s3_uri: str
     page_size: int
     source_manifest_uri: str | None = None
+    source_connector: SourceConnector | None = None
 
 
 class ReceiveResult(BaseModel):
@@ -217,6 +228,9 @@ class ReceiveResult(BaseModel):
     bytes: int
     pages: int
     inventory_prefix_uri: str
+    # Instances (or whole studies) a source connector enumerated but could not pull; each is a `failed` row
+    # of the report (see `contracts.layout.receive_failures_prefix`).
+    source_failures: int = 0
 
 
 class PageInput(BaseModel):

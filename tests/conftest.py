@@ -13,6 +13,8 @@ import boto3
 import pytest
 from botocore.config import Config
 
+# The session-wide Orthanc PACS fixture (skips with a clear message where it cannot run).
+from tests.support.orthanc import orthanc  # noqa: F401
 from tests.support.servers import FAKE_AWS_ENV, ServerProcess, start_emulator, start_moto
 
 # Clients created anywhere in the test process (including activities run in-process) use fake credentials.

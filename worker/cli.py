@@ -29,6 +29,7 @@ from contracts.pipeline import (
     check_migration_id,
 )
 from corpus.cli import corpus_app
+from worker.cli_sources import SourceFlagError, connector_from_flags
 from worker.cli_stack import stack_app
 from worker.progress import print_progress, watch_migration
 from worker.reporting import load_report, print_report
@@ -86,14 +87,24 @@ def start(
     data_access_role_arn: str | None = typer.Option(None, "--data-access-role-arn"),
     migration_id: str | None = typer.Option(None, "--id", help="workflow id (default: migration-<random>)"),
     wait: bool = typer.Option(False, "--wait", help="watch progress until the migration ends"),
+    source_dir: str | None = typer.Option(None, "--source-dir", help="pull this directory into --source first"),
+    source_dicomweb: str | None = typer.Option(None, "--source-dicomweb", help="pull this DICOMweb PACS (URL) first"),
+    source_dimse: str | None = typer.Option(None, "--source-dimse", help="pull this DIMSE PACS (HOST:PORT) first"),
+    called_ae: str | None = typer.Option(None, "--called-ae", help="the DIMSE PACS's AE title"),
+    calling_ae: str | None = typer.Option(None, "--calling-ae", help="our AE title as the PACS knows it (HIMIG)"),
+    study_uid: list[str] | None = typer.Option(None, "--study-uid", help="pull only this study (repeatable)"),
 ) -> None:
     """Start a MigrationWorkflow; prints its workflow id."""
     try:
-        payload = MigrationInput(
+        connector = connector_from_flags(source_dir, source_dicomweb, source_dimse, called_ae, calling_ae, study_uid)
+    except SourceFlagError as err:
+        raise fail(str(err)) from None
+    try:
+        payload = MigrationInput.model_validate(dict(
             source_s3_uri=source, datastore_id=datastore_id, work_s3_uri=work, validation_level=validation_level,
             max_files_per_batch=max_files_per_batch, max_bytes_per_batch=max_bytes_per_batch,
             max_concurrent_jobs=max_concurrent_jobs, import_start_interval_seconds=import_start_interval,
-            data_access_role_arn=data_access_role_arn)
+            data_access_role_arn=data_access_role_arn, source_connector=connector))
     except ValidationError as err:
         raise fail(validation_message(err)) from None
     wid = migration_id or f"migration-{uuid.uuid4().hex[:12]}"

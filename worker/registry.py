@@ -16,6 +16,8 @@ from activities.reconcile import ReconcileActivities
 from activities.report import ReportActivities
 from activities.review import FailedBatchActivities, ReviewActivities
 from activities.route import RouteActivities
+from activities.sources.dicomweb import DicomwebAuth
+from activities.sources.registry import SourceSettings
 from activities.validate import ValidateActivities
 from worker.aws import AwsClients
 from worker.settings import Settings
@@ -29,7 +31,13 @@ WORKFLOWS: list[type] = [MigrationWorkflow, ImportBatchWorkflow, ReconciliationW
 
 def build_activities(clients: AwsClients, settings: Settings) -> list[Callable[..., Any]]:
     s3, mi = clients.s3, clients.medical_imaging
-    receive = ReceiveActivities(s3)
+    auth = DicomwebAuth(
+        username=settings.dicomweb_username,
+        password=settings.dicomweb_password.get_secret_value() if settings.dicomweb_password else None,
+        token=settings.dicomweb_token.get_secret_value() if settings.dicomweb_token else None)
+    roots = tuple(r for r in settings.source_dir_roots.split(":") if r)
+    receive = ReceiveActivities(s3, SourceSettings(dicomweb_auth=auth, timeout_seconds=settings.source_timeout_seconds,
+                                                   local_roots=roots))
     parse = ParseActivities(s3, settings.parse_concurrency)
     validate = ValidateActivities(s3)
     normalize = NormalizeActivities(s3)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_TASK_QUEUE = "dicom-migration"
@@ -47,6 +47,14 @@ class Settings(BaseSettings):
     parse_concurrency: int = Field(8, ge=1, le=256, description="parallel header reads inside one parse activity")
     max_concurrent_activities: int = Field(32, ge=1, le=1000)
     graceful_shutdown_seconds: float = Field(25.0, ge=0, le=115, description="below ECS stopTimeout")
+
+    # Source connectors (MigrationInput.source_connector): PACS credentials live here, never in workflow input.
+    dicomweb_username: str | None = Field(None, description="HTTP basic-auth user for a DICOMweb source")
+    dicomweb_password: SecretStr | None = Field(None, description="HTTP basic-auth password for a DICOMweb source")
+    dicomweb_token: SecretStr | None = Field(None, description="bearer token for a DICOMweb source (wins over basic)")
+    source_timeout_seconds: float = Field(60.0, gt=0, le=3600, description="network timeout talking to a PACS")
+    source_dir_roots: str = Field(
+        "", description="colon-separated directories a `local` source must be under; empty allows any readable one")
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"

@@ -162,10 +162,14 @@ class MigrationWorkflow:
                 "receive_inventory",
                 ReceiveInput(migration_id=self._id, source_s3_uri=input.source_s3_uri,
                              work_s3_uri=input.work_s3_uri, page_size=input.inventory_page_size,
-                             source_manifest_uri=input.source_manifest_uri),
+                             source_manifest_uri=input.source_manifest_uri,
+                             source_connector=input.source_connector),
                 result_type=ReceiveResult, start_to_close_timeout=timedelta(hours=6),
                 heartbeat_timeout=policies.HEARTBEAT, retry_policy=policies.STAGE_RETRY)
             s.inventory_pages, s.files_total, s.bytes_total = received.pages, received.files, received.bytes
+            # What a source connector enumerated but could not pull is already final (failed) and in the report.
+            s.files_total += received.source_failures
+            self._add_states({FileState.FAILED: received.source_failures})
             s.phase = "parsing"
 
         if s.phase == "parsing":

@@ -1,0 +1,87 @@
+"""Local directory connector: every regular file under the directory is uploaded to ``landing + relative path``.
+
+Keys keep the relative path so operators can trace a file back. Symlinks are followed only when they stay
+inside the directory; one that leaves it (or a file that cannot be read or named in S3) becomes a failed report
+line, never a silent skip. Files are streamed (``upload_fileobj``), never read whole into memory.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from activities.sources.common import Landing, SourceMisconfigured, UnitOutcome
+from contracts.sources import LocalSource
+
+MAX_KEY_BYTES = 1024  # S3's key length limit
+
+
+class LocalConnector:
+    def __init__(self, config: LocalSource, allowed_roots: tuple[str, ...] = ()) -> None:
+        self._root = Path(config.path)
+        self._allowed = allowed_roots
+
+    def describe(self) -> str:
+        return "local directory source"
+
+    def _real_root(self) -> Path:
+        try:
+            root = self._root.resolve(strict=True)
+        except (OSError, RuntimeError) as err:
+            raise SourceMisconfigured(f"path: cannot open the directory ({type(err).__name__})") from None
+        if not root.is_dir():
+            raise SourceMisconfigured("path: is not a directory")
+        if self._allowed and not any(root.is_relative_to(Path(a).resolve()) for a in self._allowed):
+            # Workflow input must not turn the worker into a reader of arbitrary files (keys, configs).
+            raise SourceMisconfigured("path: is outside the directories this worker may read (HIMIG_SOURCE_DIR_ROOTS)")
+        return root
+
+    def units(self) -> Iterator[str]:
+        """Relative POSIX paths of every entry that is not a directory, sorted (a stable, resumable order)."""
+        root = self._real_root()
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=False, onerror=None):
+            dirnames.sort()
+            base = Path(dirpath)
+            # Symlinked directories are not descended (os.walk lists them in dirnames); report them as entries.
+            entries = sorted(filenames + [d for d in dirnames if (base / d).is_symlink()])
+            for name in entries:
+                yield (base / name).relative_to(root).as_posix()
+
+    def pull(self, unit: str, landing: Landing) -> UnitOutcome:
+        out = UnitOutcome()
+        root = self._real_root()
+        try:
+            key = landing.prefix.key + unit
+            key.encode("utf-8")
+        except UnicodeEncodeError:
+            # A file name that is not valid UTF-8 cannot be an S3 key; name it by position-free hash instead.
+            out.fail(landing.prefix.key + unit.encode("utf-8", "surrogateescape").hex()[:200],
+                     "UnrepresentableName", "the file name is not valid UTF-8 and cannot become an S3 key")
+            return out
+        if len(key.encode()) > MAX_KEY_BYTES:
+            out.fail(key[:MAX_KEY_BYTES // 4], "KeyTooLong", "landing prefix + relative path exceed S3's 1024-byte key limit")
+            return out
+        path = root / unit
+        try:
+            real = path.resolve(strict=True)
+        except (OSError, RuntimeError):
+            out.fail(key, "SourceUnreadable", "the file vanished or is a broken symlink")
+            return out
+        if not real.is_relative_to(root):
+            out.fail(key, "SymlinkOutsideSource", "a symlink pointing outside the source directory was not followed")
+            return out
+        if real.is_dir():
+            return out  # a link to a directory inside the source: its files are pulled under their real path
+        if not real.is_file():
+            out.fail(key, "NotAFile", "not a regular file (directory link, device, socket or pipe)")
+            return out
+        try:
+            with open(real, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                landing.put(key, f, size)
+        except OSError as err:
+            out.fail(key, "SourceUnreadable", f"the file could not be read ({type(err).__name__})")
+            return out
+        out.pulled = 1
+        return out

@@ -1,0 +1,29 @@
+"""Build the connector an operator named in `MigrationInput.source_connector`, with the worker's secrets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from activities.sources.common import Connector
+from activities.sources.dicomweb import DicomwebAuth, DicomwebConnector
+from activities.sources.dimse import DimseConnector
+from activities.sources.local import LocalConnector
+from contracts.sources import DicomwebSource, DimseSource, LocalSource
+
+
+@dataclass(frozen=True)
+class SourceSettings:
+    """Worker-side settings of the connectors (from `worker.settings.Settings`; never from workflow input)."""
+
+    dicomweb_auth: DicomwebAuth | None = None
+    timeout_seconds: float = 60.0
+    # Directories a `local` source may be under; empty allows any directory the worker can read.
+    local_roots: tuple[str, ...] = ()
+
+
+def connector_for(config: LocalSource | DicomwebSource | DimseSource, settings: SourceSettings) -> Connector:
+    if isinstance(config, LocalSource):
+        return LocalConnector(config, settings.local_roots)
+    if isinstance(config, DicomwebSource):
+        return DicomwebConnector(config, settings.dicomweb_auth, settings.timeout_seconds)
+    return DimseConnector(config, settings.timeout_seconds)

@@ -1,0 +1,117 @@
+"""Source connectors an operator can name in `MigrationInput.source_connector`.
+
+A connector first pulls its source into the migration's landing prefix (`source_s3_uri`); the rest of the
+pipeline then reads that prefix unchanged. Configs are strict: unknown keys, bad schemes, ports and AE titles
+are rejected with the field name. Credentials never travel here: they are worker settings.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import PurePosixPath
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+# DICOM PS3.5 §9.1: digits and dots, no leading zero in a component, at most 64 characters.
+UID_PATTERN = re.compile(r"^(0|[1-9]\d*)(\.(0|[1-9]\d*))*$")
+# PS3.5 AE VR: up to 16 characters of the default repertoire, no backslash or control characters. We also refuse
+# leading/trailing spaces (insignificant on the wire, so two spellings would name the same peer).
+AE_TITLE_PATTERN = r"^[\x21-\x5b\x5d-\x7e]([\x20-\x5b\x5d-\x7e]{0,14}[\x21-\x5b\x5d-\x7e])?$"
+# A host name or an IPv4/IPv6 literal; nothing that could smuggle a path, user info or a port.
+HOST_PATTERN = r"^([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$|^\[?[0-9A-Fa-f:.]+\]?$"
+MAX_STUDY_FILTER = 10_000
+
+
+def is_uid(value: str) -> bool:
+    return len(value) <= 64 and UID_PATTERN.match(value) is not None
+
+
+def _check_uids(values: list[str] | None) -> list[str] | None:
+    if values is None:
+        return None
+    if not values:
+        raise ValueError("must list at least one StudyInstanceUID (leave it out to pull every study)")
+    for i, uid in enumerate(values):
+        if not is_uid(uid):
+            raise ValueError(f"item {i} is not a DICOM UID (digits and dots, no leading zeros, at most 64 chars)")
+    return list(dict.fromkeys(values))
+
+
+class _Connector(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LocalSource(_Connector):
+    """A directory on the worker's file system, uploaded to the landing prefix (key = landing + relative path)."""
+
+    kind: Literal["local"]
+    path: str = Field(description="absolute path of a directory readable by the worker", min_length=1, max_length=4096)
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, v: str) -> str:
+        if "\x00" in v:
+            raise ValueError("must not contain NUL characters")
+        p = PurePosixPath(v)
+        if not p.is_absolute():
+            raise ValueError("must be an absolute path (the worker's working directory is not the operator's)")
+        if ".." in p.parts:
+            raise ValueError("must not contain '..' components")
+        return v
+
+
+class DicomwebSource(_Connector):
+    """A DICOMweb PACS: QIDO-RS enumerates studies, WADO-RS pulls each study."""
+
+    kind: Literal["dicomweb"]
+    url: str = Field(description="DICOMweb root, e.g. http://pacs:8042/dicom-web", max_length=2048)
+    study_uids: list[str] | None = Field(None, max_length=MAX_STUDY_FILTER, description="pull only these studies")
+    page_size: int = Field(100, ge=1, le=1000, description="studies per QIDO-RS request (limit/offset paging)")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        try:
+            parts = urlsplit(v)
+            port = parts.port
+        except ValueError as err:
+            raise ValueError(f"not a valid URL: {err}") from None
+        if parts.scheme not in ("http", "https"):
+            raise ValueError("must be an http:// or https:// URL")
+        if not parts.hostname:
+            raise ValueError("must name a host")
+        if parts.username or parts.password:
+            raise ValueError("must not carry credentials; set HIMIG_DICOMWEB_USERNAME/PASSWORD or _TOKEN on the worker")
+        if parts.query or parts.fragment:
+            raise ValueError("must not have a query string or fragment")
+        if port == 0:
+            raise ValueError("port must be between 1 and 65535")
+        if any(c.isspace() for c in v):
+            raise ValueError("must not contain whitespace")
+        return v.rstrip("/")
+
+    @field_validator("study_uids")
+    @classmethod
+    def _uids(cls, v: list[str] | None) -> list[str] | None:
+        return _check_uids(v)
+
+
+class DimseSource(_Connector):
+    """A DIMSE PACS: C-FIND (Study Root, STUDY level) enumerates studies, C-GET pulls each study."""
+
+    kind: Literal["dimse"]
+    host: Annotated[str, Field(min_length=1, max_length=253, pattern=HOST_PATTERN)]
+    port: int = Field(ge=1, le=65535)
+    called_ae: Annotated[str, Field(pattern=AE_TITLE_PATTERN, description="the PACS's AE title")]
+    calling_ae: Annotated[str, Field(pattern=AE_TITLE_PATTERN, description="our AE title, as the PACS knows it")]
+    study_uids: list[str] | None = Field(None, max_length=MAX_STUDY_FILTER, description="pull only these studies")
+
+    @field_validator("study_uids")
+    @classmethod
+    def _uids(cls, v: list[str] | None) -> list[str] | None:
+        return _check_uids(v)
+
+
+SourceConnector = Annotated[LocalSource | DicomwebSource | DimseSource, Field(discriminator="kind")]

@@ -1,0 +1,97 @@
+"""Helpers shared by the source-connector tests: run `receive_inventory` as a real activity, read what landed."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import uuid
+from typing import Any
+
+from temporalio.testing import ActivityEnvironment
+
+from activities.receive import ReceiveActivities
+from activities.sources.registry import SourceSettings
+from contracts.pipeline import ReceiveInput, ReceiveResult
+from contracts.sources import SourceConnector
+
+
+class Interrupted(Exception):
+    """Raised from the heartbeat callback: the worker 'dies' right after recording progress."""
+
+
+def buckets(s3: Any) -> tuple[str, str]:
+    suffix = uuid.uuid4().hex[:10]
+    names = (f"land-{suffix}", f"work-{suffix}")
+    for name in names:
+        s3.create_bucket(Bucket=name)
+    return names
+
+
+def receive_input(landing: str, work: str, connector: SourceConnector, page_size: int = 1000,
+                  migration_id: str | None = None) -> ReceiveInput:
+    return ReceiveInput(migration_id=migration_id or f"m-{uuid.uuid4().hex[:8]}",
+                        source_s3_uri=f"s3://{landing}/landed/", work_s3_uri=f"s3://{work}/runs/",
+                        page_size=page_size, source_connector=connector)
+
+
+def run_receive(s3: Any, input: ReceiveInput, details: Any = None, stop_after_heartbeats: int | None = None,
+                settings: SourceSettings | None = None) -> tuple[ReceiveResult | None, list[Any]]:
+    """Run the activity like a worker would; optionally resume from ``details`` or die after N heartbeats."""
+    beats: list[Any] = []
+    env = ActivityEnvironment()
+    if details is not None:
+        env.info = dataclasses.replace(env.info, heartbeat_details=[details], attempt=2)
+
+    def on_heartbeat(*args: Any) -> None:
+        beats.append(json.loads(json.dumps(args[0])))
+        if stop_after_heartbeats is not None and len(beats) >= stop_after_heartbeats:
+            raise Interrupted()
+
+    env.on_heartbeat = on_heartbeat
+    try:
+        result = env.run(ReceiveActivities(s3, settings).receive_inventory, input)
+    except Interrupted:
+        return None, beats
+    return result, beats
+
+
+def inventory(s3: Any, input: ReceiveInput) -> list[dict[str, Any]]:
+    bucket, _, key = input.work_s3_uri[5:].partition("/")
+    prefix = f"{key}{input.migration_id}/inventory/"
+    rows: list[dict[str, Any]] = []
+    for obj in s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", []):
+        body = s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read().decode()
+        rows += [json.loads(line) for line in body.splitlines() if line]
+    return rows
+
+
+def failures(s3: Any, input: ReceiveInput) -> list[dict[str, Any]]:
+    bucket, _, key = input.work_s3_uri[5:].partition("/")
+    prefix = f"{key}{input.migration_id}/receive/failures/"
+    rows: list[dict[str, Any]] = []
+    for obj in s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", []):
+        body = s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read().decode()
+        rows += [json.loads(line) for line in body.splitlines() if line]
+    return rows
+
+
+def landed(s3: Any, bucket: str) -> dict[str, bytes]:
+    out = {}
+    for obj in s3.list_objects_v2(Bucket=bucket, Prefix="landed/").get("Contents", []):
+        out[obj["Key"]] = s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
+    return out
+
+
+class RequestCounter:
+    """Counts the S3 requests a client makes, by operation name (botocore's event hooks, no patching)."""
+
+    def __init__(self, s3: Any) -> None:
+        self.calls: dict[str, int] = {}
+        s3.meta.events.register("before-call.s3.*", self._count)
+
+    def _count(self, model: Any, **_: Any) -> None:
+        self.calls[model.name] = self.calls.get(model.name, 0) + 1
+
+    def writes(self) -> int:
+        return sum(n for op, n in self.calls.items()
+                   if op in ("PutObject", "CreateMultipartUpload", "UploadPart", "CompleteMultipartUpload"))

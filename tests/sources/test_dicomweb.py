@@ -1,0 +1,140 @@
+"""The DICOMweb connector (QIDO-RS + WADO-RS) against a real Orthanc with its DICOMweb plugin."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from temporalio.exceptions import ApplicationError
+
+from activities.sources.dicomweb import DicomwebAuth
+from activities.sources.registry import SourceSettings
+from contracts.sources import DicomwebSource
+from tests.sources.pacs import seed_two_studies
+from tests.sources.support import (
+    RequestCounter,
+    buckets,
+    failures,
+    inventory,
+    landed,
+    receive_input,
+    run_receive,
+)
+from tests.support.dicom import make_instance, uid
+from tests.support.orthanc import Orthanc
+from tests.support.servers import free_port
+
+
+def _source(orthanc: Orthanc, **kw: Any) -> DicomwebSource:
+    return DicomwebSource(kind="dicomweb", url=orthanc.dicomweb, **kw)
+
+
+def test_every_study_lands_byte_for_byte_under_uid_keys(s3: Any, orthanc: Orthanc) -> None:
+    seeded = seed_two_studies(orthanc)
+    land, work = buckets(s3)
+    counter = RequestCounter(s3)
+    # One study per QIDO page exercises the limit/offset paging.
+    inp = receive_input(land, work, _source(orthanc, page_size=1), page_size=3)
+    result, beats = run_receive(s3, inp)
+    assert result is not None
+    got = landed(s3, land)
+    assert set(got) == seeded.landing_keys()
+    for (study, series, sop), body in seeded.instances.items():
+        assert got[f"landed/{study}/{series}/{sop}.dcm"] == body  # WADO-RS returns the stored file unchanged
+    assert result.files == len(seeded.instances) == 7 and result.pages == 3 and result.source_failures == 0
+    assert sorted(r["key"] for r in inventory(s3, inp)) == sorted(got)
+    pulled_puts = counter.calls["PutObject"] - result.pages - 1  # minus inventory pages and the unit list
+    assert pulled_puts == len(seeded.instances)  # exactly one PUT per instance
+    print(f"\nS3 writes per pulled instance (DICOMweb): {pulled_puts / len(seeded.instances):.2f}")
+    assert beats[-1]["pull"]["units_total"] == 2
+
+
+def test_unknown_study_in_the_filter_is_a_failure_row(s3: Any, orthanc: Orthanc) -> None:
+    seeded = seed_two_studies(orthanc)
+    missing = uid()
+    land, work = buckets(s3)
+    inp = receive_input(land, work, _source(orthanc, study_uids=[seeded.studies[0], missing]))
+    result, _ = run_receive(s3, inp)
+    assert result is not None and result.source_failures == 1
+    assert set(landed(s3, land)) == {k for k in seeded.landing_keys() if k.startswith(f"landed/{seeded.studies[0]}/")}
+    [row] = failures(s3, inp)
+    assert (row["key"], row["state"], row["code"]) == (f"landed/{missing}/", "failed", "StudyNotFound")
+
+
+def test_unreachable_pacs_is_a_retryable_error_naming_the_connector(s3: Any) -> None:
+    land, work = buckets(s3)
+    port = free_port()
+    inp = receive_input(land, work, DicomwebSource(kind="dicomweb", url=f"http://127.0.0.1:{port}/dicom-web"))
+    with pytest.raises(ApplicationError) as info:
+        run_receive(s3, inp)
+    assert info.value.type == "SourceUnavailable" and not info.value.non_retryable
+    assert f"DICOMweb source http://127.0.0.1:{port}: searching studies (QIDO-RS): the PACS did not answer" in str(info.value)
+
+
+def test_interrupted_pull_resumes_without_duplicate_pages(s3: Any, orthanc: Orthanc) -> None:
+    seeded = seed_two_studies(orthanc)
+    land, work = buckets(s3)
+    inp = receive_input(land, work, _source(orthanc), page_size=2)
+    _, beats = run_receive(s3, inp, stop_after_heartbeats=2)  # unit list + first study recorded, then "crash"
+    cursor = beats[-1]
+    assert cursor["pull"]["next_unit"] == 1
+    first_study_count = cursor["pull"]["pulled"]
+    counter = RequestCounter(s3)
+    result, _ = run_receive(s3, inp, details=cursor)
+    assert result is not None and result.files == 7 and result.pages == 4
+    assert counter.calls["PutObject"] == (7 - first_study_count) + 4  # only the second study, then the pages
+    keys = [r["key"] for r in inventory(s3, inp)]
+    assert len(keys) == len(set(keys)) and set(keys) == seeded.landing_keys()
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
+def test_hostile_pacs_content_cannot_overwrite_or_escape(s3: Any, orthanc: Orthanc) -> None:
+    """One StudyInstanceUID under two PatientIDs (two Orthanc studies) and non-conformant UIDs."""
+    orthanc.clear()
+    study, series = uid(), uid()
+    same_sop = uid()
+    first = make_instance(study, series, sop=same_sop, patient_id="SYNTH-A")
+    second = make_instance(study, series, sop=uid(), patient_id="SYNTH-B")
+    odd = make_instance("1.02.3", "../../etc", sop="1.2.abc")
+    for body in (first, second, odd):
+        assert orthanc.upload(body)["Status"] == "Success"
+    land, work = buckets(s3)
+    inp = receive_input(land, work, _source(orthanc))
+    result, _ = run_receive(s3, inp)
+    assert result is not None and result.source_failures == 0
+    got = landed(s3, land)
+    keys = set(got)
+    assert len(keys) == 3
+    # WADO-RS answers 404 for the ambiguous study and series; the instance-level fallback still pulls both.
+    assert got[f"landed/{study}/{series}/{same_sop}.dcm"] == first
+    odd_keys = [k for k in keys if not k.startswith(f"landed/{study}/")]
+    [odd_key] = odd_keys
+    # Invalid UIDs become hash segments: no '..', no extra path levels.
+    assert ".." not in odd_key and odd_key.count("/") == 3 and odd_key.split("/")[1].startswith("x")
+
+
+def test_an_instance_the_pacs_lists_but_cannot_serve_is_a_failure_row(s3: Any, orthanc: Orthanc) -> None:
+    """Orthanc keeps the same SOP Instance UID under two PatientIDs, lists it, and WADO-RS serves neither copy."""
+    orthanc.clear()
+    study, series, sop = uid(), uid(), uid()
+    for patient in ("SYNTH-A", "SYNTH-B"):
+        assert orthanc.upload(make_instance(study, series, sop=sop, patient_id=patient))["Status"] == "Success"
+    land, work = buckets(s3)
+    inp = receive_input(land, work, _source(orthanc))
+    result, _ = run_receive(s3, inp)
+    assert result is not None and result.files == 0 and result.source_failures == 1
+    [row] = failures(s3, inp)
+    assert (row["key"], row["state"], row["code"]) == (f"landed/{study}/{series}/{sop}.dcm", "failed", "NotDelivered")
+    assert "HTTP 404" in row["reason"]
+
+
+def test_refused_credentials_fail_without_retry_and_never_echo_the_secret(s3: Any, emulator_url: str) -> None:
+    """The HealthImaging emulator's DICOMweb answers 401 to a bad bearer token, as an authenticating PACS would."""
+    land, work = buckets(s3)
+    secret = "not-a-valid-token-" + uid()
+    inp = receive_input(land, work, DicomwebSource(kind="dicomweb", url=f"{emulator_url}/datastore/{'a' * 32}"))
+    with pytest.raises(ApplicationError) as info:
+        run_receive(s3, inp, settings=SourceSettings(dicomweb_auth=DicomwebAuth(token=secret)))
+    assert info.value.type == "InvalidSourceConnector" and info.value.non_retryable
+    assert "HTTP 401" in str(info.value) and "HIMIG_DICOMWEB_TOKEN" in str(info.value)
+    assert secret not in str(info.value)

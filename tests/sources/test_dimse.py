@@ -1,0 +1,121 @@
+"""The DIMSE connector (C-FIND + C-GET with pynetdicom) against a real Orthanc."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import pydicom
+import pytest
+from temporalio.exceptions import ApplicationError
+
+from activities.sources import dimse
+from activities.sources.common import Landing, UnitOutcome
+from activities.sources.dimse import DimseConnector
+from contracts.s3uri import parse_s3_uri
+from contracts.sources import DimseSource
+from tests.sources.pacs import seed_two_studies
+from tests.sources.support import (
+    RequestCounter,
+    buckets,
+    failures,
+    inventory,
+    landed,
+    receive_input,
+    run_receive,
+)
+from tests.support.dicom import uid
+from tests.support.orthanc import ORTHANC_AET, OUR_AET, Orthanc
+from tests.support.servers import free_port
+
+
+def _source(orthanc: Orthanc, **kw: Any) -> DimseSource:
+    return DimseSource(kind="dimse", host="127.0.0.1", port=orthanc.dicom_port, called_ae=ORTHANC_AET,
+                       calling_ae=OUR_AET, **kw)
+
+
+def test_every_study_is_pulled_by_c_get_with_its_pixels(s3: Any, orthanc: Orthanc) -> None:
+    seeded = seed_two_studies(orthanc)
+    land, work = buckets(s3)
+    counter = RequestCounter(s3)
+    inp = receive_input(land, work, _source(orthanc), page_size=4)
+    result, _ = run_receive(s3, inp)
+    assert result is not None and result.source_failures == 0
+    got = landed(s3, land)
+    assert set(got) == seeded.landing_keys()
+    for (study, series, sop), original in seeded.instances.items():
+        ds = pydicom.dcmread(io.BytesIO(got[f"landed/{study}/{series}/{sop}.dcm"]))
+        want = pydicom.dcmread(io.BytesIO(original))
+        assert ds.SOPInstanceUID == sop and ds.file_meta.MediaStorageSOPInstanceUID == sop
+        # The stored encoding was offered, so nothing was transcoded (JPEG 2000 stays JPEG 2000).
+        assert ds.file_meta.TransferSyntaxUID == want.file_meta.TransferSyntaxUID
+        assert ds.PixelData == want.PixelData
+    assert result.files == 7 and result.pages == 2
+    assert sorted(r["key"] for r in inventory(s3, inp)) == sorted(got)
+    pulled_puts = counter.calls["PutObject"] - result.pages - 1
+    assert pulled_puts == 7
+    print(f"\nS3 writes per pulled instance (DIMSE): {pulled_puts / 7:.2f}")
+
+
+def test_unknown_study_in_the_filter_is_a_failure_row(s3: Any, orthanc: Orthanc) -> None:
+    seeded = seed_two_studies(orthanc)
+    missing = uid()
+    land, work = buckets(s3)
+    inp = receive_input(land, work, _source(orthanc, study_uids=[missing, seeded.studies[1]]))
+    result, _ = run_receive(s3, inp)
+    assert result is not None and result.source_failures == 1
+    assert set(landed(s3, land)) == {k for k in seeded.landing_keys() if k.startswith(f"landed/{seeded.studies[1]}/")}
+    [row] = failures(s3, inp)
+    assert (row["key"], row["code"]) == (f"landed/{missing}/", "StudyNotFound")
+
+
+def test_rejected_association_is_a_retryable_error_naming_the_peer(s3: Any, orthanc: Orthanc) -> None:
+    land, work = buckets(s3)
+    inp = receive_input(land, work, DimseSource(kind="dimse", host="127.0.0.1", port=orthanc.dicom_port,
+                                                 called_ae="NOT-ORTHANC", calling_ae=OUR_AET))
+    with pytest.raises(ApplicationError) as info:
+        run_receive(s3, inp)
+    assert info.value.type == "SourceUnavailable" and not info.value.non_retryable
+    assert f"DIMSE source NOT-ORTHANC@127.0.0.1:{orthanc.dicom_port}: the association was rejected" in str(info.value)
+
+
+def test_unreachable_pacs_is_a_retryable_error(s3: Any) -> None:
+    land, work = buckets(s3)
+    port = free_port()
+    inp = receive_input(land, work, DimseSource(kind="dimse", host="127.0.0.1", port=port, called_ae="PACS",
+                                                 calling_ae=OUR_AET))
+    with pytest.raises(ApplicationError) as info:
+        run_receive(s3, inp)
+    assert info.value.type == "SourceUnavailable" and not info.value.non_retryable
+    assert f"DIMSE source PACS@127.0.0.1:{port}" in str(info.value)
+
+
+class _RefusesMR(DimseConnector):
+    """Negotiates no storage context for MR, so the PACS's C-STORE sub-operations for MR fail."""
+
+    def _storage_classes(self, expected: dict[str, tuple[str | None, str | None]]) -> list[str]:
+        return [c for c in super()._storage_classes(expected) if c != "1.2.840.10008.5.1.4.1.1.4"]
+
+
+def test_failed_c_get_sub_operations_become_failure_rows(s3: Any, orthanc: Orthanc) -> None:
+    seeded = seed_two_studies(orthanc)
+    land, _ = buckets(s3)
+    study_a = next(st for st, _, _ in seeded.instances if sum(1 for k in seeded.instances if k[0] == st) == 4)
+    landing = Landing(s3, parse_s3_uri(f"s3://{land}/landed/").as_prefix())
+    out: UnitOutcome = _RefusesMR(_source(orthanc)).pull(study_a, landing)
+    # Orthanc fails the whole C-GET (status 0xC000) when one SOP class has no context: all four instances of the
+    # study must come back as failure rows naming the PACS status, none silently missing.
+    expected = {f"landed/{st}/{se}/{sop}.dcm" for st, se, sop in seeded.instances if st == study_a}
+    assert {f.key for f in out.failures} | set(landed(s3, land)) == expected
+    assert len(out.failures) + out.pulled == 4 and out.failures
+    for row in out.failures:
+        assert row.state == "failed" and row.code == "RetrieveFailed"
+        assert "C-GET final status 0x" in (row.reason or "")
+
+
+@pytest.mark.parametrize("classes", [1, 12, 13, 40, 127, 200])
+def test_context_budget_keeps_the_uncompressed_pair_for_every_class(classes: int) -> None:
+    groups = dimse.context_groups(classes)
+    assert groups[0] == [str(dimse.ExplicitVRLittleEndian), str(dimse.ImplicitVRLittleEndian)]
+    assert min(classes, dimse.MAX_CONTEXTS - 1) * len(groups) <= dimse.MAX_CONTEXTS - 1 or len(groups) == 1
+    assert len(groups) == (len(dimse.TRANSFER_GROUPS) if classes <= 12 else max(1, 127 // classes))

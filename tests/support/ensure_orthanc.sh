@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Install the Orthanc PACS used by the source-connector tests (Debian packages), then touch the stamp "$1".
+# Without root or apt-get it prints one note and carries on: those tests then skip with a clear message.
+set -euo pipefail
+stamp="$1"
+plugin_present() { dpkg -L orthanc-dicomweb 2>/dev/null | grep -q 'libOrthancDicomWeb\.so$'; }
+if command -v Orthanc >/dev/null && plugin_present && command -v unshare >/dev/null; then
+  mkdir -p "$(dirname "$stamp")" && touch "$stamp"; exit 0
+fi
+if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
+  echo "note: Orthanc is not installed and apt-get as root is unavailable; the PACS connector tests will skip" \
+       "(install with: apt-get install orthanc orthanc-dicomweb)"
+  exit 0
+fi
+# The packaged Orthanc service must not start (it would listen on 0.0.0.0:4242/8042): deny service starts
+# for the duration of the install unless a policy already does.
+own_policy=""
+if [ ! -e /usr/sbin/policy-rc.d ]; then
+  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d
+  own_policy=1
+fi
+trap '[ -n "$own_policy" ] && rm -f /usr/sbin/policy-rc.d' EXIT
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends orthanc orthanc-dicomweb iproute2 util-linux >/dev/null
+mkdir -p "$(dirname "$stamp")" && touch "$stamp"
