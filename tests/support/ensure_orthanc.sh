@@ -19,8 +19,14 @@ if [ ! -e /usr/sbin/policy-rc.d ]; then
   printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d
   own_policy=1
 fi
-trap '[ -n "$own_policy" ] && rm -f /usr/sbin/policy-rc.d' EXIT
+cleanup() { if [ -n "$own_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi; }
+trap cleanup EXIT
 export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
-apt-get install -y -qq --no-install-recommends orthanc orthanc-dicomweb iproute2 util-linux >/dev/null
+# A failed install (registry unreachable, dpkg locked) must not fail the whole suite: say so, leave no stamp
+# (the next `make test` tries again), and the PACS tests skip with their own message.
+if ! { apt-get update -qq && apt-get install -y -qq --no-install-recommends orthanc orthanc-dicomweb iproute2 \
+        util-linux >/dev/null; }; then
+  echo "note: apt-get could not install orthanc orthanc-dicomweb; the PACS connector tests will skip"
+  exit 0
+fi
 mkdir -p "$(dirname "$stamp")" && touch "$stamp"
