@@ -41,6 +41,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from contracts import search
+
 HOST = "127.0.0.1"
 COMPONENTS: tuple[str, ...] = ("temporal", "moto", "emulator", "worker")
 """All components, in start order (``down`` stops them in reverse)."""
@@ -442,9 +444,7 @@ class Stack:
             argv = [self.temporal_bin(), "server", "start-dev", "--ip", HOST, "--port", str(c.temporal_port),
                     "--ui-port", str(c.temporal_ui_port), "--ui-ip", HOST, "--db-filename", str(self.temporal_db),
                     "--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma", "synchronous=normal",
-                    "--ui-disable-news-fetch", "--log-level", "warn",
-                    "--search-attribute", "HimigMigrationId=Keyword", "--search-attribute", "HimigState=Keyword",
-                    "--search-attribute", "HimigDatastoreId=Keyword"]
+                    "--ui-disable-news-fetch", "--log-level", "warn", *search.dev_server_args()]
             env: dict[str, str] = {}
         elif name == "moto":
             argv = [py, "-m", "moto.server", "-H", HOST, "-p", str(c.moto_port)]

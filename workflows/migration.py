@@ -16,6 +16,7 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
 
 with workflow.unsafe.imports_passed_through():
+    from contracts import search
     from contracts.pipeline import (
         BatchInput,
         BatchResult,
@@ -42,6 +43,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows import policies
     from workflows.batch import ImportBatchWorkflow
+    from workflows.search import upsert
 
 # Continue as new well before Temporal's 10k-event warning, and whenever the server suggests it.
 HISTORY_ROLLOVER = 5_000
@@ -58,6 +60,7 @@ class MigrationWorkflow:
             self._state.runs += 1
         self._running: set[int] = set()
         self._id = workflow.info().workflow_id
+        self._input = input
 
     @workflow.query
     def progress(self) -> MigrationProgress:
@@ -79,6 +82,11 @@ class MigrationWorkflow:
             eta_seconds=(remaining / rate) if rate > 0 and s.phase != "completed" else None,
             report_uri=s.report_uri, paused=s.paused, cancel_requested=s.cancel_requested,
             operator_log=s.operator_log[-10:])
+
+    def _publish(self) -> None:
+        """Search attributes: `himig list` and visibility queries find migrations by id, state and data store."""
+        upsert({search.MIGRATION_ID: self._id, search.DATASTORE_ID: self._input.datastore_id,
+                search.STATE: self._state.phase})
 
     def _add_states(self, counts: dict[FileState, int]) -> None:
         for state, n in counts.items():
@@ -156,6 +164,7 @@ class MigrationWorkflow:
         if self._state.started_at is None:
             self._state.started_at = workflow.now()
         s = self._state
+        self._publish()
 
         if s.phase == "receiving":
             received = await workflow.execute_activity(
@@ -167,6 +176,7 @@ class MigrationWorkflow:
                 heartbeat_timeout=policies.HEARTBEAT, retry_policy=policies.STAGE_RETRY)
             s.inventory_pages, s.files_total, s.bytes_total = received.pages, received.files, received.bytes
             s.phase = "parsing"
+            self._publish()
 
         if s.phase == "parsing":
             reached = await self._bounded(s.pages_done, s.inventory_pages, input.max_parallel_pages,
@@ -175,6 +185,7 @@ class MigrationWorkflow:
                 workflow.continue_as_new(input.model_copy(update={"continued": s}))
             # Planning runs even after a cancel, so files already parsed get their duplicate verdicts.
             s.phase = "planning"
+            self._publish()
 
         if s.phase == "planning":
             plan = await workflow.execute_activity(
@@ -190,6 +201,7 @@ class MigrationWorkflow:
             self._add_states({FileState.SKIPPED_DUPLICATE: plan.duplicates,
                               FileState.REJECTED: plan.conflicting_duplicates})
             s.phase = "importing"
+            self._publish()
 
         if s.phase == "importing":
             pace = timedelta(seconds=input.import_start_interval_seconds) if input.import_start_interval_seconds else None
@@ -198,6 +210,7 @@ class MigrationWorkflow:
             if reached < s.batches_planned and not s.cancel_requested:
                 workflow.continue_as_new(input.model_copy(update={"continued": s}))
             s.phase = "reporting"
+            self._publish()
 
         report = await workflow.execute_activity(
             "write_report", ReportInput(migration_id=self._id, work_s3_uri=input.work_s3_uri,
@@ -209,6 +222,7 @@ class MigrationWorkflow:
         s.files_by_state = dict(report.files_by_state)
         s.report_uri = report.report_uri
         s.phase = "completed"
+        self._publish()
         return MigrationResult(migration_id=self._id, report_uri=report.report_uri, summary_uri=report.summary_uri,
                                files_uri=report.files_uri, files_by_state=report.files_by_state,
                                files_total=report.files_total)

