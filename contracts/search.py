@@ -13,10 +13,8 @@ from temporalio.common import SearchAttributeKey
 MIGRATION_ID = SearchAttributeKey.for_keyword("HimigMigrationId")
 STATE = SearchAttributeKey.for_keyword("HimigState")
 DATASTORE_ID = SearchAttributeKey.for_keyword("HimigDatastoreId")
-# The HealthImaging import job a batch is waiting on: how an "Import Job Completed" event finds its batch.
-JOB_ID = SearchAttributeKey.for_keyword("HimigJobId")
 
-ALL = (MIGRATION_ID, STATE, DATASTORE_ID, JOB_ID)
+ALL = (MIGRATION_ID, STATE, DATASTORE_ID)
 
 # `workflow.patched` id guarding every upsert (histories recorded before it replay without the commands).
 PATCH = "search-attributes"

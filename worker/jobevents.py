@@ -1,14 +1,14 @@
 """Import-job events wake waiting batches early: an SQS listener for HealthImaging's EventBridge job events.
 
 EventBridge rule (source ``aws.medical-imaging``, detail-types "Import Job Completed" / "Import Job Failed") →
-SQS (``HIMIG_JOB_EVENTS_QUEUE_URL``) → `JobEventListener` → visibility query ``HimigJobId = '<job>'`` → signal
-`job_event` to the running `ImportBatchWorkflow` waiting on that job. The batch then polls GetDICOMImportJob at
-once; without events it still finds out by polling, just later.
+SQS (``HIMIG_JOB_EVENTS_QUEUE_URL``) → `JobEventListener` → signal `job_event` to the `ImportBatchWorkflow` that
+started the job (its id follows from the event's ``outputS3Uri``, see `contracts.jobevents`). The batch then polls
+GetDICOMImportJob at once; without events it still finds out by polling, just later.
 
 Delivery rules: a malformed message is logged (message id and the reason, never the body) and deleted; an event
-for a job no running batch waits on (another system's job, or a batch that already saw the job end by polling)
-is counted, logged with the job id and deleted; when Temporal cannot be reached the message is kept and SQS
-re-delivers it. Duplicates are harmless: the workflow counts and ignores what it does not need.
+for a job himig did not start, or whose batch has already finished (it saw the job end by polling), is counted,
+logged with the job id and deleted; when Temporal cannot be reached the message is kept and SQS re-delivers it.
+Duplicates are harmless: the workflow counts and ignores what it does not need.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from botocore.exceptions import ClientError
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
 
-from contracts import search
-from contracts.jobevents import RULE_PATTERN, JobEvent, MalformedJobEvent, parse_job_event
+from contracts.jobevents import RULE_PATTERN, MalformedJobEvent, ParsedJobEvent, parse_job_event
 from worker.listener import _sleep_or_stop, _swallow
 from workflows.batch import ImportBatchWorkflow
 
@@ -39,10 +39,6 @@ class JobEventSettings(BaseSettings):
     queue_url: str | None = Field(None, description="SQS queue an EventBridge rule sends import-job events to")
     wait_seconds: int = Field(10, ge=1, le=20, description="SQS long-poll wait")
     visibility_timeout: int = Field(60, ge=10, le=43_200, description="seconds a received message stays hidden")
-    # Visibility (the search attribute index) lags a second or so behind the workflow's upsert; an event for a
-    # job that finishes at once may come first. Looked up again this many times, a second apart.
-    lookup_attempts: int = Field(3, ge=1, le=30)
-    lookup_interval_seconds: float = Field(1.0, gt=0, le=30)
 
     @property
     def enabled(self) -> bool:
@@ -112,42 +108,42 @@ class JobEventListener:
     async def handle(self, message: dict[str, Any]) -> None:
         msg_id = message.get("MessageId", "?")
         try:
-            event = parse_job_event(message.get("Body", ""))
+            parsed = parse_job_event(message.get("Body", ""))
         except MalformedJobEvent as err:
             self.malformed += 1
             log.warning("deleting a malformed job-event message", message_id=msg_id, reason=str(err))
             await self._delete(message)
             return
-        if event is None:
+        if parsed is None:
             self.ignored += 1  # another event type routed to the queue: nothing waits on it
             await self._delete(message)
             return
         try:
-            woken = await self._wake(event)
+            woken = await self._wake(parsed)
         except Exception as err:  # Temporal unavailable: keep the message, SQS re-delivers it
             log.warning("job-event message kept for re-delivery", message_id=msg_id, error=type(err).__name__)
             return
         if not woken:
             self.unknown_jobs += 1
-            log.info("ignoring an event for a job no running batch waits on", job_id=event.job_id,
-                     status=event.status)
+            log.info("ignoring an event for a job no running batch waits on", message_id=msg_id,
+                     job_id=parsed.event.job_id, status=parsed.event.status)
         await self._delete(message)
 
-    async def _wake(self, event: JobEvent) -> int:
-        """Signal every running batch whose ``HimigJobId`` is the event's job; returns how many."""
-        query = f"{search.JOB_ID.name} = '{event.job_id}' AND ExecutionStatus = 'Running'"  # job id: [A-Za-z0-9_-]
-        for attempt in range(self._settings.lookup_attempts):
-            if attempt:
-                await asyncio.sleep(self._settings.lookup_interval_seconds)
-            found = [wf async for wf in self._client.list_workflows(query, limit=10)]
-            for wf in found:
-                handle = self._client.get_workflow_handle(wf.id, run_id=wf.run_id)
-                await handle.signal(ImportBatchWorkflow.job_event, event)
-                self.signalled += 1
-                log.info("import-job event signalled", workflow_id=wf.id, job_id=event.job_id, status=event.status)
-            if found:
-                return len(found)
-        return 0
+    async def _wake(self, parsed: ParsedJobEvent) -> bool:
+        """Signal the batch that started the event's job; False when there is none (or it has finished)."""
+        if parsed.batch_workflow_id is None:
+            return False
+        try:
+            await self._client.get_workflow_handle(parsed.batch_workflow_id).signal(ImportBatchWorkflow.job_event,
+                                                                                   parsed.event)
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:  # no such workflow, or it has already completed
+                return False
+            raise
+        self.signalled += 1
+        log.info("import-job event signalled", workflow_id=parsed.batch_workflow_id, job_id=parsed.event.job_id,
+                 status=parsed.event.status)
+        return True
 
     async def _delete(self, message: dict[str, Any]) -> None:
         try:

@@ -32,7 +32,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.reconciliation import ReconciliationWorkflow
     from workflows.search import upsert
 
-# Guards the job-event wake-up and this workflow's search attributes (HimigJobId is what the events use).
+# Guards the job-event wake-up (asked only when an event wakes a wait, so batches never woken pay nothing).
 JOB_EVENTS_PATCH = "job-events"
 # Wake-ups acted on per job: a flood of duplicate events costs a few signals, never a poll each.
 MAX_WAKES = 3
@@ -106,8 +106,6 @@ class ImportBatchWorkflow:
         self._progress.staged_files = job.staged_files
 
         self._stage(BatchStage.AWAITING_JOB)
-        upsert({search.MIGRATION_ID: input.migration_id, search.DATASTORE_ID: input.datastore_id,
-                search.JOB_ID: job.job_id, search.STATE: BatchStage.AWAITING_JOB.value}, JOB_EVENTS_PATCH)
         outcome = await self._await_job(job)
         self._progress.job_status = outcome.status
         self._stage(BatchStage.JOB_COMPLETED if outcome.status == "COMPLETED" else BatchStage.JOB_FAILED)
@@ -133,21 +131,19 @@ class ImportBatchWorkflow:
         The poll is one activity whose retries (with a growing delay, no history each) are the polls. A wake-up
         cancels it in its back-off and starts a fresh one, whose first attempt polls at once: O(1) history per
         job (at most ``MAX_WAKES`` restarts), and the job's status only ever comes from GetDICOMImportJob.
+        ``workflow.patched`` is asked only when a wake-up is acted on: a history without one has the same
+        commands as before the change, and no marker.
         """
-        if not workflow.patched(JOB_EVENTS_PATCH):
-            return await workflow.execute_activity(
-                "await_import_job", job, result_type=JobOutcome,
-                start_to_close_timeout=policies.POLL_TIMEOUT, schedule_to_close_timeout=policies.JOB_WAIT_LIMIT,
-                retry_policy=policies.POLL_RETRY)
         self._wake, self._wakes = False, 0
         while True:
+            # The same command as the former execute_activity: histories without wake-ups replay unchanged.
             poll = workflow.start_activity(
                 "await_import_job", job, result_type=JobOutcome,
                 start_to_close_timeout=policies.POLL_TIMEOUT, schedule_to_close_timeout=policies.JOB_WAIT_LIMIT,
                 retry_policy=policies.POLL_RETRY)
             await workflow.wait_condition(lambda poll=poll: poll.done() or self._wake)  # type: ignore[misc]
-            if not poll.done():
-                self._wake = False
+            self._wake = False
+            if not poll.done() and workflow.patched(JOB_EVENTS_PATCH):
                 poll.cancel()
             try:
                 return await poll
@@ -160,8 +156,10 @@ class ImportBatchWorkflow:
         if input.manual_review:
             self._progress.approval = None
             self._stage(BatchStage.AWAITING_APPROVAL)
-            upsert({search.STATE: BatchStage.AWAITING_APPROVAL.value}, JOB_EVENTS_PATCH)
+            upsert({search.STATE: BatchStage.AWAITING_APPROVAL.value})  # what `himig list` shows operators
             await workflow.wait_condition(lambda: self._progress.approval is not None)
+            approved = self._progress.approval is not None and self._progress.approval.approve
+            upsert({search.STATE: "approved" if approved else "held"})
         if self._progress.approval is None or self._progress.approval.approve:
             self._stage(BatchStage.ROUTING)
             await workflow.execute_activity(

@@ -13,6 +13,7 @@ from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
+from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
 
 with workflow.unsafe.imports_passed_through():
@@ -248,8 +249,13 @@ class MigrationWorkflow:
                           data_access_role_arn=input.data_access_role_arn, manual_review=input.manual_review)
         self._running.add(batch)
         try:
+            # Set at the start (no history event in the batch): visibility finds a migration's batches by id and
+            # data store. Guarded by the same patch as this workflow's own upserts.
+            attrs = (TypedSearchAttributes([SearchAttributePair(search.MIGRATION_ID, self._id),
+                                            SearchAttributePair(search.DATASTORE_ID, input.datastore_id)])
+                     if workflow.patched(search.PATCH) else None)
             result: BatchResult = await workflow.execute_child_workflow(
-                ImportBatchWorkflow.run, args, id=batch_workflow_id(self._id, batch))
+                ImportBatchWorkflow.run, args, id=batch_workflow_id(self._id, batch), search_attributes=attrs)
             self._add_states(result.files_by_state)
             self._state.image_sets += result.image_sets
             self._state.non_primary_image_sets += len(result.non_primary_image_sets)
