@@ -24,6 +24,7 @@ from temporalio.service import RPCError
 from temporalio.worker import Worker
 
 from activities.ingest import IngestActivities, manifests_prefix
+from contracts import search
 from contracts.ingest import Arrival, IngestInput, flush_migration_id, ingest_workflow_id
 from contracts.pipeline import FileState, MigrationResult
 from tests.conftest import emulator_admin, make_medical_imaging
@@ -390,6 +391,7 @@ class TestIngestBufferBound:
                 finally:
                     ticker.cancel()
         assert (result.flushes, result.files_flushed) == (4, 7)
+        assert (await client.get_workflow_handle(wid).describe()).typed_search_attributes.get(search.STATE) == "completed"
         flushes = await _flushes(client, s3, work, wid)
         assert [mid.rsplit(".", 1)[1] for mid, _ in flushes] == [f"flush-{n:05d}" for n in (1, 2, 3, 4)]
         per_flush = [sorted(row["key"] for row in _rows(s3, res)) for _, res in flushes]

@@ -10,25 +10,30 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 import structlog
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError
-from temporalio.worker import Worker
+from temporalio.worker import Replayer, Worker
 
+from contracts import search
 from contracts.jobevents import MalformedJobEvent, batch_of, parse_job_event
 from contracts.pipeline import BatchStage, FileState, MigrationInput, batch_workflow_id
 from tests.conftest import emulator_admin
 from tests.support.dicom import make_instance, uid
 from worker.jobevents import JobEventListener, JobEventSettings, configure_job_events_rule
+from worker.registry import WORKFLOWS
 from workflows.batch import ImportBatchWorkflow
 from workflows.migration import MigrationWorkflow
 
@@ -135,6 +140,21 @@ class TestEventWakesTheBatch:
                    for e in completed)
         progress = await batch.query(ImportBatchWorkflow.progress)
         assert progress.job_events_received == 1 and progress.job_status == "COMPLETED"
+
+        # The wake-up path replays deterministically (and so does the migration that ran it).
+        history = await batch.fetch_history()
+        replayer = Replayer(workflows=WORKFLOWS, data_converter=pydantic_data_converter)
+        await replayer.replay_workflow(history)
+        await replayer.replay_workflow(await handle.fetch_history())
+        if os.environ.get("HIMIG_RECORD_HISTORIES"):
+            path = Path(__file__).parent.parent / "histories" / "job-event-wake.batch-00000.json"
+            path.write_text(json.dumps(json.loads(history.to_json()), indent=1))
+
+        # Search attributes: the migration's phase and data store; the batch's migration (set by its parent).
+        migration_attrs = (await handle.describe()).typed_search_attributes
+        assert migration_attrs.get(search.STATE) == "completed"
+        assert migration_attrs.get(search.DATASTORE_ID) == held_datastore_id
+        assert (await batch.describe()).typed_search_attributes.get(search.MIGRATION_ID) == mid
 
 
 class TestListenerDropsWhatItCannotUse:
