@@ -128,3 +128,15 @@ class TestUnknownIds:
         result = cli.invoke(app, args)
         assert result.exit_code == 1, result.output
         assert needle in _flat(result)
+
+
+class TestUnreachableTemporal:
+    @pytest.mark.parametrize("args", [
+        ["list"], ["report", "m-1"], ["pause", "m-1"], ["approve", "recon-x", "--action", "keep"],
+        ["approve-manifest", "m-1.batch-00000", "--hold"],
+    ])
+    def test_names_the_address_and_the_variable(self, args: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("HIMIG_TEMPORAL_ADDRESS", "127.0.0.1:1")  # nothing listens here
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 1, result.output
+        assert "cannot reach Temporal at 127.0.0.1:1" in _flat(result) and "HIMIG_TEMPORAL_ADDRESS" in _flat(result)
