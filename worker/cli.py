@@ -250,13 +250,12 @@ def list_cmd(
     async def go() -> None:
         client = await _client(s)
         table = Table(title="migrations and reconciliations")
-        for col in ("type", "workflow id", "status", "state", "data store", "started"):
-            table.add_column(col, overflow="fold")  # ids are copied into `himig approve`: never truncate them
+        for col in ("type", "workflow id", "status", "state", "started"):
+            # Ids are copied into `himig approve`: never wrapped or truncated; the other columns give way.
+            table.add_column(col, overflow="fold", no_wrap=col == "workflow id")
         async for wf in client.list_workflows(list_query(all_states, datastore_id, migration_id), limit=limit):
-            attrs = wf.typed_search_attributes
             table.add_row(wf.workflow_type, wf.id, wf.status.name if wf.status else "?",
-                          attrs.get(search.STATE) or "-", attrs.get(search.DATASTORE_ID) or "-",
-                          f"{wf.start_time:%Y-%m-%d %H:%M:%S}")
+                          wf.typed_search_attributes.get(search.STATE) or "-", f"{wf.start_time:%Y-%m-%d %H:%M:%S}")
         console.print(table)
 
     _run(go())

@@ -33,7 +33,7 @@ WAIT_LIMIT = 30.0
 @pytest.fixture
 def cli(temporal_env: WorkflowEnvironment, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
     monkeypatch.setenv("HIMIG_TEMPORAL_ADDRESS", temporal_env.client.service_client.config.target_host)
-    monkeypatch.setattr(cli_module.console, "width", 300)  # ids whole on one line (CliRunner is no terminal)
+    monkeypatch.setattr(cli_module.console, "width", 200)  # CliRunner is no terminal: states unfolded too
     return CliRunner()
 
 
