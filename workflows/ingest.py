@@ -5,9 +5,9 @@ Arrivals are deduplicated by key and etag (S3 and SQS deliver at least once and 
 flushed when ``max_files`` are buffered, after ``quiet_seconds`` without an arrival, or ``max_wait_seconds`` after
 the first buffered arrival. A flush writes a source manifest (activity `write_ingest_manifest`) and runs one child
 `MigrationWorkflow` over it. Arrivals during a running flush are spilled to S3 as the next flush's manifest
-whenever ``max_files`` are buffered (only a pointer is kept), so the workflow's state stays bounded at any
-arrival rate; pending manifests are migrated in order. With nothing left to flush the workflow lingers one quiet period (a late duplicate
-is still recognised) and completes; the next arrival signal-with-starts a new run under the same id.
+whenever ``max_files`` are buffered (only a pointer is kept) and migrated in order afterwards, so the buffer
+never holds the backlog of a long flush. With nothing left to flush the workflow lingers one quiet period (a late
+duplicate is still recognised) and completes; the next arrival signal-with-starts a new run under the same id.
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ with workflow.unsafe.imports_passed_through():
 HISTORY_ROLLOVER = 5_000
 FLUSHES_PER_RUN = 5
 MANIFEST_TIMEOUT = timedelta(minutes=5)
-# Arrivals during a running flush are spilled to S3 (a pending manifest) whenever ``max_files`` are buffered,
-# so the buffer never holds more than ``max_files`` at any arrival rate.
+# Arrivals during a running flush are spilled to S3 (a pending manifest) whenever ``max_files`` are buffered:
+# the buffer holds at most ``max_files`` plus what is signalled while one manifest is written.
 SPILL_PATCH = "ingest-spill"
 
 
@@ -205,21 +205,23 @@ class IngestWorkflow:
                                      datastore_id=input.datastore_id, work_s3_uri=input.work_s3_uri,
                                      validation_level=input.validation_level,
                                      data_access_role_arn=input.data_access_role_arn)
+        # Awaited, not fire-and-forget: flushes of one study run one after another, and the workflow only
+        # completes once every file it accepted has its verdict in a report.
+        child: asyncio.Future[MigrationResult] | None = None
+        if workflow.patched(SPILL_PATCH):
+            child = asyncio.ensure_future(
+                workflow.execute_child_workflow(MigrationWorkflow.run, child_input, id=migration_id))
+            running = child
+            while not running.done():
+                await workflow.wait_condition(lambda: running.done() or len(self._buffer) >= input.max_files)
+                if not running.done():
+                    # Outside the try below: a manifest that cannot be written fails the workflow, as in `_flush`.
+                    spilled = await self._write_manifest(input, ingest_id)
+                    self._state.pending.append(PendingFlush(flush=spilled.flush, manifest_uri=spilled.manifest_uri,
+                                                            files=spilled.files))
         try:
-            # Awaited, not fire-and-forget: flushes of one study run one after another, and the workflow only
-            # completes once every file it accepted has its verdict in a report.
-            if workflow.patched(SPILL_PATCH):
-                child = asyncio.ensure_future(
-                    workflow.execute_child_workflow(MigrationWorkflow.run, child_input, id=migration_id))
-                while not child.done():
-                    await workflow.wait_condition(lambda: child.done() or len(self._buffer) >= input.max_files)
-                    if not child.done():
-                        spilled = await self._write_manifest(input, ingest_id)
-                        self._state.pending.append(PendingFlush(flush=spilled.flush, manifest_uri=spilled.manifest_uri,
-                                                                files=spilled.files))
-                result: MigrationResult = await child
-            else:
-                result = await workflow.execute_child_workflow(MigrationWorkflow.run, child_input, id=migration_id)
+            result = await (child if child is not None else
+                            workflow.execute_child_workflow(MigrationWorkflow.run, child_input, id=migration_id))
             summary.files_by_state = dict(result.files_by_state)
             summary.report_uri, summary.files_uri = result.report_uri, result.files_uri
         except (ChildWorkflowError, ActivityError) as err:
