@@ -26,7 +26,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from contracts.jobevents import RULE_PATTERN, MalformedJobEvent, ParsedJobEvent, parse_job_event
 from worker.listener import _sleep_or_stop, _swallow
-from workflows.batch import ImportBatchWorkflow
+from workflows.batch import JOB_EVENT_SIGNAL
 
 log = structlog.get_logger("himig.jobevents")
 
@@ -134,8 +134,8 @@ class JobEventListener:
         if parsed.batch_workflow_id is None:
             return False
         try:
-            await self._client.get_workflow_handle(parsed.batch_workflow_id).signal(ImportBatchWorkflow.job_event,
-                                                                                   parsed.event)
+            # By name: the workflow takes the payload raw (see ImportBatchWorkflow.job_event).
+            await self._client.get_workflow_handle(parsed.batch_workflow_id).signal(JOB_EVENT_SIGNAL, parsed.event)
         except RPCError as err:
             if err.status == RPCStatusCode.NOT_FOUND:  # no such workflow, or it has already completed
                 return False

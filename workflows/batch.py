@@ -6,6 +6,7 @@ import contextlib
 from datetime import timedelta
 
 from temporalio import workflow
+from temporalio.common import RawValue
 from temporalio.exceptions import ActivityError, CancelledError, WorkflowAlreadyStartedError
 from temporalio.workflow import ParentClosePolicy
 
@@ -34,6 +35,7 @@ with workflow.unsafe.imports_passed_through():
 
 # Guards the job-event wake-up (asked only when an event wakes a wait, so batches never woken pay nothing).
 JOB_EVENTS_PATCH = "job-events"
+JOB_EVENT_SIGNAL = "job_event"
 # Wake-ups acted on per job: a flood of duplicate events costs a few signals, never a poll each.
 MAX_WAKES = 3
 
@@ -56,13 +58,20 @@ class ImportBatchWorkflow:
         return self._progress
 
     @workflow.signal
-    def job_event(self, event: JobEvent) -> None:
-        """An import-job event for the job this batch waits on: wakes the wait early (see `_await_job`).
+    def job_event(self, raw: RawValue) -> None:
+        """An import-job event (`JobEvent`) for the job this batch waits on: wakes the wait early (`_await_job`).
 
-        Never trusted: the status still comes from GetDICOMImportJob. Events for another job, events arriving
-        when nothing waits, non-terminal statuses and duplicates beyond ``MAX_WAKES`` are counted and ignored.
+        Never trusted: the status still comes from GetDICOMImportJob. Malformed payloads (taken raw, so they are
+        counted instead of dropped by the SDK), events for another job, events arriving when nothing waits,
+        non-terminal statuses and duplicates beyond ``MAX_WAKES`` are counted and ignored.
         """
         p = self._progress
+        try:
+            event = JobEvent.model_validate(workflow.payload_converter().from_payload(raw.payload))
+        except Exception:
+            workflow.logger.warning("ignoring a malformed job_event signal")
+            p.job_events_ignored += 1
+            return
         if (event.job_id != p.job_id or p.stage is not BatchStage.AWAITING_JOB
                 or event.status not in TERMINAL_STATUSES or self._wakes >= MAX_WAKES):
             p.job_events_ignored += 1

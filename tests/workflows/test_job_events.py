@@ -28,7 +28,7 @@ from temporalio.service import RPCError
 from temporalio.worker import Replayer, Worker
 
 from contracts import search
-from contracts.jobevents import MalformedJobEvent, batch_of, parse_job_event
+from contracts.jobevents import JobEvent, MalformedJobEvent, batch_of, parse_job_event
 from contracts.pipeline import BatchStage, FileState, MigrationInput, batch_workflow_id
 from tests.conftest import emulator_admin
 from tests.support.dicom import make_instance, uid
@@ -106,6 +106,16 @@ class TestEventWakesTheBatch:
             await _until(in_back_off, "the batch's first poll")
             progress = await batch.query(ImportBatchWorkflow.progress)
             assert progress.stage is BatchStage.AWAITING_JOB and progress.job_id
+            # Hand-sent signals that must not wake it: malformed, another job's, a non-terminal status.
+            await batch.signal("job_event", {"job_id": 5})
+            await batch.signal("job_event", JobEvent(job_id="z" * 32, status="COMPLETED"))
+            await batch.signal("job_event", JobEvent(job_id=progress.job_id, status="IN_PROGRESS"))
+
+            async def ignored() -> bool:
+                return (await batch.query(ImportBatchWorkflow.progress)).job_events_ignored == 3
+
+            await _until(ignored, "the three signals to be ignored")
+            assert (await in_back_off()) is not None  # still waiting in the same back-off: nothing woke it
             emulator_admin(held_emulator, f"jobs/{progress.job_id}/advance", {"to": "COMPLETED"})
 
             result = await asyncio.wait_for(handle.result(), timeout=WAIT_LIMIT)
@@ -139,7 +149,8 @@ class TestEventWakesTheBatch:
         assert any(e.activity_task_completed_event_attributes.scheduled_event_id == events[polls[1]].event_id
                    for e in completed)
         progress = await batch.query(ImportBatchWorkflow.progress)
-        assert progress.job_events_received == 1 and progress.job_status == "COMPLETED"
+        assert progress.job_events_received == 1 and progress.job_events_ignored == 3
+        assert progress.job_status == "COMPLETED"
 
         # The wake-up path replays deterministically (and so does the migration that ran it).
         history = await batch.fetch_history()
