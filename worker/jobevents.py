@@ -14,8 +14,11 @@ Duplicates are harmless: the workflow counts and ignores what it does not need.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from typing import Any
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import structlog
 from botocore.exceptions import ClientError
@@ -25,10 +28,41 @@ from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
 from contracts.jobevents import RULE_PATTERN, MalformedJobEvent, ParsedJobEvent, parse_job_event
-from worker.listener import _sleep_or_stop, _swallow
+from worker.listener import _sleep_or_stop
 from workflows.batch import JOB_EVENT_SIGNAL
 
 log = structlog.get_logger("himig.jobevents")
+
+T = TypeVar("T")
+
+
+def in_daemon_thread(fn: Callable[[], T]) -> asyncio.Future[T]:
+    """Run a blocking call (an SQS long poll) in a daemon thread.
+
+    Unlike ``asyncio.to_thread``, an abandoned call does not hold up the process's exit: the default executor's
+    threads are joined at shutdown, which would add up to one long-poll wait to every worker stop.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if future.done():
+            return  # abandoned by a stop
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+    def run() -> None:
+        try:
+            result, error = fn(), None
+        except BaseException as exc:  # handed to the awaiting coroutine
+            result, error = None, exc
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits for this any more
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=run, name="job-events-poll", daemon=True).start()
+    return future
 
 
 class JobEventSettings(BaseSettings):
@@ -79,13 +113,13 @@ class JobEventListener:
     async def run(self, stop: asyncio.Event) -> None:
         """Poll until ``stop`` is set (an in-flight long poll is abandoned; SQS re-delivers its messages)."""
         log.info("job-events listener started")
-        stopper = asyncio.ensure_future(stop.wait())
+        stopper: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
         try:
             while not stop.is_set():
-                poll = asyncio.ensure_future(asyncio.to_thread(self._receive))
+                poll: asyncio.Future[Any] = in_daemon_thread(self._receive)
                 await asyncio.wait({poll, stopper}, return_when=asyncio.FIRST_COMPLETED)
                 if not poll.done():
-                    poll.add_done_callback(_swallow)
+                    poll.cancel()  # the thread's late answer is dropped; SQS re-delivers its messages
                     break
                 try:
                     messages = poll.result()
