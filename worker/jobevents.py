@@ -14,11 +14,8 @@ Duplicates are harmless: the workflow counts and ignores what it does not need.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import threading
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import structlog
 from botocore.exceptions import ClientError
@@ -28,42 +25,10 @@ from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
 from contracts.jobevents import RULE_PATTERN, MalformedJobEvent, ParsedJobEvent, parse_job_event
-from worker.listener import _sleep_or_stop
+from worker.listener import _sleep_or_stop, in_daemon_thread
 from workflows.batch import JOB_EVENT_SIGNAL
 
 log = structlog.get_logger("himig.jobevents")
-
-T = TypeVar("T")
-
-
-def in_daemon_thread(fn: Callable[[], T]) -> asyncio.Future[T]:
-    """Run a blocking call (an SQS long poll) in a daemon thread.
-
-    Unlike ``asyncio.to_thread``, an abandoned call does not hold up the process's exit: the default executor's
-    threads are joined at shutdown, which would add up to one long-poll wait to every worker stop.
-    """
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[T] = loop.create_future()
-
-    def settle(result: T | None, error: BaseException | None) -> None:
-        if future.done():
-            return  # abandoned by a stop
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)  # type: ignore[arg-type]
-
-    def run() -> None:
-        try:
-            result, error = fn(), None
-        except BaseException as exc:  # handed to the awaiting coroutine
-            result, error = None, exc
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits for this any more
-            loop.call_soon_threadsafe(settle, result, error)
-
-    threading.Thread(target=run, name="job-events-poll", daemon=True).start()
-    return future
-
 
 class JobEventSettings(BaseSettings):
     """Settings of the job-events listener, from ``HIMIG_JOB_EVENTS_*``; it runs only when a queue is set."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -33,6 +34,7 @@ from contracts.pipeline import BatchStage, FileState, MigrationInput, batch_work
 from tests.conftest import emulator_admin
 from tests.support.dicom import make_instance, uid
 from worker.jobevents import JobEventListener, JobEventSettings, configure_job_events_rule
+from worker.listener import in_daemon_thread
 from worker.registry import WORKFLOWS
 from workflows.batch import ImportBatchWorkflow
 from workflows.migration import MigrationWorkflow
@@ -230,3 +232,18 @@ class TestParsing:
         parsed = parse_job_event(_job_event_body("j" * 32, "FAILED", "s3://w/m/import-output/batch-00001/",
                                                  detail_type="Import Job Failed"))
         assert parsed is not None and parsed.event.status == "FAILED" and parsed.batch_workflow_id == "m.batch-00001"
+
+
+class TestDaemonThreadPoll:
+    async def test_result_error_and_an_abandoned_call(self) -> None:
+        assert await in_daemon_thread(lambda: 42) == 42
+        with pytest.raises(ValueError, match="boom"):
+            await in_daemon_thread(lambda: (_ for _ in ()).throw(ValueError("boom")))
+        release = threading.Event()
+        abandoned = in_daemon_thread(lambda: release.wait(10))
+        abandoned.cancel()  # what a stop does with a poll in flight
+        release.set()  # its late answer arrives on a cancelled future: dropped, no error
+        await asyncio.sleep(0.05)
+        assert abandoned.cancelled()
+        # A daemon thread: an abandoned long poll never holds up the process's exit.
+        assert await in_daemon_thread(lambda: threading.current_thread().daemon) is True
