@@ -19,14 +19,16 @@ from contracts.pipeline import ImportJobRef, JobOutcome
 TERMINAL = {"COMPLETED", "FAILED"}
 
 
-def poll_delay(attempt: int) -> timedelta:
-    """1 s, then growing by half each poll up to 30 s: quick for small jobs, cheap for hour-long ones."""
-    return timedelta(seconds=min(30.0, 1.0 * 1.5 ** max(0, attempt - 1)))
+def poll_delay(attempt: int, initial: float = 1.0, maximum: float = 30.0) -> timedelta:
+    """``initial`` (1 s), then growing by half each poll up to ``maximum`` (30 s): quick for small jobs, cheap
+    for hour-long ones. With import-job events wiring a wake-up, ``maximum`` can be minutes."""
+    return timedelta(seconds=min(maximum, initial * 1.5 ** max(0, attempt - 1)))
 
 
 class AwaitActivities:
-    def __init__(self, medical_imaging: Any) -> None:
+    def __init__(self, medical_imaging: Any, initial_delay: float = 1.0, max_delay: float = 30.0) -> None:
         self._mi = medical_imaging
+        self._initial, self._max = initial_delay, max(initial_delay, max_delay)
 
     @activity.defn(name="await_import_job")
     def await_import_job(self, job: ImportJobRef) -> JobOutcome:
@@ -38,7 +40,7 @@ class AwaitActivities:
         if status not in TERMINAL:
             attempt = activity.info().attempt if activity.in_activity() else 1
             raise ApplicationError(f"import job {job.job_id} is {status}", type="JobStillRunning",
-                                   category=ApplicationErrorCategory.BENIGN, next_retry_delay=poll_delay(attempt))
+                                   category=ApplicationErrorCategory.BENIGN, next_retry_delay=poll_delay(attempt, self._initial, self._max))
         output = props["outputS3Uri"]
         return JobOutcome(job_id=job.job_id, status=status, output_s3_uri=output if output.endswith("/") else output + "/",
                           message=props.get("message"))

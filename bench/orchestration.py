@@ -30,6 +30,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from contracts import search
 from contracts.pipeline import (
     BatchInput,
     FailedBatchInput,
@@ -155,7 +156,8 @@ async def main() -> None:
     path = shutil.which("temporal", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]))
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=path, data_converter=pydantic_data_converter, ui=False,
-        dev_server_extra_args=["--sqlite-pragma", "journal_mode=wal", "--log-level", "error"])
+        dev_server_extra_args=["--sqlite-pragma", "journal_mode=wal", "--log-level", "error",
+                               *search.dev_server_args()])
     try:
         print(f"{'files':>8} {'page':>6} {'batch':>6} {'events/file':>12} {'largest history':>16} {'executions':>11}"
               f" {'seconds':>8}")

@@ -67,10 +67,20 @@ class FlushSummary(BaseModel):
     error: str | None = None
 
 
+class PendingFlush(BaseModel):
+    """A manifest already written (spilled while another flush ran) and not yet migrated: only a pointer."""
+
+    flush: int
+    manifest_uri: str
+    files: int
+
+
 class IngestState(BaseModel):
     """State carried across continue-as-new: unflushed arrivals and counts, nothing unbounded."""
 
     buffer: list[Arrival] = Field(default_factory=list)
+    # Arrivals spilled to S3 while a flush ran, oldest first; migrated in this order before the buffer.
+    pending: list[PendingFlush] = Field(default_factory=list)
     first_buffered_at: datetime | None = None
     last_arrival_at: datetime | None = None
     flushes: int = 0
@@ -125,6 +135,7 @@ class IngestProgress(BaseModel):
     ingest_id: str
     phase: str
     buffered: int
+    pending_flushes: int = 0
     flushes: int
     files_flushed: int
     duplicates_ignored: int

@@ -407,6 +407,10 @@ class BatchProgress(BaseModel):
     non_primary_image_sets: list[str] = Field(default_factory=list)
     approval: ManifestApproval | None = None
     failed_job: JobOutcome | None = Field(None, description="set when the job FAILED and the batch was split")
+    # Import-job events (signal `job_event`): those that woke the wait for the job, and those ignored
+    # (another job, not awaiting, duplicates beyond the wake limit).
+    job_events_received: int = 0
+    job_events_ignored: int = 0
 
 
 class ReportInput(BaseModel):

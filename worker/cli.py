@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import sys
 import uuid
 from typing import Any
@@ -18,7 +19,9 @@ from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from contracts import search
 from contracts.pipeline import (
+    DATASTORE_ID_PATTERN,
     MAX_BYTES_PER_JOB,
     MAX_FILES_PER_JOB,
     ManifestApproval,
@@ -219,25 +222,51 @@ def _signal(migration_id: str, name: str, reason: str | None, by: str | None) ->
     _run(go())
 
 
+# Reconciliations that wait for an operator (HimigState, see contracts.search).
+PENDING_RECONCILIATION_STATES = ("awaiting_decision", "escalated")
+
+
+def list_query(all_states: bool, datastore_id: str | None = None, migration_id: str | None = None) -> str:
+    """The visibility query of `himig list` (values are checked by the caller: they are quoted, not escaped)."""
+    if all_states:
+        query = "WorkflowType IN ('MigrationWorkflow', 'ReconciliationWorkflow')"
+    else:
+        pending = ", ".join(f"'{s}'" for s in PENDING_RECONCILIATION_STATES)
+        query = ("ExecutionStatus = 'Running' AND (WorkflowType = 'MigrationWorkflow' OR "
+                 f"(WorkflowType = 'ReconciliationWorkflow' AND {search.STATE.name} IN ({pending})))")
+    if datastore_id:
+        query += f" AND {search.DATASTORE_ID.name} = '{datastore_id}'"
+    if migration_id:
+        query += f" AND {search.MIGRATION_ID.name} = '{migration_id}'"
+    return query
+
+
 @app.command("list")
 def list_cmd(
-    all_states: bool = typer.Option(False, "--all", help="include finished executions"),
+    all_states: bool = typer.Option(False, "--all", help="include finished executions and every state"),
     limit: int = typer.Option(50, "--limit", min=1, max=1000),
+    datastore_id: str | None = typer.Option(None, "--datastore-id", help="only this data store"),
+    migration_id: str | None = typer.Option(None, "--migration-id", help="only this migration (and its reconciliations)"),
 ) -> None:
-    """List running migrations and reconciliations awaiting a decision."""
+    """List running migrations and reconciliations awaiting a decision (search attributes HimigState, ...)."""
+    if datastore_id is not None and not re.match(DATASTORE_ID_PATTERN, datastore_id):
+        raise fail("--datastore-id: must be 32 lowercase letters and digits")
+    if migration_id is not None:
+        try:
+            check_migration_id(migration_id)
+        except ValueError as err:
+            raise fail(f"--migration-id: {err}") from None
     s = settings()
 
     async def go() -> None:
         client = await _client(s)
         table = Table(title="migrations and reconciliations")
-        for col in ("type", "workflow id", "status", "started"):
-            table.add_column(col, overflow="fold")  # ids are copied into `himig approve`: never truncate them
-        query = "WorkflowType IN ('MigrationWorkflow', 'ReconciliationWorkflow')"
-        if not all_states:
-            query += " AND ExecutionStatus = 'Running'"
-        async for wf in client.list_workflows(query, limit=limit):
+        for col in ("type", "workflow id", "status", "state", "started"):
+            # Ids are copied into `himig approve`: never wrapped or truncated; the other columns give way.
+            table.add_column(col, overflow="fold", no_wrap=col == "workflow id")
+        async for wf in client.list_workflows(list_query(all_states, datastore_id, migration_id), limit=limit):
             table.add_row(wf.workflow_type, wf.id, wf.status.name if wf.status else "?",
-                          f"{wf.start_time:%Y-%m-%d %H:%M:%S}")
+                          wf.typed_search_attributes.get(search.STATE) or "-", f"{wf.start_time:%Y-%m-%d %H:%M:%S}")
         console.print(table)
 
     _run(go())

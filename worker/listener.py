@@ -19,10 +19,11 @@ import asyncio
 import contextlib
 import json
 import re
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import unquote_plus
 
 import structlog
@@ -42,6 +43,38 @@ log = structlog.get_logger("himig.listener")
 
 HEADER_RANGE = 64 * 1024
 _CONTENT_RANGE = re.compile(r"bytes \d+-\d+/(\d+)")
+
+
+T = TypeVar("T")
+
+
+def in_daemon_thread(fn: Callable[[], T]) -> asyncio.Future[T]:
+    """Run a blocking call (an SQS long poll) in a daemon thread.
+
+    Unlike ``asyncio.to_thread``, an abandoned call does not hold up the process's exit: the default executor's
+    threads are joined at shutdown, which would add up to one long-poll wait to every worker stop.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if future.done():
+            return  # abandoned by a stop
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+    def run() -> None:
+        try:
+            result, error = fn(), None
+        except BaseException as exc:  # handed to the awaiting coroutine
+            result, error = None, exc
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits for this any more
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=run, name="sqs-long-poll", daemon=True).start()
+    return future
 
 
 class IngestSettings(BaseSettings):
@@ -186,13 +219,13 @@ class SqsListener:
         """Poll until ``stop`` is set. Returns promptly: an in-flight long poll is abandoned (its messages, if any,
         become visible again after the visibility timeout)."""
         log.info("ingest listener started", task_queue=self._task_queue)
-        stopper = asyncio.ensure_future(stop.wait())
+        stopper: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
         try:
             while not stop.is_set():
-                poll = asyncio.ensure_future(asyncio.to_thread(self._receive))
+                poll: asyncio.Future[Any] = in_daemon_thread(self._receive)
                 await asyncio.wait({poll, stopper}, return_when=asyncio.FIRST_COMPLETED)
                 if not poll.done():
-                    poll.add_done_callback(_swallow)
+                    poll.cancel()  # the thread's late answer is dropped; SQS re-delivers its messages
                     break
                 try:
                     messages = poll.result()
@@ -268,11 +301,6 @@ class SqsListener:
             self.messages_deleted += 1
         except ClientError as err:  # re-delivery is harmless
             log.warning("could not delete an ingest message", code=err.response.get("Error", {}).get("Code"))
-
-
-def _swallow(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled():
-        task.exception()
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:

@@ -43,7 +43,7 @@ def build_activities(clients: AwsClients, settings: Settings) -> list[Callable[.
     normalize = NormalizeActivities(s3)
     plan = PlanActivities(s3)
     start = ImportActivities(s3, mi, settings.data_access_role_arn, settings.parse_concurrency)
-    await_job = AwaitActivities(mi)
+    await_job = AwaitActivities(mi, settings.job_poll_initial_seconds, settings.job_poll_max_seconds)
     review = ReviewActivities(s3, mi)
     failed = FailedBatchActivities(s3)
     route = RouteActivities(s3, clients.events, settings.event_bus_name)

@@ -15,6 +15,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from worker.aws import AwsClients, make_client
+from worker.jobevents import JobEventListener, JobEventSettings
 from worker.listener import IngestSettings, SqsListener
 from worker.registry import WORKFLOWS, build_activities
 from worker.settings import Settings
@@ -46,24 +47,30 @@ async def run_worker(client: Client, settings: Settings) -> None:
         worker = build_worker(client, settings, executor)
         async with worker:
             ingest = IngestSettings()
-            listener_task: asyncio.Task[None] | None = None
+            job_events = JobEventSettings()
+            listener_tasks: list[asyncio.Task[None]] = []
             if ingest.enabled:
                 # Event-driven ingestion: S3 ObjectCreated -> SQS -> signal-with-start IngestWorkflow.
                 listener = SqsListener(client, make_client("sqs", settings, settings.sqs_endpoint_url),
                                        make_client("s3", settings, settings.s3_endpoint_url), ingest,
                                        settings.task_queue)
-                listener_task = asyncio.create_task(listener.run(stop))
+                listener_tasks.append(asyncio.create_task(listener.run(stop)))
+            if job_events.enabled:
+                # Import-job events (EventBridge -> SQS) wake batches waiting on those jobs.
+                events_listener = JobEventListener(client, make_client("sqs", settings, settings.sqs_endpoint_url),
+                                                   job_events)
+                listener_tasks.append(asyncio.create_task(events_listener.run(stop)))
             if health:
                 health.parent.mkdir(parents=True, exist_ok=True)
                 health.write_text(str(os.getpid()))
             log.info("worker started", task_queue=settings.task_queue, temporal=settings.temporal_address,
-                     ingest_listener=ingest.enabled)
+                     ingest_listener=ingest.enabled, job_events_listener=job_events.enabled)
             try:
                 await stop.wait()
                 log.info("shutdown requested; finishing in-flight work", grace_seconds=settings.graceful_shutdown_seconds)
             finally:
-                if listener_task is not None:
-                    await asyncio.wait_for(listener_task, timeout=5)
+                for task in listener_tasks:
+                    await asyncio.wait_for(task, timeout=5)
                 if health:
                     health.unlink(missing_ok=True)
     log.info("worker stopped")

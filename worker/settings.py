@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     parse_concurrency: int = Field(8, ge=1, le=256, description="parallel header reads inside one parse activity")
     max_concurrent_activities: int = Field(32, ge=1, le=1000)
     graceful_shutdown_seconds: float = Field(25.0, ge=0, le=115, description="below ECS stopTimeout")
+    # Import-job polling: the delay grows from the first to the maximum. With the job-events queue configured
+    # (HIMIG_JOB_EVENTS_QUEUE_URL) events wake waiting batches, so the maximum can be minutes (e.g. 300).
+    job_poll_initial_seconds: float = Field(1.0, gt=0, le=3600, description="first delay between job polls")
+    job_poll_max_seconds: float = Field(30.0, gt=0, le=3600, description="longest delay between job polls")
 
     # Source connectors (MigrationInput.source_connector): PACS credentials live here, never in workflow input.
     dicomweb_username: str | None = Field(None, description="HTTP basic-auth user for a DICOMweb source")

@@ -41,6 +41,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from contracts import search
+
 HOST = "127.0.0.1"
 COMPONENTS: tuple[str, ...] = ("temporal", "moto", "emulator", "worker")
 """All components, in start order (``down`` stops them in reverse)."""
@@ -48,6 +50,10 @@ COMPONENTS: tuple[str, ...] = ("temporal", "moto", "emulator", "worker")
 # A component whose dependency is neither selected nor already healthy would only time out (the worker
 # retries its Temporal connection forever), so `up` refuses it straight away.
 DEPENDENCIES: dict[str, tuple[str, ...]] = {"emulator": ("moto",), "worker": ("temporal",)}
+
+# moto's default account: part of the queue URLs it hands out.
+MOTO_ACCOUNT_ID = "123456789012"
+JOB_EVENTS_QUEUE = "himig-import-job-events"
 
 FAKE_CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -138,6 +144,11 @@ class StackConfig(BaseSettings):
     @property
     def moto_url(self) -> str:
         return f"http://{HOST}:{self.moto_port}"
+
+    @property
+    def job_events_queue_url(self) -> str:
+        """The SQS queue (on moto) the import-job events rule feeds; the worker's job-events listener reads it."""
+        return f"{self.moto_url}/{MOTO_ACCOUNT_ID}/{JOB_EVENTS_QUEUE}"
 
     @property
     def emulator_url(self) -> str:
@@ -442,9 +453,7 @@ class Stack:
             argv = [self.temporal_bin(), "server", "start-dev", "--ip", HOST, "--port", str(c.temporal_port),
                     "--ui-port", str(c.temporal_ui_port), "--ui-ip", HOST, "--db-filename", str(self.temporal_db),
                     "--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma", "synchronous=normal",
-                    "--ui-disable-news-fetch", "--log-level", "warn",
-                    "--search-attribute", "HimigMigrationId=Keyword", "--search-attribute", "HimigState=Keyword",
-                    "--search-attribute", "HimigDatastoreId=Keyword"]
+                    "--ui-disable-news-fetch", "--log-level", "warn", *search.dev_server_args()]
             env: dict[str, str] = {}
         elif name == "moto":
             argv = [py, "-m", "moto.server", "-H", HOST, "-p", str(c.moto_port)]
@@ -456,7 +465,9 @@ class Stack:
                    "AWS_ENDPOINT_URL_EVENTBRIDGE": c.moto_url}
         elif name == "worker":
             argv = [py, "-m", "worker"]
-            env = {**self.env(), "HIMIG_HEALTH_FILE": str(self.health_file)}
+            env = {**self.env(), "HIMIG_HEALTH_FILE": str(self.health_file),
+                   # The emulator's import-job events (moto's default bus -> rule -> this queue) wake batches.
+                   "HIMIG_JOB_EVENTS_QUEUE_URL": self.config.job_events_queue_url}
         else:
             raise ValueError(f"unknown component {name!r}")
         return _Spec(name, self._commands.get(name, argv), env, self.ports(name))
@@ -609,6 +620,7 @@ class Stack:
                 results.append(self._ensure(name))
                 if name == "moto":
                     self._create_buckets()
+                    self._create_job_events_queue()
             self.write_env_file()
         return StackStatus(results, self.config.temporal_ui_url, str(self.env_file))
 
@@ -737,6 +749,28 @@ class Stack:
                     raise StackError(f"moto: cannot create bucket {bucket}: {exc}") from exc
         if created:
             self._emit(f"moto: created bucket{'s' if len(created) > 1 else ''} {', '.join(created)}")
+
+    def _create_job_events_queue(self) -> None:
+        """The EventBridge rule and SQS queue of import-job events (moto keeps nothing across a restart, so this
+        runs whenever moto is up, like the buckets)."""
+        import boto3  # local imports: only `up` needs them
+
+        from worker.jobevents import configure_job_events_rule
+
+        kwargs: dict[str, Any] = {"endpoint_url": self.config.moto_url, "region_name": FAKE_CREDENTIALS["AWS_REGION"],
+                                  "aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+        # Optional: without the queue the worker's job-events listener only logs receive errors and batches find
+        # their jobs' ends by polling, so a failure here is reported, not fatal.
+        try:
+            url = configure_job_events_rule(boto3.client("events", **kwargs), boto3.client("sqs", **kwargs),
+                                            JOB_EVENTS_QUEUE)
+        except Exception as exc:  # botocore errors: something answers on the moto port but refused
+            self._emit(f"moto: could not create the import-job events queue and rule ({type(exc).__name__}); "
+                       "batches will learn of finished jobs by polling only")
+            return
+        if url != self.config.job_events_queue_url:
+            self._emit(f"moto: the import-job events queue is at {url}, not {self.config.job_events_queue_url}; "
+                       "batches will learn of finished jobs by polling only")
 
     def write_env_file(self) -> Path:
         """Write ``stack.env`` (``export`` lines of :meth:`env`) and return its path."""

@@ -6,10 +6,13 @@ import contextlib
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.common import RawValue
+from temporalio.exceptions import ActivityError, CancelledError, WorkflowAlreadyStartedError
 from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
+    from contracts import search
+    from contracts.jobevents import TERMINAL_STATUSES, JobEvent
     from contracts.pipeline import (
         BatchInput,
         BatchProgress,
@@ -28,6 +31,13 @@ with workflow.unsafe.imports_passed_through():
     from contracts.reconciliation import ReconciliationInput, reconciliation_workflow_id
     from workflows import policies
     from workflows.reconciliation import ReconciliationWorkflow
+    from workflows.search import upsert
+
+# Guards the job-event wake-up (asked only when an event wakes a wait, so batches never woken pay nothing).
+JOB_EVENTS_PATCH = "job-events"
+JOB_EVENT_SIGNAL = "job_event"
+# Wake-ups acted on per job: a flood of duplicate events costs a few signals, never a poll each.
+MAX_WAKES = 3
 
 
 @workflow.defn
@@ -36,6 +46,8 @@ class ImportBatchWorkflow:
 
     def __init__(self) -> None:
         self._progress = BatchProgress(batch=-1, stage=BatchStage.PENDING)
+        self._wake = False
+        self._wakes = 0
 
     def _stage(self, stage: BatchStage) -> None:
         self._progress.stage = stage
@@ -44,6 +56,29 @@ class ImportBatchWorkflow:
     @workflow.query
     def progress(self) -> BatchProgress:
         return self._progress
+
+    @workflow.signal
+    def job_event(self, raw: RawValue) -> None:
+        """An import-job event (`JobEvent`) for the job this batch waits on: wakes the wait early (`_await_job`).
+
+        Never trusted: the status still comes from GetDICOMImportJob. Malformed payloads (taken raw, so they are
+        counted instead of dropped by the SDK), events for another job, events arriving when nothing waits,
+        non-terminal statuses and duplicates beyond ``MAX_WAKES`` are counted and ignored.
+        """
+        p = self._progress
+        try:
+            event = JobEvent.model_validate(workflow.payload_converter().from_payload(raw.payload))
+        except Exception:
+            workflow.logger.warning("ignoring a malformed job_event signal")
+            p.job_events_ignored += 1
+            return
+        if (event.job_id != p.job_id or p.stage is not BatchStage.AWAITING_JOB
+                or event.status not in TERMINAL_STATUSES or self._wakes >= MAX_WAKES):
+            p.job_events_ignored += 1
+            return
+        p.job_events_received += 1
+        self._wakes += 1
+        self._wake = True
 
     @workflow.update
     def approve_manifest(self, approval: ManifestApproval) -> BatchProgress:
@@ -80,10 +115,7 @@ class ImportBatchWorkflow:
         self._progress.staged_files = job.staged_files
 
         self._stage(BatchStage.AWAITING_JOB)
-        outcome = await workflow.execute_activity(
-            "await_import_job", job, result_type=JobOutcome,
-            start_to_close_timeout=policies.POLL_TIMEOUT, schedule_to_close_timeout=policies.JOB_WAIT_LIMIT,
-            retry_policy=policies.POLL_RETRY)
+        outcome = await self._await_job(job)
         self._progress.job_status = outcome.status
         self._stage(BatchStage.JOB_COMPLETED if outcome.status == "COMPLETED" else BatchStage.JOB_FAILED)
         if outcome.status == "FAILED" and input.part is None and job.staged_files > 1 \
@@ -102,11 +134,41 @@ class ImportBatchWorkflow:
         self._stage(BatchStage.MANIFEST_REVIEWED)
         return job, outcome, review
 
+    async def _await_job(self, job: ImportJobRef) -> JobOutcome:
+        """Poll until the job ends; a `job_event` signal for it cuts the poll's back-off short.
+
+        The poll is one activity whose retries (with a growing delay, no history each) are the polls. A wake-up
+        cancels it in its back-off and starts a fresh one, whose first attempt polls at once: O(1) history per
+        job (at most ``MAX_WAKES`` restarts), and the job's status only ever comes from GetDICOMImportJob.
+        ``workflow.patched`` is asked only when a wake-up is acted on: a history without one has the same
+        commands as before the change, and no marker.
+        """
+        self._wake, self._wakes = False, 0
+        while True:
+            # The same command as the former execute_activity: histories without wake-ups replay unchanged.
+            poll = workflow.start_activity(
+                "await_import_job", job, result_type=JobOutcome,
+                start_to_close_timeout=policies.POLL_TIMEOUT, schedule_to_close_timeout=policies.JOB_WAIT_LIMIT,
+                retry_policy=policies.POLL_RETRY)
+            await workflow.wait_condition(lambda poll=poll: poll.done() or self._wake)  # type: ignore[misc]
+            self._wake = False
+            if not poll.done() and workflow.patched(JOB_EVENTS_PATCH):
+                poll.cancel()
+            try:
+                return await poll
+            except ActivityError as err:
+                if not isinstance(err.cause, CancelledError):
+                    raise
+            workflow.logger.info("import job event: polling the job now", extra={"job_id": job.job_id})
+
     async def _route(self, input: BatchInput, review: ReviewResult) -> None:
         if input.manual_review:
             self._progress.approval = None
             self._stage(BatchStage.AWAITING_APPROVAL)
+            upsert({search.STATE: BatchStage.AWAITING_APPROVAL.value})  # what `himig list` shows operators
             await workflow.wait_condition(lambda: self._progress.approval is not None)
+            approved = self._progress.approval is not None and self._progress.approval.approve
+            upsert({search.STATE: "approved" if approved else "held"})
         if self._progress.approval is None or self._progress.approval.approve:
             self._stage(BatchStage.ROUTING)
             await workflow.execute_activity(

@@ -4,12 +4,15 @@ The listener (`worker.listener`) signal-with-starts this workflow with `arrived(
 Arrivals are deduplicated by key and etag (S3 and SQS deliver at least once and in no particular order), then
 flushed when ``max_files`` are buffered, after ``quiet_seconds`` without an arrival, or ``max_wait_seconds`` after
 the first buffered arrival. A flush writes a source manifest (activity `write_ingest_manifest`) and runs one child
-`MigrationWorkflow` over it. With nothing left to flush the workflow lingers one quiet period (a late duplicate
-is still recognised) and completes; the next arrival signal-with-starts a new run under the same id.
+`MigrationWorkflow` over it. Arrivals during a running flush are spilled to S3 as the next flush's manifest
+whenever ``max_files`` are buffered (only a pointer is kept) and migrated in order afterwards, so the buffer
+never holds the backlog of a long flush. With nothing left to flush the workflow lingers one quiet period (a late
+duplicate is still recognised) and completes; the next arrival signal-with-starts a new run under the same id.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from datetime import datetime, timedelta
 
@@ -17,6 +20,7 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
 
 with workflow.unsafe.imports_passed_through():
+    from contracts import search
     from contracts.ingest import (
         RECENT_FLUSHED_LIMIT,
         Arrival,
@@ -28,20 +32,25 @@ with workflow.unsafe.imports_passed_through():
         IngestProgress,
         IngestResult,
         IngestState,
+        PendingFlush,
         flush_migration_id,
         in_prefix,
         key_hash,
     )
-    from contracts.pipeline import MigrationInput, check_migration_id
+    from contracts.pipeline import MigrationInput, MigrationResult, check_migration_id
     from contracts.s3uri import parse_s3_uri
     from workflows import policies
     from workflows.migration import MigrationWorkflow
+    from workflows.search import upsert
 
 # Each arrival costs a signal and a workflow task in history; roll over well before the 10k-event warning, and
 # after a few flushes (each flush adds a child's events), carrying only what is still buffered.
 HISTORY_ROLLOVER = 5_000
 FLUSHES_PER_RUN = 5
 MANIFEST_TIMEOUT = timedelta(minutes=5)
+# Arrivals during a running flush are spilled to S3 (a pending manifest) whenever ``max_files`` are buffered:
+# the buffer holds at most ``max_files`` plus what is signalled while one manifest is written.
+SPILL_PATCH = "ingest-spill"
 
 
 def _newer(arrival: Arrival, etag: str, event_time: datetime, sequencer: str | None) -> bool:
@@ -94,7 +103,7 @@ class IngestWorkflow:
     def progress(self) -> IngestProgress:
         s = self._state
         return IngestProgress(ingest_id=workflow.info().workflow_id, phase=self._phase, buffered=len(self._buffer),
-                              flushes=s.flushes, files_flushed=s.files_flushed,
+                              pending_flushes=len(s.pending), flushes=s.flushes, files_flushed=s.files_flushed,
                               duplicates_ignored=s.duplicates_ignored, runs=s.runs, last_flush=s.last_flush)
 
     # ---- main loop ---------------------------------------------------------------------------------------
@@ -109,15 +118,15 @@ class IngestWorkflow:
         quiet = timedelta(seconds=input.quiet_seconds)
         flushes_this_run = 0
         while True:
-            if not self._buffer:
-                self._phase = "idle"
+            if not self._buffer and not self._state.pending:
+                self._set_phase("idle")
                 # Linger one quiet period: a re-delivered event now still meets its `recent` mark.
                 with contextlib.suppress(TimeoutError):
                     await workflow.wait_condition(lambda: bool(self._buffer), timeout=quiet)
                 if not self._buffer:
                     # A signal that lands while this completion is being recorded makes the server reject the
                     # completion and replay with the signal, so nothing is lost between here and the return.
-                    self._phase = "completed"
+                    self._set_phase("completed")
                     return IngestResult(ingest_id=ingest_id, flushes=self._state.flushes,
                                         files_flushed=self._state.files_flushed,
                                         duplicates_ignored=self._state.duplicates_ignored,
@@ -126,7 +135,14 @@ class IngestWorkflow:
             if flushes_this_run >= FLUSHES_PER_RUN or self._should_roll_over():
                 self._state.buffer = list(self._buffer.values())
                 workflow.continue_as_new(input.model_copy(update={"continued": self._state}))
-            self._phase = "buffering"
+            if self._state.pending:
+                # Spilled while an earlier flush ran: migrated first, in order (their arrivals came first).
+                pending = self._state.pending.pop(0)
+                self._set_phase("flushing")
+                await self._migrate(input, ingest_id, pending)
+                flushes_this_run += 1
+                continue
+            self._set_phase("buffering")
             remaining = self._seconds_until_due(input)
             if len(self._buffer) >= input.max_files or remaining <= 0:
                 await self._flush(input, ingest_id)
@@ -137,6 +153,10 @@ class IngestWorkflow:
             with contextlib.suppress(TimeoutError):
                 await workflow.wait_condition(lambda: len(self._buffer) >= input.max_files,
                                               timeout=timedelta(seconds=remaining))
+
+    def _set_phase(self, phase: str) -> None:
+        self._phase = phase
+        upsert({search.STATE: phase, search.DATASTORE_ID: self._input.datastore_id})
 
     def _should_roll_over(self) -> bool:
         info = workflow.info()
@@ -151,8 +171,14 @@ class IngestWorkflow:
         return (due - now).total_seconds()
 
     async def _flush(self, input: IngestInput, ingest_id: str) -> None:
+        self._set_phase("flushing")
+        manifest = await self._write_manifest(input, ingest_id)
+        await self._migrate(input, ingest_id, PendingFlush(flush=manifest.flush, manifest_uri=manifest.manifest_uri,
+                                                           files=manifest.files))
+
+    async def _write_manifest(self, input: IngestInput, ingest_id: str) -> IngestManifest:
+        """Write up to ``max_files`` buffered arrivals as the next flush's manifest and drop them from the buffer."""
         s = self._state
-        self._phase = "flushing"
         taken = list(self._buffer.values())[: input.max_files]
         manifest: IngestManifest = await workflow.execute_activity(
             "write_ingest_manifest",
@@ -168,20 +194,34 @@ class IngestWorkflow:
         s.first_buffered_at = workflow.now() if self._buffer else None
         s.flushes += 1
         s.files_flushed += manifest.files
+        return manifest
 
-        migration_id = flush_migration_id(ingest_id, manifest.flush)
-        summary = FlushSummary(flush=manifest.flush, migration_id=migration_id, manifest_uri=manifest.manifest_uri,
-                               files=manifest.files, status="completed")
+    async def _migrate(self, input: IngestInput, ingest_id: str, flush: PendingFlush) -> None:
+        """Run the flush's child `MigrationWorkflow`; arrivals meanwhile are spilled once ``max_files`` wait."""
+        migration_id = flush_migration_id(ingest_id, flush.flush)
+        summary = FlushSummary(flush=flush.flush, migration_id=migration_id, manifest_uri=flush.manifest_uri,
+                               files=flush.files, status="completed")
+        child_input = MigrationInput(source_s3_uri=input.source_s3_uri, source_manifest_uri=flush.manifest_uri,
+                                     datastore_id=input.datastore_id, work_s3_uri=input.work_s3_uri,
+                                     validation_level=input.validation_level,
+                                     data_access_role_arn=input.data_access_role_arn)
+        # Awaited, not fire-and-forget: flushes of one study run one after another, and the workflow only
+        # completes once every file it accepted has its verdict in a report.
+        child: asyncio.Future[MigrationResult] | None = None
+        if workflow.patched(SPILL_PATCH):
+            child = asyncio.ensure_future(
+                workflow.execute_child_workflow(MigrationWorkflow.run, child_input, id=migration_id))
+            running = child
+            while not running.done():
+                await workflow.wait_condition(lambda: running.done() or len(self._buffer) >= input.max_files)
+                if not running.done():
+                    # Outside the try below: a manifest that cannot be written fails the workflow, as in `_flush`.
+                    spilled = await self._write_manifest(input, ingest_id)
+                    self._state.pending.append(PendingFlush(flush=spilled.flush, manifest_uri=spilled.manifest_uri,
+                                                            files=spilled.files))
         try:
-            # Awaited, not fire-and-forget: flushes of one study run one after another, and the workflow only
-            # completes once every file it accepted has its verdict in a report.
-            result = await workflow.execute_child_workflow(
-                MigrationWorkflow.run,
-                MigrationInput(source_s3_uri=input.source_s3_uri, source_manifest_uri=manifest.manifest_uri,
-                               datastore_id=input.datastore_id, work_s3_uri=input.work_s3_uri,
-                               validation_level=input.validation_level,
-                               data_access_role_arn=input.data_access_role_arn),
-                id=migration_id)
+            result = await (child if child is not None else
+                            workflow.execute_child_workflow(MigrationWorkflow.run, child_input, id=migration_id))
             summary.files_by_state = dict(result.files_by_state)
             summary.report_uri, summary.files_uri = result.report_uri, result.files_uri
         except (ChildWorkflowError, ActivityError) as err:
@@ -189,7 +229,7 @@ class IngestWorkflow:
             cause = err.cause if err.cause is not None else err
             summary.status, summary.error = "failed", str(cause)[:1000]
             workflow.logger.warning("ingest flush failed", extra={"migration_id": migration_id})
-        s.last_flush = summary
+        self._state.last_flush = summary
 
     def _remember(self, arrival: Arrival) -> None:
         recent = self._state.recent

@@ -13,9 +13,11 @@ from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
+from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
 
 with workflow.unsafe.imports_passed_through():
+    from contracts import search
     from contracts.pipeline import (
         BatchInput,
         BatchResult,
@@ -42,6 +44,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows import policies
     from workflows.batch import ImportBatchWorkflow
+    from workflows.search import upsert
 
 # Continue as new well before Temporal's 10k-event warning, and whenever the server suggests it.
 HISTORY_ROLLOVER = 5_000
@@ -58,6 +61,7 @@ class MigrationWorkflow:
             self._state.runs += 1
         self._running: set[int] = set()
         self._id = workflow.info().workflow_id
+        self._input = input
 
     @workflow.query
     def progress(self) -> MigrationProgress:
@@ -79,6 +83,11 @@ class MigrationWorkflow:
             eta_seconds=(remaining / rate) if rate > 0 and s.phase != "completed" else None,
             report_uri=s.report_uri, paused=s.paused, cancel_requested=s.cancel_requested,
             operator_log=s.operator_log[-10:])
+
+    def _publish(self) -> None:
+        """Search attributes: `himig list` and visibility queries find migrations by id, state and data store."""
+        upsert({search.MIGRATION_ID: self._id, search.DATASTORE_ID: self._input.datastore_id,
+                search.STATE: self._state.phase})
 
     def _add_states(self, counts: dict[FileState, int]) -> None:
         for state, n in counts.items():
@@ -156,6 +165,7 @@ class MigrationWorkflow:
         if self._state.started_at is None:
             self._state.started_at = workflow.now()
         s = self._state
+        self._publish()
 
         if s.phase == "receiving":
             received = await workflow.execute_activity(
@@ -171,6 +181,7 @@ class MigrationWorkflow:
             s.files_total += received.source_failures
             self._add_states({FileState.FAILED: received.source_failures})
             s.phase = "parsing"
+            self._publish()
 
         if s.phase == "parsing":
             reached = await self._bounded(s.pages_done, s.inventory_pages, input.max_parallel_pages,
@@ -179,6 +190,7 @@ class MigrationWorkflow:
                 workflow.continue_as_new(input.model_copy(update={"continued": s}))
             # Planning runs even after a cancel, so files already parsed get their duplicate verdicts.
             s.phase = "planning"
+            self._publish()
 
         if s.phase == "planning":
             plan = await workflow.execute_activity(
@@ -194,6 +206,7 @@ class MigrationWorkflow:
             self._add_states({FileState.SKIPPED_DUPLICATE: plan.duplicates,
                               FileState.REJECTED: plan.conflicting_duplicates})
             s.phase = "importing"
+            self._publish()
 
         if s.phase == "importing":
             pace = timedelta(seconds=input.import_start_interval_seconds) if input.import_start_interval_seconds else None
@@ -202,6 +215,7 @@ class MigrationWorkflow:
             if reached < s.batches_planned and not s.cancel_requested:
                 workflow.continue_as_new(input.model_copy(update={"continued": s}))
             s.phase = "reporting"
+            self._publish()
 
         report = await workflow.execute_activity(
             "write_report", ReportInput(migration_id=self._id, work_s3_uri=input.work_s3_uri,
@@ -213,6 +227,7 @@ class MigrationWorkflow:
         s.files_by_state = dict(report.files_by_state)
         s.report_uri = report.report_uri
         s.phase = "completed"
+        self._publish()
         return MigrationResult(migration_id=self._id, report_uri=report.report_uri, summary_uri=report.summary_uri,
                                files_uri=report.files_uri, files_by_state=report.files_by_state,
                                files_total=report.files_total)
@@ -238,8 +253,13 @@ class MigrationWorkflow:
                           data_access_role_arn=input.data_access_role_arn, manual_review=input.manual_review)
         self._running.add(batch)
         try:
+            # Set at the start (no history event in the batch): visibility finds a migration's batches by id and
+            # data store. Guarded by the same patch as this workflow's own upserts.
+            attrs = (TypedSearchAttributes([SearchAttributePair(search.MIGRATION_ID, self._id),
+                                            SearchAttributePair(search.DATASTORE_ID, input.datastore_id)])
+                     if workflow.patched(search.PATCH) else None)
             result: BatchResult = await workflow.execute_child_workflow(
-                ImportBatchWorkflow.run, args, id=batch_workflow_id(self._id, batch))
+                ImportBatchWorkflow.run, args, id=batch_workflow_id(self._id, batch), search_attributes=attrs)
             self._add_states(result.files_by_state)
             self._state.image_sets += result.image_sets
             self._state.non_primary_image_sets += len(result.non_primary_image_sets)

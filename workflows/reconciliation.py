@@ -25,6 +25,7 @@ from temporalio.exceptions import ActivityError, ApplicationError
 with workflow.unsafe.imports_passed_through():
     import pydantic
 
+    from contracts import search
     from contracts.reconciliation import (
         OPEN_STATES,
         REVIEWER_PATTERN,
@@ -45,6 +46,7 @@ with workflow.unsafe.imports_passed_through():
         UpdateFirstInput,
         UpdateFirstResult,
     )
+    from workflows.search import upsert
 
 # The decision log rides in workflow state; a flood of bad signals must not grow it without bound.
 MAX_RECORDS = 100
@@ -188,6 +190,11 @@ class ReconciliationWorkflow:
         workflow.logger.info("reconciliation decision accepted",
                              extra={"via": via, "reviewer": decision.reviewer, "action": decision.action.value})
 
+    def _publish(self) -> None:
+        """Search attributes: `himig list` shows reconciliations awaiting a decision (or escalated)."""
+        upsert({search.STATE: self._state.value, search.DATASTORE_ID: self._input.datastore_id,
+                search.MIGRATION_ID: self._input.migration_id})
+
     # ---- main
 
     @workflow.run
@@ -206,6 +213,7 @@ class ReconciliationWorkflow:
                 f"isPrimary={self._conflict.is_primary}")
 
         self._state = ReconciliationState.AWAITING_DECISION
+        self._publish()
         timeout = timedelta(seconds=input.timeout_seconds)
         self._deadline = workflow.now() + timeout
         try:
@@ -217,6 +225,7 @@ class ReconciliationWorkflow:
         assert self._pending is not None
         decision, record = self._pending
         self._state = ReconciliationState.APPLYING
+        self._publish()
         try:
             final = await self._apply(target, decision, record.at)
         except ActivityError as err:
@@ -228,6 +237,7 @@ class ReconciliationWorkflow:
 
     async def _escalate(self, input: ReconciliationInput) -> None:
         self._state = ReconciliationState.ESCALATED
+        self._publish()
         self._escalated_at = workflow.now()
         workflow.logger.warning("reconciliation escalated: no decision in time")
         try:
@@ -280,6 +290,7 @@ class ReconciliationWorkflow:
 
     async def _finish(self, state: ReconciliationState, error: str | None = None) -> ReconciliationOutcome:
         self._state = state
+        self._publish()
         if error:
             self._error = error
         decision, record = self._pending if self._pending else (None, None)

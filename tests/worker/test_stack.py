@@ -108,6 +108,15 @@ def bucket_names(stack: Stack) -> set[str]:
     return {b["Name"] for b in s3.list_buckets()["Buckets"]}
 
 
+def job_events_wired(stack: Stack) -> bool:
+    """The import-job events rule on moto's default bus targets the queue the worker reads."""
+    kwargs: dict[str, Any] = {"endpoint_url": stack.config.moto_url, "region_name": "us-east-1"}
+    queue = boto3.client("sqs", **kwargs).get_queue_url(QueueName="himig-import-job-events")["QueueUrl"]
+    targets = boto3.client("events", **kwargs).list_targets_by_rule(Rule="himig-import-job-events")["Targets"]
+    return bool(queue == stack.config.job_events_queue_url and [t["Arn"] for t in targets]
+                == ["arn:aws:sqs:us-east-1:123456789012:himig-import-job-events"])
+
+
 def test_up_reuse_status_down_and_persistence(stacks: StackFactory) -> None:
     events: list[str] = []
     stack = stacks(events=events)
@@ -139,6 +148,8 @@ def test_up_reuse_status_down_and_persistence(stacks: StackFactory) -> None:
     assert environ["AWS_ENDPOINT_URL_MEDICAL_IMAGING"] == environ["AWS_ENDPOINT_URL_HEALTHLAKE"] == stack.config.emulator_url
     assert environ["AWS_ACCESS_KEY_ID"] == "testing" and environ["AWS_REGION"] == "us-east-1"
     assert environ["HIMIG_HEALTH_FILE"] == str(stack.health_file)
+    assert environ["HIMIG_JOB_EVENTS_QUEUE_URL"] == stack.config.job_events_queue_url
+    assert job_events_wired(stack)
 
     env_file = stack.env_file.read_text()
     assert f"export TEMPORAL_ADDRESS={stack.config.temporal_address}" in env_file
@@ -180,6 +191,7 @@ def test_up_reuse_status_down_and_persistence(stacks: StackFactory) -> None:
     assert described.returncode == 0 and "Persisted" in described.stdout, described.stderr
     assert temporal_cli(stack, "workflow", "list").returncode == 0
     assert bucket_names(stack) >= {"himig-source", "himig-work"}  # moto is fresh: buckets recreated
+    assert job_events_wired(stack)  # and the import-job events rule and queue
     print(f"\nstack up cold {cold:.2f}s, warm {warm:.2f}s, down {stopped_in:.2f}s")
 
 

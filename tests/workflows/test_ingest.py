@@ -24,13 +24,15 @@ from temporalio.service import RPCError
 from temporalio.worker import Worker
 
 from activities.ingest import IngestActivities, manifests_prefix
+from contracts import search
 from contracts.ingest import Arrival, IngestInput, flush_migration_id, ingest_workflow_id
 from contracts.pipeline import FileState, MigrationResult
-from tests.conftest import make_medical_imaging
+from tests.conftest import emulator_admin, make_medical_imaging
 from tests.support.dicom import make_instance, uid
 from worker.aws import AwsClients
 from worker.listener import IngestSettings, SqsListener, configure_bucket_notifications, parse_event_body
 from worker.registry import WORKFLOWS, build_activities
+from worker.runner import build_worker
 from worker.settings import Settings
 from workflows.ingest import FLUSHES_PER_RUN, IngestWorkflow
 
@@ -331,3 +333,69 @@ class TestIngestInput:
     def test_listener_settings_name_a_missing_field(self) -> None:
         with pytest.raises(ValueError, match="datastore_id"):
             IngestSettings(queue_url="http://q", source_s3_uri="s3://src-b/in/", work_s3_uri="s3://w-b/w/").ingest_input()
+
+
+class TestIngestBufferBound:
+    async def test_arrivals_during_a_slow_flush_are_spilled_and_each_reported_once(
+            self, client: Client, held_settings: Settings, buckets: dict[str, Any], held_emulator: str,
+            held_datastore_id: str) -> None:
+        """The first flush's import job is held by the emulator's manual job clock, so its child migration runs
+        while more arrivals come in: every ``max_files`` of them are spilled to S3 as the next flush's manifest
+        (the workflow keeps a pointer), and they are migrated in order once the job clock moves."""
+        s3, src, work = buckets["s3"], buckets["source"], buckets["work"]
+        study = uid()
+        arrivals = []
+        for i in range(7):
+            key = f"sp/{i}.dcm"
+            etag = s3.put_object(Bucket=src, Key=key, Body=make_instance(study, uid()))["ETag"].strip('"')
+            arrivals.append(Arrival(key=key, size=s3.head_object(Bucket=src, Key=key)["ContentLength"], etag=etag,
+                                    event_time=datetime.now(UTC)))
+        payload = IngestInput(datastore_id=held_datastore_id, source_s3_uri=f"s3://{src}/sp/",
+                              work_s3_uri=f"s3://{work}/ingest/", quiet_seconds=1, max_files=2)
+        wid = ingest_workflow_id(held_datastore_id, study, src, "sp/0.dcm")
+        settings = held_settings.model_copy(update={"job_poll_initial_seconds": 0.5, "job_poll_max_seconds": 1.0})
+        with ThreadPoolExecutor(max_workers=settings.max_concurrent_activities) as executor:
+            async with build_worker(client, settings, executor) as worker:
+                async def send(arrival: Arrival) -> Any:
+                    return await client.start_workflow(
+                        IngestWorkflow.run, payload, id=wid, task_queue=worker.task_queue, start_signal="arrived",
+                        start_signal_args=[arrival], id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                        execution_timeout=timedelta(seconds=150))
+
+                async def progress() -> Any:
+                    return await client.get_workflow_handle(wid).query(IngestWorkflow.progress)
+
+                for arrival in arrivals[:2]:
+                    handle = await send(arrival)
+                deadline = time.monotonic() + WAIT_LIMIT
+                while not ((p := await progress()).phase == "flushing" and p.flushes == 1 and p.buffered == 0):
+                    assert time.monotonic() < deadline, f"first flush did not start: {p}"
+                    await asyncio.sleep(0.2)
+                for arrival in arrivals[2:]:  # while flush 1's job is held
+                    await send(arrival)
+                # Signals that land in one workflow task are buffered together; then every full max_files goes
+                # to S3 and only its pointer stays, while flush 1 is still running.
+                while not ((p := await progress()).pending_flushes == 2 and p.buffered == 1):
+                    assert time.monotonic() < deadline, f"arrivals were not spilled: {p}"
+                    await asyncio.sleep(0.2)
+                assert p.phase == "flushing" and p.flushes == 3 and p.files_flushed == 6 and p.last_flush is None
+
+                async def tick() -> None:  # let the held jobs run
+                    while True:
+                        await asyncio.to_thread(emulator_admin, held_emulator, "clock/advance", {"seconds": 5})
+                        await asyncio.sleep(0.3)
+
+                ticker = asyncio.create_task(tick())
+                try:
+                    result = await asyncio.wait_for(handle.result(), timeout=WAIT_LIMIT)
+                finally:
+                    ticker.cancel()
+        assert (result.flushes, result.files_flushed) == (4, 7)
+        assert (await client.get_workflow_handle(wid).describe()).typed_search_attributes.get(search.STATE) == "completed"
+        flushes = await _flushes(client, s3, work, wid)
+        assert [mid.rsplit(".", 1)[1] for mid, _ in flushes] == [f"flush-{n:05d}" for n in (1, 2, 3, 4)]
+        per_flush = [sorted(row["key"] for row in _rows(s3, res)) for _, res in flushes]
+        # In arrival order: the spilled manifests before what was still buffered.
+        assert per_flush == [["sp/0.dcm", "sp/1.dcm"], ["sp/2.dcm", "sp/3.dcm"], ["sp/4.dcm", "sp/5.dcm"], ["sp/6.dcm"]]
+        rows = [row for _, res in flushes for row in _rows(s3, res)]
+        assert all(r["state"] == FileState.IMPORTED for r in rows)

@@ -1,0 +1,153 @@
+"""Import-job events wake waiting batches early: an SQS listener for HealthImaging's EventBridge job events.
+
+EventBridge rule (source ``aws.medical-imaging``, detail-types "Import Job Completed" / "Import Job Failed") →
+SQS (``HIMIG_JOB_EVENTS_QUEUE_URL``) → `JobEventListener` → signal `job_event` to the `ImportBatchWorkflow` that
+started the job (its id follows from the event's ``outputS3Uri``, see `contracts.jobevents`). The batch then polls
+GetDICOMImportJob at once; without events it still finds out by polling, just later.
+
+Delivery rules: a malformed message is logged (message id and the reason, never the body) and deleted; an event
+for a job himig did not start, or whose batch has already finished (it saw the job end by polling), is counted,
+logged with the job id and deleted; when Temporal cannot be reached the message is kept and SQS re-delivers it.
+Duplicates are harmless: the workflow counts and ignores what it does not need.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import structlog
+from botocore.exceptions import ClientError
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
+
+from contracts.jobevents import RULE_PATTERN, MalformedJobEvent, ParsedJobEvent, parse_job_event
+from worker.listener import _sleep_or_stop, in_daemon_thread
+from workflows.batch import JOB_EVENT_SIGNAL
+
+log = structlog.get_logger("himig.jobevents")
+
+class JobEventSettings(BaseSettings):
+    """Settings of the job-events listener, from ``HIMIG_JOB_EVENTS_*``; it runs only when a queue is set."""
+
+    model_config = SettingsConfigDict(env_prefix="HIMIG_JOB_EVENTS_", env_file=".env", extra="ignore")
+
+    queue_url: str | None = Field(None, description="SQS queue an EventBridge rule sends import-job events to")
+    wait_seconds: int = Field(10, ge=1, le=20, description="SQS long-poll wait")
+    visibility_timeout: int = Field(60, ge=10, le=43_200, description="seconds a received message stays hidden")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.queue_url)
+
+
+def configure_job_events_rule(events: Any, sqs: Any, queue_name: str, bus: str = "default",
+                              rule: str = "himig-import-job-events") -> str:
+    """Create ``queue_name`` and an EventBridge rule on ``bus`` sending import-job events to it; return its URL.
+
+    Used by the tests on moto; on AWS the same rule, target and queue policy are deployed by IaC.
+    """
+    queue_url: str = sqs.create_queue(QueueName=queue_name)["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    rule_arn = events.put_rule(Name=rule, EventBusName=bus, EventPattern=json.dumps(RULE_PATTERN))["RuleArn"]
+    policy = {"Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow", "Principal": {"Service": "events.amazonaws.com"}, "Action": "sqs:SendMessage",
+        "Resource": arn, "Condition": {"ArnEquals": {"aws:SourceArn": rule_arn}}}]}
+    sqs.set_queue_attributes(QueueUrl=queue_url, Attributes={"Policy": json.dumps(policy)})
+    events.put_targets(Rule=rule, EventBusName=bus, Targets=[{"Id": "himig-job-events", "Arn": arn}])
+    return queue_url
+
+
+class JobEventListener:
+    """Long-polls the job-events queue and signals `job_event` to the batch waiting on each event's job."""
+
+    def __init__(self, client: Client, sqs: Any, settings: JobEventSettings) -> None:
+        if not settings.queue_url:
+            raise ValueError("queue_url: the job-events listener needs HIMIG_JOB_EVENTS_QUEUE_URL")
+        self._client, self._sqs, self._settings = client, sqs, settings
+        self._queue_url = settings.queue_url
+        self.signalled = 0
+        self.malformed = 0
+        self.unknown_jobs = 0
+        self.ignored = 0
+        self.messages_deleted = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Poll until ``stop`` is set (an in-flight long poll is abandoned; SQS re-delivers its messages)."""
+        log.info("job-events listener started")
+        stopper: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
+        try:
+            while not stop.is_set():
+                poll: asyncio.Future[Any] = in_daemon_thread(self._receive)
+                await asyncio.wait({poll, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                if not poll.done():
+                    poll.cancel()  # the thread's late answer is dropped; SQS re-delivers its messages
+                    break
+                try:
+                    messages = poll.result()
+                except ClientError as err:
+                    log.warning("sqs receive failed; retrying", code=err.response.get("Error", {}).get("Code"))
+                    await _sleep_or_stop(stop, 2.0)
+                    continue
+                await asyncio.gather(*(self.handle(m) for m in messages))
+        finally:
+            stopper.cancel()
+            log.info("job-events listener stopped", signalled=self.signalled, unknown_jobs=self.unknown_jobs,
+                     malformed=self.malformed)
+
+    def _receive(self) -> list[dict[str, Any]]:
+        resp = self._sqs.receive_message(QueueUrl=self._queue_url, MaxNumberOfMessages=10,
+                                         WaitTimeSeconds=self._settings.wait_seconds,
+                                         VisibilityTimeout=self._settings.visibility_timeout)
+        return list(resp.get("Messages", []))
+
+    async def handle(self, message: dict[str, Any]) -> None:
+        msg_id = message.get("MessageId", "?")
+        try:
+            parsed = parse_job_event(message.get("Body", ""))
+        except MalformedJobEvent as err:
+            self.malformed += 1
+            log.warning("deleting a malformed job-event message", message_id=msg_id, reason=str(err))
+            await self._delete(message)
+            return
+        if parsed is None:
+            self.ignored += 1  # another event type routed to the queue: nothing waits on it
+            await self._delete(message)
+            return
+        try:
+            woken = await self._wake(parsed)
+        except Exception as err:  # Temporal unavailable: keep the message, SQS re-delivers it
+            log.warning("job-event message kept for re-delivery", message_id=msg_id, error=type(err).__name__)
+            return
+        if not woken:
+            self.unknown_jobs += 1
+            log.info("ignoring an event for a job no running batch waits on", message_id=msg_id,
+                     job_id=parsed.event.job_id, status=parsed.event.status)
+        await self._delete(message)
+
+    async def _wake(self, parsed: ParsedJobEvent) -> bool:
+        """Signal the batch that started the event's job; False when there is none (or it has finished)."""
+        if parsed.batch_workflow_id is None:
+            return False
+        try:
+            # By name: the workflow takes the payload raw (see ImportBatchWorkflow.job_event).
+            await self._client.get_workflow_handle(parsed.batch_workflow_id).signal(JOB_EVENT_SIGNAL, parsed.event)
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:  # no such workflow, or it has already completed
+                return False
+            raise
+        self.signalled += 1
+        log.info("import-job event signalled", workflow_id=parsed.batch_workflow_id, job_id=parsed.event.job_id,
+                 status=parsed.event.status)
+        return True
+
+    async def _delete(self, message: dict[str, Any]) -> None:
+        try:
+            await asyncio.to_thread(self._sqs.delete_message, QueueUrl=self._queue_url,
+                                    ReceiptHandle=message["ReceiptHandle"])
+            self.messages_deleted += 1
+        except ClientError as err:  # re-delivery is harmless
+            log.warning("could not delete a job-event message", code=err.response.get("Error", {}).get("Code"))
