@@ -70,3 +70,17 @@ def ledger_for_batch(work_s3_uri: str, migration_id: str, batch: int, part: int 
 
 def report_prefix(work_s3_uri: str, migration_id: str) -> S3Location:
     return root(work_s3_uri, migration_id).join("report").as_prefix()
+
+
+def fhir_input(work_s3_uri: str, migration_id: str, batch: int, part: int | None = None) -> S3Location:
+    """The ImagingStudy/Endpoint NDJSON of one batch: the HealthLake import job's input (holds patient ids)."""
+    return root(work_s3_uri, migration_id).join("fhir", f"{batch_name(batch, part)}.ndjson")
+
+
+def fhir_summary(work_s3_uri: str, migration_id: str, batch: int, part: int | None = None) -> S3Location:
+    """The reviewed outcome of one batch's HealthLake import (counts, ids, issue codes), read by the report."""
+    return root(work_s3_uri, migration_id).join("fhir", f"{batch_name(batch, part)}.result.json")
+
+
+def fhir_output_prefix(work_s3_uri: str, migration_id: str, batch: int, part: int | None = None) -> S3Location:
+    return root(work_s3_uri, migration_id).join("fhir-output", batch_name(batch, part)).as_prefix()

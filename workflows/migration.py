@@ -20,6 +20,7 @@ with workflow.unsafe.imports_passed_through():
         BatchInput,
         BatchResult,
         FailedBatchInput,
+        FhirRouting,
         FileState,
         MigrationInput,
         MigrationProgress,
@@ -231,7 +232,12 @@ class MigrationWorkflow:
     async def _batch(self, input: MigrationInput, batch: int) -> None:
         args = BatchInput(migration_id=self._id, batch=batch, source_s3_uri=input.source_s3_uri,
                           work_s3_uri=input.work_s3_uri, datastore_id=input.datastore_id,
-                          data_access_role_arn=input.data_access_role_arn, manual_review=input.manual_review)
+                          data_access_role_arn=input.data_access_role_arn, manual_review=input.manual_review,
+                          dicomweb_spot_check=input.dicomweb_spot_check,
+                          fhir=None if input.healthlake_datastore_id is None else FhirRouting(
+                              datastore_id=input.healthlake_datastore_id,
+                              validation_level=input.fhir_validation_level,
+                              validate_first=input.fhir_validate_first))
         self._running.add(batch)
         try:
             result: BatchResult = await workflow.execute_child_workflow(
