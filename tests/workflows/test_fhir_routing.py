@@ -375,3 +375,22 @@ def test_fhir_defaults() -> None:
                                        "work_s3_uri": "s3://work-b/w/"})
     assert m.healthlake_datastore_id is None and m.fhir_validation_level is ValidationLevel.STRUCTURE_ONLY
     assert m.fhir_validate_first is False and m.dicomweb_spot_check == 2
+
+
+@pytest.mark.parametrize("flag,value,needle", [
+    ("--healthlake-datastore-id", "../x", "healthlake_datastore_id"),
+    ("--dicomweb-spot-check", "-1", "dicomweb_spot_check"),
+    ("--dicomweb-spot-check", "1000", "dicomweb_spot_check"),
+    ("--fhir-validation-level", "lenient", "lenient"),
+])
+def test_cli_refuses_bad_fhir_flags_before_sending(monkeypatch: pytest.MonkeyPatch, flag: str, value: str,
+                                                   needle: str) -> None:
+    from typer.testing import CliRunner
+
+    from worker.cli import app
+
+    monkeypatch.setenv("HIMIG_TEMPORAL_ADDRESS", "127.0.0.1:1")  # nothing listens: a send would fail differently
+    result = CliRunner().invoke(app, ["start", "--source", "s3://src-bucket/in/", "--datastore-id", "a" * 32,
+                                      "--work", "s3://work-bucket/w/", flag, value])
+    assert result.exit_code == 2, result.output
+    assert needle in " ".join(result.output.split())
