@@ -26,11 +26,22 @@ from temporalio.exceptions import ApplicationError
 from temporalio.worker import Replayer, Worker
 
 from activities.fhir import endpoint_resource_id, study_resource_id
+from activities.fhir_route import FhirRouteActivities
 from activities.signed_http import SignedHttp
 from activities.spotcheck import SpotChecker
 from activities.storage import get_json, read_models
 from contracts import layout
-from contracts.pipeline import BatchProgress, FileState, MigrationInput, MigrationResult, ValidationLevel
+from contracts.pipeline import (
+    BatchInput,
+    BatchProgress,
+    FhirImportRef,
+    FhirReviewInput,
+    FhirRouting,
+    FileState,
+    MigrationInput,
+    MigrationResult,
+    ValidationLevel,
+)
 from contracts.records import InstanceRecord, LedgerEntry
 from contracts.s3uri import parse_s3_uri
 from tests.conftest import emulator_admin, make_medical_imaging
@@ -428,3 +439,43 @@ def test_cli_refuses_bad_fhir_flags_before_sending(monkeypatch: pytest.MonkeyPat
                                       "--work", "s3://work-bucket/w/", flag, value])
     assert result.exit_code == 2, result.output
     assert needle in " ".join(result.output.split())
+
+
+def test_a_failed_healthlake_job_is_reviewed_and_reported(emulator_url: str, moto_url: str, buckets: dict[str, Any],
+                                                          fhir_datastore: str) -> None:
+    """A job HealthLake ends FAILED (here: its input prefix holds nothing) is a reported problem, not a crash."""
+    from tests.conftest import make_s3
+    from worker.aws import make_client
+
+    settings = Settings(s3_endpoint_url=moto_url, medical_imaging_endpoint_url=emulator_url,
+                        healthlake_endpoint_url=emulator_url)
+    hl = make_client("healthlake", settings, settings.healthlake_endpoint_url)
+    acts = FhirRouteActivities(make_s3(moto_url), make_medical_imaging(emulator_url), hl, None,
+                               settings.dicomweb_base_url(), settings.healthlake_data_access_role_arn,
+                               settings.healthlake_kms_key_id)
+    work = f"s3://{buckets['work']}/w/"
+    out = layout.fhir_output_prefix(work, "mig-failed", 0)
+    job_id = hl.start_fhir_import_job(
+        DatastoreId=fhir_datastore, InputDataConfig={"S3Uri": f"s3://{buckets['work']}/nothing-here/"},
+        JobOutputDataConfig={"S3Configuration": {"S3Uri": out.uri, "KmsKeyId": settings.healthlake_kms_key_id}},
+        DataAccessRoleArn=settings.healthlake_data_access_role_arn)["JobId"]
+    ref = FhirImportRef(datastore_id=fhir_datastore, job_id=job_id, input_s3_uri=f"s3://{buckets['work']}/nothing-here/",
+                        output_s3_uri=out.uri, studies=1, resources=2, validation_level=ValidationLevel.STRICT)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            outcome = acts.await_fhir_import(ref)
+            break
+        except ApplicationError as err:
+            assert err.type == "JobStillRunning", err
+            assert time.monotonic() < deadline, "the HealthLake job never ended"
+            time.sleep(0.1)
+    assert outcome.status == "FAILED" and outcome.message
+    batch = BatchInput(migration_id="mig-failed", batch=0, source_s3_uri="s3://src-b/x/", work_s3_uri=work,
+                       datastore_id="a" * 32, fhir=FhirRouting(datastore_id=fhir_datastore))
+    summary = acts.review_fhir_import(FhirReviewInput(batch=batch, ref=ref, outcome=outcome))
+    assert summary.job_status == "FAILED" and summary.imported == 0
+    assert any(p.startswith(f"HealthLake import job {job_id} FAILED: ") for p in summary.problems)
+    # Written for the report, next to the batch's NDJSON.
+    written = get_json(buckets["s3"], layout.fhir_summary(work, "mig-failed", 0))
+    assert written["job_status"] == "FAILED" and written["problems"] == summary.problems
