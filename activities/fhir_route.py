@@ -18,7 +18,6 @@ Three activities, each idempotent:
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 from typing import Any
@@ -37,6 +36,7 @@ from activities.fhir import (
 )
 from activities.heartbeat import keeps_alive
 from activities.signed_http import SignedHttp
+from activities.spotcheck import get_image_set_metadata
 from activities.storage import get_bytes, is_missing, list_objects, put_bytes, put_json, read_models
 from contracts import layout
 from contracts.pipeline import (
@@ -114,11 +114,8 @@ class FhirRouteActivities:
                 for summary in page.get("imageSetsMetadataSummaries", []):
                     if not summary.get("isPrimary", True):
                         continue
-                    resp = self._mi.get_image_set_metadata(datastoreId=datastore_id, imageSetId=summary["imageSetId"])
-                    raw = resp["imageSetMetadataBlob"].read()
-                    if resp.get("contentEncoding") == "gzip" or raw[:2] == b"\x1f\x8b":
-                        raw = gzip.decompress(raw)
-                    out.append(ImageSetDoc(summary["imageSetId"], json.loads(raw)))
+                    out.append(ImageSetDoc(summary["imageSetId"], get_image_set_metadata(
+                        self._mi, datastore_id, summary["imageSetId"])))
         except ClientError as err:
             raise classify(err, "reading the study's image sets") from None
         return out

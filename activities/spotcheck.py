@@ -55,6 +55,16 @@ def metadata_sops(doc: dict[str, Any]) -> dict[str, set[str]]:
     return {uid: set((s.get("Instances") or {}).keys()) for uid, s in series.items()}
 
 
+def get_image_set_metadata(medical_imaging: Any, datastore_id: str, image_set_id: str) -> dict[str, Any]:
+    """The latest metadata document of an image set (``GetImageSetMetadata`` answers gzip JSON)."""
+    resp = medical_imaging.get_image_set_metadata(datastoreId=datastore_id, imageSetId=image_set_id)
+    raw = resp["imageSetMetadataBlob"].read()
+    if resp.get("contentEncoding") == "gzip" or raw[:2] == b"\x1f\x8b":
+        raw = gzip.decompress(raw)
+    doc: dict[str, Any] = json.loads(raw)
+    return doc
+
+
 def _value(dataset: dict[str, Any], tag: str) -> str | None:
     values = (dataset.get(tag) or {}).get("Value") or []
     return str(values[0]) if values else None
@@ -93,14 +103,6 @@ class SpotChecker:
             problems += self.check_dicomweb(datastore_id, sample(instances, sample_size))
         return problems
 
-    def _metadata(self, datastore_id: str, image_set_id: str) -> dict[str, Any]:
-        resp = self._mi.get_image_set_metadata(datastoreId=datastore_id, imageSetId=image_set_id)
-        raw = resp["imageSetMetadataBlob"].read()
-        if resp.get("contentEncoding") == "gzip" or raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
-        doc: dict[str, Any] = json.loads(raw)
-        return doc
-
     def check_instance_counts(self, datastore_id: str, instances: list[Imported]) -> list[str]:
         """Per image set: every instance the job reported in it is listed by GetImageSetMetadata, in its series."""
         by_set: dict[str, list[Imported]] = {}
@@ -109,7 +111,7 @@ class SpotChecker:
         problems = []
         for image_set_id, members in sorted(by_set.items()):
             try:
-                listed = metadata_sops(self._metadata(datastore_id, image_set_id))
+                listed = metadata_sops(get_image_set_metadata(self._mi, datastore_id, image_set_id))
             except ClientError as err:
                 if error_code(err) in BACKOFF_CODES:
                     raise classify(err, "reading image set metadata") from None
