@@ -479,3 +479,35 @@ def test_a_failed_healthlake_job_is_reviewed_and_reported(emulator_url: str, mot
     # Written for the report, next to the batch's NDJSON.
     written = get_json(buckets["s3"], layout.fhir_summary(work, "mig-failed", 0))
     assert written["job_status"] == "FAILED" and written["problems"] == summary.problems
+
+
+async def test_halves_of_a_failed_batch_each_route_and_the_counts_add_up(
+        client: Client, worker: Worker, buckets: dict[str, Any], datastore_id: str, fhir_datastore: str,
+        emulator_url: str) -> None:
+    from activities.importjob import job_name
+
+    s3, src = buckets["s3"], buckets["source"]
+    studies = [uid(), uid()]
+    for n, study in enumerate(studies):
+        series = uid()
+        for i in range(2):
+            s3.put_object(Bucket=src, Key=f"h/{n}/{i}.dcm", Body=make_instance(study, series))
+    wid = f"fhir-{uuid.uuid4().hex[:10]}"
+    name = job_name(BatchInput(migration_id=wid, batch=0, source_s3_uri="s3://x-b/", work_s3_uri="s3://y-b/",
+                               datastore_id=datastore_id))
+    emulator_admin(emulator_url, "faults", {"kind": "job_failed", "jobName": f"{name}*", "count": 1,
+                                            "message": "Internal error (injected)"})
+    await client.execute_workflow(MigrationWorkflow.run, payload(buckets, datastore_id, "h",
+                                                                 healthlake_datastore_id=fhir_datastore),
+                                  id=wid, task_queue=worker.task_queue, execution_timeout=timedelta(seconds=120))
+    progress = await batch_progress(client, wid)
+    assert progress.failed_job is not None
+    assert [t.stage.value for t in progress.transitions].count("routing_fhir") == 2
+    assert progress.fhir is not None and progress.fhir.studies == 2 and progress.fhir.imported == 2
+    for study in studies:
+        status, _ = fhir_get(emulator_url, f"/datastore/{fhir_datastore}/r4/ImagingStudy/"
+                                           f"{study_resource_id(datastore_id, study)}")
+        assert status == 200
+    work = buckets["work"]
+    for part in (1, 2):
+        s3.head_object(Bucket=work, Key=f"w/{wid}/fhir/batch-00000-p{part}.result.json")
