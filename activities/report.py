@@ -141,8 +141,11 @@ class ReportActivities:
         for obj in list_objects(self._s3, layout.ledger_prefix(input.work_s3_uri, input.migration_id)):
             ledger += [LedgerEntry.model_validate(r) for r in iter_ndjson(self._s3, S3Location(root.bucket, obj["Key"]))]
         rows, summary = build_report(inventory, ledger, input.cancelled)
-        fhir_results = {o["Key"].rsplit("/", 1)[-1].removesuffix(".result.json"): get_json(self._s3, S3Location(root.bucket, o["Key"]))
-                        for o in list_objects(self._s3, root.join("fhir").as_prefix()) if o["Key"].endswith(".result.json")}
+        fhir_results = {}  # batch name -> reviewed HealthLake outcome (written only when FHIR routing is on)
+        for obj in list_objects(self._s3, root.join("fhir").as_prefix()):
+            if obj["Key"].endswith(".result.json"):
+                name = obj["Key"].rsplit("/", 1)[-1].removesuffix(".result.json")
+                fhir_results[name] = get_json(self._s3, S3Location(root.bucket, obj["Key"]))
         if (fhir := fhir_section(fhir_results)) is not None:
             summary["fhir"] = fhir
         summary.update({"migration_id": input.migration_id, "datastore_id": input.datastore_id})

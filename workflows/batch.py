@@ -144,11 +144,15 @@ class ImportBatchWorkflow:
         except ActivityError as err:
             # e.g. an unknown HealthLake data store: recorded with the AWS error, the batch goes on.
             error = str(err.cause or err)
-        summary = await workflow.execute_activity(
-            "review_fhir_import", FhirReviewInput(batch=input, ref=ref, outcome=outcome, error=error),
-            result_type=FhirSummary, start_to_close_timeout=policies.PAGE_TIMEOUT,
-            schedule_to_close_timeout=timedelta(hours=2), heartbeat_timeout=policies.HEARTBEAT,
-            retry_policy=policies.PATIENT_RETRY)
+        try:
+            summary = await workflow.execute_activity(
+                "review_fhir_import", FhirReviewInput(batch=input, ref=ref, outcome=outcome, error=error),
+                result_type=FhirSummary, start_to_close_timeout=policies.PAGE_TIMEOUT,
+                schedule_to_close_timeout=timedelta(hours=2), heartbeat_timeout=policies.HEARTBEAT,
+                retry_policy=policies.PATIENT_RETRY)
+        except ActivityError as err:
+            summary = FhirSummary(job_id=ref.job_id if ref else None, job_status=outcome.status if outcome else None,
+                                  problems=[f"HealthLake import output not reviewed: {str(err.cause or err)[:500]}"])
         self._progress.fhir = summary if self._progress.fhir is None else _merge_fhir(self._progress.fhir, summary)
 
     @workflow.run

@@ -188,3 +188,26 @@ def test_metadata_sops_tolerates_missing_levels() -> None:
     assert metadata_sops({"Study": {"Series": {"1.2": {}}}}) == {"1.2": set()}
     doc = metadata("a" * 32, f"{STUDY}.1", [f"{STUDY}.1.1", f"{STUDY}.1.2"]).metadata
     assert metadata_sops(doc) == {f"{STUDY}.1": {f"{STUDY}.1.1", f"{STUDY}.1.2"}}
+
+
+def test_report_fhir_section_totals_batches_and_tolerates_missing_counts() -> None:
+    from activities.report import fhir_section, render_summary
+
+    assert fhir_section({}) is None
+    section = fhir_section({
+        "batch-00000": {"job_id": "j1", "job_status": "COMPLETED", "studies": 2, "imported": 2, "failed": 0,
+                        "rejected_by_validate": 0, "problems": []},
+        "batch-00001-p1": {"job_status": "COMPLETED_WITH_ERRORS", "imported": 1, "failed": 1,
+                           "rejected_by_validate": 2, "problems": ["x"]},
+        "batch-00002": {"problems": ["HealthLake import not done: ResourceNotFoundException"]},
+    })
+    assert section is not None
+    assert (section["imaging_studies_imported"], section["imaging_studies_failed"],
+            section["rejected_by_validate"], section["batches_with_problems"]) == (3, 1, 2, 2)
+    assert section["batches"]["batch-00002"] == {"job_id": None, "job_status": None, "studies": None,
+                                                 "imported": None, "failed": None, "rejected_by_validate": None,
+                                                 "problems": 1}
+    summary = {"files_total": 0, "bytes_total": 0, "files_by_state": {}, "image_sets": 0, "primary_image_sets": 0,
+               "non_primary_image_sets": [], "reasons": {}, "unaccounted": 0, "accounted_twice": 0, "fhir": section}
+    assert ("FHIR ImagingStudy (HealthLake): 3 imported, 1 refused by the import, 2 refused by $validate, "
+            "2 batches with problems") in render_summary("m", summary)
