@@ -89,6 +89,9 @@ class MigrationState(BaseModel):
     image_sets: int = 0
     non_primary_image_sets: int = 0
     batches_failed: int = 0
+    # FHIR routing (ImagingStudy resources): imported, and refused by the import job or by $validate.
+    fhir_imported: int = 0
+    fhir_refused: int = 0
     started_at: datetime | None = None
     runs: int = 1
     report_uri: str | None = None
@@ -212,6 +215,8 @@ class MigrationProgress(BaseModel):
     duplicates: int
     image_sets: int
     non_primary_image_sets: int
+    fhir_imported: int = 0
+    fhir_refused: int = 0
     elapsed_seconds: float
     files_per_second: float
     eta_seconds: float | None

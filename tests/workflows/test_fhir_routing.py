@@ -190,6 +190,8 @@ async def test_migration_routes_imaging_studies_into_healthlake(
     fhir = report_summary(s3, result)["fhir"]
     assert fhir["imaging_studies_imported"] == 2 and fhir["imaging_studies_failed"] == 0
     assert set(fhir["batches"]) == {"batch-00000", "batch-00001"}
+    migration = await client.get_workflow_handle(wid).query(MigrationWorkflow.progress)
+    assert (migration.fhir_imported, migration.fhir_refused) == (2, 0)
 
     # No patient value anywhere in workflow history (inputs, activity results, child results).
     recorded = await histories(client, wid)
@@ -234,6 +236,8 @@ async def test_validation_level_decides_on_a_study_without_patient_id(
     progress = await batch_progress(client, wid)
     assert progress.fhir is not None
     assert (progress.fhir.imported, progress.fhir.failed) == (imported, failed)
+    migration = await client.get_workflow_handle(wid).query(MigrationWorkflow.progress)
+    assert (migration.fhir_imported, migration.fhir_refused) == (imported, failed)
     status, _ = fhir_get(emulator_url, f"/datastore/{fhir_datastore}/r4/ImagingStudy/"
                                        f"{study_resource_id(datastore_id, anonymous)}")
     if failed:
