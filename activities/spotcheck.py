@@ -14,8 +14,11 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 import urllib3
 from botocore.exceptions import ClientError
@@ -23,10 +26,35 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from activities.errors import BACKOFF_CODES, backoff_delay, classify, error_code
-from activities.signed_http import SignedHttp
+from activities.signed_http import Response, SignedHttp
 from contracts.records import InstanceRecord, LedgerEntry
 
 STUDY_TAG, SERIES_TAG, SOP_TAG = "0020000D", "0020000E", "00080018"
+# A throttled read is retried here a few times before the whole review is handed back to Temporal's retry:
+# a batch with hundreds of image sets would otherwise restart its review on every 429 and might never finish.
+LOCAL_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0)
+T = TypeVar("T")
+
+
+class _Throttled(Exception):
+    def __init__(self, status: int) -> None:
+        super().__init__(f"HTTP {status}")
+        self.status = status
+
+
+def with_local_retries(call: Callable[[], T], delays: tuple[float, ...] = LOCAL_RETRY_DELAYS) -> T:
+    """``call()``, retried after each delay while it is throttled (ClientError in BACKOFF_CODES or _Throttled)."""
+    for delay in (*delays, None):
+        try:
+            return call()
+        except ClientError as err:
+            if delay is None or error_code(err) not in BACKOFF_CODES:
+                raise
+        except _Throttled:
+            if delay is None:
+                raise
+        time.sleep(delay)
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 @dataclass
@@ -90,10 +118,12 @@ def _retry(what: str, kind: str) -> ApplicationError:
 class SpotChecker:
     """Read-back checks for one reviewed batch. ``dicomweb`` None: only the metadata check runs."""
 
-    def __init__(self, medical_imaging: Any, dicomweb: SignedHttp | None = None, dicomweb_base_url: str | None = None):
+    def __init__(self, medical_imaging: Any, dicomweb: SignedHttp | None = None, dicomweb_base_url: str | None = None,
+                 retry_delays: tuple[float, ...] = LOCAL_RETRY_DELAYS):
         self._mi = medical_imaging
         self._http = dicomweb
         self._base = (dicomweb_base_url or "").rstrip("/")
+        self._delays = retry_delays
 
     def check(self, datastore_id: str, files: list[InstanceRecord], ledger: list[LedgerEntry],
               sample_size: int) -> list[str]:
@@ -111,7 +141,8 @@ class SpotChecker:
         problems = []
         for image_set_id, members in sorted(by_set.items()):
             try:
-                listed = metadata_sops(get_image_set_metadata(self._mi, datastore_id, image_set_id))
+                listed = metadata_sops(with_local_retries(
+                    partial(get_image_set_metadata, self._mi, datastore_id, image_set_id), self._delays))
             except ClientError as err:
                 if error_code(err) in BACKOFF_CODES:
                     raise classify(err, "reading image set metadata") from None
@@ -125,6 +156,14 @@ class SpotChecker:
                                 f"{', '.join(str(m.line) for m in missing[:10])})")
         return problems
 
+    def _wado(self, url: str, image_set_id: str) -> Response:
+        assert self._http is not None
+        resp = self._http.request("GET", url, params={"imageSetId": image_set_id},
+                                  headers={"Accept": "application/dicom+json"})
+        if resp.status == 429 or resp.status >= 500:
+            raise _Throttled(resp.status)
+        return resp
+
     def check_dicomweb(self, datastore_id: str, picked: list[Imported]) -> list[str]:
         assert self._http is not None
         problems = []
@@ -133,14 +172,13 @@ class SpotChecker:
             url = (f"{self._base}/datastore/{datastore_id}/studies/{r.study_instance_uid}/series/"
                    f"{r.series_instance_uid}/instances/{r.sop_instance_uid}/metadata")
             try:
-                resp = self._http.request("GET", url, params={"imageSetId": inst.image_set_id},
-                                          headers={"Accept": "application/dicom+json"})
+                resp = with_local_retries(partial(self._wado, url, inst.image_set_id), self._delays)
             except (urllib3.exceptions.HTTPError, OSError) as err:
                 raise _retry(f"DICOMweb spot check: {type(err).__name__}", "DicomWebUnavailable") from None
+            except _Throttled as err:
+                raise _retry(f"DICOMweb spot check: HTTP {err.status}", "ThrottlingException"
+                             if err.status == 429 else "DicomWebUnavailable") from None
             where = f"image set {inst.image_set_id}: sampled instance (batch line {inst.line})"
-            if resp.status == 429 or resp.status >= 500:
-                raise _retry(f"DICOMweb spot check: HTTP {resp.status}", "ThrottlingException"
-                             if resp.status == 429 else "DicomWebUnavailable")
             if resp.status != 200:
                 code = resp.headers.get("x-amzn-errortype", "").split(":")[0] or "error"
                 problems.append(f"{where}: DICOMweb metadata answered HTTP {resp.status} {code}")

@@ -211,3 +211,35 @@ def test_report_fhir_section_totals_batches_and_tolerates_missing_counts() -> No
                "non_primary_image_sets": [], "reasons": {}, "unaccounted": 0, "accounted_twice": 0, "fhir": section}
     assert ("FHIR ImagingStudy (HealthLake): 3 imported, 1 refused by the import, 2 refused by $validate, "
             "2 batches with problems") in render_summary("m", summary)
+
+
+def test_local_retries_wait_out_throttling_only() -> None:
+    from botocore.exceptions import ClientError
+
+    from activities.spotcheck import with_local_retries
+
+    def throttled(code: str) -> ClientError:
+        return ClientError({"Error": {"Code": code, "Message": "Rate exceeded"}}, "GetImageSetMetadata")
+
+    calls: list[int] = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise throttled("ThrottlingException")
+        return "ok"
+
+    assert with_local_retries(flaky, (0.0, 0.0, 0.0)) == "ok" and len(calls) == 3
+
+    def always(code: str) -> None:
+        calls.append(1)
+        raise throttled(code)
+
+    calls.clear()
+    with pytest.raises(ClientError):
+        with_local_retries(lambda: always("ThrottlingException"), (0.0, 0.0))
+    assert len(calls) == 3  # bounded: one try per delay, plus the last
+    calls.clear()
+    with pytest.raises(ClientError):
+        with_local_retries(lambda: always("ResourceNotFoundException"), (0.0, 0.0))
+    assert len(calls) == 1  # not throttling: no retry

@@ -367,16 +367,24 @@ async def test_spot_check_retries_throttling_instead_of_reporting_it(
     wid, _ = await migrate(client, worker, payload(buckets, datastore_id, "t"))
     files = read_models(s3, layout.batch_manifest(f"s3://{work}/w/", wid, 0), InstanceRecord)
     ledger = read_models(s3, layout.ledger_for_batch(f"s3://{work}/w/", wid, 0), LedgerEntry)
-    checker = SpotChecker(make_medical_imaging(emulator_url),
-                          SignedHttp(boto3.session.Session().get_credentials(), "us-east-1", "medical-imaging"),
-                          emulator_url)
+    http = SignedHttp(boto3.session.Session().get_credentials(), "us-east-1", "medical-imaging")
+    impatient = SpotChecker(make_medical_imaging(emulator_url), http, emulator_url, retry_delays=(0.05,))
+    patient = SpotChecker(make_medical_imaging(emulator_url), http, emulator_url, retry_delays=(0.5,))
+    picked = checker_sample(files, ledger)
     emulator_admin(emulator_url, "throttling", {"enabled": True, "rates": {
         "GetDICOMInstanceMetadata": {"rate": 0.001, "burst": 1}}})
     try:
-        assert checker.check_dicomweb(datastore_id, checker_sample(files, ledger)) == []  # the one token
+        assert impatient.check_dicomweb(datastore_id, picked) == []  # the one token
+        # Still throttled after the local retries: handed to Temporal as a retryable error, not a problem.
         with pytest.raises(ApplicationError) as info:
-            checker.check_dicomweb(datastore_id, checker_sample(files, ledger))
+            impatient.check_dicomweb(datastore_id, picked)
         assert info.value.type == "ThrottlingException" and not info.value.non_retryable
+        # A bucket that refills (5/s) within the local retry delay: the check passes without a problem.
+        emulator_admin(emulator_url, "throttling", {"rates": {"GetDICOMInstanceMetadata": {"rate": 5, "burst": 1}}})
+        assert patient.check_dicomweb(datastore_id, picked) == []
+        assert patient.check_dicomweb(datastore_id, picked) == []  # the second call meets an empty bucket
+        state = emulator_admin(emulator_url, "throttling")["operations"]["GetDICOMInstanceMetadata"]
+        assert state["throttled"] >= 2
     finally:
         emulator_admin(emulator_url, "throttling", {"reset": True})
         emulator_admin(emulator_url, "throttling", {"enabled": False})
