@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from functools import partial
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -36,7 +37,7 @@ from activities.fhir import (
 )
 from activities.heartbeat import keeps_alive
 from activities.signed_http import SignedHttp
-from activities.spotcheck import get_image_set_metadata
+from activities.spotcheck import get_image_set_metadata, with_local_retries
 from activities.storage import get_bytes, is_missing, list_objects, put_bytes, put_json, read_models
 from contracts import layout
 from contracts.pipeline import (
@@ -114,8 +115,8 @@ class FhirRouteActivities:
                 for summary in page.get("imageSetsMetadataSummaries", []):
                     if not summary.get("isPrimary", True):
                         continue
-                    out.append(ImageSetDoc(summary["imageSetId"], get_image_set_metadata(
-                        self._mi, datastore_id, summary["imageSetId"])))
+                    out.append(ImageSetDoc(summary["imageSetId"], with_local_retries(
+                        partial(get_image_set_metadata, self._mi, datastore_id, summary["imageSetId"]))))
         except ClientError as err:
             raise classify(err, "reading the study's image sets") from None
         return out
