@@ -523,3 +523,14 @@ async def test_halves_of_a_failed_batch_each_route_and_the_counts_add_up(
     work = buckets["work"]
     for part in (1, 2):
         s3.head_object(Bucket=work, Key=f"w/{wid}/fhir/batch-00000-p{part}.result.json")
+
+
+def test_demo_finds_or_creates_its_fhir_datastore_once(emulator_url: str) -> None:
+    from worker.demo import ensure_fhir_datastore
+
+    hl = boto3.client("healthlake", endpoint_url=emulator_url, region_name="us-east-1")
+    name = f"demo-{uuid.uuid4().hex[:8]}"
+    first = ensure_fhir_datastore(hl, name)
+    assert ensure_fhir_datastore(hl, name) == first
+    props = hl.describe_fhir_datastore(DatastoreId=first)["DatastoreProperties"]
+    assert props["DatastoreName"] == name and props["DatastoreTypeVersion"] == "R4"
