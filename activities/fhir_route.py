@@ -8,7 +8,8 @@ input (the one artefact whose purpose is to carry it to HealthLake) and never in
 Three activities, each idempotent:
 
 - ``start_fhir_import``: build the batch's studies (``activities.fhir``), optionally ``$validate`` each resource
-  (refused ones are reported, not imported), write ``fhir/batch-NNNNN.ndjson`` and start the job with a
+  (refused ones are reported, not imported), write ``fhir/batch-NNNNN/imaging-studies.ndjson`` and start the job
+  on that folder with a
   deterministic ``ClientToken`` and the configured ``ValidationLevel``;
 - ``await_fhir_import``: poll ``DescribeFHIRImportJob`` by benign retry (no history per poll);
 - ``review_fhir_import``: read the job's ``manifest.json`` and ``SUCCESS/`` / ``FAILURE/`` NDJSON, count imported
@@ -147,6 +148,7 @@ class FhirRouteActivities:
         assert batch.fhir is not None, "start_fhir_import is scheduled only for batches with FHIR routing"
         fhir = batch.fhir
         name = layout.batch_name(batch.batch, batch.part)
+        in_folder = layout.fhir_input_prefix(batch.work_s3_uri, batch.migration_id, batch.batch, batch.part)
         in_loc = layout.fhir_input(batch.work_s3_uri, batch.migration_id, batch.batch, batch.part)
         out_loc = layout.fhir_output_prefix(batch.work_s3_uri, batch.migration_id, batch.batch, batch.part)
         resources: list[dict[str, Any]] = []
@@ -183,7 +185,7 @@ class FhirRouteActivities:
             resources = kept if any(r["resourceType"] == "ImagingStudy" for r in kept) else []
         body = "".join(json.dumps(r, separators=(",", ":"), sort_keys=True) + "\n" for r in resources).encode()
         put_bytes(self._s3, in_loc, body, "application/fhir+ndjson")
-        ref = FhirImportRef(datastore_id=fhir.datastore_id, job_id=None, input_s3_uri=in_loc.uri,
+        ref = FhirImportRef(datastore_id=fhir.datastore_id, job_id=None, input_s3_uri=in_folder.uri,
                             output_s3_uri=out_loc.uri, studies=studies, resources=len(resources),
                             validation_level=fhir.validation_level, validate_rejected=rejected)
         if not resources:
@@ -191,7 +193,7 @@ class FhirRouteActivities:
         try:
             resp = self._hl.start_fhir_import_job(
                 JobName=f"{batch.migration_id}-{name}"[:64], DatastoreId=fhir.datastore_id,
-                InputDataConfig={"S3Uri": in_loc.uri},
+                InputDataConfig={"S3Uri": in_folder.uri},
                 JobOutputDataConfig={"S3Configuration": {"S3Uri": out_loc.uri, "KmsKeyId": self._kms}},
                 DataAccessRoleArn=self._role, ClientToken=client_token(batch.migration_id, name, fhir.datastore_id),
                 ValidationLevel=fhir.validation_level.value)

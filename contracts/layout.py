@@ -72,9 +72,14 @@ def report_prefix(work_s3_uri: str, migration_id: str) -> S3Location:
     return root(work_s3_uri, migration_id).join("report").as_prefix()
 
 
+def fhir_input_prefix(work_s3_uri: str, migration_id: str, batch: int, part: int | None = None) -> S3Location:
+    """The HealthLake import job's input folder for one batch (AWS documents a prefix as InputDataConfig)."""
+    return root(work_s3_uri, migration_id).join("fhir", batch_name(batch, part)).as_prefix()
+
+
 def fhir_input(work_s3_uri: str, migration_id: str, batch: int, part: int | None = None) -> S3Location:
-    """The ImagingStudy/Endpoint NDJSON of one batch: the HealthLake import job's input (holds patient ids)."""
-    return root(work_s3_uri, migration_id).join("fhir", f"{batch_name(batch, part)}.ndjson")
+    """The batch's Endpoint and ImagingStudy NDJSON, alone in its input folder (it holds patient ids)."""
+    return fhir_input_prefix(work_s3_uri, migration_id, batch, part).join("imaging-studies.ndjson")
 
 
 def fhir_summary(work_s3_uri: str, migration_id: str, batch: int, part: int | None = None) -> S3Location:

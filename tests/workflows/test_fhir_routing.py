@@ -270,7 +270,7 @@ async def test_validate_first_reports_and_withholds_an_invalid_resource(
     assert fhir_get(emulator_url, base + study_resource_id(datastore_id, anonymous))[0] == 404
     assert fhir_get(emulator_url, base + study_resource_id(datastore_id, good))[0] == 200
     # The NDJSON handed to HealthLake holds exactly what was imported: the Endpoint and the valid study.
-    ndjson = s3.get_object(Bucket=buckets["work"], Key=f"w/{wid}/fhir/batch-00000.ndjson")["Body"].read()
+    ndjson = s3.get_object(Bucket=buckets["work"], Key=f"w/{wid}/fhir/batch-00000/imaging-studies.ndjson")["Body"].read()
     assert [json.loads(line)["resourceType"] for line in ndjson.splitlines()] == ["Endpoint", "ImagingStudy"]
     assert report_summary(s3, result)["fhir"]["rejected_by_validate"] == 1
 
