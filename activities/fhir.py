@@ -100,7 +100,7 @@ def _int(doc: dict[str, Any], name: str) -> int | None:
     text = _text(doc, name)
     try:
         number = int(float(text)) if text is not None else None
-    except ValueError:
+    except (ValueError, OverflowError):  # "abc", "nan", "inf"
         return None
     # FHIR unsignedInt: anything negative is not a number we can state.
     return number if number is not None and 0 <= number <= 2**31 - 1 else None

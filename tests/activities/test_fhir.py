@@ -108,6 +108,8 @@ def test_missing_patient_id_leaves_subject_out_for_healthlake_to_judge() -> None
     ({"Modality": None, "SeriesNumber": "abc"}, {"StudyDate": "2024-13-45"}),
     ({"Modality": ["CT", "PT"], "SeriesNumber": -5}, {"StudyDate": "20241399", "AccessionNumber": ""}),
     ({"Modality": "", "SeriesNumber": "1e99"}, {"StudyDate": 20240101, "StudyDescription": {"Alphabetic": "x"}}),
+    ({"SeriesNumber": "inf", "Modality": {"Alphabetic": None}}, {"StudyDate": "nan"}),
+    ({"SeriesNumber": "nan", "SeriesDescription": ["", None]}, {"StudyDate": ["20240101", "x"]}),
     ({}, {}),
 ])
 def test_hostile_metadata_still_builds_a_structurally_valid_study(series_dicom: dict[str, Any],
