@@ -83,6 +83,13 @@ class BuiltStudy:
     problems: list[str] = field(default_factory=list)
 
 
+def _level(doc: Any, *path: str) -> dict[str, Any]:
+    """``doc[path[0]][path[1]]...`` when each step is a JSON object, else {} (metadata is read defensively)."""
+    for key in path:
+        doc = doc.get(key) if isinstance(doc, dict) else None
+    return doc if isinstance(doc, dict) else {}
+
+
 def _text(doc: dict[str, Any], name: str) -> str | None:
     """A DICOM JSON-ish value from a metadata level as text (PN may be a dict, multi-values a list)."""
     value = doc.get(name)
@@ -141,18 +148,17 @@ def build_imaging_study(datastore_id: str, study_uid: str, image_sets: list[Imag
     series_out: list[tuple[tuple[int, str], dict[str, Any]]] = []
     for image_set in sorted(image_sets, key=lambda s: s.image_set_id):
         doc = image_set.metadata
-        patient = patient or (doc.get("Patient") or {}).get("DICOM") or {}
-        study_level = doc.get("Study") or {}
-        study = study or study_level.get("DICOM") or {}
-        for series_uid, series in sorted((study_level.get("Series") or {}).items()):
-            dicom = series.get("DICOM") or {}
-            instances = series.get("Instances") or {}
+        patient = patient or _level(doc, "Patient", "DICOM")
+        study = study or _level(doc, "Study", "DICOM")
+        for series_uid, series in sorted(_level(doc, "Study", "Series").items()):
+            dicom = _level(series, "DICOM")
             rows = []
-            for sop_uid, inst in sorted(instances.items()):
-                idicom = inst.get("DICOM") or {}
+            for sop_uid, inst in sorted(_level(series, "Instances").items()):
+                idicom = _level(inst, "DICOM")
                 row: dict[str, Any] = {"uid": sop_uid}
                 sop_class = _text(idicom, "SOPClassUID")
-                row["sopClass"] = {"system": "urn:ietf:rfc:3986", "code": f"urn:oid:{sop_class or '1.2.840.10008.5.1.4.1.1.7'}"}
+                if sop_class:  # 1..1 in R4: when absent, HealthLake judges it by validation level
+                    row["sopClass"] = {"system": "urn:ietf:rfc:3986", "code": f"urn:oid:{sop_class}"}
                 number = _int(idicom, "InstanceNumber")
                 if number is not None:
                     row["number"] = number

@@ -115,17 +115,34 @@ def test_missing_patient_id_leaves_subject_out_for_healthlake_to_judge() -> None
 def test_hostile_metadata_still_builds_a_structurally_valid_study(series_dicom: dict[str, Any],
                                                                    study_dicom: dict[str, Any]) -> None:
     doc = metadata("a" * 32, f"{STUDY}.1", [f"{STUDY}.1.1"], study=study_dicom, series_dicom=series_dicom)
-    doc.metadata["Study"]["Series"][f"{STUDY}.1"]["Instances"][f"{STUDY}.1.1"]["DICOM"] = {"InstanceNumber": "-1"}
+    doc.metadata["Study"]["Series"][f"{STUDY}.1"]["Instances"][f"{STUDY}.1.1"]["DICOM"] = {"InstanceNumber": "-1",
+                                                                                       "SOPClassUID": "1.2.840.10008.5.1.4.1.1.2"}
     built = build_imaging_study(DS, STUDY, [doc])
     assert built.resource is not None
     assert structure_issues(built.resource) == []
     ImagingStudy.model_validate(built.resource)
 
 
-def test_image_set_without_series_or_levels() -> None:
-    built = build_imaging_study(DS, STUDY, [ImageSetDoc("a" * 32, {})])
-    assert built.resource is not None and built.resource["numberOfSeries"] == 0 and "subject" not in built.resource
+@pytest.mark.parametrize("doc", [
+    {},
+    {"Patient": [], "Study": "nope"},
+    {"Patient": {"DICOM": None}, "Study": {"DICOM": [], "Series": None}},
+    {"Study": {"Series": {"1.2.3": None}}},
+    {"Study": {"Series": {"1.2.3": {"DICOM": "x", "Instances": [1, 2]}}}},
+    {"Study": {"Series": {"1.2.3": {"Instances": {"1.2.3.4": None, "1.2.3.5": {"DICOM": 7}}}}}},
+])
+def test_malformed_metadata_documents_never_crash_the_builder(doc: dict[str, Any]) -> None:
+    built = build_imaging_study(DS, STUDY, [ImageSetDoc("a" * 32, doc)])
+    assert built.resource is not None and "subject" not in built.resource
     assert structure_issues(built.resource) == []
+
+
+def test_bad_uids_in_metadata_are_a_build_problem_not_a_crash() -> None:
+    doc = metadata("a" * 32, "not a uid / with spaces", ["x" * 80])
+    built = build_imaging_study(DS, STUDY, [doc])
+    assert built.resource is not None
+    issues = structure_issues(built.resource)
+    assert issues and all("not a uid" not in i for i in issues)
 
 
 def test_structure_issues_names_paths_not_values() -> None:
