@@ -115,8 +115,8 @@ def test_missing_patient_id_leaves_subject_out_for_healthlake_to_judge() -> None
 def test_hostile_metadata_still_builds_a_structurally_valid_study(series_dicom: dict[str, Any],
                                                                    study_dicom: dict[str, Any]) -> None:
     doc = metadata("a" * 32, f"{STUDY}.1", [f"{STUDY}.1.1"], study=study_dicom, series_dicom=series_dicom)
-    doc.metadata["Study"]["Series"][f"{STUDY}.1"]["Instances"][f"{STUDY}.1.1"]["DICOM"] = {"InstanceNumber": "-1",
-                                                                                       "SOPClassUID": "1.2.840.10008.5.1.4.1.1.2"}
+    instance = doc.metadata["Study"]["Series"][f"{STUDY}.1"]["Instances"][f"{STUDY}.1.1"]
+    instance["DICOM"] = {"InstanceNumber": "-1", "SOPClassUID": "1.2.840.10008.5.1.4.1.1.2"}
     built = build_imaging_study(DS, STUDY, [doc])
     assert built.resource is not None
     assert structure_issues(built.resource) == []
