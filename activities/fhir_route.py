@@ -31,6 +31,8 @@ from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 from activities.await_job import poll_delay
 from activities.errors import classify
 from activities.fhir import (
+    DICOM_UID_SYSTEM,
+    IMAGE_SET_SYSTEM,
     ImageSetDoc,
     build_imaging_study,
     endpoint_resource,
@@ -106,21 +108,44 @@ class FhirRouteActivities:
         return sorted({study_of[e.key] for e in ledger
                        if e.state in IMPORTED_STATES and e.image_set_id and e.is_primary and e.key in study_of})
 
+    def _primary_image_set_ids(self, datastore_id: str, study_uid: str) -> list[str]:
+        """Ids of every primary image set of the study in the data store, as SearchImageSets lists them now."""
+        criteria = {"filters": [{"values": [{"DICOMStudyInstanceUID": study_uid}], "operator": "EQUAL"}]}
+        try:
+            return sorted(str(summary["imageSetId"])
+                          for page in self._mi.get_paginator("search_image_sets").paginate(
+                              datastoreId=datastore_id, searchCriteria=criteria)
+                          for summary in page.get("imageSetsMetadataSummaries", [])
+                          if summary.get("isPrimary", True))
+        except ClientError as err:
+            raise classify(err, "searching the study's image sets") from None
+
     def _primary_image_sets(self, datastore_id: str, study_uid: str) -> list[ImageSetDoc]:
         """Every primary image set of the study in the data store, with its metadata document."""
-        criteria = {"filters": [{"values": [{"DICOMStudyInstanceUID": study_uid}], "operator": "EQUAL"}]}
-        out = []
         try:
-            for page in self._mi.get_paginator("search_image_sets").paginate(datastoreId=datastore_id,
-                                                                             searchCriteria=criteria):
-                for summary in page.get("imageSetsMetadataSummaries", []):
-                    if not summary.get("isPrimary", True):
-                        continue
-                    out.append(ImageSetDoc(summary["imageSetId"], with_local_retries(
-                        partial(get_image_set_metadata, self._mi, datastore_id, summary["imageSetId"]))))
+            return [ImageSetDoc(set_id, with_local_retries(partial(get_image_set_metadata, self._mi, datastore_id,
+                                                                   set_id)))
+                    for set_id in self._primary_image_set_ids(datastore_id, study_uid)]
         except ClientError as err:
             raise classify(err, "reading the study's image sets") from None
-        return out
+
+    def stale_studies(self, datastore_id: str, sent: list[dict[str, Any]], imported_ids: set[str]) -> int:
+        """Imported ImagingStudy resources that no longer list every primary image set of their study.
+
+        Another batch of the same study may have imported a series after this batch built its resource; if this
+        job then ran after that batch's, HealthLake holds the older view. Counted here so the batch routes again.
+        """
+        stale = 0
+        for resource in sent:
+            if resource.get("resourceType") != "ImagingStudy" or resource.get("id") not in imported_ids:
+                continue
+            identifiers = resource.get("identifier") or []
+            study_uid = next((str(i["value"]).removeprefix("urn:oid:") for i in identifiers
+                              if i.get("system") == DICOM_UID_SYSTEM), None)
+            listed = {i.get("value") for i in identifiers if i.get("system") == IMAGE_SET_SYSTEM}
+            if study_uid and set(self._primary_image_set_ids(datastore_id, study_uid)) - listed:
+                stale += 1
+        return stale
 
     def _validate(self, fhir_base: str, resource: dict[str, Any]) -> list[str]:
         """HealthLake's ``$validate`` verdict on one resource: its error issues (empty: valid)."""
@@ -147,10 +172,10 @@ class FhirRouteActivities:
         batch = input.batch
         assert batch.fhir is not None, "start_fhir_import is scheduled only for batches with FHIR routing"
         fhir = batch.fhir
-        name = layout.batch_name(batch.batch, batch.part)
-        in_folder = layout.fhir_input_prefix(batch.work_s3_uri, batch.migration_id, batch.batch, batch.part)
-        in_loc = layout.fhir_input(batch.work_s3_uri, batch.migration_id, batch.batch, batch.part)
-        out_loc = layout.fhir_output_prefix(batch.work_s3_uri, batch.migration_id, batch.batch, batch.part)
+        where = (batch.work_s3_uri, batch.migration_id, batch.batch, batch.part, fhir.round)
+        name = layout.fhir_name(batch.batch, batch.part, fhir.round)
+        in_folder, in_loc, out_loc = layout.fhir_input_prefix(*where), layout.fhir_input(*where), \
+            layout.fhir_output_prefix(*where)
         resources: list[dict[str, Any]] = []
         rejected: list[FhirFailure] = []
         studies = 0
@@ -240,16 +265,23 @@ class FhirRouteActivities:
         if input.outcome is not None and ref is not None and ref.job_id is not None:
             summary.job_status = input.outcome.status
             try:
-                self._review_output(ref, input.outcome, summary)
+                imported_ids = self._review_output(ref, input.outcome, summary)
+                if imported_ids:
+                    sent = [json.loads(line) for line in get_bytes(self._s3, parse_s3_uri(ref.input_s3_uri).as_prefix()
+                                                                   .join("imaging-studies.ndjson")).splitlines()
+                            if line.strip()]
+                    summary.stale_studies = self.stale_studies(batch.datastore_id, sent, imported_ids)
             except ClientError as err:
                 raise classify(err, "reading the HealthLake import output") from None
         summary.failures = summary.failures[:MAX_FAILURES]
-        loc = layout.fhir_summary(batch.work_s3_uri, batch.migration_id, batch.batch, batch.part)
+        round = batch.fhir.round if batch.fhir else 1
+        loc = layout.fhir_summary(batch.work_s3_uri, batch.migration_id, batch.batch, batch.part, round)
         summary.summary_uri = loc.uri
         put_json(self._s3, loc, summary.model_dump(mode="json"))
         return summary
 
-    def _review_output(self, ref: FhirImportRef, outcome: FhirJobOutcome, summary: FhirSummary) -> None:
+    def _review_output(self, ref: FhirImportRef, outcome: FhirJobOutcome, summary: FhirSummary) -> set[str]:
+        """Fill ``summary`` from the job's output; returns the ids of the ImagingStudy resources imported."""
         assert ref.job_id is not None
         folder = parse_s3_uri(ref.output_s3_uri).as_prefix().join(f"{ref.datastore_id}-FHIR_IMPORT-{ref.job_id}")
         folder = folder.as_prefix()
@@ -281,3 +313,4 @@ class FhirRouteActivities:
         if manifest and int(manifest.get("numberOfResourcesScanned", ref.resources)) != ref.resources:
             summary.problems.append(f"HealthLake scanned {manifest['numberOfResourcesScanned']} resources but "
                                     f"{ref.resources} were written")
+        return {str(row.get("id")) for row in success if row.get("resourceType") == "ImagingStudy"}

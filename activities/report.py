@@ -109,6 +109,8 @@ def fhir_section(results: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
     """Totals and per-batch counts of the HealthLake routing (``fhir/batch-*.result.json``); None when off."""
     if not results:
         return None
+    # A batch routed twice (round 2, "-r2") is counted by its last round: round 2 re-sent every study.
+    results = {name: r for name, r in results.items() if f"{name}-r2" not in results}
     batches = {name: {k: r.get(k) for k in ("job_id", "job_status", "studies", "imported", "failed",
                                             "rejected_by_validate")} | {"problems": len(r.get("problems") or [])}
                for name, r in sorted(results.items())}

@@ -308,6 +308,8 @@ class FhirRouting(BaseModel):
     datastore_id: str
     validation_level: ValidationLevel = ValidationLevel.STRUCTURE_ONLY
     validate_first: bool = False
+    # 2: routed again because the study gained image sets while round 1 was in flight (see workflows/batch.py).
+    round: int = Field(1, ge=1, le=2)
 
 
 class BatchInput(BaseModel):
@@ -430,6 +432,9 @@ class FhirSummary(BaseModel):
     imported: int = 0
     failed: int = 0
     rejected_by_validate: int = 0
+    # Imported studies whose primary image sets in HealthImaging now include sets the resource did not list.
+    stale_studies: int = 0
+    rerouted: bool = False
     failures: list[FhirFailure] = Field(default_factory=list)
     problems: list[str] = Field(default_factory=list)
     summary_uri: str | None = None

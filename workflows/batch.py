@@ -126,8 +126,28 @@ class ImportBatchWorkflow:
             self._stage(BatchStage.NOT_ROUTED)
 
     async def _route_fhir(self, input: BatchInput, review: ReviewResult) -> None:
-        """ImagingStudy resources into HealthLake. Its outcome is reported; it never fails the batch or its files."""
+        """ImagingStudy resources into HealthLake. Its outcome is reported; it never fails the batch or its files.
+
+        A study split over batches routes from each of them, each resource built from everything HealthImaging
+        holds at that moment. If this batch's resource was built before another batch imported more of the study
+        and its job ran after that batch's, HealthLake holds the older view: the review sees the study's image
+        sets have grown and this batch routes once more (round 2), built after the other import and queued after
+        the other job (HealthLake runs a data store's imports in order), so the newest view lands last.
+        """
+        assert input.fhir is not None
         self._stage(BatchStage.ROUTING_FHIR)
+        summary = await self._fhir_round(input, review)
+        if summary.stale_studies:
+            self._stage(BatchStage.ROUTING_FHIR)
+            again = input.model_copy(update={"fhir": input.fhir.model_copy(update={"round": 2})})
+            second = await self._fhir_round(again, review)
+            if second.stale_studies:
+                second.problems.append(f"{second.stale_studies} studies gained image sets again while routing; "
+                                       "route them again (re-run) to refresh HealthLake")
+            summary = second.model_copy(update={"rerouted": True, "problems": summary.problems + second.problems})
+        self._progress.fhir = summary if self._progress.fhir is None else _merge_fhir(self._progress.fhir, summary)
+
+    async def _fhir_round(self, input: BatchInput, review: ReviewResult) -> FhirSummary:
         ref: FhirImportRef | None = None
         outcome: FhirJobOutcome | None = None
         error: str | None = None
@@ -145,7 +165,7 @@ class ImportBatchWorkflow:
             # e.g. an unknown HealthLake data store: recorded with the AWS error, the batch goes on.
             error = str(err.cause or err)
         try:
-            summary = await workflow.execute_activity(
+            summary: FhirSummary = await workflow.execute_activity(
                 "review_fhir_import", FhirReviewInput(batch=input, ref=ref, outcome=outcome, error=error),
                 result_type=FhirSummary, start_to_close_timeout=policies.PAGE_TIMEOUT,
                 schedule_to_close_timeout=timedelta(hours=2), heartbeat_timeout=policies.HEARTBEAT,
@@ -153,7 +173,7 @@ class ImportBatchWorkflow:
         except ActivityError as err:
             summary = FhirSummary(job_id=ref.job_id if ref else None, job_status=outcome.status if outcome else None,
                                   problems=[f"HealthLake import output not reviewed: {str(err.cause or err)[:500]}"])
-        self._progress.fhir = summary if self._progress.fhir is None else _merge_fhir(self._progress.fhir, summary)
+        return summary
 
     @workflow.run
     async def run(self, input: BatchInput) -> BatchResult:
@@ -203,5 +223,6 @@ def _merge_fhir(a: FhirSummary, b: FhirSummary) -> FhirSummary:
                        studies=a.studies + b.studies, resources=a.resources + b.resources,
                        imported=a.imported + b.imported, failed=a.failed + b.failed,
                        rejected_by_validate=a.rejected_by_validate + b.rejected_by_validate,
+                       stale_studies=a.stale_studies + b.stale_studies, rerouted=a.rerouted or b.rerouted,
                        failures=(a.failures + b.failures)[:20], problems=(a.problems + b.problems)[:50],
                        summary_uri=b.summary_uri or a.summary_uri)

@@ -213,6 +213,10 @@ def test_report_fhir_section_totals_batches_and_tolerates_missing_counts() -> No
     from activities.report import fhir_section, render_summary
 
     assert fhir_section({}) is None
+    rerouted = fhir_section({"batch-00004": {"imported": 1, "problems": []},
+                             "batch-00004-r2": {"imported": 1, "problems": []}})
+    assert rerouted is not None and rerouted["imaging_studies_imported"] == 1 and list(rerouted["batches"]) == [
+        "batch-00004-r2"]
     section = fhir_section({
         "batch-00000": {"job_id": "j1", "job_status": "COMPLETED", "studies": 2, "imported": 2, "failed": 0,
                         "rejected_by_validate": 0, "problems": []},
