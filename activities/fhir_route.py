@@ -255,6 +255,7 @@ class FhirRouteActivities:
     @keeps_alive
     def review_fhir_import(self, input: FhirReviewInput) -> FhirSummary:
         batch, ref = input.batch, input.ref
+        fhir_round = batch.fhir.round if batch.fhir else 1
         summary = FhirSummary()
         if ref is not None:
             summary = FhirSummary(job_id=ref.job_id, studies=ref.studies, resources=ref.resources,
@@ -267,15 +268,14 @@ class FhirRouteActivities:
             try:
                 imported_ids = self._review_output(ref, input.outcome, summary)
                 if imported_ids:
-                    sent = [json.loads(line) for line in get_bytes(self._s3, parse_s3_uri(ref.input_s3_uri).as_prefix()
-                                                                   .join("imaging-studies.ndjson")).splitlines()
-                            if line.strip()]
+                    body = get_bytes(self._s3, layout.fhir_input(batch.work_s3_uri, batch.migration_id, batch.batch,
+                                                                 batch.part, fhir_round))
+                    sent = [json.loads(line) for line in body.splitlines() if line.strip()]
                     summary.stale_studies = self.stale_studies(batch.datastore_id, sent, imported_ids)
             except ClientError as err:
                 raise classify(err, "reading the HealthLake import output") from None
         summary.failures = summary.failures[:MAX_FAILURES]
-        round = batch.fhir.round if batch.fhir else 1
-        loc = layout.fhir_summary(batch.work_s3_uri, batch.migration_id, batch.batch, batch.part, round)
+        loc = layout.fhir_summary(batch.work_s3_uri, batch.migration_id, batch.batch, batch.part, fhir_round)
         summary.summary_uri = loc.uri
         put_json(self._s3, loc, summary.model_dump(mode="json"))
         return summary
