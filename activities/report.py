@@ -8,7 +8,7 @@ from typing import Any
 from temporalio import activity
 
 from activities.heartbeat import keeps_alive
-from activities.storage import iter_ndjson, list_objects, put_bytes, put_json
+from activities.storage import get_json, iter_ndjson, list_objects, put_bytes, put_json
 from contracts import layout
 from contracts.pipeline import FileState, ReportInput, ReportResult
 from contracts.records import InventoryEntry, LedgerEntry
@@ -100,9 +100,32 @@ def render_summary(migration_id: str, summary: dict[str, Any]) -> str:
     if summary["reasons"]:
         lines.append("  reasons:")
         lines += [f"    {n:>6} x {reason}" for reason, n in summary["reasons"].items()]
+    fhir = summary.get("fhir")
+    if fhir:
+        lines.append(f"  FHIR ImagingStudy (HealthLake): {fhir['imaging_studies_imported']} imported, "
+                     f"{fhir['imaging_studies_failed']} refused by the import, {fhir['rejected_by_validate']} refused "
+                     f"by $validate, {fhir['batches_with_problems']} batches with problems")
     if summary["unaccounted"] or summary["accounted_twice"]:
         lines.append(f"  ACCOUNTING PROBLEM: {summary['unaccounted']} unaccounted, {summary['accounted_twice']} twice")
     return "\n".join(lines) + "\n"
+
+
+def fhir_section(results: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """Totals and per-batch counts of the HealthLake routing (``fhir/batch-*.result.json``); None when off."""
+    if not results:
+        return None
+    # A batch routed twice (round 2, "-r2") is counted by its last round: round 2 re-sent every study.
+    results = {name: r for name, r in results.items() if f"{name}-r2" not in results}
+    batches = {name: {k: r.get(k) for k in ("job_id", "job_status", "studies", "imported", "failed",
+                                            "rejected_by_validate")} | {"problems": len(r.get("problems") or [])}
+               for name, r in sorted(results.items())}
+    return {
+        "imaging_studies_imported": sum(int(r.get("imported") or 0) for r in results.values()),
+        "imaging_studies_failed": sum(int(r.get("failed") or 0) for r in results.values()),
+        "rejected_by_validate": sum(int(r.get("rejected_by_validate") or 0) for r in results.values()),
+        "batches_with_problems": sum(1 for r in results.values() if r.get("problems")),
+        "batches": batches,
+    }
 
 
 class ReportActivities:
@@ -128,6 +151,13 @@ class ReportActivities:
         for obj in list_objects(self._s3, layout.receive_failures_prefix(input.work_s3_uri, input.migration_id)):
             unreceived += [LedgerEntry.model_validate(r) for r in iter_ndjson(self._s3, S3Location(root.bucket, obj["Key"]))]
         rows, summary = build_report(inventory, ledger, input.cancelled, unreceived)
+        fhir_results = {}  # batch name -> reviewed HealthLake outcome (written only when FHIR routing is on)
+        for obj in list_objects(self._s3, root.join("fhir").as_prefix()):
+            if obj["Key"].endswith(".result.json"):
+                name = obj["Key"].rsplit("/", 1)[-1].removesuffix(".result.json")
+                fhir_results[name] = get_json(self._s3, S3Location(root.bucket, obj["Key"]))
+        if (fhir := fhir_section(fhir_results)) is not None:
+            summary["fhir"] = fhir
         summary.update({"migration_id": input.migration_id, "datastore_id": input.datastore_id})
         prefix = layout.report_prefix(input.work_s3_uri, input.migration_id)
         files_loc, report_loc, text_loc = prefix.join("files.ndjson"), prefix.join("report.json"), prefix.join("summary.txt")

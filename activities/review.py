@@ -17,6 +17,7 @@ from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from activities.errors import BACKOFF_CODES, classify, error_code
 from activities.heartbeat import keeps_alive
+from activities.spotcheck import SpotChecker
 from activities.storage import get_bytes, is_missing, iter_ndjson, list_objects, put_ndjson, read_models
 from contracts import layout
 from contracts.pipeline import FailedBatchInput, FileState, ImageSetRef, ReviewInput, ReviewResult
@@ -89,9 +90,10 @@ def check_counters(summary: dict[str, Any], staged: int, output: JobOutput) -> l
 
 
 class ReviewActivities:
-    def __init__(self, s3: Any, medical_imaging: Any) -> None:
+    def __init__(self, s3: Any, medical_imaging: Any, spot_check: SpotChecker | None = None) -> None:
         self._s3 = s3
         self._mi = medical_imaging
+        self._spot = spot_check or SpotChecker(medical_imaging)
 
     def _read_output(self, folder: S3Location) -> JobOutput:
         try:
@@ -154,6 +156,8 @@ class ReviewActivities:
         if unknown:
             problems.append(f"{len(unknown)} files in the job output were not staged by this batch")
         problems += self._verify_image_sets(job.datastore_id, refs)
+        # Read-back: instances per image set in GetImageSetMetadata, and a DICOMweb sample (activities/spotcheck.py).
+        problems += self._spot.check(job.datastore_id, files, ledger, batch.dicomweb_spot_check)
         for summary in output.summary.get("imageSetsSummary", []) or []:
             listed = refs.get(summary.get("imageSetId", ""))
             if listed and "isPrimary" in summary and bool(summary["isPrimary"]) != listed.is_primary:

@@ -79,3 +79,29 @@ def ledger_for_batch(work_s3_uri: str, migration_id: str, batch: int, part: int 
 
 def report_prefix(work_s3_uri: str, migration_id: str) -> S3Location:
     return root(work_s3_uri, migration_id).join("report").as_prefix()
+
+
+def fhir_name(batch: int, part: int | None = None, routing_round: int = 1) -> str:
+    """``batch-00003`` (or ``-p1``), plus ``-r2`` for a second routing round after the study changed meanwhile."""
+    return batch_name(batch, part) + (f"-r{routing_round}" if routing_round > 1 else "")
+
+
+def fhir_input_prefix(work_s3_uri: str, migration_id: str, batch: int, part: int | None = None,
+                      routing_round: int = 1) -> S3Location:
+    """The HealthLake import job's input folder for one batch (AWS documents a prefix as InputDataConfig)."""
+    return root(work_s3_uri, migration_id).join("fhir", fhir_name(batch, part, routing_round)).as_prefix()
+
+
+def fhir_input(work_s3_uri: str, migration_id: str, batch: int, part: int | None = None, routing_round: int = 1) -> S3Location:
+    """The batch's Endpoint and ImagingStudy NDJSON, alone in its input folder (it holds patient ids)."""
+    return fhir_input_prefix(work_s3_uri, migration_id, batch, part, routing_round).join("imaging-studies.ndjson")
+
+
+def fhir_summary(work_s3_uri: str, migration_id: str, batch: int, part: int | None = None, routing_round: int = 1) -> S3Location:
+    """The reviewed outcome of one batch's HealthLake import (counts, ids, issue codes), read by the report."""
+    return root(work_s3_uri, migration_id).join("fhir", f"{fhir_name(batch, part, routing_round)}.result.json")
+
+
+def fhir_output_prefix(work_s3_uri: str, migration_id: str, batch: int, part: int | None = None,
+                       routing_round: int = 1) -> S3Location:
+    return root(work_s3_uri, migration_id).join("fhir-output", fhir_name(batch, part, routing_round)).as_prefix()

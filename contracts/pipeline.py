@@ -20,6 +20,9 @@ DATASTORE_ID_PATTERN = r"^[0-9a-z]{32}$"
 # Workflow ids become S3 path segments and Temporal ids: no PHI, no path tricks.
 MIGRATION_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 ROLE_ARN_PATTERN = r"^arn:aws(-[^:]+)?:iam::[0-9]{12}:role/.+$"
+# HealthLake data store ids are 32 alphanumerics; the id becomes a URL path segment of the FHIR endpoint.
+HEALTHLAKE_DATASTORE_ID_PATTERN = r"^[0-9A-Za-z]{1,32}$"
+MAX_SPOT_CHECK = 100
 
 # HealthImaging quotas (research/healthimaging.md §3); configuration, not constants, because AWS changes them.
 MAX_FILES_PER_JOB = 5_000
@@ -87,6 +90,9 @@ class MigrationState(BaseModel):
     image_sets: int = 0
     non_primary_image_sets: int = 0
     batches_failed: int = 0
+    # FHIR routing (ImagingStudy resources): imported, and refused by the import job or by $validate.
+    fhir_imported: int = 0
+    fhir_refused: int = 0
     started_at: datetime | None = None
     runs: int = 1
     report_uri: str | None = None
@@ -145,6 +151,22 @@ class MigrationInput(SourceAndTarget):
     # Temporal decodes a workflow's arguments by type only when their count matches, so the state carried
     # across continue-as-new rides inside the one input object. Operators leave it out.
     continued: MigrationState | None = Field(None, description="set by the workflow when it continues as new")
+    # Routing to HealthLake (off unless a FHIR data store is given) and the DICOMweb spot check in review.
+    healthlake_datastore_id: Annotated[str | None, Field(
+        pattern=HEALTHLAKE_DATASTORE_ID_PATTERN,
+        description="HealthLake data store receiving one ImagingStudy per imported study; unset = no FHIR routing")] = None
+    fhir_validation_level: ValidationLevel = Field(
+        ValidationLevel.STRUCTURE_ONLY, description="ValidationLevel of the HealthLake import job")
+    fhir_validate_first: bool = Field(
+        False, description="call $validate on each resource first; failures are reported instead of imported")
+    dicomweb_spot_check: int = Field(
+        2, ge=0, le=MAX_SPOT_CHECK, description="imported instances per batch read back through DICOMweb; 0 = off")
+
+    @model_validator(mode="after")
+    def _fhir_options_need_a_datastore(self) -> MigrationInput:
+        if self.healthlake_datastore_id is None and self.fhir_validate_first:
+            raise ValueError("fhir_validate_first needs healthlake_datastore_id (FHIR routing is off without it)")
+        return self
 
     @field_validator("source_manifest_uri")
     @classmethod
@@ -179,6 +201,7 @@ class BatchStage(StrEnum):
     MANIFEST_REVIEWED = "manifest_reviewed"
     AWAITING_APPROVAL = "awaiting_approval"
     ROUTING = "routing"
+    ROUTING_FHIR = "routing_fhir"
     NOT_ROUTED = "not_routed"
     DONE = "done"
 
@@ -202,6 +225,8 @@ class MigrationProgress(BaseModel):
     duplicates: int
     image_sets: int
     non_primary_image_sets: int
+    fhir_imported: int = 0
+    fhir_refused: int = 0
     elapsed_seconds: float
     files_per_second: float
     eta_seconds: float | None
@@ -291,6 +316,16 @@ class PlanResult(BaseModel):
     predicted_non_primary: int
 
 
+class FhirRouting(BaseModel):
+    """Where and how a batch's ImagingStudy resources go into HealthLake."""
+
+    datastore_id: str
+    validation_level: ValidationLevel = ValidationLevel.STRUCTURE_ONLY
+    validate_first: bool = False
+    # 2: routed again because the study gained image sets while round 1 was in flight (see workflows/batch.py).
+    round: int = Field(1, ge=1, le=2)
+
+
 class BatchInput(BaseModel):
     """Input of one `ImportBatchWorkflow`: a planned batch, staged and imported as one import job."""
 
@@ -303,6 +338,10 @@ class BatchInput(BaseModel):
     manual_review: bool = False
     # 1 or 2: one half of this batch, imported again after the whole batch's job FAILED.
     part: int | None = Field(None, ge=1, le=2)
+    # None: no FHIR routing for this batch.
+    fhir: FhirRouting | None = None
+    # Instances read back through DICOMweb during review (0 for batches started before the spot check existed).
+    dicomweb_spot_check: int = Field(0, ge=0, le=MAX_SPOT_CHECK)
 
 
 class FailedBatchInput(BaseModel):
@@ -362,6 +401,59 @@ class RouteResult(BaseModel):
     non_primary_for_reconciliation: int
 
 
+class FhirFailure(BaseModel):
+    """One resource HealthLake (or `$validate`) refused: ids, issue codes and element paths only, never values."""
+
+    resource_type: str
+    resource_id: str | None = None
+    stage: str = Field(description="validate ($validate refused it, not imported) or import (the job refused it)")
+    issues: list[str] = Field(default_factory=list, description="'code at Element.path' per issue")
+
+
+class FhirImportRef(BaseModel):
+    """A started HealthLake import of one batch's ImagingStudy NDJSON (job_id None: nothing to import)."""
+
+    datastore_id: str
+    job_id: str | None
+    input_s3_uri: str
+    output_s3_uri: str
+    studies: int
+    resources: int
+    validation_level: ValidationLevel
+    validate_rejected: list[FhirFailure] = Field(default_factory=list)
+
+
+class FhirJobOutcome(BaseModel):
+    job_id: str
+    status: str
+    message: str | None = None
+
+
+class FhirReviewInput(BaseModel):
+    batch: BatchInput
+    ref: FhirImportRef | None = Field(None, description="None when the import could not be started")
+    outcome: FhirJobOutcome | None = None
+    error: str | None = Field(None, description="why the import could not be started or awaited")
+
+
+class FhirSummary(BaseModel):
+    """The FHIR outcome of one batch: counts, plus the refused resources (ids and issue codes, no values)."""
+
+    job_id: str | None = None
+    job_status: str | None = None
+    studies: int = 0
+    resources: int = 0
+    imported: int = 0
+    failed: int = 0
+    rejected_by_validate: int = 0
+    # Imported studies whose primary image sets in HealthImaging now include sets the resource did not list.
+    stale_studies: int = 0
+    rerouted: bool = False
+    failures: list[FhirFailure] = Field(default_factory=list)
+    problems: list[str] = Field(default_factory=list)
+    summary_uri: str | None = None
+
+
 class BatchResult(BaseModel):
     batch: int
     job_id: str | None
@@ -372,6 +464,7 @@ class BatchResult(BaseModel):
     image_sets: int
     non_primary_image_sets: list[str]
     stage: BatchStage
+    fhir: FhirSummary | None = None
 
 
 class ManifestApproval(Strict):
@@ -411,6 +504,7 @@ class BatchProgress(BaseModel):
     # (another job, not awaiting, duplicates beyond the wake limit).
     job_events_received: int = 0
     job_events_ignored: int = 0
+    fhir: FhirSummary | None = Field(None, description="HealthLake routing outcome, when FHIR routing is on")
 
 
 class ReportInput(BaseModel):

@@ -36,6 +36,9 @@ class AwsClients:
     s3: Any
     medical_imaging: Any
     events: Any
+    healthlake: Any = None
+    # botocore credentials for the SigV4-signed HTTP calls that have no SDK operation (DICOMweb, FHIR $validate).
+    credentials: Any = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> AwsClients:
@@ -43,4 +46,6 @@ class AwsClients:
             s3=make_client("s3", settings, settings.s3_endpoint_url),
             medical_imaging=make_client("medical-imaging", settings, settings.medical_imaging_endpoint_url),
             events=make_client("events", settings, settings.eventbridge_endpoint_url),
+            healthlake=make_client("healthlake", settings, settings.healthlake_endpoint_url),
+            credentials=boto3.session.Session().get_credentials(),
         )

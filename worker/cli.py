@@ -88,6 +88,11 @@ def start(
     max_concurrent_jobs: int = typer.Option(4, "--max-concurrent-jobs"),
     import_start_interval: float = typer.Option(1.0, "--import-start-interval", help="seconds between job starts"),
     data_access_role_arn: str | None = typer.Option(None, "--data-access-role-arn"),
+    healthlake_datastore_id: str | None = typer.Option(
+        None, "--healthlake-datastore-id", help="route one FHIR ImagingStudy per study into this HealthLake data store"),
+    fhir_validation_level: ValidationLevel = typer.Option(ValidationLevel.STRUCTURE_ONLY, "--fhir-validation-level"),
+    fhir_validate_first: bool = typer.Option(False, "--fhir-validate-first", help="$validate each resource first"),
+    dicomweb_spot_check: int = typer.Option(2, "--dicomweb-spot-check", help="instances per batch read via DICOMweb"),
     migration_id: str | None = typer.Option(None, "--id", help="workflow id (default: migration-<random>)"),
     wait: bool = typer.Option(False, "--wait", help="watch progress until the migration ends"),
     source_dir: str | None = typer.Option(None, "--source-dir", help="pull this directory into --source first"),
@@ -107,7 +112,10 @@ def start(
             source_s3_uri=source, datastore_id=datastore_id, work_s3_uri=work, validation_level=validation_level,
             max_files_per_batch=max_files_per_batch, max_bytes_per_batch=max_bytes_per_batch,
             max_concurrent_jobs=max_concurrent_jobs, import_start_interval_seconds=import_start_interval,
-            data_access_role_arn=data_access_role_arn, source_connector=connector))
+            data_access_role_arn=data_access_role_arn, source_connector=connector,
+            healthlake_datastore_id=healthlake_datastore_id,
+            fhir_validation_level=fhir_validation_level, fhir_validate_first=fhir_validate_first,
+            dicomweb_spot_check=dicomweb_spot_check))
     except ValidationError as err:
         raise fail(validation_message(err)) from None
     wid = migration_id or f"migration-{uuid.uuid4().hex[:12]}"

@@ -64,6 +64,27 @@ def ensure_datastore(mi: Any, name: str, timeout: float = 60.0) -> str:
     return str(ds)
 
 
+def ensure_fhir_datastore(hl: Any, name: str, timeout: float = 60.0) -> str:
+    """The ACTIVE HealthLake (FHIR R4) data store called ``name``, created when there is none."""
+    token: str | None = None
+    for _ in range(1000):  # botocore has no HealthLake paginators; pages are followed by hand, bounded
+        page = hl.list_fhir_datastores(Filter={"DatastoreName": name, "DatastoreStatus": "ACTIVE"},
+                                       **({"NextToken": token} if token else {}))
+        for props in page.get("DatastorePropertiesList", []):
+            if props["DatastoreName"] == name and props["DatastoreStatus"] == "ACTIVE":
+                return str(props["DatastoreId"])
+        token = page.get("NextToken")
+        if not token:
+            break
+    ds = hl.create_fhir_datastore(DatastoreName=name, DatastoreTypeVersion="R4", ClientToken=f"himig-{name}")["DatastoreId"]
+    deadline = time.monotonic() + timeout
+    while hl.describe_fhir_datastore(DatastoreId=ds)["DatastoreProperties"]["DatastoreStatus"] != "ACTIVE":
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"FHIR data store {ds} did not become ACTIVE within {timeout}s")
+        time.sleep(0.2)
+    return str(ds)
+
+
 def check_against_manifest(rows: list[str], prefix: str, expected_paths: set[str]) -> list[str]:
     """Problems when the report does not list every corpus file exactly once."""
     import json
@@ -99,10 +120,14 @@ def run_demo(console: Console, validation_level: ValidationLevel = ValidationLev
     mi = make_client("medical-imaging", settings, settings.medical_imaging_endpoint_url)
     datastore_id = ensure_datastore(mi, DATASTORE_NAME)
     console.print(f"data store {DATASTORE_NAME}: {datastore_id}")
+    fhir_datastore_id = ensure_fhir_datastore(make_client("healthlake", settings, settings.healthlake_endpoint_url),
+                                              DATASTORE_NAME)
+    console.print(f"HealthLake data store {DATASTORE_NAME}: {fhir_datastore_id} (one ImagingStudy per study)")
     migration_id = "demo-" + datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     payload = MigrationInput(source_s3_uri=f"s3://{SOURCE_BUCKET}/{SOURCE_PREFIX}", datastore_id=datastore_id,
                              work_s3_uri=f"s3://{WORK_BUCKET}/migrations/", validation_level=validation_level,
-                             max_files_per_batch=25, inventory_page_size=50, max_concurrent_jobs=4)
+                             max_files_per_batch=25, inventory_page_size=50, max_concurrent_jobs=4,
+                             healthlake_datastore_id=fhir_datastore_id)
 
     async def go() -> MigrationResult:
         client = await connect(settings)

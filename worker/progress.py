@@ -23,6 +23,8 @@ def print_progress(p: MigrationProgress, console: Console) -> None:
     table.add_row("inventory pages", f"{p.pages_done}/{p.inventory_pages} parsed")
     table.add_row("batches", ", ".join(f"{k} {v}" for k, v in p.batches_by_stage.items()) + f" of {p.batches_planned}")
     table.add_row("image sets", f"{p.image_sets} ({p.non_primary_image_sets} non-primary)")
+    if p.fhir_imported or p.fhir_refused:
+        table.add_row("FHIR ImagingStudy", f"{p.fhir_imported} imported, {p.fhir_refused} refused")
     table.add_row("throughput", f"{p.files_per_second:.1f} files/s" + (f", ETA {p.eta_seconds:.0f}s" if p.eta_seconds else ""))
     if p.paused or p.cancel_requested:
         table.add_row("operator", ("paused " if p.paused else "") + ("cancel requested" if p.cancel_requested else ""))

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from activities.await_job import AwaitActivities
+from activities.fhir_route import FhirRouteActivities
 from activities.importjob import ImportActivities
 from activities.ingest import IngestActivities
 from activities.normalize import NormalizeActivities
@@ -16,8 +17,10 @@ from activities.reconcile import ReconcileActivities
 from activities.report import ReportActivities
 from activities.review import FailedBatchActivities, ReviewActivities
 from activities.route import RouteActivities
+from activities.signed_http import SignedHttp
 from activities.sources.dicomweb import DicomwebAuth
 from activities.sources.registry import SourceSettings
+from activities.spotcheck import SpotChecker
 from activities.validate import ValidateActivities
 from worker.aws import AwsClients
 from worker.settings import Settings
@@ -44,7 +47,12 @@ def build_activities(clients: AwsClients, settings: Settings) -> list[Callable[.
     plan = PlanActivities(s3)
     start = ImportActivities(s3, mi, settings.data_access_role_arn, settings.parse_concurrency)
     await_job = AwaitActivities(mi, settings.job_poll_initial_seconds, settings.job_poll_max_seconds)
-    review = ReviewActivities(s3, mi)
+    dicomweb = SignedHttp(clients.credentials, settings.aws_region, "medical-imaging") if clients.credentials else None
+    review = ReviewActivities(s3, mi, SpotChecker(mi, dicomweb, settings.dicomweb_base_url()))
+    fhir = FhirRouteActivities(
+        s3, mi, clients.healthlake,
+        SignedHttp(clients.credentials, settings.aws_region, "healthlake") if clients.credentials else None,
+        settings.dicomweb_base_url(), settings.healthlake_data_access_role_arn, settings.healthlake_kms_key_id)
     failed = FailedBatchActivities(s3)
     route = RouteActivities(s3, clients.events, settings.event_bus_name)
     report = ReportActivities(s3)
@@ -54,6 +62,7 @@ def build_activities(clients: AwsClients, settings: Settings) -> list[Callable[.
         receive.receive_inventory, parse.parse_headers, validate.validate_page, normalize.normalize_page,
         plan.plan_batches, plan.split_batch, start.start_import_job, await_job.await_import_job, review.review_manifest,
         failed.record_failed_batch, route.route_batch, report.write_report,
+        fhir.start_fhir_import, fhir.await_fhir_import, fhir.review_fhir_import,
         recon.describe_conflict, recon.await_image_set, recon.update_before_promote, recon.promote_image_set,
         recon.delete_image_set, recon.publish_escalation, ingest.write_ingest_manifest,
     ]

@@ -44,6 +44,11 @@ def print_report(summary: dict[str, Any], console: Console) -> None:
         for reason, n in summary["reasons"].items():
             reasons.add_row(str(n), reason)
         console.print(reasons)
+    fhir = summary.get("fhir")
+    if fhir:
+        console.print(f"FHIR ImagingStudy in HealthLake: {fhir['imaging_studies_imported']} imported, "
+                      f"{fhir['imaging_studies_failed']} refused by the import, {fhir['rejected_by_validate']} refused "
+                      f"by $validate, {fhir['batches_with_problems']} batches with problems")
     if summary.get("unaccounted") or summary.get("accounted_twice"):
         console.print(f"[red]accounting problem: {summary['unaccounted']} files unaccounted, "
                       f"{summary['accounted_twice']} accounted twice[/red]")

@@ -38,6 +38,16 @@ class Settings(BaseSettings):
         None, validation_alias=AliasChoices("AWS_ENDPOINT_URL_HEALTHLAKE", "HIMIG_HEALTHLAKE_ENDPOINT_URL")
     )
 
+    # DICOMweb (WADO-RS spot checks, the FHIR Endpoint address): the medical-imaging endpoint when that is
+    # overridden (the local emulator serves both), else https://dicom-medical-imaging.<region>.amazonaws.com.
+    dicomweb_endpoint_url: str | None = Field(None, validation_alias=AliasChoices("HIMIG_DICOMWEB_ENDPOINT_URL"))
+    healthlake_data_access_role_arn: str = Field(
+        "arn:aws:iam::000000000000:role/HealthLakeImportRole", pattern=r"^arn:aws(-[^:]+)?:iam::[0-9]{12}:role/.+$",
+        description="role HealthLake assumes to read the ImagingStudy NDJSON and write the import output")
+    healthlake_kms_key_id: str = Field(
+        "arn:aws:kms:us-east-1:000000000000:key/00000000-0000-0000-0000-000000000000",
+        description="KMS key for the HealthLake import job's output (StartFHIRImportJob requires one)")
+
     data_access_role_arn: str = Field(
         "arn:aws:iam::000000000000:role/HealthImagingImportRole",
         description="role HealthImaging assumes to read the import input and write its output",
@@ -67,6 +77,10 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_none(cls, value: str | None) -> str | None:
         return value or None
+
+    def dicomweb_base_url(self) -> str:
+        return (self.dicomweb_endpoint_url or self.medical_imaging_endpoint_url
+                or f"https://dicom-medical-imaging.{self.aws_region}.amazonaws.com")
 
     @field_validator("temporal_address")
     @classmethod

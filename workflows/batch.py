@@ -18,6 +18,10 @@ with workflow.unsafe.imports_passed_through():
         BatchProgress,
         BatchResult,
         BatchStage,
+        FhirImportRef,
+        FhirJobOutcome,
+        FhirReviewInput,
+        FhirSummary,
         FileState,
         ImportJobRef,
         JobOutcome,
@@ -177,9 +181,61 @@ class ImportBatchWorkflow:
                 retry_policy=policies.STAGE_RETRY)
             if review.non_primary_image_sets and workflow.patched("start-reconciliation"):
                 await self._start_reconciliations(input, review.non_primary_image_sets)
+            if input.fhir is not None and workflow.patched("fhir-routing"):
+                await self._route_fhir(input, review)
         else:
             # The files stay imported (and in the report); only events and reconciliation are held back.
             self._stage(BatchStage.NOT_ROUTED)
+
+    async def _route_fhir(self, input: BatchInput, review: ReviewResult) -> None:
+        """ImagingStudy resources into HealthLake. Its outcome is reported; it never fails the batch or its files.
+
+        A study split over batches routes from each of them, each resource built from everything HealthImaging
+        holds at that moment. If this batch's resource was built before another batch imported more of the study
+        and its job ran after that batch's, HealthLake holds the older view: the review sees the study's image
+        sets have grown and this batch routes once more (round 2), built after the other import and queued after
+        the other job (HealthLake runs a data store's imports in order), so the newest view lands last.
+        """
+        assert input.fhir is not None
+        self._stage(BatchStage.ROUTING_FHIR)
+        summary = await self._fhir_round(input, review)
+        if summary.stale_studies:
+            self._stage(BatchStage.ROUTING_FHIR)
+            again = input.model_copy(update={"fhir": input.fhir.model_copy(update={"round": 2})})
+            second = await self._fhir_round(again, review)
+            if second.stale_studies:
+                second.problems.append(f"{second.stale_studies} studies gained image sets again while routing; "
+                                       "route them again (re-run) to refresh HealthLake")
+            summary = second.model_copy(update={"rerouted": True, "problems": summary.problems + second.problems})
+        self._progress.fhir = summary if self._progress.fhir is None else _merge_fhir(self._progress.fhir, summary)
+
+    async def _fhir_round(self, input: BatchInput, review: ReviewResult) -> FhirSummary:
+        ref: FhirImportRef | None = None
+        outcome: FhirJobOutcome | None = None
+        error: str | None = None
+        try:
+            ref = await workflow.execute_activity(
+                "start_fhir_import", RouteInput(batch=input, review=review), result_type=FhirImportRef,
+                start_to_close_timeout=policies.PAGE_TIMEOUT, heartbeat_timeout=policies.HEARTBEAT,
+                retry_policy=policies.STAGE_RETRY)
+            if ref.job_id is not None:
+                outcome = await workflow.execute_activity(
+                    "await_fhir_import", ref, result_type=FhirJobOutcome,
+                    start_to_close_timeout=policies.POLL_TIMEOUT, schedule_to_close_timeout=policies.JOB_WAIT_LIMIT,
+                    retry_policy=policies.POLL_RETRY)
+        except ActivityError as err:
+            # e.g. an unknown HealthLake data store: recorded with the AWS error, the batch goes on.
+            error = str(err.cause or err)
+        try:
+            summary: FhirSummary = await workflow.execute_activity(
+                "review_fhir_import", FhirReviewInput(batch=input, ref=ref, outcome=outcome, error=error),
+                result_type=FhirSummary, start_to_close_timeout=policies.PAGE_TIMEOUT,
+                schedule_to_close_timeout=timedelta(hours=2), heartbeat_timeout=policies.HEARTBEAT,
+                retry_policy=policies.PATIENT_RETRY)
+        except ActivityError as err:
+            summary = FhirSummary(job_id=ref.job_id if ref else None, job_status=outcome.status if outcome else None,
+                                  problems=[f"HealthLake import output not reviewed: {str(err.cause or err)[:500]}"])
+        return summary
 
     @workflow.run
     async def run(self, input: BatchInput) -> BatchResult:
@@ -190,7 +246,8 @@ class ImportBatchWorkflow:
             self._stage(BatchStage.DONE)
             return BatchResult(batch=input.batch, job_id=job.job_id, job_status=outcome.status,
                                files_by_state=review.files_by_state, image_sets=review.image_sets,
-                               non_primary_image_sets=review.non_primary_image_sets, stage=BatchStage.DONE)
+                               non_primary_image_sets=review.non_primary_image_sets, stage=BatchStage.DONE,
+                               fhir=self._progress.fhir)
 
         # The whole batch's job FAILED: import it once more in two halves (a bad file or a transient service
         # fault then costs half a batch), each with its own job, review and routing. A half that fails again is
@@ -212,7 +269,7 @@ class ImportBatchWorkflow:
         self._stage(BatchStage.DONE)
         return BatchResult(batch=input.batch, job_id=self._progress.job_id, job_status=last.status, failed_job=outcome,
                            files_by_state=totals, image_sets=image_sets, non_primary_image_sets=non_primary,
-                           stage=BatchStage.DONE)
+                           stage=BatchStage.DONE, fhir=self._progress.fhir)
 
 
 def _merge(a: dict[FileState, int], b: dict[FileState, int]) -> dict[FileState, int]:
@@ -220,3 +277,14 @@ def _merge(a: dict[FileState, int], b: dict[FileState, int]) -> dict[FileState, 
     for state, n in b.items():
         out[state] = out.get(state, 0) + n
     return out
+
+
+def _merge_fhir(a: FhirSummary, b: FhirSummary) -> FhirSummary:
+    """Both halves of a split batch: counts add up, the last job is shown, refusals and problems are kept."""
+    return FhirSummary(job_id=b.job_id or a.job_id, job_status=b.job_status or a.job_status,
+                       studies=a.studies + b.studies, resources=a.resources + b.resources,
+                       imported=a.imported + b.imported, failed=a.failed + b.failed,
+                       rejected_by_validate=a.rejected_by_validate + b.rejected_by_validate,
+                       stale_studies=a.stale_studies + b.stale_studies, rerouted=a.rerouted or b.rerouted,
+                       failures=(a.failures + b.failures)[:20], problems=(a.problems + b.problems)[:50],
+                       summary_uri=b.summary_uri or a.summary_uri)

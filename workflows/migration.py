@@ -22,6 +22,7 @@ with workflow.unsafe.imports_passed_through():
         BatchInput,
         BatchResult,
         FailedBatchInput,
+        FhirRouting,
         FileState,
         MigrationInput,
         MigrationProgress,
@@ -79,7 +80,8 @@ class MigrationWorkflow:
                               "failed": s.batches_failed},
             running_batches=sorted(self._running), files_by_state=s.files_by_state, files_done=done,
             rejected=s.rejected, duplicates=s.duplicates, image_sets=s.image_sets,
-            non_primary_image_sets=s.non_primary_image_sets, elapsed_seconds=elapsed, files_per_second=rate,
+            non_primary_image_sets=s.non_primary_image_sets, fhir_imported=s.fhir_imported,
+            fhir_refused=s.fhir_refused, elapsed_seconds=elapsed, files_per_second=rate,
             eta_seconds=(remaining / rate) if rate > 0 and s.phase != "completed" else None,
             report_uri=s.report_uri, paused=s.paused, cancel_requested=s.cancel_requested,
             operator_log=s.operator_log[-10:])
@@ -250,7 +252,12 @@ class MigrationWorkflow:
     async def _batch(self, input: MigrationInput, batch: int) -> None:
         args = BatchInput(migration_id=self._id, batch=batch, source_s3_uri=input.source_s3_uri,
                           work_s3_uri=input.work_s3_uri, datastore_id=input.datastore_id,
-                          data_access_role_arn=input.data_access_role_arn, manual_review=input.manual_review)
+                          data_access_role_arn=input.data_access_role_arn, manual_review=input.manual_review,
+                          dicomweb_spot_check=input.dicomweb_spot_check,
+                          fhir=None if input.healthlake_datastore_id is None else FhirRouting(
+                              datastore_id=input.healthlake_datastore_id,
+                              validation_level=input.fhir_validation_level,
+                              validate_first=input.fhir_validate_first))
         self._running.add(batch)
         try:
             # Set at the start (no history event in the batch): visibility finds a migration's batches by id and
@@ -263,6 +270,9 @@ class MigrationWorkflow:
             self._add_states(result.files_by_state)
             self._state.image_sets += result.image_sets
             self._state.non_primary_image_sets += len(result.non_primary_image_sets)
+            if result.fhir is not None:
+                self._state.fhir_imported += result.fhir.imported
+                self._state.fhir_refused += result.fhir.failed + result.fhir.rejected_by_validate
         except (ChildWorkflowError, ActivityError) as err:
             # Never lose the batch's files: record them as failed with the reason, then carry on.
             cause = err.cause if err.cause is not None else err

@@ -1,0 +1,316 @@
+"""route to HealthLake: one batch's studies as FHIR ImagingStudy resources, imported with StartFHIRImportJob.
+
+Why here and not earlier: our intermediate records (parsed / validated / normalized NDJSON, ledgers) hold no
+patient values, only fingerprints. An ImagingStudy needs the patient identifier, so it is assembled at route time
+from HealthImaging's own metadata of the study's primary image sets, written once as the import job's NDJSON
+input (the one artefact whose purpose is to carry it to HealthLake) and never into workflow history.
+
+Three activities, each idempotent:
+
+- ``start_fhir_import``: build the batch's studies (``activities.fhir``), optionally ``$validate`` each resource
+  (refused ones are reported, not imported), write ``fhir/batch-NNNNN/imaging-studies.ndjson`` and start the job
+  on that folder with a
+  deterministic ``ClientToken`` and the configured ``ValidationLevel``;
+- ``await_fhir_import``: poll ``DescribeFHIRImportJob`` by benign retry (no history per poll);
+- ``review_fhir_import``: read the job's ``manifest.json`` and ``SUCCESS/`` / ``FAILURE/`` NDJSON, count imported
+  and refused resources (with issue codes and element paths, never values) and write ``fhir/batch-NNNNN.result.json``
+  for the report.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from functools import partial
+from typing import Any
+
+from botocore.exceptions import ClientError
+from temporalio import activity
+from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
+
+from activities.await_job import poll_delay
+from activities.errors import classify
+from activities.fhir import (
+    DICOM_UID_SYSTEM,
+    IMAGE_SET_SYSTEM,
+    ImageSetDoc,
+    build_imaging_study,
+    endpoint_resource,
+    structure_issues,
+)
+from activities.heartbeat import keeps_alive
+from activities.signed_http import SignedHttp
+from activities.spotcheck import get_image_set_metadata, with_local_retries
+from activities.storage import get_bytes, is_missing, list_objects, put_bytes, put_json, read_models
+from contracts import layout
+from contracts.pipeline import (
+    FhirFailure,
+    FhirImportRef,
+    FhirJobOutcome,
+    FhirReviewInput,
+    FhirSummary,
+    FileState,
+    RouteInput,
+)
+from contracts.records import InstanceRecord, LedgerEntry
+from contracts.s3uri import S3Location, parse_s3_uri
+
+TERMINAL = {"COMPLETED", "COMPLETED_WITH_ERRORS", "FAILED", "CANCEL_COMPLETED", "CANCEL_FAILED"}
+IMPORTED_STATES = {FileState.IMPORTED, FileState.IMPORTED_WITH_WARNINGS}
+MAX_FAILURES = 20  # kept in workflow payloads; the job's FAILURE/ folder has all of them
+
+
+def client_token(migration_id: str, batch_name: str, fhir_datastore_id: str) -> str:
+    """Same batch, same token: a retried start returns the job already started instead of a second one."""
+    return hashlib.sha256(f"{migration_id}|{batch_name}|{fhir_datastore_id}".encode()).hexdigest()[:64]
+
+
+def issues_of(outcome: Any) -> list[str]:
+    """``code at Element.path`` for each error issue of an OperationOutcome (diagnostics may quote values)."""
+    issues = outcome.get("issue") if isinstance(outcome, dict) else None
+    out = []
+    for issue in issues if isinstance(issues, list) else []:
+        if not isinstance(issue, dict) or issue.get("severity") not in ("error", "fatal"):
+            continue
+        where = issue.get("expression") or issue.get("location") or []
+        where = where if isinstance(where, list) else [where]
+        out.append(f"{issue.get('code', 'invalid')}" + (f" at {', '.join(str(w) for w in where)}" if where else ""))
+    return out
+
+
+def _retry(message: str, kind: str) -> ApplicationError:
+    attempt = activity.info().attempt if activity.in_activity() else 1
+    return ApplicationError(message, type=kind, category=ApplicationErrorCategory.BENIGN,
+                            next_retry_delay=poll_delay(attempt))
+
+
+class FhirRouteActivities:
+    def __init__(self, s3: Any, medical_imaging: Any, healthlake: Any, fhir_http: SignedHttp | None,
+                 dicomweb_base_url: str, data_access_role_arn: str, kms_key_id: str) -> None:
+        self._s3 = s3
+        self._mi = medical_imaging
+        self._hl = healthlake
+        self._http = fhir_http
+        self._dicomweb = dicomweb_base_url
+        self._role = data_access_role_arn
+        self._kms = kms_key_id
+
+    # ---- building -------------------------------------------------------------------------------------------
+
+    def _routed_studies(self, input: RouteInput) -> list[str]:
+        """StudyInstanceUIDs with at least one instance of this batch imported into a primary image set."""
+        batch = input.batch
+        files = read_models(self._s3, layout.batch_manifest(batch.work_s3_uri, batch.migration_id, batch.batch,
+                                                            batch.part), InstanceRecord)
+        ledger = read_models(self._s3, parse_s3_uri(input.review.ledger_uri), LedgerEntry)
+        study_of = {f.key: f.study_instance_uid for f in files}
+        # Non-primary image sets wait for reconciliation; the study is routed once they are decided.
+        return sorted({study_of[e.key] for e in ledger
+                       if e.state in IMPORTED_STATES and e.image_set_id and e.is_primary and e.key in study_of})
+
+    def _primary_image_set_ids(self, datastore_id: str, study_uid: str) -> list[str]:
+        """Ids of every primary image set of the study in the data store, as SearchImageSets lists them now."""
+        criteria = {"filters": [{"values": [{"DICOMStudyInstanceUID": study_uid}], "operator": "EQUAL"}]}
+        try:
+            return sorted(str(summary["imageSetId"])
+                          for page in self._mi.get_paginator("search_image_sets").paginate(
+                              datastoreId=datastore_id, searchCriteria=criteria)
+                          for summary in page.get("imageSetsMetadataSummaries", [])
+                          if summary.get("isPrimary", True))
+        except ClientError as err:
+            raise classify(err, "searching the study's image sets") from None
+
+    def _primary_image_sets(self, datastore_id: str, study_uid: str) -> list[ImageSetDoc]:
+        """Every primary image set of the study in the data store, with its metadata document."""
+        try:
+            return [ImageSetDoc(set_id, with_local_retries(partial(get_image_set_metadata, self._mi, datastore_id,
+                                                                   set_id)))
+                    for set_id in self._primary_image_set_ids(datastore_id, study_uid)]
+        except ClientError as err:
+            raise classify(err, "reading the study's image sets") from None
+
+    def stale_studies(self, datastore_id: str, sent: list[dict[str, Any]], imported_ids: set[str]) -> int:
+        """Imported ImagingStudy resources that no longer list every primary image set of their study.
+
+        Another batch of the same study may have imported a series after this batch built its resource; if this
+        job then ran after that batch's, HealthLake holds the older view. Counted here so the batch routes again.
+        """
+        stale = 0
+        for resource in sent:
+            if resource.get("resourceType") != "ImagingStudy" or resource.get("id") not in imported_ids:
+                continue
+            identifiers = resource.get("identifier") or []
+            study_uid = next((str(i["value"]).removeprefix("urn:oid:") for i in identifiers
+                              if i.get("system") == DICOM_UID_SYSTEM), None)
+            listed = {i.get("value") for i in identifiers if i.get("system") == IMAGE_SET_SYSTEM}
+            if study_uid and set(self._primary_image_set_ids(datastore_id, study_uid)) - listed:
+                stale += 1
+        return stale
+
+    def _validate(self, fhir_base: str, resource: dict[str, Any]) -> list[str]:
+        """HealthLake's ``$validate`` verdict on one resource: its error issues (empty: valid)."""
+        if self._http is None:
+            raise ApplicationError("fhir_validate_first needs signed HTTP to HealthLake", non_retryable=True)
+        url = f"{fhir_base.rstrip('/')}/{resource['resourceType']}/$validate"
+        resp = self._http.request("POST", url, body=json.dumps(resource).encode(),
+                                  headers={"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"})
+        if resp.status == 429 or resp.status >= 500:
+            raise _retry(f"$validate answered HTTP {resp.status}", "ThrottlingException" if resp.status == 429
+                         else "HealthLakeUnavailable")
+        try:
+            outcome = resp.json()
+        except ValueError:
+            outcome = None
+        issues = issues_of(outcome)
+        if resp.status != 200 and not issues:
+            issues = [f"HTTP {resp.status} {resp.headers.get('x-amzn-errortype', '')}".strip()]
+        return issues
+
+    @activity.defn(name="start_fhir_import")
+    @keeps_alive
+    def start_fhir_import(self, input: RouteInput) -> FhirImportRef:
+        batch = input.batch
+        assert batch.fhir is not None, "start_fhir_import is scheduled only for batches with FHIR routing"
+        fhir = batch.fhir
+        where = (batch.work_s3_uri, batch.migration_id, batch.batch, batch.part, fhir.round)
+        name = layout.fhir_name(batch.batch, batch.part, fhir.round)
+        in_folder, in_loc, out_loc = layout.fhir_input_prefix(*where), layout.fhir_input(*where), \
+            layout.fhir_output_prefix(*where)
+        resources: list[dict[str, Any]] = []
+        rejected: list[FhirFailure] = []
+        studies = 0
+        for study_uid in self._routed_studies(input):
+            built = build_imaging_study(batch.datastore_id, study_uid,
+                                        self._primary_image_sets(batch.datastore_id, study_uid))
+            if built.resource is None:
+                continue
+            studies += 1
+            bug = structure_issues(built.resource)
+            if bug:  # our builder made something the FHIR model refuses: report it, never send it
+                rejected.append(FhirFailure(resource_type="ImagingStudy", resource_id=built.resource["id"],
+                                            stage="build", issues=bug[:10]))
+                continue
+            resources.append(built.resource)
+        if resources:
+            resources.insert(0, endpoint_resource(batch.datastore_id, self._dicomweb))
+        if fhir.validate_first and resources:
+            try:
+                props = self._hl.describe_fhir_datastore(DatastoreId=fhir.datastore_id)["DatastoreProperties"]
+            except ClientError as err:
+                raise classify(err, "describing the HealthLake data store") from None
+            kept = []
+            for resource in resources:
+                issues = self._validate(props["DatastoreEndpoint"], resource)
+                if issues:
+                    rejected.append(FhirFailure(resource_type=resource["resourceType"], resource_id=resource["id"],
+                                                stage="validate", issues=issues[:10]))
+                else:
+                    kept.append(resource)
+            # An Endpoint alone links nothing: import it only alongside a study.
+            resources = kept if any(r["resourceType"] == "ImagingStudy" for r in kept) else []
+        body = "".join(json.dumps(r, separators=(",", ":"), sort_keys=True) + "\n" for r in resources).encode()
+        put_bytes(self._s3, in_loc, body, "application/fhir+ndjson")
+        ref = FhirImportRef(datastore_id=fhir.datastore_id, job_id=None, input_s3_uri=in_folder.uri,
+                            output_s3_uri=out_loc.uri, studies=studies, resources=len(resources),
+                            validation_level=fhir.validation_level, validate_rejected=rejected)
+        if not resources:
+            return ref
+        try:
+            resp = self._hl.start_fhir_import_job(
+                JobName=f"{batch.migration_id}-{name}"[:64], DatastoreId=fhir.datastore_id,
+                InputDataConfig={"S3Uri": in_folder.uri},
+                JobOutputDataConfig={"S3Configuration": {"S3Uri": out_loc.uri, "KmsKeyId": self._kms}},
+                DataAccessRoleArn=self._role, ClientToken=client_token(batch.migration_id, name, fhir.datastore_id),
+                ValidationLevel=fhir.validation_level.value)
+        except ClientError as err:
+            raise classify(err, "starting the HealthLake import job") from None
+        return ref.model_copy(update={"job_id": resp["JobId"]})
+
+    # ---- awaiting -------------------------------------------------------------------------------------------
+
+    @activity.defn(name="await_fhir_import")
+    def await_fhir_import(self, ref: FhirImportRef) -> FhirJobOutcome:
+        assert ref.job_id is not None
+        try:
+            props = self._hl.describe_fhir_import_job(DatastoreId=ref.datastore_id,
+                                                      JobId=ref.job_id)["ImportJobProperties"]
+        except ClientError as err:
+            raise classify(err, f"polling HealthLake import job {ref.job_id}") from None
+        status = str(props["JobStatus"])
+        if status not in TERMINAL:
+            raise _retry(f"HealthLake import job {ref.job_id} is {status}", "JobStillRunning")
+        message = props.get("Message")
+        return FhirJobOutcome(job_id=ref.job_id, status=status, message=str(message)[:500] if message else None)
+
+    # ---- reviewing ------------------------------------------------------------------------------------------
+
+    def _ndjson_under(self, prefix: S3Location) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = []
+        for obj in list_objects(self._s3, prefix):
+            body = get_bytes(self._s3, S3Location(prefix.bucket, obj["Key"]))
+            rows += [json.loads(line) for line in body.splitlines() if line.strip()]
+        return rows
+
+    @activity.defn(name="review_fhir_import")
+    @keeps_alive
+    def review_fhir_import(self, input: FhirReviewInput) -> FhirSummary:
+        batch, ref = input.batch, input.ref
+        fhir_round = batch.fhir.round if batch.fhir else 1
+        summary = FhirSummary()
+        if ref is not None:
+            summary = FhirSummary(job_id=ref.job_id, studies=ref.studies, resources=ref.resources,
+                                  rejected_by_validate=sum(1 for f in ref.validate_rejected if f.stage == "validate"),
+                                  failures=list(ref.validate_rejected))
+        if input.error:
+            summary.problems.append(f"HealthLake import not done: {input.error[:500]}")
+        if input.outcome is not None and ref is not None and ref.job_id is not None:
+            summary.job_status = input.outcome.status
+            try:
+                imported_ids = self._review_output(ref, input.outcome, summary)
+                if imported_ids:
+                    body = get_bytes(self._s3, layout.fhir_input(batch.work_s3_uri, batch.migration_id, batch.batch,
+                                                                 batch.part, fhir_round))
+                    sent = [json.loads(line) for line in body.splitlines() if line.strip()]
+                    summary.stale_studies = self.stale_studies(batch.datastore_id, sent, imported_ids)
+            except ClientError as err:
+                raise classify(err, "reading the HealthLake import output") from None
+        summary.failures = summary.failures[:MAX_FAILURES]
+        loc = layout.fhir_summary(batch.work_s3_uri, batch.migration_id, batch.batch, batch.part, fhir_round)
+        summary.summary_uri = loc.uri
+        put_json(self._s3, loc, summary.model_dump(mode="json"))
+        return summary
+
+    def _review_output(self, ref: FhirImportRef, outcome: FhirJobOutcome, summary: FhirSummary) -> set[str]:
+        """Fill ``summary`` from the job's output; returns the ids of the ImagingStudy resources imported."""
+        assert ref.job_id is not None
+        folder = parse_s3_uri(ref.output_s3_uri).as_prefix().join(f"{ref.datastore_id}-FHIR_IMPORT-{ref.job_id}")
+        folder = folder.as_prefix()
+        try:
+            manifest = json.loads(get_bytes(self._s3, folder.join("manifest.json")))
+        except ClientError as err:
+            if not is_missing(err):
+                raise
+            if outcome.status != "FAILED":
+                raise _retry(f"HealthLake import output not yet visible under {folder.uri}",
+                             "ManifestNotYetVisible") from None
+            manifest = {}
+        success = self._ndjson_under(folder.join("SUCCESS").as_prefix())
+        failure = self._ndjson_under(folder.join("FAILURE").as_prefix())
+        summary.imported = sum(1 for row in success if row.get("resourceType") == "ImagingStudy")
+        summary.failed = sum(1 for row in failure if row.get("resourceType", "ImagingStudy") == "ImagingStudy")
+        for row in failure:
+            summary.failures.append(FhirFailure(
+                resource_type=str(row.get("resourceType") or "unknown"),
+                resource_id=str(row["id"]) if row.get("id") else None, stage="import",
+                issues=issues_of(row.get("operationOutcome"))[:10] or [str(row.get("errorType", "error"))]))
+        if outcome.status == "FAILED":
+            summary.problems.append(f"HealthLake import job {ref.job_id} FAILED: {outcome.message or 'no message'}")
+        expect = {"numberOfResourcesImportedSuccessfully": len(success),
+                  "numberOfResourcesWithCustomerError": len(failure)}
+        for key, seen in expect.items():
+            if key in manifest and int(manifest[key]) != seen:
+                summary.problems.append(f"manifest {key}={manifest[key]} but the output lists {seen}")
+        if manifest and int(manifest.get("numberOfResourcesScanned", ref.resources)) != ref.resources:
+            summary.problems.append(f"HealthLake scanned {manifest['numberOfResourcesScanned']} resources but "
+                                    f"{ref.resources} were written")
+        return {str(row.get("id")) for row in success if row.get("resourceType") == "ImagingStudy"}
