@@ -13,6 +13,7 @@ from typing import Any
 from temporalio import activity
 
 from activities.heartbeat import current, keeps_alive
+from activities.review import source_changed_keys
 from activities.storage import put_bytes, put_ndjson, read_models
 from contracts import layout
 from contracts.pipeline import BatchInput, BatchPlan, FileState, PlanInput, PlanResult
@@ -139,6 +140,9 @@ class PlanActivities:
         """Write the two halves of a batch whose import job FAILED (always staged: a half is never a whole folder)."""
         files = read_models(self._s3, layout.batch_manifest(batch.work_s3_uri, batch.migration_id, batch.batch),
                             InstanceRecord)
+        # Files already reported SourceChanged while staging the whole batch stay out of the halves.
+        changed = source_changed_keys(self._s3, batch)
+        files = [f for f in files if f.key not in changed]
         sizes = []
         for part, half in enumerate(halves(files), start=1):
             put_ndjson(self._s3, layout.batch_manifest(batch.work_s3_uri, batch.migration_id, batch.batch, part), half)

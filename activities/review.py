@@ -19,7 +19,7 @@ from activities.errors import BACKOFF_CODES, classify, error_code
 from activities.heartbeat import keeps_alive
 from activities.storage import get_bytes, is_missing, iter_ndjson, list_objects, put_ndjson, read_models
 from contracts import layout
-from contracts.pipeline import FailedBatchInput, FileState, ImageSetRef, ReviewInput, ReviewResult
+from contracts.pipeline import BatchInput, FailedBatchInput, FileState, ImageSetRef, ReviewInput, ReviewResult
 from contracts.records import InstanceRecord, LedgerEntry
 from contracts.s3uri import S3Location, parse_s3_uri
 
@@ -133,6 +133,9 @@ class ReviewActivities:
         batch, job = input.batch, input.job
         files = read_models(self._s3, layout.batch_manifest(batch.work_s3_uri, batch.migration_id, batch.batch,
                                                             batch.part), InstanceRecord)
+        # Files whose source changed before staging have their own ledger (SourceChanged): counted, not reviewed.
+        changed = source_changed_keys(self._s3, batch)
+        files = [f for f in files if f.key not in changed]
         output = self._read_output(parse_s3_uri(input.outcome.output_s3_uri, field="outputS3Uri").as_prefix())
         prefix = job.input_key_prefix
         failed = input.outcome.status == "FAILED"
@@ -163,6 +166,8 @@ class ReviewActivities:
         counts: dict[FileState, int] = {}
         for entry in ledger:
             counts[entry.state] = counts.get(entry.state, 0) + 1
+        if changed:
+            counts[FileState.FAILED] = counts.get(FileState.FAILED, 0) + len(changed)
         return ReviewResult(
             files_by_state=counts,
             image_sets=len(refs),
@@ -171,6 +176,17 @@ class ReviewActivities:
             counters_consistent=not problems,
             problems=problems[:50],
         )
+
+
+def source_changed_keys(s3: Any, batch: BatchInput) -> set[str]:
+    """Keys the staging step recorded as ``SourceChanged`` for this batch (or half); empty when none."""
+    loc = layout.ledger_for_source_changed(batch.work_s3_uri, batch.migration_id, batch.batch, batch.part)
+    try:
+        return {str(row["key"]) for row in iter_ndjson(s3, loc)}
+    except ClientError as err:
+        if is_missing(err):
+            return set()
+        raise classify(err, "reading the source-changed ledger") from None
 
 
 class FailedBatchActivities:

@@ -68,5 +68,10 @@ def ledger_for_batch(work_s3_uri: str, migration_id: str, batch: int, part: int 
     return ledger_prefix(work_s3_uri, migration_id).join(f"{batch_name(batch, part)}.ndjson")
 
 
+def ledger_for_source_changed(work_s3_uri: str, migration_id: str, batch: int, part: int | None = None) -> S3Location:
+    """Files of a batch whose source object changed after it was validated (found while staging)."""
+    return ledger_prefix(work_s3_uri, migration_id).join(f"{batch_name(batch, part)}-source-changed.ndjson")
+
+
 def report_prefix(work_s3_uri: str, migration_id: str) -> S3Location:
     return root(work_s3_uri, migration_id).join("report").as_prefix()

@@ -307,6 +307,9 @@ class ImportJobRef(BaseModel):
     staged_files: int
     output_s3_uri: str
     reused_existing_job: bool = False
+    # Files not staged because their source object changed since it was validated (code SourceChanged). When
+    # every file changed, no job is started: job_id is "" and staged_files 0.
+    source_changed: int = 0
 
 
 class JobOutcome(BaseModel):

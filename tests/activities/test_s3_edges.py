@@ -7,7 +7,7 @@ import uuid
 from typing import Any
 
 from activities.dicom_header import TAIL_CAP, check_tail, parse_header
-from activities.importjob import ImportActivities
+from activities.importjob import ImportActivities, source_changed
 from activities.parse import ParseActivities, _RangeSizer
 from contracts.records import InstanceRecord, InventoryEntry
 from tests.support.dicom import make_instance, uid
@@ -92,3 +92,30 @@ def test_a_large_tail_is_not_fetched_but_reported(s3: Any) -> None:
 def test_no_tail_no_extra_get(s3: Any) -> None:
     findings, gets = _parse_with_tail(s3, b"")
     assert findings == [] and gets == 1
+
+
+def test_staging_copy_refuses_a_rewritten_source(s3: Any) -> None:
+    bucket = _bucket(s3)
+    etag = s3.put_object(Bucket=bucket, Key="src/a.dcm", Body=b"validated bytes")["ETag"].strip('"')
+    inst = _inst("src/a.dcm", etag)
+    assert source_changed(s3, bucket, "staging/src/a.dcm", bucket, inst) is None
+    assert s3.get_object(Bucket=bucket, Key="staging/src/a.dcm")["Body"].read() == b"validated bytes"
+    s3.put_object(Bucket=bucket, Key="src/a.dcm", Body=b"rewritten after validation")
+    reason = source_changed(s3, bucket, "staging/src/a.dcm", bucket, inst)
+    assert reason and "rewritten" in reason
+    # The copy an earlier attempt made is gone, so the import job cannot read stale or unvalidated bytes.
+    assert "Contents" not in s3.list_objects_v2(Bucket=bucket, Prefix="staging/")
+    s3.delete_object(Bucket=bucket, Key="src/a.dcm")
+    assert "deleted" in (source_changed(s3, bucket, "staging/src/a.dcm", bucket, inst) or "")
+
+
+def test_multipart_etags_are_left_to_the_copy_condition(s3: Any) -> None:
+    """A multipart source's ETag is not an MD5, so the copy's ETag cannot be compared: no false SourceChanged."""
+    bucket = _bucket(s3)
+    upload = s3.create_multipart_upload(Bucket=bucket, Key="src/m.dcm")["UploadId"]
+    part = s3.upload_part(Bucket=bucket, Key="src/m.dcm", UploadId=upload, PartNumber=1, Body=b"x")["ETag"]
+    etag = s3.complete_multipart_upload(Bucket=bucket, Key="src/m.dcm", UploadId=upload, MultipartUpload={
+        "Parts": [{"PartNumber": 1, "ETag": part}]})["ETag"].strip('"')
+    assert etag.endswith("-1")
+    assert source_changed(s3, bucket, "staging/src/m.dcm", bucket, _inst("src/m.dcm", etag)) is None
+    assert s3.get_object(Bucket=bucket, Key="staging/src/m.dcm")["Body"].read() == b"x"

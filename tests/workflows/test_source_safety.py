@@ -1,0 +1,103 @@
+"""Source objects rewritten mid-migration, and migrations into a data store that already holds the files.
+
+End to end through the real Temporal dev server, moto S3 and the HealthImaging emulator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from datetime import timedelta
+from typing import Any
+
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from contracts.pipeline import FileState, MigrationInput, MigrationResult, OperatorCommand
+from tests.support.dicom import make_instance, uid
+from workflows.batch import ImportBatchWorkflow
+from workflows.migration import MigrationWorkflow
+
+
+def _rows(s3: Any, result: MigrationResult) -> dict[str, dict[str, Any]]:
+    bucket, key = result.files_uri[5:].split("/", 1)
+    body = s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode()
+    return {row["key"]: row for row in map(json.loads, body.splitlines())}
+
+
+def _summary(s3: Any, result: MigrationResult) -> dict[str, Any]:
+    bucket, key = result.report_uri[5:].split("/", 1)
+    return dict(json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read()))
+
+
+async def _paused_start(client: Client, worker: Worker, payload: MigrationInput) -> Any:
+    # Signal-with-start: paused before its first step, so the test can change the source at a known point.
+    return await client.start_workflow(MigrationWorkflow.run, payload, id=f"src-{uuid.uuid4().hex[:8]}",
+                                       task_queue=worker.task_queue, start_signal="pause",
+                                       start_signal_args=[OperatorCommand(by="tester", reason="hold")],
+                                       execution_timeout=timedelta(seconds=90))
+
+
+async def _wait_phase(handle: Any, phase: str) -> None:
+    for _ in range(200):
+        if (await handle.query(MigrationWorkflow.progress)).phase == phase:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"never reached phase {phase}")
+
+
+async def _run(client: Client, worker: Worker, payload: MigrationInput) -> tuple[str, MigrationResult]:
+    wid = f"mig-{uuid.uuid4().hex[:10]}"
+    result = await client.execute_workflow(MigrationWorkflow.run, payload, id=wid, task_queue=worker.task_queue,
+                                           execution_timeout=timedelta(seconds=90))
+    return wid, result
+
+
+class TestSourceChanged:
+    async def test_a_rewritten_source_object_is_reported_source_changed(
+            self, client: Client, worker: Worker, buckets: dict[str, Any], datastore_id: str) -> None:
+        s3, src, work = buckets["s3"], buckets["source"], buckets["work"]
+        study, series = uid(), uid()
+        for i in range(2):
+            s3.put_object(Bucket=src, Key=f"sc/{i}.dcm", Body=make_instance(study, series))
+        handle = await _paused_start(client, worker, MigrationInput(
+            source_s3_uri=f"s3://{src}/sc/", datastore_id=datastore_id, work_s3_uri=f"s3://{work}/w/",
+            import_start_interval_seconds=0))
+        await _wait_phase(handle, "parsing")  # the inventory (keys and ETags) is written; nothing parsed yet
+        s3.put_object(Bucket=src, Key="sc/1.dcm", Body=make_instance(study, series, patient_id="SYNTH-LATE"))
+        await handle.signal(MigrationWorkflow.resume, OperatorCommand(reason="go"))
+        result = await handle.result()
+        rows = _rows(s3, result)
+        assert rows["sc/0.dcm"]["state"] == FileState.IMPORTED
+        changed = rows["sc/1.dcm"]
+        assert (changed["state"], changed["code"]) == (FileState.FAILED, "SourceChanged")
+        assert "rewritten after it was validated" in changed["reason"]
+        assert "image_set_id" not in changed
+        assert result.files_by_state[FileState.FAILED] == 1 and result.files_total == 2
+        summary = _summary(s3, result)
+        assert summary["unaccounted"] == 0 and summary["accounted_twice"] == 0
+        staged = [o["Key"] for o in s3.list_objects_v2(Bucket=work, Prefix="w/").get("Contents", [])
+                  if "/staging/" in o["Key"]]
+        assert [k.rsplit("/", 1)[1] for k in staged] == ["0.dcm"]  # the changed file never reached the job
+
+    async def test_a_batch_whose_every_source_changed_starts_no_job(
+            self, client: Client, worker: Worker, buckets: dict[str, Any], datastore_id: str,
+            ) -> None:
+        s3, src, work = buckets["s3"], buckets["source"], buckets["work"]
+        study, series = uid(), uid()
+        s3.put_object(Bucket=src, Key="all/0.dcm", Body=make_instance(study, series))
+        handle = await _paused_start(client, worker, MigrationInput(
+            source_s3_uri=f"s3://{src}/all/", datastore_id=datastore_id, work_s3_uri=f"s3://{work}/w/",
+            import_start_interval_seconds=0))
+        await _wait_phase(handle, "parsing")
+        s3.put_object(Bucket=src, Key="all/0.dcm", Body=make_instance(study, series, patient_id="SYNTH-LATE"))
+        await handle.signal(MigrationWorkflow.resume, OperatorCommand(reason="go"))
+        result = await handle.result()
+        row = _rows(s3, result)["all/0.dcm"]
+        assert (row["state"], row["code"]) == (FileState.FAILED, "SourceChanged")
+        batch = await client.get_workflow_handle(f"{handle.id}.batch-00000").query(ImportBatchWorkflow.progress)
+        assert batch.job_id == "" and batch.stage.value == "done"
+        stages = [t.stage.value for t in batch.transitions]
+        assert "awaiting_job" not in stages and "routing" not in stages
+        assert _summary(s3, result)["jobs"] == []
