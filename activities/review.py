@@ -20,7 +20,7 @@ from activities.heartbeat import keeps_alive
 from activities.storage import get_bytes, is_missing, iter_ndjson, list_objects, put_ndjson, read_models
 from contracts import layout
 from contracts.pipeline import BatchInput, FailedBatchInput, FileState, ImageSetRef, ReviewInput, ReviewResult
-from contracts.records import InstanceRecord, LedgerEntry
+from contracts.records import ImportedInstance, InstanceRecord, LedgerEntry
 from contracts.s3uri import S3Location, parse_s3_uri
 
 
@@ -140,12 +140,23 @@ class ReviewActivities:
         prefix = job.input_key_prefix
         failed = input.outcome.status == "FAILED"
         ledger: list[LedgerEntry] = []
+        imported: list[ImportedInstance] = []
         refs: dict[str, ImageSetRef] = {}
         for inst in files:
             entry = classify_file(prefix + inst.key, output, failed, input.outcome.message)
             entry = entry.model_copy(update={"key": inst.key, "size": inst.size, "batch": batch.batch,
-                                             "job_id": job.job_id})
+                                             "job_id": job.job_id,
+                                             "predicted_non_primary": inst.predicted_non_primary or None,
+                                             "prediction_reason": inst.prediction_reason})
             ledger.append(entry)
+            if entry.image_set_id and entry.state in (FileState.IMPORTED, FileState.IMPORTED_WITH_WARNINGS):
+                imported.append(ImportedInstance(
+                    sop_instance_uid=inst.sop_instance_uid, content_id=inst.content_id,
+                    image_set_id=entry.image_set_id, is_primary=bool(entry.is_primary),
+                    study_instance_uid=inst.study_instance_uid, series_instance_uid=inst.series_instance_uid,
+                    attributes_fingerprint=f"{inst.patient_fingerprint}/{inst.study_fingerprint}/"
+                                           f"{inst.series_fingerprint}",
+                    migration_id=batch.migration_id, batch=batch.batch))
             if entry.image_set_id:
                 ref = refs.setdefault(entry.image_set_id, ImageSetRef(
                     image_set_id=entry.image_set_id, version=entry.image_set_version,
@@ -162,6 +173,9 @@ class ReviewActivities:
             if listed and "isPrimary" in summary and bool(summary["isPrimary"]) != listed.is_primary:
                 problems.append(f"image set {listed.image_set_id}: manifest and success.ndjson disagree on isPrimary")
         ledger_loc = layout.ledger_for_batch(batch.work_s3_uri, batch.migration_id, batch.batch, batch.part)
+        # The data store's import index first: a later migration skips these files (same content) or flags them.
+        put_ndjson(self._s3, layout.imported_index(batch.work_s3_uri, batch.datastore_id, batch.migration_id,
+                                                   batch.batch, batch.part), imported)
         put_ndjson(self._s3, ledger_loc, ledger)
         counts: dict[FileState, int] = {}
         for entry in ledger:

@@ -85,6 +85,7 @@ class MigrationState(BaseModel):
     duplicates: int = 0
     image_sets: int = 0
     non_primary_image_sets: int = 0
+    predicted_non_primary: int = 0
     batches_failed: int = 0
     started_at: datetime | None = None
     runs: int = 1
@@ -193,6 +194,7 @@ class MigrationProgress(BaseModel):
     image_sets: int
     non_primary_image_sets: int
     elapsed_seconds: float
+    predicted_non_primary: int = 0
     files_per_second: float
     eta_seconds: float | None
     report_uri: str | None = None
@@ -255,6 +257,8 @@ class PlanInput(BaseModel):
     pages: int
     max_files_per_batch: int
     max_bytes_per_batch: int
+    # The target data store: files it already holds unchanged (per the import index) are skipped.
+    datastore_id: str | None = None
 
 
 class BatchPlan(BaseModel):
@@ -275,6 +279,9 @@ class PlanResult(BaseModel):
     duplicates: int
     conflicting_duplicates: int
     predicted_non_primary: int
+    # Of `duplicates` / `conflicting_duplicates`: those found in the data store's import index.
+    already_imported: int = 0
+    conflicting_already_imported: int = 0
 
 
 class BatchInput(BaseModel):

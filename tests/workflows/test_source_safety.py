@@ -101,3 +101,88 @@ class TestSourceChanged:
         stages = [t.stage.value for t in batch.transitions]
         assert "awaiting_job" not in stages and "routing" not in stages
         assert _summary(s3, result)["jobs"] == []
+
+
+class TestAcrossMigrations:
+    async def test_a_second_migration_skips_what_the_first_imported(
+            self, client: Client, worker: Worker, buckets: dict[str, Any], datastore_id: str,
+            medical_imaging: Any) -> None:
+        s3, src, work = buckets["s3"], buckets["source"], buckets["work"]
+        study = uid()
+        series = [uid(), uid()]
+        for i in range(4):
+            s3.put_object(Bucket=src, Key=f"again/{i}.dcm", Body=make_instance(study, series[i % 2]))
+        payload = MigrationInput(source_s3_uri=f"s3://{src}/again/", datastore_id=datastore_id,
+                                 work_s3_uri=f"s3://{work}/w/", import_start_interval_seconds=0)
+        first_id, first = await _run(client, worker, payload)
+        assert first.files_by_state[FileState.IMPORTED] == 4
+        first_rows = _rows(s3, first)
+
+        second_id, second = await _run(client, worker, payload)
+        rows = _rows(s3, second)
+        assert {r["state"] for r in rows.values()} == {FileState.SKIPPED_DUPLICATE}
+        for key, row in rows.items():
+            assert row["code"] == "already_imported" and row["duplicate_of"] == first_id
+            assert row["image_set_id"] == first_rows[key]["image_set_id"] and first_id in row["reason"]
+        summary = _summary(s3, second)
+        assert summary["jobs"] == [] and summary["already_imported"] == 4 and summary["image_sets"] == 0
+        progress = await client.get_workflow_handle(second_id).query(MigrationWorkflow.progress)
+        assert progress.batches_planned == 0 and progress.duplicates == 4
+
+        # An image set deleted since (e.g. discarded in reconciliation) no longer counts: its files import again.
+        gone = first_rows["again/0.dcm"]["image_set_id"]
+        medical_imaging.delete_image_set(datastoreId=datastore_id, imageSetId=gone)
+        for _ in range(100):
+            try:
+                if medical_imaging.get_image_set(datastoreId=datastore_id, imageSetId=gone)["imageSetState"] == "DELETED":
+                    break
+            except medical_imaging.exceptions.ResourceNotFoundException:
+                break
+            await asyncio.sleep(0.05)
+        _, third = await _run(client, worker, payload)
+        rows = _rows(s3, third)
+        again = {k for k, r in rows.items() if r["state"] == FileState.IMPORTED}
+        assert again == {k for k, r in first_rows.items() if r["image_set_id"] == gone}
+        assert all(rows[k]["code"] == "already_imported" for k in set(rows) - again)
+
+    async def test_other_content_under_an_imported_uid_is_rejected(
+            self, client: Client, worker: Worker, buckets: dict[str, Any], datastore_id: str) -> None:
+        s3, src, work = buckets["s3"], buckets["source"], buckets["work"]
+        study, series, sop = uid(), uid(), uid()
+        s3.put_object(Bucket=src, Key="v1/x.dcm", Body=make_instance(study, series, sop=sop))
+        first_id, _ = await _run(client, worker, MigrationInput(
+            source_s3_uri=f"s3://{src}/v1/", datastore_id=datastore_id, work_s3_uri=f"s3://{work}/w/",
+            import_start_interval_seconds=0))
+        s3.put_object(Bucket=src, Key="v2/x.dcm", Body=make_instance(study, series, sop=sop, patient_name="SYNTH^FIXED"))
+        _, result = await _run(client, worker, MigrationInput(
+            source_s3_uri=f"s3://{src}/v2/", datastore_id=datastore_id, work_s3_uri=f"s3://{work}/w/",
+            import_start_interval_seconds=0))
+        row = _rows(s3, result)["v2/x.dcm"]
+        assert (row["state"], row["code"], row["duplicate_of"]) == (
+            FileState.REJECTED, "conflicting_already_imported", first_id)
+        assert "SYNTH" not in row["reason"]
+
+    async def test_non_primary_is_predicted_per_file_and_confirmed(
+            self, client: Client, worker: Worker, buckets: dict[str, Any], datastore_id: str) -> None:
+        s3, src, work = buckets["s3"], buckets["source"], buckets["work"]
+        study, series = uid(), uid()
+        s3.put_object(Bucket=src, Key="p1/a.dcm", Body=make_instance(study, series, patient_id="SYNTH-P1"))
+        await _run(client, worker, MigrationInput(
+            source_s3_uri=f"s3://{src}/p1/", datastore_id=datastore_id, work_s3_uri=f"s3://{work}/w/",
+            import_start_interval_seconds=0))
+        # The same series arrives later under another patient: the data store's import index predicts it.
+        s3.put_object(Bucket=src, Key="p2/b.dcm", Body=make_instance(study, series, patient_id="SYNTH-P2"))
+        s3.put_object(Bucket=src, Key="p2/c.dcm", Body=make_instance(uid(), uid(), patient_id="SYNTH-P3"))
+        wid, result = await _run(client, worker, MigrationInput(
+            source_s3_uri=f"s3://{src}/p2/", datastore_id=datastore_id, work_s3_uri=f"s3://{work}/w/",
+            import_start_interval_seconds=0))
+        rows = _rows(s3, result)
+        b, c = rows["p2/b.dcm"], rows["p2/c.dcm"]
+        assert b["predicted_non_primary"] is True and "already holds this series" in b["prediction_reason"]
+        assert b["state"] == FileState.IMPORTED and b["is_primary"] is False  # the prediction came true
+        assert "predicted_non_primary" not in c and c["is_primary"] is True
+        summary = _summary(s3, result)
+        assert (summary["predicted_non_primary"], summary["predicted_non_primary_confirmed"],
+                summary["non_primary_not_predicted"]) == (1, 1, 0)
+        progress = await client.get_workflow_handle(wid).query(MigrationWorkflow.progress)
+        assert progress.predicted_non_primary == 1 and progress.non_primary_image_sets == 1
