@@ -270,11 +270,12 @@ def _structure(ds: Dataset, buf: bytes, tsuid: str | None, f: list[Finding]) -> 
     prev_end: int | None = None
     prev_tag = -1
     for raw in ds._dict.values():  # insertion order is file order
-        if raw.tag <= prev_tag:
+        tag = int(raw.tag)  # BaseTag's comparisons are Python-level; plain ints keep this loop cheap
+        if tag <= prev_tag:
             f.append(_finding("element_order", "elements are not in ascending tag order or an element appears "
                               f"twice (at ({raw.tag >> 16:04X},{raw.tag & 0xFFFF:04X}))"))
             break
-        prev_tag = int(raw.tag)
+        prev_tag = tag
         if not isinstance(raw, RawDataElement):
             prev_end = None  # already converted (sequences): its extent is not at hand
             continue
@@ -408,17 +409,34 @@ def _check_pixel_extent(buf: bytes, total_size: int, pixel: _Pixel, result: Head
                           f"{TAIL_CAP} bytes, so they were not read or checked", "PixelData", Severity.WARNING))
 
 
+def _uint(ds: Dataset, name: str) -> int | None:
+    """An US or IS value straight from the raw element (pydicom's conversion costs more than the whole check)."""
+    try:
+        elem = ds.get_item(_TAGS[name])
+    except Exception:
+        return None
+    if elem is None:
+        return None
+    value = elem.value
+    if isinstance(elem, RawDataElement) and isinstance(value, bytes):
+        if elem.VR == "US" or (elem.VR is None and len(value) == 2):
+            return int.from_bytes(value[:2], "little" if elem.is_little_endian else "big") if len(value) >= 2 else None
+        try:
+            return int(value.strip(b" \0") or b"0")
+        except ValueError:
+            return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
 def _pixel_size(ds: Dataset, length: int, f: list[Finding]) -> None:
     """Native Pixel Data shorter than Rows x Columns x samples x bytes x frames (the image cannot be decoded)."""
-    try:
-        rows, cols = int(_get(ds, "Rows") or 0), int(_get(ds, "Columns") or 0)
-        bits = int(_get(ds, "BitsAllocated") or 0)
-        samples = int(_get(ds, "SamplesPerPixel") or 1)
-        frames = int(_get(ds, "NumberOfFrames") or 1)
-    except (TypeError, ValueError):
-        return
+    rows, cols, bits = _uint(ds, "Rows"), _uint(ds, "Columns"), _uint(ds, "BitsAllocated")
     if not rows or not cols or not bits:
         return
+    samples, frames = _uint(ds, "SamplesPerPixel") or 1, _uint(ds, "NumberOfFrames") or 1
     expected = (rows * cols * samples * frames * bits + 7) // 8
     if length < expected:
         f.append(_finding("pixel_data_size", f"Pixel Data holds {length} bytes but Rows, Columns, BitsAllocated, "
