@@ -43,6 +43,8 @@ from pydicom.uid import (
     RLELossless,
 )
 
+from activities.validate import rejects
+from contracts.pipeline import ValidationLevel
 from corpus.models import CorpusEntry, Expected, Origin, entry_for_bytes
 from corpus.synthetic import (
     UID_PREFIX,
@@ -200,13 +202,20 @@ class DefectSpec:
     # The finding code the parse stage must report for this file (None: no finding at all). With the
     # validation policy (activities.validate.REJECTING_LEVELS) it fixes the verdict at every level.
     finding: str | None = None
+    # A second finding the defect causes as a side effect (e.g. garbled bytes hide the SOP Instance UID), which
+    # may reject the file at a level where ``finding`` alone would not.
+    also: str | None = None
+
+    def rejected_at(self, level: ValidationLevel) -> bool:
+        """The expected verdict at ``level``, from the validation policy."""
+        return any(code is not None and rejects(code, level) for code in (self.finding, self.also))
 
 
 DEFECTS: dict[str, DefectSpec] = {}
 
 
 def defect(code: str, expected: Expected, reason: str, *, filename: str | None = None,
-           finding: str | None = None) -> Callable[[DefectBuilder], DefectBuilder]:
+           finding: str | None = None, also: str | None = None) -> Callable[[DefectBuilder], DefectBuilder]:
     """Register a defect builder under ``code`` (default file name ``<code>.dcm``).
 
     ``finding`` is the parse finding code that identifies the defect (see :attr:`DefectSpec.finding`).
@@ -215,7 +224,7 @@ def defect(code: str, expected: Expected, reason: str, *, filename: str | None =
     def register(fn: DefectBuilder) -> DefectBuilder:
         if code in DEFECTS:
             raise ValueError(f"defect {code!r} registered twice")
-        DEFECTS[code] = DefectSpec(code, expected, reason, fn, filename or f"{code}.dcm", finding)
+        DEFECTS[code] = DefectSpec(code, expected, reason, fn, filename or f"{code}.dcm", finding, also)
         return fn
 
     return register
@@ -310,7 +319,7 @@ def _truncated_in_preamble(ctx: DefectContext) -> bytes:
 
 
 @defect("truncated_in_meta", REJECT, "file cut inside the File Meta Information group; "
-        "stop_before_pixels reads it without error", finding="truncated")
+        "stop_before_pixels reads it without error", finding="truncated", also="missing_sop_instance_uid")
 def _truncated_in_meta(ctx: DefectContext) -> bytes:
     data = ctx.valid_bytes()
     return data[:(META_START + meta_end(data)) // 2]
@@ -833,7 +842,7 @@ def _uid_trailing_dot(ctx: DefectContext) -> bytes:
 
 
 @defect("implicit_big_endian", REJECT, "dataset in implicit VR big endian (non-standard, seen from old "
-        "ultrasound devices) under a meta group declaring Implicit VR Little Endian", finding="ts_mismatch")
+        "ultrasound devices) under a meta group declaring Implicit VR Little Endian", finding="ts_mismatch", also="missing_sop_instance_uid")
 def _implicit_big_endian(ctx: DefectContext) -> bytes:
     return _reencoded(ctx, declared_ts=ImplicitVRLittleEndian, implicit=True, little=False)
 
@@ -851,7 +860,7 @@ def _ts_implicit_data_explicit(ctx: DefectContext) -> bytes:
 
 
 @defect("ts_big_endian_data_little", REJECT, "Transfer Syntax says Explicit VR Big Endian but the dataset is "
-        "little endian", finding="ts_mismatch")
+        "little endian", finding="ts_mismatch", also="missing_sop_instance_uid")
 def _ts_big_data_little(ctx: DefectContext) -> bytes:
     return rewrite_meta(ctx.valid_bytes(), {0x00020010: ExplicitVRBigEndian.encode()})
 

@@ -72,10 +72,11 @@ def test_every_defect_gets_its_finding_and_verdict_at_every_level(code: str) -> 
         assert not [c for c in codes if any(rejects(c, level) for level in ValidationLevel)], codes
     else:
         assert spec.finding in codes, (code, codes)
+    if spec.also is not None:
+        assert spec.also in codes, (code, codes)
     for level in ValidationLevel:
         rejected, level_codes = verdict(data, level)
-        if spec.finding is not None:
-            assert rejects(spec.finding, level) <= rejected, (code, level)  # the defect's own code applies
+        assert rejected == spec.rejected_at(level), (code, level, level_codes)
         if level is ValidationLevel.STRUCTURE_ONLY:
             assert rejected == (spec.expected is Expected.REJECT), (code, level_codes)
         if level is ValidationLevel.STRICT and spec.expected is not Expected.VALID:
