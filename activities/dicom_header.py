@@ -78,13 +78,17 @@ class HeaderResult:
 
 
 class _ProbeReader(io.BytesIO):
-    """A BytesIO that remembers whether any read came back short (pydicom does not check)."""
+    """A BytesIO that remembers whether any read came back short (pydicom does not check).
+
+    A read of nothing at all is the clean end of a dataset between two elements (every non-image object, e.g.
+    a structured report, ends so); only a partial read is a cut inside an element.
+    """
 
     short_read = False
 
     def read(self, size: int | None = -1) -> bytes:
         data = super().read(size)
-        if size is not None and size > 0 and len(data) < size:
+        if size is not None and size > 0 and 0 < len(data) < size:
             self.short_read = True
         return data
 
@@ -368,6 +372,11 @@ def parse_header(buf: bytes, total_size: int, key: str = "") -> HeaderResult:
         pixel = _pixel_element(fp)
         if pixel is not None:
             _check_pixel_extent(buf, total_size, pixel, result)
+        elif fp.tell() >= total_size and _uint(ds, "Rows") and _uint(ds, "Columns") and "FloatPixelData" not in ds \
+                and "DoubleFloatPixelData" not in ds and not _deflated(ds):
+            # An image (Rows and Columns present) that ends at an element boundary before its Pixel Data.
+            result.findings.append(_finding("truncated", "the file ends before Pixel Data although Rows and Columns "
+                                            "describe an image (truncated)", "PixelData"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         _describe(ds, result)
@@ -377,6 +386,12 @@ def parse_header(buf: bytes, total_size: int, key: str = "") -> HeaderResult:
             if pixel is not None and pixel.length != 0xFFFFFFFF:
                 _pixel_size(ds, pixel.length, result.findings)
     return result
+
+
+def _deflated(ds: Dataset) -> bool:
+    """Deflated files are inflated whole by pydicom, so the read position says nothing about Pixel Data."""
+    meta = getattr(ds, "file_meta", None)
+    return meta is not None and _text(meta, "TransferSyntaxUID") == "1.2.840.10008.1.2.1.99"
 
 
 def _check_pixel_extent(buf: bytes, total_size: int, pixel: _Pixel, result: HeaderResult) -> None:

@@ -48,6 +48,16 @@ class TestParseHeader:
         # The truncation is the one error; anything else found is a warning (rtplan_truncated's meta differs).
         assert [f.code for f in result.findings if f.severity == "error"] == ["truncated"]
 
+    @pytest.mark.parametrize("name", ["reportsi.dcm", "rtplan.dcm"])
+    def test_objects_without_pixel_data_are_not_truncated(self, name: str) -> None:
+        """A structured report or RT plan ends at an element boundary with no Pixel Data: that is complete."""
+        path = get_testdata_file(name)
+        assert path is not None
+        with open(path, "rb") as fh:
+            data = fh.read()
+        result, _ = _parse_like_s3(data)
+        assert result.readable and "truncated" not in [f.code for f in result.findings]
+
     def test_truncated_in_pixels_is_caught(self) -> None:
         data = make_instance(uid(), uid())
         result, _ = _parse_like_s3(data[:-1000])
