@@ -85,8 +85,9 @@ def _resolve_duplicate(row: LedgerEntry, by_key: dict[str, LedgerEntry]) -> Ledg
     if row.state is not FileState.SKIPPED_DUPLICATE or not row.duplicate_of or row.code == "already_imported":
         return row  # (an earlier migration's import is checked at planning: its image set still exists)
     original = by_key.get(row.duplicate_of)
-    if original is None or original.state in (FileState.IMPORTED, FileState.IMPORTED_WITH_WARNINGS):
-        return row
+    if original is None or original.state in (FileState.IMPORTED, FileState.IMPORTED_WITH_WARNINGS,
+                                              FileState.SKIPPED_DUPLICATE):
+        return row  # (an original skipped as already in the data store: the copy is too, for the same reason)
     return row.model_copy(update={"state": original.state, "code": "DuplicateOfNotImported",
                                   "reason": f"identical copy of {row.duplicate_of}, which was not imported: "
                                             f"{original.reason or original.state.value}"})

@@ -89,6 +89,7 @@ class ValidateActivities:
                     key=rec.key, state=FileState.REJECTED, size=rec.size,
                     code=",".join(dict.fromkeys(f.code for f in blocking)),
                     reason="; ".join(dict.fromkeys(f.reason for f in blocking)),
+                    findings=rec.findings or blocking,
                 ))
             else:
                 valid.append(rec)

@@ -110,3 +110,5 @@ class LedgerEntry(BaseModel):
     # Planning's prediction that the file lands in a non-primary image set, and why (no patient values).
     predicted_non_primary: bool | None = None
     prediction_reason: str | None = None
+    # Every finding of a rejected file (code, severity, attribute, reason); `code`/`reason` join the rejecting ones.
+    findings: list[Finding] | None = None

@@ -101,6 +101,9 @@ def test_every_hostile_file_gets_exactly_one_verdict_at_each_level(
             codes = row["code"].split(",") if row else []
             ok = (row is not None and row["state"] == FileState.REJECTED and bool(row["reason"])
                   and any(c in codes and rejects(c, level) for c in (spec.finding, spec.also) if c)
+                  # each finding on the ledger line: its code, severity and readable reason
+                  and all(f["code"] and f["severity"] and f["reason"] for f in row["findings"])
+                  and set(codes) <= {f["code"] for f in row["findings"]}
                   ) if spec.rejected_at(level) else row is None
         else:
             ok = row is None  # real, synthetic and non-primary files are all valid DICOM

@@ -11,10 +11,17 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
+import pytest
 from temporalio.client import Client
+from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 
-from contracts.pipeline import FileState, MigrationInput, MigrationResult, OperatorCommand
+from activities.plan import PlanActivities
+from activities.storage import put_ndjson
+from contracts import layout
+from contracts.pipeline import FileState, MigrationInput, MigrationResult, OperatorCommand, PlanInput
+from contracts.records import ImportedInstance, InstanceRecord
+from tests.conftest import emulator_admin
 from tests.support.dicom import make_instance, uid
 from workflows.batch import ImportBatchWorkflow
 from workflows.migration import MigrationWorkflow
@@ -82,8 +89,7 @@ class TestSourceChanged:
         assert [k.rsplit("/", 1)[1] for k in staged] == ["0.dcm"]  # the changed file never reached the job
 
     async def test_a_batch_whose_every_source_changed_starts_no_job(
-            self, client: Client, worker: Worker, buckets: dict[str, Any], datastore_id: str,
-            ) -> None:
+            self, client: Client, worker: Worker, buckets: dict[str, Any], datastore_id: str) -> None:
         s3, src, work = buckets["s3"], buckets["source"], buckets["work"]
         study, series = uid(), uid()
         s3.put_object(Bucket=src, Key="all/0.dcm", Body=make_instance(study, series))
@@ -186,3 +192,39 @@ class TestAcrossMigrations:
                 summary["non_primary_not_predicted"]) == (1, 1, 0)
         progress = await client.get_workflow_handle(wid).query(MigrationWorkflow.progress)
         assert progress.predicted_non_primary == 1 and progress.non_primary_image_sets == 1
+
+
+class TestImportIndex:
+    """Planning's reading of the data store's import index, against moto and the emulator (activity level)."""
+
+    def _index(self, s3: Any, work: str, datastore_id: str, rows: list[ImportedInstance]) -> None:
+        put_ndjson(s3, layout.imported_index(work, datastore_id, "mig-earlier", 0), rows)
+
+    def test_entries_whose_image_set_is_gone_are_ignored_and_throttling_is_retried(
+            self, buckets: dict[str, Any], datastore_id: str, medical_imaging: Any, emulator_url: str) -> None:
+        s3, work = buckets["s3"], f"s3://{buckets['work']}/w/"
+        inst = InstanceRecord(key="k.dcm", size=1, etag="e", sop_instance_uid="1.2.3", study_instance_uid="1.2",
+                              series_instance_uid="1.2.4", transfer_syntax_uid="1.2.840.10008.1.2.1",
+                              sop_class_uid="1.2.840.10008.5.1.4.1.1.2", patient_fingerprint="p",
+                              study_fingerprint="s", series_fingerprint="se", content_id="1:e:h")
+        self._index(s3, work, datastore_id, [ImportedInstance(
+            sop_instance_uid="1.2.3", content_id="1:e:h", image_set_id="0" * 32, is_primary=True,
+            study_instance_uid="1.2", series_instance_uid="1.2.4", attributes_fingerprint="p/s/se",
+            migration_id="mig-earlier", batch=0)])
+        plan_input = PlanInput(migration_id="mig-now", source_s3_uri="s3://src/", work_s3_uri=work, pages=0,
+                               max_files_per_batch=10, max_bytes_per_batch=10**6, datastore_id=datastore_id)
+        activities = PlanActivities(s3, medical_imaging)
+        # Two throttles: the client's own retry (botocore retries a throttled call once here) meets the second.
+        emulator_admin(emulator_url, "faults", {"kind": "throttle", "operation": "GetImageSet", "count": 2})
+        with pytest.raises(ApplicationError) as raised:
+            activities._read_index(plan_input, [inst])
+        assert raised.value.type == "ThrottlingException" and not raised.value.non_retryable  # the activity retries
+        assert all(f["remaining"] == 0 for f in emulator_admin(emulator_url, "faults")["faults"]
+                   if f.get("operation") == "GetImageSet")
+        index = activities._read_index(plan_input, [inst])  # the retry: the image set does not exist
+        assert index.instances == {} and index.series == {}
+        # Without the existence check (no HealthImaging client) the entry would have counted.
+        assert set(PlanActivities(s3)._read_index(plan_input, [inst]).instances) == {"1.2.3"}
+        # The own migration's index is never "earlier".
+        own = plan_input.model_copy(update={"migration_id": "mig-earlier"})
+        assert PlanActivities(s3)._read_index(own, [inst]).instances == {}
