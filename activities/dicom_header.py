@@ -4,6 +4,12 @@
 off the end of a prefix that is shorter than the object. It also catches the truncations that
 ``dcmread(stop_before_pixels=True)`` silently accepts (research/dicom.md §3.4): a short read inside the header,
 and a Pixel Data element whose declared length runs past the end of the object.
+
+Beyond pydicom's own parse it checks, cheaply and from raw bytes, what a header-only read otherwise misses: the
+meta group length, the byte order and VR encoding against the Transfer Syntax, element order and duplicates,
+defined-length sequence items, Pixel Data size against the image attributes, character sets, dates and identity
+values. Bytes after Pixel Data are judged by :func:`check_tail` (here when ``buf`` holds them, else by the
+caller, which fetches at most ``TAIL_CAP`` of them). Each problem is a :class:`Finding` with its own code.
 """
 
 from __future__ import annotations
