@@ -122,16 +122,19 @@ def _get(ds: Dataset, name: str) -> Any:
         return None
 
 
+def _element(ds: Dataset, name: str) -> Any:
+    """The stored element (raw or converted) of ``name``, or None; a plain dict lookup by tag."""
+    return ds._dict.get(_TAGS[name])  # type: ignore[call-overload]
+
+
 def _raw(ds: Dataset, name: str) -> bytes | None:
     """The stored bytes of an element, without pydicom's value conversion (which costs more than the parse).
 
-    ``get_item`` hands back the raw element read from the file; elements pydicom already converted (the file
-    meta) are re-encoded from their value.
+    The dataset's own element dict holds the raw element read from the file (``get_item`` would return the same
+    after a Tag conversion per call); elements pydicom already converted (the file meta) are re-encoded from
+    their value.
     """
-    try:
-        elem = ds.get_item(_TAGS[name])
-    except Exception:
-        return None
+    elem = _element(ds, name)
     if elem is None:
         return None
     value = elem.value
@@ -192,6 +195,7 @@ def _fragments_end(buf: bytes, start: int, little: bool) -> int | None:
 
 
 _LONG_VR_BYTES = (b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV")
+_LONG_VR_STR = frozenset(v.decode() for v in _LONG_VR_BYTES)
 
 
 def check_tail(tail: bytes, implicit: bool = False, little: bool = True) -> Finding | None:
@@ -277,31 +281,42 @@ def _structure(ds: Dataset, buf: bytes, tsuid: str | None, f: list[Finding]) -> 
             f.append(_finding("ts_mismatch", f"the dataset is encoded {_encoding_name(raws[0].is_implicit_VR, raws[0].is_little_endian)} "
                               f"but its Transfer Syntax {tsuid} says {_encoding_name(implicit, little)}",
                               "TransferSyntaxUID"))
-    prev_end: int | None = None
+    prev_end = -1  # -1: the previous element's extent is not known (converted, or undefined length)
     prev_tag = -1
+    odd: list[int] = []
+    bad_order: int | None = None
     for raw in ds._dict.values():  # insertion order is file order
-        tag = int(raw.tag)  # BaseTag's comparisons are Python-level; plain ints keep this loop cheap
+        tag = raw.tag.real  # a plain int: BaseTag's comparisons are Python-level
         if tag <= prev_tag:
-            f.append(_finding("element_order", "elements are not in ascending tag order or an element appears "
-                              f"twice (at ({raw.tag >> 16:04X},{raw.tag & 0xFFFF:04X}))"))
+            bad_order = tag
             break
         prev_tag = tag
-        if not isinstance(raw, RawDataElement):
-            prev_end = None  # already converted (sequences): its extent is not at hand
+        if type(raw) is not RawDataElement:
+            prev_end = -1  # already converted (sequences): its extent is not at hand
             continue
-        explicit_long = not raw.is_implicit_VR and raw.VR is not None and raw.VR.encode() in _LONG_VR_BYTES
-        if prev_end is not None and raw.value_tell - (12 if explicit_long else 8) != prev_end:
-            # A duplicated element keeps its first position but its last value, leaving a gap here.
-            f.append(_finding("element_order", "elements are not in ascending tag order or an element appears "
-                              f"twice (before ({raw.tag >> 16:04X},{raw.tag & 0xFFFF:04X}))"))
+        tell, length = raw.value_tell, raw.length
+        if prev_end >= 0 and tell - (8 if raw.is_implicit_VR or raw.VR not in _LONG_VR_STR else 12) != prev_end:
+            bad_order = tag  # a duplicated element keeps its first position but its last value: a gap here
             break
-        prev_end = None if raw.length == 0xFFFFFFFF else raw.value_tell + raw.length
-        if raw.length != 0xFFFFFFFF and raw.length % 2:
-            f.append(_finding("odd_length", f"element ({raw.tag >> 16:04X},{raw.tag & 0xFFFF:04X}) has an odd "
-                              f"value length ({raw.length})", severity=Severity.WARNING))
-        if raw.VR == "SQ" and raw.length != 0xFFFFFFFF and raw.value and not _items_fit(raw.value, raw.is_little_endian):
-            f.append(_finding("bad_sequence", f"sequence ({raw.tag >> 16:04X},{raw.tag & 0xFFFF:04X}) has an item "
-                              "whose length runs past the end of the sequence"))
+        if length == 0xFFFFFFFF:
+            prev_end = -1
+            continue
+        prev_end = tell + length
+        if length & 1:
+            odd.append(tag)
+        if raw.VR == "SQ" and raw.value and not _items_fit(raw.value, raw.is_little_endian):
+            f.append(_finding("bad_sequence", f"sequence {_tag_text(tag)} has an item whose length runs past the "
+                              "end of the sequence"))
+    if bad_order is not None:
+        f.append(_finding("element_order", "elements are not in ascending tag order or an element appears twice "
+                          f"(at {_tag_text(bad_order)})"))
+    if odd:
+        f.append(_finding("odd_length", f"{len(odd)} element(s) have an odd value length, first {_tag_text(odd[0])}",
+                          severity=Severity.WARNING))
+
+
+def _tag_text(tag: int) -> str:
+    return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
 
 
 def _items_fit(value: bytes, little: bool) -> bool:
@@ -432,10 +447,7 @@ def _check_pixel_extent(buf: bytes, total_size: int, pixel: _Pixel, result: Head
 
 def _uint(ds: Dataset, name: str) -> int | None:
     """An US or IS value straight from the raw element (pydicom's conversion costs more than the whole check)."""
-    try:
-        elem = ds.get_item(_TAGS[name])
-    except Exception:
-        return None
+    elem = _element(ds, name)
     if elem is None:
         return None
     value = elem.value
@@ -523,11 +535,7 @@ def _values(ds: Dataset, f: list[Finding]) -> None:
 
 def _charsets(ds: Dataset) -> list[str]:
     """The Specific Character Set terms (pydicom converts this element while reading, so it may be a list)."""
-    try:
-        elem = ds.get_item(_TAGS["SpecificCharacterSet"])
-    except Exception:
-        return []
-    value = getattr(elem, "value", None)
+    value = getattr(_element(ds, "SpecificCharacterSet"), "value", None)
     if isinstance(value, bytes | bytearray):
         value = bytes(value).decode("ascii", "replace").split("\\")
     elif isinstance(value, str):
