@@ -63,6 +63,7 @@ _TAGS: dict[str, int] = {
     for name in ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality",
                  "TransferSyntaxUID", "MediaStorageSOPClassUID", "MediaStorageSOPInstanceUID",
                  "SpecificCharacterSet", "Rows", "Columns", "BitsAllocated", "SamplesPerPixel", "NumberOfFrames",
+                 "PhotometricInterpretation",
                  *PATIENT_ATTRS, *STUDY_ATTRS, *SERIES_ATTRS,
                  *LENGTH_LIMITS)
 }
@@ -196,6 +197,7 @@ def _fragments_end(buf: bytes, start: int, little: bool) -> int | None:
 
 _LONG_VR_BYTES = (b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV")
 _LONG_VR_STR = frozenset(v.decode() for v in _LONG_VR_BYTES)
+_VR_BYTES = frozenset(v.encode() for v in _VRS)
 
 
 def check_tail(tail: bytes, implicit: bool = False, little: bool = True) -> Finding | None:
@@ -235,8 +237,12 @@ def check_tail(tail: bytes, implicit: bool = False, little: bool = True) -> Find
                     f"elements or zero padding (first bad byte at offset {pos} of the tail)", "PixelData")
 
 
-def _meta_group(buf: bytes) -> tuple[int | None, int]:
-    """(declared File Meta Information Group Length or None, actual length of the meta group after it)."""
+def _meta_group(buf: bytes) -> tuple[int | None, int] | None:
+    """(declared File Meta Information Group Length or None, actual length of the meta group after it).
+
+    None when the meta group is not explicit VR little endian (some old writers used implicit VR there; pydicom
+    reads it, and its length cannot be walked the standard way).
+    """
     pos = 132
     declared: int | None = None
     first = None
@@ -245,6 +251,8 @@ def _meta_group(buf: bytes) -> tuple[int | None, int]:
         if group != 2:
             break
         vr = buf[pos + 4:pos + 6]
+        if vr not in _VR_BYTES:
+            return None
         if vr in _LONG_VR_BYTES:
             if pos + 12 > len(buf):
                 break
@@ -260,8 +268,9 @@ def _meta_group(buf: bytes) -> tuple[int | None, int]:
 
 def _structure(ds: Dataset, buf: bytes, tsuid: str | None, f: list[Finding]) -> None:
     """Byte-level problems pydicom reads past: meta group length, TS vs actual encoding, order, duplicates."""
-    if buf[128:132] == b"DICM":
-        declared, actual = _meta_group(buf)
+    meta = _meta_group(buf) if buf[128:132] == b"DICM" else None
+    if meta is not None:
+        declared, actual = meta
         if declared is None:
             f.append(_finding("meta_group_length_missing", "File Meta Information Group Length (0002,0000) is "
                               "missing", "FileMetaInformationGroupLength", Severity.WARNING))
@@ -470,6 +479,8 @@ def _pixel_size(ds: Dataset, length: int, f: list[Finding]) -> None:
     if not rows or not cols or not bits:
         return
     samples, frames = _uint(ds, "SamplesPerPixel") or 1, _uint(ds, "NumberOfFrames") or 1
+    if (_raw(ds, "PhotometricInterpretation") or b"").endswith(b"_422"):
+        samples = 2  # YBR_FULL_422 / YBR_PARTIAL_422: two chroma samples shared by each pair of pixels
     expected = (rows * cols * samples * frames * bits + 7) // 8
     if length < expected:
         f.append(_finding("pixel_data_size", f"Pixel Data holds {length} bytes but Rows, Columns, BitsAllocated, "

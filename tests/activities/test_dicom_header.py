@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import gzip
+import io
+import struct
 
+import pydicom
 import pytest
 from pydicom.data import get_testdata_file
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
 
 from activities.dicom_header import parse_header
 from tests.support.dicom import make_instance, uid
@@ -91,3 +96,38 @@ class TestParseHeader:
         b, _ = _parse_like_s3(make_instance(study, series, patient_id="SYNTH-B"))
         assert a.values["patient_fingerprint"] != b.values["patient_fingerprint"]
         assert "SYNTH" not in repr(a.values)
+
+
+def _implicit_meta(data: bytes) -> bytes:
+    """``data`` with its File Meta Information rewritten in implicit VR (as some old writers did)."""
+    ds = pydicom.dcmread(io.BytesIO(data))
+    meta = DicomBytesIO()
+    meta.is_little_endian, meta.is_implicit_VR = True, True
+    write_dataset(meta, ds.file_meta)
+    group_length = struct.pack("<HHI", 2, 0, 4) + struct.pack("<I", len(meta.getvalue()))
+    (declared,) = struct.unpack_from("<I", data, 140)
+    return data[:132] + group_length + meta.getvalue() + data[144 + declared:]
+
+
+def test_an_implicit_vr_meta_group_is_not_a_wrong_group_length() -> None:
+    data = _implicit_meta(make_instance(uid(), uid()))
+    assert data[136:138] != b"UL"  # really implicit: no VR after the group length tag
+    result, _ = _parse_like_s3(data)
+    assert result.readable
+    assert not {"meta_group_length", "meta_group_length_missing"} & {f.code for f in result.findings}
+
+
+def test_ybr_422_pixel_data_is_two_samples_per_pixel() -> None:
+    ds = pydicom.dcmread(io.BytesIO(make_instance(uid(), uid())))
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "YBR_FULL_422", 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+    ds.PixelData = b"\x80" * (ds.Rows * ds.Columns * 2)
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    result, _ = _parse_like_s3(buf.getvalue())
+    assert "pixel_data_size" not in [f.code for f in result.findings]
+    ds.PixelData = b"\x80" * (ds.Rows * ds.Columns)  # now really short
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    result, _ = _parse_like_s3(buf.getvalue())
+    assert "pixel_data_size" in [f.code for f in result.findings]
