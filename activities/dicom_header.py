@@ -228,11 +228,21 @@ def check_tail(tail: bytes, implicit: bool = False, little: bool = True) -> Find
             (length,), header = struct.unpack_from(endian + "H", tail, pos + 6), 8
         else:
             break
+        if length == 0xFFFFFFFF and (implicit or vr in (b"SQ", b"UN")):
+            # e.g. a Digital Signatures Sequence (FFFA,FFFA): skip to its Sequence Delimitation Item
+            delimiter = struct.pack(endian + "HHI", 0xFFFE, 0xE0DD, 0)
+            end = tail.find(delimiter, pos + header)
+            if end < 0:
+                break
+            pos, last = end + 8, tag
+            continue
         if length == 0xFFFFFFFF or pos + header + length > len(tail):
             break
         pos, last = pos + header + length, tag
     else:
         return None
+    if not tail[pos:].strip(b"\0"):
+        return None  # zero padding after the last element (files padded to a block size)
     return _finding("trailing_garbage", f"{len(tail)} bytes after the end of Pixel Data are not well-formed DICOM "
                     f"elements or zero padding (first bad byte at offset {pos} of the tail)", "PixelData")
 

@@ -12,7 +12,7 @@ from pydicom.data import get_testdata_file
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 
-from activities.dicom_header import parse_header
+from activities.dicom_header import check_tail, parse_header
 from tests.support.dicom import make_instance, uid
 
 
@@ -131,3 +131,15 @@ def test_ybr_422_pixel_data_is_two_samples_per_pixel() -> None:
     ds.save_as(buf, enforce_file_format=True)
     result, _ = _parse_like_s3(buf.getvalue())
     assert "pixel_data_size" in [f.code for f in result.findings]
+
+
+def test_tail_elements_of_undefined_length_are_walked() -> None:
+    """A Digital Signatures Sequence of undefined length after Pixel Data is well formed; unterminated it is not."""
+    item = struct.pack("<HHI", 0xFFFE, 0xE000, 8) + struct.pack("<HH2sH", 0x0400, 0x0005, b"US", 2) + b"\x01\x00"
+    sequence = struct.pack("<HH2sHI", 0xFFFA, 0xFFFA, b"SQ", 0, 0xFFFFFFFF) + item
+    delimiter = struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+    assert check_tail(sequence + delimiter) is None
+    assert check_tail(sequence + delimiter + b"\0" * 6) is None  # zero padding after it
+    assert check_tail(sequence + delimiter + b"\x01" * 6) is not None  # bytes after it that are not an element
+    finding = check_tail(sequence)
+    assert finding is not None and finding.code == "trailing_garbage"
