@@ -18,12 +18,12 @@ from botocore.exceptions import ClientError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.errors import classify
+from activities.errors import classify, error_code
 from activities.heartbeat import current, keeps_alive
-from activities.storage import get_bytes, list_objects, read_models
+from activities.storage import get_bytes, list_objects, put_ndjson, read_models
 from contracts import layout
-from contracts.pipeline import BatchInput, BatchPlan, ImportJobRef
-from contracts.records import InstanceRecord
+from contracts.pipeline import BatchInput, BatchPlan, FileState, ImportJobRef
+from contracts.records import InstanceRecord, LedgerEntry
 from contracts.s3uri import parse_s3_uri
 
 
@@ -42,6 +42,39 @@ def staged_key(staging_prefix: str, source_key: str) -> str:
     return staging_prefix + source_key
 
 
+def _plain_md5(etag: str) -> bool:
+    return len(etag) == 32 and "-" not in etag
+
+
+def source_changed(s3: Any, bucket: str, key: str, source_bucket: str, inst: InstanceRecord) -> str | None:
+    """Copy one source object to ``bucket/key`` only if it is still the object that was validated.
+
+    ``CopySourceIfMatch`` makes S3 refuse the copy (412) when the source was rewritten since the inventory. Some
+    S3 implementations ignore that header (moto 5.2 does), so the copy's own ETag is compared as well where
+    it is comparable: a single-part source not under SSE-KMS, whose ETag is the MD5 of its bytes. A copy that
+    turns out stale is deleted, so the import job never reads it. Returns the reason when the source changed.
+    """
+    extra = {"CopySourceIfMatch": f'"{inst.etag}"'} if inst.etag else {}
+    try:
+        resp = s3.copy_object(Bucket=bucket, Key=key, CopySource={"Bucket": source_bucket, "Key": inst.key}, **extra)
+    except ClientError as err:
+        code = error_code(err)
+        if code in ("PreconditionFailed", "412"):
+            reason = "the source object was rewritten after it was validated (its ETag changed); not imported"
+        elif code in ("NoSuchKey", "404"):
+            reason = "the source object was deleted after it was validated; not imported"
+        else:
+            raise
+        s3.delete_object(Bucket=bucket, Key=key)  # an earlier attempt may have staged the old bytes
+        return reason
+    copied = str((resp.get("CopyObjectResult") or {}).get("ETag", "")).strip('"')
+    if (inst.etag and copied and _plain_md5(inst.etag) and _plain_md5(copied)
+            and resp.get("ServerSideEncryption") != "aws:kms" and copied != inst.etag):
+        s3.delete_object(Bucket=bucket, Key=key)
+        return "the source object was rewritten after it was validated (its content changed); not imported"
+    return None
+
+
 class ImportActivities:
     def __init__(self, s3: Any, medical_imaging: Any, default_role_arn: str, concurrency: int = 8) -> None:
         self._s3 = s3
@@ -49,26 +82,34 @@ class ImportActivities:
         self._role = default_role_arn
         self._concurrency = concurrency
 
-    def _stage(self, batch: BatchInput, files: list[InstanceRecord]) -> str:
+    def _stage(self, batch: BatchInput, files: list[InstanceRecord]) -> tuple[str, list[LedgerEntry]]:
+        """Copy every file into the batch's staging prefix; files whose source changed are left out and returned."""
         staging = layout.staging_prefix(batch.work_s3_uri, batch.migration_id, batch.batch, batch.part)
         source_bucket = parse_s3_uri(batch.source_s3_uri, field="source_s3_uri").bucket
         done = 0
         lock = threading.Lock()
         keep = current()  # captured here: the pool threads below have no activity context
 
-        def copy(inst: InstanceRecord) -> None:
+        def copy(inst: InstanceRecord) -> LedgerEntry | None:
             nonlocal done
             # Copying again is harmless: same source, same key, same bytes.
-            self._s3.copy_object(Bucket=staging.bucket, Key=staged_key(staging.key, inst.key),
-                                 CopySource={"Bucket": source_bucket, "Key": inst.key})
+            key = staged_key(staging.key, inst.key)
+            changed = source_changed(self._s3, staging.bucket, key, source_bucket, inst)
             with lock:
                 done += 1
                 if keep and done % 100 == 0:
                     keep.record(done)
+            if changed is None:
+                return None
+            return LedgerEntry(key=inst.key, state=FileState.FAILED, size=inst.size, batch=batch.batch,
+                               code="SourceChanged", reason=changed)
 
         with ThreadPoolExecutor(self._concurrency) as pool:
-            list(pool.map(copy, files))
-        return staging.uri
+            changed = [e for e in pool.map(copy, files) if e is not None]
+        # Rewritten whole on every attempt, so a retried activity never records a file twice.
+        put_ndjson(self._s3, layout.ledger_for_source_changed(batch.work_s3_uri, batch.migration_id, batch.batch,
+                                                              batch.part), changed)
+        return staging.uri, changed
 
     def _folder_unchanged(self, folder_uri: str, files: list[InstanceRecord]) -> bool:
         """True when the folder still holds exactly the validated objects (same keys, same ETags).
@@ -90,12 +131,18 @@ class ImportActivities:
                 raise ApplicationError(f"batch {batch.batch} has no files", type="EmptyBatch", non_retryable=True)
             plan = BatchPlan.model_validate_json(
                 get_bytes(self._s3, layout.batch_meta(batch.work_s3_uri, batch.migration_id, batch.batch, batch.part)))
+            changed: list[LedgerEntry] = []
             if plan.direct_input_s3_uri and self._folder_unchanged(plan.direct_input_s3_uri, files):
                 input_uri, key_prefix = plan.direct_input_s3_uri, ""
             else:
-                input_uri = self._stage(batch, files)
+                input_uri, changed = self._stage(batch, files)
                 key_prefix = parse_s3_uri(input_uri).key
             output = layout.import_output_prefix(batch.work_s3_uri, batch.migration_id, batch.batch, batch.part)
+            if len(changed) == len(files):
+                # Nothing left to import: no job (a job over an empty prefix would fail), the ledger says why.
+                return ImportJobRef(datastore_id=batch.datastore_id, job_id="", input_s3_uri=input_uri,
+                                    input_key_prefix=key_prefix, staged_files=0, output_s3_uri=output.uri,
+                                    source_changed=len(changed))
             resp = self._mi.start_dicom_import_job(
                 jobName=job_name(batch),
                 datastoreId=batch.datastore_id,
@@ -107,5 +154,6 @@ class ImportActivities:
         except ClientError as err:
             raise classify(err, f"starting the import job of batch {batch.batch}") from None
         return ImportJobRef(datastore_id=batch.datastore_id, job_id=resp["jobId"], input_s3_uri=input_uri,
-                            input_key_prefix=key_prefix, direct=plan.direct_input_s3_uri is not None,
-                            staged_files=len(files), output_s3_uri=output.uri)
+                            input_key_prefix=key_prefix, direct=plan.direct_input_s3_uri is not None and not key_prefix,
+                            staged_files=len(files) - len(changed), output_s3_uri=output.uri,
+                            source_changed=len(changed))

@@ -1,7 +1,9 @@
 """parse: header-only reads of one inventory page.
 
 One ranged GET of the first 64 KiB per file; the object's total size comes from ``Content-Range`` (no HEAD),
-and a second, larger GET happens only when the header is longer than the first range.
+and a second, larger GET happens only when the header is longer than the first range. When the header walk
+shows bytes after the end of Pixel Data that were not read, and at most ``TAIL_CAP`` of them, one more ranged GET
+fetches just that tail to check it is padding or well-formed elements (not garbage).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 from temporalio import activity
 
-from activities.dicom_header import parse_header
+from activities.dicom_header import TAIL_CAP, check_tail, parse_header
 from activities.errors import classify, error_code
 from activities.heartbeat import current, keeps_alive
 from activities.storage import put_ndjson, read_models
@@ -99,6 +101,14 @@ class ParseActivities:
             break
         record.size = total
         counter[1] += len(buf)
+        if result.tail_start is not None and total - result.tail_start <= TAIL_CAP:
+            # Bytes follow Pixel Data beyond what was read (padding, a private group, or garbage): one more ranged
+            # GET of just that tail, so a header-only read still catches garbage after the dataset.
+            tail = self._tail(bucket, entry.key, result.tail_start, total, counter)
+            if tail is not None:
+                finding = check_tail(tail, *result.tail_encoding)
+                if finding:
+                    result.findings.append(finding)
         if result.readable and result.header_bytes < len(buf):
             sizer.saw(result.header_bytes)
         record.readable = result.readable
@@ -108,6 +118,18 @@ class ParseActivities:
         for name, value in result.values.items():
             setattr(record, name, value)
         return record
+
+    def _tail(self, bucket: str, key: str, start: int, total: int, counter: list[int]) -> bytes | None:
+        try:
+            resp = self._s3.get_object(Bucket=bucket, Key=key, Range=f"bytes={start}-{total - 1}")
+        except ClientError as err:
+            if error_code(err) in ("NoSuchKey", "404", "InvalidRange"):
+                return None  # changed since it was listed: staging's ETag check reports it
+            raise
+        counter[0] += 1
+        body: bytes = resp["Body"].read()
+        counter[1] += len(body)
+        return body
 
     @activity.defn(name="parse_headers")
     @keeps_alive

@@ -8,15 +8,20 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
+from botocore.exceptions import ClientError
 from temporalio import activity
 
+from activities.errors import BACKOFF_CODES, classify, error_code
 from activities.heartbeat import current, keeps_alive
-from activities.storage import put_bytes, put_ndjson, read_models
+from activities.review import source_changed_keys
+from activities.storage import iter_ndjson, list_objects, put_bytes, put_ndjson, read_models
 from contracts import layout
 from contracts.pipeline import BatchInput, BatchPlan, FileState, PlanInput, PlanResult
-from contracts.records import InstanceRecord, InventoryEntry, LedgerEntry
+from contracts.records import ImportedInstance, InstanceRecord, InventoryEntry, LedgerEntry
 from contracts.s3uri import S3Location, parse_s3_uri
 
 
@@ -46,15 +51,73 @@ def deduplicate(instances: list[InstanceRecord]) -> tuple[list[InstanceRecord], 
     return kept, ledger
 
 
-def predict_non_primary(instances: list[InstanceRecord]) -> int:
-    """Files whose series already arrived with other patient/study/series attributes in this source."""
+def attributes_fingerprint(inst: InstanceRecord) -> str:
+    """The attributes HealthImaging compares within a series, as one fingerprint (no patient values)."""
+    return f"{inst.patient_fingerprint}/{inst.study_fingerprint}/{inst.series_fingerprint}"
+
+
+@dataclass
+class ImportedIndex:
+    """What the data store already holds from earlier migrations, restricted to this migration's instances.
+
+    Only SOP Instance UIDs and series present in this source are kept, so memory follows this migration's
+    size, not the data store's.
+    """
+
+    instances: dict[str, ImportedInstance] = field(default_factory=dict)  # sop uid -> where it was imported
+    series: dict[tuple[str, str], ImportedInstance] = field(default_factory=dict)  # a primary instance per series
+
+
+def skip_already_imported(instances: list[InstanceRecord],
+                          index: ImportedIndex) -> tuple[list[InstanceRecord], list[LedgerEntry]]:
+    """Instances the data store already holds: the same content is ``skipped_duplicate``; other content under an
+    already imported SOP Instance UID is ``rejected`` (importing it would silently replace the earlier instance
+    in its image set, so a person decides)."""
+    kept: list[InstanceRecord] = []
+    ledger: list[LedgerEntry] = []
+    for inst in instances:
+        hit = index.instances.get(inst.sop_instance_uid)
+        if hit is None:
+            kept.append(inst)
+        elif hit.content_id == inst.content_id:
+            ledger.append(LedgerEntry(
+                key=inst.key, state=FileState.SKIPPED_DUPLICATE, size=inst.size, code="already_imported",
+                duplicate_of=hit.migration_id, image_set_id=hit.image_set_id, is_primary=hit.is_primary,
+                reason=f"already imported unchanged by migration {hit.migration_id} into image set "
+                       f"{hit.image_set_id}; not imported again"))
+        else:
+            ledger.append(LedgerEntry(
+                key=inst.key, state=FileState.REJECTED, size=inst.size, code="conflicting_already_imported",
+                duplicate_of=hit.migration_id,
+                reason=f"migration {hit.migration_id} already imported this SOP Instance UID with different "
+                       f"content (image set {hit.image_set_id}); importing it would replace that instance, so "
+                       "it needs review"))
+    return kept, ledger
+
+
+def predict_non_primary(instances: list[InstanceRecord], held: dict[tuple[str, str], ImportedInstance] | None = None) -> int:
+    """Mark, per file, whether it is expected to land in a non-primary image set; return how many are.
+
+    A series the data store already holds (``held``, from the import index) keeps its attributes; within this
+    source the first file of a series (by key) sets them. A file whose patient/study/series attributes differ
+    from those is predicted non-primary, with the reason on the file.
+    """
+    held = held or {}
     seen: dict[tuple[str, str], str] = {}
     count = 0
     for inst in sorted(instances, key=lambda i: i.key):
-        fp = f"{inst.patient_fingerprint}/{inst.study_fingerprint}/{inst.series_fingerprint}"
+        fp = attributes_fingerprint(inst)
         series = (inst.study_instance_uid, inst.series_instance_uid)
-        if seen.setdefault(series, fp) != fp:
-            count += 1
+        earlier = held.get(series)
+        if earlier is not None and earlier.attributes_fingerprint != fp:
+            inst.predicted_non_primary = True
+            inst.prediction_reason = (f"the data store already holds this series (image set {earlier.image_set_id}, "
+                                      f"migration {earlier.migration_id}) with other patient/study/series attributes")
+        elif earlier is None and seen.setdefault(series, fp) != fp:
+            inst.predicted_non_primary = True
+            inst.prediction_reason = ("an earlier file of this series in this source has other patient/study/series "
+                                      "attributes")
+        count += inst.predicted_non_primary
     return count
 
 
@@ -130,8 +193,59 @@ def halves(files: list[InstanceRecord]) -> tuple[list[InstanceRecord], list[Inst
 
 
 class PlanActivities:
-    def __init__(self, s3: Any) -> None:
+    def __init__(self, s3: Any, medical_imaging: Any = None) -> None:
         self._s3 = s3
+        self._mi = medical_imaging
+
+    def _read_index(self, input: PlanInput, instances: list[InstanceRecord]) -> ImportedIndex:
+        """The data store's import index, one object at a time, kept only where it meets this source."""
+        index = ImportedIndex()
+        if not input.datastore_id:
+            return index
+        sops = {i.sop_instance_uid for i in instances}
+        series = {(i.study_instance_uid, i.series_instance_uid) for i in instances}
+        prefix = layout.imported_index_prefix(input.work_s3_uri, input.datastore_id)
+        own = prefix.join(input.migration_id).key + "/"
+        try:
+            for obj in list_objects(self._s3, prefix):
+                if obj["Key"].startswith(own):
+                    continue  # this migration's own batches (a re-run) are not "earlier"
+                for row in iter_ndjson(self._s3, S3Location(prefix.bucket, obj["Key"])):
+                    entry = ImportedInstance.model_validate(row)
+                    if entry.sop_instance_uid in sops:
+                        index.instances[entry.sop_instance_uid] = entry
+                    key = (entry.study_instance_uid, entry.series_instance_uid)
+                    if entry.is_primary and key in series:
+                        index.series[key] = entry
+                if keep := current():
+                    keep.record(obj["Key"])
+        except ClientError as err:
+            raise classify(err, "reading the data store's import index") from None
+        gone = self._missing_image_sets(input.datastore_id, {e.image_set_id for e in
+                                                              (*index.instances.values(), *index.series.values())})
+        index.instances = {k: v for k, v in index.instances.items() if v.image_set_id not in gone}
+        index.series = {k: v for k, v in index.series.items() if v.image_set_id not in gone}
+        return index
+
+    def _missing_image_sets(self, datastore_id: str, image_set_ids: Iterable[str]) -> set[str]:
+        """Image sets the index names that no longer exist (e.g. discarded in reconciliation): their files are
+        imported again. One GetImageSet per distinct image set; throttling is retried by the activity."""
+        gone: set[str] = set()
+        if self._mi is None:
+            return gone
+        for image_set_id in sorted(image_set_ids):
+            try:
+                props = self._mi.get_image_set(datastoreId=datastore_id, imageSetId=image_set_id)
+            except ClientError as err:
+                if error_code(err) in BACKOFF_CODES:
+                    raise classify(err, "checking image sets of the import index") from None
+                if error_code(err) == "ResourceNotFoundException":
+                    gone.add(image_set_id)
+                    continue
+                raise classify(err, "checking image sets of the import index") from None
+            if props.get("imageSetState") == "DELETED":
+                gone.add(image_set_id)
+        return gone
 
     @activity.defn(name="split_batch")
     @keeps_alive
@@ -139,6 +253,9 @@ class PlanActivities:
         """Write the two halves of a batch whose import job FAILED (always staged: a half is never a whole folder)."""
         files = read_models(self._s3, layout.batch_manifest(batch.work_s3_uri, batch.migration_id, batch.batch),
                             InstanceRecord)
+        # Files already reported SourceChanged while staging the whole batch stay out of the halves.
+        changed = source_changed_keys(self._s3, batch)
+        files = [f for f in files if f.key not in changed]
         sizes = []
         for part, half in enumerate(halves(files), start=1):
             put_ndjson(self._s3, layout.batch_manifest(batch.work_s3_uri, batch.migration_id, batch.batch, part), half)
@@ -158,7 +275,11 @@ class PlanActivities:
                 self._s3, layout.normalized_page(input.work_s3_uri, input.migration_id, page), InstanceRecord))
             if keep := current():
                 keep.record(page)
+        index = self._read_index(input, instances)
         kept, ledger = deduplicate(instances)
+        kept, held = skip_already_imported(kept, index)
+        ledger += held
+        predicted = predict_non_primary(kept, index.series)
         batches = pack(kept, input.max_files_per_batch, input.max_bytes_per_batch)
         source = parse_s3_uri(input.source_s3_uri, field="source_s3_uri").as_prefix()
         inventory: list[str] = []
@@ -178,6 +299,7 @@ class PlanActivities:
                       plan.model_dump_json().encode(), "application/json")
         put_ndjson(self._s3, layout.ledger_for_plan(input.work_s3_uri, input.migration_id), ledger)
         conflicting = sum(1 for e in ledger if e.state is FileState.REJECTED)
+        held_conflicting = sum(1 for e in held if e.state is FileState.REJECTED)
         return PlanResult(batches=len(batches), direct_batches=direct, files=len(kept), duplicates=len(ledger) - conflicting,
-                          conflicting_duplicates=conflicting,
-                          predicted_non_primary=predict_non_primary(kept))
+                          conflicting_duplicates=conflicting, predicted_non_primary=predicted,
+                          already_imported=len(held) - held_conflicting, conflicting_already_imported=held_conflicting)

@@ -57,8 +57,10 @@ def build_report(inventory: list[InventoryEntry], ledger: list[LedgerEntry],
             reasons[f"{r.state.value}: {r.reason}"] += 1
     image_sets: dict[str, bool] = {}
     for r in rows:
-        if r.image_set_id:
+        if r.image_set_id and r.state is not FileState.SKIPPED_DUPLICATE:  # an earlier migration's image set
             image_sets[r.image_set_id] = bool(r.is_primary)
+    imported = [r for r in rows if r.state in (FileState.IMPORTED, FileState.IMPORTED_WITH_WARNINGS)]
+    predicted = [r for r in rows if r.predicted_non_primary]
     summary = {
         "files_total": len(rows),
         "bytes_total": sum(r.size for r in rows),
@@ -68,6 +70,12 @@ def build_report(inventory: list[InventoryEntry], ledger: list[LedgerEntry],
         "primary_image_sets": sum(1 for p in image_sets.values() if p),
         "non_primary_image_sets": sorted(k for k, p in image_sets.items() if not p),
         "jobs": sorted({r.job_id for r in rows if r.job_id}),
+        # Planning's per-file prediction against what review saw (isPrimary per imported file).
+        "predicted_non_primary": len(predicted),
+        "predicted_non_primary_confirmed": sum(1 for r in predicted if r.state in (FileState.IMPORTED, FileState.IMPORTED_WITH_WARNINGS) and r.is_primary is False),
+        "predicted_non_primary_not_confirmed": sum(1 for r in predicted if r.is_primary is True),
+        "non_primary_not_predicted": sum(1 for r in imported if r.is_primary is False and not r.predicted_non_primary),
+        "already_imported": sum(1 for r in rows if r.code == "already_imported"),
         "unaccounted": unaccounted,
         "cancelled": cancelled,
         "not_reached_before_cancel": not_reached,
@@ -79,11 +87,12 @@ def build_report(inventory: list[InventoryEntry], ledger: list[LedgerEntry],
 
 def _resolve_duplicate(row: LedgerEntry, by_key: dict[str, LedgerEntry]) -> LedgerEntry:
     """A copy is only `skipped_duplicate` if its original really was imported; otherwise it shares its fate."""
-    if row.state is not FileState.SKIPPED_DUPLICATE or not row.duplicate_of:
-        return row
+    if row.state is not FileState.SKIPPED_DUPLICATE or not row.duplicate_of or row.code == "already_imported":
+        return row  # (an earlier migration's import is checked at planning: its image set still exists)
     original = by_key.get(row.duplicate_of)
-    if original is None or original.state in (FileState.IMPORTED, FileState.IMPORTED_WITH_WARNINGS):
-        return row
+    if original is None or original.state in (FileState.IMPORTED, FileState.IMPORTED_WITH_WARNINGS,
+                                              FileState.SKIPPED_DUPLICATE):
+        return row  # (an original skipped as already in the data store: the copy is too, for the same reason)
     return row.model_copy(update={"state": original.state, "code": "DuplicateOfNotImported",
                                   "reason": f"identical copy of {row.duplicate_of}, which was not imported: "
                                             f"{original.reason or original.state.value}"})
@@ -95,6 +104,13 @@ def render_summary(migration_id: str, summary: dict[str, Any]) -> str:
         lines.append(f"  {state:<24}{n:>8}")
     lines.append(f"  image sets: {summary['image_sets']} ({summary['primary_image_sets']} primary, "
                  f"{len(summary['non_primary_image_sets'])} non-primary)")
+    if summary.get("predicted_non_primary"):
+        lines.append(f"  predicted non-primary before import: {summary['predicted_non_primary']} files "
+                     f"({summary['predicted_non_primary_confirmed']} confirmed, "
+                     f"{summary['predicted_non_primary_not_confirmed']} landed primary); "
+                     f"{summary['non_primary_not_predicted']} non-primary files were not predicted")
+    if summary.get("already_imported"):
+        lines.append(f"  already in the data store from earlier migrations (skipped): {summary['already_imported']}")
     if summary["non_primary_image_sets"]:
         lines.append("  non-primary image sets awaiting reconciliation: " + ", ".join(summary["non_primary_image_sets"]))
     if summary["reasons"]:

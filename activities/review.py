@@ -20,8 +20,8 @@ from activities.heartbeat import keeps_alive
 from activities.spotcheck import SpotChecker
 from activities.storage import get_bytes, is_missing, iter_ndjson, list_objects, put_ndjson, read_models
 from contracts import layout
-from contracts.pipeline import FailedBatchInput, FileState, ImageSetRef, ReviewInput, ReviewResult
-from contracts.records import InstanceRecord, LedgerEntry
+from contracts.pipeline import BatchInput, FailedBatchInput, FileState, ImageSetRef, ReviewInput, ReviewResult
+from contracts.records import ImportedInstance, InstanceRecord, LedgerEntry
 from contracts.s3uri import S3Location, parse_s3_uri
 
 
@@ -135,16 +135,30 @@ class ReviewActivities:
         batch, job = input.batch, input.job
         files = read_models(self._s3, layout.batch_manifest(batch.work_s3_uri, batch.migration_id, batch.batch,
                                                             batch.part), InstanceRecord)
+        # Files whose source changed before staging have their own ledger (SourceChanged): counted, not reviewed.
+        changed = source_changed_keys(self._s3, batch)
+        files = [f for f in files if f.key not in changed]
         output = self._read_output(parse_s3_uri(input.outcome.output_s3_uri, field="outputS3Uri").as_prefix())
         prefix = job.input_key_prefix
         failed = input.outcome.status == "FAILED"
         ledger: list[LedgerEntry] = []
+        imported: list[ImportedInstance] = []
         refs: dict[str, ImageSetRef] = {}
         for inst in files:
             entry = classify_file(prefix + inst.key, output, failed, input.outcome.message)
             entry = entry.model_copy(update={"key": inst.key, "size": inst.size, "batch": batch.batch,
-                                             "job_id": job.job_id})
+                                             "job_id": job.job_id,
+                                             "predicted_non_primary": inst.predicted_non_primary or None,
+                                             "prediction_reason": inst.prediction_reason})
             ledger.append(entry)
+            if entry.image_set_id and entry.state in (FileState.IMPORTED, FileState.IMPORTED_WITH_WARNINGS):
+                imported.append(ImportedInstance(
+                    sop_instance_uid=inst.sop_instance_uid, content_id=inst.content_id,
+                    image_set_id=entry.image_set_id, is_primary=bool(entry.is_primary),
+                    study_instance_uid=inst.study_instance_uid, series_instance_uid=inst.series_instance_uid,
+                    attributes_fingerprint=f"{inst.patient_fingerprint}/{inst.study_fingerprint}/"
+                                           f"{inst.series_fingerprint}",
+                    migration_id=batch.migration_id, batch=batch.batch))
             if entry.image_set_id:
                 ref = refs.setdefault(entry.image_set_id, ImageSetRef(
                     image_set_id=entry.image_set_id, version=entry.image_set_version,
@@ -163,10 +177,15 @@ class ReviewActivities:
             if listed and "isPrimary" in summary and bool(summary["isPrimary"]) != listed.is_primary:
                 problems.append(f"image set {listed.image_set_id}: manifest and success.ndjson disagree on isPrimary")
         ledger_loc = layout.ledger_for_batch(batch.work_s3_uri, batch.migration_id, batch.batch, batch.part)
+        # The data store's import index first: a later migration skips these files (same content) or flags them.
+        put_ndjson(self._s3, layout.imported_index(batch.work_s3_uri, batch.datastore_id, batch.migration_id,
+                                                   batch.batch, batch.part), imported)
         put_ndjson(self._s3, ledger_loc, ledger)
         counts: dict[FileState, int] = {}
         for entry in ledger:
             counts[entry.state] = counts.get(entry.state, 0) + 1
+        if changed:
+            counts[FileState.FAILED] = counts.get(FileState.FAILED, 0) + len(changed)
         return ReviewResult(
             files_by_state=counts,
             image_sets=len(refs),
@@ -175,6 +194,17 @@ class ReviewActivities:
             counters_consistent=not problems,
             problems=problems[:50],
         )
+
+
+def source_changed_keys(s3: Any, batch: BatchInput) -> set[str]:
+    """Keys the staging step recorded as ``SourceChanged`` for this batch (or half); empty when none."""
+    loc = layout.ledger_for_source_changed(batch.work_s3_uri, batch.migration_id, batch.batch, batch.part)
+    try:
+        return {str(row["key"]) for row in iter_ndjson(s3, loc)}
+    except ClientError as err:
+        if is_missing(err):
+            return set()
+        raise classify(err, "reading the source-changed ledger") from None
 
 
 class FailedBatchActivities:

@@ -39,7 +39,26 @@ REJECTING_LEVELS: dict[str, set[ValidationLevel]] = {
     "truncated": _STRUCTURE,
     "bad_vr": _STRUCTURE,
     "invalid_uid": _STRUCTURE,
+    "ts_mismatch": _STRUCTURE,
+    "element_order": _STRUCTURE,
+    "meta_group_length": _STRUCTURE,
+    "pixel_data_size": _STRUCTURE,
+    "bad_sequence": _STRUCTURE,
+    "trailing_garbage": _STRUCTURE,
     "length_limit": _STRICT,
+    # Legal enough to parse, but not what the standard (or the data's consumers) expect.
+    "unknown_charset": _STRICT,
+    "charset_decode_error": _STRICT,
+    "non_ascii_without_charset": _STRICT,
+    "multi_valued": _STRICT,
+    "vr_length": _STRICT,
+    "bad_date": _STRICT,
+    "bad_time": _STRICT,
+    "meta_mismatch": _STRICT,
+    "meta_group_length_missing": _STRICT,
+    "series_uid_equals_study_uid": _STRICT,
+    "odd_length": _STRICT,
+    # Never rejecting (warnings only): empty_patient_id, private_without_creator, trailing_data_not_inspected.
 }
 
 
@@ -70,6 +89,7 @@ class ValidateActivities:
                     key=rec.key, state=FileState.REJECTED, size=rec.size,
                     code=",".join(dict.fromkeys(f.code for f in blocking)),
                     reason="; ".join(dict.fromkeys(f.reason for f in blocking)),
+                    findings=rec.findings or blocking,
                 ))
             else:
                 valid.append(rec)

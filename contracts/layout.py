@@ -12,6 +12,18 @@ def root(work_s3_uri: str, migration_id: str) -> S3Location:
     return parse_s3_uri(work_s3_uri, field="work_s3_uri").join(migration_id)
 
 
+def imported_index_prefix(work_s3_uri: str, datastore_id: str) -> S3Location:
+    """What every migration through this work prefix imported into one data store (``_`` never starts a
+    migration id, so this cannot collide with a migration's own folder)."""
+    return parse_s3_uri(work_s3_uri, field="work_s3_uri").join("_datastores", datastore_id, "imported").as_prefix()
+
+
+def imported_index(work_s3_uri: str, datastore_id: str, migration_id: str, batch: int,
+                   part: int | None = None) -> S3Location:
+    """``_datastores/<ds>/imported/<migration>/<batch>.ndjson``: one line per instance a batch imported."""
+    return imported_index_prefix(work_s3_uri, datastore_id).join(migration_id, f"{batch_name(batch, part)}.ndjson")
+
+
 def inventory_page(work_s3_uri: str, migration_id: str, page: int) -> S3Location:
     return root(work_s3_uri, migration_id).join("inventory", f"page-{page:06d}.ndjson")
 
@@ -75,6 +87,11 @@ def ledger_for_plan(work_s3_uri: str, migration_id: str) -> S3Location:
 
 def ledger_for_batch(work_s3_uri: str, migration_id: str, batch: int, part: int | None = None) -> S3Location:
     return ledger_prefix(work_s3_uri, migration_id).join(f"{batch_name(batch, part)}.ndjson")
+
+
+def ledger_for_source_changed(work_s3_uri: str, migration_id: str, batch: int, part: int | None = None) -> S3Location:
+    """Files of a batch whose source object changed after it was validated (found while staging)."""
+    return ledger_prefix(work_s3_uri, migration_id).join(f"{batch_name(batch, part)}-source-changed.ndjson")
 
 
 def report_prefix(work_s3_uri: str, migration_id: str) -> S3Location:

@@ -89,6 +89,7 @@ class MigrationState(BaseModel):
     duplicates: int = 0
     image_sets: int = 0
     non_primary_image_sets: int = 0
+    predicted_non_primary: int = 0
     batches_failed: int = 0
     # FHIR routing (ImagingStudy resources): imported, and refused by the import job or by $validate.
     fhir_imported: int = 0
@@ -228,6 +229,7 @@ class MigrationProgress(BaseModel):
     fhir_imported: int = 0
     fhir_refused: int = 0
     elapsed_seconds: float
+    predicted_non_primary: int = 0
     files_per_second: float
     eta_seconds: float | None
     report_uri: str | None = None
@@ -294,6 +296,8 @@ class PlanInput(BaseModel):
     pages: int
     max_files_per_batch: int
     max_bytes_per_batch: int
+    # The target data store: files it already holds unchanged (per the import index) are skipped.
+    datastore_id: str | None = None
 
 
 class BatchPlan(BaseModel):
@@ -314,6 +318,9 @@ class PlanResult(BaseModel):
     duplicates: int
     conflicting_duplicates: int
     predicted_non_primary: int
+    # Of `duplicates` / `conflicting_duplicates`: those found in the data store's import index.
+    already_imported: int = 0
+    conflicting_already_imported: int = 0
 
 
 class FhirRouting(BaseModel):
@@ -360,6 +367,9 @@ class ImportJobRef(BaseModel):
     staged_files: int
     output_s3_uri: str
     reused_existing_job: bool = False
+    # Files not staged because their source object changed since it was validated (code SourceChanged). When
+    # every file changed, no job is started: job_id is "" and staged_files 0.
+    source_changed: int = 0
 
 
 class JobOutcome(BaseModel):

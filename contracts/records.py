@@ -72,6 +72,25 @@ class InstanceRecord(BaseModel):
     series_fingerprint: str
     content_id: str
     warnings: list[Finding] = Field(default_factory=list)
+    # Set by planning: HealthImaging is expected to put this file in a non-primary image set (its series is
+    # already held, in this source or in the data store, with other patient/study/series attributes).
+    predicted_non_primary: bool = False
+    prediction_reason: str | None = None
+
+
+class ImportedInstance(BaseModel):
+    """One line of the data store's import index (no patient values: attributes only as fingerprints)."""
+
+    sop_instance_uid: str
+    content_id: str
+    image_set_id: str
+    is_primary: bool
+    study_instance_uid: str
+    series_instance_uid: str
+    # patient / study / series fingerprints joined: equal means HealthImaging would see no conflict.
+    attributes_fingerprint: str
+    migration_id: str
+    batch: int
 
 
 class LedgerEntry(BaseModel):
@@ -88,3 +107,8 @@ class LedgerEntry(BaseModel):
     is_primary: bool | None = None
     image_set_version: int | None = None
     duplicate_of: str | None = None
+    # Planning's prediction that the file lands in a non-primary image set, and why (no patient values).
+    predicted_non_primary: bool | None = None
+    prediction_reason: str | None = None
+    # Every finding of a rejected file (code, severity, attribute, reason); `code`/`reason` join the rejecting ones.
+    findings: list[Finding] | None = None

@@ -44,7 +44,7 @@ def build_activities(clients: AwsClients, settings: Settings) -> list[Callable[.
     parse = ParseActivities(s3, settings.parse_concurrency)
     validate = ValidateActivities(s3)
     normalize = NormalizeActivities(s3)
-    plan = PlanActivities(s3)
+    plan = PlanActivities(s3, mi)
     start = ImportActivities(s3, mi, settings.data_access_role_arn, settings.parse_concurrency)
     await_job = AwaitActivities(mi, settings.job_poll_initial_seconds, settings.job_poll_max_seconds)
     dicomweb = SignedHttp(clients.credentials, settings.aws_region, "medical-imaging") if clients.credentials else None

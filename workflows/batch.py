@@ -11,7 +11,7 @@ from temporalio.exceptions import ActivityError, CancelledError, WorkflowAlready
 from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
-    from contracts import search
+    from contracts import layout, search
     from contracts.jobevents import TERMINAL_STATUSES, JobEvent
     from contracts.pipeline import (
         BatchInput,
@@ -117,6 +117,17 @@ class ImportBatchWorkflow:
             retry_policy=policies.START_JOB_RETRY)
         self._progress.job_id = job.job_id
         self._progress.staged_files = job.staged_files
+        if not job.job_id and workflow.patched("source-changed-no-job"):
+            # Every file's source object changed after validation: no job was started, the staging step's
+            # ledger reports each file as failed (SourceChanged), and there is nothing to await or review.
+            states = {FileState.FAILED: job.source_changed}
+            self._progress.files_by_state = _merge(self._progress.files_by_state, states)
+            outcome = JobOutcome(job_id="", status="NOT_STARTED", output_s3_uri=job.output_s3_uri,
+                                 message="every file's source changed after validation")
+            return job, outcome, ReviewResult(files_by_state=states, image_sets=0, non_primary_image_sets=[],
+                                              ledger_uri=layout.ledger_for_source_changed(
+                                                  input.work_s3_uri, input.migration_id, input.batch, input.part).uri,
+                                              counters_consistent=True)
 
         self._stage(BatchStage.AWAITING_JOB)
         outcome = await self._await_job(job)
@@ -242,7 +253,8 @@ class ImportBatchWorkflow:
         self._progress.batch = input.batch
         job, outcome, review = await self._import_and_review(input)
         if review is not None:
-            await self._route(input, review)
+            if job.job_id:  # no job (every source changed): nothing was imported, nothing to route
+                await self._route(input, review)
             self._stage(BatchStage.DONE)
             return BatchResult(batch=input.batch, job_id=job.job_id, job_status=outcome.status,
                                files_by_state=review.files_by_state, image_sets=review.image_sets,
@@ -260,9 +272,10 @@ class ImportBatchWorkflow:
         image_sets, non_primary, last = 0, [], outcome
         for part in (1, 2):
             half = input.model_copy(update={"part": part})
-            _, last, half_review = await self._import_and_review(half)
+            half_job, last, half_review = await self._import_and_review(half)
             assert half_review is not None  # halves are never split again
-            await self._route(half, half_review)
+            if half_job.job_id:
+                await self._route(half, half_review)
             totals = _merge(totals, half_review.files_by_state)
             image_sets += half_review.image_sets
             non_primary += half_review.non_primary_image_sets

@@ -82,6 +82,7 @@ class MigrationWorkflow:
             rejected=s.rejected, duplicates=s.duplicates, image_sets=s.image_sets,
             non_primary_image_sets=s.non_primary_image_sets, fhir_imported=s.fhir_imported,
             fhir_refused=s.fhir_refused, elapsed_seconds=elapsed, files_per_second=rate,
+            predicted_non_primary=s.predicted_non_primary,
             eta_seconds=(remaining / rate) if rate > 0 and s.phase != "completed" else None,
             report_uri=s.report_uri, paused=s.paused, cancel_requested=s.cancel_requested,
             operator_log=s.operator_log[-10:])
@@ -199,10 +200,12 @@ class MigrationWorkflow:
                 "plan_batches",
                 PlanInput(migration_id=self._id, source_s3_uri=input.source_s3_uri, work_s3_uri=input.work_s3_uri,
                           pages=s.pages_done, allow_direct=input.source_manifest_uri is None,
-                          max_files_per_batch=input.max_files_per_batch, max_bytes_per_batch=input.max_bytes_per_batch),
+                          max_files_per_batch=input.max_files_per_batch, max_bytes_per_batch=input.max_bytes_per_batch,
+                          datastore_id=input.datastore_id),
                 result_type=PlanResult, start_to_close_timeout=timedelta(hours=2), heartbeat_timeout=policies.HEARTBEAT,
                 retry_policy=policies.STAGE_RETRY)
             s.batches_planned, s.duplicates = plan.batches, plan.duplicates
+            s.predicted_non_primary = plan.predicted_non_primary
             s.rejected += plan.conflicting_duplicates
             # Both kinds of duplicate are final here: they never reach an import job.
             self._add_states({FileState.SKIPPED_DUPLICATE: plan.duplicates,

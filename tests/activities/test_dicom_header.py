@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import gzip
+import io
+import struct
 
+import pydicom
 import pytest
 from pydicom.data import get_testdata_file
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
 
-from activities.dicom_header import parse_header
+from activities.dicom_header import check_tail, parse_header
 from tests.support.dicom import make_instance, uid
 
 
@@ -45,7 +50,18 @@ class TestParseHeader:
         with open(path, "rb") as fh:
             data = fh.read()
         result, _ = _parse_like_s3(data)
-        assert [f.code for f in result.findings] == ["truncated"]
+        # The truncation is the one error; anything else found is a warning (rtplan_truncated's meta differs).
+        assert [f.code for f in result.findings if f.severity == "error"] == ["truncated"]
+
+    @pytest.mark.parametrize("name", ["reportsi.dcm", "rtplan.dcm"])
+    def test_objects_without_pixel_data_are_not_truncated(self, name: str) -> None:
+        """A structured report or RT plan ends at an element boundary with no Pixel Data: that is complete."""
+        path = get_testdata_file(name)
+        assert path is not None
+        with open(path, "rb") as fh:
+            data = fh.read()
+        result, _ = _parse_like_s3(data)
+        assert result.readable and "truncated" not in [f.code for f in result.findings]
 
     def test_truncated_in_pixels_is_caught(self) -> None:
         data = make_instance(uid(), uid())
@@ -80,3 +96,50 @@ class TestParseHeader:
         b, _ = _parse_like_s3(make_instance(study, series, patient_id="SYNTH-B"))
         assert a.values["patient_fingerprint"] != b.values["patient_fingerprint"]
         assert "SYNTH" not in repr(a.values)
+
+
+def _implicit_meta(data: bytes) -> bytes:
+    """``data`` with its File Meta Information rewritten in implicit VR (as some old writers did)."""
+    ds = pydicom.dcmread(io.BytesIO(data))
+    meta = DicomBytesIO()
+    meta.is_little_endian, meta.is_implicit_VR = True, True
+    write_dataset(meta, ds.file_meta)
+    group_length = struct.pack("<HHI", 2, 0, 4) + struct.pack("<I", len(meta.getvalue()))
+    (declared,) = struct.unpack_from("<I", data, 140)
+    return data[:132] + group_length + meta.getvalue() + data[144 + declared:]
+
+
+def test_an_implicit_vr_meta_group_is_not_a_wrong_group_length() -> None:
+    data = _implicit_meta(make_instance(uid(), uid()))
+    assert data[136:138] != b"UL"  # really implicit: no VR after the group length tag
+    result, _ = _parse_like_s3(data)
+    assert result.readable
+    assert not {"meta_group_length", "meta_group_length_missing"} & {f.code for f in result.findings}
+
+
+def test_ybr_422_pixel_data_is_two_samples_per_pixel() -> None:
+    ds = pydicom.dcmread(io.BytesIO(make_instance(uid(), uid())))
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "YBR_FULL_422", 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+    ds.PixelData = b"\x80" * (ds.Rows * ds.Columns * 2)
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    result, _ = _parse_like_s3(buf.getvalue())
+    assert "pixel_data_size" not in [f.code for f in result.findings]
+    ds.PixelData = b"\x80" * (ds.Rows * ds.Columns)  # now really short
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    result, _ = _parse_like_s3(buf.getvalue())
+    assert "pixel_data_size" in [f.code for f in result.findings]
+
+
+def test_tail_elements_of_undefined_length_are_walked() -> None:
+    """A Digital Signatures Sequence of undefined length after Pixel Data is well formed; unterminated it is not."""
+    item = struct.pack("<HHI", 0xFFFE, 0xE000, 8) + struct.pack("<HH2sH", 0x0400, 0x0005, b"US", 2) + b"\x01\x00"
+    sequence = struct.pack("<HH2sHI", 0xFFFA, 0xFFFA, b"SQ", 0, 0xFFFFFFFF) + item
+    delimiter = struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+    assert check_tail(sequence + delimiter) is None
+    assert check_tail(sequence + delimiter + b"\0" * 6) is None  # zero padding after it
+    assert check_tail(sequence + delimiter + b"\x01" * 6) is not None  # bytes after it that are not an element
+    finding = check_tail(sequence)
+    assert finding is not None and finding.code == "trailing_garbage"

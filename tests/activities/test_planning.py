@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-from activities.plan import clean_folder, deduplicate, folder_counts, pack, predict_non_primary
+from activities.plan import (
+    ImportedIndex,
+    clean_folder,
+    deduplicate,
+    folder_counts,
+    pack,
+    predict_non_primary,
+    skip_already_imported,
+)
 from activities.report import build_report
 from activities.review import JobOutput, check_counters, classify_file
 from contracts.pipeline import FileState
-from contracts.records import InstanceRecord, InventoryEntry, LedgerEntry
+from contracts.records import ImportedInstance, InstanceRecord, InventoryEntry, LedgerEntry
 
 
 def inst(key: str, study: str = "1.1", series: str = "1.1.1", sop: str | None = None, size: int = 10,
@@ -49,6 +57,63 @@ class TestPack:
     def test_predicts_non_primary_from_conflicting_patient(self) -> None:
         files = [inst("a", patient="p1"), inst("b", patient="p2"), inst("c", patient="p1")]
         assert predict_non_primary(files) == 1
+        assert [f.predicted_non_primary for f in files] == [False, True, False]
+        assert "earlier file of this series in this source" in (files[1].prediction_reason or "")
+
+
+def held(sop: str, content: str = "10:c", patient: str = "p", image_set: str = "is1", primary: bool = True,
+         series: str = "1.1.1") -> ImportedInstance:
+    return ImportedInstance(sop_instance_uid=sop, content_id=content, image_set_id=image_set, is_primary=primary,
+                            study_instance_uid="1.1", series_instance_uid=series,
+                            attributes_fingerprint=f"{patient}/s/se", migration_id="mig-earlier", batch=0)
+
+
+class TestAgainstTheDataStore:
+    def test_same_content_is_skipped_and_names_the_earlier_migration(self) -> None:
+        index = ImportedIndex(instances={"1": held("1")})
+        kept, ledger = skip_already_imported([inst("a", sop="1"), inst("b", sop="2")], index)
+        assert [k.key for k in kept] == ["b"]
+        (entry,) = ledger
+        assert (entry.state, entry.code, entry.duplicate_of, entry.image_set_id) == (
+            FileState.SKIPPED_DUPLICATE, "already_imported", "mig-earlier", "is1")
+        assert "mig-earlier" in (entry.reason or "")
+
+    def test_other_content_under_an_imported_uid_is_rejected(self) -> None:
+        index = ImportedIndex(instances={"1": held("1", content="10:old")})
+        kept, ledger = skip_already_imported([inst("a", sop="1")], index)
+        assert kept == [] and ledger[0].state is FileState.REJECTED
+        assert ledger[0].code == "conflicting_already_imported" and "different content" in (ledger[0].reason or "")
+
+    def test_a_series_held_with_other_attributes_predicts_every_file_non_primary(self) -> None:
+        files = [inst("a", patient="p2"), inst("b", patient="p2"), inst("c", series="1.1.9", patient="p2")]
+        assert predict_non_primary(files, {("1.1", "1.1.1"): held("x", patient="p1")}) == 2
+        assert [f.predicted_non_primary for f in files] == [True, True, False]
+        assert "data store already holds this series" in (files[0].prediction_reason or "")
+        assert "p1" not in (files[0].prediction_reason or "") and "p2" not in (files[0].prediction_reason or "")
+
+    def test_a_series_held_with_the_same_attributes_predicts_nothing(self) -> None:
+        files = [inst("a", patient="p1")]
+        assert predict_non_primary(files, {("1.1", "1.1.1"): held("x", patient="p1")}) == 0
+
+
+class TestPredictionReport:
+    def test_prediction_is_confirmed_or_not_in_the_summary(self) -> None:
+        inv = [InventoryEntry(key=k, size=1) for k in ("a", "b", "c", "d")]
+        ledger = [
+            LedgerEntry(key="a", state=FileState.IMPORTED, image_set_id="p", is_primary=True),
+            LedgerEntry(key="b", state=FileState.IMPORTED, image_set_id="n", is_primary=False,
+                        predicted_non_primary=True, prediction_reason="r"),
+            LedgerEntry(key="c", state=FileState.IMPORTED, image_set_id="n2", is_primary=False),
+            LedgerEntry(key="d", state=FileState.SKIPPED_DUPLICATE, code="already_imported", duplicate_of="a",
+                        image_set_id="old", is_primary=True),
+        ]
+        rows, summary = build_report(inv, ledger)
+        assert (summary["predicted_non_primary"], summary["predicted_non_primary_confirmed"],
+                summary["non_primary_not_predicted"], summary["already_imported"]) == (1, 1, 1, 1)
+        # An earlier migration's image set is not counted as this migration's, and "d" is not resolved against
+        # a source key that happens to equal the migration id.
+        assert summary["image_sets"] == 3
+        assert next(r for r in rows if r.key == "d").state is FileState.SKIPPED_DUPLICATE
 
 
 class TestClassifyFile:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import struct
 import uuid
 from typing import Any
 
-from activities.importjob import ImportActivities
+from activities.dicom_header import TAIL_CAP, check_tail, parse_header
+from activities.importjob import ImportActivities, source_changed
 from activities.parse import ParseActivities, _RangeSizer
 from contracts.records import InstanceRecord, InventoryEntry
+from tests.support.dicom import make_instance, uid
 
 
 def _bucket(s3: Any) -> str:
@@ -46,3 +49,73 @@ def test_in_place_import_only_when_the_folder_is_unchanged(s3: Any) -> None:
     s3.delete_object(Bucket=bucket, Key="f/late-arrival")
     s3.put_object(Bucket=bucket, Key="f/a", Body=b"rewritten")
     assert not activities._folder_unchanged(f"s3://{bucket}/f/", files)
+
+
+class _SmallFirstRange(_RangeSizer):
+    """The first ranged GET covers only the header, as it does for large images, so a tail is never in it."""
+
+    def first(self) -> int:
+        return 8192
+
+
+def _parse_with_tail(s3: Any, tail: bytes) -> tuple[list[tuple[str, str]], int]:
+    bucket = _bucket(s3)
+    data = make_instance(uid(), uid())  # CT_small ends with 138 bytes of Data Set Trailing Padding: cut them
+    end = parse_header(data[:8192], len(data)).tail_start
+    assert end is not None and check_tail(data[end:]) is None
+    data = data[:end] + tail
+    s3.put_object(Bucket=bucket, Key="t.dcm", Body=data)
+    counter = [0, 0]
+    record = ParseActivities(s3)._read(bucket, InventoryEntry(key="t.dcm", size=len(data)), counter, _SmallFirstRange())
+    assert record.readable
+    return [(f.code, f.severity.value) for f in record.findings if f.severity != "warning" or "trailing" in f.code], counter[0]
+
+
+def test_garbage_after_pixel_data_is_caught_with_one_extra_get(s3: Any) -> None:
+    findings, gets = _parse_with_tail(s3, b"\x08\x00" + bytes(range(256)) * 4)
+    assert findings == [("trailing_garbage", "error")] and gets == 2
+
+
+def test_trailing_padding_after_pixel_data_passes(s3: Any) -> None:
+    padding = struct.pack("<HH2sHI", 0xFFFC, 0xFFFC, b"OB", 0, 512) + b"\0" * 512
+    findings, gets = _parse_with_tail(s3, padding)
+    assert findings == [] and gets == 2
+    findings, _ = _parse_with_tail(s3, b"\0" * 300)  # bare zero padding
+    assert findings == []
+
+
+def test_a_large_tail_is_not_fetched_but_reported(s3: Any) -> None:
+    findings, gets = _parse_with_tail(s3, b"\x08\x00" + b"\x01" * (TAIL_CAP + 10))
+    assert findings == [("trailing_data_not_inspected", "warning")] and gets == 1
+
+
+def test_no_tail_no_extra_get(s3: Any) -> None:
+    findings, gets = _parse_with_tail(s3, b"")
+    assert findings == [] and gets == 1
+
+
+def test_staging_copy_refuses_a_rewritten_source(s3: Any) -> None:
+    bucket = _bucket(s3)
+    etag = s3.put_object(Bucket=bucket, Key="src/a.dcm", Body=b"validated bytes")["ETag"].strip('"')
+    inst = _inst("src/a.dcm", etag)
+    assert source_changed(s3, bucket, "staging/src/a.dcm", bucket, inst) is None
+    assert s3.get_object(Bucket=bucket, Key="staging/src/a.dcm")["Body"].read() == b"validated bytes"
+    s3.put_object(Bucket=bucket, Key="src/a.dcm", Body=b"rewritten after validation")
+    reason = source_changed(s3, bucket, "staging/src/a.dcm", bucket, inst)
+    assert reason and "rewritten" in reason
+    # The copy an earlier attempt made is gone, so the import job cannot read stale or unvalidated bytes.
+    assert "Contents" not in s3.list_objects_v2(Bucket=bucket, Prefix="staging/")
+    s3.delete_object(Bucket=bucket, Key="src/a.dcm")
+    assert "deleted" in (source_changed(s3, bucket, "staging/src/a.dcm", bucket, inst) or "")
+
+
+def test_multipart_etags_are_left_to_the_copy_condition(s3: Any) -> None:
+    """A multipart source's ETag is not an MD5, so the copy's ETag cannot be compared: no false SourceChanged."""
+    bucket = _bucket(s3)
+    upload = s3.create_multipart_upload(Bucket=bucket, Key="src/m.dcm")["UploadId"]
+    part = s3.upload_part(Bucket=bucket, Key="src/m.dcm", UploadId=upload, PartNumber=1, Body=b"x")["ETag"]
+    etag = s3.complete_multipart_upload(Bucket=bucket, Key="src/m.dcm", UploadId=upload, MultipartUpload={
+        "Parts": [{"PartNumber": 1, "ETag": part}]})["ETag"].strip('"')
+    assert etag.endswith("-1")
+    assert source_changed(s3, bucket, "staging/src/m.dcm", bucket, _inst("src/m.dcm", etag)) is None
+    assert s3.get_object(Bucket=bucket, Key="staging/src/m.dcm")["Body"].read() == b"x"

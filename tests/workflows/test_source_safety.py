@@ -1,0 +1,230 @@
+"""Source objects rewritten mid-migration, and migrations into a data store that already holds the files.
+
+End to end through the real Temporal dev server, moto S3 and the HealthImaging emulator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from temporalio.client import Client
+from temporalio.exceptions import ApplicationError
+from temporalio.worker import Worker
+
+from activities.plan import PlanActivities
+from activities.storage import put_ndjson
+from contracts import layout
+from contracts.pipeline import FileState, MigrationInput, MigrationResult, OperatorCommand, PlanInput
+from contracts.records import ImportedInstance, InstanceRecord
+from tests.conftest import emulator_admin
+from tests.support.dicom import make_instance, uid
+from workflows.batch import ImportBatchWorkflow
+from workflows.migration import MigrationWorkflow
+
+
+def _rows(s3: Any, result: MigrationResult) -> dict[str, dict[str, Any]]:
+    bucket, key = result.files_uri[5:].split("/", 1)
+    body = s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode()
+    return {row["key"]: row for row in map(json.loads, body.splitlines())}
+
+
+def _summary(s3: Any, result: MigrationResult) -> dict[str, Any]:
+    bucket, key = result.report_uri[5:].split("/", 1)
+    return dict(json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read()))
+
+
+async def _paused_start(client: Client, worker: Worker, payload: MigrationInput) -> Any:
+    # Signal-with-start: paused before its first step, so the test can change the source at a known point.
+    return await client.start_workflow(MigrationWorkflow.run, payload, id=f"src-{uuid.uuid4().hex[:8]}",
+                                       task_queue=worker.task_queue, start_signal="pause",
+                                       start_signal_args=[OperatorCommand(by="tester", reason="hold")],
+                                       execution_timeout=timedelta(seconds=90))
+
+
+async def _wait_phase(handle: Any, phase: str) -> None:
+    for _ in range(200):
+        if (await handle.query(MigrationWorkflow.progress)).phase == phase:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"never reached phase {phase}")
+
+
+async def _run(client: Client, worker: Worker, payload: MigrationInput) -> tuple[str, MigrationResult]:
+    wid = f"mig-{uuid.uuid4().hex[:10]}"
+    result = await client.execute_workflow(MigrationWorkflow.run, payload, id=wid, task_queue=worker.task_queue,
+                                           execution_timeout=timedelta(seconds=90))
+    return wid, result
+
+
+class TestSourceChanged:
+    async def test_a_rewritten_source_object_is_reported_source_changed(
+            self, client: Client, worker: Worker, buckets: dict[str, Any], datastore_id: str) -> None:
+        s3, src, work = buckets["s3"], buckets["source"], buckets["work"]
+        study, series = uid(), uid()
+        for i in range(2):
+            s3.put_object(Bucket=src, Key=f"sc/{i}.dcm", Body=make_instance(study, series))
+        handle = await _paused_start(client, worker, MigrationInput(
+            source_s3_uri=f"s3://{src}/sc/", datastore_id=datastore_id, work_s3_uri=f"s3://{work}/w/",
+            import_start_interval_seconds=0))
+        await _wait_phase(handle, "parsing")  # the inventory (keys and ETags) is written; nothing parsed yet
+        s3.put_object(Bucket=src, Key="sc/1.dcm", Body=make_instance(study, series, patient_id="SYNTH-LATE"))
+        await handle.signal(MigrationWorkflow.resume, OperatorCommand(reason="go"))
+        result = await handle.result()
+        rows = _rows(s3, result)
+        assert rows["sc/0.dcm"]["state"] == FileState.IMPORTED
+        changed = rows["sc/1.dcm"]
+        assert (changed["state"], changed["code"]) == (FileState.FAILED, "SourceChanged")
+        assert "rewritten after it was validated" in changed["reason"]
+        assert "image_set_id" not in changed
+        assert result.files_by_state[FileState.FAILED] == 1 and result.files_total == 2
+        summary = _summary(s3, result)
+        assert summary["unaccounted"] == 0 and summary["accounted_twice"] == 0
+        staged = [o["Key"] for o in s3.list_objects_v2(Bucket=work, Prefix="w/").get("Contents", [])
+                  if "/staging/" in o["Key"]]
+        assert [k.rsplit("/", 1)[1] for k in staged] == ["0.dcm"]  # the changed file never reached the job
+
+    async def test_a_batch_whose_every_source_changed_starts_no_job(
+            self, client: Client, worker: Worker, buckets: dict[str, Any], datastore_id: str) -> None:
+        s3, src, work = buckets["s3"], buckets["source"], buckets["work"]
+        study, series = uid(), uid()
+        s3.put_object(Bucket=src, Key="all/0.dcm", Body=make_instance(study, series))
+        handle = await _paused_start(client, worker, MigrationInput(
+            source_s3_uri=f"s3://{src}/all/", datastore_id=datastore_id, work_s3_uri=f"s3://{work}/w/",
+            import_start_interval_seconds=0))
+        await _wait_phase(handle, "parsing")
+        s3.put_object(Bucket=src, Key="all/0.dcm", Body=make_instance(study, series, patient_id="SYNTH-LATE"))
+        await handle.signal(MigrationWorkflow.resume, OperatorCommand(reason="go"))
+        result = await handle.result()
+        row = _rows(s3, result)["all/0.dcm"]
+        assert (row["state"], row["code"]) == (FileState.FAILED, "SourceChanged")
+        batch = await client.get_workflow_handle(f"{handle.id}.batch-00000").query(ImportBatchWorkflow.progress)
+        assert batch.job_id == "" and batch.stage.value == "done"
+        stages = [t.stage.value for t in batch.transitions]
+        assert "awaiting_job" not in stages and "routing" not in stages
+        assert _summary(s3, result)["jobs"] == []
+
+
+class TestAcrossMigrations:
+    async def test_a_second_migration_skips_what_the_first_imported(
+            self, client: Client, worker: Worker, buckets: dict[str, Any], datastore_id: str,
+            medical_imaging: Any) -> None:
+        s3, src, work = buckets["s3"], buckets["source"], buckets["work"]
+        study = uid()
+        series = [uid(), uid()]
+        for i in range(4):
+            s3.put_object(Bucket=src, Key=f"again/{i}.dcm", Body=make_instance(study, series[i % 2]))
+        payload = MigrationInput(source_s3_uri=f"s3://{src}/again/", datastore_id=datastore_id,
+                                 work_s3_uri=f"s3://{work}/w/", import_start_interval_seconds=0)
+        first_id, first = await _run(client, worker, payload)
+        assert first.files_by_state[FileState.IMPORTED] == 4
+        first_rows = _rows(s3, first)
+
+        second_id, second = await _run(client, worker, payload)
+        rows = _rows(s3, second)
+        assert {r["state"] for r in rows.values()} == {FileState.SKIPPED_DUPLICATE}
+        for key, row in rows.items():
+            assert row["code"] == "already_imported" and row["duplicate_of"] == first_id
+            assert row["image_set_id"] == first_rows[key]["image_set_id"] and first_id in row["reason"]
+        summary = _summary(s3, second)
+        assert summary["jobs"] == [] and summary["already_imported"] == 4 and summary["image_sets"] == 0
+        progress = await client.get_workflow_handle(second_id).query(MigrationWorkflow.progress)
+        assert progress.batches_planned == 0 and progress.duplicates == 4
+
+        # An image set deleted since (e.g. discarded in reconciliation) no longer counts: its files import again.
+        gone = first_rows["again/0.dcm"]["image_set_id"]
+        medical_imaging.delete_image_set(datastoreId=datastore_id, imageSetId=gone)
+        for _ in range(100):
+            try:
+                if medical_imaging.get_image_set(datastoreId=datastore_id, imageSetId=gone)["imageSetState"] == "DELETED":
+                    break
+            except medical_imaging.exceptions.ResourceNotFoundException:
+                break
+            await asyncio.sleep(0.05)
+        _, third = await _run(client, worker, payload)
+        rows = _rows(s3, third)
+        again = {k for k, r in rows.items() if r["state"] == FileState.IMPORTED}
+        assert again == {k for k, r in first_rows.items() if r["image_set_id"] == gone}
+        assert all(rows[k]["code"] == "already_imported" for k in set(rows) - again)
+
+    async def test_other_content_under_an_imported_uid_is_rejected(
+            self, client: Client, worker: Worker, buckets: dict[str, Any], datastore_id: str) -> None:
+        s3, src, work = buckets["s3"], buckets["source"], buckets["work"]
+        study, series, sop = uid(), uid(), uid()
+        s3.put_object(Bucket=src, Key="v1/x.dcm", Body=make_instance(study, series, sop=sop))
+        first_id, _ = await _run(client, worker, MigrationInput(
+            source_s3_uri=f"s3://{src}/v1/", datastore_id=datastore_id, work_s3_uri=f"s3://{work}/w/",
+            import_start_interval_seconds=0))
+        s3.put_object(Bucket=src, Key="v2/x.dcm", Body=make_instance(study, series, sop=sop, patient_name="SYNTH^FIXED"))
+        _, result = await _run(client, worker, MigrationInput(
+            source_s3_uri=f"s3://{src}/v2/", datastore_id=datastore_id, work_s3_uri=f"s3://{work}/w/",
+            import_start_interval_seconds=0))
+        row = _rows(s3, result)["v2/x.dcm"]
+        assert (row["state"], row["code"], row["duplicate_of"]) == (
+            FileState.REJECTED, "conflicting_already_imported", first_id)
+        assert "SYNTH" not in row["reason"]
+
+    async def test_non_primary_is_predicted_per_file_and_confirmed(
+            self, client: Client, worker: Worker, buckets: dict[str, Any], datastore_id: str) -> None:
+        s3, src, work = buckets["s3"], buckets["source"], buckets["work"]
+        study, series = uid(), uid()
+        s3.put_object(Bucket=src, Key="p1/a.dcm", Body=make_instance(study, series, patient_id="SYNTH-P1"))
+        await _run(client, worker, MigrationInput(
+            source_s3_uri=f"s3://{src}/p1/", datastore_id=datastore_id, work_s3_uri=f"s3://{work}/w/",
+            import_start_interval_seconds=0))
+        # The same series arrives later under another patient: the data store's import index predicts it.
+        s3.put_object(Bucket=src, Key="p2/b.dcm", Body=make_instance(study, series, patient_id="SYNTH-P2"))
+        s3.put_object(Bucket=src, Key="p2/c.dcm", Body=make_instance(uid(), uid(), patient_id="SYNTH-P3"))
+        wid, result = await _run(client, worker, MigrationInput(
+            source_s3_uri=f"s3://{src}/p2/", datastore_id=datastore_id, work_s3_uri=f"s3://{work}/w/",
+            import_start_interval_seconds=0))
+        rows = _rows(s3, result)
+        b, c = rows["p2/b.dcm"], rows["p2/c.dcm"]
+        assert b["predicted_non_primary"] is True and "already holds this series" in b["prediction_reason"]
+        assert b["state"] == FileState.IMPORTED and b["is_primary"] is False  # the prediction came true
+        assert "predicted_non_primary" not in c and c["is_primary"] is True
+        summary = _summary(s3, result)
+        assert (summary["predicted_non_primary"], summary["predicted_non_primary_confirmed"],
+                summary["non_primary_not_predicted"]) == (1, 1, 0)
+        progress = await client.get_workflow_handle(wid).query(MigrationWorkflow.progress)
+        assert progress.predicted_non_primary == 1 and progress.non_primary_image_sets == 1
+
+
+class TestImportIndex:
+    """Planning's reading of the data store's import index, against moto and the emulator (activity level)."""
+
+    def _index(self, s3: Any, work: str, datastore_id: str, rows: list[ImportedInstance]) -> None:
+        put_ndjson(s3, layout.imported_index(work, datastore_id, "mig-earlier", 0), rows)
+
+    def test_entries_whose_image_set_is_gone_are_ignored_and_throttling_is_retried(
+            self, buckets: dict[str, Any], datastore_id: str, medical_imaging: Any, emulator_url: str) -> None:
+        s3, work = buckets["s3"], f"s3://{buckets['work']}/w/"
+        inst = InstanceRecord(key="k.dcm", size=1, etag="e", sop_instance_uid="1.2.3", study_instance_uid="1.2",
+                              series_instance_uid="1.2.4", transfer_syntax_uid="1.2.840.10008.1.2.1",
+                              sop_class_uid="1.2.840.10008.5.1.4.1.1.2", patient_fingerprint="p",
+                              study_fingerprint="s", series_fingerprint="se", content_id="1:e:h")
+        self._index(s3, work, datastore_id, [ImportedInstance(
+            sop_instance_uid="1.2.3", content_id="1:e:h", image_set_id="0" * 32, is_primary=True,
+            study_instance_uid="1.2", series_instance_uid="1.2.4", attributes_fingerprint="p/s/se",
+            migration_id="mig-earlier", batch=0)])
+        plan_input = PlanInput(migration_id="mig-now", source_s3_uri="s3://src/", work_s3_uri=work, pages=0,
+                               max_files_per_batch=10, max_bytes_per_batch=10**6, datastore_id=datastore_id)
+        activities = PlanActivities(s3, medical_imaging)
+        # Two throttles: the client's own retry (botocore retries a throttled call once here) meets the second.
+        emulator_admin(emulator_url, "faults", {"kind": "throttle", "operation": "GetImageSet", "count": 2})
+        with pytest.raises(ApplicationError) as raised:
+            activities._read_index(plan_input, [inst])
+        assert raised.value.type == "ThrottlingException" and not raised.value.non_retryable  # the activity retries
+        assert all(f["remaining"] == 0 for f in emulator_admin(emulator_url, "faults")["faults"]
+                   if f.get("operation") == "GetImageSet")
+        index = activities._read_index(plan_input, [inst])  # the retry: the image set does not exist
+        assert index.instances == {} and index.series == {}
+        # Without the existence check (no HealthImaging client) the entry would have counted.
+        assert set(PlanActivities(s3)._read_index(plan_input, [inst]).instances) == {"1.2.3"}
+        # The own migration's index is never "earlier".
+        own = plan_input.model_copy(update={"migration_id": "mig-earlier"})
+        assert PlanActivities(s3)._read_index(own, [inst]).instances == {}
