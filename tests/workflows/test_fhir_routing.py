@@ -208,13 +208,18 @@ async def test_migration_routes_imaging_studies_into_healthlake(
         batch = next(h for h in recorded if h.workflow_id.endswith(".batch-00000"))
         (HISTORIES / f"{batch.workflow_id}.json").write_text(json.dumps(json.loads(batch.to_json()), indent=1))
 
-    # Routing the same studies again (a re-run migration) updates the resources instead of duplicating them.
+    # A re-run over the same source with one more instance of study A: the four files already imported are
+    # skipped (no job for study B), and study A is routed again, updating its resource instead of duplicating it.
+    s3.put_object(Bucket=src, Key="f/a1/2.dcm", Body=make_instance(study_a, series_a1, patient_id=PATIENT_ID,
+                                                                    patient_name=PATIENT_NAME))
     _, again = await migrate(client, worker, payload(buckets, datastore_id, "f", max_files_per_batch=3,
                                                      healthlake_datastore_id=fhir_datastore))
-    assert again.files_total == 4
+    assert again.files_total == 5
+    assert again.files_by_state[FileState.SKIPPED_DUPLICATE] == 4 and again.files_by_state[FileState.IMPORTED] == 1
     query = urllib.parse.urlencode({"identifier": f"urn:dicom:uid|urn:oid:{study_a}"})
     status, bundle = fhir_get(emulator_url, f"{base}/ImagingStudy?{query}")
     assert bundle["total"] == 1 and bundle["entry"][0]["resource"]["meta"]["versionId"] == "2"
+    assert bundle["entry"][0]["resource"]["numberOfInstances"] == 4
 
 
 @pytest.mark.parametrize("level,imported,failed", [
