@@ -13,19 +13,17 @@ Duplicates are harmless: the workflow counts and ignores what it does not need.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
 import structlog
-from botocore.exceptions import ClientError
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
 from contracts.jobevents import RULE_PATTERN, MalformedJobEvent, ParsedJobEvent, parse_job_event
-from worker.listener import _sleep_or_stop, in_daemon_thread
+from worker.sqs_poller import SqsPoller
 from workflows.batch import JOB_EVENT_SIGNAL
 
 log = structlog.get_logger("himig.jobevents")
@@ -61,48 +59,24 @@ def configure_job_events_rule(events: Any, sqs: Any, queue_name: str, bus: str =
     return queue_url
 
 
-class JobEventListener:
-    """Long-polls the job-events queue and signals `job_event` to the batch waiting on each event's job."""
+class JobEventListener(SqsPoller):
+    """Signals `job_event` to the batch waiting on each import-job event's job."""
+
+    kind = "job-events"
 
     def __init__(self, client: Client, sqs: Any, settings: JobEventSettings) -> None:
         if not settings.queue_url:
             raise ValueError("queue_url: the job-events listener needs HIMIG_JOB_EVENTS_QUEUE_URL")
-        self._client, self._sqs, self._settings = client, sqs, settings
-        self._queue_url = settings.queue_url
+        super().__init__(sqs, settings.queue_url, settings.wait_seconds, settings.visibility_timeout)
+        self._client, self._settings = client, settings
         self.signalled = 0
         self.malformed = 0
         self.unknown_jobs = 0
         self.ignored = 0
-        self.messages_deleted = 0
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Poll until ``stop`` is set (an in-flight long poll is abandoned; SQS re-delivers its messages)."""
-        log.info("job-events listener started")
-        stopper: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
-        try:
-            while not stop.is_set():
-                poll: asyncio.Future[Any] = in_daemon_thread(self._receive)
-                await asyncio.wait({poll, stopper}, return_when=asyncio.FIRST_COMPLETED)
-                if not poll.done():
-                    poll.cancel()  # the thread's late answer is dropped; SQS re-delivers its messages
-                    break
-                try:
-                    messages = poll.result()
-                except ClientError as err:
-                    log.warning("sqs receive failed; retrying", code=err.response.get("Error", {}).get("Code"))
-                    await _sleep_or_stop(stop, 2.0)
-                    continue
-                await asyncio.gather(*(self.handle(m) for m in messages))
-        finally:
-            stopper.cancel()
-            log.info("job-events listener stopped", signalled=self.signalled, unknown_jobs=self.unknown_jobs,
-                     malformed=self.malformed)
-
-    def _receive(self) -> list[dict[str, Any]]:
-        resp = self._sqs.receive_message(QueueUrl=self._queue_url, MaxNumberOfMessages=10,
-                                         WaitTimeSeconds=self._settings.wait_seconds,
-                                         VisibilityTimeout=self._settings.visibility_timeout)
-        return list(resp.get("Messages", []))
+    def counters(self) -> dict[str, int]:
+        return {"signalled": self.signalled, "unknown_jobs": self.unknown_jobs, "malformed": self.malformed,
+                "messages_deleted": self.messages_deleted}
 
     async def handle(self, message: dict[str, Any]) -> None:
         msg_id = message.get("MessageId", "?")
@@ -143,11 +117,3 @@ class JobEventListener:
         log.info("import-job event signalled", workflow_id=parsed.batch_workflow_id, job_id=parsed.event.job_id,
                  status=parsed.event.status)
         return True
-
-    async def _delete(self, message: dict[str, Any]) -> None:
-        try:
-            await asyncio.to_thread(self._sqs.delete_message, QueueUrl=self._queue_url,
-                                    ReceiptHandle=message["ReceiptHandle"])
-            self.messages_deleted += 1
-        except ClientError as err:  # re-delivery is harmless
-            log.warning("could not delete a job-event message", code=err.response.get("Error", {}).get("Code"))

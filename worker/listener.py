@@ -16,14 +16,12 @@ Delivery rules:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import re
-import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import unquote_plus
 
 import structlog
@@ -37,44 +35,13 @@ from activities.dicom_header import parse_header
 from contracts.ingest import Arrival, IngestInput, in_prefix, ingest_workflow_id
 from contracts.pipeline import ValidationLevel
 from contracts.s3uri import parse_s3_uri
+from worker.sqs_poller import SqsPoller
 from workflows.ingest import IngestWorkflow
 
 log = structlog.get_logger("himig.listener")
 
 HEADER_RANGE = 64 * 1024
 _CONTENT_RANGE = re.compile(r"bytes \d+-\d+/(\d+)")
-
-
-T = TypeVar("T")
-
-
-def in_daemon_thread(fn: Callable[[], T]) -> asyncio.Future[T]:
-    """Run a blocking call (an SQS long poll) in a daemon thread.
-
-    Unlike ``asyncio.to_thread``, an abandoned call does not hold up the process's exit: the default executor's
-    threads are joined at shutdown, which would add up to one long-poll wait to every worker stop.
-    """
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[T] = loop.create_future()
-
-    def settle(result: T | None, error: BaseException | None) -> None:
-        if future.done():
-            return  # abandoned by a stop
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)  # type: ignore[arg-type]
-
-    def run() -> None:
-        try:
-            result, error = fn(), None
-        except BaseException as exc:  # handed to the awaiting coroutine
-            result, error = None, exc
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits for this any more
-            loop.call_soon_threadsafe(settle, result, error)
-
-    threading.Thread(target=run, name="sqs-long-poll", daemon=True).start()
-    return future
 
 
 class IngestSettings(BaseSettings):
@@ -201,50 +168,25 @@ def configure_bucket_notifications(s3: Any, sqs: Any, bucket: str, prefix: str, 
     return queue_url
 
 
-class SqsListener:
-    """Long-polls one SQS queue and signal-with-starts `IngestWorkflow` for every new object under the prefix."""
+class SqsListener(SqsPoller):
+    """Signal-with-starts `IngestWorkflow` for every new object under the watched prefix."""
+
+    kind = "ingest"
 
     def __init__(self, client: Client, sqs: Any, s3: Any, settings: IngestSettings, task_queue: str) -> None:
         if not settings.queue_url:
             raise ValueError("queue_url: the listener needs HIMIG_INGEST_QUEUE_URL")
-        self._client, self._sqs, self._s3, self._settings = client, sqs, s3, settings
-        self._queue_url = settings.queue_url
+        super().__init__(sqs, settings.queue_url, settings.wait_seconds, settings.visibility_timeout)
+        self._client, self._s3, self._settings = client, s3, settings
         self._task_queue = task_queue
         self._input = settings.ingest_input()  # fail at start on bad settings, not on the first message
         self._bucket = parse_s3_uri(self._input.source_s3_uri).bucket
         self.signalled = 0
-        self.messages_deleted = 0
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Poll until ``stop`` is set. Returns promptly: an in-flight long poll is abandoned (its messages, if any,
-        become visible again after the visibility timeout)."""
-        log.info("ingest listener started", task_queue=self._task_queue)
-        stopper: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
-        try:
-            while not stop.is_set():
-                poll: asyncio.Future[Any] = in_daemon_thread(self._receive)
-                await asyncio.wait({poll, stopper}, return_when=asyncio.FIRST_COMPLETED)
-                if not poll.done():
-                    poll.cancel()  # the thread's late answer is dropped; SQS re-delivers its messages
-                    break
-                try:
-                    messages = poll.result()
-                except ClientError as err:
-                    log.warning("sqs receive failed; retrying", code=err.response.get("Error", {}).get("Code"))
-                    await _sleep_or_stop(stop, 2.0)
-                    continue
-                await asyncio.gather(*(self._handle(m) for m in messages))
-        finally:
-            stopper.cancel()
-            log.info("ingest listener stopped", signalled=self.signalled)
+    def counters(self) -> dict[str, int]:
+        return {"signalled": self.signalled, "messages_deleted": self.messages_deleted}
 
-    def _receive(self) -> list[dict[str, Any]]:
-        resp = self._sqs.receive_message(QueueUrl=self._queue_url, MaxNumberOfMessages=10,
-                                         WaitTimeSeconds=self._settings.wait_seconds,
-                                         VisibilityTimeout=self._settings.visibility_timeout)
-        return list(resp.get("Messages", []))
-
-    async def _handle(self, message: dict[str, Any]) -> None:
+    async def handle(self, message: dict[str, Any]) -> None:
         msg_id = message.get("MessageId", "?")
         try:
             parsed = parse_event_body(message.get("Body", ""))
@@ -293,16 +235,3 @@ class SqsListener:
         total = int(match.group(1)) if match else len(buf)
         uid = parse_header(buf, total, key).values.get("study_instance_uid")
         return str(uid) if uid else None
-
-    async def _delete(self, message: dict[str, Any]) -> None:
-        try:
-            await asyncio.to_thread(self._sqs.delete_message, QueueUrl=self._queue_url,
-                                    ReceiptHandle=message["ReceiptHandle"])
-            self.messages_deleted += 1
-        except ClientError as err:  # re-delivery is harmless
-            log.warning("could not delete an ingest message", code=err.response.get("Error", {}).get("Code"))
-
-
-async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), timeout=seconds)

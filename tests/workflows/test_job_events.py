@@ -34,8 +34,8 @@ from contracts.pipeline import BatchStage, FileState, MigrationInput, batch_work
 from tests.conftest import emulator_admin
 from tests.support.dicom import make_instance, uid
 from worker.jobevents import JobEventListener, JobEventSettings, configure_job_events_rule
-from worker.listener import in_daemon_thread
 from worker.registry import WORKFLOWS
+from worker.sqs_poller import in_daemon_thread
 from workflows.batch import ImportBatchWorkflow
 from workflows.migration import MigrationWorkflow
 
