@@ -59,15 +59,20 @@ async def worker(client: Client, settings: Settings) -> AsyncIterator[Worker]:
             yield w
 
 
-@pytest.fixture(scope="session")
-def datastore_id(emulator_url: str) -> str:
+def active_datastore(emulator_url: str, name: str) -> str:
+    """Create a HealthImaging data store on the emulator and wait until it is ACTIVE."""
     mi = make_medical_imaging(emulator_url)
-    ds = mi.create_datastore(datastoreName="workflow-tests", clientToken=uuid.uuid4().hex)["datastoreId"]
+    ds = mi.create_datastore(datastoreName=name, clientToken=uuid.uuid4().hex)["datastoreId"]
     deadline = time.monotonic() + 30
     while mi.get_datastore(datastoreId=ds)["datastoreProperties"]["datastoreStatus"] != "ACTIVE":
         assert time.monotonic() < deadline, "data store did not become ACTIVE"
         time.sleep(0.1)
     return str(ds)
+
+
+@pytest.fixture(scope="session")
+def datastore_id(emulator_url: str) -> str:
+    return active_datastore(emulator_url, "workflow-tests")
 
 
 @pytest.fixture
@@ -107,13 +112,7 @@ def held_emulator(moto_url: str, log_dir: Path, tmp_path_factory: pytest.TempPat
 
 @pytest.fixture(scope="module")
 def held_datastore_id(held_emulator: str) -> str:
-    mi = make_medical_imaging(held_emulator)
-    ds = mi.create_datastore(datastoreName="held-tests", clientToken=uuid.uuid4().hex)["datastoreId"]
-    deadline = time.monotonic() + 30
-    while mi.get_datastore(datastoreId=ds)["datastoreProperties"]["datastoreStatus"] != "ACTIVE":
-        assert time.monotonic() < deadline, "data store did not become ACTIVE"
-        time.sleep(0.1)
-    return str(ds)
+    return active_datastore(held_emulator, "held-tests")
 
 
 @pytest.fixture
