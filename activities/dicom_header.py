@@ -497,12 +497,17 @@ def _pixel_size(ds: Dataset, length: int, f: list[Finding]) -> None:
                           f"SamplesPerPixel and NumberOfFrames need {expected}", "PixelData"))
 
 
+_CHARSET_TERM = re.compile(r"^[A-Z0-9 _-]{1,16}$")
+
+
 def _values(ds: Dataset, f: list[Finding]) -> None:
     """Value problems the service or downstream readers trip over (character sets, dates, identity)."""
     charsets = _charsets(ds)
     unknown = [c for c in charsets if c and c not in python_encoding]
     if unknown:
-        f.append(_finding("unknown_charset", f"Specific Character Set {', '.join(unknown)} is not a defined term; "
+        # The value is echoed only when it looks like a defined term: a broken writer can put any text there.
+        shown = [c if _CHARSET_TERM.match(c) else "(a value that is not a defined term)" for c in unknown]
+        f.append(_finding("unknown_charset", f"Specific Character Set {', '.join(shown)} is not a defined term; "
                           "text values cannot be decoded", "SpecificCharacterSet", Severity.WARNING))
     texts = {name: raw for name in _TEXT_ATTRS if (raw := _raw(ds, name))}
     if not [c for c in charsets if c and c != "ISO_IR 6"]:

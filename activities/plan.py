@@ -10,6 +10,7 @@ import os
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -18,6 +19,7 @@ from temporalio import activity
 from activities.errors import BACKOFF_CODES, classify, error_code
 from activities.heartbeat import current, keeps_alive
 from activities.review import source_changed_keys
+from activities.spotcheck import with_local_retries
 from activities.storage import iter_ndjson, list_objects, put_bytes, put_ndjson, read_models
 from contracts import layout
 from contracts.pipeline import BatchInput, BatchPlan, FileState, PlanInput, PlanResult
@@ -229,13 +231,15 @@ class PlanActivities:
 
     def _missing_image_sets(self, datastore_id: str, image_set_ids: Iterable[str]) -> set[str]:
         """Image sets the index names that no longer exist (e.g. discarded in reconciliation): their files are
-        imported again. One GetImageSet per distinct image set; throttling is retried by the activity."""
+        imported again. One GetImageSet per distinct image set; a throttled call is retried here a few times
+        before the activity is handed back to Temporal's retry (which would re-read the whole index)."""
         gone: set[str] = set()
         if self._mi is None:
             return gone
         for image_set_id in sorted(image_set_ids):
             try:
-                props = self._mi.get_image_set(datastoreId=datastore_id, imageSetId=image_set_id)
+                props = with_local_retries(partial(self._mi.get_image_set, datastoreId=datastore_id,
+                                                   imageSetId=image_set_id))
             except ClientError as err:
                 if error_code(err) in BACKOFF_CODES:
                     raise classify(err, "checking image sets of the import index") from None

@@ -143,3 +143,24 @@ def test_tail_elements_of_undefined_length_are_walked() -> None:
     assert check_tail(sequence + delimiter + b"\x01" * 6) is not None  # bytes after it that are not an element
     finding = check_tail(sequence)
     assert finding is not None and finding.code == "trailing_garbage"
+
+
+class TestFindingReasonsCarryNoFileText:
+    @staticmethod
+    def _with_charset(value: str) -> bytes:
+        ds = pydicom.dcmread(io.BytesIO(make_instance(uid(), uid())))
+        ds.SpecificCharacterSet = value
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        return buf.getvalue()
+
+    def test_an_unknown_defined_term_is_named(self) -> None:
+        result, _ = _parse_like_s3(self._with_charset("ISO_IR 999"))
+        reasons = [f.reason for f in result.findings if f.code == "unknown_charset"]
+        assert reasons and "ISO_IR 999" in reasons[0]
+
+    def test_free_text_in_the_charset_element_is_not_echoed(self) -> None:
+        # A broken writer put a patient's name where the character set belongs.
+        result, _ = _parse_like_s3(self._with_charset("DOE^JOHN"))
+        reasons = [f.reason for f in result.findings if f.code == "unknown_charset"]
+        assert reasons and "DOE" not in reasons[0] and "not a defined term" in reasons[0]

@@ -151,6 +151,32 @@ class TestAcrossMigrations:
         assert again == {k for k, r in first_rows.items() if r["image_set_id"] == gone}
         assert all(rows[k]["code"] == "already_imported" for k in set(rows) - again)
 
+    async def test_throttled_image_set_checks_are_retried_inside_planning(
+            self, client: Client, worker: Worker, buckets: dict[str, Any], datastore_id: str,
+            emulator_url: str) -> None:
+        s3, src, work = buckets["s3"], buckets["source"], buckets["work"]
+        study, series = uid(), uid()
+        for i in range(2):
+            s3.put_object(Bucket=src, Key=f"thr/{i}.dcm", Body=make_instance(study, series))
+        payload = MigrationInput(source_s3_uri=f"s3://{src}/thr/", datastore_id=datastore_id,
+                                 work_s3_uri=f"s3://{work}/w/", import_start_interval_seconds=0)
+        _, first = await _run(client, worker, payload)
+        image_set = next(iter(_rows(s3, first).values()))["image_set_id"]
+        # The second migration's planning checks that image set with GetImageSet: throttled more often than
+        # botocore's own retries (3 attempts) absorb.
+        emulator_admin(emulator_url, "faults", {"kind": "throttle", "operation": "GetImageSet",
+                                                "imageSetId": image_set, "count": 5})
+        second_id, second = await _run(client, worker, payload)
+        assert {state for state, n in second.files_by_state.items() if n} == {FileState.SKIPPED_DUPLICATE}
+        # Waited out inside the activity: planning did not restart (and re-read the whole index) for it.
+        history = await client.get_workflow_handle(second_id).fetch_history()
+        scheduled = {e.event_id: e.activity_task_scheduled_event_attributes.activity_type.name
+                     for e in history.events if e.HasField("activity_task_scheduled_event_attributes")}
+        attempts = [e.activity_task_started_event_attributes.attempt for e in history.events
+                    if e.HasField("activity_task_started_event_attributes")
+                    and scheduled[e.activity_task_started_event_attributes.scheduled_event_id] == "plan_batches"]
+        assert attempts == [1]
+
     async def test_other_content_under_an_imported_uid_is_rejected(
             self, client: Client, worker: Worker, buckets: dict[str, Any], datastore_id: str) -> None:
         s3, src, work = buckets["s3"], buckets["source"], buckets["work"]
