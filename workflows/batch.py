@@ -268,7 +268,8 @@ class ImportBatchWorkflow:
         await workflow.execute_activity("split_batch", input, result_type=list[int],
                                         start_to_close_timeout=policies.PAGE_TIMEOUT,
                                         heartbeat_timeout=policies.HEARTBEAT, retry_policy=policies.STAGE_RETRY)
-        totals: dict[FileState, int] = {}
+        # Files whose source changed before the whole batch's job are in neither half: count them here.
+        totals: dict[FileState, int] = {FileState.FAILED: job.source_changed} if job.source_changed else {}
         image_sets, non_primary, last = 0, [], outcome
         for part in (1, 2):
             half = input.model_copy(update={"part": part})

@@ -16,10 +16,19 @@ from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 
+from activities.importjob import job_name
 from activities.plan import PlanActivities
 from activities.storage import put_ndjson
 from contracts import layout
-from contracts.pipeline import FileState, MigrationInput, MigrationResult, OperatorCommand, PlanInput
+from contracts.pipeline import (
+    BatchInput,
+    BatchResult,
+    FileState,
+    MigrationInput,
+    MigrationResult,
+    OperatorCommand,
+    PlanInput,
+)
 from contracts.records import ImportedInstance, InstanceRecord
 from tests.conftest import emulator_admin
 from tests.support.dicom import make_instance, uid
@@ -108,6 +117,30 @@ class TestSourceChanged:
         assert "awaiting_job" not in stages and "routing" not in stages
         assert _summary(s3, result)["jobs"] == []
 
+
+    async def test_a_split_batch_still_counts_its_changed_sources(
+            self, client: Client, worker: Worker, buckets: dict[str, Any], datastore_id: str,
+            emulator_url: str) -> None:
+        s3, src, work = buckets["s3"], buckets["source"], buckets["work"]
+        study, series = uid(), uid()
+        for i in range(3):
+            s3.put_object(Bucket=src, Key=f"split/{i}.dcm", Body=make_instance(study, series))
+        handle = await _paused_start(client, worker, MigrationInput(
+            source_s3_uri=f"s3://{src}/split/", datastore_id=datastore_id, work_s3_uri=f"s3://{work}/w/",
+            import_start_interval_seconds=0))
+        # The whole batch's job FAILS once (its halves, named ...-p1 / -p2, do not match): the batch is split.
+        whole = job_name(BatchInput(migration_id=handle.id, batch=0, source_s3_uri="s3://b/", work_s3_uri="s3://w/",
+                                    datastore_id=datastore_id))
+        emulator_admin(emulator_url, "faults", {"kind": "job_failed", "jobName": whole, "count": 1})
+        await _wait_phase(handle, "parsing")
+        s3.put_object(Bucket=src, Key="split/2.dcm", Body=make_instance(study, series, patient_id="SYNTH-LATE"))
+        await handle.signal(MigrationWorkflow.resume, OperatorCommand(reason="go"))
+        result = await handle.result()
+        batch = await client.get_workflow_handle(f"{handle.id}.batch-00000", result_type=BatchResult).result()
+        assert batch.failed_job is not None and batch.failed_job.status == "FAILED"
+        counted = {state: n for state, n in batch.files_by_state.items() if n}
+        assert counted == {FileState.IMPORTED: 2, FileState.FAILED: 1}
+        assert result.files_by_state[FileState.FAILED] == 1 and _summary(s3, result)["unaccounted"] == 0
 
 class TestAcrossMigrations:
     async def test_a_second_migration_skips_what_the_first_imported(
