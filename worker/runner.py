@@ -69,8 +69,12 @@ async def run_worker(client: Client, settings: Settings) -> None:
                 await stop.wait()
                 log.info("shutdown requested; finishing in-flight work", grace_seconds=settings.graceful_shutdown_seconds)
             finally:
-                for task in listener_tasks:
-                    await asyncio.wait_for(task, timeout=5)
+                # Every listener is awaited (bounded) and the health file always goes, whatever one of them raised.
+                outcomes = await asyncio.gather(*(asyncio.wait_for(t, timeout=5) for t in listener_tasks),
+                                                return_exceptions=True)
+                for outcome in outcomes:
+                    if isinstance(outcome, BaseException):
+                        log.warning("a listener ended with an error", error=type(outcome).__name__)
                 if health:
                     health.unlink(missing_ok=True)
     log.info("worker stopped")

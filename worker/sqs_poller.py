@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import structlog
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 log = structlog.get_logger("himig.sqs")
 
@@ -89,12 +89,16 @@ class SqsPoller:
                     break
                 try:
                     messages = poll.result()
-                except ClientError as err:
-                    log.warning("sqs receive failed; retrying", listener=self.kind,
-                                code=err.response.get("Error", {}).get("Code"))
+                except (ClientError, BotoCoreError) as err:  # throttled, endpoint down, read timeout: transient
+                    log.warning("sqs receive failed; retrying", listener=self.kind, error=_code(err))
                     await sleep_or_stop(stop, 2.0)
                     continue
-                await asyncio.gather(*(self.handle(m) for m in messages))
+                results = await asyncio.gather(*(self.handle(m) for m in messages), return_exceptions=True)
+                for result in results:
+                    if isinstance(result, Exception):
+                        # Not deleted, so SQS re-delivers the message; one bad message never stops the listener.
+                        log.warning("message handling failed; left for re-delivery", listener=self.kind,
+                                    error=type(result).__name__)
         finally:
             stopper.cancel()
             log.info(f"{self.kind} listener stopped", **self.counters())
@@ -110,6 +114,12 @@ class SqsPoller:
             await asyncio.to_thread(self._sqs.delete_message, QueueUrl=self._queue_url,
                                     ReceiptHandle=message["ReceiptHandle"])
             self.messages_deleted += 1
-        except ClientError as err:  # re-delivery is harmless
-            log.warning("could not delete a message", listener=self.kind,
-                        code=err.response.get("Error", {}).get("Code"))
+        except (ClientError, BotoCoreError) as err:  # re-delivery is harmless
+            log.warning("could not delete a message", listener=self.kind, error=_code(err))
+
+
+def _code(err: Exception) -> str:
+    """The AWS error code, or the exception type for connection-level errors (never a message: no keys)."""
+    if isinstance(err, ClientError):
+        return str(err.response.get("Error", {}).get("Code", "ClientError"))
+    return type(err).__name__
