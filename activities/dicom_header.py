@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import hmac
 import io
 import re
 import struct
@@ -146,9 +147,11 @@ def _raw(ds: Dataset, name: str) -> bytes | None:
     return str(value).strip().encode("utf-8", "replace")
 
 
-def _fingerprint(ds: Dataset, attrs: tuple[str, ...]) -> str:
-    # Raw bytes are hashed: equal values in one character set hash equally, and no decoding is needed.
-    h = hashlib.sha256()
+def _fingerprint(ds: Dataset, attrs: tuple[str, ...], secret: bytes | None = None) -> str:
+    # Raw bytes are hashed: equal values in one character set hash equally, and no decoding is needed. With a
+    # secret (HIMIG_FINGERPRINT_KEY) the hash is an HMAC: fingerprints kept in S3 (ledgers, the data store's import
+    # index) cannot then be tested against guessed values (PatientIDs and birth dates have little entropy).
+    h = hmac.new(secret, digestmod=hashlib.sha256) if secret else hashlib.sha256()
     for name in attrs:
         h.update(name.encode() + b"=" + (_raw(ds, name) or b"") + b"\0")
     return h.hexdigest()
@@ -369,8 +372,11 @@ def _read(fp: io.BytesIO) -> Dataset:
         return pydicom.dcmread(fp, stop_before_pixels=True)
 
 
-def parse_header(buf: bytes, total_size: int, key: str = "") -> HeaderResult:
-    """Parse the DICOM header in ``buf`` (the first ``len(buf)`` bytes of an object of ``total_size`` bytes)."""
+def parse_header(buf: bytes, total_size: int, key: str = "", fingerprint_key: bytes | None = None) -> HeaderResult:
+    """Parse the DICOM header in ``buf`` (the first ``len(buf)`` bytes of an object of ``total_size`` bytes).
+
+    ``fingerprint_key`` keys the patient / study / series fingerprints (an HMAC); None hashes them plainly.
+    """
     result = HeaderResult()
     sniffed = _sniff(buf)
     if sniffed:
@@ -419,7 +425,7 @@ def parse_header(buf: bytes, total_size: int, key: str = "") -> HeaderResult:
                                             "describe an image (truncated)", "PixelData"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        _describe(ds, result)
+        _describe(ds, result, fingerprint_key)
         if result.readable and not result.values.get("is_dicomdir"):
             _structure(ds, buf, result.values.get("transfer_syntax_uid"), result.findings)
             _values(ds, result.findings)
@@ -592,7 +598,7 @@ def _text(ds: Dataset, name: str) -> str | None:
     return raw.decode("ascii", "replace") or None if raw is not None else None
 
 
-def _describe(ds: Dataset, result: HeaderResult) -> None:
+def _describe(ds: Dataset, result: HeaderResult, fingerprint_key: bytes | None = None) -> None:
     meta = getattr(ds, "file_meta", None) or Dataset()
     tsuid = _text(meta, "TransferSyntaxUID")
     media_class = _text(meta, "MediaStorageSOPClassUID")
@@ -605,9 +611,9 @@ def _describe(ds: Dataset, result: HeaderResult) -> None:
         "modality": _text(ds, "Modality"),
         "is_dicomdir": media_class == DICOMDIR_SOP_CLASS or _text(ds, "SOPClassUID") == DICOMDIR_SOP_CLASS
         or "DirectoryRecordSequence" in ds,
-        "patient_fingerprint": _fingerprint(ds, PATIENT_ATTRS),
-        "study_fingerprint": _fingerprint(ds, STUDY_ATTRS),
-        "series_fingerprint": _fingerprint(ds, SERIES_ATTRS),
+        "patient_fingerprint": _fingerprint(ds, PATIENT_ATTRS, fingerprint_key),
+        "study_fingerprint": _fingerprint(ds, STUDY_ATTRS, fingerprint_key),
+        "series_fingerprint": _fingerprint(ds, SERIES_ATTRS, fingerprint_key),
     }
     result.values = values
     f = result.findings

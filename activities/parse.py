@@ -54,9 +54,10 @@ class _RangeSizer:
 
 
 class ParseActivities:
-    def __init__(self, s3: Any, concurrency: int = 8) -> None:
+    def __init__(self, s3: Any, concurrency: int = 8, fingerprint_key: bytes | None = None) -> None:
         self._s3 = s3
         self._concurrency = concurrency
+        self._fingerprint_key = fingerprint_key
 
     def _read(self, bucket: str, entry: InventoryEntry, counter: list[int], sizer: _RangeSizer) -> ParsedRecord:
         """Parse one object; per-file problems become findings, only infrastructure errors raise."""
@@ -94,7 +95,7 @@ class ParseActivities:
             match = _CONTENT_RANGE.match(resp.get("ContentRange", "") or "")
             total = int(match.group(1)) if match else len(buf) + len(chunk)
             buf += chunk
-            result = parse_header(buf, total, entry.key)
+            result = parse_header(buf, total, entry.key, self._fingerprint_key)
             if result.need_bytes and len(buf) < total:
                 want = max(result.need_bytes, len(buf) + 1)
                 continue

@@ -41,7 +41,7 @@ def build_activities(clients: AwsClients, settings: Settings) -> list[Callable[.
     roots = tuple(r for r in settings.source_dir_roots.split(":") if r)
     receive = ReceiveActivities(s3, SourceSettings(dicomweb_auth=auth, timeout_seconds=settings.source_timeout_seconds,
                                                    local_roots=roots))
-    parse = ParseActivities(s3, settings.parse_concurrency)
+    parse = ParseActivities(s3, settings.parse_concurrency, settings.fingerprint_secret())
     validate = ValidateActivities(s3)
     normalize = NormalizeActivities(s3)
     plan = PlanActivities(s3, mi)
@@ -56,7 +56,7 @@ def build_activities(clients: AwsClients, settings: Settings) -> list[Callable[.
     failed = FailedBatchActivities(s3)
     route = RouteActivities(s3, clients.events, settings.event_bus_name)
     report = ReportActivities(s3)
-    recon = ReconcileActivities(mi, clients.events, settings.event_bus_name)
+    recon = ReconcileActivities(mi, clients.events, settings.event_bus_name, settings.fingerprint_secret())
     ingest = IngestActivities(s3)
     return [
         receive.receive_inventory, parse.parse_headers, validate.validate_page, normalize.normalize_page,

@@ -57,6 +57,14 @@ class Settings(BaseSettings):
     parse_concurrency: int = Field(8, ge=1, le=256, description="parallel header reads inside one parse activity")
     max_concurrent_activities: int = Field(32, ge=1, le=1000)
     graceful_shutdown_seconds: float = Field(25.0, ge=0, le=115, description="below ECS stopTimeout")
+    fingerprint_key: SecretStr | None = Field(
+        None, min_length=16,
+        description="secret keying the patient/study/series fingerprints (HMAC) kept in S3 and shown in "
+                    "reconciliation; the same on every worker, never rotated casually (fingerprints written "
+                    "under another key no longer match). Unset: plain SHA-256")
+
+    def fingerprint_secret(self) -> bytes | None:
+        return self.fingerprint_key.get_secret_value().encode() if self.fingerprint_key else None
     # Import-job polling: the delay grows from the first to the maximum. With the job-events queue configured
     # (HIMIG_JOB_EVENTS_QUEUE_URL) events wake waiting batches, so the maximum can be minutes (e.g. 300).
     job_poll_initial_seconds: float = Field(1.0, gt=0, le=3600, description="first delay between job polls")

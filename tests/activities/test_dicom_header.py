@@ -164,3 +164,25 @@ class TestFindingReasonsCarryNoFileText:
         result, _ = _parse_like_s3(self._with_charset("DOE^JOHN"))
         reasons = [f.reason for f in result.findings if f.code == "unknown_charset"]
         assert reasons and "DOE" not in reasons[0] and "not a defined term" in reasons[0]
+
+
+class TestKeyedFingerprints:
+    def test_a_key_turns_fingerprints_into_hmacs_stable_per_key(self) -> None:
+        data = make_instance(uid(), uid(), patient_id="SYNTH-KEYED")
+        plain = parse_header(data, len(data)).values
+        keyed = parse_header(data, len(data), fingerprint_key=b"k" * 32).values
+        again = parse_header(data, len(data), fingerprint_key=b"k" * 32).values
+        other = parse_header(data, len(data), fingerprint_key=b"j" * 32).values
+        for level in ("patient_fingerprint", "study_fingerprint", "series_fingerprint"):
+            assert keyed[level] == again[level]
+            assert len({plain[level], keyed[level], other[level]}) == 3
+
+    def test_the_setting_refuses_a_short_key_naming_it(self) -> None:
+        from pydantic import ValidationError
+
+        from worker.settings import Settings
+
+        with pytest.raises(ValidationError, match="fingerprint_key"):
+            Settings(fingerprint_key="short")
+        assert Settings(fingerprint_key="x" * 16).fingerprint_secret() == b"x" * 16
+        assert Settings().fingerprint_secret() is None

@@ -238,10 +238,10 @@ class TestIngestEndToEnd:
                    for line in s3.get_object(Bucket=work, Key=k)["Body"].read().decode().splitlines()]
         assert [e["etag"] for e in entries if e["key"] == "in/c/x.dcm"] == [new]
         result = await client.get_workflow_handle(wid).query(IngestWorkflow.progress)
-        # The repeated pair is always ignored. The older version of in/c/x.dcm is counted too when it is handled
-    # after the newer one; the listener handles one receive's messages concurrently (and SQS keeps no order),
-    # so it may come first and be replaced in the buffer instead: either way only the newer was flushed (above).
-    assert result.duplicates_ignored >= 2
+            # The repeated pair is always ignored. The older version of in/c/x.dcm is counted too when it is handled
+        # after the newer one; the listener handles one receive's messages concurrently (and SQS keeps no order),
+        # so it may come first and be replaced in the buffer instead: either way only the newer was flushed (above).
+        assert result.duplicates_ignored >= 2
 
 
 class TestIngestWorkflowDirectly:
