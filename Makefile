@@ -43,7 +43,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/emulator.py
 	$(PY) bench/parse.py
-	$(PY) bench/requests.py
+	$(PY) bench/stage_requests.py
 	$(PY) bench/orchestration.py
 
 clean: stop

@@ -16,7 +16,7 @@ output. Its requests and bytes are counted the same way.
 Prints requests per file per stage, the totals, and the ratios ours/naive for requests and worker bytes.
 ``BENCH_N`` (default 200 valid files) configures it.
 
-    .venv/bin/python bench/requests.py
+    .venv/bin/python bench/stage_requests.py
 """
 
 from __future__ import annotations
