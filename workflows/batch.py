@@ -14,6 +14,7 @@ with workflow.unsafe.imports_passed_through():
     from contracts import layout, search
     from contracts.jobevents import TERMINAL_STATUSES, JobEvent
     from contracts.pipeline import (
+        FHIR_JOB_DONE,
         BatchInput,
         BatchProgress,
         BatchResult,
@@ -205,7 +206,8 @@ class ImportBatchWorkflow:
         holds at that moment. If this batch's resource was built before another batch imported more of the study
         and its job ran after that batch's, HealthLake holds the older view: the review sees the study's image
         sets have grown and this batch routes once more (round 2), built after the other import and queued after
-        the other job (HealthLake runs a data store's imports in order), so the newest view lands last.
+        the other job (HealthLake runs a data store's imports in order), so the newest view lands last. If round 2
+        does not run to its end, round 1's counts stand, with round 2's problems.
         """
         assert input.fhir is not None
         self._stage(BatchStage.ROUTING_FHIR)
@@ -217,7 +219,11 @@ class ImportBatchWorkflow:
             if second.stale_studies:
                 second.problems.append(f"{second.stale_studies} studies gained image sets again while routing; "
                                        "route them again (re-run) to refresh HealthLake")
-            summary = second.model_copy(update={"rerouted": True, "problems": summary.problems + second.problems})
+            problems = summary.problems + second.problems
+            if second.job_status in FHIR_JOB_DONE and second.reviewed:
+                summary = second.model_copy(update={"rerouted": True, "problems": problems})
+            else:  # round 2 did not run to its end: HealthLake still holds what round 1 imported, counted as such
+                summary = summary.model_copy(update={"rerouted": True, "problems": problems})
         self._progress.fhir = summary if self._progress.fhir is None else _merge_fhir(self._progress.fhir, summary)
 
     async def _fhir_round(self, input: BatchInput, review: ReviewResult) -> FhirSummary:
@@ -245,7 +251,7 @@ class ImportBatchWorkflow:
                 retry_policy=policies.PATIENT_RETRY)
         except ActivityError as err:
             summary = FhirSummary(job_id=ref.job_id if ref else None, job_status=outcome.status if outcome else None,
-                                  problems=[f"HealthLake import output not reviewed: {str(err.cause or err)[:500]}"])
+                                  reviewed=False, problems=[f"HealthLake import output not reviewed: {str(err.cause or err)[:500]}"])
         return summary
 
     @workflow.run
@@ -299,5 +305,6 @@ def _merge_fhir(a: FhirSummary, b: FhirSummary) -> FhirSummary:
                        imported=a.imported + b.imported, failed=a.failed + b.failed,
                        rejected_by_validate=a.rejected_by_validate + b.rejected_by_validate,
                        stale_studies=a.stale_studies + b.stale_studies, rerouted=a.rerouted or b.rerouted,
+                       reviewed=a.reviewed and b.reviewed,
                        failures=(a.failures + b.failures)[:20], problems=(a.problems + b.problems)[:50],
                        summary_uri=b.summary_uri or a.summary_uri)
