@@ -8,13 +8,13 @@ input (the one artefact whose purpose is to carry it to HealthLake) and never in
 Three activities, each idempotent:
 
 - ``start_fhir_import``: build the batch's studies (``activities.fhir``), optionally ``$validate`` each resource
-  (refused ones are reported, not imported), write ``fhir/batch-NNNNN/imaging-studies.ndjson`` and start the job
-  on that folder with a
+  (refused ones are reported, not imported), write ``fhir/batch-NNNNN/imaging-studies.ndjson`` once (a retry reads
+  it back, with its start record ``fhir/batch-NNNNN.start.json``) and start the job on that folder with a
   deterministic ``ClientToken`` and the configured ``ValidationLevel``;
 - ``await_fhir_import``: poll ``DescribeFHIRImportJob`` by benign retry (no history per poll);
 - ``review_fhir_import``: read the job's ``manifest.json`` and ``SUCCESS/`` / ``FAILURE/`` NDJSON, count imported
   and refused resources (with issue codes and element paths, never values) and write ``fhir/batch-NNNNN.result.json``
-  for the report.
+  for the report (``reviewed`` false while the review runs, and if it gives up).
 """
 
 from __future__ import annotations
