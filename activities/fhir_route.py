@@ -90,6 +90,15 @@ class BuiltInput:
     rejected: list[FhirFailure]
 
 
+def _resource_type(line: bytes) -> str | None:
+    """The resourceType of one NDJSON line (None if it is not a JSON object)."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    return str(row.get("resourceType")) if isinstance(row, dict) else None
+
+
 def _short(issues: list[str]) -> list[str]:
     """At most 10 issues of at most 200 characters each: what a refusal carries in payloads."""
     return [issue[:200] for issue in issues[:10]]
@@ -238,20 +247,23 @@ class FhirRouteActivities:
             if is_missing(err):
                 return None
             raise classify(err, "reading the HealthLake import input") from None
-        sent = [json.loads(line) for line in body.splitlines() if line.strip()]
+        lines = [line for line in body.splitlines() if line.strip()]
         try:
             record = get_json(self._s3, record_loc)
         except ClientError as err:
             if not is_missing(err):
                 raise classify(err, "reading the HealthLake start record") from None
             record = None
+        except ValueError:
+            record = None  # not JSON: no record
         if isinstance(record, dict) and record.get("input_sha256") == hashlib.sha256(body).hexdigest():
-            return BuiltInput(body=body, resources=len(sent), studies=int(record["studies"]),
-                              rejected=[FhirFailure.model_validate(f) for f in record["rejected"]])
-        # No record of this very input (a concurrent attempt's, or a crash between the two writes): the input
-        # itself is the truth; only refusals before import are unknown.
-        return BuiltInput(body=body, resources=len(sent), studies=sum(1 for r in sent
-                                                                        if r.get("resourceType") == "ImagingStudy"),
+            with contextlib.suppress(ValueError, TypeError, KeyError):
+                return BuiltInput(body=body, resources=len(lines), studies=int(record["studies"]),
+                                  rejected=[FhirFailure.model_validate(f) for f in record["rejected"]])
+        # No usable record of this very input (a concurrent attempt's, or a crash between the two writes): the
+        # input itself is the truth; only refusals before import are unknown.
+        return BuiltInput(body=body, resources=len(lines), studies=sum(1 for line in lines
+                                                                         if _resource_type(line) == "ImagingStudy"),
                           rejected=[])
 
     def _put_once(self, loc: S3Location, body: bytes) -> bool:

@@ -219,11 +219,7 @@ class ImportBatchWorkflow:
             if second.stale_studies:
                 second.problems.append(f"{second.stale_studies} studies gained image sets again while routing; "
                                        "route them again (re-run) to refresh HealthLake")
-            problems = summary.problems + second.problems
-            if second.job_status in FHIR_JOB_DONE and second.reviewed:
-                summary = second.model_copy(update={"rerouted": True, "problems": problems})
-            else:  # round 2 did not run to its end: HealthLake still holds what round 1 imported, counted as such
-                summary = summary.model_copy(update={"rerouted": True, "problems": problems})
+            summary = after_round_2(summary, second)
         self._progress.fhir = summary if self._progress.fhir is None else _merge_fhir(self._progress.fhir, summary)
 
     async def _fhir_round(self, input: BatchInput, review: ReviewResult) -> FhirSummary:
@@ -296,6 +292,17 @@ def _merge(a: dict[FileState, int], b: dict[FileState, int]) -> dict[FileState, 
     for state, n in b.items():
         out[state] = out.get(state, 0) + n
     return out
+
+
+def after_round_2(first: FhirSummary, second: FhirSummary) -> FhirSummary:
+    """A batch's FHIR outcome after two rounds: round 2's counts if its job ran to its end, else round 1's.
+
+    Round 2 re-sends every study, so a completed round 2 describes the batch; one that could not start, imported
+    nothing, FAILED or was not reviewed leaves what round 1 imported in HealthLake. Both rounds' problems are kept.
+    """
+    problems = first.problems + second.problems
+    counted = second if second.job_status in FHIR_JOB_DONE and second.reviewed else first
+    return counted.model_copy(update={"rerouted": True, "problems": problems})
 
 
 def _merge_fhir(a: FhirSummary, b: FhirSummary) -> FhirSummary:

@@ -332,3 +332,22 @@ def test_refusals_before_import_are_capped_in_the_payload_and_counted_in_full() 
     assert more["validate_rejected"] == fields["validate_rejected"] and more["rejected_by_validate"] == 5000
     assert len(ref.model_dump_json()) < 16_000
     assert capped_refusals([]) == {"validate_rejected": [], "rejected_by_validate": 0, "refused_at_build": 0}
+
+
+@pytest.mark.parametrize("status,reviewed,counted", [
+    ("COMPLETED", True, 2), ("COMPLETED_WITH_ERRORS", True, 2),
+    (None, True, 1), ("FAILED", True, 1), ("COMPLETED", False, 1),
+])
+def test_batch_progress_keeps_round_1_unless_round_2_ran_to_its_end(status: str | None, reviewed: bool,
+                                                                     counted: int) -> None:
+    from contracts.pipeline import FhirSummary
+    from workflows.batch import after_round_2
+
+    first = FhirSummary(job_id="j1", job_status="COMPLETED", studies=1, imported=1, stale_studies=1,
+                        problems=["from round 1"])
+    second = FhirSummary(job_id="j2" if status else None, job_status=status, studies=1,
+                         imported=1 if status and status.startswith("COMPLETED") and reviewed else 0,
+                         reviewed=reviewed, problems=["from round 2"])
+    summary = after_round_2(first, second)
+    assert summary.job_id == f"j{counted}" and summary.imported == 1 and summary.rerouted is True
+    assert summary.problems == ["from round 1", "from round 2"]

@@ -586,9 +586,17 @@ async def test_a_retried_start_imports_exactly_what_the_first_attempt_wrote(
     assert get_bytes(s3, in_loc) == written and second == first
     start_record = get_json(s3, layout.fhir_start_record(work_uri, wid, 0))
     assert start_record["resources"] == 2 and start_record["studies"] == 1
-    # An input without its start record (a crash between the writes) is still read back, counted from itself.
-    s3.delete_object(Bucket=work, Key=layout.fhir_start_record(work_uri, wid, 0).key)
-    assert acts.start_fhir_import(route) == first
+    # An input without a usable start record (a crash between the writes, a damaged record) is still read back,
+    # counted from itself.
+    record_key = layout.fhir_start_record(work_uri, wid, 0).key
+    for damaged in (None, b"{not json", json.dumps(start_record | {"studies": "x", "rejected": 5}).encode(),
+                    json.dumps(start_record | {"input_sha256": "0" * 64}).encode()):
+        if damaged is None:
+            s3.delete_object(Bucket=work, Key=record_key)
+        else:
+            s3.put_object(Bucket=work, Key=record_key, Body=damaged)
+        assert acts.start_fhir_import(route) == first
+        assert get_bytes(s3, in_loc) == written
 
 
 def test_a_review_that_gives_up_still_leaves_the_batch_for_the_report(
