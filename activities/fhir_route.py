@@ -8,19 +8,21 @@ input (the one artefact whose purpose is to carry it to HealthLake) and never in
 Three activities, each idempotent:
 
 - ``start_fhir_import``: build the batch's studies (``activities.fhir``), optionally ``$validate`` each resource
-  (refused ones are reported, not imported), write ``fhir/batch-NNNNN/imaging-studies.ndjson`` and start the job
-  on that folder with a
+  (refused ones are reported, not imported), write ``fhir/batch-NNNNN/imaging-studies.ndjson`` once (a retry reads
+  it back, with its start record ``fhir/batch-NNNNN.start.json``) and start the job on that folder with a
   deterministic ``ClientToken`` and the configured ``ValidationLevel``;
 - ``await_fhir_import``: poll ``DescribeFHIRImportJob`` by benign retry (no history per poll);
 - ``review_fhir_import``: read the job's ``manifest.json`` and ``SUCCESS/`` / ``FAILURE/`` NDJSON, count imported
   and refused resources (with issue codes and element paths, never values) and write ``fhir/batch-NNNNN.result.json``
-  for the report.
+  for the report (``reviewed`` false while the review runs, and if it gives up).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -29,7 +31,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from activities.await_job import poll_delay
-from activities.errors import classify
+from activities.errors import classify, error_code
 from activities.fhir import (
     DICOM_UID_SYSTEM,
     IMAGE_SET_SYSTEM,
@@ -41,7 +43,7 @@ from activities.fhir import (
 from activities.heartbeat import keeps_alive
 from activities.signed_http import SignedHttp
 from activities.spotcheck import get_image_set_metadata, with_local_retries
-from activities.storage import get_bytes, is_missing, list_objects, put_bytes, put_json, read_models
+from activities.storage import get_bytes, get_json, is_missing, list_objects, put_json, read_models
 from contracts import layout
 from contracts.pipeline import (
     FhirFailure,
@@ -76,6 +78,37 @@ def issues_of(outcome: Any) -> list[str]:
         where = where if isinstance(where, list) else [where]
         out.append(f"{issue.get('code', 'invalid')}" + (f" at {', '.join(str(w) for w in where)}" if where else ""))
     return out
+
+
+@dataclass(frozen=True)
+class BuiltInput:
+    """One batch's import input: the NDJSON body and what building it counted."""
+
+    body: bytes
+    resources: int
+    studies: int
+    rejected: list[FhirFailure]
+
+
+def _resource_type(line: bytes) -> str | None:
+    """The resourceType of one NDJSON line (None if it is not a JSON object)."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    return str(row.get("resourceType")) if isinstance(row, dict) else None
+
+
+def _short(issues: list[str]) -> list[str]:
+    """At most 10 issues of at most 200 characters each: what a refusal carries in payloads."""
+    return [issue[:200] for issue in issues[:10]]
+
+
+def capped_refusals(rejected: list[FhirFailure]) -> dict[str, Any]:
+    """The ``FhirImportRef`` fields for resources refused before import: their counts and at most MAX_FAILURES."""
+    return {"validate_rejected": rejected[:MAX_FAILURES],
+            "rejected_by_validate": sum(1 for f in rejected if f.stage == "validate"),
+            "refused_at_build": sum(1 for f in rejected if f.stage == "build")}
 
 
 def _retry(message: str, kind: str) -> ApplicationError:
@@ -166,16 +199,11 @@ class FhirRouteActivities:
             issues = [f"HTTP {resp.status} {resp.headers.get('x-amzn-errortype', '')}".strip()]
         return issues
 
-    @activity.defn(name="start_fhir_import")
-    @keeps_alive
-    def start_fhir_import(self, input: RouteInput) -> FhirImportRef:
+    def _build_input(self, input: RouteInput) -> BuiltInput:
+        """Build the batch's Endpoint and ImagingStudy resources from HealthImaging as it is now."""
         batch = input.batch
-        assert batch.fhir is not None, "start_fhir_import is scheduled only for batches with FHIR routing"
+        assert batch.fhir is not None
         fhir = batch.fhir
-        where = (batch.work_s3_uri, batch.migration_id, batch.batch, batch.part, fhir.round)
-        name = layout.fhir_name(batch.batch, batch.part, fhir.round)
-        in_folder, in_loc, out_loc = layout.fhir_input_prefix(*where), layout.fhir_input(*where), \
-            layout.fhir_output_prefix(*where)
         resources: list[dict[str, Any]] = []
         rejected: list[FhirFailure] = []
         studies = 0
@@ -188,7 +216,7 @@ class FhirRouteActivities:
             bug = structure_issues(built.resource)
             if bug:  # our builder made something the FHIR model refuses: report it, never send it
                 rejected.append(FhirFailure(resource_type="ImagingStudy", resource_id=built.resource["id"],
-                                            stage="build", issues=bug[:10]))
+                                            stage="build", issues=_short(bug)))
                 continue
             resources.append(built.resource)
         if resources:
@@ -203,17 +231,86 @@ class FhirRouteActivities:
                 issues = self._validate(props["DatastoreEndpoint"], resource)
                 if issues:
                     rejected.append(FhirFailure(resource_type=resource["resourceType"], resource_id=resource["id"],
-                                                stage="validate", issues=issues[:10]))
+                                                stage="validate", issues=_short(issues)))
                 else:
                     kept.append(resource)
             # An Endpoint alone links nothing: import it only alongside a study.
             resources = kept if any(r["resourceType"] == "ImagingStudy" for r in kept) else []
         body = "".join(json.dumps(r, separators=(",", ":"), sort_keys=True) + "\n" for r in resources).encode()
-        put_bytes(self._s3, in_loc, body, "application/fhir+ndjson")
+        return BuiltInput(body=body, resources=len(resources), studies=studies, rejected=rejected)
+
+    def _written_input(self, in_loc: S3Location, record_loc: S3Location) -> BuiltInput | None:
+        """The job input an earlier attempt wrote for this (batch, round), with its start record; None: none yet."""
+        try:
+            body = get_bytes(self._s3, in_loc)
+        except ClientError as err:
+            if is_missing(err):
+                return None
+            raise classify(err, "reading the HealthLake import input") from None
+        lines = [line for line in body.splitlines() if line.strip()]
+        try:
+            record = get_json(self._s3, record_loc)
+        except ClientError as err:
+            if not is_missing(err):
+                raise classify(err, "reading the HealthLake start record") from None
+            record = None
+        except ValueError:
+            record = None  # not JSON: no record
+        if isinstance(record, dict) and record.get("input_sha256") == hashlib.sha256(body).hexdigest():
+            with contextlib.suppress(ValueError, TypeError, KeyError):
+                return BuiltInput(body=body, resources=len(lines), studies=int(record["studies"]),
+                                  rejected=[FhirFailure.model_validate(f) for f in record["rejected"]])
+        # No usable record of this very input (a concurrent attempt's, or a crash between the two writes): the
+        # input itself is the truth; only refusals before import are unknown.
+        return BuiltInput(body=body, resources=len(lines), studies=sum(1 for line in lines
+                                                                         if _resource_type(line) == "ImagingStudy"),
+                          rejected=[])
+
+    def _put_once(self, loc: S3Location, body: bytes) -> bool:
+        """Create ``loc`` unless it exists (S3 conditional write); False: another attempt wrote it first."""
+        try:
+            self._s3.put_object(Bucket=loc.bucket, Key=loc.key, Body=body, ContentType="application/fhir+ndjson",
+                                IfNoneMatch="*")
+        except ClientError as err:
+            if error_code(err) in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
+                return False
+            raise classify(err, "writing the HealthLake import input") from None
+        return True
+
+    @activity.defn(name="start_fhir_import")
+    @keeps_alive
+    def start_fhir_import(self, input: RouteInput) -> FhirImportRef:
+        """Build, write once and import the batch's resources; a retry imports exactly what the first attempt wrote.
+
+        The ``ClientToken`` makes a retried start return the job the first attempt started, and that job reads the
+        input folder: so the input is written once per (batch, round) and a retry reads it back (and counts it)
+        instead of building again from HealthImaging's newer state. Job, input and counts always agree.
+        """
+        batch = input.batch
+        assert batch.fhir is not None, "start_fhir_import is scheduled only for batches with FHIR routing"
+        fhir = batch.fhir
+        where = (batch.work_s3_uri, batch.migration_id, batch.batch, batch.part, fhir.round)
+        name = layout.fhir_name(batch.batch, batch.part, fhir.round)
+        in_folder, in_loc, out_loc = layout.fhir_input_prefix(*where), layout.fhir_input(*where), \
+            layout.fhir_output_prefix(*where)
+        record_loc = layout.fhir_start_record(*where)
+        built = self._written_input(in_loc, record_loc)
+        if built is None:
+            built = self._build_input(input)
+            # The record first, naming the input it describes: whichever write a crash interrupts, a retry finds
+            # either no input (and builds) or the input with its record (or, rarely, without: see _written_input).
+            put_json(self._s3, record_loc, {"input_sha256": hashlib.sha256(built.body).hexdigest(),
+                                            "studies": built.studies, "resources": built.resources,
+                                            "rejected": [f.model_dump(mode="json") for f in built.rejected]})
+            if not self._put_once(in_loc, built.body):
+                built = self._written_input(in_loc, record_loc)
+                if built is None:
+                    raise ApplicationError("HealthLake import input is being written by another attempt",
+                                           type="InputWriteConflict")
         ref = FhirImportRef(datastore_id=fhir.datastore_id, job_id=None, input_s3_uri=in_folder.uri,
-                            output_s3_uri=out_loc.uri, studies=studies, resources=len(resources),
-                            validation_level=fhir.validation_level, validate_rejected=rejected)
-        if not resources:
+                            output_s3_uri=out_loc.uri, studies=built.studies, resources=built.resources,
+                            validation_level=fhir.validation_level, **capped_refusals(built.rejected))
+        if not built.resources:
             return ref
         try:
             resp = self._hl.start_fhir_import_job(
@@ -254,17 +351,27 @@ class FhirRouteActivities:
     @activity.defn(name="review_fhir_import")
     @keeps_alive
     def review_fhir_import(self, input: FhirReviewInput) -> FhirSummary:
+        """Count what the job imported and refused and write the batch's ``result.json`` for the report.
+
+        While the job's output is being reviewed, ``result.json`` already holds the batch with ``reviewed`` false
+        and the reason: if the review gives up (its retries run out), the report still counts the batch, as one
+        with a problem.
+        """
         batch, ref = input.batch, input.ref
         fhir_round = batch.fhir.round if batch.fhir else 1
-        summary = FhirSummary()
+        loc = layout.fhir_summary(batch.work_s3_uri, batch.migration_id, batch.batch, batch.part, fhir_round)
+        summary = FhirSummary(summary_uri=loc.uri)
         if ref is not None:
+            listed = sum(1 for f in ref.validate_rejected if f.stage == "validate")
             summary = FhirSummary(job_id=ref.job_id, studies=ref.studies, resources=ref.resources,
-                                  rejected_by_validate=sum(1 for f in ref.validate_rejected if f.stage == "validate"),
-                                  failures=list(ref.validate_rejected))
+                                  rejected_by_validate=max(ref.rejected_by_validate, listed),
+                                  failures=list(ref.validate_rejected), summary_uri=loc.uri)
         if input.error:
             summary.problems.append(f"HealthLake import not done: {input.error[:500]}")
         if input.outcome is not None and ref is not None and ref.job_id is not None:
             summary.job_status = input.outcome.status
+            pending = summary.model_copy(deep=True, update={"reviewed": False})
+            self._write_unreviewed(loc, pending, "review in progress")
             try:
                 imported_ids = self._review_output(ref, input.outcome, summary)
                 if imported_ids:
@@ -272,13 +379,25 @@ class FhirRouteActivities:
                                                                  batch.part, fhir_round))
                     sent = [json.loads(line) for line in body.splitlines() if line.strip()]
                     summary.stale_studies = self.stale_studies(batch.datastore_id, sent, imported_ids)
-            except ClientError as err:
-                raise classify(err, "reading the HealthLake import output") from None
+            except Exception as exc:
+                failure = classify(exc, "reading the HealthLake import output") if isinstance(exc, ClientError) \
+                    else exc
+                self._write_unreviewed(loc, pending, str(failure))
+                if failure is exc:
+                    raise
+                raise failure from None
         summary.failures = summary.failures[:MAX_FAILURES]
-        loc = layout.fhir_summary(batch.work_s3_uri, batch.migration_id, batch.batch, batch.part, fhir_round)
-        summary.summary_uri = loc.uri
         put_json(self._s3, loc, summary.model_dump(mode="json"))
         return summary
+
+    def _write_unreviewed(self, loc: S3Location, pending: FhirSummary, reason: str) -> None:
+        """``result.json`` for a batch whose job output is not reviewed (yet): the counts known before the job."""
+        unreviewed = pending.model_copy(update={
+            "failures": pending.failures[:MAX_FAILURES],
+            "problems": [*pending.problems, f"HealthLake import output not reviewed: {reason[:500]}"]})
+        # Best effort: a failure to write must not hide the error that made the review fail.
+        with contextlib.suppress(ClientError):
+            put_json(self._s3, loc, unreviewed.model_dump(mode="json"))
 
     def _review_output(self, ref: FhirImportRef, outcome: FhirJobOutcome, summary: FhirSummary) -> set[str]:
         """Fill ``summary`` from the job's output; returns the ids of the ImagingStudy resources imported."""

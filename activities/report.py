@@ -10,7 +10,7 @@ from temporalio import activity
 from activities.heartbeat import keeps_alive
 from activities.storage import get_json, iter_ndjson, list_objects, put_bytes, put_json
 from contracts import layout
-from contracts.pipeline import FileState, ReportInput, ReportResult
+from contracts.pipeline import FHIR_JOB_DONE, FileState, ReportInput, ReportResult
 from contracts.records import InventoryEntry, LedgerEntry
 from contracts.s3uri import S3Location
 
@@ -126,20 +126,56 @@ def render_summary(migration_id: str, summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def fhir_section(results: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
-    """Totals and per-batch counts of the HealthLake routing (``fhir/batch-*.result.json``); None when off."""
+def _round_done(result: dict[str, Any]) -> bool:
+    return result.get("job_status") in FHIR_JOB_DONE and result.get("reviewed") is not False
+
+
+def _never_reviewed(record: dict[str, Any]) -> dict[str, Any]:
+    """A batch whose import started (``.start.json``) but whose review wrote no ``result.json``."""
+    listed = record.get("rejected")
+    rejected: list[Any] = listed if isinstance(listed, list) else []
+    return {"studies": record.get("studies"), "reviewed": False,
+            "rejected_by_validate": len([f for f in rejected if isinstance(f, dict) and f.get("stage") == "validate"]),
+            "problems": ["HealthLake import started but its output was never reviewed (no result.json)"]}
+
+
+def fhir_section(results: dict[str, dict[str, Any]],
+                 started: dict[str, dict[str, Any]] | None = None) -> dict[str, Any] | None:
+    """Totals and per-batch counts of the HealthLake routing (``fhir/batch-*.result.json``); None when off.
+
+    ``started`` are the start records (``fhir/batch-*.start.json``): a batch with one and no result is counted
+    as not reviewed, so a review that gave up before writing anything still shows.
+    """
+    results = dict(results)
+    for name, record in (started or {}).items():
+        if name not in results:
+            results[name] = _never_reviewed(record)
     if not results:
         return None
-    # A batch routed twice (round 2, "-r2") is counted by its last round: round 2 re-sent every study.
-    results = {name: r for name, r in results.items() if f"{name}-r2" not in results}
+    # A batch routed twice (round 2, "-r2") counts by round 2 only if its job ran to its end (round 2 re-sent
+    # every study); otherwise round 1's counts stand (HealthLake holds what round 1 imported). Both rounds'
+    # problems are kept.
+    counted: dict[str, dict[str, Any]] = {}
+    for name, r in results.items():
+        if name.endswith("-r2") and name.removesuffix("-r2") in results:
+            continue
+        second = results.get(f"{name}-r2")
+        if second is None:
+            counted[name] = r
+            continue
+        problems = list(r.get("problems") or []) + list(second.get("problems") or [])
+        if _round_done(second):
+            counted[f"{name}-r2"] = second | {"problems": problems}
+        else:
+            counted[name] = r | {"problems": problems}
     batches = {name: {k: r.get(k) for k in ("job_id", "job_status", "studies", "imported", "failed",
                                             "rejected_by_validate")} | {"problems": len(r.get("problems") or [])}
-               for name, r in sorted(results.items())}
+               for name, r in sorted(counted.items())}
     return {
-        "imaging_studies_imported": sum(int(r.get("imported") or 0) for r in results.values()),
-        "imaging_studies_failed": sum(int(r.get("failed") or 0) for r in results.values()),
-        "rejected_by_validate": sum(int(r.get("rejected_by_validate") or 0) for r in results.values()),
-        "batches_with_problems": sum(1 for r in results.values() if r.get("problems")),
+        "imaging_studies_imported": sum(int(r.get("imported") or 0) for r in counted.values()),
+        "imaging_studies_failed": sum(int(r.get("failed") or 0) for r in counted.values()),
+        "rejected_by_validate": sum(int(r.get("rejected_by_validate") or 0) for r in counted.values()),
+        "batches_with_problems": sum(1 for r in counted.values() if r.get("problems")),
         "batches": batches,
     }
 
@@ -167,12 +203,14 @@ class ReportActivities:
         for obj in list_objects(self._s3, layout.receive_failures_prefix(input.work_s3_uri, input.migration_id)):
             unreceived += [LedgerEntry.model_validate(r) for r in iter_ndjson(self._s3, S3Location(root.bucket, obj["Key"]))]
         rows, summary = build_report(inventory, ledger, input.cancelled, unreceived)
-        fhir_results = {}  # batch name -> reviewed HealthLake outcome (written only when FHIR routing is on)
+        # batch name -> reviewed HealthLake outcome / start record (written only when FHIR routing is on)
+        fhir_docs: dict[str, dict[str, dict[str, Any]]] = {".result.json": {}, ".start.json": {}}
         for obj in list_objects(self._s3, root.join("fhir").as_prefix()):
-            if obj["Key"].endswith(".result.json"):
-                name = obj["Key"].rsplit("/", 1)[-1].removesuffix(".result.json")
-                fhir_results[name] = get_json(self._s3, S3Location(root.bucket, obj["Key"]))
-        if (fhir := fhir_section(fhir_results)) is not None:
+            file_name = obj["Key"].rsplit("/", 1)[-1]
+            for suffix, docs in fhir_docs.items():
+                if file_name.endswith(suffix):
+                    docs[file_name.removesuffix(suffix)] = get_json(self._s3, S3Location(root.bucket, obj["Key"]))
+        if (fhir := fhir_section(fhir_docs[".result.json"], fhir_docs[".start.json"])) is not None:
             summary["fhir"] = fhir
         summary.update({"migration_id": input.migration_id, "datastore_id": input.datastore_id})
         prefix = layout.report_prefix(input.work_s3_uri, input.migration_id)

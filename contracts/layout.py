@@ -119,6 +119,12 @@ def fhir_summary(work_s3_uri: str, migration_id: str, batch: int, part: int | No
     return root(work_s3_uri, migration_id).join("fhir", f"{fhir_name(batch, part, routing_round)}.result.json")
 
 
+def fhir_start_record(work_s3_uri: str, migration_id: str, batch: int, part: int | None = None,
+                      routing_round: int = 1) -> S3Location:
+    """What ``start_fhir_import`` built for one batch (counts, refused resources), kept next to its input folder."""
+    return root(work_s3_uri, migration_id).join("fhir", f"{fhir_name(batch, part, routing_round)}.start.json")
+
+
 def fhir_output_prefix(work_s3_uri: str, migration_id: str, batch: int, part: int | None = None,
                        routing_round: int = 1) -> S3Location:
     return root(work_s3_uri, migration_id).join("fhir-output", fhir_name(batch, part, routing_round)).as_prefix()

@@ -430,7 +430,11 @@ class FhirImportRef(BaseModel):
     studies: int
     resources: int
     validation_level: ValidationLevel
+    # At most MAX_FAILURES (activities/fhir_route.py) of the resources refused before import; the counts below
+    # and the start record (``fhir/batch-NNNNN.start.json``) cover all of them.
     validate_rejected: list[FhirFailure] = Field(default_factory=list)
+    rejected_by_validate: int = Field(0, description="resources $validate refused (not imported)")
+    refused_at_build: int = Field(0, description="resources our builder made that the FHIR model refuses (not sent)")
 
 
 class FhirJobOutcome(BaseModel):
@@ -446,6 +450,10 @@ class FhirReviewInput(BaseModel):
     error: str | None = Field(None, description="why the import could not be started or awaited")
 
 
+# A HealthLake import job in one of these states ran to its end: its review counts every resource it was sent.
+FHIR_JOB_DONE = frozenset({"COMPLETED", "COMPLETED_WITH_ERRORS"})
+
+
 class FhirSummary(BaseModel):
     """The FHIR outcome of one batch: counts, plus the refused resources (ids and issue codes, no values)."""
 
@@ -459,6 +467,8 @@ class FhirSummary(BaseModel):
     # Imported studies whose primary image sets in HealthImaging now include sets the resource did not list.
     stale_studies: int = 0
     rerouted: bool = False
+    # False: the job's output has not (yet) been reviewed; the counts above are not the job's (see problems).
+    reviewed: bool = True
     failures: list[FhirFailure] = Field(default_factory=list)
     problems: list[str] = Field(default_factory=list)
     summary_uri: str | None = None

@@ -14,6 +14,7 @@ with workflow.unsafe.imports_passed_through():
     from contracts import layout, search
     from contracts.jobevents import TERMINAL_STATUSES, JobEvent
     from contracts.pipeline import (
+        FHIR_JOB_DONE,
         BatchInput,
         BatchProgress,
         BatchResult,
@@ -205,7 +206,8 @@ class ImportBatchWorkflow:
         holds at that moment. If this batch's resource was built before another batch imported more of the study
         and its job ran after that batch's, HealthLake holds the older view: the review sees the study's image
         sets have grown and this batch routes once more (round 2), built after the other import and queued after
-        the other job (HealthLake runs a data store's imports in order), so the newest view lands last.
+        the other job (HealthLake runs a data store's imports in order), so the newest view lands last. If round 2
+        does not run to its end, round 1's counts stand, with round 2's problems.
         """
         assert input.fhir is not None
         self._stage(BatchStage.ROUTING_FHIR)
@@ -217,7 +219,7 @@ class ImportBatchWorkflow:
             if second.stale_studies:
                 second.problems.append(f"{second.stale_studies} studies gained image sets again while routing; "
                                        "route them again (re-run) to refresh HealthLake")
-            summary = second.model_copy(update={"rerouted": True, "problems": summary.problems + second.problems})
+            summary = after_round_2(summary, second)
         self._progress.fhir = summary if self._progress.fhir is None else _merge_fhir(self._progress.fhir, summary)
 
     async def _fhir_round(self, input: BatchInput, review: ReviewResult) -> FhirSummary:
@@ -245,7 +247,7 @@ class ImportBatchWorkflow:
                 retry_policy=policies.PATIENT_RETRY)
         except ActivityError as err:
             summary = FhirSummary(job_id=ref.job_id if ref else None, job_status=outcome.status if outcome else None,
-                                  problems=[f"HealthLake import output not reviewed: {str(err.cause or err)[:500]}"])
+                                  reviewed=False, problems=[f"HealthLake import output not reviewed: {str(err.cause or err)[:500]}"])
         return summary
 
     @workflow.run
@@ -293,6 +295,17 @@ def _merge(a: dict[FileState, int], b: dict[FileState, int]) -> dict[FileState, 
     return out
 
 
+def after_round_2(first: FhirSummary, second: FhirSummary) -> FhirSummary:
+    """A batch's FHIR outcome after two rounds: round 2's counts if its job ran to its end, else round 1's.
+
+    Round 2 re-sends every study, so a completed round 2 describes the batch; one that could not start, imported
+    nothing, FAILED or was not reviewed leaves what round 1 imported in HealthLake. Both rounds' problems are kept.
+    """
+    problems = first.problems + second.problems
+    counted = second if second.job_status in FHIR_JOB_DONE and second.reviewed else first
+    return counted.model_copy(update={"rerouted": True, "problems": problems})
+
+
 def _merge_fhir(a: FhirSummary, b: FhirSummary) -> FhirSummary:
     """Both halves of a split batch: counts add up, the last job is shown, refusals and problems are kept."""
     return FhirSummary(job_id=b.job_id or a.job_id, job_status=b.job_status or a.job_status,
@@ -300,5 +313,6 @@ def _merge_fhir(a: FhirSummary, b: FhirSummary) -> FhirSummary:
                        imported=a.imported + b.imported, failed=a.failed + b.failed,
                        rejected_by_validate=a.rejected_by_validate + b.rejected_by_validate,
                        stale_studies=a.stale_studies + b.stale_studies, rerouted=a.rerouted or b.rerouted,
+                       reviewed=a.reviewed and b.reviewed,
                        failures=(a.failures + b.failures)[:20], problems=(a.problems + b.problems)[:50],
                        summary_uri=b.summary_uri or a.summary_uri)

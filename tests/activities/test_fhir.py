@@ -214,7 +214,7 @@ def test_report_fhir_section_totals_batches_and_tolerates_missing_counts() -> No
 
     assert fhir_section({}) is None
     rerouted = fhir_section({"batch-00004": {"imported": 1, "problems": []},
-                             "batch-00004-r2": {"imported": 1, "problems": []}})
+                             "batch-00004-r2": {"job_status": "COMPLETED", "imported": 1, "problems": []}})
     assert rerouted is not None and rerouted["imaging_studies_imported"] == 1 and list(rerouted["batches"]) == [
         "batch-00004-r2"]
     section = fhir_section({
@@ -266,3 +266,88 @@ def test_local_retries_wait_out_throttling_only() -> None:
     with pytest.raises(ClientError):
         with_local_retries(lambda: always("ResourceNotFoundException"), (0.0, 0.0))
     assert len(calls) == 1  # not throttling: no retry
+
+
+def _round(status: str | None, imported: int, problems: list[str], **more: Any) -> dict[str, Any]:
+    return {"job_id": "j" if status else None, "job_status": status, "studies": 1, "imported": imported,
+            "failed": 0, "rejected_by_validate": 0, "problems": problems, **more}
+
+
+@pytest.mark.parametrize("second,counted,imported,problems", [
+    # Round 2 ran to its end: it re-sent every study, so it is the batch's count; round 1's problems stay.
+    (_round("COMPLETED", 1, []), "batch-00004-r2", 1, 1),
+    (_round("COMPLETED_WITH_ERRORS", 0, []), "batch-00004-r2", 0, 1),
+    # Round 2 could not start, imported nothing, FAILED or was never reviewed: round 1's import stands.
+    (_round(None, 0, ["HealthLake import not done: ThrottlingException"]), "batch-00004", 1, 2),
+    (_round(None, 0, []), "batch-00004", 1, 1),
+    (_round("FAILED", 0, ["HealthLake import job j FAILED: x"]), "batch-00004", 1, 2),
+    (_round("COMPLETED", 0, ["HealthLake import output not reviewed: x"], reviewed=False), "batch-00004", 1, 2),
+])
+def test_report_counts_round_1_unless_round_2_ran_to_its_end(second: dict[str, Any], counted: str, imported: int,
+                                                              problems: int) -> None:
+    from activities.report import fhir_section
+
+    first = _round("COMPLETED", 1, ["manifest numberOfResourcesScanned=3 but the output lists 2"])
+    section = fhir_section({"batch-00004": first, "batch-00004-r2": second,
+                            "batch-00005": _round("COMPLETED", 2, [])})
+    assert section is not None
+    assert sorted(section["batches"]) == sorted([counted, "batch-00005"])
+    assert section["imaging_studies_imported"] == imported + 2
+    assert section["batches"][counted]["problems"] == problems
+    assert section["batches_with_problems"] == 1
+
+
+def test_report_counts_a_started_batch_whose_review_never_wrote_a_result() -> None:
+    from activities.report import fhir_section
+
+    started = {"batch-00001": {"studies": 3, "resources": 3,
+                               "rejected": [{"resource_type": "ImagingStudy", "stage": "validate"},
+                                            {"resource_type": "ImagingStudy", "stage": "build"}]},
+               "batch-00000": {"studies": 1, "resources": 2, "rejected": []}}
+    section = fhir_section({"batch-00000": _round("COMPLETED", 1, [])}, started)
+    assert section is not None and sorted(section["batches"]) == ["batch-00000", "batch-00001"]
+    assert section["batches"]["batch-00001"] == {
+        "job_id": None, "job_status": None, "studies": 3, "imported": None, "failed": None,
+        "rejected_by_validate": 1, "problems": 1}
+    assert section["batches_with_problems"] == 1 and section["imaging_studies_imported"] == 1
+    # Only start records: FHIR routing was on, every review gave up.
+    only = fhir_section({}, {"batch-00000": {"studies": 1, "rejected": "not a list"}})
+    assert only is not None and only["batches_with_problems"] == 1 and only["rejected_by_validate"] == 0
+
+
+def test_refusals_before_import_are_capped_in_the_payload_and_counted_in_full() -> None:
+    from activities.fhir_route import MAX_FAILURES, capped_refusals
+    from contracts.pipeline import FhirFailure, FhirImportRef, ValidationLevel
+
+    refused = [FhirFailure(resource_type="ImagingStudy", resource_id=f"{n:064x}", stage="validate",
+                           issues=["required at ImagingStudy.subject"] * 10) for n in range(500)]
+    refused += [FhirFailure(resource_type="ImagingStudy", resource_id="b" * 64, stage="build", issues=["x"])]
+    fields = capped_refusals(refused)
+    assert len(fields["validate_rejected"]) == MAX_FAILURES
+    assert (fields["rejected_by_validate"], fields["refused_at_build"]) == (500, 1)
+    ref = FhirImportRef(datastore_id=DS, job_id=None, input_s3_uri="s3://w-b/f/", output_s3_uri="s3://w-b/o/",
+                        studies=501, resources=0, validation_level=ValidationLevel.STRICT, **fields)
+    # What goes into history is bounded (20 refusals of at most 10 issues), whatever the batch size.
+    more = capped_refusals(refused * 10)
+    assert more["validate_rejected"] == fields["validate_rejected"] and more["rejected_by_validate"] == 5000
+    assert len(ref.model_dump_json()) < 16_000
+    assert capped_refusals([]) == {"validate_rejected": [], "rejected_by_validate": 0, "refused_at_build": 0}
+
+
+@pytest.mark.parametrize("status,reviewed,counted", [
+    ("COMPLETED", True, 2), ("COMPLETED_WITH_ERRORS", True, 2),
+    (None, True, 1), ("FAILED", True, 1), ("COMPLETED", False, 1),
+])
+def test_batch_progress_keeps_round_1_unless_round_2_ran_to_its_end(status: str | None, reviewed: bool,
+                                                                     counted: int) -> None:
+    from contracts.pipeline import FhirSummary
+    from workflows.batch import after_round_2
+
+    first = FhirSummary(job_id="j1", job_status="COMPLETED", studies=1, imported=1, stale_studies=1,
+                        problems=["from round 1"])
+    second = FhirSummary(job_id="j2" if status else None, job_status=status, studies=1,
+                         imported=1 if status and status.startswith("COMPLETED") and reviewed else 0,
+                         reviewed=reviewed, problems=["from round 2"])
+    summary = after_round_2(first, second)
+    assert summary.job_id == f"j{counted}" and summary.imported == 1 and summary.rerouted is True
+    assert summary.problems == ["from round 1", "from round 2"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import http.client
+import io
 import json
 import os
 import time
@@ -18,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import pydicom
 import pytest
+import requests
 from botocore.config import Config
 from temporalio.client import Client, WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -26,20 +29,24 @@ from temporalio.exceptions import ApplicationError
 from temporalio.worker import Replayer, Worker
 
 from activities.fhir import endpoint_resource_id, study_resource_id
-from activities.fhir_route import FhirRouteActivities
+from activities.fhir_route import MAX_FAILURES, FhirRouteActivities, capped_refusals
 from activities.signed_http import SignedHttp
 from activities.spotcheck import SpotChecker
-from activities.storage import get_json, read_models
+from activities.storage import get_bytes, get_json, read_models
 from contracts import layout
 from contracts.pipeline import (
     BatchInput,
     BatchProgress,
+    FhirFailure,
     FhirImportRef,
+    FhirJobOutcome,
     FhirReviewInput,
     FhirRouting,
     FileState,
     MigrationInput,
     MigrationResult,
+    ReviewResult,
+    RouteInput,
     ValidationLevel,
 )
 from contracts.records import InstanceRecord, LedgerEntry
@@ -528,6 +535,96 @@ async def test_halves_of_a_failed_batch_each_route_and_the_counts_add_up(
     work = buckets["work"]
     for part in (1, 2):
         s3.head_object(Bucket=work, Key=f"w/{wid}/fhir/batch-00000-p{part}.result.json")
+
+
+def route_activities(moto_url: str, emulator_url: str) -> FhirRouteActivities:
+    """The FHIR activities as the worker builds them, to call one as a retry would."""
+    from tests.conftest import make_s3
+    from worker.aws import make_client
+
+    settings = Settings(s3_endpoint_url=moto_url, medical_imaging_endpoint_url=emulator_url,
+                        healthlake_endpoint_url=emulator_url)
+    return FhirRouteActivities(make_s3(moto_url), make_medical_imaging(emulator_url),
+                               make_client("healthlake", settings, settings.healthlake_endpoint_url), None,
+                               settings.dicomweb_base_url(), settings.healthlake_data_access_role_arn,
+                               settings.healthlake_kms_key_id)
+
+
+async def test_a_retried_start_imports_exactly_what_the_first_attempt_wrote(
+        client: Client, worker: Worker, buckets: dict[str, Any], datastore_id: str, fhir_datastore: str,
+        emulator_url: str, moto_url: str) -> None:
+    from dicomweb_client.api import DICOMwebClient
+
+    from tests.emulator.oidc_issuer import SigV4RequestsAuth
+
+    s3, src, work = buckets["s3"], buckets["source"], buckets["work"]
+    study = uid()
+    s3.put_object(Bucket=src, Key="once/0.dcm", Body=make_instance(study, uid()))
+    # A migration without routing imports the study; start_fhir_import is then run as two attempts of one start.
+    wid, _ = await migrate(client, worker, payload(buckets, datastore_id, "once"))
+    work_uri = f"s3://{work}/w/"
+    batch = BatchInput(migration_id=wid, batch=0, source_s3_uri=f"s3://{src}/once/", work_s3_uri=work_uri,
+                       datastore_id=datastore_id, fhir=FhirRouting(datastore_id=fhir_datastore))
+    route = RouteInput(batch=batch, review=ReviewResult(
+        files_by_state={}, image_sets=1, non_primary_image_sets=[], counters_consistent=True,
+        ledger_uri=layout.ledger_for_batch(work_uri, wid, 0).uri))
+    acts = route_activities(moto_url, emulator_url)
+    in_loc = layout.fhir_input(work_uri, wid, 0)
+    first = acts.start_fhir_import(route)
+    written = get_bytes(s3, in_loc)
+    assert first.job_id and first.studies == 1 and first.resources == len(written.splitlines()) == 2
+
+    # Between the attempts the study gains a series (another batch's import, here a DICOMweb STOW-RS).
+    session = requests.Session()
+    session.auth = SigV4RequestsAuth()
+    stow = DICOMwebClient(url=f"{emulator_url}/datastore/{datastore_id}", session=session)
+    stow.store_instances([pydicom.dcmread(io.BytesIO(make_instance(study, uid())))])
+    assert acts._build_input(route).body != written  # a rebuild would now send another resource
+
+    second = acts.start_fhir_import(route)
+    # The same job (ClientToken), reading the same input, described by the same counts.
+    assert get_bytes(s3, in_loc) == written and second == first
+    start_record = get_json(s3, layout.fhir_start_record(work_uri, wid, 0))
+    assert start_record["resources"] == 2 and start_record["studies"] == 1
+    # An input without a usable start record (a crash between the writes, a damaged record) is still read back,
+    # counted from itself.
+    record_key = layout.fhir_start_record(work_uri, wid, 0).key
+    for damaged in (None, b"{not json", json.dumps(start_record | {"studies": "x", "rejected": 5}).encode(),
+                    json.dumps(start_record | {"input_sha256": "0" * 64}).encode()):
+        if damaged is None:
+            s3.delete_object(Bucket=work, Key=record_key)
+        else:
+            s3.put_object(Bucket=work, Key=record_key, Body=damaged)
+        assert acts.start_fhir_import(route) == first
+        assert get_bytes(s3, in_loc) == written
+
+
+def test_a_review_that_gives_up_still_leaves_the_batch_for_the_report(
+        buckets: dict[str, Any], fhir_datastore: str, emulator_url: str, moto_url: str) -> None:
+    """The job's output cannot be read (its bucket is gone): the review fails, and result.json says so."""
+    work_uri = f"s3://{buckets['work']}/w/"
+    batch = BatchInput(migration_id="mig-unread", batch=3, source_s3_uri="s3://src-b/x/", work_s3_uri=work_uri,
+                       datastore_id="a" * 32, fhir=FhirRouting(datastore_id=fhir_datastore))
+    refused = [FhirFailure(resource_type="ImagingStudy", resource_id=f"{n:064x}", stage="validate",
+                           issues=["required at ImagingStudy.subject"]) for n in range(30)]
+    ref = FhirImportRef(datastore_id=fhir_datastore, job_id="0" * 32, input_s3_uri=f"{work_uri}mig-unread/fhir/x/",
+                        output_s3_uri=f"s3://gone-{uuid.uuid4().hex[:10]}/out/", studies=31, resources=2,
+                        validation_level=ValidationLevel.STRICT, **capped_refusals(refused))
+    acts = route_activities(moto_url, emulator_url)
+    with pytest.raises(ApplicationError) as raised:
+        acts.review_fhir_import(FhirReviewInput(batch=batch, ref=ref,
+                                                outcome=FhirJobOutcome(job_id="0" * 32, status="COMPLETED")))
+    assert raised.value.type == "NoSuchBucket" and raised.value.non_retryable
+    written = get_json(buckets["s3"], layout.fhir_summary(work_uri, "mig-unread", 3))
+    assert written["reviewed"] is False and written["job_status"] == "COMPLETED" and written["imported"] == 0
+    assert written["rejected_by_validate"] == 30 and len(written["failures"]) == MAX_FAILURES
+    [problem] = written["problems"]
+    assert problem.startswith("HealthLake import output not reviewed: ") and "NoSuchBucket" in problem
+    # The report counts it as a batch with a problem, not as a round that ran to its end.
+    from activities.report import fhir_section
+
+    section = fhir_section({"batch-00003": written})
+    assert section is not None and section["batches_with_problems"] == 1 and section["rejected_by_validate"] == 30
 
 
 def test_demo_finds_or_creates_its_fhir_datastore_once(emulator_url: str) -> None:
