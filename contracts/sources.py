@@ -58,6 +58,28 @@ def check_host(value: str) -> str:
     return value
 
 
+def origin_of(url: str, strict: bool = False) -> str:
+    """``scheme://host:port`` of ``url`` with the scheme's default port spelled out, lower-case (IPv6 in
+    brackets). ``strict``: ``url`` must be just an origin (how ``HIMIG_DICOMWEB_ALLOWED_ORIGINS`` is written)."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"{url!r} is not an http(s)://host[:port] origin") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{url!r} is not an http(s)://host[:port] origin")
+    if strict and (parts.username or parts.password or parts.path.strip("/") or parts.query or parts.fragment):
+        raise ValueError(f"{url!r} must be only scheme://host[:port]")
+    port = port or (443 if parts.scheme == "https" else 80)
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"{parts.scheme}://{host.lower()}:{port}"
+
+
+def parse_origins(value: str) -> tuple[str, ...]:
+    """The comma- or space-separated origins of ``HIMIG_DICOMWEB_ALLOWED_ORIGINS``, normalised."""
+    return tuple(dict.fromkeys(origin_of(item, strict=True) for item in value.replace(",", " ").split()))
+
+
 def _check_uids(values: list[str] | None) -> list[str] | None:
     if values is None:
         return None

@@ -26,6 +26,11 @@ from tests.sources.support import (
 from tests.support.dicom import make_instance, uid
 
 
+def _allow(root: Path) -> SourceSettings:
+    """Worker settings that let a `local` source read under ``root`` (the default reads nothing)."""
+    return SourceSettings(local_roots=(str(root),), unit_backoff_seconds=0.0)
+
+
 def _tree(root: Path) -> dict[str, bytes]:
     study, series = uid(), uid()
     files = {
@@ -48,7 +53,7 @@ def test_directory_lands_under_relative_paths_and_is_inventoried(s3: Any, tmp_pa
     land, work = buckets(s3)
     counter = RequestCounter(s3)
     inp = receive_input(land, work, LocalSource(kind="local", path=str(src)), page_size=2)
-    result, beats = run_receive(s3, inp)
+    result, beats = run_receive(s3, inp, settings=_allow(tmp_path))
     assert result is not None
     got = landed(s3, land)
     assert got == {f"landed/{rel}": body for rel, body in files.items()}
@@ -71,7 +76,7 @@ def test_symlinks_leaving_the_directory_are_reported_not_followed(s3: Any, tmp_p
     (src / "dangling").symlink_to(src / "gone")
     land, work = buckets(s3)
     inp = receive_input(land, work, LocalSource(kind="local", path=str(src)))
-    result, _ = run_receive(s3, inp)
+    result, _ = run_receive(s3, inp, settings=_allow(tmp_path))
     assert result is not None
     assert set(landed(s3, land)) == {"landed/ok.dcm", "landed/inner-link.dcm"}
     codes = {f["key"]: f["code"] for f in failures(s3, inp)}
@@ -87,7 +92,7 @@ def test_special_files_are_failure_rows_not_hangs(s3: Any, tmp_path: Path) -> No
     os.mkfifo(src / "pipe")  # opening a FIFO for reading would block forever
     land, work = buckets(s3)
     inp = receive_input(land, work, LocalSource(kind="local", path=str(src)))
-    result, _ = run_receive(s3, inp)
+    result, _ = run_receive(s3, inp, settings=_allow(tmp_path))
     assert result is not None and result.files == 0
     assert [(f["key"], f["code"]) for f in failures(s3, inp)] == [("landed/pipe", "NotAFile")]
 
@@ -96,13 +101,13 @@ def test_missing_directory_fails_without_retry_and_names_the_connector(s3: Any, 
     land, work = buckets(s3)
     inp = receive_input(land, work, LocalSource(kind="local", path=str(tmp_path / "nope")))
     with pytest.raises(ApplicationError) as info:
-        run_receive(s3, inp)
+        run_receive(s3, inp, settings=_allow(tmp_path))
     assert info.value.non_retryable and info.value.type == "InvalidSourceConnector"
     assert "local directory source: path: cannot open the directory" in str(info.value)
     (tmp_path / "file").write_bytes(b"x")
     inp = receive_input(land, work, LocalSource(kind="local", path=str(tmp_path / "file")))
     with pytest.raises(ApplicationError, match="path: is not a directory"):
-        run_receive(s3, inp)
+        run_receive(s3, inp, settings=_allow(tmp_path))
 
 
 def test_interrupted_pull_resumes_at_the_cursor_without_duplicate_pages(s3: Any, tmp_path: Path) -> None:
@@ -113,11 +118,11 @@ def test_interrupted_pull_resumes_at_the_cursor_without_duplicate_pages(s3: Any,
     land, work = buckets(s3)
     inp = receive_input(land, work, LocalSource(kind="local", path=str(src)), page_size=5)
     # Die after the unit list and 4 files were recorded.
-    _, beats = run_receive(s3, inp, stop_after_heartbeats=5)
+    _, beats = run_receive(s3, inp, stop_after_heartbeats=5, settings=_allow(tmp_path))
     cursor = beats[-1]
     assert cursor["pull"]["next_unit"] == 4 and not cursor["pull"]["done"]
     counter = RequestCounter(s3)
-    result, _ = run_receive(s3, inp, details=cursor)
+    result, _ = run_receive(s3, inp, details=cursor, settings=_allow(tmp_path))
     assert result is not None and result.files == 12 and result.pages == 3
     # The resumed attempt uploaded only the 8 files it had not pulled, plus 3 pages (no second unit list).
     assert counter.calls["PutObject"] == 8 + 3
@@ -133,7 +138,7 @@ def test_big_files_are_streamed_as_multipart_uploads(s3: Any, tmp_path: Path) ->
     land, _ = buckets(s3)
     counter = RequestCounter(s3)
     landing = Landing(s3, parse_s3_uri(f"s3://{land}/landed/").as_prefix(), multipart_threshold=5 << 20)
-    out = LocalConnector(LocalSource(kind="local", path=str(tmp_path))).pull("big.bin", landing)
+    out = LocalConnector(LocalSource(kind="local", path=str(tmp_path)), (str(tmp_path),)).pull("big.bin", landing)
     assert out.pulled == 1 and not out.failures
     assert counter.calls == {"CreateMultipartUpload": 1, "UploadPart": 3, "CompleteMultipartUpload": 1}
     assert landing.requests == 5
