@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -165,3 +167,70 @@ def test_directories_outside_the_allowed_roots_are_refused(s3: Any, tmp_path: Pa
     inp = receive_input(land, work, LocalSource(kind="local", path=str(allowed / "x")))
     result, _ = run_receive(s3, inp, settings=roots)
     assert result is not None and result.files == 1
+
+
+def test_local_sources_are_refused_until_roots_are_configured(s3: Any, tmp_path: Path) -> None:
+    """Deny by default: `/run/secrets` or any other directory the worker can read is not a source."""
+    (tmp_path / "a.dcm").write_bytes(b"a")
+    land, work = buckets(s3)
+    inp = receive_input(land, work, LocalSource(kind="local", path=str(tmp_path)))
+    with pytest.raises(ApplicationError) as info:
+        run_receive(s3, inp, settings=SourceSettings())
+    assert info.value.non_retryable and info.value.type == "InvalidSourceConnector"
+    assert "HIMIG_SOURCE_DIR_ROOTS" in str(info.value) and str(tmp_path) not in str(info.value)
+    assert landed(s3, land) == {}
+
+
+def test_a_subdirectory_that_cannot_be_listed_is_a_failure_row(s3: Any, tmp_path: Path) -> None:
+    """Root reads every directory, so the listing failure is made real another way: the subdirectory is removed
+    after the walk listed its parent and before it descends into it."""
+    src = tmp_path / "export"
+    (src / "gone" / "deep").mkdir(parents=True)
+    (src / "gone" / "deep" / "x.dcm").write_bytes(b"x")
+    (src / "a.dcm").write_bytes(b"a")
+    connector = LocalConnector(LocalSource(kind="local", path=str(src)), (str(tmp_path),))
+    units = connector.units()
+    assert next(units) == "a.dcm"  # the top directory is listed; "gone" is next to descend into
+    shutil.rmtree(src / "gone")
+    rest = list(units)
+    assert len(rest) == 1 and "gone" in rest[0] and rest[0] != "gone"  # a marker unit, not a file name
+    land, _ = buckets(s3)
+    landing = Landing(s3, parse_s3_uri(f"s3://{land}/landed/").as_prefix())
+    out = connector.pull(rest[0], landing)
+    assert out.pulled == 0 and [(f.key, f.code) for f in out.failures] == [("landed/gone/", "SourceUnreadable")]
+    assert "gone" not in (out.failures[0].reason or "")
+
+
+def test_heartbeats_never_carry_keys_and_resume_still_lists_on(s3: Any, tmp_path: Path) -> None:
+    """Folder names often hold patient names; heartbeat details are stored in Temporal's history."""
+    src = tmp_path / "export"
+    names = [f"DOE^JANE-{i:02d}" for i in range(7)]
+    for name in names:
+        (src / name).mkdir(parents=True)
+        (src / name / "img.dcm").write_bytes(make_instance(uid(), uid()))
+    land, work = buckets(s3)
+    inp = receive_input(land, work, LocalSource(kind="local", path=str(src)), page_size=2)
+    # Die right after the second inventory page was recorded (unit list + 7 files + done = 9 pull beats).
+    _, beats = run_receive(s3, inp, stop_after_heartbeats=11, settings=_allow(tmp_path))
+    assert beats[-1]["pages"] == 2 and beats[-1]["pull"]["done"] is True
+    result, more = run_receive(s3, inp, details=beats[-1], settings=_allow(tmp_path))
+    assert result is not None and result.files == 7 and result.pages == 4
+    keys = [r["key"] for r in inventory(s3, inp)]
+    assert sorted(keys) == sorted(f"landed/{n}/img.dcm" for n in names)  # each once: resumed after page 2
+    assert not any("DOE" in json.dumps(b) or "landed/" in json.dumps(b) for b in beats + more)
+
+
+def test_a_directory_that_vanishes_mid_pull_fails_the_activity_retryably(s3: Any, tmp_path: Path) -> None:
+    """A whole-source problem (an unmounted share) is not turned into one failed row per file."""
+    src = tmp_path / "export"
+    src.mkdir()
+    for i in range(3):
+        (src / f"f{i}.dcm").write_bytes(b"x")
+    land, work = buckets(s3)
+    inp = receive_input(land, work, LocalSource(kind="local", path=str(src)))
+    _, beats = run_receive(s3, inp, stop_after_heartbeats=2, settings=_allow(tmp_path))  # unit list + 1 file
+    shutil.rmtree(src)
+    with pytest.raises(ApplicationError) as info:
+        run_receive(s3, inp, details=beats[-1], settings=_allow(tmp_path))
+    assert info.value.type == "SourceUnavailable" and not info.value.non_retryable
+    assert failures(s3, inp) == []
