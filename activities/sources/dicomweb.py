@@ -72,16 +72,17 @@ def page_uids(fetch: Callable[[int], list[Any] | None], tag: str, max_pages: int
     """Page a QIDO-RS search by ``offset``: ``(uid, row)`` for every row, ``(None, row)`` when it has no usable
     ``tag`` value. ``fetch(offset)`` returns a page (None: the resource does not exist, treated as empty).
 
-    Ends at an empty page or at a page that adds no new UID (a server that ignores ``offset`` would otherwise
-    return its first page forever); a short page does not end it, since a server may cap pages below ``limit``.
+    Ends at an empty page, a page equal to the first or the previous one, or a page that adds no new UID (a
+    server that ignores ``offset`` would otherwise return its first page forever); a short page does not end it, since a server may cap pages below ``limit``.
     More than ``max_pages`` pages is an error rather than an endless loop.
     """
     seen: set[str] = set()
+    earlier: list[list[Any]] = []  # the first and the previous page, to recognise a repeated page
     offset = 0
     for _ in range(max_pages):
         rows = fetch(offset) or []
-        if not rows:
-            return
+        if not rows or rows in earlier:
+            return  # the end, or a server repeating a page (its UID-less rows were counted the first time)
         new = 0
         for row in rows:
             uid = _first(row, tag)
@@ -93,6 +94,7 @@ def page_uids(fetch: Callable[[int], list[Any] | None], tag: str, max_pages: int
                 yield uid, row
         if new == 0:
             return
+        earlier = [earlier[0] if earlier else rows, rows]
         offset += len(rows)
     raise SourceUnavailable(f"{what}: more than {max_pages} pages")
 

@@ -14,7 +14,6 @@ from activities.sources.common import SourceUnavailable
 from activities.sources.dicomweb import DicomwebAuth, origin_refusal, page_uids
 from activities.sources.registry import SourceSettings
 from contracts.sources import DicomwebSource, parse_origins
-from worker.settings import Settings
 from tests.sources.pacs import seed_two_studies
 from tests.sources.support import (
     RequestCounter,
@@ -28,6 +27,7 @@ from tests.sources.support import (
 from tests.support.dicom import make_instance, uid
 from tests.support.orthanc import Orthanc
 from tests.support.servers import free_port
+from worker.settings import Settings
 
 
 def _source(orthanc: Orthanc, **kw: Any) -> DicomwebSource:

@@ -85,7 +85,7 @@ def _failure_files(s3: Any, work: str) -> dict[int, str]:
 def test_a_flaky_unit_is_retried_and_a_bad_one_becomes_a_row(s3: Any) -> None:
     _, work = buckets(s3)
     connector = Scripted(["a", "flaky", "bad", "denied", "z"], fails={"flaky": 2, "bad": 99}, forbidden={"denied"})
-    cursor, landing = _run(s3, connector, work)
+    cursor, _ = _run(s3, connector, work)
     assert cursor.done and cursor.pulled == 3 and cursor.source_failures == 2
     assert connector.calls.count("flaky") == 3 and connector.calls.count("bad") == 3
     assert connector.calls.count("denied") == 1  # the same credentials get the same answer: no retry
