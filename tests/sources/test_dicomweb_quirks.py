@@ -88,7 +88,7 @@ def test_rows_without_uids_are_counted_and_offset_ignoring_paging_ends(s3: Any, 
 
 
 def test_redirects_are_not_followed(s3: Any, sloppy: tuple[str, list[str]]) -> None:
-    url, seen = sloppy
+    url, _ = sloppy
     land, work = buckets(s3)
     inp = receive_input(land, work, DicomwebSource(kind="dicomweb", url=f"{url}/moved"))
     with pytest.raises(ApplicationError) as info:
