@@ -30,9 +30,7 @@ from activities.sources.common import (
     study_key,
 )
 from activities.sources.multipart import MultipartError, boundary_of, iter_parts
-from contracts.sources import DicomwebSource, origin_of, parse_origins
-
-__all__ = ["DicomwebAuth", "DicomwebConnector", "origin_refusal", "page_uids", "parse_origins"]
+from contracts.sources import DicomwebSource, origin_of
 
 MAX_QIDO_PAGES = 100_000  # bounds every paging loop (100k pages x 1000 rows is far beyond any PACS we meet)
 INSTANCE_PAGE = 1000

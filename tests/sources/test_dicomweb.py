@@ -133,11 +133,15 @@ def test_an_instance_the_pacs_lists_but_cannot_serve_is_a_failure_row(s3: Any, o
     assert "HTTP 404" in row["reason"]
 
 
-def test_refused_credentials_fail_without_retry_and_never_echo_the_secret(s3: Any, emulator_url: str) -> None:
-    """The HealthImaging emulator's DICOMweb answers 401 to a bad bearer token, as an authenticating PACS would."""
+@pytest.mark.parametrize("study_uids", [None, ["1.2.3"]])
+def test_refused_credentials_fail_without_retry_and_never_echo_the_secret(
+        s3: Any, emulator_url: str, study_uids: list[str] | None) -> None:
+    """The HealthImaging emulator's DICOMweb answers 401 to a bad bearer token, as an authenticating PACS would.
+    With a study filter the first call is the study's own search: the probe then shows the whole source refuses."""
     land, work = buckets(s3)
     secret = "not-a-valid-token-" + uid()
-    inp = receive_input(land, work, DicomwebSource(kind="dicomweb", url=f"{emulator_url}/datastore/{'a' * 32}"))
+    inp = receive_input(land, work, DicomwebSource(kind="dicomweb", url=f"{emulator_url}/datastore/{'a' * 32}",
+                                                   study_uids=study_uids))
     with pytest.raises(ApplicationError) as info:
         run_receive(s3, inp, settings=SourceSettings(dicomweb_auth=DicomwebAuth(token=secret),
                                                      dicomweb_allowed_origins=parse_origins(emulator_url)))

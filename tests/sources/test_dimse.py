@@ -10,7 +10,7 @@ import pytest
 from temporalio.exceptions import ApplicationError
 
 from activities.sources import dimse
-from activities.sources.common import Landing, SourceUnavailable, UnitOutcome
+from activities.sources.common import Landing, SourceUnavailable, UnitOutcome, marker
 from activities.sources.dimse import DimseConnector
 from contracts.s3uri import parse_s3_uri
 from contracts.sources import DimseSource
@@ -163,3 +163,14 @@ def test_the_probe_is_a_c_echo(orthanc: Orthanc) -> None:
     with pytest.raises(SourceUnavailable, match="the association was rejected"):
         DimseConnector(DimseSource(kind="dimse", host="127.0.0.1", port=orthanc.dicom_port, called_ae="NOT-ORTHANC",
                                    calling_ae=OUR_AET)).probe()
+
+
+def test_a_study_listing_with_uid_less_matches_becomes_an_unusable_listing_row(s3: Any) -> None:
+    """``units`` ends with a marker unit when C-FIND matches had no StudyInstanceUID; pulling it makes no call."""
+    land, _ = buckets(s3)
+    landing = Landing(s3, parse_s3_uri(f"s3://{land}/landed/").as_prefix())
+    connector = DimseConnector(DimseSource(kind="dimse", host="127.0.0.1", port=free_port(), called_ae="PACS",
+                                           calling_ae=OUR_AET))
+    out = connector.pull(marker("unusable-studies", "4"), landing)
+    assert [(f.key, f.code) for f in out.failures] == [("landed/unusable-study-listing", "UnusableListing")]
+    assert "listed 4 matches without a StudyInstanceUID" in (out.failures[0].reason or "")
