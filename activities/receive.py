@@ -3,8 +3,10 @@
 With a source connector (a local directory, a DICOMweb or DIMSE PACS) the source is first pulled into the
 landing prefix (`source_s3_uri`, see `activities.sources`), then that prefix is listed as usual.
 
-The listing is paginated and resumable: the heartbeat carries the S3 continuation token and the next page
-number, so a retried activity continues where the previous attempt stopped instead of listing from scratch.
+The listing is paginated and resumable: the heartbeat carries the number of inventory pages written (and
+counts), never an object key (a local directory's keys often hold patient names in folder names, and heartbeat
+details are stored in Temporal's history). A retried activity reads the last key of its last written inventory
+page from S3 and lists on after it, instead of listing from scratch.
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ from contracts.s3uri import parse_s3_uri
 
 
 class _Cursor(BaseModel):
-    continuation_token: str | None = None
-    start_after: str | None = None
+    """Heartbeat details: counts only (an older attempt's extra fields, e.g. a key, are ignored)."""
+
     pages: int = 0
     files: int = 0
     bytes: int = 0
@@ -56,9 +58,18 @@ class ReceiveActivities:
                 keep.record(cursor.model_dump())
 
         pull_all(self._s3, connector_for(input.source_connector, self._sources), landing, input.work_s3_uri,
-                 input.migration_id, cursor.pull, save)
+                 input.migration_id, cursor.pull, save, self._sources.unit_attempts, self._sources.unit_backoff_seconds)
         activity.logger.info("source pulled", extra={"objects": landing.objects, "bytes": landing.bytes_written,
                                                      "s3_requests": landing.requests})
+
+    def _last_listed(self, input: ReceiveInput, pages: int) -> str | None:
+        """The last key of inventory page ``pages - 1`` (where a resumed listing continues), None for none."""
+        if pages == 0:
+            return None
+        rows = list(iter_ndjson(self._s3, layout.inventory_page(input.work_s3_uri, input.migration_id, pages - 1)))
+        if not rows:
+            raise ApplicationError(f"receive: inventory page {pages - 1} is empty", type="CorruptInventory")
+        return str(rows[-1]["key"])
 
     def _from_manifest(self, input: ReceiveInput) -> ReceiveResult:
         """Inventory from a given list of objects (event-driven ingestion) instead of a listing."""
@@ -96,14 +107,15 @@ class ReceiveActivities:
         if input.source_connector is not None:
             self._pull(input, cursor)
         buffer: list[InventoryEntry] = []
-        token = cursor.continuation_token
+        token: str | None = None
         try:
+            start_after = self._last_listed(input, cursor.pages)
             while True:
                 kwargs: dict[str, Any] = {"Bucket": source.bucket, "Prefix": source.key, "MaxKeys": 1000}
                 if token:
                     kwargs["ContinuationToken"] = token
-                elif cursor.start_after:
-                    kwargs["StartAfter"] = cursor.start_after
+                elif start_after:
+                    kwargs["StartAfter"] = start_after
                 resp = self._s3.list_objects_v2(**kwargs)
                 for obj in resp.get("Contents", []):
                     if obj["Key"].endswith("/"):  # folder placeholder objects are not files
@@ -117,16 +129,11 @@ class ReceiveActivities:
                     cursor.pages += 1
                     cursor.files += len(page)
                     cursor.bytes += sum(e.size for e in page)
-                    cursor.start_after = page[-1].key
-                    cursor.continuation_token = None
                     if keep := current():
                         keep.record(cursor.model_dump())
                 if token is None:
                     break
-                if buffer:
-                    # A partial page stays in memory; on resume we restart listing after the last written key.
-                    continue
-                cursor.continuation_token = token
+                # A partial page stays in memory; on resume we restart listing after the last written key.
         except ClientError as err:
             raise classify(err, "listing the source prefix") from None
         prefix = layout.root(input.work_s3_uri, input.migration_id).join("inventory").as_prefix()

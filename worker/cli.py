@@ -95,7 +95,7 @@ def start(
     dicomweb_spot_check: int = typer.Option(2, "--dicomweb-spot-check", help="instances per batch read via DICOMweb"),
     migration_id: str | None = typer.Option(None, "--id", help="workflow id (default: migration-<random>)"),
     wait: bool = typer.Option(False, "--wait", help="watch progress until the migration ends"),
-    source_dir: str | None = typer.Option(None, "--source-dir", help="pull this directory into --source first"),
+    source_dir: str | None = typer.Option(None, "--source-dir", help="pull this directory into --source first (it must be under the worker's HIMIG_SOURCE_DIR_ROOTS)"),
     source_dicomweb: str | None = typer.Option(None, "--source-dicomweb", help="pull this DICOMweb PACS (URL) first"),
     source_dimse: str | None = typer.Option(None, "--source-dimse", help="pull this DIMSE PACS (HOST:PORT) first"),
     called_ae: str | None = typer.Option(None, "--called-ae", help="the DIMSE PACS's AE title"),

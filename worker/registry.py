@@ -22,6 +22,7 @@ from activities.sources.dicomweb import DicomwebAuth
 from activities.sources.registry import SourceSettings
 from activities.spotcheck import SpotChecker
 from activities.validate import ValidateActivities
+from contracts.sources import parse_origins
 from worker.aws import AwsClients
 from worker.settings import Settings
 from workflows.batch import ImportBatchWorkflow
@@ -39,8 +40,9 @@ def build_activities(clients: AwsClients, settings: Settings) -> list[Callable[.
         password=settings.dicomweb_password.get_secret_value() if settings.dicomweb_password else None,
         token=settings.dicomweb_token.get_secret_value() if settings.dicomweb_token else None)
     roots = tuple(r for r in settings.source_dir_roots.split(":") if r)
-    receive = ReceiveActivities(s3, SourceSettings(dicomweb_auth=auth, timeout_seconds=settings.source_timeout_seconds,
-                                                   local_roots=roots))
+    receive = ReceiveActivities(s3, SourceSettings(
+        dicomweb_auth=auth, dicomweb_allowed_origins=parse_origins(settings.dicomweb_allowed_origins),
+        timeout_seconds=settings.source_timeout_seconds, local_roots=roots))
     parse = ParseActivities(s3, settings.parse_concurrency, settings.fingerprint_secret())
     validate = ValidateActivities(s3)
     normalize = NormalizeActivities(s3)

@@ -12,6 +12,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from contracts.sources import parse_origins
+
 DEFAULT_TASK_QUEUE = "dicom-migration"
 
 
@@ -74,12 +76,21 @@ class Settings(BaseSettings):
     dicomweb_username: str | None = Field(None, description="HTTP basic-auth user for a DICOMweb source")
     dicomweb_password: SecretStr | None = Field(None, description="HTTP basic-auth password for a DICOMweb source")
     dicomweb_token: SecretStr | None = Field(None, description="bearer token for a DICOMweb source (wins over basic)")
+    dicomweb_allowed_origins: str = Field(
+        "", description="comma/space-separated scheme://host[:port] a `dicomweb` source may name; required with "
+        "credentials (they are only sent to these); empty without credentials allows any")
     source_timeout_seconds: float = Field(60.0, gt=0, le=3600, description="network timeout talking to a PACS")
     source_dir_roots: str = Field(
-        "", description="colon-separated directories a `local` source must be under; empty allows any readable one")
+        "", description="colon-separated directories a `local` source must be under; empty refuses `local` sources")
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
+
+    @field_validator("dicomweb_allowed_origins")
+    @classmethod
+    def _origins(cls, value: str) -> str:
+        parse_origins(value)  # raises ValueError naming the bad entry
+        return value
 
     @field_validator("event_bus_name", "health_file")
     @classmethod

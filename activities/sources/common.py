@@ -2,13 +2,20 @@
 
 A connector enumerates *units* (a study, or a file for a local directory) and pulls one unit at a time into the
 landing prefix. The enumeration is written once to S3 (``receive/units/page-N.ndjson``) so a retried activity
-resumes at the same unit of the same list; the cursor (next unit, counts) rides in the heartbeat. Whatever a unit
-could not deliver is written as failed ledger lines (``receive/failures/unit-N.ndjson``) that the report shows.
+resumes at the same unit of the same list; the cursor (unit index and counts only: never a key, path or UID)
+rides in the heartbeat. Whatever a unit could not deliver is written as failed ledger lines
+(``receive/failures/unit-N.ndjson``) that the report shows.
+
+A unit that keeps failing (a study the PACS answers 5xx or 403 for, a truncated WADO-RS stream) is retried a few
+times here, then recorded as a failed row so the rest of the source still migrates, unless a probe of the source
+shows that the whole source is down: then the activity fails and Temporal retries it at the same unit.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any, Protocol
@@ -16,7 +23,6 @@ from typing import IO, Any, Protocol
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError
 from pydantic import BaseModel
-from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.errors import classify
@@ -28,6 +34,12 @@ from contracts.s3uri import S3Location
 from contracts.sources import is_uid
 
 UNITS_PER_PAGE = 1000
+UNIT_ATTEMPTS = 3  # tries of one unit inside the activity before it becomes a failed row
+UNIT_BACKOFF_SECONDS = 2.0  # first pause between tries of a unit; doubles per try
+# A unit that is not a file or study but a finding of the enumeration (an unreadable directory, listing rows
+# without a UID). NUL appears in no file name and no UID, so a marker cannot be mistaken for a real unit.
+MARKER = "\x00"
+_FAILURE_NAME = re.compile(r"unit-(\d+)\.ndjson$")
 # Instances up to this size are one PutObject; bigger ones are streamed as a multipart upload.
 MULTIPART_THRESHOLD = 64 * 1024 * 1024
 
@@ -38,6 +50,45 @@ class SourceUnavailable(Exception):
 
 class SourceMisconfigured(Exception):
     """The connector configuration cannot work (no such directory, ...); retrying cannot help."""
+
+
+class SourceForbidden(SourceMisconfigured):
+    """The source refused our credentials (401/403). For the whole source it ends the migration; for one study
+    (while the source answers others) that study becomes a ``Forbidden`` row."""
+
+
+def marker(kind: str, detail: str) -> str:
+    """A marker unit (see ``MARKER``)."""
+    return f"{MARKER}{kind}:{detail}"
+
+
+def parse_marker(unit: str) -> tuple[str, str] | None:
+    """``(kind, detail)`` of a marker unit, None for a real unit."""
+    if not unit.startswith(MARKER):
+        return None
+    kind, _, detail = unit[1:].partition(":")
+    return kind, detail
+
+
+def content_suffixed(key: str, body: IO[bytes]) -> str:
+    """``key`` with a content-hash suffix (``<sop>.<sha256[:16]>.dcm``); ``body`` is rewound."""
+    digest = hashlib.sha256()
+    for chunk in iter(lambda: body.read(1 << 20), b""):
+        digest.update(chunk)
+    body.seek(0)
+    stem = key[: -len(".dcm")] if key.endswith(".dcm") else key
+    return f"{stem}.{digest.hexdigest()[:16]}.dcm"
+
+
+def landing_key(landing: S3Location, study: str, series: str | None, sop: str | None, body: IO[bytes],
+                delivered: dict[str, str]) -> str:
+    """The key of one received instance: ``instance_key``, or, when the SOP Instance UID is missing or was
+    already delivered in this unit (e.g. one StudyUID under two patients), a content-hash suffixed key so nothing
+    is overwritten; the pipeline's duplicate check decides its fate."""
+    key = instance_key(landing, study, series, sop)
+    if sop is None or sop in delivered:
+        key = content_suffixed(key, body)
+    return key
 
 
 def uid_segment(value: str | None) -> str:
@@ -100,7 +151,8 @@ class UnitOutcome:
 
 
 class Connector(Protocol):
-    """A source: ``describe`` names it in errors (no PHI), ``units`` enumerates, ``pull`` lands one unit."""
+    """A source: ``describe`` names it in errors (no PHI), ``units`` enumerates, ``pull`` lands one unit,
+    ``probe`` raises when the whole source is unusable, ``unit_key`` is the report key of a unit given up on."""
 
     def describe(self) -> str: ...
 
@@ -108,9 +160,13 @@ class Connector(Protocol):
 
     def pull(self, unit: str, landing: Landing) -> UnitOutcome: ...
 
+    def probe(self) -> None: ...
+
+    def unit_key(self, unit: str, landing: Landing) -> str: ...
+
 
 class PullCursor(BaseModel):
-    """The pull part of the receive cursor (heartbeat details)."""
+    """The pull part of the receive cursor (heartbeat details): indexes and counts, never a key, path or UID."""
 
     units_total: int | None = None  # set once the enumeration is written
     next_unit: int = 0
@@ -149,21 +205,69 @@ def _iter_units(s3: Any, work: str, migration: str, start: int, total: int) -> I
             raise ApplicationError(f"receive: unit page {page} is short ({len(rows)} rows)", type="CorruptUnitList")
 
 
+def _failure_files(s3: Any, prefix: S3Location, start_after: str | None = None) -> Iterator[tuple[str, int]]:
+    """(key, unit index) of every failure file under ``prefix`` (after ``start_after``)."""
+    kwargs: dict[str, Any] = {"Bucket": prefix.bucket, "Prefix": prefix.key}
+    if start_after:
+        kwargs["StartAfter"] = start_after
+    for page in s3.get_paginator("list_objects_v2").paginate(**kwargs):
+        for obj in page.get("Contents", []):
+            if m := _FAILURE_NAME.search(obj["Key"]):
+                yield obj["Key"], int(m.group(1))
+
+
+def _clear_failures(s3: Any, prefix: S3Location) -> None:
+    """Delete every failure file: a fresh enumeration may list fewer units than a lost earlier one did."""
+    keys = [key for key, _ in _failure_files(s3, prefix)]
+    for start in range(0, len(keys), 1000):
+        s3.delete_objects(Bucket=prefix.bucket,
+                          Delete={"Objects": [{"Key": k} for k in keys[start : start + 1000]], "Quiet": True})
+
+
+def pull_unit(connector: Connector, unit: str, landing: Landing, attempts: int = UNIT_ATTEMPTS,
+              backoff_seconds: float = UNIT_BACKOFF_SECONDS) -> UnitOutcome:
+    """Pull one unit, retrying it a bounded number of times; a unit that still fails becomes a failed row,
+    unless ``connector.probe()`` shows the whole source is failing (then its error ends the activity)."""
+    code, reason = "SourceUnavailable", ""
+    for attempt in range(attempts):
+        try:
+            return connector.pull(unit, landing)
+        except SourceForbidden as err:
+            code, reason = "Forbidden", str(err)
+            break  # the same credentials get the same answer
+        except SourceUnavailable as err:
+            code, reason = "SourceUnavailable", str(err)
+            if attempt + 1 < attempts:
+                time.sleep(backoff_seconds * 2**attempt)
+    connector.probe()  # raises when it is the source, not this unit
+    out = UnitOutcome()
+    tries = "once" if code == "Forbidden" else f"{attempts} times"
+    out.fail(connector.unit_key(unit, landing), code, f"tried {tries}, the source still failed: {reason}")
+    return out
+
+
 def pull_all(s3: Any, connector: Connector, landing: Landing, work: str, migration: str, cursor: PullCursor,
-             save: Any) -> None:
+             save: Any, attempts: int = UNIT_ATTEMPTS, backoff_seconds: float = UNIT_BACKOFF_SECONDS) -> None:
     """Enumerate once, then pull unit after unit from ``cursor``; ``save(cursor)`` records progress."""
     try:
+        failures_prefix = layout.receive_failures_prefix(work, migration)
+        earlier: set[int] = set()
         if cursor.units_total is None:
+            _clear_failures(s3, failures_prefix)
             cursor.units_total = _write_units(s3, connector, work, migration)
             save(cursor)
-        attempt = activity.info().attempt if activity.in_activity() else 1
+        elif cursor.next_unit < cursor.units_total:
+            # Failure files an earlier attempt wrote for units this attempt pulls again: only those get deleted
+            # if the unit now succeeds (one listing instead of a DeleteObject per unit).
+            after = layout.receive_failures(work, migration, cursor.next_unit - 1).key if cursor.next_unit else None
+            earlier = {index for _, index in _failure_files(s3, failures_prefix, after)}
         for index, unit in _iter_units(s3, work, migration, cursor.next_unit, cursor.units_total):
-            outcome = connector.pull(unit, landing)
+            outcome = pull_unit(connector, unit, landing, attempts, backoff_seconds)
             failures_loc = layout.receive_failures(work, migration, index)
             if outcome.failures:
                 put_ndjson(s3, failures_loc, outcome.failures)
-            elif attempt > 1:
-                # An earlier attempt may have recorded failures for this unit that this pull has now delivered.
+            elif index in earlier:
+                # An earlier attempt recorded failures for this unit that this pull has now delivered.
                 s3.delete_object(Bucket=failures_loc.bucket, Key=failures_loc.key)
             cursor.next_unit = index + 1
             cursor.pulled += outcome.pulled

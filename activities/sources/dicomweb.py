@@ -1,14 +1,14 @@
 """DICOMweb connector: QIDO-RS enumerates studies (limit/offset pages) and each study's instances, WADO-RS
 pulls a study as one ``multipart/related`` stream that is written part by part to the landing prefix.
 
-Every instance QIDO enumerated but WADO-RS did not deliver becomes a failed report line, so a PACS-side
-problem can never make an instance vanish. Credentials come from worker settings, never from workflow input.
+Every instance QIDO enumerated but WADO-RS did not deliver becomes a failed report line, and listing rows
+without a usable UID are counted in an ``UnusableListing`` row. Credentials come from worker settings, never
+from workflow input, and are only ever sent to an origin the worker allows (``HIMIG_DICOMWEB_ALLOWED_ORIGINS``).
 """
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 from urllib.parse import quote, urlsplit
@@ -19,14 +19,18 @@ from pydicom.errors import InvalidDicomError
 
 from activities.sources.common import (
     Landing,
+    SourceForbidden,
     SourceMisconfigured,
     SourceUnavailable,
     UnitOutcome,
     instance_key,
+    landing_key,
+    marker,
+    parse_marker,
     study_key,
 )
 from activities.sources.multipart import MultipartError, boundary_of, iter_parts
-from contracts.sources import DicomwebSource
+from contracts.sources import DicomwebSource, origin_of
 
 MAX_QIDO_PAGES = 100_000  # bounds every paging loop (100k pages x 1000 rows is far beyond any PACS we meet)
 INSTANCE_PAGE = 1000
@@ -42,6 +46,56 @@ class DicomwebAuth:
     password: str | None = None
     token: str | None = None
 
+    def __bool__(self) -> bool:
+        return bool(self.token or self.username or self.password)
+
+
+def origin_refusal(url: str, auth: DicomwebAuth | None, allowed: tuple[str, ...]) -> str | None:
+    """Why the worker must not talk to ``url`` (None when it may).
+
+    Workflow input names the URL, so without this anyone who can start a migration could have the worker send its
+    PACS credentials to a server of their choosing, or fetch URLs from inside the worker's network.
+    """
+    origin = origin_of(url)
+    if allowed and origin not in allowed:
+        return f"source_connector.url: {origin} is not one of the origins this worker may contact " \
+               "(HIMIG_DICOMWEB_ALLOWED_ORIGINS)"
+    if auth and not allowed:
+        return ("source_connector.url: the worker has DICOMweb credentials but HIMIG_DICOMWEB_ALLOWED_ORIGINS is "
+                "empty; credentials are only sent to listed origins")
+    return None
+
+
+def page_uids(fetch: Callable[[int], list[Any] | None], tag: str, max_pages: int, what: str) -> Iterator[tuple[str | None, Any]]:
+    """Page a QIDO-RS search by ``offset``: ``(uid, row)`` for every row, ``(None, row)`` when it has no usable
+    ``tag`` value. ``fetch(offset)`` returns a page (None: the resource does not exist, treated as empty).
+
+    Ends at an empty page, a page equal to the first or the previous one, or a page that adds no new UID (a
+    server that ignores ``offset`` would otherwise return its first page forever); a short page does not end it, since a server may cap pages below ``limit``.
+    More than ``max_pages`` pages is an error rather than an endless loop.
+    """
+    seen: set[str] = set()
+    earlier: list[list[Any]] = []  # the first and the previous page, to recognise a repeated page
+    offset = 0
+    for _ in range(max_pages):
+        rows = fetch(offset) or []
+        if not rows or rows in earlier:
+            return  # the end, or a server repeating a page (its UID-less rows were counted the first time)
+        new = 0
+        for row in rows:
+            uid = _first(row, tag)
+            if not uid:
+                yield None, row
+            elif uid not in seen:
+                seen.add(uid)
+                new += 1
+                yield uid, row
+        if new == 0:
+            return
+        earlier = [earlier[0] if earlier else rows, rows]
+        offset += len(rows)
+    raise SourceUnavailable(f"{what}: more than {max_pages} pages")
+
 
 def _first(row: Any, tag: str) -> str | None:
     try:
@@ -52,14 +106,17 @@ def _first(row: Any, tag: str) -> str | None:
 
 
 class DicomwebConnector:
-    def __init__(self, config: DicomwebSource, auth: DicomwebAuth | None = None, timeout: float = 60.0) -> None:
+    def __init__(self, config: DicomwebSource, auth: DicomwebAuth | None = None, timeout: float = 60.0,
+                 allowed_origins: tuple[str, ...] = ()) -> None:
         self._config = config
         self._base = config.url
         self._timeout = (min(10.0, timeout), timeout)
         self._session = requests.Session()
-        if auth and auth.token:
+        # Checked before every request; while it is set, no credentials are even attached to the session.
+        self._refusal = origin_refusal(config.url, auth, allowed_origins)
+        if self._refusal is None and auth and auth.token:
             self._session.headers["Authorization"] = f"Bearer {auth.token}"
-        elif auth and auth.username:
+        elif self._refusal is None and auth and auth.username:
             self._session.auth = (auth.username, auth.password or "")
 
     def describe(self) -> str:
@@ -68,17 +125,24 @@ class DicomwebConnector:
 
     def _get(self, path: str, params: dict[str, Any] | None, accept: str, what: str,
              stream: bool = False) -> requests.Response:
+        if self._refusal:
+            raise SourceMisconfigured(self._refusal)
         try:
+            # No redirects: a redirect could lead the request (and its credentials) to an origin not allowed.
             resp = self._session.get(self._base + path, params=params, headers={"Accept": accept},
-                                     timeout=self._timeout, stream=stream)
+                                     timeout=self._timeout, stream=stream, allow_redirects=False)
         except (requests.ConnectionError, requests.Timeout) as err:
             raise SourceUnavailable(f"{what}: the PACS did not answer ({type(err).__name__})") from None
         except requests.RequestException as err:
             raise SourceUnavailable(f"{what}: request failed ({type(err).__name__})") from None
         if resp.status_code in (401, 403):
             resp.close()
-            raise SourceMisconfigured(f"{what}: HTTP {resp.status_code} (check HIMIG_DICOMWEB_USERNAME/PASSWORD "
-                                      "or HIMIG_DICOMWEB_TOKEN on the worker)")
+            raise SourceForbidden(f"{what}: HTTP {resp.status_code} (check HIMIG_DICOMWEB_USERNAME/PASSWORD "
+                                  "or HIMIG_DICOMWEB_TOKEN on the worker)")
+        if 300 <= resp.status_code < 400:
+            resp.close()
+            raise SourceMisconfigured(f"{what}: HTTP {resp.status_code} redirect (not followed; set "
+                                      "source_connector.url to the PACS's final DICOMweb root)")
         if resp.status_code == 429 or resp.status_code >= 500:
             resp.close()
             raise SourceUnavailable(f"{what}: HTTP {resp.status_code} from the PACS")
@@ -101,48 +165,64 @@ class DicomwebConnector:
             raise SourceUnavailable(f"{what}: the answer is not a JSON array")
         return rows
 
+    def probe(self) -> None:
+        """One tiny QIDO-RS search: raises when the PACS as a whole is unreachable or refuses us."""
+        self._qido("/studies", {"limit": 1, "includefield": STUDY_UID}, "probing the PACS (QIDO-RS)")
+
+    def unit_key(self, unit: str, landing: Landing) -> str:
+        return study_key(landing.prefix, unit)
+
     def units(self) -> Iterator[str]:
         if self._config.study_uids:
             yield from self._config.study_uids
             return
-        seen: set[str] = set()
+        unusable = 0
+        what = "searching studies (QIDO-RS)"
         limit = self._config.page_size
-        offset = 0
-        for _ in range(MAX_QIDO_PAGES):
-            rows = self._qido("/studies", {"limit": limit, "offset": offset, "includefield": STUDY_UID},
-                              "searching studies (QIDO-RS)") or []
-            if not rows:
-                return  # an empty page ends the listing (a server may cap pages below our limit)
-            for row in rows:
-                uid = _first(row, STUDY_UID)
-                if uid and uid not in seen:
-                    seen.add(uid)
-                    yield uid
-            offset += len(rows)
-        raise SourceUnavailable(f"searching studies (QIDO-RS): more than {MAX_QIDO_PAGES} pages")
 
-    def _enumerate(self, study: str) -> dict[str, str | None] | None:
-        """SOP Instance UID -> Series Instance UID of every instance of ``study``; None if the study is unknown."""
+        def fetch(offset: int) -> list[Any] | None:
+            return self._qido("/studies", {"limit": limit, "offset": offset, "includefield": STUDY_UID}, what)
+
+        for uid, _row in page_uids(fetch, STUDY_UID, MAX_QIDO_PAGES, what):
+            if uid is None:
+                unusable += 1
+            else:
+                yield uid
+        if unusable:
+            yield marker("unusable-studies", str(unusable))
+
+    def _enumerate(self, study: str) -> tuple[dict[str, str | None] | None, int]:
+        """(SOP Instance UID -> Series Instance UID of every instance of ``study``, or None if the study is
+        unknown; the number of listed rows without a SOP Instance UID)."""
         found: dict[str, str | None] = {}
-        offset = 0
-        for _ in range(MAX_QIDO_PAGES):
+        unusable = 0
+        what = "searching a study's instances (QIDO-RS)"
+        missing = False
+
+        def fetch(offset: int) -> list[Any] | None:
+            nonlocal missing
             rows = self._qido(f"/studies/{quote(study, safe='')}/instances",
-                              {"limit": INSTANCE_PAGE, "offset": offset, "includefield": [SERIES_UID, SOP_UID]},
-                              "searching a study's instances (QIDO-RS)")
-            if rows is None:
-                return None if offset == 0 else found
-            if not rows:
-                return found
-            for row in rows:
-                sop = _first(row, SOP_UID)
-                if sop:
-                    found[sop] = _first(row, SERIES_UID)
-            offset += len(rows)
-        raise SourceUnavailable("searching a study's instances (QIDO-RS): too many pages")
+                              {"limit": INSTANCE_PAGE, "offset": offset, "includefield": [SERIES_UID, SOP_UID]}, what)
+            missing = missing or (rows is None and offset == 0)
+            return rows
+
+        for sop, row in page_uids(fetch, SOP_UID, MAX_QIDO_PAGES, what):
+            if sop is None:
+                unusable += 1
+            else:
+                found[sop] = _first(row, SERIES_UID)
+        return (None if missing else found), unusable
 
     def pull(self, unit: str, landing: Landing) -> UnitOutcome:
         out = UnitOutcome()
-        expected = self._enumerate(unit)
+        if found := parse_marker(unit):
+            out.fail(f"{landing.prefix.key}unusable-study-listing", "UnusableListing",
+                     f"the PACS's study search (QIDO-RS) listed {found[1]} entries without a StudyInstanceUID")
+            return out
+        expected, unusable = self._enumerate(unit)
+        if unusable:
+            out.fail(f"{study_key(landing.prefix, unit)}unusable-listing", "UnusableListing",
+                     f"the study's instance search (QIDO-RS) listed {unusable} entries without a SOPInstanceUID")
         if not expected:
             out.fail(study_key(landing.prefix, unit), "StudyNotFound",
                      "QIDO-RS found no instances for this study (unknown StudyInstanceUID or an empty study)")
@@ -203,15 +283,7 @@ class DicomwebConnector:
         except (InvalidDicomError, ValueError, AttributeError, EOFError, OSError):
             sop = series = None
         body.seek(0)
-        key = instance_key(landing.prefix, study, series, sop)
-        if sop is None or sop in delivered:
-            # Unidentifiable, or a second object with the same SOP UID (e.g. one StudyUID under two patients):
-            # name it by content so nothing is overwritten; the pipeline's duplicate check decides its fate.
-            digest = hashlib.sha256()
-            for chunk in iter(lambda: body.read(1 << 20), b""):
-                digest.update(chunk)
-            body.seek(0)
-            key = key[: -len(".dcm")] + f".{digest.hexdigest()[:16]}.dcm"
+        key = landing_key(landing.prefix, study, series, sop, body, delivered)
         landing.put(key, body, size)
         if sop is not None:
             delivered.setdefault(sop, key)

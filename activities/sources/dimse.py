@@ -3,7 +3,8 @@ the same association, and an ``EVT_C_STORE`` handler writes each received instan
 landing prefix.
 
 Every instance C-FIND listed that the C-GET did not deliver (a failed sub-operation, a warning status, an
-aborted association) becomes a failed report line naming the PACS status.
+aborted association) becomes a failed report line naming the PACS status; C-FIND matches without a UID are
+counted in an ``UnusableListing`` row.
 """
 
 from __future__ import annotations
@@ -35,10 +36,20 @@ from pynetdicom.association import Association
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # generated at import time
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
+    Verification,
 )
 from pynetdicom.transport import AssociationSocket
 
-from activities.sources.common import Landing, SourceUnavailable, UnitOutcome, instance_key, study_key
+from activities.sources.common import (
+    Landing,
+    SourceUnavailable,
+    UnitOutcome,
+    instance_key,
+    landing_key,
+    marker,
+    parse_marker,
+    study_key,
+)
 from contracts.sources import DimseSource
 
 # pynetdicom logs query identifiers by default; ours hold only UIDs, but a PACS's answers are not ours to log.
@@ -123,6 +134,22 @@ class DimseConnector:
             elif code != 0x0000:
                 raise SourceUnavailable(f"{what}: C-FIND failed with status 0x{code:04X}")
 
+    def probe(self) -> None:
+        """A C-ECHO: raises when the PACS as a whole is unreachable or refuses the association."""
+        ae = self._ae()
+        ae.add_requested_context(Verification)
+        assoc = self._associate(ae)
+        try:
+            code = _status(assoc.send_c_echo())
+        finally:
+            if assoc.is_established:
+                assoc.release()
+        if code != 0x0000:
+            raise SourceUnavailable("probing the PACS: C-ECHO failed" + ("" if code is None else f" (0x{code:04X})"))
+
+    def unit_key(self, unit: str, landing: Landing) -> str:
+        return study_key(landing.prefix, unit)
+
     def units(self) -> Iterator[str]:
         if self._config.study_uids:
             yield from self._config.study_uids
@@ -135,19 +162,26 @@ class DimseConnector:
             query.QueryRetrieveLevel = "STUDY"
             query.StudyInstanceUID = ""
             seen: dict[str, None] = {}
+            unusable = 0
             for identifier in self._find(assoc, query, "finding studies"):
                 uid = str(identifier.get("StudyInstanceUID", "") or "")
                 if uid:
                     seen.setdefault(uid)
+                else:
+                    unusable += 1
         finally:
             assoc.release()
         yield from seen
+        if unusable:
+            yield marker("unusable-studies", str(unusable))
 
-    def _enumerate(self, ae: AE, study: str) -> dict[str, tuple[str | None, str | None]]:
-        """SOP Instance UID -> (Series Instance UID, SOP Class UID) of each instance in ``study``."""
+    def _enumerate(self, ae: AE, study: str) -> tuple[dict[str, tuple[str | None, str | None]], int]:
+        """(SOP Instance UID -> (Series Instance UID, SOP Class UID) of each instance in ``study``; the number of
+        matches without a SOP Instance UID)."""
         ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
         assoc = self._associate(ae)
         found: dict[str, tuple[str | None, str | None]] = {}
+        unusable = 0
         try:
             query = Dataset()
             query.QueryRetrieveLevel = "IMAGE"
@@ -160,9 +194,11 @@ class DimseConnector:
                 if sop:
                     found[sop] = (str(identifier.get("SeriesInstanceUID", "") or "") or None,
                                   str(identifier.get("SOPClassUID", "") or "") or None)
+                else:
+                    unusable += 1
         finally:
             assoc.release()
-        return found
+        return found, unusable
 
     def _storage_classes(self, expected: dict[str, tuple[str | None, str | None]]) -> list[str]:
         """The SOP classes to accept C-STOREs for: those C-FIND reported for the study."""
@@ -170,7 +206,14 @@ class DimseConnector:
 
     def pull(self, unit: str, landing: Landing) -> UnitOutcome:
         out = UnitOutcome()
-        expected = self._enumerate(self._ae(), unit)
+        if found := parse_marker(unit):
+            out.fail(f"{landing.prefix.key}unusable-study-listing", "UnusableListing",
+                     f"the PACS's study search (C-FIND) listed {found[1]} matches without a StudyInstanceUID")
+            return out
+        expected, unusable = self._enumerate(self._ae(), unit)
+        if unusable:
+            out.fail(f"{study_key(landing.prefix, unit)}unusable-listing", "UnusableListing",
+                     f"the study's instance search (C-FIND) listed {unusable} matches without a SOPInstanceUID")
         if not expected:
             out.fail(study_key(landing.prefix, unit), "StudyNotFound",
                      "C-FIND found no instances for this study (unknown StudyInstanceUID or an empty study)")
@@ -184,19 +227,24 @@ class DimseConnector:
                 ae.add_requested_context(cls, syntaxes)
         roles = [build_role(cls, scp_role=True) for cls in classes[: MAX_CONTEXTS - 1]]
         delivered: dict[str, str] = {}
+        stored: list[str] = []  # every key written (two objects with one SOP UID are two keys)
         errors: list[str] = []
         lock = threading.Lock()
 
         def on_store(event: Any) -> int:
             try:
-                sop = str(event.request.AffectedSOPInstanceUID)
+                sop = str(event.request.AffectedSOPInstanceUID or "") or None
                 ds = event.dataset
                 series = str(ds.get("SeriesInstanceUID", "") or "") or None
-                body = event.encoded_dataset(include_meta=True)
-                key = instance_key(landing.prefix, unit, series, sop)
-                landing.put(key, io.BytesIO(body), len(body))
+                body = io.BytesIO(event.encoded_dataset(include_meta=True))
                 with lock:
-                    delivered[sop] = key
+                    # A second object with the same SOP UID gets a content-hash suffix instead of overwriting.
+                    key = landing_key(landing.prefix, unit, series, sop, body, delivered)
+                    if sop is not None:
+                        delivered.setdefault(sop, key)
+                landing.put(key, body, len(body.getvalue()))
+                with lock:
+                    stored.append(key)
                 return 0x0000
             except Exception as err:  # the PACS gets a failure status; the instance is reported as not delivered
                 with lock:
@@ -226,7 +274,7 @@ class DimseConnector:
         if errors:
             # Writing to S3 failed inside the handler: retry the study rather than report PACS failures.
             raise SourceUnavailable(f"C-GET: {len(errors)} instances could not be written ({errors[0]})")
-        out.pulled = len(delivered)
+        out.pulled = len(stored)
         outcome = "the association broke" if final is None else f"C-GET final status 0x{final:04X}"
         for sop, (series, _cls) in sorted(expected.items()):
             if sop not in delivered:

@@ -1,8 +1,9 @@
 """Local directory connector: every regular file under the directory is uploaded to ``landing + relative path``.
 
 Keys keep the relative path so operators can trace a file back. Symlinks are followed only when they stay
-inside the directory; one that leaves it (or a file that cannot be read or named in S3) becomes a failed report
-line, never a silent skip. Files are streamed (``upload_fileobj``), never read whole into memory.
+inside the directory; one that leaves it (a file that cannot be read or named in S3, or a subdirectory that
+cannot be listed) becomes a failed report line, never a silent skip. Files are streamed, never read whole into
+memory. A worker reads no directory at all until ``HIMIG_SOURCE_DIR_ROOTS`` lists where sources may be.
 """
 
 from __future__ import annotations
@@ -11,7 +12,14 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from activities.sources.common import Landing, SourceMisconfigured, UnitOutcome
+from activities.sources.common import (
+    Landing,
+    SourceMisconfigured,
+    SourceUnavailable,
+    UnitOutcome,
+    marker,
+    parse_marker,
+)
 from contracts.sources import LocalSource
 
 MAX_KEY_BYTES = 1024  # S3's key length limit
@@ -25,32 +33,75 @@ class LocalConnector:
     def describe(self) -> str:
         return "local directory source"
 
-    def _real_root(self) -> Path:
+    def _real_root(self, enumerated: bool = False) -> Path:
+        """The resolved source directory. ``enumerated``: it was listed before, so its disappearing now (an
+        unmounted share) is worth retrying, while a directory missing from the start is a configuration error."""
+        if not self._allowed:
+            # Deny by default: otherwise whoever can start a migration can upload e.g. /run/secrets.
+            raise SourceMisconfigured("path: this worker reads no local directories until HIMIG_SOURCE_DIR_ROOTS "
+                                      "lists the directories sources may be under")
+        problem = SourceUnavailable if enumerated else SourceMisconfigured
         try:
             root = self._root.resolve(strict=True)
         except (OSError, RuntimeError) as err:
-            raise SourceMisconfigured(f"path: cannot open the directory ({type(err).__name__})") from None
+            raise problem(f"path: cannot open the directory ({type(err).__name__})") from None
         if not root.is_dir():
-            raise SourceMisconfigured("path: is not a directory")
-        if self._allowed and not any(root.is_relative_to(Path(a).resolve()) for a in self._allowed):
+            raise problem("path: is not a directory")
+        if not any(root.is_relative_to(Path(a).resolve()) for a in self._allowed):
             # Workflow input must not turn the worker into a reader of arbitrary files (keys, configs).
             raise SourceMisconfigured("path: is outside the directories this worker may read (HIMIG_SOURCE_DIR_ROOTS)")
         return root
 
+    def probe(self) -> None:
+        self._real_root(enumerated=True)
+
+    def unit_key(self, unit: str, landing: Landing) -> str:
+        return self._key(unit, landing)
+
+    @staticmethod
+    def _key(unit: str, landing: Landing) -> str:
+        """``landing + unit`` when that is a valid S3 key, else a hex name (bounded in length)."""
+        try:
+            key = landing.prefix.key + unit
+            key.encode("utf-8")
+        except UnicodeEncodeError:
+            return landing.prefix.key + unit.encode("utf-8", "surrogateescape").hex()[:200]
+        return key if len(key.encode()) <= MAX_KEY_BYTES else key[: MAX_KEY_BYTES // 4]
+
     def units(self) -> Iterator[str]:
-        """Relative POSIX paths of every entry that is not a directory, sorted (a stable, resumable order)."""
+        """Relative POSIX paths of every entry that is not a directory, sorted (a stable, resumable order); a
+        subdirectory that cannot be listed becomes an ``unreadable-dir`` marker unit (a failure row later)."""
         root = self._real_root()
-        for dirpath, dirnames, filenames in os.walk(root, followlinks=False, onerror=None):
+        unreadable: list[str] = []
+
+        def onerror(err: OSError) -> None:
+            # Unreadable, or removed while we walked: os.walk would otherwise skip it without a word.
+            where = Path(err.filename) if err.filename else None
+            if where is None or where == root or not where.is_relative_to(root):
+                raise SourceMisconfigured(f"path: the directory could not be listed ({type(err).__name__})")
+            unreadable.append(where.relative_to(root).as_posix())
+
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=False, onerror=onerror):
             dirnames.sort()
+            for rel in unreadable:
+                yield marker("unreadable-dir", rel)
+            unreadable.clear()
             base = Path(dirpath)
             # Symlinked directories are not descended (os.walk lists them in dirnames); report them as entries.
             entries = sorted(filenames + [d for d in dirnames if (base / d).is_symlink()])
             for name in entries:
                 yield (base / name).relative_to(root).as_posix()
+        for rel in unreadable:
+            yield marker("unreadable-dir", rel)
 
     def pull(self, unit: str, landing: Landing) -> UnitOutcome:
         out = UnitOutcome()
-        root = self._real_root()
+        if found := parse_marker(unit):
+            out.fail(self._key(found[1].rstrip("/") + "/", landing), "SourceUnreadable",
+                     "a subdirectory could not be listed (permissions, or removed during the listing); "
+                     "its files were not pulled")
+            return out
+        root = self._real_root(enumerated=True)
         try:
             key = landing.prefix.key + unit
             key.encode("utf-8")

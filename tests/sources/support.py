@@ -49,7 +49,8 @@ def run_receive(s3: Any, input: ReceiveInput, details: Any = None, stop_after_he
 
     env.on_heartbeat = on_heartbeat
     try:
-        result = env.run(ReceiveActivities(s3, settings).receive_inventory, input)
+        result = env.run(ReceiveActivities(s3, settings or SourceSettings(unit_backoff_seconds=0.0)).receive_inventory,
+                         input)
     except Interrupted:
         return None, beats
     return result, beats

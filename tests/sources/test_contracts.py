@@ -63,8 +63,21 @@ def test_valid_connectors_parse_to_their_kind() -> None:
     ({**DIMSE, "calling_ae": " LEAD"}, "source_connector.dimse.calling_ae: String should match pattern"),
     ({**DIMSE, "calling_ae": "X\nY"}, "source_connector.dimse.calling_ae: String should match pattern"),
     ({**DIMSE, "called_ae": ""}, "source_connector.dimse.called_ae: String should match pattern"),
-    ({**DIMSE, "host": "pacs/evil"}, "source_connector.dimse.host: String should match pattern"),
-    ({**DIMSE, "host": "user@pacs"}, "source_connector.dimse.host: String should match pattern"),
+    ({**DIMSE, "host": "pacs/evil"}, "source_connector.dimse.host: Value error, is not a valid host name"),
+    ({**DIMSE, "host": "user@pacs"}, "source_connector.dimse.host: Value error, is not a valid host name"),
+    ({**DIMSE, "host": "::::"}, "source_connector.dimse.host: Value error, is not a valid IPv6 literal"),
+    ({**DIMSE, "host": "[1:2"}, "source_connector.dimse.host: Value error, is not a valid IPv6 literal"),
+    ({**DIMSE, "host": "[10.0.0.1]"}, "source_connector.dimse.host: Value error, is not a valid IPv6 literal"),
+    ({**DIMSE, "host": "pacs:104"}, "source_connector.dimse.host: Value error, is not a valid IPv6 literal"),
+    ({**DIMSE, "host": "1.2.3.4.5"}, "source_connector.dimse.host: Value error, is not a valid IPv4 address"),
+    ({**DIMSE, "host": "999.1.1.1"}, "source_connector.dimse.host: Value error, is not a valid IPv4 address"),
+    ({**DIMSE, "host": "01.2.3.4"}, "source_connector.dimse.host: Value error, is not a valid IPv4 address"),
+    ({**DIMSE, "host": "123-456"}, "source_connector.dimse.host: Value error, is not a valid host name (a host name needs"),
+    ({**DIMSE, "host": "-pacs"}, "source_connector.dimse.host: Value error, is not a valid host name"),
+    ({**DIMSE, "host": "pacs..local"}, "source_connector.dimse.host: Value error, is not a valid host name"),
+    ({**DIMSE, "host": "a" * 64 + ".local"}, "source_connector.dimse.host: Value error, is not a valid host name"),
+    ({**DIMSE, "host": "pacs local"}, "source_connector.dimse.host: Value error, is not a valid host name"),
+    ({**DIMSE, "host": "."}, "source_connector.dimse.host: Value error, is not a valid IPv4"),
     ({k: v for k, v in DIMSE.items() if k != "calling_ae"}, "source_connector.dimse.calling_ae: Field required"),
 ])
 def test_hostile_connector_configs_name_the_field(connector: Any, needle: str) -> None:
@@ -74,6 +87,14 @@ def test_hostile_connector_configs_name_the_field(connector: Any, needle: str) -
 def test_connector_and_manifest_are_exclusive() -> None:
     message = _error({"kind": "local", "path": "/data"}, source_manifest_uri="s3://land/m.ndjson")
     assert "source_connector and source_manifest_uri are exclusive" in message
+
+
+@pytest.mark.parametrize(("host", "stored"), [
+    ("pacs", "pacs"), ("pacs-1.hospital.example", "pacs-1.hospital.example"), ("127.0.0.1", "127.0.0.1"),
+    ("::1", "::1"), ("[::1]", "::1"), ("[fe80::1]", "fe80::1"), ("1e100.net", "1e100.net"), ("pacs.", "pacs."),
+])
+def test_valid_dimse_hosts(host: str, stored: str) -> None:
+    assert DimseSource.model_validate({**DIMSE, "host": host}).host == stored
 
 
 def test_sixteen_character_ae_titles_with_inner_spaces_are_valid() -> None:

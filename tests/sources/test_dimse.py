@@ -10,7 +10,7 @@ import pytest
 from temporalio.exceptions import ApplicationError
 
 from activities.sources import dimse
-from activities.sources.common import Landing, UnitOutcome
+from activities.sources.common import Landing, SourceUnavailable, UnitOutcome, marker
 from activities.sources.dimse import DimseConnector
 from contracts.s3uri import parse_s3_uri
 from contracts.sources import DimseSource
@@ -24,7 +24,7 @@ from tests.sources.support import (
     receive_input,
     run_receive,
 )
-from tests.support.dicom import uid
+from tests.support.dicom import make_instance, uid
 from tests.support.orthanc import ORTHANC_AET, OUR_AET, Orthanc
 from tests.support.servers import free_port
 
@@ -119,3 +119,58 @@ def test_context_budget_keeps_the_uncompressed_pair_for_every_class(classes: int
     assert groups[0] == [str(dimse.ExplicitVRLittleEndian), str(dimse.ImplicitVRLittleEndian)]
     assert min(classes, dimse.MAX_CONTEXTS - 1) * len(groups) <= dimse.MAX_CONTEXTS - 1 or len(groups) == 1
     assert len(groups) == (len(dimse.TRANSFER_GROUPS) if classes <= 12 else max(1, 127 // classes))
+
+
+def test_two_objects_with_one_sop_uid_both_land_under_distinct_keys(s3: Any, orthanc: Orthanc) -> None:
+    """Orthanc keeps one SOP Instance UID under two PatientIDs; its C-GET sends both, and the second must not
+    overwrite the first (a content-hash suffix, as the DICOMweb connector does)."""
+    orthanc.clear()
+    study, series, sop = uid(), uid(), uid()
+    bodies = [make_instance(study, series, sop=sop, patient_id=p) for p in ("SYNTH-A", "SYNTH-B")]
+    for body in bodies:
+        assert orthanc.upload(body)["Status"] == "Success"
+    land, _ = buckets(s3)
+    landing = Landing(s3, parse_s3_uri(f"s3://{land}/landed/").as_prefix())
+    out = DimseConnector(_source(orthanc)).pull(study, landing)
+    got = landed(s3, land)
+    plain = f"landed/{study}/{series}/{sop}.dcm"
+    assert out.pulled == len(got) == 2 and not out.failures
+    assert plain in got and any(k.startswith(plain[: -len(".dcm")] + ".") and k != plain for k in got)
+    patients = {pydicom.dcmread(io.BytesIO(b)).PatientID for b in got.values()}
+    assert patients == {"SYNTH-A", "SYNTH-B"}
+
+
+def test_a_study_the_pacs_cannot_serve_is_reported_and_the_rest_migrates(s3: Any, orthanc: Orthanc) -> None:
+    seeded = seed_two_studies(orthanc)
+    broken_study = seeded.studies[1]
+    broken_sop = next(sop for st, _, sop in seeded.instances if st == broken_study)
+    orthanc.break_storage(broken_sop)
+    land, work = buckets(s3)
+    inp = receive_input(land, work, _source(orthanc))
+    result, _ = run_receive(s3, inp)
+    # Orthanc reads the files to answer an IMAGE-level C-FIND, so the study's enumeration fails each time; the
+    # PACS still answers a C-ECHO, so the study becomes one row and the other study migrates.
+    assert result is not None and result.source_failures == 1
+    [row] = failures(s3, inp)
+    assert (row["key"], row["state"], row["code"]) == (f"landed/{broken_study}/", "failed", "SourceUnavailable")
+    assert "C-FIND failed with status 0xC000" in row["reason"]
+    other = {k for k in seeded.landing_keys() if not k.startswith(f"landed/{broken_study}/")}
+    assert set(landed(s3, land)) == other
+
+
+def test_the_probe_is_a_c_echo(orthanc: Orthanc) -> None:
+    DimseConnector(_source(orthanc)).probe()
+    with pytest.raises(SourceUnavailable, match="the association was rejected"):
+        DimseConnector(DimseSource(kind="dimse", host="127.0.0.1", port=orthanc.dicom_port, called_ae="NOT-ORTHANC",
+                                   calling_ae=OUR_AET)).probe()
+
+
+def test_a_study_listing_with_uid_less_matches_becomes_an_unusable_listing_row(s3: Any) -> None:
+    """``units`` ends with a marker unit when C-FIND matches had no StudyInstanceUID; pulling it makes no call."""
+    land, _ = buckets(s3)
+    landing = Landing(s3, parse_s3_uri(f"s3://{land}/landed/").as_prefix())
+    connector = DimseConnector(DimseSource(kind="dimse", host="127.0.0.1", port=free_port(), called_ae="PACS",
+                                           calling_ae=OUR_AET))
+    out = connector.pull(marker("unusable-studies", "4"), landing)
+    assert [(f.key, f.code) for f in out.failures] == [("landed/unusable-study-listing", "UnusableListing")]
+    assert "listed 4 matches without a StudyInstanceUID" in (out.failures[0].reason or "")

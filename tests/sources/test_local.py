@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,11 @@ from tests.sources.support import (
     run_receive,
 )
 from tests.support.dicom import make_instance, uid
+
+
+def _allow(root: Path) -> SourceSettings:
+    """Worker settings that let a `local` source read under ``root`` (the default reads nothing)."""
+    return SourceSettings(local_roots=(str(root),), unit_backoff_seconds=0.0)
 
 
 def _tree(root: Path) -> dict[str, bytes]:
@@ -48,7 +55,7 @@ def test_directory_lands_under_relative_paths_and_is_inventoried(s3: Any, tmp_pa
     land, work = buckets(s3)
     counter = RequestCounter(s3)
     inp = receive_input(land, work, LocalSource(kind="local", path=str(src)), page_size=2)
-    result, beats = run_receive(s3, inp)
+    result, beats = run_receive(s3, inp, settings=_allow(tmp_path))
     assert result is not None
     got = landed(s3, land)
     assert got == {f"landed/{rel}": body for rel, body in files.items()}
@@ -71,7 +78,7 @@ def test_symlinks_leaving_the_directory_are_reported_not_followed(s3: Any, tmp_p
     (src / "dangling").symlink_to(src / "gone")
     land, work = buckets(s3)
     inp = receive_input(land, work, LocalSource(kind="local", path=str(src)))
-    result, _ = run_receive(s3, inp)
+    result, _ = run_receive(s3, inp, settings=_allow(tmp_path))
     assert result is not None
     assert set(landed(s3, land)) == {"landed/ok.dcm", "landed/inner-link.dcm"}
     codes = {f["key"]: f["code"] for f in failures(s3, inp)}
@@ -87,7 +94,7 @@ def test_special_files_are_failure_rows_not_hangs(s3: Any, tmp_path: Path) -> No
     os.mkfifo(src / "pipe")  # opening a FIFO for reading would block forever
     land, work = buckets(s3)
     inp = receive_input(land, work, LocalSource(kind="local", path=str(src)))
-    result, _ = run_receive(s3, inp)
+    result, _ = run_receive(s3, inp, settings=_allow(tmp_path))
     assert result is not None and result.files == 0
     assert [(f["key"], f["code"]) for f in failures(s3, inp)] == [("landed/pipe", "NotAFile")]
 
@@ -96,13 +103,13 @@ def test_missing_directory_fails_without_retry_and_names_the_connector(s3: Any, 
     land, work = buckets(s3)
     inp = receive_input(land, work, LocalSource(kind="local", path=str(tmp_path / "nope")))
     with pytest.raises(ApplicationError) as info:
-        run_receive(s3, inp)
+        run_receive(s3, inp, settings=_allow(tmp_path))
     assert info.value.non_retryable and info.value.type == "InvalidSourceConnector"
     assert "local directory source: path: cannot open the directory" in str(info.value)
     (tmp_path / "file").write_bytes(b"x")
     inp = receive_input(land, work, LocalSource(kind="local", path=str(tmp_path / "file")))
     with pytest.raises(ApplicationError, match="path: is not a directory"):
-        run_receive(s3, inp)
+        run_receive(s3, inp, settings=_allow(tmp_path))
 
 
 def test_interrupted_pull_resumes_at_the_cursor_without_duplicate_pages(s3: Any, tmp_path: Path) -> None:
@@ -113,11 +120,11 @@ def test_interrupted_pull_resumes_at_the_cursor_without_duplicate_pages(s3: Any,
     land, work = buckets(s3)
     inp = receive_input(land, work, LocalSource(kind="local", path=str(src)), page_size=5)
     # Die after the unit list and 4 files were recorded.
-    _, beats = run_receive(s3, inp, stop_after_heartbeats=5)
+    _, beats = run_receive(s3, inp, stop_after_heartbeats=5, settings=_allow(tmp_path))
     cursor = beats[-1]
     assert cursor["pull"]["next_unit"] == 4 and not cursor["pull"]["done"]
     counter = RequestCounter(s3)
-    result, _ = run_receive(s3, inp, details=cursor)
+    result, _ = run_receive(s3, inp, details=cursor, settings=_allow(tmp_path))
     assert result is not None and result.files == 12 and result.pages == 3
     # The resumed attempt uploaded only the 8 files it had not pulled, plus 3 pages (no second unit list).
     assert counter.calls["PutObject"] == 8 + 3
@@ -133,7 +140,7 @@ def test_big_files_are_streamed_as_multipart_uploads(s3: Any, tmp_path: Path) ->
     land, _ = buckets(s3)
     counter = RequestCounter(s3)
     landing = Landing(s3, parse_s3_uri(f"s3://{land}/landed/").as_prefix(), multipart_threshold=5 << 20)
-    out = LocalConnector(LocalSource(kind="local", path=str(tmp_path))).pull("big.bin", landing)
+    out = LocalConnector(LocalSource(kind="local", path=str(tmp_path)), (str(tmp_path),)).pull("big.bin", landing)
     assert out.pulled == 1 and not out.failures
     assert counter.calls == {"CreateMultipartUpload": 1, "UploadPart": 3, "CompleteMultipartUpload": 1}
     assert landing.requests == 5
@@ -160,3 +167,70 @@ def test_directories_outside_the_allowed_roots_are_refused(s3: Any, tmp_path: Pa
     inp = receive_input(land, work, LocalSource(kind="local", path=str(allowed / "x")))
     result, _ = run_receive(s3, inp, settings=roots)
     assert result is not None and result.files == 1
+
+
+def test_local_sources_are_refused_until_roots_are_configured(s3: Any, tmp_path: Path) -> None:
+    """Deny by default: `/run/secrets` or any other directory the worker can read is not a source."""
+    (tmp_path / "a.dcm").write_bytes(b"a")
+    land, work = buckets(s3)
+    inp = receive_input(land, work, LocalSource(kind="local", path=str(tmp_path)))
+    with pytest.raises(ApplicationError) as info:
+        run_receive(s3, inp, settings=SourceSettings())
+    assert info.value.non_retryable and info.value.type == "InvalidSourceConnector"
+    assert "HIMIG_SOURCE_DIR_ROOTS" in str(info.value) and str(tmp_path) not in str(info.value)
+    assert landed(s3, land) == {}
+
+
+def test_a_subdirectory_that_cannot_be_listed_is_a_failure_row(s3: Any, tmp_path: Path) -> None:
+    """Root reads every directory, so the listing failure is made real another way: the subdirectory is removed
+    after the walk listed its parent and before it descends into it."""
+    src = tmp_path / "export"
+    (src / "gone" / "deep").mkdir(parents=True)
+    (src / "gone" / "deep" / "x.dcm").write_bytes(b"x")
+    (src / "a.dcm").write_bytes(b"a")
+    connector = LocalConnector(LocalSource(kind="local", path=str(src)), (str(tmp_path),))
+    units = connector.units()
+    assert next(units) == "a.dcm"  # the top directory is listed; "gone" is next to descend into
+    shutil.rmtree(src / "gone")
+    rest = list(units)
+    assert len(rest) == 1 and "gone" in rest[0] and rest[0] != "gone"  # a marker unit, not a file name
+    land, _ = buckets(s3)
+    landing = Landing(s3, parse_s3_uri(f"s3://{land}/landed/").as_prefix())
+    out = connector.pull(rest[0], landing)
+    assert out.pulled == 0 and [(f.key, f.code) for f in out.failures] == [("landed/gone/", "SourceUnreadable")]
+    assert "gone" not in (out.failures[0].reason or "")
+
+
+def test_heartbeats_never_carry_keys_and_resume_still_lists_on(s3: Any, tmp_path: Path) -> None:
+    """Folder names often hold patient names; heartbeat details are stored in Temporal's history."""
+    src = tmp_path / "export"
+    names = [f"DOE^JANE-{i:02d}" for i in range(7)]
+    for name in names:
+        (src / name).mkdir(parents=True)
+        (src / name / "img.dcm").write_bytes(make_instance(uid(), uid()))
+    land, work = buckets(s3)
+    inp = receive_input(land, work, LocalSource(kind="local", path=str(src)), page_size=2)
+    # Die right after the second inventory page was recorded (unit list + 7 files + done = 9 pull beats).
+    _, beats = run_receive(s3, inp, stop_after_heartbeats=11, settings=_allow(tmp_path))
+    assert beats[-1]["pages"] == 2 and beats[-1]["pull"]["done"] is True
+    result, more = run_receive(s3, inp, details=beats[-1], settings=_allow(tmp_path))
+    assert result is not None and result.files == 7 and result.pages == 4
+    keys = [r["key"] for r in inventory(s3, inp)]
+    assert sorted(keys) == sorted(f"landed/{n}/img.dcm" for n in names)  # each once: resumed after page 2
+    assert not any("DOE" in json.dumps(b) or "landed/" in json.dumps(b) for b in beats + more)
+
+
+def test_a_directory_that_vanishes_mid_pull_fails_the_activity_retryably(s3: Any, tmp_path: Path) -> None:
+    """A whole-source problem (an unmounted share) is not turned into one failed row per file."""
+    src = tmp_path / "export"
+    src.mkdir()
+    for i in range(3):
+        (src / f"f{i}.dcm").write_bytes(b"x")
+    land, work = buckets(s3)
+    inp = receive_input(land, work, LocalSource(kind="local", path=str(src)))
+    _, beats = run_receive(s3, inp, stop_after_heartbeats=2, settings=_allow(tmp_path))  # unit list + 1 file
+    shutil.rmtree(src)
+    with pytest.raises(ApplicationError) as info:
+        run_receive(s3, inp, details=beats[-1], settings=_allow(tmp_path))
+    assert info.value.type == "SourceUnavailable" and not info.value.non_retryable
+    assert failures(s3, inp) == []

@@ -56,6 +56,7 @@ def skip_reason() -> str | None:
 class Orthanc:
     server: ServerProcess
     dicom_port: int
+    storage: Path | None = None  # Orthanc's StorageDirectory (attachments named by their UUID)
 
     @property
     def url(self) -> str:
@@ -78,6 +79,19 @@ class Orthanc:
     def delete(self, path: str) -> None:
         urllib.request.urlopen(urllib.request.Request(self.url + path, method="DELETE"), timeout=30).close()
 
+    def break_storage(self, sop_instance_uid: str) -> None:
+        """Delete the stored file of one instance behind Orthanc's back: its index still lists the instance
+        (QIDO-RS, C-FIND) but every retrieval of it fails, as with a PACS's damaged disk."""
+        assert self.storage is not None
+        uuid = self.get(f"/instances/{self._lookup(sop_instance_uid)}/attachments/dicom/info")["Uuid"]
+        (self.storage / uuid[:2] / uuid[2:4] / uuid).unlink()
+
+    def _lookup(self, sop_instance_uid: str) -> str:
+        req = urllib.request.Request(self.url + "/tools/lookup", data=sop_instance_uid.encode(), method="POST")
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            [hit] = [h for h in json.loads(resp.read()) if h["Type"] == "Instance"]
+        return str(hit["ID"])
+
     def clear(self) -> None:
         for patient in self.get("/patients"):
             self.delete(f"/patients/{patient}")
@@ -99,6 +113,8 @@ def start_orthanc(work: Path, log_dir: Path) -> Orthanc:
         "AcceptedTransferSyntaxes": ["1.2.840.10008.1.*"],
         "DicomModalities": {"migrator": [OUR_AET, "127.0.0.1", free_port()]},
         "OverwriteInstances": False, "StableAge": 2, "SaveJobs": False, "DeidentifyLogs": False,
+        # No storage cache: break_storage() must make retrievals fail at once.
+        "MaximumStorageCacheSize": 0,
         "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": True, "WadoRoot": "/wado",
                      "Host": "127.0.0.1", "Ssl": False},
     }
@@ -115,7 +131,7 @@ def start_orthanc(work: Path, log_dir: Path) -> Orthanc:
     except Exception:
         server.stop()
         raise RuntimeError(f"Orthanc failed to start:\n{server.log_tail()}") from None
-    return Orthanc(server, dicom_port)
+    return Orthanc(server, dicom_port, db)
 
 
 @pytest.fixture(scope="session")
