@@ -172,3 +172,7 @@ async def main() -> None:
 
 if __name__ == "__main__":
     asyncio.run(main())
+    # The SDK's native runtime threads can still call into Python while the interpreter finalizes, which aborts
+    # the process (SIGABRT, "PyGILState_Release") after all the work is done: end without finalizing instead.
+    sys.stdout.flush()
+    os._exit(0)
