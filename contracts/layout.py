@@ -41,6 +41,11 @@ def parsed_page(work_s3_uri: str, migration_id: str, page: int) -> S3Location:
     return root(work_s3_uri, migration_id).join("parsed", f"page-{page:06d}.ndjson")
 
 
+def parsed_checkpoint(work_s3_uri: str, migration_id: str, page: int, chunk: int) -> S3Location:
+    """Records of one finished chunk of a page being parsed (what a retried parse reads back)."""
+    return root(work_s3_uri, migration_id).join("parsed", "checkpoints", f"page-{page:06d}-{chunk:04d}.ndjson")
+
+
 def validated_page(work_s3_uri: str, migration_id: str, page: int) -> S3Location:
     return root(work_s3_uri, migration_id).join("validated", f"page-{page:06d}.ndjson")
 
