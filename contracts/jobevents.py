@@ -18,12 +18,10 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from contracts.pipeline import batch_workflow_id
+from contracts.pipeline import DATASTORE_ID_PATTERN, batch_workflow_id
 
 SOURCE = "aws.medical-imaging"
-# Detail-types of import-job events (research/healthimaging.md §4.2). Only the terminal ones wake a batch.
-JOB_DETAIL_TYPES = frozenset({"Import Job Submitted", "Import Job In Progress", "Import Job Completed",
-                              "Import Job Failed"})
+# The terminal detail-types of import-job events (research/healthimaging.md §4.2): only they wake a batch.
 WAKING_DETAIL_TYPES = frozenset({"Import Job Completed", "Import Job Failed"})
 TERMINAL_STATUSES = frozenset({"COMPLETED", "FAILED"})
 # Job ids are 32 lowercase alphanumerics on AWS; accept a little more, but nothing that could break a
@@ -46,7 +44,7 @@ class JobEvent(BaseModel):
 
     job_id: str = Field(pattern=JOB_ID_PATTERN)
     status: str = Field(pattern=r"^[A-Z_]{1,32}$")
-    datastore_id: str | None = Field(None, pattern=r"^[a-z0-9]{32}$")
+    datastore_id: str | None = Field(None, pattern=DATASTORE_ID_PATTERN)
 
 
 @dataclass
@@ -86,6 +84,6 @@ def parse_job_event(body: str) -> ParsedJobEvent | None:
     datastore = detail.get("datastoreId")
     output = detail.get("outputS3Uri")
     event = JobEvent(job_id=job_id, status=status,
-                     datastore_id=datastore if isinstance(datastore, str) and re.match(r"^[a-z0-9]{32}$", datastore)
+                     datastore_id=datastore if isinstance(datastore, str) and re.match(DATASTORE_ID_PATTERN, datastore)
                      else None)
     return ParsedJobEvent(event, batch_of(output) if isinstance(output, str) else None)

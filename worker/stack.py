@@ -726,14 +726,20 @@ class Stack:
         raise StackError(f"{name} (pid {pid}) was not healthy after {timeout:g}s ({detail}); stopped it. Last lines "
                          f"of {log_path}:\n{_log_tail(log_path, log_offset)}")
 
+    def _moto_client(self, service: str) -> Any:
+        """A boto3 client for the stack's moto server (fake credentials)."""
+        import boto3  # local import: costs ~0.3 s and only `up` needs it
+
+        return boto3.client(service, endpoint_url=self.config.moto_url, region_name=FAKE_CREDENTIALS["AWS_REGION"],
+                            aws_access_key_id=FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                            aws_secret_access_key=FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"])
+
     def _create_buckets(self) -> None:
         if not self.config.buckets:
             return
-        import boto3  # local import: costs ~0.3 s and only `up` needs it
         from botocore.exceptions import ClientError
 
-        s3 = boto3.client("s3", endpoint_url=self.config.moto_url, region_name=FAKE_CREDENTIALS["AWS_REGION"],
-                          aws_access_key_id="testing", aws_secret_access_key="testing")
+        s3 = self._moto_client("s3")
         created = []
         for bucket in self.config.buckets:
             try:
@@ -753,17 +759,12 @@ class Stack:
     def _create_job_events_queue(self) -> None:
         """The EventBridge rule and SQS queue of import-job events (moto keeps nothing across a restart, so this
         runs whenever moto is up, like the buckets)."""
-        import boto3  # local imports: only `up` needs them
+        from worker.jobevents import configure_job_events_rule  # local import: only `up` needs it
 
-        from worker.jobevents import configure_job_events_rule
-
-        kwargs: dict[str, Any] = {"endpoint_url": self.config.moto_url, "region_name": FAKE_CREDENTIALS["AWS_REGION"],
-                                  "aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
         # Optional: without the queue the worker's job-events listener only logs receive errors and batches find
         # their jobs' ends by polling, so a failure here is reported, not fatal.
         try:
-            url = configure_job_events_rule(boto3.client("events", **kwargs), boto3.client("sqs", **kwargs),
-                                            JOB_EVENTS_QUEUE)
+            url = configure_job_events_rule(self._moto_client("events"), self._moto_client("sqs"), JOB_EVENTS_QUEUE)
         except Exception as exc:  # botocore errors: something answers on the moto port but refused
             self._emit(f"moto: could not create the import-job events queue and rule ({type(exc).__name__}); "
                        "batches will learn of finished jobs by polling only")

@@ -172,11 +172,9 @@ class IngestWorkflow:
 
     async def _flush(self, input: IngestInput, ingest_id: str) -> None:
         self._set_phase("flushing")
-        manifest = await self._write_manifest(input, ingest_id)
-        await self._migrate(input, ingest_id, PendingFlush(flush=manifest.flush, manifest_uri=manifest.manifest_uri,
-                                                           files=manifest.files))
+        await self._migrate(input, ingest_id, await self._write_manifest(input, ingest_id))
 
-    async def _write_manifest(self, input: IngestInput, ingest_id: str) -> IngestManifest:
+    async def _write_manifest(self, input: IngestInput, ingest_id: str) -> PendingFlush:
         """Write up to ``max_files`` buffered arrivals as the next flush's manifest and drop them from the buffer."""
         s = self._state
         taken = list(self._buffer.values())[: input.max_files]
@@ -194,7 +192,7 @@ class IngestWorkflow:
         s.first_buffered_at = workflow.now() if self._buffer else None
         s.flushes += 1
         s.files_flushed += manifest.files
-        return manifest
+        return PendingFlush(flush=manifest.flush, manifest_uri=manifest.manifest_uri, files=manifest.files)
 
     async def _migrate(self, input: IngestInput, ingest_id: str, flush: PendingFlush) -> None:
         """Run the flush's child `MigrationWorkflow`; arrivals meanwhile are spilled once ``max_files`` wait."""
@@ -216,9 +214,7 @@ class IngestWorkflow:
                 await workflow.wait_condition(lambda: running.done() or len(self._buffer) >= input.max_files)
                 if not running.done():
                     # Outside the try below: a manifest that cannot be written fails the workflow, as in `_flush`.
-                    spilled = await self._write_manifest(input, ingest_id)
-                    self._state.pending.append(PendingFlush(flush=spilled.flush, manifest_uri=spilled.manifest_uri,
-                                                            files=spilled.files))
+                    self._state.pending.append(await self._write_manifest(input, ingest_id))
         try:
             result = await (child if child is not None else
                             workflow.execute_child_workflow(MigrationWorkflow.run, child_input, id=migration_id))

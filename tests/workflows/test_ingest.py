@@ -244,6 +244,26 @@ class TestIngestEndToEnd:
         assert result.duplicates_ignored >= 2
 
 
+
+def _put_arrivals(s3: Any, bucket: str, prefix: str, study: str, n: int) -> list[Arrival]:
+    """Upload ``n`` instances of one study under ``prefix/`` and return them as the listener would signal them."""
+    arrivals = []
+    for i in range(n):
+        key, body = f"{prefix}/{i}.dcm", make_instance(study, uid())
+        etag = s3.put_object(Bucket=bucket, Key=key, Body=body)["ETag"].strip('"')
+        arrivals.append(Arrival(key=key, size=len(body), etag=etag, event_time=datetime.now(UTC)))
+    return arrivals
+
+
+async def _signal_arrival(client: Client, payload: IngestInput, wid: str, task_queue: str, arrival: Arrival,
+                          timeout_seconds: float) -> Any:
+    """Signal-with-start, as the listener does."""
+    return await client.start_workflow(
+        IngestWorkflow.run, payload, id=wid, task_queue=task_queue, start_signal="arrived",
+        start_signal_args=[arrival], id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        execution_timeout=timedelta(seconds=timeout_seconds))
+
+
 class TestIngestWorkflowDirectly:
     async def test_size_flush_and_a_later_run_continue_the_flush_numbers(
             self, client: Client, ingest_worker: Worker, buckets: dict[str, Any], datastore_id: str) -> None:
@@ -251,21 +271,13 @@ class TestIngestWorkflowDirectly:
         the previous one completed picks the next flush number instead of reusing a finished migration's id."""
         s3, src, work = buckets["s3"], buckets["source"], buckets["work"]
         study = uid()
-        arrivals = []
-        for i in range(4):
-            key = f"s/{i}.dcm"
-            etag = s3.put_object(Bucket=src, Key=key, Body=make_instance(study, uid()))["ETag"].strip('"')
-            arrivals.append(Arrival(key=key, size=s3.head_object(Bucket=src, Key=key)["ContentLength"], etag=etag,
-                                    event_time=datetime.now(UTC)))
+        arrivals = _put_arrivals(s3, src, "s", study, 4)
         payload = IngestInput(datastore_id=datastore_id, source_s3_uri=f"s3://{src}/s/",
                               work_s3_uri=f"s3://{work}/ingest/", quiet_seconds=1, max_files=2)
         wid = ingest_workflow_id(datastore_id, study, src, "s/0.dcm")
 
         async def send(arrival: Arrival) -> Any:
-            return await client.start_workflow(
-                IngestWorkflow.run, payload, id=wid, task_queue=ingest_worker.task_queue, start_signal="arrived",
-                start_signal_args=[arrival], id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-                execution_timeout=timedelta(seconds=60))
+            return await _signal_arrival(client, payload, wid, ingest_worker.task_queue, arrival, 60)
 
         for arrival in arrivals[:3]:
             handle = await send(arrival)
@@ -347,12 +359,7 @@ class TestIngestBufferBound:
         (the workflow keeps a pointer), and they are migrated in order once the job clock moves."""
         s3, src, work = buckets["s3"], buckets["source"], buckets["work"]
         study = uid()
-        arrivals = []
-        for i in range(7):
-            key = f"sp/{i}.dcm"
-            etag = s3.put_object(Bucket=src, Key=key, Body=make_instance(study, uid()))["ETag"].strip('"')
-            arrivals.append(Arrival(key=key, size=s3.head_object(Bucket=src, Key=key)["ContentLength"], etag=etag,
-                                    event_time=datetime.now(UTC)))
+        arrivals = _put_arrivals(s3, src, "sp", study, 7)
         payload = IngestInput(datastore_id=held_datastore_id, source_s3_uri=f"s3://{src}/sp/",
                               work_s3_uri=f"s3://{work}/ingest/", quiet_seconds=1, max_files=2)
         wid = ingest_workflow_id(held_datastore_id, study, src, "sp/0.dcm")
@@ -360,10 +367,7 @@ class TestIngestBufferBound:
         with ThreadPoolExecutor(max_workers=settings.max_concurrent_activities) as executor:
             async with build_worker(client, settings, executor) as worker:
                 async def send(arrival: Arrival) -> Any:
-                    return await client.start_workflow(
-                        IngestWorkflow.run, payload, id=wid, task_queue=worker.task_queue, start_signal="arrived",
-                        start_signal_args=[arrival], id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-                        execution_timeout=timedelta(seconds=150))
+                    return await _signal_arrival(client, payload, wid, worker.task_queue, arrival, 150)
 
                 async def progress() -> Any:
                     return await client.get_workflow_handle(wid).query(IngestWorkflow.progress)
