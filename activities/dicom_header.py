@@ -227,7 +227,7 @@ def check_tail(tail: bytes, implicit: bool = False, little: bool = True) -> Find
             if pos + 12 > len(tail):
                 break
             (length,), header = struct.unpack_from(endian + "I", tail, pos + 8), 12
-        elif vr.decode("latin-1") in _VRS:
+        elif vr in _VR_BYTES:
             (length,), header = struct.unpack_from(endian + "H", tail, pos + 6), 8
         else:
             break
@@ -291,16 +291,16 @@ def _structure(ds: Dataset, buf: bytes, tsuid: str | None, f: list[Finding]) -> 
             f.append(_finding("meta_group_length", f"File Meta Information Group Length says {declared} bytes but "
                               f"the meta group is {actual} bytes; readers disagree where the dataset starts",
                               "FileMetaInformationGroupLength"))
-    raws = [r for r in ds._dict.values() if isinstance(r, RawDataElement)]
-    if tsuid in KNOWN_TRANSFER_SYNTAXES and raws:
+    first = next((r for r in ds._dict.values() if isinstance(r, RawDataElement)), None)
+    if tsuid in KNOWN_TRANSFER_SYNTAXES and first is not None:
         implicit, little = _TS_ENCODING.get(tsuid, (False, True))
-        group = raws[0].tag >> 16
+        group = first.tag >> 16
         swapped = (group >> 8) | ((group & 0xFF) << 8)
         if group > 0xFF and swapped <= 0x28:  # e.g. (0008,xxxx) read in the wrong byte order is (0800,xxxx)
             f.append(_finding("ts_mismatch", f"the dataset's byte order is not the one its Transfer Syntax {tsuid} "
                               "says", "TransferSyntaxUID"))
-        elif raws[0].is_implicit_VR != implicit or raws[0].is_little_endian != little:
-            f.append(_finding("ts_mismatch", f"the dataset is encoded {_encoding_name(raws[0].is_implicit_VR, raws[0].is_little_endian)} "
+        elif first.is_implicit_VR != implicit or first.is_little_endian != little:
+            f.append(_finding("ts_mismatch", f"the dataset is encoded {_encoding_name(first.is_implicit_VR, first.is_little_endian)} "
                               f"but its Transfer Syntax {tsuid} says {_encoding_name(implicit, little)}",
                               "TransferSyntaxUID"))
     prev_end = -1  # -1: the previous element's extent is not known (converted, or undefined length)

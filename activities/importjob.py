@@ -20,7 +20,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.errors import classify, error_code
 from activities.heartbeat import current, keeps_alive
-from activities.storage import get_bytes, list_objects, put_ndjson, read_models
+from activities.storage import get_bytes, is_missing, list_objects, put_ndjson, read_models
 from contracts import layout
 from contracts.pipeline import BatchInput, BatchPlan, FileState, ImportJobRef
 from contracts.records import InstanceRecord, LedgerEntry
@@ -61,7 +61,7 @@ def source_changed(s3: Any, bucket: str, key: str, source_bucket: str, inst: Ins
         code = error_code(err)
         if code in ("PreconditionFailed", "412"):
             reason = "the source object was rewritten after it was validated (its ETag changed); not imported"
-        elif code in ("NoSuchKey", "404"):
+        elif is_missing(err):
             reason = "the source object was deleted after it was validated; not imported"
         else:
             raise
@@ -133,27 +133,23 @@ class ImportActivities:
                 get_bytes(self._s3, layout.batch_meta(batch.work_s3_uri, batch.migration_id, batch.batch, batch.part)))
             changed: list[LedgerEntry] = []
             if plan.direct_input_s3_uri and self._folder_unchanged(plan.direct_input_s3_uri, files):
-                input_uri, key_prefix = plan.direct_input_s3_uri, ""
+                input_uri, key_prefix, direct = plan.direct_input_s3_uri, "", True
             else:
                 input_uri, changed = self._stage(batch, files)
-                key_prefix = parse_s3_uri(input_uri).key
+                key_prefix, direct = parse_s3_uri(input_uri).key, False
             output = layout.import_output_prefix(batch.work_s3_uri, batch.migration_id, batch.batch, batch.part)
-            if len(changed) == len(files):
-                # Nothing left to import: no job (a job over an empty prefix would fail), the ledger says why.
-                return ImportJobRef(datastore_id=batch.datastore_id, job_id="", input_s3_uri=input_uri,
-                                    input_key_prefix=key_prefix, staged_files=0, output_s3_uri=output.uri,
-                                    source_changed=len(changed))
-            resp = self._mi.start_dicom_import_job(
-                jobName=job_name(batch),
-                datastoreId=batch.datastore_id,
-                dataAccessRoleArn=batch.data_access_role_arn or self._role,
-                clientToken=client_token(batch.migration_id, batch.batch, batch.part or 0),
-                inputS3Uri=input_uri,
-                outputS3Uri=output.uri,
-            )
+            job_id = ""  # nothing left to import: no job (a job over an empty prefix would fail), the ledger says why
+            if len(changed) < len(files):
+                job_id = self._mi.start_dicom_import_job(
+                    jobName=job_name(batch),
+                    datastoreId=batch.datastore_id,
+                    dataAccessRoleArn=batch.data_access_role_arn or self._role,
+                    clientToken=client_token(batch.migration_id, batch.batch, batch.part or 0),
+                    inputS3Uri=input_uri,
+                    outputS3Uri=output.uri,
+                )["jobId"]
         except ClientError as err:
             raise classify(err, f"starting the import job of batch {batch.batch}") from None
-        return ImportJobRef(datastore_id=batch.datastore_id, job_id=resp["jobId"], input_s3_uri=input_uri,
-                            input_key_prefix=key_prefix, direct=plan.direct_input_s3_uri is not None and not key_prefix,
-                            staged_files=len(files) - len(changed), output_s3_uri=output.uri,
-                            source_changed=len(changed))
+        return ImportJobRef(datastore_id=batch.datastore_id, job_id=job_id, input_s3_uri=input_uri,
+                            input_key_prefix=key_prefix, direct=direct, staged_files=len(files) - len(changed),
+                            output_s3_uri=output.uri, source_changed=len(changed))

@@ -21,7 +21,7 @@ from botocore.exceptions import ClientError
 from pydantic import BaseModel, Field, ValidationError
 from temporalio import activity
 
-from activities.dicom_header import TAIL_CAP, check_tail, parse_header
+from activities.dicom_header import check_tail, parse_header
 from activities.errors import classify, error_code
 from activities.heartbeat import current, keeps_alive
 from activities.storage import is_missing, put_ndjson, read_models
@@ -129,7 +129,7 @@ class ParseActivities:
             break
         record.size = total
         counter[1] += len(buf)
-        if result.tail_start is not None and total - result.tail_start <= TAIL_CAP:
+        if result.tail_start is not None:  # set only for a tail of at most TAIL_CAP bytes
             # Bytes follow Pixel Data beyond what was read (padding, a private group, or garbage): one more ranged
             # GET of just that tail, so a header-only read still catches garbage after the dataset.
             tail = self._tail(bucket, entry.key, result.tail_start, total, counter)
@@ -151,7 +151,7 @@ class ParseActivities:
         try:
             resp = self._s3.get_object(Bucket=bucket, Key=key, Range=f"bytes={start}-{total - 1}")
         except ClientError as err:
-            if error_code(err) in ("NoSuchKey", "404", "InvalidRange"):
+            if is_missing(err) or error_code(err) == "InvalidRange":
                 return None  # changed since it was listed: staging's ETag check reports it
             raise
         counter[0] += 1

@@ -16,14 +16,20 @@ from typing import Any
 from botocore.exceptions import ClientError
 from temporalio import activity
 
-from activities.errors import BACKOFF_CODES, classify, error_code
+from activities.errors import classify, error_code
 from activities.heartbeat import current, keeps_alive
 from activities.review import source_changed_keys
 from activities.spotcheck import with_local_retries
 from activities.storage import iter_ndjson, list_objects, put_bytes, put_ndjson, read_models
 from contracts import layout
 from contracts.pipeline import BatchInput, BatchPlan, FileState, PlanInput, PlanResult
-from contracts.records import ImportedInstance, InstanceRecord, InventoryEntry, LedgerEntry
+from contracts.records import (
+    ImportedInstance,
+    InstanceRecord,
+    InventoryEntry,
+    LedgerEntry,
+    attributes_fingerprint,
+)
 from contracts.s3uri import S3Location, parse_s3_uri
 
 
@@ -51,11 +57,6 @@ def deduplicate(instances: list[InstanceRecord]) -> tuple[list[InstanceRecord], 
                                       reason="another source file has the same SOP Instance UID with different "
                                              "content; the first (by key) is imported, this one needs review"))
     return kept, ledger
-
-
-def attributes_fingerprint(inst: InstanceRecord) -> str:
-    """The attributes HealthImaging compares within a series, as one fingerprint (no patient values)."""
-    return f"{inst.patient_fingerprint}/{inst.study_fingerprint}/{inst.series_fingerprint}"
 
 
 @dataclass
@@ -241,8 +242,6 @@ class PlanActivities:
                 props = with_local_retries(partial(self._mi.get_image_set, datastoreId=datastore_id,
                                                    imageSetId=image_set_id))
             except ClientError as err:
-                if error_code(err) in BACKOFF_CODES:
-                    raise classify(err, "checking image sets of the import index") from None
                 if error_code(err) == "ResourceNotFoundException":
                     gone.add(image_set_id)
                     continue

@@ -21,7 +21,7 @@ from activities.spotcheck import SpotChecker
 from activities.storage import get_bytes, is_missing, iter_ndjson, list_objects, put_ndjson, read_models
 from contracts import layout
 from contracts.pipeline import BatchInput, FailedBatchInput, FileState, ImageSetRef, ReviewInput, ReviewResult
-from contracts.records import ImportedInstance, InstanceRecord, LedgerEntry
+from contracts.records import ImportedInstance, InstanceRecord, LedgerEntry, attributes_fingerprint
 from contracts.s3uri import S3Location, parse_s3_uri
 
 
@@ -156,8 +156,7 @@ class ReviewActivities:
                     sop_instance_uid=inst.sop_instance_uid, content_id=inst.content_id,
                     image_set_id=entry.image_set_id, is_primary=bool(entry.is_primary),
                     study_instance_uid=inst.study_instance_uid, series_instance_uid=inst.series_instance_uid,
-                    attributes_fingerprint=f"{inst.patient_fingerprint}/{inst.study_fingerprint}/"
-                                           f"{inst.series_fingerprint}",
+                    attributes_fingerprint=attributes_fingerprint(inst),
                     migration_id=batch.migration_id, batch=batch.batch))
             if entry.image_set_id:
                 ref = refs.setdefault(entry.image_set_id, ImageSetRef(

@@ -112,3 +112,11 @@ class LedgerEntry(BaseModel):
     prediction_reason: str | None = None
     # Every finding of a rejected file (code, severity, attribute, reason); `code`/`reason` join the rejecting ones.
     findings: list[Finding] | None = None
+
+
+def attributes_fingerprint(inst: InstanceRecord) -> str:
+    """The attributes HealthImaging compares within a series, as one fingerprint (no patient values).
+
+    Written into the data store's import index by review and compared by planning: one definition for both.
+    """
+    return f"{inst.patient_fingerprint}/{inst.study_fingerprint}/{inst.series_fingerprint}"

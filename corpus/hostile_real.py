@@ -7,11 +7,7 @@ header is sound and the file imports); ``rejected`` is the verdict at ``structur
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
-from pathlib import Path
-
-from pydicom.data import get_testdata_file
 
 
 @dataclass(frozen=True)
@@ -51,14 +47,3 @@ HOSTILE_REAL: tuple[HostileRealFile, ...] = (
     HostileRealFile("JPEG2000-embedded-sequence-delimiter.dcm", False, None,
                     "a sequence delimiter byte pattern inside a J2K fragment: valid"),
 )
-
-
-def locate_hostile(name: str) -> Path | None:
-    """Path of an installed hostile test file, or None (never downloads)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            found = get_testdata_file(name, download=False)
-        except Exception:  # pydicom raises when pydicom-data is absent; the file is simply unavailable
-            return None
-    return Path(found) if found else None

@@ -120,14 +120,6 @@ def meta_end(data: bytes) -> int:
     return int(el.end + group_length)
 
 
-def _encode_meta_element(tag: int, vr: bytes, value: bytes) -> bytes:
-    if len(value) % 2:
-        value += b"\0"  # UI padding; the meta group holds only UI, OB, UL and SH values here
-    if vr in _LONG_VRS:
-        return struct.pack("<HH2sHI", tag >> 16, tag & 0xFFFF, vr, 0, len(value)) + value
-    return struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr, len(value)) + value
-
-
 def rewrite_meta(data: bytes, changes: dict[int, bytes | None], *, group_length_delta: int = 0) -> bytes:
     """Replace (bytes) or drop (None) meta elements, recompute the group length (plus ``group_length_delta``)."""
     end = meta_end(data)
@@ -138,7 +130,8 @@ def rewrite_meta(data: bytes, changes: dict[int, bytes | None], *, group_length_
         if el.tag in changes:
             new = changes[el.tag]
             if new is not None:
-                parts.append(_encode_meta_element(el.tag, el.vr, new))
+                # NUL padding: the meta group holds only UI, OB, UL and SH values here
+                parts.append(encode_element(el.tag, el.vr, new, pad=b"\0"))
         else:
             parts.append(data[el.offset:el.end])
     body = b"".join(parts)
@@ -589,8 +582,9 @@ def _reference_items(ctx: DefectContext, n: int) -> list[bytes]:
 def _sequence(items: list[bytes], *, defined: bool = True, terminated: bool = True) -> bytes:
     body = b"".join(items)
     if defined:
-        return struct.pack("<HH2sHI", 0x0008, 0x1140, b"SQ", 0, len(body)) + body
-    return struct.pack("<HH2sHI", 0x0008, 0x1140, b"SQ", 0, 0xFFFFFFFF) + body + (
+        return encode_element(REFERENCED_IMAGE_SEQUENCE, b"SQ", body)
+    tag = REFERENCED_IMAGE_SEQUENCE
+    return struct.pack("<HH2sHI", tag >> 16, tag & 0xFFFF, b"SQ", 0, 0xFFFFFFFF) + body + (
         _SEQUENCE_DELIMITER if terminated else b"")
 
 

@@ -13,26 +13,13 @@ from contracts.pipeline import ValidationLevel
 from corpus.malformed import DEFECTS, build_defect
 from corpus.models import CorpusManifest, Expected
 from corpus.sample import build_sample_corpus
+from tests.support.dicom import verdict
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, CorpusManifest]:
     dest = tmp_path_factory.mktemp("sample")
     return dest, build_sample_corpus(dest)
-
-
-def verdict(data: bytes, level: ValidationLevel) -> tuple[bool, list[str]]:
-    buf = data[:65536]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        while True:
-            result = parse_header(buf, len(data))
-            if result.need_bytes and len(buf) < len(data):
-                buf = data[: result.need_bytes]
-                continue
-            break
-    codes = [f.code for f in result.findings]
-    return (not result.readable or any(rejects(c, level) for c in codes)), codes
 
 
 def test_structure_only_rejects_exactly_the_files_the_corpus_marks_reject(corpus: tuple[Path, CorpusManifest]) -> None:

@@ -2,39 +2,26 @@
 
 from __future__ import annotations
 
-import warnings
-
 import pytest
 
-from activities.dicom_header import parse_header
-from activities.validate import rejects
 from contracts.pipeline import ValidationLevel
-from corpus.hostile_real import HOSTILE_REAL, HostileRealFile, locate_hostile
+from corpus.hostile_real import HOSTILE_REAL, HostileRealFile
+from corpus.real import locate
+from tests.support.dicom import verdict
 
 
 @pytest.mark.parametrize("spec", HOSTILE_REAL, ids=lambda s: s.name)
 def test_real_hostile_file(spec: HostileRealFile) -> None:
-    path = locate_hostile(spec.name)
+    path = locate(spec.name)
     if path is None:
         pytest.skip(f"{spec.name} is not installed")
-    data = path.read_bytes()
-    buf = data[:65536]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        while True:
-            result = parse_header(buf, len(data))
-            if result.need_bytes and len(buf) < len(data):
-                buf = data[:result.need_bytes]
-                continue
-            break
-    codes = [f.code for f in result.findings]
+    rejected, codes = verdict(path.read_bytes(), ValidationLevel.STRUCTURE_ONLY)
     if spec.finding:
         assert spec.finding in codes, codes
-    rejected = not result.readable or any(rejects(c, ValidationLevel.STRUCTURE_ONLY) for c in codes)
     assert rejected is spec.rejected, codes
 
 
 def test_the_pydicom_files_are_present() -> None:
     """pydicom itself ships most of them, so this list is really exercised (pydicom-data adds the rest)."""
-    present = [s.name for s in HOSTILE_REAL if locate_hostile(s.name)]
+    present = [s.name for s in HOSTILE_REAL if locate(s.name)]
     assert len(present) >= 15, present

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import io
+import warnings
 
 import pydicom
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
+
+from activities.dicom_header import parse_header
+from activities.validate import rejects
+from contracts.pipeline import ValidationLevel
 
 _BASE = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
 
@@ -30,3 +35,19 @@ def make_instance(study: str, series: str, sop: str | None = None, patient_id: s
 
 def uid() -> str:
     return str(generate_uid())
+
+
+def verdict(data: bytes, level: ValidationLevel) -> tuple[bool, list[str]]:
+    """(rejected at ``level``, finding codes) of a file's header, read the way the parse activity reads it: a
+    64 KiB first range, extended while the header asks for more."""
+    buf = data[:65536]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        while True:
+            result = parse_header(buf, len(data))
+            if result.need_bytes and len(buf) < len(data):
+                buf = data[: result.need_bytes]
+                continue
+            break
+    codes = [f.code for f in result.findings]
+    return (not result.readable or any(rejects(c, level) for c in codes)), codes

@@ -14,26 +14,13 @@ from temporalio.worker import Worker
 
 from contracts.pipeline import FileState, MigrationInput, MigrationResult, OperatorCommand, ValidationLevel
 from tests.support.dicom import make_instance, uid
+from tests.support.migrations import migrate, paused_start, report_rows, wait_phase
 from workflows.batch import ImportBatchWorkflow
 from workflows.migration import MigrationWorkflow
 
 
 def _put(s3: Any, bucket: str, key: str, body: bytes) -> None:
     s3.put_object(Bucket=bucket, Key=key, Body=body)
-
-
-def _report_rows(s3: Any, result: MigrationResult) -> dict[str, dict[str, Any]]:
-    bucket, key = result.files_uri[5:].split("/", 1)
-    body = s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode()
-    return {row["key"]: row for row in map(json.loads, body.splitlines())}
-
-
-async def _migrate(client: Client, worker: Worker, payload: MigrationInput) -> tuple[str, MigrationResult]:
-    wid = f"mig-{uuid.uuid4().hex[:10]}"
-    # A bounded run: a workflow-task bug shows up as a timeout here instead of a test that never ends.
-    result = await client.execute_workflow(MigrationWorkflow.run, payload, id=wid, task_queue=worker.task_queue,
-                                           execution_timeout=timedelta(seconds=90))
-    return wid, result
 
 
 class TestMigrationEndToEnd:
@@ -56,9 +43,9 @@ class TestMigrationEndToEnd:
         payload = MigrationInput(source_s3_uri=f"s3://{src}/in/", datastore_id=datastore_id,
                                  work_s3_uri=f"s3://{work}/runs/", max_files_per_batch=4,
                                  import_start_interval_seconds=0, inventory_page_size=5)
-        wid, result = await _migrate(client, worker, payload)
+        wid, result = await migrate(client, worker, payload)
 
-        rows = _report_rows(s3, result)
+        rows = report_rows(s3, result)
         assert result.files_total == 13
         assert set(rows) == {*good, "in/bad/zero.dcm", "in/bad/readme.txt", "in/bad/no-series.dcm",
                              "in/dup/copy-of-a0.dcm"}
@@ -94,8 +81,8 @@ class TestMigrationEndToEnd:
         payload = MigrationInput(source_s3_uri=f"s3://{src}/d/", datastore_id=datastore_id,
                                  work_s3_uri=f"s3://{work}/w/", max_files_per_batch=3,
                                  import_start_interval_seconds=0)
-        wid, result = await _migrate(client, worker, payload)
-        rows = _report_rows(s3, result)
+        wid, result = await migrate(client, worker, payload)
+        rows = report_rows(s3, result)
         assert [rows[f"d/clean/{i}.dcm"]["state"] for i in range(3)] == ["imported"] * 3
         assert [rows[f"d/mixed/{i}.dcm"]["state"] for i in range(2)] == ["imported"] * 2
         staged = [o["Key"] for o in s3.list_objects_v2(Bucket=work, Prefix=f"w/{wid}/staging/").get("Contents", [])]
@@ -111,8 +98,8 @@ class TestMigrationEndToEnd:
         payload = MigrationInput(source_s3_uri=f"s3://{src}/x/", datastore_id=datastore_id,
                                  work_s3_uri=f"s3://{work}/w/", validation_level=ValidationLevel.MINIMAL,
                                  import_start_interval_seconds=0)
-        wid, result = await _migrate(client, worker, payload)
-        rows = _report_rows(s3, result)
+        wid, result = await migrate(client, worker, payload)
+        rows = report_rows(s3, result)
         assert rows["x/ok.dcm"]["state"] == FileState.IMPORTED
         failed = rows["x/noseries.dcm"]
         assert failed["state"] == FileState.FAILED
@@ -132,8 +119,8 @@ class TestMigrationEndToEnd:
         _put(s3, src, "np/b_conflict.dcm", make_instance(study, series, patient_id="SYNTH-B"))
         payload = MigrationInput(source_s3_uri=f"s3://{src}/np/", datastore_id=datastore_id,
                                  work_s3_uri=f"s3://{work}/w/", import_start_interval_seconds=0)
-        _, result = await _migrate(client, worker, payload)
-        rows = _report_rows(s3, result)
+        _, result = await migrate(client, worker, payload)
+        rows = report_rows(s3, result)
         assert rows["np/a_original.dcm"]["is_primary"] is True
         assert rows["np/b_conflict.dcm"]["is_primary"] is False
         assert rows["np/a_original.dcm"]["image_set_id"] != rows["np/b_conflict.dcm"]["image_set_id"]
@@ -183,7 +170,7 @@ class TestFailedJobIsRetriedInHalves:
             MigrationWorkflow.run, MigrationInput(source_s3_uri=f"s3://{src}/f/", datastore_id=datastore_id,
                                                   work_s3_uri=f"s3://{work}/w/", import_start_interval_seconds=0),
             id=wid, task_queue=worker.task_queue, execution_timeout=timedelta(seconds=90))
-        return wid, result, _report_rows(s3, result)
+        return wid, result, report_rows(s3, result)
 
     async def test_halves_import_after_a_failed_job(self, client: Client, worker: Worker, buckets: dict[str, Any],
                                                     datastore_id: str, emulator_url: str) -> None:
@@ -257,8 +244,8 @@ class TestSourceManifest:
         _put(s3, work, "manifests/one.ndjson", "\n".join(json.dumps(x) for x in listed).encode())
         payload = MigrationInput(source_s3_uri=f"s3://{src}/m/", source_manifest_uri=f"s3://{work}/manifests/one.ndjson",
                                  datastore_id=datastore_id, work_s3_uri=f"s3://{work}/w/", import_start_interval_seconds=0)
-        _, result = await _migrate(client, worker, payload)
-        assert sorted(_report_rows(s3, result)) == ["m/0.dcm", "m/2.dcm"]
+        _, result = await migrate(client, worker, payload)
+        assert sorted(report_rows(s3, result)) == ["m/0.dcm", "m/2.dcm"]
 
     async def test_keys_outside_the_source_fail_the_migration_clearly(
             self, client: Client, worker: Worker, buckets: dict[str, Any], datastore_id: str) -> None:
@@ -267,7 +254,7 @@ class TestSourceManifest:
         payload = MigrationInput(source_s3_uri=f"s3://{src}/m/", source_manifest_uri=f"s3://{work}/manifests/bad.ndjson",
                                  datastore_id=datastore_id, work_s3_uri=f"s3://{work}/w/")
         with pytest.raises(WorkflowFailureError) as info:
-            await _migrate(client, worker, payload)
+            await migrate(client, worker, payload)
         assert "outside source_s3_uri" in str(info.value.cause.cause)
 
 
@@ -348,30 +335,15 @@ class TestCliAgainstTemporal:
 
 
 class TestOperatorControls:
-    async def _paused_start(self, client: Client, worker: Worker, payload: MigrationInput) -> Any:
-        # Signal-with-start: the migration is paused before its first step, so the test is deterministic.
-        return await client.start_workflow(MigrationWorkflow.run, payload, id=f"ctl-{uuid.uuid4().hex[:8]}",
-                                           task_queue=worker.task_queue, start_signal="pause",
-                                           start_signal_args=[OperatorCommand(by="tester", reason="hold")],
-                                           execution_timeout=timedelta(seconds=90))
-
-    async def _wait_phase(self, handle: Any, phase: str) -> Any:
-        for _ in range(200):
-            progress = await handle.query(MigrationWorkflow.progress)
-            if progress.phase == phase:
-                return progress
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"never reached phase {phase}")
-
     async def test_pause_holds_and_resume_finishes(self, client: Client, worker: Worker, buckets: dict[str, Any],
                                                    datastore_id: str) -> None:
         s3, src, work = buckets["s3"], buckets["source"], buckets["work"]
         for i in range(3):
             _put(s3, src, f"pr/{i}.dcm", make_instance(uid(), uid()))
-        handle = await self._paused_start(client, worker, MigrationInput(
+        handle = await paused_start(client, worker, MigrationInput(
             source_s3_uri=f"s3://{src}/pr/", datastore_id=datastore_id, work_s3_uri=f"s3://{work}/w/",
             import_start_interval_seconds=0))
-        progress = await self._wait_phase(handle, "parsing")
+        progress = await wait_phase(handle, "parsing")
         await asyncio.sleep(1.0)  # give a wrongly unpaused workflow time to move on
         progress = await handle.query(MigrationWorkflow.progress)
         assert progress.paused and progress.pages_done == 0 and progress.phase == "parsing"
@@ -385,13 +357,13 @@ class TestOperatorControls:
         s3, src, work = buckets["s3"], buckets["source"], buckets["work"]
         for i in range(4):
             _put(s3, src, f"cx/{i}.dcm", make_instance(uid(), uid()))
-        handle = await self._paused_start(client, worker, MigrationInput(
+        handle = await paused_start(client, worker, MigrationInput(
             source_s3_uri=f"s3://{src}/cx/", datastore_id=datastore_id, work_s3_uri=f"s3://{work}/w/",
             inventory_page_size=2, import_start_interval_seconds=0))
-        await self._wait_phase(handle, "parsing")
+        await wait_phase(handle, "parsing")
         await handle.signal(MigrationWorkflow.cancel)  # a bare signal, as `temporal workflow signal` sends it
         result = await handle.result()
-        rows = _report_rows(s3, result)
+        rows = report_rows(s3, result)
         assert len(rows) == 4
         assert {r["code"] for r in rows.values()} == {"Cancelled"}
         assert result.files_by_state[FileState.FAILED] == 4

@@ -6,9 +6,6 @@ End to end through the real Temporal dev server, moto S3 and the HealthImaging e
 from __future__ import annotations
 
 import asyncio
-import json
-import uuid
-from datetime import timedelta
 from typing import Any
 
 from temporalio.client import Client
@@ -23,49 +20,15 @@ from contracts.pipeline import (
     BatchResult,
     FileState,
     MigrationInput,
-    MigrationResult,
     OperatorCommand,
     PlanInput,
 )
 from contracts.records import ImportedInstance, InstanceRecord
 from tests.conftest import emulator_admin
 from tests.support.dicom import make_instance, uid
+from tests.support.migrations import migrate, paused_start, report_rows, report_summary, wait_phase
 from workflows.batch import ImportBatchWorkflow
 from workflows.migration import MigrationWorkflow
-
-
-def _rows(s3: Any, result: MigrationResult) -> dict[str, dict[str, Any]]:
-    bucket, key = result.files_uri[5:].split("/", 1)
-    body = s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode()
-    return {row["key"]: row for row in map(json.loads, body.splitlines())}
-
-
-def _summary(s3: Any, result: MigrationResult) -> dict[str, Any]:
-    bucket, key = result.report_uri[5:].split("/", 1)
-    return dict(json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read()))
-
-
-async def _paused_start(client: Client, worker: Worker, payload: MigrationInput) -> Any:
-    # Signal-with-start: paused before its first step, so the test can change the source at a known point.
-    return await client.start_workflow(MigrationWorkflow.run, payload, id=f"src-{uuid.uuid4().hex[:8]}",
-                                       task_queue=worker.task_queue, start_signal="pause",
-                                       start_signal_args=[OperatorCommand(by="tester", reason="hold")],
-                                       execution_timeout=timedelta(seconds=90))
-
-
-async def _wait_phase(handle: Any, phase: str) -> None:
-    for _ in range(200):
-        if (await handle.query(MigrationWorkflow.progress)).phase == phase:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"never reached phase {phase}")
-
-
-async def _run(client: Client, worker: Worker, payload: MigrationInput) -> tuple[str, MigrationResult]:
-    wid = f"mig-{uuid.uuid4().hex[:10]}"
-    result = await client.execute_workflow(MigrationWorkflow.run, payload, id=wid, task_queue=worker.task_queue,
-                                           execution_timeout=timedelta(seconds=90))
-    return wid, result
 
 
 class TestSourceChanged:
@@ -75,21 +38,21 @@ class TestSourceChanged:
         study, series = uid(), uid()
         for i in range(2):
             s3.put_object(Bucket=src, Key=f"sc/{i}.dcm", Body=make_instance(study, series))
-        handle = await _paused_start(client, worker, MigrationInput(
+        handle = await paused_start(client, worker, MigrationInput(
             source_s3_uri=f"s3://{src}/sc/", datastore_id=datastore_id, work_s3_uri=f"s3://{work}/w/",
             import_start_interval_seconds=0))
-        await _wait_phase(handle, "parsing")  # the inventory (keys and ETags) is written; nothing parsed yet
+        await wait_phase(handle, "parsing")  # the inventory (keys and ETags) is written; nothing parsed yet
         s3.put_object(Bucket=src, Key="sc/1.dcm", Body=make_instance(study, series, patient_id="SYNTH-LATE"))
         await handle.signal(MigrationWorkflow.resume, OperatorCommand(reason="go"))
         result = await handle.result()
-        rows = _rows(s3, result)
+        rows = report_rows(s3, result)
         assert rows["sc/0.dcm"]["state"] == FileState.IMPORTED
         changed = rows["sc/1.dcm"]
         assert (changed["state"], changed["code"]) == (FileState.FAILED, "SourceChanged")
         assert "rewritten after it was validated" in changed["reason"]
         assert "image_set_id" not in changed
         assert result.files_by_state[FileState.FAILED] == 1 and result.files_total == 2
-        summary = _summary(s3, result)
+        summary = report_summary(s3, result)
         assert summary["unaccounted"] == 0 and summary["accounted_twice"] == 0
         staged = [o["Key"] for o in s3.list_objects_v2(Bucket=work, Prefix="w/").get("Contents", [])
                   if "/staging/" in o["Key"]]
@@ -100,20 +63,20 @@ class TestSourceChanged:
         s3, src, work = buckets["s3"], buckets["source"], buckets["work"]
         study, series = uid(), uid()
         s3.put_object(Bucket=src, Key="all/0.dcm", Body=make_instance(study, series))
-        handle = await _paused_start(client, worker, MigrationInput(
+        handle = await paused_start(client, worker, MigrationInput(
             source_s3_uri=f"s3://{src}/all/", datastore_id=datastore_id, work_s3_uri=f"s3://{work}/w/",
             import_start_interval_seconds=0))
-        await _wait_phase(handle, "parsing")
+        await wait_phase(handle, "parsing")
         s3.put_object(Bucket=src, Key="all/0.dcm", Body=make_instance(study, series, patient_id="SYNTH-LATE"))
         await handle.signal(MigrationWorkflow.resume, OperatorCommand(reason="go"))
         result = await handle.result()
-        row = _rows(s3, result)["all/0.dcm"]
+        row = report_rows(s3, result)["all/0.dcm"]
         assert (row["state"], row["code"]) == (FileState.FAILED, "SourceChanged")
         batch = await client.get_workflow_handle(f"{handle.id}.batch-00000").query(ImportBatchWorkflow.progress)
         assert batch.job_id == "" and batch.stage.value == "done"
         stages = [t.stage.value for t in batch.transitions]
         assert "awaiting_job" not in stages and "routing" not in stages
-        assert _summary(s3, result)["jobs"] == []
+        assert report_summary(s3, result)["jobs"] == []
 
 
     async def test_a_split_batch_still_counts_its_changed_sources(
@@ -123,14 +86,14 @@ class TestSourceChanged:
         study, series = uid(), uid()
         for i in range(3):
             s3.put_object(Bucket=src, Key=f"split/{i}.dcm", Body=make_instance(study, series))
-        handle = await _paused_start(client, worker, MigrationInput(
+        handle = await paused_start(client, worker, MigrationInput(
             source_s3_uri=f"s3://{src}/split/", datastore_id=datastore_id, work_s3_uri=f"s3://{work}/w/",
             import_start_interval_seconds=0))
         # The whole batch's job FAILS once (its halves, named ...-p1 / -p2, do not match): the batch is split.
         whole = job_name(BatchInput(migration_id=handle.id, batch=0, source_s3_uri="s3://b/", work_s3_uri="s3://w/",
                                     datastore_id=datastore_id))
         emulator_admin(emulator_url, "faults", {"kind": "job_failed", "jobName": whole, "count": 1})
-        await _wait_phase(handle, "parsing")
+        await wait_phase(handle, "parsing")
         s3.put_object(Bucket=src, Key="split/2.dcm", Body=make_instance(study, series, patient_id="SYNTH-LATE"))
         await handle.signal(MigrationWorkflow.resume, OperatorCommand(reason="go"))
         result = await handle.result()
@@ -138,7 +101,7 @@ class TestSourceChanged:
         assert batch.failed_job is not None and batch.failed_job.status == "FAILED"
         counted = {state: n for state, n in batch.files_by_state.items() if n}
         assert counted == {FileState.IMPORTED: 2, FileState.FAILED: 1}
-        assert result.files_by_state[FileState.FAILED] == 1 and _summary(s3, result)["unaccounted"] == 0
+        assert result.files_by_state[FileState.FAILED] == 1 and report_summary(s3, result)["unaccounted"] == 0
 
 class TestAcrossMigrations:
     async def test_a_second_migration_skips_what_the_first_imported(
@@ -151,17 +114,17 @@ class TestAcrossMigrations:
             s3.put_object(Bucket=src, Key=f"again/{i}.dcm", Body=make_instance(study, series[i % 2]))
         payload = MigrationInput(source_s3_uri=f"s3://{src}/again/", datastore_id=datastore_id,
                                  work_s3_uri=f"s3://{work}/w/", import_start_interval_seconds=0)
-        first_id, first = await _run(client, worker, payload)
+        first_id, first = await migrate(client, worker, payload)
         assert first.files_by_state[FileState.IMPORTED] == 4
-        first_rows = _rows(s3, first)
+        first_rows = report_rows(s3, first)
 
-        second_id, second = await _run(client, worker, payload)
-        rows = _rows(s3, second)
+        second_id, second = await migrate(client, worker, payload)
+        rows = report_rows(s3, second)
         assert {r["state"] for r in rows.values()} == {FileState.SKIPPED_DUPLICATE}
         for key, row in rows.items():
             assert row["code"] == "already_imported" and row["duplicate_of"] == first_id
             assert row["image_set_id"] == first_rows[key]["image_set_id"] and first_id in row["reason"]
-        summary = _summary(s3, second)
+        summary = report_summary(s3, second)
         assert summary["jobs"] == [] and summary["already_imported"] == 4 and summary["image_sets"] == 0
         progress = await client.get_workflow_handle(second_id).query(MigrationWorkflow.progress)
         assert progress.batches_planned == 0 and progress.duplicates == 4
@@ -176,8 +139,8 @@ class TestAcrossMigrations:
             except medical_imaging.exceptions.ResourceNotFoundException:
                 break
             await asyncio.sleep(0.05)
-        _, third = await _run(client, worker, payload)
-        rows = _rows(s3, third)
+        _, third = await migrate(client, worker, payload)
+        rows = report_rows(s3, third)
         again = {k for k, r in rows.items() if r["state"] == FileState.IMPORTED}
         assert again == {k for k, r in first_rows.items() if r["image_set_id"] == gone}
         assert all(rows[k]["code"] == "already_imported" for k in set(rows) - again)
@@ -191,13 +154,13 @@ class TestAcrossMigrations:
             s3.put_object(Bucket=src, Key=f"thr/{i}.dcm", Body=make_instance(study, series))
         payload = MigrationInput(source_s3_uri=f"s3://{src}/thr/", datastore_id=datastore_id,
                                  work_s3_uri=f"s3://{work}/w/", import_start_interval_seconds=0)
-        _, first = await _run(client, worker, payload)
-        image_set = next(iter(_rows(s3, first).values()))["image_set_id"]
+        _, first = await migrate(client, worker, payload)
+        image_set = next(iter(report_rows(s3, first).values()))["image_set_id"]
         # The second migration's planning checks that image set with GetImageSet: throttled more often than
         # botocore's own retries (3 attempts) absorb.
         emulator_admin(emulator_url, "faults", {"kind": "throttle", "operation": "GetImageSet",
                                                 "imageSetId": image_set, "count": 5})
-        second_id, second = await _run(client, worker, payload)
+        second_id, second = await migrate(client, worker, payload)
         assert {state for state, n in second.files_by_state.items() if n} == {FileState.SKIPPED_DUPLICATE}
         # Waited out inside the activity: planning did not restart (and re-read the whole index) for it.
         history = await client.get_workflow_handle(second_id).fetch_history()
@@ -213,14 +176,14 @@ class TestAcrossMigrations:
         s3, src, work = buckets["s3"], buckets["source"], buckets["work"]
         study, series, sop = uid(), uid(), uid()
         s3.put_object(Bucket=src, Key="v1/x.dcm", Body=make_instance(study, series, sop=sop))
-        first_id, _ = await _run(client, worker, MigrationInput(
+        first_id, _ = await migrate(client, worker, MigrationInput(
             source_s3_uri=f"s3://{src}/v1/", datastore_id=datastore_id, work_s3_uri=f"s3://{work}/w/",
             import_start_interval_seconds=0))
         s3.put_object(Bucket=src, Key="v2/x.dcm", Body=make_instance(study, series, sop=sop, patient_name="SYNTH^FIXED"))
-        _, result = await _run(client, worker, MigrationInput(
+        _, result = await migrate(client, worker, MigrationInput(
             source_s3_uri=f"s3://{src}/v2/", datastore_id=datastore_id, work_s3_uri=f"s3://{work}/w/",
             import_start_interval_seconds=0))
-        row = _rows(s3, result)["v2/x.dcm"]
+        row = report_rows(s3, result)["v2/x.dcm"]
         assert (row["state"], row["code"], row["duplicate_of"]) == (
             FileState.REJECTED, "conflicting_already_imported", first_id)
         assert "SYNTH" not in row["reason"]
@@ -230,21 +193,21 @@ class TestAcrossMigrations:
         s3, src, work = buckets["s3"], buckets["source"], buckets["work"]
         study, series = uid(), uid()
         s3.put_object(Bucket=src, Key="p1/a.dcm", Body=make_instance(study, series, patient_id="SYNTH-P1"))
-        await _run(client, worker, MigrationInput(
+        await migrate(client, worker, MigrationInput(
             source_s3_uri=f"s3://{src}/p1/", datastore_id=datastore_id, work_s3_uri=f"s3://{work}/w/",
             import_start_interval_seconds=0))
         # The same series arrives later under another patient: the data store's import index predicts it.
         s3.put_object(Bucket=src, Key="p2/b.dcm", Body=make_instance(study, series, patient_id="SYNTH-P2"))
         s3.put_object(Bucket=src, Key="p2/c.dcm", Body=make_instance(uid(), uid(), patient_id="SYNTH-P3"))
-        wid, result = await _run(client, worker, MigrationInput(
+        wid, result = await migrate(client, worker, MigrationInput(
             source_s3_uri=f"s3://{src}/p2/", datastore_id=datastore_id, work_s3_uri=f"s3://{work}/w/",
             import_start_interval_seconds=0))
-        rows = _rows(s3, result)
+        rows = report_rows(s3, result)
         b, c = rows["p2/b.dcm"], rows["p2/c.dcm"]
         assert b["predicted_non_primary"] is True and "already holds this series" in b["prediction_reason"]
         assert b["state"] == FileState.IMPORTED and b["is_primary"] is False  # the prediction came true
         assert "predicted_non_primary" not in c and c["is_primary"] is True
-        summary = _summary(s3, result)
+        summary = report_summary(s3, result)
         assert (summary["predicted_non_primary"], summary["predicted_non_primary_confirmed"],
                 summary["non_primary_not_predicted"]) == (1, 1, 0)
         progress = await client.get_workflow_handle(wid).query(MigrationWorkflow.progress)
