@@ -7,13 +7,13 @@ retries after ``next_retry_delay`` without logging a warning each time.
 from __future__ import annotations
 
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 from botocore.exceptions import ClientError
 from temporalio import activity
-from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
-from activities.errors import classify
+from activities.errors import benign_retry, classify
 from contracts.pipeline import ImportJobRef, JobOutcome
 
 TERMINAL = {"COMPLETED", "FAILED"}
@@ -38,9 +38,8 @@ class AwaitActivities:
             raise classify(err, f"polling import job {job.job_id}") from None
         status = props["jobStatus"]
         if status not in TERMINAL:
-            attempt = activity.info().attempt if activity.in_activity() else 1
-            raise ApplicationError(f"import job {job.job_id} is {status}", type="JobStillRunning",
-                                   category=ApplicationErrorCategory.BENIGN, next_retry_delay=poll_delay(attempt, self._initial, self._max))
+            raise benign_retry(f"import job {job.job_id} is {status}", "JobStillRunning",
+                               partial(poll_delay, initial=self._initial, maximum=self._max))
         output = props["outputS3Uri"]
         return JobOutcome(job_id=job.job_id, status=status, output_s3_uri=output if output.endswith("/") else output + "/",
                           message=props.get("message"))

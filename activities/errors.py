@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 
 from botocore.exceptions import ClientError
@@ -24,12 +25,18 @@ def backoff_delay(attempt: int, base: float = 1.0, cap: float = 60.0) -> timedel
     return timedelta(seconds=min(cap, base * (2 ** max(0, attempt - 1))))
 
 
+def benign_retry(message: str, kind: str,
+                 delay: Callable[[int], timedelta] = backoff_delay) -> ApplicationError:
+    """A BENIGN error (no warning logged) that Temporal retries after ``delay(attempt)``: a wait, not a failure."""
+    attempt = activity.info().attempt if activity.in_activity() else 1
+    return ApplicationError(message, type=kind, next_retry_delay=delay(attempt),
+                            category=ApplicationErrorCategory.BENIGN)
+
+
 def classify(err: ClientError, what: str) -> ApplicationError:
     """An `ApplicationError` for ``err`` whose type is the AWS code and whose retryability matches it."""
     code = error_code(err)
     message = str(err.response.get("Error", {}).get("Message", ""))[:500]
     if code in BACKOFF_CODES:
-        attempt = activity.info().attempt if activity.in_activity() else 1
-        return ApplicationError(f"{what}: {code} (backing off): {message}", type=code,
-                                next_retry_delay=backoff_delay(attempt), category=ApplicationErrorCategory.BENIGN)
+        return benign_retry(f"{what}: {code} (backing off): {message}", code)
     return ApplicationError(f"{what}: {code}: {message}", type=code, non_retryable=code in FATAL_CODES)

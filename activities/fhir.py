@@ -75,10 +75,10 @@ class ImageSetDoc:
 
 @dataclass
 class BuiltStudy:
-    """The resources for one study, or the problems that kept it from being built (paths only, no values)."""
+    """The ImagingStudy for one study, with the problems found building it (paths only, no values)."""
 
     study_uid: str
-    resource: dict[str, Any] | None
+    resource: dict[str, Any]
     instances: int = 0
     problems: list[str] = field(default_factory=list)
 
@@ -141,12 +141,14 @@ def endpoint_resource(datastore_id: str, dicomweb_base_url: str) -> dict[str, An
 
 def build_imaging_study(datastore_id: str, study_uid: str, image_sets: list[ImageSetDoc]) -> BuiltStudy:
     """One ImagingStudy for ``study_uid`` from the metadata of its primary image sets (one per series)."""
-    built = BuiltStudy(study_uid=study_uid, resource=None)
+    instances = 0
+    problems: list[str] = []
+    ordered = sorted(image_sets, key=lambda s: s.image_set_id)
     endpoint_ref = {"reference": f"Endpoint/{endpoint_resource_id(datastore_id)}"}
     patient: dict[str, Any] = {}
     study: dict[str, Any] = {}
     series_out: list[tuple[tuple[int, str], dict[str, Any]]] = []
-    for image_set in sorted(image_sets, key=lambda s: s.image_set_id):
+    for image_set in ordered:
         doc = image_set.metadata
         patient = patient or _level(doc, "Patient", "DICOM")
         study = study or _level(doc, "Study", "DICOM")
@@ -181,13 +183,12 @@ def build_imaging_study(datastore_id: str, study_uid: str, image_sets: list[Imag
             if body_part:
                 entry["bodySite"] = {"system": DCM_SYSTEM, "display": body_part}
             series_out.append(((number if number is not None else 2**31, series_uid), entry))
-            built.instances += len(rows)
+            instances += len(rows)
     identifiers: list[dict[str, Any]] = [{"system": DICOM_UID_SYSTEM, "value": f"urn:oid:{study_uid}"}]
     accession = _text(study, "AccessionNumber")
     if accession:
         identifiers.append({"type": {"coding": [{"system": V2_0203, "code": "ACSN"}]}, "value": accession})
-    identifiers += [{"system": IMAGE_SET_SYSTEM, "value": s.image_set_id}
-                    for s in sorted(image_sets, key=lambda s: s.image_set_id)]
+    identifiers += [{"system": IMAGE_SET_SYSTEM, "value": s.image_set_id} for s in ordered]
     resource: dict[str, Any] = {
         "resourceType": "ImagingStudy",
         "id": study_resource_id(datastore_id, study_uid),
@@ -195,7 +196,7 @@ def build_imaging_study(datastore_id: str, study_uid: str, image_sets: list[Imag
         "status": "available",
         "endpoint": [endpoint_ref],
         "numberOfSeries": len(series_out),
-        "numberOfInstances": built.instances,
+        "numberOfInstances": instances,
         "series": [entry for _, entry in sorted(series_out, key=lambda x: x[0])],
     }
     patient_id = _text(patient, "PatientID")
@@ -204,15 +205,14 @@ def build_imaging_study(datastore_id: str, study_uid: str, image_sets: list[Imag
                                               "value": patient_id}}
     else:
         # Left out rather than invented: HealthLake decides by validation level (strict refuses it).
-        built.problems.append("no PatientID in the image set metadata: ImagingStudy.subject is missing")
+        problems.append("no PatientID in the image set metadata: ImagingStudy.subject is missing")
     started = _date(_text(study, "StudyDate"))
     if started:
         resource["started"] = started
     description = _text(study, "StudyDescription")
     if description:
         resource["description"] = description
-    built.resource = resource
-    return built
+    return BuiltStudy(study_uid=study_uid, resource=resource, instances=instances, problems=problems)
 
 
 def structure_issues(resource: dict[str, Any]) -> list[str]:

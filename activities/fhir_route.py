@@ -28,10 +28,10 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 from temporalio import activity
-from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
+from temporalio.exceptions import ApplicationError
 
 from activities.await_job import poll_delay
-from activities.errors import classify, error_code
+from activities.errors import benign_retry, classify, error_code
 from activities.fhir import (
     DICOM_UID_SYSTEM,
     IMAGE_SET_SYSTEM,
@@ -42,24 +42,22 @@ from activities.fhir import (
 )
 from activities.heartbeat import keeps_alive
 from activities.signed_http import SignedHttp
-from activities.spotcheck import get_image_set_metadata, with_local_retries
+from activities.spotcheck import get_image_set_metadata, search_image_sets, with_local_retries
 from activities.storage import get_bytes, get_json, is_missing, list_objects, put_json, read_models
 from contracts import layout
 from contracts.pipeline import (
+    MAX_FAILURES,
     FhirFailure,
     FhirImportRef,
     FhirJobOutcome,
     FhirReviewInput,
     FhirSummary,
-    FileState,
     RouteInput,
 )
-from contracts.records import InstanceRecord, LedgerEntry
+from contracts.records import ImportedInstance
 from contracts.s3uri import S3Location, parse_s3_uri
 
 TERMINAL = {"COMPLETED", "COMPLETED_WITH_ERRORS", "FAILED", "CANCEL_COMPLETED", "CANCEL_FAILED"}
-IMPORTED_STATES = {FileState.IMPORTED, FileState.IMPORTED_WITH_WARNINGS}
-MAX_FAILURES = 20  # kept in workflow payloads; the job's FAILURE/ folder has all of them
 
 
 def client_token(migration_id: str, batch_name: str, fhir_datastore_id: str) -> str:
@@ -111,15 +109,11 @@ def capped_refusals(rejected: list[FhirFailure]) -> dict[str, Any]:
             "refused_at_build": sum(1 for f in rejected if f.stage == "build")}
 
 
-def _retry(message: str, kind: str) -> ApplicationError:
-    attempt = activity.info().attempt if activity.in_activity() else 1
-    return ApplicationError(message, type=kind, category=ApplicationErrorCategory.BENIGN,
-                            next_retry_delay=poll_delay(attempt))
-
-
 class FhirRouteActivities:
     def __init__(self, s3: Any, medical_imaging: Any, healthlake: Any, fhir_http: SignedHttp | None,
-                 dicomweb_base_url: str, data_access_role_arn: str, kms_key_id: str) -> None:
+                 dicomweb_base_url: str, data_access_role_arn: str, kms_key_id: str,
+                 initial_delay: float = 1.0, max_delay: float = 30.0) -> None:
+        """``initial_delay`` / ``max_delay``: the job poll's back-off, as for ``AwaitActivities``."""
         self._s3 = s3
         self._mi = medical_imaging
         self._hl = healthlake
@@ -127,28 +121,27 @@ class FhirRouteActivities:
         self._dicomweb = dicomweb_base_url
         self._role = data_access_role_arn
         self._kms = kms_key_id
+        self._poll_delay = partial(poll_delay, initial=initial_delay, maximum=max(initial_delay, max_delay))
 
     # ---- building -------------------------------------------------------------------------------------------
 
     def _routed_studies(self, input: RouteInput) -> list[str]:
-        """StudyInstanceUIDs with at least one instance of this batch imported into a primary image set."""
+        """StudyInstanceUIDs with at least one instance of this batch imported into a primary image set.
+
+        Read from the import index the review wrote (one row per instance it imported into an image set).
+        """
         batch = input.batch
-        files = read_models(self._s3, layout.batch_manifest(batch.work_s3_uri, batch.migration_id, batch.batch,
-                                                            batch.part), InstanceRecord)
-        ledger = read_models(self._s3, parse_s3_uri(input.review.ledger_uri), LedgerEntry)
-        study_of = {f.key: f.study_instance_uid for f in files}
+        imported = read_models(self._s3, layout.imported_index(batch.work_s3_uri, batch.datastore_id,
+                                                               batch.migration_id, batch.batch, batch.part),
+                               ImportedInstance)
         # Non-primary image sets wait for reconciliation; the study is routed once they are decided.
-        return sorted({study_of[e.key] for e in ledger
-                       if e.state in IMPORTED_STATES and e.image_set_id and e.is_primary and e.key in study_of})
+        return sorted({row.study_instance_uid for row in imported if row.is_primary})
 
     def _primary_image_set_ids(self, datastore_id: str, study_uid: str) -> list[str]:
         """Ids of every primary image set of the study in the data store, as SearchImageSets lists them now."""
         criteria = {"filters": [{"values": [{"DICOMStudyInstanceUID": study_uid}], "operator": "EQUAL"}]}
         try:
-            return sorted(str(summary["imageSetId"])
-                          for page in self._mi.get_paginator("search_image_sets").paginate(
-                              datastoreId=datastore_id, searchCriteria=criteria)
-                          for summary in page.get("imageSetsMetadataSummaries", [])
+            return sorted(str(summary["imageSetId"]) for summary in search_image_sets(self._mi, datastore_id, criteria)
                           if summary.get("isPrimary", True))
         except ClientError as err:
             raise classify(err, "searching the study's image sets") from None
@@ -188,8 +181,8 @@ class FhirRouteActivities:
         resp = self._http.request("POST", url, body=json.dumps(resource).encode(),
                                   headers={"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"})
         if resp.status == 429 or resp.status >= 500:
-            raise _retry(f"$validate answered HTTP {resp.status}", "ThrottlingException" if resp.status == 429
-                         else "HealthLakeUnavailable")
+            raise benign_retry(f"$validate answered HTTP {resp.status}", "ThrottlingException" if resp.status == 429
+                               else "HealthLakeUnavailable", poll_delay)
         try:
             outcome = resp.json()
         except ValueError:
@@ -210,8 +203,6 @@ class FhirRouteActivities:
         for study_uid in self._routed_studies(input):
             built = build_imaging_study(batch.datastore_id, study_uid,
                                         self._primary_image_sets(batch.datastore_id, study_uid))
-            if built.resource is None:
-                continue
             studies += 1
             bug = structure_issues(built.resource)
             if bug:  # our builder made something the FHIR model refuses: report it, never send it
@@ -335,7 +326,8 @@ class FhirRouteActivities:
             raise classify(err, f"polling HealthLake import job {ref.job_id}") from None
         status = str(props["JobStatus"])
         if status not in TERMINAL:
-            raise _retry(f"HealthLake import job {ref.job_id} is {status}", "JobStillRunning")
+            raise benign_retry(f"HealthLake import job {ref.job_id} is {status}", "JobStillRunning",
+                               self._poll_delay)
         message = props.get("Message")
         return FhirJobOutcome(job_id=ref.job_id, status=status, message=str(message)[:500] if message else None)
 
@@ -360,12 +352,9 @@ class FhirRouteActivities:
         batch, ref = input.batch, input.ref
         fhir_round = batch.fhir.round if batch.fhir else 1
         loc = layout.fhir_summary(batch.work_s3_uri, batch.migration_id, batch.batch, batch.part, fhir_round)
-        summary = FhirSummary(summary_uri=loc.uri)
-        if ref is not None:
-            listed = sum(1 for f in ref.validate_rejected if f.stage == "validate")
-            summary = FhirSummary(job_id=ref.job_id, studies=ref.studies, resources=ref.resources,
-                                  rejected_by_validate=max(ref.rejected_by_validate, listed),
-                                  failures=list(ref.validate_rejected), summary_uri=loc.uri)
+        summary = FhirSummary(summary_uri=loc.uri) if ref is None else FhirSummary(
+            job_id=ref.job_id, studies=ref.studies, resources=ref.resources,
+            rejected_by_validate=ref.rejected_by_validate, failures=list(ref.validate_rejected), summary_uri=loc.uri)
         if input.error:
             summary.problems.append(f"HealthLake import not done: {input.error[:500]}")
         if input.outcome is not None and ref is not None and ref.job_id is not None:
@@ -410,8 +399,8 @@ class FhirRouteActivities:
             if not is_missing(err):
                 raise
             if outcome.status != "FAILED":
-                raise _retry(f"HealthLake import output not yet visible under {folder.uri}",
-                             "ManifestNotYetVisible") from None
+                raise benign_retry(f"HealthLake import output not yet visible under {folder.uri}",
+                                   "ManifestNotYetVisible", poll_delay) from None
             manifest = {}
         success = self._ndjson_under(folder.join("SUCCESS").as_prefix())
         failure = self._ndjson_under(folder.join("FAILURE").as_prefix())

@@ -8,7 +8,6 @@ Every mutation leaves its image sets LOCKED for a while (ConflictException meanw
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import hmac
 import json
@@ -21,6 +20,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from activities.errors import classify, error_code
+from activities.spotcheck import get_image_set_metadata, search_image_sets
 from contracts.reconciliation import (
     NORMALIZED_ATTRIBUTES,
     AttributeDifference,
@@ -147,9 +147,7 @@ class ReconcileActivities:
 
     def _metadata(self, datastore_id: str, image_set_id: str) -> dict[str, Any]:
         try:
-            blob = self._mi.get_image_set_metadata(datastoreId=datastore_id, imageSetId=image_set_id)
-            doc: dict[str, Any] = json.loads(gzip.decompress(blob["imageSetMetadataBlob"].read()))
-            return doc
+            return get_image_set_metadata(self._mi, datastore_id, image_set_id)
         except ClientError as err:
             raise _fail(err, "GetImageSetMetadata") from None
 
@@ -157,9 +155,7 @@ class ReconcileActivities:
         criteria = {"filters": [{"operator": "EQUAL", "values": [{tag: value}]},
                                 {"operator": "EQUAL", "values": [{"isPrimary": True}]}]}
         try:
-            pages = self._mi.get_paginator("search_image_sets").paginate(datastoreId=datastore_id,
-                                                                          searchCriteria=criteria)
-            return [s for p in pages for s in p.get("imageSetsMetadataSummaries", []) if s.get("isPrimary")]
+            return [s for s in search_image_sets(self._mi, datastore_id, criteria) if s.get("isPrimary")]
         except ClientError as err:
             raise _fail(err, "SearchImageSets") from None
 

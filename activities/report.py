@@ -10,7 +10,7 @@ from temporalio import activity
 from activities.heartbeat import keeps_alive
 from activities.storage import get_json, iter_ndjson, list_objects, put_bytes, put_json
 from contracts import layout
-from contracts.pipeline import FHIR_JOB_DONE, FileState, ReportInput, ReportResult
+from contracts.pipeline import FileState, ReportInput, ReportResult, fhir_round_done
 from contracts.records import InventoryEntry, LedgerEntry
 from contracts.s3uri import S3Location
 
@@ -118,16 +118,17 @@ def render_summary(migration_id: str, summary: dict[str, Any]) -> str:
         lines += [f"    {n:>6} x {reason}" for reason, n in summary["reasons"].items()]
     fhir = summary.get("fhir")
     if fhir:
-        lines.append(f"  FHIR ImagingStudy (HealthLake): {fhir['imaging_studies_imported']} imported, "
-                     f"{fhir['imaging_studies_failed']} refused by the import, {fhir['rejected_by_validate']} refused "
-                     f"by $validate, {fhir['batches_with_problems']} batches with problems")
+        lines.append(f"  FHIR ImagingStudy (HealthLake): {fhir_line(fhir)}")
     if summary["unaccounted"] or summary["accounted_twice"]:
         lines.append(f"  ACCOUNTING PROBLEM: {summary['unaccounted']} unaccounted, {summary['accounted_twice']} twice")
     return "\n".join(lines) + "\n"
 
 
-def _round_done(result: dict[str, Any]) -> bool:
-    return result.get("job_status") in FHIR_JOB_DONE and result.get("reviewed") is not False
+def fhir_line(fhir: dict[str, Any]) -> str:
+    """The report's FHIR totals (``summary["fhir"]``) in one sentence, as the summary and the CLI print them."""
+    return (f"{fhir['imaging_studies_imported']} imported, {fhir['imaging_studies_failed']} refused by the import, "
+            f"{fhir['rejected_by_validate']} refused by $validate, {fhir['batches_with_problems']} batches with "
+            "problems")
 
 
 def _never_reviewed(record: dict[str, Any]) -> dict[str, Any]:
@@ -164,7 +165,7 @@ def fhir_section(results: dict[str, dict[str, Any]],
             counted[name] = r
             continue
         problems = list(r.get("problems") or []) + list(second.get("problems") or [])
-        if _round_done(second):
+        if fhir_round_done(second.get("job_status"), second.get("reviewed")):
             counted[f"{name}-r2"] = second | {"problems": problems}
         else:
             counted[name] = r | {"problems": problems}
@@ -183,6 +184,21 @@ def fhir_section(results: dict[str, dict[str, Any]],
 class ReportActivities:
     def __init__(self, s3: Any) -> None:
         self._s3 = s3
+
+    def _fhir_docs(self, root: S3Location) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+        """batch name -> reviewed HealthLake outcome, and -> start record for the batches without one (both
+        written only when FHIR routing is on): a start record is read only where ``fhir_section`` uses it."""
+        keys: dict[str, dict[str, str]] = {".result.json": {}, ".start.json": {}}
+        for obj in list_objects(self._s3, root.join("fhir").as_prefix()):
+            file_name = obj["Key"].rsplit("/", 1)[-1]
+            for suffix, names in keys.items():
+                if file_name.endswith(suffix):
+                    names[file_name.removesuffix(suffix)] = obj["Key"]
+        results = {name: get_json(self._s3, S3Location(root.bucket, key))
+                   for name, key in keys[".result.json"].items()}
+        started = {name: get_json(self._s3, S3Location(root.bucket, key))
+                   for name, key in keys[".start.json"].items() if name not in results}
+        return results, started
 
     @activity.defn(name="write_report")
     @keeps_alive
@@ -203,14 +219,7 @@ class ReportActivities:
         for obj in list_objects(self._s3, layout.receive_failures_prefix(input.work_s3_uri, input.migration_id)):
             unreceived += [LedgerEntry.model_validate(r) for r in iter_ndjson(self._s3, S3Location(root.bucket, obj["Key"]))]
         rows, summary = build_report(inventory, ledger, input.cancelled, unreceived)
-        # batch name -> reviewed HealthLake outcome / start record (written only when FHIR routing is on)
-        fhir_docs: dict[str, dict[str, dict[str, Any]]] = {".result.json": {}, ".start.json": {}}
-        for obj in list_objects(self._s3, root.join("fhir").as_prefix()):
-            file_name = obj["Key"].rsplit("/", 1)[-1]
-            for suffix, docs in fhir_docs.items():
-                if file_name.endswith(suffix):
-                    docs[file_name.removesuffix(suffix)] = get_json(self._s3, S3Location(root.bucket, obj["Key"]))
-        if (fhir := fhir_section(fhir_docs[".result.json"], fhir_docs[".start.json"])) is not None:
+        if (fhir := fhir_section(*self._fhir_docs(root))) is not None:
             summary["fhir"] = fhir
         summary.update({"migration_id": input.migration_id, "datastore_id": input.datastore_id})
         prefix = layout.report_prefix(input.work_s3_uri, input.migration_id)

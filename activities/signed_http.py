@@ -30,7 +30,11 @@ class Response:
 
 
 class SignedHttp:
-    """A small SigV4-signing HTTP client; thread-safe (one urllib3 pool shared by activity threads)."""
+    """A small SigV4-signing HTTP client; thread-safe (one urllib3 pool shared by activity threads).
+
+    ``credentials`` are botocore credentials (never None: without them the worker builds no client, see
+    ``worker.registry``, and the features that need one are off).
+    """
 
     def __init__(self, credentials: Any, region: str, service: str, pool: int = 16) -> None:
         self._credentials = credentials
@@ -43,8 +47,6 @@ class SignedHttp:
         if params:
             url = f"{url}?{urllib.parse.urlencode(sorted(params.items()))}"
         req = AWSRequest(method=method, url=url, data=body or b"", headers=headers or {})
-        if self._credentials is None:
-            raise RuntimeError(f"no AWS credentials to sign {self._service} requests with")
         # Frozen credentials: a refresh between computing and sending the signature would invalidate it.
         SigV4Auth(self._credentials.get_frozen_credentials(), self._service, self._region).add_auth(req)
         resp = self._http.request(method, url, body=body, headers=dict(req.headers.items()), redirect=False)

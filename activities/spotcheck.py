@@ -22,10 +22,9 @@ from typing import Any, TypeVar
 
 import urllib3
 from botocore.exceptions import ClientError
-from temporalio import activity
-from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
-from activities.errors import BACKOFF_CODES, backoff_delay, classify, error_code
+from activities.errors import BACKOFF_CODES, benign_retry, classify, error_code
+from activities.fhir import dicomweb_address
 from activities.signed_http import Response, SignedHttp
 from contracts.records import InstanceRecord, LedgerEntry
 
@@ -93,6 +92,13 @@ def get_image_set_metadata(medical_imaging: Any, datastore_id: str, image_set_id
     return doc
 
 
+def search_image_sets(medical_imaging: Any, datastore_id: str, criteria: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every image-set summary ``SearchImageSets`` lists for ``criteria``, all pages (ClientError propagates)."""
+    pages = medical_imaging.get_paginator("search_image_sets").paginate(datastoreId=datastore_id,
+                                                                        searchCriteria=criteria)
+    return [summary for page in pages for summary in page.get("imageSetsMetadataSummaries", [])]
+
+
 def _value(dataset: dict[str, Any], tag: str) -> str | None:
     values = (dataset.get(tag) or {}).get("Value") or []
     return str(values[0]) if values else None
@@ -107,12 +113,6 @@ def compare_metadata(body: Any, record: InstanceRecord) -> str | None:
                                           ("SOPInstanceUID", SOP_TAG, record.sop_instance_uid))
              if _value(body[0], tag) != want]
     return f"DICOMweb metadata has a different {', '.join(wrong)}" if wrong else None
-
-
-def _retry(what: str, kind: str) -> ApplicationError:
-    attempt = activity.info().attempt if activity.in_activity() else 1
-    return ApplicationError(f"{what} (backing off)", type=kind, next_retry_delay=backoff_delay(attempt),
-                            category=ApplicationErrorCategory.BENIGN)
 
 
 class SpotChecker:
@@ -169,15 +169,16 @@ class SpotChecker:
         problems = []
         for inst in picked:
             r = inst.record
-            url = (f"{self._base}/datastore/{datastore_id}/studies/{r.study_instance_uid}/series/"
+            url = (f"{dicomweb_address(self._base, datastore_id)}/studies/{r.study_instance_uid}/series/"
                    f"{r.series_instance_uid}/instances/{r.sop_instance_uid}/metadata")
             try:
                 resp = with_local_retries(partial(self._wado, url, inst.image_set_id), self._delays)
             except (urllib3.exceptions.HTTPError, OSError) as err:
-                raise _retry(f"DICOMweb spot check: {type(err).__name__}", "DicomWebUnavailable") from None
+                raise benign_retry(f"DICOMweb spot check: {type(err).__name__} (backing off)",
+                                   "DicomWebUnavailable") from None
             except _Throttled as err:
-                raise _retry(f"DICOMweb spot check: HTTP {err.status}", "ThrottlingException"
-                             if err.status == 429 else "DicomWebUnavailable") from None
+                raise benign_retry(f"DICOMweb spot check: HTTP {err.status} (backing off)", "ThrottlingException"
+                                   if err.status == 429 else "DicomWebUnavailable") from None
             where = f"image set {inst.image_set_id}: sampled instance (batch line {inst.line})"
             if resp.status != 200:
                 code = resp.headers.get("x-amzn-errortype", "").split(":")[0] or "error"

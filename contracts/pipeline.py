@@ -430,7 +430,7 @@ class FhirImportRef(BaseModel):
     studies: int
     resources: int
     validation_level: ValidationLevel
-    # At most MAX_FAILURES (activities/fhir_route.py) of the resources refused before import; the counts below
+    # At most MAX_FAILURES (below) of the resources refused before import; the counts below
     # and the start record (``fhir/batch-NNNNN.start.json``) cover all of them.
     validate_rejected: list[FhirFailure] = Field(default_factory=list)
     rejected_by_validate: int = Field(0, description="resources $validate refused (not imported)")
@@ -452,6 +452,17 @@ class FhirReviewInput(BaseModel):
 
 # A HealthLake import job in one of these states ran to its end: its review counts every resource it was sent.
 FHIR_JOB_DONE = frozenset({"COMPLETED", "COMPLETED_WITH_ERRORS"})
+# Refused resources kept in workflow payloads (FhirImportRef, FhirSummary); the job's FAILURE/ folder and the
+# start record have all of them.
+MAX_FAILURES = 20
+
+
+def fhir_round_done(job_status: str | None, reviewed: bool | None) -> bool:
+    """Did a HealthLake routing round run to its end and get reviewed? (A round 2 that did counts for its batch.)
+
+    ``reviewed`` None (absent from a ``result.json``) counts as reviewed; pure, so workflow code may call it.
+    """
+    return job_status in FHIR_JOB_DONE and reviewed is not False
 
 
 class FhirSummary(BaseModel):

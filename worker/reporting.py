@@ -8,6 +8,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from activities.report import fhir_line
 from contracts.pipeline import MigrationResult
 from contracts.s3uri import parse_s3_uri
 from worker.aws import make_client
@@ -46,9 +47,7 @@ def print_report(summary: dict[str, Any], console: Console) -> None:
         console.print(reasons)
     fhir = summary.get("fhir")
     if fhir:
-        console.print(f"FHIR ImagingStudy in HealthLake: {fhir['imaging_studies_imported']} imported, "
-                      f"{fhir['imaging_studies_failed']} refused by the import, {fhir['rejected_by_validate']} refused "
-                      f"by $validate, {fhir['batches_with_problems']} batches with problems")
+        console.print(f"FHIR ImagingStudy in HealthLake: {fhir_line(fhir)}")
     if summary.get("unaccounted") or summary.get("accounted_twice"):
         console.print(f"[red]accounting problem: {summary['unaccounted']} files unaccounted, "
                       f"{summary['accounted_twice']} accounted twice[/red]")

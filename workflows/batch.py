@@ -14,7 +14,7 @@ with workflow.unsafe.imports_passed_through():
     from contracts import layout, search
     from contracts.jobevents import TERMINAL_STATUSES, JobEvent
     from contracts.pipeline import (
-        FHIR_JOB_DONE,
+        MAX_FAILURES,
         BatchInput,
         BatchProgress,
         BatchResult,
@@ -32,6 +32,7 @@ with workflow.unsafe.imports_passed_through():
         RouteInput,
         RouteResult,
         StageTransition,
+        fhir_round_done,
     )
     from contracts.reconciliation import ReconciliationInput, reconciliation_workflow_id
     from workflows import policies
@@ -302,7 +303,7 @@ def after_round_2(first: FhirSummary, second: FhirSummary) -> FhirSummary:
     nothing, FAILED or was not reviewed leaves what round 1 imported in HealthLake. Both rounds' problems are kept.
     """
     problems = first.problems + second.problems
-    counted = second if second.job_status in FHIR_JOB_DONE and second.reviewed else first
+    counted = second if fhir_round_done(second.job_status, second.reviewed) else first
     return counted.model_copy(update={"rerouted": True, "problems": problems})
 
 
@@ -314,5 +315,5 @@ def _merge_fhir(a: FhirSummary, b: FhirSummary) -> FhirSummary:
                        rejected_by_validate=a.rejected_by_validate + b.rejected_by_validate,
                        stale_studies=a.stale_studies + b.stale_studies, rerouted=a.rerouted or b.rerouted,
                        reviewed=a.reviewed and b.reviewed,
-                       failures=(a.failures + b.failures)[:20], problems=(a.problems + b.problems)[:50],
+                       failures=(a.failures + b.failures)[:MAX_FAILURES], problems=(a.problems + b.problems)[:50],
                        summary_uri=b.summary_uri or a.summary_uri)
