@@ -26,7 +26,7 @@ from activities.storage import iter_ndjson, put_ndjson
 from contracts import layout
 from contracts.pipeline import ReceiveInput, ReceiveResult
 from contracts.records import InventoryEntry
-from contracts.s3uri import parse_s3_uri
+from contracts.s3uri import S3Location, parse_s3_uri
 
 
 class _Cursor(BaseModel):
@@ -44,14 +44,15 @@ class ReceiveActivities:
         self._s3 = s3
         self._sources = sources or SourceSettings()
 
-    def _pull(self, input: ReceiveInput, cursor: _Cursor) -> None:
-        """Pull the connector's source into the landing prefix (``source_s3_uri``), resuming from ``cursor``."""
+    def _pull(self, input: ReceiveInput, source: S3Location, cursor: _Cursor) -> None:
+        """Pull the connector's source into the landing prefix (``source``, the parsed ``source_s3_uri``),
+        resuming from ``cursor``."""
         assert input.source_connector is not None
         if cursor.pull is None:
             cursor.pull = PullCursor()
         if cursor.pull.done:
             return
-        landing = Landing(self._s3, parse_s3_uri(input.source_s3_uri, field="source_s3_uri").as_prefix())
+        landing = Landing(self._s3, source)
 
         def save(_: PullCursor) -> None:
             if keep := current():
@@ -105,7 +106,7 @@ class ReceiveActivities:
         details = activity.info().heartbeat_details if activity.in_activity() else ()
         cursor = _Cursor.model_validate(details[0]) if details else _Cursor()
         if input.source_connector is not None:
-            self._pull(input, cursor)
+            self._pull(input, source, cursor)
         buffer: list[InventoryEntry] = []
         token: str | None = None
         try:

@@ -57,7 +57,10 @@ def get_json(s3: Any, loc: S3Location) -> Any:
     return json.loads(get_bytes(s3, loc))
 
 
-def list_objects(s3: Any, prefix: S3Location) -> Iterator[dict[str, Any]]:
-    """Every object under ``prefix`` (recursive), in key order."""
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=prefix.bucket, Prefix=prefix.key):
+def list_objects(s3: Any, prefix: S3Location, start_after: str | None = None) -> Iterator[dict[str, Any]]:
+    """Every object under ``prefix`` (recursive), in key order; only keys after ``start_after`` when given."""
+    kwargs: dict[str, Any] = {"Bucket": prefix.bucket, "Prefix": prefix.key}
+    if start_after:
+        kwargs["StartAfter"] = start_after
+    for page in s3.get_paginator("list_objects_v2").paginate(**kwargs):
         yield from page.get("Contents", [])

@@ -133,3 +133,8 @@ def fhir_start_record(work_s3_uri: str, migration_id: str, batch: int, part: int
 def fhir_output_prefix(work_s3_uri: str, migration_id: str, batch: int, part: int | None = None,
                        routing_round: int = 1) -> S3Location:
     return root(work_s3_uri, migration_id).join("fhir-output", fhir_name(batch, part, routing_round)).as_prefix()
+
+
+def receive_units_page(work_s3_uri: str, migration_id: str, page: int) -> S3Location:
+    """One page of a source connector's enumeration (``receive/units/page-N.ndjson``), written once per pull."""
+    return root(work_s3_uri, migration_id).join("receive", "units", f"page-{page:06d}.ndjson")

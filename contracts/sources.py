@@ -13,7 +13,7 @@ from pathlib import PurePosixPath
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 # DICOM PS3.5 §9.1: digits and dots, no leading zero in a component, at most 64 characters.
 UID_PATTERN = re.compile(r"^(0|[1-9]\d*)(\.(0|[1-9]\d*))*$")
@@ -91,6 +91,11 @@ def _check_uids(values: list[str] | None) -> list[str] | None:
     return list(dict.fromkeys(values))
 
 
+# The optional study filter of a PACS source (checked by ``_check_uids``, duplicates dropped).
+StudyUids = Annotated[list[str] | None, Field(max_length=MAX_STUDY_FILTER, description="pull only these studies"),
+                      AfterValidator(_check_uids)]
+
+
 class _Connector(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -119,7 +124,7 @@ class DicomwebSource(_Connector):
 
     kind: Literal["dicomweb"]
     url: str = Field(description="DICOMweb root, e.g. http://pacs:8042/dicom-web", max_length=2048)
-    study_uids: list[str] | None = Field(None, max_length=MAX_STUDY_FILTER, description="pull only these studies")
+    study_uids: StudyUids = None
     page_size: int = Field(100, ge=1, le=1000, description="studies per QIDO-RS request (limit/offset paging)")
 
     @field_validator("url")
@@ -144,11 +149,6 @@ class DicomwebSource(_Connector):
             raise ValueError("must not contain whitespace")
         return v.rstrip("/")
 
-    @field_validator("study_uids")
-    @classmethod
-    def _uids(cls, v: list[str] | None) -> list[str] | None:
-        return _check_uids(v)
-
 
 class DimseSource(_Connector):
     """A DIMSE PACS: C-FIND (Study Root, STUDY level) enumerates studies, C-GET pulls each study."""
@@ -158,17 +158,12 @@ class DimseSource(_Connector):
     port: int = Field(ge=1, le=65535)
     called_ae: Annotated[str, Field(pattern=AE_TITLE_PATTERN, description="the PACS's AE title")]
     calling_ae: Annotated[str, Field(pattern=AE_TITLE_PATTERN, description="our AE title, as the PACS knows it")]
-    study_uids: list[str] | None = Field(None, max_length=MAX_STUDY_FILTER, description="pull only these studies")
+    study_uids: StudyUids = None
 
     @field_validator("host")
     @classmethod
     def _host(cls, v: str) -> str:
         return check_host(v)
-
-    @field_validator("study_uids")
-    @classmethod
-    def _uids(cls, v: list[str] | None) -> list[str] | None:
-        return _check_uids(v)
 
 
 SourceConnector = Annotated[LocalSource | DicomwebSource | DimseSource, Field(discriminator="kind")]

@@ -31,6 +31,7 @@ from contracts.pipeline import (
     ValidationLevel,
     check_migration_id,
 )
+from contracts.reconciliation import ReconciliationState
 from corpus.cli import corpus_app
 from worker.cli_sources import SourceFlagError, connector_from_flags
 from worker.cli_stack import stack_app
@@ -231,7 +232,7 @@ def _signal(migration_id: str, name: str, reason: str | None, by: str | None) ->
 
 
 # Reconciliations that wait for an operator (HimigState, see contracts.search).
-PENDING_RECONCILIATION_STATES = ("awaiting_decision", "escalated")
+PENDING_RECONCILIATION_STATES = (ReconciliationState.AWAITING_DECISION, ReconciliationState.ESCALATED)
 
 
 def list_query(all_states: bool, datastore_id: str | None = None, migration_id: str | None = None) -> str:

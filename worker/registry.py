@@ -22,7 +22,6 @@ from activities.sources.dicomweb import DicomwebAuth
 from activities.sources.registry import SourceSettings
 from activities.spotcheck import SpotChecker
 from activities.validate import ValidateActivities
-from contracts.sources import parse_origins
 from worker.aws import AwsClients
 from worker.settings import Settings
 from workflows.batch import ImportBatchWorkflow
@@ -39,10 +38,9 @@ def build_activities(clients: AwsClients, settings: Settings) -> list[Callable[.
         username=settings.dicomweb_username,
         password=settings.dicomweb_password.get_secret_value() if settings.dicomweb_password else None,
         token=settings.dicomweb_token.get_secret_value() if settings.dicomweb_token else None)
-    roots = tuple(r for r in settings.source_dir_roots.split(":") if r)
     receive = ReceiveActivities(s3, SourceSettings(
-        dicomweb_auth=auth, dicomweb_allowed_origins=parse_origins(settings.dicomweb_allowed_origins),
-        timeout_seconds=settings.source_timeout_seconds, local_roots=roots))
+        dicomweb_auth=auth, dicomweb_allowed_origins=settings.allowed_origins(),
+        timeout_seconds=settings.source_timeout_seconds, local_roots=settings.local_roots()))
     parse = ParseActivities(s3, settings.parse_concurrency, settings.fingerprint_secret())
     validate = ValidateActivities(s3)
     normalize = NormalizeActivities(s3)
@@ -54,7 +52,8 @@ def build_activities(clients: AwsClients, settings: Settings) -> list[Callable[.
     fhir = FhirRouteActivities(
         s3, mi, clients.healthlake,
         SignedHttp(clients.credentials, settings.aws_region, "healthlake") if clients.credentials else None,
-        settings.dicomweb_base_url(), settings.healthlake_data_access_role_arn, settings.healthlake_kms_key_id)
+        settings.dicomweb_base_url(), settings.healthlake_data_access_role_arn, settings.healthlake_kms_key_id,
+        settings.job_poll_initial_seconds, settings.job_poll_max_seconds)
     failed = FailedBatchActivities(s3)
     route = RouteActivities(s3, clients.events, settings.event_bus_name)
     report = ReportActivities(s3)

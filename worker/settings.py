@@ -97,6 +97,14 @@ class Settings(BaseSettings):
     def _empty_is_none(cls, value: str | None) -> str | None:
         return value or None
 
+    def allowed_origins(self) -> tuple[str, ...]:
+        """``dicomweb_allowed_origins`` parsed and normalised (checked when the settings are read)."""
+        return parse_origins(self.dicomweb_allowed_origins)
+
+    def local_roots(self) -> tuple[str, ...]:
+        """The directories of ``source_dir_roots`` a `local` source must be under."""
+        return tuple(r for r in self.source_dir_roots.split(":") if r)
+
     def dicomweb_base_url(self) -> str:
         return (self.dicomweb_endpoint_url or self.medical_imaging_endpoint_url
                 or f"https://dicom-medical-imaging.{self.aws_region}.amazonaws.com")

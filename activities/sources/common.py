@@ -16,17 +16,19 @@ from __future__ import annotations
 import hashlib
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any, Protocol
 
+import pydicom
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError
 from pydantic import BaseModel
+from pydicom.errors import InvalidDicomError
 from temporalio.exceptions import ApplicationError
 
 from activities.errors import classify
-from activities.storage import iter_ndjson, put_ndjson
+from activities.storage import iter_ndjson, list_objects, put_ndjson
 from contracts import layout
 from contracts.pipeline import FileState
 from contracts.records import LedgerEntry
@@ -84,11 +86,28 @@ def landing_key(landing: S3Location, study: str, series: str | None, sop: str | 
                 delivered: dict[str, str]) -> str:
     """The key of one received instance: ``instance_key``, or, when the SOP Instance UID is missing or was
     already delivered in this unit (e.g. one StudyUID under two patients), a content-hash suffixed key so nothing
-    is overwritten; the pipeline's duplicate check decides its fate."""
+    is overwritten; the pipeline's duplicate check decides its fate. The first key of a SOP Instance UID is
+    recorded in ``delivered``."""
     key = instance_key(landing, study, series, sop)
     if sop is None or sop in delivered:
         key = content_suffixed(key, body)
+    if sop is not None:
+        delivered.setdefault(sop, key)
     return key
+
+
+def header_uids(body: IO[bytes]) -> tuple[str | None, str | None]:
+    """``(SeriesInstanceUID, SOPInstanceUID)`` from the header of a P10 ``body`` (pixels are not read; None when
+    missing or unreadable); ``body`` is rewound."""
+    try:
+        ds = pydicom.dcmread(body, stop_before_pixels=True, force=True,
+                             specific_tags=["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"])
+        sop = str(ds.get("SOPInstanceUID", "") or ds.file_meta.get("MediaStorageSOPInstanceUID", "")) or None
+        series = str(ds.get("SeriesInstanceUID", "")) or None
+    except (InvalidDicomError, ValueError, AttributeError, EOFError, OSError):
+        sop = series = None
+    body.seek(0)
+    return series, sop
 
 
 def uid_segment(value: str | None) -> str:
@@ -165,6 +184,55 @@ class Connector(Protocol):
     def unit_key(self, unit: str, landing: Landing) -> str: ...
 
 
+class StudyConnector:
+    """What the PACS connectors share: a unit is a study, and listing rows without a UID (study or instance
+    search) become ``UnusableListing`` rows. ``SEARCH`` names the search in report reasons, ``ROWS`` its rows."""
+
+    SEARCH = ""  # "QIDO-RS", "C-FIND"
+    ROWS = ""  # "entries", "matches"
+
+    def unit_key(self, unit: str, landing: Landing) -> str:
+        return study_key(landing.prefix, unit)
+
+    def _study_units(self, study_uids: list[str] | None, listing: Callable[[], Iterable[str | None]]) -> Iterator[str]:
+        """``study_uids`` when given, else every UID ``listing()`` yields (None for a row without a UID),
+        followed by an ``unusable-studies`` marker counting those rows."""
+        if study_uids:
+            yield from study_uids
+            return
+        unusable = 0
+        for uid in listing():
+            if uid is None:
+                unusable += 1
+            else:
+                yield uid
+        if unusable:
+            yield marker("unusable-studies", str(unusable))
+
+    def _marker_outcome(self, unit: str, landing: Landing) -> UnitOutcome | None:
+        """The outcome of an ``unusable-studies`` marker unit; None for a study."""
+        found = parse_marker(unit)
+        if found is None:
+            return None
+        out = UnitOutcome()
+        out.fail(f"{landing.prefix.key}unusable-study-listing", "UnusableListing",
+                 f"the PACS's study search ({self.SEARCH}) listed {found[1]} {self.ROWS} without a StudyInstanceUID")
+        return out
+
+    def _check_listing(self, unit: str, landing: Landing, out: UnitOutcome, found: bool, unusable: int) -> bool:
+        """Record a study's instance rows without a SOP Instance UID and, when it listed no instance
+        (``found`` false), a ``StudyNotFound`` row; False when there is nothing to pull."""
+        if unusable:
+            out.fail(f"{study_key(landing.prefix, unit)}unusable-listing", "UnusableListing",
+                     f"the study's instance search ({self.SEARCH}) listed {unusable} {self.ROWS} without a "
+                     "SOPInstanceUID")
+        if not found:
+            out.fail(study_key(landing.prefix, unit), "StudyNotFound",
+                     f"{self.SEARCH} found no instances for this study (unknown StudyInstanceUID or an empty study)")
+            return False
+        return True
+
+
 class PullCursor(BaseModel):
     """The pull part of the receive cursor (heartbeat details): indexes and counts, never a key, path or UID."""
 
@@ -175,10 +243,6 @@ class PullCursor(BaseModel):
     done: bool = False
 
 
-def _units_page(work: str, migration: str, page: int) -> S3Location:
-    return layout.root(work, migration).join("receive", "units", f"page-{page:06d}.ndjson")
-
-
 def _write_units(s3: Any, connector: Connector, work: str, migration: str) -> int:
     page: list[dict[str, str]] = []
     pages = total = 0
@@ -186,10 +250,10 @@ def _write_units(s3: Any, connector: Connector, work: str, migration: str) -> in
         page.append({"unit": unit})
         total += 1
         if len(page) == UNITS_PER_PAGE:
-            put_ndjson(s3, _units_page(work, migration, pages), page)
+            put_ndjson(s3, layout.receive_units_page(work, migration, pages), page)
             pages, page = pages + 1, []
     if page:
-        put_ndjson(s3, _units_page(work, migration, pages), page)
+        put_ndjson(s3, layout.receive_units_page(work, migration, pages), page)
     return total
 
 
@@ -197,7 +261,7 @@ def _iter_units(s3: Any, work: str, migration: str, start: int, total: int) -> I
     index = start
     while index < total:
         page = index // UNITS_PER_PAGE
-        rows = list(iter_ndjson(s3, _units_page(work, migration, page)))
+        rows = list(iter_ndjson(s3, layout.receive_units_page(work, migration, page)))
         for offset in range(index - page * UNITS_PER_PAGE, len(rows)):
             yield index, str(rows[offset]["unit"])
             index += 1
@@ -207,13 +271,9 @@ def _iter_units(s3: Any, work: str, migration: str, start: int, total: int) -> I
 
 def _failure_files(s3: Any, prefix: S3Location, start_after: str | None = None) -> Iterator[tuple[str, int]]:
     """(key, unit index) of every failure file under ``prefix`` (after ``start_after``)."""
-    kwargs: dict[str, Any] = {"Bucket": prefix.bucket, "Prefix": prefix.key}
-    if start_after:
-        kwargs["StartAfter"] = start_after
-    for page in s3.get_paginator("list_objects_v2").paginate(**kwargs):
-        for obj in page.get("Contents", []):
-            if m := _FAILURE_NAME.search(obj["Key"]):
-                yield obj["Key"], int(m.group(1))
+    for obj in list_objects(s3, prefix, start_after):
+        if m := _FAILURE_NAME.search(obj["Key"]):
+            yield obj["Key"], int(m.group(1))
 
 
 def _clear_failures(s3: Any, prefix: S3Location) -> None:
@@ -247,7 +307,7 @@ def pull_unit(connector: Connector, unit: str, landing: Landing, attempts: int =
 
 
 def pull_all(s3: Any, connector: Connector, landing: Landing, work: str, migration: str, cursor: PullCursor,
-             save: Any, attempts: int = UNIT_ATTEMPTS, backoff_seconds: float = UNIT_BACKOFF_SECONDS) -> None:
+             save: Callable[[PullCursor], None], attempts: int = UNIT_ATTEMPTS, backoff_seconds: float = UNIT_BACKOFF_SECONDS) -> None:
     """Enumerate once, then pull unit after unit from ``cursor``; ``save(cursor)`` records progress."""
     try:
         failures_prefix = layout.receive_failures_prefix(work, migration)

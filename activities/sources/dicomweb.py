@@ -13,21 +13,18 @@ from dataclasses import dataclass
 from typing import IO, Any
 from urllib.parse import quote, urlsplit
 
-import pydicom
 import requests
-from pydicom.errors import InvalidDicomError
 
 from activities.sources.common import (
     Landing,
     SourceForbidden,
     SourceMisconfigured,
     SourceUnavailable,
+    StudyConnector,
     UnitOutcome,
+    header_uids,
     instance_key,
     landing_key,
-    marker,
-    parse_marker,
-    study_key,
 )
 from activities.sources.multipart import MultipartError, boundary_of, iter_parts
 from contracts.sources import DicomwebSource, origin_of
@@ -105,7 +102,10 @@ def _first(row: Any, tag: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
-class DicomwebConnector:
+class DicomwebConnector(StudyConnector):
+    SEARCH = "QIDO-RS"
+    ROWS = "entries"
+
     def __init__(self, config: DicomwebSource, auth: DicomwebAuth | None = None, timeout: float = 60.0,
                  allowed_origins: tuple[str, ...] = ()) -> None:
         self._config = config
@@ -169,14 +169,10 @@ class DicomwebConnector:
         """One tiny QIDO-RS search: raises when the PACS as a whole is unreachable or refuses us."""
         self._qido("/studies", {"limit": 1, "includefield": STUDY_UID}, "probing the PACS (QIDO-RS)")
 
-    def unit_key(self, unit: str, landing: Landing) -> str:
-        return study_key(landing.prefix, unit)
-
     def units(self) -> Iterator[str]:
-        if self._config.study_uids:
-            yield from self._config.study_uids
-            return
-        unusable = 0
+        return self._study_units(self._config.study_uids, self._list_studies)
+
+    def _list_studies(self) -> Iterator[str | None]:
         what = "searching studies (QIDO-RS)"
         limit = self._config.page_size
 
@@ -184,12 +180,7 @@ class DicomwebConnector:
             return self._qido("/studies", {"limit": limit, "offset": offset, "includefield": STUDY_UID}, what)
 
         for uid, _row in page_uids(fetch, STUDY_UID, MAX_QIDO_PAGES, what):
-            if uid is None:
-                unusable += 1
-            else:
-                yield uid
-        if unusable:
-            yield marker("unusable-studies", str(unusable))
+            yield uid
 
     def _enumerate(self, study: str) -> tuple[dict[str, str | None] | None, int]:
         """(SOP Instance UID -> Series Instance UID of every instance of ``study``, or None if the study is
@@ -214,18 +205,11 @@ class DicomwebConnector:
         return (None if missing else found), unusable
 
     def pull(self, unit: str, landing: Landing) -> UnitOutcome:
+        if (marked := self._marker_outcome(unit, landing)) is not None:
+            return marked
         out = UnitOutcome()
-        if found := parse_marker(unit):
-            out.fail(f"{landing.prefix.key}unusable-study-listing", "UnusableListing",
-                     f"the PACS's study search (QIDO-RS) listed {found[1]} entries without a StudyInstanceUID")
-            return out
         expected, unusable = self._enumerate(unit)
-        if unusable:
-            out.fail(f"{study_key(landing.prefix, unit)}unusable-listing", "UnusableListing",
-                     f"the study's instance search (QIDO-RS) listed {unusable} entries without a SOPInstanceUID")
-        if not expected:
-            out.fail(study_key(landing.prefix, unit), "StudyNotFound",
-                     "QIDO-RS found no instances for this study (unknown StudyInstanceUID or an empty study)")
+        if not self._check_listing(unit, landing, out, bool(expected), unusable) or expected is None:
             return out
         delivered: dict[str, str] = {}
         study_path = f"/studies/{quote(unit, safe='')}"
@@ -275,15 +259,5 @@ class DicomwebConnector:
             resp.close()
 
     def _land(self, study: str, body: IO[bytes], size: int, landing: Landing, delivered: dict[str, str]) -> None:
-        try:
-            ds = pydicom.dcmread(body, stop_before_pixels=True, force=True,
-                                 specific_tags=["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"])
-            sop = str(ds.get("SOPInstanceUID", "") or ds.file_meta.get("MediaStorageSOPInstanceUID", "")) or None
-            series = str(ds.get("SeriesInstanceUID", "")) or None
-        except (InvalidDicomError, ValueError, AttributeError, EOFError, OSError):
-            sop = series = None
-        body.seek(0)
-        key = landing_key(landing.prefix, study, series, sop, body, delivered)
-        landing.put(key, body, size)
-        if sop is not None:
-            delivered.setdefault(sop, key)
+        series, sop = header_uids(body)
+        landing.put(landing_key(landing.prefix, study, series, sop, body, delivered), body, size)

@@ -43,12 +43,11 @@ from pynetdicom.transport import AssociationSocket
 from activities.sources.common import (
     Landing,
     SourceUnavailable,
+    StudyConnector,
     UnitOutcome,
+    header_uids,
     instance_key,
     landing_key,
-    marker,
-    parse_marker,
-    study_key,
 )
 from contracts.sources import DimseSource
 
@@ -95,7 +94,10 @@ def _status(ds: Dataset | None) -> int | None:
     return int(ds.Status) if ds is not None and "Status" in ds else None
 
 
-class DimseConnector:
+class DimseConnector(StudyConnector):
+    SEARCH = "C-FIND"
+    ROWS = "matches"
+
     def __init__(self, config: DimseSource, timeout: float = 60.0) -> None:
         self._config = config
         self._timeout = timeout
@@ -147,13 +149,11 @@ class DimseConnector:
         if code != 0x0000:
             raise SourceUnavailable("probing the PACS: C-ECHO failed" + ("" if code is None else f" (0x{code:04X})"))
 
-    def unit_key(self, unit: str, landing: Landing) -> str:
-        return study_key(landing.prefix, unit)
-
     def units(self) -> Iterator[str]:
-        if self._config.study_uids:
-            yield from self._config.study_uids
-            return
+        return self._study_units(self._config.study_uids, self._list_studies)
+
+    def _list_studies(self) -> list[str | None]:
+        """Every study C-FIND matched (once each, in order), then a None per match without a UID."""
         ae = self._ae()
         ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
         assoc = self._associate(ae)
@@ -171,9 +171,7 @@ class DimseConnector:
                     unusable += 1
         finally:
             assoc.release()
-        yield from seen
-        if unusable:
-            yield marker("unusable-studies", str(unusable))
+        return [*seen, *[None] * unusable]
 
     def _enumerate(self, ae: AE, study: str) -> tuple[dict[str, tuple[str | None, str | None]], int]:
         """(SOP Instance UID -> (Series Instance UID, SOP Class UID) of each instance in ``study``; the number of
@@ -205,18 +203,11 @@ class DimseConnector:
         return sorted({cls for _, cls in expected.values() if cls})
 
     def pull(self, unit: str, landing: Landing) -> UnitOutcome:
+        if (marked := self._marker_outcome(unit, landing)) is not None:
+            return marked
         out = UnitOutcome()
-        if found := parse_marker(unit):
-            out.fail(f"{landing.prefix.key}unusable-study-listing", "UnusableListing",
-                     f"the PACS's study search (C-FIND) listed {found[1]} matches without a StudyInstanceUID")
-            return out
         expected, unusable = self._enumerate(self._ae(), unit)
-        if unusable:
-            out.fail(f"{study_key(landing.prefix, unit)}unusable-listing", "UnusableListing",
-                     f"the study's instance search (C-FIND) listed {unusable} matches without a SOPInstanceUID")
-        if not expected:
-            out.fail(study_key(landing.prefix, unit), "StudyNotFound",
-                     "C-FIND found no instances for this study (unknown StudyInstanceUID or an empty study)")
+        if not self._check_listing(unit, landing, out, bool(expected), unusable):
             return out
         classes = self._storage_classes(expected)
         ae = self._ae()
@@ -227,24 +218,23 @@ class DimseConnector:
                 ae.add_requested_context(cls, syntaxes)
         roles = [build_role(cls, scp_role=True) for cls in classes[: MAX_CONTEXTS - 1]]
         delivered: dict[str, str] = {}
-        stored: list[str] = []  # every key written (two objects with one SOP UID are two keys)
+        stored = 0  # every object written (two objects with one SOP UID are two keys)
         errors: list[str] = []
         lock = threading.Lock()
 
         def on_store(event: Any) -> int:
+            nonlocal stored
             try:
                 sop = str(event.request.AffectedSOPInstanceUID or "") or None
-                ds = event.dataset
-                series = str(ds.get("SeriesInstanceUID", "") or "") or None
+                # The P10 body as received; only its header is parsed (pixels are neither decoded nor re-encoded).
                 body = io.BytesIO(event.encoded_dataset(include_meta=True))
+                series, _ = header_uids(body)
                 with lock:
                     # A second object with the same SOP UID gets a content-hash suffix instead of overwriting.
                     key = landing_key(landing.prefix, unit, series, sop, body, delivered)
-                    if sop is not None:
-                        delivered.setdefault(sop, key)
                 landing.put(key, body, len(body.getvalue()))
                 with lock:
-                    stored.append(key)
+                    stored += 1
                 return 0x0000
             except Exception as err:  # the PACS gets a failure status; the instance is reported as not delivered
                 with lock:
@@ -274,7 +264,7 @@ class DimseConnector:
         if errors:
             # Writing to S3 failed inside the handler: retry the study rather than report PACS failures.
             raise SourceUnavailable(f"C-GET: {len(errors)} instances could not be written ({errors[0]})")
-        out.pulled = len(stored)
+        out.pulled = stored
         outcome = "the association broke" if final is None else f"C-GET final status 0x{final:04X}"
         for sop, (series, _cls) in sorted(expected.items()):
             if sop not in delivered:

@@ -28,7 +28,9 @@ MAX_KEY_BYTES = 1024  # S3's key length limit
 class LocalConnector:
     def __init__(self, config: LocalSource, allowed_roots: tuple[str, ...] = ()) -> None:
         self._root = Path(config.path)
-        self._allowed = allowed_roots
+        # Resolved once; the source directory is resolved on first use and again only when a file of it cannot be.
+        self._allowed = tuple(Path(a).resolve() for a in allowed_roots)
+        self._resolved: Path | None = None
 
     def describe(self) -> str:
         return "local directory source"
@@ -47,26 +49,32 @@ class LocalConnector:
             raise problem(f"path: cannot open the directory ({type(err).__name__})") from None
         if not root.is_dir():
             raise problem("path: is not a directory")
-        if not any(root.is_relative_to(Path(a).resolve()) for a in self._allowed):
+        if not any(root.is_relative_to(a) for a in self._allowed):
             # Workflow input must not turn the worker into a reader of arbitrary files (keys, configs).
             raise SourceMisconfigured("path: is outside the directories this worker may read (HIMIG_SOURCE_DIR_ROOTS)")
+        self._resolved = root
         return root
 
     def probe(self) -> None:
         self._real_root(enumerated=True)
 
     def unit_key(self, unit: str, landing: Landing) -> str:
-        return self._key(unit, landing)
+        return self._key(unit, landing)[0]
 
     @staticmethod
-    def _key(unit: str, landing: Landing) -> str:
-        """``landing + unit`` when that is a valid S3 key, else a hex name (bounded in length)."""
+    def _key(unit: str, landing: Landing) -> tuple[str, str | None]:
+        """``(landing + unit, None)`` when that is a valid S3 key, else a stand-in key and why: a hex name for a
+        name that is not valid UTF-8 (``UnrepresentableName``), a truncated key for one over S3's key limit
+        (``KeyTooLong``)."""
+        key = landing.prefix.key + unit
         try:
-            key = landing.prefix.key + unit
             key.encode("utf-8")
         except UnicodeEncodeError:
-            return landing.prefix.key + unit.encode("utf-8", "surrogateescape").hex()[:200]
-        return key if len(key.encode()) <= MAX_KEY_BYTES else key[: MAX_KEY_BYTES // 4]
+            # Named by a position-free hex of the name instead.
+            return landing.prefix.key + unit.encode("utf-8", "surrogateescape").hex()[:200], "UnrepresentableName"
+        if len(key.encode()) > MAX_KEY_BYTES:
+            return key[: MAX_KEY_BYTES // 4], "KeyTooLong"
+        return key, None
 
     def units(self) -> Iterator[str]:
         """Relative POSIX paths of every entry that is not a directory, sorted (a stable, resumable order); a
@@ -97,26 +105,22 @@ class LocalConnector:
     def pull(self, unit: str, landing: Landing) -> UnitOutcome:
         out = UnitOutcome()
         if found := parse_marker(unit):
-            out.fail(self._key(found[1].rstrip("/") + "/", landing), "SourceUnreadable",
+            out.fail(self._key(found[1].rstrip("/") + "/", landing)[0], "SourceUnreadable",
                      "a subdirectory could not be listed (permissions, or removed during the listing); "
                      "its files were not pulled")
             return out
-        root = self._real_root(enumerated=True)
-        try:
-            key = landing.prefix.key + unit
-            key.encode("utf-8")
-        except UnicodeEncodeError:
-            # A file name that is not valid UTF-8 cannot be an S3 key; name it by position-free hash instead.
-            out.fail(landing.prefix.key + unit.encode("utf-8", "surrogateescape").hex()[:200],
-                     "UnrepresentableName", "the file name is not valid UTF-8 and cannot become an S3 key")
+        root = self._resolved or self._real_root(enumerated=True)
+        key, problem = self._key(unit, landing)
+        if problem == "UnrepresentableName":
+            out.fail(key, problem, "the file name is not valid UTF-8 and cannot become an S3 key")
             return out
-        if len(key.encode()) > MAX_KEY_BYTES:
-            out.fail(key[:MAX_KEY_BYTES // 4], "KeyTooLong", "landing prefix + relative path exceed S3's 1024-byte key limit")
+        if problem == "KeyTooLong":
+            out.fail(key, problem, "landing prefix + relative path exceed S3's 1024-byte key limit")
             return out
-        path = root / unit
         try:
-            real = path.resolve(strict=True)
+            real = (root / unit).resolve(strict=True)
         except (OSError, RuntimeError):
+            self._real_root(enumerated=True)  # raises when the whole directory is gone (an unmounted share)
             out.fail(key, "SourceUnreadable", "the file vanished or is a broken symlink")
             return out
         if not real.is_relative_to(root):

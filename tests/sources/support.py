@@ -10,8 +10,12 @@ from typing import Any
 from temporalio.testing import ActivityEnvironment
 
 from activities.receive import ReceiveActivities
+from activities.sources.common import Landing
 from activities.sources.registry import SourceSettings
+from activities.storage import iter_ndjson, list_objects
+from contracts import layout
 from contracts.pipeline import ReceiveInput, ReceiveResult
+from contracts.s3uri import S3Location, parse_s3_uri
 from contracts.sources import SourceConnector
 
 
@@ -56,24 +60,28 @@ def run_receive(s3: Any, input: ReceiveInput, details: Any = None, stop_after_he
     return result, beats
 
 
+def ndjson_files(s3: Any, prefix: S3Location) -> dict[str, list[dict[str, Any]]]:
+    """The rows of every NDJSON object under ``prefix``, by key (in key order)."""
+    return {obj["Key"]: list(iter_ndjson(s3, S3Location(prefix.bucket, obj["Key"])))
+            for obj in list_objects(s3, prefix)}
+
+
+def ndjson_rows(s3: Any, prefix: S3Location) -> list[dict[str, Any]]:
+    """Every row of every NDJSON object under ``prefix``, in key order."""
+    return [row for rows in ndjson_files(s3, prefix).values() for row in rows]
+
+
 def inventory(s3: Any, input: ReceiveInput) -> list[dict[str, Any]]:
-    bucket, _, key = input.work_s3_uri[5:].partition("/")
-    prefix = f"{key}{input.migration_id}/inventory/"
-    rows: list[dict[str, Any]] = []
-    for obj in s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", []):
-        body = s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read().decode()
-        rows += [json.loads(line) for line in body.splitlines() if line]
-    return rows
+    return ndjson_rows(s3, layout.root(input.work_s3_uri, input.migration_id).join("inventory").as_prefix())
 
 
 def failures(s3: Any, input: ReceiveInput) -> list[dict[str, Any]]:
-    bucket, _, key = input.work_s3_uri[5:].partition("/")
-    prefix = f"{key}{input.migration_id}/receive/failures/"
-    rows: list[dict[str, Any]] = []
-    for obj in s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", []):
-        body = s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read().decode()
-        rows += [json.loads(line) for line in body.splitlines() if line]
-    return rows
+    return ndjson_rows(s3, layout.receive_failures_prefix(input.work_s3_uri, input.migration_id))
+
+
+def landing(s3: Any, bucket: str, **kwargs: Any) -> Landing:
+    """A ``Landing`` writing under ``s3://<bucket>/landed/`` (where ``receive_input`` lands)."""
+    return Landing(s3, parse_s3_uri(f"s3://{bucket}/landed/").as_prefix(), **kwargs)
 
 
 def landed(s3: Any, bucket: str) -> dict[str, bytes]:

@@ -10,10 +10,10 @@ import pytest
 from temporalio.exceptions import ApplicationError
 
 from activities.sources import dimse
-from activities.sources.common import Landing, SourceUnavailable, UnitOutcome, marker
+from activities.sources.common import SourceUnavailable, UnitOutcome, marker
 from activities.sources.dimse import DimseConnector
-from contracts.s3uri import parse_s3_uri
 from contracts.sources import DimseSource
+from tests.sources import support
 from tests.sources.pacs import seed_two_studies
 from tests.sources.support import (
     RequestCounter,
@@ -101,7 +101,7 @@ def test_failed_c_get_sub_operations_become_failure_rows(s3: Any, orthanc: Ortha
     seeded = seed_two_studies(orthanc)
     land, _ = buckets(s3)
     study_a = next(st for st, _, _ in seeded.instances if sum(1 for k in seeded.instances if k[0] == st) == 4)
-    landing = Landing(s3, parse_s3_uri(f"s3://{land}/landed/").as_prefix())
+    landing = support.landing(s3, land)
     out: UnitOutcome = _RefusesMR(_source(orthanc)).pull(study_a, landing)
     # Orthanc fails the whole C-GET (status 0xC000) when one SOP class has no context: all four instances of the
     # study must come back as failure rows naming the PACS status, none silently missing.
@@ -130,7 +130,7 @@ def test_two_objects_with_one_sop_uid_both_land_under_distinct_keys(s3: Any, ort
     for body in bodies:
         assert orthanc.upload(body)["Status"] == "Success"
     land, _ = buckets(s3)
-    landing = Landing(s3, parse_s3_uri(f"s3://{land}/landed/").as_prefix())
+    landing = support.landing(s3, land)
     out = DimseConnector(_source(orthanc)).pull(study, landing)
     got = landed(s3, land)
     plain = f"landed/{study}/{series}/{sop}.dcm"
@@ -168,7 +168,7 @@ def test_the_probe_is_a_c_echo(orthanc: Orthanc) -> None:
 def test_a_study_listing_with_uid_less_matches_becomes_an_unusable_listing_row(s3: Any) -> None:
     """``units`` ends with a marker unit when C-FIND matches had no StudyInstanceUID; pulling it makes no call."""
     land, _ = buckets(s3)
-    landing = Landing(s3, parse_s3_uri(f"s3://{land}/landed/").as_prefix())
+    landing = support.landing(s3, land)
     connector = DimseConnector(DimseSource(kind="dimse", host="127.0.0.1", port=free_port(), called_ae="PACS",
                                            calling_ae=OUR_AET))
     out = connector.pull(marker("unusable-studies", "4"), landing)

@@ -11,11 +11,10 @@ from typing import Any
 import pytest
 from temporalio.exceptions import ApplicationError
 
-from activities.sources.common import Landing
 from activities.sources.local import LocalConnector
 from activities.sources.registry import SourceSettings
-from contracts.s3uri import parse_s3_uri
 from contracts.sources import LocalSource
+from tests.sources import support
 from tests.sources.support import (
     RequestCounter,
     buckets,
@@ -139,7 +138,7 @@ def test_big_files_are_streamed_as_multipart_uploads(s3: Any, tmp_path: Path) ->
             f.write(bytes([i]) * (1 << 20))
     land, _ = buckets(s3)
     counter = RequestCounter(s3)
-    landing = Landing(s3, parse_s3_uri(f"s3://{land}/landed/").as_prefix(), multipart_threshold=5 << 20)
+    landing = support.landing(s3, land, multipart_threshold=5 << 20)
     out = LocalConnector(LocalSource(kind="local", path=str(tmp_path)), (str(tmp_path),)).pull("big.bin", landing)
     assert out.pulled == 1 and not out.failures
     assert counter.calls == {"CreateMultipartUpload": 1, "UploadPart": 3, "CompleteMultipartUpload": 1}
@@ -195,7 +194,7 @@ def test_a_subdirectory_that_cannot_be_listed_is_a_failure_row(s3: Any, tmp_path
     rest = list(units)
     assert len(rest) == 1 and "gone" in rest[0] and rest[0] != "gone"  # a marker unit, not a file name
     land, _ = buckets(s3)
-    landing = Landing(s3, parse_s3_uri(f"s3://{land}/landed/").as_prefix())
+    landing = support.landing(s3, land)
     out = connector.pull(rest[0], landing)
     assert out.pulled == 0 and [(f.key, f.code) for f in out.failures] == [("landed/gone/", "SourceUnreadable")]
     assert "gone" not in (out.failures[0].reason or "")

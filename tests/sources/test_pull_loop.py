@@ -4,6 +4,7 @@ per-unit retries, failed rows versus whole-source failures, and failure files ac
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,8 +21,7 @@ from activities.sources.common import (
     pull_all,
 )
 from contracts import layout
-from contracts.s3uri import parse_s3_uri
-from tests.sources.support import buckets
+from tests.sources.support import RequestCounter, buckets, landing, ndjson_files
 
 
 @dataclass
@@ -67,19 +67,16 @@ class Scripted:
 def _run(s3: Any, connector: Scripted, work: str, cursor: PullCursor | None = None,
          attempts: int = 3) -> tuple[PullCursor, Landing]:
     cursor = cursor or PullCursor()
-    land = work.replace("work-", "land-")
-    landing = Landing(s3, parse_s3_uri(f"s3://{land}/landed/").as_prefix())
-    pull_all(s3, connector, landing, f"s3://{work}/runs/", "m1", cursor, lambda _c: None, attempts, 0.0)
-    return cursor, landing
+    land = landing(s3, work.replace("work-", "land-"))
+    pull_all(s3, connector, land, f"s3://{work}/runs/", "m1", cursor, lambda _c: None, attempts, 0.0)
+    return cursor, land
 
 
 def _failure_files(s3: Any, work: str) -> dict[int, str]:
-    prefix = layout.receive_failures_prefix(f"s3://{work}/runs/", "m1")
-    out = {}
-    for obj in s3.list_objects_v2(Bucket=prefix.bucket, Prefix=prefix.key).get("Contents", []):
-        index = int(obj["Key"].rsplit("unit-", 1)[1].split(".")[0])
-        out[index] = s3.get_object(Bucket=prefix.bucket, Key=obj["Key"])["Body"].read().decode()
-    return out
+    """The rows of each failure file (as compact JSON, to look for fields in) by unit index."""
+    files = ndjson_files(s3, layout.receive_failures_prefix(f"s3://{work}/runs/", "m1"))
+    return {int(key.rsplit("unit-", 1)[1].split(".")[0]): json.dumps(rows, separators=(",", ":"))
+            for key, rows in files.items()}
 
 
 def test_a_flaky_unit_is_retried_and_a_bad_one_becomes_a_row(s3: Any) -> None:
@@ -131,11 +128,9 @@ def test_resume_deletes_only_failure_files_an_earlier_attempt_wrote(s3: Any) -> 
     _, work = buckets(s3)
     names = [f"u{i}" for i in range(6)]
     cursor, _ = _run(s3, Scripted(names, failed_rows={"u1", "u3"}), work)
-    counted: dict[str, int] = {}
-    s3.meta.events.register("before-call.s3.*",
-                            lambda model, **_: counted.__setitem__(model.name, counted.get(model.name, 0) + 1))
+    counter = RequestCounter(s3)
     # Resume at unit 2 as if the heartbeat had stopped there; u3 now succeeds.
     resumed = PullCursor(units_total=cursor.units_total, next_unit=2)
     _run(s3, Scripted(names), work, resumed)
     assert set(_failure_files(s3, work)) == {1}  # u1 was before the resume point and stays
-    assert counted.get("DeleteObject", 0) == 1  # only u3's file, not one delete per unit
+    assert counter.calls.get("DeleteObject", 0) == 1  # only u3's file, not one delete per unit
