@@ -9,10 +9,11 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: install demo stop status test lint bench clean
 
-$(STAMP): pyproject.toml
+# Three distributions from this checkout: the service (himig), the emulator and the local tooling (devstack).
+$(STAMP): pyproject.toml emulator/pyproject.toml devstack/pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[local,dev]'
+	$(PY) -m pip install -q --disable-pip-version-check -e ./emulator -e ./devstack -e '.[local,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from contracts import search
-from worker.stack import Stack, StackConfig
+from devstack.stack import Stack, StackConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -456,7 +456,7 @@ def test_cli_refuses_bad_fhir_flags_before_sending(monkeypatch: pytest.MonkeyPat
                                                    needle: str) -> None:
     from typer.testing import CliRunner
 
-    from worker.cli import app
+    from cli.app import app
 
     monkeypatch.setenv("HIMIG_TEMPORAL_ADDRESS", "127.0.0.1:1")  # nothing listens: a send would fail differently
     result = CliRunner().invoke(app, ["start", "--source", "s3://src-bucket/in/", "--datastore-id", "a" * 32,
@@ -628,7 +628,7 @@ def test_a_review_that_gives_up_still_leaves_the_batch_for_the_report(
 
 
 def test_demo_finds_or_creates_its_fhir_datastore_once(emulator_url: str) -> None:
-    from worker.demo import ensure_fhir_datastore
+    from devstack.demo import ensure_fhir_datastore
 
     hl = boto3.client("healthlake", endpoint_url=emulator_url, region_name="us-east-1")
     name = f"demo-{uuid.uuid4().hex[:8]}"

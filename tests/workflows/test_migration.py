@@ -132,8 +132,8 @@ class TestMigrationEndToEnd:
         # The batch handed the set to a ReconciliationWorkflow; an operator decides it with `himig approve`.
         from typer.testing import CliRunner
 
+        from cli.app import app
         from contracts.reconciliation import reconciliation_workflow_id
-        from worker.cli import app
 
         recon_id = reconciliation_workflow_id(datastore_id, non_primary)
         desc = await client.get_workflow_handle(recon_id).describe()
@@ -197,8 +197,8 @@ class TestManualReviewGate:
             self, client: Client, worker: Worker, buckets: dict[str, Any], datastore_id: str) -> None:
         from typer.testing import CliRunner
 
+        from cli.app import app
         from contracts.pipeline import BatchStage
-        from worker.cli import app
 
         s3, src, work = buckets["s3"], buckets["source"], buckets["work"]
         _put(s3, src, "g/1.dcm", make_instance(uid(), uid()))
@@ -297,7 +297,7 @@ class TestCliAgainstTemporal:
                                                 monkeypatch: pytest.MonkeyPatch, moto_url: str) -> None:
         from typer.testing import CliRunner
 
-        from worker.cli import app
+        from cli.app import app
 
         s3, src, work = buckets["s3"], buckets["source"], buckets["work"]
         _put(s3, src, "c/1.dcm", make_instance(uid(), uid()))

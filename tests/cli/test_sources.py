@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from worker.cli import app
-from worker.cli_sources import SourceFlagError, connector_from_flags
+from cli.app import app
+from cli.sources import SourceFlagError, connector_from_flags
 
 GOOD = ["--source", "s3://land/in/", "--datastore-id", "a" * 32, "--work", "s3://work-bucket/w/"]
 

@@ -16,14 +16,14 @@ from typing import Any
 
 from rich.console import Console
 
+from cli.progress import watch_migration
+from cli.reporting import load_report, print_report
 from contracts.pipeline import MigrationInput, MigrationResult, ValidationLevel
 from contracts.reconciliation import reconciliation_workflow_id
+from devstack.stack import Stack, StackConfig, StackError
 from worker.aws import make_client
 from worker.client import connect
-from worker.progress import watch_migration
-from worker.reporting import load_report, print_report
 from worker.settings import Settings
-from worker.stack import Stack, StackConfig, StackError
 from workflows.migration import MigrationWorkflow
 
 SOURCE_BUCKET, WORK_BUCKET = "himig-source", "himig-work"

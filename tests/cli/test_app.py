@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from worker.cli import app
+from cli.app import app
 
 GOOD = ["--source", "s3://src-bucket/in/", "--datastore-id", "a" * 32, "--work", "s3://work-bucket/w/"]
 

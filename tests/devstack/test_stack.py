@@ -22,11 +22,9 @@ import pytest
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
-from worker.cli_stack import stack_app
-from worker.stack import COMPONENTS, PidRecord, Stack, StackConfig, StackError, proc_cmdline
+from devstack.cli import stack_app
+from devstack.stack import COMPONENTS, PidRecord, Stack, StackConfig, StackError, proc_cmdline
 
-ROOT = Path(__file__).resolve().parents[2]
-HAVE_EMULATOR = (ROOT / "emulator" / "__main__.py").exists()
 
 # Honours the worker's health contract (HIMIG_HEALTH_FILE holds our pid while ready; removed on SIGTERM).
 STAND_IN_WORKER = """
@@ -120,7 +118,7 @@ def job_events_wired(stack: Stack) -> bool:
 def test_up_reuse_status_down_and_persistence(stacks: StackFactory) -> None:
     events: list[str] = []
     stack = stacks(events=events)
-    names = ["temporal", "moto", *(["emulator"] if HAVE_EMULATOR else []), "worker"]
+    names = ["temporal", "moto", "emulator", "worker"]
 
     t0 = time.monotonic()
     first = stack.up(names)
@@ -171,7 +169,7 @@ def test_up_reuse_status_down_and_persistence(stacks: StackFactory) -> None:
     status = stack.status()
     assert [c.name for c in status.components] == list(COMPONENTS)
     assert all(status[n].state == "healthy" for n in names)
-    assert status.healthy is HAVE_EMULATOR  # all four only when the emulator exists
+    assert status.healthy is True
 
     t0 = time.monotonic()
     assert stack.down() == list(reversed(names))
@@ -195,7 +193,6 @@ def test_up_reuse_status_down_and_persistence(stacks: StackFactory) -> None:
     print(f"\nstack up cold {cold:.2f}s, warm {warm:.2f}s, down {stopped_in:.2f}s")
 
 
-@pytest.mark.skipif(not HAVE_EMULATOR, reason="emulator/__main__.py does not exist yet (another helper writes it)")
 def test_emulator_component(stacks: StackFactory) -> None:
     stack = stacks()
     status = stack.up(["moto", "emulator"])

@@ -1,4 +1,4 @@
-"""`himig stack up|down|status`: the embedded local stack from the command line (see worker/stack.py).
+"""`himig stack up|down|status`: the embedded local stack from the command line (see devstack/src/devstack/stack.py).
 
 Exit codes: 0 success; 1 a component failed to become healthy (``up``) or is not healthy (``status``);
 2 bad flags/settings, a port in use, a missing program or dependency.
@@ -17,7 +17,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from worker.stack import COMPONENTS, Stack, StackConfig, StackError, StackStatus, parse_components
+from contracts.pipeline import ValidationLevel
+from devstack.stack import COMPONENTS, Stack, StackConfig, StackError, StackStatus, parse_components
 
 stack_app = typer.Typer(
     help="Start, stop and inspect the local stack (Temporal dev server, moto, emulator, worker) on 127.0.0.1. "
@@ -169,3 +170,14 @@ def status(
         if any(c.name == "temporal" and c.healthy for c in result.components):
             console.print(f"Temporal UI: {result.temporal_ui}")
     raise typer.Exit(0 if result.healthy else 1)
+
+
+def demo(
+    keep_going: bool = typer.Option(True, "--leave-running/--stop-after", help="leave the local stack running"),
+    validation_level: ValidationLevel = typer.Option(ValidationLevel.STRUCTURE_ONLY, "--validation-level"),
+) -> None:
+    """Start the local stack, migrate the bundled sample corpus, and print the report."""
+    from devstack.demo import run_demo  # local import: the demo pulls in the Temporal client and boto3
+
+    code = run_demo(Console(), validation_level=validation_level, leave_running=keep_going)
+    raise typer.Exit(code)

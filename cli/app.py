@@ -1,4 +1,9 @@
-"""The ``himig`` command line: start and watch migrations, read reports, run the local stack and the demo."""
+"""The ``himig`` command line: start and watch migrations, read reports, decide reconciliations.
+
+Local tooling (``himig stack``, ``himig demo``, ``himig corpus``) is not part of this distribution: it lives in
+``devstack`` and joins the command through the ``himig.commands`` entry-point group when that is installed
+(``make demo`` / ``make test`` install it; a production image does not).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ import os
 import re
 import sys
 import uuid
+from importlib.metadata import entry_points
 from typing import Any
 
 import typer
@@ -19,6 +25,9 @@ from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from cli.progress import print_progress, watch_migration
+from cli.reporting import load_report, print_report
+from cli.sources import SourceFlagError, connector_from_flags
 from contracts import search
 from contracts.pipeline import (
     DATASTORE_ID_PATTERN,
@@ -32,11 +41,6 @@ from contracts.pipeline import (
     check_migration_id,
 )
 from contracts.reconciliation import ReconciliationState
-from corpus.cli import corpus_app
-from worker.cli_sources import SourceFlagError, connector_from_flags
-from worker.cli_stack import stack_app
-from worker.progress import print_progress, watch_migration
-from worker.reporting import load_report, print_report
 from worker.settings import Settings
 from workflows.migration import MigrationWorkflow
 
@@ -373,18 +377,6 @@ def approve_manifest(
     _run(go())
 
 
-@app.command()
-def demo(
-    keep_going: bool = typer.Option(True, "--leave-running/--stop-after", help="leave the local stack running"),
-    validation_level: ValidationLevel = typer.Option(ValidationLevel.STRUCTURE_ONLY, "--validation-level"),
-) -> None:
-    """Start the local stack, migrate the bundled sample corpus, and print the report."""
-    from worker.demo import run_demo
-
-    code = run_demo(console, validation_level=validation_level, leave_running=keep_going)
-    raise typer.Exit(code)
-
-
 @app.command("worker")
 def worker_cmd() -> None:
     """Run a worker in the foreground (same as ``python -m worker``)."""
@@ -393,8 +385,21 @@ def worker_cmd() -> None:
     raise typer.Exit(main())
 
 
-app.add_typer(stack_app, name="stack", help="Start, stop and inspect the embedded local stack.")
-app.add_typer(corpus_app, name="corpus", help="Generate sample, synthetic and malformed DICOM corpora.")
+def add_plugin_commands(target: typer.Typer) -> None:
+    """Attach the commands other installed distributions offer (``himig.commands``: a Typer app or a function).
+
+    An entry point named ``demo`` that loads a function becomes ``himig demo``; one that loads a Typer app
+    becomes a command group (``himig stack ...``).
+    """
+    for ep in sorted(entry_points(group="himig.commands"), key=lambda e: e.name):
+        loaded = ep.load()
+        if isinstance(loaded, typer.Typer):
+            target.add_typer(loaded, name=ep.name)
+        else:
+            target.command(ep.name)(loaded)
+
+
+add_plugin_commands(app)
 
 if __name__ == "__main__":
     app()
