@@ -37,9 +37,11 @@ $(ORTHANC_STAMP):
 test: $(STAMP) $(ORTHANC_STAMP)
 	bash tests/support/in_private_netns.sh $(PY) -m pytest -q -p no:cacheprovider
 
+## ruff, mypy and the import contracts (the layering in pyproject's [tool.importlinter]).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 
 bench: $(STAMP)
 	$(PY) bench/emulator.py
