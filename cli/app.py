@@ -41,7 +41,7 @@ from contracts.pipeline import (
     check_migration_id,
 )
 from contracts.reconciliation import ReconciliationState
-from worker.settings import Settings
+from worker.settings import InvalidSettings, Settings, load_settings
 from workflows.migration import MigrationWorkflow
 
 app = typer.Typer(help="Durable DICOM → AWS HealthImaging migration.", no_args_is_help=True, add_completion=False)
@@ -56,9 +56,9 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 
 def settings() -> Settings:
     try:
-        return Settings()
-    except ValidationError as err:
-        raise fail(f"invalid settings from the environment:\n{err}") from None
+        return load_settings()
+    except InvalidSettings as err:
+        raise fail(str(err)) from None
 
 
 async def _client(s: Settings) -> Client:

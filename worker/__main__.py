@@ -5,12 +5,10 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from pydantic import ValidationError
-
 from worker.client import connect
 from worker.logs import configure_logging
 from worker.runner import run_worker
-from worker.settings import Settings
+from worker.settings import InvalidSettings, Settings, load_settings
 
 
 async def _main(settings: Settings) -> None:
@@ -20,9 +18,9 @@ async def _main(settings: Settings) -> None:
 
 def main() -> int:
     try:
-        settings = Settings()
-    except ValidationError as err:
-        print(f"invalid worker settings:\n{err}", file=sys.stderr)
+        settings = load_settings()
+    except InvalidSettings as err:
+        print(f"worker: {err}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
     try:

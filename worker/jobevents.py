@@ -17,30 +17,15 @@ import json
 from typing import Any
 
 import structlog
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
 from contracts.jobevents import RULE_PATTERN, MalformedJobEvent, ParsedJobEvent, parse_job_event
+from worker.settings import JobEventSettings
 from worker.sqs_poller import SqsPoller
 from workflows.batch import JOB_EVENT_SIGNAL
 
 log = structlog.get_logger("himig.jobevents")
-
-class JobEventSettings(BaseSettings):
-    """Settings of the job-events listener, from ``HIMIG_JOB_EVENTS_*``; it runs only when a queue is set."""
-
-    model_config = SettingsConfigDict(env_prefix="HIMIG_JOB_EVENTS_", env_file=".env", extra="ignore")
-
-    queue_url: str | None = Field(None, description="SQS queue an EventBridge rule sends import-job events to")
-    wait_seconds: int = Field(10, ge=1, le=20, description="SQS long-poll wait")
-    visibility_timeout: int = Field(60, ge=10, le=43_200, description="seconds a received message stays hidden")
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.queue_url)
-
 
 def configure_job_events_rule(events: Any, sqs: Any, queue_name: str, bus: str = "default",
                               rule: str = "himig-import-job-events") -> str:

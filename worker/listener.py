@@ -26,15 +26,14 @@ from urllib.parse import unquote_plus
 
 import structlog
 from botocore.exceptions import ClientError
-from pydantic import Field, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import ValidationError
 from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 
 from activities.dicom_header import parse_header
-from contracts.ingest import Arrival, IngestInput, in_prefix, ingest_workflow_id
-from contracts.pipeline import ValidationLevel
+from contracts.ingest import Arrival, in_prefix, ingest_workflow_id
 from contracts.s3uri import parse_s3_uri
+from worker.settings import IngestSettings
 from worker.sqs_poller import SqsPoller
 from workflows.ingest import IngestWorkflow
 
@@ -42,37 +41,6 @@ log = structlog.get_logger("himig.listener")
 
 HEADER_RANGE = 64 * 1024
 _CONTENT_RANGE = re.compile(r"bytes \d+-\d+/(\d+)")
-
-
-class IngestSettings(BaseSettings):
-    """Settings of the listener, from ``HIMIG_INGEST_*``. The listener runs only when a queue is configured."""
-
-    model_config = SettingsConfigDict(env_prefix="HIMIG_INGEST_", env_file=".env", extra="ignore")
-
-    queue_url: str | None = Field(None, description="SQS queue receiving S3 ObjectCreated events; empty disables")
-    datastore_id: str | None = None
-    source_s3_uri: str | None = Field(None, description="the watched prefix")
-    work_s3_uri: str | None = None
-    quiet_seconds: float = Field(30.0, gt=0)
-    max_files: int = Field(1_000, ge=1)
-    max_wait_seconds: float = Field(600.0, gt=0)
-    validation_level: ValidationLevel = ValidationLevel.STRUCTURE_ONLY
-    data_access_role_arn: str | None = None
-    wait_seconds: int = Field(10, ge=1, le=20, description="SQS long-poll wait")
-    visibility_timeout: int = Field(120, ge=10, le=43_200, description="seconds a received message stays hidden")
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.queue_url)
-
-    def ingest_input(self) -> IngestInput:
-        """The workflow input; raises ValueError naming the field when the settings are incomplete or invalid."""
-        return IngestInput.model_validate({
-            "datastore_id": self.datastore_id, "source_s3_uri": self.source_s3_uri, "work_s3_uri": self.work_s3_uri,
-            "quiet_seconds": self.quiet_seconds, "max_files": self.max_files,
-            "max_wait_seconds": max(self.max_wait_seconds, self.quiet_seconds),
-            "validation_level": self.validation_level, "data_access_role_arn": self.data_access_role_arn,
-        })
 
 
 class MalformedMessage(ValueError):

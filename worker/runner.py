@@ -15,8 +15,8 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from worker.aws import AwsClients, make_client
-from worker.jobevents import JobEventListener, JobEventSettings
-from worker.listener import IngestSettings, SqsListener
+from worker.jobevents import JobEventListener
+from worker.listener import SqsListener
 from worker.registry import WORKFLOWS, build_activities
 from worker.settings import Settings
 
@@ -46,8 +46,7 @@ async def run_worker(client: Client, settings: Settings) -> None:
     with ThreadPoolExecutor(max_workers=settings.max_concurrent_activities) as executor:
         worker = build_worker(client, settings, executor)
         async with worker:
-            ingest = IngestSettings()
-            job_events = JobEventSettings()
+            ingest, job_events = settings.ingest, settings.job_events
             listener_tasks: list[asyncio.Task[None]] = []
             if ingest.enabled:
                 # Event-driven ingestion: S3 ObjectCreated -> SQS -> signal-with-start IngestWorkflow.

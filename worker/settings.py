@@ -1,20 +1,83 @@
 """All runtime settings of the worker and the CLI, read from the environment (and `.env`).
 
-One `Settings` object is built at process start and passed in; nothing reads `os.environ` elsewhere.
+One `Settings` object is built and validated at process start, before anything connects, and passed in; nothing
+reads `os.environ` elsewhere. Its sections (`ingest`, `job_events`) keep their own variable prefixes
+(``HIMIG_INGEST_*``, ``HIMIG_JOB_EVENTS_*``) but are read and checked with the rest, so a bad value in any of them
+stops the process with exit code 2 and a line naming the variable (`describe_error`).
 Endpoint overrides use boto3's own standard variable names so that every AWS client, including those
 in tools we do not control, finds the local stack the same way.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal, Self, TypeVar
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from contracts.ingest import IngestInput
+from contracts.pipeline import ValidationLevel
 from contracts.sources import parse_origins
 
 DEFAULT_TASK_QUEUE = "dicom-migration"
+
+
+class IngestSettings(BaseSettings):
+    """Settings of the listener, from ``HIMIG_INGEST_*``. The listener runs only when a queue is configured."""
+
+    model_config = SettingsConfigDict(env_prefix="HIMIG_INGEST_", env_file=".env", extra="ignore")
+
+    queue_url: str | None = Field(None, description="SQS queue receiving S3 ObjectCreated events; empty disables")
+    datastore_id: str | None = None
+    source_s3_uri: str | None = Field(None, description="the watched prefix")
+    work_s3_uri: str | None = None
+    quiet_seconds: float = Field(30.0, gt=0)
+    max_files: int = Field(1_000, ge=1)
+    max_wait_seconds: float = Field(600.0, gt=0)
+    validation_level: ValidationLevel = ValidationLevel.STRUCTURE_ONLY
+    data_access_role_arn: str | None = None
+    wait_seconds: int = Field(10, ge=1, le=20, description="SQS long-poll wait")
+    visibility_timeout: int = Field(120, ge=10, le=43_200, description="seconds a received message stays hidden")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.queue_url)
+
+    def ingest_input(self) -> IngestInput:
+        """The workflow input; raises ValueError naming the field when the settings are incomplete or invalid."""
+        return IngestInput.model_validate({
+            "datastore_id": self.datastore_id, "source_s3_uri": self.source_s3_uri, "work_s3_uri": self.work_s3_uri,
+            "quiet_seconds": self.quiet_seconds, "max_files": self.max_files,
+            "max_wait_seconds": max(self.max_wait_seconds, self.quiet_seconds),
+            "validation_level": self.validation_level, "data_access_role_arn": self.data_access_role_arn,
+        })
+
+    @model_validator(mode="after")
+    def _complete_when_enabled(self) -> Self:
+        # A listener with a queue but no usable workflow input would only fail on its first message.
+        if self.enabled:
+            try:
+                self.ingest_input()
+            except ValidationError as err:
+                raise ValueError("\n".join(
+                    f"HIMIG_INGEST_{str(e['loc'][0]).upper() if e['loc'] else 'QUEUE_URL'}: "
+                    + ("required when HIMIG_INGEST_QUEUE_URL is set" if e["input"] is None else _one_line(e["msg"]))
+                    for e in err.errors())) from None
+        return self
+
+
+class JobEventSettings(BaseSettings):
+    """Settings of the job-events listener, from ``HIMIG_JOB_EVENTS_*``; it runs only when a queue is set."""
+
+    model_config = SettingsConfigDict(env_prefix="HIMIG_JOB_EVENTS_", env_file=".env", extra="ignore")
+
+    queue_url: str | None = Field(None, description="SQS queue an EventBridge rule sends import-job events to")
+    wait_seconds: int = Field(10, ge=1, le=20, description="SQS long-poll wait")
+    visibility_timeout: int = Field(60, ge=10, le=43_200, description="seconds a received message stays hidden")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.queue_url)
 
 
 class Settings(BaseSettings):
@@ -83,6 +146,11 @@ class Settings(BaseSettings):
     source_dir_roots: str = Field(
         "", description="colon-separated directories a `local` source must be under; empty refuses `local` sources")
 
+    # Sections with their own prefixes, read (and validated) together with everything above.
+    ingest: IngestSettings = Field(default_factory=IngestSettings, description="HIMIG_INGEST_*: the S3 arrivals listener")
+    job_events: JobEventSettings = Field(default_factory=JobEventSettings,
+                                         description="HIMIG_JOB_EVENTS_*: the import-job events listener")
+
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
 
@@ -116,3 +184,72 @@ class Settings(BaseSettings):
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError(f"must be host:port, got {value!r}")
         return value
+
+
+# Model name in a ValidationError's title -> the prefix of its variables.
+_PREFIXES = {"Settings": "HIMIG_", "IngestSettings": "HIMIG_INGEST_", "JobEventSettings": "HIMIG_JOB_EVENTS_"}
+
+
+def env_name(model: str, loc: tuple[Any, ...]) -> str:
+    """The environment variable behind ``loc`` of ``model`` (an alias such as ``AWS_REGION`` stays as it is)."""
+    if not loc:
+        return _PREFIXES.get(model, "HIMIG_").rstrip("_")
+    head = str(loc[0])
+    if head.isupper():
+        return head
+    if model == "Settings" and head in ("ingest", "job_events") and len(loc) > 1:
+        return env_name("IngestSettings" if head == "ingest" else "JobEventSettings", loc[1:])
+    return _PREFIXES.get(model, "HIMIG_") + head.upper()
+
+
+def _one_line(message: str) -> str:
+    return " ".join(message.removeprefix("Value error, ").split())
+
+
+def describe_error(err: ValidationError) -> list[str]:
+    """One line per problem, each naming the variable to change and the reason (never the value: secrets)."""
+    lines = []
+    for e in err.errors():
+        if not e["loc"] and e["type"] == "value_error":
+            # a check across fields already names its variables
+            lines.extend(str(e["ctx"]["error"]).split("\n"))
+        else:
+            lines.append(f"{env_name(err.title, tuple(e['loc']))}: {_one_line(e['msg'])}")
+    return lines
+
+
+class InvalidSettings(ValueError):
+    """Settings that cannot be used; ``problems`` has one line per variable, naming it and the reason."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("invalid settings from the environment:\n" + "\n".join(f"  {p}" for p in problems))
+
+
+_S = TypeVar("_S", IngestSettings, JobEventSettings)
+
+
+def _section(section: type[_S], problems: list[str]) -> _S:
+    try:
+        return section()
+    except ValidationError as err:
+        problems.extend(describe_error(err))
+        return section.model_construct()  # an unvalidated stand-in, only so the rest can still be checked
+
+
+def load_settings() -> Settings:
+    """Read and validate every setting, every section, before anything connects.
+
+    Raises ``InvalidSettings`` listing all problems at once: each section is read on its own, so a bad section
+    does not hide problems elsewhere.
+    """
+    problems: list[str] = []
+    ingest = _section(IngestSettings, problems)
+    job_events = _section(JobEventSettings, problems)
+    try:
+        settings = Settings(ingest=ingest, job_events=job_events)
+    except ValidationError as err:
+        problems.extend(describe_error(err))
+    if problems:
+        raise InvalidSettings(problems)
+    return settings

@@ -30,10 +30,10 @@ from contracts.pipeline import FileState, MigrationResult
 from tests.conftest import emulator_admin, make_medical_imaging
 from tests.support.dicom import make_instance, uid
 from worker.aws import AwsClients
-from worker.listener import IngestSettings, SqsListener, configure_bucket_notifications, parse_event_body
+from worker.listener import SqsListener, configure_bucket_notifications, parse_event_body
 from worker.registry import WORKFLOWS, build_activities
 from worker.runner import build_worker
-from worker.settings import Settings
+from worker.settings import IngestSettings, Settings
 from workflows.ingest import FLUSHES_PER_RUN, IngestWorkflow
 
 WAIT_LIMIT = 90.0  # seconds; every wait in this file is bounded (generous: CI machines are 2 busy cores)

@@ -33,8 +33,9 @@ from contracts.jobevents import JobEvent, MalformedJobEvent, batch_of, parse_job
 from contracts.pipeline import BatchStage, FileState, MigrationInput, batch_workflow_id
 from tests.conftest import emulator_admin
 from tests.support.dicom import make_instance, uid
-from worker.jobevents import JobEventListener, JobEventSettings, configure_job_events_rule
+from worker.jobevents import JobEventListener, configure_job_events_rule
 from worker.registry import WORKFLOWS
+from worker.settings import JobEventSettings
 from worker.sqs_poller import in_daemon_thread
 from workflows.batch import ImportBatchWorkflow
 from workflows.migration import MigrationWorkflow
