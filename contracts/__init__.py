@@ -1,6 +1,8 @@
-"""Data contracts shared by workflows and activities.
+"""Data contracts shared by workflows and activities: what crosses the Temporal boundary.
 
-Everything that crosses the Temporal boundary (workflow input, activity input and output, queries) is a
-pydantic model defined here. This package must stay free of I/O and of boto3/pydicom imports: workflow
-code imports it inside the sandbox and replay depends on it being deterministic.
+Holds the pydantic models of workflow input, activity input and output, signals, updates and queries; the map
+of where data lives in S3 (`layout`); search attributes; and other pure, deterministic definitions.
+
+May import: the standard library, pydantic, temporalio's data types. Nothing of ours, and no I/O (no boto3,
+pydicom, network): workflow code imports this package inside the sandbox and replay depends on it.
 """
