@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -13,6 +12,7 @@ from temporalio.worker import Worker
 from activities.storage import get_json, iter_ndjson
 from contracts.pipeline import MigrationInput, MigrationResult, OperatorCommand
 from contracts.s3uri import parse_s3_uri
+from tests.support.eventually import assert_eventually
 from workflows.migration import MigrationWorkflow
 
 
@@ -36,12 +36,13 @@ async def paused_start(client: Client, worker: Worker, payload: MigrationInput, 
 
 async def wait_phase(handle: Any, phase: str) -> Any:
     """Poll the `progress` query (bounded) until the migration reaches ``phase``; returns that progress."""
-    for _ in range(200):
+
+    async def reached() -> Any:
         progress = await handle.query(MigrationWorkflow.progress)
-        if progress.phase == phase:
-            return progress
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"never reached phase {phase}")
+        assert progress.phase == phase, f"never reached phase {phase} (still {progress.phase})"
+        return progress
+
+    return await assert_eventually(reached, timeout=10)
 
 
 def report_rows(s3: Any, result: MigrationResult) -> dict[str, dict[str, Any]]:

@@ -8,6 +8,7 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
+from tests.support.eventually import assert_eventually
 from tests.support.servers import free_port
 from worker.sqs_poller import SqsPoller
 
@@ -34,7 +35,7 @@ async def test_an_unreachable_queue_does_not_end_the_listener() -> None:
     poller = _Recording(sqs, f"{url}/000000000000/nowhere")
     stop = asyncio.Event()
     task = asyncio.create_task(poller.run(stop))
-    await asyncio.sleep(1.0)
+    await asyncio.sleep(1.0)  # a span of failing receives: the loop must still be running after it
     assert not task.done(), task.exception() if task.done() else None
     stop.set()
     await asyncio.wait_for(task, timeout=5)
@@ -48,10 +49,11 @@ async def test_a_failing_handler_leaves_its_message_and_the_others_are_handled(m
     poller = _Recording(sqs, queue)
     stop = asyncio.Event()
     task = asyncio.create_task(poller.run(stop))
-    for _ in range(100):
-        if len(poller.handled) == 2:
-            break
-        await asyncio.sleep(0.05)
+
+    async def both_handled() -> None:
+        assert len(poller.handled) == 2, poller.handled
+
+    await assert_eventually(both_handled, timeout=5)
     stop.set()
     await asyncio.wait_for(task, timeout=5)
     assert sorted(poller.handled) == ["a", "b"] and poller.messages_deleted == 2

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +19,7 @@ from temporalio.worker import Worker
 
 from contracts import search
 from tests.conftest import make_medical_imaging, make_s3
+from tests.support.eventually import wait_until
 from worker.runner import build_worker
 from worker.settings import Settings
 
@@ -63,10 +63,8 @@ def active_datastore(emulator_url: str, name: str) -> str:
     """Create a HealthImaging data store on the emulator and wait until it is ACTIVE."""
     mi = make_medical_imaging(emulator_url)
     ds = mi.create_datastore(datastoreName=name, clientToken=uuid.uuid4().hex)["datastoreId"]
-    deadline = time.monotonic() + 30
-    while mi.get_datastore(datastoreId=ds)["datastoreProperties"]["datastoreStatus"] != "ACTIVE":
-        assert time.monotonic() < deadline, "data store did not become ACTIVE"
-        time.sleep(0.1)
+    wait_until(lambda: mi.get_datastore(datastoreId=ds)["datastoreProperties"]["datastoreStatus"] == "ACTIVE",
+               "the data store to become ACTIVE")
     return str(ds)
 
 

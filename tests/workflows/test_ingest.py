@@ -346,8 +346,9 @@ class TestIngestInput:
             IngestInput.model_validate({**self.BASE, "work_s3_uri": "s3://src-b/in/work/"})
 
     def test_listener_settings_name_a_missing_field(self) -> None:
-        with pytest.raises(ValueError, match="datastore_id"):
-            IngestSettings(queue_url="http://q", source_s3_uri="s3://src-b/in/", work_s3_uri="s3://w-b/w/").ingest_input()
+        # Checked when the settings are read, before the worker connects (not when the listener starts).
+        with pytest.raises(ValueError, match="HIMIG_INGEST_DATASTORE_ID: required when HIMIG_INGEST_QUEUE_URL is set"):
+            IngestSettings(queue_url="http://q", source_s3_uri="s3://src-b/in/", work_s3_uri="s3://w-b/w/")
 
 
 class TestIngestBufferBound:

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -17,15 +16,16 @@ from temporalio.client import Client
 
 from contracts.pipeline import FileState, MigrationInput
 from tests.support.dicom import make_instance, uid
+from tests.support.eventually import assert_eventually_sync
 from workflows.migration import MigrationWorkflow
 
 
 def _wait_for(path: Path, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
+    def ready() -> None:
         assert proc.poll() is None, f"worker exited with {proc.returncode}"
-        assert time.monotonic() < deadline, "worker never wrote its health file"
-        time.sleep(0.05)
+        assert path.exists(), "worker never wrote its health file"
+
+    assert_eventually_sync(ready, timeout=timeout)
 
 
 async def test_worker_process_migrates_and_stops_on_sigterm(
@@ -62,16 +62,16 @@ async def test_worker_process_migrates_and_stops_on_sigterm(
         log.close()
 
 
-@pytest.mark.parametrize("var,value,needle", [
-    ("HIMIG_TEMPORAL_ADDRESS", "nohostport", "temporal_address"),
-    ("HIMIG_PARSE_CONCURRENCY", "0", "parse_concurrency"),
-    ("HIMIG_LOG_LEVEL", "loud", "log_level"),
+@pytest.mark.parametrize("var,value", [
+    ("HIMIG_TEMPORAL_ADDRESS", "nohostport"),
+    ("HIMIG_PARSE_CONCURRENCY", "0"),
+    ("HIMIG_LOG_LEVEL", "loud"),
 ])
-def test_bad_settings_exit_2_naming_the_setting(var: str, value: str, needle: str) -> None:
+def test_bad_settings_exit_2_naming_the_setting(var: str, value: str) -> None:
     proc = subprocess.run([sys.executable, "-m", "worker"], env={**os.environ, var: value}, capture_output=True,
                           timeout=60)
     assert proc.returncode == 2
-    assert needle in proc.stderr.decode()
+    assert f"  {var}: " in proc.stderr.decode()
 
 
 def test_unreachable_temporal_exits_1_with_a_clear_message() -> None:
