@@ -29,7 +29,7 @@ import math
 import re
 import urllib.parse
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache, lru_cache
 from typing import Any
@@ -523,9 +523,6 @@ class RestJsonService(Dispatcher):
             routes.append(Route(op.http["method"].upper(), regex, static_query, op, spec))
         # Most literal characters first, so `/datastore/{id}/searchImageSets` wins over looser patterns.
         self.routes = sorted(routes, key=lambda r: r.specificity, reverse=True)
-
-    def iter_routes(self) -> Iterable[Route]:
-        return iter(self.routes)
 
     def match(self, request: HttpRequest) -> Handler | None:
         for route in self.routes:
