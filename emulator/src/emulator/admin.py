@@ -11,7 +11,8 @@ from typing import Any
 from emulator.config import Settings
 from emulator.errors import ResourceNotFoundException, SerializationException, ValidationException
 from emulator.medicalimaging.jobs import JobRunner
-from emulator.medicalimaging.models import JOB_ORDER, MedicalImagingBackend
+from emulator.medicalimaging.models import MedicalImagingBackend
+from emulator.medicalimaging.records import JOB_ORDER
 from emulator.protocol import Dispatcher, Handler, HttpRequest, HttpResponse, json_response
 
 PREFIX = "/_emulator/"

@@ -78,8 +78,8 @@ def build(settings: Settings) -> Emulator:
                           on_request=resilience.before_operation, on_response=resilience.after_operation)
     admin = AdminApi(backend, runner, settings)
     admin.on_reset.append(resilience.reset)
-    # Order matters: admin first; future families (DICOMweb under /datastore/{id}/studies, HealthLake json-1.1
-    # keyed on X-Amz-Target) go before the rest-json API so its looser patterns never shadow them.
+    # Order matters: admin first; DICOMweb (/datastore/{id}/studies...) and HealthLake (json protocol keyed on
+    # X-Amz-Target) go before the rest-json API so its looser patterns never shadow them.
     # HealthLake claims only X-Amz-Target: HealthLake.* on POST / and /datastore/{id}/r4/...
     healthlake = HealthLake(settings, store, clock)
     # DICOMweb WADO-RS draws on the same token buckets as the rest-json API (AWS publishes rates for four actions).

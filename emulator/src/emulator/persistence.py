@@ -1,4 +1,4 @@
-"""Helpers shared by the service backends (``medicalimaging/models.py``, ``healthlake/models.py``).
+"""Helpers shared by the service backends (``medicalimaging/``'s model modules, ``healthlake/models.py``).
 
 Ids, canonical JSON and request digests, client-token replay, and offset pagination tokens. Each service keeps
 its own error texts and page sizes (they follow that service's API), so those are parameters here.

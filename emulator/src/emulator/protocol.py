@@ -1,10 +1,15 @@
-"""The AWS ``rest-json`` protocol, driven generically by a botocore service model.
+"""The AWS protocols, driven generically by a botocore service model: the emulator's one model-driven router.
 
 Nothing here knows about HealthImaging: routes, request parsing, validation and response serialization all come
 from the operation and shape definitions in botocore's ``service-2.json`` (the same model the client uses), in the
 spirit of moto's ``moto/core/serialize.py``. A service plugs in by giving a handler object with one method per
 operation, named in snake_case (``start_dicom_import_job``) and taking/returning plain dicts keyed by member
-name.
+name (:func:`operation_method`).
+
+:class:`RestJsonService` serves a whole ``rest-json`` model (HealthImaging): an operation is found from the HTTP
+method and path through the model's URI templates. HealthLake's ``json`` protocol names the operation in
+``X-Amz-Target`` instead (``healthlake/routes.py``) and uses the same model helpers: :func:`from_json`,
+:func:`validate_input`, :func:`operation_method`, :func:`to_json`.
 
 Conventions implemented (botocore's own serializer/parser is the reference):
 
@@ -29,7 +34,7 @@ import math
 import re
 import urllib.parse
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache, lru_cache
 from typing import Any
@@ -219,6 +224,28 @@ def validation_error(errors: list[str]) -> ValidationException:
     return ValidationException(f"{n} validation error{'s' if n != 1 else ''} detected: " + "; ".join(errors))
 
 
+def validate_input(op: OperationModel, params: dict[str, Any],
+                   reword: Callable[[str], str] | None = None) -> None:
+    """Raise one ``ValidationException`` listing every constraint ``params`` break in the operation's input.
+
+    ``reword`` adjusts each message (the json protocol spells member paths lower-camel).
+    """
+    if op.input_shape is None:
+        return
+    errors: list[str] = []
+    validate_shape(op.input_shape, params, "", errors)
+    if errors:
+        raise validation_error([reword(e) for e in errors] if reword else errors)
+
+
+def operation_method(handlers: object, op: OperationModel) -> Callable[..., dict[str, Any] | None]:
+    """The handler object's snake_case method for ``op``; ``NotImplementedException`` (501) when it has none."""
+    method: Callable[..., dict[str, Any] | None] | None = getattr(handlers, xform_name(op.name), None)
+    if method is None:
+        raise NotImplementedException(f"{op.name} is not implemented by this emulator yet")
+    return method
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Request parsing
 
@@ -264,7 +291,7 @@ def _from_text(shape: Shape, text: str, where: str) -> Any:
     return text
 
 
-def _from_json(shape: Shape, value: Any, where: str) -> Any:
+def from_json(shape: Shape, value: Any, where: str) -> Any:
     """Convert a JSON body value to the member's Python type, checking JSON types on the way."""
     if value is None:
         return None
@@ -280,17 +307,17 @@ def _from_json(shape: Shape, value: Any, where: str) -> Any:
         for name, member in shape.members.items():  # type: ignore[attr-defined]
             key = member.serialization.get("name", name)
             if key in value:
-                out[name] = _from_json(member, value[key], _join(where, name))
+                out[name] = from_json(member, value[key], _join(where, name))
         return out
     if t == "list":
         if not isinstance(value, list):
             raise bad()
-        return [_from_json(shape.member, v, f"{where}.member") for v in value]  # type: ignore[attr-defined]
+        return [from_json(shape.member, v, f"{where}.member") for v in value]  # type: ignore[attr-defined]
     if t == "map":
         if not isinstance(value, dict):
             raise bad()
         return {
-            _from_json(shape.key, k, f"{where}.key"): _from_json(shape.value, v, f"{where}.value")  # type: ignore[attr-defined]
+            from_json(shape.key, k, f"{where}.key"): from_json(shape.value, v, f"{where}.value")  # type: ignore[attr-defined]
             for k, v in value.items()
         }
     if t == "string":
@@ -324,7 +351,7 @@ def _from_json(shape: Shape, value: Any, where: str) -> Any:
     return value
 
 
-def _load_json_body(body: bytes) -> Any:
+def load_json_body(body: bytes) -> Any:
     if not body.strip():
         return {}
     try:
@@ -369,15 +396,15 @@ def parse_request(op: OperationModel, labels: dict[str, str], request: HttpReque
         if member.type_name in ("blob", "string"):
             params[payload_name] = request.body if member.type_name == "blob" else request.body.decode()
         elif request.body.strip():
-            params[payload_name] = _from_json(member, _load_json_body(request.body), payload_name)
+            params[payload_name] = from_json(member, load_json_body(request.body), payload_name)
     elif body_members:
-        doc = _load_json_body(request.body)
+        doc = load_json_body(request.body)
         if not isinstance(doc, dict):
             raise SerializationException("Request body must be a JSON object")
         for name, member in body_members.items():
             wire = member.serialization.get("name", name)
             if wire in doc and doc[wire] is not None:
-                params[name] = _from_json(member, doc[wire], name)
+                params[name] = from_json(member, doc[wire], name)
     return params
 
 
@@ -385,7 +412,7 @@ def parse_request(op: OperationModel, labels: dict[str, str], request: HttpReque
 # Response serialization
 
 
-def _to_json(shape: Shape, value: Any) -> Any:
+def to_json(shape: Shape, value: Any) -> Any:
     t = shape.type_name
     if t == "structure":
         out = {}
@@ -394,12 +421,12 @@ def _to_json(shape: Shape, value: Any) -> Any:
                 continue
             v = value.get(name)
             if v is not None:
-                out[member.serialization.get("name", name)] = _to_json(member, v)
+                out[member.serialization.get("name", name)] = to_json(member, v)
         return out
     if t == "list":
-        return [_to_json(shape.member, v) for v in value]  # type: ignore[attr-defined]
+        return [to_json(shape.member, v) for v in value]  # type: ignore[attr-defined]
     if t == "map":
-        return {k: _to_json(shape.value, v) for k, v in value.items()}  # type: ignore[attr-defined]
+        return {k: to_json(shape.value, v) for k, v in value.items()}  # type: ignore[attr-defined]
     if t == "timestamp":
         ts = value.timestamp() if isinstance(value, dt.datetime) else float(value)
         # Whole seconds serialize as integers, like AWS; botocore accepts both.
@@ -445,9 +472,9 @@ def serialize_response(op: OperationModel, output: dict[str, Any], request_id: s
             body = b"" if v is None else (v if isinstance(v, bytes) else str(v).encode())
             headers.setdefault("Content-Type", "application/octet-stream")
             return HttpResponse(status, headers, body)
-        body = json.dumps(_to_json(member, v) if v is not None else {}, separators=(",", ":")).encode()
+        body = json.dumps(to_json(member, v) if v is not None else {}, separators=(",", ":")).encode()
     else:
-        body = json.dumps(_to_json(shape, output), separators=(",", ":")).encode()
+        body = json.dumps(to_json(shape, output), separators=(",", ":")).encode()
     headers["Content-Type"] = JSON_CONTENT_TYPE
     return HttpResponse(status, headers, body)
 
@@ -524,9 +551,6 @@ class RestJsonService(Dispatcher):
         # Most literal characters first, so `/datastore/{id}/searchImageSets` wins over looser patterns.
         self.routes = sorted(routes, key=lambda r: r.specificity, reverse=True)
 
-    def iter_routes(self) -> Iterable[Route]:
-        return iter(self.routes)
-
     def match(self, request: HttpRequest) -> Handler | None:
         for route in self.routes:
             if route.method != request.method:
@@ -543,17 +567,10 @@ class RestJsonService(Dispatcher):
 
     def _invoke(self, op: OperationModel, labels: dict[str, str], request: HttpRequest) -> HttpResponse:
         params = parse_request(op, labels, request)
-        if op.input_shape is not None:
-            errors: list[str] = []
-            validate_shape(op.input_shape, params, "", errors)
-            if errors:
-                raise validation_error(errors)
+        validate_input(op, params)
         if self.on_request is not None:
             self.on_request(op.name, request)
-        method = getattr(self.handlers, xform_name(op.name), None)
-        if method is None:
-            raise NotImplementedException(f"{op.name} is not implemented by this emulator yet")
-        output = method(params)
+        output = operation_method(self.handlers, op)(params)
         if self.on_response is not None:
             self.on_response(op.name, request)
         return serialize_response(op, output or {}, request.request_id)

@@ -1,7 +1,8 @@
 """HTTP front end: one ``ThreadingHTTPServer`` hosting several route families on one port.
 
-Each family is a :class:`~emulator.protocol.Dispatcher` (the ``/_emulator/`` admin API, the HealthImaging rest-json
-API, and later DICOMweb and a json-1.1 HealthLake target). The first dispatcher that claims a request handles it.
+Each family is a :class:`~emulator.protocol.Dispatcher` (the ``/_emulator/`` admin APIs, HealthLake, DICOMweb and
+the HealthImaging rest-json API, in that order; see ``app.build``). The first dispatcher that claims a request
+handles it.
 Whatever happens inside, the client gets an AWS-shaped JSON error, never a stack trace.
 """
 

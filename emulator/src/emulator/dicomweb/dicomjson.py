@@ -130,20 +130,3 @@ def attr(tag: int, vr: str, *values: Any) -> tuple[str, JsonObject]:
         obj["Value"] = present
     return f"{tag:08X}", obj
 
-
-def first_value(obj: JsonObject, tag: int) -> Any:
-    """The first value of ``tag`` in a DICOM JSON object (PN as its Alphabetic text), or None."""
-    el = obj.get(f"{tag:08X}")
-    if not el or not el.get("Value"):
-        return None
-    v = el["Value"][0]
-    if isinstance(v, dict):
-        return v.get("Alphabetic")
-    return v
-
-
-def all_values(obj: JsonObject, tag: int) -> list[Any]:
-    el = obj.get(f"{tag:08X}")
-    if not el or not el.get("Value"):
-        return []
-    return [v.get("Alphabetic") if isinstance(v, dict) else v for v in el["Value"]]

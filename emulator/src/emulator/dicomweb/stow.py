@@ -22,7 +22,8 @@ from emulator.dicomweb.multipart import MultipartError, parse_media_type, parse_
 from emulator.dicomweb.wado import UnsupportedMediaTypeException
 from emulator.errors import BadRequestException
 from emulator.medicalimaging.dicom import UID_RE, InstanceRejected, parse_instance
-from emulator.medicalimaging.models import FileOutcome, MedicalImagingBackend
+from emulator.medicalimaging.models import MedicalImagingBackend
+from emulator.medicalimaging.records import FileOutcome
 
 log = logging.getLogger("emulator.dicomweb")
 

@@ -18,13 +18,11 @@ import re
 import urllib.parse
 from typing import Any
 
-from botocore import xform_name
 from botocore.model import OperationModel
 
 from emulator.errors import (
     AwsError,
     InternalServerException,
-    NotImplementedException,
     SerializationException,
     UnknownOperationException,
 )
@@ -35,12 +33,12 @@ from emulator.protocol import (
     Handler,
     HttpRequest,
     HttpResponse,
-    _from_json,
-    _load_json_body,
-    _to_json,
+    from_json,
+    load_json_body,
     load_service_model,
-    validate_shape,
-    validation_error,
+    operation_method,
+    to_json,
+    validate_input,
 )
 
 log = logging.getLogger("emulator.healthlake")
@@ -102,21 +100,15 @@ class HealthLakeService(Dispatcher):
             shown = op_name if re.fullmatch(r"[A-Za-z0-9]{1,64}", op_name) else "<invalid>"
             raise UnknownOperationException(f"Unknown operation {self.prefix}{shown}", status=400)
         op: OperationModel = self.model.operation_model(op_name)
-        doc = _load_json_body(request.body)
+        doc = load_json_body(request.body)
         if not isinstance(doc, dict):
             raise SerializationException("Request body must be a JSON object")
         params: dict[str, Any] = {}
         if op.input_shape is not None:
-            params = _from_json(op.input_shape, doc, "")
-            errors: list[str] = []
-            validate_shape(op.input_shape, params, "", errors)
-            if errors:
-                raise validation_error([_coral_path(e) for e in errors])
-        method = getattr(self.handlers, xform_name(op_name), None)
-        if method is None:
-            raise NotImplementedException(f"{op_name} is not implemented by this emulator yet")
-        output = method(params, request) or {}
-        body = _to_json(op.output_shape, output) if op.output_shape is not None else {}
+            params = from_json(op.input_shape, doc, "")
+            validate_input(op, params, _coral_path)
+        output = operation_method(self.handlers, op)(params, request) or {}
+        body = to_json(op.output_shape, output) if op.output_shape is not None else {}
         return HttpResponse(200, {"Content-Type": JSON_10, "x-amzn-RequestId": request.request_id},
                             json.dumps(body, separators=(",", ":")).encode())
 

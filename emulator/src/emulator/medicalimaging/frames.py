@@ -160,10 +160,6 @@ def _can_decode(transfer_syntax_uid: str) -> bool:
         return False
 
 
-def encoder_available() -> bool:
-    return _encoder() is not None
-
-
 def stored_syntax(source_ts: str, bits_allocated: Any, photometric: Any, has_frames: bool) -> str:
     """The ``StoredTransferSyntaxUID`` of an instance received in ``source_ts``: lossless J2K when its frames will
     be transcoded, else the source syntax.

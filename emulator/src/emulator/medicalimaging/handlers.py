@@ -1,9 +1,10 @@
-"""One method per HealthImaging operation (snake_case of the operation name), dict in, dict out.
+"""One method per HealthImaging operation (snake_case of the operation name), dict in, dict out (moto's
+``responses.py`` role).
 
-Requests arrive already parsed and validated against the botocore model by ``emulator.protocol``; responses are
-plain dicts keyed by output member name that the protocol serializes. All 18 operations of the model are here
-(an operation without a method would answer ``NotImplementedException``, 501); the mutating image-set
-operations, GetImageFrame and tagging are implemented in ``mutations.py``.
+Requests arrive already parsed and validated against the botocore model by ``emulator.protocol``; a handler takes
+the members it needs, calls the backend (``models.py``) or the mutations (``mutations.py``), and shapes their
+records into a plain dict keyed by output member name, which the protocol serializes. All 18 operations of the
+model are here (an operation without a method would answer ``NotImplementedException``, 501).
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from __future__ import annotations
 from typing import Any
 
 from emulator.medicalimaging.jobs import JobRunner
-from emulator.medicalimaging.models import Datastore, ImageSetVersion, ImportJob, MedicalImagingBackend
-from emulator.medicalimaging.mutations import ImageSetMutations
+from emulator.medicalimaging.models import MedicalImagingBackend
+from emulator.medicalimaging.mutations import ImageSetMutations, ImageSetStatus
+from emulator.medicalimaging.records import Datastore, ImageSetVersion, ImportJob
 
 
 def _datastore_summary(ds: Datastore) -> dict[str, Any]:
@@ -34,6 +36,12 @@ def _image_set_properties(v: ImageSetVersion) -> dict[str, Any]:
             "ImageSetWorkflowStatus": v.workflow_status, "createdAt": v.created_at, "updatedAt": v.updated_at,
             "deletedAt": v.deleted_at, "message": v.message, "isPrimary": v.is_primary,
             "overrides": {"forced": True} if v.forced else None}
+
+
+def _copied_image_set_properties(s: ImageSetStatus) -> dict[str, Any]:
+    return {"imageSetId": s.image_set_id, "latestVersionId": str(s.version), "imageSetState": s.state,
+            "imageSetWorkflowStatus": s.workflow_status, "createdAt": s.created_at, "updatedAt": s.updated_at,
+            "imageSetArn": s.arn}
 
 
 class MedicalImagingHandlers:
@@ -113,25 +121,53 @@ class MedicalImagingHandlers:
                                                             p.get("nextToken"), p.get("maxResults"))
         return {"imageSetsMetadataSummaries": items, "nextToken": token, "sort": sort}
 
-    # ---- image-set mutations, frames, tags (mutations.py)
+    def get_image_frame(self, p: dict[str, Any]) -> dict[str, Any]:
+        blob, content_type = self.backend.get_image_frame(p["datastoreId"], p["imageSetId"],
+                                                          p["imageFrameInformation"]["imageFrameId"])
+        return {"imageFrameBlob": blob, "contentType": content_type}
+
+    # ---- image-set mutations (mutations.py)
 
     def update_image_set_metadata(self, p: dict[str, Any]) -> dict[str, Any]:
-        return self.mutations.update_image_set_metadata(p)
+        updates = p["updateImageSetMetadataUpdates"]
+        dicom = updates.get("DICOMUpdates") or {}
+        s = self.mutations.update_image_set_metadata(
+            p["datastoreId"], p["imageSetId"], p["latestVersionId"],
+            updatable=dicom.get("updatableAttributes"), removable=dicom.get("removableAttributes"),
+            revert=updates.get("revertToVersionId"), include=bool(p.get("includeStudyImageSets")),
+            force=bool(p.get("force")))
+        return {"datastoreId": s.datastore_id, "imageSetId": s.image_set_id, "latestVersionId": str(s.version),
+                "imageSetState": s.state, "imageSetWorkflowStatus": s.workflow_status, "createdAt": s.created_at,
+                "updatedAt": s.updated_at}
 
     def copy_image_set(self, p: dict[str, Any]) -> dict[str, Any]:
-        return self.mutations.copy_image_set(p)
+        info = p["copyImageSetInformation"]
+        source = info["sourceImageSet"]
+        dest = info.get("destinationImageSet") or {}
+        copies = source.get("DICOMCopies") or {}
+        result = self.mutations.copy_image_set(
+            p["datastoreId"], p["sourceImageSetId"], source["latestVersionId"],
+            copiable=copies.get("copiableAttributes"), dest_id=dest.get("imageSetId"),
+            dest_version=dest.get("latestVersionId"), force=bool(p.get("force")),
+            promote=bool(p.get("promoteToPrimary")))
+        return {"datastoreId": p["datastoreId"],
+                "sourceImageSetProperties": _copied_image_set_properties(result.source),
+                "destinationImageSetProperties": _copied_image_set_properties(result.destination)}
 
     def delete_image_set(self, p: dict[str, Any]) -> dict[str, Any]:
-        return self.mutations.delete_image_set(p)
+        s = self.mutations.delete_image_set(p["datastoreId"], p["imageSetId"])
+        return {"datastoreId": s.datastore_id, "imageSetId": s.image_set_id, "imageSetState": s.state,
+                "imageSetWorkflowStatus": s.workflow_status}
 
-    def get_image_frame(self, p: dict[str, Any]) -> dict[str, Any]:
-        return self.mutations.get_image_frame(p)
+    # ---- tags
 
     def tag_resource(self, p: dict[str, Any]) -> dict[str, Any]:
-        return self.mutations.tag_resource(p)
+        self.backend.tag_resource(p["resourceArn"], p["tags"])
+        return {}
 
     def untag_resource(self, p: dict[str, Any]) -> dict[str, Any]:
-        return self.mutations.untag_resource(p)
+        self.backend.untag_resource(p["resourceArn"], p["tagKeys"])
+        return {}
 
     def list_tags_for_resource(self, p: dict[str, Any]) -> dict[str, Any]:
-        return self.mutations.list_tags_for_resource(p)
+        return {"tags": self.backend.list_tags_for_resource(p["resourceArn"])}

@@ -30,7 +30,8 @@ from emulator.errors import ServiceQuotaExceededException
 from emulator.faults import FaultInjector
 from emulator.jobrunner import ClockedJobRunner, JobFailed, error_code
 from emulator.medicalimaging.dicom import InstanceRejected, parse_instance
-from emulator.medicalimaging.models import FileOutcome, ImportJob, MedicalImagingBackend
+from emulator.medicalimaging.models import MedicalImagingBackend
+from emulator.medicalimaging.records import FileOutcome, ImportJob
 from emulator.medicalimaging.s3io import (
     ObjectReader,
     S3Object,
