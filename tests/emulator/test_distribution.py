@@ -94,12 +94,10 @@ def test_wheel_holds_only_the_emulator_package(tmp_path: Path) -> None:
                     ignore=shutil.ignore_patterns("build", "dist", "*.egg-info", "__pycache__", "*.pyc"))
     out = tmp_path / "wheel"
     proc = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--disable-pip-version-check", "-q", str(source),
-         "-w", str(out)],
+        # the dev extra installs setuptools and wheel, so no isolated build environment (and no index) is needed
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--disable-pip-version-check",
+         "-q", str(source), "-w", str(out)],
         cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    if proc.returncode != 0 and re.search(r"satisf(y|ies) the requirement setuptools|NewConnectionError|"
-                                          r"Temporary failure in name resolution", proc.stdout + proc.stderr):
-        pytest.skip("the build backend (setuptools) cannot be fetched from the package index here")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     wheels = list(out.glob("himig_emulator-*.whl"))
     assert len(wheels) == 1
@@ -118,8 +116,6 @@ def test_wheel_holds_only_the_emulator_package(tmp_path: Path) -> None:
                                      [str(Path(sys.executable).parent / "himig-emulator"), "--help"]],
                          ids=["python -m emulator", "himig-emulator"])
 def test_command_line_help(command: list[str]) -> None:
-    if not Path(command[0]).exists():
-        pytest.skip("the himig-emulator console script is not installed in this environment")
     proc = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd="/")
     assert proc.returncode == 0, proc.stderr
     assert "--data-dir" in proc.stdout and "--port" in proc.stdout
