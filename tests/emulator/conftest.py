@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import io
-import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterator
@@ -20,6 +19,7 @@ from pydicom.dataset import Dataset
 
 from tests.conftest import make_medical_imaging
 from tests.emulator.oidc_issuer import AUDIENCE, OidcIssuer
+from tests.support.eventually import assert_eventually_sync, wait_until
 from tests.support.servers import ServerProcess, start_emulator
 
 ROLE_ARN = "arn:aws:iam::123456789012:role/HealthImagingImportRole"
@@ -58,22 +58,18 @@ def unique(prefix: str) -> str:
 def wait_job(mi: Any, datastore_id: str, job_id: str, timeout: float = 30.0,
              statuses: tuple[str, ...] = ("COMPLETED", "FAILED")) -> dict[str, Any]:
     """Poll GetDICOMImportJob until the job reaches one of ``statuses`` (bounded; fails the test otherwise)."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def ended() -> dict[str, Any]:
         props: dict[str, Any] = mi.get_dicom_import_job(datastoreId=datastore_id, jobId=job_id)["jobProperties"]
-        if props["jobStatus"] in statuses:
-            return props
-        if time.monotonic() > deadline:
-            raise AssertionError(f"job {job_id} still {props['jobStatus']} after {timeout}s")
-        time.sleep(0.02)
+        assert props["jobStatus"] in statuses, f"job {job_id} still {props['jobStatus']} after {timeout}s"
+        return props
+
+    return assert_eventually_sync(ended, timeout=timeout, interval=0.02)
 
 
 def wait_datastore_active(mi: Any, datastore_id: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while mi.get_datastore(datastoreId=datastore_id)["datastoreProperties"]["datastoreStatus"] != "ACTIVE":
-        if time.monotonic() > deadline:
-            raise AssertionError("data store never became ACTIVE")
-        time.sleep(0.02)
+    wait_until(lambda: mi.get_datastore(datastoreId=datastore_id)["datastoreProperties"]["datastoreStatus"] == "ACTIVE",
+               "the data store to become ACTIVE", timeout=timeout, interval=0.02)
 
 
 def create_datastore(mi: Any) -> str:

@@ -19,6 +19,7 @@ import pytest
 
 from tests.emulator.conftest import Importer, create_datastore, dicom_bytes, unique
 from tests.emulator.resilience_support import admin, strict_client
+from tests.support.eventually import assert_eventually_sync
 from tests.support.servers import ServerProcess, free_port, start_emulator
 
 JOB_FLOW = ["Import Job Submitted", "Import Job In Progress", "Image Set Created", "Image Set Created",
@@ -200,10 +201,12 @@ def test_failed_deliveries_are_retried_counted_and_never_fail_the_call(moto_url:
         props = Importer(s3, mi, bucket, ds_id).run("dead/in/", {"a.dcm": dicom_bytes(sop="1.2.826.0.62.1")})
         assert props["jobStatus"] == "COMPLETED"
         # The job's last event is emitted just after its COMPLETED status is committed: poll briefly.
-        deadline = time.monotonic() + 10
-        while (snap := admin(server.url, "GET", "events?flush=true"))["counters"]["failed"] < 6:
-            assert time.monotonic() < deadline, snap["counters"]
-            time.sleep(0.05)
+        def all_failed() -> dict[str, Any]:
+            snap: dict[str, Any] = admin(server.url, "GET", "events?flush=true")
+            assert snap["counters"]["failed"] >= 6, snap["counters"]
+            return snap
+
+        snap = assert_eventually_sync(all_failed, timeout=10)
         assert snap["eventBridge"] is True
         assert snap["counters"]["delivered"] == 0
         assert snap["counters"]["failed"] == snap["counters"]["emitted"] == 6  # 2 data store + 4 job events

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ from botocore.exceptions import ClientError
 
 from tests.emulator.conftest import Importer, create_datastore, dicom_bytes, wait_job
 from tests.emulator.resilience_support import admin, error_of, strict_client
+from tests.support.eventually import assert_eventually_sync
 from tests.support.servers import ServerProcess, start_emulator
 
 
@@ -162,14 +162,14 @@ def test_manifest_appears_after_a_delay(emu: ServerProcess, imp: Importer) -> No
         imp.s3.get_object(Bucket=bucket, Key=key)
     assert exc.value.response["Error"]["Code"] == "NoSuchKey"
     assert imp.read(props["outputS3Uri"] + "SUCCESS/success.ndjson")  # the rest is already there
-    deadline = time.monotonic() + 10
-    while True:
+
+    def written() -> Any:
         try:
-            manifest = json.loads(imp.s3.get_object(Bucket=bucket, Key=key)["Body"].read())
-            break
-        except ClientError:
-            assert time.monotonic() < deadline, "manifest never appeared"
-            time.sleep(0.1)
+            return json.loads(imp.s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+        except ClientError as err:
+            raise AssertionError("manifest never appeared") from err
+
+    manifest = assert_eventually_sync(written, timeout=10, interval=0.1)
     assert manifest["jobSummary"]["numberOfImportedFiles"] == 1
 
 

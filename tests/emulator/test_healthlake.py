@@ -16,6 +16,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError, ParamValidationError
 
 from tests.emulator.conftest import unique
+from tests.support.eventually import assert_eventually_sync, wait_until
 from tests.support.servers import ServerProcess
 
 ROLE_ARN = "arn:aws:iam::123456789012:role/HealthLakeImportRole"
@@ -47,10 +48,8 @@ def hl_raw(emulator_url: str) -> Any:
 
 def create_fhir_datastore(hl: Any, **kwargs: Any) -> str:
     ds_id: str = hl.create_fhir_datastore(DatastoreName=unique("fhir"), DatastoreTypeVersion="R4", **kwargs)["DatastoreId"]
-    deadline = time.monotonic() + 10
-    while hl.describe_fhir_datastore(DatastoreId=ds_id)["DatastoreProperties"]["DatastoreStatus"] != "ACTIVE":
-        assert time.monotonic() < deadline, "FHIR data store never became ACTIVE"
-        time.sleep(0.02)
+    wait_until(lambda: hl.describe_fhir_datastore(DatastoreId=ds_id)["DatastoreProperties"]["DatastoreStatus"]
+               == "ACTIVE", "the FHIR data store to become ACTIVE", timeout=10, interval=0.02)
     return ds_id
 
 
@@ -73,13 +72,13 @@ def start_import(hl: Any, ds_id: str, bucket: str, input_key: str, level: str | 
 
 
 def wait_fhir_job(hl: Any, ds_id: str, job_id: str, timeout: float = 20.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def ended() -> dict[str, Any]:
         props: dict[str, Any] = hl.describe_fhir_import_job(DatastoreId=ds_id, JobId=job_id)["ImportJobProperties"]
-        if props["JobStatus"] in TERMINAL:
-            return props
-        assert time.monotonic() < deadline, f"import job still {props['JobStatus']}"
-        time.sleep(0.02)
+        assert props["JobStatus"] in TERMINAL, f"import job still {props['JobStatus']}"
+        return props
+
+    return assert_eventually_sync(ended, timeout=timeout, interval=0.02)
 
 
 def patient(pid: str = "pat-1") -> dict[str, Any]:
@@ -467,10 +466,8 @@ def test_state_survives_restart(private_emulator: Any, s3: Any, bucket: str, tmp
     with pytest.raises(ClientError) as exc:
         start_import(hl1, ds_id, bucket, "p/")
     assert error_of(exc)[0] == "ValidationException"  # not ACTIVE yet
-    deadline = time.monotonic() + 10
-    while hl1.describe_fhir_datastore(DatastoreId=ds_id)["DatastoreProperties"]["DatastoreStatus"] != "ACTIVE":
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_until(lambda: hl1.describe_fhir_datastore(DatastoreId=ds_id)["DatastoreProperties"]["DatastoreStatus"]
+               == "ACTIVE", "the FHIR data store to become ACTIVE", timeout=10)
     big = {**patient("big"), "text": {"status": "generated", "div": "<div>" + "y" * 5000 + "</div>"}}
     s3.put_object(Bucket=bucket, Key="p/data.ndjson",
                   Body="\n".join(json.dumps(x) for x in (imaging_study(), big, patient())).encode())

@@ -8,7 +8,6 @@ import http.client
 import io
 import json
 import threading
-import time
 import urllib.parse
 import zlib
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from pydicom.uid import UID
 
 from tests.conftest import emulator_admin
 from tests.emulator.conftest import Importer, client_for, create_datastore, dicom_bytes
+from tests.support.eventually import assert_eventually_sync
 
 STUDY = "1.2.826.0.50.1"
 SERIES = "1.2.826.0.50.1.1"
@@ -59,14 +59,13 @@ def metadata(mi: Any, ds_id: str, set_id: str, version: str | None = None) -> di
 
 def wait_set(mi: Any, ds_id: str, set_id: str, state: str = "ACTIVE", timeout: float = 10.0) -> dict[str, Any]:
     """Poll GetImageSet until the set reaches ``state`` (mutations end after --mutation-seconds, 0.2 s)."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def reached() -> dict[str, Any]:
         got: dict[str, Any] = mi.get_image_set(datastoreId=ds_id, imageSetId=set_id)
-        if got["imageSetState"] == state:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"image set still {got['imageSetState']}/{got['imageSetWorkflowStatus']}")
-        time.sleep(0.02)
+        assert got["imageSetState"] == state, f"image set still {got['imageSetState']}/{got['imageSetWorkflowStatus']}"
+        return got
+
+    return assert_eventually_sync(reached, timeout=timeout, interval=0.02)
 
 
 def primary_and_conflict(importer: Importer, prefix: str, series: str = SERIES) -> tuple[str, str]:
