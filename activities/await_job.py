@@ -14,7 +14,7 @@ from botocore.exceptions import ClientError
 from temporalio import activity
 
 from activities.errors import benign_retry, classify
-from contracts.pipeline import ImportJobRef, JobOutcome
+from contracts.batch import ImportJobRef, JobOutcome
 
 TERMINAL = {"COMPLETED", "FAILED"}
 

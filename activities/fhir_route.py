@@ -45,17 +45,10 @@ from activities.signed_http import SignedHttp
 from activities.spotcheck import get_image_set_metadata, search_image_sets, with_local_retries
 from activities.storage import get_bytes, get_json, is_missing, list_objects, put_json, read_models
 from contracts import layout
-from contracts.pipeline import (
-    MAX_FAILURES,
-    FhirFailure,
-    FhirImportRef,
-    FhirJobOutcome,
-    FhirReviewInput,
-    FhirSummary,
-    RouteInput,
-)
+from contracts.fhir import MAX_FAILURES, FhirFailure, FhirImportRef, FhirJobOutcome, FhirSummary
 from contracts.records import ImportedInstance
 from contracts.s3uri import S3Location, parse_s3_uri
+from contracts.stages import FhirReviewInput, RouteInput
 
 TERMINAL = {"COMPLETED", "COMPLETED_WITH_ERRORS", "FAILED", "CANCEL_COMPLETED", "CANCEL_FAILED"}
 

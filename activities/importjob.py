@@ -22,9 +22,11 @@ from activities.errors import classify, error_code
 from activities.heartbeat import current, keeps_alive
 from activities.storage import get_bytes, is_missing, list_objects, put_ndjson, read_models
 from contracts import layout
-from contracts.pipeline import BatchInput, BatchPlan, FileState, ImportJobRef
+from contracts.batch import BatchInput, ImportJobRef
+from contracts.common import FileState
 from contracts.records import InstanceRecord, LedgerEntry
 from contracts.s3uri import parse_s3_uri
+from contracts.stages import BatchPlan
 
 
 def client_token(migration_id: str, batch: int, generation: int = 0) -> str:

@@ -26,9 +26,9 @@ from activities.errors import classify, error_code
 from activities.heartbeat import current, keeps_alive
 from activities.storage import is_missing, put_ndjson, read_models
 from contracts import layout
-from contracts.pipeline import PageInput, ParseResult
 from contracts.records import Finding, InventoryEntry, ParsedRecord, Severity
 from contracts.s3uri import parse_s3_uri
+from contracts.stages import PageInput, ParseResult
 
 FIRST_RANGE = 64 * 1024
 MIN_FIRST_RANGE = 8 * 1024

@@ -22,7 +22,8 @@ from activities.review import source_changed_keys
 from activities.spotcheck import with_local_retries
 from activities.storage import iter_ndjson, list_objects, put_bytes, put_ndjson, read_models
 from contracts import layout
-from contracts.pipeline import BatchInput, BatchPlan, FileState, PlanInput, PlanResult
+from contracts.batch import BatchInput
+from contracts.common import FileState
 from contracts.records import (
     ImportedInstance,
     InstanceRecord,
@@ -31,6 +32,7 @@ from contracts.records import (
     attributes_fingerprint,
 )
 from contracts.s3uri import S3Location, parse_s3_uri
+from contracts.stages import BatchPlan, PlanInput, PlanResult
 
 
 def deduplicate(instances: list[InstanceRecord]) -> tuple[list[InstanceRecord], list[LedgerEntry]]:

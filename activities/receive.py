@@ -24,9 +24,9 @@ from activities.sources.common import Landing, PullCursor, pull_all
 from activities.sources.registry import SourceSettings, connector_for
 from activities.storage import iter_ndjson, put_ndjson
 from contracts import layout
-from contracts.pipeline import ReceiveInput, ReceiveResult
 from contracts.records import InventoryEntry
 from contracts.s3uri import S3Location, parse_s3_uri
+from contracts.stages import ReceiveInput, ReceiveResult
 
 
 class _Cursor(BaseModel):

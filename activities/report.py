@@ -10,9 +10,11 @@ from temporalio import activity
 from activities.heartbeat import keeps_alive
 from activities.storage import get_json, iter_ndjson, list_objects, put_bytes, put_json
 from contracts import layout
-from contracts.pipeline import FileState, ReportInput, ReportResult, fhir_round_done
+from contracts.common import FileState
+from contracts.fhir import fhir_round_done
 from contracts.records import InventoryEntry, LedgerEntry
 from contracts.s3uri import S3Location
+from contracts.stages import ReportInput, ReportResult
 
 
 def build_report(inventory: list[InventoryEntry], ledger: list[LedgerEntry],

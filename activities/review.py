@@ -20,9 +20,11 @@ from activities.heartbeat import keeps_alive
 from activities.spotcheck import SpotChecker
 from activities.storage import get_bytes, is_missing, iter_ndjson, list_objects, put_ndjson, read_models
 from contracts import layout
-from contracts.pipeline import BatchInput, FailedBatchInput, FileState, ImageSetRef, ReviewInput, ReviewResult
+from contracts.batch import BatchInput
+from contracts.common import FileState
 from contracts.records import ImportedInstance, InstanceRecord, LedgerEntry, attributes_fingerprint
 from contracts.s3uri import S3Location, parse_s3_uri
+from contracts.stages import FailedBatchInput, ImageSetRef, ReviewInput, ReviewResult
 
 
 @dataclass

@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from contracts.pipeline import DATASTORE_ID_PATTERN, batch_workflow_id
+from contracts.migration import DATASTORE_ID_PATTERN, batch_workflow_id
 
 SOURCE = "aws.medical-imaging"
 # The terminal detail-types of import-job events (research/healthimaging.md §4.2): only they wake a batch.

@@ -32,8 +32,8 @@ from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 
 from activities.dicom_header import parse_header
+from contracts.common import ValidationLevel
 from contracts.ingest import Arrival, IngestInput, in_prefix, ingest_workflow_id
-from contracts.pipeline import ValidationLevel
 from contracts.s3uri import parse_s3_uri
 from worker.sqs_poller import SqsPoller
 from workflows.ingest import IngestWorkflow

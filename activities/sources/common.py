@@ -30,7 +30,7 @@ from temporalio.exceptions import ApplicationError
 from activities.errors import classify
 from activities.storage import iter_ndjson, list_objects, put_ndjson
 from contracts import layout
-from contracts.pipeline import FileState
+from contracts.common import FileState
 from contracts.records import LedgerEntry
 from contracts.s3uri import S3Location
 from contracts.sources import is_uid

@@ -27,7 +27,8 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.fhir import study_resource_id
-from contracts.pipeline import BatchProgress, BatchStage, MigrationInput
+from contracts.batch import BatchProgress, BatchStage
+from contracts.migration import MigrationInput
 from tests.conftest import emulator_admin, make_medical_imaging
 from tests.emulator.oidc_issuer import SigV4RequestsAuth
 from tests.support.dicom import make_instance, uid

@@ -34,23 +34,13 @@ from activities.signed_http import SignedHttp
 from activities.spotcheck import SpotChecker
 from activities.storage import get_bytes, get_json, read_models
 from contracts import layout
-from contracts.pipeline import (
-    BatchInput,
-    BatchProgress,
-    FhirFailure,
-    FhirImportRef,
-    FhirJobOutcome,
-    FhirReviewInput,
-    FhirRouting,
-    FileState,
-    MigrationInput,
-    MigrationResult,
-    ReviewResult,
-    RouteInput,
-    ValidationLevel,
-)
+from contracts.batch import BatchInput, BatchProgress
+from contracts.common import FileState, ValidationLevel
+from contracts.fhir import FhirFailure, FhirImportRef, FhirJobOutcome, FhirRouting
+from contracts.migration import MigrationInput, MigrationResult
 from contracts.records import InstanceRecord, LedgerEntry
 from contracts.s3uri import parse_s3_uri
+from contracts.stages import FhirReviewInput, ReviewResult, RouteInput
 from tests.conftest import emulator_admin, make_medical_imaging
 from tests.support.dicom import make_instance, uid
 from worker.registry import WORKFLOWS

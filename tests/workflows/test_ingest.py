@@ -25,8 +25,9 @@ from temporalio.worker import Worker
 
 from activities.ingest import IngestActivities, manifests_prefix
 from contracts import search
+from contracts.common import FileState
 from contracts.ingest import Arrival, IngestInput, flush_migration_id, ingest_workflow_id
-from contracts.pipeline import FileState, MigrationResult
+from contracts.migration import MigrationResult
 from tests.conftest import emulator_admin, make_medical_imaging
 from tests.support.dicom import make_instance, uid
 from worker.aws import AwsClients

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 from temporalio.client import Client
 
-from contracts.pipeline import FileState, MigrationInput
+from contracts.common import FileState
+from contracts.migration import MigrationInput
 from tests.support.dicom import make_instance, uid
 from workflows.migration import MigrationWorkflow
 
