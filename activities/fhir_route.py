@@ -30,8 +30,7 @@ from botocore.exceptions import ClientError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.await_job import poll_delay
-from activities.errors import benign_retry, classify, error_code
+from activities.errors import benign_retry, classify, error_code, poll_delay
 from activities.fhir import (
     DICOM_UID_SYSTEM,
     IMAGE_SET_SYSTEM,
@@ -40,9 +39,9 @@ from activities.fhir import (
     endpoint_resource,
     structure_issues,
 )
+from activities.healthimaging import get_image_set_metadata, search_image_sets, with_local_retries
 from activities.heartbeat import keeps_alive
 from activities.signed_http import SignedHttp
-from activities.spotcheck import get_image_set_metadata, search_image_sets, with_local_retries
 from activities.storage import get_bytes, get_json, is_missing, list_objects, put_json, read_models
 from contracts import layout
 from contracts.fhir import MAX_FAILURES, FhirFailure, FhirImportRef, FhirJobOutcome, FhirSummary

@@ -17,9 +17,9 @@ from botocore.exceptions import ClientError
 from temporalio import activity
 
 from activities.errors import classify, error_code
+from activities.healthimaging import with_local_retries
 from activities.heartbeat import current, keeps_alive
-from activities.review import source_changed_keys
-from activities.spotcheck import with_local_retries
+from activities.ledger import source_changed_keys
 from activities.storage import iter_ndjson, list_objects, put_bytes, put_ndjson, read_models
 from contracts import layout
 from contracts.batch import BatchInput

@@ -17,10 +17,10 @@ from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from activities.errors import BACKOFF_CODES, classify, error_code
 from activities.heartbeat import keeps_alive
+from activities.ledger import source_changed_keys
 from activities.spotcheck import SpotChecker
 from activities.storage import get_bytes, is_missing, iter_ndjson, list_objects, put_ndjson, read_models
 from contracts import layout
-from contracts.batch import BatchInput
 from contracts.common import FileState
 from contracts.records import ImportedInstance, InstanceRecord, LedgerEntry, attributes_fingerprint
 from contracts.s3uri import S3Location, parse_s3_uri
@@ -195,17 +195,6 @@ class ReviewActivities:
             counters_consistent=not problems,
             problems=problems[:50],
         )
-
-
-def source_changed_keys(s3: Any, batch: BatchInput) -> set[str]:
-    """Keys the staging step recorded as ``SourceChanged`` for this batch (or half); empty when none."""
-    loc = layout.ledger_for_source_changed(batch.work_s3_uri, batch.migration_id, batch.batch, batch.part)
-    try:
-        return {str(row["key"]) for row in iter_ndjson(s3, loc)}
-    except ClientError as err:
-        if is_missing(err):
-            return set()
-        raise classify(err, "reading the source-changed ledger") from None
 
 
 class FailedBatchActivities:

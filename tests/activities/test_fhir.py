@@ -19,7 +19,8 @@ from activities.fhir import (
     study_resource_id,
 )
 from activities.fhir_route import client_token, issues_of
-from activities.spotcheck import compare_metadata, imported_instances, metadata_sops, sample
+from activities.healthimaging import metadata_sops
+from activities.spotcheck import compare_metadata, imported_instances, sample
 from contracts.common import FileState
 from contracts.records import InstanceRecord, LedgerEntry
 
@@ -239,7 +240,7 @@ def test_report_fhir_section_totals_batches_and_tolerates_missing_counts() -> No
 def test_local_retries_wait_out_throttling_only() -> None:
     from botocore.exceptions import ClientError
 
-    from activities.spotcheck import with_local_retries
+    from activities.healthimaging import with_local_retries
 
     def throttled(code: str) -> ClientError:
         return ClientError({"Error": {"Code": code, "Message": "Rate exceeded"}}, "GetImageSetMetadata")
