@@ -40,10 +40,6 @@ def job_name(batch: BatchInput) -> str:
     return f"himig-{tag}-{layout.batch_name(batch.batch, batch.part)}"
 
 
-def staged_key(staging_prefix: str, source_key: str) -> str:
-    return staging_prefix + source_key
-
-
 def _plain_md5(etag: str) -> bool:
     return len(etag) == 32 and "-" not in etag
 
@@ -95,7 +91,7 @@ class ImportActivities:
         def copy(inst: InstanceRecord) -> LedgerEntry | None:
             nonlocal done
             # Copying again is harmless: same source, same key, same bytes.
-            key = staged_key(staging.key, inst.key)
+            key = layout.job_input_key(staging.key, inst.key)
             changed = source_changed(self._s3, staging.bucket, key, source_bucket, inst)
             with lock:
                 done += 1

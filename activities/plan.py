@@ -210,7 +210,7 @@ class PlanActivities:
         sops = {i.sop_instance_uid for i in instances}
         series = {(i.study_instance_uid, i.series_instance_uid) for i in instances}
         prefix = layout.imported_index_prefix(input.work_s3_uri, input.datastore_id)
-        own = prefix.join(input.migration_id).key + "/"
+        own = layout.imported_index_of_migration(input.work_s3_uri, input.datastore_id, input.migration_id).key
         try:
             for obj in list_objects(self._s3, prefix):
                 if obj["Key"].startswith(own):

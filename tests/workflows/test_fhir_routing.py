@@ -291,7 +291,8 @@ async def test_unknown_healthlake_datastore_is_reported_and_the_batch_completes(
     assert "ResourceNotFoundException" in problem
     summary = report_summary(s3, result)
     assert summary["fhir"]["batches_with_problems"] == 1
-    text = s3.get_object(Bucket=buckets["work"], Key=f"w/{wid}/report/summary.txt")["Body"].read().decode()
+    loc = layout.report_summary(f"s3://{buckets['work']}/w/", wid)
+    text = s3.get_object(Bucket=loc.bucket, Key=loc.key)["Body"].read().decode()
     assert "FHIR ImagingStudy (HealthLake): 0 imported" in text
 
 
