@@ -6,23 +6,16 @@ retries after ``next_retry_delay`` without logging a warning each time.
 
 from __future__ import annotations
 
-from datetime import timedelta
 from functools import partial
 from typing import Any
 
 from botocore.exceptions import ClientError
 from temporalio import activity
 
-from activities.errors import benign_retry, classify
-from contracts.pipeline import ImportJobRef, JobOutcome
+from activities.errors import benign_retry, classify, poll_delay
+from contracts.batch import ImportJobRef, JobOutcome
 
 TERMINAL = {"COMPLETED", "FAILED"}
-
-
-def poll_delay(attempt: int, initial: float = 1.0, maximum: float = 30.0) -> timedelta:
-    """``initial`` (1 s), then growing by half each poll up to ``maximum`` (30 s): quick for small jobs, cheap
-    for hour-long ones. With import-job events wiring a wake-up, ``maximum`` can be minutes."""
-    return timedelta(seconds=min(maximum, initial * 1.5 ** max(0, attempt - 1)))
 
 
 class AwaitActivities:

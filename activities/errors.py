@@ -25,6 +25,12 @@ def backoff_delay(attempt: int, base: float = 1.0, cap: float = 60.0) -> timedel
     return timedelta(seconds=min(cap, base * (2 ** max(0, attempt - 1))))
 
 
+def poll_delay(attempt: int, initial: float = 1.0, maximum: float = 30.0) -> timedelta:
+    """``initial`` (1 s), then growing by half each poll up to ``maximum`` (30 s): quick for small jobs, cheap
+    for hour-long ones. With import-job events wiring a wake-up, ``maximum`` can be minutes."""
+    return timedelta(seconds=min(maximum, initial * 1.5 ** max(0, attempt - 1)))
+
+
 def benign_retry(message: str, kind: str,
                  delay: Callable[[int], timedelta] = backoff_delay) -> ApplicationError:
     """A BENIGN error (no warning logged) that Temporal retries after ``delay(attempt)``: a wait, not a failure."""

@@ -24,6 +24,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from activities.healthimaging import dicomweb_address
+
 IMAGE_SET_SYSTEM = "urn:aws:healthimaging:imageset"
 DATASTORE_SYSTEM = "urn:aws:healthimaging:datastore"
 DICOM_UID_SYSTEM = "urn:dicom:uid"
@@ -49,11 +51,6 @@ def study_resource_id(datastore_id: str, study_uid: str) -> str:
 
 def endpoint_resource_id(datastore_id: str) -> str:
     return f"healthimaging-{datastore_id}"[:64]
-
-
-def dicomweb_address(base_url: str, datastore_id: str) -> str:
-    """``https://dicom-medical-imaging.<region>.amazonaws.com/datastore/<ds>`` in AWS (or the local emulator)."""
-    return f"{base_url.rstrip('/')}/datastore/{datastore_id}"
 
 
 def patient_system(issuer: str | None) -> str:

@@ -30,8 +30,7 @@ from botocore.exceptions import ClientError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.await_job import poll_delay
-from activities.errors import benign_retry, classify, error_code
+from activities.errors import benign_retry, classify, error_code, poll_delay
 from activities.fhir import (
     DICOM_UID_SYSTEM,
     IMAGE_SET_SYSTEM,
@@ -40,22 +39,15 @@ from activities.fhir import (
     endpoint_resource,
     structure_issues,
 )
+from activities.healthimaging import get_image_set_metadata, search_image_sets, with_local_retries
 from activities.heartbeat import keeps_alive
 from activities.signed_http import SignedHttp
-from activities.spotcheck import get_image_set_metadata, search_image_sets, with_local_retries
 from activities.storage import get_bytes, get_json, is_missing, list_objects, put_json, read_models
 from contracts import layout
-from contracts.pipeline import (
-    MAX_FAILURES,
-    FhirFailure,
-    FhirImportRef,
-    FhirJobOutcome,
-    FhirReviewInput,
-    FhirSummary,
-    RouteInput,
-)
+from contracts.fhir import MAX_FAILURES, FhirFailure, FhirImportRef, FhirJobOutcome, FhirSummary
 from contracts.records import ImportedInstance
-from contracts.s3uri import S3Location, parse_s3_uri
+from contracts.s3uri import S3Location
+from contracts.stages import FhirReviewInput, RouteInput
 
 TERMINAL = {"COMPLETED", "COMPLETED_WITH_ERRORS", "FAILED", "CANCEL_COMPLETED", "CANCEL_FAILED"}
 
@@ -391,8 +383,7 @@ class FhirRouteActivities:
     def _review_output(self, ref: FhirImportRef, outcome: FhirJobOutcome, summary: FhirSummary) -> set[str]:
         """Fill ``summary`` from the job's output; returns the ids of the ImagingStudy resources imported."""
         assert ref.job_id is not None
-        folder = parse_s3_uri(ref.output_s3_uri).as_prefix().join(f"{ref.datastore_id}-FHIR_IMPORT-{ref.job_id}")
-        folder = folder.as_prefix()
+        folder = layout.fhir_job_output(ref.output_s3_uri, ref.datastore_id, ref.job_id)
         try:
             manifest = json.loads(get_bytes(self._s3, folder.join("manifest.json")))
         except ClientError as err:

@@ -22,9 +22,11 @@ from activities.errors import classify, error_code
 from activities.heartbeat import current, keeps_alive
 from activities.storage import get_bytes, is_missing, list_objects, put_ndjson, read_models
 from contracts import layout
-from contracts.pipeline import BatchInput, BatchPlan, FileState, ImportJobRef
+from contracts.batch import BatchInput, ImportJobRef
+from contracts.common import FileState
 from contracts.records import InstanceRecord, LedgerEntry
 from contracts.s3uri import parse_s3_uri
+from contracts.stages import BatchPlan
 
 
 def client_token(migration_id: str, batch: int, generation: int = 0) -> str:
@@ -36,10 +38,6 @@ def job_name(batch: BatchInput) -> str:
     """Readable and unique per migration (no PHI): ``himig-<migration hash>-<batch>[-p<part>]``."""
     tag = hashlib.sha256(batch.migration_id.encode()).hexdigest()[:8]
     return f"himig-{tag}-{layout.batch_name(batch.batch, batch.part)}"
-
-
-def staged_key(staging_prefix: str, source_key: str) -> str:
-    return staging_prefix + source_key
 
 
 def _plain_md5(etag: str) -> bool:
@@ -93,7 +91,7 @@ class ImportActivities:
         def copy(inst: InstanceRecord) -> LedgerEntry | None:
             nonlocal done
             # Copying again is harmless: same source, same key, same bytes.
-            key = staged_key(staging.key, inst.key)
+            key = layout.job_input_key(staging.key, inst.key)
             changed = source_changed(self._s3, staging.bucket, key, source_bucket, inst)
             with lock:
                 done += 1

@@ -20,14 +20,6 @@ _FLUSH_KEY = re.compile(r"flush-(\d+)\.ndjson$")
 _WRITER = "himig-writer"
 
 
-def manifests_prefix(work_s3_uri: str, ingest_id: str) -> S3Location:
-    return layout.root(work_s3_uri, ingest_id).join("manifests").as_prefix()
-
-
-def manifest_location(work_s3_uri: str, ingest_id: str, flush: int) -> S3Location:
-    return manifests_prefix(work_s3_uri, ingest_id).join(f"flush-{flush:05d}.ndjson")
-
-
 class IngestActivities:
     def __init__(self, s3: Any) -> None:
         self._s3 = s3
@@ -54,18 +46,18 @@ class IngestActivities:
         if activity.in_activity():
             info = activity.info()
             writer = f"{info.workflow_run_id}/{info.activity_id}"
-        prefix = manifests_prefix(input.work_s3_uri, input.ingest_id)
+        prefix = layout.ingest_manifests_prefix(input.work_s3_uri, input.ingest_id)
         # Duplicate keys cannot reach here (the workflow dedupes), but the manifest stays unique regardless.
         entries = sorted({a.key: a.entry() for a in input.arrivals}.values(), key=lambda e: e.key)
         try:
             last = self._last_manifest(prefix)
             flush = max(input.flush_hint, last + 1)
             if last:
-                loc = manifest_location(input.work_s3_uri, input.ingest_id, last)
+                loc = layout.ingest_manifest(input.work_s3_uri, input.ingest_id, last)
                 head = self._s3.head_object(Bucket=loc.bucket, Key=loc.key)
                 if head.get("Metadata", {}).get(_WRITER) == writer:
                     flush = last
-            loc = manifest_location(input.work_s3_uri, input.ingest_id, flush)
+            loc = layout.ingest_manifest(input.work_s3_uri, input.ingest_id, flush)
             body = ("\n".join(e.model_dump_json() for e in entries) + "\n").encode() if entries else b""
             # put_ndjson has no metadata parameter; the writer tag is what makes retries idempotent.
             self._s3.put_object(Bucket=loc.bucket, Key=loc.key, Body=body, ContentType="application/x-ndjson",

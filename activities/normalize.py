@@ -9,8 +9,8 @@ from temporalio import activity
 from activities.heartbeat import keeps_alive
 from activities.storage import put_ndjson, read_models
 from contracts import layout
-from contracts.pipeline import NormalizeResult, PageInput
 from contracts.records import InstanceRecord, ParsedRecord, Severity
+from contracts.stages import NormalizeResult, PageInput
 
 
 def to_instance(rec: ParsedRecord) -> InstanceRecord:

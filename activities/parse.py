@@ -12,7 +12,6 @@ so a retried activity (worker killed, timeout) reads the finished chunks back an
 from __future__ import annotations
 
 import hashlib
-import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -24,15 +23,14 @@ from temporalio import activity
 from activities.dicom_header import check_tail, parse_header
 from activities.errors import classify, error_code
 from activities.heartbeat import current, keeps_alive
-from activities.storage import is_missing, put_ndjson, read_models
+from activities.storage import is_missing, object_size, put_ndjson, read_models
 from contracts import layout
-from contracts.pipeline import PageInput, ParseResult
 from contracts.records import Finding, InventoryEntry, ParsedRecord, Severity
 from contracts.s3uri import parse_s3_uri
+from contracts.stages import PageInput, ParseResult
 
 FIRST_RANGE = 64 * 1024
 MIN_FIRST_RANGE = 8 * 1024
-_CONTENT_RANGE = re.compile(r"bytes \d+-\d+/(\d+)")
 # Files per checkpoint: a retry re-reads at most this many headers; each checkpoint is one PUT (and one GET on
 # resume): 3 PUTs for a 1,000-file page, 0.003 requests per file.
 CHECKPOINT_EVERY = 250
@@ -119,8 +117,7 @@ class ParseActivities:
                 raise
             counter[0] += 1
             chunk = resp["Body"].read()
-            match = _CONTENT_RANGE.match(resp.get("ContentRange", "") or "")
-            total = int(match.group(1)) if match else len(buf) + len(chunk)
+            total = object_size(resp, len(buf) + len(chunk))
             buf += chunk
             result = parse_header(buf, total, entry.key, self._fingerprint_key)
             if result.need_bytes and len(buf) < total:

@@ -17,12 +17,13 @@ from botocore.exceptions import ClientError
 from temporalio import activity
 
 from activities.errors import classify, error_code
+from activities.healthimaging import with_local_retries
 from activities.heartbeat import current, keeps_alive
-from activities.review import source_changed_keys
-from activities.spotcheck import with_local_retries
+from activities.ledger import source_changed_keys
 from activities.storage import iter_ndjson, list_objects, put_bytes, put_ndjson, read_models
 from contracts import layout
-from contracts.pipeline import BatchInput, BatchPlan, FileState, PlanInput, PlanResult
+from contracts.batch import BatchInput
+from contracts.common import FileState
 from contracts.records import (
     ImportedInstance,
     InstanceRecord,
@@ -31,6 +32,7 @@ from contracts.records import (
     attributes_fingerprint,
 )
 from contracts.s3uri import S3Location, parse_s3_uri
+from contracts.stages import BatchPlan, PlanInput, PlanResult
 
 
 def deduplicate(instances: list[InstanceRecord]) -> tuple[list[InstanceRecord], list[LedgerEntry]]:
@@ -208,7 +210,7 @@ class PlanActivities:
         sops = {i.sop_instance_uid for i in instances}
         series = {(i.study_instance_uid, i.series_instance_uid) for i in instances}
         prefix = layout.imported_index_prefix(input.work_s3_uri, input.datastore_id)
-        own = prefix.join(input.migration_id).key + "/"
+        own = layout.imported_index_of_migration(input.work_s3_uri, input.datastore_id, input.migration_id).key
         try:
             for obj in list_objects(self._s3, prefix):
                 if obj["Key"].startswith(own):

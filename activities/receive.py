@@ -24,9 +24,9 @@ from activities.sources.common import Landing, PullCursor, pull_all
 from activities.sources.registry import SourceSettings, connector_for
 from activities.storage import iter_ndjson, put_ndjson
 from contracts import layout
-from contracts.pipeline import ReceiveInput, ReceiveResult
 from contracts.records import InventoryEntry
 from contracts.s3uri import S3Location, parse_s3_uri
+from contracts.stages import ReceiveInput, ReceiveResult
 
 
 class _Cursor(BaseModel):
@@ -93,7 +93,7 @@ class ReceiveActivities:
             put_ndjson(self._s3, layout.inventory_page(input.work_s3_uri, input.migration_id, pages),
                        unique[start : start + input.page_size])
             pages += 1
-        prefix = layout.root(input.work_s3_uri, input.migration_id).join("inventory").as_prefix()
+        prefix = layout.inventory_prefix(input.work_s3_uri, input.migration_id)
         return ReceiveResult(files=len(unique), bytes=sum(e.size for e in unique), pages=pages,
                              inventory_prefix_uri=prefix.uri)
 
@@ -137,6 +137,6 @@ class ReceiveActivities:
                 # A partial page stays in memory; on resume we restart listing after the last written key.
         except ClientError as err:
             raise classify(err, "listing the source prefix") from None
-        prefix = layout.root(input.work_s3_uri, input.migration_id).join("inventory").as_prefix()
+        prefix = layout.inventory_prefix(input.work_s3_uri, input.migration_id)
         return ReceiveResult(files=cursor.files, bytes=cursor.bytes, pages=cursor.pages, inventory_prefix_uri=prefix.uri,
                              source_failures=cursor.pull.source_failures if cursor.pull else 0)

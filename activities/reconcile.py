@@ -20,7 +20,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from activities.errors import classify, error_code
-from activities.spotcheck import get_image_set_metadata, search_image_sets
+from activities.healthimaging import get_image_set_metadata, search_image_sets
 from contracts.reconciliation import (
     NORMALIZED_ATTRIBUTES,
     AttributeDifference,

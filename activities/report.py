@@ -10,9 +10,11 @@ from temporalio import activity
 from activities.heartbeat import keeps_alive
 from activities.storage import get_json, iter_ndjson, list_objects, put_bytes, put_json
 from contracts import layout
-from contracts.pipeline import FileState, ReportInput, ReportResult, fhir_round_done
+from contracts.common import FileState
+from contracts.fhir import fhir_round_done
 from contracts.records import InventoryEntry, LedgerEntry
 from contracts.s3uri import S3Location
+from contracts.stages import ReportInput, ReportResult
 
 
 def build_report(inventory: list[InventoryEntry], ledger: list[LedgerEntry],
@@ -185,18 +187,18 @@ class ReportActivities:
     def __init__(self, s3: Any) -> None:
         self._s3 = s3
 
-    def _fhir_docs(self, root: S3Location) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    def _fhir_docs(self, fhir: S3Location) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
         """batch name -> reviewed HealthLake outcome, and -> start record for the batches without one (both
         written only when FHIR routing is on): a start record is read only where ``fhir_section`` uses it."""
         keys: dict[str, dict[str, str]] = {".result.json": {}, ".start.json": {}}
-        for obj in list_objects(self._s3, root.join("fhir").as_prefix()):
+        for obj in list_objects(self._s3, fhir):
             file_name = obj["Key"].rsplit("/", 1)[-1]
             for suffix, names in keys.items():
                 if file_name.endswith(suffix):
                     names[file_name.removesuffix(suffix)] = obj["Key"]
-        results = {name: get_json(self._s3, S3Location(root.bucket, key))
+        results = {name: get_json(self._s3, S3Location(fhir.bucket, key))
                    for name, key in keys[".result.json"].items()}
-        started = {name: get_json(self._s3, S3Location(root.bucket, key))
+        started = {name: get_json(self._s3, S3Location(fhir.bucket, key))
                    for name, key in keys[".start.json"].items() if name not in results}
         return results, started
 
@@ -209,7 +211,7 @@ class ReportActivities:
             # Exactly the pages this run wrote: a stale page from an earlier run of the same id must not count.
             page_locs = [layout.inventory_page(input.work_s3_uri, input.migration_id, n) for n in range(input.inventory_pages)]
         else:
-            page_locs = [S3Location(root.bucket, o["Key"]) for o in list_objects(self._s3, root.join("inventory").as_prefix())]
+            page_locs = [S3Location(root.bucket, o["Key"]) for o in list_objects(self._s3, layout.inventory_prefix(input.work_s3_uri, input.migration_id))]
         for loc in page_locs:
             inventory += [InventoryEntry.model_validate(r) for r in iter_ndjson(self._s3, loc)]
         ledger: list[LedgerEntry] = []
@@ -219,11 +221,12 @@ class ReportActivities:
         for obj in list_objects(self._s3, layout.receive_failures_prefix(input.work_s3_uri, input.migration_id)):
             unreceived += [LedgerEntry.model_validate(r) for r in iter_ndjson(self._s3, S3Location(root.bucket, obj["Key"]))]
         rows, summary = build_report(inventory, ledger, input.cancelled, unreceived)
-        if (fhir := fhir_section(*self._fhir_docs(root))) is not None:
+        if (fhir := fhir_section(*self._fhir_docs(layout.fhir_prefix(input.work_s3_uri, input.migration_id)))) is not None:
             summary["fhir"] = fhir
         summary.update({"migration_id": input.migration_id, "datastore_id": input.datastore_id})
-        prefix = layout.report_prefix(input.work_s3_uri, input.migration_id)
-        files_loc, report_loc, text_loc = prefix.join("files.ndjson"), prefix.join("report.json"), prefix.join("summary.txt")
+        files_loc = layout.report_files(input.work_s3_uri, input.migration_id)
+        report_loc = layout.report_document(input.work_s3_uri, input.migration_id)
+        text_loc = layout.report_summary(input.work_s3_uri, input.migration_id)
         body = "".join(r.model_dump_json(exclude_none=True) + "\n" for r in rows).encode()
         put_bytes(self._s3, files_loc, body, "application/x-ndjson")
         summary["files_uri"] = files_loc.uri

@@ -17,12 +17,14 @@ from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from activities.errors import BACKOFF_CODES, classify, error_code
 from activities.heartbeat import keeps_alive
+from activities.ledger import source_changed_keys
 from activities.spotcheck import SpotChecker
 from activities.storage import get_bytes, is_missing, iter_ndjson, list_objects, put_ndjson, read_models
 from contracts import layout
-from contracts.pipeline import BatchInput, FailedBatchInput, FileState, ImageSetRef, ReviewInput, ReviewResult
+from contracts.common import FileState
 from contracts.records import ImportedInstance, InstanceRecord, LedgerEntry, attributes_fingerprint
 from contracts.s3uri import S3Location, parse_s3_uri
+from contracts.stages import FailedBatchInput, ImageSetRef, ReviewInput, ReviewResult
 
 
 @dataclass
@@ -163,7 +165,7 @@ class ReviewActivities:
                     image_set_id=entry.image_set_id, version=entry.image_set_version,
                     is_primary=bool(entry.is_primary), instances=0))
                 ref.instances += 1
-        staged_keys = {prefix + f.key for f in files}
+        staged_keys = {layout.job_input_key(prefix, f.key) for f in files}
         unknown = [k for k in (*output.success, *output.failure, *output.warning) if k not in staged_keys]
         problems = check_counters(output.summary, len(files), output)
         if unknown:
@@ -195,17 +197,6 @@ class ReviewActivities:
         )
 
 
-def source_changed_keys(s3: Any, batch: BatchInput) -> set[str]:
-    """Keys the staging step recorded as ``SourceChanged`` for this batch (or half); empty when none."""
-    loc = layout.ledger_for_source_changed(batch.work_s3_uri, batch.migration_id, batch.batch, batch.part)
-    try:
-        return {str(row["key"]) for row in iter_ndjson(s3, loc)}
-    except ClientError as err:
-        if is_missing(err):
-            return set()
-        raise classify(err, "reading the source-changed ledger") from None
-
-
 class FailedBatchActivities:
     """Writes the ledger of a batch whose workflow could not finish, so its files are still accounted for."""
 
@@ -219,14 +210,14 @@ class FailedBatchActivities:
         # Files any ledger of this batch (whole, or its halves after a FAILED job) already accounts for keep
         # that verdict: a second one would count them twice.
         accounted: set[str] = set()
-        prefix = layout.ledger_prefix(batch.work_s3_uri, batch.migration_id)
+        ledgers = layout.ledgers_of_batch(batch.work_s3_uri, batch.migration_id, batch.batch)
+        unfinished = layout.ledger_for_unfinished(batch.work_s3_uri, batch.migration_id, batch.batch)
         try:
-            name = layout.batch_name(batch.batch)
-            for obj in list_objects(self._s3, prefix.join(name)):
-                rest = obj["Key"].rsplit("/", 1)[-1][len(name):]
-                if rest[:1] not in (".", "-") or rest == "-unfinished.ndjson":
+            for obj in list_objects(self._s3, ledgers):
+                rest = obj["Key"][len(ledgers.key):]
+                if rest[:1] not in (".", "-") or obj["Key"] == unfinished.key:
                     continue  # batch-10000 is a prefix of batch-100000; our own earlier output is rewritten whole
-                accounted |= {str(row["key"]) for row in iter_ndjson(self._s3, S3Location(prefix.bucket, obj["Key"]))}
+                accounted |= {str(row["key"]) for row in iter_ndjson(self._s3, S3Location(ledgers.bucket, obj["Key"]))}
         except ClientError as err:
             raise classify(err, "reading the batch ledgers") from None
         files = read_models(self._s3, layout.batch_manifest(batch.work_s3_uri, batch.migration_id, batch.batch),
@@ -234,5 +225,5 @@ class FailedBatchActivities:
         ledger = [LedgerEntry(key=f.key, state=FileState.FAILED, size=f.size, batch=batch.batch, job_id=input.job_id,
                               code="BatchFailed", reason=input.reason[:500]) for f in files if f.key not in accounted]
         if ledger:
-            put_ndjson(self._s3, prefix.join(f"{layout.batch_name(batch.batch)}-unfinished.ndjson"), ledger)
+            put_ndjson(self._s3, unfinished, ledger)
         return len(ledger)

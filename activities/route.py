@@ -15,9 +15,9 @@ from temporalio import activity
 from activities.errors import classify
 from activities.heartbeat import keeps_alive
 from activities.storage import read_models
-from contracts.pipeline import RouteInput, RouteResult
 from contracts.records import LedgerEntry
 from contracts.s3uri import parse_s3_uri
+from contracts.stages import RouteInput, RouteResult
 
 EVENT_SOURCE = "himig.migration"
 DETAIL_TYPE = "Image Set Imported"

@@ -11,49 +11,27 @@ Two checks, both reporting problems (never PHI: image set ids, counts and batch 
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import json
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
 import urllib3
 from botocore.exceptions import ClientError
 
 from activities.errors import BACKOFF_CODES, benign_retry, classify, error_code
-from activities.fhir import dicomweb_address
+from activities.healthimaging import (
+    LOCAL_RETRY_DELAYS,
+    Throttled,
+    dicomweb_address,
+    get_image_set_metadata,
+    metadata_sops,
+    with_local_retries,
+)
 from activities.signed_http import Response, SignedHttp
 from contracts.records import InstanceRecord, LedgerEntry
 
 STUDY_TAG, SERIES_TAG, SOP_TAG = "0020000D", "0020000E", "00080018"
-# A throttled read is retried here a few times before the whole review is handed back to Temporal's retry:
-# a batch with hundreds of image sets would otherwise restart its review on every 429 and might never finish.
-LOCAL_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0)
-T = TypeVar("T")
-
-
-class _Throttled(Exception):
-    def __init__(self, status: int) -> None:
-        super().__init__(f"HTTP {status}")
-        self.status = status
-
-
-def with_local_retries(call: Callable[[], T], delays: tuple[float, ...] = LOCAL_RETRY_DELAYS) -> T:
-    """``call()``, retried after each delay while it is throttled (ClientError in BACKOFF_CODES or _Throttled)."""
-    for delay in (*delays, None):
-        try:
-            return call()
-        except ClientError as err:
-            if delay is None or error_code(err) not in BACKOFF_CODES:
-                raise
-        except _Throttled:
-            if delay is None:
-                raise
-        time.sleep(delay)
-    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 @dataclass
@@ -74,29 +52,6 @@ def imported_instances(files: list[InstanceRecord], ledger: list[LedgerEntry]) -
 def sample(instances: list[Imported], size: int) -> list[Imported]:
     """A deterministic sample: the same batch always checks the same instances, whichever worker reviews it."""
     return sorted(instances, key=lambda x: hashlib.sha256(x.record.key.encode()).hexdigest())[:size]
-
-
-def metadata_sops(doc: dict[str, Any]) -> dict[str, set[str]]:
-    """SOP Instance UIDs per SeriesInstanceUID in an image-set metadata document."""
-    series = (doc.get("Study") or {}).get("Series") or {}
-    return {uid: set((s.get("Instances") or {}).keys()) for uid, s in series.items()}
-
-
-def get_image_set_metadata(medical_imaging: Any, datastore_id: str, image_set_id: str) -> dict[str, Any]:
-    """The latest metadata document of an image set (``GetImageSetMetadata`` answers gzip JSON)."""
-    resp = medical_imaging.get_image_set_metadata(datastoreId=datastore_id, imageSetId=image_set_id)
-    raw = resp["imageSetMetadataBlob"].read()
-    if resp.get("contentEncoding") == "gzip" or raw[:2] == b"\x1f\x8b":
-        raw = gzip.decompress(raw)
-    doc: dict[str, Any] = json.loads(raw)
-    return doc
-
-
-def search_image_sets(medical_imaging: Any, datastore_id: str, criteria: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every image-set summary ``SearchImageSets`` lists for ``criteria``, all pages (ClientError propagates)."""
-    pages = medical_imaging.get_paginator("search_image_sets").paginate(datastoreId=datastore_id,
-                                                                        searchCriteria=criteria)
-    return [summary for page in pages for summary in page.get("imageSetsMetadataSummaries", [])]
 
 
 def _value(dataset: dict[str, Any], tag: str) -> str | None:
@@ -161,7 +116,7 @@ class SpotChecker:
         resp = self._http.request("GET", url, params={"imageSetId": image_set_id},
                                   headers={"Accept": "application/dicom+json"})
         if resp.status == 429 or resp.status >= 500:
-            raise _Throttled(resp.status)
+            raise Throttled(resp.status)
         return resp
 
     def check_dicomweb(self, datastore_id: str, picked: list[Imported]) -> list[str]:
@@ -176,7 +131,7 @@ class SpotChecker:
             except (urllib3.exceptions.HTTPError, OSError) as err:
                 raise benign_retry(f"DICOMweb spot check: {type(err).__name__} (backing off)",
                                    "DicomWebUnavailable") from None
-            except _Throttled as err:
+            except Throttled as err:
                 raise benign_retry(f"DICOMweb spot check: HTTP {err.status} (backing off)", "ThrottlingException"
                                    if err.status == 429 else "DicomWebUnavailable") from None
             where = f"image set {inst.image_set_id}: sampled instance (batch line {inst.line})"

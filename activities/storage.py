@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Iterator
 from typing import Any, TypeVar
 
@@ -12,10 +13,18 @@ from pydantic import BaseModel
 from contracts.s3uri import S3Location
 
 M = TypeVar("M", bound=BaseModel)
+_CONTENT_RANGE = re.compile(r"bytes \d+-\d+/(\d+)")
 
 
 def is_missing(err: ClientError) -> bool:
     return err.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound")
+
+
+
+def object_size(get_object_response: dict[str, Any], fallback: int) -> int:
+    """The whole object's size from a ranged GET's ``Content-Range`` (``bytes 0-65535/123456``), else ``fallback``."""
+    match = _CONTENT_RANGE.match(get_object_response.get("ContentRange", "") or "")
+    return int(match.group(1)) if match else fallback
 
 
 def put_bytes(s3: Any, loc: S3Location, body: bytes, content_type: str) -> None:

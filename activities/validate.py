@@ -13,8 +13,9 @@ from temporalio import activity
 from activities.heartbeat import keeps_alive
 from activities.storage import put_ndjson, read_models
 from contracts import layout
-from contracts.pipeline import FileState, PageInput, ValidateResult, ValidationLevel
+from contracts.common import FileState, ValidationLevel
 from contracts.records import Finding, LedgerEntry, ParsedRecord, Severity
+from contracts.stages import PageInput, ValidateResult
 
 _ALL = {ValidationLevel.MINIMAL, ValidationLevel.STRUCTURE_ONLY, ValidationLevel.STRICT}
 _STRUCTURE = {ValidationLevel.STRUCTURE_ONLY, ValidationLevel.STRICT}

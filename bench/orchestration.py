@@ -31,13 +31,11 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from contracts import search
-from contracts.pipeline import (
-    BatchInput,
+from contracts.batch import BatchInput, ImportJobRef, JobOutcome
+from contracts.common import FileState
+from contracts.migration import MigrationInput
+from contracts.stages import (
     FailedBatchInput,
-    FileState,
-    ImportJobRef,
-    JobOutcome,
-    MigrationInput,
     NormalizeResult,
     PageInput,
     ParseResult,

@@ -41,8 +41,8 @@ from activities.dicom_header import parse_header
 from activities.parse import ParseActivities
 from activities.storage import put_ndjson, read_models
 from contracts import layout
-from contracts.pipeline import PageInput
 from contracts.records import InventoryEntry, ParsedRecord
+from contracts.stages import PageInput
 from corpus.malformed import generate_malformed
 from corpus.models import CorpusEntry
 from corpus.real import select_real_files

@@ -52,16 +52,8 @@ from activities.report import ReportActivities
 from activities.review import ReviewActivities
 from activities.route import RouteActivities
 from activities.validate import ValidateActivities
-from contracts.pipeline import (
-    BatchInput,
-    ImportJobRef,
-    PageInput,
-    PlanInput,
-    ReceiveInput,
-    ReportInput,
-    ReviewInput,
-    RouteInput,
-)
+from contracts.batch import BatchInput, ImportJobRef
+from contracts.stages import PageInput, PlanInput, ReceiveInput, ReportInput, ReviewInput, RouteInput
 from corpus.malformed import generate_malformed
 from corpus.models import CorpusEntry
 from corpus.synthetic import generate_studies

@@ -29,15 +29,15 @@ from cli.progress import print_progress, watch_migration
 from cli.reporting import load_report, print_report
 from cli.sources import SourceFlagError, connector_from_flags
 from contracts import search
-from contracts.pipeline import (
+from contracts.batch import ManifestApproval
+from contracts.common import ValidationLevel
+from contracts.migration import (
     DATASTORE_ID_PATTERN,
     MAX_BYTES_PER_JOB,
     MAX_FILES_PER_JOB,
-    ManifestApproval,
     MigrationInput,
     MigrationResult,
     OperatorCommand,
-    ValidationLevel,
     check_migration_id,
 )
 from contracts.reconciliation import ReconciliationState

@@ -10,7 +10,8 @@ from rich.table import Table
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError
 
-from contracts.pipeline import BatchProgress, MigrationProgress, batch_workflow_id
+from contracts.batch import BatchProgress
+from contracts.migration import MigrationProgress, batch_workflow_id
 from workflows.batch import ImportBatchWorkflow
 from workflows.migration import MigrationWorkflow
 

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from activities.report import fhir_line
-from contracts.pipeline import MigrationResult
+from contracts.migration import MigrationResult
 from contracts.s3uri import parse_s3_uri
 from worker.aws import make_client
 from worker.settings import Settings

@@ -12,7 +12,8 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field, model_validator
 
-from contracts.pipeline import FileState, SourceAndTarget
+from contracts.common import FileState
+from contracts.migration import SourceAndTarget
 from contracts.records import InventoryEntry
 from contracts.s3uri import parse_s3_uri
 

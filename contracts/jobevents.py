@@ -18,7 +18,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from contracts.pipeline import DATASTORE_ID_PATTERN, batch_workflow_id
+from contracts.layout import import_output_batch
+from contracts.migration import DATASTORE_ID_PATTERN, batch_workflow_id
 
 SOURCE = "aws.medical-imaging"
 # The terminal detail-types of import-job events (research/healthimaging.md §4.2): only they wake a batch.
@@ -28,8 +29,6 @@ TERMINAL_STATUSES = frozenset({"COMPLETED", "FAILED"})
 # visibility query (quotes, spaces) or carry free text.
 JOB_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 
-# ``.../<migration id>/import-output/batch-00003[-p1]/[<ds>-DicomImport-<job>/]`` (requested or resolved URI).
-_OUTPUT = re.compile(r"/(?P<migration>[A-Za-z0-9][A-Za-z0-9._-]{0,99})/import-output/batch-(?P<batch>\d{5})(?:-p\d+)?/")
 
 # The EventBridge rule pattern deployed in front of the job-events queue.
 RULE_PATTERN: dict[str, Any] = {"source": [SOURCE], "detail-type": sorted(WAKING_DETAIL_TYPES)}
@@ -55,8 +54,8 @@ class ParsedJobEvent:
 
 def batch_of(output_s3_uri: str) -> str | None:
     """The `ImportBatchWorkflow` id that started a job writing to ``output_s3_uri``, or None."""
-    match = _OUTPUT.search(output_s3_uri)
-    return batch_workflow_id(match["migration"], int(match["batch"])) if match else None
+    found = import_output_batch(output_s3_uri)
+    return batch_workflow_id(*found) if found else None
 
 
 def parse_job_event(body: str) -> ParsedJobEvent | None:

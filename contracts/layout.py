@@ -5,7 +5,13 @@ One function per artefact so activities, the report and tests agree on the layou
 
 from __future__ import annotations
 
+import re
+
 from contracts.s3uri import S3Location, parse_s3_uri
+
+# ``.../<migration id>/import-output/batch-00003[-p1]/[<ds>-DicomImport-<job>/]`` (requested or resolved URI).
+_IMPORT_OUTPUT = re.compile(
+    r"/(?P<migration>[A-Za-z0-9][A-Za-z0-9._-]{0,99})/import-output/batch-(?P<batch>\d{5})(?:-p\d+)?/")
 
 
 def root(work_s3_uri: str, migration_id: str) -> S3Location:
@@ -24,8 +30,17 @@ def imported_index(work_s3_uri: str, datastore_id: str, migration_id: str, batch
     return imported_index_prefix(work_s3_uri, datastore_id).join(migration_id, f"{batch_name(batch, part)}.ndjson")
 
 
+def imported_index_of_migration(work_s3_uri: str, datastore_id: str, migration_id: str) -> S3Location:
+    """The part of a data store's import index that one migration wrote (``_datastores/<ds>/imported/<id>/``)."""
+    return imported_index_prefix(work_s3_uri, datastore_id).join(migration_id).as_prefix()
+
+
 def inventory_page(work_s3_uri: str, migration_id: str, page: int) -> S3Location:
     return root(work_s3_uri, migration_id).join("inventory", f"page-{page:06d}.ndjson")
+
+
+def inventory_prefix(work_s3_uri: str, migration_id: str) -> S3Location:
+    return root(work_s3_uri, migration_id).join("inventory").as_prefix()
 
 
 def receive_failures_prefix(work_s3_uri: str, migration_id: str) -> S3Location:
@@ -72,8 +87,20 @@ def staging_prefix(work_s3_uri: str, migration_id: str, batch: int, part: int | 
     return root(work_s3_uri, migration_id).join("staging", batch_name(batch, part)).as_prefix()
 
 
+def job_input_key(input_key_prefix: str, source_key: str) -> str:
+    """The key an import job reads for one source object, and names as ``inputFile`` in its output: the source
+    key, unchanged, after the batch's staging prefix (``""`` when the job reads the source folder directly)."""
+    return input_key_prefix + source_key
+
+
 def import_output_prefix(work_s3_uri: str, migration_id: str, batch: int, part: int | None = None) -> S3Location:
     return root(work_s3_uri, migration_id).join("import-output", batch_name(batch, part)).as_prefix()
+
+
+def import_output_batch(output_s3_uri: str) -> tuple[str, int] | None:
+    """``(migration id, batch)`` of an `import_output_prefix` (or of the job folder AWS creates in it), or None."""
+    match = _IMPORT_OUTPUT.search(output_s3_uri)
+    return (match["migration"], int(match["batch"])) if match else None
 
 
 def ledger_prefix(work_s3_uri: str, migration_id: str) -> S3Location:
@@ -94,6 +121,17 @@ def ledger_for_batch(work_s3_uri: str, migration_id: str, batch: int, part: int 
     return ledger_prefix(work_s3_uri, migration_id).join(f"{batch_name(batch, part)}.ndjson")
 
 
+def ledgers_of_batch(work_s3_uri: str, migration_id: str, batch: int) -> S3Location:
+    """The key prefix every ledger of one batch starts with (whole, halves, source-changed, unfinished); it also
+    matches longer batch numbers (``batch-00001`` is a prefix of ``batch-000010``), so callers check the rest."""
+    return ledger_prefix(work_s3_uri, migration_id).join(batch_name(batch))
+
+
+def ledger_for_unfinished(work_s3_uri: str, migration_id: str, batch: int) -> S3Location:
+    """Files of a batch whose workflow could not finish that no other ledger of the batch accounts for."""
+    return ledger_prefix(work_s3_uri, migration_id).join(f"{batch_name(batch)}-unfinished.ndjson")
+
+
 def ledger_for_source_changed(work_s3_uri: str, migration_id: str, batch: int, part: int | None = None) -> S3Location:
     """Files of a batch whose source object changed after it was validated (found while staging)."""
     return ledger_prefix(work_s3_uri, migration_id).join(f"{batch_name(batch, part)}-source-changed.ndjson")
@@ -101,6 +139,26 @@ def ledger_for_source_changed(work_s3_uri: str, migration_id: str, batch: int, p
 
 def report_prefix(work_s3_uri: str, migration_id: str) -> S3Location:
     return root(work_s3_uri, migration_id).join("report").as_prefix()
+
+
+def report_files(work_s3_uri: str, migration_id: str) -> S3Location:
+    """One NDJSON line per source file with its terminal state."""
+    return report_prefix(work_s3_uri, migration_id).join("files.ndjson")
+
+
+def report_document(work_s3_uri: str, migration_id: str) -> S3Location:
+    """The report's counts and problems as JSON."""
+    return report_prefix(work_s3_uri, migration_id).join("report.json")
+
+
+def report_summary(work_s3_uri: str, migration_id: str) -> S3Location:
+    """The report as plain text for people."""
+    return report_prefix(work_s3_uri, migration_id).join("summary.txt")
+
+
+def fhir_prefix(work_s3_uri: str, migration_id: str) -> S3Location:
+    """Every batch's HealthLake input folder, start record and reviewed result."""
+    return root(work_s3_uri, migration_id).join("fhir").as_prefix()
 
 
 def fhir_name(batch: int, part: int | None = None, routing_round: int = 1) -> str:
@@ -135,6 +193,39 @@ def fhir_output_prefix(work_s3_uri: str, migration_id: str, batch: int, part: in
     return root(work_s3_uri, migration_id).join("fhir-output", fhir_name(batch, part, routing_round)).as_prefix()
 
 
+def fhir_job_output(output_s3_uri: str, datastore_id: str, job_id: str) -> S3Location:
+    """The folder HealthLake writes one import job's ``manifest.json``, ``SUCCESS/`` and ``FAILURE/`` into, under
+    the output prefix it was given."""
+    return parse_s3_uri(output_s3_uri).as_prefix().join(f"{datastore_id}-FHIR_IMPORT-{job_id}").as_prefix()
+
+
 def receive_units_page(work_s3_uri: str, migration_id: str, page: int) -> S3Location:
     """One page of a source connector's enumeration (``receive/units/page-N.ndjson``), written once per pull."""
     return root(work_s3_uri, migration_id).join("receive", "units", f"page-{page:06d}.ndjson")
+
+
+def ingest_manifests_prefix(work_s3_uri: str, ingest_id: str) -> S3Location:
+    """Manifests an ingestion flushed, each migrated as one migration (``<ingest id>/manifests/``)."""
+    return root(work_s3_uri, ingest_id).join("manifests").as_prefix()
+
+
+def ingest_manifest(work_s3_uri: str, ingest_id: str, flush: int) -> S3Location:
+    return ingest_manifests_prefix(work_s3_uri, ingest_id).join(f"flush-{flush:05d}.ndjson")
+
+
+# ---- the landing prefix: where a source connector puts what it pulls (in the source bucket, not the work one) ----
+
+
+def landed_object(landing: S3Location, relative_key: str) -> S3Location:
+    """``relative_key`` appended as is to the landing prefix (a connector's own path, or a report stand-in)."""
+    return S3Location(landing.bucket, landing.key + relative_key)
+
+
+def landed_instance(landing: S3Location, study: str, series: str, sop: str) -> S3Location:
+    """``<landing>/<study>/<series>/<sop>.dcm`` from path-safe UID segments: a re-pull overwrites the same key."""
+    return landed_object(landing, f"{study}/{series}/{sop}.dcm")
+
+
+def landed_study(landing: S3Location, study: str) -> S3Location:
+    """``<landing>/<study>/``: the folder of one pulled study (from a path-safe UID segment)."""
+    return landed_object(landing, f"{study}/")

@@ -15,7 +15,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from contracts.pipeline import DATASTORE_ID_PATTERN, MIGRATION_ID_PATTERN, Strict
+from contracts.common import Strict
+from contracts.migration import DATASTORE_ID_PATTERN, MIGRATION_ID_PATTERN
 
 IMAGE_SET_ID_PATTERN = r"^[0-9a-z]{32}$"
 # Reviewer names end up in the decision log and in logs: an operator identity, never free text.

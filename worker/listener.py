@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,6 +30,7 @@ from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 
 from activities.dicom_header import parse_header
+from activities.storage import object_size
 from contracts.ingest import Arrival, in_prefix, ingest_workflow_id
 from contracts.s3uri import parse_s3_uri
 from worker.settings import IngestSettings
@@ -40,7 +40,6 @@ from workflows.ingest import IngestWorkflow
 log = structlog.get_logger("himig.listener")
 
 HEADER_RANGE = 64 * 1024
-_CONTENT_RANGE = re.compile(r"bytes \d+-\d+/(\d+)")
 
 
 class MalformedMessage(ValueError):
@@ -199,7 +198,5 @@ class SqsListener(SqsPoller):
                 return None  # still signalled: the migration records the file's verdict (missing / empty)
             raise
         buf = resp["Body"].read()
-        match = _CONTENT_RANGE.match(resp.get("ContentRange", "") or "")
-        total = int(match.group(1)) if match else len(buf)
-        uid = parse_header(buf, total, key).values.get("study_instance_uid")
+        uid = parse_header(buf, object_size(resp, len(buf)), key).values.get("study_instance_uid")
         return str(uid) if uid else None

@@ -15,8 +15,8 @@ from typing import Any, Literal, Self, TypeVar
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from contracts.common import ValidationLevel
 from contracts.ingest import IngestInput
-from contracts.pipeline import ValidationLevel
 from contracts.sources import parse_origins
 
 DEFAULT_TASK_QUEUE = "dicom-migration"

@@ -12,29 +12,21 @@ from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
     from contracts import layout, search
-    from contracts.jobevents import TERMINAL_STATUSES, JobEvent
-    from contracts.pipeline import (
-        MAX_FAILURES,
+    from contracts.batch import (
         BatchInput,
         BatchProgress,
         BatchResult,
         BatchStage,
-        FhirImportRef,
-        FhirJobOutcome,
-        FhirReviewInput,
-        FhirSummary,
-        FileState,
         ImportJobRef,
         JobOutcome,
         ManifestApproval,
-        ReviewInput,
-        ReviewResult,
-        RouteInput,
-        RouteResult,
         StageTransition,
-        fhir_round_done,
     )
+    from contracts.common import FileState
+    from contracts.fhir import MAX_FAILURES, FhirImportRef, FhirJobOutcome, FhirSummary, fhir_round_done
+    from contracts.jobevents import TERMINAL_STATUSES, JobEvent
     from contracts.reconciliation import ReconciliationInput, reconciliation_workflow_id
+    from contracts.stages import FhirReviewInput, ReviewInput, ReviewResult, RouteInput, RouteResult
     from workflows import policies
     from workflows.reconciliation import ReconciliationWorkflow
     from workflows.search import upsert

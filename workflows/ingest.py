@@ -37,7 +37,7 @@ with workflow.unsafe.imports_passed_through():
         in_prefix,
         key_hash,
     )
-    from contracts.pipeline import MigrationInput, MigrationResult, check_migration_id
+    from contracts.migration import MigrationInput, MigrationResult, check_migration_id
     from contracts.s3uri import parse_s3_uri
     from workflows import policies
     from workflows.migration import MigrationWorkflow

@@ -18,19 +18,22 @@ from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflow
 
 with workflow.unsafe.imports_passed_through():
     from contracts import search
-    from contracts.pipeline import (
-        BatchInput,
-        BatchResult,
-        FailedBatchInput,
-        FhirRouting,
-        FileState,
+    from contracts.batch import BatchInput, BatchResult
+    from contracts.common import FileState
+    from contracts.fhir import FhirRouting
+    from contracts.migration import (
         MigrationInput,
         MigrationProgress,
         MigrationResult,
         MigrationState,
-        NormalizeResult,
         OperatorAction,
         OperatorCommand,
+        batch_workflow_id,
+        check_migration_id,
+    )
+    from contracts.stages import (
+        FailedBatchInput,
+        NormalizeResult,
         PageInput,
         ParseResult,
         PlanInput,
@@ -40,8 +43,6 @@ with workflow.unsafe.imports_passed_through():
         ReportInput,
         ReportResult,
         ValidateResult,
-        batch_workflow_id,
-        check_migration_id,
     )
     from workflows import policies
     from workflows.batch import ImportBatchWorkflow

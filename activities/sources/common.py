@@ -30,7 +30,7 @@ from temporalio.exceptions import ApplicationError
 from activities.errors import classify
 from activities.storage import iter_ndjson, list_objects, put_ndjson
 from contracts import layout
-from contracts.pipeline import FileState
+from contracts.common import FileState
 from contracts.records import LedgerEntry
 from contracts.s3uri import S3Location
 from contracts.sources import is_uid
@@ -119,12 +119,12 @@ def uid_segment(value: str | None) -> str:
 
 def instance_key(landing: S3Location, study: str | None, series: str | None, sop: str | None) -> str:
     """``<landing>/<StudyUID>/<SeriesUID>/<SOPUID>.dcm``: deterministic, so a re-pull overwrites the same key."""
-    return f"{landing.key}{uid_segment(study)}/{uid_segment(series)}/{uid_segment(sop)}.dcm"
+    return layout.landed_instance(landing, uid_segment(study), uid_segment(series), uid_segment(sop)).key
 
 
 def study_key(landing: S3Location, study: str) -> str:
     """The report key of a whole study that could not be enumerated or pulled."""
-    return f"{landing.key}{uid_segment(study)}/"
+    return layout.landed_study(landing, uid_segment(study)).key
 
 
 @dataclass
@@ -215,7 +215,7 @@ class StudyConnector:
         if found is None:
             return None
         out = UnitOutcome()
-        out.fail(f"{landing.prefix.key}unusable-study-listing", "UnusableListing",
+        out.fail(layout.landed_object(landing.prefix, "unusable-study-listing").key, "UnusableListing",
                  f"the PACS's study search ({self.SEARCH}) listed {found[1]} {self.ROWS} without a StudyInstanceUID")
         return out
 

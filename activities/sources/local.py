@@ -20,6 +20,7 @@ from activities.sources.common import (
     marker,
     parse_marker,
 )
+from contracts import layout
 from contracts.sources import LocalSource
 
 MAX_KEY_BYTES = 1024  # S3's key length limit
@@ -66,12 +67,13 @@ class LocalConnector:
         """``(landing + unit, None)`` when that is a valid S3 key, else a stand-in key and why: a hex name for a
         name that is not valid UTF-8 (``UnrepresentableName``), a truncated key for one over S3's key limit
         (``KeyTooLong``)."""
-        key = landing.prefix.key + unit
+        key = layout.landed_object(landing.prefix, unit).key
         try:
             key.encode("utf-8")
         except UnicodeEncodeError:
             # Named by a position-free hex of the name instead.
-            return landing.prefix.key + unit.encode("utf-8", "surrogateescape").hex()[:200], "UnrepresentableName"
+            hexed = unit.encode("utf-8", "surrogateescape").hex()[:200]
+            return layout.landed_object(landing.prefix, hexed).key, "UnrepresentableName"
         if len(key.encode()) > MAX_KEY_BYTES:
             return key[: MAX_KEY_BYTES // 4], "KeyTooLong"
         return key, None

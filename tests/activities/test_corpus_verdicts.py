@@ -9,7 +9,7 @@ import pytest
 
 from activities.dicom_header import parse_header
 from activities.validate import rejects
-from contracts.pipeline import ValidationLevel
+from contracts.common import ValidationLevel
 from corpus.malformed import DEFECTS, build_defect
 from corpus.models import CorpusManifest, Expected
 from corpus.sample import build_sample_corpus

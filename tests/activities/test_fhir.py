@@ -19,8 +19,9 @@ from activities.fhir import (
     study_resource_id,
 )
 from activities.fhir_route import client_token, issues_of
-from activities.spotcheck import compare_metadata, imported_instances, metadata_sops, sample
-from contracts.pipeline import FileState
+from activities.healthimaging import metadata_sops
+from activities.spotcheck import compare_metadata, imported_instances, sample
+from contracts.common import FileState
 from contracts.records import InstanceRecord, LedgerEntry
 
 DS = "0123456789abcdef0123456789abcdef"
@@ -239,7 +240,7 @@ def test_report_fhir_section_totals_batches_and_tolerates_missing_counts() -> No
 def test_local_retries_wait_out_throttling_only() -> None:
     from botocore.exceptions import ClientError
 
-    from activities.spotcheck import with_local_retries
+    from activities.healthimaging import with_local_retries
 
     def throttled(code: str) -> ClientError:
         return ClientError({"Error": {"Code": code, "Message": "Rate exceeded"}}, "GetImageSetMetadata")
@@ -317,7 +318,8 @@ def test_report_counts_a_started_batch_whose_review_never_wrote_a_result() -> No
 
 def test_refusals_before_import_are_capped_in_the_payload_and_counted_in_full() -> None:
     from activities.fhir_route import MAX_FAILURES, capped_refusals
-    from contracts.pipeline import FhirFailure, FhirImportRef, ValidationLevel
+    from contracts.common import ValidationLevel
+    from contracts.fhir import FhirFailure, FhirImportRef
 
     refused = [FhirFailure(resource_type="ImagingStudy", resource_id=f"{n:064x}", stage="validate",
                            issues=["required at ImagingStudy.subject"] * 10) for n in range(500)]
@@ -340,7 +342,7 @@ def test_refusals_before_import_are_capped_in_the_payload_and_counted_in_full() 
 ])
 def test_batch_progress_keeps_round_1_unless_round_2_ran_to_its_end(status: str | None, reviewed: bool,
                                                                      counted: int) -> None:
-    from contracts.pipeline import FhirSummary
+    from contracts.fhir import FhirSummary
     from workflows.batch import after_round_2
 
     first = FhirSummary(job_id="j1", job_status="COMPLETED", studies=1, imported=1, stale_studies=1,

@@ -12,8 +12,8 @@ from temporalio.testing import ActivityEnvironment
 from activities.parse import ParseActivities
 from activities.storage import put_ndjson, read_models
 from contracts import layout
-from contracts.pipeline import PageInput, ParseResult
 from contracts.records import Finding, InventoryEntry, ParsedRecord, Severity
+from contracts.stages import PageInput, ParseResult
 from tests.support.dicom import make_instance, uid
 
 

@@ -13,7 +13,7 @@ from activities.plan import (
 )
 from activities.report import build_report
 from activities.review import JobOutput, check_counters, classify_file
-from contracts.pipeline import FileState
+from contracts.common import FileState
 from contracts.records import ImportedInstance, InstanceRecord, InventoryEntry, LedgerEntry
 
 

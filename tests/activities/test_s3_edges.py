@@ -9,6 +9,7 @@ from typing import Any
 from activities.dicom_header import TAIL_CAP, check_tail, parse_header
 from activities.importjob import ImportActivities, source_changed
 from activities.parse import ParseActivities, _RangeSizer
+from activities.storage import object_size
 from contracts.records import InstanceRecord, InventoryEntry
 from tests.support.dicom import make_instance, uid
 
@@ -24,6 +25,15 @@ def test_object_emptied_after_listing_is_a_finding_not_a_crash(s3: Any) -> None:
     s3.put_object(Bucket=bucket, Key="x.dcm", Body=b"")
     record = ParseActivities(s3)._read(bucket, InventoryEntry(key="x.dcm", size=4096), [0, 0], _RangeSizer())
     assert not record.readable and [f.code for f in record.findings] == ["zero_byte"]
+
+
+
+def test_object_size_comes_from_content_range_of_a_ranged_get(s3: Any) -> None:
+    bucket = _bucket(s3)
+    s3.put_object(Bucket=bucket, Key="x.dcm", Body=b"0123456789")
+    assert object_size(s3.get_object(Bucket=bucket, Key="x.dcm", Range="bytes=0-3"), 4) == 10
+    assert object_size(s3.get_object(Bucket=bucket, Key="x.dcm"), 10) == 10  # no Content-Range: the fallback
+    assert object_size({"ContentRange": None}, 7) == 7
 
 
 def test_object_deleted_after_listing_is_a_finding(s3: Any) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from contracts.pipeline import ValidationLevel
+from contracts.common import ValidationLevel
 from corpus.hostile_real import HOSTILE_REAL, HostileRealFile
 from corpus.real import locate
 from tests.support.dicom import verdict

@@ -14,9 +14,9 @@ from activities.sources.common import Landing
 from activities.sources.registry import SourceSettings
 from activities.storage import iter_ndjson, list_objects
 from contracts import layout
-from contracts.pipeline import ReceiveInput, ReceiveResult
 from contracts.s3uri import S3Location, parse_s3_uri
 from contracts.sources import SourceConnector
+from contracts.stages import ReceiveInput, ReceiveResult
 
 
 class Interrupted(Exception):

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from contracts.pipeline import MigrationInput
+from contracts.migration import MigrationInput
 from contracts.sources import DicomwebSource, DimseSource, LocalSource, is_uid
 
 BASE = {"source_s3_uri": "s3://land/in/", "datastore_id": "a" * 32, "work_s3_uri": "s3://work/runs/"}

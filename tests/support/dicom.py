@@ -11,7 +11,7 @@ from pydicom.uid import generate_uid
 
 from activities.dicom_header import parse_header
 from activities.validate import rejects
-from contracts.pipeline import ValidationLevel
+from contracts.common import ValidationLevel
 
 _BASE = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
 

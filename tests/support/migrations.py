@@ -10,7 +10,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.storage import get_json, iter_ndjson
-from contracts.pipeline import MigrationInput, MigrationResult, OperatorCommand
+from contracts.migration import MigrationInput, MigrationResult, OperatorCommand
 from contracts.s3uri import parse_s3_uri
 from tests.support.eventually import assert_eventually
 from workflows.migration import MigrationWorkflow

@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from cli import app as cli_module
 from cli.app import app, list_query
 from contracts import search
-from contracts.pipeline import MigrationInput
+from contracts.migration import MigrationInput
 from contracts.reconciliation import ReconciliationInput
 from workflows.migration import MigrationWorkflow
 from workflows.reconciliation import ReconciliationWorkflow

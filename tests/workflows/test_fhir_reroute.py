@@ -27,7 +27,9 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.fhir import study_resource_id
-from contracts.pipeline import BatchProgress, BatchStage, MigrationInput
+from contracts import layout
+from contracts.batch import BatchProgress, BatchStage
+from contracts.migration import MigrationInput
 from tests.conftest import emulator_admin, make_medical_imaging
 from tests.emulator.oidc_issuer import SigV4RequestsAuth
 from tests.support.dicom import make_instance, uid
@@ -143,6 +145,7 @@ async def test_a_study_that_grows_while_its_job_is_queued_is_routed_again(
     assert status == 200 and resource["meta"]["versionId"] == "2"
     assert sorted(s["uid"] for s in resource["series"]) == sorted([first_series, second_series])
     # The report counts the batch once, by its last round.
-    report = json.loads(s3.get_object(Bucket=buckets["work"], Key=f"w/{wid}/report/report.json")["Body"].read())
+    loc = layout.report_document(f"s3://{buckets['work']}/w/", wid)
+    report = json.loads(s3.get_object(Bucket=loc.bucket, Key=loc.key)["Body"].read())
     assert list(report["fhir"]["batches"]) == ["batch-00000-r2"]
     assert report["fhir"]["imaging_studies_imported"] == 1

@@ -34,23 +34,13 @@ from activities.signed_http import SignedHttp
 from activities.spotcheck import SpotChecker
 from activities.storage import get_bytes, get_json, read_models
 from contracts import layout
-from contracts.pipeline import (
-    BatchInput,
-    BatchProgress,
-    FhirFailure,
-    FhirImportRef,
-    FhirJobOutcome,
-    FhirReviewInput,
-    FhirRouting,
-    FileState,
-    MigrationInput,
-    MigrationResult,
-    ReviewResult,
-    RouteInput,
-    ValidationLevel,
-)
+from contracts.batch import BatchInput, BatchProgress
+from contracts.common import FileState, ValidationLevel
+from contracts.fhir import FhirFailure, FhirImportRef, FhirJobOutcome, FhirRouting
+from contracts.migration import MigrationInput, MigrationResult
 from contracts.records import InstanceRecord, LedgerEntry
 from contracts.s3uri import parse_s3_uri
+from contracts.stages import FhirReviewInput, ReviewResult, RouteInput
 from tests.conftest import emulator_admin, make_medical_imaging
 from tests.support.dicom import make_instance, uid
 from worker.registry import WORKFLOWS
@@ -301,7 +291,8 @@ async def test_unknown_healthlake_datastore_is_reported_and_the_batch_completes(
     assert "ResourceNotFoundException" in problem
     summary = report_summary(s3, result)
     assert summary["fhir"]["batches_with_problems"] == 1
-    text = s3.get_object(Bucket=buckets["work"], Key=f"w/{wid}/report/summary.txt")["Body"].read().decode()
+    loc = layout.report_summary(f"s3://{buckets['work']}/w/", wid)
+    text = s3.get_object(Bucket=loc.bucket, Key=loc.key)["Body"].read().decode()
     assert "FHIR ImagingStudy (HealthLake): 0 imported" in text
 
 

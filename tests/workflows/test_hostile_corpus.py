@@ -25,8 +25,10 @@ from activities.receive import ReceiveActivities
 from activities.storage import iter_ndjson, list_objects
 from activities.validate import ValidateActivities, rejects
 from contracts import layout
-from contracts.pipeline import FileState, MigrationInput, PageInput, PlanInput, ReceiveInput, ValidationLevel
+from contracts.common import FileState, ValidationLevel
+from contracts.migration import MigrationInput
 from contracts.s3uri import S3Location
+from contracts.stages import PageInput, PlanInput, ReceiveInput
 from corpus.malformed import DEFECTS
 from corpus.models import MANIFEST_NAME, CorpusManifest, Expected
 from corpus.sample import build_sample_corpus

@@ -23,10 +23,11 @@ from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError
 from temporalio.worker import Worker
 
-from activities.ingest import IngestActivities, manifests_prefix
-from contracts import search
+from activities.ingest import IngestActivities
+from contracts import layout, search
+from contracts.common import FileState
 from contracts.ingest import Arrival, IngestInput, flush_migration_id, ingest_workflow_id
-from contracts.pipeline import FileState, MigrationResult
+from contracts.migration import MigrationResult
 from tests.conftest import emulator_admin, make_medical_imaging
 from tests.support.dicom import make_instance, uid
 from worker.aws import AwsClients
@@ -103,7 +104,7 @@ async def _wait_completed(client: Client, ids: set[str], listener: SqsListener, 
 
 async def _flushes(client: Client, s3: Any, work: str, ingest_id: str) -> list[tuple[str, MigrationResult]]:
     """Every flush of one ingest id (found through its manifests) with its migration's result."""
-    prefix = manifests_prefix(f"s3://{work}/ingest/", ingest_id)
+    prefix = layout.ingest_manifests_prefix(f"s3://{work}/ingest/", ingest_id)
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=prefix.bucket, Prefix=prefix.key).get("Contents", [])]
     out = []
     for key in sorted(keys):
@@ -232,7 +233,7 @@ class TestIngestEndToEnd:
         for mid, _ in flushes:
             assert _jobs_for(mi, datastore_id, mid) == 1
         # The older event arrived last but did not replace the newer version of in/c/x.dcm.
-        manifests = manifests_prefix(f"s3://{work}/ingest/", wid)
+        manifests = layout.ingest_manifests_prefix(f"s3://{work}/ingest/", wid)
         listed = [o["Key"] for o in s3.list_objects_v2(Bucket=manifests.bucket, Prefix=manifests.key)["Contents"]]
         entries = [json.loads(line) for k in listed
                    for line in s3.get_object(Bucket=work, Key=k)["Body"].read().decode().splitlines()]

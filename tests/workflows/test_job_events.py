@@ -29,8 +29,10 @@ from temporalio.service import RPCError
 from temporalio.worker import Replayer, Worker
 
 from contracts import search
+from contracts.batch import BatchStage
+from contracts.common import FileState
 from contracts.jobevents import JobEvent, MalformedJobEvent, batch_of, parse_job_event
-from contracts.pipeline import BatchStage, FileState, MigrationInput, batch_workflow_id
+from contracts.migration import MigrationInput, batch_workflow_id
 from tests.conftest import emulator_admin
 from tests.support.dicom import make_instance, uid
 from worker.jobevents import JobEventListener, configure_job_events_rule

@@ -12,7 +12,8 @@ import pytest
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.worker import Worker
 
-from contracts.pipeline import FileState, MigrationInput, MigrationResult, OperatorCommand, ValidationLevel
+from contracts.common import FileState, ValidationLevel
+from contracts.migration import MigrationInput, MigrationResult, OperatorCommand
 from tests.support.dicom import make_instance, uid
 from tests.support.migrations import migrate, paused_start, report_rows, wait_phase
 from workflows.batch import ImportBatchWorkflow
@@ -152,7 +153,7 @@ class TestFailedJobIsRetriedInHalves:
     async def _run(self, client: Client, worker: Worker, buckets: dict[str, Any], datastore_id: str,
                    emulator_url: str, fail_count: int) -> tuple[str, MigrationResult, dict[str, dict[str, Any]]]:
         from activities.importjob import job_name
-        from contracts.pipeline import BatchInput
+        from contracts.batch import BatchInput
         from tests.conftest import emulator_admin
 
         s3, src, work = buckets["s3"], buckets["source"], buckets["work"]
@@ -198,7 +199,7 @@ class TestManualReviewGate:
         from typer.testing import CliRunner
 
         from cli.app import app
-        from contracts.pipeline import BatchStage
+        from contracts.batch import BatchStage
 
         s3, src, work = buckets["s3"], buckets["source"], buckets["work"]
         _put(s3, src, "g/1.dcm", make_instance(uid(), uid()))

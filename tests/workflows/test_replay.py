@@ -18,7 +18,7 @@ from temporalio.client import Client, WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer, Worker
 
-from contracts.pipeline import MigrationInput
+from contracts.migration import MigrationInput
 from tests.support.dicom import make_instance, uid
 from worker.registry import WORKFLOWS
 from workflows.migration import MigrationWorkflow

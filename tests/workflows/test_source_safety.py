@@ -15,15 +15,11 @@ from activities.importjob import job_name
 from activities.plan import PlanActivities
 from activities.storage import put_ndjson
 from contracts import layout
-from contracts.pipeline import (
-    BatchInput,
-    BatchResult,
-    FileState,
-    MigrationInput,
-    OperatorCommand,
-    PlanInput,
-)
+from contracts.batch import BatchInput, BatchResult
+from contracts.common import FileState
+from contracts.migration import MigrationInput, OperatorCommand
 from contracts.records import ImportedInstance, InstanceRecord
+from contracts.stages import PlanInput
 from tests.conftest import emulator_admin
 from tests.support.dicom import make_instance, uid
 from tests.support.migrations import migrate, paused_start, report_rows, report_summary, wait_phase

@@ -11,7 +11,8 @@ from typing import Any
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from contracts.pipeline import FileState, MigrationInput
+from contracts.common import FileState
+from contracts.migration import MigrationInput
 from contracts.sources import DicomwebSource
 from tests.sources.pacs import seed_two_studies
 from tests.support.dicom import uid

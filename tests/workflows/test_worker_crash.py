@@ -21,7 +21,8 @@ from typing import Any
 from temporalio.client import Client
 from temporalio.service import RPCError
 
-from contracts.pipeline import FileState, MigrationInput, MigrationProgress
+from contracts.common import FileState
+from contracts.migration import MigrationInput, MigrationProgress
 from tests.conftest import emulator_admin, make_medical_imaging
 from tests.support.dicom import make_instance, uid
 from workflows.migration import MigrationWorkflow

@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 from temporalio.client import Client
 
-from contracts.pipeline import FileState, MigrationInput
+from contracts.common import FileState
+from contracts.migration import MigrationInput
 from tests.support.dicom import make_instance, uid
 from tests.support.eventually import assert_eventually_sync
 from workflows.migration import MigrationWorkflow

@@ -44,7 +44,7 @@ from pydicom.uid import (
 )
 
 from activities.validate import rejects
-from contracts.pipeline import ValidationLevel
+from contracts.common import ValidationLevel
 from corpus.models import CorpusEntry, Expected, Origin, entry_for_bytes
 from corpus.synthetic import (
     UID_PREFIX,

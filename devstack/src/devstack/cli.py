@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from contracts.pipeline import ValidationLevel
+from contracts.common import ValidationLevel
 from devstack.stack import COMPONENTS, Stack, StackConfig, StackError, StackStatus, parse_components
 
 stack_app = typer.Typer(

@@ -18,7 +18,8 @@ from rich.console import Console
 
 from cli.progress import watch_migration
 from cli.reporting import load_report, print_report
-from contracts.pipeline import MigrationInput, MigrationResult, ValidationLevel
+from contracts.common import ValidationLevel
+from contracts.migration import MigrationInput, MigrationResult
 from contracts.reconciliation import reconciliation_workflow_id
 from devstack.stack import Stack, StackConfig, StackError
 from worker.aws import make_client
