@@ -22,6 +22,7 @@ from activities.errors import classify, error_code
 from activities.heartbeat import current, keeps_alive
 from activities.storage import get_bytes, is_missing, list_objects, put_ndjson, read_models
 from contracts import layout
+from contracts.errors import ErrorType
 from contracts.pipeline import BatchInput, BatchPlan, FileState, ImportJobRef
 from contracts.records import InstanceRecord, LedgerEntry
 from contracts.s3uri import parse_s3_uri
@@ -128,7 +129,7 @@ class ImportActivities:
         try:
             files = read_models(self._s3, manifest, InstanceRecord)
             if not files:
-                raise ApplicationError(f"batch {batch.batch} has no files", type="EmptyBatch", non_retryable=True)
+                raise ApplicationError(f"batch {batch.batch} has no files", type=ErrorType.EMPTY_BATCH, non_retryable=True)
             plan = BatchPlan.model_validate_json(
                 get_bytes(self._s3, layout.batch_meta(batch.work_s3_uri, batch.migration_id, batch.batch, batch.part)))
             changed: list[LedgerEntry] = []

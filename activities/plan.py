@@ -22,6 +22,7 @@ from activities.review import source_changed_keys
 from activities.spotcheck import with_local_retries
 from activities.storage import iter_ndjson, list_objects, put_bytes, put_ndjson, read_models
 from contracts import layout
+from contracts.errors import ErrorType
 from contracts.pipeline import BatchInput, BatchPlan, FileState, PlanInput, PlanResult
 from contracts.records import (
     ImportedInstance,
@@ -242,7 +243,7 @@ class PlanActivities:
                 props = with_local_retries(partial(self._mi.get_image_set, datastoreId=datastore_id,
                                                    imageSetId=image_set_id))
             except ClientError as err:
-                if error_code(err) == "ResourceNotFoundException":
+                if error_code(err) == ErrorType.RESOURCE_NOT_FOUND:
                     gone.add(image_set_id)
                     continue
                 raise classify(err, "checking image sets of the import index") from None

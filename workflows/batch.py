@@ -35,12 +35,10 @@ with workflow.unsafe.imports_passed_through():
         fhir_round_done,
     )
     from contracts.reconciliation import ReconciliationInput, reconciliation_workflow_id
-    from workflows import policies
+    from workflows import patches, policies
     from workflows.reconciliation import ReconciliationWorkflow
     from workflows.search import upsert
 
-# Guards the job-event wake-up (asked only when an event wakes a wait, so batches never woken pay nothing).
-JOB_EVENTS_PATCH = "job-events"
 JOB_EVENT_SIGNAL = "job_event"
 # Wake-ups acted on per job: a flood of duplicate events costs a few signals, never a poll each.
 MAX_WAKES = 3
@@ -119,7 +117,7 @@ class ImportBatchWorkflow:
             retry_policy=policies.START_JOB_RETRY)
         self._progress.job_id = job.job_id
         self._progress.staged_files = job.staged_files
-        if not job.job_id and workflow.patched("source-changed-no-job"):
+        if not job.job_id and workflow.patched(patches.SOURCE_CHANGED_NO_JOB):
             # Every file's source object changed after validation: no job was started, the staging step's
             # ledger reports each file as failed (SourceChanged), and there is nothing to await or review.
             states = {FileState.FAILED: job.source_changed}
@@ -136,7 +134,7 @@ class ImportBatchWorkflow:
         self._progress.job_status = outcome.status
         self._stage(BatchStage.JOB_COMPLETED if outcome.status == "COMPLETED" else BatchStage.JOB_FAILED)
         if outcome.status == "FAILED" and input.part is None and job.staged_files > 1 \
-                and workflow.patched("split-failed-batch"):
+                and workflow.patched(patches.SPLIT_FAILED_BATCH):
             return job, outcome, None  # retried in two halves; the halves' reviews account for the files
 
         self._stage(BatchStage.REVIEWING_MANIFEST)
@@ -169,7 +167,7 @@ class ImportBatchWorkflow:
                 retry_policy=policies.POLL_RETRY)
             await workflow.wait_condition(lambda poll=poll: poll.done() or self._wake)  # type: ignore[misc]
             self._wake = False
-            if not poll.done() and workflow.patched(JOB_EVENTS_PATCH):
+            if not poll.done() and workflow.patched(patches.JOB_EVENTS):
                 poll.cancel()
             try:
                 return await poll
@@ -192,9 +190,9 @@ class ImportBatchWorkflow:
                 "route_batch", RouteInput(batch=input, review=review), result_type=RouteResult,
                 start_to_close_timeout=policies.PAGE_TIMEOUT, heartbeat_timeout=policies.HEARTBEAT,
                 retry_policy=policies.STAGE_RETRY)
-            if review.non_primary_image_sets and workflow.patched("start-reconciliation"):
+            if review.non_primary_image_sets and workflow.patched(patches.START_RECONCILIATION):
                 await self._start_reconciliations(input, review.non_primary_image_sets)
-            if input.fhir is not None and workflow.patched("fhir-routing"):
+            if input.fhir is not None and workflow.patched(patches.FHIR_ROUTING):
                 await self._route_fhir(input, review)
         else:
             # The files stay imported (and in the report); only events and reconciliation are held back.

@@ -21,6 +21,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflow
 
 with workflow.unsafe.imports_passed_through():
     from contracts import search
+    from contracts.errors import ErrorType
     from contracts.ingest import (
         RECENT_FLUSHED_LIMIT,
         Arrival,
@@ -39,7 +40,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from contracts.pipeline import MigrationInput, MigrationResult, check_migration_id
     from contracts.s3uri import parse_s3_uri
-    from workflows import policies
+    from workflows import patches, policies
     from workflows.migration import MigrationWorkflow
     from workflows.search import upsert
 
@@ -48,9 +49,6 @@ with workflow.unsafe.imports_passed_through():
 HISTORY_ROLLOVER = 5_000
 FLUSHES_PER_RUN = 5
 MANIFEST_TIMEOUT = timedelta(minutes=5)
-# Arrivals during a running flush are spilled to S3 (a pending manifest) whenever ``max_files`` are buffered:
-# the buffer holds at most ``max_files`` plus what is signalled while one manifest is written.
-SPILL_PATCH = "ingest-spill"
 
 
 def _newer(arrival: Arrival, etag: str, event_time: datetime, sequencer: str | None) -> bool:
@@ -114,7 +112,7 @@ class IngestWorkflow:
         try:
             check_migration_id(flush_migration_id(ingest_id, 99_999))
         except ValueError as err:
-            raise ApplicationError(str(err), type="InvalidIngestId", non_retryable=True) from None
+            raise ApplicationError(str(err), type=ErrorType.INVALID_INGEST_ID, non_retryable=True) from None
         quiet = timedelta(seconds=input.quiet_seconds)
         flushes_this_run = 0
         while True:
@@ -206,7 +204,7 @@ class IngestWorkflow:
         # Awaited, not fire-and-forget: flushes of one study run one after another, and the workflow only
         # completes once every file it accepted has its verdict in a report.
         child: asyncio.Future[MigrationResult] | None = None
-        if workflow.patched(SPILL_PATCH):
+        if workflow.patched(patches.INGEST_SPILL):
             child = asyncio.ensure_future(
                 workflow.execute_child_workflow(MigrationWorkflow.run, child_input, id=migration_id))
             running = child

@@ -18,6 +18,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflow
 
 with workflow.unsafe.imports_passed_through():
     from contracts import search
+    from contracts.errors import ErrorType
     from contracts.pipeline import (
         BatchInput,
         BatchResult,
@@ -43,7 +44,7 @@ with workflow.unsafe.imports_passed_through():
         batch_workflow_id,
         check_migration_id,
     )
-    from workflows import policies
+    from workflows import patches, policies
     from workflows.batch import ImportBatchWorkflow
     from workflows.search import upsert
 
@@ -164,7 +165,7 @@ class MigrationWorkflow:
         try:
             check_migration_id(self._id)
         except ValueError as err:
-            raise ApplicationError(str(err), type="InvalidMigrationId", non_retryable=True) from None
+            raise ApplicationError(str(err), type=ErrorType.INVALID_MIGRATION_ID, non_retryable=True) from None
         if self._state.started_at is None:
             self._state.started_at = workflow.now()
         s = self._state
@@ -267,7 +268,7 @@ class MigrationWorkflow:
             # data store. Guarded by the same patch as this workflow's own upserts.
             attrs = (TypedSearchAttributes([SearchAttributePair(search.MIGRATION_ID, self._id),
                                             SearchAttributePair(search.DATASTORE_ID, input.datastore_id)])
-                     if workflow.patched(search.PATCH) else None)
+                     if workflow.patched(patches.SEARCH_ATTRIBUTES) else None)
             result: BatchResult = await workflow.execute_child_workflow(
                 ImportBatchWorkflow.run, args, id=batch_workflow_id(self._id, batch), search_attributes=attrs)
             self._add_states(result.files_by_state)

@@ -25,7 +25,6 @@ from typer.testing import CliRunner
 from devstack.cli import stack_app
 from devstack.stack import COMPONENTS, PidRecord, Stack, StackConfig, StackError, proc_cmdline
 
-
 # Honours the worker's health contract (HIMIG_HEALTH_FILE holds our pid while ready; removed on SIGTERM).
 STAND_IN_WORKER = """
 import os, pathlib, signal, sys, time
