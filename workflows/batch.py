@@ -12,6 +12,16 @@ from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
     from contracts import layout, search
+    from contracts.activities import (
+        await_fhir_import,
+        await_import_job,
+        review_fhir_import,
+        review_manifest,
+        route_batch,
+        split_batch,
+        start_fhir_import,
+        start_import_job,
+    )
     from contracts.jobevents import TERMINAL_STATUSES, JobEvent
     from contracts.pipeline import (
         MAX_FAILURES,
@@ -30,7 +40,6 @@ with workflow.unsafe.imports_passed_through():
         ReviewInput,
         ReviewResult,
         RouteInput,
-        RouteResult,
         StageTransition,
         fhir_round_done,
     )
@@ -112,7 +121,7 @@ class ImportBatchWorkflow:
         """Stage, import and await one job; review its manifest unless a FAILED job is going to be split."""
         self._stage(BatchStage.IMPORTING)
         job = await workflow.execute_activity(
-            "start_import_job", input, result_type=ImportJobRef,
+            start_import_job, input,
             start_to_close_timeout=policies.PAGE_TIMEOUT, heartbeat_timeout=policies.HEARTBEAT,
             retry_policy=policies.START_JOB_RETRY)
         self._progress.job_id = job.job_id
@@ -139,7 +148,7 @@ class ImportBatchWorkflow:
 
         self._stage(BatchStage.REVIEWING_MANIFEST)
         review = await workflow.execute_activity(
-            "review_manifest", ReviewInput(batch=input, job=job, outcome=outcome), result_type=ReviewResult,
+            review_manifest, ReviewInput(batch=input, job=job, outcome=outcome),
             start_to_close_timeout=policies.PAGE_TIMEOUT, schedule_to_close_timeout=timedelta(hours=2),
             heartbeat_timeout=policies.HEARTBEAT, retry_policy=policies.PATIENT_RETRY)
         self._progress.files_by_state = _merge(self._progress.files_by_state, review.files_by_state)
@@ -162,7 +171,7 @@ class ImportBatchWorkflow:
         while True:
             # The same command as the former execute_activity: histories without wake-ups replay unchanged.
             poll = workflow.start_activity(
-                "await_import_job", job, result_type=JobOutcome,
+                await_import_job, job,
                 start_to_close_timeout=policies.POLL_TIMEOUT, schedule_to_close_timeout=policies.JOB_WAIT_LIMIT,
                 retry_policy=policies.POLL_RETRY)
             await workflow.wait_condition(lambda poll=poll: poll.done() or self._wake)  # type: ignore[misc]
@@ -187,7 +196,7 @@ class ImportBatchWorkflow:
         if self._progress.approval is None or self._progress.approval.approve:
             self._stage(BatchStage.ROUTING)
             await workflow.execute_activity(
-                "route_batch", RouteInput(batch=input, review=review), result_type=RouteResult,
+                route_batch, RouteInput(batch=input, review=review),
                 start_to_close_timeout=policies.PAGE_TIMEOUT, heartbeat_timeout=policies.HEARTBEAT,
                 retry_policy=policies.STAGE_RETRY)
             if review.non_primary_image_sets and workflow.patched(patches.START_RECONCILIATION):
@@ -227,12 +236,12 @@ class ImportBatchWorkflow:
         error: str | None = None
         try:
             ref = await workflow.execute_activity(
-                "start_fhir_import", RouteInput(batch=input, review=review), result_type=FhirImportRef,
+                start_fhir_import, RouteInput(batch=input, review=review),
                 start_to_close_timeout=policies.PAGE_TIMEOUT, heartbeat_timeout=policies.HEARTBEAT,
                 retry_policy=policies.STAGE_RETRY)
             if ref.job_id is not None:
                 outcome = await workflow.execute_activity(
-                    "await_fhir_import", ref, result_type=FhirJobOutcome,
+                    await_fhir_import, ref,
                     start_to_close_timeout=policies.POLL_TIMEOUT, schedule_to_close_timeout=policies.JOB_WAIT_LIMIT,
                     retry_policy=policies.POLL_RETRY)
         except ActivityError as err:
@@ -240,10 +249,9 @@ class ImportBatchWorkflow:
             error = str(err.cause or err)
         try:
             summary: FhirSummary = await workflow.execute_activity(
-                "review_fhir_import", FhirReviewInput(batch=input, ref=ref, outcome=outcome, error=error),
-                result_type=FhirSummary, start_to_close_timeout=policies.PAGE_TIMEOUT,
-                schedule_to_close_timeout=timedelta(hours=2), heartbeat_timeout=policies.HEARTBEAT,
-                retry_policy=policies.PATIENT_RETRY)
+                review_fhir_import, FhirReviewInput(batch=input, ref=ref, outcome=outcome, error=error),
+                start_to_close_timeout=policies.PAGE_TIMEOUT, schedule_to_close_timeout=timedelta(hours=2),
+                heartbeat_timeout=policies.HEARTBEAT, retry_policy=policies.PATIENT_RETRY)
         except ActivityError as err:
             summary = FhirSummary(job_id=ref.job_id if ref else None, job_status=outcome.status if outcome else None,
                                   reviewed=False, problems=[f"HealthLake import output not reviewed: {str(err.cause or err)[:500]}"])
@@ -266,8 +274,7 @@ class ImportBatchWorkflow:
         # fault then costs half a batch), each with its own job, review and routing. A half that fails again is
         # reviewed and reported as failed.
         self._progress.failed_job = outcome
-        await workflow.execute_activity("split_batch", input, result_type=list[int],
-                                        start_to_close_timeout=policies.PAGE_TIMEOUT,
+        await workflow.execute_activity(split_batch, input, start_to_close_timeout=policies.PAGE_TIMEOUT,
                                         heartbeat_timeout=policies.HEARTBEAT, retry_policy=policies.STAGE_RETRY)
         # Files whose source changed before the whole batch's job are in neither half: count them here.
         totals: dict[FileState, int] = {FileState.FAILED: job.source_changed} if job.source_changed else {}

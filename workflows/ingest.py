@@ -21,6 +21,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflow
 
 with workflow.unsafe.imports_passed_through():
     from contracts import search
+    from contracts.activities import write_ingest_manifest
     from contracts.errors import ErrorType
     from contracts.ingest import (
         RECENT_FLUSHED_LIMIT,
@@ -177,11 +178,11 @@ class IngestWorkflow:
         s = self._state
         taken = list(self._buffer.values())[: input.max_files]
         manifest: IngestManifest = await workflow.execute_activity(
-            "write_ingest_manifest",
+            write_ingest_manifest,
             IngestManifestInput(ingest_id=ingest_id, work_s3_uri=input.work_s3_uri, source_s3_uri=input.source_s3_uri,
                                 flush_hint=s.flushes + 1, arrivals=taken),
             # Patient: if this failed for good, the buffered arrivals (held only in this workflow) would be lost.
-            result_type=IngestManifest, start_to_close_timeout=MANIFEST_TIMEOUT, retry_policy=policies.PATIENT_RETRY)
+            start_to_close_timeout=MANIFEST_TIMEOUT, retry_policy=policies.PATIENT_RETRY)
         for arrival in taken:
             # An entry replaced by a newer etag while the manifest was written stays buffered for the next flush.
             if self._buffer.get(arrival.key) is arrival:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Any
+from typing import TypeVar
 
 from temporalio import workflow
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
@@ -18,6 +18,15 @@ from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflow
 
 with workflow.unsafe.imports_passed_through():
     from contracts import search
+    from contracts.activities import (
+        normalize_page,
+        parse_headers,
+        plan_batches,
+        receive_inventory,
+        record_failed_batch,
+        validate_page,
+        write_report,
+    )
     from contracts.errors import ErrorType
     from contracts.pipeline import (
         BatchInput,
@@ -29,24 +38,20 @@ with workflow.unsafe.imports_passed_through():
         MigrationProgress,
         MigrationResult,
         MigrationState,
-        NormalizeResult,
         OperatorAction,
         OperatorCommand,
         PageInput,
-        ParseResult,
         PlanInput,
-        PlanResult,
         ReceiveInput,
-        ReceiveResult,
         ReportInput,
-        ReportResult,
-        ValidateResult,
         batch_workflow_id,
         check_migration_id,
     )
     from workflows import patches, policies
     from workflows.batch import ImportBatchWorkflow
     from workflows.search import upsert
+
+Out = TypeVar("Out")
 
 # Continue as new well before Temporal's 10k-event warning, and whenever the server suggests it.
 HISTORY_ROLLOVER = 5_000
@@ -173,12 +178,12 @@ class MigrationWorkflow:
 
         if s.phase == "receiving":
             received = await workflow.execute_activity(
-                "receive_inventory",
+                receive_inventory,
                 ReceiveInput(migration_id=self._id, source_s3_uri=input.source_s3_uri,
                              work_s3_uri=input.work_s3_uri, page_size=input.inventory_page_size,
                              source_manifest_uri=input.source_manifest_uri,
                              source_connector=input.source_connector),
-                result_type=ReceiveResult, start_to_close_timeout=timedelta(hours=6),
+                start_to_close_timeout=timedelta(hours=6),
                 heartbeat_timeout=policies.HEARTBEAT, retry_policy=policies.STAGE_RETRY)
             s.inventory_pages, s.files_total, s.bytes_total = received.pages, received.files, received.bytes
             # What a source connector enumerated but could not pull is already final (failed) and in the report.
@@ -198,12 +203,12 @@ class MigrationWorkflow:
 
         if s.phase == "planning":
             plan = await workflow.execute_activity(
-                "plan_batches",
+                plan_batches,
                 PlanInput(migration_id=self._id, source_s3_uri=input.source_s3_uri, work_s3_uri=input.work_s3_uri,
                           pages=s.pages_done, allow_direct=input.source_manifest_uri is None,
                           max_files_per_batch=input.max_files_per_batch, max_bytes_per_batch=input.max_bytes_per_batch,
                           datastore_id=input.datastore_id),
-                result_type=PlanResult, start_to_close_timeout=timedelta(hours=2), heartbeat_timeout=policies.HEARTBEAT,
+                start_to_close_timeout=timedelta(hours=2), heartbeat_timeout=policies.HEARTBEAT,
                 retry_policy=policies.STAGE_RETRY)
             s.batches_planned, s.duplicates = plan.batches, plan.duplicates
             s.predicted_non_primary = plan.predicted_non_primary
@@ -224,10 +229,10 @@ class MigrationWorkflow:
             self._publish()
 
         report = await workflow.execute_activity(
-            "write_report", ReportInput(migration_id=self._id, work_s3_uri=input.work_s3_uri,
+            write_report, ReportInput(migration_id=self._id, work_s3_uri=input.work_s3_uri,
                                         datastore_id=input.datastore_id, cancelled=s.cancel_requested,
                                         inventory_pages=s.inventory_pages),
-            result_type=ReportResult, start_to_close_timeout=timedelta(hours=1), heartbeat_timeout=policies.HEARTBEAT,
+            start_to_close_timeout=timedelta(hours=1), heartbeat_timeout=policies.HEARTBEAT,
             retry_policy=policies.STAGE_RETRY)
         # The report is the authority: it re-derives every file's state from the ledgers.
         s.files_by_state = dict(report.files_by_state)
@@ -241,16 +246,16 @@ class MigrationWorkflow:
     async def _page(self, input: MigrationInput, page: int) -> None:
         args = PageInput(migration_id=self._id, work_s3_uri=input.work_s3_uri, page=page,
                          source_s3_uri=input.source_s3_uri, validation_level=input.validation_level)
-        await self._page_stage("parse_headers", args, ParseResult)
-        validated: ValidateResult = await self._page_stage("validate_page", args, ValidateResult)
-        await self._page_stage("normalize_page", args, NormalizeResult)
+        await self._page_stage(parse_headers, args)
+        validated = await self._page_stage(validate_page, args)
+        await self._page_stage(normalize_page, args)
         self._state.rejected += validated.rejected
         self._add_states({FileState.REJECTED: validated.rejected} if validated.rejected else {})
         self._state.pages_done += 1
 
-    async def _page_stage(self, name: str, args: PageInput, result_type: type) -> Any:
+    async def _page_stage(self, activity: Callable[[PageInput], Out], args: PageInput) -> Out:
         return await workflow.execute_activity(
-            name, args, result_type=result_type, start_to_close_timeout=policies.PAGE_TIMEOUT,
+            activity, args, start_to_close_timeout=policies.PAGE_TIMEOUT,
             heartbeat_timeout=policies.HEARTBEAT, retry_policy=policies.STAGE_RETRY)
 
     async def _batch(self, input: MigrationInput, batch: int) -> None:
@@ -281,8 +286,8 @@ class MigrationWorkflow:
             # Never lose the batch's files: record them as failed with the reason, then carry on.
             cause = err.cause if err.cause is not None else err
             written = await workflow.execute_activity(
-                "record_failed_batch", FailedBatchInput(batch=args, reason=f"batch workflow failed: {cause}"),
-                result_type=int, start_to_close_timeout=policies.PAGE_TIMEOUT, heartbeat_timeout=policies.HEARTBEAT,
+                record_failed_batch, FailedBatchInput(batch=args, reason=f"batch workflow failed: {cause}"),
+                start_to_close_timeout=policies.PAGE_TIMEOUT, heartbeat_timeout=policies.HEARTBEAT,
                 retry_policy=policies.STAGE_RETRY)
             self._add_states({FileState.FAILED: written} if written else {})
             self._state.batches_failed += 1
