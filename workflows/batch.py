@@ -45,6 +45,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from contracts.reconciliation import ReconciliationInput, reconciliation_workflow_id
     from workflows import patches, policies
+    from workflows.counts import add_counts
     from workflows.reconciliation import ReconciliationWorkflow
     from workflows.search import upsert
 
@@ -130,7 +131,7 @@ class ImportBatchWorkflow:
             # Every file's source object changed after validation: no job was started, the staging step's
             # ledger reports each file as failed (SourceChanged), and there is nothing to await or review.
             states = {FileState.FAILED: job.source_changed}
-            self._progress.files_by_state = _merge(self._progress.files_by_state, states)
+            self._progress.files_by_state = add_counts(self._progress.files_by_state, states)
             outcome = JobOutcome(job_id="", status="NOT_STARTED", output_s3_uri=job.output_s3_uri,
                                  message="every file's source changed after validation")
             return job, outcome, ReviewResult(files_by_state=states, image_sets=0, non_primary_image_sets=[],
@@ -151,7 +152,7 @@ class ImportBatchWorkflow:
             review_manifest, ReviewInput(batch=input, job=job, outcome=outcome),
             start_to_close_timeout=policies.PAGE_TIMEOUT, schedule_to_close_timeout=timedelta(hours=2),
             heartbeat_timeout=policies.HEARTBEAT, retry_policy=policies.PATIENT_RETRY)
-        self._progress.files_by_state = _merge(self._progress.files_by_state, review.files_by_state)
+        self._progress.files_by_state = add_counts(self._progress.files_by_state, review.files_by_state)
         self._progress.counters_consistent = review.counters_consistent
         self._progress.problems = review.problems
         self._progress.non_primary_image_sets += review.non_primary_image_sets
@@ -285,20 +286,13 @@ class ImportBatchWorkflow:
             assert half_review is not None  # halves are never split again
             if half_job.job_id:
                 await self._route(half, half_review)
-            totals = _merge(totals, half_review.files_by_state)
+            totals = add_counts(totals, half_review.files_by_state)
             image_sets += half_review.image_sets
             non_primary += half_review.non_primary_image_sets
         self._stage(BatchStage.DONE)
         return BatchResult(batch=input.batch, job_id=self._progress.job_id, job_status=last.status, failed_job=outcome,
                            files_by_state=totals, image_sets=image_sets, non_primary_image_sets=non_primary,
                            stage=BatchStage.DONE, fhir=self._progress.fhir)
-
-
-def _merge(a: dict[FileState, int], b: dict[FileState, int]) -> dict[FileState, int]:
-    out = dict(a)
-    for state, n in b.items():
-        out[state] = out.get(state, 0) + n
-    return out
 
 
 def after_round_2(first: FhirSummary, second: FhirSummary) -> FhirSummary:

@@ -42,12 +42,12 @@ with workflow.unsafe.imports_passed_through():
     from contracts.pipeline import MigrationInput, MigrationResult, check_migration_id
     from contracts.s3uri import parse_s3_uri
     from workflows import patches, policies
+    from workflows.history import should_roll_over
     from workflows.migration import MigrationWorkflow
     from workflows.search import upsert
 
-# Each arrival costs a signal and a workflow task in history; roll over well before the 10k-event warning, and
-# after a few flushes (each flush adds a child's events), carrying only what is still buffered.
-HISTORY_ROLLOVER = 5_000
+# Each arrival costs a signal and a workflow task in history: besides the history bound (workflows/history.py),
+# roll over after a few flushes (each flush adds a child's events), carrying only what is still buffered.
 FLUSHES_PER_RUN = 5
 MANIFEST_TIMEOUT = timedelta(minutes=5)
 
@@ -131,7 +131,7 @@ class IngestWorkflow:
                                         duplicates_ignored=self._state.duplicates_ignored,
                                         last_flush=self._state.last_flush)
                 continue
-            if flushes_this_run >= FLUSHES_PER_RUN or self._should_roll_over():
+            if flushes_this_run >= FLUSHES_PER_RUN or should_roll_over():
                 self._state.buffer = list(self._buffer.values())
                 workflow.continue_as_new(input.model_copy(update={"continued": self._state}))
             if self._state.pending:
@@ -156,10 +156,6 @@ class IngestWorkflow:
     def _set_phase(self, phase: str) -> None:
         self._phase = phase
         upsert({search.STATE: phase, search.DATASTORE_ID: self._input.datastore_id})
-
-    def _should_roll_over(self) -> bool:
-        info = workflow.info()
-        return info.is_continue_as_new_suggested() or info.get_current_history_length() > HISTORY_ROLLOVER
 
     def _seconds_until_due(self, input: IngestInput) -> float:
         s = self._state

@@ -49,12 +49,11 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows import patches, policies
     from workflows.batch import ImportBatchWorkflow
+    from workflows.counts import add_counts
+    from workflows.history import should_roll_over
     from workflows.search import upsert
 
 Out = TypeVar("Out")
-
-# Continue as new well before Temporal's 10k-event warning, and whenever the server suggests it.
-HISTORY_ROLLOVER = 5_000
 
 
 @workflow.defn
@@ -99,14 +98,7 @@ class MigrationWorkflow:
                 search.STATE: self._state.phase})
 
     def _add_states(self, counts: dict[FileState, int]) -> None:
-        for state, n in counts.items():
-            if not n:
-                continue
-            self._state.files_by_state[state] = self._state.files_by_state.get(state, 0) + n
-
-    def _should_roll_over(self) -> bool:
-        info = workflow.info()
-        return info.is_continue_as_new_suggested() or info.get_current_history_length() > HISTORY_ROLLOVER
+        self._state.files_by_state = add_counts(self._state.files_by_state, counts)
 
     async def _bounded(self, start: int, stop: int, limit: int, step: Callable[[int], Awaitable[None]],
                        pace: timedelta | None = None) -> int:
@@ -120,7 +112,7 @@ class MigrationWorkflow:
         nxt = start
         paced = False
         while nxt < stop or running:
-            while (nxt < stop and len(running) < limit and not self._should_roll_over()
+            while (nxt < stop and len(running) < limit and not should_roll_over()
                    and not self._state.cancel_requested):
                 if self._state.paused:
                     if running:
@@ -250,7 +242,7 @@ class MigrationWorkflow:
         validated = await self._page_stage(validate_page, args)
         await self._page_stage(normalize_page, args)
         self._state.rejected += validated.rejected
-        self._add_states({FileState.REJECTED: validated.rejected} if validated.rejected else {})
+        self._add_states({FileState.REJECTED: validated.rejected})
         self._state.pages_done += 1
 
     async def _page_stage(self, activity: Callable[[PageInput], Out], args: PageInput) -> Out:
@@ -289,7 +281,7 @@ class MigrationWorkflow:
                 record_failed_batch, FailedBatchInput(batch=args, reason=f"batch workflow failed: {cause}"),
                 start_to_close_timeout=policies.PAGE_TIMEOUT, heartbeat_timeout=policies.HEARTBEAT,
                 retry_policy=policies.STAGE_RETRY)
-            self._add_states({FileState.FAILED: written} if written else {})
+            self._add_states({FileState.FAILED: written})
             self._state.batches_failed += 1
         finally:
             self._running.discard(batch)
