@@ -19,11 +19,11 @@ from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.testing import WorkflowEnvironment
 from typer.testing import CliRunner
 
+from cli import app as cli_module
 from cli.app import app, list_query
 from contracts import search
 from contracts.pipeline import MigrationInput
 from contracts.reconciliation import ReconciliationInput
-from worker import cli as cli_module
 from workflows.migration import MigrationWorkflow
 from workflows.reconciliation import ReconciliationWorkflow
 
