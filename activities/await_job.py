@@ -14,6 +14,7 @@ from temporalio import activity
 
 from activities.errors import benign_retry, classify, poll_delay
 from contracts.batch import ImportJobRef, JobOutcome
+from contracts.errors import ErrorType
 
 TERMINAL = {"COMPLETED", "FAILED"}
 
@@ -31,7 +32,7 @@ class AwaitActivities:
             raise classify(err, f"polling import job {job.job_id}") from None
         status = props["jobStatus"]
         if status not in TERMINAL:
-            raise benign_retry(f"import job {job.job_id} is {status}", "JobStillRunning",
+            raise benign_retry(f"import job {job.job_id} is {status}", ErrorType.JOB_STILL_RUNNING,
                                partial(poll_delay, initial=self._initial, maximum=self._max))
         output = props["outputS3Uri"]
         return JobOutcome(job_id=job.job_id, status=status, output_s3_uri=output if output.endswith("/") else output + "/",

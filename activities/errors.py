@@ -1,4 +1,4 @@
-"""Turning AWS errors into Temporal retry decisions."""
+"""Turning AWS errors into Temporal retry decisions, with the code sets of `contracts.errors`."""
 
 from __future__ import annotations
 
@@ -9,12 +9,7 @@ from botocore.exceptions import ClientError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
-# Met by backing off, never by failing the batch (HealthImaging quotas: 1 TPS starts, 100 concurrent jobs).
-BACKOFF_CODES = {"ThrottlingException", "ServiceQuotaExceededException", "TooManyRequestsException",
-                 "SlowDown", "RequestLimitExceeded", "InternalServerException", "ServiceUnavailable"}
-# A retry cannot help: the request itself is wrong or the resource does not exist.
-FATAL_CODES = {"ValidationException", "ResourceNotFoundException", "AccessDeniedException", "ConflictException",
-               "NoSuchBucket"}
+from contracts.errors import BACKOFF, FATAL, ErrorType
 
 
 def error_code(err: ClientError) -> str:
@@ -31,7 +26,7 @@ def poll_delay(attempt: int, initial: float = 1.0, maximum: float = 30.0) -> tim
     return timedelta(seconds=min(maximum, initial * 1.5 ** max(0, attempt - 1)))
 
 
-def benign_retry(message: str, kind: str,
+def benign_retry(message: str, kind: ErrorType,
                  delay: Callable[[int], timedelta] = backoff_delay) -> ApplicationError:
     """A BENIGN error (no warning logged) that Temporal retries after ``delay(attempt)``: a wait, not a failure."""
     attempt = activity.info().attempt if activity.in_activity() else 1
@@ -43,6 +38,6 @@ def classify(err: ClientError, what: str) -> ApplicationError:
     """An `ApplicationError` for ``err`` whose type is the AWS code and whose retryability matches it."""
     code = error_code(err)
     message = str(err.response.get("Error", {}).get("Message", ""))[:500]
-    if code in BACKOFF_CODES:
-        return benign_retry(f"{what}: {code} (backing off): {message}", code)
-    return ApplicationError(f"{what}: {code}: {message}", type=code, non_retryable=code in FATAL_CODES)
+    if code in BACKOFF:
+        return benign_retry(f"{what}: {code} (backing off): {message}", ErrorType(code))
+    return ApplicationError(f"{what}: {code}: {message}", type=code, non_retryable=code in FATAL)

@@ -44,6 +44,7 @@ from activities.heartbeat import keeps_alive
 from activities.signed_http import SignedHttp
 from activities.storage import get_bytes, get_json, is_missing, list_objects, put_json, read_models
 from contracts import layout
+from contracts.errors import ErrorType
 from contracts.fhir import MAX_FAILURES, FhirFailure, FhirImportRef, FhirJobOutcome, FhirSummary
 from contracts.records import ImportedInstance
 from contracts.s3uri import S3Location
@@ -173,8 +174,8 @@ class FhirRouteActivities:
         resp = self._http.request("POST", url, body=json.dumps(resource).encode(),
                                   headers={"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"})
         if resp.status == 429 or resp.status >= 500:
-            raise benign_retry(f"$validate answered HTTP {resp.status}", "ThrottlingException" if resp.status == 429
-                               else "HealthLakeUnavailable", poll_delay)
+            raise benign_retry(f"$validate answered HTTP {resp.status}", ErrorType.THROTTLING if resp.status == 429
+                               else ErrorType.HEALTHLAKE_UNAVAILABLE, poll_delay)
         try:
             outcome = resp.json()
         except ValueError:
@@ -289,7 +290,7 @@ class FhirRouteActivities:
                 built = self._written_input(in_loc, record_loc)
                 if built is None:
                     raise ApplicationError("HealthLake import input is being written by another attempt",
-                                           type="InputWriteConflict")
+                                           type=ErrorType.INPUT_WRITE_CONFLICT)
         ref = FhirImportRef(datastore_id=fhir.datastore_id, job_id=None, input_s3_uri=in_folder.uri,
                             output_s3_uri=out_loc.uri, studies=built.studies, resources=built.resources,
                             validation_level=fhir.validation_level, **capped_refusals(built.rejected))
@@ -318,7 +319,7 @@ class FhirRouteActivities:
             raise classify(err, f"polling HealthLake import job {ref.job_id}") from None
         status = str(props["JobStatus"])
         if status not in TERMINAL:
-            raise benign_retry(f"HealthLake import job {ref.job_id} is {status}", "JobStillRunning",
+            raise benign_retry(f"HealthLake import job {ref.job_id} is {status}", ErrorType.JOB_STILL_RUNNING,
                                self._poll_delay)
         message = props.get("Message")
         return FhirJobOutcome(job_id=ref.job_id, status=status, message=str(message)[:500] if message else None)
@@ -391,7 +392,7 @@ class FhirRouteActivities:
                 raise
             if outcome.status != "FAILED":
                 raise benign_retry(f"HealthLake import output not yet visible under {folder.uri}",
-                                   "ManifestNotYetVisible", poll_delay) from None
+                                   ErrorType.MANIFEST_NOT_YET_VISIBLE, poll_delay) from None
             manifest = {}
         success = self._ndjson_under(folder.join("SUCCESS").as_prefix())
         failure = self._ndjson_under(folder.join("FAILURE").as_prefix())

@@ -15,7 +15,8 @@ from typing import Any, TypeVar
 
 from botocore.exceptions import ClientError
 
-from activities.errors import BACKOFF_CODES, error_code
+from activities.errors import error_code
+from contracts.errors import BACKOFF
 
 # A throttled read is retried here a few times before the whole activity is handed back to Temporal's retry:
 # a batch with hundreds of image sets would otherwise restart its review on every 429 and might never finish.
@@ -32,12 +33,12 @@ class Throttled(Exception):
 
 
 def with_local_retries(call: Callable[[], T], delays: tuple[float, ...] = LOCAL_RETRY_DELAYS) -> T:
-    """``call()``, retried after each delay while it is throttled (ClientError in BACKOFF_CODES or Throttled)."""
+    """``call()``, retried after each delay while it is throttled (ClientError in BACKOFF or Throttled)."""
     for delay in (*delays, None):
         try:
             return call()
         except ClientError as err:
-            if delay is None or error_code(err) not in BACKOFF_CODES:
+            if delay is None or error_code(err) not in BACKOFF:
                 raise
         except Throttled:
             if delay is None:

@@ -24,6 +24,7 @@ from activities.storage import get_bytes, is_missing, list_objects, put_ndjson, 
 from contracts import layout
 from contracts.batch import BatchInput, ImportJobRef
 from contracts.common import FileState
+from contracts.errors import ErrorType
 from contracts.records import InstanceRecord, LedgerEntry
 from contracts.s3uri import parse_s3_uri
 from contracts.stages import BatchPlan
@@ -126,7 +127,7 @@ class ImportActivities:
         try:
             files = read_models(self._s3, manifest, InstanceRecord)
             if not files:
-                raise ApplicationError(f"batch {batch.batch} has no files", type="EmptyBatch", non_retryable=True)
+                raise ApplicationError(f"batch {batch.batch} has no files", type=ErrorType.EMPTY_BATCH, non_retryable=True)
             plan = BatchPlan.model_validate_json(
                 get_bytes(self._s3, layout.batch_meta(batch.work_s3_uri, batch.migration_id, batch.batch, batch.part)))
             changed: list[LedgerEntry] = []

@@ -24,6 +24,7 @@ from activities.storage import iter_ndjson, list_objects, put_bytes, put_ndjson,
 from contracts import layout
 from contracts.batch import BatchInput
 from contracts.common import FileState
+from contracts.errors import ErrorType
 from contracts.records import (
     ImportedInstance,
     InstanceRecord,
@@ -244,7 +245,7 @@ class PlanActivities:
                 props = with_local_retries(partial(self._mi.get_image_set, datastoreId=datastore_id,
                                                    imageSetId=image_set_id))
             except ClientError as err:
-                if error_code(err) == "ResourceNotFoundException":
+                if error_code(err) == ErrorType.RESOURCE_NOT_FOUND:
                     gone.add(image_set_id)
                     continue
                 raise classify(err, "checking image sets of the import index") from None

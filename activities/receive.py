@@ -24,6 +24,7 @@ from activities.sources.common import Landing, PullCursor, pull_all
 from activities.sources.registry import SourceSettings, connector_for
 from activities.storage import iter_ndjson, put_ndjson
 from contracts import layout
+from contracts.errors import ErrorType
 from contracts.records import InventoryEntry
 from contracts.s3uri import S3Location, parse_s3_uri
 from contracts.stages import ReceiveInput, ReceiveResult
@@ -69,7 +70,7 @@ class ReceiveActivities:
             return None
         rows = list(iter_ndjson(self._s3, layout.inventory_page(input.work_s3_uri, input.migration_id, pages - 1)))
         if not rows:
-            raise ApplicationError(f"receive: inventory page {pages - 1} is empty", type="CorruptInventory")
+            raise ApplicationError(f"receive: inventory page {pages - 1} is empty", type=ErrorType.CORRUPT_INVENTORY)
         return str(rows[-1]["key"])
 
     def _from_manifest(self, input: ReceiveInput) -> ReceiveResult:
@@ -82,11 +83,11 @@ class ReceiveActivities:
             raise classify(err, "reading the source manifest") from None
         except ValueError as err:
             raise ApplicationError(f"source_manifest_uri: not an NDJSON list of {{key, size, etag}}: {err}",
-                                   type="InvalidSourceManifest", non_retryable=True) from None
+                                   type=ErrorType.INVALID_SOURCE_MANIFEST, non_retryable=True) from None
         outside = [e.key for e in entries if not e.key.startswith(source.key)]
         if outside:
             raise ApplicationError(f"source_manifest_uri: {len(outside)} keys are outside source_s3_uri",
-                                   type="InvalidSourceManifest", non_retryable=True)
+                                   type=ErrorType.INVALID_SOURCE_MANIFEST, non_retryable=True)
         unique = sorted({e.key: e for e in entries}.values(), key=lambda e: e.key)
         pages = 0
         for start in range(0, len(unique), input.page_size):

@@ -21,6 +21,7 @@ from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from activities.errors import classify, error_code
 from activities.healthimaging import get_image_set_metadata, search_image_sets
+from contracts.errors import ErrorType
 from contracts.reconciliation import (
     NORMALIZED_ATTRIBUTES,
     AttributeDifference,
@@ -110,13 +111,13 @@ def _busy(what: str, code: str) -> ApplicationError:
     """A locked set or a stale version: wait a moment and retry (the next attempt re-reads the version)."""
     attempt = activity.info().attempt if activity.in_activity() else 1
     delay = timedelta(seconds=min(30.0, 0.5 * attempt))
-    return ApplicationError(f"{what}: {code} (image set busy, retrying)", type="ImageSetBusy",
+    return ApplicationError(f"{what}: {code} (image set busy, retrying)", type=ErrorType.IMAGE_SET_BUSY,
                             next_retry_delay=delay, category=ApplicationErrorCategory.BENIGN)
 
 
 def _fail(err: ClientError, what: str) -> ApplicationError:
     code = error_code(err)
-    if code == "ConflictException":
+    if code == ErrorType.CONFLICT:
         return _busy(what, code)
     return classify(err, what)
 
@@ -200,10 +201,10 @@ class ReconcileActivities:
                                 is_primary=bool(props.get("isPrimary")), version=str(props.get("versionId")))
         if status.workflow_status.endswith("_FAILED"):
             raise ApplicationError(f"image set {input.image_set_id} ended {status.workflow_status}",
-                                   type="ImageSetMutationFailed", non_retryable=True)
+                                   type=ErrorType.IMAGE_SET_MUTATION_FAILED, non_retryable=True)
         if status.state == "LOCKED":
             raise ApplicationError(f"image set {input.image_set_id} is {status.workflow_status}",
-                                   type="ImageSetNotReady", next_retry_delay=timedelta(seconds=0.5),
+                                   type=ErrorType.IMAGE_SET_NOT_READY, next_retry_delay=timedelta(seconds=0.5),
                                    category=ApplicationErrorCategory.BENIGN)
         return status
 
@@ -254,7 +255,7 @@ class ReconcileActivities:
         doc = self._metadata(input.datastore_id, input.image_set_id)
         series_uid, _ = _series_doc(doc, None)
         if series_uid is None:
-            raise ApplicationError("the image set has no series", type="ValidationError", non_retryable=True)
+            raise ApplicationError("the image set has no series", type=ErrorType.VALIDATION_ERROR, non_retryable=True)
         existing = self._existing_copy(input, series_uid, sop_uids(doc))
         if existing:
             activity.logger.info("reusing the primary copy made by an earlier attempt")
@@ -278,9 +279,9 @@ class ReconcileActivities:
             got = self._mi.delete_image_set(datastoreId=input.datastore_id, imageSetId=input.image_set_id)
         except ClientError as err:
             code = error_code(err)
-            if code == "ResourceNotFoundException":
+            if code == ErrorType.RESOURCE_NOT_FOUND:
                 return DeleteResult(already_deleted=True)
-            if code == "ConflictException":
+            if code == ErrorType.CONFLICT:
                 props = self._get(input.datastore_id, input.image_set_id)
                 if props.get("imageSetState") == "DELETED" or props.get("imageSetWorkflowStatus") == "DELETING":
                     return DeleteResult(already_deleted=True)
@@ -305,5 +306,5 @@ class ReconcileActivities:
         except ClientError as err:
             raise classify(err, "publishing the escalation event") from None
         if resp.get("FailedEntryCount"):
-            raise ApplicationError("EventBridge rejected the escalation event", type="PutEventsFailed")
+            raise ApplicationError("EventBridge rejected the escalation event", type=ErrorType.PUT_EVENTS_FAILED)
         return True

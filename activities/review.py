@@ -15,13 +15,14 @@ from botocore.exceptions import ClientError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
-from activities.errors import BACKOFF_CODES, classify, error_code
+from activities.errors import classify, error_code
 from activities.heartbeat import keeps_alive
 from activities.ledger import source_changed_keys
 from activities.spotcheck import SpotChecker
 from activities.storage import get_bytes, is_missing, iter_ndjson, list_objects, put_ndjson, read_models
 from contracts import layout
 from contracts.common import FileState
+from contracts.errors import BACKOFF, ErrorType
 from contracts.records import ImportedInstance, InstanceRecord, LedgerEntry, attributes_fingerprint
 from contracts.s3uri import S3Location, parse_s3_uri
 from contracts.stages import FailedBatchInput, ImageSetRef, ReviewInput, ReviewResult
@@ -111,7 +112,7 @@ class ReviewActivities:
         except ClientError as err:
             if is_missing(err):
                 # The manifest can appear a little after the job is COMPLETED: retry quietly.
-                raise ApplicationError(f"job output not yet visible under {folder.uri}", type="ManifestNotYetVisible",
+                raise ApplicationError(f"job output not yet visible under {folder.uri}", type=ErrorType.MANIFEST_NOT_YET_VISIBLE,
                                        category=ApplicationErrorCategory.BENIGN) from None
             raise classify(err, "reading the import job output") from None
         return output
@@ -122,7 +123,7 @@ class ReviewActivities:
             try:
                 props = self._mi.get_image_set(datastoreId=datastore_id, imageSetId=ref.image_set_id)
             except ClientError as err:
-                if error_code(err) in BACKOFF_CODES:
+                if error_code(err) in BACKOFF:
                     raise classify(err, "verifying image sets") from None  # throttled: retry, not a problem
                 problems.append(f"image set {ref.image_set_id}: GetImageSet failed: {error_code(err)}")
                 continue

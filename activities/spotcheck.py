@@ -19,7 +19,7 @@ from typing import Any
 import urllib3
 from botocore.exceptions import ClientError
 
-from activities.errors import BACKOFF_CODES, benign_retry, classify, error_code
+from activities.errors import benign_retry, classify, error_code
 from activities.healthimaging import (
     LOCAL_RETRY_DELAYS,
     Throttled,
@@ -29,6 +29,7 @@ from activities.healthimaging import (
     with_local_retries,
 )
 from activities.signed_http import Response, SignedHttp
+from contracts.errors import BACKOFF, ErrorType
 from contracts.records import InstanceRecord, LedgerEntry
 
 STUDY_TAG, SERIES_TAG, SOP_TAG = "0020000D", "0020000E", "00080018"
@@ -99,7 +100,7 @@ class SpotChecker:
                 listed = metadata_sops(with_local_retries(
                     partial(get_image_set_metadata, self._mi, datastore_id, image_set_id), self._delays))
             except ClientError as err:
-                if error_code(err) in BACKOFF_CODES:
+                if error_code(err) in BACKOFF:
                     raise classify(err, "reading image set metadata") from None
                 problems.append(f"image set {image_set_id}: GetImageSetMetadata failed: {error_code(err)}")
                 continue
@@ -130,10 +131,10 @@ class SpotChecker:
                 resp = with_local_retries(partial(self._wado, url, inst.image_set_id), self._delays)
             except (urllib3.exceptions.HTTPError, OSError) as err:
                 raise benign_retry(f"DICOMweb spot check: {type(err).__name__} (backing off)",
-                                   "DicomWebUnavailable") from None
+                                   ErrorType.DICOMWEB_UNAVAILABLE) from None
             except Throttled as err:
-                raise benign_retry(f"DICOMweb spot check: HTTP {err.status} (backing off)", "ThrottlingException"
-                                   if err.status == 429 else "DicomWebUnavailable") from None
+                raise benign_retry(f"DICOMweb spot check: HTTP {err.status} (backing off)", ErrorType.THROTTLING
+                                   if err.status == 429 else ErrorType.DICOMWEB_UNAVAILABLE) from None
             where = f"image set {inst.image_set_id}: sampled instance (batch line {inst.line})"
             if resp.status != 200:
                 code = resp.headers.get("x-amzn-errortype", "").split(":")[0] or "error"

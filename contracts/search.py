@@ -16,9 +16,6 @@ DATASTORE_ID = SearchAttributeKey.for_keyword("HimigDatastoreId")
 
 ALL = (MIGRATION_ID, STATE, DATASTORE_ID)
 
-# `workflow.patched` id guarding every upsert (histories recorded before it replay without the commands).
-PATCH = "search-attributes"
-
 
 def dev_server_args() -> list[str]:
     """``--search-attribute NAME=Keyword`` for ``temporal server start-dev``."""

@@ -12,6 +12,16 @@ from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
     from contracts import layout, search
+    from contracts.activities import (
+        await_fhir_import,
+        await_import_job,
+        review_fhir_import,
+        review_manifest,
+        route_batch,
+        split_batch,
+        start_fhir_import,
+        start_import_job,
+    )
     from contracts.batch import (
         BatchInput,
         BatchProgress,
@@ -26,13 +36,12 @@ with workflow.unsafe.imports_passed_through():
     from contracts.fhir import MAX_FAILURES, FhirImportRef, FhirJobOutcome, FhirSummary, fhir_round_done
     from contracts.jobevents import TERMINAL_STATUSES, JobEvent
     from contracts.reconciliation import ReconciliationInput, reconciliation_workflow_id
-    from contracts.stages import FhirReviewInput, ReviewInput, ReviewResult, RouteInput, RouteResult
-    from workflows import policies
+    from contracts.stages import FhirReviewInput, ReviewInput, ReviewResult, RouteInput
+    from workflows import patches, policies
+    from workflows.counts import add_counts
     from workflows.reconciliation import ReconciliationWorkflow
     from workflows.search import upsert
 
-# Guards the job-event wake-up (asked only when an event wakes a wait, so batches never woken pay nothing).
-JOB_EVENTS_PATCH = "job-events"
 JOB_EVENT_SIGNAL = "job_event"
 # Wake-ups acted on per job: a flood of duplicate events costs a few signals, never a poll each.
 MAX_WAKES = 3
@@ -106,16 +115,16 @@ class ImportBatchWorkflow:
         """Stage, import and await one job; review its manifest unless a FAILED job is going to be split."""
         self._stage(BatchStage.IMPORTING)
         job = await workflow.execute_activity(
-            "start_import_job", input, result_type=ImportJobRef,
+            start_import_job, input,
             start_to_close_timeout=policies.PAGE_TIMEOUT, heartbeat_timeout=policies.HEARTBEAT,
             retry_policy=policies.START_JOB_RETRY)
         self._progress.job_id = job.job_id
         self._progress.staged_files = job.staged_files
-        if not job.job_id and workflow.patched("source-changed-no-job"):
+        if not job.job_id and workflow.patched(patches.SOURCE_CHANGED_NO_JOB):
             # Every file's source object changed after validation: no job was started, the staging step's
             # ledger reports each file as failed (SourceChanged), and there is nothing to await or review.
             states = {FileState.FAILED: job.source_changed}
-            self._progress.files_by_state = _merge(self._progress.files_by_state, states)
+            self._progress.files_by_state = add_counts(self._progress.files_by_state, states)
             outcome = JobOutcome(job_id="", status="NOT_STARTED", output_s3_uri=job.output_s3_uri,
                                  message="every file's source changed after validation")
             return job, outcome, ReviewResult(files_by_state=states, image_sets=0, non_primary_image_sets=[],
@@ -128,15 +137,15 @@ class ImportBatchWorkflow:
         self._progress.job_status = outcome.status
         self._stage(BatchStage.JOB_COMPLETED if outcome.status == "COMPLETED" else BatchStage.JOB_FAILED)
         if outcome.status == "FAILED" and input.part is None and job.staged_files > 1 \
-                and workflow.patched("split-failed-batch"):
+                and workflow.patched(patches.SPLIT_FAILED_BATCH):
             return job, outcome, None  # retried in two halves; the halves' reviews account for the files
 
         self._stage(BatchStage.REVIEWING_MANIFEST)
         review = await workflow.execute_activity(
-            "review_manifest", ReviewInput(batch=input, job=job, outcome=outcome), result_type=ReviewResult,
+            review_manifest, ReviewInput(batch=input, job=job, outcome=outcome),
             start_to_close_timeout=policies.PAGE_TIMEOUT, schedule_to_close_timeout=timedelta(hours=2),
             heartbeat_timeout=policies.HEARTBEAT, retry_policy=policies.PATIENT_RETRY)
-        self._progress.files_by_state = _merge(self._progress.files_by_state, review.files_by_state)
+        self._progress.files_by_state = add_counts(self._progress.files_by_state, review.files_by_state)
         self._progress.counters_consistent = review.counters_consistent
         self._progress.problems = review.problems
         self._progress.non_primary_image_sets += review.non_primary_image_sets
@@ -156,12 +165,12 @@ class ImportBatchWorkflow:
         while True:
             # The same command as the former execute_activity: histories without wake-ups replay unchanged.
             poll = workflow.start_activity(
-                "await_import_job", job, result_type=JobOutcome,
+                await_import_job, job,
                 start_to_close_timeout=policies.POLL_TIMEOUT, schedule_to_close_timeout=policies.JOB_WAIT_LIMIT,
                 retry_policy=policies.POLL_RETRY)
             await workflow.wait_condition(lambda poll=poll: poll.done() or self._wake)  # type: ignore[misc]
             self._wake = False
-            if not poll.done() and workflow.patched(JOB_EVENTS_PATCH):
+            if not poll.done() and workflow.patched(patches.JOB_EVENTS):
                 poll.cancel()
             try:
                 return await poll
@@ -181,12 +190,12 @@ class ImportBatchWorkflow:
         if self._progress.approval is None or self._progress.approval.approve:
             self._stage(BatchStage.ROUTING)
             await workflow.execute_activity(
-                "route_batch", RouteInput(batch=input, review=review), result_type=RouteResult,
+                route_batch, RouteInput(batch=input, review=review),
                 start_to_close_timeout=policies.PAGE_TIMEOUT, heartbeat_timeout=policies.HEARTBEAT,
                 retry_policy=policies.STAGE_RETRY)
-            if review.non_primary_image_sets and workflow.patched("start-reconciliation"):
+            if review.non_primary_image_sets and workflow.patched(patches.START_RECONCILIATION):
                 await self._start_reconciliations(input, review.non_primary_image_sets)
-            if input.fhir is not None and workflow.patched("fhir-routing"):
+            if input.fhir is not None and workflow.patched(patches.FHIR_ROUTING):
                 await self._route_fhir(input, review)
         else:
             # The files stay imported (and in the report); only events and reconciliation are held back.
@@ -221,12 +230,12 @@ class ImportBatchWorkflow:
         error: str | None = None
         try:
             ref = await workflow.execute_activity(
-                "start_fhir_import", RouteInput(batch=input, review=review), result_type=FhirImportRef,
+                start_fhir_import, RouteInput(batch=input, review=review),
                 start_to_close_timeout=policies.PAGE_TIMEOUT, heartbeat_timeout=policies.HEARTBEAT,
                 retry_policy=policies.STAGE_RETRY)
             if ref.job_id is not None:
                 outcome = await workflow.execute_activity(
-                    "await_fhir_import", ref, result_type=FhirJobOutcome,
+                    await_fhir_import, ref,
                     start_to_close_timeout=policies.POLL_TIMEOUT, schedule_to_close_timeout=policies.JOB_WAIT_LIMIT,
                     retry_policy=policies.POLL_RETRY)
         except ActivityError as err:
@@ -234,10 +243,9 @@ class ImportBatchWorkflow:
             error = str(err.cause or err)
         try:
             summary: FhirSummary = await workflow.execute_activity(
-                "review_fhir_import", FhirReviewInput(batch=input, ref=ref, outcome=outcome, error=error),
-                result_type=FhirSummary, start_to_close_timeout=policies.PAGE_TIMEOUT,
-                schedule_to_close_timeout=timedelta(hours=2), heartbeat_timeout=policies.HEARTBEAT,
-                retry_policy=policies.PATIENT_RETRY)
+                review_fhir_import, FhirReviewInput(batch=input, ref=ref, outcome=outcome, error=error),
+                start_to_close_timeout=policies.PAGE_TIMEOUT, schedule_to_close_timeout=timedelta(hours=2),
+                heartbeat_timeout=policies.HEARTBEAT, retry_policy=policies.PATIENT_RETRY)
         except ActivityError as err:
             summary = FhirSummary(job_id=ref.job_id if ref else None, job_status=outcome.status if outcome else None,
                                   reviewed=False, problems=[f"HealthLake import output not reviewed: {str(err.cause or err)[:500]}"])
@@ -260,8 +268,7 @@ class ImportBatchWorkflow:
         # fault then costs half a batch), each with its own job, review and routing. A half that fails again is
         # reviewed and reported as failed.
         self._progress.failed_job = outcome
-        await workflow.execute_activity("split_batch", input, result_type=list[int],
-                                        start_to_close_timeout=policies.PAGE_TIMEOUT,
+        await workflow.execute_activity(split_batch, input, start_to_close_timeout=policies.PAGE_TIMEOUT,
                                         heartbeat_timeout=policies.HEARTBEAT, retry_policy=policies.STAGE_RETRY)
         # Files whose source changed before the whole batch's job are in neither half: count them here.
         totals: dict[FileState, int] = {FileState.FAILED: job.source_changed} if job.source_changed else {}
@@ -272,20 +279,13 @@ class ImportBatchWorkflow:
             assert half_review is not None  # halves are never split again
             if half_job.job_id:
                 await self._route(half, half_review)
-            totals = _merge(totals, half_review.files_by_state)
+            totals = add_counts(totals, half_review.files_by_state)
             image_sets += half_review.image_sets
             non_primary += half_review.non_primary_image_sets
         self._stage(BatchStage.DONE)
         return BatchResult(batch=input.batch, job_id=self._progress.job_id, job_status=last.status, failed_job=outcome,
                            files_by_state=totals, image_sets=image_sets, non_primary_image_sets=non_primary,
                            stage=BatchStage.DONE, fhir=self._progress.fhir)
-
-
-def _merge(a: dict[FileState, int], b: dict[FileState, int]) -> dict[FileState, int]:
-    out = dict(a)
-    for state, n in b.items():
-        out[state] = out.get(state, 0) + n
-    return out
 
 
 def after_round_2(first: FhirSummary, second: FhirSummary) -> FhirSummary:

@@ -21,6 +21,8 @@ from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflow
 
 with workflow.unsafe.imports_passed_through():
     from contracts import search
+    from contracts.activities import write_ingest_manifest
+    from contracts.errors import ErrorType
     from contracts.ingest import (
         RECENT_FLUSHED_LIMIT,
         Arrival,
@@ -39,18 +41,15 @@ with workflow.unsafe.imports_passed_through():
     )
     from contracts.migration import MigrationInput, MigrationResult, check_migration_id
     from contracts.s3uri import parse_s3_uri
-    from workflows import policies
+    from workflows import patches, policies
+    from workflows.history import should_roll_over
     from workflows.migration import MigrationWorkflow
     from workflows.search import upsert
 
-# Each arrival costs a signal and a workflow task in history; roll over well before the 10k-event warning, and
-# after a few flushes (each flush adds a child's events), carrying only what is still buffered.
-HISTORY_ROLLOVER = 5_000
+# Each arrival costs a signal and a workflow task in history: besides the history bound (workflows/history.py),
+# roll over after a few flushes (each flush adds a child's events), carrying only what is still buffered.
 FLUSHES_PER_RUN = 5
 MANIFEST_TIMEOUT = timedelta(minutes=5)
-# Arrivals during a running flush are spilled to S3 (a pending manifest) whenever ``max_files`` are buffered:
-# the buffer holds at most ``max_files`` plus what is signalled while one manifest is written.
-SPILL_PATCH = "ingest-spill"
 
 
 def _newer(arrival: Arrival, etag: str, event_time: datetime, sequencer: str | None) -> bool:
@@ -114,7 +113,7 @@ class IngestWorkflow:
         try:
             check_migration_id(flush_migration_id(ingest_id, 99_999))
         except ValueError as err:
-            raise ApplicationError(str(err), type="InvalidIngestId", non_retryable=True) from None
+            raise ApplicationError(str(err), type=ErrorType.INVALID_INGEST_ID, non_retryable=True) from None
         quiet = timedelta(seconds=input.quiet_seconds)
         flushes_this_run = 0
         while True:
@@ -132,7 +131,7 @@ class IngestWorkflow:
                                         duplicates_ignored=self._state.duplicates_ignored,
                                         last_flush=self._state.last_flush)
                 continue
-            if flushes_this_run >= FLUSHES_PER_RUN or self._should_roll_over():
+            if flushes_this_run >= FLUSHES_PER_RUN or should_roll_over():
                 self._state.buffer = list(self._buffer.values())
                 workflow.continue_as_new(input.model_copy(update={"continued": self._state}))
             if self._state.pending:
@@ -158,10 +157,6 @@ class IngestWorkflow:
         self._phase = phase
         upsert({search.STATE: phase, search.DATASTORE_ID: self._input.datastore_id})
 
-    def _should_roll_over(self) -> bool:
-        info = workflow.info()
-        return info.is_continue_as_new_suggested() or info.get_current_history_length() > HISTORY_ROLLOVER
-
     def _seconds_until_due(self, input: IngestInput) -> float:
         s = self._state
         now = workflow.now()
@@ -179,11 +174,11 @@ class IngestWorkflow:
         s = self._state
         taken = list(self._buffer.values())[: input.max_files]
         manifest: IngestManifest = await workflow.execute_activity(
-            "write_ingest_manifest",
+            write_ingest_manifest,
             IngestManifestInput(ingest_id=ingest_id, work_s3_uri=input.work_s3_uri, source_s3_uri=input.source_s3_uri,
                                 flush_hint=s.flushes + 1, arrivals=taken),
             # Patient: if this failed for good, the buffered arrivals (held only in this workflow) would be lost.
-            result_type=IngestManifest, start_to_close_timeout=MANIFEST_TIMEOUT, retry_policy=policies.PATIENT_RETRY)
+            start_to_close_timeout=MANIFEST_TIMEOUT, retry_policy=policies.PATIENT_RETRY)
         for arrival in taken:
             # An entry replaced by a newer etag while the manifest was written stays buffered for the next flush.
             if self._buffer.get(arrival.key) is arrival:
@@ -206,7 +201,7 @@ class IngestWorkflow:
         # Awaited, not fire-and-forget: flushes of one study run one after another, and the workflow only
         # completes once every file it accepted has its verdict in a report.
         child: asyncio.Future[MigrationResult] | None = None
-        if workflow.patched(SPILL_PATCH):
+        if workflow.patched(patches.INGEST_SPILL):
             child = asyncio.ensure_future(
                 workflow.execute_child_workflow(MigrationWorkflow.run, child_input, id=migration_id))
             running = child

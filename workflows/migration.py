@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Any
+from typing import TypeVar
 
 from temporalio import workflow
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
@@ -18,8 +18,18 @@ from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflow
 
 with workflow.unsafe.imports_passed_through():
     from contracts import search
+    from contracts.activities import (
+        normalize_page,
+        parse_headers,
+        plan_batches,
+        receive_inventory,
+        record_failed_batch,
+        validate_page,
+        write_report,
+    )
     from contracts.batch import BatchInput, BatchResult
     from contracts.common import FileState
+    from contracts.errors import ErrorType
     from contracts.fhir import FhirRouting
     from contracts.migration import (
         MigrationInput,
@@ -33,23 +43,18 @@ with workflow.unsafe.imports_passed_through():
     )
     from contracts.stages import (
         FailedBatchInput,
-        NormalizeResult,
         PageInput,
-        ParseResult,
         PlanInput,
-        PlanResult,
         ReceiveInput,
-        ReceiveResult,
         ReportInput,
-        ReportResult,
-        ValidateResult,
     )
-    from workflows import policies
+    from workflows import patches, policies
     from workflows.batch import ImportBatchWorkflow
+    from workflows.counts import add_counts
+    from workflows.history import should_roll_over
     from workflows.search import upsert
 
-# Continue as new well before Temporal's 10k-event warning, and whenever the server suggests it.
-HISTORY_ROLLOVER = 5_000
+Out = TypeVar("Out")
 
 
 @workflow.defn
@@ -94,14 +99,7 @@ class MigrationWorkflow:
                 search.STATE: self._state.phase})
 
     def _add_states(self, counts: dict[FileState, int]) -> None:
-        for state, n in counts.items():
-            if not n:
-                continue
-            self._state.files_by_state[state] = self._state.files_by_state.get(state, 0) + n
-
-    def _should_roll_over(self) -> bool:
-        info = workflow.info()
-        return info.is_continue_as_new_suggested() or info.get_current_history_length() > HISTORY_ROLLOVER
+        self._state.files_by_state = add_counts(self._state.files_by_state, counts)
 
     async def _bounded(self, start: int, stop: int, limit: int, step: Callable[[int], Awaitable[None]],
                        pace: timedelta | None = None) -> int:
@@ -115,7 +113,7 @@ class MigrationWorkflow:
         nxt = start
         paced = False
         while nxt < stop or running:
-            while (nxt < stop and len(running) < limit and not self._should_roll_over()
+            while (nxt < stop and len(running) < limit and not should_roll_over()
                    and not self._state.cancel_requested):
                 if self._state.paused:
                     if running:
@@ -165,7 +163,7 @@ class MigrationWorkflow:
         try:
             check_migration_id(self._id)
         except ValueError as err:
-            raise ApplicationError(str(err), type="InvalidMigrationId", non_retryable=True) from None
+            raise ApplicationError(str(err), type=ErrorType.INVALID_MIGRATION_ID, non_retryable=True) from None
         if self._state.started_at is None:
             self._state.started_at = workflow.now()
         s = self._state
@@ -173,12 +171,12 @@ class MigrationWorkflow:
 
         if s.phase == "receiving":
             received = await workflow.execute_activity(
-                "receive_inventory",
+                receive_inventory,
                 ReceiveInput(migration_id=self._id, source_s3_uri=input.source_s3_uri,
                              work_s3_uri=input.work_s3_uri, page_size=input.inventory_page_size,
                              source_manifest_uri=input.source_manifest_uri,
                              source_connector=input.source_connector),
-                result_type=ReceiveResult, start_to_close_timeout=timedelta(hours=6),
+                start_to_close_timeout=timedelta(hours=6),
                 heartbeat_timeout=policies.HEARTBEAT, retry_policy=policies.STAGE_RETRY)
             s.inventory_pages, s.files_total, s.bytes_total = received.pages, received.files, received.bytes
             # What a source connector enumerated but could not pull is already final (failed) and in the report.
@@ -198,12 +196,12 @@ class MigrationWorkflow:
 
         if s.phase == "planning":
             plan = await workflow.execute_activity(
-                "plan_batches",
+                plan_batches,
                 PlanInput(migration_id=self._id, source_s3_uri=input.source_s3_uri, work_s3_uri=input.work_s3_uri,
                           pages=s.pages_done, allow_direct=input.source_manifest_uri is None,
                           max_files_per_batch=input.max_files_per_batch, max_bytes_per_batch=input.max_bytes_per_batch,
                           datastore_id=input.datastore_id),
-                result_type=PlanResult, start_to_close_timeout=timedelta(hours=2), heartbeat_timeout=policies.HEARTBEAT,
+                start_to_close_timeout=timedelta(hours=2), heartbeat_timeout=policies.HEARTBEAT,
                 retry_policy=policies.STAGE_RETRY)
             s.batches_planned, s.duplicates = plan.batches, plan.duplicates
             s.predicted_non_primary = plan.predicted_non_primary
@@ -224,10 +222,10 @@ class MigrationWorkflow:
             self._publish()
 
         report = await workflow.execute_activity(
-            "write_report", ReportInput(migration_id=self._id, work_s3_uri=input.work_s3_uri,
+            write_report, ReportInput(migration_id=self._id, work_s3_uri=input.work_s3_uri,
                                         datastore_id=input.datastore_id, cancelled=s.cancel_requested,
                                         inventory_pages=s.inventory_pages),
-            result_type=ReportResult, start_to_close_timeout=timedelta(hours=1), heartbeat_timeout=policies.HEARTBEAT,
+            start_to_close_timeout=timedelta(hours=1), heartbeat_timeout=policies.HEARTBEAT,
             retry_policy=policies.STAGE_RETRY)
         # The report is the authority: it re-derives every file's state from the ledgers.
         s.files_by_state = dict(report.files_by_state)
@@ -241,16 +239,16 @@ class MigrationWorkflow:
     async def _page(self, input: MigrationInput, page: int) -> None:
         args = PageInput(migration_id=self._id, work_s3_uri=input.work_s3_uri, page=page,
                          source_s3_uri=input.source_s3_uri, validation_level=input.validation_level)
-        await self._page_stage("parse_headers", args, ParseResult)
-        validated: ValidateResult = await self._page_stage("validate_page", args, ValidateResult)
-        await self._page_stage("normalize_page", args, NormalizeResult)
+        await self._page_stage(parse_headers, args)
+        validated = await self._page_stage(validate_page, args)
+        await self._page_stage(normalize_page, args)
         self._state.rejected += validated.rejected
-        self._add_states({FileState.REJECTED: validated.rejected} if validated.rejected else {})
+        self._add_states({FileState.REJECTED: validated.rejected})
         self._state.pages_done += 1
 
-    async def _page_stage(self, name: str, args: PageInput, result_type: type) -> Any:
+    async def _page_stage(self, activity: Callable[[PageInput], Out], args: PageInput) -> Out:
         return await workflow.execute_activity(
-            name, args, result_type=result_type, start_to_close_timeout=policies.PAGE_TIMEOUT,
+            activity, args, start_to_close_timeout=policies.PAGE_TIMEOUT,
             heartbeat_timeout=policies.HEARTBEAT, retry_policy=policies.STAGE_RETRY)
 
     async def _batch(self, input: MigrationInput, batch: int) -> None:
@@ -268,7 +266,7 @@ class MigrationWorkflow:
             # data store. Guarded by the same patch as this workflow's own upserts.
             attrs = (TypedSearchAttributes([SearchAttributePair(search.MIGRATION_ID, self._id),
                                             SearchAttributePair(search.DATASTORE_ID, input.datastore_id)])
-                     if workflow.patched(search.PATCH) else None)
+                     if workflow.patched(patches.SEARCH_ATTRIBUTES) else None)
             result: BatchResult = await workflow.execute_child_workflow(
                 ImportBatchWorkflow.run, args, id=batch_workflow_id(self._id, batch), search_attributes=attrs)
             self._add_states(result.files_by_state)
@@ -281,10 +279,10 @@ class MigrationWorkflow:
             # Never lose the batch's files: record them as failed with the reason, then carry on.
             cause = err.cause if err.cause is not None else err
             written = await workflow.execute_activity(
-                "record_failed_batch", FailedBatchInput(batch=args, reason=f"batch workflow failed: {cause}"),
-                result_type=int, start_to_close_timeout=policies.PAGE_TIMEOUT, heartbeat_timeout=policies.HEARTBEAT,
+                record_failed_batch, FailedBatchInput(batch=args, reason=f"batch workflow failed: {cause}"),
+                start_to_close_timeout=policies.PAGE_TIMEOUT, heartbeat_timeout=policies.HEARTBEAT,
                 retry_policy=policies.STAGE_RETRY)
-            self._add_states({FileState.FAILED: written} if written else {})
+            self._add_states({FileState.FAILED: written})
             self._state.batches_failed += 1
         finally:
             self._running.discard(batch)

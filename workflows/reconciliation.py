@@ -14,29 +14,36 @@ Decisions, accepted or rejected, are recorded with who, when and why and shown b
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.api.common.v1 import Payload
-from temporalio.common import RawValue, RetryPolicy
+from temporalio.common import RawValue
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     import pydantic
 
     from contracts import search
+    from contracts.activities import (
+        await_image_set,
+        delete_image_set,
+        describe_conflict,
+        promote_image_set,
+        publish_escalation,
+        update_before_promote,
+    )
+    from contracts.errors import ErrorType
     from contracts.reconciliation import (
         OPEN_STATES,
         REVIEWER_PATTERN,
         ConflictDescription,
         DecisionRecord,
-        DeleteResult,
         EscalationInput,
-        ImageSetStatus,
         ImageSetTarget,
         PromoteInput,
-        PromoteResult,
         ReconciliationAction,
         ReconciliationDecision,
         ReconciliationInput,
@@ -44,27 +51,17 @@ with workflow.unsafe.imports_passed_through():
         ReconciliationState,
         ReconciliationStatus,
         UpdateFirstInput,
-        UpdateFirstResult,
     )
+    from workflows import policies
     from workflows.search import upsert
+
+In = TypeVar("In")
+Out = TypeVar("Out")
 
 # The decision log rides in workflow state; a flood of bad signals must not grow it without bound.
 MAX_RECORDS = 100
 _NO_INPUT = RawValue(Payload())  # a signal sent without --input
 
-_NOT_RETRYABLE = ["ValidationException", "ResourceNotFoundException", "AccessDeniedException", "ValidationError",
-                  "ImageSetMutationFailed", "PromotionNotPrimary"]
-READ_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
-                         maximum_interval=timedelta(seconds=30), maximum_attempts=10,
-                         non_retryable_error_types=_NOT_RETRYABLE)
-# Mutations meet locked sets (ConflictException → "ImageSetBusy") and throttling (0.25 TPS): waited out within
-# the schedule-to-close limit instead of failing the decision.
-MUTATION_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
-                             maximum_interval=timedelta(seconds=30), maximum_attempts=0,
-                             non_retryable_error_types=_NOT_RETRYABLE)
-STEP_TIMEOUT = timedelta(minutes=2)
-STEP_LIMIT = timedelta(hours=1)
-COPY_WAIT_LIMIT = timedelta(hours=6)
 
 
 def describe_validation_error(err: pydantic.ValidationError) -> str:
@@ -147,7 +144,7 @@ class ReconciliationWorkflow:
         if problem:
             # Only reachable when two updates passed validation in the same workflow task.
             self._reject("update", decision.reviewer, problem, decision)
-            raise ApplicationError(problem, type="DecisionRejected")
+            raise ApplicationError(problem, type=ErrorType.DECISION_REJECTED)
         self._accept(decision, "update")
         await workflow.wait_condition(lambda: self._outcome is not None)
         assert self._outcome is not None
@@ -202,8 +199,8 @@ class ReconciliationWorkflow:
         target = ImageSetTarget(datastore_id=input.datastore_id, image_set_id=input.image_set_id)
         try:
             self._conflict = await workflow.execute_activity(
-                "describe_conflict", target, result_type=ConflictDescription, start_to_close_timeout=STEP_TIMEOUT,
-                schedule_to_close_timeout=STEP_LIMIT, retry_policy=READ_RETRY)
+                describe_conflict, target, start_to_close_timeout=policies.STEP_TIMEOUT,
+                schedule_to_close_timeout=policies.STEP_LIMIT, retry_policy=policies.READ_RETRY)
         except ActivityError as err:
             return await self._finish(ReconciliationState.FAILED, f"describing the conflict failed: {_cause(err)}")
         if not self._conflict.reconcilable:
@@ -242,12 +239,12 @@ class ReconciliationWorkflow:
         workflow.logger.warning("reconciliation escalated: no decision in time")
         try:
             await workflow.execute_activity(
-                "publish_escalation",
+                publish_escalation,
                 EscalationInput(datastore_id=input.datastore_id, image_set_id=input.image_set_id,
                                 workflow_id=workflow.info().workflow_id, migration_id=input.migration_id,
                                 batch=input.batch, waiting_seconds=input.timeout_seconds),
-                result_type=bool, start_to_close_timeout=STEP_TIMEOUT, schedule_to_close_timeout=STEP_LIMIT,
-                retry_policy=READ_RETRY)
+                start_to_close_timeout=policies.STEP_TIMEOUT, schedule_to_close_timeout=policies.STEP_LIMIT,
+                retry_policy=policies.READ_RETRY)
         except ActivityError as err:
             # The event is a notification; failing to send it must not stop the wait for a decision.
             self._error = f"escalation event not published: {_cause(err)}"
@@ -257,36 +254,34 @@ class ReconciliationWorkflow:
         if decision.action is ReconciliationAction.KEEP:
             return ReconciliationState.KEPT
         if decision.action is ReconciliationAction.DISCARD:
-            await self._mutate("delete_image_set", target, DeleteResult)
+            await self._mutate(delete_image_set, target)
             return ReconciliationState.DISCARDED
 
         if decision.update_first:
-            await self._mutate("update_before_promote",
+            await self._mutate(update_before_promote,
                                UpdateFirstInput(datastore_id=target.datastore_id, image_set_id=target.image_set_id,
-                                                attributes={k: v for k, v in decision.update_first.items()}),
-                               UpdateFirstResult)
+                                                attributes={k: v for k, v in decision.update_first.items()}))
         assert self._conflict is not None
-        promoted: PromoteResult = await self._mutate(
-            "promote_image_set",
+        promoted = await self._mutate(
+            promote_image_set,
             PromoteInput(datastore_id=target.datastore_id, image_set_id=target.image_set_id,
-                         primary_image_set_id=self._conflict.primary_image_set_id, not_before=decided_at),
-            PromoteResult)
+                         primary_image_set_id=self._conflict.primary_image_set_id, not_before=decided_at))
         self._promoted_id = promoted.image_set_id  # kept even if a later step fails: the operator needs it
-        status: ImageSetStatus = await workflow.execute_activity(
-            "await_image_set", ImageSetTarget(datastore_id=target.datastore_id, image_set_id=promoted.image_set_id),
-            result_type=ImageSetStatus, start_to_close_timeout=STEP_TIMEOUT,
-            schedule_to_close_timeout=COPY_WAIT_LIMIT, retry_policy=MUTATION_RETRY)
+        status = await workflow.execute_activity(
+            await_image_set, ImageSetTarget(datastore_id=target.datastore_id, image_set_id=promoted.image_set_id),
+            start_to_close_timeout=policies.STEP_TIMEOUT, schedule_to_close_timeout=policies.COPY_WAIT_LIMIT,
+            retry_policy=policies.MUTATION_RETRY)
         if not status.is_primary:
             # Never delete the source unless its promoted copy is really primary.
             raise ApplicationError(f"the copy {promoted.image_set_id} is not primary; the non-primary set is kept",
-                                   type="PromotionNotPrimary")
-        await self._mutate("delete_image_set", target, DeleteResult)
+                                   type=ErrorType.PROMOTION_NOT_PRIMARY)
+        await self._mutate(delete_image_set, target)
         return ReconciliationState.PROMOTED
 
-    async def _mutate(self, name: str, arg: Any, result_type: type) -> Any:
+    async def _mutate(self, activity: Callable[[In], Out], arg: In) -> Out:
         return await workflow.execute_activity(
-            name, arg, result_type=result_type, start_to_close_timeout=STEP_TIMEOUT,
-            schedule_to_close_timeout=STEP_LIMIT, retry_policy=MUTATION_RETRY)
+            activity, arg, start_to_close_timeout=policies.STEP_TIMEOUT,
+            schedule_to_close_timeout=policies.STEP_LIMIT, retry_policy=policies.MUTATION_RETRY)
 
     async def _finish(self, state: ReconciliationState, error: str | None = None) -> ReconciliationOutcome:
         self._state = state

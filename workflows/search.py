@@ -10,10 +10,10 @@ from temporalio import workflow
 from temporalio.common import SearchAttributeKey
 
 with workflow.unsafe.imports_passed_through():
-    from contracts import search
+    from workflows import patches
 
 
-def upsert(values: dict[SearchAttributeKey[str], str | None], patch: str = search.PATCH) -> None:
+def upsert(values: dict[SearchAttributeKey[str], str | None], patch: str = patches.SEARCH_ATTRIBUTES) -> None:
     """Set the given keyword attributes (None leaves one unchanged) in one command, if any of them changed.
 
     A no-op when replaying a history recorded before search attributes existed (``workflow.patched(patch)``;

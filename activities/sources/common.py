@@ -31,6 +31,7 @@ from activities.errors import classify
 from activities.storage import iter_ndjson, list_objects, put_ndjson
 from contracts import layout
 from contracts.common import FileState
+from contracts.errors import ErrorType
 from contracts.records import LedgerEntry
 from contracts.s3uri import S3Location
 from contracts.sources import is_uid
@@ -266,7 +267,7 @@ def _iter_units(s3: Any, work: str, migration: str, start: int, total: int) -> I
             yield index, str(rows[offset]["unit"])
             index += 1
         if len(rows) < UNITS_PER_PAGE and index < total:
-            raise ApplicationError(f"receive: unit page {page} is short ({len(rows)} rows)", type="CorruptUnitList")
+            raise ApplicationError(f"receive: unit page {page} is short ({len(rows)} rows)", type=ErrorType.CORRUPT_UNIT_LIST)
 
 
 def _failure_files(s3: Any, prefix: S3Location, start_after: str | None = None) -> Iterator[tuple[str, int]]:
@@ -336,9 +337,9 @@ def pull_all(s3: Any, connector: Connector, landing: Landing, work: str, migrati
         cursor.done = True
         save(cursor)
     except SourceUnavailable as err:
-        raise ApplicationError(f"{connector.describe()}: {err}", type="SourceUnavailable") from None
+        raise ApplicationError(f"{connector.describe()}: {err}", type=ErrorType.SOURCE_UNAVAILABLE) from None
     except SourceMisconfigured as err:
-        raise ApplicationError(f"{connector.describe()}: {err}", type="InvalidSourceConnector",
+        raise ApplicationError(f"{connector.describe()}: {err}", type=ErrorType.INVALID_SOURCE_CONNECTOR,
                                non_retryable=True) from None
     except ClientError as err:
         raise classify(err, f"{connector.describe()}: writing to S3") from None

@@ -1,0 +1,173 @@
+"""The activities, as the workflows see them: a name, one input model and one result type each.
+
+Workflows cannot import activities/ (boto3, pydicom), so each activity is declared here by a stub with the
+registered name and the signature of its implementation, and workflows pass the stub to
+``workflow.execute_activity(parse_headers, input, ...)``: mypy checks the input against the declared parameter and
+types the result, and the SDK takes the name and the result type (for the pydantic data converter) from the
+declaration, so no call spells a name or a ``result_type`` by hand.
+
+The implementations are methods of the classes in activities/, registered by ``worker.registry.build_activities``
+under the same names; tests/worker/test_registry.py checks that both sides agree (names, parameter and return
+types) and that the worker registers nothing undeclared. The stubs are never registered and never run.
+"""
+
+from __future__ import annotations
+
+from temporalio import activity
+
+from contracts.batch import BatchInput, ImportJobRef, JobOutcome
+from contracts.fhir import FhirImportRef, FhirJobOutcome, FhirSummary
+from contracts.ingest import IngestManifest, IngestManifestInput
+from contracts.reconciliation import (
+    ConflictDescription,
+    DeleteResult,
+    EscalationInput,
+    ImageSetStatus,
+    ImageSetTarget,
+    PromoteInput,
+    PromoteResult,
+    UpdateFirstInput,
+    UpdateFirstResult,
+)
+from contracts.stages import (
+    FailedBatchInput,
+    FhirReviewInput,
+    NormalizeResult,
+    PageInput,
+    ParseResult,
+    PlanInput,
+    PlanResult,
+    ReceiveInput,
+    ReceiveResult,
+    ReportInput,
+    ReportResult,
+    ReviewInput,
+    ReviewResult,
+    RouteInput,
+    RouteResult,
+    ValidateResult,
+)
+
+_DECLARATION = "a declaration: the worker runs the implementation registered under this name (worker/registry.py)"
+
+# ---- MigrationWorkflow: source, pages, planning
+
+@activity.defn(name="receive_inventory")
+def receive_inventory(input: ReceiveInput) -> ReceiveResult:
+    """List the source (or read its manifest, or pull a connector) into inventory pages (activities/receive.py)."""
+    raise NotImplementedError(_DECLARATION)
+
+@activity.defn(name="parse_headers")
+def parse_headers(input: PageInput) -> ParseResult:
+    """Read the DICOM headers of one inventory page (activities/parse.py)."""
+    raise NotImplementedError(_DECLARATION)
+
+@activity.defn(name="validate_page")
+def validate_page(input: PageInput) -> ValidateResult:
+    """Validate one parsed page at the migration's validation level (activities/validate.py)."""
+    raise NotImplementedError(_DECLARATION)
+
+@activity.defn(name="normalize_page")
+def normalize_page(input: PageInput) -> NormalizeResult:
+    """Normalize one validated page into instance records (activities/normalize.py)."""
+    raise NotImplementedError(_DECLARATION)
+
+@activity.defn(name="plan_batches")
+def plan_batches(input: PlanInput) -> PlanResult:
+    """Find duplicates and cut the instances into import batches (activities/plan.py)."""
+    raise NotImplementedError(_DECLARATION)
+
+# ---- ImportBatchWorkflow
+
+@activity.defn(name="split_batch")
+def split_batch(batch: BatchInput) -> list[int]:
+    """Cut a batch whose whole job FAILED into two halves; their sizes (activities/plan.py)."""
+    raise NotImplementedError(_DECLARATION)
+
+@activity.defn(name="start_import_job")
+def start_import_job(batch: BatchInput) -> ImportJobRef:
+    """Stage one batch (or half) and start its DICOM import job (activities/importjob.py)."""
+    raise NotImplementedError(_DECLARATION)
+
+@activity.defn(name="await_import_job")
+def await_import_job(job: ImportJobRef) -> JobOutcome:
+    """Poll the import job until it ends (each retry is a poll) (activities/await_job.py)."""
+    raise NotImplementedError(_DECLARATION)
+
+@activity.defn(name="review_manifest")
+def review_manifest(input: ReviewInput) -> ReviewResult:
+    """Review the job's output against what was staged; write the batch ledger (activities/review.py)."""
+    raise NotImplementedError(_DECLARATION)
+
+@activity.defn(name="route_batch")
+def route_batch(input: RouteInput) -> RouteResult:
+    """Publish the batch's image set events (activities/route.py)."""
+    raise NotImplementedError(_DECLARATION)
+
+# ---- MigrationWorkflow: failed batches and the report
+
+@activity.defn(name="record_failed_batch")
+def record_failed_batch(input: FailedBatchInput) -> int:
+    """Record every file of a batch whose workflow failed; how many were written (activities/review.py)."""
+    raise NotImplementedError(_DECLARATION)
+
+@activity.defn(name="write_report")
+def write_report(input: ReportInput) -> ReportResult:
+    """Derive every file's final state from the ledgers and write the report (activities/report.py)."""
+    raise NotImplementedError(_DECLARATION)
+
+# ---- ImportBatchWorkflow: FHIR routing
+
+@activity.defn(name="start_fhir_import")
+def start_fhir_import(input: RouteInput) -> FhirImportRef:
+    """Build the batch's ImagingStudy resources and start a HealthLake import (activities/fhir_route.py)."""
+    raise NotImplementedError(_DECLARATION)
+
+@activity.defn(name="await_fhir_import")
+def await_fhir_import(ref: FhirImportRef) -> FhirJobOutcome:
+    """Poll the HealthLake import job until it ends (activities/fhir_route.py)."""
+    raise NotImplementedError(_DECLARATION)
+
+@activity.defn(name="review_fhir_import")
+def review_fhir_import(input: FhirReviewInput) -> FhirSummary:
+    """Review the HealthLake import output (or record why there is none) (activities/fhir_route.py)."""
+    raise NotImplementedError(_DECLARATION)
+
+# ---- ReconciliationWorkflow (activities/reconcile.py)
+
+@activity.defn(name="describe_conflict")
+def describe_conflict(input: ImageSetTarget) -> ConflictDescription:
+    """Describe a non-primary image set and the primary set it conflicts with."""
+    raise NotImplementedError(_DECLARATION)
+
+@activity.defn(name="await_image_set")
+def await_image_set(input: ImageSetTarget) -> ImageSetStatus:
+    """Wait until an image set is out of its transient (LOCKED) state."""
+    raise NotImplementedError(_DECLARATION)
+
+@activity.defn(name="update_before_promote")
+def update_before_promote(input: UpdateFirstInput) -> UpdateFirstResult:
+    """Update a non-primary set's metadata before it is promoted."""
+    raise NotImplementedError(_DECLARATION)
+
+@activity.defn(name="promote_image_set")
+def promote_image_set(input: PromoteInput) -> PromoteResult:
+    """Copy a non-primary set onto the primary set (promote it)."""
+    raise NotImplementedError(_DECLARATION)
+
+@activity.defn(name="delete_image_set")
+def delete_image_set(input: ImageSetTarget) -> DeleteResult:
+    """Delete an image set; one already gone counts as deleted."""
+    raise NotImplementedError(_DECLARATION)
+
+@activity.defn(name="publish_escalation")
+def publish_escalation(input: EscalationInput) -> bool:
+    """Publish the event of a reconciliation that got no decision in time."""
+    raise NotImplementedError(_DECLARATION)
+
+# ---- IngestWorkflow
+
+@activity.defn(name="write_ingest_manifest")
+def write_ingest_manifest(input: IngestManifestInput) -> IngestManifest:
+    """Write buffered arrivals as the next flush's source manifest (activities/ingest.py)."""
+    raise NotImplementedError(_DECLARATION)

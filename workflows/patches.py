@@ -1,0 +1,37 @@
+"""Every `workflow.patched` id, with why it exists and when it came in.
+
+A patch id marks a change to a workflow's command sequence: a history recorded before the change replays
+without the new commands (``workflow.patched`` answers False), one recorded after it replays with them. The
+values are written into histories as markers, so they never change; an id is removed only once no open
+workflow and no kept history (tests/histories/) predates it, together with its old branch.
+"""
+
+from __future__ import annotations
+
+# ImportBatchWorkflow (2026-11-25): a FAILED import job of a whole batch is imported once more in two halves,
+# each with its own job, review and routing, instead of being reviewed as failed.
+SPLIT_FAILED_BATCH = "split-failed-batch"
+
+# ImportBatchWorkflow (2026-11-25): routing starts one ReconciliationWorkflow per non-primary image set the
+# review found (child workflows, abandoned on close).
+START_RECONCILIATION = "start-reconciliation"
+
+# Every workflow (2026-11-29): search attributes (HimigMigrationId, HimigState, HimigDatastoreId) are upserted
+# on state changes and set on batch children, so `himig list` can find runs; one id guards all of them.
+SEARCH_ATTRIBUTES = "search-attributes"
+
+# ImportBatchWorkflow (2026-11-29): a `job_event` signal for the awaited import job cancels the poll in its
+# back-off and polls at once. Asked only when a wake-up is acted on, so histories without one carry no marker.
+JOB_EVENTS = "job-events"
+
+# IngestWorkflow (2026-11-29): arrivals during a running flush are spilled to S3 as pending manifests whenever
+# ``max_files`` are buffered (the child migration is started as a task and watched), bounding the buffer.
+INGEST_SPILL = "ingest-spill"
+
+# ImportBatchWorkflow (2026-11-29): when every file's source object changed after validation, staging starts
+# no import job; the batch records them failed (SourceChanged) and skips awaiting, reviewing and routing.
+SOURCE_CHANGED_NO_JOB = "source-changed-no-job"
+
+# ImportBatchWorkflow (2026-11-29): a batch with `fhir` routing set sends its studies to HealthLake as
+# ImagingStudy resources after routing (start, await and review a FHIR import, with a possible round 2).
+FHIR_ROUTING = "fhir-routing"
