@@ -64,4 +64,4 @@ class TestStartValidation:
     def test_bad_settings_in_environment(self, runner: CliRunner, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv("HIMIG_TEMPORAL_ADDRESS", "no-port-here")
         result = runner.invoke(app, ["status", "x"])
-        assert result.exit_code == 2 and "temporal_address" in _flat(result)
+        assert result.exit_code == 2 and "HIMIG_TEMPORAL_ADDRESS: " in _flat(result)
