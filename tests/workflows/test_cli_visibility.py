@@ -8,7 +8,6 @@ search attributes they were started with; the test terminates them.
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -24,6 +23,7 @@ from cli.app import app, list_query
 from contracts import search
 from contracts.migration import MigrationInput
 from contracts.reconciliation import ReconciliationInput
+from tests.support.eventually import assert_eventually
 from workflows.migration import MigrationWorkflow
 from workflows.reconciliation import ReconciliationWorkflow
 
@@ -73,21 +73,19 @@ async def parked(client: Client) -> AsyncIterator[dict[str, Any]]:
         await handle.terminate(reason="test done")
 
 
-def _listed(cli: CliRunner, *args: str) -> str:
-    result = cli.invoke(app, ["list", *args])
-    assert result.exit_code == 0, result.output
-    return _flat(result)
-
-
 async def _eventually(cli: CliRunner, args: list[str], present: list[str]) -> str:
     """Visibility is eventually consistent: list until every expected id shows (bounded)."""
-    deadline = time.monotonic() + WAIT_LIMIT
-    while True:
-        out = await asyncio.to_thread(_listed, cli, *args)
-        if all(p in out for p in present):
-            return out
-        assert time.monotonic() < deadline, f"missing from `himig list {' '.join(args)}`: {present}\n{out}"
-        await asyncio.sleep(0.3)
+
+    async def listed() -> Any:
+        result = await asyncio.to_thread(cli.invoke, app, ["list", *args])
+        if result.exit_code == 0:  # a failing command is not retried: it stops the wait and fails below
+            out = _flat(result)
+            assert all(p in out for p in present), f"missing from `himig list {' '.join(args)}`: {present}\n{out}"
+        return result
+
+    result = await assert_eventually(listed, timeout=WAIT_LIMIT, interval=0.3)
+    assert result.exit_code == 0, result.output
+    return _flat(result)
 
 
 class TestList:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
@@ -33,6 +32,7 @@ from contracts.migration import MigrationInput
 from tests.conftest import emulator_admin, make_medical_imaging
 from tests.emulator.oidc_issuer import SigV4RequestsAuth
 from tests.support.dicom import make_instance, uid
+from tests.support.eventually import assert_eventually, assert_eventually_sync, wait_until_async
 from tests.support.servers import ServerProcess, start_emulator
 from tests.workflows.test_fhir_routing import fhir_get
 from worker.settings import Settings
@@ -67,6 +67,7 @@ class Clock:
         for _ in range(3000):  # bounded: at most ~5 minutes of ticks
             if self.running:
                 await asyncio.to_thread(emulator_admin, self.url, "clock/advance", {"seconds": 1})
+            # Not a wait for a condition: the pace of the job clock while the workflow runs alongside.
             await asyncio.sleep(0.1)
 
 
@@ -79,10 +80,10 @@ async def clock(manual_emulator: ServerProcess) -> AsyncIterator[Clock]:
 
 
 def _wait_active(check: Any, what: str) -> None:
-    deadline = time.monotonic() + 30
-    while not check():
-        assert time.monotonic() < deadline, f"{what} never became ACTIVE"
-        time.sleep(0.05)
+    def active() -> None:
+        assert check(), f"{what} never became ACTIVE"
+
+    assert_eventually_sync(active, timeout=30, interval=0.05)
 
 
 async def test_a_study_that_grows_while_its_job_is_queued_is_routed_again(
@@ -111,21 +112,23 @@ async def test_a_study_that_grows_while_its_job_is_queued_is_routed_again(
 
     # Hold the clock once the DICOM import job is done: the HealthLake job then waits in SUBMITTED.
     batch = client.get_workflow_handle(f"{wid}.batch-00000")
-    for _ in range(1200):
+
+    async def dicom_job_completed() -> None:
         try:
             progress: BatchProgress = await batch.query(ImportBatchWorkflow.progress)
-            if BatchStage.JOB_COMPLETED in [t.stage for t in progress.transitions]:
-                clock.running = False
-                break
-        except Exception:  # the batch workflow may not exist yet
-            pass
-        await asyncio.sleep(0.05)
-    assert not clock.running, "the DICOM import job never completed"
-    for _ in range(1200):
-        jobs = hl.list_fhir_import_jobs(DatastoreId=fhir_ds)["ImportJobPropertiesList"]
-        if jobs:
-            break
-        await asyncio.sleep(0.05)
+        except Exception as err:  # the batch workflow may not exist yet
+            raise AssertionError(f"the DICOM import job never completed (batch not queryable: {err})") from err
+        assert BatchStage.JOB_COMPLETED in [t.stage for t in progress.transitions], \
+            "the DICOM import job never completed"
+
+    await assert_eventually(dicom_job_completed, timeout=60, interval=0.05)
+    clock.running = False
+
+    async def fhir_jobs() -> list[Any]:
+        jobs: list[Any] = hl.list_fhir_import_jobs(DatastoreId=fhir_ds)["ImportJobPropertiesList"]
+        return jobs
+
+    jobs = await wait_until_async(fhir_jobs, "a HealthLake import job to be listed", timeout=60, interval=0.05)
     assert [j["JobStatus"] for j in jobs] == ["SUBMITTED"]
 
     # Meanwhile another series of the study arrives (as another batch's import would add it).

@@ -11,7 +11,6 @@ import http.client
 import io
 import json
 import os
-import time
 import urllib.parse
 import uuid
 from datetime import timedelta
@@ -43,6 +42,7 @@ from contracts.s3uri import parse_s3_uri
 from contracts.stages import FhirReviewInput, ReviewResult, RouteInput
 from tests.conftest import emulator_admin, make_medical_imaging
 from tests.support.dicom import make_instance, uid
+from tests.support.eventually import assert_eventually_sync
 from worker.registry import WORKFLOWS
 from worker.settings import Settings
 from workflows.batch import ImportBatchWorkflow
@@ -68,10 +68,12 @@ def fhir_datastore(emulator_url: str) -> str:
                       config=Config(retries={"mode": "standard", "max_attempts": 1}))
     ds: str = hl.create_fhir_datastore(DatastoreName=f"fhir-{uuid.uuid4().hex[:8]}",
                                        DatastoreTypeVersion="R4")["DatastoreId"]
-    deadline = time.monotonic() + 10
-    while hl.describe_fhir_datastore(DatastoreId=ds)["DatastoreProperties"]["DatastoreStatus"] != "ACTIVE":
-        assert time.monotonic() < deadline, "FHIR data store never became ACTIVE"
-        time.sleep(0.05)
+
+    def active() -> None:
+        assert hl.describe_fhir_datastore(DatastoreId=ds)["DatastoreProperties"]["DatastoreStatus"] == "ACTIVE", \
+            "FHIR data store never became ACTIVE"
+
+    assert_eventually_sync(active, timeout=10, interval=0.05)
     return ds
 
 
@@ -341,10 +343,12 @@ async def test_spot_check_detects_removed_instances_and_deleted_image_sets(
                                  updateImageSetMetadataUpdates={"DICOMUpdates": {
                                      "removableAttributes": json.dumps(removal).encode()}})
     mi.delete_image_set(datastoreId=datastore_id, imageSetId=set_b)
-    deadline = time.monotonic() + 10
-    while mi.get_image_set(datastoreId=datastore_id, imageSetId=set_b)["imageSetState"] != "DELETED":
-        assert time.monotonic() < deadline, "image set was not deleted"
-        time.sleep(0.05)
+
+    def deleted() -> None:
+        assert mi.get_image_set(datastoreId=datastore_id, imageSetId=set_b)["imageSetState"] == "DELETED", \
+            "image set was not deleted"
+
+    assert_eventually_sync(deleted, timeout=10, interval=0.05)
 
     problems = checker.check(datastore_id, files, ledger, 4)
     line = files.index(removed) + 1
@@ -476,15 +480,16 @@ def test_a_failed_healthlake_job_is_reviewed_and_reported(emulator_url: str, mot
         DataAccessRoleArn=settings.healthlake_data_access_role_arn)["JobId"]
     ref = FhirImportRef(datastore_id=fhir_datastore, job_id=job_id, input_s3_uri=f"s3://{buckets['work']}/nothing-here/",
                         output_s3_uri=out.uri, studies=1, resources=2, validation_level=ValidationLevel.STRICT)
-    deadline = time.monotonic() + 20
-    while True:
+
+    def ended() -> FhirJobOutcome:
         try:
-            outcome = acts.await_fhir_import(ref)
-            break
+            return acts.await_fhir_import(ref)
         except ApplicationError as err:
-            assert err.type == "JobStillRunning", err
-            assert time.monotonic() < deadline, "the HealthLake job never ended"
-            time.sleep(0.1)
+            if err.type != "JobStillRunning":
+                raise  # any other error fails the test at once: it is not retried
+            raise AssertionError("the HealthLake job never ended") from err
+
+    outcome = assert_eventually_sync(ended, timeout=20, interval=0.1)
     assert outcome.status == "FAILED" and outcome.message
     batch = BatchInput(migration_id="mig-failed", batch=0, source_s3_uri="s3://src-b/x/", work_s3_uri=work,
                        datastore_id="a" * 32, fhir=FhirRouting(datastore_id=fhir_datastore))

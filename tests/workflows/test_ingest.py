@@ -30,6 +30,7 @@ from contracts.ingest import Arrival, IngestInput, flush_migration_id, ingest_wo
 from contracts.migration import MigrationResult
 from tests.conftest import emulator_admin, make_medical_imaging
 from tests.support.dicom import make_instance, uid
+from tests.support.eventually import assert_eventually
 from worker.aws import AwsClients
 from worker.listener import SqsListener, configure_bucket_notifications, parse_event_body
 from worker.registry import WORKFLOWS, build_activities
@@ -93,13 +94,13 @@ async def _status(client: Client, wid: str) -> WorkflowExecutionStatus | None:
 
 
 async def _wait_completed(client: Client, ids: set[str], listener: SqsListener, signals: int) -> None:
-    deadline = time.monotonic() + WAIT_LIMIT
-    while True:
+    async def finished() -> None:
         statuses = {wid: await _status(client, wid) for wid in ids}
-        if listener.signalled >= signals and all(s == WorkflowExecutionStatus.COMPLETED for s in statuses.values()):
-            return
-        assert time.monotonic() < deadline, f"ingest did not finish: {statuses}, signalled={listener.signalled}"
-        await asyncio.sleep(0.3)
+        completed = all(s == WorkflowExecutionStatus.COMPLETED for s in statuses.values())
+        assert listener.signalled >= signals and completed, \
+            f"ingest did not finish: {statuses}, signalled={listener.signalled}"
+
+    await assert_eventually(finished, timeout=WAIT_LIMIT, interval=0.3)
 
 
 async def _flushes(client: Client, s3: Any, work: str, ingest_id: str) -> list[tuple[str, MigrationResult]]:
@@ -374,24 +375,31 @@ class TestIngestBufferBound:
                 async def progress() -> Any:
                     return await client.get_workflow_handle(wid).query(IngestWorkflow.progress)
 
+                async def first_flush_started() -> None:
+                    p = await progress()
+                    assert p.phase == "flushing" and p.flushes == 1 and p.buffered == 0, \
+                        f"first flush did not start: {p}"
+
+                async def arrivals_spilled() -> Any:
+                    p = await progress()
+                    assert p.pending_flushes == 2 and p.buffered == 1, f"arrivals were not spilled: {p}"
+                    return p
+
                 for arrival in arrivals[:2]:
                     handle = await send(arrival)
-                deadline = time.monotonic() + WAIT_LIMIT
-                while not ((p := await progress()).phase == "flushing" and p.flushes == 1 and p.buffered == 0):
-                    assert time.monotonic() < deadline, f"first flush did not start: {p}"
-                    await asyncio.sleep(0.2)
+                deadline = time.monotonic() + WAIT_LIMIT  # one budget for both waits
+                await assert_eventually(first_flush_started, timeout=WAIT_LIMIT, interval=0.2)
                 for arrival in arrivals[2:]:  # while flush 1's job is held
                     await send(arrival)
                 # Signals that land in one workflow task are buffered together; then every full max_files goes
                 # to S3 and only its pointer stays, while flush 1 is still running.
-                while not ((p := await progress()).pending_flushes == 2 and p.buffered == 1):
-                    assert time.monotonic() < deadline, f"arrivals were not spilled: {p}"
-                    await asyncio.sleep(0.2)
+                p = await assert_eventually(arrivals_spilled, timeout=deadline - time.monotonic(), interval=0.2)
                 assert p.phase == "flushing" and p.flushes == 3 and p.files_flushed == 6 and p.last_flush is None
 
                 async def tick() -> None:  # let the held jobs run
                     while True:
                         await asyncio.to_thread(emulator_admin, held_emulator, "clock/advance", {"seconds": 5})
+                        # Not a wait for a condition: the pace of the job clock while handle.result() is awaited.
                         await asyncio.sleep(0.3)
 
                 ticker = asyncio.create_task(tick())

@@ -12,7 +12,6 @@ import asyncio
 import json
 import os
 import threading
-import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -35,6 +34,7 @@ from contracts.jobevents import JobEvent, MalformedJobEvent, batch_of, parse_job
 from contracts.migration import MigrationInput, batch_workflow_id
 from tests.conftest import emulator_admin
 from tests.support.dicom import make_instance, uid
+from tests.support.eventually import wait_until_async
 from worker.jobevents import JobEventListener, configure_job_events_rule
 from worker.registry import WORKFLOWS
 from worker.settings import JobEventSettings
@@ -55,16 +55,6 @@ async def running_listener(client: Client, sqs: Any, queue_url: str) -> AsyncIte
     finally:
         stop.set()
         await asyncio.wait_for(task, timeout=5)
-
-
-async def _until(predicate: Any, what: str) -> Any:
-    deadline = time.monotonic() + WAIT_LIMIT
-    while True:
-        value = await predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.2)
 
 
 def _job_event_body(job_id: str, status: str, output: str, datastore_id: str = "a" * 32,
@@ -108,7 +98,7 @@ class TestEventWakesTheBatch:
                 pending = desc.raw_description.pending_activities
                 return pending[0] if pending and pending[0].attempt >= 2 else None
 
-            await _until(in_back_off, "the batch's first poll")
+            await wait_until_async(in_back_off, "the batch's first poll", timeout=WAIT_LIMIT, interval=0.2)
             progress = await batch.query(ImportBatchWorkflow.progress)
             assert progress.stage is BatchStage.AWAITING_JOB and progress.job_id
             # Hand-sent signals that must not wake it: malformed, another job's, a non-terminal status.
@@ -119,7 +109,7 @@ class TestEventWakesTheBatch:
             async def ignored() -> bool:
                 return (await batch.query(ImportBatchWorkflow.progress)).job_events_ignored == 3
 
-            await _until(ignored, "the three signals to be ignored")
+            await wait_until_async(ignored, "the three signals to be ignored", timeout=WAIT_LIMIT, interval=0.2)
             assert (await in_back_off()) is not None  # still waiting in the same back-off: nothing woke it
             emulator_admin(held_emulator, f"jobs/{progress.job_id}/advance", {"to": "COMPLETED"})
 
@@ -135,7 +125,7 @@ class TestEventWakesTheBatch:
             async def dropped() -> bool:
                 return listener.unknown_jobs > unknown_before
 
-            await _until(dropped, "the late duplicate to be dropped")
+            await wait_until_async(dropped, "the late duplicate to be dropped", timeout=WAIT_LIMIT, interval=0.2)
 
         events = (await batch.fetch_history()).events
         kinds = [(e.event_type, e) for e in events]
@@ -200,7 +190,7 @@ class TestListenerDropsWhatItCannotUse:
                 async def drained() -> bool:
                     return listener.messages_deleted >= total
 
-                await _until(drained, "every message to be deleted")
+                await wait_until_async(drained, "every message to be deleted", timeout=WAIT_LIMIT, interval=0.2)
         assert (listener.malformed, listener.unknown_jobs, listener.ignored, listener.signalled) == (5, 2, 1, 0)
         malformed_lines = [e for e in logs if e["event"] == "deleting a malformed job-event message"]
         assert len(malformed_lines) == 5 and all(e["reason"] and "DROP" not in e["reason"] for e in malformed_lines)
@@ -246,7 +236,7 @@ class TestDaemonThreadPoll:
         abandoned = in_daemon_thread(lambda: release.wait(10))
         abandoned.cancel()  # what a stop does with a poll in flight
         release.set()  # its late answer arrives on a cancelled future: dropped, no error
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # not a wait for a condition: a span for the late answer to land (and not raise)
         assert abandoned.cancelled()
         # A daemon thread: an abandoned long poll never holds up the process's exit.
         assert await in_daemon_thread(lambda: threading.current_thread().daemon) is True

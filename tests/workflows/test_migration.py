@@ -15,6 +15,7 @@ from temporalio.worker import Worker
 from contracts.common import FileState, ValidationLevel
 from contracts.migration import MigrationInput, MigrationResult, OperatorCommand
 from tests.support.dicom import make_instance, uid
+from tests.support.eventually import assert_eventually
 from tests.support.migrations import migrate, paused_start, report_rows, wait_phase
 from workflows.batch import ImportBatchWorkflow
 from workflows.migration import MigrationWorkflow
@@ -199,7 +200,7 @@ class TestManualReviewGate:
         from typer.testing import CliRunner
 
         from cli.app import app
-        from contracts.batch import BatchStage
+        from contracts.batch import BatchProgress, BatchStage
 
         s3, src, work = buckets["s3"], buckets["source"], buckets["work"]
         _put(s3, src, "g/1.dcm", make_instance(uid(), uid()))
@@ -210,15 +211,16 @@ class TestManualReviewGate:
                                                   import_start_interval_seconds=0),
             id=wid, task_queue=worker.task_queue, execution_timeout=timedelta(seconds=90))
         batch = client.get_workflow_handle(f"{wid}.batch-00000")
-        for _ in range(300):
+
+        async def awaiting_approval() -> BatchProgress:
             try:
                 progress = await batch.query(ImportBatchWorkflow.progress)
-                if progress.stage is BatchStage.AWAITING_APPROVAL:
-                    break
-            except Exception:  # the batch workflow may not exist yet
-                pass
-            await asyncio.sleep(0.05)
-        assert progress.stage is BatchStage.AWAITING_APPROVAL
+            except Exception as err:  # the batch workflow may not exist yet
+                raise AssertionError(f"batch workflow not queryable: {err}") from err
+            assert progress.stage is BatchStage.AWAITING_APPROVAL
+            return progress
+
+        progress = await assert_eventually(awaiting_approval, timeout=15, interval=0.05)
         assert progress.counters_consistent is True and progress.files_by_state == {FileState.IMPORTED: 1}
         env = {"HIMIG_TEMPORAL_ADDRESS": client.service_client.config.target_host}
         cli = CliRunner()
@@ -345,7 +347,9 @@ class TestOperatorControls:
             source_s3_uri=f"s3://{src}/pr/", datastore_id=datastore_id, work_s3_uri=f"s3://{work}/w/",
             import_start_interval_seconds=0))
         progress = await wait_phase(handle, "parsing")
-        await asyncio.sleep(1.0)  # give a wrongly unpaused workflow time to move on
+        # Not a wait for a condition: a paused workflow shows nothing to poll for, so this is a fixed span in which
+        # a wrongly unpaused one would move on.
+        await asyncio.sleep(1.0)
         progress = await handle.query(MigrationWorkflow.progress)
         assert progress.paused and progress.pages_done == 0 and progress.phase == "parsing"
         assert progress.operator_log[0].action == "pause" and progress.operator_log[0].by == "tester"

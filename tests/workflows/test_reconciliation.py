@@ -32,6 +32,7 @@ from contracts.reconciliation import (
     reconciliation_workflow_id,
 )
 from tests.support.dicom import make_instance, uid
+from tests.support.eventually import assert_eventually, assert_eventually_sync
 from worker.aws import AwsClients
 from worker.settings import Settings
 from workflows.reconciliation import ReconciliationWorkflow
@@ -79,11 +80,12 @@ def _import_conflict(mi: Any, s3: Any, bucket: str, datastore_id: str, role_arn:
     s3.put_object(Bucket=bucket, Key=prefix + "b.dcm", Body=make_instance(study, series, patient_id="SYNTH-NEW-9"))
     job = mi.start_dicom_import_job(datastoreId=datastore_id, dataAccessRoleArn=role_arn,
                                     inputS3Uri=f"s3://{bucket}/{prefix}", outputS3Uri=f"s3://{bucket}/out/{prefix}")
-    deadline = time.monotonic() + 30
-    while mi.get_dicom_import_job(datastoreId=datastore_id, jobId=job["jobId"])["jobProperties"]["jobStatus"] \
-            != "COMPLETED":
-        assert time.monotonic() < deadline, "import job did not complete"
-        time.sleep(0.05)
+
+    def completed() -> None:
+        props = mi.get_dicom_import_job(datastoreId=datastore_id, jobId=job["jobId"])["jobProperties"]
+        assert props["jobStatus"] == "COMPLETED", "import job did not complete"
+
+    assert_eventually_sync(completed, timeout=30, interval=0.05)
     sets = mi.search_image_sets(datastoreId=datastore_id, searchCriteria={"filters": [
         {"operator": "EQUAL", "values": [{"DICOMSeriesInstanceUID": series}]}]})["imageSetsMetadataSummaries"]
     by_primary = {s["isPrimary"]: s["imageSetId"] for s in sets}
@@ -93,13 +95,13 @@ def _import_conflict(mi: Any, s3: Any, bucket: str, datastore_id: str, role_arn:
 
 def _get(mi: Any, datastore_id: str, set_id: str, state: str | None = None) -> dict[str, Any]:
     """GetImageSet, waiting (bounded) until the set reaches ``state`` when given."""
-    deadline = time.monotonic() + 10
-    while True:
+
+    def reached() -> dict[str, Any]:
         got: dict[str, Any] = mi.get_image_set(datastoreId=datastore_id, imageSetId=set_id)
-        if state is None or got["imageSetState"] == state:
-            return got
-        assert time.monotonic() < deadline, f"image set still {got['imageSetState']}"
-        time.sleep(0.05)
+        assert state is None or got["imageSetState"] == state, f"image set still {got['imageSetState']}"
+        return got
+
+    return assert_eventually_sync(reached, timeout=10, interval=0.05)
 
 
 class Recon:
@@ -112,13 +114,12 @@ class Recon:
         return await self.handle.query("conflict", result_type=ReconciliationStatus)
 
     async def wait_state(self, state: str, timeout: float = 20.0) -> ReconciliationStatus:
-        deadline = time.monotonic() + timeout
-        while True:
+        async def reached() -> ReconciliationStatus:
             status = await self.status()
-            if status.state == state:
-                return status
-            assert time.monotonic() < deadline, f"state {status.state}, wanted {state}"
-            await asyncio.sleep(0.05)
+            assert status.state == state, f"state {status.state}, wanted {state}"
+            return status
+
+        return await assert_eventually(reached, timeout=timeout, interval=0.05)
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ End to end through the real Temporal dev server, moto S3 and the HealthImaging e
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from temporalio.client import Client
@@ -22,6 +21,7 @@ from contracts.records import ImportedInstance, InstanceRecord
 from contracts.stages import PlanInput
 from tests.conftest import emulator_admin
 from tests.support.dicom import make_instance, uid
+from tests.support.eventually import assert_eventually
 from tests.support.migrations import migrate, paused_start, report_rows, report_summary, wait_phase
 from workflows.batch import ImportBatchWorkflow
 from workflows.migration import MigrationWorkflow
@@ -128,13 +128,15 @@ class TestAcrossMigrations:
         # An image set deleted since (e.g. discarded in reconciliation) no longer counts: its files import again.
         gone = first_rows["again/0.dcm"]["image_set_id"]
         medical_imaging.delete_image_set(datastoreId=datastore_id, imageSetId=gone)
-        for _ in range(100):
+
+        async def deleted() -> None:
             try:
-                if medical_imaging.get_image_set(datastoreId=datastore_id, imageSetId=gone)["imageSetState"] == "DELETED":
-                    break
+                state = medical_imaging.get_image_set(datastoreId=datastore_id, imageSetId=gone)["imageSetState"]
             except medical_imaging.exceptions.ResourceNotFoundException:
-                break
-            await asyncio.sleep(0.05)
+                return
+            assert state == "DELETED", f"image set {gone} still {state}"
+
+        await assert_eventually(deleted, timeout=5, interval=0.05)
         _, third = await migrate(client, worker, payload)
         rows = report_rows(s3, third)
         again = {k for k, r in rows.items() if r["state"] == FileState.IMPORTED}

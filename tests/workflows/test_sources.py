@@ -14,7 +14,7 @@ from temporalio.worker import Worker
 from contracts.common import FileState
 from contracts.migration import MigrationInput
 from contracts.sources import DicomwebSource
-from tests.sources.pacs import seed_two_studies
+from tests.activities.sources.pacs import seed_two_studies
 from tests.support.dicom import uid
 from tests.support.orthanc import Orthanc
 from workflows.migration import MigrationWorkflow

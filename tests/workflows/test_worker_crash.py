@@ -6,7 +6,6 @@ clientToken makes a retried start return the same job), and every file must have
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -25,6 +24,7 @@ from contracts.common import FileState
 from contracts.migration import MigrationInput, MigrationProgress
 from tests.conftest import emulator_admin, make_medical_imaging
 from tests.support.dicom import make_instance, uid
+from tests.support.eventually import assert_eventually
 from workflows.migration import MigrationWorkflow
 
 
@@ -55,19 +55,18 @@ class WorkerProcess:
 
 
 async def _wait(handle: Any, cond: Callable[[MigrationProgress], bool], timeout: float = 60) -> MigrationProgress:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    progress = None
-    while loop.time() < deadline:
+    last: MigrationProgress | None = None
+
+    async def reached() -> MigrationProgress:
+        nonlocal last
         try:
-            progress = await handle.query(MigrationWorkflow.progress)
-        except RPCError:  # no worker to answer while it restarts
-            await asyncio.sleep(0.1)
-            continue
-        if cond(progress):
-            return progress
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"condition not reached; last progress: {progress!r}")
+            last = await handle.query(MigrationWorkflow.progress)
+        except RPCError as err:  # no worker to answer while it restarts
+            raise AssertionError(f"condition not reached; last progress: {last!r} (query failed: {err})") from err
+        assert cond(last), f"condition not reached; last progress: {last!r}"
+        return last
+
+    return await assert_eventually(reached, timeout=timeout, interval=0.05)
 
 
 async def test_sigkill_in_each_phase_loses_and_duplicates_nothing(

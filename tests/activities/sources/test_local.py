@@ -14,8 +14,8 @@ from temporalio.exceptions import ApplicationError
 from activities.sources.local import LocalConnector
 from activities.sources.registry import SourceSettings
 from contracts.sources import LocalSource
-from tests.sources import support
-from tests.sources.support import (
+from tests.activities.sources import support
+from tests.activities.sources.support import (
     RequestCounter,
     buckets,
     failures,

@@ -13,9 +13,9 @@ from activities.sources import dimse
 from activities.sources.common import SourceUnavailable, UnitOutcome, marker
 from activities.sources.dimse import DimseConnector
 from contracts.sources import DimseSource
-from tests.sources import support
-from tests.sources.pacs import seed_two_studies
-from tests.sources.support import (
+from tests.activities.sources import support
+from tests.activities.sources.pacs import seed_two_studies
+from tests.activities.sources.support import (
     RequestCounter,
     buckets,
     failures,

@@ -21,7 +21,7 @@ from activities.sources.common import (
     pull_all,
 )
 from contracts import layout
-from tests.sources.support import RequestCounter, buckets, landing, ndjson_files
+from tests.activities.sources.support import RequestCounter, buckets, landing, ndjson_files
 
 
 @dataclass

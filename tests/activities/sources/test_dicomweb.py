@@ -14,8 +14,8 @@ from activities.sources.common import SourceUnavailable
 from activities.sources.dicomweb import DicomwebAuth, origin_refusal, page_uids
 from activities.sources.registry import SourceSettings
 from contracts.sources import DicomwebSource, parse_origins
-from tests.sources.pacs import seed_two_studies
-from tests.sources.support import (
+from tests.activities.sources.pacs import seed_two_studies
+from tests.activities.sources.support import (
     RequestCounter,
     buckets,
     failures,

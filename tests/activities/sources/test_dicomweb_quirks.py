@@ -14,7 +14,7 @@ import pytest
 from temporalio.exceptions import ApplicationError
 
 from contracts.sources import DicomwebSource
-from tests.sources.support import buckets, failures, receive_input, run_receive
+from tests.activities.sources.support import buckets, failures, receive_input, run_receive
 
 STUDY = "1.2.826.0.1.3680043.10.1"
 SOP = "1.2.826.0.1.3680043.10.1.1"
