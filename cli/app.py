@@ -13,7 +13,8 @@ import os
 import re
 import sys
 import uuid
-from importlib.metadata import entry_points
+from collections.abc import Iterable
+from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 import typer
@@ -43,6 +44,8 @@ from contracts.migration import (
 from contracts.reconciliation import ReconciliationState
 from worker.settings import InvalidSettings, Settings, load_settings
 from workflows.migration import MigrationWorkflow
+
+PLUGIN_GROUP = "himig.commands"
 
 app = typer.Typer(help="Durable DICOM → AWS HealthImaging migration.", no_args_is_help=True, add_completion=False)
 console = Console()
@@ -385,18 +388,28 @@ def worker_cmd() -> None:
     raise typer.Exit(main())
 
 
-def add_plugin_commands(target: typer.Typer) -> None:
+def add_plugin_commands(target: typer.Typer, plugins: Iterable[EntryPoint] | None = None) -> None:
     """Attach the commands other installed distributions offer (``himig.commands``: a Typer app or a function).
 
     An entry point named ``demo`` that loads a function becomes ``himig demo``; one that loads a Typer app
-    becomes a command group (``himig stack ...``).
+    becomes a command group (``himig stack ...``). A plugin that cannot be loaded is skipped with a warning on
+    stderr: a broken local tool must not take the operator's own commands down with it.
     """
-    for ep in sorted(entry_points(group="himig.commands"), key=lambda e: e.name):
-        loaded = ep.load()
+    found = entry_points(group=PLUGIN_GROUP) if plugins is None else plugins
+    for ep in sorted(found, key=lambda e: e.name):
+        try:
+            loaded = ep.load()
+        except Exception as err:  # any import-time failure of someone else's package
+            err_console.print(f"[yellow]warning:[/yellow] skipping the `{ep.name}` command ({ep.value}): "
+                              f"{type(err).__name__}: {err}")
+            continue
         if isinstance(loaded, typer.Typer):
             target.add_typer(loaded, name=ep.name)
-        else:
+        elif callable(loaded):
             target.command(ep.name)(loaded)
+        else:
+            err_console.print(f"[yellow]warning:[/yellow] skipping the `{ep.name}` command ({ep.value}): "
+                              "neither a Typer app nor a function")
 
 
 add_plugin_commands(app)
