@@ -3,8 +3,8 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
-# Orthanc (Debian packages) for the PACS connector tests; see tests/support/ensure_orthanc.sh.
-ORTHANC_STAMP := .local/orthanc-packages.stamp
+# Debian packages the suite runs for real (Orthanc, haproxy for mTLS); see tests/support/ensure_test_packages.sh.
+TEST_PACKAGES_STAMP := .local/test-packages.stamp
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: install demo stop status test lint bench clean
@@ -29,12 +29,12 @@ stop:
 status: $(STAMP)
 	$(VENV)/bin/himig stack status
 
-$(ORTHANC_STAMP):
-	@bash tests/support/ensure_orthanc.sh $@
+$(TEST_PACKAGES_STAMP):
+	@bash tests/support/ensure_test_packages.sh $@
 
-## Install (or refresh) the venv and Orthanc, and run the whole suite against real local servers, inside a
+## Install (or refresh) the venv, Orthanc and haproxy, and run the whole suite against real local servers, inside a
 ## private network namespace (Orthanc cannot bind to 127.0.0.1 only).
-test: $(STAMP) $(ORTHANC_STAMP)
+test: $(STAMP) $(TEST_PACKAGES_STAMP)
 	bash tests/support/in_private_netns.sh $(PY) -m pytest -q -p no:cacheprovider
 
 ## ruff, mypy and the import contracts (the layering in pyproject's [tool.importlinter]).
@@ -48,6 +48,7 @@ bench: $(STAMP)
 	$(PY) bench/parse.py
 	$(PY) bench/stage_requests.py
 	$(PY) bench/orchestration.py
+	$(PY) bench/process_exits.py
 
 clean: stop
 	rm -rf .local $(VENV)

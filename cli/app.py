@@ -42,6 +42,7 @@ from contracts.migration import (
     check_migration_id,
 )
 from contracts.reconciliation import ReconciliationState
+from worker.process_exit import exit_code, exit_now
 from worker.settings import InvalidSettings, Settings, load_settings
 from workflows.migration import MigrationWorkflow
 
@@ -65,10 +66,12 @@ def settings() -> Settings:
 
 
 async def _client(s: Settings) -> Client:
-    from worker.client import connect
+    from worker.client import NamespaceNotFound, connect
 
     try:
         return await connect(s)
+    except NamespaceNotFound as err:
+        raise fail(str(err), 2) from None
     except ConnectionError as err:
         raise fail(str(err), 1) from None
 
@@ -414,5 +417,14 @@ def add_plugin_commands(target: typer.Typer, plugins: Iterable[EntryPoint] | Non
 
 add_plugin_commands(app)
 
+def main() -> None:
+    """The ``himig`` console script: the Typer app, then an exit that skips interpreter finalization."""
+    try:
+        app()
+    except SystemExit as exit_:
+        exit_now(exit_code(exit_))
+    exit_now(0)
+
+
 if __name__ == "__main__":
-    app()
+    main()

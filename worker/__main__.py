@@ -5,14 +5,19 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from worker.client import connect
+import structlog
+
+from worker.client import NamespaceNotFound, SearchAttributesMissing, check_search_attributes, connect
 from worker.logs import configure_logging
+from worker.process_exit import exit_now
 from worker.runner import run_worker
 from worker.settings import InvalidSettings, Settings, load_settings
 
 
 async def _main(settings: Settings) -> None:
     client = await connect(settings)
+    for note in await check_search_attributes(client):
+        structlog.get_logger("himig.worker").warning(note)
     await run_worker(client, settings)
 
 
@@ -25,11 +30,14 @@ def main() -> int:
     configure_logging(settings.log_level, settings.log_format)
     try:
         asyncio.run(_main(settings))
+    except (NamespaceNotFound, SearchAttributesMissing) as err:
+        print(f"worker: {err}", file=sys.stderr)  # the server is fine; its set-up is not: a settings problem
+        return 2
     except ConnectionError as err:
-        print(str(err), file=sys.stderr)
+        print(f"worker: {err}", file=sys.stderr)
         return 1
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

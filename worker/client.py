@@ -1,17 +1,64 @@
-"""Connecting to Temporal with the project's data converter."""
+"""Connecting to Temporal with the project's data converter, securely as configured, with one clear line when
+the connection or the namespace is wrong (never a traceback)."""
 
 from __future__ import annotations
 
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
+from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.service import RPCError, RPCStatusCode
 
+from contracts import search
 from worker.settings import Settings
 
 
+class NamespaceNotFound(ConnectionError):
+    """The server answered, but the configured namespace does not exist there."""
+
+
+class SearchAttributesMissing(ConnectionError):
+    """The namespace lacks search attributes the workflows upsert (their workflow tasks would fail)."""
+
+
 async def connect(settings: Settings) -> Client:
+    """A client for ``settings.temporal()``; `ConnectionError` (one line, with what to check) when it fails."""
+    conn = settings.temporal()
     try:
-        return await Client.connect(settings.temporal_address, namespace=settings.temporal_namespace,
-                                    data_converter=pydantic_data_converter)
+        client = await Client.connect(conn.address, namespace=conn.namespace, api_key=conn.api_key,
+                                      tls=conn.tls if conn.tls is not None else False,
+                                      rpc_metadata=dict(conn.rpc_metadata), data_converter=pydantic_data_converter)
     except RuntimeError as err:
-        raise ConnectionError(f"cannot reach Temporal at {settings.temporal_address} "
-                              f"(set HIMIG_TEMPORAL_ADDRESS, or start the local stack with `himig stack up`): {err}") from None
+        raise ConnectionError(f"cannot reach Temporal at {conn.address} ({conn.mode()}): "
+                              f"{' '.join(str(err).split())}; {conn.hint()}") from None
+    try:
+        await client.workflow_service.describe_namespace(DescribeNamespaceRequest(namespace=conn.namespace))
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            raise NamespaceNotFound(
+                f"namespace {conn.namespace!r} does not exist on Temporal at {conn.address}: create it "
+                f"(temporal operator namespace create --namespace {conn.namespace}) or set TEMPORAL_NAMESPACE") from None
+        # PERMISSION_DENIED (a key scoped to its namespace may not describe it) and the like: the first real
+        # call will say more; the namespace check is a courtesy, not a gate.
+    return client
+
+
+async def check_search_attributes(client: Client) -> list[str]:
+    """Raise `SearchAttributesMissing` when one of ours is not registered as Keyword on the namespace.
+
+    Returns notes when the check could not run (a Temporal Cloud API key may not use the operator service):
+    the worker then starts, and an unregistered attribute shows as a failing workflow task instead.
+    """
+    try:
+        listed = await client.operator_service.list_search_attributes(
+            ListSearchAttributesRequest(namespace=client.namespace))
+    except RPCError as err:
+        return [f"search attributes not checked ({err.status.name if err.status else 'error'}): register "
+                f"{', '.join(k.name for k in search.ALL)} as Keyword on namespace {client.namespace}"]
+    wrong = [k.name for k in search.ALL if listed.custom_attributes.get(k.name) != IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD]
+    if wrong:
+        commands = "; ".join(c for c in search.operator_commands(client.namespace) if any(n in c for n in wrong))
+        raise SearchAttributesMissing(f"namespace {client.namespace!r} lacks the search attribute(s) {', '.join(wrong)} "
+                                      f"(type Keyword) that himig's workflows set: {commands}")
+    return []

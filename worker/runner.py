@@ -62,7 +62,7 @@ async def run_worker(client: Client, settings: Settings) -> None:
             if health:
                 health.parent.mkdir(parents=True, exist_ok=True)
                 health.write_text(str(os.getpid()))
-            log.info("worker started", task_queue=settings.task_queue, temporal=settings.temporal_address,
+            log.info("worker started", task_queue=settings.task_queue, temporal=settings.temporal().address, temporal_security=settings.temporal().mode(),
                      ingest_listener=ingest.enabled, job_events_listener=job_events.enabled)
             try:
                 await stop.wait()

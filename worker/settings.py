@@ -12,12 +12,27 @@ from __future__ import annotations
 
 from typing import Any, Literal, Self, TypeVar
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from contracts.common import ValidationLevel
 from contracts.ingest import IngestInput
 from contracts.sources import parse_origins
+from worker import temporal_connection
+from worker.temporal_connection import (
+    DEFAULT_ADDRESS,
+    DEFAULT_NAMESPACE,
+    TemporalConfigError,
+    TemporalConnection,
+)
 
 DEFAULT_TASK_QUEUE = "dicom-migration"
 
@@ -85,8 +100,11 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="HIMIG_", env_file=".env", extra="ignore", populate_by_name=True)
 
-    temporal_address: str = Field("127.0.0.1:7233", description="host:port of the Temporal frontend")
-    temporal_namespace: str = "default"
+    # Where Temporal is: these win when set; otherwise TEMPORAL_ADDRESS / TEMPORAL_NAMESPACE / the config profile
+    # (see worker.temporal_connection, which also reads TLS, mTLS and the API key the SDK's way).
+    temporal_address: str = Field(DEFAULT_ADDRESS, description="host:port of the Temporal frontend")
+    temporal_namespace: str = DEFAULT_NAMESPACE
+    _temporal: TemporalConnection | None = PrivateAttr(None)
     task_queue: str = DEFAULT_TASK_QUEUE
 
     aws_region: str = Field("us-east-1", validation_alias=AliasChoices("HIMIG_AWS_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"))
@@ -177,6 +195,15 @@ class Settings(BaseSettings):
         return (self.dicomweb_endpoint_url or self.medical_imaging_endpoint_url
                 or f"https://dicom-medical-imaging.{self.aws_region}.amazonaws.com")
 
+    def temporal(self) -> TemporalConnection:
+        """How to reach Temporal (resolved once; raises `TemporalConfigError` naming what is wrong)."""
+        if self._temporal is None:
+            explicit = self.model_fields_set
+            self._temporal = temporal_connection.resolve(
+                self.temporal_address if "temporal_address" in explicit else None,
+                self.temporal_namespace if "temporal_namespace" in explicit else None)
+        return self._temporal
+
     @field_validator("temporal_address")
     @classmethod
     def _host_port(cls, value: str) -> str:
@@ -250,6 +277,11 @@ def load_settings() -> Settings:
         settings = Settings(ingest=ingest, job_events=job_events)
     except ValidationError as err:
         problems.extend(describe_error(err))
+    else:
+        try:
+            settings.temporal()
+        except TemporalConfigError as err:
+            problems.extend(err.problems)
     if problems:
         raise InvalidSettings(problems)
     return settings
