@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,28 +29,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from contracts import search
+from tests.support.servers import free_port, wait_tcp
 
 BIN = Path(sys.executable).parent
 # The same code paths, ended by a normal interpreter exit instead of os._exit.
 BASELINE_WORKER = "import sys; from worker.__main__ import main; sys.exit(main())"
 BASELINE_CLI = "import sys; from cli.app import app; sys.argv[0] = 'himig'; app()"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit(f"nothing listens on 127.0.0.1:{port}")
 
 
 def worker_cycle(argv: list[str], env: dict[str, str], health: Path) -> int:
@@ -85,7 +68,7 @@ def main() -> None:
                                    "--headless", "--log-level", "error", *search.dev_server_args()],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            wait_port(port)
+            wait_tcp(port, server, timeout=60)
             env = {**os.environ, "HIMIG_TEMPORAL_ADDRESS": f"127.0.0.1:{port}", "HIMIG_TASK_QUEUE": "exits-bench",
                    "HIMIG_GRACEFUL_SHUTDOWN_SECONDS": "2", "HIMIG_LOG_LEVEL": "warning"}
             health = Path(tmp) / "ready"

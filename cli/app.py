@@ -66,11 +66,11 @@ def settings() -> Settings:
 
 
 async def _client(s: Settings) -> Client:
-    from worker.client import NamespaceNotFound, connect
+    from worker.client import TemporalSetupError, connect
 
     try:
         return await connect(s)
-    except NamespaceNotFound as err:
+    except TemporalSetupError as err:
         raise fail(str(err), 2) from None
     except ConnectionError as err:
         raise fail(str(err), 1) from None

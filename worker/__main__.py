@@ -7,7 +7,7 @@ import sys
 
 import structlog
 
-from worker.client import NamespaceNotFound, SearchAttributesMissing, check_search_attributes, connect
+from worker.client import TemporalSetupError, check_search_attributes, connect
 from worker.logs import configure_logging
 from worker.process_exit import exit_now
 from worker.runner import run_worker
@@ -30,7 +30,7 @@ def main() -> int:
     configure_logging(settings.log_level, settings.log_format)
     try:
         asyncio.run(_main(settings))
-    except (NamespaceNotFound, SearchAttributesMissing) as err:
+    except TemporalSetupError as err:
         print(f"worker: {err}", file=sys.stderr)  # the server is fine; its set-up is not: a settings problem
         return 2
     except ConnectionError as err:

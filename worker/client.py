@@ -14,11 +14,15 @@ from contracts import search
 from worker.settings import Settings
 
 
-class NamespaceNotFound(ConnectionError):
-    """The server answered, but the configured namespace does not exist there."""
+class TemporalSetupError(ConnectionError):
+    """Temporal answered, but its set-up does not fit the configuration (a settings problem: exit code 2)."""
 
 
-class SearchAttributesMissing(ConnectionError):
+class NamespaceNotFound(TemporalSetupError):
+    """The configured namespace does not exist on the server."""
+
+
+class SearchAttributesMissing(TemporalSetupError):
     """The namespace lacks search attributes the workflows upsert (their workflow tasks would fail)."""
 
 

@@ -207,9 +207,8 @@ class Settings(BaseSettings):
     @field_validator("temporal_address")
     @classmethod
     def _host_port(cls, value: str) -> str:
-        host, sep, port = value.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"must be host:port, got {value!r}")
+        if problem := temporal_connection.host_port_problem(value):
+            raise ValueError(problem)
         return value
 
 

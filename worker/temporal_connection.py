@@ -71,6 +71,14 @@ class TemporalConnection:
                 "(TEMPORAL_TLS_CLIENT_CERT_PATH, TEMPORAL_TLS_CLIENT_KEY_PATH) the server trusts")
 
 
+def host_port_problem(address: str) -> str | None:
+    """Why ``address`` is not ``host:port`` (None when it is): the one check for every way it is set."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return f"must be host:port, got {address!r}"
+    return None
+
+
 def _read(source: DataSource | None, what: str, problems: list[str]) -> bytes | None:
     """The bytes of a TLS source (a path, or inline PEM data), checked to look like PEM."""
     if source is None:
@@ -121,8 +129,7 @@ def resolve(address_override: str | None = None, namespace_override: str | None 
         raise TemporalConfigError(problems)
     address = address_override or profile.address or DEFAULT_ADDRESS
     namespace = namespace_override or profile.namespace or DEFAULT_NAMESPACE
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise TemporalConfigError([f"TEMPORAL_ADDRESS: must be host:port, got {address!r}"])
+    if problem := host_port_problem(address):
+        raise TemporalConfigError([f"TEMPORAL_ADDRESS: {problem}"])
     return TemporalConnection(address=address, namespace=namespace, tls=tls, api_key=api_key,
                               rpc_metadata=dict(profile.grpc_meta))

@@ -49,6 +49,20 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) ->
     raise TimeoutError(f"server for {url} did not answer within {timeout}s")
 
 
+def wait_tcp(port: int, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    """Wait until something accepts TCP connections on 127.0.0.1:``port``, or fail if ``proc`` exits first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server for port {port} exited early with code {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing accepted connections on 127.0.0.1:{port} within {timeout}s")
+
+
 @dataclass
 class ServerProcess:
     """A child server process with its URL and log file."""

@@ -10,13 +10,11 @@ HTTP/2 stream on to the dev server's plaintext port unchanged (TCP mode).
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support.eventually import wait_until
-from tests.support.servers import free_port
+from tests.support.servers import free_port, wait_tcp
 
 HAPROXY = shutil.which("haproxy") or next((p for p in ("/usr/sbin/haproxy",) if Path(p).exists()), None)
 
@@ -98,13 +96,8 @@ def start_proxy(certs: Certificates, backend: str, directory: Path) -> TlsProxy:
     out = open(log, "wb")  # noqa: SIM115 - owned by the child for its lifetime
     proc = subprocess.Popen([HAPROXY, "-db", "-f", str(conf)], stdout=out, stderr=subprocess.STDOUT)
 
-    def listening() -> bool:
-        assert proc.poll() is None, f"haproxy exited with {proc.returncode}: {log.read_text()}"
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return True
-        except OSError:
-            return False
-
-    wait_until(listening, "haproxy to listen", timeout=15)
+    try:
+        wait_tcp(port, proc, timeout=15)
+    except RuntimeError as err:
+        raise RuntimeError(f"{err}: {log.read_text()}") from None
     return TlsProxy(address=f"127.0.0.1:{port}", proc=proc, log=log)
