@@ -3,7 +3,8 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
-# Debian packages the suite runs for real (Orthanc, haproxy for mTLS); see tests/support/ensure_test_packages.sh.
+# Debian packages the suite runs for real (Orthanc, haproxy for mTLS, docker-compose); see
+# tests/support/ensure_test_packages.sh (a change to it re-runs it).
 TEST_PACKAGES_STAMP := .local/test-packages.stamp
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
@@ -29,11 +30,11 @@ stop:
 status: $(STAMP)
 	$(VENV)/bin/himig stack status
 
-$(TEST_PACKAGES_STAMP):
+$(TEST_PACKAGES_STAMP): tests/support/ensure_test_packages.sh
 	@bash tests/support/ensure_test_packages.sh $@
 
-## Install (or refresh) the venv, Orthanc and haproxy, and run the whole suite against real local servers, inside a
-## private network namespace (Orthanc cannot bind to 127.0.0.1 only).
+## Install (or refresh) the venv, Orthanc, haproxy and docker-compose, and run the whole suite against real local
+## servers, inside a private network namespace (Orthanc cannot bind to 127.0.0.1 only).
 test: $(STAMP) $(TEST_PACKAGES_STAMP)
 	bash tests/support/in_private_netns.sh $(PY) -m pytest -q -p no:cacheprovider
 
