@@ -17,12 +17,18 @@ import pytest
 from botocore.validate import ParamValidator
 
 from contracts.jobevents import RULE_PATTERN
-from tests.support.deployment import DEPLOY, EXAMPLE_VALUES, ROOT, fill, plain_file, render_module
+from tests.support.deployment import (
+    DEPLOY,
+    EXAMPLE_VALUES,
+    PERMISSION_POLICIES,
+    ROOT,
+    fill,
+    plain_file,
+    render_module,
+)
 from worker.settings import IngestSettings, JobEventSettings, Settings, load_settings
 
 TEMPLATE = DEPLOY / "cloudformation" / "himig.yaml"
-PERMISSION_POLICIES = ["iam/task-role-policy.json", "iam/execution-role-policy.json",
-                       "iam/data-access-role-policy.json", "iam/healthlake-data-access-role-policy.json"]
 # What temporalio.envconfig reads from the environment (sdk-core's envconfig.rs documents the list).
 TEMPORAL_VARIABLES = {
     "TEMPORAL_ADDRESS", "TEMPORAL_NAMESPACE", "TEMPORAL_API_KEY", "TEMPORAL_TLS", "TEMPORAL_TLS_SERVER_NAME",
@@ -203,11 +209,15 @@ class TestParliament:
                      if not all((f[0], a) in ACCEPTED for a in f[2].get("actions", ["?"]))]
         assert community == [], community
 
-    def test_it_reports_a_planted_mistake(self) -> None:
+    @pytest.mark.parametrize(("action", "resource", "issue"), [
+        ("medical-imaging:StartDicomImport", "arn:aws:s3:::himig-work/himig/*", "UNKNOWN_ACTION"),
+        # an image-set action on a bucket ARN
+        ("medical-imaging:GetImageSet", "arn:aws:s3:::himig-work/*", "RESOURCE_MISMATCH"),
+    ])
+    def test_it_reports_a_planted_mistake(self, action: str, resource: str, issue: str) -> None:
         policy: dict[str, Any] = plain_file("iam/task-role-policy.json")
-        policy["Statement"].append({"Effect": "Allow", "Action": "medical-imaging:StartDicomImport",
-                                    "Resource": "arn:aws:s3:::himig-work/himig/*"})
-        assert {f[0] for f in analyze(json.dumps(policy))} >= {"UNKNOWN_ACTION"}
+        policy["Statement"].append({"Effect": "Allow", "Action": action, "Resource": resource})
+        assert [f[0] for f in analyze(json.dumps(policy))] == [issue]
 
 
 def analyze(policy: str, community: bool = False) -> list[tuple[str, Any, Any]]:

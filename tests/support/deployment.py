@@ -16,6 +16,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
+# The roles' permission policies (their trust policies are resource policies, outside parliament's remit).
+PERMISSION_POLICIES = ["iam/task-role-policy.json", "iam/execution-role-policy.json",
+                       "iam/data-access-role-policy.json", "iam/healthlake-data-access-role-policy.json"]
 PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 ACCOUNT = "123456789012"
