@@ -21,23 +21,15 @@ from tests.support.deployment import (
     DEPLOY,
     EXAMPLE_VALUES,
     PERMISSION_POLICIES,
-    ROOT,
     fill,
     plain_file,
     render_module,
+    use_only,
+    worker_variables,
 )
-from worker.settings import IngestSettings, JobEventSettings, Settings, load_settings
+from worker.settings import Settings, load_settings
 
 TEMPLATE = DEPLOY / "cloudformation" / "himig.yaml"
-# What temporalio.envconfig reads from the environment (sdk-core's envconfig.rs documents the list).
-TEMPORAL_VARIABLES = {
-    "TEMPORAL_ADDRESS", "TEMPORAL_NAMESPACE", "TEMPORAL_API_KEY", "TEMPORAL_TLS", "TEMPORAL_TLS_SERVER_NAME",
-    "TEMPORAL_TLS_CLIENT_CERT_PATH", "TEMPORAL_TLS_CLIENT_CERT_DATA", "TEMPORAL_TLS_CLIENT_KEY_PATH",
-    "TEMPORAL_TLS_CLIENT_KEY_DATA", "TEMPORAL_TLS_SERVER_CA_CERT_PATH", "TEMPORAL_TLS_SERVER_CA_CERT_DATA",
-    "TEMPORAL_TLS_DISABLE_HOST_VERIFICATION", "TEMPORAL_CONFIG_FILE", "TEMPORAL_PROFILE",
-}
-
-
 def cfn_lint(path: Path) -> subprocess.CompletedProcess[str]:
     exe = shutil.which("cfn-lint", path=str(Path(sys.executable).parent))
     assert exe, "cfn-lint (a dev dependency) must be installed in the venv"
@@ -139,22 +131,17 @@ class TestPlainFiles:
         for path in DEPLOY.glob("*/*.json"):
             fill(path.read_text(), EXAMPLE_VALUES)  # raises naming the placeholder
 
-    def test_the_task_environment_is_read_by_the_worker(self, monkeypatch: pytest.MonkeyPatch) -> None:
+    def test_the_task_environment_is_read_by_the_worker(self, monkeypatch: pytest.MonkeyPatch,
+                                                        tmp_path: Path) -> None:
         """Every variable the task sets is one the worker reads (a typo would be ignored silently), and together
         with the secrets they load into working settings."""
         (container,) = plain_file("ecs/task-definition.json")["containerDefinitions"]
         env = {e["name"]: e["value"] for e in container["environment"]}
         secrets = {"HIMIG_FINGERPRINT_KEY": "k" * 32, "TEMPORAL_API_KEY": "an-api-key"}
         assert {s["name"] for s in container["secrets"]} == set(secrets)
-        known = known_variables()
-        unknown = sorted(n for n in {*env, *secrets} if n not in known and n not in TEMPORAL_VARIABLES)
+        unknown = sorted({*env, *secrets} - worker_variables())
         assert not unknown, f"the worker reads no such variables: {unknown}"
-        for name in list(__import__("os").environ):
-            if name.startswith(("HIMIG_", "TEMPORAL_", "AWS_ENDPOINT_URL")):
-                monkeypatch.delenv(name)
-        monkeypatch.chdir(ROOT / "deploy")  # no .env here
-        for name, value in {**env, **secrets}.items():
-            monkeypatch.setenv(name, value)
+        use_only({**env, **secrets}, monkeypatch, tmp_path)
         settings = load_settings()
         assert settings.job_events.queue_url == EXAMPLE_VALUES["JobEventsQueue"]
         assert settings.ingest.enabled and settings.ingest.ingest_input().source_s3_uri == "s3://himig-landing/incoming/"
@@ -175,19 +162,6 @@ class TestPlainFiles:
                             "TEMPORAL_TLS_CLIENT_KEY_DATA": key})
         assert conn.tls is not None
         assert (conn.tls.client_cert, conn.tls.client_private_key) == (cert.encode(), key.encode())
-
-
-def known_variables() -> set[str]:
-    """Every environment variable the settings classes read: prefix + field name, or the field's aliases."""
-    names = set()
-    for model, prefix in ((Settings, "HIMIG_"), (IngestSettings, "HIMIG_INGEST_"), (JobEventSettings, "HIMIG_JOB_EVENTS_")):
-        for field_name, field in model.model_fields.items():
-            alias = field.validation_alias
-            if alias is not None:
-                names.update(str(a) for a in getattr(alias, "choices", [alias]))
-            else:
-                names.add(prefix + field_name.upper())
-    return names
 
 
 # Findings of parliament's community auditors that these policies must keep, each for a reason.

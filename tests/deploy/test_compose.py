@@ -9,7 +9,6 @@ broken copy of the file, written to tmp_path and normalised by the same tool, sh
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -21,19 +20,15 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
-from pydantic import AliasChoices
-from pydantic_settings import BaseSettings
 
 from contracts import search
 from contracts.jobevents import RULE_PATTERN
-from worker.settings import IngestSettings, JobEventSettings, Settings
+from tests.support.deployment import use_only, worker_variables
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
 Config = dict[str, Any]
 
-# Read by worker.temporal_connection (the SDK's names) and by boto3, not by a pydantic field.
-_NON_SETTINGS_NAMES = {"TEMPORAL_ADDRESS", "TEMPORAL_NAMESPACE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
 _MOTO_ACCOUNT_ID = "123456789012"  # devstack.stack.MOTO_ACCOUNT_ID: part of every queue URL moto hands out
 
 
@@ -150,26 +145,9 @@ def search_attribute_problems(cfg: Config) -> list[str]:
     return problems
 
 
-def settings_names() -> set[str]:
-    """Every environment variable worker.settings reads, by its model fields, prefixes and aliases."""
-    names = set(_NON_SETTINGS_NAMES)
-    model: type[BaseSettings]
-    for model, prefix in ((Settings, "HIMIG_"), (IngestSettings, "HIMIG_INGEST_"),
-                          (JobEventSettings, "HIMIG_JOB_EVENTS_")):
-        for field_name, field in model.model_fields.items():
-            if field_name in ("ingest", "job_events"):
-                continue  # sections: their own fields are listed with their own prefix
-            alias = field.validation_alias
-            if isinstance(alias, AliasChoices):
-                names |= {str(choice) for choice in alias.choices}
-            else:
-                names.add(prefix + field_name.upper())
-    return names
-
-
 def worker_env_problems(cfg: Config) -> list[str]:
     env = cfg["services"]["worker"]["environment"]
-    known = settings_names()
+    known = worker_variables()
     problems = [f"worker: {name} is not a setting of worker.settings" for name in sorted(env) if name not in known]
     for required in ("TEMPORAL_ADDRESS", "HIMIG_INGEST_QUEUE_URL", "HIMIG_JOB_EVENTS_QUEUE_URL",
                      "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL_SQS", "AWS_ENDPOINT_URL_EVENTBRIDGE",
@@ -262,12 +240,8 @@ def test_worker_environment_is_valid_settings(config: Config, monkeypatch: pytes
     """The worker's environment (with the data store id the one-shot provides) passes `load_settings`."""
     from worker.settings import load_settings
 
-    monkeypatch.chdir(tmp_path)  # no .env of the checkout
-    for name in [n for n in list(os.environ) if n.startswith(("HIMIG_", "TEMPORAL_", "AWS_"))]:
-        monkeypatch.delenv(name)
-    for name, value in config["services"]["worker"]["environment"].items():
-        monkeypatch.setenv(name, value or "")
-    monkeypatch.setenv("HIMIG_INGEST_DATASTORE_ID", "0" * 32)
+    env = {name: value or "" for name, value in config["services"]["worker"]["environment"].items()}
+    use_only({**env, "HIMIG_INGEST_DATASTORE_ID": "0" * 32}, monkeypatch, tmp_path)
     settings = load_settings()
     assert settings.ingest.enabled and settings.job_events.enabled
     assert settings.temporal().address == "temporal:7233"

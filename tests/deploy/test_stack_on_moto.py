@@ -11,7 +11,6 @@ from __future__ import annotations
 import ast
 import asyncio
 import json
-import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -25,7 +24,7 @@ from temporalio.client import Client, WorkflowExecutionStatus
 
 from contracts.ingest import ingest_workflow_id
 from contracts.migration import batch_workflow_id
-from tests.support.deployment import DEPLOY, EXAMPLE_VALUES, fill, plain_file, render_module
+from tests.support.deployment import DEPLOY, EXAMPLE_VALUES, fill, plain_file, render_module, use_only
 from tests.support.dicom import make_instance, uid
 from tests.support.eventually import wait_until_async
 from tests.support.servers import start_moto
@@ -171,12 +170,7 @@ def deployed_settings(stack: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tm
     ecs = aws(stack["url"], "ecs")
     (container,) = without_nulls(ecs.describe_task_definition(
         taskDefinition=stack["outputs"]["TaskDefinitionArn"])["taskDefinition"]["containerDefinitions"])
-    for name in list(os.environ):
-        if name.startswith(("HIMIG_", "TEMPORAL_", "AWS_ENDPOINT_URL")):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)  # no .env
-    for entry in container["environment"]:
-        monkeypatch.setenv(entry["name"], entry["value"])
+    use_only({e["name"]: e["value"] for e in container["environment"]}, monkeypatch, tmp_path)
     monkeypatch.setenv("HIMIG_FINGERPRINT_KEY", "k" * 32)
     monkeypatch.setenv("TEMPORAL_TLS", "false")
     monkeypatch.setenv("HIMIG_TEMPORAL_ADDRESS", temporal_env.client.service_client.config.target_host)

@@ -65,3 +65,48 @@ def fill(text: str, values: dict[str, str]) -> str:
 def plain_file(rel: str, values: dict[str, str] | None = None) -> Any:
     """A committed plain file under deploy/, parsed, with placeholders filled (from `EXAMPLE_VALUES` by default)."""
     return json.loads(fill((DEPLOY / rel).read_text(), EXAMPLE_VALUES if values is None else values))
+
+
+# What temporalio.envconfig reads from the environment (sdk-core's envconfig.rs documents the list), and the
+# credentials boto3 reads: set by deployments, not fields of worker.settings.
+TEMPORAL_VARIABLES = {
+    "TEMPORAL_ADDRESS", "TEMPORAL_NAMESPACE", "TEMPORAL_API_KEY", "TEMPORAL_TLS", "TEMPORAL_TLS_SERVER_NAME",
+    "TEMPORAL_TLS_CLIENT_CERT_PATH", "TEMPORAL_TLS_CLIENT_CERT_DATA", "TEMPORAL_TLS_CLIENT_KEY_PATH",
+    "TEMPORAL_TLS_CLIENT_KEY_DATA", "TEMPORAL_TLS_SERVER_CA_CERT_PATH", "TEMPORAL_TLS_SERVER_CA_CERT_DATA",
+    "TEMPORAL_TLS_DISABLE_HOST_VERIFICATION", "TEMPORAL_CONFIG_FILE", "TEMPORAL_PROFILE",
+}
+AWS_CREDENTIAL_VARIABLES = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"}
+
+
+def worker_variables() -> set[str]:
+    """Every environment variable the worker reads: its settings (prefix + field, or the field's aliases), the
+    SDK's Temporal variables and boto3's credentials. pydantic ignores unknown names, so a deployment's typo
+    would go unnoticed without a check against this."""
+    from pydantic import AliasChoices
+
+    from worker.settings import IngestSettings, JobEventSettings, Settings
+
+    names = TEMPORAL_VARIABLES | AWS_CREDENTIAL_VARIABLES
+    for model, prefix in ((Settings, "HIMIG_"), (IngestSettings, "HIMIG_INGEST_"),
+                          (JobEventSettings, "HIMIG_JOB_EVENTS_")):
+        for field_name, field in model.model_fields.items():
+            if field_name in ("ingest", "job_events"):
+                continue  # sections: their fields are listed with their own prefix
+            alias = field.validation_alias
+            if isinstance(alias, AliasChoices):
+                names |= {str(choice) for choice in alias.choices}
+            else:
+                names.add(prefix + field_name.upper())
+    return names
+
+
+def use_only(env: dict[str, str], monkeypatch: Any, workdir: Path) -> None:
+    """Make ``env`` the process's whole himig / Temporal / AWS environment (no `.env`: ``workdir`` has none)."""
+    import os
+
+    monkeypatch.chdir(workdir)
+    for name in list(os.environ):
+        if name.startswith(("HIMIG_", "TEMPORAL_", "AWS_ENDPOINT_URL")):
+            monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
