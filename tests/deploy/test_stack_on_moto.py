@@ -12,8 +12,7 @@ import ast
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from contracts.migration import batch_workflow_id
 from tests.support.deployment import DEPLOY, EXAMPLE_VALUES, fill, plain_file, render_module, use_only
 from tests.support.dicom import make_instance, uid
 from tests.support.eventually import wait_until_async
+from tests.support.listeners import running
 from tests.support.servers import start_moto
 from worker.jobevents import JobEventListener
 from worker.listener import SqsListener
@@ -194,17 +194,6 @@ def drained(sqs: Any, queue_url: str) -> Callable[[], Awaitable[bool]]:
                                         AttributeNames=["All"]))["Attributes"]
         return (left["ApproximateNumberOfMessages"], left["ApproximateNumberOfMessagesNotVisible"]) == ("0", "0")
     return check
-
-
-@asynccontextmanager
-async def running(listener: Any) -> AsyncIterator[Any]:
-    stop = asyncio.Event()
-    task = asyncio.create_task(listener.run(stop))
-    try:
-        yield listener
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, timeout=10)
 
 
 class TestTheListenersOnTheStack:

@@ -13,8 +13,7 @@ import json
 import os
 import threading
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from contracts.migration import MigrationInput, batch_workflow_id
 from tests.conftest import emulator_admin
 from tests.support.dicom import make_instance, uid
 from tests.support.eventually import wait_until_async
+from tests.support.listeners import running
 from worker.jobevents import JobEventListener, configure_job_events_rule
 from worker.registry import WORKFLOWS
 from worker.settings import JobEventSettings
@@ -45,16 +45,8 @@ from workflows.migration import MigrationWorkflow
 WAIT_LIMIT = 60.0  # seconds; every wait here is bounded, and far below the 120 s poll back-off
 
 
-@asynccontextmanager
-async def running_listener(client: Client, sqs: Any, queue_url: str) -> AsyncIterator[JobEventListener]:
-    listener = JobEventListener(client, sqs, JobEventSettings(queue_url=queue_url, wait_seconds=1))
-    stop = asyncio.Event()
-    task = asyncio.create_task(listener.run(stop))
-    try:
-        yield listener
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, timeout=5)
+def running_listener(client: Client, sqs: Any, queue_url: str) -> AbstractAsyncContextManager[JobEventListener]:
+    return running(JobEventListener(client, sqs, JobEventSettings(queue_url=queue_url, wait_seconds=1)))
 
 
 def _job_event_body(job_id: str, status: str, output: str, datastore_id: str = "a" * 32,
