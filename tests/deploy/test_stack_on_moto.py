@@ -219,7 +219,7 @@ class TestTheListenersOnTheStack:
         try:
             async with running(JobEventListener(client, sqs, settings.job_events)) as listener:
                 await wait_until_async(signalled(listener), "the job event to be signalled", timeout=WAIT_LIMIT)
-                await wait_until_async(drained(sqs, settings.job_events.queue_url), "the queue to drain",
+                await wait_until_async(drained(sqs, settings.job_events.queue_url or ""), "the queue to drain",
                                        timeout=WAIT_LIMIT)
             history = await handle.fetch_history()
             signals = [e.workflow_execution_signaled_event_attributes.signal_name for e in history.events

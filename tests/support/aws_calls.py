@@ -30,7 +30,7 @@ from __future__ import annotations
 import ast
 import json
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -314,7 +314,7 @@ class Scanner:
                  helpers: dict[str, set[str]] | None = None) -> None:
         self.root = root
         self.helpers = PROVISIONING_HELPERS if helpers is None else helpers
-        self._resolving: set[tuple[str, int, str]] = set()
+        self._resolving: set[tuple[Any, ...]] = set()
         self.modules: dict[str, ast.Module] = {}
         for package in packages:
             for path in sorted((root / package).rglob("*.py")):
@@ -441,15 +441,19 @@ class Scanner:
         # A parameter of another name is not known to be a client, nor known not to be one.
         return Client(service) if service else UNKNOWN
 
-    def _resolve_name(self, name: str, ctx: _Ctx) -> Res:
-        key = ("name", id(ctx.funcs[-1]) if ctx.funcs else 0, name)
+    def _once(self, key: tuple[Any, ...], resolve: Callable[[], Res]) -> Res:
+        """``resolve()``, unless ``key`` is already being resolved: a cycle (``x = x + 1``) adds no binding."""
         if key in self._resolving:
-            return NOT  # a cycle (``x = x + 1``) adds no binding
+            return NOT
         self._resolving.add(key)
         try:
-            return self._resolve_name_uncached(name, ctx)
+            return resolve()
         finally:
             self._resolving.discard(key)
+
+    def _resolve_name(self, name: str, ctx: _Ctx) -> Res:
+        return self._once(("name", id(ctx.funcs[-1]) if ctx.funcs else 0, name),
+                          lambda: self._resolve_name_uncached(name, ctx))
 
     def _resolve_name_uncached(self, name: str, ctx: _Ctx) -> Res:
         for depth in range(len(ctx.funcs) - 1, -1, -1):
@@ -473,14 +477,7 @@ class Scanner:
 
     def _resolve_self_attr(self, attr: str, ctx: _Ctx) -> Res:
         assert ctx.cls is not None
-        key = ("attr", id(ctx.cls), attr)
-        if key in self._resolving:
-            return NOT
-        self._resolving.add(key)
-        try:
-            return self._resolve_self_attr_uncached(attr, ctx)
-        finally:
-            self._resolving.discard(key)
+        return self._once(("attr", id(ctx.cls), attr), lambda: self._resolve_self_attr_uncached(attr, ctx))
 
     def _resolve_self_attr_uncached(self, attr: str, ctx: _Ctx) -> Res:
         assert ctx.cls is not None
