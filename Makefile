@@ -59,6 +59,7 @@ bench: $(STAMP)
 	$(PY) bench/stage_requests.py
 	$(PY) bench/orchestration.py
 	$(PY) bench/process_exits.py
+	$(PY) bench/worker_footprint.py
 
 clean: stop
 	rm -rf .local $(VENV)

@@ -201,9 +201,12 @@ def upload(s3: Any, root: Path, prefix: str, paths: list[str]) -> None:
 
 
 def corpus_shape(files: int) -> dict[str, int]:
-    """patients x 1 study x 2 series x instances == files exactly (50-slice series when it divides)."""
-    if files % 100 == 0:
-        return {"patients": files // 100, "studies_per_patient": 1, "series_per_study": 2, "instances_per_series": 50}
+    """patients x 1 study x 2 series x instances == files exactly (studies of a realistic size: the import
+    groups a batch by study)."""
+    for patients in (10, 5, 2, 1):
+        if files % (2 * patients) == 0:
+            return {"patients": patients, "studies_per_patient": 1, "series_per_study": 2,
+                    "instances_per_series": files // (2 * patients)}
     return {"patients": 1, "studies_per_patient": 1, "series_per_study": 1, "instances_per_series": files}
 
 
@@ -221,11 +224,13 @@ class Row:
     cpu: float
     wall: float
     peak_util: float
+    ready_hwm_kib: int
     others_cpu: dict[str, float]
     states: dict[str, int]
 
 
-async def migrate(stack: Stack, files: int, datastore_id: str, tmp: Path, s3: Any, pid: int) -> Row:
+async def migrate(stack: Stack, files: int, datastore_id: str, tmp: Path, s3: Any, pid: int, idle_rss: int,
+                  ready_hwm: int) -> Row:
     from cli.reporting import load_report
     from contracts.migration import MigrationInput
     from worker.client import connect
@@ -235,10 +240,11 @@ async def migrate(stack: Stack, files: int, datastore_id: str, tmp: Path, s3: An
     corpus_dir = tmp / f"corpus-{files}"
     entries = generate_studies(corpus_dir, **corpus_shape(files), seed=files)
     assert len(entries) == files, f"generated {len(entries)} files, wanted {files}"
+    uids = {e.sop_instance_uid for e in entries}
+    assert len(uids) == files, f"the generated corpus repeats SOP Instance UIDs ({files - len(uids)} files)"
     prefix = f"bench/{files}/"
     upload(s3, corpus_dir, prefix, [e.path for e in entries])
 
-    idle_rss = status_kib(pid, "VmRSS")
     c0, t0 = cpu_seconds(pid), time.monotonic()
     await asyncio.sleep(IDLE_SECONDS)
     idle_cpu_rate = (cpu_seconds(pid) - c0) / (time.monotonic() - t0)
@@ -283,12 +289,12 @@ async def migrate(stack: Stack, files: int, datastore_id: str, tmp: Path, s3: An
         problems.append(f"report: {summary.get('unaccounted')} unaccounted, {summary.get('accounted_twice')} "
                         "accounted twice")
     if states.get("imported", 0) + states.get("imported_with_warnings", 0) != files:
-        problems.append(f"valid synthetic files not all imported: {states}")
+        problems.append(f"valid synthetic files not all imported: {states}; reasons {summary.get('reasons')}")
     if problems:
-        raise SystemExit(f"migration of {files} files is not fully accounted for:\n  " + "\n  ".join(problems[:20]))
+        raise SystemExit(f"migration of {files} files failed its checks:\n  " + "\n  ".join(problems[:20]))
     shutil.rmtree(corpus_dir, ignore_errors=True)
     return Row(files, idle_rss, idle_cpu_rate, hwm, sampler.max_rss_kib, cpu, wall, sampler.peak_utilisation(),
-               others_cpu, states)
+               ready_hwm, others_cpu, states)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -315,27 +321,33 @@ def report(rows: list[Row]) -> None:
         print(f"{r.files:>6} {mib(r.idle_rss_kib):>7.0f}Mi {mib(peak):>7.0f}Mi {peak / r.idle_rss_kib:>8.2f}x "
               f"{r.cpu:>7.1f} {r.cpu / r.files * 1000:>9.2f} {r.files / r.cpu:>11.1f} {r.wall:>7.1f} "
               f"{r.cpu / r.wall:>9.2f} {r.peak_util:>10.2f}   {others}")
+    cores = os.cpu_count() or 1
     for r in rows:
-        print(f"  {r.files} files: states {r.states}; VmHWM {mib(r.peak_hwm_kib):.0f} MiB, highest sampled VmRSS "
-              f"{mib(r.peak_sampled_kib):.0f} MiB; idle worker CPU {r.idle_cpu_rate * 100:.1f}% of a core")
-    print(f"baseline: idle RSS of the same worker process right after it is ready; peak = VmHWM over the migration. "
-          f"This machine has {os.cpu_count()} cores, shared by the worker with the Temporal dev server, moto and "
-          f"the emulator (their CPU is listed above): the worker's core counts are under contention.")
+        busy = (r.cpu + sum(r.others_cpu.values())) / (cores * r.wall)
+        states = ", ".join(f"{k} {v}" for k, v in r.states.items() if v)
+        print(f"  {r.files} files: {states} (all {r.files} accounted for); VmHWM {mib(r.peak_hwm_kib):.0f} MiB "
+              f"(at ready {mib(r.ready_hwm_kib):.0f}), highest sampled VmRSS {mib(r.peak_sampled_kib):.0f} MiB; "
+              f"idle worker CPU {r.idle_cpu_rate * 100:.1f}% of a core; {r.files / r.wall:.0f} files/s wall; "
+              f"whole stack kept the {cores} cores {busy * 100:.0f}% busy")
+    print(f"baseline: idle RSS of the same (freshly started) worker process right after it is ready; peak = "
+          f"VmHWM at the end of the migration. This machine has {cores} cores, shared by the worker with the "
+          "Temporal dev server, moto and the emulator (their CPU is listed above), so the worker's cores are "
+          "measured under contention and its wall times are not those of a dedicated task.")
     peak_mib = max(mib(max(r.peak_hwm_kib, r.peak_sampled_kib)) for r in rows)
     need_mib = peak_mib * HEADROOM
     avg_cores = max(r.cpu / r.wall for r in rows)
     burst_cores = max(r.peak_util for r in rows)
     # One vCPU per core the worker actually kept busy at its 1 s peak (rounded up to a Fargate size), so the
     # bursts (header parsing, report writing) are not throttled; never below the sustained average x 2.
-    cores = max(burst_cores, avg_cores * HEADROOM)
-    cpu_units, memory = fargate_size(cores, need_mib)
+    want = max(burst_cores, avg_cores * HEADROOM)
+    cpu_units, memory = fargate_size(want, need_mib)
     best = max(rows, key=lambda r: r.files)
     rate = best.files / best.cpu
-    print(f"Fargate sizing: memory >= {math.ceil(need_mib)} MiB (peak RSS {peak_mib:.0f} MiB x {HEADROOM:g} "
-          f"headroom), cpu >= {cores * 1024:.0f} units (worker used {avg_cores:.2f} cores on average and "
-          f"{burst_cores:.2f} at its 1 s peak; max of peak and 2 x average) -> task cpu {cpu_units} / memory "
-          f"{memory} MiB; expect about {rate * cpu_units / 1024:.0f} files/s per task when CPU-bound "
-          f"({rate:.1f} files per CPU-second at {best.files} files)")
+    print(f"Fargate sizing: memory >= {math.ceil(need_mib)} MiB (peak RSS {peak_mib:.0f} MiB \u00d7 {HEADROOM:g} "
+          f"headroom), cpu >= {math.ceil(want * 1024)} units (worker used {avg_cores:.2f} cores on average and "
+          f"{burst_cores:.2f} over its busiest 1 s; the larger of that and {HEADROOM:g} \u00d7 average) -> "
+          f"smallest Fargate size: cpu {cpu_units} / memory {memory} MiB; {rate:.0f} files per CPU-second at "
+          f"{best.files} files, so one fully busy vCPU migrates about {rate:.0f} files/s of this corpus")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -365,8 +377,10 @@ def main() -> None:
         for i, files in enumerate(FILES):
             if i:
                 pid = restart_worker(stack, pid)
-            print(f"migrating {files} files (worker pid {pid}) ...", flush=True)
-            row = asyncio.run(migrate(stack, files, datastore_id, tmp, s3, pid))
+            # The baseline: the idle worker right after it is ready (before the corpus is generated and uploaded).
+            idle_rss, ready_hwm = status_kib(pid, "VmRSS"), status_kib(pid, "VmHWM")
+            print(f"migrating {files} files (worker pid {pid}, idle RSS {mib(idle_rss):.0f} MiB) ...", flush=True)
+            row = asyncio.run(migrate(stack, files, datastore_id, tmp, s3, pid, idle_rss, ready_hwm))
             print(f"  done in {row.wall:.1f}s: peak RSS {mib(row.peak_hwm_kib):.0f} MiB, worker CPU {row.cpu:.1f}s",
                   flush=True)
             rows.append(row)

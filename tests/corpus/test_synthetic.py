@@ -26,6 +26,7 @@ from corpus.synthetic import (
     InstanceKey,
     encode_dataset,
     generate_studies,
+    synth_uid,
 )
 
 UID_RE = re.compile(r"(?:[1-9][0-9]*|0)(?:\.(?:[1-9][0-9]*|0))*")
@@ -63,6 +64,23 @@ def test_profile_is_part_of_identity(tmp_path: Path) -> None:
     a = gen(tmp_path / "a", seed=0)
     b = gen(tmp_path / "b", seed=0, rows=32, cols=32)
     assert not {e.sop_instance_uid for e in a} & {e.sop_instance_uid for e in b}
+
+
+def test_uid_parts_do_not_run_together() -> None:
+    """generate_uid concatenates its entropy sources: the parts must stay apart (patient 10, slice 0 is not
+    patient 1, slice 10)."""
+    assert synth_uid(1, 10) != synth_uid(11, 0)
+    assert synth_uid("instance", 10, 0, 1, 0) != synth_uid("instance", 1, 0, 10, 0)
+    assert synth_uid("a", "b") == synth_uid("a", "b")
+
+
+def test_identities_stay_unique_past_ten_of_anything(tmp_path: Path) -> None:
+    entries = generate_studies(tmp_path, patients=11, studies_per_patient=2, series_per_study=11,
+                               instances_per_series=11, rows=8, cols=8)
+    assert len(entries) == 11 * 2 * 11 * 11
+    assert len({e.sop_instance_uid for e in entries}) == len(entries)
+    assert len({e.series_instance_uid for e in entries}) == 11 * 2 * 11
+    assert len({e.study_instance_uid for e in entries}) == 11 * 2
 
 
 def test_hierarchy_parses_and_matches_manifest(tmp_path: Path) -> None:

@@ -67,8 +67,12 @@ _GROUP_LENGTH_TAG = Tag(0x0002, 0x0000)
 
 
 def synth_uid(*parts: object) -> UID:
-    """A UID under :data:`UID_PREFIX` that depends only on ``parts``."""
-    return UID(generate_uid(prefix=UID_PREFIX, entropy_srcs=["himig-corpus", *(str(p) for p in parts)]))
+    """A UID under :data:`UID_PREFIX` that depends only on ``parts``.
+
+    The parts are joined with a separator into one entropy source: `generate_uid` concatenates its sources as they
+    are, so ("1", "10") and ("11", "0") would otherwise hash alike (patient 10, slice 0 = patient 1, slice 10).
+    """
+    return UID(generate_uid(prefix=UID_PREFIX, entropy_srcs=["\x1f".join(["himig-corpus", *(str(p) for p in parts)])]))
 
 
 IMPLEMENTATION_CLASS_UID = synth_uid("implementation-class-uid")
