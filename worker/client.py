@@ -7,10 +7,10 @@ from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
 from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError, RPCStatusCode
 
 from contracts import search
+from worker.codec import data_converter
 from worker.settings import Settings
 
 
@@ -27,12 +27,16 @@ class SearchAttributesMissing(TemporalSetupError):
 
 
 async def connect(settings: Settings) -> Client:
-    """A client for ``settings.temporal()``; `ConnectionError` (one line, with what to check) when it fails."""
+    """A client for ``settings.temporal()`` whose payloads are sealed with ``settings.payload_keys``.
+
+    `ConnectionError` (one line, with what to check) when it fails.
+    """
     conn = settings.temporal()
+    converter = data_converter(settings.payload_key_ring())
     try:
         client = await Client.connect(conn.address, namespace=conn.namespace, api_key=conn.api_key,
                                       tls=conn.tls if conn.tls is not None else False,
-                                      rpc_metadata=dict(conn.rpc_metadata), data_converter=pydantic_data_converter)
+                                      rpc_metadata=dict(conn.rpc_metadata), data_converter=converter)
     except RuntimeError as err:
         raise ConnectionError(f"cannot reach Temporal at {conn.address} ({conn.mode()}): "
                               f"{' '.join(str(err).split())}; {conn.hint()}") from None

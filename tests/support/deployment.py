@@ -31,6 +31,7 @@ EXAMPLE_VALUES = {
     "SourceBucket": "hospital-archive", "SourcePrefix": "dicom/", "WorkBucket": "himig-work", "WorkPrefix": "himig/",
     "IngestBucketName": "himig-landing", "IngestPrefix": "incoming/",
     "FingerprintKeySecretArn": f"arn:aws:secretsmanager:us-east-1:{ACCOUNT}:secret:himig/fingerprint-AbCdEf",
+    "PayloadKeysSecretArn": f"arn:aws:secretsmanager:us-east-1:{ACCOUNT}:secret:himig/payload-keys-AbCdEf",
     "TemporalApiKeySecretArn": f"arn:aws:secretsmanager:us-east-1:{ACCOUNT}:secret:himig/temporal-api-key-AbCdEf",
     "TaskRoleArn": f"arn:aws:iam::{ACCOUNT}:role/himig-task",
     "ExecutionRoleArn": f"arn:aws:iam::{ACCOUNT}:role/himig-execution",

@@ -17,7 +17,6 @@ import boto3
 import pydantic
 import pytest
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import ActivityEnvironment
 from temporalio.worker import Replayer, Worker
 
@@ -33,6 +32,7 @@ from contracts.reconciliation import (
 )
 from tests.support.dicom import make_instance, uid
 from tests.support.eventually import assert_eventually, assert_eventually_sync
+from tests.support.installation import converter
 from worker.aws import AwsClients
 from worker.settings import Settings
 from workflows.reconciliation import ReconciliationWorkflow
@@ -140,7 +140,7 @@ def start(client: Client, recon_worker: Worker, mi: Any, buckets: dict[str, Any]
 
 async def _replays(handle: WorkflowHandle[Any, Any]) -> None:
     """The recorded history replays deterministically (signals, updates, timer, activities)."""
-    replayer = Replayer(workflows=[ReconciliationWorkflow], data_converter=pydantic_data_converter,
+    replayer = Replayer(workflows=[ReconciliationWorkflow], data_converter=converter(),
                         workflow_failure_exception_types=[pydantic.ValidationError])
     await replayer.replay_workflow(await handle.fetch_history())
 
