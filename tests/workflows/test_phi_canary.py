@@ -17,11 +17,9 @@ operator's own report in the work prefix, which lists source keys, but nowhere i
 from __future__ import annotations
 
 import asyncio
-import base64
 import io
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -37,6 +35,7 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.testing import WorkflowEnvironment
 
 from contracts import search
+from contracts.common import FileState
 from contracts.migration import MigrationInput
 from contracts.reconciliation import (
     ReconciliationAction,
@@ -47,6 +46,7 @@ from contracts.reconciliation import (
 from tests.support.dicom import make_instance, uid
 from tests.support.eventually import assert_eventually, assert_eventually_sync
 from tests.support.installation import converter
+from tests.support.temporal_cli import shown, temporal_cli, temporal_path
 from workflows.migration import MigrationWorkflow
 from workflows.reconciliation import ReconciliationWorkflow
 
@@ -91,11 +91,9 @@ def _found(data: bytes) -> list[str]:
 @pytest.fixture
 async def private_temporal(tmp_path: Path) -> AsyncIterator[tuple[WorkflowEnvironment, Path]]:
     """A dev server of this test's own, whose database is a file we can read byte by byte afterwards."""
-    path = shutil.which("temporal", path=str(Path(sys.executable).parent))
-    assert path
     db = tmp_path / "temporal.db"
     env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=path, data_converter=converter(), ui=False,
+        dev_server_existing_path=temporal_path(), data_converter=converter(), ui=False,
         dev_server_extra_args=["--db-filename", str(db), "--log-level", "error", *search.dev_server_args()])
     yield env, db
     await env.shutdown()
@@ -152,42 +150,10 @@ def _s3_event(bucket: str, key: str, size: int, etag: str) -> str:
         "s3": {"bucket": {"name": bucket}, "object": {"key": key, "size": size, "eTag": etag}}}]})
 
 
-def _shown(output: str) -> bytes:
-    """``temporal ... -o json`` output with every payload's data base64-decoded next to it."""
-    parts = [output.encode()]
-
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                if key == "data" and isinstance(value, str):
-                    try:
-                        parts.append(base64.b64decode(value))
-                    except ValueError:
-                        pass
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
-
-    for line in output.splitlines() or [""]:
-        try:
-            walk(json.loads(line))
-        except ValueError:
-            pass
-    try:
-        walk(json.loads(output))
-    except ValueError:
-        pass
-    return b"\n".join(parts)
-
-
-def _temporal_cli(client: Client, *args: str) -> str:
-    path = shutil.which("temporal", path=str(Path(sys.executable).parent))
-    assert path
-    done = subprocess.run([path, *args, "--address", client.service_client.config.target_host, "--namespace",
-                           client.namespace, "--output", "json"], capture_output=True, text=True, timeout=60)
+def _cli_json(client: Client, *args: str) -> bytes:
+    done = temporal_cli(client, *args, "--output", "json")
     assert done.returncode == 0, done.stderr
-    return done.stdout
+    return shown(done.stdout).encode()
 
 
 async def test_no_canary_anywhere_the_service_writes(
@@ -220,7 +186,7 @@ async def test_no_canary_anywhere_the_service_writes(
         MigrationWorkflow.run, MigrationInput(source_s3_uri=f"s3://{src}/{FOLDER}/", datastore_id=datastore_id,
                                               work_s3_uri=f"s3://{work}/w/", import_start_interval_seconds=0),
         id=migration_id, task_queue=worker_process["queue"], execution_timeout=timedelta(minutes=5))
-    assert result.files_by_state.get("imported", 0) >= 4, result
+    assert result.files_by_state.get(FileState.IMPORTED, 0) >= 4, result
 
     # The non-primary set is decided by a promote that first corrects the PatientID.
     report_bucket, report_key = result.report_uri[5:].split("/", 1)
@@ -263,14 +229,14 @@ async def test_no_canary_anywhere_the_service_writes(
             leaks[f"temporal database {path.name}"] = found
 
     # 2. What `temporal` shows without the codec, for every workflow of the run.
-    listed = await asyncio.to_thread(_temporal_cli, client, "workflow", "list")
-    if found := _found(_shown(listed)):
+    listed = await asyncio.to_thread(_cli_json, client, "workflow", "list")
+    if found := _found(listed):
         leaks["temporal workflow list"] = found
     ids = {w.id async for w in client.list_workflows()}
     assert len(ids) >= 5, ids  # migration, batch(es), reconciliation, ingest and its flush
     for wid in sorted(ids):
-        shown = await asyncio.to_thread(_temporal_cli, client, "workflow", "show", "-w", wid)
-        if found := _found(_shown(shown)):
+        history = await asyncio.to_thread(_cli_json, client, "workflow", "show", "-w", wid)
+        if found := _found(history):
             leaks[f"temporal workflow show {wid}"] = found
 
     # 3. The worker's log.
