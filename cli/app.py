@@ -398,6 +398,7 @@ def codec_server_cmd(
 ) -> None:
     """Serve Temporal's codec-server contract (/encode, /decode) so authorised people see decoded payloads in the
     Temporal UI and in ``temporal workflow show --codec-endpoint``."""
+    from worker.client import payload_codec
     from worker.codec_server import CodecServer
     from worker.logs import configure_logging
 
@@ -406,7 +407,7 @@ def codec_server_cmd(
     server_settings = s.codec_server.model_copy(update=overrides)
     configure_logging(s.log_level, s.log_format)
     try:
-        server = CodecServer(server_settings, s.payload_key_ring(), s.temporal().namespace)
+        server = CodecServer(server_settings, payload_codec(s), s.temporal().namespace)
     except InvalidSettings as err:
         raise fail(str(err)) from None
     except OSError as err:

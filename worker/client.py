@@ -10,7 +10,8 @@ from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
 from contracts import search
-from worker.codec import data_converter
+from worker.aws import make_client
+from worker.codec import EncryptionCodec, KmsDataKeys, data_converter
 from worker.settings import Settings
 
 
@@ -26,13 +27,21 @@ class SearchAttributesMissing(TemporalSetupError):
     """The namespace lacks search attributes the workflows upsert (their workflow tasks would fail)."""
 
 
+def payload_codec(settings: Settings) -> EncryptionCodec:
+    """The codec of ``settings``: KMS data keys when ``payload_kms_key_id`` is set, the static ring for the rest."""
+    kms = None
+    if settings.payload_kms_key_id:
+        kms = KmsDataKeys(make_client("kms", settings, settings.kms_endpoint_url), settings.payload_kms_key_id)
+    return EncryptionCodec(settings.payload_key_ring(), kms)
+
+
 async def connect(settings: Settings) -> Client:
     """A client for ``settings.temporal()`` whose payloads are sealed with ``settings.payload_keys``.
 
     `ConnectionError` (one line, with what to check) when it fails.
     """
     conn = settings.temporal()
-    converter = data_converter(settings.payload_key_ring())
+    converter = data_converter(payload_codec(settings))
     try:
         client = await Client.connect(conn.address, namespace=conn.namespace, api_key=conn.api_key,
                                       tls=conn.tls if conn.tls is not None else False,

@@ -30,7 +30,7 @@ import structlog
 from google.protobuf import json_format
 from temporalio.api.common.v1 import Payloads
 
-from worker.codec import EncryptionCodec, KeyRing, PayloadDecryptionError
+from worker.codec import EncryptionCodec, PayloadDecryptionError, PayloadEncryptionError
 from worker.settings import CodecServerSettings, InvalidSettings
 
 ALGORITHMS = ("RS256", "ES256")
@@ -151,9 +151,9 @@ def _discover_jwks(issuer: str) -> str:
 class CodecService:
     """What the HTTP handler calls: authorise, then encode or decode one ``Payloads`` JSON body."""
 
-    def __init__(self, settings: CodecServerSettings, ring: KeyRing, namespace: str) -> None:
+    def __init__(self, settings: CodecServerSettings, codec: EncryptionCodec, namespace: str) -> None:
         self.settings = settings
-        self.codec = EncryptionCodec(ring)
+        self.codec = codec
         self.namespace = namespace
         self.origins = set(settings.ui_origin_list())
         self.verifier = OidcVerifier(settings) if settings.auth == "oidc" else None
@@ -180,6 +180,8 @@ class CodecService:
                 result = self.codec.decode_sync(payloads.payloads)
         except PayloadDecryptionError as err:
             raise Refused(HTTPStatus.BAD_REQUEST, str(err)) from None
+        except PayloadEncryptionError as err:
+            raise Refused(HTTPStatus.SERVICE_UNAVAILABLE, str(err)) from None
         out = json_format.MessageToJson(Payloads(payloads=result), indent=None)
         return out.encode(), len(payloads.payloads)
 
@@ -274,11 +276,11 @@ def _handler(service: CodecService) -> type[BaseHTTPRequestHandler]:
 class CodecServer:
     """The HTTP(S) server; `start` in a thread (tests) or `serve_until_signalled` (the command)."""
 
-    def __init__(self, settings: CodecServerSettings, ring: KeyRing, namespace: str) -> None:
+    def __init__(self, settings: CodecServerSettings, codec: EncryptionCodec, namespace: str) -> None:
         problems = settings.problems()
         if problems:
             raise InvalidSettings(problems)
-        self.service = CodecService(settings, ring, namespace)
+        self.service = CodecService(settings, codec, namespace)
         self.httpd = ThreadingHTTPServer((settings.host, settings.port), _handler(self.service))
         self.httpd.daemon_threads = True
         self.scheme = "http"

@@ -240,12 +240,23 @@ class Settings(BaseSettings):
             KeyRing.parse(value.get_secret_value())  # raises naming the entry, never the key
         return value
 
-    def payload_key_ring(self) -> KeyRing:
-        """The ring of ``payload_keys``; `InvalidSettings` when none is configured."""
-        if self.payload_keys is None:
-            raise InvalidSettings([f"{KEYS_VARIABLE}: required (payloads carry patient data and are encrypted); "
-                                   f"generate a key with `himig codec-key KEY-ID`"])
-        return KeyRing.parse(self.payload_keys.get_secret_value())
+    payload_kms_key_id: str | None = Field(
+        None, pattern=r"^(arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:(key|alias)/.+|alias/.+|[0-9a-f-]{36})$",
+        description="KMS key making the data keys that seal payloads (envelope encryption; needs "
+        "kms:GenerateDataKey and kms:Decrypt). With it, new payloads use KMS data keys and HIMIG_PAYLOAD_KEYS, if "
+        "set, only opens old ones")
+    kms_endpoint_url: str | None = Field(None, validation_alias=AliasChoices("AWS_ENDPOINT_URL_KMS",
+                                                                             "HIMIG_KMS_ENDPOINT_URL"))
+
+    def payload_key_ring(self) -> KeyRing | None:
+        """The ring of ``payload_keys`` (None when only KMS is configured)."""
+        return KeyRing.parse(self.payload_keys.get_secret_value()) if self.payload_keys is not None else None
+
+    def payload_key_problems(self) -> list[str]:
+        if self.payload_keys is None and self.payload_kms_key_id is None:
+            return [f"{KEYS_VARIABLE}: required, or HIMIG_PAYLOAD_KMS_KEY_ID (payloads carry patient data and are "
+                    f"encrypted); generate a key with `himig codec-key KEY-ID`"]
+        return []
 
     def fingerprint_secret(self) -> bytes | None:
         return self.fingerprint_key.get_secret_value().encode() if self.fingerprint_key else None
@@ -387,10 +398,7 @@ def load_settings() -> Settings:
             settings.temporal()
         except TemporalConfigError as err:
             problems.extend(err.problems)
-        try:
-            settings.payload_key_ring()
-        except InvalidSettings as err:
-            problems.extend(err.problems)
+        problems.extend(settings.payload_key_problems())
     if problems:
         raise InvalidSettings(problems)
     return settings

@@ -60,6 +60,7 @@ def stack(log_dir: Path) -> Iterator[dict[str, Any]]:
             "FingerprintKeySecretArn": sm.create_secret(Name="himig/fingerprint", SecretString="k" * 32)["ARN"],
             "TemporalApiKeySecretArn": sm.create_secret(Name="himig/api-key", SecretString="an-api-key")["ARN"],
             "PayloadKeysSecretArn": sm.create_secret(Name="himig/payload-keys", SecretString=PAYLOAD_KEYS)["ARN"],
+            "PayloadKmsKeyArn": aws(url, "kms").create_key(Description="himig payloads")["KeyMetadata"]["Arn"],
         }
         cf.create_stack(StackName=STACK, TemplateBody=(DEPLOY / "cloudformation" / "himig.yaml").read_text(),
                         Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in parameters.items()],

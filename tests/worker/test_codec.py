@@ -5,19 +5,25 @@ from __future__ import annotations
 import base64
 import json
 import os
+from typing import Any
 
+import boto3
 import pytest
 from temporalio.api.common.v1 import Payload
 from temporalio.converter import DefaultFailureConverterWithEncodedAttributes
 
 from tests.support.installation import INSTALLATION_ENV
+from worker.client import payload_codec
 from worker.codec import (
     META_CIPHER,
+    META_DATA_KEY,
     META_ENCODING,
     META_KEY_ID,
     EncryptionCodec,
     KeyRing,
+    KmsDataKeys,
     PayloadDecryptionError,
+    PayloadEncryptionError,
     PayloadKeyError,
     data_converter,
     is_encrypted,
@@ -141,7 +147,7 @@ class TestSettings:
         monkeypatch.delenv("HIMIG_PAYLOAD_KEYS", raising=False)
         with pytest.raises(InvalidSettings) as err:
             load_settings()
-        assert "HIMIG_PAYLOAD_KEYS: required" in str(err.value)
+        assert "HIMIG_PAYLOAD_KEYS: required, or HIMIG_PAYLOAD_KMS_KEY_ID" in str(err.value)
 
     def test_a_bad_ring_names_the_variable_and_never_the_key(self, monkeypatch: pytest.MonkeyPatch) -> None:
         secret = base64.b64encode(os.urandom(20)).decode()
@@ -153,3 +159,88 @@ class TestSettings:
 
     def test_the_installation_ring_is_the_one_clients_use(self) -> None:
         assert load_settings().payload_key_ring() == KeyRing.parse(INSTALLATION_ENV["HIMIG_PAYLOAD_KEYS"])
+
+
+class TestKmsDataKeys:
+    """Envelope encryption against moto's KMS: data keys made by GenerateDataKey, opened by Decrypt."""
+
+    @pytest.fixture
+    def kms(self, moto_url: str) -> Any:
+        return boto3.client("kms", endpoint_url=moto_url, region_name="us-east-1")
+
+    @pytest.fixture
+    def key_arn(self, kms: Any) -> str:
+        return str(kms.create_key(Description="himig payloads")["KeyMetadata"]["Arn"])
+
+    async def test_a_payload_sealed_by_one_process_opens_in_another(self, kms: Any, key_arn: str) -> None:
+        sealer = EncryptionCodec(None, KmsDataKeys(kms, key_arn))
+        [sealed] = await sealer.encode([_plain()])
+        key_id = sealed.metadata[META_KEY_ID].decode()
+        assert key_id.startswith("kms-") and sealed.metadata[META_DATA_KEY]
+        assert CANARY.encode() not in sealed.SerializeToString()
+        other = EncryptionCodec(None, KmsDataKeys(kms, key_arn))  # knows nothing but the KMS key
+        assert await other.decode([sealed]) == [_plain()]
+
+    def test_kms_seals_new_payloads_and_the_ring_still_opens_old_ones(self, kms: Any, key_arn: str) -> None:
+        ring = KeyRing.parse(f"static:{_key(1)}")
+        [old] = EncryptionCodec(ring).encode_sync([_plain("before KMS")])
+        both = EncryptionCodec(ring, KmsDataKeys(kms, key_arn))
+        [new] = both.encode_sync([_plain("with KMS")])
+        assert new.metadata[META_KEY_ID].startswith(b"kms-")
+        assert both.decode_sync([old, new]) == [_plain("before KMS"), _plain("with KMS")]
+
+    def test_a_data_key_is_replaced_after_its_uses_and_its_age(self, kms: Any, key_arn: str) -> None:
+        now = [0.0]
+        keys = KmsDataKeys(kms, key_arn, max_uses=2, max_age_seconds=60, clock=lambda: now[0])
+        codec = EncryptionCodec(None, keys)
+        first = codec.encode_sync([_plain("1"), _plain("2"), _plain("3")])
+        ids = [p.metadata[META_KEY_ID] for p in first]
+        assert ids[0] == ids[1] != ids[2]
+        now[0] = 61.0
+        [later] = codec.encode_sync([_plain("4")])
+        assert later.metadata[META_KEY_ID] not in ids
+        assert EncryptionCodec(None, KmsDataKeys(kms, key_arn)).decode_sync([*first, later]) == [
+            _plain(str(i)) for i in range(1, 5)]
+
+    def test_what_cannot_be_opened_says_why(self, kms: Any, key_arn: str) -> None:
+        codec = EncryptionCodec(None, KmsDataKeys(kms, key_arn))
+        [sealed] = codec.encode_sync([_plain()])
+        with pytest.raises(PayloadDecryptionError, match="set HIMIG_PAYLOAD_KMS_KEY_ID"):
+            EncryptionCodec(KeyRing.parse(f"k:{_key(1)}")).decode_sync([sealed])
+        # Another data key slipped under the payload's key id is refused before KMS is asked.
+        swapped = Payload()
+        swapped.CopyFrom(sealed)
+        swapped.metadata[META_DATA_KEY] = kms.generate_data_key(KeyId=key_arn, KeySpec="AES_256")["CiphertextBlob"]
+        with pytest.raises(PayloadDecryptionError, match="carries another data key"):
+            EncryptionCodec(None, KmsDataKeys(kms, key_arn)).decode_sync([swapped])
+        # A data key made for another purpose (another encryption context) does not decrypt as ours.
+        foreign_blob = kms.generate_data_key(KeyId=key_arn, KeySpec="AES_256",
+                                             EncryptionContext={"purpose": "something-else"})["CiphertextBlob"]
+        foreign = Payload()
+        foreign.CopyFrom(sealed)
+        foreign.metadata[META_DATA_KEY] = foreign_blob
+        foreign.metadata[META_KEY_ID] = KmsDataKeys.key_id_of(foreign_blob).encode()
+        with pytest.raises(PayloadDecryptionError, match="KMS Decrypt failed"):
+            EncryptionCodec(None, KmsDataKeys(kms, key_arn)).decode_sync([foreign])
+
+    def test_a_key_kms_refuses_fails_the_seal_naming_the_setting(self, kms: Any) -> None:
+        missing = "arn:aws:kms:us-east-1:123456789012:key/00000000-0000-0000-0000-000000000000"
+        with pytest.raises(PayloadEncryptionError, match="HIMIG_PAYLOAD_KMS_KEY_ID failed") as err:
+            EncryptionCodec(None, KmsDataKeys(kms, missing)).encode_sync([_plain()])
+        assert CANARY not in str(err.value)
+
+    def test_settings_with_only_a_kms_key_build_a_kms_codec(self, monkeypatch: pytest.MonkeyPatch, moto_url: str,
+                                                           key_arn: str) -> None:
+        monkeypatch.delenv("HIMIG_PAYLOAD_KEYS")
+        monkeypatch.setenv("HIMIG_PAYLOAD_KMS_KEY_ID", key_arn)
+        monkeypatch.setenv("AWS_ENDPOINT_URL_KMS", moto_url)
+        codec = payload_codec(load_settings())
+        assert codec.ring is None and codec.data_keys is not None
+        [sealed] = codec.encode_sync([_plain()])
+        assert sealed.metadata[META_KEY_ID].startswith(b"kms-")
+
+    @pytest.mark.parametrize("value", ["not-a-key", "arn:aws:s3:::bucket", "alias", "arn:aws:kms:us-east-1:1:key/x"])
+    def test_a_kms_key_id_that_is_not_one_is_named(self, monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+        monkeypatch.setenv("HIMIG_PAYLOAD_KMS_KEY_ID", value)
+        with pytest.raises(InvalidSettings, match="HIMIG_PAYLOAD_KMS_KEY_ID: "):
+            load_settings()

@@ -60,7 +60,8 @@ def serve(issuer: OidcIssuer) -> Iterator[Callable[..., CodecServer]]:
     servers: list[CodecServer] = []
 
     def start(**overrides: Any) -> CodecServer:
-        server = CodecServer(_settings(issuer, **overrides), KeyRing.parse(PAYLOAD_KEYS), NAMESPACE).start()
+        server = CodecServer(_settings(issuer, **overrides), EncryptionCodec(KeyRing.parse(PAYLOAD_KEYS)),
+                             NAMESPACE).start()
         servers.append(server)
         return server
 
@@ -231,7 +232,7 @@ class TestStartUp:
     def test_an_unsafe_or_incomplete_configuration_does_not_start(
             self, issuer: OidcIssuer, overrides: dict[str, Any], variable: str) -> None:
         with pytest.raises(InvalidSettings) as err:
-            CodecServer(_settings(issuer, **overrides), KeyRing.parse(PAYLOAD_KEYS), NAMESPACE)
+            CodecServer(_settings(issuer, **overrides), EncryptionCodec(KeyRing.parse(PAYLOAD_KEYS)), NAMESPACE)
         assert variable in str(err.value)
 
     @pytest.mark.parametrize(("variable", "value", "reason"), [
