@@ -24,6 +24,8 @@ from temporalio.worker import ActivityInboundInterceptor, ExecuteActivityInput, 
 
 from activities import phi
 
+_log = structlog.get_logger("himig.activity")
+
 
 def input_ids(args: Any) -> dict[str, Any]:
     """``migration_id``, ``batch`` and ``page`` from an activity's input, where it has them."""
@@ -78,14 +80,17 @@ class _LogContextInbound(ActivityInboundInterceptor):
                "attempt": info.attempt, **input_ids(input.args)}
         with structlog.contextvars.bound_contextvars(**ids), phi.collecting():
             try:
-                return await super().execute_activity(input)
+                result = await super().execute_activity(input)
             except Exception as err:
                 replacement = scrubbed_failure(err, phi.current())
+                _log.debug("activity failed", error_type=type(err).__name__)
                 if replacement is None:
                     raise
-                structlog.get_logger("himig.activity").warning(
-                    "activity failure text held patient values; they were scrubbed", error_type=type(err).__name__)
+                _log.warning("activity failure text held patient values; they were scrubbed",
+                             error_type=type(err).__name__)
                 raise replacement from None
+            _log.debug("activity completed")
+            return result
 
 
 class LogContextInterceptor(Interceptor):

@@ -43,9 +43,12 @@ REDACTED = "[redacted]"
 _TEMPORAL_FIELDS = {"workflow_id": "workflow_id", "run_id": "run_id", "workflow_run_id": "run_id",
                     "workflow_type": "workflow_type", "activity_type": "activity", "activity_id": "activity_id",
                     "attempt": "attempt", "update_id": "update_id", "update_name": "update_name"}
-# Noisy per-file third-party loggers: kept (at debug they explain a rejection) but not at the default level.
+# The lowest level each noisy third-party logger may log at, whatever the configured level. The SDK's worker
+# internals print whole activity results and task tokens at debug (payloads: possibly patient data, and
+# unreadable); ``worker.log_context`` logs each activity's start and end at debug instead.
 _QUIET = {"botocore": logging.WARNING, "boto3": logging.WARNING, "urllib3": logging.WARNING,
-          "s3transfer": logging.WARNING}
+          "s3transfer": logging.WARNING, "temporalio.worker._activity": logging.INFO,
+          "temporalio.worker._workflow": logging.INFO, "temporalio.worker._workflow_instance": logging.INFO}
 
 
 def _redact(value: Any, depth: int = 0) -> Any:
