@@ -173,7 +173,9 @@ class ReconciliationWorkflow:
 
     def _reject(self, via: str, reviewer: str | None, error: str,
                 decision: ReconciliationDecision | None = None) -> None:
-        workflow.logger.warning("reconciliation decision rejected", extra={"via": via, "reviewer": reviewer})
+        # One line naming the fields and rules at fault (``error`` never quotes the input's values).
+        workflow.logger.warning("reconciliation decision rejected",
+                                extra={"via": via, "reviewer": reviewer, "error": error})
         self._record(DecisionRecord(
             at=workflow.now(), via=via, accepted=False, reviewer=reviewer, error=error,  # type: ignore[arg-type]
             action=decision.action if decision else None, reason=decision.reason if decision else None))
