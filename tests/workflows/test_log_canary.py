@@ -8,19 +8,49 @@ from __future__ import annotations
 import io
 import re
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 
 import pydicom
+from temporalio import activity, workflow
 from temporalio.client import Client
-from temporalio.worker import Worker
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
+from activities import phi
 from contracts.common import FileState
 from contracts.migration import MigrationInput, OperatorCommand
 from tests.support.dicom import make_instance, uid
 from tests.support.eventually import assert_eventually
 from tests.support.logcapture import Captured, captured_logs
+from worker.log_context import LogContextInterceptor
 from workflows.migration import MigrationWorkflow
+
+FAILING_NAME = "QZCANARYFAILING^QZGIVEN"
+
+
+@activity.defn(name="read_and_fail")
+def read_and_fail(kind: str) -> None:
+    """Reads a patient name, then fails quoting it (as a third-party exception text would)."""
+    phi.register(FAILING_NAME)
+    if kind == "application":
+        raise ApplicationError(f"cannot import {FAILING_NAME}", type="InvalidPatient", non_retryable=True)
+    raise ValueError(f"invalid PN value {FAILING_NAME.replace('^', ' ').lower()!r}")
+
+
+@workflow.defn(sandboxed=False)
+class FailingReadWorkflow:
+    @workflow.run
+    async def run(self, kind: str) -> list[str]:
+        try:
+            await workflow.execute_activity(read_and_fail, kind, start_to_close_timeout=timedelta(seconds=10),
+                                            retry_policy=RetryPolicy(maximum_attempts=1))
+        except ActivityError as err:
+            assert isinstance(err.cause, ApplicationError)
+            return [err.cause.message, err.cause.type or "", str(err.cause.non_retryable)]
+        return []
 
 CANARIES = {
     "PatientName": "QZCANARYSURNAME^QZCANARYGIVEN",
@@ -122,3 +152,26 @@ async def _signal_line(logs: Captured) -> dict[str, Any]:
     found = [x for x in logs.lines() if "deserializing signal input" in x["event"]]
     assert len(found) == 1, found
     return found[0]
+
+
+class TestActivityFailures:
+    async def test_a_failure_quoting_a_patient_value_reaches_history_scrubbed(self, client: Client) -> None:
+        queue = f"fail-{uuid.uuid4().hex[:8]}"
+        with captured_logs("debug") as logs, ThreadPoolExecutor(2) as executor:
+            async with Worker(client, task_queue=queue, workflows=[FailingReadWorkflow], activities=[read_and_fail],
+                              activity_executor=executor, interceptors=[LogContextInterceptor()],
+                              workflow_runner=UnsandboxedWorkflowRunner()):
+                results = {}
+                for kind in ("application", "other"):
+                    handle = await client.start_workflow(FailingReadWorkflow.run, kind, id=f"{queue}-{kind}",
+                                                         task_queue=queue)
+                    results[kind] = await handle.result()
+                    history = (await handle.fetch_history()).to_json()
+                    assert "qzcanaryfailing" not in history.lower(), history
+        assert results["application"] == ["cannot import [phi]", "InvalidPatient", "True"]
+        # A plain exception keeps its type name (retry policies match on it) and stays retryable.
+        assert results["other"] == ["invalid PN value '[phi]'", "ValueError", "False"]
+        assert "qzcanaryfailing" not in logs.text.lower()
+        scrubbed = [x for x in logs.lines() if x["event"].startswith("activity failure text held patient values")]
+        assert [x["error_type"] for x in scrubbed] == ["ApplicationError", "ValueError"]
+        assert all(x["activity"] == "read_and_fail" and x["attempt"] == 1 for x in scrubbed)
