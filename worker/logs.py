@@ -31,6 +31,7 @@ import structlog
 from temporalio import workflow
 
 from activities import phi
+from workflows.signals import describe_validation_error
 
 PHI_KEYS = re.compile(
     r"(patient.?name|patient.?id|patientsname|birth.?date|patient.?birth|other.?patient|patient.?address|"
@@ -90,15 +91,6 @@ def scrub_values(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict
     return {k: _scrub(v, values) for k, v in event_dict.items()}
 
 
-def describe_validation_error(err: pydantic.ValidationError) -> str:
-    """Field locations and rules only: pydantic's own text echoes the input values."""
-    parts = []
-    for e in err.errors(include_input=False, include_url=False, include_context=False):
-        loc = ".".join(str(x) for x in e["loc"]) or "input"
-        parts.append(f"{loc}: {e['msg']}")
-    return f"{err.title}: " + "; ".join(parts)[:500]
-
-
 def _exc_info(value: Any) -> tuple[type[BaseException], BaseException, Any] | None:
     if isinstance(value, BaseException):
         return type(value), value, value.__traceback__
@@ -131,7 +123,7 @@ def render_exception(_logger: Any, _method: str, event_dict: dict[str, Any]) -> 
         return event_dict
     invalid = _validation_error(info[1])
     if invalid is not None:
-        event_dict["error"] = describe_validation_error(invalid)
+        event_dict["error"] = f"{invalid.title}: {describe_validation_error(invalid)}"
         return event_dict
     event_dict["exception"] = "".join(traceback.format_exception(*info))
     return event_dict

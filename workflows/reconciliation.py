@@ -54,6 +54,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows import policies
     from workflows.search import upsert
+    from workflows.signals import describe_validation_error
 
 In = TypeVar("In")
 Out = TypeVar("Out")
@@ -62,15 +63,6 @@ Out = TypeVar("Out")
 MAX_RECORDS = 100
 _NO_INPUT = RawValue(Payload())  # a signal sent without --input
 
-
-
-def describe_validation_error(err: pydantic.ValidationError) -> str:
-    """Field locations and rules only: pydantic's own text echoes the input values, which may be PHI."""
-    parts = []
-    for e in err.errors(include_input=False, include_url=False, include_context=False):
-        loc = ".".join(str(x) for x in e["loc"]) or "input"
-        parts.append(f"{loc}: {e['msg']}")
-    return "; ".join(parts)[:500]
 
 
 def _reviewer_of(value: Any) -> str | None:

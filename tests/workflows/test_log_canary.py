@@ -21,11 +21,13 @@ from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from activities import phi
 from contracts.common import FileState
+from contracts.ingest import IngestInput
 from contracts.migration import MigrationInput, OperatorCommand
 from tests.support.dicom import make_instance, uid
 from tests.support.eventually import assert_eventually
 from tests.support.logcapture import Captured, captured_logs
 from worker.log_context import LogContextInterceptor
+from workflows.ingest import IngestWorkflow
 from workflows.migration import MigrationWorkflow
 
 FAILING_NAME = "QZCANARYFAILING^QZGIVEN"
@@ -117,11 +119,19 @@ class TestLogCanary:
                 MigrationWorkflow.run, payload, id=f"canary-{uuid.uuid4().hex[:8]}", task_queue=worker.task_queue,
                 start_signal="pause", start_signal_args=[OperatorCommand(by="tester", reason="hold")],
                 execution_timeout=timedelta(seconds=90))
-            # A malformed operator signal: the SDK cannot decode it and drops it, logging why.
+            # A malformed operator signal: recorded as rejected, and logged naming the fields, not the values.
             await handle.signal("pause", {"by": 4417, "reason": SIGNAL_CANARY, "zzz": SIGNAL_CANARY})
-            await assert_eventually(lambda: _signal_line(logs), timeout=10)
+            await assert_eventually(lambda: _line(logs, "signal rejected"), timeout=10)
             await handle.signal(MigrationWorkflow.resume, OperatorCommand(by="tester", reason="go"))
             result = await handle.result()
+            # A malformed arrival (a typed signal): the SDK cannot decode it and drops it, logging why.
+            ingest = await client.start_workflow(
+                IngestWorkflow.run, IngestInput(source_s3_uri=f"s3://{src}/drop/", work_s3_uri=f"s3://{work}/ingest/",
+                                                datastore_id=datastore_id, quiet_seconds=1, max_wait_seconds=1),
+                id=f"canary-ingest-{uuid.uuid4().hex[:8]}", task_queue=worker.task_queue, start_signal="arrived",
+                start_signal_args=[{"key": SIGNAL_CANARY, "size": -1, "event_time": SIGNAL_CANARY}])
+            dropped = await assert_eventually(lambda: _line(logs, "Failed deserializing signal input"), timeout=10)
+            await ingest.result()
 
         assert result.files_by_state.get(FileState.REJECTED) == 1, result
         assert result.files_total == 6, result
@@ -131,9 +141,15 @@ class TestLogCanary:
         # The SDK's debug lines that print whole payloads are held at info.
         assert not [x for x in lines if x["level"] == "debug" and x["logger"].startswith("temporalio.worker")]
 
-        signal = await _signal_line(logs)
-        assert "by: Input should be a valid string" in signal["error"] and "zzz" in signal["error"], signal
-        assert signal["workflow_id"] == handle.id and "exception" not in signal
+        rejected = await _line(logs, "signal rejected")
+        assert rejected["signal"] == "pause" and rejected["workflow_id"] == handle.id, rejected
+        assert rejected["error"] == "by: Input should be a valid string; zzz: Extra inputs are not permitted"
+        progress = await handle.query(MigrationWorkflow.progress)
+        assert [(a.action, a.reason) for a in progress.operator_log if a.action.endswith("rejected")] == [
+            ("pause rejected", rejected["error"])]
+        assert "size: Input should be greater than or equal to 0" in dropped["error"], dropped
+        assert "event_time" in dropped["error"] and dropped["workflow_id"] == ingest.id
+        assert "exception" not in dropped and dropped["logger"].startswith("temporalio")
 
         pydicom_lines = [x for x in lines if x.get("logger") == "pydicom"]
         assert pydicom_lines, "the overlong name should make pydicom warn"
@@ -148,8 +164,8 @@ class TestLogCanary:
         assert any("batch" in x for x in activity_lines if x["activity"] == "start_import_job")
 
 
-async def _signal_line(logs: Captured) -> dict[str, Any]:
-    found = [x for x in logs.lines() if "deserializing signal input" in x["event"]]
+async def _line(logs: Captured, event: str) -> dict[str, Any]:
+    found = [x for x in logs.lines() if x["event"].startswith(event)]
     assert len(found) == 1, found
     return found[0]
 
