@@ -17,12 +17,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import pydantic
 import structlog
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 from temporalio.worker import ActivityInboundInterceptor, ExecuteActivityInput, Interceptor
 
 from activities import phi
+from contracts.errors import describe_validation_error
 
 _log = structlog.get_logger("himig.activity")
 
@@ -50,20 +52,32 @@ def input_ids(args: Any) -> dict[str, Any]:
     return ids
 
 
-def _texts(err: BaseException) -> list[str]:
-    out: list[str] = []
+def _chain(err: BaseException) -> list[BaseException]:
+    out: list[BaseException] = []
     seen: BaseException | None = err
     while seen is not None and len(out) < 10:
+        out.append(seen)
+        seen = seen.__cause__ or (None if seen.__suppress_context__ else seen.__context__)
+    return out
+
+
+def _texts(err: BaseException) -> list[str]:
+    out: list[str] = []
+    for seen in _chain(err):
         out.append(str(seen))
         if isinstance(seen, ApplicationError):
             out.extend(repr(d) for d in seen.details)
-        seen = seen.__cause__ or seen.__context__
     return out
 
 
 def scrubbed_failure(err: Exception, values: frozenset[str]) -> Exception | None:
-    """An ``ApplicationError`` to raise instead of ``err`` when its text (or its causes') holds a patient value."""
-    if not values or all(phi.scrub(t, values) == t for t in _texts(err)):
+    """An ``ApplicationError`` to raise instead of ``err`` when its text (or its causes') holds a patient value,
+    or when it is a pydantic ``ValidationError`` (whose text quotes the input)."""
+    if isinstance(err, pydantic.ValidationError):
+        return ApplicationError(f"{err.title}: {describe_validation_error(err)}", type=type(err).__name__)
+    # A validation error as a cause would reach history as the failure's cause, with its text.
+    invalid_cause = any(isinstance(e, pydantic.ValidationError) for e in _chain(err)[1:])
+    if not invalid_cause and (not values or all(phi.scrub(t, values) == t for t in _texts(err))):
         return None
     if isinstance(err, ApplicationError):
         return ApplicationError(phi.scrub(err.message, values), type=err.type, non_retryable=err.non_retryable,
@@ -86,7 +100,7 @@ class _LogContextInbound(ActivityInboundInterceptor):
                 _log.debug("activity failed", error_type=type(err).__name__)
                 if replacement is None:
                     raise
-                _log.warning("activity failure text held patient values; they were scrubbed",
+                _log.warning("activity failure replaced: its text held patient values or validated input",
                              error_type=type(err).__name__)
                 raise replacement from None
             _log.debug("activity completed")

@@ -31,7 +31,7 @@ import structlog
 from temporalio import workflow
 
 from activities import phi
-from workflows.signals import describe_validation_error
+from contracts.errors import describe_validation_error
 
 PHI_KEYS = re.compile(
     r"(patient.?name|patient.?id|patientsname|birth.?date|patient.?birth|other.?patient|patient.?address|"

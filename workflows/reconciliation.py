@@ -35,7 +35,7 @@ with workflow.unsafe.imports_passed_through():
         publish_escalation,
         update_before_promote,
     )
-    from contracts.errors import ErrorType
+    from contracts.errors import ErrorType, describe_validation_error
     from contracts.reconciliation import (
         OPEN_STATES,
         REVIEWER_PATTERN,
@@ -54,7 +54,6 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows import policies
     from workflows.search import upsert
-    from workflows.signals import describe_validation_error
 
 In = TypeVar("In")
 Out = TypeVar("Out")

@@ -17,19 +17,12 @@ from temporalio.common import RawValue
 with workflow.unsafe.imports_passed_through():
     import pydantic
 
+    from contracts.errors import describe_validation_error
+
 M = TypeVar("M", bound=pydantic.BaseModel)
 
 # The default of a raw signal parameter: the signal was sent without input (`temporal workflow signal` bare).
 NO_INPUT = RawValue(Payload())
-
-
-def describe_validation_error(err: pydantic.ValidationError) -> str:
-    """Field locations and rules only: pydantic's own text echoes the input values, which may be PHI."""
-    parts = []
-    for e in err.errors(include_input=False, include_url=False, include_context=False):
-        loc = ".".join(str(x) for x in e["loc"]) or "input"
-        parts.append(f"{loc}: {e['msg']}")
-    return "; ".join(parts)[:500]
 
 
 def decode(raw: RawValue, model: type[M], optional: bool = False) -> tuple[M | None, str | None]:

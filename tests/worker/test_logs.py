@@ -174,6 +174,26 @@ class TestFailures:
         except RuntimeError as err:
             assert scrubbed_failure(err, frozenset({"CANARY-PID-77"})) is not None
 
+    def test_a_validation_error_is_replaced_by_its_fields_and_rules(self) -> None:
+        class Row(pydantic.BaseModel):
+            key: str
+            size: int
+
+        try:
+            Row.model_validate({"key": "QZCANARY/PATIENT/1.dcm", "size": "QZCANARY-SIZE"})
+        except pydantic.ValidationError as err:
+            new = scrubbed_failure(err, frozenset())
+        assert isinstance(new, ApplicationError) and new.type == "ValidationError" and not new.non_retryable
+        assert new.message == "Row: size: Input should be a valid integer, unable to parse string as an integer"
+        try:
+            try:
+                Row.model_validate({"key": 1})
+            except pydantic.ValidationError as inner:
+                raise RuntimeError("reading the manifest failed") from inner
+        except RuntimeError as outer:
+            new = scrubbed_failure(outer, frozenset())
+        assert isinstance(new, ApplicationError) and new.message == "reading the manifest failed"
+
     def test_ids_from_activity_inputs(self) -> None:
         class Batch(pydantic.BaseModel):
             migration_id: str = "m1"

@@ -188,6 +188,6 @@ class TestActivityFailures:
         # A plain exception keeps its type name (retry policies match on it) and stays retryable.
         assert results["other"] == ["invalid PN value '[phi]'", "ValueError", "False"]
         assert "qzcanaryfailing" not in logs.text.lower()
-        scrubbed = [x for x in logs.lines() if x["event"].startswith("activity failure text held patient values")]
+        scrubbed = [x for x in logs.lines() if x["event"].startswith("activity failure replaced")]
         assert [x["error_type"] for x in scrubbed] == ["ApplicationError", "ValueError"]
         assert all(x["activity"] == "read_and_fail" and x["attempt"] == 1 for x in scrubbed)
