@@ -26,7 +26,8 @@ from typing import Any, TypeVar
 
 # Registered values shorter than this are ignored (see the module docstring).
 MIN_LENGTH = 4
-# A bound on one activity's set: a parse page of 1,000 files registers ~10 values each.
+# A bound on one activity's set (values past it are not scrubbed): a parse page of 1,000 files of distinct
+# patients registers some 30 strings per file (values and their printed forms); values files share count once.
 MAX_VALUES = 50_000
 # Registered values shorter than this match only where no letter or digit touches them.
 WORD_LENGTH = 8
