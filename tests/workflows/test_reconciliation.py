@@ -33,6 +33,7 @@ from contracts.reconciliation import (
 from tests.support.dicom import make_instance, uid
 from tests.support.eventually import assert_eventually, assert_eventually_sync
 from tests.support.installation import converter
+from tests.support.logcapture import captured_logs
 from worker.aws import AwsClients
 from worker.settings import Settings
 from workflows.reconciliation import ReconciliationWorkflow
@@ -217,6 +218,26 @@ class TestReconciliation:
         status = await recon.status()
         assert [r.accepted for r in status.decisions] == [False, False, False, True]
         await _replays(recon.handle)
+
+    async def test_a_rejected_signal_is_one_log_line_naming_the_field_without_the_values(self, start: Any) -> None:
+        canary = "QZCANARYDECISIONREASON"
+        recon = await start(authorized_reviewers=["alice"])
+        await recon.wait_state("awaiting_decision")
+        with captured_logs("info") as logs:
+            await recon.handle.signal("approve", {"action": "explode", "reviewer": "alice", "reason": canary})
+            await recon.handle.signal("approve", {"action": "keep", "reviewer": "mallory", "reason": canary})
+
+            async def two_rejections() -> list[dict[str, Any]]:
+                found = [x for x in logs.lines() if x["event"] == "reconciliation decision rejected"]
+                assert len(found) == 2, logs.text
+                return found
+
+            bad_action, unauthorised = await assert_eventually(two_rejections, timeout=10)
+        assert canary.lower() not in logs.text.lower() and "explode" not in logs.text
+        assert "could not be formatted" not in logs.text
+        assert bad_action["error"].startswith("action: ") and bad_action["via"] == "signal"
+        assert bad_action["workflow_id"] == recon.handle.id and "run_id" in bad_action
+        assert unauthorised["reviewer"] == "mallory" and "not authorised" in unauthorised["error"]
 
     async def test_timeout_escalates_and_a_later_decision_still_works(self, start: Any,
                                                                       bus: dict[str, Any]) -> None:
