@@ -60,6 +60,7 @@ bench: $(STAMP)
 	$(PY) bench/orchestration.py
 	$(PY) bench/process_exits.py
 	$(PY) bench/worker_footprint.py
+	$(PY) bench/codec_overhead.py
 
 clean: stop
 	rm -rf .local $(VENV)

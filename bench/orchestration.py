@@ -3,8 +3,9 @@
 Runs the real `MigrationWorkflow` and `ImportBatchWorkflow` code on a real Temporal dev server, with every
 activity replaced by an instant stand-in registered under the same name that returns a result of the right
 shape (no S3, no emulator): the measurement is of the workflows' own history, which is what Temporal's limits
-apply to. For 10k and 100k synthetic files it prints total history events per file (target <= 0.05) and the
-largest history of any single execution (Temporal warns at 10,240 and stops at 51,200 events), for the default
+apply to. Payloads are sealed as in production (`worker.codec.data_converter`, with a key generated per run).
+For 10k and 100k synthetic files it prints total history events per file (target <= 0.05) and the largest
+history of any single execution (Temporal warns at 10,240 and stops at 51,200 events), for the default
 batch/page sizes and for 5,000-file pages and batches.
 
     .venv/bin/python bench/orchestration.py          (BENCH_SIZES=10000,100000)
@@ -26,7 +27,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from temporalio import activity
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
@@ -51,6 +51,7 @@ from contracts.stages import (
     RouteResult,
     ValidateResult,
 )
+from worker.codec import KeyRing, data_converter
 from worker.registry import WORKFLOWS
 from workflows.migration import MigrationWorkflow
 
@@ -153,7 +154,9 @@ async def measure(client: Client, files: int, page: int, batch: int) -> tuple[fl
 async def main() -> None:
     path = shutil.which("temporal", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]))
     env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=path, data_converter=pydantic_data_converter, ui=False,
+        dev_server_existing_path=path, ui=False,
+        # The production converter (every payload sealed), with a key made for this run.
+        data_converter=data_converter(KeyRing.parse(KeyRing.generate_entry("bench"))),
         dev_server_extra_args=["--sqlite-pragma", "journal_mode=wal", "--log-level", "error",
                                *search.dev_server_args()])
     try:

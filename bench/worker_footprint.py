@@ -2,7 +2,9 @@
 
 Starts the embedded local stack (Temporal dev server, moto with its buckets, the HealthImaging emulator and
 the worker, ``python -m worker`` exactly as the stack and the image run it) in a fresh state directory under
-a temporary directory, on free 127.0.0.1 ports, so it never touches a running ``.local`` stack. For each
+a temporary directory, on free 127.0.0.1 ports, so it never touches a running ``.local`` stack. The worker and
+this script seal payloads with ``HIMIG_PAYLOAD_KEYS`` (the stack's, or this shell's, or one generated for the
+run when neither has one); the script checks the worker's environment holds the same. For each
 corpus size N (synthetic 64x64 CT files, the ``himig corpus generate --kind synthetic`` generator) it uploads
 the corpus to the stack's S3, restarts the worker (so every size starts from a freshly started, idle worker)
 and runs a real `MigrationWorkflow` with the production defaults of `MigrationInput` (1,000-file pages and
@@ -169,6 +171,26 @@ def worker_pid(stack: Stack) -> int:
     assert record is not None, f"no worker pid file at {stack.pid_file('worker')}"
     assert record.cmdline[1:] == ["-m", "worker"], f"the stack's worker runs {record.cmdline}, not python -m worker"
     return record.pid
+
+
+def ensure_payload_keys() -> None:
+    """Give this process, and so the worker the stack starts (it inherits the environment, under the stack's own
+    variables), a ``HIMIG_PAYLOAD_KEYS`` when there is none: a key generated for this run."""
+    from worker.codec import KEYS_VARIABLE, KeyRing
+
+    if not os.environ.get(KEYS_VARIABLE):
+        os.environ[KEYS_VARIABLE] = KeyRing.generate_entry("bench")
+
+
+def check_worker_keys(pid: int) -> None:
+    """The worker must seal with the keys this process opens with (the stack's environment may bring its own)."""
+    from worker.codec import KEYS_VARIABLE
+
+    environ = dict(entry.split(b"=", 1) for entry in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+                   if b"=" in entry)
+    if environ.get(KEYS_VARIABLE.encode()) != os.environ.get(KEYS_VARIABLE, "").encode():
+        raise SystemExit(f"the stack's worker (pid {pid}) has a different {KEYS_VARIABLE} from this process's "
+                         "(or none): its payloads would not open here")
 
 
 def component_pids(stack: Stack) -> dict[str, int]:
@@ -362,6 +384,7 @@ def main() -> None:
     stack = Stack(config, on_event=lambda msg: print(f"  stack: {msg}", flush=True), cwd=tmp)
     rows: list[Row] = []
     try:
+        ensure_payload_keys()
         stack.up()
         os.environ.update(stack.env())
         from worker.aws import make_client
@@ -372,11 +395,13 @@ def main() -> None:
         mi = make_client("medical-imaging", settings, settings.medical_imaging_endpoint_url)
         datastore_id = ensure_datastore(mi, "himig-footprint")
         pid = worker_pid(stack)
+        check_worker_keys(pid)
         print(f"stack in {config.dir} (temporal {config.temporal_port}, moto {config.moto_port}, emulator "
               f"{config.emulator_port}); worker pid {pid}; sizes {FILES}", flush=True)
         for i, files in enumerate(FILES):
             if i:
                 pid = restart_worker(stack, pid)
+                check_worker_keys(pid)
             # The baseline: the idle worker right after it is ready (before the corpus is generated and uploaded).
             idle_rss, ready_hwm = status_kib(pid, "VmRSS"), status_kib(pid, "VmHWM")
             print(f"migrating {files} files (worker pid {pid}, idle RSS {mib(idle_rss):.0f} MiB) ...", flush=True)
