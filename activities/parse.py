@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -24,7 +26,7 @@ from activities.dicom_header import check_tail, parse_header
 from activities.errors import classify, error_code
 from activities.heartbeat import current, keeps_alive
 from activities.storage import is_missing, object_size, put_ndjson, read_models
-from contracts import layout
+from contracts import layout, metrics
 from contracts.records import Finding, InventoryEntry, ParsedRecord, Severity
 from contracts.s3uri import parse_s3_uri
 from contracts.stages import PageInput, ParseResult
@@ -190,7 +192,7 @@ class ParseActivities:
         keep = current()
         step = self._checkpoint_every
         try:
-            with ThreadPoolExecutor(self._concurrency) as pool:
+            with _metered(counter), ThreadPoolExecutor(self._concurrency) as pool:
                 for start in range(cursor.chunks * step, len(entries), step):
                     chunk = entries[start : start + step]
                     records += pool.map(lambda e: self._read(source_bucket, e, counter, sizer), chunk)
@@ -207,6 +209,20 @@ class ParseActivities:
         unreadable = sum(1 for r in records if not r.readable)
         return ParseResult(files=len(records), parsed=len(records) - unreadable, unreadable=unreadable,
                            bytes_read=counter[1], s3_requests=counter[0])
+
+
+@contextmanager
+def _metered(counter: list[int]) -> Iterator[None]:
+    """Add the bytes this attempt reads (``counter[1]`` grows from the resumed total) to BYTES_READ at its end,
+    whether it succeeds or not: bytes a failed attempt read were read all the same."""
+    before = counter[1]
+    try:
+        yield
+    finally:
+        if counter[1] > before and activity.in_activity():
+            activity.metric_meter().create_counter(
+                metrics.BYTES_READ.name, metrics.BYTES_READ.description, metrics.BYTES_READ.unit,
+            ).add(counter[1] - before)
 
 
 def _source_bucket(input: PageInput) -> str:

@@ -8,6 +8,7 @@ from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
 from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.runtime import Runtime
 from temporalio.service import RPCError, RPCStatusCode
 
 from contracts import search
@@ -26,13 +27,17 @@ class SearchAttributesMissing(TemporalSetupError):
     """The namespace lacks search attributes the workflows upsert (their workflow tasks would fail)."""
 
 
-async def connect(settings: Settings) -> Client:
-    """A client for ``settings.temporal()``; `ConnectionError` (one line, with what to check) when it fails."""
+async def connect(settings: Settings, runtime: Runtime | None = None) -> Client:
+    """A client for ``settings.temporal()``; `ConnectionError` (one line, with what to check) when it fails.
+
+    ``runtime`` is the SDK runtime to use (the worker's serves Prometheus metrics).
+    """
     conn = settings.temporal()
     try:
         client = await Client.connect(conn.address, namespace=conn.namespace, api_key=conn.api_key,
                                       tls=conn.tls if conn.tls is not None else False,
-                                      rpc_metadata=dict(conn.rpc_metadata), data_converter=pydantic_data_converter)
+                                      rpc_metadata=dict(conn.rpc_metadata), data_converter=pydantic_data_converter,
+                                      runtime=runtime)
     except RuntimeError as err:
         raise ConnectionError(f"cannot reach Temporal at {conn.address} ({conn.mode()}): "
                               f"{' '.join(str(err).split())}; {conn.hint()}") from None
