@@ -7,6 +7,7 @@ import sys
 
 import structlog
 
+from worker import tracing
 from worker.client import TemporalSetupError, check_search_attributes, connect
 from worker.logs import configure_logging
 from worker.metrics import MetricsEndpointError, build_runtime
@@ -19,7 +20,10 @@ async def _main(settings: Settings) -> None:
     client = await connect(settings, runtime=build_runtime(settings))
     for note in await check_search_attributes(client):
         structlog.get_logger("himig.worker").warning(note)
-    await run_worker(client, settings)
+    try:
+        await run_worker(client, settings)
+    finally:
+        tracing.flush()
 
 
 def main() -> int:

@@ -12,6 +12,7 @@ from temporalio.runtime import Runtime
 from temporalio.service import RPCError, RPCStatusCode
 
 from contracts import search
+from worker import tracing
 from worker.settings import Settings
 
 
@@ -30,14 +31,15 @@ class SearchAttributesMissing(TemporalSetupError):
 async def connect(settings: Settings, runtime: Runtime | None = None) -> Client:
     """A client for ``settings.temporal()``; `ConnectionError` (one line, with what to check) when it fails.
 
-    ``runtime`` is the SDK runtime to use (the worker's serves Prometheus metrics).
+    ``runtime`` is the SDK runtime to use (the worker's serves Prometheus metrics); tracing interceptors are added
+    when an OTLP endpoint is configured.
     """
     conn = settings.temporal()
     try:
         client = await Client.connect(conn.address, namespace=conn.namespace, api_key=conn.api_key,
                                       tls=conn.tls if conn.tls is not None else False,
                                       rpc_metadata=dict(conn.rpc_metadata), data_converter=pydantic_data_converter,
-                                      runtime=runtime)
+                                      runtime=runtime, interceptors=tracing.interceptors(settings))
     except RuntimeError as err:
         raise ConnectionError(f"cannot reach Temporal at {conn.address} ({conn.mode()}): "
                               f"{' '.join(str(err).split())}; {conn.hint()}") from None
