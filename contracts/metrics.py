@@ -22,6 +22,11 @@ class Kind(StrEnum):
     HISTOGRAM = "histogram"
 
 
+# Who emits a metric decides the labels the SDK adds to it (besides ``service_name``).
+SDK_LABELS = {"workflow": ("namespace", "task_queue", "workflow_type"),
+              "activity": ("namespace", "task_queue", "activity_type"), "worker": ()}
+
+
 @dataclass(frozen=True)
 class Metric:
     name: str
@@ -29,6 +34,11 @@ class Metric:
     unit: str
     description: str
     labels: tuple[str, ...] = ()
+    emitted_by: str = "worker"
+
+    def all_labels(self) -> tuple[str, ...]:
+        """Its own labels, then those the SDK adds (`SDK_LABELS`)."""
+        return self.labels + SDK_LABELS[self.emitted_by]
 
 
 FILES = Metric(
@@ -38,11 +48,11 @@ FILES = Metric(
     "activity, so activity retries and continue-as-new do not count twice and replay is not counted. Equal "
     "to the report's `files_by_state` summed over migrations; a workflow task re-run after a worker died "
     "in it may count one migration again.",
-    ("state",))
+    ("state",), "workflow")
 BYTES_READ = Metric(
     "himig_bytes_read", Kind.COUNTER, "By",
     "Bytes of source objects read by header parsing (ranged GETs, tails included), as each parse attempt reads "
-    "them: a retried page counts what its new attempt reads again.")
+    "them: a retried page counts what its new attempt reads again.", (), "activity")
 S3_REQUESTS = Metric(
     "himig_s3_requests", Kind.COUNTER, "1",
     "S3 requests sent by this worker's activities (source and work buckets) by operation (GetObject, "
@@ -52,7 +62,7 @@ IMPORT_JOBS = Metric(
     "himig_import_jobs", Kind.COUNTER, "1",
     "HealthImaging import jobs by status: `SUBMITTED` when a batch's job is started, `COMPLETED` / `FAILED` "
     "when it ends (counted by the batch workflow, once per job). In flight: SUBMITTED - COMPLETED - FAILED.",
-    ("status",))
+    ("status",), "workflow")
 THROTTLES = Metric(
     "himig_throttles", Kind.COUNTER, "1",
     "Throttling answers met (ThrottlingException, SlowDown, TooManyRequestsException, RequestLimitExceeded; "
@@ -67,12 +77,12 @@ RECONCILIATIONS_PENDING = Metric(
 INGEST_BUFFER = Metric(
     "himig_ingest_buffer_depth", Kind.GAUGE, "1",
     "Objects an ingest workflow holds in its buffer, not yet flushed into a migration (set by the ingest "
-    "workflow on each change, on the worker that ran it).")
+    "workflow on each change, on the worker that ran it).", (), "workflow")
 ACTIVITY_LATENCY = Metric(
     "himig_activity_latency", Kind.HISTOGRAM, "ms",
     "Duration of each activity attempt, by activity type (the stage) and `outcome` (completed, retry: a "
     "benign wait such as an import job still running or a throttle, failed).",
-    ("outcome",))
+    ("outcome",), "activity")
 
 ALL = (FILES, BYTES_READ, S3_REQUESTS, IMPORT_JOBS, THROTTLES, RECONCILIATIONS_PENDING, INGEST_BUFFER,
        ACTIVITY_LATENCY)

@@ -41,6 +41,8 @@ FEATURES = {
     "HasKmsKey": False,
     "HasHealthLake": True,
     "IngestEnabled": True,
+    "HasMetrics": True,
+    "HasTracing": False,
 }
 PSEUDO = {"AWS::Region": "AWS_REGION", "AWS::AccountId": "AWS_ACCOUNT_ID", "AWS::Partition": "AWS_PARTITION",
           "AWS::StackName": "STACK_NAME"}

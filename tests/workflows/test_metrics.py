@@ -159,6 +159,12 @@ class TestMetricsDuringAMigration:
             for value in sample.labels.values():
                 assert not any(f in value for f in forbidden if f), (sample.name, sample.labels)
                 assert "/" not in value and "s3:" not in value, (sample.name, sample.labels)
+        # and each of ours has exactly the labels declared for it (the SDK adds service_name; buckets have le)
+        declared = {m.name: set(m.all_labels()) | {"service_name"} for m in metrics.ALL}
+        for sample in samples:
+            base = sample.name.removesuffix("_bucket").removesuffix("_sum").removesuffix("_count")
+            if base in declared:
+                assert set(sample.labels) - {"le"} == declared[base], (sample.name, sample.labels)
         ours = {s.name for s in samples if s.name.startswith("himig_")}
         assert ours <= {m.name for m in metrics.ALL} | {metrics.ACTIVITY_LATENCY.name + suffix
                                                           for suffix in ("_bucket", "_sum", "_count")}, ours
