@@ -4,15 +4,22 @@ metrics are served next to them, and no label carries an id, a key or a path."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 from temporalio import activity
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
+from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
@@ -21,19 +28,27 @@ from temporalio.worker import Worker
 from activities.report import ReportActivities
 from contracts import metrics
 from contracts.common import FileState
+from contracts.ingest import Arrival, IngestInput, ingest_workflow_id
 from contracts.migration import MigrationInput
 from contracts.stages import ParseResult, ReportInput, ReportResult
 from tests.conftest import emulator_admin, make_medical_imaging, make_s3
 from tests.support.dicom import make_instance, uid
-from tests.support.eventually import assert_eventually
+from tests.support.eventually import assert_eventually, assert_eventually_sync
 from tests.support.migrations import migrate, report_summary
 from tests.support.prometheus import Sample, by_label, scrape, total
 from tests.support.servers import free_port
 from worker.aws import AwsClients
-from worker.metrics import MetricsEndpointError, MetricsInterceptor, build_runtime, meter_of
+from worker.metrics import (
+    MetricsEndpointError,
+    MetricsInterceptor,
+    build_runtime,
+    meter_of,
+)
 from worker.registry import WORKFLOWS, build_activities
 from worker.runner import build_worker, instrumented
 from worker.settings import Settings
+from workflows.ingest import IngestWorkflow
+from workflows.migration import MigrationWorkflow
 
 
 @pytest.fixture
@@ -131,10 +146,10 @@ class TestMetricsDuringAMigration:
         # import jobs by status: one SUBMITTED per job of the report, each ended as the emulator says
         jobs = summary["jobs"]
         assert len(jobs) >= 2
-        mi = make_medical_imaging(emulator_url)
+        imaging = make_medical_imaging(emulator_url)
         statuses: dict[str, float] = {"SUBMITTED": float(len(jobs))}
         for job in jobs:
-            status = mi.get_dicom_import_job(datastoreId=datastore_id, jobId=job)["jobProperties"]["jobStatus"]
+            status = imaging.get_dicom_import_job(datastoreId=datastore_id, jobId=job)["jobProperties"]["jobStatus"]
             statuses[status] = statuses.get(status, 0) + 1
         assert by_label(samples, metrics.IMPORT_JOBS.name, "status") == statuses
 
@@ -215,6 +230,89 @@ class TestFilesCountedOncePerFile:
         latency = metrics.ACTIVITY_LATENCY.name + "_count"
         assert total(samples, latency, activity_type="write_report", outcome="failed") == 1
         assert total(samples, latency, activity_type="write_report", outcome="completed") == 1
+
+
+class TestIngestBuffer:
+    async def test_the_gauge_follows_the_buffer_and_empties_on_a_flush(
+            self, metered: tuple[Client, Settings, str], buckets: dict[str, Any], datastore_id: str) -> None:
+        client, settings, url = metered
+        s3, src, work = buckets["s3"], buckets["source"], buckets["work"]
+        study = uid()
+        arrivals = []
+        for i in range(4):
+            key, body = f"land/{i}.dcm", make_instance(study, uid())
+            etag = s3.put_object(Bucket=src, Key=key, Body=body)["ETag"].strip('"')
+            arrivals.append(Arrival(key=key, size=len(body), etag=etag, event_time=datetime.now(UTC)))
+        # Only a full buffer (4) flushes: the quiet period is longer than the test.
+        payload = IngestInput(datastore_id=datastore_id, source_s3_uri=f"s3://{src}/land/",
+                              work_s3_uri=f"s3://{work}/ingest/", quiet_seconds=600, max_files=4)
+        wid = ingest_workflow_id(datastore_id, study, src, "land/0.dcm")
+
+        async def depth(n: int) -> None:
+            progress = await client.get_workflow_handle(wid).query(IngestWorkflow.progress)
+            gauge = total(scrape(url), metrics.INGEST_BUFFER.name, workflow_type="IngestWorkflow")
+            assert (progress.buffered, gauge) == (n, n), (progress.buffered, gauge)
+
+        with ThreadPoolExecutor(max_workers=settings.max_concurrent_activities) as executor:
+            worker = build_worker(client, settings, executor)
+            async with worker:
+                for arrival in arrivals[:3]:
+                    handle = await client.start_workflow(
+                        IngestWorkflow.run, payload, id=wid, task_queue=worker.task_queue, start_signal="arrived",
+                        start_signal_args=[arrival], id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                        execution_timeout=timedelta(seconds=120))
+                await assert_eventually(lambda: depth(3), timeout=20)
+                await handle.signal(IngestWorkflow.arrived, arrivals[3])
+                await assert_eventually(lambda: depth(0), timeout=20)
+                await handle.terminate("the test has seen the flush")
+
+
+class TestWorkerProcess:
+    async def test_python_m_worker_serves_the_endpoint(self, client: Client, moto_url: str, emulator_url: str,
+                                                      buckets: dict[str, Any], datastore_id: str,
+                                                      tmp_path: Path) -> None:
+        queue, port = f"proc-metrics-{uuid.uuid4().hex[:8]}", free_port()
+        health = tmp_path / "worker.ready"
+        env = {**os.environ, "HIMIG_TEMPORAL_ADDRESS": client.service_client.config.target_host,
+               "HIMIG_TASK_QUEUE": queue, "HIMIG_HEALTH_FILE": str(health), "HIMIG_GRACEFUL_SHUTDOWN_SECONDS": "2",
+               "HIMIG_METRICS_PORT": str(port), "AWS_ENDPOINT_URL_S3": moto_url,
+               "AWS_ENDPOINT_URL_EVENTBRIDGE": moto_url, "AWS_ENDPOINT_URL_MEDICAL_IMAGING": emulator_url}
+        log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115 - owned by the child for its lifetime
+        proc = subprocess.Popen([sys.executable, "-m", "worker"], env=env, stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}/metrics"
+        try:
+            def ready() -> None:
+                assert proc.poll() is None, f"worker exited with {proc.returncode}"
+                assert health.exists(), "worker never wrote its health file"
+
+            assert_eventually_sync(ready, timeout=30)
+            s3, src, work = buckets["s3"], buckets["source"], buckets["work"]
+            s3.put_object(Bucket=src, Key="p/1.dcm", Body=make_instance(uid(), uid()))
+            s3.put_object(Bucket=src, Key="p/2.txt", Body=b"not DICOM")
+            payload = MigrationInput(source_s3_uri=f"s3://{src}/p/", datastore_id=datastore_id,
+                                     work_s3_uri=f"s3://{work}/w/", import_start_interval_seconds=0)
+            result = await client.execute_workflow(MigrationWorkflow.run, payload, id=f"procm-{uuid.uuid4().hex[:8]}",
+                                                   task_queue=queue, execution_timeout=timedelta(seconds=90))
+
+            def scraped() -> list[Sample]:
+                samples = scrape(url)
+                assert by_label(samples, metrics.FILES.name, "state") == {"imported": 1.0, "rejected": 1.0}
+                return samples
+
+            samples = assert_eventually_sync(scraped, timeout=10)
+            assert result.files_total == 2
+            assert total(samples, "temporal_workflow_completed", workflow_type="MigrationWorkflow") == 1
+            assert total(samples, metrics.S3_REQUESTS.name) > 0
+            # the run loop's watcher counted this queue's waiting reconciliations at start (none)
+            assert by_label(samples, metrics.RECONCILIATIONS_PENDING.name, "state") == {
+                "awaiting_decision": 0.0, "escalated": 0.0}
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=30) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            log.close()
 
 
 class TestMetricsEndpoint:
