@@ -35,7 +35,7 @@ from tests.conftest import emulator_admin, make_medical_imaging, make_s3
 from tests.support.dicom import make_instance, uid
 from tests.support.eventually import assert_eventually, assert_eventually_sync
 from tests.support.migrations import migrate, report_summary
-from tests.support.prometheus import Sample, by_label, scrape, total
+from tests.support.prometheus import Sample, by_label, listening_ports, scrape, total
 from tests.support.servers import free_port
 from worker.aws import AwsClients
 from worker.metrics import (
@@ -300,6 +300,7 @@ class TestWorkerProcess:
                 return samples
 
             samples = assert_eventually_sync(scraped, timeout=10)
+            assert listening_ports(proc.pid) == {port}  # the SDK's endpoint is the only one
             assert result.files_total == 2
             assert total(samples, "temporal_workflow_completed", workflow_type="MigrationWorkflow") == 1
             assert total(samples, metrics.S3_REQUESTS.name) > 0
