@@ -61,7 +61,7 @@ S3_REQUESTS = Metric(
 IMPORT_JOBS = Metric(
     "himig_import_jobs", Kind.COUNTER, "1",
     "HealthImaging import jobs by status: `SUBMITTED` when a batch's job is started, `COMPLETED` / `FAILED` "
-    "when it ends (counted by the batch workflow, once per job). In flight: SUBMITTED - COMPLETED - FAILED.",
+    "when it ends (counted by the batch workflow, once per job; a FAILED job split in two halves starts two more).",
     ("status",), "workflow")
 THROTTLES = Metric(
     "himig_throttles", Kind.COUNTER, "1",
