@@ -15,7 +15,7 @@ import hashlib
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -220,9 +220,10 @@ def _metered(counter: list[int]) -> Iterator[None]:
         yield
     finally:
         if counter[1] > before and activity.in_activity():
-            activity.metric_meter().create_counter(
-                metrics.BYTES_READ.name, metrics.BYTES_READ.description, metrics.BYTES_READ.unit,
-            ).add(counter[1] - before)
+            with suppress(Exception):  # a metric must never fail the page
+                activity.metric_meter().create_counter(
+                    metrics.BYTES_READ.name, metrics.BYTES_READ.description, metrics.BYTES_READ.unit,
+                ).add(counter[1] - before)
 
 
 def _source_bucket(input: PageInput) -> str:

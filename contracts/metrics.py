@@ -80,8 +80,8 @@ INGEST_BUFFER = Metric(
     "workflow on each change, on the worker that ran it).", (), "workflow")
 ACTIVITY_LATENCY = Metric(
     "himig_activity_latency", Kind.HISTOGRAM, "ms",
-    "Duration of each activity attempt, by activity type (the stage) and `outcome` (completed, retry: a "
-    "benign wait such as an import job still running or a throttle, failed).",
+    "Duration of each activity attempt, by activity type (the stage) and `outcome`: completed, retry (a "
+    "benign wait such as an import job still running or a throttle), cancelled, failed.",
     ("outcome",), "activity")
 
 ALL = (FILES, BYTES_READ, S3_REQUESTS, IMPORT_JOBS, THROTTLES, RECONCILIATIONS_PENDING, INGEST_BUFFER,

@@ -23,7 +23,7 @@ import structlog
 from temporalio import activity
 from temporalio.client import Client
 from temporalio.common import MetricMeter
-from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
+from temporalio.exceptions import ApplicationError, ApplicationErrorCategory, CancelledError
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import ActivityInboundInterceptor, ExecuteActivityInput, Interceptor
 
@@ -89,11 +89,21 @@ class _TimedActivity(ActivityInboundInterceptor):
             if err.category == ApplicationErrorCategory.BENIGN:
                 outcome = "retry"
             raise
+        except (asyncio.CancelledError, CancelledError):
+            outcome = "cancelled"
+            raise
         finally:
-            elapsed = timedelta(seconds=time.monotonic() - started)
-            activity.metric_meter().create_histogram_timedelta(
-                metrics.ACTIVITY_LATENCY.name, metrics.ACTIVITY_LATENCY.description,
-                metrics.ACTIVITY_LATENCY.unit).record(elapsed, {"outcome": outcome})
+            _record_latency(timedelta(seconds=time.monotonic() - started), outcome)
+
+
+def _record_latency(elapsed: timedelta, outcome: str) -> None:
+    # A metric must never change what the activity returns or raises.
+    try:
+        activity.metric_meter().create_histogram_timedelta(
+            metrics.ACTIVITY_LATENCY.name, metrics.ACTIVITY_LATENCY.description,
+            metrics.ACTIVITY_LATENCY.unit).record(elapsed, {"outcome": outcome})
+    except Exception as err:
+        log.warning("activity latency not recorded", error=type(err).__name__)
 
 
 # ---- AWS calls (botocore events)
@@ -115,15 +125,19 @@ def instrument(meter: MetricMeter, clients: AwsClients) -> None:
 
         def on_attempt(response: Any = None, operation: Any = None, service: str = model.service_name,
                        counts_requests: bool = counts_requests, **_: Any) -> None:
-            name = str(getattr(operation, "name", "unknown"))
-            if counts_requests:
-                requests.add(1, {"operation": name})
-            if not response:
-                return  # no answer (a connection error): nothing said "slow down"
-            http, parsed = response
-            code = str(((parsed or {}).get("Error") or {}).get("Code", ""))
-            if code in metrics.THROTTLE_CODES or getattr(http, "status_code", None) == 429:
-                throttles.add(1, {"service": service, "operation": name})
+            # Returns None (no opinion on retrying) and never raises: an exception here would fail the AWS call.
+            try:
+                name = str(getattr(operation, "name", "unknown"))
+                if counts_requests:
+                    requests.add(1, {"operation": name})
+                if not response:
+                    return  # no answer (a connection error): nothing said "slow down"
+                http, parsed = response
+                code = str(((parsed or {}).get("Error") or {}).get("Code", ""))
+                if code in metrics.THROTTLE_CODES or getattr(http, "status_code", None) == 429:
+                    throttles.add(1, {"service": service, "operation": name})
+            except Exception as err:
+                log.warning("AWS call not counted", error=type(err).__name__)
 
         client.meta.events.register(f"needs-retry.{model.service_id.hyphenize()}", on_attempt)
 
