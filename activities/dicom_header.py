@@ -32,6 +32,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.valuerep import VR
 
+from activities import phi
 from contracts.records import Finding, Severity
 
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
@@ -68,6 +69,9 @@ _TAGS: dict[str, int] = {
                  *PATIENT_ATTRS, *STUDY_ATTRS, *SERIES_ATTRS,
                  *LENGTH_LIMITS)
 }
+
+
+_PHI_TAGS = tuple(int(t) for t in (tag_for_keyword(k) for k in phi.PHI_KEYWORDS) if t)
 
 
 @dataclass
@@ -372,11 +376,28 @@ def _read(fp: io.BytesIO) -> Dataset:
         return pydicom.dcmread(fp, stop_before_pixels=True)
 
 
+def register_phi(ds: Dataset) -> None:
+    """Register the file's patient values with the current activity's scrub set (``activities.phi``)."""
+    for tag in _PHI_TAGS:
+        elem = ds._dict.get(tag)  # type: ignore[call-overload]
+        value = getattr(elem, "value", None)
+        if isinstance(value, bytes | bytearray | str):
+            phi.register(value)
+        elif value is not None:
+            phi.register(str(value))
+
+
 def parse_header(buf: bytes, total_size: int, key: str = "", fingerprint_key: bytes | None = None) -> HeaderResult:
     """Parse the DICOM header in ``buf`` (the first ``len(buf)`` bytes of an object of ``total_size`` bytes).
 
     ``fingerprint_key`` keys the patient / study / series fingerprints (an HMAC); None hashes them plainly.
+    pydicom's warnings about this file are held until its patient values are registered for scrubbing.
     """
+    with phi.holding_third_party_logs():
+        return _parse_header(buf, total_size, fingerprint_key)
+
+
+def _parse_header(buf: bytes, total_size: int, fingerprint_key: bytes | None) -> HeaderResult:
     result = HeaderResult()
     sniffed = _sniff(buf)
     if sniffed:
@@ -409,6 +430,7 @@ def parse_header(buf: bytes, total_size: int, key: str = "", fingerprint_key: by
             return result
         result.findings.append(_finding("unparseable", f"DICOM header could not be parsed: {type(err).__name__}"))
         return result
+    register_phi(ds)
     result.readable = True
     result.header_bytes = fp.tell()
     pixel = None

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 from botocore.exceptions import ClientError
 
+from activities import phi
 from activities.errors import error_code
 from contracts.errors import BACKOFF
 
@@ -54,7 +55,18 @@ def get_image_set_metadata(medical_imaging: Any, datastore_id: str, image_set_id
     if resp.get("contentEncoding") == "gzip" or raw[:2] == b"\x1f\x8b":
         raw = gzip.decompress(raw)
     doc: dict[str, Any] = json.loads(raw)
+    register_metadata(doc)
     return doc
+
+
+def register_metadata(doc: dict[str, Any]) -> None:
+    """Register the patient values of a metadata document for scrubbing from logs and errors (activities.phi)."""
+    study = doc.get("Study") or {}
+    levels = [(doc.get("Patient") or {}).get("DICOM"), study.get("DICOM"),
+              *((s or {}).get("DICOM") for s in (study.get("Series") or {}).values())]
+    for attrs in levels:
+        if isinstance(attrs, dict):
+            phi.register_mapping(attrs.items())
 
 
 def metadata_sops(doc: dict[str, Any]) -> dict[str, set[str]]:

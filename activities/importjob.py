@@ -18,6 +18,7 @@ from botocore.exceptions import ClientError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities import phi
 from activities.errors import classify, error_code
 from activities.heartbeat import current, keeps_alive
 from activities.storage import get_bytes, is_missing, list_objects, put_ndjson, read_models
@@ -104,7 +105,8 @@ class ImportActivities:
                                code="SourceChanged", reason=changed)
 
         with ThreadPoolExecutor(self._concurrency) as pool:
-            changed = [e for e in pool.map(copy, files) if e is not None]
+            # In copies of this context: third-party lines from the copies keep the activity's log ids.
+            changed = [e for e in pool.map(phi.in_context(copy), files) if e is not None]
         # Rewritten whole on every attempt, so a retried activity never records a file twice.
         put_ndjson(self._s3, layout.ledger_for_source_changed(batch.work_s3_uri, batch.migration_id, batch.batch,
                                                               batch.part), changed)

@@ -22,6 +22,7 @@ from botocore.exceptions import ClientError
 from pydantic import BaseModel, Field, ValidationError
 from temporalio import activity
 
+from activities import phi
 from activities.dicom_header import check_tail, parse_header
 from activities.errors import classify, error_code
 from activities.heartbeat import current, keeps_alive
@@ -191,11 +192,13 @@ class ParseActivities:
                 sizer.saw(rec.header_bytes)
         keep = current()
         step = self._checkpoint_every
+        # The pool's threads run in a copy of this context: log ids and the patient-value scrub set go with them.
+        read = phi.in_context(lambda e: self._read(source_bucket, e, counter, sizer))
         try:
             with _metered(counter), ThreadPoolExecutor(self._concurrency) as pool:
                 for start in range(cursor.chunks * step, len(entries), step):
                     chunk = entries[start : start + step]
-                    records += pool.map(lambda e: self._read(source_bucket, e, counter, sizer), chunk)
+                    records += pool.map(read, chunk)
                     if start + step >= len(entries):
                         break  # the last chunk goes straight into the page
                     put_ndjson(self._s3, layout.parsed_checkpoint(input.work_s3_uri, input.migration_id, input.page,
@@ -207,6 +210,11 @@ class ParseActivities:
             raise classify(err, "reading DICOM headers") from None
         put_ndjson(self._s3, layout.parsed_page(input.work_s3_uri, input.migration_id, input.page), records)
         unreadable = sum(1 for r in records if not r.readable)
+        held = phi.held_count()
+        if held:
+            # pydicom warns per file and per value; those lines are at debug level, this one says they exist.
+            activity.logger.info("pydicom warned while reading headers (each warning is logged at debug level; "
+                                 "the files' findings are in the report)", extra={"pydicom_warnings": held})
         return ParseResult(files=len(records), parsed=len(records) - unreadable, unreadable=unreadable,
                            bytes_read=counter[1], s3_requests=counter[0])
 

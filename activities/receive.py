@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from botocore.exceptions import ClientError
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -24,7 +24,7 @@ from activities.sources.common import Landing, PullCursor, pull_all
 from activities.sources.registry import SourceSettings, connector_for
 from activities.storage import iter_ndjson, put_ndjson
 from contracts import layout
-from contracts.errors import ErrorType
+from contracts.errors import ErrorType, describe_validation_error
 from contracts.records import InventoryEntry
 from contracts.s3uri import S3Location, parse_s3_uri
 from contracts.stages import ReceiveInput, ReceiveResult
@@ -82,7 +82,9 @@ class ReceiveActivities:
         except ClientError as err:
             raise classify(err, "reading the source manifest") from None
         except ValueError as err:
-            raise ApplicationError(f"source_manifest_uri: not an NDJSON list of {{key, size, etag}}: {err}",
+            # Never the validation error's own text: it quotes the row, whose key may name a patient.
+            why = describe_validation_error(err) if isinstance(err, ValidationError) else "a line is not JSON"
+            raise ApplicationError(f"source_manifest_uri: not an NDJSON list of {{key, size, etag}}: {why}",
                                    type=ErrorType.INVALID_SOURCE_MANIFEST, non_retryable=True) from None
         outside = [e.key for e in entries if not e.key.startswith(source.key)]
         if outside:

@@ -19,6 +19,7 @@ from botocore.exceptions import ClientError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
+from activities import phi
 from activities.errors import classify, error_code
 from activities.healthimaging import get_image_set_metadata, search_image_sets
 from contracts.errors import ErrorType
@@ -214,6 +215,9 @@ class ReconcileActivities:
     def update_before_promote(self, input: UpdateFirstInput) -> UpdateFirstResult:
         """UpdateImageSetMetadata(force) with the operator's attributes. Skipped when the latest version already
         has them, so a retry after a lost response does not make a second version."""
+        for attrs in input.attributes.values():
+            # The operator's corrections are patient values too: never in a log line or this activity's failure.
+            phi.register_mapping(attrs.items())
         props = self._get(input.datastore_id, input.image_set_id)
         version = str(props.get("versionId"))
         current = levels_of(self._metadata(input.datastore_id, input.image_set_id))

@@ -391,6 +391,42 @@ def worker_cmd() -> None:
     raise typer.Exit(main())
 
 
+@app.command("codec-server")
+def codec_server_cmd(
+    host: str | None = typer.Option(None, help="listen address (default HIMIG_CODEC_SERVER_HOST)"),
+    port: int | None = typer.Option(None, min=1, max=65535, help="port (default HIMIG_CODEC_SERVER_PORT)"),
+) -> None:
+    """Serve Temporal's codec-server contract (/encode, /decode) so authorised people see decoded payloads in the
+    Temporal UI and in ``temporal workflow show --codec-endpoint``."""
+    from worker.client import payload_codec
+    from worker.codec_server import CodecServer
+    from worker.logs import configure_logging
+
+    s = settings()
+    overrides = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
+    server_settings = s.codec_server.model_copy(update=overrides)
+    configure_logging(s.log_level, s.log_format)
+    try:
+        server = CodecServer(server_settings, payload_codec(s), s.temporal().namespace)
+    except InvalidSettings as err:
+        raise fail(str(err)) from None
+    except OSError as err:
+        raise fail(f"cannot listen on {server_settings.host}:{server_settings.port}: {err.strerror or err}", 1) from None
+    server.serve_until_signalled()
+
+
+@app.command("codec-key")
+def codec_key_cmd(key_id: str = typer.Argument(..., help="a name for the new key, e.g. 2026-12")) -> None:
+    """Print a new payload-key entry ``KEY-ID:base64``. Rotation: put it first in HIMIG_PAYLOAD_KEYS and keep the
+    old entries after it (they still open history sealed with them)."""
+    from worker.codec import KeyRing, PayloadKeyError
+
+    try:
+        print(KeyRing.generate_entry(key_id))
+    except PayloadKeyError as err:
+        raise fail(f"KEY_ID: {err}") from None
+
+
 def add_plugin_commands(target: typer.Typer, plugins: Iterable[EntryPoint] | None = None) -> None:
     """Attach the commands other installed distributions offer (``himig.commands``: a Typer app or a function).
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+import pydantic
+
 
 class ErrorType(StrEnum):
     """Every ``ApplicationError.type`` the service raises or treats specially.
@@ -106,3 +108,13 @@ FATAL: frozenset[ErrorType] = frozenset({
     ErrorType.NO_SUCH_BUCKET, ErrorType.VALIDATION_ERROR, ErrorType.EMPTY_BATCH,
     ErrorType.IMAGE_SET_MUTATION_FAILED, ErrorType.PROMOTION_NOT_PRIMARY,
 })
+
+
+def describe_validation_error(err: pydantic.ValidationError) -> str:
+    """Field locations and rules only: pydantic's own text echoes the input values, which may be patient data
+    (or S3 keys naming patients). Use this, never ``str(err)``, wherever a validation error is logged or raised."""
+    parts = []
+    for e in err.errors(include_input=False, include_url=False, include_context=False):
+        loc = ".".join(str(x) for x in e["loc"]) or "input"
+        parts.append(f"{loc}: {e['msg']}")
+    return "; ".join(parts)[:500]

@@ -41,6 +41,8 @@ FEATURES = {
     "HasKmsKey": False,
     "HasHealthLake": True,
     "IngestEnabled": True,
+    "HasPayloadKeys": True,
+    "HasPayloadKmsKey": True,
     "HasMetrics": True,
     "HasTracing": False,
 }

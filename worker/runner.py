@@ -18,6 +18,7 @@ from temporalio.worker import Worker
 from worker.aws import AwsClients, make_client
 from worker.jobevents import JobEventListener
 from worker.listener import SqsListener
+from worker.log_context import LogContextInterceptor
 from worker.metrics import MetricsInterceptor, instrument, meter_of, watch_reconciliations
 from worker.registry import WORKFLOWS, build_activities
 from worker.settings import Settings
@@ -42,7 +43,8 @@ def build_worker(client: Client, settings: Settings, executor: ThreadPoolExecuto
         # Bad workflow input fails the workflow at once instead of retrying its first task forever.
         workflow_failure_exception_types=[pydantic.ValidationError],
         graceful_shutdown_timeout=timedelta(seconds=settings.graceful_shutdown_seconds),
-        interceptors=[MetricsInterceptor()],
+        # Log ids as fields around every activity, and no patient values in its failures (worker/log_context.py).
+        interceptors=[LogContextInterceptor(), MetricsInterceptor()],
     )
 
 

@@ -29,6 +29,7 @@ from contracts.common import ValidationLevel
 from contracts.ingest import IngestInput
 from contracts.sources import parse_origins
 from worker import temporal_connection
+from worker.codec import KEYS_VARIABLE, KeyRing
 from worker.temporal_connection import (
     DEFAULT_ADDRESS,
     DEFAULT_NAMESPACE,
@@ -97,6 +98,85 @@ class JobEventSettings(BaseSettings):
         return bool(self.queue_url)
 
 
+def is_loopback(host: str) -> bool:
+    """Whether listening on ``host`` keeps a server on this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class CodecServerSettings(BaseSettings):
+    """Settings of ``himig codec-server``, from ``HIMIG_CODEC_SERVER_*`` (checked when it starts: `problems`)."""
+
+    model_config = SettingsConfigDict(env_prefix="HIMIG_CODEC_SERVER_", env_file=".env", extra="ignore")
+
+    host: str = Field("127.0.0.1", min_length=1, description="address to listen on (0.0.0.0 behind a load balancer)")
+    port: int = Field(8081, ge=1, le=65535, description="port to listen on")
+    ui_origins: str = Field("", description="comma/space-separated scheme://host[:port] of the Temporal UI(s) "
+                            "allowed to call from a browser (CORS); empty allows none")
+    auth: Literal["oidc", "none"] = Field(
+        "oidc", description="`oidc`: every request needs a bearer token from the issuer below; `none`: no "
+        "check, only allowed when listening on a loopback address (a local stack)")
+    oidc_issuer: str | None = Field(None, description="OIDC issuer URL (its discovery document names the JWKS)")
+    oidc_audience: str | None = Field(None, description="the `aud` the tokens must carry")
+    oidc_jwks_url: str | None = Field(None, description="the issuer's JWKS URL, when discovery is not available")
+    allowed_subjects: str = Field("", description="comma-separated `sub` or `email` values allowed to decode "
+                                  "and encode; `*` allows every token the issuer signs for the audience")
+    allowed_groups: str = Field("", description="comma-separated groups (in the token's groups claim) allowed")
+    groups_claim: str = Field("groups", min_length=1, description="the claim listing a token's groups")
+    allow_unauthenticated: bool = Field(
+        False, description="with AUTH=none on a non-loopback address: the operator vouches that the port is "
+        "reachable from this machine only (a container port published on 127.0.0.1, as docker-compose.yml does)")
+    tls_cert_path: str | None = Field(None, description="PEM certificate (chain) to serve HTTPS; the UI only "
+                                      "forwards the bearer token to an https endpoint")
+    tls_key_path: str | None = Field(None, description="PEM private key of the certificate")
+
+    @field_validator("ui_origins")
+    @classmethod
+    def _ui_origins(cls, value: str) -> str:
+        parse_origins(value)  # raises ValueError naming the bad entry
+        return value
+
+    @field_validator("oidc_issuer", "oidc_jwks_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("https://", "http://")):
+            raise ValueError("must be an http(s) URL")
+        return value or None
+
+    def ui_origin_list(self) -> tuple[str, ...]:
+        return parse_origins(self.ui_origins)
+
+    def allowed_subject_list(self) -> list[str]:
+        return [v.strip() for v in self.allowed_subjects.split(",") if v.strip()]
+
+    def allowed_group_list(self) -> list[str]:
+        return [v.strip() for v in self.allowed_groups.split(",") if v.strip()]
+
+    def problems(self) -> list[str]:
+        """What stops the codec server from starting, one line per variable (the worker does not need these)."""
+        problems = []
+        prefix = "HIMIG_CODEC_SERVER_"
+        if self.auth == "none":
+            if not is_loopback(self.host) and not self.allow_unauthenticated:
+                problems.append(f"{prefix}AUTH: `none` is only allowed on a loopback address; {prefix}HOST is not "
+                                f"one (configure OIDC, or set {prefix}ALLOW_UNAUTHENTICATED=true when the port is "
+                                "published to this machine only)")
+        else:
+            for name in ("oidc_issuer", "oidc_audience"):
+                if not getattr(self, name):
+                    problems.append(f"{prefix}{name.upper()}: required with {prefix}AUTH=oidc")
+            if not self.allowed_subject_list() and not self.allowed_group_list():
+                problems.append(f"{prefix}ALLOWED_SUBJECTS / {prefix}ALLOWED_GROUPS: name who may see decoded "
+                                "payloads (or `*` in ALLOWED_SUBJECTS for everyone the issuer signs for)")
+        if bool(self.tls_cert_path) != bool(self.tls_key_path):
+            problems.append(f"{prefix}TLS_CERT_PATH and {prefix}TLS_KEY_PATH: HTTPS needs both or neither")
+        return problems
+
+
 class Settings(BaseSettings):
     """Worker and CLI settings. Every field can be set by the environment variable named in its alias."""
 
@@ -148,6 +228,37 @@ class Settings(BaseSettings):
                     "reconciliation; the same on every worker, never rotated casually (fingerprints written "
                     "under another key no longer match). Unset: plain SHA-256")
 
+    payload_keys: SecretStr | None = Field(
+        None, description="keys sealing every Temporal payload (AES-256-GCM): `id:base64-of-32-bytes`, comma-"
+        "separated, the first seals new payloads, the others still open old ones (rotation: put the new key "
+        "first, keep the old ones while their history is kept). Required: history would otherwise hold patient "
+        "data in clear. `himig codec-key NEW-ID` prints a new entry")
+
+    @field_validator("payload_keys")
+    @classmethod
+    def _key_ring(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            KeyRing.parse(value.get_secret_value())  # raises naming the entry, never the key
+        return value
+
+    payload_kms_key_id: str | None = Field(
+        None, pattern=r"^(arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:(key|alias)/.+|alias/.+|[0-9a-f-]{36})$",
+        description="KMS key making the data keys that seal payloads (envelope encryption; needs "
+        "kms:GenerateDataKey and kms:Decrypt). With it, new payloads use KMS data keys and HIMIG_PAYLOAD_KEYS, if "
+        "set, only opens old ones")
+    kms_endpoint_url: str | None = Field(None, validation_alias=AliasChoices("AWS_ENDPOINT_URL_KMS",
+                                                                             "HIMIG_KMS_ENDPOINT_URL"))
+
+    def payload_key_ring(self) -> KeyRing | None:
+        """The ring of ``payload_keys`` (None when only KMS is configured)."""
+        return KeyRing.parse(self.payload_keys.get_secret_value()) if self.payload_keys is not None else None
+
+    def payload_key_problems(self) -> list[str]:
+        if self.payload_keys is None and self.payload_kms_key_id is None:
+            return [f"{KEYS_VARIABLE}: required, or HIMIG_PAYLOAD_KMS_KEY_ID (payloads carry patient data and are "
+                    f"encrypted); generate a key with `himig codec-key KEY-ID`"]
+        return []
+
     def fingerprint_secret(self) -> bytes | None:
         return self.fingerprint_key.get_secret_value().encode() if self.fingerprint_key else None
     # Import-job polling: the delay grows from the first to the maximum. With the job-events queue configured
@@ -170,6 +281,8 @@ class Settings(BaseSettings):
     ingest: IngestSettings = Field(default_factory=IngestSettings, description="HIMIG_INGEST_*: the S3 arrivals listener")
     job_events: JobEventSettings = Field(default_factory=JobEventSettings,
                                          description="HIMIG_JOB_EVENTS_*: the import-job events listener")
+    codec_server: CodecServerSettings = Field(default_factory=CodecServerSettings,
+                                              description="HIMIG_CODEC_SERVER_*: `himig codec-server`")
 
     # Observability: the Prometheus endpoint of the SDK runtime (its metrics and ours) and OTLP tracing.
     metrics_port: int | None = Field(None, ge=1, le=65535,
@@ -260,7 +373,9 @@ class Settings(BaseSettings):
 
 
 # Model name in a ValidationError's title -> the prefix of its variables.
-_PREFIXES = {"Settings": "HIMIG_", "IngestSettings": "HIMIG_INGEST_", "JobEventSettings": "HIMIG_JOB_EVENTS_"}
+_PREFIXES = {"Settings": "HIMIG_", "IngestSettings": "HIMIG_INGEST_", "JobEventSettings": "HIMIG_JOB_EVENTS_",
+             "CodecServerSettings": "HIMIG_CODEC_SERVER_"}
+_SECTIONS = {"ingest": "IngestSettings", "job_events": "JobEventSettings", "codec_server": "CodecServerSettings"}
 
 
 def env_name(model: str, loc: tuple[Any, ...]) -> str:
@@ -270,8 +385,8 @@ def env_name(model: str, loc: tuple[Any, ...]) -> str:
     head = str(loc[0])
     if head.isupper():
         return head
-    if model == "Settings" and head in ("ingest", "job_events") and len(loc) > 1:
-        return env_name("IngestSettings" if head == "ingest" else "JobEventSettings", loc[1:])
+    if model == "Settings" and head in _SECTIONS and len(loc) > 1:
+        return env_name(_SECTIONS[head], loc[1:])
     return _PREFIXES.get(model, "HIMIG_") + head.upper()
 
 
@@ -299,7 +414,7 @@ class InvalidSettings(ValueError):
         super().__init__("invalid settings from the environment:\n" + "\n".join(f"  {p}" for p in problems))
 
 
-_S = TypeVar("_S", IngestSettings, JobEventSettings)
+_S = TypeVar("_S", IngestSettings, JobEventSettings, CodecServerSettings)
 
 
 def _section(section: type[_S], problems: list[str]) -> _S:
@@ -319,8 +434,9 @@ def load_settings() -> Settings:
     problems: list[str] = []
     ingest = _section(IngestSettings, problems)
     job_events = _section(JobEventSettings, problems)
+    codec_server = _section(CodecServerSettings, problems)
     try:
-        settings = Settings(ingest=ingest, job_events=job_events)
+        settings = Settings(ingest=ingest, job_events=job_events, codec_server=codec_server)
     except ValidationError as err:
         problems.extend(describe_error(err))
     else:
@@ -328,6 +444,7 @@ def load_settings() -> Settings:
             settings.temporal()
         except TemporalConfigError as err:
             problems.extend(err.problems)
+        problems.extend(settings.payload_key_problems())
     if problems:
         raise InvalidSettings(problems)
     return settings

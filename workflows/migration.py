@@ -13,7 +13,7 @@ from datetime import timedelta
 from typing import TypeVar
 
 from temporalio import workflow
-from temporalio.common import SearchAttributePair, TypedSearchAttributes
+from temporalio.common import RawValue, SearchAttributePair, TypedSearchAttributes
 from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
 
 with workflow.unsafe.imports_passed_through():
@@ -48,7 +48,7 @@ with workflow.unsafe.imports_passed_through():
         ReceiveInput,
         ReportInput,
     )
-    from workflows import metrics, patches, policies
+    from workflows import metrics, patches, policies, signals
     from workflows.batch import ImportBatchWorkflow
     from workflows.counts import add_counts
     from workflows.history import should_roll_over
@@ -140,23 +140,42 @@ class MigrationWorkflow:
         self._state.operator_log.append(OperatorAction(action=action, at=workflow.now(), by=cmd.by, reason=cmd.reason))
         del self._state.operator_log[:-50]  # bounded: it rides along through continue-as-new
 
-    @workflow.signal
-    def pause(self, command: OperatorCommand | None = None) -> None:
-        """Stop launching new pages and batches; work already in flight finishes."""
-        self._state.paused = True
-        self._record("pause", command)
+    def _command(self, action: str, raw: RawValue) -> tuple[bool, OperatorCommand | None]:
+        """(accepted, command). The signals take an optional `OperatorCommand` raw, so that a malformed one is
+        recorded in the operator log as rejected (and does nothing) instead of being dropped unseen."""
+        command, error = signals.decode(raw, OperatorCommand, optional=True)
+        if error is None:
+            return True, command
+        signals.log_rejected(action, error)
+        self._state.operator_log.append(OperatorAction(action=f"{action} rejected", at=workflow.now(), reason=error))
+        del self._state.operator_log[:-50]
+        return False, None
 
     @workflow.signal
-    def resume(self, command: OperatorCommand | None = None) -> None:
-        self._state.paused = False
-        self._record("resume", command)
+    def pause(self, raw: RawValue = signals.NO_INPUT) -> None:
+        """Stop launching new pages and batches; work already in flight finishes. Input: `OperatorCommand`."""
+        accepted, command = self._command("pause", raw)
+        if accepted:
+            self._state.paused = True
+            self._record("pause", command)
 
     @workflow.signal
-    def cancel(self, command: OperatorCommand | None = None) -> None:
+    def resume(self, raw: RawValue = signals.NO_INPUT) -> None:
+        """Input: `OperatorCommand`."""
+        accepted, command = self._command("resume", raw)
+        if accepted:
+            self._state.paused = False
+            self._record("resume", command)
+
+    @workflow.signal
+    def cancel(self, raw: RawValue = signals.NO_INPUT) -> None:
         """Drain and finish: nothing new starts, import jobs already submitted are still reviewed, and the
-        report marks every file that was never imported as failed with code ``Cancelled``."""
-        self._state.cancel_requested = True
-        self._record("cancel", command)
+        report marks every file that was never imported as failed with code ``Cancelled``. Input:
+        `OperatorCommand`."""
+        accepted, command = self._command("cancel", raw)
+        if accepted:
+            self._state.cancel_requested = True
+            self._record("cancel", command)
 
     @workflow.run
     async def run(self, input: MigrationInput) -> MigrationResult:

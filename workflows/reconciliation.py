@@ -35,7 +35,7 @@ with workflow.unsafe.imports_passed_through():
         publish_escalation,
         update_before_promote,
     )
-    from contracts.errors import ErrorType
+    from contracts.errors import ErrorType, describe_validation_error
     from contracts.reconciliation import (
         OPEN_STATES,
         REVIEWER_PATTERN,
@@ -62,15 +62,6 @@ Out = TypeVar("Out")
 MAX_RECORDS = 100
 _NO_INPUT = RawValue(Payload())  # a signal sent without --input
 
-
-
-def describe_validation_error(err: pydantic.ValidationError) -> str:
-    """Field locations and rules only: pydantic's own text echoes the input values, which may be PHI."""
-    parts = []
-    for e in err.errors(include_input=False, include_url=False, include_context=False):
-        loc = ".".join(str(x) for x in e["loc"]) or "input"
-        parts.append(f"{loc}: {e['msg']}")
-    return "; ".join(parts)[:500]
 
 
 def _reviewer_of(value: Any) -> str | None:
@@ -173,7 +164,9 @@ class ReconciliationWorkflow:
 
     def _reject(self, via: str, reviewer: str | None, error: str,
                 decision: ReconciliationDecision | None = None) -> None:
-        workflow.logger.warning("reconciliation decision rejected", extra={"via": via, "reviewer": reviewer})
+        # One line naming the fields and rules at fault (``error`` never quotes the input's values).
+        workflow.logger.warning("reconciliation decision rejected",
+                                extra={"via": via, "reviewer": reviewer, "error": error})
         self._record(DecisionRecord(
             at=workflow.now(), via=via, accepted=False, reviewer=reviewer, error=error,  # type: ignore[arg-type]
             action=decision.action if decision else None, reason=decision.reason if decision else None))

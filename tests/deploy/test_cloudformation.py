@@ -27,6 +27,7 @@ from tests.support.deployment import (
     use_only,
     worker_variables,
 )
+from tests.support.installation import PAYLOAD_KEYS
 from worker.settings import Settings, load_settings
 
 TEMPLATE = DEPLOY / "cloudformation" / "himig.yaml"
@@ -137,7 +138,8 @@ class TestPlainFiles:
         with the secrets they load into working settings."""
         (container,) = plain_file("ecs/task-definition.json")["containerDefinitions"]
         env = {e["name"]: e["value"] for e in container["environment"]}
-        secrets = {"HIMIG_FINGERPRINT_KEY": "k" * 32, "TEMPORAL_API_KEY": "an-api-key"}
+        secrets = {"HIMIG_FINGERPRINT_KEY": "k" * 32, "HIMIG_PAYLOAD_KEYS": PAYLOAD_KEYS,
+                   "TEMPORAL_API_KEY": "an-api-key"}
         assert {s["name"] for s in container["secrets"]} == set(secrets)
         unknown = sorted({*env, *secrets} - worker_variables())
         assert not unknown, f"the worker reads no such variables: {unknown}"

@@ -24,6 +24,7 @@ import yaml
 from contracts import search
 from contracts.jobevents import RULE_PATTERN
 from tests.support.deployment import use_only, worker_variables
+from tests.support.installation import PAYLOAD_KEYS
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -241,10 +242,36 @@ def test_worker_environment_is_valid_settings(config: Config, monkeypatch: pytes
     from worker.settings import load_settings
 
     env = {name: value or "" for name, value in config["services"]["worker"]["environment"].items()}
-    use_only({**env, "HIMIG_INGEST_DATASTORE_ID": "0" * 32}, monkeypatch, tmp_path)
+    use_only({**env, "HIMIG_INGEST_DATASTORE_ID": "0" * 32, "HIMIG_PAYLOAD_KEYS": PAYLOAD_KEYS}, monkeypatch, tmp_path)
     settings = load_settings()
     assert settings.ingest.enabled and settings.job_events.enabled
     assert settings.temporal().address == "temporal:7233"
+
+
+def test_codec_server_environment_starts_a_server_for_the_ui(config: Config, monkeypatch: pytest.MonkeyPatch,
+                                                              tmp_path: Path) -> None:
+    """The codec server's environment passes `load_settings` and the server's own start-up checks, and the UI
+    is pointed at it (the browser's URL: the port published on this machine)."""
+    from worker.settings import load_settings
+
+    service = config["services"]["codec-server"]
+    env = {name: value or "" for name, value in service["environment"].items()}
+    use_only({**env, "HIMIG_PAYLOAD_KEYS": PAYLOAD_KEYS}, monkeypatch, tmp_path)
+    server = load_settings().codec_server
+    assert server.problems() == []
+    assert service["ports"] == [f"127.0.0.1:{server.port}:{server.port}/tcp"]  # as `docker-compose config` writes
+    ui = config["services"]["temporal-ui"]["environment"]
+    assert ui["TEMPORAL_CODEC_ENDPOINT"] == f"http://127.0.0.1:{server.port}"
+    assert server.ui_origin_list() == ("http://127.0.0.1:8233",)
+
+
+def test_the_payload_key_is_made_once_and_read_by_every_sealing_service(config: Config) -> None:
+    aws = " ".join(config["services"]["aws-setup"]["command"])
+    assert "[ ! -s /setup/payload-keys ]" in aws and "head -c 32 /dev/urandom | base64" in aws
+    for name in ("worker", "codec-server"):
+        service = config["services"][name]
+        assert "setup:/setup:ro" in service["volumes"]
+        assert "$(cat /setup/payload-keys)" in " ".join(service["command"]), name
 
 
 def test_worker_reads_the_data_store_id_the_one_shot_writes(config: Config) -> None:

@@ -26,6 +26,7 @@ from contracts.migration import batch_workflow_id
 from tests.support.deployment import DEPLOY, EXAMPLE_VALUES, fill, plain_file, render_module, use_only
 from tests.support.dicom import make_instance, uid
 from tests.support.eventually import wait_until_async
+from tests.support.installation import PAYLOAD_KEYS
 from tests.support.listeners import running
 from tests.support.servers import start_moto
 from worker.jobevents import JobEventListener
@@ -58,6 +59,8 @@ def stack(log_dir: Path) -> Iterator[dict[str, Any]]:
             "IngestBucketName": "himig-landing", "HealthLakeDatastoreId": "d" * 32,
             "FingerprintKeySecretArn": sm.create_secret(Name="himig/fingerprint", SecretString="k" * 32)["ARN"],
             "TemporalApiKeySecretArn": sm.create_secret(Name="himig/api-key", SecretString="an-api-key")["ARN"],
+            "PayloadKeysSecretArn": sm.create_secret(Name="himig/payload-keys", SecretString=PAYLOAD_KEYS)["ARN"],
+            "PayloadKmsKeyArn": aws(url, "kms").create_key(Description="himig payloads")["KeyMetadata"]["Arn"],
         }
         cf.create_stack(StackName=STACK, TemplateBody=(DEPLOY / "cloudformation" / "himig.yaml").read_text(),
                         Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in parameters.items()],
@@ -172,6 +175,7 @@ def deployed_settings(stack: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tm
         taskDefinition=stack["outputs"]["TaskDefinitionArn"])["taskDefinition"]["containerDefinitions"])
     use_only({e["name"]: e["value"] for e in container["environment"]}, monkeypatch, tmp_path)
     monkeypatch.setenv("HIMIG_FINGERPRINT_KEY", "k" * 32)
+    monkeypatch.setenv("HIMIG_PAYLOAD_KEYS", PAYLOAD_KEYS)
     monkeypatch.setenv("TEMPORAL_TLS", "false")
     monkeypatch.setenv("HIMIG_TEMPORAL_ADDRESS", temporal_env.client.service_client.config.target_host)
     monkeypatch.setenv("HIMIG_TEMPORAL_NAMESPACE", temporal_env.client.namespace)

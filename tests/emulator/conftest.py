@@ -18,8 +18,8 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 
 from tests.conftest import make_medical_imaging
-from tests.emulator.oidc_issuer import AUDIENCE, OidcIssuer
 from tests.support.eventually import assert_eventually_sync, wait_until
+from tests.support.oidc_issuer import AUDIENCE, OidcIssuer
 from tests.support.servers import ServerProcess, start_emulator
 
 ROLE_ARN = "arn:aws:iam::123456789012:role/HealthImagingImportRole"

@@ -24,7 +24,7 @@ from pydicom.uid import generate_uid
 
 from tests.conftest import emulator_admin, make_medical_imaging, make_s3
 from tests.emulator.conftest import Importer, create_datastore, dicom_bytes, unique
-from tests.emulator.oidc_issuer import SigV4RequestsAuth
+from tests.support.oidc_issuer import SigV4RequestsAuth
 from tests.support.servers import ServerProcess, start_emulator
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"

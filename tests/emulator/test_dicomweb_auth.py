@@ -21,7 +21,7 @@ from pydicom.uid import generate_uid
 
 from tests.conftest import emulator_admin, make_medical_imaging
 from tests.emulator.conftest import create_datastore, dicom_bytes
-from tests.emulator.oidc_issuer import AUDIENCE, BearerAuth, OidcIssuer, SigV4RequestsAuth
+from tests.support.oidc_issuer import AUDIENCE, BearerAuth, OidcIssuer, SigV4RequestsAuth
 from tests.support.servers import ServerProcess, start_emulator
 
 

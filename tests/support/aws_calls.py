@@ -47,6 +47,7 @@ CLIENT_NAMES = {
     "mi": "medical-imaging",
     "healthlake": "healthlake",
     "hl": "healthlake",
+    "kms": "kms",
 }
 # A parameter annotated ``SignedHttp`` (or ``SignedHttp | None``) signs for this service.
 SIGNED_HTTP_NAMES = {"dicomweb": "medical-imaging", "fhir_http": "healthlake"}

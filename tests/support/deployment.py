@@ -31,6 +31,8 @@ EXAMPLE_VALUES = {
     "SourceBucket": "hospital-archive", "SourcePrefix": "dicom/", "WorkBucket": "himig-work", "WorkPrefix": "himig/",
     "IngestBucketName": "himig-landing", "IngestPrefix": "incoming/",
     "FingerprintKeySecretArn": f"arn:aws:secretsmanager:us-east-1:{ACCOUNT}:secret:himig/fingerprint-AbCdEf",
+    "PayloadKeysSecretArn": f"arn:aws:secretsmanager:us-east-1:{ACCOUNT}:secret:himig/payload-keys-AbCdEf",
+    "PayloadKmsKeyArn": f"arn:aws:kms:us-east-1:{ACCOUNT}:key/0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0",
     "TemporalApiKeySecretArn": f"arn:aws:secretsmanager:us-east-1:{ACCOUNT}:secret:himig/temporal-api-key-AbCdEf",
     "TaskRoleArn": f"arn:aws:iam::{ACCOUNT}:role/himig-task",
     "ExecutionRoleArn": f"arn:aws:iam::{ACCOUNT}:role/himig-execution",

@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from tests.support.installation import INSTALLATION_ENV
 from worker.settings import InvalidSettings, load_settings
 
 OBSERVABILITY_VARS = ("HIMIG_METRICS_PORT", "HIMIG_METRICS_HOST", "HIMIG_METRICS_POLL_SECONDS",
@@ -20,6 +21,8 @@ OBSERVABILITY_VARS = ("HIMIG_METRICS_PORT", "HIMIG_METRICS_HOST", "HIMIG_METRICS
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     for key in [k for k in os.environ if k.startswith("HIMIG_")] + list(OBSERVABILITY_VARS):
         monkeypatch.delenv(key, raising=False)
+    for key, value in INSTALLATION_ENV.items():  # what every installation has (its secrets)
+        monkeypatch.setenv(key, value)
     return monkeypatch
 
 

@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.app import app
+from tests.support.installation import INSTALLATION_ENV
 from worker.settings import InvalidSettings, Settings, load_settings
 
 HIMIG_VARS = [k for k in os.environ if k.startswith("HIMIG_")]
@@ -21,6 +22,8 @@ HIMIG_VARS = [k for k in os.environ if k.startswith("HIMIG_")]
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     for key in HIMIG_VARS:
         monkeypatch.delenv(key, raising=False)
+    for key, value in INSTALLATION_ENV.items():  # what every installation has (its secrets)
+        monkeypatch.setenv(key, value)
     return monkeypatch
 
 

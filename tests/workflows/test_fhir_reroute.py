@@ -30,9 +30,9 @@ from contracts import layout
 from contracts.batch import BatchProgress, BatchStage
 from contracts.migration import MigrationInput
 from tests.conftest import emulator_admin, make_medical_imaging
-from tests.emulator.oidc_issuer import SigV4RequestsAuth
 from tests.support.dicom import make_instance, uid
 from tests.support.eventually import assert_eventually, assert_eventually_sync, wait_until_async
+from tests.support.oidc_issuer import SigV4RequestsAuth
 from tests.support.servers import ServerProcess, start_emulator
 from tests.workflows.test_fhir_routing import fhir_get
 from worker.settings import Settings

@@ -23,7 +23,6 @@ import pytest
 import requests
 from botocore.config import Config
 from temporalio.client import Client, WorkflowHistory
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import ApplicationError
 from temporalio.worker import Replayer, Worker
 
@@ -43,6 +42,7 @@ from contracts.stages import FhirReviewInput, ReviewResult, RouteInput
 from tests.conftest import emulator_admin, make_medical_imaging
 from tests.support.dicom import make_instance, uid
 from tests.support.eventually import assert_eventually_sync
+from tests.support.installation import converter, plain_history_json
 from worker.registry import WORKFLOWS
 from worker.settings import Settings
 from workflows.batch import ImportBatchWorkflow
@@ -200,12 +200,12 @@ async def test_migration_routes_imaging_studies_into_healthlake(
         assert phi not in text
     # The FHIR path replays deterministically; HIMIG_RECORD_HISTORIES=1 stores a batch that took it, so
     # tests/workflows/test_replay.py guards it against command changes without workflow.patched.
-    replayer = Replayer(workflows=WORKFLOWS, data_converter=pydantic_data_converter)
+    replayer = Replayer(workflows=WORKFLOWS, data_converter=converter())
     for history in recorded:
         await replayer.replay_workflow(history)
     if os.environ.get("HIMIG_RECORD_HISTORIES"):
         batch = next(h for h in recorded if h.workflow_id.endswith(".batch-00000"))
-        (HISTORIES / f"{batch.workflow_id}.json").write_text(json.dumps(json.loads(batch.to_json()), indent=1))
+        (HISTORIES / f"{batch.workflow_id}.json").write_text(plain_history_json(batch))
 
     # A re-run over the same source with one more instance of study A: the four files already imported are
     # skipped (no job for study B), and study A is routed again, updating its resource instead of duplicating it.
@@ -551,7 +551,7 @@ async def test_a_retried_start_imports_exactly_what_the_first_attempt_wrote(
         emulator_url: str, moto_url: str) -> None:
     from dicomweb_client.api import DICOMwebClient
 
-    from tests.emulator.oidc_issuer import SigV4RequestsAuth
+    from tests.support.oidc_issuer import SigV4RequestsAuth
 
     s3, src, work = buckets["s3"], buckets["source"], buckets["work"]
     study = uid()

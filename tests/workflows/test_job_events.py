@@ -22,7 +22,6 @@ import pytest
 import structlog
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError
 from temporalio.worker import Replayer, Worker
 
@@ -34,6 +33,7 @@ from contracts.migration import MigrationInput, batch_workflow_id
 from tests.conftest import emulator_admin
 from tests.support.dicom import make_instance, uid
 from tests.support.eventually import wait_until_async
+from tests.support.installation import converter, plain_history_json
 from tests.support.listeners import running
 from worker.jobevents import JobEventListener, configure_job_events_rule
 from worker.registry import WORKFLOWS
@@ -141,12 +141,12 @@ class TestEventWakesTheBatch:
 
         # The wake-up path replays deterministically (and so does the migration that ran it).
         history = await batch.fetch_history()
-        replayer = Replayer(workflows=WORKFLOWS, data_converter=pydantic_data_converter)
+        replayer = Replayer(workflows=WORKFLOWS, data_converter=converter())
         await replayer.replay_workflow(history)
         await replayer.replay_workflow(await handle.fetch_history())
         if os.environ.get("HIMIG_RECORD_HISTORIES"):
             path = Path(__file__).parent.parent / "histories" / "job-event-wake.batch-00000.json"
-            path.write_text(json.dumps(json.loads(history.to_json()), indent=1))
+            path.write_text(plain_history_json(history))
 
         # Search attributes: the migration's phase and data store; the batch's migration (set by its parent).
         migration_attrs = (await handle.describe()).typed_search_attributes

@@ -20,7 +20,6 @@ from temporalio import activity
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
@@ -34,6 +33,7 @@ from contracts.stages import ParseResult, ReportInput, ReportResult
 from tests.conftest import emulator_admin, make_medical_imaging, make_s3
 from tests.support.dicom import make_instance, uid
 from tests.support.eventually import assert_eventually, assert_eventually_sync
+from tests.support.installation import converter
 from tests.support.migrations import migrate, report_summary
 from tests.support.prometheus import Sample, by_label, listening_ports, scrape, total
 from tests.support.servers import free_port
@@ -60,7 +60,7 @@ async def metered(temporal_env: WorkflowEnvironment, settings: Settings) -> Asyn
     assert runtime is not None
     target = temporal_env.client.service_client.config.target_host
     client = await Client.connect(target, namespace=temporal_env.client.namespace, runtime=runtime,
-                                  data_converter=pydantic_data_converter)
+                                  data_converter=converter())
     yield client, metered_settings, f"http://127.0.0.1:{port}/metrics"
 
 

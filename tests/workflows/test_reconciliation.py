@@ -17,7 +17,6 @@ import boto3
 import pydantic
 import pytest
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import ActivityEnvironment
 from temporalio.worker import Replayer, Worker
 
@@ -34,6 +33,8 @@ from contracts.reconciliation import (
 )
 from tests.support.dicom import make_instance, uid
 from tests.support.eventually import assert_eventually, assert_eventually_sync
+from tests.support.installation import converter
+from tests.support.logcapture import captured_logs
 from tests.support.prometheus import by_label, scrape
 from tests.support.servers import free_port
 from worker.aws import AwsClients
@@ -144,7 +145,7 @@ def start(client: Client, recon_worker: Worker, mi: Any, buckets: dict[str, Any]
 
 async def _replays(handle: WorkflowHandle[Any, Any]) -> None:
     """The recorded history replays deterministically (signals, updates, timer, activities)."""
-    replayer = Replayer(workflows=[ReconciliationWorkflow], data_converter=pydantic_data_converter,
+    replayer = Replayer(workflows=[ReconciliationWorkflow], data_converter=converter(),
                         workflow_failure_exception_types=[pydantic.ValidationError])
     await replayer.replay_workflow(await handle.fetch_history())
 
@@ -221,6 +222,26 @@ class TestReconciliation:
         status = await recon.status()
         assert [r.accepted for r in status.decisions] == [False, False, False, True]
         await _replays(recon.handle)
+
+    async def test_a_rejected_signal_is_one_log_line_naming_the_field_without_the_values(self, start: Any) -> None:
+        canary = "QZCANARYDECISIONREASON"
+        recon = await start(authorized_reviewers=["alice"])
+        await recon.wait_state("awaiting_decision")
+        with captured_logs("info") as logs:
+            await recon.handle.signal("approve", {"action": "explode", "reviewer": "alice", "reason": canary})
+            await recon.handle.signal("approve", {"action": "keep", "reviewer": "mallory", "reason": canary})
+
+            async def two_rejections() -> list[dict[str, Any]]:
+                found = [x for x in logs.lines() if x["event"] == "reconciliation decision rejected"]
+                assert len(found) == 2, logs.text
+                return found
+
+            bad_action, unauthorised = await assert_eventually(two_rejections, timeout=10)
+        assert canary.lower() not in logs.text.lower() and "explode" not in logs.text
+        assert "could not be formatted" not in logs.text
+        assert bad_action["error"].startswith("action: ") and bad_action["via"] == "signal"
+        assert bad_action["workflow_id"] == recon.handle.id and "run_id" in bad_action
+        assert unauthorised["reviewer"] == "mallory" and "not authorised" in unauthorised["error"]
 
     async def test_timeout_escalates_and_a_later_decision_still_works(self, start: Any,
                                                                       bus: dict[str, Any]) -> None:

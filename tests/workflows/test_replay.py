@@ -6,7 +6,6 @@ change that alters the command sequence without `workflow.patched` makes these r
 
 from __future__ import annotations
 
-import json
 import os
 import uuid
 from datetime import timedelta
@@ -15,11 +14,11 @@ from typing import Any
 
 import pytest
 from temporalio.client import Client, WorkflowHistory
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer, Worker
 
 from contracts.migration import MigrationInput
 from tests.support.dicom import make_instance, uid
+from tests.support.installation import converter, plain_history_json
 from worker.registry import WORKFLOWS
 from workflows.migration import MigrationWorkflow
 
@@ -27,7 +26,7 @@ HISTORIES = Path(__file__).parent.parent / "histories"
 
 
 def _replayer() -> Replayer:
-    return Replayer(workflows=WORKFLOWS, data_converter=pydantic_data_converter)
+    return Replayer(workflows=WORKFLOWS, data_converter=converter())
 
 
 async def test_live_run_replays_and_is_recorded(client: Client, worker: Worker, buckets: dict[str, Any],
@@ -52,7 +51,7 @@ async def test_live_run_replays_and_is_recorded(client: Client, worker: Worker, 
     if os.environ.get("HIMIG_RECORD_HISTORIES"):
         HISTORIES.mkdir(exist_ok=True)
         for history in histories[:2]:  # the migration and its first batch; the file name is the workflow id
-            (HISTORIES / f"{history.workflow_id}.json").write_text(json.dumps(json.loads(history.to_json()), indent=1))
+            (HISTORIES / f"{history.workflow_id}.json").write_text(plain_history_json(history))
 
 
 @pytest.mark.parametrize("path", sorted(HISTORIES.glob("*.json")), ids=lambda p: p.stem)

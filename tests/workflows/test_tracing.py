@@ -19,12 +19,12 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from contracts.common import FileState
 from contracts.migration import MigrationInput
 from tests.support.dicom import make_instance, uid
+from tests.support.installation import converter
 from tests.support.migrations import migrate
 from worker import tracing
 from worker.runner import build_worker
@@ -98,7 +98,7 @@ class TestTracing:
         interceptors = tracing.interceptors(traced)
         assert interceptors, "an OTLP endpoint switches tracing on"
         client = await Client.connect(temporal_env.client.service_client.config.target_host,
-                                      namespace=temporal_env.client.namespace, data_converter=pydantic_data_converter,
+                                      namespace=temporal_env.client.namespace, data_converter=converter(),
                                       interceptors=interceptors)
         s3, src, work = buckets["s3"], buckets["source"], buckets["work"]
         study, series = uid(), uid()

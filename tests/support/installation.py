@@ -1,0 +1,46 @@
+"""The test installation's secrets, as `himig stack up` generates them for a local one: set in the test process's
+environment (so the worker and CLI subprocesses the tests start inherit them) and used by every test client."""
+
+from __future__ import annotations
+
+import json
+
+from google.protobuf.message import Message
+from temporalio.api.common.v1 import Payload
+from temporalio.api.history.v1 import History
+from temporalio.client import WorkflowHistory
+from temporalio.converter import DataConverter
+
+from worker.codec import EncryptionCodec, KeyRing, data_converter, is_encrypted
+
+# A fresh key per test session: nothing may depend on a particular key.
+PAYLOAD_KEYS = KeyRing.generate_entry("tests-current")
+INSTALLATION_ENV = {"HIMIG_PAYLOAD_KEYS": PAYLOAD_KEYS}
+
+
+def converter() -> DataConverter:
+    """The converter of this installation's workers and clients (payloads sealed with `PAYLOAD_KEYS`)."""
+    return data_converter(KeyRing.parse(PAYLOAD_KEYS))
+
+
+def _open_payloads(message: Message, codec: EncryptionCodec) -> None:
+    for descriptor, value in message.ListFields():
+        if descriptor.message_type is None:
+            continue
+        is_map = descriptor.message_type.GetOptions().map_entry
+        items = list(value.values()) if is_map else (list(value) if descriptor.is_repeated else [value])
+        for item in items:
+            if isinstance(item, Payload):
+                if is_encrypted(item):
+                    item.CopyFrom(codec.decode_sync([item])[0])
+            elif isinstance(item, Message):
+                _open_payloads(item, codec)
+
+
+def plain_history_json(history: WorkflowHistory) -> str:
+    """``history`` as JSON with every payload opened, for `tests/histories/` (recorded histories must replay
+    under any later session's key; their content is synthetic)."""
+    events = History(events=history.events)
+    codec = EncryptionCodec(KeyRing.parse(PAYLOAD_KEYS))
+    _open_payloads(events, codec)
+    return json.dumps(json.loads(WorkflowHistory(history.workflow_id, list(events.events)).to_json()), indent=1)
