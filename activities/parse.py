@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, suppress
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -25,7 +27,7 @@ from activities.dicom_header import check_tail, parse_header
 from activities.errors import classify, error_code
 from activities.heartbeat import current, keeps_alive
 from activities.storage import is_missing, object_size, put_ndjson, read_models
-from contracts import layout
+from contracts import layout, metrics
 from contracts.records import Finding, InventoryEntry, ParsedRecord, Severity
 from contracts.s3uri import parse_s3_uri
 from contracts.stages import PageInput, ParseResult
@@ -193,7 +195,7 @@ class ParseActivities:
         # The pool's threads run in a copy of this context: log ids and the patient-value scrub set go with them.
         read = phi.in_context(lambda e: self._read(source_bucket, e, counter, sizer))
         try:
-            with ThreadPoolExecutor(self._concurrency) as pool:
+            with _metered(counter), ThreadPoolExecutor(self._concurrency) as pool:
                 for start in range(cursor.chunks * step, len(entries), step):
                     chunk = entries[start : start + step]
                     records += pool.map(read, chunk)
@@ -215,6 +217,21 @@ class ParseActivities:
                                  "the files' findings are in the report)", extra={"pydicom_warnings": held})
         return ParseResult(files=len(records), parsed=len(records) - unreadable, unreadable=unreadable,
                            bytes_read=counter[1], s3_requests=counter[0])
+
+
+@contextmanager
+def _metered(counter: list[int]) -> Iterator[None]:
+    """Add the bytes this attempt reads (``counter[1]`` grows from the resumed total) to BYTES_READ at its end,
+    whether it succeeds or not: bytes a failed attempt read were read all the same."""
+    before = counter[1]
+    try:
+        yield
+    finally:
+        if counter[1] > before and activity.in_activity():
+            with suppress(Exception):  # a metric must never fail the page
+                activity.metric_meter().create_counter(
+                    metrics.BYTES_READ.name, metrics.BYTES_READ.description, metrics.BYTES_READ.unit,
+                ).add(counter[1] - before)
 
 
 def _source_bucket(input: PageInput) -> str:

@@ -43,6 +43,8 @@ FEATURES = {
     "IngestEnabled": True,
     "HasPayloadKeys": True,
     "HasPayloadKmsKey": True,
+    "HasMetrics": True,
+    "HasTracing": False,
 }
 PSEUDO = {"AWS::Region": "AWS_REGION", "AWS::AccountId": "AWS_ACCOUNT_ID", "AWS::Partition": "AWS_PARTITION",
           "AWS::StackName": "STACK_NAME"}

@@ -7,18 +7,23 @@ import sys
 
 import structlog
 
+from worker import tracing
 from worker.client import TemporalSetupError, check_search_attributes, connect
 from worker.logs import configure_logging
+from worker.metrics import MetricsEndpointError, build_runtime
 from worker.process_exit import exit_now
 from worker.runner import run_worker
 from worker.settings import InvalidSettings, Settings, load_settings
 
 
 async def _main(settings: Settings) -> None:
-    client = await connect(settings)
+    client = await connect(settings, runtime=build_runtime(settings))
     for note in await check_search_attributes(client):
         structlog.get_logger("himig.worker").warning(note)
-    await run_worker(client, settings)
+    try:
+        await run_worker(client, settings)
+    finally:
+        tracing.flush()
 
 
 def main() -> int:
@@ -30,7 +35,7 @@ def main() -> int:
     configure_logging(settings.log_level, settings.log_format)
     try:
         asyncio.run(_main(settings))
-    except TemporalSetupError as err:
+    except (TemporalSetupError, MetricsEndpointError) as err:
         print(f"worker: {err}", file=sys.stderr)  # the server is fine; its set-up is not: a settings problem
         return 2
     except ConnectionError as err:

@@ -7,9 +7,11 @@ from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
 from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
 from temporalio.client import Client
+from temporalio.runtime import Runtime
 from temporalio.service import RPCError, RPCStatusCode
 
 from contracts import search
+from worker import tracing
 from worker.aws import make_client
 from worker.codec import EncryptionCodec, KmsDataKeys, data_converter
 from worker.settings import Settings
@@ -35,17 +37,19 @@ def payload_codec(settings: Settings) -> EncryptionCodec:
     return EncryptionCodec(settings.payload_key_ring(), kms)
 
 
-async def connect(settings: Settings) -> Client:
+async def connect(settings: Settings, runtime: Runtime | None = None) -> Client:
     """A client for ``settings.temporal()`` whose payloads are sealed with ``settings.payload_keys``.
 
-    `ConnectionError` (one line, with what to check) when it fails.
+    ``runtime`` is the SDK runtime to use (the worker's serves Prometheus metrics); tracing interceptors are added
+    when an OTLP endpoint is configured. `ConnectionError` (one line, with what to check) when it fails.
     """
     conn = settings.temporal()
     converter = data_converter(payload_codec(settings))
     try:
         client = await Client.connect(conn.address, namespace=conn.namespace, api_key=conn.api_key,
                                       tls=conn.tls if conn.tls is not None else False,
-                                      rpc_metadata=dict(conn.rpc_metadata), data_converter=converter)
+                                      rpc_metadata=dict(conn.rpc_metadata), data_converter=converter,
+                                      runtime=runtime, interceptors=tracing.interceptors(settings))
     except RuntimeError as err:
         raise ConnectionError(f"cannot reach Temporal at {conn.address} ({conn.mode()}): "
                               f"{' '.join(str(err).split())}; {conn.hint()}") from None

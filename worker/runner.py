@@ -12,16 +12,24 @@ from pathlib import Path
 import pydantic
 import structlog
 from temporalio.client import Client
+from temporalio.common import MetricMeter
 from temporalio.worker import Worker
 
 from worker.aws import AwsClients, make_client
 from worker.jobevents import JobEventListener
 from worker.listener import SqsListener
 from worker.log_context import LogContextInterceptor
+from worker.metrics import MetricsInterceptor, instrument, meter_of, watch_reconciliations
 from worker.registry import WORKFLOWS, build_activities
 from worker.settings import Settings
 
 log = structlog.get_logger("himig.worker")
+
+
+def instrumented(clients: AwsClients, meter: MetricMeter) -> AwsClients:
+    """``clients`` with S3 requests and throttles counted (`worker.metrics.instrument`)."""
+    instrument(meter, clients)
+    return clients
 
 
 def build_worker(client: Client, settings: Settings, executor: ThreadPoolExecutor, task_queue: str | None = None) -> Worker:
@@ -29,14 +37,14 @@ def build_worker(client: Client, settings: Settings, executor: ThreadPoolExecuto
         client,
         task_queue=task_queue or settings.task_queue,
         workflows=WORKFLOWS,
-        activities=build_activities(AwsClients.from_settings(settings), settings),
+        activities=build_activities(instrumented(AwsClients.from_settings(settings), meter_of(client)), settings),
         activity_executor=executor,
         max_concurrent_activities=settings.max_concurrent_activities,
         # Bad workflow input fails the workflow at once instead of retrying its first task forever.
         workflow_failure_exception_types=[pydantic.ValidationError],
         graceful_shutdown_timeout=timedelta(seconds=settings.graceful_shutdown_seconds),
         # Log ids as fields around every activity, and no patient values in its failures (worker/log_context.py).
-        interceptors=[LogContextInterceptor()],
+        interceptors=[LogContextInterceptor(), MetricsInterceptor()],
     )
 
 
@@ -62,6 +70,9 @@ async def run_worker(client: Client, settings: Settings) -> None:
                 events_listener = JobEventListener(client, make_client("sqs", settings, settings.sqs_endpoint_url),
                                                    job_events)
                 listener_tasks.append(asyncio.create_task(events_listener.run(stop)))
+            if settings.metrics_port is not None:
+                listener_tasks.append(asyncio.create_task(watch_reconciliations(
+                    client, meter_of(client), settings.task_queue, settings.metrics_poll_seconds, stop)))
             if health:
                 health.parent.mkdir(parents=True, exist_ok=True)
                 health.write_text(str(os.getpid()))

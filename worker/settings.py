@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 from typing import Any, Literal, Self, TypeVar
+from urllib.parse import urlsplit
 
 from pydantic import (
     AliasChoices,
@@ -283,6 +284,16 @@ class Settings(BaseSettings):
     codec_server: CodecServerSettings = Field(default_factory=CodecServerSettings,
                                               description="HIMIG_CODEC_SERVER_*: `himig codec-server`")
 
+    # Observability: the Prometheus endpoint of the SDK runtime (its metrics and ours) and OTLP tracing.
+    metrics_port: int | None = Field(None, ge=1, le=65535,
+                                     description="port of the Prometheus /metrics endpoint; unset disables it")
+    metrics_host: str = Field("127.0.0.1", description="address the metrics endpoint binds (0.0.0.0 in a container)")
+    metrics_poll_seconds: float = Field(60.0, ge=5, le=3600,
+                                        description="how often the pending-reconciliations gauge is recounted")
+    otlp_endpoint: str | None = Field(
+        None, validation_alias=AliasChoices("HIMIG_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"),
+        description="OTLP/HTTP collector (http[s]://host:port) receiving traces; unset disables tracing")
+
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
 
@@ -291,6 +302,41 @@ class Settings(BaseSettings):
     def _origins(cls, value: str) -> str:
         parse_origins(value)  # raises ValueError naming the bad entry
         return value
+
+    @field_validator("metrics_port", "otlp_endpoint", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("metrics_host")
+    @classmethod
+    def _ip_literal(cls, value: str) -> str:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise ValueError(f"must be an IP address to bind (127.0.0.1, 0.0.0.0, ::), got {value!r}") from None
+        return value
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _otlp_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        url = urlsplit(value)
+        try:
+            url.port  # noqa: B018 (raises ValueError for a port that is not a number or out of range)
+        except ValueError:
+            raise ValueError("must be http[s]://host[:port] with a valid port") from None
+        if url.scheme not in ("http", "https") or not url.hostname or url.query or url.fragment or url.username:
+            raise ValueError("must be http[s]://host[:port] (no credentials, query or fragment)")
+        return value.rstrip("/")
+
+    def metrics_bind_address(self) -> str | None:
+        """``host:port`` of the Prometheus endpoint (IPv6 in brackets), or None when metrics are off."""
+        if self.metrics_port is None:
+            return None
+        host = f"[{self.metrics_host}]" if ":" in self.metrics_host else self.metrics_host
+        return f"{host}:{self.metrics_port}"
 
     @field_validator("event_bus_name", "health_file")
     @classmethod

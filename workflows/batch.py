@@ -37,7 +37,7 @@ with workflow.unsafe.imports_passed_through():
     from contracts.jobevents import TERMINAL_STATUSES, JobEvent
     from contracts.reconciliation import ReconciliationInput, reconciliation_workflow_id
     from contracts.stages import FhirReviewInput, ReviewInput, ReviewResult, RouteInput
-    from workflows import patches, policies
+    from workflows import metrics, patches, policies
     from workflows.counts import add_counts
     from workflows.reconciliation import ReconciliationWorkflow
     from workflows.search import upsert
@@ -120,6 +120,8 @@ class ImportBatchWorkflow:
             retry_policy=policies.START_JOB_RETRY)
         self._progress.job_id = job.job_id
         self._progress.staged_files = job.staged_files
+        if job.job_id:
+            metrics.import_job("SUBMITTED")
         if not job.job_id and workflow.patched(patches.SOURCE_CHANGED_NO_JOB):
             # Every file's source object changed after validation: no job was started, the staging step's
             # ledger reports each file as failed (SourceChanged), and there is nothing to await or review.
@@ -134,6 +136,7 @@ class ImportBatchWorkflow:
 
         self._stage(BatchStage.AWAITING_JOB)
         outcome = await self._await_job(job)
+        metrics.import_job(outcome.status)
         self._progress.job_status = outcome.status
         self._stage(BatchStage.JOB_COMPLETED if outcome.status == "COMPLETED" else BatchStage.JOB_FAILED)
         if outcome.status == "FAILED" and input.part is None and job.staged_files > 1 \

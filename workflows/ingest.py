@@ -41,7 +41,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from contracts.migration import MigrationInput, MigrationResult, check_migration_id
     from contracts.s3uri import parse_s3_uri
-    from workflows import patches, policies
+    from workflows import metrics, patches, policies
     from workflows.history import should_roll_over
     from workflows.migration import MigrationWorkflow
     from workflows.search import upsert
@@ -93,6 +93,7 @@ class IngestWorkflow:
             s.duplicates_ignored += 1
             return
         self._buffer[arrival.key] = arrival  # a newer etag replaces the older one in place
+        metrics.ingest_buffer(len(self._buffer))
         now = workflow.now()
         if s.first_buffered_at is None:
             s.first_buffered_at = now
@@ -155,6 +156,7 @@ class IngestWorkflow:
 
     def _set_phase(self, phase: str) -> None:
         self._phase = phase
+        metrics.ingest_buffer(len(self._buffer))
         upsert({search.STATE: phase, search.DATASTORE_ID: self._input.datastore_id})
 
     def _seconds_until_due(self, input: IngestInput) -> float:
@@ -184,6 +186,7 @@ class IngestWorkflow:
             if self._buffer.get(arrival.key) is arrival:
                 del self._buffer[arrival.key]
             self._remember(arrival)
+        metrics.ingest_buffer(len(self._buffer))
         s.first_buffered_at = workflow.now() if self._buffer else None
         s.flushes += 1
         s.files_flushed += manifest.files

@@ -48,7 +48,7 @@ with workflow.unsafe.imports_passed_through():
         ReceiveInput,
         ReportInput,
     )
-    from workflows import patches, policies, signals
+    from workflows import metrics, patches, policies, signals
     from workflows.batch import ImportBatchWorkflow
     from workflows.counts import add_counts
     from workflows.history import should_roll_over
@@ -248,6 +248,9 @@ class MigrationWorkflow:
             retry_policy=policies.STAGE_RETRY)
         # The report is the authority: it re-derives every file's state from the ledgers.
         s.files_by_state = dict(report.files_by_state)
+        # Counted here, where the states become final: once per migration (write_report runs in its last run
+        # only, and its retries return one result), never while replaying.
+        metrics.files_final(report.files_by_state)
         s.report_uri = report.report_uri
         s.phase = "completed"
         self._publish()

@@ -153,6 +153,22 @@ class TestPlainFiles:
         assert (temporal.address, temporal.namespace) == (EXAMPLE_VALUES["TemporalAddress"], "himig.a1b2c")
         assert temporal.tls is not None and temporal.api_key == "an-api-key"
 
+    def test_the_metrics_port_is_the_one_the_task_publishes(self, monkeypatch: pytest.MonkeyPatch,
+                                                            tmp_path: Path) -> None:
+        """The worker serves Prometheus on the port the container maps, on the task's address (not loopback)."""
+        (container,) = plain_file("ecs/task-definition.json")["containerDefinitions"]
+        env = {e["name"]: e["value"] for e in container["environment"]}
+        (mapping,) = container["portMappings"]
+        use_only({**env, "HIMIG_FINGERPRINT_KEY": "k" * 32}, monkeypatch, tmp_path)
+        assert load_settings().metrics_bind_address() == f"0.0.0.0:{mapping['containerPort']}"
+        assert mapping["protocol"] == "tcp"
+        # With Metrics=off the template maps no port and sets no metrics variable.
+        render = render_module()
+        off = render.render(features={**render.FEATURES, "HasMetrics": False})
+        (quiet,) = json.loads(off["ecs/task-definition.json"])["containerDefinitions"]
+        assert "portMappings" not in quiet
+        assert not {e["name"] for e in quiet["environment"]} & {"HIMIG_METRICS_PORT", "HIMIG_METRICS_HOST"}
+
     def test_mtls_secrets_arrive_as_pem_data(self) -> None:
         """The template passes the client certificate and key as TEMPORAL_TLS_CLIENT_*_DATA (secrets are values,
         not files); the SDK's environment configuration takes them like the *_PATH variables."""

@@ -21,6 +21,7 @@ from temporalio.testing import ActivityEnvironment
 from temporalio.worker import Replayer, Worker
 
 from activities.reconcile import ESCALATED_DETAIL_TYPE, EVENT_SOURCE, ReconcileActivities, diff_metadata
+from contracts import metrics
 from contracts.reconciliation import (
     ImageSetTarget,
     PromoteInput,
@@ -34,7 +35,10 @@ from tests.support.dicom import make_instance, uid
 from tests.support.eventually import assert_eventually, assert_eventually_sync
 from tests.support.installation import converter
 from tests.support.logcapture import captured_logs
+from tests.support.prometheus import by_label, scrape
+from tests.support.servers import free_port
 from worker.aws import AwsClients
+from worker.metrics import build_runtime, watch_reconciliations
 from worker.settings import Settings
 from workflows.reconciliation import ReconciliationWorkflow
 
@@ -318,3 +322,31 @@ class TestPureParts:
     def test_input_rejects_bad_ids(self) -> None:
         with pytest.raises(pydantic.ValidationError, match="image_set_id"):
             ReconciliationInput.model_validate({"datastore_id": "a" * 32, "image_set_id": "../x"})
+
+
+class TestReconciliationsPending:
+    """`himig_reconciliations_pending` counts, from visibility, the reconciliations waiting for a decision."""
+
+    async def test_a_waiting_reconciliation_is_on_the_gauge_until_decided(
+            self, start: Any, client: Client, settings: Settings) -> None:
+        recon = await start()
+        await recon.wait_state("awaiting_decision")
+        port = free_port()
+        runtime = build_runtime(settings.model_copy(update={"metrics_port": port}))
+        assert runtime is not None
+        stop = asyncio.Event()
+        watcher = asyncio.create_task(watch_reconciliations(client, runtime.metric_meter, settings.task_queue,
+                                                            every=0.2, stop=stop))
+        url = f"http://127.0.0.1:{port}/metrics"
+        try:
+            async def pending(n: float) -> None:
+                gauge = by_label(scrape(url), metrics.RECONCILIATIONS_PENDING.name, "state")
+                assert gauge == {"awaiting_decision": n, "escalated": 0.0}, gauge
+
+            await assert_eventually(lambda: pending(1.0), timeout=20)
+            await recon.handle.signal("approve", {"action": "keep", "reviewer": "carol", "reason": "metrics test"})
+            assert (await recon.handle.result()).state == "kept"
+            await assert_eventually(lambda: pending(0.0), timeout=20)
+        finally:
+            stop.set()
+            await asyncio.wait_for(watcher, timeout=5)

@@ -18,6 +18,7 @@ from contracts.common import FileState
 from contracts.migration import MigrationInput
 from tests.support.dicom import make_instance, uid
 from tests.support.eventually import assert_eventually_sync
+from tests.support.prometheus import listening_ports
 from workflows.migration import MigrationWorkflow
 
 
@@ -50,6 +51,7 @@ async def test_worker_process_migrates_and_stops_on_sigterm(
         result = await client.execute_workflow(MigrationWorkflow.run, payload, id=f"proc-{uuid.uuid4().hex[:8]}",
                                                task_queue=queue, execution_timeout=timedelta(seconds=90))
         assert result.files_by_state[FileState.IMPORTED] == 1
+        assert listening_ports(proc.pid) == set()  # without HIMIG_METRICS_PORT no metrics endpoint, nor any other
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
         assert not health.exists()
