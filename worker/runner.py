@@ -20,6 +20,7 @@ from worker.listener import SqsListener
 from worker.log_context import LogContextInterceptor
 from worker.registry import WORKFLOWS, build_activities
 from worker.settings import Settings
+from worker.sqs_poller import ListenerFailed
 
 log = structlog.get_logger("himig.worker")
 
@@ -41,7 +42,16 @@ def build_worker(client: Client, settings: Settings, executor: ThreadPoolExecuto
 
 
 async def run_worker(client: Client, settings: Settings) -> None:
+    """Run until SIGTERM/SIGINT. Raises `ListenerFailed` (after a graceful stop) when a listener cannot run at all:
+    a worker that silently stopped listening would look healthy while ignoring its queue."""
     stop = asyncio.Event()
+    failed: list[ListenerFailed] = []
+
+    def on_listener_done(task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and isinstance(error := task.exception(), ListenerFailed):
+            failed.append(error)
+            stop.set()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -62,6 +72,8 @@ async def run_worker(client: Client, settings: Settings) -> None:
                 events_listener = JobEventListener(client, make_client("sqs", settings, settings.sqs_endpoint_url),
                                                    job_events)
                 listener_tasks.append(asyncio.create_task(events_listener.run(stop)))
+            for task in listener_tasks:
+                task.add_done_callback(on_listener_done)
             if health:
                 health.parent.mkdir(parents=True, exist_ok=True)
                 health.write_text(str(os.getpid()))
@@ -69,14 +81,18 @@ async def run_worker(client: Client, settings: Settings) -> None:
                      ingest_listener=ingest.enabled, job_events_listener=job_events.enabled)
             try:
                 await stop.wait()
-                log.info("shutdown requested; finishing in-flight work", grace_seconds=settings.graceful_shutdown_seconds)
+                log.info("a listener failed; stopping the worker" if failed
+                         else "shutdown requested; finishing in-flight work",
+                         grace_seconds=settings.graceful_shutdown_seconds)
             finally:
                 # Every listener is awaited (bounded) and the health file always goes, whatever one of them raised.
                 outcomes = await asyncio.gather(*(asyncio.wait_for(t, timeout=5) for t in listener_tasks),
                                                 return_exceptions=True)
                 for outcome in outcomes:
-                    if isinstance(outcome, BaseException):
+                    if isinstance(outcome, BaseException) and not isinstance(outcome, ListenerFailed):
                         log.warning("a listener ended with an error", error=type(outcome).__name__)
                 if health:
                     health.unlink(missing_ok=True)
     log.info("worker stopped")
+    if failed:
+        raise failed[0]
