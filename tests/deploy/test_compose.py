@@ -260,7 +260,7 @@ def test_codec_server_environment_starts_a_server_for_the_ui(config: Config, mon
     service = config["services"]["codec-server"]
     env = {name: value or "" for name, value in service["environment"].items()}
     use_only({**env, "HIMIG_PAYLOAD_KEYS": PAYLOAD_KEYS}, monkeypatch, tmp_path)
-    server = load_settings().codec_server
+    server = load_settings(for_worker=False).codec_server  # as `himig codec-server` reads them
     assert server.problems() == []
     assert service["ports"] == [f"127.0.0.1:{server.port}:{server.port}/tcp"]  # as `docker-compose config` writes
     ui = config["services"]["temporal-ui"]["environment"]
@@ -287,7 +287,7 @@ def test_worker_reads_the_data_store_id_the_one_shot_writes(config: Config) -> N
 def test_worker_reads_the_fingerprint_key_the_one_shot_generates_once(config: Config) -> None:
     worker, aws = config["services"]["worker"], config["services"]["aws-setup"]
     script = " ".join(aws["command"])
-    assert "[ -s /setup/fingerprint-key ] ||" in script and "/dev/urandom" in script  # generated once, then kept
+    assert "[ ! -s /setup/fingerprint-key ]" in script and "/dev/urandom" in script  # generated once, then kept
     assert "HIMIG_FINGERPRINT_KEY:=$$(cat /setup/fingerprint-key)" in worker["command"][-1]
 
 

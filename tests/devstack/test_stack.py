@@ -27,6 +27,7 @@ from typer.testing import CliRunner
 
 from devstack.cli import stack_app
 from devstack.stack import COMPONENTS, PidRecord, Stack, StackConfig, StackError, proc_cmdline
+from worker.codec import KeyRing
 
 # Honours the worker's health contract (HIMIG_HEALTH_FILE holds our pid while ready; removed on SIGTERM).
 STAND_IN_WORKER = """
@@ -209,6 +210,7 @@ def test_secrets_are_generated_once_private_and_reused(stacks: StackFactory, tmp
     assert len(made["HIMIG_FINGERPRINT_KEY"]) >= 40  # token_urlsafe(32)
     key_id, _, key = made["HIMIG_PAYLOAD_KEYS"].partition(":")
     assert re.fullmatch(r"local-[0-9a-f]{8}", key_id) and len(base64.b64decode(key, validate=True)) == 32
+    assert KeyRing.parse(made["HIMIG_PAYLOAD_KEYS"])  # what the worker's codec reads
     for path in (stack.secrets_file, stack.env_file):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
     assert sum(e.startswith("generated ") for e in events) == 1, events

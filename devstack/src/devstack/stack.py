@@ -20,7 +20,6 @@ timeouts, and a child that exits while we wait for it is reported at once with i
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import datetime as dt
 import errno
@@ -79,8 +78,10 @@ PLACEHOLDER_ENV = {
 
 
 def _payload_keys() -> str:
-    """One payload-encryption key, ``<key id>:<base64 of 32 random bytes>`` (the payload codec's format)."""
-    return f"local-{secrets.token_hex(4)}:{base64.b64encode(secrets.token_bytes(32)).decode()}"
+    """One payload-encryption key, ``local-<8 hex>:<base64 of 32 random bytes>`` (worker/codec.py's format)."""
+    from worker.codec import KeyRing
+
+    return KeyRing.generate_entry(f"local-{secrets.token_hex(4)}")
 
 
 # This installation's secrets: name -> how to generate it the first time.
