@@ -301,7 +301,8 @@ class Settings(BaseSettings):
         "kms:GenerateDataKey and kms:Decrypt). With it, new payloads use KMS data keys and HIMIG_PAYLOAD_KEYS, if "
         "set, only opens old ones")
     kms_endpoint_url: str | None = Field(None, validation_alias=AliasChoices("AWS_ENDPOINT_URL_KMS",
-                                                                             "HIMIG_KMS_ENDPOINT_URL"))
+                                                                             "HIMIG_KMS_ENDPOINT_URL"),
+                                         description="KMS endpoint (payload data keys); unset: AWS")
 
     def payload_key_ring(self) -> KeyRing | None:
         """The ring of ``payload_keys`` (None when only KMS is configured)."""

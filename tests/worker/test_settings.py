@@ -186,9 +186,9 @@ class TestReadmeTable:
             "`.venv/bin/python -m worker.settings --readme README.md`")
 
     def test_every_field_has_a_description(self) -> None:
-        from worker.settings import IngestSettings, JobEventSettings
+        from worker.settings import CodecServerSettings, IngestSettings, JobEventSettings
 
-        for model in (Settings, IngestSettings, JobEventSettings):
+        for model in (Settings, IngestSettings, JobEventSettings, CodecServerSettings):
             missing = [name for name, field in model.model_fields.items() if not field.description]
             assert not missing, f"{model.__name__} fields without a description: {missing}"
 
