@@ -66,8 +66,22 @@ def _not_blank(value: Any) -> Any:
     return value
 
 
+def _matching(pattern: str, what: str) -> Any:
+    compiled = re.compile(pattern)
+
+    def check(value: Any) -> Any:
+        if isinstance(value, str) and not compiled.match(value):
+            raise ValueError(f"must be {what}")  # the value is not repeated: the reason is enough to fix it
+        return value
+    return check
+
+
 #: An integer setting: a whole number from the environment, never a fraction silently truncated.
 WholeNumber = Annotated[int, BeforeValidator(_whole_number)]
+RoleArn = Annotated[str, BeforeValidator(_matching(ROLE_ARN_PATTERN, "an IAM role ARN, "
+                                                   "arn:aws:iam::<12-digit account>:role/<name>"))]
+KmsKey = Annotated[str, BeforeValidator(_matching(KMS_KEY_PATTERN, "a KMS key ARN, alias ARN, key id or "
+                                                  "alias/<name>"))]
 
 
 class IngestSettings(BaseSettings):
@@ -90,7 +104,7 @@ class IngestSettings(BaseSettings):
                                     "after its first arrival")
     validation_level: ValidationLevel = Field(ValidationLevel.STRUCTURE_ONLY,
                                               description="validation level of ingest batches")
-    data_access_role_arn: str | None = Field(None, pattern=ROLE_ARN_PATTERN, description="IAM role ARN "
+    data_access_role_arn: RoleArn | None = Field(None, description="IAM role ARN "
                                              "HealthImaging assumes for ingest imports; unset: HIMIG_DATA_ACCESS_ROLE_ARN")
     wait_seconds: WholeNumber = Field(10, ge=1, le=20, description="SQS long-poll wait, seconds")
     visibility_timeout: WholeNumber = Field(120, ge=10, le=43_200, description="seconds a received message stays "
@@ -254,17 +268,17 @@ class Settings(BaseSettings):
                                               description="DICOMweb endpoint; unset: the HealthImaging endpoint when "
                                               "overridden, else AWS's")
     # No placeholder defaults: the local stack puts its own (account 000000000000) in the environment it builds.
-    healthlake_data_access_role_arn: str | None = Field(
-        None, pattern=ROLE_ARN_PATTERN,
+    healthlake_data_access_role_arn: RoleArn | None = Field(
+        None,
         description="IAM role ARN HealthLake assumes to read the ImagingStudy NDJSON and write the import output; "
                     "required to route to HealthLake")
-    healthlake_kms_key_id: str | None = Field(
-        None, pattern=KMS_KEY_PATTERN,
+    healthlake_kms_key_id: KmsKey | None = Field(
+        None,
         description="KMS key (ARN, alias ARN, key id or alias/name) for the HealthLake import job's output; "
                     "required to route to HealthLake")
 
-    data_access_role_arn: str | None = Field(
-        None, pattern=ROLE_ARN_PATTERN,
+    data_access_role_arn: RoleArn | None = Field(
+        None,
         description="IAM role ARN HealthImaging assumes to read the import input and write its output; required by "
                     "the worker")
     event_bus_name: str | None = Field("default", description="EventBridge bus for domain events; empty disables "

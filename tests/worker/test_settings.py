@@ -75,11 +75,11 @@ class TestLoadSettings:
         ("HIMIG_INGEST_MAX_FILES", "1e3", "whole number"),
         ("HIMIG_TASK_QUEUE", "", "must not be empty"),
         ("HIMIG_TASK_QUEUE", "   ", "must not be empty"),
-        ("HIMIG_DATA_ACCESS_ROLE_ARN", "HealthImagingImportRole", "should match pattern"),
-        ("HIMIG_DATA_ACCESS_ROLE_ARN", "arn:aws:iam::000000000000:user/someone", "should match pattern"),
-        ("HIMIG_HEALTHLAKE_DATA_ACCESS_ROLE_ARN", "arn:aws:s3:::bucket", "should match pattern"),
-        ("HIMIG_HEALTHLAKE_KMS_KEY_ID", "my key", "should match pattern"),
-        ("HIMIG_INGEST_DATA_ACCESS_ROLE_ARN", "role/ingest", "should match pattern"),
+        ("HIMIG_DATA_ACCESS_ROLE_ARN", "HealthImagingImportRole", "must be an IAM role ARN"),
+        ("HIMIG_DATA_ACCESS_ROLE_ARN", "arn:aws:iam::000000000000:user/someone", "must be an IAM role ARN"),
+        ("HIMIG_HEALTHLAKE_DATA_ACCESS_ROLE_ARN", "arn:aws:s3:::bucket", "must be an IAM role ARN"),
+        ("HIMIG_HEALTHLAKE_KMS_KEY_ID", "my key", "must be a KMS key ARN, alias ARN, key id or alias/"),
+        ("HIMIG_INGEST_DATA_ACCESS_ROLE_ARN", "role/ingest", "must be an IAM role ARN"),
         ("HIMIG_TEMPORAL_ADRESS", "127.0.0.1:7233", "not a himig setting; did you mean HIMIG_TEMPORAL_ADDRESS?"),
         ("HIMIG_FINGERPRINT", "x" * 32, "not a himig setting; did you mean HIMIG_FINGERPRINT_KEY?"),
         ("himig_task_queues", "q", "not a himig setting; did you mean HIMIG_TASK_QUEUE?"),
@@ -144,6 +144,14 @@ class TestLoadSettings:
         [problem] = caught.value.problems
         assert problem.startswith(f"{var}: required by the worker")
         assert load_settings(for_worker=False).task_queue == "dicom-migration"  # the CLI needs neither
+
+    @pytest.mark.parametrize("var", ["HIMIG_DATA_ACCESS_ROLE_ARN", "HIMIG_HEALTHLAKE_KMS_KEY_ID"])
+    def test_a_malformed_arn_is_named_without_echoing_it(self, clean_env: pytest.MonkeyPatch, var: str) -> None:
+        clean_env.setenv(var, "arn:aws:iam::canary-account:role/x")
+        with pytest.raises(InvalidSettings) as caught:
+            load_settings()
+        [problem] = caught.value.problems
+        assert problem.startswith(f"{var}: must be ") and "canary" not in str(caught.value)
 
     def test_no_placeholder_arn_is_a_default(self, clean_env: pytest.MonkeyPatch) -> None:
         for name in TEST_ENV:
