@@ -276,6 +276,9 @@ class FhirRouteActivities:
         """
         batch = input.batch
         assert batch.fhir is not None, "start_fhir_import is scheduled only for batches with FHIR routing"
+        if self._role is None or self._kms is None:  # before anything is written: no retry can supply them
+            raise ApplicationError("routing to HealthLake needs HIMIG_HEALTHLAKE_DATA_ACCESS_ROLE_ARN and "
+                                   "HIMIG_HEALTHLAKE_KMS_KEY_ID on the worker", non_retryable=True)
         fhir = batch.fhir
         where = (batch.work_s3_uri, batch.migration_id, batch.batch, batch.part, fhir.round)
         name = layout.fhir_name(batch.batch, batch.part, fhir.round)
@@ -300,9 +303,6 @@ class FhirRouteActivities:
                             validation_level=fhir.validation_level, **capped_refusals(built.rejected))
         if not built.resources:
             return ref
-        if self._role is None or self._kms is None:
-            raise ApplicationError("routing to HealthLake needs HIMIG_HEALTHLAKE_DATA_ACCESS_ROLE_ARN and "
-                                   "HIMIG_HEALTHLAKE_KMS_KEY_ID on the worker", non_retryable=True)
         try:
             resp = self._hl.start_fhir_import_job(
                 JobName=f"{batch.migration_id}-{name}"[:64], DatastoreId=fhir.datastore_id,
