@@ -151,11 +151,22 @@ def _raw(ds: Dataset, name: str) -> bytes | None:
     return str(value).strip().encode("utf-8", "replace")
 
 
-def _fingerprint(ds: Dataset, attrs: tuple[str, ...], secret: bytes | None = None) -> str:
-    # Raw bytes are hashed: equal values in one character set hash equally, and no decoding is needed. With a
-    # secret (HIMIG_FINGERPRINT_KEY) the hash is an HMAC: fingerprints kept in S3 (ledgers, the data store's import
-    # index) cannot then be tested against guessed values (PatientIDs and birth dates have little entropy).
-    h = hmac.new(secret, digestmod=hashlib.sha256) if secret else hashlib.sha256()
+MIN_FINGERPRINT_KEY_BYTES = 16
+
+
+def fingerprint_key_bytes(key: bytes) -> bytes:
+    """``key`` when it can key fingerprints; raises ValueError (without the key) when it is too short."""
+    if len(key) < MIN_FINGERPRINT_KEY_BYTES:
+        raise ValueError(f"fingerprint_key: at least {MIN_FINGERPRINT_KEY_BYTES} bytes are required "
+                         "(HIMIG_FINGERPRINT_KEY)")
+    return key
+
+
+def _fingerprint(ds: Dataset, attrs: tuple[str, ...], secret: bytes) -> str:
+    # Raw bytes are hashed: equal values in one character set hash equally, and no decoding is needed. Always an
+    # HMAC keyed by HIMIG_FINGERPRINT_KEY: fingerprints kept in S3 (ledgers, the data store's import index) cannot be
+    # tested against guessed values (PatientIDs and birth dates have little entropy); there is no unkeyed mode.
+    h = hmac.new(secret, digestmod=hashlib.sha256)
     for name in attrs:
         h.update(name.encode() + b"=" + (_raw(ds, name) or b"") + b"\0")
     return h.hexdigest()
@@ -390,7 +401,8 @@ def register_phi(ds: Dataset) -> None:
 def parse_header(buf: bytes, total_size: int, key: str = "", fingerprint_key: bytes | None = None) -> HeaderResult:
     """Parse the DICOM header in ``buf`` (the first ``len(buf)`` bytes of an object of ``total_size`` bytes).
 
-    ``fingerprint_key`` keys the patient / study / series fingerprints (an HMAC); None hashes them plainly.
+    ``fingerprint_key`` keys the patient / study / series fingerprints (an HMAC). Without it no fingerprints are
+    computed (they are None): for callers that need only the UIDs, such as the ingest listener.
     pydicom's warnings about this file are held until its patient values are registered for scrubbing.
     """
     with phi.holding_third_party_logs():
@@ -633,9 +645,9 @@ def _describe(ds: Dataset, result: HeaderResult, fingerprint_key: bytes | None =
         "modality": _text(ds, "Modality"),
         "is_dicomdir": media_class == DICOMDIR_SOP_CLASS or _text(ds, "SOPClassUID") == DICOMDIR_SOP_CLASS
         or "DirectoryRecordSequence" in ds,
-        "patient_fingerprint": _fingerprint(ds, PATIENT_ATTRS, fingerprint_key),
-        "study_fingerprint": _fingerprint(ds, STUDY_ATTRS, fingerprint_key),
-        "series_fingerprint": _fingerprint(ds, SERIES_ATTRS, fingerprint_key),
+        "patient_fingerprint": _fingerprint(ds, PATIENT_ATTRS, fingerprint_key) if fingerprint_key else None,
+        "study_fingerprint": _fingerprint(ds, STUDY_ATTRS, fingerprint_key) if fingerprint_key else None,
+        "series_fingerprint": _fingerprint(ds, SERIES_ATTRS, fingerprint_key) if fingerprint_key else None,
     }
     result.values = values
     f = result.findings

@@ -104,9 +104,13 @@ def capped_refusals(rejected: list[FhirFailure]) -> dict[str, Any]:
 
 class FhirRouteActivities:
     def __init__(self, s3: Any, medical_imaging: Any, healthlake: Any, fhir_http: SignedHttp | None,
-                 dicomweb_base_url: str, data_access_role_arn: str, kms_key_id: str,
+                 dicomweb_base_url: str, data_access_role_arn: str | None, kms_key_id: str | None,
                  initial_delay: float = 1.0, max_delay: float = 30.0) -> None:
-        """``initial_delay`` / ``max_delay``: the job poll's back-off, as for ``AwaitActivities``."""
+        """``initial_delay`` / ``max_delay``: the job poll's back-off, as for ``AwaitActivities``.
+
+        ``data_access_role_arn`` and ``kms_key_id`` are needed only to start a HealthLake import job: a worker
+        without them fails that step (non-retryable) naming the variables to set.
+        """
         self._s3 = s3
         self._mi = medical_imaging
         self._hl = healthlake
@@ -272,6 +276,9 @@ class FhirRouteActivities:
         """
         batch = input.batch
         assert batch.fhir is not None, "start_fhir_import is scheduled only for batches with FHIR routing"
+        if self._role is None or self._kms is None:  # before anything is written: no retry can supply them
+            raise ApplicationError("routing to HealthLake needs HIMIG_HEALTHLAKE_DATA_ACCESS_ROLE_ARN and "
+                                   "HIMIG_HEALTHLAKE_KMS_KEY_ID on the worker", non_retryable=True)
         fhir = batch.fhir
         where = (batch.work_s3_uri, batch.migration_id, batch.batch, batch.part, fhir.round)
         name = layout.fhir_name(batch.batch, batch.part, fhir.round)

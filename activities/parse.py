@@ -23,7 +23,7 @@ from pydantic import BaseModel, Field, ValidationError
 from temporalio import activity
 
 from activities import phi
-from activities.dicom_header import check_tail, parse_header
+from activities.dicom_header import check_tail, fingerprint_key_bytes, parse_header
 from activities.errors import classify, error_code
 from activities.heartbeat import current, keeps_alive
 from activities.storage import is_missing, object_size, put_ndjson, read_models
@@ -80,11 +80,12 @@ class _RangeSizer:
 
 
 class ParseActivities:
-    def __init__(self, s3: Any, concurrency: int = 8, fingerprint_key: bytes | None = None,
+    def __init__(self, s3: Any, concurrency: int = 8, *, fingerprint_key: bytes,
                  checkpoint_every: int = CHECKPOINT_EVERY) -> None:
+        """``fingerprint_key`` (HIMIG_FINGERPRINT_KEY, at least 16 bytes) keys the fingerprints in the ledgers."""
         self._s3 = s3
         self._concurrency = concurrency
-        self._fingerprint_key = fingerprint_key
+        self._fingerprint_key = fingerprint_key_bytes(fingerprint_key)
         self._checkpoint_every = checkpoint_every
 
     def _read(self, bucket: str, entry: InventoryEntry, counter: list[int], sizer: _RangeSizer) -> ParsedRecord:

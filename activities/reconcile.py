@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import secrets
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -20,6 +19,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from activities import phi
+from activities.dicom_header import fingerprint_key_bytes
 from activities.errors import classify, error_code
 from activities.healthimaging import get_image_set_metadata, search_image_sets
 from contracts.errors import ErrorType
@@ -126,17 +126,16 @@ def _fail(err: ClientError, what: str) -> ApplicationError:
 class ReconcileActivities:
     """Activities of `ReconciliationWorkflow`, bound to a `medical-imaging` and an `events` client.
 
-    ``fingerprint_key`` keys the value fingerprints; give a stable secret (settings/KMS) to make fingerprints
-    comparable across workers. The default, a per-process random key, is safe but only comparable within one
-    conflict description (which is all the workflow needs).
+    ``fingerprint_key`` (HIMIG_FINGERPRINT_KEY, at least 16 bytes) keys the value fingerprints, the same on every
+    worker so that fingerprints are comparable across workers.
     """
 
-    def __init__(self, medical_imaging: Any, events: Any, event_bus_name: str | None,
-                 fingerprint_key: bytes | None = None) -> None:
+    def __init__(self, medical_imaging: Any, events: Any, event_bus_name: str | None, *,
+                 fingerprint_key: bytes) -> None:
         self._mi = medical_imaging
         self._events = events
         self._bus = event_bus_name
-        self._key = fingerprint_key or secrets.token_bytes(32)
+        self._key = fingerprint_key_bytes(fingerprint_key)
 
     # ---- reads
 

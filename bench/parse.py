@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import io
 import os
+import secrets
 import sys
 import tempfile
 import time
@@ -103,7 +104,7 @@ def main() -> None:
                                   pool.map(lambda e: raw_read(s3, "bench-src", e.path), entries), strict=True))
         raw_s = time.perf_counter() - t0
 
-        ours = ParseActivities(s3, THREADS)
+        ours = ParseActivities(s3, THREADS, fingerprint_key=secrets.token_bytes(32))
         t0 = time.perf_counter()
         results = [ours.parse_headers(PageInput(migration_id="bench", work_s3_uri="s3://bench-work/", page=n,
                                                 source_s3_uri="s3://bench-src/")) for n in range(len(pages))]

@@ -17,6 +17,7 @@ for the same code ending through normal interpreter finalization. Ours must prin
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -70,7 +71,10 @@ def main() -> None:
         try:
             wait_tcp(port, server, timeout=60)
             env = {**os.environ, "HIMIG_TEMPORAL_ADDRESS": f"127.0.0.1:{port}", "HIMIG_TASK_QUEUE": "exits-bench",
-                   "HIMIG_GRACEFUL_SHUTDOWN_SECONDS": "2", "HIMIG_LOG_LEVEL": "warning"}
+                   "HIMIG_GRACEFUL_SHUTDOWN_SECONDS": "2", "HIMIG_LOG_LEVEL": "warning",
+                   # What a worker requires (no production defaults); a throwaway key per run.
+                   "HIMIG_DATA_ACCESS_ROLE_ARN": "arn:aws:iam::000000000000:role/HealthImagingImportRole",
+                   "HIMIG_FINGERPRINT_KEY": secrets.token_urlsafe(32)}
             health = Path(tmp) / "ready"
             rows = [
                 ("worker SIGTERM stop", "ours", lambda: worker_cycle([sys.executable, "-m", "worker"], env, health)),

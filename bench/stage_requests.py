@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import io
 import os
+import secrets
 import sys
 import tempfile
 import threading
@@ -124,7 +125,7 @@ def run_ours(s3: Any, mi: Any, events: Any, meter: S3Meter, ds: str, source: str
     received = stage("receive", lambda: ReceiveActivities(s3).receive_inventory(
         ReceiveInput(migration_id=mid, source_s3_uri=source, work_s3_uri=work, page_size=PAGE)))
     pages = [PageInput(migration_id=mid, work_s3_uri=work, page=p, source_s3_uri=source) for p in range(received.pages)]
-    parse, validate, normalize = ParseActivities(s3, 8), ValidateActivities(s3), NormalizeActivities(s3)
+    parse, validate, normalize = ParseActivities(s3, 8, fingerprint_key=secrets.token_bytes(32)), ValidateActivities(s3), NormalizeActivities(s3)
     stage("parse", lambda: [parse.parse_headers(p) for p in pages])
     stage("validate", lambda: [validate.validate_page(p) for p in pages])
     stage("normalize", lambda: [normalize.normalize_page(p) for p in pages])

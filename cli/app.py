@@ -60,7 +60,7 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 
 def settings() -> Settings:
     try:
-        return load_settings()
+        return load_settings(for_worker=False)
     except InvalidSettings as err:
         raise fail(str(err)) from None
 

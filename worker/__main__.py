@@ -14,6 +14,7 @@ from worker.metrics import MetricsEndpointError, build_runtime
 from worker.process_exit import exit_now
 from worker.runner import run_worker
 from worker.settings import InvalidSettings, Settings, load_settings
+from worker.sqs_poller import ListenerFailed
 
 
 async def _main(settings: Settings) -> None:
@@ -41,6 +42,8 @@ def main() -> int:
     except ConnectionError as err:
         print(f"worker: {err}", file=sys.stderr)
         return 1
+    except ListenerFailed:
+        return 2  # already logged, once, naming the queue's variable and what to check
     return 0
 
 

@@ -48,6 +48,7 @@ class JobEventListener(SqsPoller):
     """Signals `job_event` to the batch waiting on each import-job event's job."""
 
     kind = "job-events"
+    queue_setting = "HIMIG_JOB_EVENTS_QUEUE_URL"
 
     def __init__(self, client: Client, sqs: Any, settings: JobEventSettings) -> None:
         if not settings.queue_url:

@@ -139,6 +139,7 @@ class SqsListener(SqsPoller):
     """Signal-with-starts `IngestWorkflow` for every new object under the watched prefix."""
 
     kind = "ingest"
+    queue_setting = "HIMIG_INGEST_QUEUE_URL"
 
     def __init__(self, client: Client, sqs: Any, s3: Any, settings: IngestSettings, task_queue: str) -> None:
         if not settings.queue_url:

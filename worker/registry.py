@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from activities.await_job import AwaitActivities
 from activities.fhir_route import FhirRouteActivities
@@ -23,7 +23,7 @@ from activities.sources.registry import SourceSettings
 from activities.spotcheck import SpotChecker
 from activities.validate import ValidateActivities
 from worker.aws import AwsClients
-from worker.settings import Settings
+from worker.settings import InvalidSettings, Settings
 from workflows.batch import ImportBatchWorkflow
 from workflows.ingest import IngestWorkflow
 from workflows.migration import MigrationWorkflow
@@ -33,6 +33,8 @@ WORKFLOWS: list[type] = [MigrationWorkflow, ImportBatchWorkflow, ReconciliationW
 
 
 def build_activities(clients: AwsClients, settings: Settings) -> list[Callable[..., Any]]:
+    if problems := settings.worker_problems():  # settings built directly rather than by load_settings
+        raise InvalidSettings(problems)
     s3, mi = clients.s3, clients.medical_imaging
     auth = DicomwebAuth(
         username=settings.dicomweb_username,
@@ -41,11 +43,11 @@ def build_activities(clients: AwsClients, settings: Settings) -> list[Callable[.
     receive = ReceiveActivities(s3, SourceSettings(
         dicomweb_auth=auth, dicomweb_allowed_origins=settings.allowed_origins(),
         timeout_seconds=settings.source_timeout_seconds, local_roots=settings.local_roots()))
-    parse = ParseActivities(s3, settings.parse_concurrency, settings.fingerprint_secret())
+    parse = ParseActivities(s3, settings.parse_concurrency, fingerprint_key=settings.fingerprint_secret())
     validate = ValidateActivities(s3)
     normalize = NormalizeActivities(s3)
     plan = PlanActivities(s3, mi)
-    start = ImportActivities(s3, mi, settings.data_access_role_arn, settings.parse_concurrency)
+    start = ImportActivities(s3, mi, cast(str, settings.data_access_role_arn), settings.parse_concurrency)
     await_job = AwaitActivities(mi, settings.job_poll_initial_seconds, settings.job_poll_max_seconds)
     dicomweb = SignedHttp(clients.credentials, settings.aws_region, "medical-imaging") if clients.credentials else None
     review = ReviewActivities(s3, mi, SpotChecker(mi, dicomweb, settings.dicomweb_base_url()))
@@ -57,7 +59,8 @@ def build_activities(clients: AwsClients, settings: Settings) -> list[Callable[.
     failed = FailedBatchActivities(s3)
     route = RouteActivities(s3, clients.events, settings.event_bus_name)
     report = ReportActivities(s3)
-    recon = ReconcileActivities(mi, clients.events, settings.event_bus_name, settings.fingerprint_secret())
+    recon = ReconcileActivities(mi, clients.events, settings.event_bus_name,
+                                fingerprint_key=settings.fingerprint_secret())
     ingest = IngestActivities(s3)
     return [
         receive.receive_inventory, parse.parse_headers, validate.validate_page, normalize.normalize_page,

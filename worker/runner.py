@@ -22,6 +22,7 @@ from worker.log_context import LogContextInterceptor
 from worker.metrics import MetricsInterceptor, instrument, meter_of, watch_reconciliations
 from worker.registry import WORKFLOWS, build_activities
 from worker.settings import Settings
+from worker.sqs_poller import ListenerFailed
 
 log = structlog.get_logger("himig.worker")
 
@@ -49,7 +50,16 @@ def build_worker(client: Client, settings: Settings, executor: ThreadPoolExecuto
 
 
 async def run_worker(client: Client, settings: Settings) -> None:
+    """Run until SIGTERM/SIGINT. Raises `ListenerFailed` (after a graceful stop) when a listener cannot run at all:
+    a worker that silently stopped listening would look healthy while ignoring its queue."""
     stop = asyncio.Event()
+    failed: list[ListenerFailed] = []
+
+    def on_listener_done(task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and isinstance(error := task.exception(), ListenerFailed):
+            failed.append(error)
+            stop.set()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -70,7 +80,10 @@ async def run_worker(client: Client, settings: Settings) -> None:
                 events_listener = JobEventListener(client, make_client("sqs", settings, settings.sqs_endpoint_url),
                                                    job_events)
                 listener_tasks.append(asyncio.create_task(events_listener.run(stop)))
+            for task in listener_tasks:
+                task.add_done_callback(on_listener_done)
             if settings.metrics_port is not None:
+                # A gauge's recount, not a listener: its failure must not stop the worker (it is awaited below).
                 listener_tasks.append(asyncio.create_task(watch_reconciliations(
                     client, meter_of(client), settings.task_queue, settings.metrics_poll_seconds, stop)))
             if health:
@@ -80,14 +93,18 @@ async def run_worker(client: Client, settings: Settings) -> None:
                      ingest_listener=ingest.enabled, job_events_listener=job_events.enabled)
             try:
                 await stop.wait()
-                log.info("shutdown requested; finishing in-flight work", grace_seconds=settings.graceful_shutdown_seconds)
+                log.info("a listener failed; stopping the worker" if failed
+                         else "shutdown requested; finishing in-flight work",
+                         grace_seconds=settings.graceful_shutdown_seconds)
             finally:
                 # Every listener is awaited (bounded) and the health file always goes, whatever one of them raised.
                 outcomes = await asyncio.gather(*(asyncio.wait_for(t, timeout=5) for t in listener_tasks),
                                                 return_exceptions=True)
                 for outcome in outcomes:
-                    if isinstance(outcome, BaseException):
+                    if isinstance(outcome, BaseException) and not isinstance(outcome, ListenerFailed):
                         log.warning("a listener ended with an error", error=type(outcome).__name__)
                 if health:
                     health.unlink(missing_ok=True)
     log.info("worker stopped")
+    if failed:
+        raise failed[0]

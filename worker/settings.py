@@ -10,12 +10,19 @@ in tools we do not control, finds the local stack the same way.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
-from typing import Any, Literal, Self, TypeVar
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self, TypeVar
 from urllib.parse import urlsplit
 
+from dotenv import dotenv_values
 from pydantic import (
     AliasChoices,
+    BeforeValidator,
     Field,
     PrivateAttr,
     SecretStr,
@@ -27,6 +34,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from contracts.common import ValidationLevel
 from contracts.ingest import IngestInput
+from contracts.migration import ROLE_ARN_PATTERN
 from contracts.sources import parse_origins
 from worker import temporal_connection
 from worker.codec import KEYS_VARIABLE, KeyRing
@@ -39,23 +47,69 @@ from worker.temporal_connection import (
 
 DEFAULT_TASK_QUEUE = "dicom-migration"
 
+# A KMS key as StartFHIRImportJob accepts it: key ARN, alias ARN, key id (also multi-Region ``mrk-``) or alias name.
+KMS_KEY_PATTERN = (r"^(arn:aws(-[^:]+)?:kms:[a-z0-9-]+:[0-9]{12}:(key/[A-Za-z0-9-]+|alias/[A-Za-z0-9/_-]+)"
+                   r"|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|mrk-[0-9a-f]{32}"
+                   r"|alias/[A-Za-z0-9/_-]+)$")
+_WHOLE = re.compile(r"^\s*[+-]?[0-9]+\s*$")
+
+
+def _whole_number(value: Any) -> Any:
+    # pydantic's lax mode reads "8.0" as 8; a setting written as a fraction is more likely a mistake than a count.
+    if isinstance(value, str) and not _WHOLE.match(value):
+        raise ValueError("must be a whole number (e.g. 8, not 8.0)")
+    return value
+
+
+def _not_blank(value: Any) -> Any:
+    if isinstance(value, str) and not value.strip():
+        raise ValueError("must not be empty")
+    return value
+
+
+def _matching(pattern: str, what: str) -> Any:
+    compiled = re.compile(pattern)
+
+    def check(value: Any) -> Any:
+        if isinstance(value, str) and not compiled.match(value):
+            raise ValueError(f"must be {what}")  # the value is not repeated: the reason is enough to fix it
+        return value
+    return check
+
+
+#: An integer setting: a whole number from the environment, never a fraction silently truncated.
+WholeNumber = Annotated[int, BeforeValidator(_whole_number)]
+RoleArn = Annotated[str, BeforeValidator(_matching(ROLE_ARN_PATTERN, "an IAM role ARN, "
+                                                   "arn:aws:iam::<12-digit account>:role/<name>"))]
+KmsKey = Annotated[str, BeforeValidator(_matching(KMS_KEY_PATTERN, "a KMS key ARN, alias ARN, key id or "
+                                                  "alias/<name>"))]
+
 
 class IngestSettings(BaseSettings):
     """Settings of the listener, from ``HIMIG_INGEST_*``. The listener runs only when a queue is configured."""
 
     model_config = SettingsConfigDict(env_prefix="HIMIG_INGEST_", env_file=".env", extra="ignore")
 
-    queue_url: str | None = Field(None, description="SQS queue receiving S3 ObjectCreated events; empty disables")
-    datastore_id: str | None = None
-    source_s3_uri: str | None = Field(None, description="the watched prefix")
-    work_s3_uri: str | None = None
-    quiet_seconds: float = Field(30.0, gt=0)
-    max_files: int = Field(1_000, ge=1)
-    max_wait_seconds: float = Field(600.0, gt=0)
-    validation_level: ValidationLevel = ValidationLevel.STRUCTURE_ONLY
-    data_access_role_arn: str | None = None
-    wait_seconds: int = Field(10, ge=1, le=20, description="SQS long-poll wait")
-    visibility_timeout: int = Field(120, ge=10, le=43_200, description="seconds a received message stays hidden")
+    queue_url: str | None = Field(None, description="SQS queue receiving S3 ObjectCreated events; unset or empty "
+                                  "disables the arrivals listener")
+    datastore_id: str | None = Field(None, description="HealthImaging data store arrivals are imported into "
+                                     "(required with the queue)")
+    source_s3_uri: str | None = Field(None, description="the watched prefix, s3://bucket/prefix/ (required with "
+                                      "the queue)")
+    work_s3_uri: str | None = Field(None, description="where ingest batches stage their work, s3://bucket/prefix/ "
+                                    "(required with the queue)")
+    quiet_seconds: float = Field(30.0, gt=0, description="a study's batch is flushed after this long without a "
+                                 "new arrival")
+    max_files: WholeNumber = Field(1_000, ge=1, description="a study's batch is flushed at this many files")
+    max_wait_seconds: float = Field(600.0, gt=0, description="a study's batch is flushed at the latest this long "
+                                    "after its first arrival")
+    validation_level: ValidationLevel = Field(ValidationLevel.STRUCTURE_ONLY,
+                                              description="validation level of ingest batches")
+    data_access_role_arn: RoleArn | None = Field(None, description="IAM role ARN "
+                                             "HealthImaging assumes for ingest imports; unset: HIMIG_DATA_ACCESS_ROLE_ARN")
+    wait_seconds: WholeNumber = Field(10, ge=1, le=20, description="SQS long-poll wait, seconds")
+    visibility_timeout: WholeNumber = Field(120, ge=10, le=43_200, description="seconds a received message stays "
+                                            "hidden")
 
     @property
     def enabled(self) -> bool:
@@ -89,9 +143,11 @@ class JobEventSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="HIMIG_JOB_EVENTS_", env_file=".env", extra="ignore")
 
-    queue_url: str | None = Field(None, description="SQS queue an EventBridge rule sends import-job events to")
-    wait_seconds: int = Field(10, ge=1, le=20, description="SQS long-poll wait")
-    visibility_timeout: int = Field(60, ge=10, le=43_200, description="seconds a received message stays hidden")
+    queue_url: str | None = Field(None, description="SQS queue an EventBridge rule sends import-job events to; "
+                                  "unset or empty disables the job-events listener")
+    wait_seconds: WholeNumber = Field(10, ge=1, le=20, description="SQS long-poll wait, seconds")
+    visibility_timeout: WholeNumber = Field(60, ge=10, le=43_200, description="seconds a received message stays "
+                                            "hidden")
 
     @property
     def enabled(self) -> bool:
@@ -185,48 +241,61 @@ class Settings(BaseSettings):
     # Where Temporal is: these win when set; otherwise TEMPORAL_ADDRESS / TEMPORAL_NAMESPACE / the config profile
     # (see worker.temporal_connection, which also reads TLS, mTLS and the API key the SDK's way).
     temporal_address: str = Field(DEFAULT_ADDRESS, description="host:port of the Temporal frontend")
-    temporal_namespace: str = DEFAULT_NAMESPACE
+    temporal_namespace: str = Field(DEFAULT_NAMESPACE, description="Temporal namespace")
     _temporal: TemporalConnection | None = PrivateAttr(None)
-    task_queue: str = DEFAULT_TASK_QUEUE
+    task_queue: Annotated[str, BeforeValidator(_not_blank)] = Field(
+        DEFAULT_TASK_QUEUE, description="Temporal task queue the worker polls and the CLI starts workflows on")
 
-    aws_region: str = Field("us-east-1", validation_alias=AliasChoices("HIMIG_AWS_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"))
+    aws_region: str = Field("us-east-1", validation_alias=AliasChoices("HIMIG_AWS_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"),
+                            description="AWS region of every client")
     # Standard boto3 per-service endpoint variables; `None` means the real AWS endpoint.
-    s3_endpoint_url: str | None = Field(None, validation_alias=AliasChoices("AWS_ENDPOINT_URL_S3", "HIMIG_S3_ENDPOINT_URL"))
+    s3_endpoint_url: str | None = Field(None, validation_alias=AliasChoices("AWS_ENDPOINT_URL_S3", "HIMIG_S3_ENDPOINT_URL"),
+                                        description="S3 endpoint; unset: AWS")
     medical_imaging_endpoint_url: str | None = Field(
-        None, validation_alias=AliasChoices("AWS_ENDPOINT_URL_MEDICAL_IMAGING", "HIMIG_MEDICAL_IMAGING_ENDPOINT_URL")
-    )
+        None, validation_alias=AliasChoices("AWS_ENDPOINT_URL_MEDICAL_IMAGING", "HIMIG_MEDICAL_IMAGING_ENDPOINT_URL"),
+        description="HealthImaging endpoint; unset: AWS")
     eventbridge_endpoint_url: str | None = Field(
-        None, validation_alias=AliasChoices("AWS_ENDPOINT_URL_EVENTBRIDGE", "HIMIG_EVENTBRIDGE_ENDPOINT_URL")
-    )
-    sqs_endpoint_url: str | None = Field(None, validation_alias=AliasChoices("AWS_ENDPOINT_URL_SQS", "HIMIG_SQS_ENDPOINT_URL"))
+        None, validation_alias=AliasChoices("AWS_ENDPOINT_URL_EVENTBRIDGE", "HIMIG_EVENTBRIDGE_ENDPOINT_URL"),
+        description="EventBridge endpoint; unset: AWS")
+    sqs_endpoint_url: str | None = Field(None, validation_alias=AliasChoices("AWS_ENDPOINT_URL_SQS", "HIMIG_SQS_ENDPOINT_URL"),
+                                         description="SQS endpoint (the listeners); unset: AWS")
     healthlake_endpoint_url: str | None = Field(
-        None, validation_alias=AliasChoices("AWS_ENDPOINT_URL_HEALTHLAKE", "HIMIG_HEALTHLAKE_ENDPOINT_URL")
-    )
+        None, validation_alias=AliasChoices("AWS_ENDPOINT_URL_HEALTHLAKE", "HIMIG_HEALTHLAKE_ENDPOINT_URL"),
+        description="HealthLake endpoint; unset: AWS")
 
     # DICOMweb (WADO-RS spot checks, the FHIR Endpoint address): the medical-imaging endpoint when that is
     # overridden (the local emulator serves both), else https://dicom-medical-imaging.<region>.amazonaws.com.
-    dicomweb_endpoint_url: str | None = Field(None, validation_alias=AliasChoices("HIMIG_DICOMWEB_ENDPOINT_URL"))
-    healthlake_data_access_role_arn: str = Field(
-        "arn:aws:iam::000000000000:role/HealthLakeImportRole", pattern=r"^arn:aws(-[^:]+)?:iam::[0-9]{12}:role/.+$",
-        description="role HealthLake assumes to read the ImagingStudy NDJSON and write the import output")
-    healthlake_kms_key_id: str = Field(
-        "arn:aws:kms:us-east-1:000000000000:key/00000000-0000-0000-0000-000000000000",
-        description="KMS key for the HealthLake import job's output (StartFHIRImportJob requires one)")
+    dicomweb_endpoint_url: str | None = Field(None, validation_alias=AliasChoices("HIMIG_DICOMWEB_ENDPOINT_URL"),
+                                              description="DICOMweb endpoint; unset: the HealthImaging endpoint when "
+                                              "overridden, else AWS's")
+    # No placeholder defaults: the local stack puts its own (account 000000000000) in the environment it builds.
+    healthlake_data_access_role_arn: RoleArn | None = Field(
+        None,
+        description="IAM role ARN HealthLake assumes to read the ImagingStudy NDJSON and write the import output; "
+                    "required to route to HealthLake")
+    healthlake_kms_key_id: KmsKey | None = Field(
+        None,
+        description="KMS key (ARN, alias ARN, key id or alias/name) for the HealthLake import job's output; "
+                    "required to route to HealthLake")
 
-    data_access_role_arn: str = Field(
-        "arn:aws:iam::000000000000:role/HealthImagingImportRole",
-        description="role HealthImaging assumes to read the import input and write its output",
-    )
-    event_bus_name: str | None = Field("default", description="EventBridge bus for domain events; empty disables")
-    health_file: str | None = Field(None, description="file written with our pid while polling (stack health)")
-    parse_concurrency: int = Field(8, ge=1, le=256, description="parallel header reads inside one parse activity")
-    max_concurrent_activities: int = Field(32, ge=1, le=1000)
-    graceful_shutdown_seconds: float = Field(25.0, ge=0, le=115, description="below ECS stopTimeout")
+    data_access_role_arn: RoleArn | None = Field(
+        None,
+        description="IAM role ARN HealthImaging assumes to read the import input and write its output; required by "
+                    "the worker")
+    event_bus_name: str | None = Field("default", description="EventBridge bus for domain events; empty disables "
+                                       "them")
+    health_file: str | None = Field(None, description="file written with our pid while polling (container health)")
+    parse_concurrency: WholeNumber = Field(8, ge=1, le=256, description="parallel header reads inside one parse "
+                                           "activity")
+    max_concurrent_activities: WholeNumber = Field(32, ge=1, le=1000, description="activities one worker runs at "
+                                                   "once")
+    graceful_shutdown_seconds: float = Field(25.0, ge=0, le=115, description="drain time on SIGTERM; below the ECS "
+                                             "stopTimeout")
     fingerprint_key: SecretStr | None = Field(
         None, min_length=16,
-        description="secret keying the patient/study/series fingerprints (HMAC) kept in S3 and shown in "
-                    "reconciliation; the same on every worker, never rotated casually (fingerprints written "
-                    "under another key no longer match). Unset: plain SHA-256")
+        description="secret (at least 16 characters) keying the patient/study/series fingerprints (HMAC) kept in "
+                    "S3 and shown in reconciliation; required by the worker, the same on every worker, never "
+                    "rotated casually (fingerprints written under another key no longer match)")
 
     payload_keys: SecretStr | None = Field(
         None, description="keys sealing every Temporal payload (AES-256-GCM): `id:base64-of-32-bytes`, comma-"
@@ -247,7 +316,8 @@ class Settings(BaseSettings):
         "kms:GenerateDataKey and kms:Decrypt). With it, new payloads use KMS data keys and HIMIG_PAYLOAD_KEYS, if "
         "set, only opens old ones")
     kms_endpoint_url: str | None = Field(None, validation_alias=AliasChoices("AWS_ENDPOINT_URL_KMS",
-                                                                             "HIMIG_KMS_ENDPOINT_URL"))
+                                                                             "HIMIG_KMS_ENDPOINT_URL"),
+                                         description="KMS endpoint (payload data keys); unset: AWS")
 
     def payload_key_ring(self) -> KeyRing | None:
         """The ring of ``payload_keys`` (None when only KMS is configured)."""
@@ -259,12 +329,21 @@ class Settings(BaseSettings):
                     f"encrypted); generate a key with `himig codec-key KEY-ID`"]
         return []
 
-    def fingerprint_secret(self) -> bytes | None:
-        return self.fingerprint_key.get_secret_value().encode() if self.fingerprint_key else None
+    def fingerprint_secret(self) -> bytes:
+        """The fingerprint key; raises `InvalidSettings` naming ``HIMIG_FINGERPRINT_KEY`` when it is not set."""
+        if self.fingerprint_key is None:
+            raise InvalidSettings([_MISSING["fingerprint_key"]])
+        return self.fingerprint_key.get_secret_value().encode()
+
+    def worker_problems(self) -> list[str]:
+        """What the worker needs that these settings lack (the CLI needs none of it), one line per variable."""
+        return [line for name, line in _MISSING.items() if getattr(self, name) is None]
     # Import-job polling: the delay grows from the first to the maximum. With the job-events queue configured
     # (HIMIG_JOB_EVENTS_QUEUE_URL) events wake waiting batches, so the maximum can be minutes (e.g. 300).
-    job_poll_initial_seconds: float = Field(1.0, gt=0, le=3600, description="first delay between job polls")
-    job_poll_max_seconds: float = Field(30.0, gt=0, le=3600, description="longest delay between job polls")
+    job_poll_initial_seconds: float = Field(1.0, gt=0, le=3600, description="first delay between import-job polls, "
+                                            "seconds")
+    job_poll_max_seconds: float = Field(30.0, gt=0, le=3600, description="longest delay between import-job polls, "
+                                        "seconds (minutes are fine with the job-events queue)")
 
     # Source connectors (MigrationInput.source_connector): PACS credentials live here, never in workflow input.
     dicomweb_username: str | None = Field(None, description="HTTP basic-auth user for a DICOMweb source")
@@ -273,7 +352,8 @@ class Settings(BaseSettings):
     dicomweb_allowed_origins: str = Field(
         "", description="comma/space-separated scheme://host[:port] a `dicomweb` source may name; required with "
         "credentials (they are only sent to these); empty without credentials allows any")
-    source_timeout_seconds: float = Field(60.0, gt=0, le=3600, description="network timeout talking to a PACS")
+    source_timeout_seconds: float = Field(60.0, gt=0, le=3600, description="network timeout talking to a PACS, "
+                                          "seconds")
     source_dir_roots: str = Field(
         "", description="colon-separated directories a `local` source must be under; empty refuses `local` sources")
 
@@ -294,8 +374,9 @@ class Settings(BaseSettings):
         None, validation_alias=AliasChoices("HIMIG_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"),
         description="OTLP/HTTP collector (http[s]://host:port) receiving traces; unset disables tracing")
 
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
-    log_format: Literal["json", "console"] = "json"
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="debug, info, warning or "
+                                                                    "error")
+    log_format: Literal["json", "console"] = Field("json", description="json (structlog JSON lines) or console")
 
     @field_validator("dicomweb_allowed_origins")
     @classmethod
@@ -372,6 +453,103 @@ class Settings(BaseSettings):
         return value
 
 
+# Settings the worker cannot run without (the CLI, which only talks to Temporal and S3, needs none of them):
+# no production defaults, so a deployment that forgets one fails at start naming it. The local stack sets its own.
+_MISSING = {
+    "data_access_role_arn": "HIMIG_DATA_ACCESS_ROLE_ARN: required by the worker (the ARN of the IAM role "
+                            "HealthImaging assumes for import jobs)",
+    "fingerprint_key": "HIMIG_FINGERPRINT_KEY: required by the worker (a secret of at least 16 characters keying "
+                       "the patient fingerprints; `himig stack up` generates one for the local stack)",
+}
+
+# HIMIG_* variables that are not fields of `Settings` but are set legitimately beside them.
+OTHER_VARIABLES = {
+    "HIMIG_RECORD_HISTORIES": "the test suite: re-record the replay histories",
+    "HIMIG_PRIVATE_NETNS": "the test suite: set by tests/support/in_private_netns.sh",
+}
+# Namespaces of other programs with settings of their own, which check their own names.
+OTHER_PREFIXES = ("HIMIG_STACK_",  # the local stack (devstack.stack.StackConfig)
+                  "HIMIG_EMULATOR_")  # the HealthImaging emulator
+
+
+def _sections() -> tuple[tuple[type[BaseSettings], str], ...]:
+    return ((Settings, "HIMIG_"), (IngestSettings, "HIMIG_INGEST_"), (JobEventSettings, "HIMIG_JOB_EVENTS_"),
+            (CodecServerSettings, "HIMIG_CODEC_SERVER_"))
+
+
+def _field_variables(field_name: str, field: Any, prefix: str) -> list[str]:
+    alias = field.validation_alias
+    if isinstance(alias, AliasChoices):
+        return [str(choice) for choice in alias.choices]
+    return [prefix + field_name.upper()]
+
+
+def setting_variables() -> set[str]:
+    """Every environment variable the settings read (prefix + field, or a field's aliases such as AWS_REGION)."""
+    names: set[str] = set()
+    for model, prefix in _sections():
+        for field_name, field in model.model_fields.items():
+            if field_name not in _SECTIONS:  # sections: listed with their own prefix
+                names.update(_field_variables(field_name, field, prefix))
+    return names
+
+
+def unknown_variables(environ: dict[str, str], dotenv: dict[str, str | None]) -> list[str]:
+    """One line per ``HIMIG_*`` name that nothing reads (a typo is otherwise silently ignored), with the likely
+    intended name when one is close. Names are compared as pydantic-settings reads them: case-insensitively."""
+    known = {n for n in setting_variables() if n.startswith("HIMIG_")} | set(OTHER_VARIABLES)
+    problems = []
+    for where, names in (("", environ), (" (in .env)", dotenv)):
+        for name in sorted(names):
+            upper = name.upper()
+            if not upper.startswith("HIMIG_") or upper in known or upper.startswith(OTHER_PREFIXES):
+                continue
+            close = difflib.get_close_matches(upper, sorted(known), n=1, cutoff=0.8)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            problems.append(f"{name}{where}: not a himig setting{hint} (see the settings table in README.md)")
+    return problems
+
+
+def _dotenv() -> dict[str, str | None]:
+    # pydantic-settings reads `.env` from the current directory; so do we, to check the same names.
+    path = Path(".env")
+    return dict(dotenv_values(path)) if path.is_file() else {}
+
+
+def _default(field: Any) -> str:
+    if field.default_factory is not None or field.default is None or field.is_required():
+        return "-"
+    value = getattr(field.default, "value", field.default)
+    return f"`{value}`" if value != "" else "(empty)"
+
+
+def settings_table() -> str:
+    """The README's table of every variable: name (and aliases), default, description."""
+    lines = ["| variable | default | description |", "|---|---|---|"]
+    for model, prefix in _sections():
+        for field_name, field in model.model_fields.items():
+            if field_name in _SECTIONS:
+                continue
+            first, *others = _field_variables(field_name, field, prefix)
+            name = f"`{first}`" + (f" (or {', '.join(f'`{o}`' for o in others)})" if others else "")
+            description = (field.description or "").replace("|", "\\|")
+            lines.append(f"| {name} | {_default(field)} | {description} |")
+    return "\n".join(lines) + "\n"
+
+
+TABLE_BEGIN = "<!-- settings table: generated by `python -m worker.settings --readme README.md`; do not edit -->"
+TABLE_END = "<!-- end of the settings table -->"
+
+
+def with_table(readme: str) -> str:
+    """``readme`` with the block between `TABLE_BEGIN` and `TABLE_END` replaced by `settings_table`."""
+    head, sep, rest = readme.partition(TABLE_BEGIN)
+    _, sep2, tail = rest.partition(TABLE_END)
+    if not sep or not sep2:
+        raise ValueError(f"README has no settings-table markers ({TABLE_BEGIN} ... {TABLE_END})")
+    return f"{head}{TABLE_BEGIN}\n{settings_table()}{TABLE_END}{tail}"
+
+
 # Model name in a ValidationError's title -> the prefix of its variables.
 _PREFIXES = {"Settings": "HIMIG_", "IngestSettings": "HIMIG_INGEST_", "JobEventSettings": "HIMIG_JOB_EVENTS_",
              "CodecServerSettings": "HIMIG_CODEC_SERVER_"}
@@ -425,13 +603,15 @@ def _section(section: type[_S], problems: list[str]) -> _S:
         return section.model_construct()  # an unvalidated stand-in, only so the rest can still be checked
 
 
-def load_settings() -> Settings:
+def load_settings(*, for_worker: bool = True) -> Settings:
     """Read and validate every setting, every section, before anything connects.
 
     Raises ``InvalidSettings`` listing all problems at once: each section is read on its own, so a bad section
-    does not hide problems elsewhere.
+    does not hide problems elsewhere; an unknown ``HIMIG_*`` variable (environment or `.env`) is a problem too.
+    ``for_worker`` also requires what only the worker needs (the fingerprint key, the data-access role); the CLI
+    passes False, so an operator's machine never needs the fingerprint secret.
     """
-    problems: list[str] = []
+    problems: list[str] = unknown_variables(dict(os.environ), _dotenv())
     ingest = _section(IngestSettings, problems)
     job_events = _section(JobEventSettings, problems)
     codec_server = _section(CodecServerSettings, problems)
@@ -440,6 +620,8 @@ def load_settings() -> Settings:
     except ValidationError as err:
         problems.extend(describe_error(err))
     else:
+        if for_worker:
+            problems.extend(settings.worker_problems())
         try:
             settings.temporal()
         except TemporalConfigError as err:
@@ -448,3 +630,20 @@ def load_settings() -> Settings:
     if problems:
         raise InvalidSettings(problems)
     return settings
+
+
+def main(argv: list[str]) -> int:
+    """``python -m worker.settings --markdown`` prints the settings table; ``--readme PATH`` rewrites its block."""
+    if argv == ["--markdown"]:
+        print(settings_table(), end="")
+        return 0
+    if len(argv) == 2 and argv[0] == "--readme":
+        path = Path(argv[1])
+        path.write_text(with_table(path.read_text()))
+        return 0
+    print("usage: python -m worker.settings --markdown | --readme README.md", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

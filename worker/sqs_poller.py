@@ -2,7 +2,13 @@
 
 Delivery rules common to both: a message is deleted only once its handler has dealt with it (a handler that
 returns without deleting leaves it for SQS to re-deliver after the visibility timeout), a stop abandons an
-in-flight long poll at once, and a failing receive is retried after a short pause.
+in-flight long poll at once, and a failing receive is retried after a short pause when the failure can pass
+(throttling, a 5xx, an endpoint briefly unreachable).
+
+A failure that cannot pass by waiting (no credentials, credentials refused, a queue that does not exist) ends the
+listener with `ListenerFailed` after one log line naming the queue's variable and what to check: the worker then
+stops and exits non-zero, so ECS shows a failed task (and its deployment circuit breaker counts it) instead of a
+task that looks healthy while it logs the same error every two seconds forever.
 """
 
 from __future__ import annotations
@@ -14,11 +20,45 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import structlog
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, PartialCredentialsError
 
 log = structlog.get_logger("himig.sqs")
 
 T = TypeVar("T")
+
+# Receive errors that waiting cannot fix, by AWS error code -> what the operator should check.
+_CREDENTIALS_REFUSED = "the AWS credentials were refused; check the task role (or AWS_ACCESS_KEY_ID / AWS_PROFILE)"
+_NOT_ALLOWED = ("the credentials may not receive from this queue; check that the task role allows sqs:ReceiveMessage "
+                "and sqs:DeleteMessage on it (and kms:Decrypt on the queue's KMS key, if any)")
+_NO_QUEUE = "no such queue; check the queue URL and that its region and account are the worker's"
+FATAL_CODES = {
+    "InvalidClientTokenId": _CREDENTIALS_REFUSED, "UnrecognizedClientException": _CREDENTIALS_REFUSED,
+    "SignatureDoesNotMatch": _CREDENTIALS_REFUSED, "InvalidSecurity": _CREDENTIALS_REFUSED,
+    "AccessDenied": _NOT_ALLOWED, "AccessDeniedException": _NOT_ALLOWED, "KMS.AccessDeniedException": _NOT_ALLOWED,
+    "AWS.SimpleQueueService.NonExistentQueue": _NO_QUEUE, "QueueDoesNotExist": _NO_QUEUE,
+}
+
+
+class ListenerFailed(RuntimeError):
+    """A listener met a receive error that waiting cannot fix; the message names the variable and what to check."""
+
+
+def fatal_reason(err: Exception) -> str | None:
+    """What to check when ``err`` (from a receive) cannot pass by retrying; None when it may (throttling, 5xx,
+    connection trouble). Never the exception's own text: it could carry a key id."""
+    if isinstance(err, NoCredentialsError | PartialCredentialsError):
+        return ("no AWS credentials found; check the task role (ECS) or AWS_ACCESS_KEY_ID / "
+                "AWS_SECRET_ACCESS_KEY / AWS_PROFILE")
+    if isinstance(err, ClientError):
+        if (reason := FATAL_CODES.get(_code(err))) is not None:
+            return reason
+        if err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") in (401, 403):
+            # Whatever the body says (some endpoints answer a refusal without a parsable code), SQS refuses with
+            # 401/403 only for credentials or permissions; throttling is 400/503 with codes of its own.
+            return ("the request was refused (HTTP 403): the credentials are invalid, expired or not allowed to "
+                    "receive from this queue; check the task role (sqs:ReceiveMessage, sqs:DeleteMessage) or "
+                    "AWS_ACCESS_KEY_ID / AWS_PROFILE")
+    return None
 
 
 def in_daemon_thread(fn: Callable[[], T]) -> asyncio.Future[T]:
@@ -60,6 +100,8 @@ class SqsPoller:
 
     #: Named in log lines ("ingest", "job-events").
     kind = "sqs"
+    #: The variable holding the queue URL, named when the queue cannot be read at all.
+    queue_setting = "the queue URL"
 
     def __init__(self, sqs: Any, queue_url: str, wait_seconds: int, visibility_timeout: int) -> None:
         self._sqs = sqs
@@ -89,7 +131,13 @@ class SqsPoller:
                     break
                 try:
                     messages = poll.result()
-                except (ClientError, BotoCoreError) as err:  # throttled, endpoint down, read timeout: transient
+                except (ClientError, BotoCoreError) as err:
+                    if (reason := fatal_reason(err)) is not None:
+                        message = (f"{self.kind} listener cannot read {self.queue_setting} ({self._queue_url}): "
+                                   f"{reason} [{_code(err)}]")
+                        log.error(message, listener=self.kind, error=_code(err))
+                        raise ListenerFailed(message) from None
+                    # throttled, a 5xx, endpoint down, read timeout: transient
                     log.warning("sqs receive failed; retrying", listener=self.kind, error=_code(err))
                     await sleep_or_stop(stop, 2.0)
                     continue

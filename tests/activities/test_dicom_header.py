@@ -20,7 +20,7 @@ def _parse_like_s3(data: bytes, first: int = 65536):
     """Drive parse_header the way the parse activity does: a first range, then larger ones on request."""
     buf = data[:first]
     while True:
-        result = parse_header(buf, len(data))
+        result = parse_header(buf, len(data), fingerprint_key=b"k" * 32)
         if result.need_bytes and len(buf) < len(data):
             buf = data[: result.need_bytes]
             continue
@@ -167,15 +167,28 @@ class TestFindingReasonsCarryNoFileText:
 
 
 class TestKeyedFingerprints:
-    def test_a_key_turns_fingerprints_into_hmacs_stable_per_key(self) -> None:
+    def test_fingerprints_are_hmacs_stable_per_key(self) -> None:
         data = make_instance(uid(), uid(), patient_id="SYNTH-KEYED")
-        plain = parse_header(data, len(data)).values
         keyed = parse_header(data, len(data), fingerprint_key=b"k" * 32).values
         again = parse_header(data, len(data), fingerprint_key=b"k" * 32).values
         other = parse_header(data, len(data), fingerprint_key=b"j" * 32).values
         for level in ("patient_fingerprint", "study_fingerprint", "series_fingerprint"):
-            assert keyed[level] == again[level]
-            assert len({plain[level], keyed[level], other[level]}) == 3
+            assert keyed[level] == again[level] != other[level]
+
+    def test_demographics_alone_do_not_recompute_a_fingerprint(self) -> None:
+        # What anyone holding a candidate's name, id, birth date and sex could compute: the plain SHA-256.
+        import hashlib
+
+        from activities.dicom_header import PATIENT_ATTRS, _raw
+
+        data = make_instance(uid(), uid(), patient_id="SYNTH-GUESSABLE")
+        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+        plain = hashlib.sha256(b"".join(name.encode() + b"=" + (_raw(ds, name) or b"") + b"\0"
+                                        for name in PATIENT_ATTRS)).hexdigest()
+        values = parse_header(data, len(data), fingerprint_key=b"k" * 32).values
+        assert values["patient_fingerprint"] != plain
+        unkeyed = parse_header(data, len(data)).values  # the listener's use: UIDs only, no fingerprints at all
+        assert unkeyed["study_instance_uid"] and unkeyed["patient_fingerprint"] is None
 
     def test_the_setting_refuses_a_short_key_naming_it(self) -> None:
         from pydantic import ValidationError
@@ -185,4 +198,13 @@ class TestKeyedFingerprints:
         with pytest.raises(ValidationError, match="fingerprint_key"):
             Settings(fingerprint_key="short")
         assert Settings(fingerprint_key="x" * 16).fingerprint_secret() == b"x" * 16
-        assert Settings().fingerprint_secret() is None
+
+    def test_activities_refuse_a_short_key_without_echoing_it(self) -> None:
+        from activities.parse import ParseActivities
+        from activities.reconcile import ReconcileActivities
+
+        for build in (lambda: ParseActivities(None, fingerprint_key=b"canary-short"),
+                      lambda: ReconcileActivities(None, None, None, fingerprint_key=b"canary-short")):
+            with pytest.raises(ValueError, match="fingerprint_key: at least 16 bytes") as caught:
+                build()
+            assert "canary" not in str(caught.value)

@@ -15,6 +15,7 @@ from contracts import layout
 from contracts.records import Finding, InventoryEntry, ParsedRecord, Severity
 from contracts.stages import PageInput, ParseResult
 from tests.support.dicom import make_instance, uid
+from tests.support.settings import FINGERPRINT_KEY
 
 
 class _Killed(Exception):
@@ -58,7 +59,7 @@ def _run(s3: Any, page: PageInput, details: Any = None, die_after: int | None = 
 
     s3.meta.events.register("before-parameter-build.s3.GetObject", count)
     try:
-        return env.run(ParseActivities(s3, 2, checkpoint_every=3).parse_headers, page), beats
+        return env.run(ParseActivities(s3, 2, fingerprint_key=FINGERPRINT_KEY.encode(), checkpoint_every=3).parse_headers, page), beats
     except _Killed:
         return None, beats
     finally:

@@ -12,6 +12,7 @@ from activities.parse import ParseActivities, _RangeSizer
 from activities.storage import object_size
 from contracts.records import InstanceRecord, InventoryEntry
 from tests.support.dicom import make_instance, uid
+from tests.support.settings import FINGERPRINT_KEY
 
 
 def _bucket(s3: Any) -> str:
@@ -23,7 +24,7 @@ def _bucket(s3: Any) -> str:
 def test_object_emptied_after_listing_is_a_finding_not_a_crash(s3: Any) -> None:
     bucket = _bucket(s3)
     s3.put_object(Bucket=bucket, Key="x.dcm", Body=b"")
-    record = ParseActivities(s3)._read(bucket, InventoryEntry(key="x.dcm", size=4096), [0, 0], _RangeSizer())
+    record = ParseActivities(s3, fingerprint_key=FINGERPRINT_KEY.encode())._read(bucket, InventoryEntry(key="x.dcm", size=4096), [0, 0], _RangeSizer())
     assert not record.readable and [f.code for f in record.findings] == ["zero_byte"]
 
 
@@ -38,7 +39,7 @@ def test_object_size_comes_from_content_range_of_a_ranged_get(s3: Any) -> None:
 
 def test_object_deleted_after_listing_is_a_finding(s3: Any) -> None:
     bucket = _bucket(s3)
-    record = ParseActivities(s3)._read(bucket, InventoryEntry(key="gone.dcm", size=10), [0, 0], _RangeSizer())
+    record = ParseActivities(s3, fingerprint_key=FINGERPRINT_KEY.encode())._read(bucket, InventoryEntry(key="gone.dcm", size=10), [0, 0], _RangeSizer())
     assert [f.code for f in record.findings] == ["source_missing"]
 
 
@@ -76,7 +77,7 @@ def _parse_with_tail(s3: Any, tail: bytes) -> tuple[list[tuple[str, str]], int]:
     data = data[:end] + tail
     s3.put_object(Bucket=bucket, Key="t.dcm", Body=data)
     counter = [0, 0]
-    record = ParseActivities(s3)._read(bucket, InventoryEntry(key="t.dcm", size=len(data)), counter, _SmallFirstRange())
+    record = ParseActivities(s3, fingerprint_key=FINGERPRINT_KEY.encode())._read(bucket, InventoryEntry(key="t.dcm", size=len(data)), counter, _SmallFirstRange())
     assert record.readable
     return [(f.code, f.severity.value) for f in record.findings if f.severity != "warning" or "trailing" in f.code], counter[0]
 

@@ -151,6 +151,7 @@ def worker_env_problems(cfg: Config) -> list[str]:
     known = worker_variables()
     problems = [f"worker: {name} is not a setting of worker.settings" for name in sorted(env) if name not in known]
     for required in ("TEMPORAL_ADDRESS", "HIMIG_INGEST_QUEUE_URL", "HIMIG_JOB_EVENTS_QUEUE_URL",
+                     "HIMIG_DATA_ACCESS_ROLE_ARN", "HIMIG_FINGERPRINT_KEY",
                      "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL_SQS", "AWS_ENDPOINT_URL_EVENTBRIDGE",
                      "AWS_ENDPOINT_URL_MEDICAL_IMAGING"):
         if required not in env:
@@ -238,11 +239,13 @@ def test_orthanc_serves_dicomweb_and_the_worker_may_call_it(config: Config) -> N
 
 def test_worker_environment_is_valid_settings(config: Config, monkeypatch: pytest.MonkeyPatch,
                                               tmp_path: Path) -> None:
-    """The worker's environment (with the data store id the one-shot provides) passes `load_settings`."""
+    """The worker's environment (with the data store id and the key the one-shot provides) passes
+    `load_settings`."""
     from worker.settings import load_settings
 
     env = {name: value or "" for name, value in config["services"]["worker"]["environment"].items()}
-    use_only({**env, "HIMIG_INGEST_DATASTORE_ID": "0" * 32, "HIMIG_PAYLOAD_KEYS": PAYLOAD_KEYS}, monkeypatch, tmp_path)
+    use_only({**env, "HIMIG_INGEST_DATASTORE_ID": "0" * 32, "HIMIG_PAYLOAD_KEYS": PAYLOAD_KEYS,
+              "HIMIG_FINGERPRINT_KEY": "k" * 43}, monkeypatch, tmp_path)
     settings = load_settings()
     assert settings.ingest.enabled and settings.job_events.enabled
     assert settings.temporal().address == "temporal:7233"
@@ -257,7 +260,7 @@ def test_codec_server_environment_starts_a_server_for_the_ui(config: Config, mon
     service = config["services"]["codec-server"]
     env = {name: value or "" for name, value in service["environment"].items()}
     use_only({**env, "HIMIG_PAYLOAD_KEYS": PAYLOAD_KEYS}, monkeypatch, tmp_path)
-    server = load_settings().codec_server
+    server = load_settings(for_worker=False).codec_server  # as `himig codec-server` reads them
     assert server.problems() == []
     assert service["ports"] == [f"127.0.0.1:{server.port}:{server.port}/tcp"]  # as `docker-compose config` writes
     ui = config["services"]["temporal-ui"]["environment"]
@@ -279,6 +282,13 @@ def test_worker_reads_the_data_store_id_the_one_shot_writes(config: Config) -> N
     assert "setup:/setup:ro" in worker["volumes"] and "setup:/setup:rw" in aws["volumes"]
     assert "> /setup/datastore-id" in " ".join(aws["command"])
     assert "cat /setup/datastore-id" in " ".join(worker["command"]) and "exec python -m worker" in worker["command"][-1]
+
+
+def test_worker_reads_the_fingerprint_key_the_one_shot_generates_once(config: Config) -> None:
+    worker, aws = config["services"]["worker"], config["services"]["aws-setup"]
+    script = " ".join(aws["command"])
+    assert "[ ! -s /setup/fingerprint-key ]" in script and "/dev/urandom" in script  # generated once, then kept
+    assert "HIMIG_FINGERPRINT_KEY:=$$(cat /setup/fingerprint-key)" in worker["command"][-1]
 
 
 # ---- broken variants: each check rejects what it is there for
@@ -310,6 +320,8 @@ BROKEN: dict[str, tuple[Callable[[Config], None], str]] = {
     "attribute missing": (_set(("services", "temporal-setup", "environment", "SEARCH_ATTRIBUTES"),
                                 "HimigMigrationId HimigState"), "search attributes"),
     "unknown setting": (_set(("services", "worker", "environment", "HIMIG_INGEST_QUEUE"), "x"), "worker env"),
+    "no data-access role": (_set(("services", "worker", "environment", "HIMIG_DATA_ACCESS_ROLE_ARN"), None),
+                            "worker env"),
     "old address name only": (_set(("services", "worker", "environment", "TEMPORAL_ADDRESS"), None), "worker env"),
     "queue not created": (_set(("services", "worker", "environment", "HIMIG_JOB_EVENTS_QUEUE_URL"),
                                 "http://moto:5000/123456789012/himig-job-events"), "queues"),

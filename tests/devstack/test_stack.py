@@ -6,10 +6,13 @@ files (``Stack.down``, then SIGKILL for anything left), even when the test fails
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import re
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -24,6 +27,7 @@ from typer.testing import CliRunner
 
 from devstack.cli import stack_app
 from devstack.stack import COMPONENTS, PidRecord, Stack, StackConfig, StackError, proc_cmdline
+from worker.codec import KeyRing
 
 # Honours the worker's health contract (HIMIG_HEALTH_FILE holds our pid while ready; removed on SIGTERM).
 STAND_IN_WORKER = """
@@ -146,6 +150,9 @@ def test_up_reuse_status_down_and_persistence(stacks: StackFactory) -> None:
     assert environ["AWS_ACCESS_KEY_ID"] == "testing" and environ["AWS_REGION"] == "us-east-1"
     assert environ["HIMIG_HEALTH_FILE"] == str(stack.health_file)
     assert environ["HIMIG_JOB_EVENTS_QUEUE_URL"] == stack.config.job_events_queue_url
+    assert environ["HIMIG_FINGERPRINT_KEY"] == stack.secrets()["HIMIG_FINGERPRINT_KEY"]
+    assert environ["HIMIG_PAYLOAD_KEYS"] == stack.secrets()["HIMIG_PAYLOAD_KEYS"]
+    assert environ["HIMIG_DATA_ACCESS_ROLE_ARN"].startswith("arn:aws:iam::000000000000:role/")
     assert job_events_wired(stack)
 
     env_file = stack.env_file.read_text()
@@ -190,6 +197,43 @@ def test_up_reuse_status_down_and_persistence(stacks: StackFactory) -> None:
     assert bucket_names(stack) >= {"himig-source", "himig-work"}  # moto is fresh: buckets recreated
     assert job_events_wired(stack)  # and the import-job events rule and queue
     print(f"\nstack up cold {cold:.2f}s, warm {warm:.2f}s, down {stopped_in:.2f}s")
+
+
+def test_secrets_are_generated_once_private_and_reused(stacks: StackFactory, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    events: list[str] = []
+    stack = stacks(events=events)
+    assert stack.secrets() == {}  # nothing before the first `up`
+    stack.up(["moto"])
+    made = stack.secrets()
+    assert set(made) == {"HIMIG_FINGERPRINT_KEY", "HIMIG_PAYLOAD_KEYS"}
+    assert len(made["HIMIG_FINGERPRINT_KEY"]) >= 40  # token_urlsafe(32)
+    key_id, _, key = made["HIMIG_PAYLOAD_KEYS"].partition(":")
+    assert re.fullmatch(r"local-[0-9a-f]{8}", key_id) and len(base64.b64decode(key, validate=True)) == 32
+    assert KeyRing.parse(made["HIMIG_PAYLOAD_KEYS"])  # what the worker's codec reads
+    for path in (stack.secrets_file, stack.env_file):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    assert sum(e.startswith("generated ") for e in events) == 1, events
+    assert all(v not in " ".join(events) for v in made.values())  # the event names the secrets, never their values
+
+    stack.secrets_file.chmod(0o644)
+    stack.up(["moto"])  # reused, not regenerated (fingerprints written under another key would no longer match)
+    assert stack.secrets() == made and sum(e.startswith("generated ") for e in events) == 1
+    assert stat.S_IMODE(stack.secrets_file.stat().st_mode) == 0o600
+    other = stacks(state=tmp_path / "other-installation")
+    other.up(["moto"])
+    assert other.secrets()["HIMIG_FINGERPRINT_KEY"] != made["HIMIG_FINGERPRINT_KEY"]
+
+    # What the stack hands the worker is a complete worker configuration.
+    from tests.support.deployment import use_only
+    from worker.settings import load_settings
+
+    workdir = tmp_path / "elsewhere"
+    workdir.mkdir()
+    use_only(stack.env(), monkeypatch, workdir)
+    settings = load_settings()
+    assert settings.fingerprint_secret() == made["HIMIG_FINGERPRINT_KEY"].encode()
+    assert settings.healthlake_kms_key_id and settings.healthlake_data_access_role_arn
 
 
 def test_emulator_component(stacks: StackFactory) -> None:

@@ -82,24 +82,11 @@ AWS_CREDENTIAL_VARIABLES = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_S
 
 def worker_variables() -> set[str]:
     """Every environment variable the worker reads: its settings (prefix + field, or the field's aliases), the
-    SDK's Temporal variables and boto3's credentials. pydantic ignores unknown names, so a deployment's typo
-    would go unnoticed without a check against this."""
-    from pydantic import AliasChoices
+    SDK's Temporal variables and boto3's credentials. `load_settings` refuses unknown ``HIMIG_*`` names; this
+    also covers the TEMPORAL_* and AWS_* ones a deployment sets."""
+    from worker.settings import setting_variables
 
-    from worker.settings import IngestSettings, JobEventSettings, Settings
-
-    names = TEMPORAL_VARIABLES | AWS_CREDENTIAL_VARIABLES
-    for model, prefix in ((Settings, "HIMIG_"), (IngestSettings, "HIMIG_INGEST_"),
-                          (JobEventSettings, "HIMIG_JOB_EVENTS_")):
-        for field_name, field in model.model_fields.items():
-            if field_name in ("ingest", "job_events"):
-                continue  # sections: their fields are listed with their own prefix
-            alias = field.validation_alias
-            if isinstance(alias, AliasChoices):
-                names |= {str(choice) for choice in alias.choices}
-            else:
-                names.add(prefix + field_name.upper())
-    return names
+    return TEMPORAL_VARIABLES | AWS_CREDENTIAL_VARIABLES | setting_variables()
 
 
 def use_only(env: dict[str, str], monkeypatch: Any, workdir: Path) -> None:

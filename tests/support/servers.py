@@ -99,10 +99,11 @@ def _spawn(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.P
     return subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
 
-def start_moto(log_dir: Path, port: int | None = None) -> ServerProcess:
-    """Start ``moto.server`` (S3, SQS, EventBridge) on 127.0.0.1."""
+def start_moto(log_dir: Path, port: int | None = None, extra_env: dict[str, str] | None = None) -> ServerProcess:
+    """Start ``moto.server`` (S3, SQS, EventBridge) on 127.0.0.1; ``extra_env`` e.g. turns IAM checks on
+    (``INITIAL_NO_AUTH_ACTION_COUNT``)."""
     port = port or free_port()
-    env = {**os.environ, **FAKE_AWS_ENV}
+    env = {**os.environ, **FAKE_AWS_ENV, **(extra_env or {})}
     log_path = log_dir / f"moto-{port}.log"
     proc = _spawn([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], env, log_path)
     url = f"http://127.0.0.1:{port}"

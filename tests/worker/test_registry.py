@@ -15,9 +15,9 @@ import pytest
 from temporalio import activity
 
 import contracts.activities
+from tests.support.settings import make_settings
 from worker.aws import AwsClients
 from worker.registry import build_activities
-from worker.settings import Settings
 
 
 def _definition(fn: Callable[..., Any]) -> Any:
@@ -34,7 +34,7 @@ def _declared() -> dict[str, Callable[..., Any]]:
 
 def _registered() -> dict[str, Callable[..., Any]]:
     # Clients are only created here (no request is made): a closed port keeps the test off any network.
-    settings = Settings(_env_file=None, s3_endpoint_url="http://127.0.0.1:9",
+    settings = make_settings(s3_endpoint_url="http://127.0.0.1:9",
                         medical_imaging_endpoint_url="http://127.0.0.1:9",
                         eventbridge_endpoint_url="http://127.0.0.1:9", healthlake_endpoint_url="http://127.0.0.1:9")
     fns = build_activities(AwsClients.from_settings(settings), settings)

@@ -7,23 +7,28 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from cli.app import app
 from tests.support.installation import INSTALLATION_ENV
-from worker.settings import InvalidSettings, Settings, load_settings
+from tests.support.settings import TEST_ENV
+from worker.settings import TABLE_BEGIN, TABLE_END, InvalidSettings, Settings, load_settings, settings_table
 
 HIMIG_VARS = [k for k in os.environ if k.startswith("HIMIG_")]
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 @pytest.fixture
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
+    """Only what a deployment must set (the test values), in a directory without a `.env`."""
     for key in HIMIG_VARS:
         monkeypatch.delenv(key, raising=False)
-    for key, value in INSTALLATION_ENV.items():  # what every installation has (its secrets)
+    for key, value in {**INSTALLATION_ENV, **TEST_ENV}.items():  # what every installation has
         monkeypatch.setenv(key, value)
+    monkeypatch.chdir(tmp_path)
     return monkeypatch
 
 
@@ -62,10 +67,22 @@ class TestLoadSettings:
         ("HIMIG_INGEST_QUIET_SECONDS", "0", "greater than 0"),
         ("HIMIG_INGEST_VALIDATION_LEVEL", "lenient", "strict"),
         ("HIMIG_JOB_EVENTS_WAIT_SECONDS", "99", "less than or equal to 20"),
-        ("HIMIG_JOB_EVENTS_VISIBILITY_TIMEOUT", "1.5", "valid integer"),
+        ("HIMIG_JOB_EVENTS_VISIBILITY_TIMEOUT", "1.5", "whole number"),
         ("HIMIG_PARSE_CONCURRENCY", "0", "greater than or equal to 1"),
         ("HIMIG_TEMPORAL_ADDRESS", "no-port", "host:port"),
         ("HIMIG_LOG_FORMAT", "xml", "json"),
+        ("HIMIG_PARSE_CONCURRENCY", "8.0", "whole number"),
+        ("HIMIG_INGEST_MAX_FILES", "1e3", "whole number"),
+        ("HIMIG_TASK_QUEUE", "", "must not be empty"),
+        ("HIMIG_TASK_QUEUE", "   ", "must not be empty"),
+        ("HIMIG_DATA_ACCESS_ROLE_ARN", "HealthImagingImportRole", "must be an IAM role ARN"),
+        ("HIMIG_DATA_ACCESS_ROLE_ARN", "arn:aws:iam::000000000000:user/someone", "must be an IAM role ARN"),
+        ("HIMIG_HEALTHLAKE_DATA_ACCESS_ROLE_ARN", "arn:aws:s3:::bucket", "must be an IAM role ARN"),
+        ("HIMIG_HEALTHLAKE_KMS_KEY_ID", "my key", "must be a KMS key ARN, alias ARN, key id or alias/"),
+        ("HIMIG_INGEST_DATA_ACCESS_ROLE_ARN", "role/ingest", "must be an IAM role ARN"),
+        ("HIMIG_TEMPORAL_ADRESS", "127.0.0.1:7233", "not a himig setting; did you mean HIMIG_TEMPORAL_ADDRESS?"),
+        ("HIMIG_FINGERPRINT", "x" * 32, "not a himig setting; did you mean HIMIG_FINGERPRINT_KEY?"),
+        ("himig_task_queues", "q", "not a himig setting; did you mean HIMIG_TASK_QUEUE?"),
     ])
     def test_a_bad_value_names_its_variable(self, clean_env: pytest.MonkeyPatch, var: str, value: str,
                                             reason: str) -> None:
@@ -94,6 +111,65 @@ class TestLoadSettings:
         assert problems["HIMIG_INGEST_SOURCE_S3_URI"] == "required when HIMIG_INGEST_QUEUE_URL is set"
         assert "not an S3 URI" in problems["HIMIG_INGEST_WORK_S3_URI"]
 
+    def test_an_unknown_variable_far_from_any_setting_is_named_without_a_guess(
+            self, clean_env: pytest.MonkeyPatch) -> None:
+        clean_env.setenv("HIMIG_SOMETHING_ELSE_ENTIRELY", "canary-value")
+        with pytest.raises(InvalidSettings) as caught:
+            load_settings()
+        [problem] = caught.value.problems
+        assert problem.startswith("HIMIG_SOMETHING_ELSE_ENTIRELY: not a himig setting")
+        assert "did you mean" not in problem and "canary-value" not in str(caught.value)
+
+    def test_a_typo_in_the_env_file_is_named_with_its_file(self, clean_env: pytest.MonkeyPatch,
+                                                            tmp_path: Path) -> None:
+        (tmp_path / ".env").write_text("HIMIG_TASK_QUEUE=from-dotenv\nHIMIG_LOG_LEVLE=debug\n")
+        with pytest.raises(InvalidSettings) as caught:
+            load_settings()
+        assert caught.value.problems == ["HIMIG_LOG_LEVLE (in .env): not a himig setting; did you mean "
+                                         "HIMIG_LOG_LEVEL? (see the settings table in README.md)"]
+
+    def test_other_programs_variables_are_not_flagged(self, clean_env: pytest.MonkeyPatch) -> None:
+        # The local stack's and the emulator's own settings, and the suite's.
+        for name in ("HIMIG_STACK_MOTO_PORT", "HIMIG_EMULATOR_THROTTLING", "HIMIG_RECORD_HISTORIES",
+                     "HIMIG_PRIVATE_NETNS"):
+            clean_env.setenv(name, "1")
+        assert load_settings().task_queue == "dicom-migration"
+
+    @pytest.mark.parametrize("var", ["HIMIG_FINGERPRINT_KEY", "HIMIG_DATA_ACCESS_ROLE_ARN"])
+    def test_the_worker_requires_what_has_no_production_default(self, clean_env: pytest.MonkeyPatch,
+                                                                var: str) -> None:
+        clean_env.delenv(var)
+        with pytest.raises(InvalidSettings) as caught:
+            load_settings()
+        [problem] = caught.value.problems
+        assert problem.startswith(f"{var}: required by the worker")
+        assert load_settings(for_worker=False).task_queue == "dicom-migration"  # the CLI needs neither
+
+    @pytest.mark.parametrize("var", ["HIMIG_DATA_ACCESS_ROLE_ARN", "HIMIG_HEALTHLAKE_KMS_KEY_ID"])
+    def test_a_malformed_arn_is_named_without_echoing_it(self, clean_env: pytest.MonkeyPatch, var: str) -> None:
+        clean_env.setenv(var, "arn:aws:iam::canary-account:role/x")
+        with pytest.raises(InvalidSettings) as caught:
+            load_settings()
+        [problem] = caught.value.problems
+        assert problem.startswith(f"{var}: must be ") and "canary" not in str(caught.value)
+
+    def test_no_placeholder_arn_is_a_default(self, clean_env: pytest.MonkeyPatch) -> None:
+        for name in TEST_ENV:
+            clean_env.delenv(name)
+        settings = Settings()  # built directly: no required-field check, only the defaults
+        for name in ("data_access_role_arn", "healthlake_data_access_role_arn", "healthlake_kms_key_id",
+                     "fingerprint_key"):
+            assert getattr(settings, name) is None, name
+        assert "000000000000" not in settings_table()
+
+    @pytest.mark.parametrize("value", [
+        "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+        "arn:aws:kms:us-east-1:123456789012:alias/himig", "1234abcd-12ab-34cd-56ef-1234567890ab",
+        "mrk-1234abcd12ab34cd56ef1234567890ab", "alias/himig-fhir"])
+    def test_every_kms_key_form_is_accepted(self, clean_env: pytest.MonkeyPatch, value: str) -> None:
+        clean_env.setenv("HIMIG_HEALTHLAKE_KMS_KEY_ID", value)
+        assert load_settings().healthlake_kms_key_id == value
+
     def test_secret_values_are_never_echoed(self, clean_env: pytest.MonkeyPatch) -> None:
         clean_env.setenv("HIMIG_FINGERPRINT_KEY", "canary-short")
         with pytest.raises(InvalidSettings) as caught:
@@ -106,6 +182,23 @@ class TestLoadSettings:
         clean_env.setenv("HIMIG_INGEST_MAX_FILES", "-1")
         with pytest.raises(ValueError, match="max_files"):
             Settings()
+
+
+class TestReadmeTable:
+    def test_the_readme_table_is_the_models(self) -> None:
+        text = README.read_text()
+        assert TABLE_BEGIN in text and TABLE_END in text, "README.md lost its settings-table markers"
+        block = text.split(TABLE_BEGIN, 1)[1].split(TABLE_END, 1)[0].strip("\n") + "\n"
+        assert block == settings_table(), (
+            "README.md's settings table differs from worker/settings.py; regenerate it with "
+            "`.venv/bin/python -m worker.settings --readme README.md`")
+
+    def test_every_field_has_a_description(self) -> None:
+        from worker.settings import CodecServerSettings, IngestSettings, JobEventSettings
+
+        for model in (Settings, IngestSettings, JobEventSettings, CodecServerSettings):
+            missing = [name for name, field in model.model_fields.items() if not field.description]
+            assert not missing, f"{model.__name__} fields without a description: {missing}"
 
 
 class TestEntryPoints:
@@ -131,3 +224,13 @@ class TestEntryPoints:
         assert result.exit_code == 2
         assert "HIMIG_INGEST_MAX_WAIT_SECONDS: " in result.output
         assert _accepted(server) == 0
+
+    def test_worker_without_a_fingerprint_key_exits_2_naming_it(self, clean_env: pytest.MonkeyPatch,
+                                                                listening_port: tuple[socket.socket, int]) -> None:
+        server, port = listening_port
+        env = {k: v for k, v in os.environ.items() if k != "HIMIG_FINGERPRINT_KEY"}
+        env["HIMIG_TEMPORAL_ADDRESS"] = f"127.0.0.1:{port}"
+        done = subprocess.run([sys.executable, "-m", "worker"], env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2, done.stderr
+        assert "HIMIG_FINGERPRINT_KEY: required by the worker" in done.stderr
+        assert "Traceback" not in done.stderr and _accepted(server) == 0

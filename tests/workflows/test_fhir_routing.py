@@ -632,3 +632,21 @@ def test_demo_finds_or_creates_its_fhir_datastore_once(emulator_url: str) -> Non
     assert ensure_fhir_datastore(hl, name) == first
     props = hl.describe_fhir_datastore(DatastoreId=first)["DatastoreProperties"]
     assert props["DatastoreName"] == name and props["DatastoreTypeVersion"] == "R4"
+
+
+def test_a_worker_without_the_healthlake_role_or_key_fails_the_start_naming_them() -> None:
+    """No placeholder defaults: routing to HealthLake on a worker that lacks its settings fails at once, not
+    retried, before anything is read or written (no clients: any call would fail differently)."""
+    work_uri = "s3://work/w/"
+    batch = BatchInput(migration_id="m", batch=0, source_s3_uri="s3://src/p/", work_s3_uri=work_uri,
+                       datastore_id="0" * 32, fhir=FhirRouting(datastore_id="1" * 32))
+    route = RouteInput(batch=batch, review=ReviewResult(
+        files_by_state={}, image_sets=1, non_primary_image_sets=[], counters_consistent=True,
+        ledger_uri=layout.ledger_for_batch(work_uri, "m", 0).uri))
+    role = "arn:aws:iam::123456789012:role/fhir"
+    for settings in ((None, "alias/fhir"), (role, None)):
+        acts = FhirRouteActivities(None, None, None, None, "http://127.0.0.1:9", *settings)
+        with pytest.raises(ApplicationError) as caught:
+            acts.start_fhir_import(route)
+        assert caught.value.non_retryable
+        assert "HIMIG_HEALTHLAKE_DATA_ACCESS_ROLE_ARN and HIMIG_HEALTHLAKE_KMS_KEY_ID" in str(caught.value)

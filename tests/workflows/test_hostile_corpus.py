@@ -32,6 +32,7 @@ from contracts.stages import PageInput, PlanInput, ReceiveInput
 from corpus.malformed import DEFECTS
 from corpus.models import MANIFEST_NAME, CorpusManifest, Expected
 from corpus.sample import build_sample_corpus
+from tests.support.settings import FINGERPRINT_KEY
 from workflows.migration import MigrationWorkflow
 
 
@@ -70,7 +71,7 @@ def _stages(s3: Any, source: str, work: str, level: ValidationLevel) -> tuple[di
     for page in range(received.pages):
         page_input = PageInput(migration_id=migration, work_s3_uri=work, page=page, source_s3_uri=source,
                                validation_level=level)
-        ParseActivities(s3, 4).parse_headers(page_input)
+        ParseActivities(s3, 4, fingerprint_key=FINGERPRINT_KEY.encode()).parse_headers(page_input)
         ValidateActivities(s3).validate_page(page_input)
         NormalizeActivities(s3).normalize_page(page_input)
     plan = PlanActivities(s3).plan_batches(PlanInput(

@@ -37,6 +37,7 @@ from tests.support.installation import converter
 from tests.support.logcapture import captured_logs
 from tests.support.prometheus import by_label, scrape
 from tests.support.servers import free_port
+from tests.support.settings import FINGERPRINT_KEY
 from worker.aws import AwsClients
 from worker.metrics import build_runtime, watch_reconciliations
 from worker.settings import Settings
@@ -61,7 +62,7 @@ def bus(moto_url: str) -> dict[str, Any]:
 @pytest.fixture
 async def recon_worker(client: Client, settings: Settings, bus: dict[str, Any]) -> AsyncIterator[Worker]:
     clients = AwsClients.from_settings(settings)
-    acts = ReconcileActivities(clients.medical_imaging, clients.events, bus["name"], fingerprint_key=b"test-key")
+    acts = ReconcileActivities(clients.medical_imaging, clients.events, bus["name"], fingerprint_key=FINGERPRINT_KEY.encode())
     with ThreadPoolExecutor(max_workers=8) as executor:
         worker = Worker(
             client, task_queue=settings.task_queue, workflows=[ReconciliationWorkflow],
@@ -275,7 +276,7 @@ class TestIdempotentSteps:
         """What a retry after a lost response or a worker crash does: no second copy, no error on delete."""
         primary, non_primary = await asyncio.to_thread(_import_conflict, mi, buckets["s3"], buckets["work"],
                                                        datastore_id, settings.data_access_role_arn)
-        acts = ReconcileActivities(mi, None, None)
+        acts = ReconcileActivities(mi, None, None, fingerprint_key=FINGERPRINT_KEY.encode())
         env = ActivityEnvironment()
         args = PromoteInput(datastore_id=datastore_id, image_set_id=non_primary, primary_image_set_id=primary,
                             not_before=datetime.now(UTC))

@@ -83,3 +83,27 @@ def test_unreachable_temporal_exits_1_with_a_clear_message() -> None:
                           env={**os.environ, "HIMIG_TEMPORAL_ADDRESS": "127.0.0.1:1"})
     assert proc.returncode == 1
     assert "cannot reach Temporal" in proc.stderr.decode()
+
+
+def test_a_listener_without_credentials_stops_the_worker_once(client: Client, moto_url: str,
+                                                              tmp_path: Path) -> None:
+    """ECS must see a failed task (and its circuit breaker count it), not a healthy-looking worker logging
+    NoCredentialsError every two seconds: one line naming the queue's variable, then a drained exit 2."""
+    import boto3
+
+    queue = boto3.client("sqs", endpoint_url=moto_url, region_name="us-east-1").create_queue(
+        QueueName=f"no-creds-{uuid.uuid4().hex[:8]}")["QueueUrl"]
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE")}
+    env.update({"HIMIG_TEMPORAL_ADDRESS": client.service_client.config.target_host,
+                "HIMIG_TASK_QUEUE": f"no-creds-{uuid.uuid4().hex[:8]}", "HIMIG_GRACEFUL_SHUTDOWN_SECONDS": "1",
+                "HIMIG_JOB_EVENTS_QUEUE_URL": queue, "HIMIG_JOB_EVENTS_WAIT_SECONDS": "1",
+                "AWS_ENDPOINT_URL_SQS": moto_url, "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+                "AWS_CONFIG_FILE": str(tmp_path / "none"), "AWS_EC2_METADATA_DISABLED": "true"})
+    done = subprocess.run([sys.executable, "-m", "worker"], env=env, capture_output=True, text=True, timeout=90)
+    output = done.stdout + done.stderr
+    assert done.returncode == 2, output
+    failures = [line for line in output.splitlines() if "cannot read HIMIG_JOB_EVENTS_QUEUE_URL" in line]
+    assert len(failures) == 1, output
+    assert "no AWS credentials found" in failures[0] and "task role" in failures[0]
+    assert "retrying" not in output and "worker stopped" in output

@@ -9,7 +9,10 @@ it. What a later command needs to find it again lives under the state directory 
 - ``logs/<name>.log``: the child's stdout and stderr, appended across restarts.
 - ``temporal/temporal.db`` (SQLite, WAL) and ``emulator/``: the state that survives ``down``/``up``. moto keeps
   S3/SQS in memory only, so ``up`` recreates the configured buckets every time moto starts.
-- ``stack.env``: ``export`` lines for an operator shell (``source .local/stack.env``).
+- ``stack.env``: ``export`` lines for an operator shell (``source .local/stack.env``); mode 0600, as it carries
+  the secrets below.
+- ``secrets.env`` (mode 0600): this installation's ``HIMIG_FINGERPRINT_KEY`` and ``HIMIG_PAYLOAD_KEYS``, generated
+  by the first ``up`` and reused by every later one (fingerprints written under another key no longer match).
 
 ``up``, ``down`` and ``status`` never wait without a bound: health waits, stops and the state lock all have
 timeouts, and a child that exits while we wait for it is reported at once with its exit code and log tail.
@@ -24,6 +27,7 @@ import fcntl
 import importlib.util
 import json
 import os
+import secrets
 import shlex
 import shutil
 import signal
@@ -64,6 +68,37 @@ FAKE_CREDENTIALS = {
 # Removed from every child's environment so that nothing started by the local stack can ever pick up a
 # real AWS identity from the operator's shell.
 _DROPPED_ENV = ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_DEFAULT_PROFILE")
+
+# Production has no defaults for these (worker/settings.py): the local stack's placeholders, in moto's account.
+PLACEHOLDER_ENV = {
+    "HIMIG_DATA_ACCESS_ROLE_ARN": "arn:aws:iam::000000000000:role/HealthImagingImportRole",
+    "HIMIG_HEALTHLAKE_DATA_ACCESS_ROLE_ARN": "arn:aws:iam::000000000000:role/HealthLakeImportRole",
+    "HIMIG_HEALTHLAKE_KMS_KEY_ID": "arn:aws:kms:us-east-1:000000000000:key/00000000-0000-0000-0000-000000000000",
+}
+
+
+def _payload_keys() -> str:
+    """One payload-encryption key, ``local-<8 hex>:<base64 of 32 random bytes>`` (worker/codec.py's format)."""
+    from worker.codec import KeyRing
+
+    return KeyRing.generate_entry(f"local-{secrets.token_hex(4)}")
+
+
+# This installation's secrets: name -> how to generate it the first time.
+GENERATED_SECRETS: dict[str, Callable[[], str]] = {
+    "HIMIG_FINGERPRINT_KEY": lambda: secrets.token_urlsafe(32),
+    "HIMIG_PAYLOAD_KEYS": _payload_keys,
+}
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable by its owner only (0600 from the first byte, also when it existed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        os.fchmod(out.fileno(), 0o600)
+        out.write(text)
+
 
 State = Literal["healthy", "unhealthy", "stopped", "stale"]
 
@@ -411,6 +446,7 @@ class Stack:
         self.emulator_dir = self.root / "emulator"
         self.health_file = self.run_dir / "worker.ready"
         self.env_file = self.root / "stack.env"
+        self.secrets_file = self.root / "secrets.env"
         self._emit = on_event or (lambda _msg: None)
 
     # ---- paths and specs
@@ -424,10 +460,35 @@ class Stack:
     def ports(self, name: str) -> dict[str, int]:
         return {label: getattr(self.config, label) for label in _COMPONENT_PORTS[name]}
 
+    def secrets(self) -> dict[str, str]:
+        """This installation's generated secrets as kept in ``secrets.env`` (empty before the first ``up``)."""
+        if not self.secrets_file.is_file():
+            return {}
+        values = {}
+        for line in self.secrets_file.read_text().splitlines():
+            name, sep, value = line.partition("=")
+            if sep and name in GENERATED_SECRETS and value:
+                values[name] = value
+        return values
+
+    def ensure_secrets(self) -> dict[str, str]:
+        """The secrets, generating (once) any that ``secrets.env`` lacks; the file is kept at mode 0600."""
+        values = self.secrets()
+        missing = {name: make() for name, make in GENERATED_SECRETS.items() if name not in values}
+        if missing:
+            values.update(missing)
+            _write_private(self.secrets_file, "".join(f"{k}={v}\n" for k, v in values.items()))
+            self._emit(f"generated {', '.join(sorted(missing))} in {self.secrets_file}")
+        else:
+            self.secrets_file.chmod(0o600)
+        return values
+
     def env(self) -> dict[str, str]:
         """The environment a client (worker, CLI, boto3, ``temporal``, ``aws``) needs to use this stack."""
         c = self.config
         return {
+            **PLACEHOLDER_ENV,
+            **self.secrets(),
             "TEMPORAL_ADDRESS": c.temporal_address,
             "HIMIG_TEMPORAL_ADDRESS": c.temporal_address,
             "AWS_ENDPOINT_URL_S3": c.moto_url,
@@ -615,6 +676,7 @@ class Stack:
             self.emulator_dir.mkdir(parents=True, exist_ok=True)
         with self._lock():
             self._preflight(names)
+            self.ensure_secrets()
             results = []
             for name in names:
                 results.append(self._ensure(name))
@@ -778,8 +840,7 @@ class Stack:
         lines = [f"# himig local stack, written {_now()}; use with: source {self.env_file}",
                  f"# Temporal UI: {self.config.temporal_ui_url}"]
         lines += [f"export {k}={shlex.quote(v)}" for k, v in self.env().items()]
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.env_file.write_text("\n".join(lines) + "\n")
+        _write_private(self.env_file, "\n".join(lines) + "\n")  # it carries the secrets
         return self.env_file
 
     # ---- down
