@@ -6,7 +6,6 @@ ImagingStudy is read back from the emulator's FHIR API, and the workflow histori
 
 from __future__ import annotations
 
-import base64
 import http.client
 import io
 import json
@@ -43,6 +42,7 @@ from tests.conftest import emulator_admin, make_medical_imaging
 from tests.support.dicom import make_instance, uid
 from tests.support.eventually import assert_eventually_sync
 from tests.support.installation import converter, plain_history_json
+from tests.support.temporal_cli import shown
 from worker.registry import WORKFLOWS
 from worker.settings import Settings
 from workflows.batch import ImportBatchWorkflow
@@ -97,21 +97,8 @@ async def migrate(client: Client, worker: Worker, payload: MigrationInput) -> tu
 
 
 def payload_texts(history: WorkflowHistory) -> str:
-    """Every payload in a history, decoded (the JSON form holds them base64-encoded)."""
-    out: list[str] = [history.to_json()]
-
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            if isinstance(node.get("data"), str) and "metadata" in node:
-                out.append(base64.b64decode(node["data"]).decode("utf-8", "replace"))
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
-
-    walk(json.loads(history.to_json()))
-    return "\n".join(out)
+    """Every payload in a history, opened (sealed by the codec) and decoded (base64 in the JSON form)."""
+    return shown(plain_history_json(history))
 
 
 async def histories(client: Client, wid: str) -> list[WorkflowHistory]:
