@@ -24,14 +24,12 @@ from tests.support.installation import INSTALLATION_ENV, converter
 # The session-wide Orthanc PACS fixture (skips with a clear message where it cannot run).
 from tests.support.orthanc import orthanc  # noqa: F401
 from tests.support.servers import FAKE_AWS_ENV, ServerProcess, start_emulator, start_moto
-from tests.support.settings import TEST_ENV
 
 # Clients created anywhere in the test process (including activities run in-process) use fake credentials.
 os.environ.update(FAKE_AWS_ENV)
-# ... and this installation's secrets (payload keys), like the environment `himig stack up` builds.
+# ... and what this installation's workers need that has no default (its secrets, the deployment's values), like
+# the environment `himig stack up` builds: for in-process settings and for the subprocesses tests start.
 os.environ.update(INSTALLATION_ENV)
-# What a deployment must set (no production defaults): the test values, for in-process settings and subprocesses.
-os.environ.update(TEST_ENV)
 
 
 @pytest.fixture(scope="session")

@@ -11,11 +11,13 @@ from temporalio.api.history.v1 import History
 from temporalio.client import WorkflowHistory
 from temporalio.converter import DataConverter
 
+from tests.support.settings import TEST_ENV
 from worker.codec import EncryptionCodec, KeyRing, data_converter, is_encrypted
 
 # A fresh key per test session: nothing may depend on a particular key.
 PAYLOAD_KEYS = KeyRing.generate_entry("tests-current")
-INSTALLATION_ENV = {"HIMIG_PAYLOAD_KEYS": PAYLOAD_KEYS}
+# Everything a worker of this installation needs that has no default: the secrets and the deployment's values.
+INSTALLATION_ENV = {**TEST_ENV, "HIMIG_PAYLOAD_KEYS": PAYLOAD_KEYS}
 
 
 def converter() -> DataConverter:

@@ -26,7 +26,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyP
     """Only what a deployment must set (the test values), in a directory without a `.env`."""
     for key in HIMIG_VARS:
         monkeypatch.delenv(key, raising=False)
-    for key, value in {**INSTALLATION_ENV, **TEST_ENV}.items():  # what every installation has
+    for key, value in INSTALLATION_ENV.items():  # what every installation has
         monkeypatch.setenv(key, value)
     monkeypatch.chdir(tmp_path)
     return monkeypatch
