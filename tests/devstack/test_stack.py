@@ -234,6 +234,12 @@ def test_secrets_are_generated_once_private_and_reused(stacks: StackFactory, tmp
     settings = load_settings()
     assert settings.fingerprint_secret() == made["HIMIG_FINGERPRINT_KEY"].encode()
     assert settings.healthlake_kms_key_id and settings.healthlake_data_access_role_arn
+    # ... and of `himig codec-server` for the stack's UI, which the dev server is told to call.
+    assert settings.codec_server.problems() == []
+    assert settings.codec_server.ui_origin_list() == (stack.config.temporal_ui_url,)
+    argv = stack.spec("temporal").argv
+    endpoint = argv[argv.index("--ui-codec-endpoint") + 1]
+    assert endpoint == f"http://{settings.codec_server.host}:{settings.codec_server.port}"
 
 
 def test_emulator_component(stacks: StackFactory) -> None:

@@ -46,6 +46,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from contracts import search
+from worker.settings import CodecServerSettings
 
 HOST = "127.0.0.1"
 COMPONENTS: tuple[str, ...] = ("temporal", "moto", "emulator", "worker")
@@ -101,6 +102,9 @@ def _write_private(path: Path, text: str) -> None:
 
 
 State = Literal["healthy", "unhealthy", "stopped", "stale"]
+
+# Where the UI looks for `himig codec-server` (its default address) to show the sealed payloads in clear.
+LOCAL_CODEC_ENDPOINT = f"http://{HOST}:{CodecServerSettings.model_fields['port'].default}"
 
 # Port label -> (human name, env var, CLI flag): used in every "port in use" message.
 _PORT_HINTS: dict[str, tuple[str, str, str]] = {
@@ -496,6 +500,10 @@ class Stack:
             "AWS_ENDPOINT_URL_EVENTBRIDGE": c.moto_url,
             "AWS_ENDPOINT_URL_MEDICAL_IMAGING": c.emulator_url,
             "AWS_ENDPOINT_URL_HEALTHLAKE": c.emulator_url,
+            # `himig codec-server` on this machine, for the stack's UI (which calls it) and `temporal ...
+            # --codec-endpoint`: no authentication, which it allows on loopback only.
+            "HIMIG_CODEC_SERVER_AUTH": "none",
+            "HIMIG_CODEC_SERVER_UI_ORIGINS": c.temporal_ui_url,
             **FAKE_CREDENTIALS,
         }
 
@@ -514,7 +522,8 @@ class Stack:
             argv = [self.temporal_bin(), "server", "start-dev", "--ip", HOST, "--port", str(c.temporal_port),
                     "--ui-port", str(c.temporal_ui_port), "--ui-ip", HOST, "--db-filename", str(self.temporal_db),
                     "--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma", "synchronous=normal",
-                    "--ui-disable-news-fetch", "--log-level", "warn", *search.dev_server_args()]
+                    "--ui-disable-news-fetch", "--ui-codec-endpoint", LOCAL_CODEC_ENDPOINT,
+                    "--log-level", "warn", *search.dev_server_args()]
             env: dict[str, str] = {}
         elif name == "moto":
             argv = [py, "-m", "moto.server", "-H", HOST, "-p", str(c.moto_port)]
