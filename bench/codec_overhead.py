@@ -43,7 +43,6 @@ import statistics
 import sys
 import tempfile
 import time
-import traceback
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -66,6 +65,7 @@ from corpus.synthetic import generate_studies
 from devstack.demo import check_against_manifest, ensure_datastore
 from devstack.stack import PidRecord, Stack, StackConfig
 from tests.support.servers import free_port
+from worker.process_exit import run_then_exit
 
 FILES = int(os.environ.get("BENCH_CODEC_FILES", "500"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
@@ -376,15 +376,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except SystemExit as exc:
-        print(f"FAILED: {exc}", file=sys.stderr, flush=True)
-        os._exit(1)
-    except BaseException:
-        traceback.print_exc()
-        sys.stderr.flush()
-        os._exit(1)
-    # The SDK's native runtime threads can abort interpreter finalization (see bench/process_exits.py).
-    sys.stdout.flush()
-    os._exit(0)
+    # Without interpreter finalization, which the SDK's native threads can abort (see bench/process_exits.py).
+    run_then_exit(main)

@@ -39,7 +39,6 @@ import sys
 import tempfile
 import threading
 import time
-import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +52,7 @@ from corpus.synthetic import generate_studies
 from devstack.demo import check_against_manifest, ensure_datastore
 from devstack.stack import PidRecord, Stack, StackConfig, proc_cmdline
 from tests.support.servers import free_port
+from worker.process_exit import run_then_exit
 
 FILES = [int(x) for x in os.environ.get("BENCH_FILES", "500,2000").split(",") if x.strip()]
 IDLE_SECONDS = float(os.environ.get("BENCH_IDLE_SECONDS", "3"))
@@ -417,15 +417,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except SystemExit as exc:
-        print(f"FAILED: {exc}", file=sys.stderr, flush=True)
-        os._exit(1)
-    except BaseException:
-        traceback.print_exc()
-        sys.stderr.flush()
-        os._exit(1)
-    # The SDK's native runtime threads can abort interpreter finalization (see bench/process_exits.py).
-    sys.stdout.flush()
-    os._exit(0)
+    # Without interpreter finalization, which the SDK's native threads can abort (see bench/process_exits.py).
+    run_then_exit(main)

@@ -12,6 +12,8 @@ import contextlib
 import logging
 import os
 import sys
+import traceback
+from collections.abc import Callable
 from typing import NoReturn
 
 
@@ -32,3 +34,18 @@ def exit_code(exit_: SystemExit) -> int:
         return exit_.code
     print(exit_.code, file=sys.stderr)
     return 1
+
+
+def run_then_exit(main: Callable[[], object]) -> NoReturn:
+    """Run a script's ``main`` and `exit_now`: 0 when it returns, 1 when it fails (a `SystemExit` message, or the
+    traceback of anything else, on stderr)."""
+    try:
+        main()
+    except SystemExit as exc:
+        if exc.code not in (None, 0):
+            print(f"FAILED: {exc}", file=sys.stderr, flush=True)
+            exit_now(1)
+    except BaseException:
+        traceback.print_exc()
+        exit_now(1)
+    exit_now(0)

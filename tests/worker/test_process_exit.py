@@ -42,3 +42,18 @@ def test_himig_console_script_keeps_typer_exit_statuses(args: list[str], status:
     done = subprocess.run([str(BIN / "himig"), *args], capture_output=True, text=True, timeout=60)
     assert done.returncode == status, done.stderr
     assert ("Durable DICOM" in done.stdout) if status == 0 else ("No such command" in done.stderr)
+
+
+@pytest.mark.parametrize(("body", "status", "said"), [
+    ("print('done')", 0, ""),
+    ("raise SystemExit(0)", 0, ""),
+    ("raise SystemExit('the checks failed')", 1, "FAILED: the checks failed"),
+    ("raise ValueError('unexpected')", 1, "ValueError: unexpected"),
+])
+def test_a_script_run_then_exit_ends_with_its_outcome(body: str, status: int, said: str) -> None:
+    src = f"from worker.process_exit import run_then_exit\ndef main():\n    {body}\nrun_then_exit(main)\n"
+    done = subprocess.run([sys.executable, "-c", src], capture_output=True, text=True, timeout=60)
+    assert done.returncode == status
+    assert said in done.stderr
+    if status == 0:
+        assert done.stderr == ""
