@@ -342,7 +342,8 @@ def approve(
             "\"reason\": \"...\"}' --codec-endpoint <codec server> --codec-auth \"Bearer $TOKEN\"`")
     user = getpass.getuser()
     try:
-        decision = ReconciliationDecision.model_validate({"action": action, "reviewer": user, "reason": reason})
+        decision = ReconciliationDecision.model_validate({"action": action, "reviewer": user, "reason": reason,
+                                                          "reconciliation_id": reconciliation_id})
     except ValidationError as err:
         raise fail(validation_message(err).replace("migration input", "decision")) from None
 

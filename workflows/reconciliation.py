@@ -196,7 +196,10 @@ class ReconciliationWorkflow:
             return None
 
         identity, mac = attestation.claimed(payload)
-        if identity is None or mac is None:
+        if decision.reconciliation_id not in (None, workflow.info().workflow_id):
+            verdict = ReviewerVerdict(accepted=False, error="the decision names another reconciliation "
+                                      "(reconciliation_id)")
+        elif identity is None or mac is None:
             # No activity for what anyone who can reach Temporal may send in bulk.
             verdict = ReviewerVerdict(accepted=False, error=NOT_ATTESTED)
         elif self._verifying >= MAX_VERIFYING:

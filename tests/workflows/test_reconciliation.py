@@ -403,8 +403,12 @@ class TestWhoDecides:
         # Attested for another namespace.
         await signal_approve(recon.handle, {"action": "discard", "reviewer": "alice-sub"}, "alice-sub",
                              namespace="someone-elses")
-        refusals = await self._refused(recon, 4)
-        assert [why for _, _, why in refusals] == ["attestation does not verify"] * 4
+        # alice's genuine decision for another reconciliation (as `himig approve` makes it), replayed here.
+        await signal_approve(recon.handle, {"action": "discard", "reviewer": "alice-sub",
+                                            "reconciliation_id": "recon-" + "0" * 32 + "-" + "1" * 32}, "alice-sub")
+        refusals = await self._refused(recon, 5)
+        assert sorted(why for _, _, why in refusals) == ["attestation does not verify"] * 4 + \
+            ["the decision names another reconciliation (reconciliation_id)"]  # (recorded as each is decided)
         await _replays(recon.handle)
 
     async def test_himig_approve_with_the_key_records_the_os_user(self, client: Client, start: Any) -> None:
