@@ -119,9 +119,10 @@ def _busy(what: str, code: str) -> ApplicationError:
                             next_retry_delay=delay, category=ApplicationErrorCategory.BENIGN)
 
 
-def _refused(why: str) -> ReviewerVerdict:
+def _refused(why: str, verified: str | None = None) -> ReviewerVerdict:
+    """A refusal; ``verified``: the identity whose attestation did verify (recorded as who tried)."""
     activity.logger.warning("reconciliation decision refused", extra={"why": why})
-    return ReviewerVerdict(accepted=False, error=why)
+    return ReviewerVerdict(accepted=False, reviewer=verified, error=why)
 
 
 def _fail(err: ClientError, what: str) -> ApplicationError:
@@ -326,9 +327,10 @@ class ReconcileActivities:
         if not attestation.verifies(self._attestation_key, namespace, input.identity, digest, input.attestation):
             return _refused("attestation does not verify")
         if not self._reviewers:
-            return _refused(f"{attestation.REVIEWERS_VARIABLE} is empty: nobody may decide reconciliations")
+            return _refused(f"{attestation.REVIEWERS_VARIABLE} is empty: nobody may decide reconciliations",
+                            input.identity)
         if input.identity not in self._reviewers:
-            return _refused(f"{input.identity!r} is not in {attestation.REVIEWERS_VARIABLE}")
+            return _refused(f"{input.identity!r} is not in {attestation.REVIEWERS_VARIABLE}", input.identity)
         return ReviewerVerdict(accepted=True, reviewer=input.identity)
 
     # ---- escalation

@@ -339,7 +339,8 @@ def approve(
             f"this host has no {KEY_VARIABLE}, so it cannot vouch for who decides. Decide through the codec server: "
             "in the Temporal UI, or with `temporal workflow update execute --workflow-id "
             f"{reconciliation_id} --name decide --input '{{\"action\": \"{action}\", \"reviewer\": \"<you>\", "
-            "\"reason\": \"...\"}' --codec-endpoint <codec server> --codec-auth \"Bearer $TOKEN\"`")
+            f"\"reason\": \"...\", \"reconciliation_id\": \"{reconciliation_id}\"}}' --codec-endpoint <codec server> "
+            "--codec-auth \"Bearer $TOKEN\"`")
     user = getpass.getuser()
     try:
         decision = ReconciliationDecision.model_validate({"action": action, "reviewer": user, "reason": reason,

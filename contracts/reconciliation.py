@@ -238,7 +238,7 @@ class ReviewerVerdict(BaseModel):
     """Answer of `verify_reviewer`: the verified identity, or why the decision is refused."""
 
     accepted: bool
-    reviewer: str | None = None
+    reviewer: str | None = Field(None, description="the identity whose attestation verified (refused or not)")
     error: str | None = None
 
 

@@ -219,8 +219,9 @@ class ReconciliationWorkflow:
         problem = (verdict.error or "refused") if not verdict.accepted or not verdict.reviewer else \
             self._reviewer_problem(verdict.reviewer) or self._state_problem()
         if problem:
-            self._reject(via, verdict.reviewer or identity, problem, decision,
-                         claimed=decision.reviewer if decision.reviewer != (verdict.reviewer or identity) else None)
+            # Recorded as the reviewer: only an identity whose attestation verified (a forger's claim is not one).
+            self._reject(via, verdict.reviewer, problem, decision,
+                         claimed=decision.reviewer if decision.reviewer != verdict.reviewer else None)
             return problem
         assert verdict.reviewer is not None
         claimed = decision.reviewer if decision.reviewer != verdict.reviewer else None

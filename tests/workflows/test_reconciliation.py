@@ -409,6 +409,7 @@ class TestWhoDecides:
         refusals = await self._refused(recon, 5)
         assert sorted(why for _, _, why in refusals) == ["attestation does not verify"] * 4 + \
             ["the decision names another reconciliation (reconciliation_id)"]  # (recorded as each is decided)
+        assert {reviewer for _, reviewer, _ in refusals} == {None}  # a forger's claim is not recorded as who
         await _replays(recon.handle)
 
     async def test_himig_approve_with_the_key_records_the_os_user(self, client: Client, start: Any) -> None:
