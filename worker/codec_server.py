@@ -197,7 +197,6 @@ class CodecService:
         out = json_format.MessageToJson(Payloads(payloads=result), indent=None)
         return out.encode(), len(payloads.payloads)
 
-
     def _attest(self, payload: Payload, principal: Principal | None) -> None:
         """Only this server says who sent a payload: a caller's own attestation is dropped, a verified
         principal's added (when the key is configured)."""
