@@ -23,6 +23,7 @@ import pydantic
 import pytest
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.common import RawValue
+from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 from temporalio.worker import Replayer, Worker
 
@@ -370,6 +371,7 @@ class TestWhoDecides:
             await recon.handle.execute_update("decide", {"action": "discard", "reviewer": "alice-sub"},
                                               result_type=ReconciliationOutcome)
         assert "not attested" in str(refused.value.cause)
+        assert isinstance(refused.value.cause, ApplicationError) and refused.value.cause.type == "DecisionRejected"
         plain = await temporal_decide_async(client, recon.handle.id, {"action": "discard", "reviewer": "alice-sub"})
         assert plain.returncode != 0
         plain_signal = await temporal_decide_async(client, recon.handle.id,
