@@ -22,6 +22,7 @@ from activities import phi
 from activities.dicom_header import fingerprint_key_bytes
 from activities.errors import classify, error_code
 from activities.healthimaging import get_image_set_metadata, search_image_sets
+from contracts import attestation
 from contracts.errors import ErrorType
 from contracts.reconciliation import (
     NORMALIZED_ATTRIBUTES,
@@ -33,6 +34,8 @@ from contracts.reconciliation import (
     ImageSetTarget,
     PromoteInput,
     PromoteResult,
+    ReviewerClaim,
+    ReviewerVerdict,
     UpdateFirstInput,
     UpdateFirstResult,
 )
@@ -116,6 +119,12 @@ def _busy(what: str, code: str) -> ApplicationError:
                             next_retry_delay=delay, category=ApplicationErrorCategory.BENIGN)
 
 
+def _refused(why: str, verified: str | None = None) -> ReviewerVerdict:
+    """A refusal; ``verified``: the identity whose attestation did verify (recorded as who tried)."""
+    activity.logger.warning("reconciliation decision refused", extra={"why": why})
+    return ReviewerVerdict(accepted=False, reviewer=verified, error=why)
+
+
 def _fail(err: ClientError, what: str) -> ApplicationError:
     code = error_code(err)
     if code == ErrorType.CONFLICT:
@@ -128,14 +137,20 @@ class ReconcileActivities:
 
     ``fingerprint_key`` (HIMIG_FINGERPRINT_KEY, at least 16 bytes) keys the value fingerprints, the same on every
     worker so that fingerprints are comparable across workers.
+
+    ``attestation_key`` (``HIMIG_REVIEWER_ATTESTATION_KEY``) and ``reviewers`` (``HIMIG_RECONCILIATION_REVIEWERS``)
+    decide who may decide: without the key no decision verifies, with no reviewers nobody may decide.
     """
 
     def __init__(self, medical_imaging: Any, events: Any, event_bus_name: str | None, *,
-                 fingerprint_key: bytes) -> None:
+                 fingerprint_key: bytes, attestation_key: bytes | None = None,
+                 reviewers: tuple[str, ...] = ()) -> None:
         self._mi = medical_imaging
         self._events = events
         self._bus = event_bus_name
         self._key = fingerprint_key_bytes(fingerprint_key)
+        self._attestation_key = attestation_key
+        self._reviewers = frozenset(reviewers)
 
     # ---- reads
 
@@ -291,6 +306,32 @@ class ReconcileActivities:
             raise _fail(err, "DeleteImageSet") from None
         # Repeating DeleteImageSet answers the current DELETING/DELETED state instead of an error.
         return DeleteResult(already_deleted=got.get("imageSetState") == "DELETED")
+
+    # ---- who decides
+
+    @activity.defn(name="verify_reviewer")
+    def verify_reviewer(self, input: ReviewerClaim) -> ReviewerVerdict:
+        """The attested identity of a decision, if its attestation verifies for this namespace and that identity
+        is in HIMIG_RECONCILIATION_REVIEWERS; otherwise why the decision is refused (never an error: a refusal
+        is an answer, recorded by the workflow)."""
+        if not input.identity or not input.attestation:
+            return _refused("not attested: decide through the codec server (Temporal UI / temporal CLI with "
+                            "--codec-endpoint)")
+        if self._attestation_key is None:
+            return _refused(f"the worker has no {attestation.KEY_VARIABLE}: no decision can be verified")
+        try:
+            digest = bytes.fromhex(input.payload_sha256)
+        except ValueError:
+            return _refused("attestation does not verify")
+        namespace = activity.info().namespace
+        if not attestation.verifies(self._attestation_key, namespace, input.identity, digest, input.attestation):
+            return _refused("attestation does not verify")
+        if not self._reviewers:
+            return _refused(f"{attestation.REVIEWERS_VARIABLE} is empty: nobody may decide reconciliations",
+                            input.identity)
+        if input.identity not in self._reviewers:
+            return _refused(f"{input.identity!r} is not in {attestation.REVIEWERS_VARIABLE}", input.identity)
+        return ReviewerVerdict(accepted=True, reviewer=input.identity)
 
     # ---- escalation
 

@@ -318,24 +318,44 @@ def approve(
     reconciliation_id: str = typer.Argument(..., help="ReconciliationWorkflow id (recon-<datastore>-<image set>)"),
     action: str = typer.Option(..., "--action", help="promote | keep | discard"),
     reason: str | None = typer.Option(None, "--reason", help="why (recorded; no patient data)"),
-    by: str | None = BY,
 ) -> None:
-    """Decide a non-primary image set's reconciliation (validated update `decide`; prints the outcome)."""
+    """Decide a non-primary image set's reconciliation (validated update `decide`; prints the outcome).
+
+    Only on a host holding HIMIG_REVIEWER_ATTESTATION_KEY (an admin host, the local stack): the decision is
+    attested as the OS user's, who must be in the workers' HIMIG_RECONCILIATION_REVIEWERS. Elsewhere, decide
+    through the codec server (Temporal UI, or `temporal workflow update execute --codec-endpoint`)."""
+    import getpass
+
+    from temporalio.common import RawValue
+
+    from contracts.attestation import KEY_VARIABLE, attest
     from contracts.reconciliation import ReconciliationDecision, ReconciliationOutcome
     from workflows.reconciliation import ReconciliationWorkflow
 
     s = settings()
+    key = s.reviewer_attestation_secret()
+    if key is None:
+        raise fail(
+            f"this host has no {KEY_VARIABLE}, so it cannot vouch for who decides. Decide through the codec server: "
+            "in the Temporal UI, or with `temporal workflow update execute --workflow-id "
+            f"{reconciliation_id} --name decide --input '{{\"action\": \"{action}\", \"reviewer\": \"<you>\", "
+            f"\"reason\": \"...\", \"reconciliation_id\": \"{reconciliation_id}\"}}' --codec-endpoint <codec server> "
+            "--codec-auth \"Bearer $TOKEN\"`")
+    user = getpass.getuser()
     try:
-        decision = ReconciliationDecision.model_validate(
-            {"action": action, "reviewer": by or os.environ.get("USER") or "operator", "reason": reason})
+        decision = ReconciliationDecision.model_validate({"action": action, "reviewer": user, "reason": reason,
+                                                          "reconciliation_id": reconciliation_id})
     except ValidationError as err:
         raise fail(validation_message(err).replace("migration input", "decision")) from None
 
     async def go() -> None:
         client = await _client(s)
+        [payload] = client.data_converter.payload_converter.to_payloads([decision])
+        attest(payload, key, client.namespace, user)
         handle = client.get_workflow_handle_for(ReconciliationWorkflow.run, reconciliation_id)
         try:
-            outcome: ReconciliationOutcome = await handle.execute_update(ReconciliationWorkflow.decide, decision)
+            outcome: ReconciliationOutcome = await handle.execute_update(ReconciliationWorkflow.decide,
+                                                                         RawValue(payload))
         except RPCError as err:
             if err.status == RPCStatusCode.NOT_FOUND:
                 raise fail(f"no reconciliation with id {reconciliation_id!r}", 1) from None
@@ -407,7 +427,8 @@ def codec_server_cmd(
     server_settings = s.codec_server.model_copy(update=overrides)
     configure_logging(s.log_level, s.log_format)
     try:
-        server = CodecServer(server_settings, payload_codec(s), s.temporal().namespace)
+        server = CodecServer(server_settings, payload_codec(s), s.temporal().namespace,
+                             s.reviewer_attestation_secret())
     except InvalidSettings as err:
         raise fail(str(err)) from None
     except OSError as err:

@@ -26,6 +26,8 @@ from contracts.reconciliation import (
     ImageSetTarget,
     PromoteInput,
     PromoteResult,
+    ReviewerClaim,
+    ReviewerVerdict,
     UpdateFirstInput,
     UpdateFirstResult,
 )
@@ -163,6 +165,11 @@ def delete_image_set(input: ImageSetTarget) -> DeleteResult:
 @activity.defn(name="publish_escalation")
 def publish_escalation(input: EscalationInput) -> bool:
     """Publish the event of a reconciliation that got no decision in time."""
+    raise NotImplementedError(_DECLARATION)
+
+@activity.defn(name="verify_reviewer")
+def verify_reviewer(input: ReviewerClaim) -> ReviewerVerdict:
+    """Check a decision's reviewer attestation and the reviewer list; the verified identity or why not."""
     raise NotImplementedError(_DECLARATION)
 
 # ---- IngestWorkflow

@@ -83,6 +83,10 @@ class ReconciliationDecision(Strict):
     update_first: dict[Literal["Patient", "Study"], dict[str, Any]] | None = Field(
         None, description="promote only: attributes applied with UpdateImageSetMetadata(force) before the copy, "
                           'e.g. {"Patient": {"PatientID": "..."}}')
+    reconciliation_id: str | None = Field(
+        None, max_length=300, description="the reconciliation (workflow id) this decision is for; when given, any "
+        "other reconciliation refuses it, so an attested decision copied out of one history decides nothing else "
+        "(`himig approve` always sets it)")
 
     @field_validator("update_first")
     @classmethod
@@ -114,6 +118,9 @@ class DecisionRecord(BaseModel):
     reason: str | None = None
     updated_attributes: list[str] = Field(default_factory=list, description="names only, never values")
     error: str | None = Field(None, description="why it was rejected (field names and rules, never input values)")
+    claimed_reviewer: str | None = Field(
+        None, description="the `reviewer` the decision's JSON named when it differs from the attested identity "
+                          "(which is what `reviewer` records); ignored for authorisation")
 
 
 class AttributeDifference(BaseModel):
@@ -217,6 +224,22 @@ class ImageSetStatus(BaseModel):
 
 class DeleteResult(BaseModel):
     already_deleted: bool
+
+
+class ReviewerClaim(BaseModel):
+    """What a decision's payload claims about its sender, for `verify_reviewer` (contracts/attestation.py)."""
+
+    identity: str | None = Field(None, description="`himig-attested-by`; None when the payload has none")
+    attestation: str | None = Field(None, description="`himig-attestation` (hex HMAC)")
+    payload_sha256: str = Field(description="hex SHA-256 of the payload's data, as the workflow received it")
+
+
+class ReviewerVerdict(BaseModel):
+    """Answer of `verify_reviewer`: the verified identity, or why the decision is refused."""
+
+    accepted: bool
+    reviewer: str | None = Field(None, description="the identity whose attestation verified (refused or not)")
+    error: str | None = None
 
 
 class EscalationInput(BaseModel):

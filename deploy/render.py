@@ -45,6 +45,7 @@ FEATURES = {
     "HasPayloadKmsKey": True,
     "HasMetrics": True,
     "HasTracing": False,
+    "HasReviewerKey": True,
 }
 PSEUDO = {"AWS::Region": "AWS_REGION", "AWS::AccountId": "AWS_ACCOUNT_ID", "AWS::Partition": "AWS_PARTITION",
           "AWS::StackName": "STACK_NAME"}

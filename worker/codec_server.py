@@ -10,6 +10,12 @@ Every request but ``GET /health`` must carry a bearer token signed by the config
 against its JWKS), for the configured audience, from an allowed subject or group. No or bad token: 401; a genuine
 token for another audience or issuer, a person not on the lists, or another namespace: 403. Each request is logged
 with who made it and how many payloads it carried, never their content.
+
+With ``HIMIG_REVIEWER_ATTESTATION_KEY`` set, every payload ``/encode`` seals for a verified token carries the
+attestation of the token's ``sub`` for this namespace (contracts/attestation.py): that is how a reconciliation
+decision sent from the Temporal UI or ``temporal ... --codec-endpoint`` proves who sent it. The ``sub``, not the
+``email``: it is the issuer's stable, unique name for the person (an email can change hands or be unverified).
+An attestation arriving with a payload is always removed first; with ``AUTH=none`` nothing is attested.
 """
 
 from __future__ import annotations
@@ -28,9 +34,10 @@ from typing import Any
 import jwt
 import structlog
 from google.protobuf import json_format
-from temporalio.api.common.v1 import Payloads
+from temporalio.api.common.v1 import Payload, Payloads
 
-from worker.codec import EncryptionCodec, PayloadDecryptionError, PayloadEncryptionError
+from contracts import attestation
+from worker.codec import EncryptionCodec, PayloadDecryptionError, PayloadEncryptionError, is_encrypted
 from worker.settings import CodecServerSettings, InvalidSettings
 
 ALGORITHMS = ("RS256", "ES256")
@@ -61,6 +68,7 @@ class Principal:
 
     subject: str
     email: str | None
+    verified: bool = True  # False: no token was checked (AUTH=none); such a principal is never attested
 
 
 class OidcVerifier:
@@ -151,10 +159,12 @@ def _discover_jwks(issuer: str) -> str:
 class CodecService:
     """What the HTTP handler calls: authorise, then encode or decode one ``Payloads`` JSON body."""
 
-    def __init__(self, settings: CodecServerSettings, codec: EncryptionCodec, namespace: str) -> None:
+    def __init__(self, settings: CodecServerSettings, codec: EncryptionCodec, namespace: str,
+                 attestation_key: bytes | None = None) -> None:
         self.settings = settings
         self.codec = codec
         self.namespace = namespace
+        self.attestation_key = attestation_key
         self.origins = set(settings.ui_origin_list())
         self.verifier = OidcVerifier(settings) if settings.auth == "oidc" else None
 
@@ -163,10 +173,10 @@ class CodecService:
         if namespace is not None and namespace != self.namespace:
             raise Refused(HTTPStatus.FORBIDDEN, "this codec server serves another namespace")
         if self.verifier is None:
-            return Principal("anonymous (HIMIG_CODEC_SERVER_AUTH=none, loopback only)", None)
+            return Principal("anonymous (HIMIG_CODEC_SERVER_AUTH=none, loopback only)", None, verified=False)
         return self.verifier.verify(headers.get("authorization"))
 
-    def convert(self, operation: str, body: bytes) -> tuple[bytes, int]:
+    def convert(self, operation: str, body: bytes, principal: Principal | None = None) -> tuple[bytes, int]:
         payloads = Payloads()
         try:
             json_format.Parse(body.decode("utf-8"), payloads)
@@ -175,6 +185,8 @@ class CodecService:
                           '({"payloads": [{"metadata": {...}, "data": "<base64>"}]})') from None
         try:
             if operation == "encode":
+                for payload in payloads.payloads:
+                    self._attest(payload, principal)
                 result = self.codec.encode_sync(payloads.payloads)
             else:
                 result = self.codec.decode_sync(payloads.payloads)
@@ -184,6 +196,15 @@ class CodecService:
             raise Refused(HTTPStatus.SERVICE_UNAVAILABLE, str(err)) from None
         out = json_format.MessageToJson(Payloads(payloads=result), indent=None)
         return out.encode(), len(payloads.payloads)
+
+    def _attest(self, payload: Payload, principal: Principal | None) -> None:
+        """Only this server says who sent a payload: a caller's own attestation is dropped, a verified
+        principal's added (when the key is configured)."""
+        if is_encrypted(payload):
+            return  # sealed elsewhere: left as it is by the codec, so nothing is added
+        attestation.strip(payload)
+        if self.attestation_key is not None and principal is not None and principal.verified:
+            attestation.attest(payload, self.attestation_key, self.namespace, principal.subject)
 
 
 def _handler(service: CodecService) -> type[BaseHTTPRequestHandler]:
@@ -246,7 +267,7 @@ def _handler(service: CodecService) -> type[BaseHTTPRequestHandler]:
                     raise Refused(HTTPStatus.NOT_FOUND, "POST <endpoint>/encode or <endpoint>/decode")
                 principal = service.authorise({k.lower(): v for k, v in self.headers.items()},
                                               segments[-2] if len(segments) > 1 else None)
-                out, count = service.convert(operation, self._body())
+                out, count = service.convert(operation, self._body(), principal)
                 answer: Refused | bytes = out
             except Refused as refused:
                 answer = refused
@@ -276,11 +297,12 @@ def _handler(service: CodecService) -> type[BaseHTTPRequestHandler]:
 class CodecServer:
     """The HTTP(S) server; `start` in a thread (tests) or `serve_until_signalled` (the command)."""
 
-    def __init__(self, settings: CodecServerSettings, codec: EncryptionCodec, namespace: str) -> None:
+    def __init__(self, settings: CodecServerSettings, codec: EncryptionCodec, namespace: str,
+                 attestation_key: bytes | None = None) -> None:
         problems = settings.problems()
         if problems:
             raise InvalidSettings(problems)
-        self.service = CodecService(settings, codec, namespace)
+        self.service = CodecService(settings, codec, namespace, attestation_key)
         self.httpd = ThreadingHTTPServer((settings.host, settings.port), _handler(self.service))
         self.httpd.daemon_threads = True
         self.scheme = "http"
@@ -315,6 +337,7 @@ class CodecServer:
             signal.signal(sig, lambda *_: stop.set())
         self.start()
         structlog.get_logger("himig.codec_server").info("codec server started", url=self.url, auth=self.service.settings.auth,
+                 attests_reviewers=self.service.attestation_key is not None,
                  namespace=self.service.namespace, ui_origins=sorted(self.service.origins))
         stop.wait()
         self.stop()

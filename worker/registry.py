@@ -60,7 +60,9 @@ def build_activities(clients: AwsClients, settings: Settings) -> list[Callable[.
     route = RouteActivities(s3, clients.events, settings.event_bus_name)
     report = ReportActivities(s3)
     recon = ReconcileActivities(mi, clients.events, settings.event_bus_name,
-                                fingerprint_key=settings.fingerprint_secret())
+                                fingerprint_key=settings.fingerprint_secret(),
+                                attestation_key=settings.reviewer_attestation_secret(),
+                                reviewers=settings.reconciliation_reviewer_list())
     ingest = IngestActivities(s3)
     return [
         receive.receive_inventory, parse.parse_headers, validate.validate_page, normalize.normalize_page,
@@ -68,5 +70,5 @@ def build_activities(clients: AwsClients, settings: Settings) -> list[Callable[.
         failed.record_failed_batch, route.route_batch, report.write_report,
         fhir.start_fhir_import, fhir.await_fhir_import, fhir.review_fhir_import,
         recon.describe_conflict, recon.await_image_set, recon.update_before_promote, recon.promote_image_set,
-        recon.delete_image_set, recon.publish_escalation, ingest.write_ingest_manifest,
+        recon.delete_image_set, recon.publish_escalation, recon.verify_reviewer, ingest.write_ingest_manifest,
     ]

@@ -338,6 +338,32 @@ class Settings(BaseSettings):
     def worker_problems(self) -> list[str]:
         """What the worker needs that these settings lack (the CLI needs none of it), one line per variable."""
         return [line for name, line in _MISSING.items() if getattr(self, name) is None]
+
+    # Who may decide a reconciliation (contracts/attestation.py): the key is held by the workers and the codec
+    # server (and an admin host's `himig approve`), never by ordinary operators' CLIs.
+    reviewer_attestation_key: SecretStr | None = Field(
+        None, min_length=32,
+        description="secret (at least 32 characters) with which the codec server and `himig approve` attest who "
+                    "sent a reconciliation decision, and workers verify it; only the workers, the codec server and "
+                    "admin hosts hold it. Unset on a worker: no decision verifies")
+    reconciliation_reviewers: str = Field(
+        "", description="comma-separated identities allowed to decide reconciliations: OIDC `sub` values (decisions "
+                        "through the codec server) or OS user names (`himig approve` on a host holding the key); "
+                        "empty: nobody may decide")
+
+    @field_validator("reviewer_attestation_key", mode="before")
+    @classmethod
+    def _empty_key_is_none(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    def reviewer_attestation_secret(self) -> bytes | None:
+        key = self.reviewer_attestation_key
+        return key.get_secret_value().encode() if key else None
+
+    def reconciliation_reviewer_list(self) -> tuple[str, ...]:
+        from contracts.attestation import parse_reviewers
+
+        return parse_reviewers(self.reconciliation_reviewers)
     # Import-job polling: the delay grows from the first to the maximum. With the job-events queue configured
     # (HIMIG_JOB_EVENTS_QUEUE_URL) events wake waiting batches, so the maximum can be minutes (e.g. 300).
     job_poll_initial_seconds: float = Field(1.0, gt=0, le=3600, description="first delay between import-job polls, "

@@ -35,3 +35,9 @@ SOURCE_CHANGED_NO_JOB = "source-changed-no-job"
 # ImportBatchWorkflow (2026-11-29): a batch with `fhir` routing set sends its studies to HealthLake as
 # ImagingStudy resources after routing (start, await and review a FHIR import, with a possible round 2).
 FHIR_ROUTING = "fhir-routing"
+
+# ReconciliationWorkflow (2026-12-03): a decision (signal `approve` or update `decide`) is applied only after the
+# `verify_reviewer` activity has checked its reviewer attestation (contracts/attestation.py) and the reviewer list
+# (HIMIG_RECONCILIATION_REVIEWERS); the attested identity is recorded as the reviewer, a refusal is recorded and
+# the workflow waits on. Histories without the marker accepted the JSON's `reviewer` as it was.
+VERIFY_REVIEWER = "verify-reviewer"

@@ -5,14 +5,19 @@ decision arrives within ``timeout_seconds`` the workflow escalates (state `escal
 and keeps waiting: a timeout never decides on its own.
 
 Decisions, accepted or rejected, are recorded with who, when and why and shown by the `conflict` query:
-- the `approve` signal takes its input raw and validates it here, because a signal the SDK cannot decode is
-  dropped with only a worker log line; a malformed or unauthorised signal is recorded as rejected;
-- the `decide` update is validated before it is accepted: a rejected update is returned to its caller as an
+- both messages take their input raw: a signal the SDK cannot decode would be dropped with only a worker log
+  line, and the payload's metadata carries the reviewer attestation (contracts/attestation.py);
+- who decides is the identity the codec server (or `himig approve` on a host holding the attestation key)
+  attested, checked by the `verify_reviewer` activity against HIMIG_RECONCILIATION_REVIEWERS and then against
+  the input's `authorized_reviewers`; the JSON's `reviewer` is only a claim, kept in the record when it differs.
+  A refused decision is recorded and the workflow waits on; a refused `decide` fails with DecisionRejected;
+- the `decide` validator checks only shape and state: an update it rejects is returned to its caller as an
   error and, by Temporal's design, leaves no trace in history or in the decision log.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -26,7 +31,7 @@ from temporalio.exceptions import ActivityError, ApplicationError
 with workflow.unsafe.imports_passed_through():
     import pydantic
 
-    from contracts import search
+    from contracts import attestation, search
     from contracts.activities import (
         await_image_set,
         delete_image_set,
@@ -34,6 +39,7 @@ with workflow.unsafe.imports_passed_through():
         promote_image_set,
         publish_escalation,
         update_before_promote,
+        verify_reviewer,
     )
     from contracts.errors import ErrorType, describe_validation_error
     from contracts.reconciliation import (
@@ -50,9 +56,11 @@ with workflow.unsafe.imports_passed_through():
         ReconciliationOutcome,
         ReconciliationState,
         ReconciliationStatus,
+        ReviewerClaim,
+        ReviewerVerdict,
         UpdateFirstInput,
     )
-    from workflows import policies
+    from workflows import patches, policies
     from workflows.search import upsert
 
 In = TypeVar("In")
@@ -61,7 +69,9 @@ Out = TypeVar("Out")
 # The decision log rides in workflow state; a flood of bad signals must not grow it without bound.
 MAX_RECORDS = 100
 _NO_INPUT = RawValue(Payload())  # a signal sent without --input
-
+# Decisions whose reviewer is being verified at once; more are refused (each costs an activity in history).
+MAX_VERIFYING = 5
+NOT_ATTESTED = "not attested: decide through the codec server (Temporal UI / temporal CLI with --codec-endpoint)"
 
 
 def _reviewer_of(value: Any) -> str | None:
@@ -89,6 +99,7 @@ class ReconciliationWorkflow:
         self._escalated_at: datetime | None = None
         self._deadline: datetime | None = None
         self._error: str | None = None
+        self._verifying = 0
 
     # ---- messages
 
@@ -101,56 +112,129 @@ class ReconciliationWorkflow:
             decision_deadline=self._deadline, promoted_image_set_id=self._promoted_id, error=self._error)
 
     @workflow.signal
-    def approve(self, raw: RawValue = _NO_INPUT) -> None:
-        """A decision from the UI or `temporal workflow signal --name approve --input '{...}'`.
+    async def approve(self, raw: RawValue = _NO_INPUT) -> None:
+        """A decision from the UI or `temporal workflow signal --name approve --input '{...}' --codec-endpoint ...`.
 
-        Takes the payload raw so that bad input is recorded as a rejected decision instead of being dropped.
+        Takes the payload raw so that bad input is recorded as a rejected decision instead of being dropped, and so
+        that its reviewer attestation (payload metadata) can be checked.
         """
-        if raw is _NO_INPUT:
-            self._reject("signal", None, "no input: expected a JSON object with action, reviewer and reason")
+        decision = self._read(raw)
+        if decision is None:
             return
-        try:
-            value = workflow.payload_converter().from_payload(raw.payload)
-        except Exception:
-            self._reject("signal", None, "input is not JSON")
-            return
-        if not isinstance(value, dict):
-            self._reject("signal", None, "expected a JSON object with action, reviewer and reason")
-            return
-        try:
-            decision = ReconciliationDecision.model_validate(value)
-        except pydantic.ValidationError as err:
-            self._reject("signal", _reviewer_of(value), describe_validation_error(err))
-            return
-        problem = self._problem(decision)
-        if problem:
-            self._reject("signal", decision.reviewer, problem, decision)
-            return
-        self._accept(decision, "signal")
+        await self._consider(decision, "signal", raw.payload)
 
     @workflow.update
-    async def decide(self, decision: ReconciliationDecision) -> ReconciliationOutcome:
-        """A validated decision (what `himig approve` sends); returns the outcome once it has been applied."""
-        problem = self._problem(decision)
+    async def decide(self, raw: RawValue = _NO_INPUT) -> ReconciliationOutcome:
+        """A decision (what `himig approve` sends, or `temporal workflow update execute --name decide
+        --codec-endpoint ...`); returns the outcome once it has been applied, or fails with DecisionRejected."""
+        decision = self._decode(raw)
+        if isinstance(decision, str):  # only reachable on replay of a history the validator let through
+            raise ApplicationError(decision, type=ErrorType.DECISION_REJECTED)
+        problem = await self._consider(decision, "update", raw.payload)
         if problem:
-            # Only reachable when two updates passed validation in the same workflow task.
-            self._reject("update", decision.reviewer, problem, decision)
             raise ApplicationError(problem, type=ErrorType.DECISION_REJECTED)
-        self._accept(decision, "update")
         await workflow.wait_condition(lambda: self._outcome is not None)
         assert self._outcome is not None
         return self._outcome
 
     @decide.validator
-    def _validate_decide(self, decision: ReconciliationDecision) -> None:
-        problem = self._problem(decision)
+    def _validate_decide(self, raw: RawValue = _NO_INPUT) -> None:
+        # The cheap checks only (shape, state): who decides is verified by an activity once accepted.
+        decision = self._decode(raw)
+        if isinstance(decision, str):
+            raise ValueError(decision)
+        problem = self._state_problem()
         if problem:
             raise ValueError(problem)
 
-    def _problem(self, decision: ReconciliationDecision) -> str | None:
+    def _decode(self, raw: RawValue) -> ReconciliationDecision | str:
+        """The decision in ``raw``, or why there is none (field names and rules only, never input values)."""
+        if raw is _NO_INPUT:
+            return "no input: expected a JSON object with action, reviewer and reason"
+        try:
+            value = workflow.payload_converter().from_payload(raw.payload)
+        except Exception:
+            return "input is not JSON"
+        if not isinstance(value, dict):
+            return "expected a JSON object with action, reviewer and reason"
+        try:
+            return ReconciliationDecision.model_validate(value)
+        except pydantic.ValidationError as err:
+            return describe_validation_error(err)
+
+    def _read(self, raw: RawValue) -> ReconciliationDecision | None:
+        """A signal's decision, or None after recording why it is unreadable."""
+        decision = self._decode(raw)
+        if isinstance(decision, str):
+            value = None
+            if raw is not _NO_INPUT:
+                try:
+                    value = workflow.payload_converter().from_payload(raw.payload)
+                except Exception:
+                    value = None
+            self._reject("signal", _reviewer_of(value), decision)
+            return None
+        return decision
+
+    async def _consider(self, decision: ReconciliationDecision, via: str, payload: Payload) -> str | None:
+        """Accept ``decision`` (None) or record and return why not.
+
+        Since VERIFY_REVIEWER the reviewer is the identity attested in the payload (checked by `verify_reviewer`
+        against the key and HIMIG_RECONCILIATION_REVIEWERS, then against ``authorized_reviewers``); before it, the
+        JSON's `reviewer` was taken at its word.
+        """
+        problem = self._state_problem()
+        if problem:
+            self._reject(via, decision.reviewer, problem, decision)
+            return problem
+        if not workflow.patched(patches.VERIFY_REVIEWER):
+            problem = self._reviewer_problem(decision.reviewer)
+            if problem:
+                self._reject(via, decision.reviewer, problem, decision)
+                return problem
+            self._accept(decision, via)
+            return None
+
+        identity, mac = attestation.claimed(payload)
+        if decision.reconciliation_id not in (None, workflow.info().workflow_id):
+            verdict = ReviewerVerdict(accepted=False, error="the decision names another reconciliation "
+                                      "(reconciliation_id)")
+        elif identity is None or mac is None:
+            # No activity for what anyone who can reach Temporal may send in bulk.
+            verdict = ReviewerVerdict(accepted=False, error=NOT_ATTESTED)
+        elif self._verifying >= MAX_VERIFYING:
+            verdict = ReviewerVerdict(accepted=False, error="too many decisions are being verified; try again")
+        else:
+            self._verifying += 1
+            try:
+                verdict = await workflow.execute_activity(
+                    verify_reviewer, ReviewerClaim(identity=identity, attestation=mac,
+                                                   payload_sha256=hashlib.sha256(payload.data).hexdigest()),
+                    start_to_close_timeout=policies.STEP_TIMEOUT, schedule_to_close_timeout=policies.STEP_LIMIT,
+                    retry_policy=policies.READ_RETRY)
+            except ActivityError as err:
+                verdict = ReviewerVerdict(accepted=False, error=f"the reviewer could not be verified: {_cause(err)}")
+            finally:
+                self._verifying -= 1
+        problem = (verdict.error or "refused") if not verdict.accepted or not verdict.reviewer else \
+            self._reviewer_problem(verdict.reviewer) or self._state_problem()
+        if problem:
+            # Recorded as the reviewer: only an identity whose attestation verified (a forger's claim is not one).
+            self._reject(via, verdict.reviewer, problem, decision,
+                         claimed=decision.reviewer if decision.reviewer != verdict.reviewer else None)
+            return problem
+        assert verdict.reviewer is not None
+        claimed = decision.reviewer if decision.reviewer != verdict.reviewer else None
+        self._accept(decision.model_copy(update={"reviewer": verdict.reviewer}), via, claimed=claimed)
+        return None
+
+    def _reviewer_problem(self, reviewer: str) -> str | None:
         allowed = self._input.authorized_reviewers
-        if allowed is not None and decision.reviewer not in allowed:
-            return f"reviewer {decision.reviewer!r} is not authorised to decide this reconciliation"
+        if allowed is not None and reviewer not in allowed:
+            return f"reviewer {reviewer!r} is not authorised to decide this reconciliation"
+        return None
+
+    def _state_problem(self) -> str | None:
         if self._pending is not None or self._state not in OPEN_STATES:
             return f"a decision was already taken (state {self._state.value})"
         return None
@@ -163,18 +247,20 @@ class ReconciliationWorkflow:
             del self._records[oldest]
 
     def _reject(self, via: str, reviewer: str | None, error: str,
-                decision: ReconciliationDecision | None = None) -> None:
+                decision: ReconciliationDecision | None = None, claimed: str | None = None) -> None:
         # One line naming the fields and rules at fault (``error`` never quotes the input's values).
         workflow.logger.warning("reconciliation decision rejected",
                                 extra={"via": via, "reviewer": reviewer, "error": error})
         self._record(DecisionRecord(
             at=workflow.now(), via=via, accepted=False, reviewer=reviewer, error=error,  # type: ignore[arg-type]
-            action=decision.action if decision else None, reason=decision.reason if decision else None))
+            action=decision.action if decision else None, reason=decision.reason if decision else None,
+            claimed_reviewer=claimed))
 
-    def _accept(self, decision: ReconciliationDecision, via: str) -> None:
+    def _accept(self, decision: ReconciliationDecision, via: str, claimed: str | None = None) -> None:
         names = sorted(f"{level}.{name}" for level, attrs in (decision.update_first or {}).items() for name in attrs)
         record = DecisionRecord(at=workflow.now(), via=via, accepted=True, action=decision.action,  # type: ignore[arg-type]
-                                reviewer=decision.reviewer, reason=decision.reason, updated_attributes=names)
+                                reviewer=decision.reviewer, reason=decision.reason, updated_attributes=names,
+                                claimed_reviewer=claimed)
         self._record(record)
         self._pending = (decision, record)
         workflow.logger.info("reconciliation decision accepted",

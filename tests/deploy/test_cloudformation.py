@@ -139,7 +139,7 @@ class TestPlainFiles:
         (container,) = plain_file("ecs/task-definition.json")["containerDefinitions"]
         env = {e["name"]: e["value"] for e in container["environment"]}
         secrets = {"HIMIG_FINGERPRINT_KEY": "k" * 32, "HIMIG_PAYLOAD_KEYS": PAYLOAD_KEYS,
-                   "TEMPORAL_API_KEY": "an-api-key"}
+                   "HIMIG_REVIEWER_ATTESTATION_KEY": "r" * 48, "TEMPORAL_API_KEY": "an-api-key"}
         assert {s["name"] for s in container["secrets"]} == set(secrets)
         unknown = sorted({*env, *secrets} - worker_variables())
         assert not unknown, f"the worker reads no such variables: {unknown}"
@@ -149,6 +149,8 @@ class TestPlainFiles:
         assert settings.ingest.enabled and settings.ingest.ingest_input().source_s3_uri == "s3://himig-landing/incoming/"
         assert settings.data_access_role_arn == EXAMPLE_VALUES["DataAccessRoleArn"]
         assert settings.graceful_shutdown_seconds == 60
+        assert settings.reconciliation_reviewer_list() == tuple(EXAMPLE_VALUES["ReconciliationReviewers"].split(","))
+        assert settings.reviewer_attestation_secret() == b"r" * 48
         temporal = settings.temporal()
         assert (temporal.address, temporal.namespace) == (EXAMPLE_VALUES["TemporalAddress"], "himig.a1b2c")
         assert temporal.tls is not None and temporal.api_key == "an-api-key"

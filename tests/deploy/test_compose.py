@@ -277,6 +277,18 @@ def test_the_payload_key_is_made_once_and_read_by_every_sealing_service(config: 
         assert "$(cat /setup/payload-keys)" in " ".join(service["command"]), name
 
 
+def test_the_reviewer_key_is_made_once_and_read_by_the_worker_whose_user_may_decide(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HIMIG_RECONCILIATION_REVIEWERS", raising=False)  # the test installation's own list
+    config = compose_config(COMPOSE)
+    aws = " ".join(config["services"]["aws-setup"]["command"])
+    assert "[ ! -s /setup/reviewer-attestation-key ]" in aws and "head -c 36 /dev/urandom | base64" in aws
+    worker = config["services"]["worker"]
+    assert "$(cat /setup/reviewer-attestation-key)" in " ".join(worker["command"])
+    assert "export HIMIG_REVIEWER_ATTESTATION_KEY" in worker["command"][-1]
+    assert worker["environment"]["HIMIG_RECONCILIATION_REVIEWERS"] == "himig"  # the image's user (deploy/Dockerfile)
+
+
 def test_worker_reads_the_data_store_id_the_one_shot_writes(config: Config) -> None:
     worker, aws = config["services"]["worker"], config["services"]["aws-setup"]
     assert "setup:/setup:ro" in worker["volumes"] and "setup:/setup:rw" in aws["volumes"]

@@ -61,6 +61,9 @@ def stack(log_dir: Path) -> Iterator[dict[str, Any]]:
             "TemporalApiKeySecretArn": sm.create_secret(Name="himig/api-key", SecretString="an-api-key")["ARN"],
             "PayloadKeysSecretArn": sm.create_secret(Name="himig/payload-keys", SecretString=PAYLOAD_KEYS)["ARN"],
             "PayloadKmsKeyArn": aws(url, "kms").create_key(Description="himig payloads")["KeyMetadata"]["Arn"],
+            "ReviewerAttestationKeySecretArn": sm.create_secret(Name="himig/reviewer-attestation-key",
+                                                                SecretString="r" * 48)["ARN"],
+            "ReconciliationReviewers": "alice-sub,bob-sub",
         }
         cf.create_stack(StackName=STACK, TemplateBody=(DEPLOY / "cloudformation" / "himig.yaml").read_text(),
                         Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in parameters.items()],

@@ -7,6 +7,7 @@ files (``Stack.down``, then SIGKILL for anything left), even when the test fails
 from __future__ import annotations
 
 import base64
+import getpass
 import json
 import os
 import re
@@ -152,6 +153,8 @@ def test_up_reuse_status_down_and_persistence(stacks: StackFactory) -> None:
     assert environ["HIMIG_JOB_EVENTS_QUEUE_URL"] == stack.config.job_events_queue_url
     assert environ["HIMIG_FINGERPRINT_KEY"] == stack.secrets()["HIMIG_FINGERPRINT_KEY"]
     assert environ["HIMIG_PAYLOAD_KEYS"] == stack.secrets()["HIMIG_PAYLOAD_KEYS"]
+    assert environ["HIMIG_REVIEWER_ATTESTATION_KEY"] == stack.secrets()["HIMIG_REVIEWER_ATTESTATION_KEY"]
+    assert environ["HIMIG_RECONCILIATION_REVIEWERS"] == getpass.getuser()  # who runs the stack decides
     assert environ["HIMIG_DATA_ACCESS_ROLE_ARN"].startswith("arn:aws:iam::000000000000:role/")
     assert job_events_wired(stack)
 
@@ -206,7 +209,8 @@ def test_secrets_are_generated_once_private_and_reused(stacks: StackFactory, tmp
     assert stack.secrets() == {}  # nothing before the first `up`
     stack.up(["moto"])
     made = stack.secrets()
-    assert set(made) == {"HIMIG_FINGERPRINT_KEY", "HIMIG_PAYLOAD_KEYS"}
+    assert set(made) == {"HIMIG_FINGERPRINT_KEY", "HIMIG_PAYLOAD_KEYS", "HIMIG_REVIEWER_ATTESTATION_KEY"}
+    assert len(made["HIMIG_REVIEWER_ATTESTATION_KEY"]) >= 32  # the setting's minimum
     assert len(made["HIMIG_FINGERPRINT_KEY"]) >= 40  # token_urlsafe(32)
     key_id, _, key = made["HIMIG_PAYLOAD_KEYS"].partition(":")
     assert re.fullmatch(r"local-[0-9a-f]{8}", key_id) and len(base64.b64decode(key, validate=True)) == 32

@@ -33,6 +33,9 @@ EXAMPLE_VALUES = {
     "FingerprintKeySecretArn": f"arn:aws:secretsmanager:us-east-1:{ACCOUNT}:secret:himig/fingerprint-AbCdEf",
     "PayloadKeysSecretArn": f"arn:aws:secretsmanager:us-east-1:{ACCOUNT}:secret:himig/payload-keys-AbCdEf",
     "PayloadKmsKeyArn": f"arn:aws:kms:us-east-1:{ACCOUNT}:key/0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0",
+    "ReviewerAttestationKeySecretArn":
+        f"arn:aws:secretsmanager:us-east-1:{ACCOUNT}:secret:himig/reviewer-attestation-key-AbCdEf",
+    "ReconciliationReviewers": "3f1c9a2e-6b7d-4e8f-9a0b-1c2d3e4f5a6b,jdoe",
     "TemporalApiKeySecretArn": f"arn:aws:secretsmanager:us-east-1:{ACCOUNT}:secret:himig/temporal-api-key-AbCdEf",
     "TaskRoleArn": f"arn:aws:iam::{ACCOUNT}:role/himig-task",
     "ExecutionRoleArn": f"arn:aws:iam::{ACCOUNT}:role/himig-execution",

@@ -3,7 +3,9 @@ environment (so the worker and CLI subprocesses the tests start inherit them) an
 
 from __future__ import annotations
 
+import getpass
 import json
+import secrets
 
 from google.protobuf.message import Message
 from temporalio.api.common.v1 import Payload
@@ -16,8 +18,14 @@ from worker.codec import EncryptionCodec, KeyRing, data_converter, is_encrypted
 
 # A fresh key per test session: nothing may depend on a particular key.
 PAYLOAD_KEYS = KeyRing.generate_entry("tests-current")
+# Who may decide reconciliations: the attestation key the workers and codec servers share, and the reviewers
+# (the OIDC subjects the tests' tokens carry, and the OS user `himig approve` attests as).
+REVIEWER_ATTESTATION_KEY = secrets.token_urlsafe(36)
+REVIEWERS = ("alice-sub", "bob-sub", "carol-sub", "dave-sub", "canary-reviewer", getpass.getuser())
 # Everything a worker of this installation needs that has no default: the secrets and the deployment's values.
-INSTALLATION_ENV = {**TEST_ENV, "HIMIG_PAYLOAD_KEYS": PAYLOAD_KEYS}
+INSTALLATION_ENV = {**TEST_ENV, "HIMIG_PAYLOAD_KEYS": PAYLOAD_KEYS,
+                    "HIMIG_REVIEWER_ATTESTATION_KEY": REVIEWER_ATTESTATION_KEY,
+                    "HIMIG_RECONCILIATION_REVIEWERS": ",".join(REVIEWERS)}
 
 
 def converter() -> DataConverter:

@@ -312,3 +312,68 @@ class TestTemporalCli:
         assert is_encrypted(payload) and CANARY.encode() not in payload.data
         [opened] = EncryptionCodec(KeyRing.parse(PAYLOAD_KEYS)).decode_sync([payload])
         assert CANARY in opened.data.decode()
+
+
+# ---- reviewer attestation (contracts/attestation.py): what /encode adds for the verified token, and only that
+
+ATTESTATION_KEY = b"k" * 40
+
+
+def _encode_raw(server: CodecServer, payloads: list[Payload], token: str | None) -> list[Payload]:
+    """POST /encode (as the temporal CLI does for --input), then open what came back with the payload keys."""
+    body = {"payloads": [{"metadata": {k: base64.b64encode(v).decode() for k, v in p.metadata.items()},
+                          "data": base64.b64encode(p.data).decode()} for p in payloads]}
+    headers = {"Content-Type": "application/json", "X-Namespace": NAMESPACE}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    resp = requests.post(server.url + "/encode", json=body, headers=headers, timeout=10)
+    assert resp.status_code == 200, resp.text
+    sealed = [Payload(metadata={k: base64.b64decode(v) for k, v in p["metadata"].items()},
+                      data=base64.b64decode(p["data"])) for p in resp.json()["payloads"]]
+    assert all(is_encrypted(p) for p in sealed)
+    assert not any(k.startswith("himig-") for p in sealed for k in p.metadata)  # sealed inside, not beside
+    return EncryptionCodec(KeyRing.parse(PAYLOAD_KEYS)).decode_sync(sealed)
+
+
+def _decision(**metadata: bytes) -> Payload:
+    return Payload(metadata={"encoding": b"json/plain", **metadata}, data=b'{"action": "keep", "reviewer": "x"}')
+
+
+class TestReviewerAttestation:
+    @pytest.fixture
+    def attesting(self, issuer: OidcIssuer) -> Iterator[Callable[..., CodecServer]]:
+        servers: list[CodecServer] = []
+
+        def start(key: bytes | None = ATTESTATION_KEY, **overrides: Any) -> CodecServer:
+            server = CodecServer(_settings(issuer, **overrides), EncryptionCodec(KeyRing.parse(PAYLOAD_KEYS)),
+                                 NAMESPACE, key).start()
+            servers.append(server)
+            return server
+
+        yield start
+        for server in servers:
+            server.stop()
+
+    def test_encode_attests_the_tokens_subject_and_drops_a_callers_own(
+            self, issuer: OidcIssuer, attesting: Callable[..., CodecServer]) -> None:
+        from contracts.attestation import claimed, data_digest, verifies
+
+        server = attesting()
+        forged = _decision(**{"himig-attested-by": b"root", "himig-attestation": b"00" * 32})
+        [opened, plain] = _encode_raw(server, [forged, _decision()], _token(issuer))
+        for payload in (opened, plain):
+            identity, mac = claimed(payload)
+            # The subject, not the email: the issuer's stable name for the person.
+            assert identity == "alice-sub" and mac is not None
+            assert verifies(ATTESTATION_KEY, NAMESPACE, identity, data_digest(payload.data), mac)
+            assert not verifies(ATTESTATION_KEY, "other-namespace", identity, data_digest(payload.data), mac)
+            assert payload.data == forged.data and payload.metadata["encoding"] == b"json/plain"
+
+    def test_without_a_key_or_a_verified_token_nothing_is_attested_and_a_callers_attestation_is_dropped(
+            self, issuer: OidcIssuer, attesting: Callable[..., CodecServer]) -> None:
+        forged = _decision(**{"himig-attested-by": b"alice-sub", "himig-attestation": b"ab" * 32})
+        for server, token in ((attesting(key=None), _token(issuer)),
+                              (attesting(auth="none", oidc_issuer=None, allowed_subjects="", allowed_groups=""),
+                               None)):
+            [opened] = _encode_raw(server, [forged], token)
+            assert dict(opened.metadata) == {"encoding": b"json/plain"}

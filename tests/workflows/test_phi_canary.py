@@ -46,6 +46,7 @@ from contracts.reconciliation import (
 from tests.support.dicom import make_instance, uid
 from tests.support.eventually import assert_eventually, assert_eventually_sync
 from tests.support.installation import converter
+from tests.support.reviewers import decide
 from tests.support.temporal_cli import shown, temporal_cli, temporal_path
 from workflows.migration import MigrationWorkflow
 from workflows.reconciliation import ReconciliationWorkflow
@@ -194,9 +195,9 @@ async def test_no_canary_anywhere_the_service_writes(
     [non_primary] = summary["non_primary_image_sets"]
     recon = client.get_workflow_handle_for(ReconciliationWorkflow.run,
                                            reconciliation_workflow_id(datastore_id, non_primary))
-    outcome = await recon.execute_update(ReconciliationWorkflow.decide, ReconciliationDecision(
+    outcome = await decide(recon, ReconciliationDecision(
         action=ReconciliationAction.PROMOTE, reviewer="canary-reviewer", reason="demographics corrected",
-        update_first={"Patient": {"PatientID": CORRECTED_ID}}))
+        update_first={"Patient": {"PatientID": CORRECTED_ID}}), "canary-reviewer")
     assert outcome.state == ReconciliationState.PROMOTED and outcome.promoted_image_set_id, outcome
 
     # An ingest arrival with the same patient.

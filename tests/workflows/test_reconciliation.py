@@ -1,14 +1,19 @@
 """`ReconciliationWorkflow` against the real Temporal dev server, the HealthImaging emulator and moto
 (EventBridge → SQS). Non-primary image sets are made the way production meets them: by importing two files of
-one series that disagree on PatientID."""
+one series that disagree on PatientID.
+
+Decisions are attested (tests/support/reviewers.py): sent through a real codec server behind a real OIDC issuer
+with the `temporal` CLI, by `himig approve` on a host holding the attestation key, or attested with the key
+directly; unattested, forged and unlisted ones are refused and recorded."""
 
 from __future__ import annotations
 
 import asyncio
+import getpass
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -17,6 +22,8 @@ import boto3
 import pydantic
 import pytest
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.common import RawValue
+from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 from temporalio.worker import Replayer, Worker
 
@@ -35,7 +42,17 @@ from tests.support.dicom import make_instance, uid
 from tests.support.eventually import assert_eventually, assert_eventually_sync
 from tests.support.installation import converter
 from tests.support.logcapture import captured_logs
+from tests.support.oidc_issuer import OidcIssuer
 from tests.support.prometheus import by_label, scrape
+from tests.support.reviewers import (
+    attested,
+    codec_server,
+    decide,
+    plain_payload,
+    signal_approve,
+    temporal_decide_async,
+    token,
+)
 from tests.support.servers import free_port
 from tests.support.settings import FINGERPRINT_KEY
 from worker.aws import AwsClients
@@ -62,15 +79,26 @@ def bus(moto_url: str) -> dict[str, Any]:
 @pytest.fixture
 async def recon_worker(client: Client, settings: Settings, bus: dict[str, Any]) -> AsyncIterator[Worker]:
     clients = AwsClients.from_settings(settings)
-    acts = ReconcileActivities(clients.medical_imaging, clients.events, bus["name"], fingerprint_key=FINGERPRINT_KEY.encode())
+    acts = ReconcileActivities(clients.medical_imaging, clients.events, bus["name"],
+                               fingerprint_key=FINGERPRINT_KEY.encode(),
+                               attestation_key=settings.reviewer_attestation_secret(),
+                               reviewers=settings.reconciliation_reviewer_list())
     with ThreadPoolExecutor(max_workers=8) as executor:
         worker = Worker(
             client, task_queue=settings.task_queue, workflows=[ReconciliationWorkflow],
             activities=[acts.describe_conflict, acts.await_image_set, acts.update_before_promote,
-                        acts.promote_image_set, acts.delete_image_set, acts.publish_escalation],
+                        acts.promote_image_set, acts.delete_image_set, acts.publish_escalation,
+                        acts.verify_reviewer],
             activity_executor=executor, workflow_failure_exception_types=[pydantic.ValidationError])
         async with worker:
             yield worker
+
+
+@pytest.fixture(scope="module")
+def issuer() -> Iterator[OidcIssuer]:
+    issuer = OidcIssuer().start()
+    yield issuer
+    issuer.stop()
 
 
 @pytest.fixture
@@ -153,7 +181,7 @@ async def _replays(handle: WorkflowHandle[Any, Any]) -> None:
 
 class TestReconciliation:
     async def test_promote_by_signal_makes_a_new_primary_and_deletes_the_old_set(
-            self, start: Any, mi: Any, datastore_id: str) -> None:
+            self, client: Client, start: Any, mi: Any, datastore_id: str, issuer: OidcIssuer) -> None:
         recon = await start()
         status = await recon.wait_state("awaiting_decision")
 
@@ -165,72 +193,98 @@ class TestReconciliation:
         text = status.model_dump_json()
         assert "SYNTH-OLD-7" not in text and "SYNTH-NEW-9" not in text
 
-        # Exactly what `temporal workflow signal --name approve --input '{...}'` sends: a plain JSON object.
-        await recon.handle.signal("approve", {"action": "promote", "reviewer": "alice", "reason": "new is right"})
+        # Exactly what an operator types: `temporal workflow signal --name approve --input '{...}'` through the
+        # codec server with their token. The JSON says "alice"; the token says who it is: alice-sub.
+        with codec_server(issuer) as codec:
+            sent = await temporal_decide_async(
+                client, recon.handle.id, {"action": "promote", "reviewer": "alice", "reason": "new is right"},
+                codec=codec, bearer=token(issuer, "alice-sub"), signal=True)
+        assert sent.returncode == 0, sent.stderr
         outcome = await recon.handle.result()
-        assert outcome.state == "promoted" and outcome.decided_by == "alice" and outcome.reason == "new is right"
+        assert outcome.state == "promoted" and outcome.decided_by == "alice-sub" and outcome.reason == "new is right"
         new_id = outcome.promoted_image_set_id
         assert new_id and new_id not in (recon.primary, recon.non_primary)
         assert (await asyncio.to_thread(_get, mi, datastore_id, new_id, "ACTIVE"))["isPrimary"] is True
         assert (await asyncio.to_thread(_get, mi, datastore_id, recon.non_primary, "DELETED"))["imageSetState"] \
             == "DELETED"
         final = await recon.status()
-        assert [(r.accepted, r.via, r.action) for r in final.decisions] == [(True, "signal", "promote")]
+        assert [(r.accepted, r.via, r.action, r.reviewer, r.claimed_reviewer) for r in final.decisions] == \
+            [(True, "signal", "promote", "alice-sub", "alice")]
         await _replays(recon.handle)
 
-    async def test_discard_by_update_deletes_the_set(self, start: Any, mi: Any, datastore_id: str) -> None:
+    async def test_discard_by_update_through_the_codec_server(self, client: Client, start: Any, mi: Any,
+                                                              datastore_id: str, issuer: OidcIssuer) -> None:
         recon = await start()
         await recon.wait_state("awaiting_decision")
-        outcome = await recon.handle.execute_update(
-            "decide", ReconciliationDecision(action="discard", reviewer="bob", reason="duplicate"),  # type: ignore[arg-type]
-            result_type=ReconciliationOutcome)
-        assert outcome.state == "discarded" and outcome.decided_by == "bob"
+        with codec_server(issuer) as codec:
+            sent = await temporal_decide_async(
+                client, recon.handle.id, {"action": "discard", "reviewer": "bob-sub", "reason": "duplicate"},
+                codec=codec, bearer=token(issuer, "bob-sub", email="bob@example.org"))
+        assert sent.returncode == 0, sent.stderr
         await asyncio.to_thread(_get, mi, datastore_id, recon.non_primary, "DELETED")
-        assert (await recon.handle.result()).state == "discarded"
+        outcome = await recon.handle.result()
+        assert outcome.state == "discarded" and outcome.decided_by == "bob-sub"
+        [record] = (await recon.status()).decisions
+        assert (record.via, record.reviewer, record.claimed_reviewer) == ("update", "bob-sub", None)
+        await _replays(recon.handle)
 
     async def test_keep_leaves_the_set_untouched(self, start: Any, mi: Any, datastore_id: str) -> None:
         recon = await start()
         await recon.wait_state("awaiting_decision")
         before = await asyncio.to_thread(_get, mi, datastore_id, recon.non_primary)
-        await recon.handle.signal("approve", {"action": "keep", "reviewer": "carol", "reason": "needs research"})
+        await signal_approve(recon.handle, {"action": "keep", "reviewer": "carol-sub", "reason": "needs research"},
+                             "carol-sub")
         assert (await recon.handle.result()).state == "kept"
         after = await asyncio.to_thread(_get, mi, datastore_id, recon.non_primary)
         assert (after["versionId"], after["imageSetState"], after["isPrimary"]) == \
             (before["versionId"], "ACTIVE", False)
 
     async def test_bad_decisions_are_rejected_and_recorded(self, start: Any) -> None:
-        recon = await start(authorized_reviewers=["alice"])
+        recon = await start(authorized_reviewers=["alice-sub"])
         await recon.wait_state("awaiting_decision")
-        await recon.handle.signal("approve", {"action": "explode", "reviewer": "alice"})
+        await signal_approve(recon.handle, {"action": "explode", "reviewer": "alice"}, "alice-sub")
         await recon.handle.signal("approve", 42)
-        await recon.handle.signal("approve", {"action": "keep", "reviewer": "mallory", "reason": "x"})
+        # bob-sub is a reviewer of the installation, but this reconciliation narrows it to alice-sub.
+        await signal_approve(recon.handle, {"action": "keep", "reviewer": "alice-sub", "reason": "x"}, "bob-sub")
         with pytest.raises(WorkflowUpdateFailedError):  # malformed: rejected to the caller, nothing in history
-            await recon.handle.execute_update("decide", {"action": "keep"}, result_type=ReconciliationOutcome)
-        with pytest.raises(WorkflowUpdateFailedError):  # unauthorised
-            await recon.handle.execute_update("decide", {"action": "keep", "reviewer": "mallory"},
-                                              result_type=ReconciliationOutcome)
-        status = await recon.status()
+            await decide(recon.handle, {"action": "keep"}, "alice-sub")
+        with pytest.raises(WorkflowUpdateFailedError) as refused:  # not authorised: refused to the caller, recorded
+            await decide(recon.handle, {"action": "keep", "reviewer": "alice-sub"}, "bob-sub")
+        assert "not authorised" in str(refused.value.cause)
+
+        async def recorded() -> ReconciliationStatus:
+            status = await recon.status()
+            assert len(status.decisions) == 4, status.decisions
+            return status
+
+        status = await assert_eventually(recorded, timeout=10, interval=0.05)
         assert status.state == "awaiting_decision"
         rejected = [r for r in status.decisions if not r.accepted]
-        assert [r.via for r in rejected] == ["signal"] * 3
-        assert "action" in (rejected[0].error or "") and "explode" not in (rejected[0].error or "")
-        assert "JSON object" in (rejected[1].error or "")
-        assert rejected[2].reviewer == "mallory" and "not authorised" in (rejected[2].error or "")
+        assert sorted(r.via for r in rejected) == ["signal", "signal", "signal", "update"]
+        by_error = {r.via + ":" + (r.error or "")[:20]: r for r in rejected}
+        shape = next(r for r in rejected if "action" in (r.error or ""))
+        assert "explode" not in (shape.error or "")
+        assert any("JSON object" in (r.error or "") for r in rejected), by_error
+        narrowed = [r for r in rejected if "not authorised" in (r.error or "")]
+        assert {(r.via, r.reviewer, r.claimed_reviewer) for r in narrowed} == \
+            {("signal", "bob-sub", "alice-sub"), ("update", "bob-sub", "alice-sub")}
 
-        outcome = await recon.handle.execute_update("decide", {"action": "keep", "reviewer": "alice"},
-                                                    result_type=ReconciliationOutcome)
-        assert outcome.state == "kept"
+        outcome = await decide(recon.handle, {"action": "keep", "reviewer": "alice-sub"}, "alice-sub")
+        assert outcome.state == "kept" and outcome.decided_by == "alice-sub"
         status = await recon.status()
-        assert [r.accepted for r in status.decisions] == [False, False, False, True]
+        assert [r.accepted for r in status.decisions] == [False, False, False, False, True]
         await _replays(recon.handle)
 
     async def test_a_rejected_signal_is_one_log_line_naming_the_field_without_the_values(self, start: Any) -> None:
         canary = "QZCANARYDECISIONREASON"
-        recon = await start(authorized_reviewers=["alice"])
+        recon = await start(authorized_reviewers=["alice-sub"])
         await recon.wait_state("awaiting_decision")
         with captured_logs("info") as logs:
-            await recon.handle.signal("approve", {"action": "explode", "reviewer": "alice", "reason": canary})
-            await recon.handle.signal("approve", {"action": "keep", "reviewer": "mallory", "reason": canary})
+            await signal_approve(recon.handle, {"action": "explode", "reviewer": "alice", "reason": canary},
+                                 "alice-sub")
+            # bob-sub may decide in this installation, not this reconciliation; he claims to be mallory.
+            await signal_approve(recon.handle, {"action": "keep", "reviewer": "mallory", "reason": canary},
+                                 "bob-sub")
 
             async def two_rejections() -> list[dict[str, Any]]:
                 found = [x for x in logs.lines() if x["event"] == "reconciliation decision rejected"]
@@ -242,7 +296,7 @@ class TestReconciliation:
         assert "could not be formatted" not in logs.text
         assert bad_action["error"].startswith("action: ") and bad_action["via"] == "signal"
         assert bad_action["workflow_id"] == recon.handle.id and "run_id" in bad_action
-        assert unauthorised["reviewer"] == "mallory" and "not authorised" in unauthorised["error"]
+        assert unauthorised["reviewer"] == "bob-sub" and "not authorised" in unauthorised["error"]
 
     async def test_timeout_escalates_and_a_later_decision_still_works(self, start: Any,
                                                                       bus: dict[str, Any]) -> None:
@@ -265,9 +319,136 @@ class TestReconciliation:
         assert events[0]["detail"]["workflowId"] == recon.handle.id
         assert (await recon.status()).state == "escalated"  # escalation does not decide
 
-        await recon.handle.signal("approve", {"action": "keep", "reviewer": "dave", "reason": "late but sure"})
+        await signal_approve(recon.handle, {"action": "keep", "reviewer": "dave-sub", "reason": "late but sure"},
+                             "dave-sub")
         assert (await recon.handle.result()).state == "kept"
         await _replays(recon.handle)
+
+
+def _refusals(status: ReconciliationStatus) -> list[tuple[str, str | None, str]]:
+    return [(r.via, r.reviewer, r.error or "") for r in status.decisions if not r.accepted]
+
+
+class TestWhoDecides:
+    """Only an attested identity in HIMIG_RECONCILIATION_REVIEWERS decides; every refusal is recorded with why."""
+
+    async def _refused(self, recon: Recon, count: int) -> list[tuple[str, str | None, str]]:
+        async def recorded() -> list[tuple[str, str | None, str]]:
+            refusals = _refusals(await recon.status())
+            assert len(refusals) == count, refusals
+            return refusals
+
+        refusals = await assert_eventually(recorded, timeout=15, interval=0.05)
+        assert (await recon.status()).state == "awaiting_decision"  # a refusal decides nothing
+        return refusals
+
+    async def test_a_person_not_on_the_list_is_refused_and_recorded(self, client: Client, start: Any,
+                                                                     issuer: OidcIssuer) -> None:
+        recon = await start()
+        await recon.wait_state("awaiting_decision")
+        # mallory has a genuine token the codec server accepts (allowed subjects `*`), and claims to be alice.
+        with codec_server(issuer) as codec:
+            sent = await temporal_decide_async(client, recon.handle.id,
+                                               {"action": "discard", "reviewer": "alice-sub", "reason": "mine"},
+                                               codec=codec, bearer=token(issuer, "mallory-sub"))
+        assert sent.returncode != 0
+        [(via, reviewer, why)] = await self._refused(recon, 1)
+        assert (via, reviewer) == ("update", "mallory-sub")
+        assert "'mallory-sub' is not in HIMIG_RECONCILIATION_REVIEWERS" in why
+        [record] = (await recon.status()).decisions
+        assert record.claimed_reviewer == "alice-sub" and record.action == "discard"
+
+        await signal_approve(recon.handle, {"action": "keep", "reviewer": "alice-sub"}, "alice-sub")
+        assert (await recon.handle.result()).decided_by == "alice-sub"
+        await _replays(recon.handle)
+
+    async def test_unattested_decisions_are_refused_and_recorded(self, client: Client, start: Any) -> None:
+        recon = await start()
+        await recon.wait_state("awaiting_decision")
+        # A plain client (the SDK's own signal and update) and the temporal CLI without --codec-endpoint.
+        await recon.handle.signal("approve", {"action": "discard", "reviewer": "alice-sub", "reason": "x"})
+        with pytest.raises(WorkflowUpdateFailedError) as refused:
+            await recon.handle.execute_update("decide", {"action": "discard", "reviewer": "alice-sub"},
+                                              result_type=ReconciliationOutcome)
+        assert "not attested" in str(refused.value.cause)
+        assert isinstance(refused.value.cause, ApplicationError) and refused.value.cause.type == "DecisionRejected"
+        plain = await temporal_decide_async(client, recon.handle.id, {"action": "discard", "reviewer": "alice-sub"})
+        assert plain.returncode != 0
+        plain_signal = await temporal_decide_async(client, recon.handle.id,
+                                                   {"action": "discard", "reviewer": "alice-sub"}, signal=True)
+        assert plain_signal.returncode == 0, plain_signal.stderr
+        refusals = await self._refused(recon, 4)
+        assert sorted(via for via, _, _ in refusals) == ["signal", "signal", "update", "update"]
+        for _, reviewer, why in refusals:
+            assert reviewer is None
+            assert why == "not attested: decide through the codec server (Temporal UI / temporal CLI with " \
+                          "--codec-endpoint)"
+        await _replays(recon.handle)
+
+    async def test_forged_attestations_are_refused(self, start: Any) -> None:
+        recon = await start()
+        await recon.wait_state("awaiting_decision")
+        # Another key (a guess, or another installation's).
+        forged = attested({"action": "discard", "reviewer": "alice-sub"}, "alice-sub", key="x" * 40)
+        await recon.handle.signal("approve", forged)
+        # alice's genuine attestation of `keep`, copied onto a `discard`.
+        genuine = attested({"action": "keep", "reviewer": "alice-sub"}, "alice-sub").payload
+        other = plain_payload({"action": "discard", "reviewer": "alice-sub"})
+        other.metadata.update({k: v for k, v in genuine.metadata.items() if k.startswith("himig-")})
+        await recon.handle.signal("approve", RawValue(other))
+        # alice's attestation, the identity changed to bob's.
+        renamed = attested({"action": "discard", "reviewer": "bob-sub"}, "alice-sub").payload
+        renamed.metadata["himig-attested-by"] = b"bob-sub"
+        with pytest.raises(WorkflowUpdateFailedError) as refused:
+            await recon.handle.execute_update("decide", RawValue(renamed), result_type=ReconciliationOutcome)
+        assert "does not verify" in str(refused.value.cause)
+        # Attested for another namespace.
+        await signal_approve(recon.handle, {"action": "discard", "reviewer": "alice-sub"}, "alice-sub",
+                             namespace="someone-elses")
+        # alice's genuine decision for another reconciliation (as `himig approve` makes it), replayed here.
+        await signal_approve(recon.handle, {"action": "discard", "reviewer": "alice-sub",
+                                            "reconciliation_id": "recon-" + "0" * 32 + "-" + "1" * 32}, "alice-sub")
+        refusals = await self._refused(recon, 5)
+        assert sorted(why for _, _, why in refusals) == ["attestation does not verify"] * 4 + \
+            ["the decision names another reconciliation (reconciliation_id)"]  # (recorded as each is decided)
+        assert {reviewer for _, reviewer, _ in refusals} == {None}  # a forger's claim is not recorded as who
+        await _replays(recon.handle)
+
+    async def test_himig_approve_with_the_key_records_the_os_user(self, client: Client, start: Any) -> None:
+        from typer.testing import CliRunner
+
+        from cli.app import app
+
+        recon = await start()
+        await recon.wait_state("awaiting_decision")
+        env = {"HIMIG_TEMPORAL_ADDRESS": client.service_client.config.target_host}
+        result = await asyncio.to_thread(CliRunner().invoke, app, ["approve", recon.handle.id, "--action", "keep",
+                                                                   "--reason", "checked"], env=env)
+        assert result.exit_code == 0, result.output
+        outcome = await recon.handle.result()
+        assert outcome.state == "kept" and outcome.decided_by == getpass.getuser()
+        [record] = (await recon.status()).decisions
+        assert (record.accepted, record.via, record.reviewer, record.claimed_reviewer) == \
+            (True, "update", getpass.getuser(), None)
+
+    async def test_himig_approve_without_the_key_refuses_before_sending(self, client: Client,
+                                                                        start: Any) -> None:
+        from typer.testing import CliRunner
+
+        from cli.app import app
+
+        recon = await start()
+        await recon.wait_state("awaiting_decision")
+        env = {"HIMIG_TEMPORAL_ADDRESS": client.service_client.config.target_host,
+               "HIMIG_REVIEWER_ATTESTATION_KEY": None}
+        result = await asyncio.to_thread(CliRunner().invoke, app, ["approve", recon.handle.id, "--action", "keep"],
+                                         env=env)
+        assert result.exit_code == 2, result.output
+        flat = " ".join(result.output.split())
+        assert "HIMIG_REVIEWER_ATTESTATION_KEY" in flat and "--codec-endpoint" in flat and "--name decide" in flat
+        status = await recon.status()
+        assert status.decisions == [] and status.state == "awaiting_decision"  # nothing was sent
+        await recon.handle.terminate(reason="test done")
 
 
 class TestIdempotentSteps:
@@ -345,7 +526,8 @@ class TestReconciliationsPending:
                 assert gauge == {"awaiting_decision": n, "escalated": 0.0}, gauge
 
             await assert_eventually(lambda: pending(1.0), timeout=20)
-            await recon.handle.signal("approve", {"action": "keep", "reviewer": "carol", "reason": "metrics test"})
+            await signal_approve(recon.handle, {"action": "keep", "reviewer": "carol-sub", "reason": "metrics test"},
+                                 "carol-sub")
             assert (await recon.handle.result()).state == "kept"
             await assert_eventually(lambda: pending(0.0), timeout=20)
         finally:

@@ -11,7 +11,8 @@ it. What a later command needs to find it again lives under the state directory 
   S3/SQS in memory only, so ``up`` recreates the configured buckets every time moto starts.
 - ``stack.env``: ``export`` lines for an operator shell (``source .local/stack.env``); mode 0600, as it carries
   the secrets below.
-- ``secrets.env`` (mode 0600): this installation's ``HIMIG_FINGERPRINT_KEY`` and ``HIMIG_PAYLOAD_KEYS``, generated
+- ``secrets.env`` (mode 0600): this installation's ``HIMIG_FINGERPRINT_KEY``, ``HIMIG_PAYLOAD_KEYS`` and
+  ``HIMIG_REVIEWER_ATTESTATION_KEY``, generated
   by the first ``up`` and reused by every later one (fingerprints written under another key no longer match).
 
 ``up``, ``down`` and ``status`` never wait without a bound: health waits, stops and the state lock all have
@@ -24,6 +25,7 @@ import contextlib
 import datetime as dt
 import errno
 import fcntl
+import getpass
 import importlib.util
 import json
 import os
@@ -89,6 +91,8 @@ def _payload_keys() -> str:
 GENERATED_SECRETS: dict[str, Callable[[], str]] = {
     "HIMIG_FINGERPRINT_KEY": lambda: secrets.token_urlsafe(32),
     "HIMIG_PAYLOAD_KEYS": _payload_keys,
+    # contracts/attestation.py: `himig approve` with this stack's environment attests the OS user with it
+    "HIMIG_REVIEWER_ATTESTATION_KEY": lambda: secrets.token_urlsafe(36),
 }
 
 
@@ -495,6 +499,8 @@ class Stack:
             **self.secrets(),
             "TEMPORAL_ADDRESS": c.temporal_address,
             "HIMIG_TEMPORAL_ADDRESS": c.temporal_address,
+            # Who may decide reconciliations here: whoever runs the local stack (as `himig approve` attests).
+            "HIMIG_RECONCILIATION_REVIEWERS": getpass.getuser(),
             "AWS_ENDPOINT_URL_S3": c.moto_url,
             "AWS_ENDPOINT_URL_SQS": c.moto_url,
             "AWS_ENDPOINT_URL_EVENTBRIDGE": c.moto_url,
