@@ -84,9 +84,9 @@ class ReconciliationDecision(Strict):
         None, description="promote only: attributes applied with UpdateImageSetMetadata(force) before the copy, "
                           'e.g. {"Patient": {"PatientID": "..."}}')
     reconciliation_id: str | None = Field(
-        None, max_length=300, description="the reconciliation (workflow id) this decision is for; when given, any "
-        "other reconciliation refuses it, so an attested decision copied out of one history decides nothing else "
-        "(`himig approve` always sets it)")
+        None, max_length=300, description="the reconciliation (workflow id) this decision is for; required (a "
+        "decision without it, or naming another, is refused), so an attested decision copied out of one history "
+        "decides nothing else (`himig approve` sets it)")
 
     @field_validator("update_first")
     @classmethod

@@ -196,12 +196,16 @@ class ReconciliationWorkflow:
             return None
 
         identity, mac = attestation.claimed(payload)
-        if decision.reconciliation_id not in (None, workflow.info().workflow_id):
-            verdict = ReviewerVerdict(accepted=False, error="the decision names another reconciliation "
-                                      "(reconciliation_id)")
-        elif identity is None or mac is None:
+        if identity is None or mac is None:
             # No activity for what anyone who can reach Temporal may send in bulk.
             verdict = ReviewerVerdict(accepted=False, error=NOT_ATTESTED)
+        elif decision.reconciliation_id != workflow.info().workflow_id:
+            # Required: the attestation covers the payload, so naming the target is what stops an attested
+            # decision copied out of one history from deciding another reconciliation.
+            verdict = ReviewerVerdict(accepted=False, error=(
+                "the decision must name this reconciliation (reconciliation_id: its workflow id)"
+                if decision.reconciliation_id is None else "the decision names another reconciliation "
+                "(reconciliation_id)"))
         elif self._verifying >= MAX_VERIFYING:
             verdict = ReviewerVerdict(accepted=False, error="too many decisions are being verified; try again")
         else:

@@ -22,7 +22,7 @@ RECORDED = {
     "PutEventsFailed", "CorruptInventory", "CorruptUnitList", "SourceUnavailable",
 }
 PATCH_IDS = {"split-failed-batch", "start-reconciliation", "search-attributes", "job-events", "ingest-spill",
-             "source-changed-no-job", "fhir-routing"}
+             "source-changed-no-job", "fhir-routing", "verify-reviewer"}
 
 
 def _sources() -> list[Path]:

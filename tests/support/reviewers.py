@@ -45,21 +45,25 @@ def attested(value: Any, identity: str, *, namespace: str = "default",
     return RawValue(attest(plain_payload(value), raw_key, namespace, identity))
 
 
-def _json(value: Any) -> Any:
-    return value.model_dump(mode="json", exclude_none=True) if isinstance(value, BaseModel) else value
+def _json(value: Any, reconciliation_id: str) -> Any:
+    """The decision as JSON, naming its reconciliation as every real sender must (unless it names one already)."""
+    body = value.model_dump(mode="json", exclude_none=True) if isinstance(value, BaseModel) else value
+    if isinstance(body, dict) and "action" in body:
+        body = {"reconciliation_id": reconciliation_id, **body}
+    return body
 
 
 async def decide(handle: WorkflowHandle[Any, Any], value: Any, identity: str,
                  namespace: str = "default") -> ReconciliationOutcome:
     """The `decide` update, attested for ``identity``; its outcome."""
-    return await handle.execute_update("decide", attested(_json(value), identity, namespace=namespace),
-                                       result_type=ReconciliationOutcome)
+    return await handle.execute_update("decide", attested(_json(value, handle.id), identity,
+                                                                 namespace=namespace), result_type=ReconciliationOutcome)
 
 
 async def signal_approve(handle: WorkflowHandle[Any, Any], value: Any, identity: str,
                          namespace: str = "default") -> None:
     """The `approve` signal, attested for ``identity``."""
-    await handle.signal("approve", attested(_json(value), identity, namespace=namespace))
+    await handle.signal("approve", attested(_json(value, handle.id), identity, namespace=namespace))
 
 
 @contextmanager
@@ -88,7 +92,7 @@ def temporal_decide(client: Client, workflow_id: str, value: Any, *, codec: Code
     through ``codec`` with ``bearer`` when given, else plain."""
     args = ["workflow", "signal", "--name", "approve"] if signal else \
         ["workflow", "update", "execute", "--name", "decide"]
-    args += ["--workflow-id", workflow_id, "--input", json.dumps(_json(value))]
+    args += ["--workflow-id", workflow_id, "--input", json.dumps(_json(value, workflow_id))]
     if codec is not None:
         args += ["--codec-endpoint", codec.url]
         if bearer is not None:

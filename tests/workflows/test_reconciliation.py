@@ -388,16 +388,17 @@ class TestWhoDecides:
     async def test_forged_attestations_are_refused(self, start: Any) -> None:
         recon = await start()
         await recon.wait_state("awaiting_decision")
+        me = {"reconciliation_id": recon.handle.id}  # named, as it must be, so that verification decides
         # Another key (a guess, or another installation's).
-        forged = attested({"action": "discard", "reviewer": "alice-sub"}, "alice-sub", key="x" * 40)
+        forged = attested({**me, "action": "discard", "reviewer": "alice-sub"}, "alice-sub", key="x" * 40)
         await recon.handle.signal("approve", forged)
         # alice's genuine attestation of `keep`, copied onto a `discard`.
-        genuine = attested({"action": "keep", "reviewer": "alice-sub"}, "alice-sub").payload
-        other = plain_payload({"action": "discard", "reviewer": "alice-sub"})
+        genuine = attested({**me, "action": "keep", "reviewer": "alice-sub"}, "alice-sub").payload
+        other = plain_payload({**me, "action": "discard", "reviewer": "alice-sub"})
         other.metadata.update({k: v for k, v in genuine.metadata.items() if k.startswith("himig-")})
         await recon.handle.signal("approve", RawValue(other))
         # alice's attestation, the identity changed to bob's.
-        renamed = attested({"action": "discard", "reviewer": "bob-sub"}, "alice-sub").payload
+        renamed = attested({**me, "action": "discard", "reviewer": "bob-sub"}, "alice-sub").payload
         renamed.metadata["himig-attested-by"] = b"bob-sub"
         with pytest.raises(WorkflowUpdateFailedError) as refused:
             await recon.handle.execute_update("decide", RawValue(renamed), result_type=ReconciliationOutcome)
@@ -413,6 +414,18 @@ class TestWhoDecides:
             ["the decision names another reconciliation (reconciliation_id)"]  # (recorded as each is decided)
         assert {reviewer for _, reviewer, _ in refusals} == {None}  # a forger's claim is not recorded as who
         await _replays(recon.handle)
+
+    async def test_an_attested_decision_must_name_its_reconciliation(self, start: Any) -> None:
+        """Else one copied out of a history (sealed, but readable by whoever holds the keys) would decide any."""
+        recon = await start()
+        await recon.wait_state("awaiting_decision")
+        unnamed = attested({"action": "discard", "reviewer": "alice-sub"}, "alice-sub")  # a genuine attestation
+        with pytest.raises(WorkflowUpdateFailedError) as refused:
+            await recon.handle.execute_update("decide", unnamed, result_type=ReconciliationOutcome)
+        assert "must name this reconciliation" in str(refused.value.cause)
+        [(via, reviewer, why)] = await self._refused(recon, 1)
+        assert via == "update" and reviewer is None and "reconciliation_id" in why
+        assert (await recon.status()).state == "awaiting_decision"
 
     async def test_himig_approve_with_the_key_records_the_os_user(self, client: Client, start: Any) -> None:
         from typer.testing import CliRunner
