@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydicom import dcmread
 from pydicom.uid import (
     CTImageStorage,
@@ -18,6 +20,7 @@ from pydicom.uid import (
     MRImageStorage,
 )
 
+from contracts.sources import is_uid
 from corpus.models import CorpusEntry, Expected, Origin
 from corpus.synthetic import (
     SUPPORTED_TRANSFER_SYNTAXES,
@@ -72,6 +75,25 @@ def test_uid_parts_do_not_run_together() -> None:
     assert synth_uid(1, 10) != synth_uid(11, 0)
     assert synth_uid("instance", 10, 0, 1, 0) != synth_uid("instance", 1, 0, 10, 0)
     assert synth_uid("a", "b") == synth_uid("a", "b")
+
+
+_PART = st.one_of(st.integers(min_value=0, max_value=10**6),
+                  st.text(st.characters(blacklist_characters="\x1f", blacklist_categories=("Cs",)), max_size=12))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(_PART, _PART, _PART), min_size=2, max_size=40, unique=True))
+def test_generated_uids_are_unique_and_valid(keys: list[tuple[object, object, object]]) -> None:
+    """Distinct parts, distinct UIDs; every one a valid DICOM UID (digits and dots, no leading zeros, <= 64)."""
+    uids = [synth_uid(*key) for key in keys]
+    assert len({str(u) for u in uids}) == len({tuple(map(str, k)) for k in keys})
+    for u in uids:
+        assert is_uid(str(u)), u
+
+
+def test_a_part_holding_the_separator_is_refused() -> None:
+    with pytest.raises(ValueError, match="separator"):
+        synth_uid("a\x1fb")
 
 
 def test_identities_stay_unique_past_ten_of_anything(tmp_path: Path) -> None:

@@ -66,13 +66,19 @@ _VARYING_TAGS = frozenset(Tag(k) for k in _VARYING_KEYWORDS)
 _GROUP_LENGTH_TAG = Tag(0x0002, 0x0000)
 
 
+SEPARATOR = "\x1f"
+
+
 def synth_uid(*parts: object) -> UID:
     """A UID under :data:`UID_PREFIX` that depends only on ``parts``.
 
     The parts are joined with a separator into one entropy source: `generate_uid` concatenates its sources as they
     are, so ("1", "10") and ("11", "0") would otherwise hash alike (patient 10, slice 0 = patient 1, slice 10).
     """
-    return UID(generate_uid(prefix=UID_PREFIX, entropy_srcs=["\x1f".join(["himig-corpus", *(str(p) for p in parts)])]))
+    texts = [str(p) for p in parts]
+    if any(SEPARATOR in t for t in texts):
+        raise ValueError("a UID part may not contain the separator \\x1f (parts would run together)")
+    return UID(generate_uid(prefix=UID_PREFIX, entropy_srcs=[SEPARATOR.join(["himig-corpus", *texts])]))
 
 
 IMPLEMENTATION_CLASS_UID = synth_uid("implementation-class-uid")
