@@ -38,6 +38,7 @@ from contracts.records import Finding, Severity
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 _VRS = {str(v.value) for v in VR}
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+_UID_CHARS = re.compile(r"^[0-9.]+$")
 KNOWN_TRANSFER_SYNTAXES = {
     "1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2",
     "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70",
@@ -105,8 +106,47 @@ class _ProbeReader(io.BytesIO):
         return data
 
 
+def uid_problem(uid: str) -> tuple[str, str] | None:
+    """What is wrong with a UID, as ``(finding code, words)``, or None.
+
+    ``invalid_uid``: HealthImaging's own API pattern (``[0-9.]+``, at most 64) refuses it. ``uid_not_dicom``: the
+    pattern lets it through, but DICOM (PS3.5 §9.1) does not: a component with a leading zero, or an empty one.
+    """
+    if len(uid) > 64:
+        return "invalid_uid", f"is {len(uid)} characters; a UID has at most 64"
+    if not _UID_CHARS.match(uid):
+        return "invalid_uid", "has characters other than digits and dots"
+    if _UID.match(uid):
+        return None
+    components = uid.split(".")
+    if "" in components:
+        return "uid_not_dicom", ("has an empty component (a leading, trailing or doubled dot), which DICOM forbids; "
+                                 "HealthImaging's UID pattern accepts it")
+    position = next(i for i, c in enumerate(components, 1) if len(c) > 1 and c.startswith("0"))
+    return "uid_not_dicom", (f"component {position} has a leading zero, which DICOM forbids; HealthImaging's UID "
+                             "pattern accepts it")
+
+
 def _finding(code: str, reason: str, attribute: str | None = None, severity: Severity = Severity.ERROR) -> Finding:
     return Finding(code=code, severity=severity, reason=reason, attribute=attribute)
+
+
+def _not_part10(buf: bytes, ended: bool) -> str:
+    """Why a file is not DICOM Part 10, in our words (pydicom's messages carry advice for programmers)."""
+    if ended:
+        return "not a DICOM Part 10 file: it ends before its file meta information is complete"
+    if buf[128:132] == b"DICM":
+        return "not a DICOM Part 10 file: it has the DICM marker, but its file meta information cannot be read"
+    head = buf[:512]
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is not None and text.lstrip()[:1] in ("{", "["):
+        return "not a DICOM Part 10 file: JSON text (no 128-byte preamble and DICM marker)"
+    if text is not None and all(c.isprintable() or c in "\r\n\t" for c in text):
+        return "not a DICOM Part 10 file: plain text (no 128-byte preamble and DICM marker)"
+    return "not a DICOM Part 10 file: no DICM marker after a 128-byte preamble"
 
 
 def _sniff(buf: bytes) -> Finding | None:
@@ -433,14 +473,14 @@ def _parse_header(buf: bytes, total_size: int, fingerprint_key: bytes | None) ->
         if len(buf) < total_size:
             result.need_bytes = _more(buf, total_size)
             return result
-        reason = str(err).split("\n")[0][:200] if isinstance(err, InvalidDicomError) else "unexpected end of file"
-        result.findings.append(_finding("not_dicom", f"not a DICOM Part 10 file: {reason}"))
+        result.findings.append(_finding("not_dicom", _not_part10(buf, isinstance(err, EOFError))))
         return result
-    except Exception as err:  # pydicom raises many types on corrupt input; each is a finding, not a crash
+    except Exception:  # pydicom raises many types on corrupt input; each is a finding, not a crash
         if len(buf) < total_size:
             result.need_bytes = _more(buf, total_size)
             return result
-        result.findings.append(_finding("unparseable", f"DICOM header could not be parsed: {type(err).__name__}"))
+        result.findings.append(_finding("unparseable", "the DICOM header is malformed: an element's tag, value "
+                                        "representation or length cannot be read"))
         return result
     register_phi(ds)
     result.readable = True
@@ -454,9 +494,11 @@ def _parse_header(buf: bytes, total_size: int, fingerprint_key: bytes | None) ->
             _check_pixel_extent(buf, total_size, pixel, result)
         elif fp.tell() >= total_size and _uint(ds, "Rows") and _uint(ds, "Columns") and "FloatPixelData" not in ds \
                 and "DoubleFloatPixelData" not in ds and not _deflated(ds):
-            # An image (Rows and Columns present) that ends at an element boundary before its Pixel Data.
-            result.findings.append(_finding("truncated", "the file ends before Pixel Data although Rows and Columns "
-                                            "describe an image (truncated)", "PixelData"))
+            # An image (Rows and Columns present) whose last element ends cleanly, with no Pixel Data after it:
+            # nothing is cut off, the required attribute is simply not there.
+            result.findings.append(_finding("missing_pixel_data", "required attribute PixelData is missing: Rows and "
+                                            "Columns describe an image, but the file ends without its pixels",
+                                            "PixelData"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         _describe(ds, result, fingerprint_key)
@@ -670,8 +712,9 @@ def _describe(ds: Dataset, result: HeaderResult, fingerprint_key: bytes | None =
     for attr, label in (("sop_instance_uid", "SOPInstanceUID"), ("study_instance_uid", "StudyInstanceUID"),
                         ("series_instance_uid", "SeriesInstanceUID")):
         uid = values[attr]
-        if uid and (len(uid) > 64 or not _UID.match(uid)):
-            f.append(_finding("invalid_uid", f"{label} is not a valid UID (digits and dots, at most 64 characters)", label))
+        if uid and (problem := uid_problem(uid)):
+            code, what = problem
+            f.append(_finding(code, f"{label} {what}", label))
     for name, limit in LENGTH_LIMITS.items():
         raw = _raw(ds, name)
         if raw is None or len(raw) <= limit:

@@ -40,6 +40,7 @@ REJECTING_LEVELS: dict[str, set[ValidationLevel]] = {
     "truncated": _STRUCTURE,
     "bad_vr": _STRUCTURE,
     "invalid_uid": _STRUCTURE,
+    "missing_pixel_data": _STRUCTURE,
     "ts_mismatch": _STRUCTURE,
     "element_order": _STRUCTURE,
     "meta_group_length": _STRUCTURE,
@@ -59,6 +60,8 @@ REJECTING_LEVELS: dict[str, set[ValidationLevel]] = {
     "meta_group_length_missing": _STRICT,
     "series_uid_equals_study_uid": _STRICT,
     "odd_length": _STRICT,
+    # DICOM forbids it, HealthImaging's UID pattern ([0-9.]+) accepts it: only `strict` refuses it.
+    "uid_not_dicom": _STRICT,
     # Never rejecting (warnings only): empty_patient_id, private_without_creator, trailing_data_not_inspected.
 }
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import io
 import struct
+from pathlib import Path
 
 import pydicom
 import pytest
@@ -12,7 +13,12 @@ from pydicom.data import get_testdata_file
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 
-from activities.dicom_header import check_tail, parse_header
+from activities.dicom_header import check_tail, parse_header, uid_problem
+from activities.validate import rejects
+from contracts.common import ValidationLevel
+from corpus.hostile_real import HOSTILE_REAL
+from corpus.malformed import generate_malformed
+from corpus.real import locate
 from tests.support.dicom import make_instance, uid
 
 
@@ -208,3 +214,75 @@ class TestKeyedFingerprints:
             with pytest.raises(ValueError, match="fingerprint_key: at least 16 bytes") as caught:
                 build()
             assert "canary" not in str(caught.value)
+
+
+class TestReasonsAreRightAndReadable:
+    """A reason says what is wrong, in our words: never a library's advice or an exception class name."""
+
+    LIBRARY_TEXT = ("force=True", "Use force", "pydicom", "Error", "Exception", "Traceback", "errno")
+
+    @pytest.mark.parametrize(("value", "code", "words"), [
+        ("1.2." + "3" * 70, "invalid_uid", "is 74 characters; a UID has at most 64"),
+        ("1.2.abc.4", "invalid_uid", "characters other than digits and dots"),
+        ("1.2 .3", "invalid_uid", "characters other than digits and dots"),
+        ("1.2.0123.4", "uid_not_dicom", "component 3 has a leading zero"),
+        ("01.2", "uid_not_dicom", "component 1 has a leading zero"),
+        ("1.2.", "uid_not_dicom", "empty component"),
+        (".1.2", "uid_not_dicom", "empty component"),
+        ("1..2", "uid_not_dicom", "empty component"),
+        ("1.2.0.3", None, None),
+        ("0", None, None),
+    ])
+    def test_a_uid_problem_is_named_for_what_it_is(self, value: str, code: str | None, words: str | None) -> None:
+        problem = uid_problem(value)
+        if code is None:
+            assert problem is None
+        else:
+            assert problem is not None and problem[0] == code and words in problem[1]
+
+    @pytest.mark.parametrize(("code", "rejected_at"), [
+        ("uid_not_dicom", {ValidationLevel.STRICT}),
+        ("invalid_uid", {ValidationLevel.STRICT, ValidationLevel.STRUCTURE_ONLY}),
+        ("missing_pixel_data", {ValidationLevel.STRICT, ValidationLevel.STRUCTURE_ONLY}),
+    ])
+    def test_the_level_follows_what_healthimaging_accepts(self, code: str, rejected_at: set[ValidationLevel]) -> None:
+        assert {level for level in ValidationLevel if rejects(code, level)} == rejected_at
+
+    def test_an_image_that_ends_cleanly_without_pixels_is_missing_an_attribute(self) -> None:
+        data = make_instance(uid(), uid())
+        cut = data[:data.rindex(b"\xe0\x7f\x10\x00")]  # every element before Pixel Data, complete
+        result, _ = _parse_like_s3(cut)
+        codes = {f.code for f in result.findings}
+        assert "missing_pixel_data" in codes and "truncated" not in codes
+        # Cut inside Pixel Data instead: that one is truncated.
+        result, _ = _parse_like_s3(data[:data.rindex(b"\xe0\x7f\x10\x00") + 400])
+        assert "truncated" in {f.code for f in result.findings}
+
+    @pytest.mark.parametrize(("data", "words"), [
+        (b"PatientName=Somebody\nStudyDate=20200101\n" * 10, "plain text"),
+        (b'{"00100010": {"vr": "PN"}}' + b" " * 200, "JSON text"),
+        (bytes(range(256)) * 8, "no DICM marker"),
+        (b"\0" * 100, "no DICM marker"),
+    ])
+    def test_a_file_that_is_not_dicom_says_what_it_is(self, data: bytes, words: str) -> None:
+        result, _ = _parse_like_s3(data)
+        [finding] = result.findings
+        assert words in finding.reason and finding.code in ("not_dicom", "unparseable"), finding
+        assert not any(t in finding.reason for t in self.LIBRARY_TEXT), finding.reason
+
+    @pytest.mark.filterwarnings("ignore::UserWarning")
+    def test_no_reason_in_the_malformed_corpus_carries_library_text(self, tmp_path: Path) -> None:
+        entries = generate_malformed(tmp_path)
+        for hostile in HOSTILE_REAL:
+            path = locate(hostile.name)
+            if path is not None:
+                entries.append(type(entries[0]).model_construct(path=str(path)))
+        seen = 0
+        for entry in entries:
+            path = Path(entry.path)
+            data = (path if path.is_absolute() else tmp_path / path).read_bytes()
+            result, _ = _parse_like_s3(data)
+            for finding in result.findings:
+                seen += 1
+                assert not any(t in finding.reason for t in self.LIBRARY_TEXT), (entry.path, finding.reason)
+        assert seen > len(entries)  # the corpus does produce findings to judge

@@ -178,8 +178,9 @@ class DefectContext:
         return encode_dataset(self.base())
 
     def unique_uid(self, suffix: str) -> str:
-        """A syntactically odd UID for this defect: the prefix, a code-specific number, then ``suffix``."""
-        return f"{UID_PREFIX}{zlib.crc32(self.code.encode())}.{suffix}"
+        """A syntactically odd UID for this defect: the prefix, a number of this code and seed, then ``suffix``
+        (another seed gives other identities, even to the files whose UIDs are odd on purpose)."""
+        return f"{UID_PREFIX}{zlib.crc32(f'{self.seed}:{self.code}'.encode())}.{suffix}"
 
 
 DefectBuilder = Callable[[DefectContext], bytes]
@@ -327,7 +328,8 @@ def _truncated_mid_header(ctx: DefectContext) -> bytes:
 
 
 @defect("truncated_before_pixeldata", REJECT, "file ends exactly at the element boundary before (7FE0,0010): "
-        "every element is complete, but the image has no Pixel Data", finding="truncated")
+        "every element is complete, but the image has no Pixel Data (a missing attribute, not a cut-off file)",
+        finding="missing_pixel_data")
 def _truncated_before_pixeldata(ctx: DefectContext) -> bytes:
     data = ctx.valid_bytes()
     return data[:find_element(data, 0x7FE00010).offset]
@@ -455,8 +457,9 @@ def _uid_invalid_chars(ctx: DefectContext) -> bytes:
     return _with_sop_uid(ctx, ctx.unique_uid("abc.4"))
 
 
-@defect("uid_leading_zero", REJECT, "SOP Instance UID has a component with a leading zero ('0123'), which "
-        "PS3.5 9.1 forbids and HealthImaging's UID pattern does not match", finding="invalid_uid")
+@defect("uid_leading_zero", VALID, "SOP Instance UID has a component with a leading zero ('0123'), which "
+        "PS3.5 9.1 forbids but HealthImaging's UID pattern ([0-9.]+) accepts: imported with a warning at "
+        "structure-only, rejected at strict", finding="uid_not_dicom")
 def _uid_leading_zero(ctx: DefectContext) -> bytes:
     return _with_sop_uid(ctx, ctx.unique_uid("0123.1"))
 
@@ -824,8 +827,9 @@ def _study_uid_hex(ctx: DefectContext) -> bytes:
     return encode_dataset(ds)
 
 
-@defect("uid_trailing_dot", REJECT, "Series Instance UID ends with a dot (an empty component)",
-        finding="invalid_uid")
+@defect("uid_trailing_dot", VALID, "Series Instance UID ends with a dot (an empty component), which DICOM "
+        "forbids but HealthImaging's UID pattern ([0-9.]+) accepts: imported with a warning at structure-only, "
+        "rejected at strict", finding="uid_not_dicom")
 def _uid_trailing_dot(ctx: DefectContext) -> bytes:
     ds = ctx.base()
     ds.SeriesInstanceUID = ctx.unique_uid("5.")
