@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 from pydantic import (
+    AfterValidator,
     AliasChoices,
     BeforeValidator,
     Field,
@@ -77,6 +78,13 @@ def _matching(pattern: str, what: str) -> Any:
     return check
 
 
+def _origins(value: str) -> str:
+    parse_origins(value)  # raises ValueError naming the bad entry
+    return value
+
+
+#: Comma/space-separated ``scheme://host[:port]`` origins, each checked when the settings are read.
+Origins = Annotated[str, AfterValidator(_origins)]
 #: An integer setting: a whole number from the environment, never a fraction silently truncated.
 WholeNumber = Annotated[int, BeforeValidator(_whole_number)]
 RoleArn = Annotated[str, BeforeValidator(_matching(ROLE_ARN_PATTERN, "an IAM role ARN, "
@@ -171,7 +179,7 @@ class CodecServerSettings(BaseSettings):
 
     host: str = Field("127.0.0.1", min_length=1, description="address to listen on (0.0.0.0 behind a load balancer)")
     port: int = Field(8081, ge=1, le=65535, description="port to listen on")
-    ui_origins: str = Field("", description="comma/space-separated scheme://host[:port] of the Temporal UI(s) "
+    ui_origins: Origins = Field("", description="comma/space-separated scheme://host[:port] of the Temporal UI(s) "
                             "allowed to call from a browser (CORS); empty allows none")
     auth: Literal["oidc", "none"] = Field(
         "oidc", description="`oidc`: every request needs a bearer token from the issuer below; `none`: no "
@@ -189,12 +197,6 @@ class CodecServerSettings(BaseSettings):
     tls_cert_path: str | None = Field(None, description="PEM certificate (chain) to serve HTTPS; the UI only "
                                       "forwards the bearer token to an https endpoint")
     tls_key_path: str | None = Field(None, description="PEM private key of the certificate")
-
-    @field_validator("ui_origins")
-    @classmethod
-    def _ui_origins(cls, value: str) -> str:
-        parse_origins(value)  # raises ValueError naming the bad entry
-        return value
 
     @field_validator("oidc_issuer", "oidc_jwks_url")
     @classmethod
@@ -310,9 +312,8 @@ class Settings(BaseSettings):
             KeyRing.parse(value.get_secret_value())  # raises naming the entry, never the key
         return value
 
-    payload_kms_key_id: str | None = Field(
-        None, pattern=r"^(arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:(key|alias)/.+|alias/.+|[0-9a-f-]{36})$",
-        description="KMS key making the data keys that seal payloads (envelope encryption; needs "
+    payload_kms_key_id: KmsKey | None = Field(
+        None, description="KMS key making the data keys that seal payloads (envelope encryption; needs "
         "kms:GenerateDataKey and kms:Decrypt). With it, new payloads use KMS data keys and HIMIG_PAYLOAD_KEYS, if "
         "set, only opens old ones")
     kms_endpoint_url: str | None = Field(None, validation_alias=AliasChoices("AWS_ENDPOINT_URL_KMS",
@@ -375,7 +376,7 @@ class Settings(BaseSettings):
     dicomweb_username: str | None = Field(None, description="HTTP basic-auth user for a DICOMweb source")
     dicomweb_password: SecretStr | None = Field(None, description="HTTP basic-auth password for a DICOMweb source")
     dicomweb_token: SecretStr | None = Field(None, description="bearer token for a DICOMweb source (wins over basic)")
-    dicomweb_allowed_origins: str = Field(
+    dicomweb_allowed_origins: Origins = Field(
         "", description="comma/space-separated scheme://host[:port] a `dicomweb` source may name; required with "
         "credentials (they are only sent to these); empty without credentials allows any")
     source_timeout_seconds: float = Field(60.0, gt=0, le=3600, description="network timeout talking to a PACS, "
@@ -403,12 +404,6 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="debug, info, warning or "
                                                                     "error")
     log_format: Literal["json", "console"] = Field("json", description="json (structlog JSON lines) or console")
-
-    @field_validator("dicomweb_allowed_origins")
-    @classmethod
-    def _origins(cls, value: str) -> str:
-        parse_origins(value)  # raises ValueError naming the bad entry
-        return value
 
     @field_validator("metrics_port", "otlp_endpoint", mode="before")
     @classmethod
@@ -577,8 +572,7 @@ def with_table(readme: str) -> str:
 
 
 # Model name in a ValidationError's title -> the prefix of its variables.
-_PREFIXES = {"Settings": "HIMIG_", "IngestSettings": "HIMIG_INGEST_", "JobEventSettings": "HIMIG_JOB_EVENTS_",
-             "CodecServerSettings": "HIMIG_CODEC_SERVER_"}
+_PREFIXES = {model.__name__: prefix for model, prefix in _sections()}
 _SECTIONS = {"ingest": "IngestSettings", "job_events": "JobEventSettings", "codec_server": "CodecServerSettings"}
 
 

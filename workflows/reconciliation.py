@@ -60,7 +60,7 @@ with workflow.unsafe.imports_passed_through():
         ReviewerVerdict,
         UpdateFirstInput,
     )
-    from workflows import patches, policies
+    from workflows import patches, policies, signals
     from workflows.search import upsert
 
 In = TypeVar("In")
@@ -68,7 +68,8 @@ Out = TypeVar("Out")
 
 # The decision log rides in workflow state; a flood of bad signals must not grow it without bound.
 MAX_RECORDS = 100
-_NO_INPUT = RawValue(Payload())  # a signal sent without --input
+_NO_INPUT = signals.NO_INPUT  # a signal sent without --input
+_EXPECTED = "a JSON object with action, reviewer and reason"
 # Decisions whose reviewer is being verified at once; more are refused (each costs an activity in history).
 MAX_VERIFYING = 5
 NOT_ATTESTED = "not attested: decide through the codec server (Temporal UI / temporal CLI with --codec-endpoint)"
@@ -127,7 +128,7 @@ class ReconciliationWorkflow:
     async def decide(self, raw: RawValue = _NO_INPUT) -> ReconciliationOutcome:
         """A decision (what `himig approve` sends, or `temporal workflow update execute --name decide
         --codec-endpoint ...`); returns the outcome once it has been applied, or fails with DecisionRejected."""
-        decision = self._decode(raw)
+        _, decision = self._decode(raw)
         if isinstance(decision, str):  # only reachable on replay of a history the validator let through
             raise ApplicationError(decision, type=ErrorType.DECISION_REJECTED)
         problem = await self._consider(decision, "update", raw.payload)
@@ -140,38 +141,30 @@ class ReconciliationWorkflow:
     @decide.validator
     def _validate_decide(self, raw: RawValue = _NO_INPUT) -> None:
         # The cheap checks only (shape, state): who decides is verified by an activity once accepted.
-        decision = self._decode(raw)
+        _, decision = self._decode(raw)
         if isinstance(decision, str):
             raise ValueError(decision)
         problem = self._state_problem()
         if problem:
             raise ValueError(problem)
 
-    def _decode(self, raw: RawValue) -> ReconciliationDecision | str:
-        """The decision in ``raw``, or why there is none (field names and rules only, never input values)."""
-        if raw is _NO_INPUT:
-            return "no input: expected a JSON object with action, reviewer and reason"
-        try:
-            value = workflow.payload_converter().from_payload(raw.payload)
-        except Exception:
-            return "input is not JSON"
+    def _decode(self, raw: RawValue) -> tuple[Any, ReconciliationDecision | str]:
+        """``(the input's JSON value, the decision)``, or ``(value, why there is no decision)``: field names and
+        rules only, never input values."""
+        value, error = signals.read_json(raw, _EXPECTED)
+        if error is not None:
+            return value, error
         if not isinstance(value, dict):
-            return "expected a JSON object with action, reviewer and reason"
+            return value, f"expected {_EXPECTED}"
         try:
-            return ReconciliationDecision.model_validate(value)
+            return value, ReconciliationDecision.model_validate(value)
         except pydantic.ValidationError as err:
-            return describe_validation_error(err)
+            return value, describe_validation_error(err)
 
     def _read(self, raw: RawValue) -> ReconciliationDecision | None:
         """A signal's decision, or None after recording why it is unreadable."""
-        decision = self._decode(raw)
+        value, decision = self._decode(raw)
         if isinstance(decision, str):
-            value = None
-            if raw is not _NO_INPUT:
-                try:
-                    value = workflow.payload_converter().from_payload(raw.payload)
-                except Exception:
-                    value = None
             self._reject("signal", _reviewer_of(value), decision)
             return None
         return decision

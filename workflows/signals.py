@@ -8,7 +8,7 @@ in one line that never quotes the values (which may be patient data, or anything
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.api.common.v1 import Payload
@@ -25,15 +25,24 @@ M = TypeVar("M", bound=pydantic.BaseModel)
 NO_INPUT = RawValue(Payload())
 
 
+def read_json(raw: RawValue, expected: str = "a JSON object") -> tuple[Any, str | None]:
+    """``(the input's JSON value, None)``, or ``(None, why there is none)`` (``expected`` says what was wanted)."""
+    if raw is NO_INPUT:
+        return None, f"no input: expected {expected}"
+    try:
+        return workflow.payload_converter().from_payload(raw.payload), None
+    except Exception:
+        return None, "input is not JSON"
+
+
 def decode(raw: RawValue, model: type[M], optional: bool = False) -> tuple[M | None, str | None]:
     """``(value, None)``, or ``(None, why it was rejected)``; with ``optional``, no input or ``null`` is
     ``(None, None)``."""
-    if raw is NO_INPUT:
-        return (None, None) if optional else (None, "no input: expected a JSON object")
-    try:
-        value = workflow.payload_converter().from_payload(raw.payload)
-    except Exception:
-        return None, "input is not JSON"
+    if raw is NO_INPUT and optional:
+        return None, None
+    value, error = read_json(raw)
+    if error is not None:
+        return None, error
     if value is None and optional:
         return None, None
     try:
