@@ -109,8 +109,8 @@ def _record_latency(elapsed: timedelta, outcome: str) -> None:
 # ---- AWS calls (botocore events)
 
 
-def instrument(meter: MetricMeter, clients: AwsClients) -> None:
-    """Count S3 requests on ``clients.s3`` and throttling answers on every client of ``clients``.
+def instrument(meter: MetricMeter, clients: AwsClients) -> AwsClients:
+    """Count S3 requests on ``clients.s3`` and throttling answers on every client of ``clients`` (returned).
 
     One botocore ``needs-retry`` handler per client: botocore emits that event once per HTTP attempt (answered or
     not), before deciding whether to retry it, so attempts botocore retries itself are counted too.
@@ -140,6 +140,7 @@ def instrument(meter: MetricMeter, clients: AwsClients) -> None:
                 log.warning("AWS call not counted", error=type(err).__name__)
 
         client.meta.events.register(f"needs-retry.{model.service_id.hyphenize()}", on_attempt)
+    return clients
 
 
 # ---- reconciliations pending (visibility)

@@ -12,7 +12,6 @@ from pathlib import Path
 import pydantic
 import structlog
 from temporalio.client import Client
-from temporalio.common import MetricMeter
 from temporalio.worker import Worker
 
 from worker.aws import AwsClients, make_client
@@ -27,18 +26,12 @@ from worker.sqs_poller import ListenerFailed
 log = structlog.get_logger("himig.worker")
 
 
-def instrumented(clients: AwsClients, meter: MetricMeter) -> AwsClients:
-    """``clients`` with S3 requests and throttles counted (`worker.metrics.instrument`)."""
-    instrument(meter, clients)
-    return clients
-
-
 def build_worker(client: Client, settings: Settings, executor: ThreadPoolExecutor, task_queue: str | None = None) -> Worker:
     return Worker(
         client,
         task_queue=task_queue or settings.task_queue,
         workflows=WORKFLOWS,
-        activities=build_activities(instrumented(AwsClients.from_settings(settings), meter_of(client)), settings),
+        activities=build_activities(instrument(meter_of(client), AwsClients.from_settings(settings)), settings),
         activity_executor=executor,
         max_concurrent_activities=settings.max_concurrent_activities,
         # Bad workflow input fails the workflow at once instead of retrying its first task forever.

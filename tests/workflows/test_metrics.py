@@ -42,10 +42,11 @@ from worker.metrics import (
     MetricsEndpointError,
     MetricsInterceptor,
     build_runtime,
+    instrument,
     meter_of,
 )
 from worker.registry import WORKFLOWS, build_activities
-from worker.runner import build_worker, instrumented
+from worker.runner import build_worker
 from worker.settings import Settings
 from workflows.ingest import IngestWorkflow
 from workflows.migration import MigrationWorkflow
@@ -207,7 +208,7 @@ class TestFilesCountedOncePerFile:
                 raise ApplicationError("the report was written, but this attempt's completion is lost")
             return result
 
-        activities = [a for a in build_activities(instrumented(AwsClients.from_settings(settings), meter_of(client)),
+        activities = [a for a in build_activities(instrument(meter_of(client), AwsClients.from_settings(settings)),
                                                   settings)
                       if getattr(a, "__temporal_activity_definition").name != "write_report"]
         with ThreadPoolExecutor(max_workers=settings.max_concurrent_activities) as executor:
