@@ -12,8 +12,12 @@ from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 from contracts.errors import BACKOFF, FATAL, ErrorType
 
 
-def error_code(err: ClientError) -> str:
-    return str(err.response.get("Error", {}).get("Code", "Unknown"))
+def error_code(err: BaseException) -> str:
+    """The AWS error code of ``err``; for an error without one (connection trouble), its type's name. Never its
+    message, which could carry a key id or a value."""
+    if isinstance(err, ClientError):
+        return str(err.response.get("Error", {}).get("Code", "Unknown"))
+    return type(err).__name__
 
 
 def backoff_delay(attempt: int, base: float = 1.0, cap: float = 60.0) -> timedelta:

@@ -36,6 +36,8 @@ from temporalio.api.common.v1 import Payload
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes, PayloadCodec
 
+from activities.errors import error_code
+
 ENCODING = b"binary/encrypted"
 CIPHER = b"AES256-GCM"
 META_ENCODING = "encoding"
@@ -154,7 +156,7 @@ class KmsDataKeys:
                                                       EncryptionContext=KMS_CONTEXT)
                 except Exception as err:  # botocore's ClientError / connection errors: name the code, not the text
                     raise PayloadEncryptionError(f"KMS GenerateDataKey with HIMIG_PAYLOAD_KMS_KEY_ID failed "
-                                                 f"({_error_code(err)})") from None
+                                                 f"({error_code(err)})") from None
                 blob = bytes(made["CiphertextBlob"])
                 key_id = self.key_id_of(blob)
                 cipher = AESGCM(bytes(made["Plaintext"]))
@@ -179,15 +181,9 @@ class KmsDataKeys:
                     plain = self.kms.decrypt(CiphertextBlob=blob, EncryptionContext=KMS_CONTEXT)["Plaintext"]
                 except Exception as err:  # AccessDenied, a disabled or deleted key, a context mismatch
                     raise PayloadDecryptionError(f"payload sealed with KMS data key {key_id!r}: KMS Decrypt "
-                                                 f"failed ({_error_code(err)})") from None
+                                                 f"failed ({error_code(err)})") from None
                 cipher = self._opened[key_id] = AESGCM(bytes(plain))
             return cipher
-
-
-def _error_code(err: Exception) -> str:
-    response = getattr(err, "response", None)
-    code = response.get("Error", {}).get("Code") if isinstance(response, dict) else None
-    return str(code or type(err).__name__)
 
 
 class PayloadEncryptionError(RuntimeError):

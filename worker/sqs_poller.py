@@ -22,6 +22,8 @@ from typing import Any, TypeVar
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, PartialCredentialsError
 
+from activities.errors import error_code
+
 log = structlog.get_logger("himig.sqs")
 
 T = TypeVar("T")
@@ -50,7 +52,7 @@ def fatal_reason(err: Exception) -> str | None:
         return ("no AWS credentials found; check the task role (ECS) or AWS_ACCESS_KEY_ID / "
                 "AWS_SECRET_ACCESS_KEY / AWS_PROFILE")
     if isinstance(err, ClientError):
-        if (reason := FATAL_CODES.get(_code(err))) is not None:
+        if (reason := FATAL_CODES.get(error_code(err))) is not None:
             return reason
         if err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") in (401, 403):
             # Whatever the body says (some endpoints answer a refusal without a parsable code), SQS refuses with
@@ -134,11 +136,11 @@ class SqsPoller:
                 except (ClientError, BotoCoreError) as err:
                     if (reason := fatal_reason(err)) is not None:
                         message = (f"{self.kind} listener cannot read {self.queue_setting} ({self._queue_url}): "
-                                   f"{reason} [{_code(err)}]")
-                        log.error(message, listener=self.kind, error=_code(err))
+                                   f"{reason} [{error_code(err)}]")
+                        log.error(message, listener=self.kind, error=error_code(err))
                         raise ListenerFailed(message) from None
                     # throttled, a 5xx, endpoint down, read timeout: transient
-                    log.warning("sqs receive failed; retrying", listener=self.kind, error=_code(err))
+                    log.warning("sqs receive failed; retrying", listener=self.kind, error=error_code(err))
                     await sleep_or_stop(stop, 2.0)
                     continue
                 results = await asyncio.gather(*(self.handle(m) for m in messages), return_exceptions=True)
@@ -163,11 +165,6 @@ class SqsPoller:
                                     ReceiptHandle=message["ReceiptHandle"])
             self.messages_deleted += 1
         except (ClientError, BotoCoreError) as err:  # re-delivery is harmless
-            log.warning("could not delete a message", listener=self.kind, error=_code(err))
+            log.warning("could not delete a message", listener=self.kind, error=error_code(err))
 
 
-def _code(err: Exception) -> str:
-    """The AWS error code, or the exception type for connection-level errors (never a message: no keys)."""
-    if isinstance(err, ClientError):
-        return str(err.response.get("Error", {}).get("Code", "ClientError"))
-    return type(err).__name__
