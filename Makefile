@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 TEST_PACKAGES_STAMP := .local/test-packages.stamp
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install demo stop status test lint bench clean lock deploy-files
+.PHONY: install demo stop status test lint bench bench-quick clean lock deploy-files
 
 # Three distributions from this checkout: the service (himig), the emulator and the local tooling (devstack).
 $(STAMP): pyproject.toml emulator/pyproject.toml devstack/pyproject.toml
@@ -53,7 +53,10 @@ lock: $(STAMP)
 deploy-files: $(STAMP)
 	$(PY) deploy/render.py
 
+## Every benchmark; bench/end_to_end.py (the service against raw, naive and the AWS sample's design, as is and with
+## S3 latency) appends its table to bench/RESULTS.md. `make bench-quick`: the same ratio lines at 1,000 instances.
 bench: $(STAMP)
+	$(PY) bench/end_to_end.py
 	$(PY) bench/emulator.py
 	$(PY) bench/parse.py
 	$(PY) bench/stage_requests.py
@@ -61,6 +64,9 @@ bench: $(STAMP)
 	$(PY) bench/process_exits.py
 	$(PY) bench/worker_footprint.py
 	$(PY) bench/codec_overhead.py
+
+bench-quick: $(STAMP)
+	$(PY) bench/end_to_end.py --quick --no-results
 
 clean: stop
 	rm -rf .local $(VENV)

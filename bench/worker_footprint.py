@@ -37,10 +37,8 @@ import shutil
 import signal
 import sys
 import tempfile
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,9 +46,18 @@ from typing import Any
 sys.path.remove(str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.lib.localstack import (
+    check_worker_keys,
+    component_pids,
+    corpus_shape,
+    ensure_payload_keys,
+    upload,
+    worker_pid,
+)
+from bench.lib.procfs import Sampler, cpu_seconds, descendants, mib, status_kib, tree_cpu_seconds
 from corpus.synthetic import generate_studies
 from devstack.demo import check_against_manifest, ensure_datastore
-from devstack.stack import PidRecord, Stack, StackConfig, proc_cmdline
+from devstack.stack import Stack, StackConfig, proc_cmdline
 from tests.support.servers import free_port
 from worker.process_exit import run_then_exit
 
@@ -62,7 +69,6 @@ BATCH_SIZE = os.environ.get("BENCH_BATCH_SIZE")
 SAMPLE_SECONDS = 0.1
 SOURCE_BUCKET, WORK_BUCKET = "himig-source", "himig-work"
 HEADROOM = 2.0
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 TERMINAL = {"imported", "imported_with_warnings", "rejected", "failed", "skipped_duplicate"}
 # Fargate task sizes: cpu units -> allowed memory (MiB).
 FARGATE = {
@@ -72,134 +78,6 @@ FARGATE = {
     2048: list(range(4096, 16385, 1024)),
     4096: list(range(8192, 30721, 1024)),
 }
-
-
-# ---------------------------------------------------------------------------------------------------------
-# /proc
-
-
-def status_kib(pid: int, key: str) -> int:
-    """A ``kB`` field of /proc/<pid>/status (VmRSS, VmHWM), in KiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    raise KeyError(f"{key} not in /proc/{pid}/status")
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of ``pid`` (every thread), in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def descendants(pid: int) -> list[int]:
-    """Live descendants of ``pid`` (via /proc/<pid>/task/*/children)."""
-    found, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        for task in Path(f"/proc/{current}/task").glob("*"):
-            with contextlib.suppress(OSError):
-                kids = [int(k) for k in (task / "children").read_text().split()]
-                found += kids
-                todo += kids
-    return found
-
-
-def tree_cpu_seconds(pid: int) -> float:
-    total = 0.0
-    for p in (pid, *descendants(pid)):
-        with contextlib.suppress(OSError):
-            total += cpu_seconds(p)
-    return total
-
-
-def mib(kib: float) -> float:
-    return kib / 1024
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Sampling
-
-
-@dataclass
-class Sampler:
-    """Samples the worker's RSS and CPU every ``SAMPLE_SECONDS`` in a thread until stopped."""
-
-    pid: int
-    max_rss_kib: int = 0
-    samples: list[tuple[float, float, int]] = field(default_factory=list)  # (monotonic, cpu s, rss KiB)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                rss, cpu = status_kib(self.pid, "VmRSS"), cpu_seconds(self.pid)
-            except (OSError, KeyError):
-                return  # the worker is gone: the main loop notices and fails
-            self.max_rss_kib = max(self.max_rss_kib, rss)
-            self.samples.append((time.monotonic(), cpu, rss))
-            self._stop.wait(SAMPLE_SECONDS)
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(5)
-
-    def peak_utilisation(self, window: float = 1.0) -> float:
-        """The highest CPU utilisation (cores) over any window of about ``window`` seconds."""
-        best, j = 0.0, 0
-        for i, (t1, c1, _) in enumerate(self.samples):
-            while j + 1 < i and t1 - self.samples[j + 1][0] >= window:
-                j += 1  # the latest sample still at least `window` before sample i
-            t0, c0, _ = self.samples[j]
-            if t1 - t0 >= window * 0.9:
-                best = max(best, (c1 - c0) / (t1 - t0))
-        return best
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Stack and worker
-
-
-def worker_pid(stack: Stack) -> int:
-    record = PidRecord.load(stack.pid_file("worker"))
-    assert record is not None, f"no worker pid file at {stack.pid_file('worker')}"
-    assert record.cmdline[1:] == ["-m", "worker"], f"the stack's worker runs {record.cmdline}, not python -m worker"
-    return record.pid
-
-
-def ensure_payload_keys() -> None:
-    """Give this process, and so the worker the stack starts (it inherits the environment, under the stack's own
-    variables), a ``HIMIG_PAYLOAD_KEYS`` when there is none: a key generated for this run."""
-    from worker.codec import KEYS_VARIABLE, KeyRing
-
-    if not os.environ.get(KEYS_VARIABLE):
-        os.environ[KEYS_VARIABLE] = KeyRing.generate_entry("bench")
-
-
-def check_worker_keys(pid: int) -> None:
-    """The worker must seal with the keys this process opens with (the stack's environment may bring its own)."""
-    from worker.codec import KEYS_VARIABLE
-
-    environ = dict(entry.split(b"=", 1) for entry in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-                   if b"=" in entry)
-    if environ.get(KEYS_VARIABLE.encode()) != os.environ.get(KEYS_VARIABLE, "").encode():
-        raise SystemExit(f"the stack's worker (pid {pid}) has a different {KEYS_VARIABLE} from this process's "
-                         "(or none): its payloads would not open here")
-
-
-def component_pids(stack: Stack) -> dict[str, int]:
-    pids = {}
-    for name in ("temporal", "moto", "emulator"):
-        record = PidRecord.load(stack.pid_file(name))
-        if record is not None:
-            pids[name] = record.pid
-    return pids
 
 
 def restart_worker(stack: Stack, pid: int) -> int:
@@ -212,24 +90,6 @@ def restart_worker(stack: Stack, pid: int) -> int:
         time.sleep(0.05)
     stack.up(["worker"])  # notes the stale pid file, starts `python -m worker` again, waits for its health file
     return worker_pid(stack)
-
-
-def upload(s3: Any, root: Path, prefix: str, paths: list[str]) -> None:
-    def put(rel: str) -> None:
-        s3.put_object(Bucket=SOURCE_BUCKET, Key=prefix + rel, Body=(root / rel).read_bytes())
-
-    with ThreadPoolExecutor(8) as pool:
-        list(pool.map(put, paths))
-
-
-def corpus_shape(files: int) -> dict[str, int]:
-    """patients x 1 study x 2 series x instances == files exactly (studies of a realistic size: the import
-    groups a batch by study)."""
-    for patients in (10, 5, 2, 1):
-        if files % (2 * patients) == 0:
-            return {"patients": patients, "studies_per_patient": 1, "series_per_study": 2,
-                    "instances_per_series": files // (2 * patients)}
-    return {"patients": 1, "studies_per_patient": 1, "series_per_study": 1, "instances_per_series": files}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -265,7 +125,7 @@ async def migrate(stack: Stack, files: int, datastore_id: str, tmp: Path, s3: An
     uids = {e.sop_instance_uid for e in entries}
     assert len(uids) == files, f"the generated corpus repeats SOP Instance UIDs ({files - len(uids)} files)"
     prefix = f"bench/{files}/"
-    upload(s3, corpus_dir, prefix, [e.path for e in entries])
+    upload(s3, SOURCE_BUCKET, corpus_dir, prefix, [e.path for e in entries])
 
     c0, t0 = cpu_seconds(pid), time.monotonic()
     await asyncio.sleep(IDLE_SECONDS)
@@ -282,7 +142,7 @@ async def migrate(stack: Stack, files: int, datastore_id: str, tmp: Path, s3: An
                              work_s3_uri=f"s3://{WORK_BUCKET}/migrations/", **extra)
     others = component_pids(stack)
     others_before = {name: tree_cpu_seconds(p) for name, p in others.items()}
-    sampler = Sampler(pid)
+    sampler = Sampler(pid, SAMPLE_SECONDS)
     sampler.start()
     cpu_before, started = cpu_seconds(pid), time.monotonic()
     try:
