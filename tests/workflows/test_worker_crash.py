@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
@@ -25,33 +22,8 @@ from contracts.migration import MigrationInput, MigrationProgress
 from tests.conftest import emulator_admin, make_medical_imaging
 from tests.support.dicom import make_instance, uid
 from tests.support.eventually import assert_eventually
+from tests.support.worker_process import WorkerProcess
 from workflows.migration import MigrationWorkflow
-
-
-class WorkerProcess:
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.env, self.log_path = env, log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
-        self.proc = subprocess.Popen([sys.executable, "-m", "worker"], env=self.env, stdout=log,
-                                     stderr=subprocess.STDOUT)
-        log.close()
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
 
 
 async def _wait(handle: Any, cond: Callable[[MigrationProgress], bool], timeout: float = 60) -> MigrationProgress:
