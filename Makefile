@@ -63,6 +63,7 @@ bench: $(STAMP)
 	$(PY) bench/orchestration.py
 	$(PY) bench/process_exits.py
 	$(PY) bench/worker_footprint.py
+	$(PY) bench/workers.py
 	$(PY) bench/codec_overhead.py
 
 bench-quick: $(STAMP)
