@@ -485,3 +485,32 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+@app.command("rollback")
+def rollback_cmd(
+    migration_id: str = typer.Argument(..., help="workflow id of a finished migration"),
+    confirm: int | None = typer.Option(None, "--confirm", help="the number of image sets to delete, as the plan "
+                                       "states it (without it: asked, or the rollback waits)"),
+    by: str | None = BY,
+) -> None:
+    """Delete the image sets a finished migration created (never others), after confirming their count."""
+    from cli.rollback import RollbackRefused, rollback
+
+    s = settings()
+    who = by or os.environ.get("USER") or "operator"
+
+    def ask(count: int) -> int | None:
+        if not sys.stdin.isatty():
+            return None
+        answer = typer.prompt(f"type {count} to delete {count} image set(s), anything else to stop", default="")
+        return int(answer) if answer.strip().isdigit() else None
+
+    async def go() -> None:
+        client = await _client(s)
+        try:
+            await rollback(client, migration_id, s.task_queue, confirm, who, console, ask)
+        except RollbackRefused as err:
+            raise fail(str(err), err.code) from None
+
+    _run(go())

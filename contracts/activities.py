@@ -31,6 +31,7 @@ from contracts.reconciliation import (
     UpdateFirstInput,
     UpdateFirstResult,
 )
+from contracts.rollback import DeleteChunk, DeleteOutcome, RecordInput, RollbackInput, RollbackPlan
 from contracts.stages import (
     FailedBatchInput,
     FhirReviewInput,
@@ -177,4 +178,21 @@ def verify_reviewer(input: ReviewerClaim) -> ReviewerVerdict:
 @activity.defn(name="write_ingest_manifest")
 def write_ingest_manifest(input: IngestManifestInput) -> IngestManifest:
     """Write buffered arrivals as the next flush's source manifest (activities/ingest.py)."""
+    raise NotImplementedError(_DECLARATION)
+
+# ---- RollbackWorkflow
+
+@activity.defn(name="plan_rollback")
+def plan_rollback(input: RollbackInput) -> RollbackPlan:
+    """Which image sets a finished migration created and may delete, and which it must keep (activities/rollback.py)."""
+    raise NotImplementedError(_DECLARATION)
+
+@activity.defn(name="delete_image_sets")
+def delete_image_sets(input: DeleteChunk) -> DeleteOutcome:
+    """DeleteImageSet for one chunk of a rollback plan; already deleted sets count as done."""
+    raise NotImplementedError(_DECLARATION)
+
+@activity.defn(name="record_rollback")
+def record_rollback(input: RecordInput) -> str:
+    """Write the rollback's record next to the migration's report and note it in report.json."""
     raise NotImplementedError(_DECLARATION)

@@ -69,6 +69,9 @@ class ErrorType(StrEnum):
     """IngestWorkflow: its workflow id cannot name the migrations it flushes into."""
     DECISION_REJECTED = "DecisionRejected"
     """ReconciliationWorkflow's ``decide`` update: a second decision accepted by validation in the same task."""
+    ROLLBACK_REFUSED = "RollbackRefused"
+    """plan_rollback / delete_image_sets: the migration has no report, or its report or plan names another data
+    store (raised non-retryable by the activity)."""
 
     # ---- ours: transient, retried by the stage's retry policy ------------------------------------------------
     JOB_STILL_RUNNING = "JobStillRunning"

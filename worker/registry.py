@@ -16,6 +16,7 @@ from activities.receive import ReceiveActivities
 from activities.reconcile import ReconcileActivities
 from activities.report import ReportActivities
 from activities.review import FailedBatchActivities, ReviewActivities
+from activities.rollback import RollbackActivities
 from activities.route import RouteActivities
 from activities.signed_http import SignedHttp
 from activities.sources.dicomweb import DicomwebAuth
@@ -28,8 +29,10 @@ from workflows.batch import ImportBatchWorkflow
 from workflows.ingest import IngestWorkflow
 from workflows.migration import MigrationWorkflow
 from workflows.reconciliation import ReconciliationWorkflow
+from workflows.rollback import RollbackWorkflow
 
-WORKFLOWS: list[type] = [MigrationWorkflow, ImportBatchWorkflow, ReconciliationWorkflow, IngestWorkflow]
+WORKFLOWS: list[type] = [MigrationWorkflow, ImportBatchWorkflow, ReconciliationWorkflow, IngestWorkflow,
+                         RollbackWorkflow]
 
 
 def build_activities(clients: AwsClients, settings: Settings) -> list[Callable[..., Any]]:
@@ -64,6 +67,7 @@ def build_activities(clients: AwsClients, settings: Settings) -> list[Callable[.
                                 attestation_key=settings.reviewer_attestation_secret(),
                                 reviewers=settings.reconciliation_reviewer_list())
     ingest = IngestActivities(s3)
+    rollback = RollbackActivities(s3, mi)
     return [
         receive.receive_inventory, parse.parse_headers, validate.validate_page, normalize.normalize_page,
         plan.plan_batches, plan.split_batch, start.start_import_job, await_job.await_import_job, review.review_manifest,
@@ -71,4 +75,5 @@ def build_activities(clients: AwsClients, settings: Settings) -> list[Callable[.
         fhir.start_fhir_import, fhir.await_fhir_import, fhir.review_fhir_import,
         recon.describe_conflict, recon.await_image_set, recon.update_before_promote, recon.promote_image_set,
         recon.delete_image_set, recon.publish_escalation, recon.verify_reviewer, ingest.write_ingest_manifest,
+        rollback.plan_rollback, rollback.delete_image_sets, rollback.record_rollback,
     ]
