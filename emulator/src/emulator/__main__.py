@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import signal
 import sys
@@ -19,6 +20,13 @@ from emulator.app import build
 from emulator.config import Settings
 from emulator.faults import parse_fault_specs
 from emulator.throttling import parse_rates
+
+
+def _positive_float(value: str) -> float:
+    number = float(value)
+    if not math.isfinite(number) or number <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of days, not {value!r}")
+    return number
 
 
 def _env(name: str, default: Any) -> Any:
@@ -61,6 +69,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, str]:
     p.add_argument("--log-level", default=_env("log-level", "INFO"))
     p.add_argument("--mutation-seconds", type=float, default=float(_env("mutation-seconds", d.mutation_seconds)),
                    help="how long image-set mutations keep their image sets LOCKED, on the job clock")
+    p.add_argument("--archive-after-days", type=_positive_float, default=float(_env("archive-after-days", d.archive_after_days)),
+                   help="days without a touch before an image set moves to ARCHIVE_INSTANT_ACCESS (job clock)")
     p.add_argument("--throttling", type=_on_off, default=str(_env("throttling", "on")),
                    help="per-operation token buckets with AWS's rates, answering 429 ThrottlingException (on/off)")
     p.add_argument("--throttle-rates", type=parse_rates, default=str(_env("throttle-rates", "")),
@@ -102,6 +112,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, str]:
         max_nested_folders=a.max_nested_folders, max_concurrent_jobs=a.max_concurrent_jobs,
         max_body_bytes=a.max_body_bytes, region=a.region, account_id=a.account_id,
         store_instances=a.store_instances, mutation_seconds=a.mutation_seconds,
+        archive_after_days=a.archive_after_days,
         throttling=a.throttling, throttle_rates=a.throttle_rates, events=a.events, event_bus_name=a.event_bus_name,
         events_webhook_url=a.events_webhook_url, events_max_attempts=a.events_max_attempts,
         events_image_set_id_key=a.events_image_set_id_key, faults=a.faults,

@@ -56,6 +56,8 @@ class Settings:
     # How long (on the job clock) an UpdateImageSetMetadata / CopyImageSet / DeleteImageSet keeps its image sets
     # LOCKED (UPDATING, COPYING, DELETING...) before they become ACTIVE/UPDATED, ACTIVE/COPIED or DELETED.
     mutation_seconds: float = 0.2
+    # Storage tiers (medicalimaging/tiers.py): days without a touch before a set moves to Archive Instant Access.
+    archive_after_days: float = 30.0
     # Throttling, events and faults (emulator/throttling.py, events.py, faults.py; README "Throttling...").
     throttling: bool = True
     throttle_rates: dict[str, tuple[float, float]] = field(default_factory=dict)

@@ -29,6 +29,11 @@ class JobClock:
         base = time.time() if self.mode == "auto" else 0.0
         return base + self._stored()
 
+    def aged_now(self) -> float:
+        """Wall-clock time plus everything the clock was advanced by (either mode): what ages image sets for
+        their storage tier, so that advancing the clock moves idle sets to the archive tier."""
+        return time.time() + self._stored()
+
     def advance(self, seconds: float) -> float:
         with self._lock:
             self.store.set_meta(f"clock:{self.mode}", repr(self._stored() + float(seconds)))

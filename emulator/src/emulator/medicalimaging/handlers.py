@@ -103,11 +103,12 @@ class MedicalImagingHandlers:
         return {"datastoreId": v.datastore_id, "imageSetId": v.image_set_id, "versionId": str(v.version),
                 "imageSetState": v.state, "imageSetWorkflowStatus": v.workflow_status, "createdAt": v.created_at,
                 "updatedAt": v.updated_at, "message": v.message, "imageSetArn": v.arn, "isPrimary": v.is_primary,
-                "storageTier": "FREQUENT_ACCESS", "deletedAt": v.deleted_at,
+                "storageTier": v.storage_tier, "lastAccessedAt": v.last_accessed_at, "deletedAt": v.deleted_at,
                 "overrides": {"forced": True} if v.forced else None}
 
     def get_image_set_metadata(self, p: dict[str, Any]) -> dict[str, Any]:
         blob = self.backend.get_image_set_metadata(p["datastoreId"], p["imageSetId"], p.get("versionId"))
+        self.backend.touch(p["datastoreId"], p["imageSetId"])  # a touch: back to Frequent Access (tiers.py)
         # The model documents text/plain as the default content type; the body is gzip, as the header says.
         return {"imageSetMetadataBlob": blob, "contentType": "text/plain", "contentEncoding": "gzip"}
 
@@ -124,6 +125,7 @@ class MedicalImagingHandlers:
     def get_image_frame(self, p: dict[str, Any]) -> dict[str, Any]:
         blob, content_type = self.backend.get_image_frame(p["datastoreId"], p["imageSetId"],
                                                           p["imageFrameInformation"]["imageFrameId"])
+        self.backend.touch(p["datastoreId"], p["imageSetId"])
         return {"imageFrameBlob": blob, "contentType": content_type}
 
     # ---- image-set mutations (mutations.py)
@@ -136,6 +138,7 @@ class MedicalImagingHandlers:
             updatable=dicom.get("updatableAttributes"), removable=dicom.get("removableAttributes"),
             revert=updates.get("revertToVersionId"), include=bool(p.get("includeStudyImageSets")),
             force=bool(p.get("force")))
+        self.backend.touch(p["datastoreId"], p["imageSetId"])
         return {"datastoreId": s.datastore_id, "imageSetId": s.image_set_id, "latestVersionId": str(s.version),
                 "imageSetState": s.state, "imageSetWorkflowStatus": s.workflow_status, "createdAt": s.created_at,
                 "updatedAt": s.updated_at}
@@ -150,6 +153,8 @@ class MedicalImagingHandlers:
             copiable=copies.get("copiableAttributes"), dest_id=dest.get("imageSetId"),
             dest_version=dest.get("latestVersionId"), force=bool(p.get("force")),
             promote=bool(p.get("promoteToPrimary")))
+        for touched in {result.source.image_set_id, result.destination.image_set_id}:
+            self.backend.touch(p["datastoreId"], touched)
         return {"datastoreId": p["datastoreId"],
                 "sourceImageSetProperties": _copied_image_set_properties(result.source),
                 "destinationImageSetProperties": _copied_image_set_properties(result.destination)}

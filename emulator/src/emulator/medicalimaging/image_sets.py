@@ -14,7 +14,7 @@ import sqlite3
 from typing import Any
 
 from emulator.errors import ResourceNotFoundException
-from emulator.medicalimaging import frames
+from emulator.medicalimaging import frames, tiers
 from emulator.medicalimaging.datastores import DatastoreModel
 from emulator.medicalimaging.records import ImageSetVersion, page
 from emulator.medicalimaging.search import filter_predicates, sorted_summaries
@@ -53,7 +53,15 @@ class ImageSetModel(DatastoreModel):
             updated_at=vrow["updated_at"], message=vrow["message"],
             arn=self.image_set_arn(row["datastore_id"], row["id"]),
             deleted_at=row["deleted_at"] if deleted else None, forced=bool(vrow["forced"]),
+            last_accessed_at=tiers.last_accessed(row),
+            storage_tier=tiers.tier(row, self.clock.aged_now(), self.settings.archive_after_days),
         )
+
+    def touch(self, datastore_id: str, image_set_id: str) -> None:
+        """Record an access that moves the set (back) to Frequent Access (see tiers.py for which calls touch)."""
+        with self.store.write() as conn:
+            conn.execute("UPDATE image_sets SET last_accessed_at=? WHERE datastore_id=? AND id=?",
+                         (self.clock.aged_now(), datastore_id, image_set_id))
 
     def get_image_set(self, datastore_id: str, image_set_id: str, version: str | None) -> ImageSetVersion:
         self.finalize_locks()
@@ -135,6 +143,6 @@ class ImageSetModel(DatastoreModel):
             rows = conn.execute("SELECT * FROM image_sets WHERE datastore_id=? AND state!='DELETED' "
                                 "AND workflow_status!='DELETING'", (datastore_id,)).fetchall()
         sort = criteria.get("sort")
-        items = sorted_summaries(rows, predicates, sort)
+        items = sorted_summaries(rows, predicates, sort, self.clock.aged_now(), self.settings.archive_after_days)
         chunk, nxt = page(items, token, max_results, f"SearchImageSets:{datastore_id}:{canonical(criteria)}")
         return chunk, nxt, sort

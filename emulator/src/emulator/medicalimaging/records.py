@@ -86,6 +86,8 @@ class ImageSetVersion:
     arn: str
     deleted_at: float | None = None
     forced: bool = False
+    last_accessed_at: float | None = None
+    storage_tier: str = "FREQUENT_ACCESS"
 
 
 @dataclass

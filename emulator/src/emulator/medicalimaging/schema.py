@@ -8,7 +8,8 @@ from __future__ import annotations
 from emulator.store import Store
 
 IMAGE_SET_COLUMNS = (("lock_until", "REAL"), ("final_state", "TEXT"), ("final_status", "TEXT"),
-                     ("lock_version", "INTEGER"), ("deleted_at", "REAL"), ("tags", "TEXT"))
+                     ("lock_version", "INTEGER"), ("deleted_at", "REAL"), ("tags", "TEXT"),
+                     ("last_accessed_at", "REAL"))
 
 
 def migrate(store: Store) -> None:

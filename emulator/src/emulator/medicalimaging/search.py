@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from emulator.errors import ValidationException
+from emulator.medicalimaging import tiers
 
 Predicate = Callable[[dict[str, Any]], bool]
 
@@ -116,8 +117,8 @@ def filter_predicates(criteria: dict[str, Any]) -> list[Predicate]:
     return [_filter_predicate(f, i) for i, f in enumerate(criteria.get("filters") or [], start=1)]
 
 
-def sorted_summaries(rows: list[sqlite3.Row], predicates: list[Predicate],
-                     sort: dict[str, Any] | None) -> list[dict[str, Any]]:
+def sorted_summaries(rows: list[sqlite3.Row], predicates: list[Predicate], sort: dict[str, Any] | None,
+                     aged_now: float, archive_after_days: float) -> list[dict[str, Any]]:
     """The summaries (``ImageSetsMetadataSummary`` members) of ``rows`` that match, in the requested order."""
     items = []
     for r in rows:
@@ -125,7 +126,7 @@ def sorted_summaries(rows: list[sqlite3.Row], predicates: list[Predicate],
         summary = {
             "imageSetId": r["id"], "version": r["version"], "createdAt": r["created_at"],
             "updatedAt": r["updated_at"], "isPrimary": bool(r["is_primary"]), "DICOMTags": tags,
-            "storageTier": "FREQUENT_ACCESS",
+            "lastAccessedAt": tiers.last_accessed(r), "storageTier": tiers.tier(r, aged_now, archive_after_days),
         }
         if all(p(summary) for p in predicates):
             items.append(summary)
