@@ -495,7 +495,8 @@ def rollback_cmd(
     by: str | None = BY,
 ) -> None:
     """Delete the image sets a finished migration created (never others), after confirming their count."""
-    from cli.rollback import RollbackRefused, rollback
+    from cli.finished import CommandRefused
+    from cli.rollback import rollback
 
     s = settings()
     who = by or os.environ.get("USER") or "operator"
@@ -510,7 +511,37 @@ def rollback_cmd(
         client = await _client(s)
         try:
             await rollback(client, migration_id, s.task_queue, confirm, who, console, ask)
-        except RollbackRefused as err:
+        except CommandRefused as err:
             raise fail(str(err), err.code) from None
+
+    _run(go())
+
+
+@app.command("verify")
+def verify_cmd(
+    migration_id: str = typer.Argument(..., help="workflow id of a finished migration"),
+    deep: bool = typer.Option(False, "--deep", help="read each image set's metadata: every SOP instance checked, "
+                              "one touch per image set (moves archived sets back to Frequent Access)"),
+    attribute: list[str] | None = typer.Option(None, "--attribute", help="with --deep: compare this DICOM keyword "
+                                               "with the source header (repeatable; names reported, never values)"),
+    every: str | None = typer.Option(None, "--every", help="run as a Temporal Schedule every 30m / 6h / 7d, each "
+                                     "run publishing its outcome as an event; `off` deletes the schedule"),
+) -> None:
+    """Check that a finished migration's instances are in HealthImaging as its report says."""
+    from cli.finished import CommandRefused
+    from cli.verify import verify
+
+    s = settings()
+
+    async def go() -> None:
+        client = await _client(s)
+        try:
+            result = await verify(client, migration_id, s.task_queue, deep, list(attribute or []), every, console)
+        except CommandRefused as err:
+            raise fail(str(err), err.code) from None
+        except ValidationError as err:
+            raise fail(validation_message(err)) from None
+        if result is not None and not result.clean:
+            raise typer.Exit(3)
 
     _run(go())

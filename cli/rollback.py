@@ -17,7 +17,7 @@ from temporalio.client import Client, WorkflowExecutionStatus, WorkflowUpdateFai
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from contracts.migration import MigrationInput
+from cli.finished import CommandRefused, migration_input
 from contracts.rollback import (
     KeepReason,
     RollbackConfirmation,
@@ -26,7 +26,6 @@ from contracts.rollback import (
     RollbackProgress,
     rollback_workflow_id,
 )
-from workflows.migration import MigrationWorkflow
 from workflows.rollback import RollbackWorkflow
 
 KEEP_TEXT = {
@@ -36,38 +35,6 @@ KEEP_TEXT = {
     KeepReason.ALREADY_DELETED: "already deleted",
 }
 PLAN_WAIT_SECONDS = 600.0
-
-
-class RollbackRefused(Exception):
-    def __init__(self, message: str, code: int = 1) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-async def migration_input(client: Client, migration_id: str) -> MigrationInput:
-    """The finished migration's own start input (data store and work prefix), from its latest run's history."""
-    handle = client.get_workflow_handle(migration_id)
-    try:
-        desc = await handle.describe()
-    except RPCError as err:
-        if err.status == RPCStatusCode.NOT_FOUND:
-            raise RollbackRefused(f"no migration with id {migration_id!r}") from None
-        raise
-    if desc.workflow_type != MigrationWorkflow.__name__:
-        raise RollbackRefused(f"{migration_id!r} is a {desc.workflow_type}, not a migration: roll back the migration "
-                              "it belongs to")
-    if desc.status == WorkflowExecutionStatus.RUNNING:
-        raise RollbackRefused(f"migration {migration_id!r} is still running: cancel it (`himig cancel "
-                              f"{migration_id}`) or let it finish, then roll back")
-    if desc.status != WorkflowExecutionStatus.COMPLETED:
-        state = desc.status.name if desc.status else "unknown"
-        raise RollbackRefused(f"migration {migration_id!r} ended {state} without a report: nothing to roll back "
-                              "from (its imports are listed by `himig list --all --migration-id`)")
-    history = await handle.fetch_history()
-    started = history.events[0].workflow_execution_started_event_attributes
-    (payload,) = await client.data_converter.decode(started.input.payloads, [MigrationInput])
-    assert isinstance(payload, MigrationInput)
-    return payload
 
 
 def print_plan(progress: RollbackProgress, console: Console) -> None:
@@ -80,7 +47,7 @@ def print_plan(progress: RollbackProgress, console: Console) -> None:
 async def rollback(client: Client, migration_id: str, task_queue: str, confirm: int | None, by: str,
                    console: Console, ask: Callable[[int], int | None]) -> RollbackProgress:
     """Start or find the rollback, wait for its plan, confirm with the operator's count, wait for the end."""
-    source = await migration_input(client, migration_id)
+    source = await migration_input(client, migration_id, "roll back")
     workflow_id = rollback_workflow_id(migration_id)
     try:
         handle = await client.start_workflow(
@@ -104,7 +71,7 @@ async def rollback(client: Client, migration_id: str, task_queue: str, confirm: 
     try:
         await handle.execute_update(RollbackWorkflow.confirm, RollbackConfirmation(count=count, by=by))
     except WorkflowUpdateFailedError as err:
-        raise RollbackRefused(f"confirmation refused: {err.cause}") from None
+        raise CommandRefused(f"confirmation refused: {err.cause}") from None
     done: RollbackProgress = await handle.result()
     console.print(f"rollback of {migration_id} {done.phase.value}: {done.deleted} deleted, "
                   f"{done.already_deleted} already gone; recorded in {done.record_uri}")
@@ -121,7 +88,7 @@ async def _planned(handle: Any) -> RollbackProgress:
                 await handle.result()
             except Exception as err:  # the failure's cause is the message
                 cause = getattr(getattr(err, "cause", None), "cause", None) or getattr(err, "cause", None) or err
-                raise RollbackRefused(f"the rollback ended {desc.status.name if desc.status else ''}: {cause}") from None
+                raise CommandRefused(f"the rollback ended {desc.status.name if desc.status else ''}: {cause}") from None
         try:
             progress: RollbackProgress = await handle.query(RollbackWorkflow.progress)
             if progress.phase is not RollbackPhase.PLANNING:
@@ -132,5 +99,5 @@ async def _planned(handle: Any) -> RollbackProgress:
         except Exception:  # not started yet: the query is answered once the first task ran
             pass
         if loop.time() > deadline:
-            raise RollbackRefused("the rollback's plan is not ready after 10 minutes; is a worker running?")
+            raise CommandRefused("the rollback's plan is not ready after 10 minutes; is a worker running?")
         await asyncio.sleep(0.5)

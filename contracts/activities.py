@@ -50,6 +50,7 @@ from contracts.stages import (
     RouteResult,
     ValidateResult,
 )
+from contracts.verify import VerifyInput, VerifyResult
 
 _DECLARATION = "a declaration: the worker runs the implementation registered under this name (worker/registry.py)"
 
@@ -195,4 +196,11 @@ def delete_image_sets(input: DeleteChunk) -> DeleteOutcome:
 @activity.defn(name="record_rollback")
 def record_rollback(input: RecordInput) -> str:
     """Write the rollback's record next to the migration's report and note it in report.json."""
+    raise NotImplementedError(_DECLARATION)
+
+# ---- VerifyWorkflow
+
+@activity.defn(name="verify_migration")
+def verify_migration(input: VerifyInput) -> VerifyResult:
+    """Check a finished migration's imports against HealthImaging (activities/verify.py)."""
     raise NotImplementedError(_DECLARATION)

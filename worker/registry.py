@@ -23,6 +23,7 @@ from activities.sources.dicomweb import DicomwebAuth
 from activities.sources.registry import SourceSettings
 from activities.spotcheck import SpotChecker
 from activities.validate import ValidateActivities
+from activities.verify import VerifyActivities
 from worker.aws import AwsClients
 from worker.settings import InvalidSettings, Settings
 from workflows.batch import ImportBatchWorkflow
@@ -30,9 +31,10 @@ from workflows.ingest import IngestWorkflow
 from workflows.migration import MigrationWorkflow
 from workflows.reconciliation import ReconciliationWorkflow
 from workflows.rollback import RollbackWorkflow
+from workflows.verify import VerifyWorkflow
 
 WORKFLOWS: list[type] = [MigrationWorkflow, ImportBatchWorkflow, ReconciliationWorkflow, IngestWorkflow,
-                         RollbackWorkflow]
+                         RollbackWorkflow, VerifyWorkflow]
 
 
 def build_activities(clients: AwsClients, settings: Settings) -> list[Callable[..., Any]]:
@@ -68,6 +70,7 @@ def build_activities(clients: AwsClients, settings: Settings) -> list[Callable[.
                                 reviewers=settings.reconciliation_reviewer_list())
     ingest = IngestActivities(s3)
     rollback = RollbackActivities(s3, mi)
+    verify = VerifyActivities(s3, mi, clients.events, settings.event_bus_name)
     return [
         receive.receive_inventory, parse.parse_headers, validate.validate_page, normalize.normalize_page,
         plan.plan_batches, plan.split_batch, start.start_import_job, await_job.await_import_job, review.review_manifest,
@@ -75,5 +78,5 @@ def build_activities(clients: AwsClients, settings: Settings) -> list[Callable[.
         fhir.start_fhir_import, fhir.await_fhir_import, fhir.review_fhir_import,
         recon.describe_conflict, recon.await_image_set, recon.update_before_promote, recon.promote_image_set,
         recon.delete_image_set, recon.publish_escalation, recon.verify_reviewer, ingest.write_ingest_manifest,
-        rollback.plan_rollback, rollback.delete_image_sets, rollback.record_rollback,
+        rollback.plan_rollback, rollback.delete_image_sets, rollback.record_rollback, verify.verify_migration,
     ]

@@ -197,7 +197,7 @@ async def test_rollback_of_a_migration_into_another_datastore_or_without_report_
 def test_rollback_input_is_strict(fields: dict[str, Any], where: str) -> None:
     from pydantic import ValidationError
 
-    base = {"migration_id": "m-1", "datastore_id": "a" * 32, "work_s3_uri": "s3://b/w/"}
+    base = {"migration_id": "m-1", "datastore_id": "a" * 32, "work_s3_uri": "s3://bkt/w/"}
     with pytest.raises(ValidationError) as err:
         RollbackInput(**{**base, **fields})
     assert where in str(err.value)

@@ -1,0 +1,254 @@
+"""verify: check a finished migration's imports against HealthImaging, without importing anything.
+
+Expected: every file the migration's report says was imported, with the image set it landed in (report lines) and
+its study / series / SOP Instance UIDs (the migration's normalized pages).
+
+Default check, no "touch" (nothing leaves the archive tier): `GetImageSet` for each expected image set (gone?
+still primary?) and `SearchImageSets` per study (each set's instance count, and sets in the study the migration
+did not make). Deep check: also `GetImageSetMetadata` per set (one touch each) for every SOP instance under its
+series and, with ``attributes``, those attributes compared with the source file's header (one ranged GET per
+file; names of differing attributes are reported, never values).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import warnings
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import pydicom
+from botocore.exceptions import ClientError
+from pydicom.datadict import keyword_dict
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.dicom_header import register_phi
+from activities.errors import classify, error_code
+from activities.healthimaging import get_image_set_metadata, search_image_sets, with_local_retries
+from activities.heartbeat import keeps_alive
+from activities.storage import get_json, iter_ndjson, list_objects, put_bytes, put_json
+from contracts import layout
+from contracts.errors import ErrorType
+from contracts.s3uri import parse_s3_uri
+from contracts.verify import DifferenceKind, VerifyInput, VerifyResult
+
+EVENT_SOURCE = "himig.migration"
+DETAIL_TYPE = "Migration Verified"
+HEADER_RANGE = 64 * 1024
+
+
+@dataclass
+class ExpectedSet:
+    study: str
+    primary: bool
+    # SOP Instance UID -> (source key, series UID)
+    instances: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+
+def _text(value: Any) -> str:
+    """A DICOM value in one comparable form (multi-values joined by a backslash, padding stripped)."""
+    if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
+        return "\\".join(_text(v) for v in value)
+    return str(value).strip().rstrip("\x00").strip()
+
+
+class VerifyActivities:
+    def __init__(self, s3: Any, medical_imaging: Any, events: Any = None, event_bus_name: str | None = None) -> None:
+        self._s3 = s3
+        self._mi = medical_imaging
+        self._events = events
+        self._bus = event_bus_name
+
+    # ---- what the migration says it imported
+
+    def _expected(self, input: VerifyInput) -> dict[str, ExpectedSet]:
+        try:
+            get_json(self._s3, layout.report_document(input.work_s3_uri, input.migration_id))
+        except ClientError as err:
+            if error_code(err) in ("NoSuchKey", "404"):
+                raise ApplicationError(f"migration {input.migration_id} has no report under {input.work_s3_uri}: "
+                                       "only a finished migration can be verified",
+                                       type=ErrorType.VALIDATION_ERROR, non_retryable=True) from None
+            raise classify(err, "GetObject") from None
+        landed: dict[str, tuple[str, bool]] = {}
+        for row in iter_ndjson(self._s3, layout.report_files(input.work_s3_uri, input.migration_id)):
+            if row.get("state") in ("imported", "imported_with_warnings") and row.get("image_set_id"):
+                landed[row["key"]] = (row["image_set_id"], bool(row.get("is_primary")))
+        sets: dict[str, ExpectedSet] = {}
+        prefix = layout.root(input.work_s3_uri, input.migration_id).join("normalized").as_prefix()
+        for obj in list_objects(self._s3, prefix):
+            for record in iter_ndjson(self._s3, parse_s3_uri(f"s3://{prefix.bucket}/{obj['Key']}")):
+                where = landed.get(record.get("key", ""))
+                if where is None:
+                    continue
+                expected = sets.setdefault(where[0], ExpectedSet(record["study_instance_uid"], where[1]))
+                expected.instances[record["sop_instance_uid"]] = (record["key"], record["series_instance_uid"])
+            activity.heartbeat()
+        return sets
+
+    # ---- HealthImaging reads
+
+    def _get(self, datastore_id: str, image_set_id: str, requests: Counter[str]) -> dict[str, Any] | None:
+        requests["GetImageSet"] += 1
+        try:
+            got: dict[str, Any] = with_local_retries(
+                partial(self._mi.get_image_set, datastoreId=datastore_id, imageSetId=image_set_id))
+            return got
+        except ClientError as err:
+            if error_code(err) == ErrorType.RESOURCE_NOT_FOUND:
+                return None
+            raise classify(err, "GetImageSet") from None
+
+    def _study_sets(self, datastore_id: str, study: str, requests: Counter[str]) -> list[dict[str, Any]]:
+        requests["SearchImageSets"] += 1
+        criteria = {"filters": [{"operator": "EQUAL", "values": [{"DICOMStudyInstanceUID": study}]}]}
+        try:
+            return with_local_retries(partial(search_image_sets, self._mi, datastore_id, criteria))
+        except ClientError as err:
+            raise classify(err, "SearchImageSets") from None
+
+    def _source_header(self, input: VerifyInput, key: str, requests: Counter[str]) -> pydicom.Dataset:
+        bucket = parse_s3_uri(input.source_s3_uri).bucket
+        requests["GetObject"] += 1
+        body = self._s3.get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{HEADER_RANGE - 1}")["Body"].read()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                ds = pydicom.dcmread(io.BytesIO(body), stop_before_pixels=True)
+            except Exception:  # a header longer than the first range: read the object whole
+                requests["GetObject"] += 1
+                body = self._s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+                ds = pydicom.dcmread(io.BytesIO(body), stop_before_pixels=True)
+        register_phi(ds)
+        return ds
+
+    # ---- the check
+
+    @activity.defn(name="verify_migration")
+    @keeps_alive
+    def verify_migration(self, input: VerifyInput) -> VerifyResult:
+        unknown = [a for a in input.attributes if a not in keyword_dict]
+        if unknown:
+            raise ApplicationError(f"attributes: not DICOM keywords: {', '.join(unknown)}",
+                                   type=ErrorType.VALIDATION_ERROR, non_retryable=True)
+        expected = self._expected(input)
+        requests: Counter[str] = Counter()
+        diffs: list[dict[str, Any]] = []
+        found: Counter[DifferenceKind] = Counter()
+        verified = touches = 0
+
+        def differ(kind: DifferenceKind, count: int = 1, **detail: Any) -> None:
+            found[kind] += count
+            diffs.append({"kind": kind.value, "count": count, **detail})
+
+        for image_set_id, exp in sorted(expected.items()):
+            props = self._get(input.datastore_id, image_set_id, requests)
+            activity.heartbeat()
+            keys = sorted(k for k, _ in exp.instances.values())
+            if props is None or props.get("imageSetState") == "DELETED":
+                differ(DifferenceKind.IMAGE_SET_GONE, len(keys), image_set_id=image_set_id, keys=keys)
+                continue
+            if exp.primary and not props.get("isPrimary"):
+                differ(DifferenceKind.MOVED_TO_NON_PRIMARY, len(keys), image_set_id=image_set_id, keys=keys)
+                continue
+            if input.deep:
+                verified += self._deep(input, image_set_id, exp, requests, differ)
+                touches += 1
+            else:
+                verified += len(keys)
+        # Per study: each expected set's instance count, and the sets the migration did not make.
+        by_study: dict[str, list[str]] = defaultdict(list)
+        for image_set_id, exp in expected.items():
+            by_study[exp.study].append(image_set_id)
+        gone = {d["image_set_id"] for d in diffs if d["kind"] == DifferenceKind.IMAGE_SET_GONE.value}
+        for study, set_ids in sorted(by_study.items()):
+            summaries = {s["imageSetId"]: s for s in self._study_sets(input.datastore_id, study, requests)}
+            for image_set_id in sorted(set_ids):
+                if image_set_id in gone or input.deep:
+                    continue  # the deep check counted instance by instance
+                have = int((summaries.get(image_set_id) or {}).get("DICOMTags", {}).get(
+                    "DICOMNumberOfStudyRelatedInstances", 0))
+                want = len(expected[image_set_id].instances)
+                if have < want:
+                    differ(DifferenceKind.MISSING, want - have, image_set_id=image_set_id)
+                    verified -= want - have
+            extra = sorted(set(summaries) - set(set_ids))
+            if extra:
+                differ(DifferenceKind.EXTRA, len(extra), image_sets=extra,
+                       note="image sets in a verified study that this migration did not import")
+        out = layout.root(input.work_s3_uri, input.migration_id).join(
+            "verify", activity.info().workflow_run_id or "run")
+        put_bytes(self._s3, out.join("differences.ndjson"),
+                  "".join(json.dumps(d, sort_keys=True) + "\n" for d in diffs).encode(), "application/x-ndjson")
+        instances = sum(len(e.instances) for e in expected.values())
+        result = VerifyResult(migration_id=input.migration_id, deep=input.deep, instances_expected=instances,
+                              instances_verified=max(0, verified), image_sets_checked=len(expected),
+                              differences=dict(found), differences_uri=out.join("differences.ndjson").uri,
+                              touches=touches, touches_for_deep=len(expected) - len(gone), requests=dict(requests))
+        put_json(self._s3, out.join("result.json"), result.model_dump(mode="json"))
+        if input.publish and self._events is not None and self._bus:
+            self._publish(input, result)
+            result.published = True
+        return result
+
+    def _deep(self, input: VerifyInput, image_set_id: str, exp: ExpectedSet, requests: Counter[str],
+              differ: Any) -> int:
+        """Every SOP instance of the set under its series, and the chosen attributes; returns those verified."""
+        requests["GetImageSetMetadata"] += 1
+        try:
+            doc = with_local_retries(partial(get_image_set_metadata, self._mi, input.datastore_id, image_set_id))
+        except ClientError as err:
+            raise classify(err, "GetImageSetMetadata") from None
+        study = doc.get("Study") or {}
+        where: dict[str, tuple[str, dict[str, Any]]] = {}
+        for series_uid, series in (study.get("Series") or {}).items():
+            for sop, inst in (series.get("Instances") or {}).items():
+                where[sop] = (series_uid, inst)
+        verified = 0
+        for sop, (key, series_uid) in sorted(exp.instances.items(), key=lambda kv: kv[1][0]):
+            got = where.pop(sop, None)
+            if got is None:
+                differ(DifferenceKind.MISSING, key=key, image_set_id=image_set_id)
+                continue
+            if got[0] != series_uid:
+                differ(DifferenceKind.NOT_IN_EXPECTED_SERIES, key=key, image_set_id=image_set_id)
+                continue
+            if input.attributes:
+                levels = [(got[1].get("DICOM") or {}),
+                          ((study.get("Series") or {}).get(series_uid) or {}).get("DICOM") or {},
+                          study.get("DICOM") or {}, (doc.get("Patient") or {}).get("DICOM") or {}]
+                source = self._source_header(input, key, requests)
+                differing = []
+                for name in input.attributes:
+                    stored = next((lvl[name] for lvl in levels if name in lvl), None)
+                    original = source.get(name)  # by keyword: the value
+                    mine = _text(original) if original is not None else None
+                    theirs = _text(stored) if stored is not None else None
+                    if (mine or None) != (theirs or None):
+                        differing.append(name)
+                if differing:
+                    differ(DifferenceKind.METADATA_DIFFERS, key=key, image_set_id=image_set_id, attributes=differing)
+                    continue
+            verified += 1
+            activity.heartbeat()
+        if where:
+            differ(DifferenceKind.EXTRA, len(where), image_set_id=image_set_id,
+                   note="instances in the image set that this migration did not import")
+        return verified
+
+    def _publish(self, input: VerifyInput, result: VerifyResult) -> None:
+        detail = {"migrationId": input.migration_id, "datastoreId": input.datastore_id, "deep": result.deep,
+                  "instancesExpected": result.instances_expected, "instancesVerified": result.instances_verified,
+                  "differences": {k.value: v for k, v in result.differences.items()},
+                  "differencesUri": result.differences_uri}
+        try:
+            resp = self._events.put_events(Entries=[{"Source": EVENT_SOURCE, "DetailType": DETAIL_TYPE,
+                                                     "EventBusName": self._bus, "Detail": json.dumps(detail)}])
+        except ClientError as err:
+            raise classify(err, "PutEvents") from None
+        if resp.get("FailedEntryCount"):
+            raise ApplicationError("PutEvents did not accept the verification event", type=ErrorType.PUT_EVENTS_FAILED)
