@@ -63,6 +63,7 @@ class HttpRequest:
     headers: dict[str, str]  # lower-cased names
     body: bytes
     request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    raw_query: str = ""  # as sent, still percent-encoded (SigV4 verification recomputes the canonical query)
     # Notes a family leaves for itself between before_body and its handler (DICOMweb: already authenticated).
     context: dict[str, Any] = field(default_factory=dict)
 
