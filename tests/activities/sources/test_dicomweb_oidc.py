@@ -56,6 +56,7 @@ def issuer() -> Iterator[OidcIssuer]:
 @pytest.fixture(autouse=True)
 def _honest_issuer(issuer: OidcIssuer) -> None:
     issuer.lifetime, issuer.announced_lifetime, issuer.down, issuer.token_response = 600, None, False, None
+    issuer.stall_seconds = 0.0
 
 
 @pytest.fixture(scope="module")
@@ -208,6 +209,11 @@ class TestHostileTokenEndpoints:
         gone.stop()
         with pytest.raises(TokenUnavailable, match="did not answer"):
             TokenSource(ClientCredentials(url, CLIENT, SECRET), timeout=2).token()
+
+    def test_an_issuer_that_answers_too_late(self, issuer: OidcIssuer) -> None:
+        issuer.stall_seconds = 3
+        with pytest.raises(TokenUnavailable, match=r"did not answer \(ReadTimeout\)"):
+            tokens(issuer, timeout=1).token()
 
     @pytest.mark.parametrize(("url", "client", "secret", "needle"), [
         ("ftp://issuer/token", "c", "s", "_TOKEN_URL"),
