@@ -283,11 +283,14 @@ class TestHealthImagingBearer:
         mi = make_medical_imaging(pacs.url)
         sets = mi.search_image_sets(datastoreId=seeded["ds"])["imageSetsMetadataSummaries"]
         by_study = {s["DICOMTags"]["DICOMStudyInstanceUID"]: s["imageSetId"] for s in sets}
-        out = []
+        out: list[Imported] = []
         for study, members in sorted(seeded["studies"].items()):
             for series, sop in members:
-                record = InstanceRecord.model_construct(key=f"{study}/{sop}.dcm", sop_instance_uid=sop,
-                                                        study_instance_uid=study, series_instance_uid=series)
+                record = InstanceRecord(key=f"{study}/{sop}.dcm", size=1, etag="e", sop_instance_uid=sop,
+                                        study_instance_uid=study, series_instance_uid=series,
+                                        transfer_syntax_uid="1.2.840.10008.1.2.1", sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+                                        patient_fingerprint="p", study_fingerprint="s", series_fingerprint="se",
+                                        content_id=sop)
                 out.append(Imported(line=len(out) + 1, record=record, image_set_id=by_study[study]))
         return out
 
