@@ -254,6 +254,15 @@ def test_presigned_urls_are_verified(stored: dict[str, str]) -> None:
         return str(aws.url)
 
     assert requests.get(presign(60), timeout=30).status_code == 200
+    # Signed an hour ago for 10 minutes: expired.
+    aws = AWSRequest(method="GET", url=stored["studies"] + "?limit=3")
+    old = SigV4QueryAuth(Credentials("testing", "testing"), "medical-imaging", "us-east-1", expires=600)
+    aws.context["timestamp"] = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() - 3600))
+    old._modify_request_before_signing(aws)
+    old._inject_signature_to_request(aws, old.signature(old.string_to_sign(aws, old.canonical_request(aws)), aws))
+    expired = requests.get(str(aws.url), timeout=30)
+    assert (expired.status_code, expired.headers["x-amzn-ErrorType"]) == (403, "InvalidSignatureException")
+    assert "expired" in expired.json()["message"]
     wrong = requests.get(presign(60, secret="nope"), timeout=30)
     assert (wrong.status_code, wrong.headers["x-amzn-ErrorType"]) == (403, "InvalidSignatureException")
     tampered = requests.get(presign(60).replace("limit=3", "limit=4"), timeout=30)

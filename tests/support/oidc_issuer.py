@@ -48,6 +48,7 @@ class OidcIssuer:
         self.stall_seconds = 0.0  # the token endpoint answers this late (an overloaded issuer)
         self.token_response: tuple[int, Any] | None = None
         self.tokens_issued = 0
+        self.last_form: dict[str, list[str]] = {}  # the last token request's form (never its Authorization)
         issuer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -74,6 +75,7 @@ class OidcIssuer:
                 issuer.requests.append(self.path)
                 length = int(self.headers.get("Content-Length") or 0)
                 form = urllib.parse.parse_qs(self.rfile.read(length).decode())
+                issuer.last_form = form
                 if issuer.stall_seconds:
                     time.sleep(issuer.stall_seconds)
                 if self.path != "/token":

@@ -196,6 +196,13 @@ class TestHostileTokenEndpoints:
         assert "invalid_client" in message and "HIMIG_DICOMWEB_OIDC_CLIENT_SECRET" in message
         assert SECRET not in message
 
+    def test_the_scope_is_asked_for_only_when_configured(self, issuer: OidcIssuer) -> None:
+        tokens(issuer).token()
+        assert issuer.last_form == {"grant_type": ["client_credentials"]}
+        TokenSource(ClientCredentials(issuer.token_url, CLIENT, SECRET, scope="dicomweb.read pacs/qido")).token()
+        assert issuer.last_form == {"grant_type": ["client_credentials"], "scope": ["dicomweb.read pacs/qido"]}
+        assert SECRET not in str(issuer.last_form)  # the secret travels in the Authorization header only
+
     def test_a_secret_with_reserved_characters_is_form_encoded(self, issuer: OidcIssuer) -> None:
         issuer.register("odd:client id", "p@ss:w%rd+/=")
         assert tokens(issuer, client="odd:client id", secret="p@ss:w%rd+/=").token()
