@@ -65,6 +65,7 @@ bench: $(STAMP)
 	$(PY) bench/worker_footprint.py
 	$(PY) bench/workers.py
 	$(PY) bench/codec_overhead.py
+	$(PY) bench/dicomweb_auth.py
 
 bench-quick: $(STAMP)
 	$(PY) bench/end_to_end.py --quick --no-results

@@ -42,6 +42,15 @@ def job_name(batch: BatchInput) -> str:
     return f"himig-{tag}-{layout.batch_name(batch.batch, batch.part)}"
 
 
+def input_owner(batch: BatchInput, direct: bool) -> dict[str, str]:
+    """``inputOwnerAccountId`` when the job reads the source bucket of another account in place.
+
+    A staged batch is read from the work bucket (ours), so the source's owner does not apply to it; an in-place
+    batch from another account's bucket needs it, or HealthImaging would look for the bucket in our account.
+    """
+    return {"inputOwnerAccountId": batch.source_owner_account_id} if direct and batch.source_owner_account_id else {}
+
+
 def _plain_md5(etag: str) -> bool:
     return len(etag) == 32 and "-" not in etag
 
@@ -148,6 +157,7 @@ class ImportActivities:
                     clientToken=client_token(batch.migration_id, batch.batch, batch.part or 0),
                     inputS3Uri=input_uri,
                     outputS3Uri=output.uri,
+                    **input_owner(batch, direct),
                 )["jobId"]
         except ClientError as err:
             raise classify(err, f"starting the import job of batch {batch.batch}") from None

@@ -5,7 +5,8 @@ Two checks, both reporting problems (never PHI: image set ids, counts and batch 
 - every image set the job reported: ``GetImageSetMetadata`` (gzip JSON) must list every instance this batch put
   into it, per series (an image set may hold more: earlier imports of the same series);
 - a deterministic sample of the batch's imported instances: WADO-RS ``.../instances/{sop}/metadata`` on the data
-  store's DICOMweb endpoint (SigV4, service ``medical-imaging``) must answer with the same Study / Series / SOP
+  store's DICOMweb endpoint (SigV4, service ``medical-imaging``, or an OIDC bearer token when the data store is
+  configured for one: ``HIMIG_HEALTHIMAGING_OIDC_*``) must answer with the same Study / Series / SOP
   Instance UIDs. A 404 or a mismatch is a problem; throttling (429) and 5xx are retried, not problems.
 """
 
@@ -19,6 +20,8 @@ from typing import Any
 import urllib3
 from botocore.exceptions import ClientError
 
+from activities.bearer_http import BearerHttp
+from activities.client_credentials import TokenRefused, TokenUnavailable
 from activities.errors import benign_retry, classify, error_code
 from activities.healthimaging import (
     LOCAL_RETRY_DELAYS,
@@ -74,7 +77,7 @@ def compare_metadata(body: Any, record: InstanceRecord) -> str | None:
 class SpotChecker:
     """Read-back checks for one reviewed batch. ``dicomweb`` None: only the metadata check runs."""
 
-    def __init__(self, medical_imaging: Any, dicomweb: SignedHttp | None = None, dicomweb_base_url: str | None = None,
+    def __init__(self, medical_imaging: Any, dicomweb: SignedHttp | BearerHttp | None = None, dicomweb_base_url: str | None = None,
                  retry_delays: tuple[float, ...] = LOCAL_RETRY_DELAYS):
         self._mi = medical_imaging
         self._http = dicomweb
@@ -132,6 +135,13 @@ class SpotChecker:
             except (urllib3.exceptions.HTTPError, OSError) as err:
                 raise benign_retry(f"DICOMweb spot check: {type(err).__name__} (backing off)",
                                    ErrorType.DICOMWEB_UNAVAILABLE) from None
+            except TokenUnavailable as err:
+                raise benign_retry(f"DICOMweb spot check: no bearer token: {err} (backing off)",
+                                   ErrorType.DICOMWEB_UNAVAILABLE) from None
+            except TokenRefused as err:
+                # Like a 401 from the data store: the check could not read back, which the review reports.
+                problems.append(f"DICOMweb spot check: no bearer token: {err}")
+                break
             except Throttled as err:
                 raise benign_retry(f"DICOMweb spot check: HTTP {err.status} (backing off)", ErrorType.THROTTLING
                                    if err.status == 429 else ErrorType.DICOMWEB_UNAVAILABLE) from None

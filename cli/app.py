@@ -99,6 +99,8 @@ def start(
     max_concurrent_jobs: int = typer.Option(4, "--max-concurrent-jobs"),
     import_start_interval: float = typer.Option(1.0, "--import-start-interval", help="seconds between job starts"),
     data_access_role_arn: str | None = typer.Option(None, "--data-access-role-arn"),
+    source_owner_account: str | None = typer.Option(
+        None, "--source-owner-account", help="12-digit account owning the --source bucket, when not the data store's"),
     healthlake_datastore_id: str | None = typer.Option(
         None, "--healthlake-datastore-id", help="route one FHIR ImagingStudy per study into this HealthLake data store"),
     fhir_validation_level: ValidationLevel = typer.Option(ValidationLevel.STRUCTURE_ONLY, "--fhir-validation-level"),
@@ -124,7 +126,7 @@ def start(
             max_files_per_batch=max_files_per_batch, max_bytes_per_batch=max_bytes_per_batch,
             max_concurrent_jobs=max_concurrent_jobs, import_start_interval_seconds=import_start_interval,
             data_access_role_arn=data_access_role_arn, source_connector=connector,
-            healthlake_datastore_id=healthlake_datastore_id,
+            source_owner_account_id=source_owner_account, healthlake_datastore_id=healthlake_datastore_id,
             fhir_validation_level=fhir_validation_level, fhir_validate_first=fhir_validate_first,
             dicomweb_spot_check=dicomweb_spot_check))
     except ValidationError as err:

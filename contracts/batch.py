@@ -38,6 +38,8 @@ class BatchInput(BaseModel):
     work_s3_uri: str
     datastore_id: str
     data_access_role_arn: str | None = None
+    # The source bucket's owner when it is another account (`SourceAndTarget.source_owner_account_id`).
+    source_owner_account_id: str | None = None
     manual_review: bool = False
     # 1 or 2: one half of this batch, imported again after the whole batch's job FAILED.
     part: int | None = Field(None, ge=1, le=2)

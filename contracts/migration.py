@@ -19,6 +19,7 @@ DATASTORE_ID_PATTERN = r"^[0-9a-z]{32}$"
 # Workflow ids become S3 path segments and Temporal ids: no PHI, no path tricks.
 MIGRATION_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 ROLE_ARN_PATTERN = r"^arn:aws(-[^:]+)?:iam::[0-9]{12}:role/.+$"
+ACCOUNT_ID_PATTERN = r"^[0-9]{12}$"
 # HealthLake data store ids are 32 alphanumerics; the id becomes a URL path segment of the FHIR endpoint.
 HEALTHLAKE_DATASTORE_ID_PATTERN = r"^[0-9A-Za-z]{1,32}$"
 MAX_SPOT_CHECK = 100
@@ -85,6 +86,11 @@ class SourceAndTarget(Strict):
     work_s3_uri: str = Field(description="S3 prefix for inventory, staging, import output, ledger and report")
     validation_level: ValidationLevel = ValidationLevel.STRUCTURE_ONLY
     data_access_role_arn: Annotated[str | None, Field(pattern=ROLE_ARN_PATTERN)] = None
+    source_owner_account_id: Annotated[str | None, Field(
+        pattern=ACCOUNT_ID_PATTERN,
+        description="12-digit AWS account that owns the source bucket, when it is not the data store's account: "
+        "in-place imports then tell HealthImaging (inputOwnerAccountId), which reads the bucket there directly "
+        "(its bucket policy must let the data-access role read); unset: the data store's own account")] = None
 
     @field_validator("source_s3_uri")
     @classmethod

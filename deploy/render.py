@@ -46,6 +46,7 @@ FEATURES = {
     "HasMetrics": True,
     "HasTracing": False,
     "HasReviewerKey": True,
+    "HasHealthImagingOidc": False,  # SigV4 to HealthImaging's DICOMweb, the default
 }
 PSEUDO = {"AWS::Region": "AWS_REGION", "AWS::AccountId": "AWS_ACCOUNT_ID", "AWS::Partition": "AWS_PARTITION",
           "AWS::StackName": "STACK_NAME"}

@@ -6,6 +6,8 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from activities.await_job import AwaitActivities
+from activities.bearer_http import BearerHttp
+from activities.client_credentials import ClientCredentials, TokenSource
 from activities.fhir_route import FhirRouteActivities
 from activities.importjob import ImportActivities
 from activities.ingest import IngestActivities
@@ -37,6 +39,25 @@ WORKFLOWS: list[type] = [MigrationWorkflow, ImportBatchWorkflow, ReconciliationW
                          RollbackWorkflow, VerifyWorkflow]
 
 
+def token_source(settings: Settings, prefix: str) -> TokenSource | None:
+    """The OAuth2 client of ``HIMIG_<PREFIX>_*`` (one per process: every activity thread shares its token)."""
+    url, client_id, secret = (getattr(settings, f"{prefix}_{n}") for n in ("token_url", "client_id", "client_secret"))
+    if url is None or client_id is None or secret is None:
+        return None
+    return TokenSource(ClientCredentials(url, client_id, secret.get_secret_value(), getattr(settings, f"{prefix}_scope"),
+                                         setting=f"HIMIG_{prefix.upper()}"),
+                       timeout=settings.source_timeout_seconds)
+
+
+def healthimaging_dicomweb(clients: AwsClients, settings: Settings) -> SignedHttp | BearerHttp | None:
+    """OIDC bearer tokens when the data store is configured for them (``HIMIG_HEALTHIMAGING_OIDC_*``), else SigV4
+    with the worker's AWS credentials; None without either (the DICOMweb spot check is then off)."""
+    tokens = token_source(settings, "healthimaging_oidc")
+    if tokens is not None:
+        return BearerHttp(tokens)
+    return SignedHttp(clients.credentials, settings.aws_region, "medical-imaging") if clients.credentials else None
+
+
 def build_activities(clients: AwsClients, settings: Settings) -> list[Callable[..., Any]]:
     if problems := settings.worker_problems():  # settings built directly rather than by load_settings
         raise InvalidSettings(problems)
@@ -44,7 +65,8 @@ def build_activities(clients: AwsClients, settings: Settings) -> list[Callable[.
     auth = DicomwebAuth(
         username=settings.dicomweb_username,
         password=settings.dicomweb_password.get_secret_value() if settings.dicomweb_password else None,
-        token=settings.dicomweb_token.get_secret_value() if settings.dicomweb_token else None)
+        token=settings.dicomweb_token.get_secret_value() if settings.dicomweb_token else None,
+        tokens=token_source(settings, "dicomweb_oidc"))
     receive = ReceiveActivities(s3, SourceSettings(
         dicomweb_auth=auth, dicomweb_allowed_origins=settings.allowed_origins(),
         timeout_seconds=settings.source_timeout_seconds, local_roots=settings.local_roots()))
@@ -54,7 +76,7 @@ def build_activities(clients: AwsClients, settings: Settings) -> list[Callable[.
     plan = PlanActivities(s3, mi)
     start = ImportActivities(s3, mi, cast(str, settings.data_access_role_arn), settings.parse_concurrency)
     await_job = AwaitActivities(mi, settings.job_poll_initial_seconds, settings.job_poll_max_seconds)
-    dicomweb = SignedHttp(clients.credentials, settings.aws_region, "medical-imaging") if clients.credentials else None
+    dicomweb = healthimaging_dicomweb(clients, settings)
     review = ReviewActivities(s3, mi, SpotChecker(mi, dicomweb, settings.dicomweb_base_url()))
     fhir = FhirRouteActivities(
         s3, mi, clients.healthlake,

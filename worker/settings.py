@@ -83,6 +83,19 @@ def _origins(value: str) -> str:
     return value
 
 
+def _http_url(value: str) -> str:
+    url = urlsplit(value)
+    try:
+        url.port  # noqa: B018 (raises ValueError for a port that is not a number or out of range)
+    except ValueError:
+        raise ValueError("must be an http(s):// URL with a valid port") from None
+    if url.scheme not in ("http", "https") or not url.hostname or url.username or url.password or url.fragment:
+        raise ValueError("must be an http(s):// URL without credentials or fragment")
+    return value
+
+
+#: An http(s) URL (an OAuth2 token endpoint), checked when the settings are read.
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
 #: Comma/space-separated ``scheme://host[:port]`` origins, each checked when the settings are read.
 Origins = Annotated[str, AfterValidator(_origins)]
 #: An integer setting: a whole number from the environment, never a fraction silently truncated.
@@ -379,6 +392,52 @@ class Settings(BaseSettings):
     dicomweb_allowed_origins: Origins = Field(
         "", description="comma/space-separated scheme://host[:port] a `dicomweb` source may name; required with "
         "credentials (they are only sent to these); empty without credentials allows any")
+    # OAuth2 client credentials (RFC 6749 §4.4) for an OIDC-protected DICOMweb PACS: the worker fetches bearer
+    # tokens from the issuer and refreshes them before they expire (a long pull outlives any one token).
+    dicomweb_oidc_token_url: HttpUrl | None = Field(
+        None, description="token endpoint of the PACS's OIDC issuer (client-credentials grant); with "
+        "HIMIG_DICOMWEB_OIDC_CLIENT_ID and _CLIENT_SECRET it replaces HIMIG_DICOMWEB_TOKEN / basic auth")
+    dicomweb_oidc_client_id: str | None = Field(None, description="OAuth2 client id of the worker at the PACS's "
+                                                "issuer")
+    dicomweb_oidc_client_secret: SecretStr | None = Field(None, description="OAuth2 client secret of the worker at "
+                                                          "the PACS's issuer")
+    dicomweb_oidc_scope: str | None = Field(None, description="space-separated scopes to request for the PACS "
+                                            "(unset: the issuer's default)")
+    # HealthImaging's DICOMweb (review's spot check): SigV4 with the worker's AWS credentials, unless the data store
+    # was created with an OIDC (Lambda) authorizer and these are set: then an OIDC bearer token.
+    healthimaging_oidc_token_url: HttpUrl | None = Field(
+        None, description="token endpoint of the issuer the data store's OIDC authorizer trusts; with "
+        "HIMIG_HEALTHIMAGING_OIDC_CLIENT_ID and _CLIENT_SECRET, DICOMweb calls to HealthImaging carry its bearer "
+        "tokens instead of SigV4")
+    healthimaging_oidc_client_id: str | None = Field(None, description="OAuth2 client id of the worker for "
+                                                     "HealthImaging DICOMweb")
+    healthimaging_oidc_client_secret: SecretStr | None = Field(None, description="OAuth2 client secret of the "
+                                                               "worker for HealthImaging DICOMweb")
+    healthimaging_oidc_scope: str | None = Field(None, description="space-separated scopes to request for "
+                                                 "HealthImaging DICOMweb (unset: the issuer's default)")
+
+    @field_validator("dicomweb_oidc_token_url", "dicomweb_oidc_client_id", "dicomweb_oidc_client_secret",
+                     "dicomweb_oidc_scope", "healthimaging_oidc_token_url", "healthimaging_oidc_client_id",
+                     "healthimaging_oidc_client_secret", "healthimaging_oidc_scope", mode="before")
+    @classmethod
+    def _blank_oidc_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _oidc_clients_complete(self) -> Self:
+        problems = []
+        for prefix in ("dicomweb_oidc", "healthimaging_oidc"):
+            parts = {name: getattr(self, f"{prefix}_{name}") for name in ("token_url", "client_id", "client_secret")}
+            if any(v is not None for v in parts.values()) and any(v is None for v in parts.values()):
+                given = ", ".join(f"HIMIG_{prefix.upper()}_{n.upper()}" for n, v in parts.items() if v is not None)
+                for name, value in parts.items():
+                    if value is None:
+                        problems.append(f"HIMIG_{prefix.upper()}_{name.upper()}: required with {given} (an OAuth2 "
+                                        "client needs the token URL, its id and its secret)")
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
     source_timeout_seconds: float = Field(60.0, gt=0, le=3600, description="network timeout talking to a PACS, "
                                           "seconds")
     source_dir_roots: str = Field(

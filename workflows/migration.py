@@ -277,6 +277,7 @@ class MigrationWorkflow:
         args = BatchInput(migration_id=self._id, batch=batch, source_s3_uri=input.source_s3_uri,
                           work_s3_uri=input.work_s3_uri, datastore_id=input.datastore_id,
                           data_access_role_arn=input.data_access_role_arn, manual_review=input.manual_review,
+                          source_owner_account_id=input.source_owner_account_id,
                           dicomweb_spot_check=input.dicomweb_spot_check,
                           fhir=None if input.healthlake_datastore_id is None else FhirRouting(
                               datastore_id=input.healthlake_datastore_id,

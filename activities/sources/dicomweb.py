@@ -9,12 +9,13 @@ from workflow input, and are only ever sent to an origin the worker allows (``HI
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import IO, Any
 from urllib.parse import quote, urlsplit
 
 import requests
 
+from activities.client_credentials import TokenError, TokenRefused, TokenSource
 from activities.sources.common import (
     Landing,
     SourceForbidden,
@@ -37,14 +38,16 @@ ACCEPT_DICOM = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 
 @dataclass(frozen=True)
 class DicomwebAuth:
-    """HTTP credentials for the PACS (from worker settings): basic auth or a bearer token."""
+    """HTTP credentials for the PACS (from worker settings): bearer tokens from an OAuth2 client (``tokens``,
+    refreshed as they expire), one fixed bearer token, or basic auth; the first configured wins."""
 
     username: str | None = None
-    password: str | None = None
-    token: str | None = None
+    password: str | None = field(default=None, repr=False)
+    token: str | None = field(default=None, repr=False)
+    tokens: TokenSource | None = None
 
     def __bool__(self) -> bool:
-        return bool(self.token or self.username or self.password)
+        return bool(self.tokens or self.token or self.username or self.password)
 
 
 def origin_refusal(url: str, auth: DicomwebAuth | None, allowed: tuple[str, ...]) -> str | None:
@@ -114,9 +117,11 @@ class DicomwebConnector(StudyConnector):
         self._session = requests.Session()
         # Checked before every request; while it is set, no credentials are even attached to the session.
         self._refusal = origin_refusal(config.url, auth, allowed_origins)
-        if self._refusal is None and auth and auth.token:
+        # Asked for a token per request (cached in the source), so a pull outlives any one token.
+        self._tokens = auth.tokens if self._refusal is None and auth else None
+        if self._tokens is None and self._refusal is None and auth and auth.token:
             self._session.headers["Authorization"] = f"Bearer {auth.token}"
-        elif self._refusal is None and auth and auth.username:
+        elif self._tokens is None and self._refusal is None and auth and auth.username:
             self._session.auth = (auth.username, auth.password or "")
 
     def describe(self) -> str:
@@ -127,18 +132,17 @@ class DicomwebConnector(StudyConnector):
              stream: bool = False) -> requests.Response:
         if self._refusal:
             raise SourceMisconfigured(self._refusal)
-        try:
-            # No redirects: a redirect could lead the request (and its credentials) to an origin not allowed.
-            resp = self._session.get(self._base + path, params=params, headers={"Accept": accept},
-                                     timeout=self._timeout, stream=stream, allow_redirects=False)
-        except (requests.ConnectionError, requests.Timeout) as err:
-            raise SourceUnavailable(f"{what}: the PACS did not answer ({type(err).__name__})") from None
-        except requests.RequestException as err:
-            raise SourceUnavailable(f"{what}: request failed ({type(err).__name__})") from None
+        resp, bearer = self._send(path, params, accept, what, stream)
+        if resp.status_code == 401 and self._tokens is not None and bearer is not None:
+            # The token expired (or was revoked) before our schedule said: one fresh token, one more try.
+            resp.close()
+            self._tokens.rejected(bearer)
+            resp, bearer = self._send(path, params, accept, what, stream)
         if resp.status_code in (401, 403):
             resp.close()
-            raise SourceForbidden(f"{what}: HTTP {resp.status_code} (check HIMIG_DICOMWEB_USERNAME/PASSWORD "
-                                  "or HIMIG_DICOMWEB_TOKEN on the worker)")
+            hint = ("HIMIG_DICOMWEB_OIDC_* (the token's audience and scope)" if self._tokens is not None
+                    else "HIMIG_DICOMWEB_USERNAME/PASSWORD or HIMIG_DICOMWEB_TOKEN")
+            raise SourceForbidden(f"{what}: HTTP {resp.status_code} (check {hint} on the worker)")
         if 300 <= resp.status_code < 400:
             resp.close()
             raise SourceMisconfigured(f"{what}: HTTP {resp.status_code} redirect (not followed; set "
@@ -147,6 +151,28 @@ class DicomwebConnector(StudyConnector):
             resp.close()
             raise SourceUnavailable(f"{what}: HTTP {resp.status_code} from the PACS")
         return resp
+
+    def _send(self, path: str, params: dict[str, Any] | None, accept: str, what: str,
+              stream: bool) -> tuple[requests.Response, str | None]:
+        headers = {"Accept": accept}
+        bearer = None
+        if self._tokens is not None:
+            try:
+                bearer = self._tokens.token()
+            except TokenRefused as err:
+                raise SourceForbidden(f"{what}: {err}") from None
+            except TokenError as err:
+                raise SourceUnavailable(f"{what}: no bearer token: {err}") from None
+            headers["Authorization"] = f"Bearer {bearer}"
+        try:
+            # No redirects: a redirect could lead the request (and its credentials) to an origin not allowed.
+            resp = self._session.get(self._base + path, params=params, headers=headers,
+                                     timeout=self._timeout, stream=stream, allow_redirects=False)
+        except (requests.ConnectionError, requests.Timeout) as err:
+            raise SourceUnavailable(f"{what}: the PACS did not answer ({type(err).__name__})") from None
+        except requests.RequestException as err:
+            raise SourceUnavailable(f"{what}: request failed ({type(err).__name__})") from None
+        return resp, bearer
 
     def _qido(self, path: str, params: dict[str, Any], what: str) -> list[Any] | None:
         """One QIDO-RS page; None when the resource does not exist (404)."""
@@ -202,7 +228,47 @@ class DicomwebConnector(StudyConnector):
                 unusable += 1
             else:
                 found[sop] = _first(row, SERIES_UID)
-        return (None if missing else found), unusable
+        if missing:
+            # The study-level instance search is optional in practice: HealthImaging's DICOMweb (an OIDC- or
+            # SigV4-protected source) offers only the per-series one. Unknown studies end up None either way.
+            return self._enumerate_by_series(study)
+        return found, unusable
+
+    def _enumerate_by_series(self, study: str) -> tuple[dict[str, str | None] | None, int]:
+        found: dict[str, str | None] = {}
+        unusable = 0
+        study_path = f"/studies/{quote(study, safe='')}/series"
+        what = "searching a study's series (QIDO-RS)"
+        first_page: list[Any] | None = []
+
+        def fetch_series(offset: int) -> list[Any] | None:
+            nonlocal first_page
+            rows = self._qido(study_path, {"limit": INSTANCE_PAGE, "offset": offset, "includefield": SERIES_UID}, what)
+            if offset == 0:
+                first_page = rows
+            return rows
+
+        series_uids = []
+        for series, _row in page_uids(fetch_series, SERIES_UID, MAX_QIDO_PAGES, what):
+            if series is None:
+                unusable += 1
+            else:
+                series_uids.append(series)
+        if first_page is None:
+            return None, 0
+        for series in series_uids:
+            path = f"{study_path}/{quote(series, safe='')}/instances"
+
+            def fetch(offset: int, path: str = path) -> list[Any] | None:
+                return self._qido(path, {"limit": INSTANCE_PAGE, "offset": offset, "includefield": SOP_UID},
+                                  "searching a series' instances (QIDO-RS)")
+
+            for sop, _row in page_uids(fetch, SOP_UID, MAX_QIDO_PAGES, "searching a series' instances (QIDO-RS)"):
+                if sop is None:
+                    unusable += 1
+                else:
+                    found[sop] = series
+        return found, unusable
 
     def pull(self, unit: str, landing: Landing) -> UnitOutcome:
         if (marked := self._marker_outcome(unit, landing)) is not None:

@@ -33,6 +33,8 @@ class TestStartValidation:
         ("--max-files-per-batch", "9999", "max_files_per_batch"),
         ("--max-concurrent-jobs", "1000", "max_concurrent_jobs"),
         ("--data-access-role-arn", "role", "data_access_role_arn"),
+        ("--source-owner-account", "12345", "source_owner_account_id"),
+        ("--source-owner-account", "21098765432a", "source_owner_account_id"),
     ])
     def test_bad_value_names_the_field(self, runner: CliRunner, flag: str, value: str, needle: str) -> None:
         args = list(GOOD)

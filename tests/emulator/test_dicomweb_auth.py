@@ -1,4 +1,4 @@
-"""DICOMweb authentication: SigV4 presence, OIDC bearer tokens from a real local issuer, and the off switch.
+"""DICOMweb authentication: SigV4 verified against the emulator's credentials table, OIDC bearer tokens from a real local issuer, and the off switch.
 
 The emulator under test fetches the issuer's JWKS over HTTP like a real deployment would; every hostile token
 must end in 401/403 in the AWS shape, never in a crash, and must leave the data untouched.
@@ -6,7 +6,11 @@ must end in 401/403 in the AWS shape, never in a crash, and must leave the data 
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +19,9 @@ from typing import Any
 import pydicom
 import pytest
 import requests
+from botocore.auth import SigV4Auth, SigV4QueryAuth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
 from dicomweb_client.api import DICOMwebClient
 from joserfc.jwk import RSAKey
 from pydicom.uid import generate_uid
@@ -64,7 +71,7 @@ def test_valid_bearer_token_searches_and_stores(oidc_emulator: ServerProcess, st
     assert sum(1 for p in issuer.requests if p == "/keys") == 1
 
 
-def test_sigv4_is_accepted_by_presence(stored: dict[str, str]) -> None:
+def test_sigv4_from_the_test_credentials_is_accepted(stored: dict[str, str]) -> None:
     assert _get(stored["studies"], SigV4RequestsAuth()).status_code == 200
 
 
@@ -166,3 +173,131 @@ def test_auth_off_switch(moto_url: str, log_dir: Path, tmp_path: Path) -> None:
         assert emulator_admin(server.url, "config")["dicomweb_auth"] == "off"
     finally:
         server.stop()
+
+
+# ---- SigV4 is verified: the signature is recomputed with the secret key the emulator knows for the access key
+
+def _signed_headers(method: str, url: str, *, secret: str = "testing", key: str = "testing", body: bytes = b"",
+                    headers: dict[str, str] | None = None, at: float | None = None) -> dict[str, str]:
+    """SigV4 headers from botocore's signer, at time ``at`` (default now)."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(at))
+    aws = AWSRequest(method=method, url=url, data=body, headers={**(headers or {}), "X-Amz-Date": stamp})
+    aws.context["timestamp"] = stamp
+    signer = SigV4Auth(Credentials(key, secret), "medical-imaging", "us-east-1")
+    signature = signer.signature(signer.string_to_sign(aws, signer.canonical_request(aws)), aws)
+    signer._inject_signature_to_request(aws, signature)
+    return {k: v for k, v in aws.headers.items() if k != "Host"}
+
+
+def _stow_body(stored: dict[str, str]) -> tuple[bytes, str]:
+    body = dicom_bytes(stored["study"], stored["series"], str(generate_uid()))
+    return (b"--b0\r\nContent-Type: application/dicom\r\n\r\n" + body + b"\r\n--b0--\r\n",
+            'multipart/related; type="application/dicom"; boundary=b0')
+
+
+def test_a_correct_signature_made_by_hand_is_accepted(stored: dict[str, str]) -> None:
+    url = stored["studies"] + "?limit=5&includefield=0020000D"
+    assert requests.get(url, headers=_signed_headers("GET", url), timeout=30).status_code == 200
+
+
+SIGV4_HOSTILE: list[tuple[str, Callable[[str], dict[str, str]], str]] = [
+    ("wrong-secret", lambda url: _signed_headers("GET", url, secret="not-the-secret"), "InvalidSignatureException"),
+    ("unknown-access-key", lambda url: _signed_headers("GET", url, key="AKIANOBODYKNOWS"),
+     "UnrecognizedClientException"),
+    ("signed-20-minutes-ago", lambda url: _signed_headers("GET", url, at=time.time() - 1200),
+     "InvalidSignatureException"),
+    ("signed-20-minutes-ahead", lambda url: _signed_headers("GET", url, at=time.time() + 1200),
+     "InvalidSignatureException"),
+    ("query-changed-after-signing", lambda url: _signed_headers("GET", url.replace("limit=5", "limit=6")),
+     "InvalidSignatureException"),
+    ("path-changed-after-signing", lambda url: _signed_headers("GET", url.replace("/studies", "/series")),
+     "InvalidSignatureException"),
+    ("signature-of-another-request", lambda url: _signed_headers("POST", url), "InvalidSignatureException"),
+    ("scope-date-not-the-request-date", lambda url: {
+        **_signed_headers("GET", url), "X-Amz-Date": time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() - 86400 * 2))},
+     "InvalidSignatureException"),
+]
+
+
+@pytest.mark.parametrize(("build", "code"), [pytest.param(b, c, id=n) for n, b, c in SIGV4_HOSTILE])
+def test_hostile_signatures_are_refused(stored: dict[str, str], build: Callable[[str], dict[str, str]],
+                                        code: str) -> None:
+    url = stored["studies"] + "?limit=5&includefield=0020000D"
+    resp = requests.get(url, headers=build(url), timeout=30)
+    assert (resp.status_code, resp.headers["x-amzn-ErrorType"]) == (403, code)
+    assert set(resp.json()) == {"message"} and "testing" not in resp.text
+
+
+def test_a_stow_body_changed_after_signing_is_refused_and_stores_nothing(
+        oidc_emulator: ServerProcess, stored: dict[str, str]) -> None:
+    before = {k: v for k, v in emulator_admin(oidc_emulator.url, "state").items() if k != "clock"}
+    body, ctype = _stow_body(stored)
+    signed = _signed_headers("POST", stored["studies"], body=body, headers={"Content-Type": ctype})
+    other, _ = _stow_body(stored)
+    refused = requests.post(stored["studies"], data=other, headers={**signed, "Content-Type": ctype}, timeout=30)
+    assert (refused.status_code, refused.headers["x-amzn-ErrorType"]) == (403, "InvalidSignatureException")
+    # A declared payload hash that the body does not match is refused as well (checked once the body is in).
+    declared = _signed_headers("POST", stored["studies"], body=body, headers={
+        "Content-Type": ctype, "X-Amz-Content-SHA256": hashlib.sha256(body).hexdigest()})
+    lied = requests.post(stored["studies"], data=other, headers={**declared, "Content-Type": ctype}, timeout=30)
+    assert (lied.status_code, lied.headers["x-amzn-ErrorType"]) == (403, "InvalidSignatureException")
+    assert {k: v for k, v in emulator_admin(oidc_emulator.url, "state").items() if k != "clock"} == before
+    # The same body as signed is stored.
+    ok = requests.post(stored["studies"], data=body, headers={**signed, "Content-Type": ctype}, timeout=30)
+    assert ok.status_code == 200
+
+
+def test_presigned_urls_are_verified(stored: dict[str, str]) -> None:
+    def presign(expires: int, secret: str = "testing") -> str:
+        aws = AWSRequest(method="GET", url=stored["studies"] + "?limit=3")
+        SigV4QueryAuth(Credentials("testing", secret), "medical-imaging", "us-east-1", expires=expires).add_auth(aws)
+        return str(aws.url)
+
+    assert requests.get(presign(60), timeout=30).status_code == 200
+    # Signed an hour ago for 10 minutes: expired.
+    aws = AWSRequest(method="GET", url=stored["studies"] + "?limit=3")
+    old = SigV4QueryAuth(Credentials("testing", "testing"), "medical-imaging", "us-east-1", expires=600)
+    aws.context["timestamp"] = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() - 3600))
+    old._modify_request_before_signing(aws)
+    old._inject_signature_to_request(aws, old.signature(old.string_to_sign(aws, old.canonical_request(aws)), aws))
+    expired = requests.get(str(aws.url), timeout=30)
+    assert (expired.status_code, expired.headers["x-amzn-ErrorType"]) == (403, "InvalidSignatureException")
+    assert "expired" in expired.json()["message"]
+    wrong = requests.get(presign(60, secret="nope"), timeout=30)
+    assert (wrong.status_code, wrong.headers["x-amzn-ErrorType"]) == (403, "InvalidSignatureException")
+    tampered = requests.get(presign(60).replace("limit=3", "limit=4"), timeout=30)
+    assert tampered.status_code == 403
+    too_long = requests.get(presign(8 * 24 * 3600), timeout=30)
+    assert too_long.status_code == 403
+
+
+def test_the_credentials_table_and_the_presence_switch(moto_url: str, log_dir: Path, tmp_path: Path) -> None:
+    """Keys come from --sigv4-credentials (plus testing/testing and the emulator's own); --sigv4 presence
+    checks only the shape, for clients whose real AWS keys the emulator cannot know."""
+    table = tmp_path / "keys.json"
+    table.write_text(json.dumps({"AKIAOPERATOR": "operator-secret"}))
+    verify = start_emulator(tmp_path / "v", moto_url, log_dir, extra_args=["--sigv4-credentials", f"@{table}"],
+                            extra_env={"AWS_ACCESS_KEY_ID": "AKIAOWN", "AWS_SECRET_ACCESS_KEY": "own-secret"})
+    presence = start_emulator(tmp_path / "p", moto_url, log_dir, extra_args=["--sigv4", "presence"])
+    try:
+        for server, cases in ((verify, [("AKIAOPERATOR", "operator-secret", 200), ("AKIAOWN", "own-secret", 200),
+                                        ("testing", "testing", 200), ("AKIAOPERATOR", "testing", 403),
+                                        ("AKIASTRANGER", "x", 403)]),
+                              (presence, [("AKIASTRANGER", "x", 200), ("testing", "wrong", 200)])):
+            url = f"{server.url}/datastore/{create_datastore(make_medical_imaging(server.url))}/studies"
+            for key, secret, status in cases:
+                assert requests.get(url, headers=_signed_headers("GET", url, key=key, secret=secret),
+                                    timeout=30).status_code == status, (key, status)
+        shown = emulator_admin(verify.url, "config")
+        assert shown["sigv4"] == "verify" and "operator-secret" not in json.dumps(shown)
+        assert set(shown["sigv4_credentials"]) == {"AKIAOPERATOR", "AKIAOWN", "testing"}
+    finally:
+        verify.stop()
+        presence.stop()
+
+
+@pytest.mark.parametrize("value", ["[1]", '{"k": ""}', '{"k": 1}', "not json"])
+def test_a_bad_credentials_table_stops_the_emulator_naming_the_flag(value: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "emulator", "--data-dir", "/nonexistent", "--sigv4-credentials",
+                           value], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "--sigv4-credentials" in done.stderr

@@ -234,3 +234,48 @@ class TestEntryPoints:
         assert done.returncode == 2, done.stderr
         assert "HIMIG_FINGERPRINT_KEY: required by the worker" in done.stderr
         assert "Traceback" not in done.stderr and _accepted(server) == 0
+
+
+class TestOidcClients:
+    """HIMIG_DICOMWEB_OIDC_* (the PACS) and HIMIG_HEALTHIMAGING_OIDC_* (HealthImaging's DICOMweb)."""
+
+    @pytest.mark.parametrize("prefix", ["HIMIG_DICOMWEB_OIDC", "HIMIG_HEALTHIMAGING_OIDC"])
+    def test_a_partial_client_names_what_is_missing(self, clean_env: pytest.MonkeyPatch, prefix: str) -> None:
+        clean_env.setenv(f"{prefix}_TOKEN_URL", "https://login.example.org/token")
+        clean_env.setenv(f"{prefix}_CLIENT_SECRET", "top-secret-value")
+        with pytest.raises(InvalidSettings) as info:
+            load_settings()
+        [line] = [p for p in info.value.problems if "OIDC" in p]
+        assert line.startswith(f"{prefix}_CLIENT_ID: required with {prefix}_TOKEN_URL, {prefix}_CLIENT_SECRET")
+        assert "top-secret-value" not in str(info.value)
+
+    @pytest.mark.parametrize("url", ["ftp://login/token", "https://user:pw@login/token", "login/token",
+                                     "https://login:99999/token"])
+    def test_a_bad_token_url_is_named(self, clean_env: pytest.MonkeyPatch, url: str) -> None:
+        clean_env.setenv("HIMIG_DICOMWEB_OIDC_TOKEN_URL", url)
+        clean_env.setenv("HIMIG_DICOMWEB_OIDC_CLIENT_ID", "worker")
+        clean_env.setenv("HIMIG_DICOMWEB_OIDC_CLIENT_SECRET", "s")
+        with pytest.raises(InvalidSettings) as info:
+            load_settings()
+        assert any(p.startswith("HIMIG_DICOMWEB_OIDC_TOKEN_URL: must be an http(s):// URL")
+                   for p in info.value.problems)
+
+    def test_healthimaging_dicomweb_uses_oidc_when_configured_else_sigv4(self, clean_env: pytest.MonkeyPatch) -> None:
+        from activities.bearer_http import BearerHttp
+        from activities.signed_http import SignedHttp
+        from worker.aws import AwsClients
+        from worker.registry import healthimaging_dicomweb, token_source
+
+        settings = load_settings()
+        from botocore.credentials import Credentials
+
+        clients = AwsClients(s3=None, medical_imaging=None, events=None, credentials=Credentials("k", "s"))
+        assert isinstance(healthimaging_dicomweb(clients, settings), SignedHttp)
+        assert token_source(settings, "dicomweb_oidc") is None
+        clean_env.setenv("HIMIG_HEALTHIMAGING_OIDC_TOKEN_URL", "https://login.example.org/token")
+        clean_env.setenv("HIMIG_HEALTHIMAGING_OIDC_CLIENT_ID", "worker")
+        clean_env.setenv("HIMIG_HEALTHIMAGING_OIDC_CLIENT_SECRET", "top-secret-value")
+        settings = load_settings()
+        assert isinstance(healthimaging_dicomweb(clients, settings), BearerHttp)
+        source = token_source(settings, "healthimaging_oidc")
+        assert source is not None and "top-secret-value" not in repr(source) + repr(settings)

@@ -7,6 +7,7 @@ e.g. ``HIMIG_EMULATOR_CLOCK=manual``); an explicit flag wins.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import os
@@ -35,6 +36,30 @@ def _env(name: str, default: Any) -> Any:
 
 def _bool(text: Any) -> bool:
     return str(text).lower() in ("1", "true", "yes", "on")
+
+
+def parse_credentials(text: str) -> dict[str, str]:
+    """``--sigv4-credentials``: a JSON object of access key id -> secret key, or ``@file`` holding one."""
+    if not text:
+        return {}
+    if text.startswith("@"):
+        text = Path(text[1:]).read_text()
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("--sigv4-credentials: not JSON (an object of access key id -> secret "
+                                         "access key)") from None
+    if not isinstance(doc, dict) or not all(isinstance(k, str) and k and isinstance(v, str) and v
+                                            for k, v in doc.items()):
+        raise argparse.ArgumentTypeError("--sigv4-credentials: must be a JSON object of non-empty access key id "
+                                         "-> non-empty secret access key strings")
+    return doc
+
+
+def _own_credentials() -> dict[str, str]:
+    # The emulator's own keys (it signs its S3 calls with them) are the ones its local clients share.
+    key, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
+    return {key: secret} if key and secret else {}
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[Settings, str]:
@@ -100,6 +125,14 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, str]:
     p.add_argument("--oidc-jwks-url", default=_env("oidc-jwks-url", None) or None,
                    help="JWKS URL (default: jwks_uri of ISSUER/.well-known/openid-configuration, "
                         "else ISSUER/.well-known/jwks.json)")
+    p.add_argument("--oidc-leeway-seconds", type=float,
+                   default=float(_env("oidc-leeway-seconds", d.oidc_leeway_seconds)),
+                   help="how far a bearer token's exp/nbf/iat may be off the emulator's clock (default 60)")
+    p.add_argument("--sigv4", choices=("verify", "presence"), default=_env("sigv4", d.sigv4),
+                   help="DICOMweb SigV4: recompute the signature (verify) or check its shape only (presence)")
+    p.add_argument("--sigv4-credentials", type=parse_credentials, default=str(_env("sigv4-credentials", "")),
+                   help="JSON object (or @file.json) of access key id -> secret access key that --sigv4 verify "
+                        "knows, in addition to testing/testing and this process's AWS_ACCESS_KEY_ID")
     p.add_argument("--dicomweb-max-body-bytes", type=int,
                    default=int(_env("dicomweb-max-body-bytes", d.dicomweb_max_body_bytes)),
                    help="largest STOW-RS request body (default 1 GiB)")
@@ -120,6 +153,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, str]:
         healthlake_max_resource_bytes=a.healthlake_max_resource_bytes,
         dicomweb_auth=a.dicomweb_auth, oidc_issuer=a.oidc_issuer, oidc_audience=a.oidc_audience,
         oidc_jwks_url=a.oidc_jwks_url, dicomweb_max_body_bytes=a.dicomweb_max_body_bytes,
+        oidc_leeway_seconds=a.oidc_leeway_seconds, sigv4=a.sigv4,
+        sigv4_credentials={**d.sigv4_credentials, **_own_credentials(), **a.sigv4_credentials},
     )
     return settings, a.log_level
 

@@ -88,7 +88,9 @@ class AdminApi(JsonRoutes):
         return self.backend.stats(query.get("jobId"))
 
     def config(self, **_: Any) -> dict[str, Any]:
-        return {k: (str(v) if k == "data_dir" else v) for k, v in asdict(self.settings).items()}
+        shown = {k: (str(v) if k == "data_dir" else v) for k, v in asdict(self.settings).items()}
+        shown["sigv4_credentials"] = sorted(self.settings.sigv4_credentials)  # the key ids, never the secrets
+        return shown
 
     def clock(self, **_: Any) -> dict[str, Any]:
         return {"mode": self.backend.clock.mode, "now": self.backend.clock.now()}

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from emulator.sigv4 import DEFAULT_CREDENTIALS as DEFAULT_SIGV4_CREDENTIALS
+
 GB = 1024**3
 
 
@@ -77,6 +79,12 @@ class Settings:
     oidc_issuer: str | None = None
     oidc_audience: str | None = None
     oidc_jwks_url: str | None = None
+    # How far a token's exp/nbf/iat may be off the emulator's clock (AWS does not say; 60 s is common practice).
+    oidc_leeway_seconds: float = 60.0
+    # SigV4 on DICOMweb: ``verify`` (the signature is recomputed with the secret key from ``sigv4_credentials``:
+    # access key id -> secret access key) or ``presence`` (shape and service scope only).
+    sigv4: str = "verify"
+    sigv4_credentials: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_SIGV4_CREDENTIALS))
     dicomweb_max_body_bytes: int = GB
 
     def phase_seconds(self, phase: str) -> float:

@@ -63,6 +63,7 @@ class HttpRequest:
     headers: dict[str, str]  # lower-cased names
     body: bytes
     request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    raw_query: str = ""  # as sent, still percent-encoded (SigV4 verification recomputes the canonical query)
     # Notes a family leaves for itself between before_body and its handler (DICOMweb: already authenticated).
     context: dict[str, Any] = field(default_factory=dict)
 
@@ -131,6 +132,8 @@ _UNICODE_Z = r" \u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
 def _java_to_python_regex(pattern: str) -> str:
     # Smithy/Coral patterns are Java regexes; only a few constructs differ from Python's.
     pattern = pattern.replace(r"\p{ASCII}", r"[\x00-\x7f]")
+    # Java's \d is ASCII digits only (without UNICODE_CHARACTER_CLASS); Python's would take "١٢٣" as digits too.
+    pattern = pattern.replace(r"\d", "[0-9]")
     # The json-protocol models (HealthLake) use Unicode properties, always inside a character class that also
     # lists "_" and digits: there \p{L} / \p{N} are Python's \w (letters, numbers, "_"); [\P{M}\p{M}] is anything.
     return (pattern.replace(r"\P{M}\p{M}", r"\s\S").replace(r"\p{L}", r"\w").replace(r"\p{N}", r"\w")

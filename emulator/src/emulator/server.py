@@ -97,6 +97,7 @@ class RequestHandler(BaseHTTPRequestHandler):
                 query=urllib.parse.parse_qs(split.query, keep_blank_values=True),
                 headers={k.lower(): v for k, v in self.headers.items()},
                 body=b"",
+                raw_query=split.query,
             )
             request_id = request.request_id
             try:

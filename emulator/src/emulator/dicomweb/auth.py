@@ -1,4 +1,4 @@
-"""Authentication of DICOMweb requests: AWS SigV4 (presence only) or an OIDC bearer token.
+"""Authentication of DICOMweb requests: AWS SigV4 (verified, ``emulator.sigv4``) or an OIDC bearer token.
 
 HealthImaging accepts SigV4 on DICOMweb like everywhere else, and additionally ``Authorization: Bearer <JWT>``
 for data stores with an OIDC (Lambda) authorizer (DG ``dicomweb-oidc-requirements.html``): the service first
@@ -9,6 +9,12 @@ customer's Lambda with a configured issuer: the token's signature is verified ag
 Answers: no or unusable credentials, bad signature, expired / not yet valid / too old token → 401
 ``UnauthorizedException`` with ``WWW-Authenticate``; a genuine token for another issuer or audience, or a SigV4
 credential scoped to another service → 403 ``AccessDeniedException``. Nothing from the token is echoed.
+
+SigV4 (``--sigv4 verify``, the default) is checked as AWS checks it: an unknown access key → 403
+``UnrecognizedClientException``; a wrong signature or a request time more than 15 minutes off → 403
+``InvalidSignatureException``. What the head alone allows is checked before any body is read; a STOW-RS whose
+payload hash is not declared in ``x-amz-content-sha256`` has its signature checked once the body is in.
+``--sigv4 presence`` restores the old shape-only check (for clients with real AWS keys the emulator cannot know).
 """
 
 from __future__ import annotations
@@ -26,15 +32,16 @@ from typing import Any
 from emulator.config import Settings
 from emulator.errors import AccessDeniedException, AwsError
 from emulator.protocol import HttpRequest
+from emulator.sigv4 import Signed, SigV4Verifier
 
 log = logging.getLogger("emulator.dicomweb.auth")
 
 ALLOWED_ALGORITHMS = {"RS256": "RSA", "ES256": "EC"}
 MAX_TOKEN_AGE_SECONDS = 12 * 3600
-CLOCK_SKEW_SECONDS = 60
 JWKS_TTL_SECONDS = 300.0
 JWKS_MIN_REFRESH_SECONDS = 5.0
 MAX_TOKEN_BYTES = 16 * 1024
+_SIGNATURE_PENDING = "sigv4.pending"  # request.context: the signature still needs the body
 
 
 class UnauthorizedException(AwsError):
@@ -120,6 +127,37 @@ def _get_json(url: str) -> dict[str, Any]:
     return doc
 
 
+def _header_signature(credentials: str, headers: dict[str, str]) -> Signed | None:
+    fields: dict[str, str] = {}
+    for item in credentials.split(","):
+        name, _, value = item.strip().partition("=")
+        fields[name] = value
+    return _signed(fields.get("Credential", ""), fields.get("SignedHeaders", ""), fields.get("Signature", ""),
+                   headers.get("x-amz-date", ""))
+
+
+def _query_signature(query: dict[str, list[str]]) -> Signed | None:
+    def one(name: str) -> str:
+        return query.get(name, [""])[-1]
+
+    expires = one("X-Amz-Expires")
+    if not expires.isdigit() or len(expires) > 7:
+        return None
+    return _signed(one("X-Amz-Credential"), one("X-Amz-SignedHeaders"), one("X-Amz-Signature"), one("X-Amz-Date"),
+                   presigned=True, expires=int(expires))
+
+
+def _signed(credential: str, signed_headers: str, signature: str, timestamp: str, presigned: bool = False,
+            expires: int = 0) -> Signed | None:
+    """The signature's parts, or None when it is incomplete or malformed."""
+    scope = credential.split("/")
+    if len(scope) != 5 or not all(scope) or scope[4] != "aws4_request" or not signed_headers or not signature:
+        return None
+    return Signed(access_key=scope[0], date=scope[1], region=scope[2], service=scope[3],
+                  signed_headers=tuple(signed_headers.split(";")), signature=signature, timestamp=timestamp,
+                  presigned=presigned, expires=expires)
+
+
 class DicomwebAuth:
     """Decides whether a DICOMweb request may proceed; raises an AwsError (401/403) when not."""
 
@@ -128,44 +166,57 @@ class DicomwebAuth:
         self.issuer = settings.oidc_issuer.rstrip("/") if settings.oidc_issuer else None
         self.audience = settings.oidc_audience
         self.jwks = JwksCache(self.issuer, settings.oidc_jwks_url) if self.issuer else None
+        self.leeway = settings.oidc_leeway_seconds
+        self.sigv4 = SigV4Verifier(settings.sigv4_credentials) if settings.sigv4 == "verify" else None
 
     def check(self, request: HttpRequest) -> None:
+        """Authenticate from the head (``request.body`` may still be unread)."""
         if not self.required:
             return
         header = request.headers.get("authorization", "").strip()
         scheme, _, credentials = header.partition(" ")
         if scheme.upper() == "AWS4-HMAC-SHA256":
-            self._check_sigv4_header(credentials)
+            self._check_sigv4(request, _header_signature(credentials, request.headers))
             return
         if scheme.lower() == "bearer":
             self._check_bearer(credentials.strip())
             return
         if not header and request.query.get("X-Amz-Algorithm", [""])[-1] == "AWS4-HMAC-SHA256":
-            self._check_scope(request.query.get("X-Amz-Credential", [""])[-1],
-                              bool(request.query.get("X-Amz-Signature", [""])[-1]))
+            self._check_sigv4(request, _query_signature(request.query))
             return
         if header:
             raise UnauthorizedException("Unsupported authorization scheme", error="invalid_request")
         raise UnauthorizedException("Missing authentication: sign the request with SigV4 or send an OIDC bearer "
                                     "token", error="invalid_request")
 
-    # ---- SigV4: presence and shape only, like the rest of the emulator
+    def check_body(self, request: HttpRequest) -> None:
+        """Finish what :meth:`check` left for the body: a signature over an undeclared payload, a declared hash."""
+        signed = request.context.pop(_SIGNATURE_PENDING, None)
+        if signed is not None and self.sigv4 is not None:
+            self.sigv4.verify(signed, request.method, request.raw_path, request.raw_query, request.headers,
+                              request.body)
 
-    def _check_sigv4_header(self, credentials: str) -> None:
-        fields: dict[str, str] = {}
-        for item in credentials.split(","):
-            name, _, value = item.strip().partition("=")
-            fields[name] = value
-        self._check_scope(fields.get("Credential", ""),
-                          bool(fields.get("Signature")) and bool(fields.get("SignedHeaders")))
+    # ---- SigV4
 
-    def _check_scope(self, credential: str, signed: bool) -> None:
-        scope = credential.split("/")
-        if not signed or len(scope) != 5 or not scope[0] or scope[4] != "aws4_request":
+    def _check_sigv4(self, request: HttpRequest, signed: Signed | None) -> None:
+        if signed is None:
             raise UnauthorizedException("The SigV4 authorization is incomplete or malformed",
                                         error="invalid_request")
-        if scope[3] != "medical-imaging":
+        if signed.service != "medical-imaging":
             raise AccessDeniedException("Credential should be scoped to correct service: 'medical-imaging'")
+        if self.sigv4 is None:
+            return
+        if request.method == "POST":  # STOW-RS: a body, perhaps chunked
+            if request.headers.get("x-amz-content-sha256"):
+                # The payload hash is declared: the signature is checked now, the body against the hash later.
+                self.sigv4.verify(signed, request.method, request.raw_path, request.raw_query, request.headers,
+                                  None)
+            else:
+                # The signature covers the body: known key and time now, the signature once the body is in.
+                self.sigv4.check_known_and_fresh(signed)
+            request.context[_SIGNATURE_PENDING] = signed
+        else:
+            self.sigv4.verify(signed, request.method, request.raw_path, request.raw_query, request.headers, b"")
 
     # ---- OIDC bearer tokens
 
@@ -241,11 +292,11 @@ class DicomwebAuth:
         iat = number("iat", True)
         nbf = number("nbf", False)
         assert exp is not None and iat is not None
-        if now >= exp + CLOCK_SKEW_SECONDS:
+        if now >= exp + self.leeway:
             raise _TokenRejected("The token has expired")
-        if nbf is not None and now + CLOCK_SKEW_SECONDS < nbf:
+        if nbf is not None and now + self.leeway < nbf:
             raise _TokenRejected("The token is not valid yet (nbf)")
-        if iat > now + CLOCK_SKEW_SECONDS:
+        if iat > now + self.leeway:
             raise _TokenRejected("The token was issued in the future (iat)")
         if now - iat > MAX_TOKEN_AGE_SECONDS:
             raise _TokenRejected("The token is too old: iat must be at most 12 hours ago")

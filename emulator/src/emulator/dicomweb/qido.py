@@ -27,6 +27,9 @@ from emulator.medicalimaging.dicom import PATIENT_LEVEL, SERIES_LEVEL, STUDY_LEV
 
 MAX_RESULTS = 10_000
 RESERVED_PARAMS = frozenset({"limit", "offset", "includefield", "fuzzymatching", "imageSetId", "imagesetid"})
+# A presigned request's SigV4 parameters (verified by auth.py) are not search keys.
+PRESIGN_PARAMS = frozenset({"X-Amz-Algorithm", "X-Amz-Credential", "X-Amz-Date", "X-Amz-Expires",
+                            "X-Amz-SignedHeaders", "X-Amz-Signature", "X-Amz-Security-Token"})
 
 STUDY_DEFAULT = ("SpecificCharacterSet", "StudyDate", "StudyTime", "AccessionNumber", "InstanceAvailability",
                  "ModalitiesInStudy", "ReferringPhysicianName", "TimezoneOffsetFromUTC", "RetrieveURL",
@@ -122,7 +125,7 @@ class Query:
 def parse_query(params: dict[str, list[str]]) -> Query:
     matchers: list[Matcher] = []
     for key, values in params.items():
-        if key in RESERVED_PARAMS:
+        if key in RESERVED_PARAMS or key in PRESIGN_PARAMS:
             continue
         keyword = _keyword(key)
         if keyword is None:

@@ -80,6 +80,7 @@ class DicomWebApi(Dispatcher):
         try:
             if not request.context.get(_AUTHENTICATED):  # requests not passed through before_body (direct calls)
                 self.auth.check(request)
+            self.auth.check_body(request)
             response = self._route(request)
         except AwsError as err:
             response = error_response(err, request.request_id)

@@ -58,7 +58,8 @@ class MedicalImagingBackend(ImportJobModel, ImageSetModel, TagModel):
     def state(self) -> dict[str, Any]:
         with self.store.read() as conn:
             stores = conn.execute("SELECT id, name, status FROM datastores ORDER BY seq").fetchall()
-            jobs = conn.execute("SELECT id, datastore_id, status, applied, message FROM jobs ORDER BY seq").fetchall()
+            jobs = conn.execute("SELECT id, datastore_id, status, applied, message, input_owner FROM jobs "
+                                "ORDER BY seq").fetchall()
             sets = conn.execute(
                 "SELECT s.id, s.datastore_id, s.version, s.is_primary, s.state, "
                 "(SELECT COUNT(*) FROM instances i WHERE i.image_set_id=s.id AND i.until_version IS NULL) AS n "
@@ -69,7 +70,8 @@ class MedicalImagingBackend(ImportJobModel, ImageSetModel, TagModel):
                             "imageSets": sum(1 for s in sets if s["datastore_id"] == r["id"]),
                             "jobs": sum(1 for j in jobs if j["datastore_id"] == r["id"])} for r in stores],
             "jobs": [{"jobId": j["id"], "datastoreId": j["datastore_id"], "jobStatus": j["status"],
-                      "applied": bool(j["applied"]), "message": j["message"]} for j in jobs],
+                      "applied": bool(j["applied"]), "message": j["message"],
+                      "inputOwnerAccountId": j["input_owner"]} for j in jobs],
             "imageSets": [{"imageSetId": s["id"], "datastoreId": s["datastore_id"], "version": s["version"],
                            "isPrimary": bool(s["is_primary"]), "state": s["state"], "instances": s["n"]}
                           for s in sets],
