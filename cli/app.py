@@ -547,3 +547,39 @@ def verify_cmd(
             raise typer.Exit(3)
 
     _run(go())
+
+
+@app.command("retry")
+def retry_cmd(
+    migration_id: str = typer.Argument(..., help="workflow id of a finished migration"),
+    include_rejected: bool = typer.Option(False, "--include-rejected", help="also the files rejected by validation "
+                                          "(after fixing them, or with a relaxed --validation-level)"),
+    validation_level: ValidationLevel | None = typer.Option(None, "--validation-level",
+                                                            help="default: the earlier migration's"),
+    new_id: str | None = typer.Option(None, "--id", help="workflow id (default: <id>-retry-<n>)"),
+    wait: bool = typer.Option(False, "--wait", help="watch progress until the retry ends"),
+) -> None:
+    """Start a new migration over exactly the files an earlier one did not import."""
+    from cli.finished import CommandRefused
+    from cli.retry import retry
+    from worker.aws import make_client
+
+    if new_id is not None:
+        try:
+            check_migration_id(new_id)
+        except ValueError as err:
+            raise fail(f"--id: {err}") from None
+    s = settings()
+
+    async def go() -> None:
+        client = await _client(s)
+        s3 = make_client("s3", s, s.s3_endpoint_url)
+        try:
+            handle = await retry(client, s3, migration_id, s.task_queue, include_rejected, validation_level, new_id,
+                                 console)
+        except CommandRefused as err:
+            raise fail(str(err), err.code) from None
+        if handle is not None and wait:
+            await watch_migration(client, handle.id, console)
+
+    _run(go())
