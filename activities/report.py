@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
+from datetime import UTC, datetime
 from typing import Any
 
 from temporalio import activity
 
 from activities.heartbeat import keeps_alive
+from activities.report_aggregate import ReportAggregator
+from activities.report_html import csv_lines, render_html
 from activities.storage import get_json, iter_ndjson, list_objects, put_bytes, put_json
 from contracts import layout
 from contracts.common import FileState
 from contracts.fhir import fhir_round_done
 from contracts.records import InventoryEntry, LedgerEntry
+from contracts.report import ReportDocument
 from contracts.s3uri import S3Location
 from contracts.stages import ReportInput, ReportResult
 
@@ -184,8 +189,9 @@ def fhir_section(results: dict[str, dict[str, Any]],
 
 
 class ReportActivities:
-    def __init__(self, s3: Any) -> None:
+    def __init__(self, s3: Any, dicomweb_url: str | None = None) -> None:
         self._s3 = s3
+        self._dicomweb_url = dicomweb_url
 
     def _fhir_docs(self, fhir: S3Location) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
         """batch name -> reviewed HealthLake outcome, and -> start record for the batches without one (both
@@ -202,6 +208,16 @@ class ReportActivities:
                    for name, key in keys[".start.json"].items() if name not in results}
         return results, started
 
+    def _read_lines(self, prefix: S3Location, times: dict[str, datetime]) -> list[LedgerEntry]:
+        """Every ledger line under ``prefix``; ``times`` gets, per file, when its ledger object was written."""
+        out: list[LedgerEntry] = []
+        for obj in list_objects(self._s3, prefix):
+            for r in iter_ndjson(self._s3, S3Location(prefix.bucket, obj["Key"])):
+                entry = LedgerEntry.model_validate(r)
+                times[entry.key] = obj["LastModified"]
+                out.append(entry)
+        return out
+
     @activity.defn(name="write_report")
     @keeps_alive
     def write_report(self, input: ReportInput) -> ReportResult:
@@ -214,27 +230,36 @@ class ReportActivities:
             page_locs = [S3Location(root.bucket, o["Key"]) for o in list_objects(self._s3, layout.inventory_prefix(input.work_s3_uri, input.migration_id))]
         for loc in page_locs:
             inventory += [InventoryEntry.model_validate(r) for r in iter_ndjson(self._s3, loc)]
-        ledger: list[LedgerEntry] = []
-        for obj in list_objects(self._s3, layout.ledger_prefix(input.work_s3_uri, input.migration_id)):
-            ledger += [LedgerEntry.model_validate(r) for r in iter_ndjson(self._s3, S3Location(root.bucket, obj["Key"]))]
-        unreceived: list[LedgerEntry] = []
-        for obj in list_objects(self._s3, layout.receive_failures_prefix(input.work_s3_uri, input.migration_id)):
-            unreceived += [LedgerEntry.model_validate(r) for r in iter_ndjson(self._s3, S3Location(root.bucket, obj["Key"]))]
+        times: dict[str, datetime] = {}
+        ledger = self._read_lines(layout.ledger_prefix(input.work_s3_uri, input.migration_id), times)
+        unreceived = self._read_lines(layout.receive_failures_prefix(input.work_s3_uri, input.migration_id), times)
         rows, summary = build_report(inventory, ledger, input.cancelled, unreceived)
         if (fhir := fhir_section(*self._fhir_docs(layout.fhir_prefix(input.work_s3_uri, input.migration_id)))) is not None:
             summary["fhir"] = fhir
         summary.update({"migration_id": input.migration_id, "datastore_id": input.datastore_id})
+        # Files no stage recorded (cancelled, unaccounted) get their verdict now, from this report.
+        now = datetime.now(UTC)
+        aggregate = ReportAggregator(input.datastore_id)
+        for row in rows:
+            aggregate.add(row, times.get(row.key, now))
+        started = [o["LastModified"] for o in list_objects(
+            self._s3, layout.inventory_prefix(input.work_s3_uri, input.migration_id))]
+        summary["details"] = aggregate.details(min(started, default=None), now, self._dicomweb_url).model_dump(
+            mode="json", exclude_none=True)
         files_loc = layout.report_files(input.work_s3_uri, input.migration_id)
         report_loc = layout.report_document(input.work_s3_uri, input.migration_id)
         text_loc = layout.report_summary(input.work_s3_uri, input.migration_id)
         body = "".join(r.model_dump_json(exclude_none=True) + "\n" for r in rows).encode()
         put_bytes(self._s3, files_loc, body, "application/x-ndjson")
+        csv_loc = layout.report_csv(input.work_s3_uri, input.migration_id)
+        put_bytes(self._s3, csv_loc, "".join(csv_lines(rows)).encode(), "text/csv; charset=utf-8")
         summary["files_uri"] = files_loc.uri
+        summary["csv_uri"] = csv_loc.uri
         put_json(self._s3, report_loc, summary)
         put_bytes(self._s3, text_loc, render_summary(input.migration_id, summary).encode(), "text/plain; charset=utf-8")
+        document = ReportDocument.model_validate_json(json.dumps(summary, default=str))
+        put_bytes(self._s3, layout.report_html(input.work_s3_uri, input.migration_id),
+                  render_html(document).encode(), "text/html; charset=utf-8")
         return ReportResult(report_uri=report_loc.uri, summary_uri=text_loc.uri, files_uri=files_loc.uri,
                             files_total=len(rows), files_by_state={FileState(k): v for k, v in summary["files_by_state"].items()},
                             unaccounted=summary["unaccounted"], accounted_twice=summary["accounted_twice"])
-
-
-
