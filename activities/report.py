@@ -253,13 +253,12 @@ class ReportActivities:
         put_bytes(self._s3, files_loc, body, "application/x-ndjson")
         csv_loc = layout.report_csv(input.work_s3_uri, input.migration_id)
         put_bytes(self._s3, csv_loc, "".join(csv_lines(rows)).encode(), "text/csv; charset=utf-8")
-        summary["files_uri"] = files_loc.uri
-        summary["csv_uri"] = csv_loc.uri
+        html_loc = layout.report_html(input.work_s3_uri, input.migration_id)
+        summary.update({"files_uri": files_loc.uri, "csv_uri": csv_loc.uri, "html_uri": html_loc.uri})
         put_json(self._s3, report_loc, summary)
         put_bytes(self._s3, text_loc, render_summary(input.migration_id, summary).encode(), "text/plain; charset=utf-8")
         document = ReportDocument.model_validate_json(json.dumps(summary, default=str))
-        put_bytes(self._s3, layout.report_html(input.work_s3_uri, input.migration_id),
-                  render_html(document).encode(), "text/html; charset=utf-8")
+        put_bytes(self._s3, html_loc, render_html(document).encode(), "text/html; charset=utf-8")
         return ReportResult(report_uri=report_loc.uri, summary_uri=text_loc.uri, files_uri=files_loc.uri,
                             files_total=len(rows), files_by_state={FileState(k): v for k, v in summary["files_by_state"].items()},
                             unaccounted=summary["unaccounted"], accounted_twice=summary["accounted_twice"])

@@ -8,6 +8,7 @@ and the NDJSON keep every file.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -117,13 +118,16 @@ class ReportAggregator:
         last = max(at for at, _ in self._at)
         start = min(started_at, first) if started_at else first
         end = max(last, start + timedelta(seconds=1))
-        width = (end - start) / self._buckets
-        edges = [start + width * i for i in range(self._buckets)] + [end]
-        counts: list[Counter[FileState]] = [Counter() for _ in range(self._buckets)]
-        sizes = [0] * self._buckets
+        # Verdicts are timed per ledger object (a page's or a batch's), so buckets shorter than a second would
+        # only show the objects' write instants as spikes.
+        buckets = max(1, min(self._buckets, math.ceil((end - start).total_seconds())))
+        width = (end - start) / buckets
+        edges = [start + width * i for i in range(buckets)] + [end]
+        counts: list[Counter[FileState]] = [Counter() for _ in range(buckets)]
+        sizes = [0] * buckets
         for (at, state), n in self._at.items():
-            i = min(int((at - start) / width), self._buckets - 1)
+            i = min(int((at - start) / width), buckets - 1)
             counts[i][state] += n
             sizes[i] += self._bytes_at[(at, state)]
         return [TimelineBucket(start=edges[i], end=edges[i + 1], files_by_state=dict(counts[i]), bytes=sizes[i])
-                for i in range(self._buckets)]
+                for i in range(buckets)]

@@ -42,7 +42,8 @@ h1{font-size:1.5em;margin-bottom:4px}h2{font-size:1.15em;margin-top:32px;border-
 table{border-collapse:collapse;width:100%;font-size:.85em;margin:8px 0}
 th,td{border-bottom:1px solid #eee;padding:4px 6px;text-align:left;vertical-align:top}
 th{background:#f6f8fa}td.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
-code{font-size:.9em;word-break:break-all}.ok{color:#2e7d32}.bad{color:#c62828;font-weight:bold}
+code{font-size:.9em;word-break:break-all}td code{font-size:.8em}td.uid{min-width:190px}td.uid code{overflow-wrap:anywhere;word-break:normal}
+td.set code{white-space:nowrap;word-break:normal}.scroll{overflow-x:auto}.ok{color:#2e7d32}.bad{color:#c62828;font-weight:bold}
 .none{color:#666;font-style:italic}.legend span{display:inline-block;margin-right:14px;font-size:.85em}
 .legend i{display:inline-block;width:12px;height:12px;margin-right:4px;vertical-align:-1px}
 svg{max-width:100%;height:auto}svg text{font-family:inherit;font-size:11px;fill:#333}
@@ -229,7 +230,9 @@ def _throughput_chart(timeline: list[TimelineBucket]) -> str:
                         f"{e(state.value)}</title></rect>")
     return (_svg("throughput", body)
             + f'<p class="meta">{total_files:,} files in {e(_duration_short(span))}: {total_files / span:,.2f} files/s '
-              f"on average, {max(rates):,.2f} files/s at the busiest ({e(_duration_short(seconds))} buckets).</p>")
+              f"on average, {max(rates):,.2f} files/s in the busiest {e(_duration_short(seconds))}. A file counts when "
+              "the verdicts of its inventory page (rejections) or import batch were written, so files arrive in "
+              "steps.</p>")
 
 
 def _duration_short(seconds: float) -> str:
@@ -300,42 +303,47 @@ def _group_table(rows: list[GroupRow], total: int, doc: ReportDocument, series: 
     if not rows:
         return '<p class="none">No file could be placed in a study (no UIDs were read).</p>'
     head = "<tr><th>study</th>" + ("<th>series</th>" if series else "") + "<th>files</th>" + "".join(
-        f"<th>{e(s.value)}</th>" for s in FileState) + "<th>size</th><th>image sets</th></tr>"
+        f"<th>{e(s.value.replace('_', ' '))}</th>" for s in FileState) + "<th>size</th><th>image sets</th></tr>"
     body = []
     for r in rows:
-        links = ", ".join(image_set_link(doc, i, r.study_instance_uid, r.series_instance_uid if series else None)
+        links = "<br>".join(image_set_link(doc, i, r.study_instance_uid, r.series_instance_uid if series else None)
                           + (" (non-primary)" if i in r.non_primary_image_sets else "") for i in r.image_sets)
-        body.append(f"<tr><td><code>{e(r.study_instance_uid)}</code></td>"
-                    + (f"<td><code>{e(r.series_instance_uid or '')}</code></td>" if series else "")
+        body.append(f'<tr><td class="uid"><code>{e(r.study_instance_uid)}</code></td>'
+                    + (f'<td class="uid"><code>{e(r.series_instance_uid or "")}</code></td>' if series else "")
                     + f'<td class="n">{r.files:,}</td>{_states_cells(r)}<td class="n">{e(_fmt_bytes(r.bytes))}</td>'
-                    f"<td>{links or DASH}</td></tr>")
+                    f'<td class="set">{links or DASH}</td></tr>')
     note = ('<p class="meta">Those with files not imported first, then the largest'
             + (f"; and {total - len(rows):,} more {'series' if series else 'studies'} (the CSV lists every file)"
                if total > len(rows) else "") + ".</p>")
-    return "<table>" + head + "".join(body) + "</table>" + note
+    return '<div class="scroll"><table>' + head + "".join(body) + "</table></div>" + note
 
 
 def _non_primary(doc: ReportDocument) -> str:
     d = doc.details
     out = []
     if doc.predicted_non_primary or doc.non_primary_not_predicted:
-        out.append(f'<p class="meta">Planning predicted {doc.predicted_non_primary:,} files would land in non-primary '
-                   f"image sets: {doc.predicted_non_primary_confirmed:,} did, {doc.predicted_non_primary_not_confirmed:,} "
-                   f"landed primary; {doc.non_primary_not_predicted:,} non-primary files were not predicted.</p>")
+        out.append(f'<p class="meta">Planning predicted that {_files(doc.predicted_non_primary)} would land in '
+                   f"non-primary image sets: {doc.predicted_non_primary_confirmed:,} did, "
+                   f"{doc.predicted_non_primary_not_confirmed:,} landed primary; "
+                   f"{_files(doc.non_primary_not_predicted)} landed non-primary without being predicted.</p>")
     if not d.non_primary:
         return "".join(out) + '<p class="none">The migration produced no non-primary image set.</p>'
     rows = []
     for s in d.non_primary:
         state = s.reconciliation_state or "not asked (run himig report with access to Temporal)"
-        rows.append(f"<tr><td>{image_set_link(doc, s.image_set_id, s.study_instance_uid, s.series_instance_uid)}</td>"
-                    f"<td><code>{e(s.study_instance_uid or DASH)}</code></td>"
-                    f"<td><code>{e(s.series_instance_uid or DASH)}</code></td><td class=\"n\">{s.files:,}</td>"
-                    f"<td><code>{e(s.reconciliation_id)}</code></td><td>{e(state)}</td></tr>")
+        rows.append(f'<tr><td class="set">{image_set_link(doc, s.image_set_id, s.study_instance_uid, s.series_instance_uid)}'
+                    f'</td><td class="uid"><code>{e(s.study_instance_uid or DASH)}</code></td>'
+                    f'<td class="uid"><code>{e(s.series_instance_uid or DASH)}</code></td><td class="n">{s.files:,}</td>'
+                    f'<td class="uid"><code>{e(s.reconciliation_id)}</code></td><td>{e(state)}</td></tr>')
     more = d.non_primary_total - len(d.non_primary)
-    return ("".join(out) + "<table><tr><th>image set</th><th>study</th><th>series</th><th>files</th>"
-            "<th>reconciliation workflow</th><th>state</th></tr>" + "".join(rows) + "</table>"
+    return ("".join(out) + '<div class="scroll"><table><tr><th>image set</th><th>study</th><th>series</th>'
+            "<th>files</th><th>reconciliation workflow</th><th>state</th></tr>" + "".join(rows) + "</table></div>"
             + (f'<p class="meta">and {more:,} more non-primary image sets (report.json lists their ids).</p>'
                if more > 0 else ""))
+
+
+def _files(n: int) -> str:
+    return f"{n:,} file" if n == 1 else f"{n:,} files"
 
 
 def _plan(doc: ReportDocument) -> str:

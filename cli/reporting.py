@@ -54,3 +54,6 @@ def print_report(summary: dict[str, Any], console: Console) -> None:
     else:
         console.print(f"every one of the {summary['files_total']} source files is accounted for exactly once")
     console.print(f"per-file report: {summary.get('files_uri', '')}")
+    for label, key in (("as CSV", "csv_uri"), ("as a page", "html_uri")):
+        if summary.get(key):
+            console.print(f"  {label}: {summary[key]}")

@@ -223,3 +223,15 @@ class TestInChromium:
                         encoding="utf-8")
         shown = render(page, tmp_path / "bad.png", height=600)
         assert len(shown.console) == 2 and all("Content Security Policy" in m for m in shown.console), shown.console
+
+
+class TestTimeline:
+    def test_a_short_migration_has_buckets_of_at_least_a_second(self) -> None:
+        aggregate = ReportAggregator(DS)
+        for i in range(10):
+            aggregate.add(LedgerEntry(key=str(i), state=FileState.IMPORTED, size=1), T0 + timedelta(seconds=i % 4))
+        timeline = aggregate.timeline(T0)
+        assert len(timeline) == 3 and [sum(b.files_by_state.values()) for b in timeline] == [3, 3, 4]
+
+    def test_no_verdict_no_timeline(self) -> None:
+        assert ReportAggregator(DS).timeline(T0) == []
