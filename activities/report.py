@@ -242,8 +242,11 @@ class ReportActivities:
         aggregate = ReportAggregator(input.datastore_id)
         for row in rows:
             aggregate.add(row, times.get(row.key, now))
+        # The migration's start: when its first inventory page was written (pages of an earlier run of the same
+        # id, which page_locs leaves out, do not count).
+        pages = {loc.key for loc in page_locs}
         started = [o["LastModified"] for o in list_objects(
-            self._s3, layout.inventory_prefix(input.work_s3_uri, input.migration_id))]
+            self._s3, layout.inventory_prefix(input.work_s3_uri, input.migration_id)) if o["Key"] in pages]
         summary["details"] = aggregate.details(min(started, default=None), now, self._dicomweb_url).model_dump(
             mode="json", exclude_none=True)
         files_loc = layout.report_files(input.work_s3_uri, input.migration_id)

@@ -74,6 +74,7 @@ class ReportAggregator:
         self._series: dict[tuple[str, str], _Group] = {}
         self._non_primary: dict[str, _NonPrimary] = {}
         self._warnings: Counter[tuple[str, str]] = Counter()
+        self._unplaced = 0
         # (time, state) -> files and bytes: one entry per ledger object and state, not per file.
         self._at: Counter[tuple[datetime, FileState]] = Counter()
         self._bytes_at: Counter[tuple[datetime, FileState]] = Counter()
@@ -88,6 +89,8 @@ class ReportAggregator:
             self._studies.setdefault(row.study_instance_uid, _Group()).add(row)
             if row.series_instance_uid:
                 self._series.setdefault((row.study_instance_uid, row.series_instance_uid), _Group()).add(row)
+        else:
+            self._unplaced += 1
         if row.image_set_id and row.is_primary is False and row.state in _IMPORTED:
             self._non_primary.setdefault(row.image_set_id,
                                          _NonPrimary(row.study_instance_uid, row.series_instance_uid)).files += 1
@@ -101,6 +104,7 @@ class ReportAggregator:
             timeline=self.timeline(started_at),
             studies_total=len(self._studies), studies=[g.row(uid, None) for uid, g in studies],
             series_total=len(self._series), series=[g.row(st, se) for (st, se), g in series],
+            unplaced_files=self._unplaced,
             non_primary_total=len(self._non_primary),
             non_primary=[NonPrimarySet(image_set_id=i, study_instance_uid=n.study, series_instance_uid=n.series,
                                        files=n.files,

@@ -299,23 +299,31 @@ def _states_cells(row: GroupRow) -> str:
     return "".join(f'<td class="n">{row.files_by_state.get(s, 0):,}</td>' for s in FileState)
 
 
+def _uid(value: str | None) -> str:
+    """A UID cell: a hostile file's "UID" can be any length, so it is cut (valid UIDs have at most 64)."""
+    return f"<code>{e(_short(value, 100)) if value else DASH}</code>"
+
+
 def _group_table(rows: list[GroupRow], total: int, doc: ReportDocument, series: bool) -> str:
+    unplaced = doc.details.unplaced_files
+    outside = (f'<p class="meta">{_files(unplaced)} in no study: no Study Instance UID was read (not DICOM, '
+               "unreadable, or never received).</p>") if unplaced and not series else ""
     if not rows:
-        return '<p class="none">No file could be placed in a study (no UIDs were read).</p>'
+        return outside + '<p class="none">No file could be placed in a study.</p>'
     head = "<tr><th>study</th>" + ("<th>series</th>" if series else "") + "<th>files</th>" + "".join(
         f"<th>{e(s.value.replace('_', ' '))}</th>" for s in FileState) + "<th>size</th><th>image sets</th></tr>"
     body = []
     for r in rows:
         links = "<br>".join(image_set_link(doc, i, r.study_instance_uid, r.series_instance_uid if series else None)
                           + (" (non-primary)" if i in r.non_primary_image_sets else "") for i in r.image_sets)
-        body.append(f'<tr><td class="uid"><code>{e(r.study_instance_uid)}</code></td>'
-                    + (f'<td class="uid"><code>{e(r.series_instance_uid or "")}</code></td>' if series else "")
+        body.append(f'<tr><td class="uid">{_uid(r.study_instance_uid)}</td>'
+                    + (f'<td class="uid">{_uid(r.series_instance_uid)}</td>' if series else "")
                     + f'<td class="n">{r.files:,}</td>{_states_cells(r)}<td class="n">{e(_fmt_bytes(r.bytes))}</td>'
                     f'<td class="set">{links or DASH}</td></tr>')
     note = ('<p class="meta">Those with files not imported first, then the largest'
             + (f"; and {total - len(rows):,} more {'series' if series else 'studies'} (the CSV lists every file)"
                if total > len(rows) else "") + ".</p>")
-    return '<div class="scroll"><table>' + head + "".join(body) + "</table></div>" + note
+    return outside + '<div class="scroll"><table>' + head + "".join(body) + "</table></div>" + note
 
 
 def _non_primary(doc: ReportDocument) -> str:
@@ -332,8 +340,8 @@ def _non_primary(doc: ReportDocument) -> str:
     for s in d.non_primary:
         state = s.reconciliation_state or "not asked (run himig report with access to Temporal)"
         rows.append(f'<tr><td class="set">{image_set_link(doc, s.image_set_id, s.study_instance_uid, s.series_instance_uid)}'
-                    f'</td><td class="uid"><code>{e(s.study_instance_uid or DASH)}</code></td>'
-                    f'<td class="uid"><code>{e(s.series_instance_uid or DASH)}</code></td><td class="n">{s.files:,}</td>'
+                    f'</td><td class="uid">{_uid(s.study_instance_uid)}</td>'
+                    f'<td class="uid">{_uid(s.series_instance_uid)}</td><td class="n">{s.files:,}</td>'
                     f'<td class="uid"><code>{e(s.reconciliation_id)}</code></td><td>{e(state)}</td></tr>')
     more = d.non_primary_total - len(d.non_primary)
     return ("".join(out) + '<div class="scroll"><table><tr><th>image set</th><th>study</th><th>series</th>'

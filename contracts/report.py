@@ -113,6 +113,8 @@ class ReportDetails(_Read):
     studies: list[GroupRow] = Field(default_factory=list)
     series_total: NonNegativeInt = 0
     series: list[GroupRow] = Field(default_factory=list)
+    # Files in no study: no Study Instance UID was read (not DICOM, unreadable, or never received).
+    unplaced_files: NonNegativeInt = 0
     non_primary_total: NonNegativeInt = 0
     non_primary: list[NonPrimarySet] = Field(default_factory=list)
     warnings: list[WarningCount] = Field(default_factory=list)

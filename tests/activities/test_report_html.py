@@ -235,3 +235,19 @@ class TestTimeline:
 
     def test_no_verdict_no_timeline(self) -> None:
         assert ReportAggregator(DS).timeline(T0) == []
+
+
+class TestPlacement:
+    def test_files_without_a_study_are_counted_and_said(self) -> None:
+        lines = _rows(studies=1)
+        lines.append((LedgerEntry(key="readme.txt", state=FileState.REJECTED, code="not_dicom", reason="not DICOM"), T0))
+        doc = _document(lines)
+        assert doc.details.unplaced_files == 1 and sum(s.files for s in doc.details.studies) == doc.files_total - 1
+        assert "1 file in no study" in render_html(doc)
+
+    def test_a_huge_hostile_uid_is_cut_on_the_page(self) -> None:
+        lines = _rows(studies=1)
+        row, at = lines[0]
+        lines[0] = (row.model_copy(update={"study_instance_uid": "9" * 20_000}), at)
+        page = render_html(_document(lines))
+        assert "9" * 99 + "…" in page and "9" * 101 not in page
