@@ -7,17 +7,19 @@ from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
+from botocore.exceptions import ClientError
+from pydantic import ValidationError
 from temporalio import activity
 
 from activities.heartbeat import keeps_alive
 from activities.report_aggregate import ReportAggregator
 from activities.report_html import csv_lines, render_html
-from activities.storage import get_json, iter_ndjson, list_objects, put_bytes, put_json
+from activities.storage import get_bytes, get_json, is_missing, iter_ndjson, list_objects, put_bytes, put_json
 from contracts import layout
 from contracts.common import FileState
 from contracts.fhir import fhir_round_done
 from contracts.records import InventoryEntry, LedgerEntry
-from contracts.report import ReportDocument
+from contracts.report import PlanComparison, ReportDocument, VerifyResult
 from contracts.s3uri import S3Location
 from contracts.stages import ReportInput, ReportResult
 
@@ -188,6 +190,24 @@ def fhir_section(results: dict[str, dict[str, Any]],
     }
 
 
+def optional_sections(s3: Any, plan: S3Location, verify: S3Location) -> dict[str, Any]:
+    """``plan``, ``verify`` and ``section_problems`` of `contracts.report.ReportDetails`, from the documents those
+    steps leave next to the report (absent: the step did not run). A document that does not fit is reported as a
+    problem naming the field, never fatal: the report of the migration itself stands."""
+    found: dict[str, Any] = {"section_problems": []}
+    for name, loc, model in (("plan", plan, PlanComparison), ("verify", verify, VerifyResult)):
+        try:
+            found[name] = model.model_validate_json(get_bytes(s3, loc))
+        except ClientError as err:
+            if not is_missing(err):
+                raise
+        except ValidationError as err:
+            first = err.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "the document"
+            found["section_problems"].append(f"{loc.key.rsplit('/', 1)[-1]} cannot be shown: {where}: {first['msg']}")
+    return found
+
+
 class ReportActivities:
     def __init__(self, s3: Any, dicomweb_url: str | None = None) -> None:
         self._s3 = s3
@@ -247,8 +267,12 @@ class ReportActivities:
         pages = {loc.key for loc in page_locs}
         started = [o["LastModified"] for o in list_objects(
             self._s3, layout.inventory_prefix(input.work_s3_uri, input.migration_id)) if o["Key"] in pages]
-        summary["details"] = aggregate.details(min(started, default=None), now, self._dicomweb_url).model_dump(
-            mode="json", exclude_none=True)
+        plan_loc = layout.report_plan(input.work_s3_uri, input.migration_id)
+        verify_loc = layout.report_verify(input.work_s3_uri, input.migration_id)
+        summary.update({"plan_uri": plan_loc.uri, "verify_uri": verify_loc.uri})
+        details = aggregate.details(min(started, default=None), now, self._dicomweb_url).model_copy(
+            update=optional_sections(self._s3, plan_loc, verify_loc))
+        summary["details"] = details.model_dump(mode="json", exclude_none=True)
         files_loc = layout.report_files(input.work_s3_uri, input.migration_id)
         report_loc = layout.report_document(input.work_s3_uri, input.migration_id)
         text_loc = layout.report_summary(input.work_s3_uri, input.migration_id)

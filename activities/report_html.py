@@ -97,6 +97,8 @@ def render_html(doc: ReportDocument) -> str:
         "<h2>Plan against actual</h2>", _plan(doc),
         "<h2>Verification</h2>", _verify(d),
     ]
+    if d.section_problems:
+        parts.append('<ul class="bad">' + "".join(f"<li>{e(p)}</li>" for p in d.section_problems[:10]) + "</ul>")
     if doc.fhir:
         parts += ["<h2>FHIR ImagingStudy (HealthLake)</h2>", _fhir(doc.fhir)]
     parts += [_files_note(doc), "</body></html>"]

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.report import optional_sections
 from activities.report_html import csv_lines, render_html
 from contracts.records import LedgerEntry
 from contracts.report import ReportDocument
@@ -37,6 +38,16 @@ def document_of(summary: dict[str, Any]) -> ReportDocument:
         first = err.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise ReportExportError(f"report.json cannot be shown: {where}: {first['msg']}") from None
+
+
+def with_sections(s3: Any, doc: ReportDocument) -> ReportDocument:
+    """``doc`` with the plan and verification documents as they are now (a verification runs after the report);
+    a report written before there were any is left as it is."""
+    if not (doc.plan_uri and doc.verify_uri):
+        return doc
+    found = optional_sections(s3, parse_s3_uri(doc.plan_uri, field="plan_uri"),
+                              parse_s3_uri(doc.verify_uri, field="verify_uri"))
+    return doc.model_copy(update={"details": doc.details.model_copy(update=found)})
 
 
 async def _state(client: Client, workflow_id: str) -> str:
@@ -88,12 +99,12 @@ async def export(settings: Settings, client: Client, summary: dict[str, Any], ht
                  csv: Path | None) -> list[str]:
     """Write the files asked for; returns a line per file written, for the operator."""
     written = []
+    s3 = make_client("s3", settings, settings.s3_endpoint_url)
     if html is not None:
-        doc = await with_reconciliation_states(client, document_of(summary))
+        doc = await with_reconciliation_states(client, with_sections(s3, document_of(summary)))
         _writing("--html", html, lambda: write_html(doc, html))
         written.append(f"HTML report: {html}")
     if csv is not None:
-        s3 = make_client("s3", settings, settings.s3_endpoint_url)
         _writing("--csv", csv, lambda: write_csv(s3, summary, csv))
         written.append(f"per-file CSV ({summary.get('files_total', '?')} files): {csv}")
     return written

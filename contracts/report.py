@@ -6,7 +6,8 @@ same for ten files as for ten million: per-state totals, per-time-bucket counts,
 the top studies and series (capped; the CSV holds every file) and the non-primary image sets.
 
 Sections for steps that may not have run (`himig plan`, `himig verify`) are optional: absent means "did not
-run", which the page says. Values are UIDs, ids, counts, codes and our own reasons: no patient values.
+run", which the page says. Those steps write them next to the report (``report/plan.json``,
+``report/verify.json``, `contracts.layout`); the report and `himig report --html` read them from there. Values are UIDs, ids, counts, codes and our own reasons: no patient values.
 """
 
 from __future__ import annotations
@@ -122,6 +123,8 @@ class ReportDetails(_Read):
     dicomweb_url: str | None = None
     plan: PlanComparison | None = None
     verify: VerifyResult | None = None
+    # A plan.json or verify.json next to the report that could not be read (the field at fault, not its value).
+    section_problems: list[str] = Field(default_factory=list)
 
 
 class ReportDocument(_Read):
@@ -145,5 +148,8 @@ class ReportDocument(_Read):
     cancelled: bool = False
     files_uri: str | None = None
     csv_uri: str | None = None
+    # Where a dry run's and a verification's documents for this migration are read from (absent: none ran).
+    plan_uri: str | None = None
+    verify_uri: str | None = None
     fhir: dict[str, object] | None = None
     details: ReportDetails = Field(default_factory=ReportDetails)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import uuid
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 
 from activities.report_html import csv_lines, render_html
-from cli.report_export import ReportExportError, document_of, write_csv
+from cli.report_export import ReportExportError, document_of, with_sections, write_csv
 from contracts.common import FileState
 from contracts.records import LedgerEntry
 from tests.conftest import make_s3
@@ -59,3 +60,40 @@ class TestCsv:
         write_csv(s3, SUMMARY | {"files_uri": f"s3://{name}/m/report/files.ndjson"}, tmp_path / "f.csv")
         read = list(csv.DictReader(io.StringIO((tmp_path / "f.csv").read_text(encoding="utf-8"))))
         assert [(r["key"], r["state"]) for r in read] == [("a.dcm", "imported"), ("'=b.txt", "rejected")]
+
+
+class TestSections:
+    def _doc(self, name: str) -> Any:
+        return document_of(SUMMARY | {"plan_uri": f"s3://{name}/m/report/plan.json",
+                                      "verify_uri": f"s3://{name}/m/report/verify.json"})
+
+    def test_no_plan_and_no_verification_say_so(self, bucket: tuple[Any, str]) -> None:
+        s3, name = bucket
+        doc = with_sections(s3, self._doc(name))
+        assert (doc.details.plan, doc.details.verify, doc.details.section_problems) == (None, None, [])
+        page = render_html(doc)
+        assert "No dry run (himig plan) was recorded" in page and "No verification (himig verify) ran" in page
+
+    def test_a_verification_written_after_the_report_is_shown(self, bucket: tuple[Any, str]) -> None:
+        s3, name = bucket
+        s3.put_object(Bucket=name, Key="m/report/verify.json",
+                      Body=json.dumps({"passed": True, "counts": {"instances checked": 2}}).encode())
+        doc = with_sections(s3, self._doc(name))
+        assert doc.details.verify is not None and doc.details.verify.passed
+        assert "instances checked" in render_html(doc)
+
+    @pytest.mark.parametrize("body,where", [
+        ({"rows": [{"label": "jobs", "planned": True}]}, "rows.0.planned"),
+        ({"rows": [{"label": "jobs", "planned": "3"}]}, "rows.0.planned"),
+        ({"planned_at": "yesterday", "rows": []}, "planned_at"),
+        ([1, 2], "the document"),
+    ])
+    def test_a_plan_that_does_not_fit_is_a_problem_naming_the_field(self, bucket: tuple[Any, str], body: Any,
+                                                                     where: str) -> None:
+        s3, name = bucket
+        s3.put_object(Bucket=name, Key="m/report/plan.json", Body=json.dumps(body).encode())
+        doc = with_sections(s3, self._doc(name))
+        assert doc.details.plan is None
+        [problem] = doc.details.section_problems
+        assert problem.startswith(f"plan.json cannot be shown: {where}: ")
+        assert "plan.json cannot be shown" in render_html(doc)

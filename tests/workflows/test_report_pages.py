@@ -72,6 +72,7 @@ async def test_warnings_reach_the_report_and_its_pages(client: Client, worker: W
     assert wid in html and "InvalidOffsetTable" in html and "SYNTH" not in html  # no patient values
     worker_csv = s3.get_object(Bucket=work, Key=layout.report_csv(f"s3://{work}/w/", wid).key)["Body"].read().decode()
     assert summary["csv_uri"].endswith("/report/files.csv")
+    assert summary["verify_uri"].endswith(f"/{wid}/report/verify.json") and doc.details.verify is None
 
     # `himig report --html --csv`, against the same stack.
     from typer.testing import CliRunner
