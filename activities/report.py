@@ -125,12 +125,24 @@ def render_summary(migration_id: str, summary: dict[str, Any]) -> str:
     if summary["reasons"]:
         lines.append("  reasons:")
         lines += [f"    {n:>6} x {reason}" for reason, n in summary["reasons"].items()]
+    if warned := warnings_line(summary):
+        lines.append(f"  warnings of imported files: {warned}")
     fhir = summary.get("fhir")
     if fhir:
         lines.append(f"  FHIR ImagingStudy (HealthLake): {fhir_line(fhir)}")
     if summary["unaccounted"] or summary["accounted_twice"]:
         lines.append(f"  ACCOUNTING PROBLEM: {summary['unaccounted']} unaccounted, {summary['accounted_twice']} twice")
     return "\n".join(lines) + "\n"
+
+
+def warnings_line(summary: dict[str, Any], per_origin: int = 5) -> str:
+    """The most frequent warning codes of imported files, by origin (``details.warnings``): '' when none."""
+    by_origin: dict[str, list[str]] = {}
+    for w in (summary.get("details") or {}).get("warnings") or []:
+        listed = by_origin.setdefault(str(w["origin"]), [])
+        if len(listed) < per_origin:
+            listed.append(f"{w['code']} {w['files']}")
+    return "; ".join(f"{origin}: " + ", ".join(codes) for origin, codes in by_origin.items())
 
 
 def fhir_line(fhir: dict[str, Any]) -> str:

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from pydantic import ValidationError
 
-from activities.report import build_report
+from activities.report import build_report, render_summary
 from activities.report_aggregate import ReportAggregator
 from activities.report_html import STATE_COLORS, csv_lines, image_set_link, render_html
 from contracts.common import FileState
@@ -251,3 +251,10 @@ class TestPlacement:
         lines[0] = (row.model_copy(update={"study_instance_uid": "9" * 20_000}), at)
         page = render_html(_document(lines))
         assert "9" * 99 + "…" in page and "9" * 101 not in page
+
+
+class TestTextSummary:
+    def test_the_text_summary_names_the_warnings_by_origin(self) -> None:
+        doc = _document(_rows())
+        text = render_summary("mig-1", json.loads(doc.model_dump_json()))
+        assert "  warnings of imported files: healthimaging: InvalidOffsetTable 7; himig: empty_patient_id 7\n" in text
