@@ -2,7 +2,8 @@
 
 Reads ``job-output-manifest.json`` and the SUCCESS / FAILURE / WARNING NDJSON (retrying while they are not yet
 visible), gives every staged file exactly one terminal state, cross-checks the job's counters, and verifies
-each image set the job reports with ``GetImageSet``.
+each image set the job reports with ``GetImageSet``. An imported file with warnings, ours from parsing or the
+job's own, is ``imported_with_warnings`` and carries them, each marked by origin.
 """
 
 from __future__ import annotations
