@@ -30,29 +30,39 @@ from contracts.report import (
 _IMPORTED = (FileState.IMPORTED, FileState.IMPORTED_WITH_WARNINGS)
 
 
-@dataclass
+_STATES = tuple(FileState)
+_INDEX = {state: i for i, state in enumerate(_STATES)}
+
+
+@dataclass(slots=True)
 class _Group:
+    """One study's or series' counts: small and of fixed size, as there is one per series of the migration."""
+
     files: int = 0
     bytes: int = 0
-    states: Counter[FileState] = field(default_factory=Counter)
-    image_sets: dict[str, bool] = field(default_factory=dict)  # id -> primary
+    states: list[int] = field(default_factory=lambda: [0] * len(_STATES))
+    # The first image sets met (at most IMAGE_SETS_PER_ROW of each kind): what a table row shows.
+    primary: list[str] = field(default_factory=list)
+    non_primary: list[str] = field(default_factory=list)
 
     def add(self, row: LedgerEntry) -> None:
         self.files += 1
         self.bytes += row.size
-        self.states[row.state] += 1
+        self.states[_INDEX[row.state]] += 1
         if row.image_set_id and row.state in _IMPORTED:
-            self.image_sets[row.image_set_id] = bool(row.is_primary)
+            kept = self.non_primary if row.is_primary is False else self.primary
+            if len(kept) < IMAGE_SETS_PER_ROW and row.image_set_id not in kept:
+                kept.append(row.image_set_id)
 
     def row(self, study: str, series: str | None) -> GroupRow:
-        ordered = sorted(self.image_sets, key=lambda i: (not self.image_sets[i], i))
         return GroupRow(study_instance_uid=study, series_instance_uid=series, files=self.files, bytes=self.bytes,
-                        files_by_state=dict(self.states), image_sets=ordered[:IMAGE_SETS_PER_ROW],
-                        non_primary_image_sets=[i for i in ordered if not self.image_sets[i]][:IMAGE_SETS_PER_ROW])
+                        files_by_state={s: n for s, n in zip(_STATES, self.states, strict=True) if n},
+                        image_sets=(sorted(self.primary) + sorted(self.non_primary))[:IMAGE_SETS_PER_ROW],
+                        non_primary_image_sets=sorted(self.non_primary))
 
     def rank(self) -> tuple[int, int]:
         """Groups with files not imported first, then the largest."""
-        return (-(self.states[FileState.REJECTED] + self.states[FileState.FAILED]), -self.files)
+        return (-(self.states[_INDEX[FileState.REJECTED]] + self.states[_INDEX[FileState.FAILED]]), -self.files)
 
 
 @dataclass
