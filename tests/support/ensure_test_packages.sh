@@ -3,7 +3,7 @@
 #   orthanc, orthanc-dicomweb  the PACS of the source-connector tests
 #   haproxy, openssl           the mTLS proxy (and its certificates) in front of Temporal in test_temporal_tls
 #   docker-compose             `docker-compose config` validates docker-compose.yml in tests/deploy (no engine needed)
-#   chromium, fonts-dejavu-core  headless Chromium renders the HTML report in tests/cli (console errors, screenshot)
+#   chromium, fonts-dejavu-core  headless Chromium renders the HTML report (tests/activities/test_report_html.py, tests/workflows/test_report_pages.py)
 # Without root or apt-get it prints one note and carries on: those tests then skip with a clear message.
 set -euo pipefail
 stamp="$1"
