@@ -111,7 +111,8 @@ class ImportActivities:
             if changed is None:
                 return None
             return LedgerEntry(key=inst.key, state=FileState.FAILED, size=inst.size, batch=batch.batch,
-                               code="SourceChanged", reason=changed)
+                               code="SourceChanged", reason=changed, study_instance_uid=inst.study_instance_uid,
+                               series_instance_uid=inst.series_instance_uid)
 
         with ThreadPoolExecutor(self._concurrency) as pool:
             # In copies of this context: third-party lines from the copies keep the activity's log ids.

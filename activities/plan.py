@@ -51,15 +51,21 @@ def deduplicate(instances: list[InstanceRecord]) -> tuple[list[InstanceRecord], 
             first[inst.sop_instance_uid] = inst
             kept.append(inst)
         elif original.content_id == inst.content_id:
-            ledger.append(LedgerEntry(key=inst.key, state=FileState.SKIPPED_DUPLICATE, size=inst.size,
+            ledger.append(_placed(LedgerEntry(key=inst.key, state=FileState.SKIPPED_DUPLICATE, size=inst.size,
                                       code="duplicate_sop_instance", duplicate_of=original.key,
-                                      reason="identical copy of another source file; imported once"))
+                                      reason="identical copy of another source file; imported once"), inst))
         else:
-            ledger.append(LedgerEntry(key=inst.key, state=FileState.REJECTED, size=inst.size,
+            ledger.append(_placed(LedgerEntry(key=inst.key, state=FileState.REJECTED, size=inst.size,
                                       code="conflicting_duplicate_sop_instance", duplicate_of=original.key,
                                       reason="another source file has the same SOP Instance UID with different "
-                                             "content; the first (by key) is imported, this one needs review"))
+                                             "content; the first (by key) is imported, this one needs review"), inst))
     return kept, ledger
+
+
+def _placed(entry: LedgerEntry, inst: InstanceRecord) -> LedgerEntry:
+    """``entry`` with the study and series it belongs to (for the report's per-study and per-series tables)."""
+    return entry.model_copy(update={"study_instance_uid": inst.study_instance_uid,
+                                    "series_instance_uid": inst.series_instance_uid})
 
 
 @dataclass
@@ -86,18 +92,18 @@ def skip_already_imported(instances: list[InstanceRecord],
         if hit is None:
             kept.append(inst)
         elif hit.content_id == inst.content_id:
-            ledger.append(LedgerEntry(
+            ledger.append(_placed(LedgerEntry(
                 key=inst.key, state=FileState.SKIPPED_DUPLICATE, size=inst.size, code="already_imported",
                 duplicate_of=hit.migration_id, image_set_id=hit.image_set_id, is_primary=hit.is_primary,
                 reason=f"already imported unchanged by migration {hit.migration_id} into image set "
-                       f"{hit.image_set_id}; not imported again"))
+                       f"{hit.image_set_id}; not imported again"), inst))
         else:
-            ledger.append(LedgerEntry(
+            ledger.append(_placed(LedgerEntry(
                 key=inst.key, state=FileState.REJECTED, size=inst.size, code="conflicting_already_imported",
                 duplicate_of=hit.migration_id,
                 reason=f"migration {hit.migration_id} already imported this SOP Instance UID with different "
                        f"content (image set {hit.image_set_id}); importing it would replace that instance, so "
-                       "it needs review"))
+                       "it needs review"), inst))
     return kept, ledger
 
 

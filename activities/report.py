@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
+from datetime import UTC, datetime
 from typing import Any
 
+from botocore.exceptions import ClientError
+from pydantic import ValidationError
 from temporalio import activity
 
 from activities.heartbeat import keeps_alive
-from activities.storage import get_json, iter_ndjson, list_objects, put_bytes, put_json
+from activities.report_aggregate import ReportAggregator
+from activities.report_html import csv_lines, render_html
+from activities.storage import get_bytes, get_json, is_missing, iter_ndjson, list_objects, put_bytes, put_json
 from contracts import layout
 from contracts.common import FileState
 from contracts.fhir import fhir_round_done
 from contracts.records import InventoryEntry, LedgerEntry
+from contracts.report import PlanComparison, ReportDocument, VerifyResult
 from contracts.s3uri import S3Location
 from contracts.stages import ReportInput, ReportResult
 
@@ -118,12 +125,24 @@ def render_summary(migration_id: str, summary: dict[str, Any]) -> str:
     if summary["reasons"]:
         lines.append("  reasons:")
         lines += [f"    {n:>6} x {reason}" for reason, n in summary["reasons"].items()]
+    if warned := warnings_line(summary):
+        lines.append(f"  warnings of imported files: {warned}")
     fhir = summary.get("fhir")
     if fhir:
         lines.append(f"  FHIR ImagingStudy (HealthLake): {fhir_line(fhir)}")
     if summary["unaccounted"] or summary["accounted_twice"]:
         lines.append(f"  ACCOUNTING PROBLEM: {summary['unaccounted']} unaccounted, {summary['accounted_twice']} twice")
     return "\n".join(lines) + "\n"
+
+
+def warnings_line(summary: dict[str, Any], per_origin: int = 5) -> str:
+    """The most frequent warning codes of imported files, by origin (``details.warnings``): '' when none."""
+    by_origin: dict[str, list[str]] = {}
+    for w in (summary.get("details") or {}).get("warnings") or []:
+        listed = by_origin.setdefault(str(w["origin"]), [])
+        if len(listed) < per_origin:
+            listed.append(f"{w['code']} {w['files']}")
+    return "; ".join(f"{origin}: " + ", ".join(codes) for origin, codes in by_origin.items())
 
 
 def fhir_line(fhir: dict[str, Any]) -> str:
@@ -183,9 +202,28 @@ def fhir_section(results: dict[str, dict[str, Any]],
     }
 
 
+def optional_sections(s3: Any, plan: S3Location, verify: S3Location) -> dict[str, Any]:
+    """``plan``, ``verify`` and ``section_problems`` of `contracts.report.ReportDetails`, from the documents those
+    steps leave next to the report (absent: the step did not run). A document that does not fit is reported as a
+    problem naming the field, never fatal: the report of the migration itself stands."""
+    found: dict[str, Any] = {"section_problems": []}
+    for name, loc, model in (("plan", plan, PlanComparison), ("verify", verify, VerifyResult)):
+        try:
+            found[name] = model.model_validate_json(get_bytes(s3, loc))
+        except ClientError as err:
+            if not is_missing(err):
+                raise
+        except ValidationError as err:
+            first = err.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "the document"
+            found["section_problems"].append(f"{loc.key.rsplit('/', 1)[-1]} cannot be shown: {where}: {first['msg']}")
+    return found
+
+
 class ReportActivities:
-    def __init__(self, s3: Any) -> None:
+    def __init__(self, s3: Any, dicomweb_url: str | None = None) -> None:
         self._s3 = s3
+        self._dicomweb_url = dicomweb_url
 
     def _fhir_docs(self, fhir: S3Location) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
         """batch name -> reviewed HealthLake outcome, and -> start record for the batches without one (both
@@ -202,6 +240,16 @@ class ReportActivities:
                    for name, key in keys[".start.json"].items() if name not in results}
         return results, started
 
+    def _read_lines(self, prefix: S3Location, times: dict[str, datetime]) -> list[LedgerEntry]:
+        """Every ledger line under ``prefix``; ``times`` gets, per file, when its ledger object was written."""
+        out: list[LedgerEntry] = []
+        for obj in list_objects(self._s3, prefix):
+            for r in iter_ndjson(self._s3, S3Location(prefix.bucket, obj["Key"])):
+                entry = LedgerEntry.model_validate(r)
+                times[entry.key] = obj["LastModified"]
+                out.append(entry)
+        return out
+
     @activity.defn(name="write_report")
     @keeps_alive
     def write_report(self, input: ReportInput) -> ReportResult:
@@ -214,27 +262,42 @@ class ReportActivities:
             page_locs = [S3Location(root.bucket, o["Key"]) for o in list_objects(self._s3, layout.inventory_prefix(input.work_s3_uri, input.migration_id))]
         for loc in page_locs:
             inventory += [InventoryEntry.model_validate(r) for r in iter_ndjson(self._s3, loc)]
-        ledger: list[LedgerEntry] = []
-        for obj in list_objects(self._s3, layout.ledger_prefix(input.work_s3_uri, input.migration_id)):
-            ledger += [LedgerEntry.model_validate(r) for r in iter_ndjson(self._s3, S3Location(root.bucket, obj["Key"]))]
-        unreceived: list[LedgerEntry] = []
-        for obj in list_objects(self._s3, layout.receive_failures_prefix(input.work_s3_uri, input.migration_id)):
-            unreceived += [LedgerEntry.model_validate(r) for r in iter_ndjson(self._s3, S3Location(root.bucket, obj["Key"]))]
+        times: dict[str, datetime] = {}
+        ledger = self._read_lines(layout.ledger_prefix(input.work_s3_uri, input.migration_id), times)
+        unreceived = self._read_lines(layout.receive_failures_prefix(input.work_s3_uri, input.migration_id), times)
         rows, summary = build_report(inventory, ledger, input.cancelled, unreceived)
         if (fhir := fhir_section(*self._fhir_docs(layout.fhir_prefix(input.work_s3_uri, input.migration_id)))) is not None:
             summary["fhir"] = fhir
         summary.update({"migration_id": input.migration_id, "datastore_id": input.datastore_id})
+        # Files no stage recorded (cancelled, unaccounted) get their verdict now, from this report.
+        now = datetime.now(UTC)
+        aggregate = ReportAggregator(input.datastore_id)
+        for row in rows:
+            aggregate.add(row, times.get(row.key, now))
+        # The migration's start: when its first inventory page was written (pages of an earlier run of the same
+        # id, which page_locs leaves out, do not count).
+        pages = {loc.key for loc in page_locs}
+        started = [o["LastModified"] for o in list_objects(
+            self._s3, layout.inventory_prefix(input.work_s3_uri, input.migration_id)) if o["Key"] in pages]
+        plan_loc = layout.report_plan(input.work_s3_uri, input.migration_id)
+        verify_loc = layout.report_verify(input.work_s3_uri, input.migration_id)
+        summary.update({"plan_uri": plan_loc.uri, "verify_uri": verify_loc.uri})
+        details = aggregate.details(min(started, default=None), now, self._dicomweb_url).model_copy(
+            update=optional_sections(self._s3, plan_loc, verify_loc))
+        summary["details"] = details.model_dump(mode="json", exclude_none=True)
         files_loc = layout.report_files(input.work_s3_uri, input.migration_id)
         report_loc = layout.report_document(input.work_s3_uri, input.migration_id)
         text_loc = layout.report_summary(input.work_s3_uri, input.migration_id)
         body = "".join(r.model_dump_json(exclude_none=True) + "\n" for r in rows).encode()
         put_bytes(self._s3, files_loc, body, "application/x-ndjson")
-        summary["files_uri"] = files_loc.uri
+        csv_loc = layout.report_csv(input.work_s3_uri, input.migration_id)
+        put_bytes(self._s3, csv_loc, "".join(csv_lines(rows)).encode(), "text/csv; charset=utf-8")
+        html_loc = layout.report_html(input.work_s3_uri, input.migration_id)
+        summary.update({"files_uri": files_loc.uri, "csv_uri": csv_loc.uri, "html_uri": html_loc.uri})
         put_json(self._s3, report_loc, summary)
         put_bytes(self._s3, text_loc, render_summary(input.migration_id, summary).encode(), "text/plain; charset=utf-8")
+        document = ReportDocument.model_validate_json(json.dumps(summary, default=str))
+        put_bytes(self._s3, html_loc, render_html(document).encode(), "text/html; charset=utf-8")
         return ReportResult(report_uri=report_loc.uri, summary_uri=text_loc.uri, files_uri=files_loc.uri,
                             files_total=len(rows), files_by_state={FileState(k): v for k, v in summary["files_by_state"].items()},
                             unaccounted=summary["unaccounted"], accounted_twice=summary["accounted_twice"])
-
-
-

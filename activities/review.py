@@ -2,7 +2,8 @@
 
 Reads ``job-output-manifest.json`` and the SUCCESS / FAILURE / WARNING NDJSON (retrying while they are not yet
 visible), gives every staged file exactly one terminal state, cross-checks the job's counters, and verifies
-each image set the job reports with ``GetImageSet``.
+each image set the job reports with ``GetImageSet``. An imported file with warnings, ours from parsing or the
+job's own, is ``imported_with_warnings`` and carries them, each marked by origin.
 """
 
 from __future__ import annotations
@@ -23,9 +24,20 @@ from activities.storage import get_bytes, is_missing, iter_ndjson, list_objects,
 from contracts import layout
 from contracts.common import FileState
 from contracts.errors import BACKOFF, ErrorType
-from contracts.records import ImportedInstance, InstanceRecord, LedgerEntry, attributes_fingerprint
+from contracts.records import (
+    Finding,
+    FindingOrigin,
+    ImportedInstance,
+    InstanceRecord,
+    LedgerEntry,
+    Severity,
+    attributes_fingerprint,
+)
 from contracts.s3uri import S3Location, parse_s3_uri
 from contracts.stages import FailedBatchInput, ImageSetRef, ReviewInput, ReviewResult
+
+# A file's warnings kept from the job output (a hostile or broken output could list thousands for one file).
+MAX_SERVICE_WARNINGS = 20
 
 
 @dataclass
@@ -51,26 +63,67 @@ def index_lines(rows: list[dict[str, Any]], into: dict[str, dict[str, Any]], dup
         into[key] = row
 
 
-def classify_file(key: str, output: JobOutput, job_failed: bool, job_message: str | None) -> LedgerEntry:
-    """The terminal state of one staged file from the job's output (``key`` is the staged key)."""
+def service_warnings(import_response: dict[str, Any]) -> list[Finding]:
+    """The import job's own warnings for one file (``importResponse.warnings`` of WARNING/warning.ndjson).
+
+    The job's output is read as untrusted: any field may be missing or of another type, so each is turned into
+    bounded text, and a file listed in the WARNING output with no readable warning still gets one finding.
+    """
+    raw = import_response.get("warnings")
+    listed = raw if isinstance(raw, list) else []
+    out = []
+    for w in listed[:MAX_SERVICE_WARNINGS]:
+        w = w if isinstance(w, dict) else {}
+        kind, number = _text(w.get("type")), _text(w.get("warning_reason_code"))
+        message = _text(w.get("message"), 500) or "imported with a warning"
+        out.append(Finding(code=kind or number or "warning", severity=Severity.WARNING, origin=FindingOrigin.HEALTHIMAGING,
+                           reason=f"{message} (warning code {number})" if number else message))
+    return out or [Finding(code="warning", severity=Severity.WARNING, origin=FindingOrigin.HEALTHIMAGING,
+                           reason="listed in the import job's WARNING output without a warning")]
+
+
+def _text(value: Any, limit: int = 100) -> str:
+    """A JSON scalar as bounded text ('' for anything else): the output is the service's, not ours to trust."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return ""
+    return str(value).strip()[:limit]
+
+
+def warning_summary(findings: list[Finding]) -> tuple[str, str]:
+    """A with-warnings file's ``code`` and ``reason``: each finding once, in order, marked by its origin."""
+    codes = dict.fromkeys(f"{f.origin.value}:{f.code}" for f in findings)
+    reasons = dict.fromkeys(f"{f.origin.value}: {f.reason}" for f in findings)
+    return ",".join(codes), "; ".join(reasons)
+
+
+def classify_file(key: str, output: JobOutput, job_failed: bool, job_message: str | None,
+                  ours: list[Finding] | None = None) -> LedgerEntry:
+    """The terminal state of one staged file from the job's output (``key`` is the staged key).
+
+    ``ours`` are the warnings our parse found in the file (findings that did not reject it at the migration's
+    level): an imported file with any warning, ours or the service's, is ``imported_with_warnings`` and carries
+    them all, each marked by origin. A failed file keeps ours too, as context for the service's reason.
+    """
+    ours = [f.model_copy(update={"origin": FindingOrigin.HIMIG}) for f in ours or []]
     if key in output.failure:
         exc = output.failure[key].get("exception") or {}
         return LedgerEntry(key=key, state=FileState.FAILED, code=str(exc.get("exceptionType", "ImportFailure")),
-                           reason=str(exc.get("message", "import failed")))
-    if key in output.warning:
-        resp = output.warning[key].get("importResponse") or {}
-        warnings = resp.get("warnings") or []
-        text = "; ".join(f"{w.get('warning_reason_code', '')} {w.get('type', '')}: {w.get('message', '')}".strip()
-                         for w in warnings) or "imported with warnings"
-        return LedgerEntry(key=key, state=FileState.IMPORTED_WITH_WARNINGS, image_set_id=resp.get("imageSetId"),
-                           is_primary=resp.get("isPrimary"), image_set_version=resp.get("imageSetVersion"),
-                           reason=text, code="warning")
-    if key in output.success:
-        resp = output.success[key].get("importResponse") or {}
-        return LedgerEntry(key=key, state=FileState.IMPORTED, image_set_id=resp.get("imageSetId"),
-                           is_primary=resp.get("isPrimary"), image_set_version=resp.get("imageSetVersion"))
+                           reason=str(exc.get("message", "import failed")), findings=ours or None)
+    imported = output.warning.get(key) or output.success.get(key)
+    if imported is not None:
+        resp = imported.get("importResponse") or {}
+        resp = resp if isinstance(resp, dict) else {}
+        findings = ours + (service_warnings(resp) if key in output.warning else [])
+        entry = LedgerEntry(key=key, state=FileState.IMPORTED, image_set_id=resp.get("imageSetId"),
+                            is_primary=resp.get("isPrimary"), image_set_version=resp.get("imageSetVersion"))
+        if not findings:
+            return entry
+        code, reason = warning_summary(findings)
+        return entry.model_copy(update={"state": FileState.IMPORTED_WITH_WARNINGS, "code": code, "reason": reason,
+                                        "findings": findings})
     reason = f"import job FAILED: {job_message}" if job_failed else "the import job's output does not mention this file"
-    return LedgerEntry(key=key, state=FileState.FAILED, code="JobFailed" if job_failed else "NotReported", reason=reason)
+    return LedgerEntry(key=key, state=FileState.FAILED, code="JobFailed" if job_failed else "NotReported", reason=reason,
+                       findings=ours or None)
 
 
 def check_counters(summary: dict[str, Any], staged: int, output: JobOutput) -> list[str]:
@@ -148,9 +201,10 @@ class ReviewActivities:
         imported: list[ImportedInstance] = []
         refs: dict[str, ImageSetRef] = {}
         for inst in files:
-            entry = classify_file(prefix + inst.key, output, failed, input.outcome.message)
+            entry = classify_file(prefix + inst.key, output, failed, input.outcome.message, inst.warnings)
             entry = entry.model_copy(update={"key": inst.key, "size": inst.size, "batch": batch.batch,
-                                             "job_id": job.job_id,
+                                             "job_id": job.job_id, "study_instance_uid": inst.study_instance_uid,
+                                             "series_instance_uid": inst.series_instance_uid,
                                              "predicted_non_primary": inst.predicted_non_primary or None,
                                              "prediction_reason": inst.prediction_reason})
             ledger.append(entry)
@@ -224,7 +278,9 @@ class FailedBatchActivities:
         files = read_models(self._s3, layout.batch_manifest(batch.work_s3_uri, batch.migration_id, batch.batch),
                             InstanceRecord)
         ledger = [LedgerEntry(key=f.key, state=FileState.FAILED, size=f.size, batch=batch.batch, job_id=input.job_id,
-                              code="BatchFailed", reason=input.reason[:500]) for f in files if f.key not in accounted]
+                              code="BatchFailed", reason=input.reason[:500], study_instance_uid=f.study_instance_uid,
+                              series_instance_uid=f.series_instance_uid)
+                  for f in files if f.key not in accounted]
         if ledger:
             put_ndjson(self._s3, unfinished, ledger)
         return len(ledger)

@@ -93,7 +93,8 @@ class ValidateActivities:
                     key=rec.key, state=FileState.REJECTED, size=rec.size,
                     code=",".join(dict.fromkeys(f.code for f in blocking)),
                     reason="; ".join(dict.fromkeys(f.reason for f in blocking)),
-                    findings=rec.findings or blocking,
+                    findings=rec.findings or blocking, study_instance_uid=rec.study_instance_uid,
+                    series_instance_uid=rec.series_instance_uid,
                 ))
             else:
                 valid.append(rec)

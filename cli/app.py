@@ -15,6 +15,7 @@ import sys
 import uuid
 from collections.abc import Iterable
 from importlib.metadata import EntryPoint, entry_points
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -27,6 +28,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from cli.progress import print_progress, watch_migration
+from cli.report_export import ReportExportError, export
 from cli.reporting import load_report, print_report
 from cli.sources import SourceFlagError, connector_from_flags
 from contracts import search
@@ -187,6 +189,10 @@ def report(
     migration_id: str = typer.Argument(..., help="workflow id of a finished migration"),
     as_json: bool = typer.Option(False, "--json", help="print the JSON summary"),
     files: bool = typer.Option(False, "--files", help="print the per-file NDJSON report"),
+    html: Path | None = typer.Option(None, "--html", dir_okay=False, help="also write the report as one "
+                                     "self-contained HTML page (charts, tables, reconciliation states) to this file"),
+    csv: Path | None = typer.Option(None, "--csv", dir_okay=False, help="also write the per-file lines as CSV to "
+                                    "this file"),
 ) -> None:
     """Print the final report of a finished migration."""
     s = settings()
@@ -207,6 +213,12 @@ def report(
         except WorkflowFailureError as err:
             raise fail(f"migration {migration_id!r} did not complete: {err.cause}", 1) from None
         summary, rows = load_report(s, result, with_files=files)
+        try:
+            written = await export(s, client, summary, html, csv)
+        except ReportExportError as err:
+            raise fail(str(err), 1) from None
+        for line in written:
+            err_console.print(line, markup=False)
         if files:
             for row in rows:
                 sys.stdout.write(row + "\n")

@@ -8,7 +8,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from activities.report import fhir_line
+from activities.report import fhir_line, warnings_line
 from contracts.migration import MigrationResult
 from contracts.s3uri import parse_s3_uri
 from worker.aws import make_client
@@ -45,6 +45,8 @@ def print_report(summary: dict[str, Any], console: Console) -> None:
         for reason, n in summary["reasons"].items():
             reasons.add_row(str(n), reason)
         console.print(reasons)
+    if warned := warnings_line(summary):
+        console.print(f"warnings of imported files (files per code): {warned}", markup=False)
     fhir = summary.get("fhir")
     if fhir:
         console.print(f"FHIR ImagingStudy in HealthLake: {fhir_line(fhir)}")
@@ -54,3 +56,6 @@ def print_report(summary: dict[str, Any], console: Console) -> None:
     else:
         console.print(f"every one of the {summary['files_total']} source files is accounted for exactly once")
     console.print(f"per-file report: {summary.get('files_uri', '')}")
+    for label, key in (("as CSV", "csv_uri"), ("as a page", "html_uri")):
+        if summary.get(key):
+            console.print(f"  {label}: {summary[key]}")

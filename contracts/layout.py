@@ -156,6 +156,26 @@ def report_summary(work_s3_uri: str, migration_id: str) -> S3Location:
     return report_prefix(work_s3_uri, migration_id).join("summary.txt")
 
 
+def report_html(work_s3_uri: str, migration_id: str) -> S3Location:
+    """The report as one self-contained HTML page (charts and tables; no network needed to view it)."""
+    return report_prefix(work_s3_uri, migration_id).join("report.html")
+
+
+def report_plan(work_s3_uri: str, migration_id: str) -> S3Location:
+    """A dry run's prediction for this migration (`contracts.report.PlanComparison`), shown by the report."""
+    return report_prefix(work_s3_uri, migration_id).join("plan.json")
+
+
+def report_verify(work_s3_uri: str, migration_id: str) -> S3Location:
+    """The verification of this migration (`contracts.report.VerifyResult`), shown by the report."""
+    return report_prefix(work_s3_uri, migration_id).join("verify.json")
+
+
+def report_csv(work_s3_uri: str, migration_id: str) -> S3Location:
+    """The per-file lines as CSV, for spreadsheets."""
+    return report_prefix(work_s3_uri, migration_id).join("files.csv")
+
+
 def fhir_prefix(work_s3_uri: str, migration_id: str) -> S3Location:
     """Every batch's HealthLake input folder, start record and reviewed result."""
     return root(work_s3_uri, migration_id).join("fhir").as_prefix()

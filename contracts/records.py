@@ -23,6 +23,13 @@ class Severity(StrEnum):
     INFO = "info"
 
 
+class FindingOrigin(StrEnum):
+    """Who found a problem: our parse and validation, or HealthImaging's import job (its WARNING output)."""
+
+    HIMIG = "himig"
+    HEALTHIMAGING = "healthimaging"
+
+
 class Finding(BaseModel):
     """One problem found in a file. ``reason`` is readable by an operator and contains no PHI."""
 
@@ -30,6 +37,7 @@ class Finding(BaseModel):
     severity: Severity
     reason: str
     attribute: str | None = None
+    origin: FindingOrigin = FindingOrigin.HIMIG
 
 
 class ParsedRecord(BaseModel):
@@ -111,7 +119,11 @@ class LedgerEntry(BaseModel):
     predicted_non_primary: bool | None = None
     prediction_reason: str | None = None
     # Every finding of a rejected file (code, severity, attribute, reason); `code`/`reason` join the rejecting ones.
+    # Of an imported or failed file: our warnings and the import job's, each with its origin.
     findings: list[Finding] | None = None
+    # Where the file belongs (UIDs, no patient values), for the report's per-study and per-series tables.
+    study_instance_uid: str | None = None
+    series_instance_uid: str | None = None
 
 
 def attributes_fingerprint(inst: InstanceRecord) -> str:

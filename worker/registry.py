@@ -85,7 +85,7 @@ def build_activities(clients: AwsClients, settings: Settings) -> list[Callable[.
         settings.job_poll_initial_seconds, settings.job_poll_max_seconds)
     failed = FailedBatchActivities(s3)
     route = RouteActivities(s3, clients.events, settings.event_bus_name)
-    report = ReportActivities(s3)
+    report = ReportActivities(s3, settings.dicomweb_base_url())
     recon = ReconcileActivities(mi, clients.events, settings.event_bus_name,
                                 fingerprint_key=settings.fingerprint_secret(),
                                 attestation_key=settings.reviewer_attestation_secret(),

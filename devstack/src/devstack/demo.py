@@ -17,6 +17,7 @@ from typing import Any
 from rich.console import Console
 
 from cli.progress import watch_migration
+from cli.report_export import export
 from cli.reporting import load_report, print_report
 from contracts.common import ValidationLevel
 from contracts.migration import MigrationInput, MigrationResult
@@ -130,21 +131,28 @@ def run_demo(console: Console, validation_level: ValidationLevel = ValidationLev
                              max_files_per_batch=25, inventory_page_size=50, max_concurrent_jobs=4,
                              healthlake_datastore_id=fhir_datastore_id)
 
-    async def go() -> MigrationResult:
+    page = stack.root / "reports" / f"{migration_id}.html"
+
+    async def go() -> tuple[MigrationResult, dict[str, Any], list[str]]:
         client = await connect(settings)
         handle = await client.start_workflow(MigrationWorkflow.run, payload, id=migration_id,
                                              task_queue=settings.task_queue)
         console.print(f"started MigrationWorkflow {migration_id}")
         await watch_migration(client, migration_id, console)
-        return await handle.result()
+        result = await handle.result()
+        summary, rows = load_report(settings, result, with_files=True)
+        # The HTML report with each reconciliation's state as it stands now (as `himig report --html` writes it).
+        page.parent.mkdir(parents=True, exist_ok=True)
+        await export(settings, client, summary, page, None)
+        return result, summary, rows
 
-    result = asyncio.run(go())
-    summary, rows = load_report(settings, result, with_files=True)
+    result, summary, rows = asyncio.run(go())
     print_report(summary, console)
     problems = check_against_manifest(rows, SOURCE_PREFIX, {e.path for e in manifest.entries})
     for problem in problems:
         console.print(f"[red]{problem}[/red]")
-    console.print(f"report: {result.report_uri}\nsummary: {result.summary_uri}")
+    console.print(f"report: {result.report_uri}\nsummary: {result.summary_uri}\nHTML report: {page} "
+                  "(open it in a browser; also next to report.json as report.html)")
     for image_set in summary.get("non_primary_image_sets", []):
         console.print(f"reconciliation waiting for a decision: himig approve {reconciliation_workflow_id(datastore_id, image_set)} "
                       "--action promote|keep|discard --reason '...'")
