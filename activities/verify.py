@@ -17,6 +17,7 @@ import json
 import warnings
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
@@ -33,6 +34,7 @@ from activities.heartbeat import keeps_alive
 from activities.storage import get_json, iter_ndjson, list_objects, put_bytes, put_json
 from contracts import layout
 from contracts.errors import ErrorType
+from contracts.report import VerifyResult as ReportVerify
 from contracts.s3uri import parse_s3_uri
 from contracts.verify import DifferenceKind, VerifyInput, VerifyResult
 
@@ -190,6 +192,14 @@ class VerifyActivities:
                               differences=dict(found), differences_uri=out.join("differences.ndjson").uri,
                               touches=touches, touches_for_deep=len(expected) - len(gone), requests=dict(requests))
         put_json(self._s3, out.join("result.json"), result.model_dump(mode="json"))
+        # The latest outcome, where the report page (`himig report --html`) shows it.
+        put_json(self._s3, layout.report_verify(input.work_s3_uri, input.migration_id), ReportVerify(
+            verified_at=datetime.now(UTC), passed=result.clean,
+            counts={"instances_expected": instances, "instances_verified": result.instances_verified,
+                    "image_sets_checked": len(expected), "touches": touches,
+                    **{f"difference_{k.value}": v for k, v in found.items()}},
+            problems=[f"{k.value}: {v} ({'deep' if input.deep else 'no-touch'} check)" for k, v in sorted(found.items())],
+        ).model_dump(mode="json"))
         if input.publish and self._events is not None and self._bus:
             self._publish(input, result)
             result.published = True

@@ -68,6 +68,13 @@ async def test_clean_migration_and_what_each_check_costs(
     assert default.touches == 0 and default.touches_for_deep == 2
     assert set(default.requests) == {"GetImageSet", "SearchImageSets"}
     assert {s: _access(medical_imaging, own_datastore, s) for s in sets} == before  # nothing touched
+    # The latest outcome is where the report page reads it.
+    from contracts import layout
+    from contracts.report import VerifyResult as ReportVerify
+
+    shown = layout.report_verify(payload.work_s3_uri, mid)
+    page = ReportVerify.model_validate_json(buckets["s3"].get_object(Bucket=shown.bucket, Key=shown.key)["Body"].read())
+    assert page.passed and page.counts["instances_verified"] == 6
 
     deep = await _verify(client, worker, _input(mid, payload, deep=True, attributes=["Modality", "StudyDate"]))
     assert deep.clean and deep.instances_verified == 6 and deep.touches == 2
