@@ -56,6 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.baselines import naive, raw, sample
 from bench.baselines.common import Target
+from bench.lib.histories import migration_histories
 from bench.lib.localstack import check_worker_keys, corpus_shape, ensure_payload_keys, upload, worker_pid
 from bench.lib.procfs import Sampler, cpu_seconds, mib, reset_peak_rss, status_kib
 from corpus.synthetic import generate_studies
@@ -200,15 +201,7 @@ async def run_ours(bench: Bench, settings: Any, datastore_id: str, prefix: str, 
     imported = states.get(FileState.IMPORTED.value, 0) + states.get("imported_with_warnings", 0)
     if result.files_total != files or imported != files:
         raise SystemExit(f"ours imported {imported} of {files} ({states})")
-    events = 0
-    query = f"WorkflowId = '{workflow_id}' OR WorkflowId STARTS_WITH '{workflow_id}.'"
-    for _ in range(100):  # visibility is eventually consistent: wait until every run is listed closed
-        runs = [r async for r in client.list_workflows(query)]
-        if runs and all(r.status and r.status.name != "RUNNING" for r in runs):
-            break
-        await asyncio.sleep(0.2)
-    for r in runs:
-        events += len((await client.get_workflow_handle(r.id, run_id=r.run_id).fetch_history()).events)
+    events = sum(len(h.events) for h in await migration_histories(client, workflow_id))
     return seconds, cpu, peak, events
 
 

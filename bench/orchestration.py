@@ -30,6 +30,7 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from bench.lib.histories import migration_histories
 from contracts import search
 from contracts.batch import BatchInput, ImportJobRef, JobOutcome
 from contracts.common import FileState
@@ -120,17 +121,7 @@ class Fake:
 
 async def history_sizes(client: Client, workflow_id: str) -> list[int]:
     """Event counts of every run of the migration (continue-as-new chain) and of every batch workflow."""
-    sizes = []
-    query = f"WorkflowId = '{workflow_id}' OR WorkflowId STARTS_WITH '{workflow_id}.batch-'"
-    for _ in range(50):  # visibility is eventually consistent: wait until every closed run is listed
-        runs = [r async for r in client.list_workflows(query)]
-        if runs and all(r.status and r.status.name != "RUNNING" for r in runs):
-            break
-        await asyncio.sleep(0.2)
-    for run in runs:
-        history = await client.get_workflow_handle(run.id, run_id=run.run_id).fetch_history()
-        sizes.append(len(history.events))
-    return sizes
+    return [len(h.events) for h in await migration_histories(client, workflow_id, attempts=50)]
 
 
 async def measure(client: Client, files: int, page: int, batch: int) -> tuple[float, int, int, float]:

@@ -34,6 +34,7 @@ from typing import Any
 sys.path.remove(str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.lib.histories import activity_identities, migration_histories
 from bench.lib.localstack import corpus_shape, ensure_payload_keys, upload
 from corpus.synthetic import generate_studies
 from devstack.demo import ensure_datastore
@@ -95,10 +96,8 @@ async def migrate(mi: Any, prefix: str, tag: str) -> tuple[float, set[str]]:
     if result.files_by_state.get(FileState.IMPORTED, 0) != FILES or result.files_total != FILES:
         raise SystemExit(f"{tag}: imported {result.files_by_state} of {FILES}")
     identities: set[str] = set()
-    async for run in client.list_workflows(f"WorkflowId = '{wid}' OR WorkflowId STARTS_WITH '{wid}.'"):
-        history = await client.get_workflow_handle(run.id, run_id=run.run_id).fetch_history()
-        identities |= {e.activity_task_started_event_attributes.identity for e in history.events
-                       if e.HasField("activity_task_started_event_attributes")}
+    for history in await migration_histories(client, wid):
+        identities |= activity_identities(history)
     return seconds, identities
 
 

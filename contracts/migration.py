@@ -34,6 +34,20 @@ def _check_s3(value: str, field: str) -> str:
     return value
 
 
+class FinishedMigrationRef(Strict):
+    """A finished migration as the commands that act on one (rollback, verify) name it: its id, the data store it
+    imported into and the work prefix that holds its report."""
+
+    migration_id: Annotated[str, Field(pattern=MIGRATION_ID_PATTERN)]
+    datastore_id: Annotated[str, Field(pattern=DATASTORE_ID_PATTERN)]
+    work_s3_uri: str = Field(description="the migration's work prefix (its report and ledger live there)")
+
+    @field_validator("work_s3_uri")
+    @classmethod
+    def _work(cls, v: str) -> str:
+        return _check_s3(v, "work_s3_uri")
+
+
 class OperatorCommand(BaseModel):
     """Optional argument of the `pause`, `resume` and `cancel` signals: who asks, and why (no PHI)."""
 

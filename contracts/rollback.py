@@ -10,10 +10,10 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import BaseModel, Field, StrictInt, field_validator
+from pydantic import BaseModel, Field, StrictInt
 
 from contracts.common import Strict
-from contracts.migration import DATASTORE_ID_PATTERN, MIGRATION_ID_PATTERN, _check_s3
+from contracts.migration import DATASTORE_ID_PATTERN, FinishedMigrationRef
 from contracts.reconciliation import REVIEWER_PATTERN
 
 # An unconfirmed plan waits this long for its confirmation, then the rollback ends without deleting anything.
@@ -45,17 +45,9 @@ class RollbackPhase(StrEnum):
     CANCELLED = "cancelled"
 
 
-class RollbackInput(Strict):
-    migration_id: Annotated[str, Field(pattern=MIGRATION_ID_PATTERN)]
-    datastore_id: Annotated[str, Field(pattern=DATASTORE_ID_PATTERN)]
-    work_s3_uri: str = Field(description="the migration's work prefix (its report and ledger live there)")
+class RollbackInput(FinishedMigrationRef):
     requested_by: Annotated[str | None, Field(pattern=REVIEWER_PATTERN)] = None
     confirm_timeout_seconds: float = Field(CONFIRM_TIMEOUT_SECONDS, gt=0, le=30 * 24 * 3600, allow_inf_nan=False)
-
-    @field_validator("work_s3_uri")
-    @classmethod
-    def _work(cls, v: str) -> str:
-        return _check_s3(v, "work_s3_uri")
 
 
 class RollbackPlan(BaseModel):

@@ -13,8 +13,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, Field, StrictBool, field_validator
 
-from contracts.common import Strict
-from contracts.migration import DATASTORE_ID_PATTERN, MIGRATION_ID_PATTERN, _check_s3
+from contracts.migration import FinishedMigrationRef, _check_s3
 
 # A DICOM keyword (checked against the data dictionary by the activity); never a value.
 KEYWORD_PATTERN = r"^[A-Z][A-Za-z0-9]{0,63}$"
@@ -34,21 +33,13 @@ class DifferenceKind(StrEnum):
     METADATA_DIFFERS = "metadata_differs"  # deep, with attributes: the named attributes differ from the source
 
 
-class VerifyInput(Strict):
-    migration_id: Annotated[str, Field(pattern=MIGRATION_ID_PATTERN)]
-    datastore_id: Annotated[str, Field(pattern=DATASTORE_ID_PATTERN)]
-    work_s3_uri: str
+class VerifyInput(FinishedMigrationRef):
     source_s3_uri: str = Field(description="the migration's source prefix (deep attribute checks read headers)")
     deep: StrictBool = False
     attributes: list[Annotated[str, Field(pattern=KEYWORD_PATTERN)]] = Field(default_factory=list,
                                                                             max_length=MAX_ATTRIBUTES)
     # Publish the outcome as an EventBridge event (a standing check run by a Temporal Schedule does).
     publish: StrictBool = False
-
-    @field_validator("work_s3_uri")
-    @classmethod
-    def _work(cls, v: str) -> str:
-        return _check_s3(v, "work_s3_uri")
 
     @field_validator("source_s3_uri")
     @classmethod

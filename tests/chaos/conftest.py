@@ -7,7 +7,6 @@ figure is 2,000) and ``HIMIG_CHAOS_SEED`` picks other kill points."""
 
 from __future__ import annotations
 
-import json
 import os
 import urllib.request
 import uuid
@@ -165,13 +164,3 @@ def restart_emulator(state: dict[str, Any]) -> None:
     old.stop()
     state["server"] = start_emulator(state["data_dir"], state["moto_url"], state["log_dir"], port=old.port,
                                      extra_args=state["args"], extra_env=state["env"])
-
-
-def history_identities(history: Any) -> set[str]:
-    """The worker identities that started activities in a workflow's history."""
-    return {e.activity_task_started_event_attributes.identity for e in history.events
-            if e.HasField("activity_task_started_event_attributes")}
-
-
-def jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -9,32 +9,31 @@ import asyncio
 import random
 import time
 import uuid
-from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from temporalio.client import Client
-from temporalio.service import RPCError
 
 from activities.importjob import job_name
+from bench.lib.histories import activity_identities
 from contracts.batch import BatchInput
 from contracts.migration import MigrationProgress, batch_workflow_id
 from tests.chaos.conftest import (
     CHAOS_FILES,
     CHAOS_SEED,
+    Corpus,
     chaos_input,
     check_exactly_once,
     delete_faults,
-    history_identities,
     restart_emulator,
     upload_corpus,
     worker_env,
 )
 from tests.conftest import emulator_admin
-from tests.support.eventually import assert_eventually
-from tests.support.worker_process import WorkerProcess
+from tests.support.worker_process import WorkerProcess, progress_until
 from tests.workflows.conftest import active_datastore
 from workflows.migration import MigrationWorkflow
 
@@ -42,23 +41,32 @@ pytestmark = pytest.mark.chaos
 LIMIT = timedelta(minutes=10)  # every migration here is bounded: a stuck one fails instead of hanging the suite
 
 
+@dataclass
+class Scenario:
+    datastore: str
+    corpus: Corpus
+    queue: str
+    worker: WorkerProcess
+
+
+def scenario(client: Client, moto_url: str, emulator_url: str, buckets: dict[str, Any], workers: list[WorkerProcess],
+             tmp_path: Path, files: int, seed: int, **worker_env_extra: str) -> Scenario:
+    """A fresh data store on ``emulator_url``, a corpus of ``files``, and one worker process on a queue of its own."""
+    datastore = active_datastore(emulator_url, f"chaos-{uuid.uuid4().hex[:8]}")
+    corpus = upload_corpus(buckets["s3"], buckets["source"], tmp_path / "corpus", files, seed=seed)
+    queue = f"chaos-{uuid.uuid4().hex[:8]}"
+    worker = WorkerProcess(worker_env(client, queue, moto_url, emulator_url, **worker_env_extra),
+                           tmp_path / "worker.log")
+    workers.append(worker)
+    worker.start()
+    return Scenario(datastore, corpus, queue, worker)
+
+
 def fraction_done(p: MigrationProgress) -> float:
     """How far a migration is, 0..1: parsing pages is the first 30 %, files reaching a terminal state the rest."""
     pages = p.pages_done / p.inventory_pages if p.inventory_pages else 0.0
     files = p.files_done / p.files_total if p.files_total else 0.0
     return 0.3 * pages + 0.7 * files
-
-
-async def progress_when(handle: Any, cond: Callable[[MigrationProgress], bool], timeout: float = 180) -> MigrationProgress:
-    async def reached() -> MigrationProgress:
-        try:
-            p = await handle.query(MigrationWorkflow.progress)
-        except RPCError as err:  # no worker to answer while one restarts
-            raise AssertionError(f"no progress answer: {err}") from err
-        assert cond(p), f"not yet: {p.phase} {fraction_done(p):.2f}"
-        return p
-
-    return await assert_eventually(reached, timeout=timeout, interval=0.05)
 
 
 async def test_seeded_sigkills_lose_and_duplicate_nothing(
@@ -78,7 +86,8 @@ async def test_seeded_sigkills_lose_and_duplicate_nothing(
         id=f"chaos-kill-{uuid.uuid4().hex[:8]}", task_queue=queue, execution_timeout=LIMIT)
     killed_at = []
     for point in points:
-        p = await progress_when(handle, lambda p, point=point: fraction_done(p) >= point or p.phase == "done")
+        p = await progress_until(handle, lambda p, point=point: fraction_done(p) >= point or p.phase == "done",
+                                 timeout=180)
         if p.phase == "done":
             break
         await asyncio.sleep(rng.uniform(0, 0.5))  # and a random moment within that stretch
@@ -104,12 +113,12 @@ async def test_migration_over_two_workers_survives_losing_one(
     wid = f"chaos-two-{uuid.uuid4().hex[:8]}"
     handle = await client.start_workflow(MigrationWorkflow.run, chaos_input(corpus, fresh_datastore, buckets["work"], 50),
                                          id=wid, task_queue=queue, execution_timeout=LIMIT)
-    await progress_when(handle, lambda p: p.phase == "importing" and p.batches_done >= 2)
+    await progress_until(handle, lambda p: p.phase == "importing" and p.batches_done >= 2, timeout=180)
     # Both workers took part before one is lost for good (identities of the activities' starts so far).
     batch_ids = [batch_workflow_id(wid, n) for n in range(2)]
     seen: set[str] = set()
     for workflow_id in [wid, *batch_ids]:
-        seen |= history_identities(await client.get_workflow_handle(workflow_id).fetch_history())
+        seen |= activity_identities(await client.get_workflow_handle(workflow_id).fetch_history())
     assert len(seen) >= 2, f"only {seen} ran activities before the kill"
     a.kill()
     result = await handle.result()
@@ -120,13 +129,8 @@ async def test_emulator_crashing_mid_job_and_restarting(
         client: Client, moto_url: str, events_emulator: dict[str, Any], buckets: dict[str, Any],
         workers: list[WorkerProcess], tmp_path: Path) -> None:
     url = events_emulator["url"]
-    datastore = active_datastore(url, f"chaos-{uuid.uuid4().hex[:8]}")
-    s3 = buckets["s3"]
-    corpus = upload_corpus(s3, buckets["source"], tmp_path / "corpus", 200, seed=CHAOS_SEED + 2)
-    queue = f"chaos-{uuid.uuid4().hex[:8]}"
-    worker = WorkerProcess(worker_env(client, queue, moto_url, url), tmp_path / "worker.log")
-    workers.append(worker)
-    worker.start()
+    sc = scenario(client, moto_url, url, buckets, workers, tmp_path, 200, CHAOS_SEED + 2)
+    s3, datastore, corpus, queue = buckets["s3"], sc.datastore, sc.corpus, sc.queue
     # The emulator's process dies after reading 20 files of the second batch's job (in-memory faults die with it).
     wid = f"chaos-emu-{uuid.uuid4().hex[:8]}"
     name = job_name(BatchInput(migration_id=wid, batch=1, source_s3_uri="s3://x-b/", work_s3_uri="s3://y-b/",
@@ -149,13 +153,8 @@ async def test_throttling_and_server_errors_on_every_operation(
         client: Client, moto_url: str, events_emulator: dict[str, Any], buckets: dict[str, Any],
         workers: list[WorkerProcess], tmp_path: Path) -> None:
     url = events_emulator["url"]
-    datastore = active_datastore(url, f"chaos-{uuid.uuid4().hex[:8]}")
-    s3 = buckets["s3"]
-    corpus = upload_corpus(s3, buckets["source"], tmp_path / "corpus", 200, seed=CHAOS_SEED + 3)
-    queue = f"chaos-{uuid.uuid4().hex[:8]}"
-    worker = WorkerProcess(worker_env(client, queue, moto_url, url), tmp_path / "worker.log")
-    workers.append(worker)
-    worker.start()
+    sc = scenario(client, moto_url, url, buckets, workers, tmp_path, 200, CHAOS_SEED + 3)
+    s3, datastore, corpus, queue = buckets["s3"], sc.datastore, sc.corpus, sc.queue
     # 20 % throttled, 5 % server errors: half before the operation runs, half after it ran (the client never
     # learns that its start or update happened).
     faults = emulator_admin(url, "faults", [
@@ -177,16 +176,10 @@ async def test_failed_job_late_manifest_and_duplicated_reordered_events(
         client: Client, moto_url: str, events_emulator: dict[str, Any], buckets: dict[str, Any],
         workers: list[WorkerProcess], tmp_path: Path) -> None:
     url = events_emulator["url"]
-    datastore = active_datastore(url, f"chaos-{uuid.uuid4().hex[:8]}")
-    s3 = buckets["s3"]
-    corpus = upload_corpus(s3, buckets["source"], tmp_path / "corpus", 200, seed=CHAOS_SEED + 4)
-    queue = f"chaos-{uuid.uuid4().hex[:8]}"
     # This worker also listens to the job events (EventBridge → rule → SQS) and lets them wake its batches.
-    worker = WorkerProcess(worker_env(client, queue, moto_url, url,
-                                      HIMIG_JOB_EVENTS_QUEUE_URL=events_emulator["queue_url"]),
-                           tmp_path / "worker.log")
-    workers.append(worker)
-    worker.start()
+    sc = scenario(client, moto_url, url, buckets, workers, tmp_path, 200, CHAOS_SEED + 4,
+                  HIMIG_JOB_EVENTS_QUEUE_URL=events_emulator["queue_url"])
+    s3, datastore, corpus, queue = buckets["s3"], sc.datastore, sc.corpus, sc.queue
     wid = f"chaos-ev-{uuid.uuid4().hex[:8]}"
 
     def name(batch: int) -> str:

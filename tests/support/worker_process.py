@@ -5,7 +5,15 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+from temporalio.service import RPCError
+
+from contracts.migration import MigrationProgress
+from tests.support.eventually import assert_eventually
+from workflows.migration import MigrationWorkflow
 
 
 class WorkerProcess:
@@ -35,3 +43,21 @@ class WorkerProcess:
 
     def log_tail(self, lines: int = 30) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+async def progress_until(handle: Any, cond: Callable[[MigrationProgress], bool],
+                         timeout: float = 60) -> MigrationProgress:
+    """Poll the migration's `progress` query (every 50 ms, bounded) until ``cond`` holds; a query that fails
+    because no worker is up to answer it (one is restarting) is polled again."""
+    last: MigrationProgress | None = None
+
+    async def reached() -> MigrationProgress:
+        nonlocal last
+        try:
+            last = await handle.query(MigrationWorkflow.progress)
+        except RPCError as err:
+            raise AssertionError(f"condition not reached; last progress: {last!r} (query failed: {err})") from err
+        assert cond(last), f"condition not reached; last progress: {last!r}"
+        return last
+
+    return await assert_eventually(reached, timeout=timeout, interval=0.05)

@@ -13,6 +13,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from tests.conftest import make_medical_imaging, make_s3
+from tests.support.cli import himig_cli  # noqa: F401 - `himig` against this Temporal server, for every workflow test
 from tests.support.eventually import wait_until
 from worker.runner import build_worker
 from worker.settings import Settings

@@ -3,44 +3,24 @@ request), as they are in the source now, with the earlier migration's settings; 
 
 from __future__ import annotations
 
-import asyncio
 import os
 import urllib.request
 import uuid
 from typing import Any
 
-import pytest
 from temporalio.client import Client
 from temporalio.worker import Worker
 
 from contracts.migration import MigrationInput
 from tests.conftest import emulator_admin
+from tests.support.cli import invoke
 from tests.support.dicom import make_instance, uid
 from tests.support.migrations import migrate, report_rows
 from workflows.migration import MigrationWorkflow
 
 
-@pytest.fixture
-def cli(temporal_env: Any, worker: Worker, moto_url: str, monkeypatch: pytest.MonkeyPatch) -> Any:
-    from typer.testing import CliRunner
-
-    monkeypatch.setenv("HIMIG_TEMPORAL_ADDRESS", temporal_env.client.service_client.config.target_host)
-    monkeypatch.setenv("HIMIG_TASK_QUEUE", worker.task_queue)
-    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto_url)
-    return CliRunner()
-
-
-async def _invoke(cli: Any, *args: str) -> Any:
-    from cli.app import app
-
-    result = await asyncio.to_thread(cli.invoke, app, ["retry", *args])
-    assert "Traceback" not in result.output, result.output
-    result.flat = " ".join(result.output.split())
-    return result
-
-
 async def test_retry_takes_failed_files_then_fixed_rejected_ones(
-        cli: Any, client: Client, worker: Worker, buckets: dict[str, Any], datastore_id: str,
+        himig_cli: Any, client: Client, worker: Worker, buckets: dict[str, Any], datastore_id: str,
         emulator_url: str) -> None:
     s3, src, work = buckets["s3"], buckets["source"], buckets["work"]
     prefix = f"r-{uuid.uuid4().hex[:6]}"
@@ -60,7 +40,7 @@ async def test_retry_takes_failed_files_then_fixed_rejected_ones(
     states = {k.rsplit("/", 2)[-2]: r["state"] for k, r in report_rows(s3, first).items()}
     assert states == {"ok": "imported", "flaky": "failed", "broken": "rejected"}
 
-    started = await _invoke(cli, mid)
+    started = await invoke(himig_cli, "retry", mid)
     assert started.exit_code == 0 and f"{mid}-retry-1: retrying 1 file(s)" in started.flat, started.flat
     second = await client.get_workflow_handle_for(MigrationWorkflow.run, f"{mid}-retry-1").result()
     rows = report_rows(s3, second)
@@ -68,22 +48,22 @@ async def test_retry_takes_failed_files_then_fixed_rejected_ones(
 
     # The operator fixes the rejected file; a plain retry of the retry has nothing left, --include-rejected does.
     s3.put_object(Bucket=src, Key=f"{prefix}/broken/0.dcm", Body=make_instance(uid(), uid()))
-    nothing = await _invoke(cli, f"{mid}-retry-1")
+    nothing = await invoke(himig_cli, "retry", f"{mid}-retry-1")
     assert nothing.exit_code == 0 and "nothing to retry" in nothing.flat
-    fixed = await _invoke(cli, mid, "--include-rejected", "--id", f"{mid}-fix")
+    fixed = await invoke(himig_cli, "retry", mid, "--include-rejected", "--id", f"{mid}-fix")
     assert fixed.exit_code == 0 and "retrying 2 file(s)" in fixed.flat  # the failed one again, and the fixed one
     third = await client.get_workflow_handle_for(MigrationWorkflow.run, f"{mid}-fix").result()
     third_rows = report_rows(s3, third)
     assert third_rows[f"{prefix}/broken/0.dcm"]["state"] == "imported"
     assert third_rows[f"{prefix}/flaky/0.dcm"]["state"] == "skipped_duplicate"  # already imported by retry-1
-    again = await _invoke(cli, mid, "--include-rejected", "--id", f"{mid}-fix")
+    again = await invoke(himig_cli, "retry", mid, "--include-rejected", "--id", f"{mid}-fix")
     assert again.exit_code == 1 and "cannot start" in again.flat
 
 
-async def test_retry_refusals(cli: Any) -> None:
-    unknown = await _invoke(cli, "nope-" + uuid.uuid4().hex[:6])
+async def test_retry_refusals(himig_cli: Any) -> None:
+    unknown = await invoke(himig_cli, "retry", "nope-" + uuid.uuid4().hex[:6])
     assert unknown.exit_code == 1 and "no migration with id" in unknown.flat
-    bad = await _invoke(cli, "x", "--id", "../../etc")
+    bad = await invoke(himig_cli, "retry", "x", "--id", "../../etc")
     assert bad.exit_code == 2 and "--id" in bad.flat
-    level = await _invoke(cli, "x", "--validation-level", "lenient-ish")
+    level = await invoke(himig_cli, "retry", "x", "--validation-level", "lenient-ish")
     assert level.exit_code == 2 and "--validation-level" in level.flat

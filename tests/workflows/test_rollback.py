@@ -20,6 +20,7 @@ from contracts.rollback import (
     RollbackPhase,
     rollback_workflow_id,
 )
+from tests.support.cli import invoke
 from tests.support.dicom import make_instance, uid
 from tests.support.eventually import assert_eventually
 from tests.support.migrations import migrate, report_rows, report_summary
@@ -214,45 +215,27 @@ def test_confirmation_count_is_a_plain_int(count: Any) -> None:
 class TestRollbackCommand:
     """`himig rollback` end to end against the same worker: plan shown, count confirmed, refusals in one line."""
 
-    @pytest.fixture
-    def cli(self, temporal_env: Any, worker: Worker, monkeypatch: pytest.MonkeyPatch) -> Any:
-        from typer.testing import CliRunner
-
-        monkeypatch.setenv("HIMIG_TEMPORAL_ADDRESS", temporal_env.client.service_client.config.target_host)
-        monkeypatch.setenv("HIMIG_TASK_QUEUE", worker.task_queue)
-        return CliRunner()
-
-    async def _invoke(self, cli: Any, *args: str) -> Any:
-        import asyncio
-
-        from cli.app import app
-
-        result = await asyncio.to_thread(cli.invoke, app, ["rollback", *args])
-        assert "Traceback" not in result.output, result.output
-        result.flat = " ".join(result.output.split())  # rich wraps lines at the console's width
-        return result
-
     async def test_plan_then_wrong_count_then_the_named_count(
-            self, cli: Any, client: Client, worker: Worker, buckets: dict[str, Any], own_datastore: str,
+            self, himig_cli: Any, client: Client, worker: Worker, buckets: dict[str, Any], own_datastore: str,
             medical_imaging: Any) -> None:
         s3, src, work = buckets["s3"], buckets["source"], buckets["work"]
         mid, result = await _migrate(client, worker, s3, src, work, "cli", own_datastore,
                                      {"x/1.dcm": make_instance(uid(), uid())})
-        shown = await self._invoke(cli, mid)  # no terminal, no --confirm: the plan, and the rollback waits
+        shown = await invoke(himig_cli, "rollback", mid)  # no terminal, no --confirm: the plan, and the rollback waits
         assert shown.exit_code == 0, shown.output
         assert "1 image set(s) to delete" in shown.flat and "--confirm 1" in shown.flat
-        wrong = await self._invoke(cli, mid, "--confirm", "7")
+        wrong = await invoke(himig_cli, "rollback", mid, "--confirm", "7")
         assert wrong.exit_code == 1 and "the plan deletes 1 image sets, not 7" in wrong.flat
-        done = await self._invoke(cli, mid, "--confirm", "1", "--by", "ops")
+        done = await invoke(himig_cli, "rollback", mid, "--confirm", "1", "--by", "ops")
         assert done.exit_code == 0 and "done: 1 deleted" in done.flat, done.output
         image_set = next(iter(report_rows(s3, result).values()))["image_set_id"]
         assert _state(medical_imaging, own_datastore, image_set) in GONE
 
     async def test_unknown_running_and_non_migration_ids_are_refused(
-            self, cli: Any, client: Client, worker: Worker, buckets: dict[str, Any], own_datastore: str) -> None:
+            self, himig_cli: Any, client: Client, worker: Worker, buckets: dict[str, Any], own_datastore: str) -> None:
         from tests.support.migrations import paused_start
 
-        unknown = await self._invoke(cli, "no-such-migration")
+        unknown = await invoke(himig_cli, "rollback", "no-such-migration")
         assert unknown.exit_code == 1 and "no migration with id 'no-such-migration'" in unknown.flat
         s3, src, work = buckets["s3"], buckets["source"], buckets["work"]
         _put(s3, src, "run/1.dcm", make_instance(uid(), uid()))
@@ -260,11 +243,11 @@ class TestRollbackCommand:
             source_s3_uri=f"s3://{src}/run/", datastore_id=own_datastore, work_s3_uri=f"s3://{work}/w/",
             import_start_interval_seconds=0))
         try:
-            running = await self._invoke(cli, handle.id)
+            running = await invoke(himig_cli, "rollback", handle.id)
             assert running.exit_code == 1 and "is still running" in running.flat, running.output
         finally:
             await handle.terminate("test over")
         mid, _ = await _migrate(client, worker, s3, src, work, "batchid", own_datastore,
                                 {"y/1.dcm": make_instance(uid(), uid())})
-        batch = await self._invoke(cli, f"{mid}.batch-00000")
+        batch = await invoke(himig_cli, "rollback", f"{mid}.batch-00000")
         assert batch.exit_code == 1 and "is a ImportBatchWorkflow, not a migration" in batch.flat

@@ -4,7 +4,6 @@ set (its storage tier and lastAccessedAt are unchanged), the deep one touches ea
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 from datetime import timedelta
@@ -16,6 +15,7 @@ from temporalio.worker import Worker
 
 from contracts.migration import MigrationInput, MigrationResult
 from contracts.verify import DifferenceKind, VerifyInput, VerifyResult, verify_workflow_id
+from tests.support.cli import invoke
 from tests.support.dicom import make_instance, uid
 from tests.support.eventually import assert_eventually
 from tests.support.migrations import migrate, report_rows
@@ -167,35 +167,19 @@ def test_verify_input_is_strict(fields: dict[str, Any], where: str) -> None:
 
 
 class TestVerifyCommand:
-    @pytest.fixture
-    def cli(self, temporal_env: Any, worker: Worker, monkeypatch: pytest.MonkeyPatch) -> Any:
-        from typer.testing import CliRunner
-
-        monkeypatch.setenv("HIMIG_TEMPORAL_ADDRESS", temporal_env.client.service_client.config.target_host)
-        monkeypatch.setenv("HIMIG_TASK_QUEUE", worker.task_queue)
-        return CliRunner()
-
-    async def _invoke(self, cli: Any, *args: str) -> Any:
-        from cli.app import app
-
-        result = await asyncio.to_thread(cli.invoke, app, ["verify", *args])
-        assert "Traceback" not in result.output, result.output
-        result.flat = " ".join(result.output.split())
-        return result
-
-    async def test_once_then_on_a_schedule(self, cli: Any, client: Client, worker: Worker,
+    async def test_once_then_on_a_schedule(self, himig_cli: Any, client: Client, worker: Worker,
                                            buckets: dict[str, Any], own_datastore: str) -> None:
         mid, _, _ = await _migrated(client, worker, buckets, own_datastore, studies=1, per_series=2)
-        once = await self._invoke(cli, mid)
+        once = await invoke(himig_cli, "verify", mid)
         assert once.exit_code == 0 and "2 of 2 instances as reported" in once.flat and "no differences" in once.flat
         assert "touches made 0; a deep check would touch 1 image set(s)" in once.flat
-        bad = await self._invoke(cli, mid, "--attribute", "Modality")
+        bad = await invoke(himig_cli, "verify", mid, "--attribute", "Modality")
         assert bad.exit_code == 2 and "--attribute needs --deep" in bad.flat
         for wrong in ("1s", "often", "2m"):
-            refused = await self._invoke(cli, mid, "--every", wrong)
+            refused = await invoke(himig_cli, "verify", mid, "--every", wrong)
             assert refused.exit_code == 2 and "--every" in refused.flat, refused.flat
 
-        scheduled = await self._invoke(cli, mid, "--every", "6h")
+        scheduled = await invoke(himig_cli, "verify", mid, "--every", "6h")
         assert scheduled.exit_code == 0 and f"schedule {verify_workflow_id(mid)}" in scheduled.flat
         schedule = client.get_schedule_handle(verify_workflow_id(mid))
         try:
@@ -212,9 +196,9 @@ class TestVerifyCommand:
             result = await assert_eventually(ran, timeout=60)
             assert result.clean and result.published
         finally:
-            stopped = await self._invoke(cli, mid, "--every", "off")
+            stopped = await invoke(himig_cli, "verify", mid, "--every", "off")
         assert stopped.exit_code == 0
 
-    async def test_unknown_and_running_ids(self, cli: Any) -> None:
-        unknown = await self._invoke(cli, "nope-" + uuid.uuid4().hex[:6])
+    async def test_unknown_and_running_ids(self, himig_cli: Any) -> None:
+        unknown = await invoke(himig_cli, "verify", "nope-" + uuid.uuid4().hex[:6])
         assert unknown.exit_code == 1 and "no migration with id" in unknown.flat

@@ -9,36 +9,18 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from temporalio.client import Client
-from temporalio.service import RPCError
 
 from contracts.common import FileState
-from contracts.migration import MigrationInput, MigrationProgress
+from contracts.migration import MigrationInput
 from tests.conftest import emulator_admin, make_medical_imaging
 from tests.support.dicom import make_instance, uid
-from tests.support.eventually import assert_eventually
-from tests.support.worker_process import WorkerProcess
+from tests.support.worker_process import WorkerProcess, progress_until
 from workflows.migration import MigrationWorkflow
-
-
-async def _wait(handle: Any, cond: Callable[[MigrationProgress], bool], timeout: float = 60) -> MigrationProgress:
-    last: MigrationProgress | None = None
-
-    async def reached() -> MigrationProgress:
-        nonlocal last
-        try:
-            last = await handle.query(MigrationWorkflow.progress)
-        except RPCError as err:  # no worker to answer while it restarts
-            raise AssertionError(f"condition not reached; last progress: {last!r} (query failed: {err})") from err
-        assert cond(last), f"condition not reached; last progress: {last!r}"
-        return last
-
-    return await assert_eventually(reached, timeout=timeout, interval=0.05)
 
 
 async def test_sigkill_in_each_phase_loses_and_duplicates_nothing(
@@ -72,7 +54,7 @@ async def test_sigkill_in_each_phase_loses_and_duplicates_nothing(
         for cond in (lambda p: p.pages_done >= 1,
                      lambda p: p.phase == "importing" and p.batches_done >= 1,
                      lambda p: p.phase == "importing" and p.batches_done >= 3):
-            await _wait(handle, cond)
+            await progress_until(handle, cond)
             worker.kill()
             worker.start()
         result = await handle.result()
