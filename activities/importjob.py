@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -21,6 +22,7 @@ from temporalio.exceptions import ApplicationError
 from activities import phi
 from activities.errors import classify, error_code
 from activities.heartbeat import current, keeps_alive
+from activities.job_admission import StartPacer, free_job_slot
 from activities.storage import get_bytes, is_missing, list_objects, put_ndjson, read_models
 from contracts import layout
 from contracts.batch import BatchInput, ImportJobRef
@@ -85,11 +87,14 @@ def source_changed(s3: Any, bucket: str, key: str, source_bucket: str, inst: Ins
 
 
 class ImportActivities:
-    def __init__(self, s3: Any, medical_imaging: Any, default_role_arn: str, concurrency: int = 8) -> None:
+    def __init__(self, s3: Any, medical_imaging: Any, default_role_arn: str, concurrency: int = 8,
+                 pacer: StartPacer | None = None, datastore_max_running_jobs: int | None = None) -> None:
         self._s3 = s3
         self._mi = medical_imaging
         self._role = default_role_arn
         self._concurrency = concurrency
+        self._pacer = pacer or StartPacer()
+        self._job_cap = datastore_max_running_jobs
 
     def _stage(self, batch: BatchInput, files: list[InstanceRecord]) -> tuple[str, list[LedgerEntry]]:
         """Copy every file into the batch's staging prefix; files whose source changed are left out and returned."""
@@ -151,7 +156,10 @@ class ImportActivities:
             output = layout.import_output_prefix(batch.work_s3_uri, batch.migration_id, batch.batch, batch.part)
             job_id = ""  # nothing left to import: no job (a job over an empty prefix would fail), the ledger says why
             if len(changed) < len(files):
-                job_id = self._mi.start_dicom_import_job(
+                if self._job_cap is not None:
+                    free_job_slot(self._mi, batch.datastore_id, self._job_cap, job_name(batch))
+                job_id = self._pacer.call(partial(
+                    self._mi.start_dicom_import_job,
                     jobName=job_name(batch),
                     datastoreId=batch.datastore_id,
                     dataAccessRoleArn=batch.data_access_role_arn or self._role,
@@ -159,7 +167,7 @@ class ImportActivities:
                     inputS3Uri=input_uri,
                     outputS3Uri=output.uri,
                     **input_owner(batch, direct),
-                )["jobId"]
+                ))["jobId"]
         except ClientError as err:
             raise classify(err, f"starting the import job of batch {batch.batch}") from None
         return ImportJobRef(datastore_id=batch.datastore_id, job_id=job_id, input_s3_uri=input_uri,

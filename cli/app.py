@@ -99,7 +99,7 @@ def start(
     max_files_per_batch: int = typer.Option(1000, "--max-files-per-batch", help=f"at most {MAX_FILES_PER_JOB}"),
     max_bytes_per_batch: int = typer.Option(MAX_BYTES_PER_JOB, "--max-bytes-per-batch"),
     max_concurrent_jobs: int = typer.Option(4, "--max-concurrent-jobs"),
-    import_start_interval: float = typer.Option(1.0, "--import-start-interval", help="seconds between job starts"),
+    import_start_interval: float = typer.Option(0.0, "--import-start-interval", help="an extra pause between job starts, seconds (the worker paces starts itself)"),
     data_access_role_arn: str | None = typer.Option(None, "--data-access-role-arn"),
     source_owner_account: str | None = typer.Option(
         None, "--source-owner-account", help="12-digit account owning the --source bucket, when not the data store's"),

@@ -82,6 +82,8 @@ class ErrorType(StrEnum):
     """Reconciliation mutations: the image set is locked or its version is stale; retried after a short wait."""
     IMAGE_SET_NOT_READY = "ImageSetNotReady"
     """await_image_set: the set is still LOCKED by a mutation; polled by retry (BENIGN)."""
+    JOB_SLOTS_FULL = "JobSlotsFull"
+    """start_import_job: the data store already runs its cap of import jobs; asked again after a wait (BENIGN)."""
     DICOMWEB_UNAVAILABLE = "DicomWebUnavailable"
     """review_manifest's DICOMweb spot check: a connection error or HTTP 5xx (BENIGN back-off)."""
     HEALTHLAKE_UNAVAILABLE = "HealthLakeUnavailable"

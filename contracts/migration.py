@@ -138,7 +138,8 @@ class MigrationInput(SourceAndTarget):
     max_concurrent_jobs: int = Field(4, ge=1, le=100)
     max_parallel_pages: int = Field(2, ge=1, le=50)
     import_start_interval_seconds: float = Field(
-        1.0, ge=0, le=3600, description="pause between import job starts (StartDICOMImportJob allows 1 TPS)")
+        0.0, ge=0, le=3600, description="an extra pause between this migration's import-job starts; 0: none (each "
+        "worker paces StartDICOMImportJob by what the service accepts, HIMIG_IMPORT_START_*_TPS)")
     manual_review: bool = Field(
         False, description="hold each batch after its manifest is reviewed until an operator approves routing")
     source_connector: SourceConnector | None = Field(

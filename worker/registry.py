@@ -11,6 +11,7 @@ from activities.client_credentials import ClientCredentials, TokenSource
 from activities.fhir_route import FhirRouteActivities
 from activities.importjob import ImportActivities
 from activities.ingest import IngestActivities
+from activities.job_admission import StartPacer
 from activities.normalize import NormalizeActivities
 from activities.parse import ParseActivities
 from activities.plan import PlanActivities
@@ -74,7 +75,11 @@ def build_activities(clients: AwsClients, settings: Settings) -> list[Callable[.
     validate = ValidateActivities(s3)
     normalize = NormalizeActivities(s3)
     plan = PlanActivities(s3, mi)
-    start = ImportActivities(s3, mi, cast(str, settings.data_access_role_arn), settings.parse_concurrency)
+    pacer = StartPacer(initial_rate=min(settings.import_start_initial_tps, settings.import_start_max_tps),
+                       max_rate=settings.import_start_max_tps,
+                       min_rate=min(0.2, settings.import_start_initial_tps, settings.import_start_max_tps))
+    start = ImportActivities(s3, mi, cast(str, settings.data_access_role_arn), settings.parse_concurrency, pacer,
+                             settings.datastore_max_running_jobs)
     await_job = AwaitActivities(mi, settings.job_poll_initial_seconds, settings.job_poll_max_seconds)
     dicomweb = healthimaging_dicomweb(clients, settings)
     review = ReviewActivities(s3, mi, SpotChecker(mi, dicomweb, settings.dicomweb_base_url()))

@@ -384,6 +384,16 @@ class Settings(BaseSettings):
                                             "seconds")
     job_poll_max_seconds: float = Field(30.0, gt=0, le=3600, description="longest delay between import-job polls, "
                                         "seconds (minutes are fine with the job-events queue)")
+    # Admission of import jobs (activities/job_admission.py): starts paced by what the service accepts, and a cap on
+    # the jobs running in a data store whoever started them.
+    import_start_initial_tps: float = Field(1.0, gt=0, le=1000, allow_inf_nan=False, description="StartDICOMImportJob "
+                                            "calls per second a worker begins with; it grows until throttled")
+    import_start_max_tps: float = Field(40.0, gt=0, le=1000, allow_inf_nan=False, description="the most "
+                                        "StartDICOMImportJob calls per second a worker makes (AWS's newest quota "
+                                        "table: 40, burst 80)")
+    datastore_max_running_jobs: WholeNumber = Field(100, ge=1, le=1000, description="import jobs a data store may "
+                                                    "run at once, counting every migration, ingest and other tool "
+                                                    "(HealthImaging: 100, 20 in ap-southeast-2)")
 
     # Source connectors (MigrationInput.source_connector): PACS credentials live here, never in workflow input.
     dicomweb_username: str | None = Field(None, description="HTTP basic-auth user for a DICOMweb source")

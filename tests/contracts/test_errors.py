@@ -17,7 +17,7 @@ RECORDED = {
     "RequestLimitExceeded", "InternalServerException", "ServiceUnavailable", "ValidationException",
     "ResourceNotFoundException", "AccessDeniedException", "ConflictException", "NoSuchBucket", "ValidationError",
     "EmptyBatch", "ImageSetMutationFailed", "PromotionNotPrimary", "InvalidSourceManifest", "InvalidSourceConnector",
-    "InvalidMigrationId", "InvalidIngestId", "DecisionRejected", "RollbackRefused", "JobStillRunning", "ManifestNotYetVisible",
+    "InvalidMigrationId", "InvalidIngestId", "DecisionRejected", "RollbackRefused", "JobSlotsFull", "JobStillRunning", "ManifestNotYetVisible",
     "ImageSetBusy", "ImageSetNotReady", "DicomWebUnavailable", "HealthLakeUnavailable", "InputWriteConflict",
     "PutEventsFailed", "CorruptInventory", "CorruptUnitList", "SourceUnavailable",
 }

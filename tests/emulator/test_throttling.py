@@ -21,7 +21,7 @@ from tests.support.servers import ServerProcess, start_emulator
 @pytest.fixture(scope="module")
 def throttled(moto_url: str, log_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     server = start_emulator(tmp_path_factory.mktemp("throttled"), moto_url, log_dir,
-                            extra_args=["--throttling", "on", "--throttle-rates", "ListDatastores=0:1"])
+                            extra_args=["--throttling", "on", "--throttle-rates", "ListDatastores=0:1,StartDICOMImportJob=1:2"])
     yield server
     server.stop()
 
@@ -63,9 +63,15 @@ def test_quick_start_dicom_import_jobs_are_throttled(throttled: ServerProcess, d
     assert set(errors) == {("ThrottlingException", 429)}
     snap = admin(throttled.url, "GET", "throttling")
     assert snap["enabled"] is True
-    assert snap["operations"]["StartDICOMImportJob"]["rate"] == 1.0
+    assert snap["operations"]["StartDICOMImportJob"]["rate"] == 1.0  # the start-up override of the 40 / 80 default
     assert snap["operations"]["StartDICOMImportJob"]["burst"] == 2.0
     assert snap["operations"]["StartDICOMImportJob"]["throttled"] == len(errors)
+
+
+def test_default_start_rate_is_the_newest_published_one() -> None:
+    from emulator.throttling import DEFAULT_RATES
+
+    assert DEFAULT_RATES["StartDICOMImportJob"] == (40.0, 80.0)
 
 
 def test_throttling_error_has_the_rest_json_shape(throttled: ServerProcess, datastore: str) -> None:

@@ -439,8 +439,13 @@ class Scanner:
                                 f"service (add it to SIGNED_HTTP_NAMES)")
             return Client(SIGNED_HTTP_NAMES[arg.arg], signed_http=True)
         service = CLIENT_NAMES.get(_bare(arg.arg))
-        # A parameter of another name is not known to be a client, nor known not to be one.
-        return Client(service) if service else UNKNOWN
+        if service:
+            return Client(service)
+        # boto3 clients are typed ``Any`` (or ``object``) here: a parameter annotated with a concrete type (a contract model, a
+        # str) is not one. Of another name and untyped (or ``Any``), it is not known to be a client, nor not to be.
+        if annotation and "Any" not in annotation and annotation != "object":
+            return NOT
+        return UNKNOWN
 
     def _once(self, key: tuple[Any, ...], resolve: Callable[[], Res]) -> Res:
         """``resolve()``, unless ``key`` is already being resolved: a cycle (``x = x + 1``) adds no binding."""
