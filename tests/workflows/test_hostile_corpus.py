@@ -1,4 +1,4 @@
-"""The whole hostile corpus (88 defect kinds) mixed with valid files, through the real stages.
+"""The whole hostile corpus (89 defect kinds) mixed with valid files, through the real stages.
 
 First through the real parse / validate / normalize / plan activities against moto S3 at every validation level,
 then one end-to-end migration through Temporal and the HealthImaging emulator. Every file must end in exactly one
