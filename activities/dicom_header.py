@@ -33,6 +33,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.valuerep import VR
 
 from activities import phi
+from activities.instance_identity import dataset_fingerprint
 from contracts.records import Finding, Severity
 
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
@@ -710,6 +711,8 @@ def _describe(ds: Dataset, result: HeaderResult, fingerprint_key: bytes | None =
         "patient_fingerprint": _fingerprint(ds, PATIENT_ATTRS, fingerprint_key) if fingerprint_key else None,
         "study_fingerprint": _fingerprint(ds, STUDY_ATTRS, fingerprint_key) if fingerprint_key else None,
         "series_fingerprint": _fingerprint(ds, SERIES_ATTRS, fingerprint_key) if fingerprint_key else None,
+        # The instance's identity as HealthImaging sees it (elements, not bytes): see activities.instance_identity.
+        "dataset_fingerprint": dataset_fingerprint(ds, fingerprint_key) if fingerprint_key else None,
     }
     result.values = values
     f = result.findings

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -19,8 +19,9 @@ from temporalio import activity
 from activities.errors import classify, error_code
 from activities.healthimaging import with_local_retries
 from activities.heartbeat import current, keeps_alive
+from activities.instance_identity import Sameness, compare
 from activities.ledger import source_changed_keys
-from activities.storage import iter_ndjson, list_objects, put_bytes, put_ndjson, read_models
+from activities.storage import is_missing, iter_ndjson, list_objects, put_bytes, put_ndjson, read_models
 from contracts import layout
 from contracts.batch import BatchInput
 from contracts.common import FileState
@@ -35,12 +36,16 @@ from contracts.records import (
 from contracts.s3uri import S3Location, parse_s3_uri
 from contracts.stages import BatchPlan, PlanInput, PlanResult
 
+Compare = Callable[[InstanceRecord, InstanceRecord], Sameness]
 
-def deduplicate(instances: list[InstanceRecord]) -> tuple[list[InstanceRecord], list[LedgerEntry]]:
+
+def deduplicate(instances: list[InstanceRecord], compare: Compare) -> tuple[list[InstanceRecord], list[LedgerEntry]]:
     """Keep the first file (by key) of each SOP Instance UID.
 
-    Identical content is ``skipped_duplicate``. Different content under the same UID is ``rejected``: importing
-    both would silently overwrite one with the other in the image set.
+    Identical bytes are ``skipped_duplicate`` at once. Other bytes are judged by ``compare`` (see
+    :mod:`activities.instance_identity`): the same dataset and pixels in another encoding or with another file meta
+    group is the same instance, also ``skipped_duplicate``; a real difference is ``rejected`` with the differing
+    attributes named (importing both would silently overwrite one with the other in the image set).
     """
     first: dict[str, InstanceRecord] = {}
     kept: list[InstanceRecord] = []
@@ -55,11 +60,28 @@ def deduplicate(instances: list[InstanceRecord]) -> tuple[list[InstanceRecord], 
                                       code="duplicate_sop_instance", duplicate_of=original.key,
                                       reason="identical copy of another source file; imported once"))
         else:
-            ledger.append(LedgerEntry(key=inst.key, state=FileState.REJECTED, size=inst.size,
-                                      code="conflicting_duplicate_sop_instance", duplicate_of=original.key,
-                                      reason="another source file has the same SOP Instance UID with different "
-                                             "content; the first (by key) is imported, this one needs review"))
+            ledger.append(_judged(inst, original, compare(original, inst)))
     return kept, ledger
+
+
+def _judged(inst: InstanceRecord, original: InstanceRecord, verdict: Sameness) -> LedgerEntry:
+    if verdict.same:
+        return LedgerEntry(key=inst.key, state=FileState.SKIPPED_DUPLICATE, size=inst.size,
+                           code="duplicate_sop_instance", duplicate_of=original.key,
+                           reason=f"same instance, other encoding ({verdict.other_encoding}): its elements and "
+                                  "decoded pixel data equal another source file's; imported once")
+    names = list(verdict.attributes)
+    if names:
+        what = f"differs in {', '.join(names)}"
+        if verdict.why:
+            what += f" ({verdict.why})"
+    else:
+        what = f"could not be proven the same ({verdict.why})"
+    return LedgerEntry(key=inst.key, state=FileState.REJECTED, size=inst.size,
+                       code="conflicting_duplicate_sop_instance", duplicate_of=original.key,
+                       differing_attributes=names or None,
+                       reason=f"another source file has the same SOP Instance UID but {what}; the first (by key) "
+                              "is imported, this one needs review")
 
 
 @dataclass
@@ -96,9 +118,18 @@ def skip_already_imported(instances: list[InstanceRecord],
                 key=inst.key, state=FileState.REJECTED, size=inst.size, code="conflicting_already_imported",
                 duplicate_of=hit.migration_id,
                 reason=f"migration {hit.migration_id} already imported this SOP Instance UID with different "
-                       f"content (image set {hit.image_set_id}); importing it would replace that instance, so "
-                       "it needs review"))
+                       f"content ({_index_difference(hit, inst)}; image set {hit.image_set_id}); importing it "
+                       "would replace that instance, so it needs review"))
     return kept, ledger
+
+
+def _index_difference(hit: ImportedInstance, inst: InstanceRecord) -> str:
+    """What the index line tells about the difference (its file is not re-read, so attributes are not named)."""
+    if not hit.dataset_fingerprint or not inst.dataset_fingerprint:
+        return "other bytes; the index line predates header fingerprints"
+    if hit.dataset_fingerprint != inst.dataset_fingerprint:
+        return "other header elements"
+    return "the same header elements but other bytes; the imported copy's pixel data is not compared"
 
 
 def predict_non_primary(instances: list[InstanceRecord], held: dict[tuple[str, str], ImportedInstance] | None = None) -> int:
@@ -233,6 +264,25 @@ class PlanActivities:
         index.series = {k: v for k, v in index.series.items() if v.image_set_id not in gone}
         return index
 
+    def _comparer(self, input: PlanInput) -> Compare:
+        """``compare`` bound to the source bucket: ranged or whole reads of the two files, only for files with one
+        SOP Instance UID and other bytes (rare), never for the rest of the source."""
+        bucket = parse_s3_uri(input.source_s3_uri, field="source_s3_uri").bucket
+
+        def fetch(key: str, size: int, want: int | None) -> bytes | None:
+            extra = {"Range": f"bytes=0-{want - 1}"} if want is not None else {}
+            try:
+                body: bytes = self._s3.get_object(Bucket=bucket, Key=key, **extra)["Body"].read()
+            except ClientError as err:
+                if is_missing(err) or error_code(err) == "InvalidRange":
+                    return None  # changed since it was listed: no verdict of sameness
+                raise classify(err, "reading two files with one SOP Instance UID to compare them") from None
+            if keep := current():
+                keep.record(key)
+            return body
+
+        return lambda first, other: compare(first, other, fetch)
+
     def _missing_image_sets(self, datastore_id: str, image_set_ids: Iterable[str]) -> set[str]:
         """Image sets the index names that no longer exist (e.g. discarded in reconciliation): their files are
         imported again. One GetImageSet per distinct image set; a throttled call is retried here a few times
@@ -282,7 +332,7 @@ class PlanActivities:
             if keep := current():
                 keep.record(page)
         index = self._read_index(input, instances)
-        kept, ledger = deduplicate(instances)
+        kept, ledger = deduplicate(instances, self._comparer(input))
         kept, held = skip_already_imported(kept, index)
         ledger += held
         predicted = predict_non_primary(kept, index.series)

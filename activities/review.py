@@ -160,7 +160,8 @@ class ReviewActivities:
                     image_set_id=entry.image_set_id, is_primary=bool(entry.is_primary),
                     study_instance_uid=inst.study_instance_uid, series_instance_uid=inst.series_instance_uid,
                     attributes_fingerprint=attributes_fingerprint(inst),
-                    migration_id=batch.migration_id, batch=batch.batch))
+                    migration_id=batch.migration_id, batch=batch.batch,
+                    dataset_fingerprint=inst.dataset_fingerprint or None))
             if entry.image_set_id:
                 ref = refs.setdefault(entry.image_set_id, ImageSetRef(
                     image_set_id=entry.image_set_id, version=entry.image_set_version,

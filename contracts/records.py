@@ -54,6 +54,9 @@ class ParsedRecord(BaseModel):
     series_fingerprint: str | None = None
     # sha256 of the bytes read (header only); with size and etag it identifies identical content.
     header_sha256: str | None = None
+    # Keyed HMAC of the header's elements in a canonical form (activities.instance_identity): equal for the same
+    # dataset in another transfer syntax or with another file meta group. None in records written before it.
+    dataset_fingerprint: str | None = None
 
 
 class InstanceRecord(BaseModel):
@@ -71,6 +74,9 @@ class InstanceRecord(BaseModel):
     study_fingerprint: str
     series_fingerprint: str
     content_id: str
+    # Header identity independent of the encoding (see ParsedRecord); "" when unknown (older records).
+    dataset_fingerprint: str = ""
+    header_bytes: int = 0  # where Pixel Data starts (0: unknown): what re-reading the header costs
     warnings: list[Finding] = Field(default_factory=list)
     # Set by planning: HealthImaging is expected to put this file in a non-primary image set (its series is
     # already held, in this source or in the data store, with other patient/study/series attributes).
@@ -91,6 +97,9 @@ class ImportedInstance(BaseModel):
     attributes_fingerprint: str
     migration_id: str
     batch: int
+    # Added with #15: the header's identity independent of the encoding. Lines written before it have none, and
+    # are compared by content_id alone, as they were.
+    dataset_fingerprint: str | None = None
 
 
 class LedgerEntry(BaseModel):
@@ -107,6 +116,8 @@ class LedgerEntry(BaseModel):
     is_primary: bool | None = None
     image_set_version: int | None = None
     duplicate_of: str | None = None
+    # A conflicting duplicate: the attributes that differ from the file it duplicates (names only, never values).
+    differing_attributes: list[str] | None = None
     # Planning's prediction that the file lands in a non-primary image set, and why (no patient values).
     predicted_non_primary: bool | None = None
     prediction_reason: str | None = None

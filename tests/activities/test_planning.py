@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from activities.instance_identity import Sameness
 from activities.plan import (
     ImportedIndex,
     clean_folder,
@@ -25,16 +26,36 @@ def inst(key: str, study: str = "1.1", series: str = "1.1.1", sop: str | None = 
                           content_id=f"{size}:{content}")
 
 
+def never_called(first: InstanceRecord, other: InstanceRecord) -> Sameness:
+    raise AssertionError("identical bytes need no comparison")
+
+
 class TestDeduplicate:
     def test_identical_copy_is_skipped_and_points_at_the_original(self) -> None:
-        kept, ledger = deduplicate([inst("b", sop="1"), inst("a", sop="1")])
+        kept, ledger = deduplicate([inst("b", sop="1"), inst("a", sop="1")], never_called)
         assert [k.key for k in kept] == ["a"]
         assert ledger[0].key == "b" and ledger[0].state is FileState.SKIPPED_DUPLICATE and ledger[0].duplicate_of == "a"
 
-    def test_different_content_same_uid_is_rejected_for_review(self) -> None:
-        kept, ledger = deduplicate([inst("a", sop="1"), inst("b", sop="1", content="other")])
-        assert [k.key for k in kept] == ["a"]
-        assert ledger[0].state is FileState.REJECTED and "different content" in (ledger[0].reason or "")
+    def test_other_bytes_are_judged_against_the_first_by_key(self) -> None:
+        seen: list[tuple[str, str]] = []
+
+        def judge(first: InstanceRecord, other: InstanceRecord) -> Sameness:
+            seen.append((first.key, other.key))
+            return {"b": Sameness(True, other_encoding="transfer syntax 1.2.840.10008.1.2.1 and 1.2.840.10008.1.2.2"),
+                    "c": Sameness(False, ("SeriesDescription", "PixelData")),
+                    "d": Sameness(False, why="one of the files cannot be read whole as DICOM")}[other.key]
+
+        files = [inst(k, sop="1", content=k) for k in ("d", "c", "b", "a")]
+        kept, ledger = deduplicate(files, judge)
+        assert [k.key for k in kept] == ["a"] and seen == [("a", "b"), ("a", "c"), ("a", "d")]
+        same, conflict, unproven = ledger
+        assert (same.state, same.code, same.duplicate_of) == (FileState.SKIPPED_DUPLICATE, "duplicate_sop_instance", "a")
+        assert (same.reason or "").startswith("same instance, other encoding (transfer syntax")
+        assert (conflict.state, conflict.code) == (FileState.REJECTED, "conflicting_duplicate_sop_instance")
+        assert conflict.differing_attributes == ["SeriesDescription", "PixelData"]
+        assert "differs in SeriesDescription, PixelData" in (conflict.reason or "")
+        assert unproven.state is FileState.REJECTED and unproven.differing_attributes is None
+        assert "could not be proven the same (one of the files cannot be read whole" in (unproven.reason or "")
 
 
 class TestPack:
@@ -83,6 +104,27 @@ class TestAgainstTheDataStore:
         kept, ledger = skip_already_imported([inst("a", sop="1")], index)
         assert kept == [] and ledger[0].state is FileState.REJECTED
         assert ledger[0].code == "conflicting_already_imported" and "different content" in (ledger[0].reason or "")
+
+    def test_an_index_conflict_says_what_the_fingerprints_tell(self) -> None:
+        def reason(line_fp: str | None, file_fp: str) -> str:
+            line = held("1", content="10:old").model_copy(update={"dataset_fingerprint": line_fp})
+            _, ledger = skip_already_imported([inst("a", sop="1").model_copy(update={"dataset_fingerprint": file_fp})],
+                                              ImportedIndex(instances={"1": line}))
+            assert ledger[0].code == "conflicting_already_imported"
+            return ledger[0].reason or ""
+
+        assert "predates header fingerprints" in reason(None, "f1")  # an index line written before #15
+        assert "other header elements" in reason("f0", "f1")
+        assert "same header elements but other bytes" in reason("f1", "f1")
+
+    def test_index_lines_written_before_fingerprints_still_read(self) -> None:
+        old = {"sop_instance_uid": "1", "content_id": "10:c", "image_set_id": "is1", "is_primary": True,
+               "study_instance_uid": "1.1", "series_instance_uid": "1.1.1", "attributes_fingerprint": "p/s/se",
+               "migration_id": "m0", "batch": 0}
+        line = ImportedInstance.model_validate(old)
+        assert line.dataset_fingerprint is None
+        kept, ledger = skip_already_imported([inst("a", sop="1")], ImportedIndex(instances={"1": line}))
+        assert kept == [] and ledger[0].code == "already_imported"
 
     def test_a_series_held_with_other_attributes_predicts_every_file_non_primary(self) -> None:
         files = [inst("a", patient="p2"), inst("b", patient="p2"), inst("c", series="1.1.9", patient="p2")]

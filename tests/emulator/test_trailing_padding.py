@@ -27,8 +27,8 @@ def _image(encoding: str) -> bytes:
         if encoding == "rle":
             ds.compress(RLELossless, encoding_plugin="pydicom", generate_instance_uid=False)
         elif encoding == "big":
+            ds.PixelData = ds.pixel_array.astype(">i2").tobytes()  # OW is written as given: swap it ourselves
             ds.file_meta.TransferSyntaxUID = ExplicitVRBigEndian
-            ds.PixelData = ds.pixel_array.astype(">u2").tobytes()  # OW is written as given: swap it ourselves
         elif encoding == "implicit":
             ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
         buf = io.BytesIO()
