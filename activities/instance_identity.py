@@ -24,19 +24,22 @@ private or unknown element) are ever reported, never values.
 from __future__ import annotations
 
 import array
+import functools
 import hashlib
 import hmac
 import io
+import struct
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import pydicom
 from pydicom.datadict import dictionary_VR, keyword_for_tag
-from pydicom.dataelem import RawDataElement, convert_raw_data_element
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
-from pydicom.multival import MultiValue
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_data_element
 from pydicom.sequence import Sequence
 
 from contracts.records import InstanceRecord
@@ -57,8 +60,12 @@ _ARRAY_CODE = {2: "H", 4: "I", 8: "Q"}
 _TEXT = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR",
                    "UT"})
 _LEADING_SIGNIFICANT = frozenset({"LT", "ST", "UT", "UC"})
+_LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"})
+_ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+_ITEM_HEAD = struct.Struct("<IIQ")  # item position, tag, value length
 
 
+@functools.lru_cache(maxsize=8192)
 def _dictionary_vr(tag: int) -> str | None:
     """The VR the standard gives a public tag (its first choice when it allows two), None for private tags."""
     if tag >> 16 & 1:
@@ -77,20 +84,10 @@ def _swapped(value: bytes, width: int) -> bytes:
     return numbers.tobytes() + value[whole:]
 
 
-def _canonical_value(tag: int, elem: object) -> bytes:
-    """The value of one element in a form that does not depend on the transfer syntax."""
-    if isinstance(elem, RawDataElement):
-        value = bytes(elem.value or b"")
-        if not elem.is_little_endian and elem.VR in _WIDTH:
-            value = _swapped(value, _WIDTH[str(elem.VR)])
-    else:  # converted while reading (Specific Character Set): its text, values joined the DICOM way
-        raw = getattr(elem, "value", None)
-        if isinstance(raw, bytes | bytearray):
-            value = bytes(raw)
-        elif isinstance(raw, list | tuple | MultiValue):
-            value = "\\".join(str(v) for v in raw).encode("utf-8", "replace")
-        else:
-            value = ("" if raw is None else str(raw)).encode("utf-8", "replace")
+def _canonical_bytes(tag: int, vr_in_file: str | None, little: bool, value: bytes) -> bytes:
+    """Stored value bytes in a form that does not depend on the transfer syntax."""
+    if not little and vr_in_file in _WIDTH:
+        value = _swapped(value, _WIDTH[vr_in_file])
     # Whether a value is text comes from the dictionary, never from the file (an implicit VR file carries no VR,
     # and an explicit one may say UN), so both copies of one element are canonicalised the same way.
     vr = _dictionary_vr(tag)
@@ -101,36 +98,160 @@ def _canonical_value(tag: int, elem: object) -> bytes:
     return value
 
 
-def canonical_elements(ds: Dataset, *, after_pixels: bool = False) -> Iterator[tuple[int, bytes]]:
-    """``(tag, canonical value)`` of every attribute of ``ds`` in tag order, sequences flattened item by item.
+def _canonical_value(tag: int, elem: object, encodings: list[str] | None = None) -> bytes:
+    """The value of one (non-sequence) element in a form that does not depend on the transfer syntax."""
+    if isinstance(elem, RawDataElement):
+        return _canonical_bytes(tag, None if elem.VR is None else str(elem.VR), elem.is_little_endian,
+                                bytes(elem.value or b""))
+    # Converted by pydicom (Specific Character Set while reading; others once something looked at them): written
+    # back the way a raw element of explicit VR little endian holds it, so the form does not depend on that.
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, False
+    try:
+        write_data_element(fp, elem, encodings)  # type: ignore[arg-type]
+    except Exception:  # a value pydicom cannot write back: its text stands for it
+        return _canonical_bytes(tag, None, True, str(getattr(elem, "value", "")).encode("utf-8", "replace"))
+    encoded = fp.getvalue()
+    header = 12 if str(getattr(elem, "VR", "")) in _LONG_VRS else 8
+    return _canonical_bytes(tag, None, True, encoded[header:])
 
-    Left out: file meta (group 0002), group lengths (gggg,0000), zero padding read as elements (group 0000),
-    Pixel Data (compared on its own, decoded) and Data Set Trailing Padding. ``after_pixels``: only the elements
-    after Pixel Data (a whole-file read); else only those before it (what a header-only read holds).
-    """
-    for key, elem in sorted(ds._dict.items(), key=lambda item: int(item[0])):
-        tag = int(key)
-        if tag >> 16 in (0, 2) or tag & 0xFFFF == 0 or tag in (PIXEL_DATA, TRAILING_PADDING):
-            continue
-        if (tag > PIXEL_DATA) != after_pixels:
-            continue
-        if isinstance(elem, RawDataElement) and (elem.VR == "SQ" or (elem.VR is None
-                                                                      and _dictionary_vr(tag) == "SQ")):
-            # A defined-length sequence stays raw bytes in a header read, laid out per the encoding: read its items
-            # (without storing the conversion: the header checks walk the raw elements after this).
-            elem = convert_raw_data_element(elem, ds=ds)
-        value = getattr(elem, "value", None)
-        if isinstance(value, Sequence):
-            # Each item's elements are prefixed by the item's position, so moving an element between items or
-            # dropping an empty item counts as a difference of the sequence.
-            parts = [len(value).to_bytes(4, "little")]
-            for n, item in enumerate(value):
-                for sub_tag, sub in canonical_elements(item):
-                    parts.append(n.to_bytes(4, "little") + sub_tag.to_bytes(4, "little")
-                                 + len(sub).to_bytes(8, "little") + sub)
-            yield tag, b"".join(parts)
+
+def _charsets(ds: Dataset, elem: object) -> list[str] | None:
+    """The character sets a converted text element is written back in (raw elements need none)."""
+    if isinstance(elem, RawDataElement):
+        return None
+    try:
+        charsets = ds._character_set
+    except Exception:
+        return None
+    return list(charsets) if charsets else None
+
+
+def _skipped(tag: int) -> bool:
+    """Not an attribute of the instance: file meta, group lengths, padding (group 0000, (FFFC,FFFC)), item tags."""
+    return tag >> 16 in (0, 2, 0xFFFE) or tag & 0xFFFF == 0 or tag == TRAILING_PADDING
+
+
+Item = list[tuple[int, bytes]]
+
+
+def _sequence_bytes(items: list[Item]) -> bytes:
+    """One canonical value for a sequence. Each element carries its item's position, so moving an element to
+    another item or dropping an empty item is a difference of the sequence."""
+    parts = [len(items).to_bytes(4, "little")]
+    for n, elements in enumerate(items):
+        for tag, value in sorted(elements):
+            parts.append(_ITEM_HEAD.pack(n, tag, len(value)) + value)
+    return b"".join(parts)
+
+
+def _raw_items(buf: bytes, pos: int, end: int, implicit: bool, little: bool) -> tuple[list[Item], int]:
+    """The items of a sequence value stored in ``buf[pos:end]``, walked from the bytes (pydicom's conversion of a
+    large sequence costs far more than the whole header parse). Raises ValueError on a malformed sequence."""
+    head = struct.Struct("<HHI" if little else ">HHI")
+    items: list[Item] = []
+    while pos + 8 <= end:
+        group, elem, length = head.unpack_from(buf, pos)
+        pos += 8
+        tag = group << 16 | elem
+        if tag == _SEQUENCE_END:
+            return items, pos
+        if tag != _ITEM:
+            raise ValueError(f"not an item at {pos - 8}")
+        if length == UNDEFINED_LENGTH:
+            elements, pos = _raw_elements(buf, pos, end, implicit, little, in_undefined_item=True)
         else:
-            yield tag, _canonical_value(tag, elem)
+            if pos + length > end:
+                raise ValueError("item runs past its sequence")
+            elements, _ = _raw_elements(buf, pos, pos + length, implicit, little, in_undefined_item=False)
+            pos += length
+        items.append(elements)
+    return items, pos
+
+
+_TAG_BIG = struct.Struct(">HH")
+_U32 = {True: struct.Struct("<I"), False: struct.Struct(">I")}
+_U16 = {True: struct.Struct("<H"), False: struct.Struct(">H")}
+
+
+def _raw_elements(buf: bytes, pos: int, end: int, implicit: bool, little: bool,
+                  in_undefined_item: bool) -> tuple[Item, int]:
+    u32, u16 = _U32[little].unpack_from, _U16[little].unpack_from
+    elements: Item = []
+    while pos + 8 <= end:
+        if little:
+            (word,) = u32(buf, pos)
+            tag = (word & 0xFFFF) << 16 | word >> 16  # (group, element) stored as two little-endian halves
+        else:
+            group, elem = _TAG_BIG.unpack_from(buf, pos)
+            tag = group << 16 | elem
+        if tag == _ITEM_END:
+            return elements, pos + 8
+        vr: str | None
+        if implicit:
+            (length,) = u32(buf, pos + 4)
+            vr, pos = None, pos + 8
+        else:
+            vr = buf[pos + 4:pos + 6].decode("latin-1")
+            if vr in _LONG_VRS:
+                (length,) = u32(buf, pos + 8)
+                pos += 12
+            else:
+                (length,) = u16(buf, pos + 6)
+                pos += 8
+        if vr == "SQ" or length == UNDEFINED_LENGTH or (vr is None and _dictionary_vr(tag) == "SQ"):
+            # (an undefined-length UN is a sequence in implicit VR little endian, PS3.5 6.2.2)
+            nested_implicit, nested_little = (True, True) if vr == "UN" else (implicit, little)
+            stop = end if length == UNDEFINED_LENGTH else pos + length
+            items, after = _raw_items(buf, pos, stop, nested_implicit, nested_little)
+            pos = after if length == UNDEFINED_LENGTH else stop
+            if not _skipped(tag):
+                elements.append((tag, _sequence_bytes(items)))
+            continue
+        if pos + length > end:
+            raise ValueError("element runs past its item")
+        if not _skipped(tag):
+            elements.append((tag, _canonical_bytes(tag, vr, little, buf[pos:pos + length])))
+        pos += length
+    if in_undefined_item:
+        raise ValueError("item without its delimiter")
+    return elements, pos
+
+
+def _canonical_sequence(elem: object) -> bytes | None:
+    """The canonical value of a sequence element (raw or converted), or None when ``elem`` is not a sequence."""
+    value = getattr(elem, "value", None)
+    if isinstance(value, Sequence):
+        return _sequence_bytes([[(t, v) for t, v in canonical_elements(item, item=True)] for item in value])
+    if isinstance(elem, RawDataElement) and (elem.VR == "SQ" or (elem.VR is None
+                                                                  and _dictionary_vr(int(elem.tag)) == "SQ")):
+        # A defined-length sequence stays raw bytes in a header read, laid out per the encoding.
+        data = bytes(value or b"")
+        try:
+            items, _ = _raw_items(data, 0, len(data), elem.is_implicit_VR, elem.is_little_endian)
+        except (ValueError, struct.error):
+            return data  # malformed: kept as stored, so only a byte-identical copy compares equal
+        return _sequence_bytes(items)
+    return None
+
+
+def canonical_elements(ds: Dataset, *, after_pixels: bool = False, item: bool = False) -> Iterator[tuple[int, bytes]]:
+    """``(tag, canonical value)`` of every attribute of ``ds`` in tag order, a sequence as one value.
+
+    Left out: file meta (group 0002), group lengths (gggg,0000), zero padding read as elements (group 0000) and
+    Data Set Trailing Padding; at the top level also Pixel Data (compared on its own, decoded), and then
+    ``after_pixels`` selects the elements after it (a whole-file read), else those before it (a header read).
+    ``item``: ``ds`` is a sequence item, all of whose elements count (an icon's Pixel Data too).
+    """
+    for key in sorted(ds._dict):
+        tag = int(key)
+        if _skipped(tag):
+            continue
+        if not item and (tag == PIXEL_DATA or (tag > PIXEL_DATA) != after_pixels):
+            continue
+        elem = ds._dict[key]
+        sequence = _canonical_sequence(elem)
+        yield tag, sequence if sequence is not None else _canonical_value(tag, elem, _charsets(ds, elem))
 
 
 def dataset_fingerprint(ds: Dataset, key: bytes) -> str:

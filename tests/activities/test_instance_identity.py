@@ -27,7 +27,7 @@ from pydicom.uid import (
 )
 
 from activities.dicom_header import parse_header
-from activities.instance_identity import COMPARE_MAX_BYTES, Sameness, compare
+from activities.instance_identity import COMPARE_MAX_BYTES, Sameness, canonical_elements, compare
 from activities.normalize import to_instance
 from contracts.records import InstanceRecord, ParsedRecord
 
@@ -134,6 +134,78 @@ class TestSameInstanceOtherEncoding:
         with_table.PixelData = encapsulate(frames, has_bot=True)
         first = files.add("a", encode_as_is(ds))
         assert files.compare(first, files.add("b", encode_as_is(with_table))).same
+
+
+def _nested(defined: bool) -> Callable[[FileDataset], None]:
+    """Two sequences, one nested in the other's item, all written with defined or undefined lengths."""
+    def change(ds: FileDataset) -> None:
+        code = Dataset()
+        code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "T-D1100", "SRT", "Head"
+        view = Dataset()
+        view.AnatomicRegionSequence = pydicom.Sequence([code])
+        view.ReferencedSOPInstanceUID = "1.2.826.0.1.3680043.8.498.7"
+        ds.ReferencedImageSequence = pydicom.Sequence([view, Dataset()])
+        for sequence in (ds.ReferencedImageSequence, view.AnatomicRegionSequence, ds.OtherPatientIDsSequence):
+            sequence.is_undefined_length = not defined
+            for item in sequence:
+                item.is_undefined_length_sequence_item = not defined
+    return change
+
+
+class TestSequences:
+    @pytest.mark.parametrize("syntax", SYNTAXES)
+    def test_defined_and_undefined_lengths_in_any_syntax_are_one_instance(self, files: Files, syntax: str) -> None:
+        """A header read keeps a defined-length sequence as raw bytes and converts an undefined-length one: both
+        canonicalise to the same value, nested sequences and empty items included."""
+        source = load("CT_small.dcm")
+        first = files.add("a", encode(source, ExplicitVRLittleEndian, _nested(defined=True)))
+        for key, defined in (("b", True), ("c", False)):
+            other = files.add(key, encode(source, syntax, _nested(defined)))
+            assert other.dataset_fingerprint == first.dataset_fingerprint, (syntax, defined)
+            assert files.compare(first, other).same
+
+    @pytest.mark.parametrize("syntax", SYNTAXES)
+    def test_a_change_deep_in_a_nested_item_names_the_outer_sequence(self, files: Files, syntax: str) -> None:
+        source = load("CT_small.dcm")
+
+        def deeper(ds: FileDataset) -> None:
+            _nested(defined=True)(ds)
+            ds.ReferencedImageSequence[0].AnatomicRegionSequence[0].CodeMeaning = "Neck"
+
+        first = files.add("a", encode(source, ExplicitVRLittleEndian, _nested(defined=False)))
+        verdict = files.compare(first, files.add("b", encode(source, syntax, deeper)))
+        assert verdict.attributes == ("ReferencedImageSequence",) and "Neck" not in repr(verdict)
+
+    def test_an_empty_item_counts(self, files: Files) -> None:
+        source = load("CT_small.dcm")
+
+        def fewer(ds: FileDataset) -> None:
+            _nested(defined=True)(ds)
+            del ds.ReferencedImageSequence[1]
+
+        first = files.add("a", encode(source, ExplicitVRLittleEndian, _nested(defined=True)))
+        assert files.compare(first, files.add("b", encode(source, ExplicitVRLittleEndian, fewer))).attributes == (
+            "ReferencedImageSequence",)
+
+    @pytest.mark.parametrize("syntax", SYNTAXES)
+    def test_raw_and_converted_sequences_canonicalise_alike(self, syntax: str) -> None:
+        """Walking the raw bytes and pydicom's conversion of the same sequence give one canonical value."""
+        data = encode(load("CT_small.dcm"), syntax, _nested(defined=True))
+        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+        raw = dict(canonical_elements(ds))
+        assert ds.ReferencedImageSequence[0].AnatomicRegionSequence[0].CodeValue  # converts them in place
+        assert ds.OtherPatientIDsSequence[0].PatientID
+        assert dict(canonical_elements(ds)) == raw
+
+    def test_a_malformed_sequence_is_fingerprinted_as_stored(self) -> None:
+        source = load("CT_small.dcm")
+        data = bytearray(encode(source, ExplicitVRLittleEndian, _nested(defined=True)))
+        at = data.index(b"\x08\x00\x40\x11SQ")  # ReferencedImageSequence, explicit VR little endian
+        data[at + 12:at + 16] = b"\x01\x02\x03\x04"  # its first item tag is no item tag any more
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            result = parse_header(bytes(data), len(data), "x", KEY)
+        assert result.readable and result.values["dataset_fingerprint"]
 
 
 def encode_as_is(ds: Dataset) -> bytes:
