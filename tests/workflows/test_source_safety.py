@@ -185,6 +185,7 @@ class TestAcrossMigrations:
         assert (row["state"], row["code"], row["duplicate_of"]) == (
             FileState.REJECTED, "conflicting_already_imported", first_id)
         assert "SYNTH" not in row["reason"]
+        assert "other header elements" in row["reason"]  # review wrote the header fingerprint into the index
 
     async def test_non_primary_is_predicted_per_file_and_confirmed(
             self, client: Client, worker: Worker, buckets: dict[str, Any], datastore_id: str) -> None:
