@@ -387,15 +387,17 @@ def _header(fetch: Fetch, rec: InstanceRecord) -> dict[int, bytes] | None:
         return None if data is None else header_digests(data)
 
 
-def compare(first: InstanceRecord, other: InstanceRecord, fetch: Fetch) -> Sameness:
+def compare(first: InstanceRecord, other: InstanceRecord, fetch: Fetch, fetch_first: Fetch | None = None) -> Sameness:
     """Are ``first`` and ``other`` (one SOP Instance UID, different bytes) the same instance?
 
     Equal header fingerprints go straight to the whole-file step; different ones are named from both headers
     (a ranged read each), and the whole files are read only if the headers turn out equal after all.
+    ``fetch_first`` reads ``first`` when it lives elsewhere (a file an earlier migration imported).
     """
+    read_first = fetch_first or fetch
     try:
         if not (first.dataset_fingerprint and first.dataset_fingerprint == other.dataset_fingerprint):
-            a, b = _header(fetch, first), _header(fetch, other)
+            a, b = _header(read_first, first), _header(fetch, other)
             if a is None or b is None:
                 return Sameness(False, why="a file changed or disappeared since it was listed, so the two could "
                                            "not be compared")
@@ -405,7 +407,7 @@ def compare(first: InstanceRecord, other: InstanceRecord, fetch: Fetch) -> Samen
         if max(first.size, other.size) > COMPARE_MAX_BYTES:
             return Sameness(False, why=f"the headers are equal, but files over {COMPARE_MAX_BYTES // 2**20} MiB are "
                                        "not read whole to compare their pixel data")
-        data_a, data_b = fetch(first.key, first.size, None), fetch(other.key, other.size, None)
+        data_a, data_b = read_first(first.key, first.size, None), fetch(other.key, other.size, None)
         if data_a is None or data_b is None:
             return Sameness(False, why="a file changed or disappeared since it was listed, so the two could not "
                                        "be compared")

@@ -97,9 +97,15 @@ class ImportedInstance(BaseModel):
     attributes_fingerprint: str
     migration_id: str
     batch: int
-    # Added with #15: the header's identity independent of the encoding. Lines written before it have none, and
+    # Added with #15: the header's identity independent of the encoding, and where the imported file was read from
+    # (so a later copy in another encoding can be compared with it). Lines written before have none of these and
     # are compared by content_id alone, as they were.
     dataset_fingerprint: str | None = None
+    source_uri: str | None = None  # s3://bucket/key of the imported file
+    source_etag: str | None = None  # its ETag then: a file rewritten since is not compared
+    size: int | None = None
+    header_bytes: int | None = None
+    transfer_syntax_uid: str | None = None
 
 
 class LedgerEntry(BaseModel):

@@ -117,6 +117,34 @@ class TestAgainstTheDataStore:
         assert "other header elements" in reason("f0", "f1")
         assert "same header elements but other bytes" in reason("f1", "f1")
 
+    def test_other_bytes_are_compared_with_the_imported_file_when_the_line_says_where(self) -> None:
+        line = held("1", content="10:old").model_copy(update={"source_uri": "s3://earlier/x.dcm", "size": 10})
+        verdicts = {"a": Sameness(True, other_encoding="transfer syntax 1.2.840.10008.1.2.1 and 1.2.840.10008.1.2.2"),
+                    "b": Sameness(False, ("StudyDescription",)),
+                    "c": Sameness(False, why="a file changed or disappeared since it was listed")}
+        asked: list[tuple[str, str]] = []
+
+        def judge(hit: ImportedInstance, inst: InstanceRecord) -> Sameness:
+            asked.append((hit.source_uri or "", inst.key))
+            return verdicts[inst.key]
+
+        rows = {}
+        for key in verdicts:
+            _, (rows[key],) = skip_already_imported([inst(key, sop="1")], ImportedIndex(instances={"1": line}), judge)
+        assert asked == [("s3://earlier/x.dcm", k) for k in verdicts]
+        assert (rows["a"].state, rows["a"].code, rows["a"].image_set_id) == (FileState.SKIPPED_DUPLICATE,
+                                                                             "already_imported", "is1")
+        assert "as the same instance in another encoding (transfer syntax" in (rows["a"].reason or "")
+        assert rows["b"].differing_attributes == ["StudyDescription"] and "differs in StudyDescription" in (
+            rows["b"].reason or "")
+        assert rows["c"].state is FileState.REJECTED and "not proven the same: a file changed" in (rows["c"].reason or "")
+        # A line without a source location (written before #15) is never compared, and equal bytes never need it.
+        old = held("1", content="10:old")
+        _, (row,) = skip_already_imported([inst("a", sop="1")], ImportedIndex(instances={"1": old}), judge)
+        same = held("1", content="10:c").model_copy(update={"source_uri": "s3://earlier/x.dcm"})
+        skip_already_imported([inst("a", sop="1")], ImportedIndex(instances={"1": same}), judge)
+        assert row.code == "conflicting_already_imported" and len(asked) == 3
+
     def test_index_lines_written_before_fingerprints_still_read(self) -> None:
         old = {"sop_instance_uid": "1", "content_id": "10:c", "image_set_id": "is1", "is_primary": True,
                "study_instance_uid": "1.1", "series_instance_uid": "1.1.1", "attributes_fingerprint": "p/s/se",
