@@ -32,6 +32,7 @@ import struct
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import pydicom
 from pydicom.datadict import dictionary_VR, keyword_for_tag
@@ -44,6 +45,7 @@ from pydicom.sequence import Sequence
 
 from contracts.records import InstanceRecord
 
+_T = TypeVar("_T")
 PIXEL_DATA = 0x7FE00010
 TRAILING_PADDING = 0xFFFCFFFC
 UNDEFINED_LENGTH = 0xFFFFFFFF
@@ -371,6 +373,19 @@ class Sameness:
 Fetch = Callable[[str, int, "int | None"], "bytes | None"]
 
 
+class _Unreadable(Exception):
+    """Bytes that the parse stage read, but that cannot be read again as DICOM now."""
+
+
+def _parsed(read: Callable[[bytes], _T], data: bytes) -> _T:
+    # Only the DICOM reading is guarded: an S3 error from a fetch must reach the activity (and its retry), not
+    # become a verdict about the file.
+    try:
+        return read(data)
+    except Exception as err:  # pydicom raises many types on corrupt input
+        raise _Unreadable from err
+
+
 def _header(fetch: Fetch, rec: InstanceRecord) -> dict[int, bytes] | None:
     """The header digests of one file: a ranged read past its header, the whole object when that is needed."""
     whole = rec.transfer_syntax_uid == DEFLATED or not rec.header_bytes
@@ -378,13 +393,17 @@ def _header(fetch: Fetch, rec: InstanceRecord) -> dict[int, bytes] | None:
     data = fetch(rec.key, rec.size, want)
     if data is None:
         return None
-    try:
-        return header_digests(data)
-    except Exception:
-        if want is None:
-            raise
-        data = fetch(rec.key, rec.size, None)
-        return None if data is None else header_digests(data)
+    if want is not None:
+        try:
+            return _parsed(header_digests, data)
+        except _Unreadable:
+            data = fetch(rec.key, rec.size, None)  # the header is longer than recorded: the file changed
+            if data is None:
+                return None
+    return _parsed(header_digests, data)
+
+
+_GONE = "a file changed or disappeared since it was listed, so the two could not be compared"
 
 
 def compare(first: InstanceRecord, other: InstanceRecord, fetch: Fetch, fetch_first: Fetch | None = None) -> Sameness:
@@ -392,15 +411,15 @@ def compare(first: InstanceRecord, other: InstanceRecord, fetch: Fetch, fetch_fi
 
     Equal header fingerprints go straight to the whole-file step; different ones are named from both headers
     (a ranged read each), and the whole files are read only if the headers turn out equal after all.
-    ``fetch_first`` reads ``first`` when it lives elsewhere (a file an earlier migration imported).
+    ``fetch_first`` reads ``first`` when it lives elsewhere (a file an earlier migration imported). Errors of the
+    fetches themselves (S3 throttling, access) propagate.
     """
     read_first = fetch_first or fetch
     try:
         if not (first.dataset_fingerprint and first.dataset_fingerprint == other.dataset_fingerprint):
             a, b = _header(read_first, first), _header(fetch, other)
             if a is None or b is None:
-                return Sameness(False, why="a file changed or disappeared since it was listed, so the two could "
-                                           "not be compared")
+                return Sameness(False, why=_GONE)
             names = differing(a, b)
             if names:
                 return Sameness(False, tuple(names))
@@ -409,10 +428,9 @@ def compare(first: InstanceRecord, other: InstanceRecord, fetch: Fetch, fetch_fi
                                        "not read whole to compare their pixel data")
         data_a, data_b = read_first(first.key, first.size, None), fetch(other.key, other.size, None)
         if data_a is None or data_b is None:
-            return Sameness(False, why="a file changed or disappeared since it was listed, so the two could not "
-                                       "be compared")
-        va, vb = whole_view(data_a), whole_view(data_b)
-    except Exception:  # bytes parse read but a full read cannot: not provably the same
+            return Sameness(False, why=_GONE)
+        va, vb = _parsed(whole_view, data_a), _parsed(whole_view, data_b)
+    except _Unreadable:
         return Sameness(False, why="one of the files cannot be read whole as DICOM, so the two could not be "
                                    "compared")
     names = differing(va.elements, vb.elements)

@@ -308,6 +308,20 @@ class TestNoVerdictOfSamenessWithoutProof:
         verdict = files.compare(first, other)
         assert not verdict.same and verdict.attributes == ("PixelData",)
 
+    def test_a_failing_read_is_an_error_not_a_verdict(self, files: Files) -> None:
+        """An S3 error (throttling, access) must fail the activity, to be retried, never judge the file."""
+        source = load("MR_small.dcm")
+        first = files.add("a", encode(source, ExplicitVRLittleEndian))
+        other = files.add("b", encode(source, ExplicitVRBigEndian))
+
+        def failing(key: str, size: int, want: int | None) -> bytes | None:
+            raise RuntimeError("SlowDown")
+
+        with pytest.raises(RuntimeError, match="SlowDown"):
+            compare(first, other, failing)
+        with pytest.raises(RuntimeError, match="SlowDown"):
+            compare(first.model_copy(update={"dataset_fingerprint": "x"}), other, files.fetch, fetch_first=failing)
+
     def test_files_too_large_to_read_whole(self, files: Files) -> None:
         source = load("MR_small.dcm")
         first = files.add("a", encode(source, ExplicitVRLittleEndian))
