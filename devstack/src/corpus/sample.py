@@ -93,7 +93,7 @@ def build_sample_corpus(dest: Path, seed: int = 0) -> CorpusManifest:
     """Build the demo corpus under ``dest`` and write ``corpus-manifest.json`` there.
 
     Deterministic for a given seed and installed pydicom/pydicom-data (real files are copied when installed).
-    About 125 files and 4 MB (every malformed kind is in it, including 2 MiB and 300 KiB headers).
+    About 135 files and 4 MB (every malformed kind is in it, including 2 MiB and 300 KiB headers).
     """
     dest.mkdir(parents=True, exist_ok=True)
     entries = select_real_files(dest, sample_only=True)
