@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from contracts.common import FileState
+from contracts.s3uri import parse_s3_uri
 
 
 class InventoryEntry(BaseModel):
@@ -103,9 +104,16 @@ class ImportedInstance(BaseModel):
     dataset_fingerprint: str | None = None
     source_uri: str | None = None  # s3://bucket/key of the imported file
     source_etag: str | None = None  # its ETag then: a file rewritten since is not compared
-    size: int | None = None
-    header_bytes: int | None = None
+    size: int | None = Field(None, ge=0, strict=True)  # strict: "12" or true is a corrupt line, not a number
+    header_bytes: int | None = Field(None, ge=0, strict=True)
     transfer_syntax_uid: str | None = None
+
+    @field_validator("source_uri")
+    @classmethod
+    def _an_object(cls, value: str | None) -> str | None:
+        if value is not None and not parse_s3_uri(value, field="source_uri").key:
+            raise ValueError("source_uri: names a bucket, not an object (s3://bucket/key)")
+        return value
 
 
 class LedgerEntry(BaseModel):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+from pydantic import ValidationError
+
 from activities.instance_identity import Sameness
 from activities.plan import (
     ImportedIndex,
@@ -144,6 +147,16 @@ class TestAgainstTheDataStore:
         same = held("1", content="10:c").model_copy(update={"source_uri": "s3://earlier/x.dcm"})
         skip_already_imported([inst("a", sop="1")], ImportedIndex(instances={"1": same}), judge)
         assert row.code == "conflicting_already_imported" and len(asked) == 3
+
+    @pytest.mark.parametrize(("field", "value", "reason"), [
+        ("source_uri", "/tmp/x.dcm", "source_uri"), ("source_uri", "s3://bucket/", "names a bucket, not an object"),
+        ("source_uri", "s3://b/" + "k" * 1100, "longer than 1024"), ("size", -1, "greater than or equal to 0"),
+        ("header_bytes", True, "valid integer"), ("size", "12", "valid integer")])
+    def test_a_hostile_index_line_is_refused_naming_the_field(self, field: str, value: object, reason: str) -> None:
+        row = {**held("1").model_dump(), field: value}
+        with pytest.raises(ValidationError, match=reason) as caught:
+            ImportedInstance.model_validate(row)  # as planning reads each line
+        assert field in str(caught.value)
 
     def test_index_lines_written_before_fingerprints_still_read(self) -> None:
         old = {"sop_instance_uid": "1", "content_id": "10:c", "image_set_id": "is1", "is_primary": True,
