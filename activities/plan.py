@@ -294,9 +294,7 @@ class PlanActivities:
                 if is_missing(err) or error_code(err) in ("InvalidRange", "PreconditionFailed", "412"):
                     return None  # gone or rewritten since: no verdict of sameness
                 raise classify(err, "reading two files with one SOP Instance UID to compare them") from None
-            if keep := current():
-                keep.record(key)
-            return body
+            return body  # (the background heartbeat keeps the activity alive; a key is never put in its details)
         return fetch
 
     def _comparer(self, input: PlanInput) -> Compare:
