@@ -314,7 +314,7 @@ def check_tail(tail: bytes, implicit: bool = False, little: bool = True, *,
 def _padding(size: int, last: int, rejected: bool) -> Finding:
     """Zero padding of ``size`` bytes after element ``last`` (a note, or an error when the import rejects it)."""
     after = "Pixel Data" if last == 0x7FE00010 else f"the last element {_tag_text(last)}"
-    if rejected and last != 0xFFFCFFFC:  # padding inside Data Set Trailing Padding's own extent is never rejected
+    if rejected and last != 0xFFFCFFFC:  # zeros after Data Set Trailing Padding are more of it: accepted (emulator too)
         return _finding("trailing_padding_rejected", f"{size} bytes of zero padding follow {after}; the data store's "
                         "import is configured as rejecting trailing bytes (HIMIG_IMPORT_REJECTS_TRAILING_PADDING), "
                         "so it would fail this file as truncated", "PixelData")

@@ -32,7 +32,8 @@ from activities.normalize import to_instance
 from contracts.records import InstanceRecord, ParsedRecord
 
 KEY = b"identity-test-key-0123456789"
-SOURCES = ("CT_small.dcm", "MR_small.dcm", "SC_rgb.dcm", "SC_rgb_32bit.dcm", "emri_small.dcm", "rtdose.dcm")
+SOURCES = ("CT_small.dcm", "MR_small.dcm", "SC_rgb.dcm", "SC_rgb_32bit.dcm", "emri_small.dcm", "rtdose.dcm",
+           "examples_palette.dcm", "examples_overlay.dcm")  # OW lookup tables; an overlay and an icon sequence
 SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian, DeflatedExplicitVRLittleEndian)
 
 
@@ -51,8 +52,10 @@ def encode(source: FileDataset, syntax: str, change: Callable[[FileDataset], Non
     if change is not None:
         change(ds)
         pixels = ds.pixel_array if "PixelData" in ds else None
+    big = syntax == ExplicitVRBigEndian
+    if big:
+        _swap_words(ds)  # pydicom writes OW as given: every OW value must be big endian already
     if pixels is not None:
-        big = syntax == ExplicitVRBigEndian
         ds.PixelData = pixels.astype(pixels.dtype.newbyteorder(">" if big else "<")).tobytes()
         ds["PixelData"].VR = "OW" if ds.BitsAllocated > 8 else "OB"
     ds.file_meta.TransferSyntaxUID = syntax
@@ -62,6 +65,18 @@ def encode(source: FileDataset, syntax: str, change: Callable[[FileDataset], Non
         pydicom.dcmwrite(buf, ds, enforce_file_format=True, little_endian=syntax != ExplicitVRBigEndian,
                          implicit_vr=syntax == ImplicitVRLittleEndian)
     return buf.getvalue()
+
+
+def _swap_words(ds: Dataset, top: bool = True) -> None:
+    """Byte-swap every OW value in place (lookup tables, overlays, an icon's pixels); the top-level Pixel Data is
+    re-encoded from its values instead."""
+    for elem in ds:
+        if elem.VR == "SQ":
+            for item in elem.value:
+                _swap_words(item, top=False)
+        elif "OW" in elem.VR and isinstance(elem.value, bytes) and not (top and elem.tag == 0x7FE00010):
+            elem.value = np.frombuffer(elem.value, "<u2").astype(">u2").tobytes()
+            elem.VR = "OW"
 
 
 class Files:
@@ -262,6 +277,20 @@ class TestRealDifferencesAreNamed:
         assert not verdict.same and list(verdict.attributes) == names and not verdict.why, verdict
         text = repr(verdict)
         assert "CANARY" not in text and "SYNTH-ID" not in text and "ANOTHER" not in text and "VENDOR" not in text
+
+    def test_words_left_in_the_wrong_byte_order_are_a_difference(self, files: Files) -> None:
+        """A big endian file whose lookup tables were copied without swapping holds other values."""
+        source = load("examples_palette.dcm")
+        first = files.add("a", encode(source, ExplicitVRLittleEndian))
+        good = encode(source, ExplicitVRBigEndian)
+        bad = bytearray(good)
+        ds = pydicom.dcmread(io.BytesIO(good))
+        table = ds["RedPaletteColorLookupTableData"]
+        start = good.index(table.value)
+        bad[start:start + len(table.value)] = np.frombuffer(table.value, ">u2").astype("<u2").tobytes()
+        assert files.compare(first, files.add("b", good)).same
+        verdict = files.compare(first, files.add("c", bytes(bad)))
+        assert verdict.attributes == ("RedPaletteColorLookupTableData",)
 
     def test_other_headers_are_named_from_ranged_reads(self, files: Files) -> None:
         source = load("emri_small.dcm")
