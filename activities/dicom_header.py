@@ -33,6 +33,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.valuerep import VR
 
 from activities import phi
+from activities.instance_identity import dataset_fingerprint
 from contracts.records import Finding, Severity
 
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
@@ -258,13 +259,18 @@ _LONG_VR_STR = frozenset(v.decode() for v in _LONG_VR_BYTES)
 _VR_BYTES = frozenset(v.encode() for v in _VRS)
 
 
-def check_tail(tail: bytes, implicit: bool = False, little: bool = True) -> Finding | None:
+def check_tail(tail: bytes, implicit: bool = False, little: bool = True, *,
+               padding_rejected: bool = False) -> Finding | None:
     """Judge the bytes after the end of Pixel Data.
 
-    All-zero padding and well-formed elements above (7FE0,0010) (e.g. Data Set Trailing Padding (FFFC,FFFC) or a
-    private group some modalities append) are accepted; anything else is garbage a header-only read cannot see.
+    Well-formed elements above (7FE0,0010) (e.g. Data Set Trailing Padding (FFFC,FFFC) or a private group some
+    modalities append) are accepted; anything else but zero padding is garbage a header-only read cannot see.
+    Zero padding after the last element (files padded to a block size) is reported as ``trailing_padding``, a
+    note: no AWS document says the import rejects it. ``padding_rejected`` (HIMIG_IMPORT_REJECTS_TRAILING_PADDING:
+    the operator knows the endpoint fails such files) makes it ``trailing_padding_rejected``, an error, so the
+    file is rejected before import instead of failing in it.
     """
-    if not tail or not tail.strip(b"\0"):
+    if not tail:
         return None
     endian = "<" if little else ">"
     pos, last = 0, 0x7FE00010
@@ -298,11 +304,22 @@ def check_tail(tail: bytes, implicit: bool = False, little: bool = True) -> Find
             break
         pos, last = pos + header + length, tag
     else:
-        return None
+        return None  # nothing but well-formed elements
     if not tail[pos:].strip(b"\0"):
-        return None  # zero padding after the last element (files padded to a block size)
+        return _padding(len(tail) - pos, last, padding_rejected)
     return _finding("trailing_garbage", f"{len(tail)} bytes after the end of Pixel Data are not well-formed DICOM "
                     f"elements or zero padding (first bad byte at offset {pos} of the tail)", "PixelData")
+
+
+def _padding(size: int, last: int, rejected: bool) -> Finding:
+    """Zero padding of ``size`` bytes after element ``last`` (a note, or an error when the import rejects it)."""
+    after = "Pixel Data" if last == 0x7FE00010 else f"the last element {_tag_text(last)}"
+    if rejected and last != 0xFFFCFFFC:  # zeros after Data Set Trailing Padding are more of it: accepted (emulator too)
+        return _finding("trailing_padding_rejected", f"{size} bytes of zero padding follow {after}; the data store's "
+                        "import is configured as rejecting trailing bytes (HIMIG_IMPORT_REJECTS_TRAILING_PADDING), "
+                        "so it would fail this file as truncated", "PixelData")
+    return _finding("trailing_padding", f"{size} bytes of zero padding follow {after} (accepted: padding to a block "
+                    "size is not an element)", "PixelData", Severity.INFO)
 
 
 def _meta_group(buf: bytes) -> tuple[int | None, int] | None:
@@ -438,18 +455,20 @@ def register_phi(ds: Dataset) -> None:
             phi.register(str(value))
 
 
-def parse_header(buf: bytes, total_size: int, key: str = "", fingerprint_key: bytes | None = None) -> HeaderResult:
+def parse_header(buf: bytes, total_size: int, key: str = "", fingerprint_key: bytes | None = None, *,
+                 padding_rejected: bool = False) -> HeaderResult:
     """Parse the DICOM header in ``buf`` (the first ``len(buf)`` bytes of an object of ``total_size`` bytes).
 
     ``fingerprint_key`` keys the patient / study / series fingerprints (an HMAC). Without it no fingerprints are
     computed (they are None): for callers that need only the UIDs, such as the ingest listener.
+    ``padding_rejected``: zero padding after Pixel Data is an error (see :func:`check_tail`).
     pydicom's warnings about this file are held until its patient values are registered for scrubbing.
     """
     with phi.holding_third_party_logs():
-        return _parse_header(buf, total_size, fingerprint_key)
+        return _parse_header(buf, total_size, fingerprint_key, padding_rejected)
 
 
-def _parse_header(buf: bytes, total_size: int, fingerprint_key: bytes | None) -> HeaderResult:
+def _parse_header(buf: bytes, total_size: int, fingerprint_key: bytes | None, padding_rejected: bool) -> HeaderResult:
     result = HeaderResult()
     sniffed = _sniff(buf)
     if sniffed:
@@ -491,7 +510,7 @@ def _parse_header(buf: bytes, total_size: int, fingerprint_key: bytes | None) ->
     else:
         pixel = _pixel_element(fp)
         if pixel is not None:
-            _check_pixel_extent(buf, total_size, pixel, result)
+            _check_pixel_extent(buf, total_size, pixel, result, padding_rejected)
         elif fp.tell() >= total_size and _uint(ds, "Rows") and _uint(ds, "Columns") and "FloatPixelData" not in ds \
                 and "DoubleFloatPixelData" not in ds and not _deflated(ds):
             # An image (Rows and Columns present) whose last element ends cleanly, with no Pixel Data after it:
@@ -516,7 +535,8 @@ def _deflated(ds: Dataset) -> bool:
     return meta is not None and _text(meta, "TransferSyntaxUID") == "1.2.840.10008.1.2.1.99"
 
 
-def _check_pixel_extent(buf: bytes, total_size: int, pixel: _Pixel, result: HeaderResult) -> None:
+def _check_pixel_extent(buf: bytes, total_size: int, pixel: _Pixel, result: HeaderResult,
+                        padding_rejected: bool) -> None:
     """Pixel Data running past the end of the object, or bytes after it (checked here, or fetched by the caller)."""
     f = result.findings
     if pixel.length == 0xFFFFFFFF:
@@ -536,7 +556,8 @@ def _check_pixel_extent(buf: bytes, total_size: int, pixel: _Pixel, result: Head
     if end >= total_size:
         return
     if len(buf) >= total_size:
-        tail_finding = check_tail(buf[end:total_size], pixel.implicit, pixel.little)
+        tail_finding = check_tail(buf[end:total_size], pixel.implicit, pixel.little,
+                                  padding_rejected=padding_rejected)
         if tail_finding:
             f.append(tail_finding)
     elif total_size - end <= TAIL_CAP:
@@ -690,6 +711,8 @@ def _describe(ds: Dataset, result: HeaderResult, fingerprint_key: bytes | None =
         "patient_fingerprint": _fingerprint(ds, PATIENT_ATTRS, fingerprint_key) if fingerprint_key else None,
         "study_fingerprint": _fingerprint(ds, STUDY_ATTRS, fingerprint_key) if fingerprint_key else None,
         "series_fingerprint": _fingerprint(ds, SERIES_ATTRS, fingerprint_key) if fingerprint_key else None,
+        # The instance's identity as HealthImaging sees it (elements, not bytes): see activities.instance_identity.
+        "dataset_fingerprint": dataset_fingerprint(ds, fingerprint_key) if fingerprint_key else None,
     }
     result.values = values
     f = result.findings

@@ -29,6 +29,8 @@ def to_instance(rec: ParsedRecord) -> InstanceRecord:
         series_fingerprint=rec.series_fingerprint or "",
         # Same size + same ETag (MD5 for single-part uploads) + same header bytes: identical content.
         content_id=f"{rec.size}:{rec.etag}:{rec.header_sha256 or ''}",
+        dataset_fingerprint=rec.dataset_fingerprint or "",
+        header_bytes=rec.header_bytes,
         warnings=[f for f in rec.findings if f.severity is not Severity.INFO],
     )
 

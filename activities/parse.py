@@ -81,9 +81,14 @@ class _RangeSizer:
 
 class ParseActivities:
     def __init__(self, s3: Any, concurrency: int = 8, *, fingerprint_key: bytes,
-                 checkpoint_every: int = CHECKPOINT_EVERY) -> None:
-        """``fingerprint_key`` (HIMIG_FINGERPRINT_KEY, at least 16 bytes) keys the fingerprints in the ledgers."""
+                 checkpoint_every: int = CHECKPOINT_EVERY, padding_rejected: bool = False) -> None:
+        """``fingerprint_key`` (HIMIG_FINGERPRINT_KEY, at least 16 bytes) keys the fingerprints in the ledgers.
+
+        ``padding_rejected`` (HIMIG_IMPORT_REJECTS_TRAILING_PADDING): the data store's import fails files with zero
+        padding after Pixel Data, so parse names them as errors and validation rejects them before import.
+        """
         self._s3 = s3
+        self._padding_rejected = padding_rejected
         self._concurrency = concurrency
         self._fingerprint_key = fingerprint_key_bytes(fingerprint_key)
         self._checkpoint_every = checkpoint_every
@@ -123,7 +128,8 @@ class ParseActivities:
             chunk = resp["Body"].read()
             total = object_size(resp, len(buf) + len(chunk))
             buf += chunk
-            result = parse_header(buf, total, entry.key, self._fingerprint_key)
+            result = parse_header(buf, total, entry.key, self._fingerprint_key,
+                                  padding_rejected=self._padding_rejected)
             if result.need_bytes and len(buf) < total:
                 want = max(result.need_bytes, len(buf) + 1)
                 continue
@@ -135,7 +141,7 @@ class ParseActivities:
             # GET of just that tail, so a header-only read still catches garbage after the dataset.
             tail = self._tail(bucket, entry.key, result.tail_start, total, counter)
             if tail is not None:
-                finding = check_tail(tail, *result.tail_encoding)
+                finding = check_tail(tail, *result.tail_encoding, padding_rejected=self._padding_rejected)
                 if finding:
                     result.findings.append(finding)
         if result.readable and result.header_bytes < len(buf):

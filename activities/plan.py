@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -19,8 +19,9 @@ from temporalio import activity
 from activities.errors import classify, error_code
 from activities.healthimaging import with_local_retries
 from activities.heartbeat import current, keeps_alive
+from activities.instance_identity import Fetch, Sameness, compare
 from activities.ledger import source_changed_keys
-from activities.storage import iter_ndjson, list_objects, put_bytes, put_ndjson, read_models
+from activities.storage import is_missing, iter_ndjson, list_objects, put_bytes, put_ndjson, read_models
 from contracts import layout
 from contracts.batch import BatchInput
 from contracts.common import FileState
@@ -35,12 +36,16 @@ from contracts.records import (
 from contracts.s3uri import S3Location, parse_s3_uri
 from contracts.stages import BatchPlan, PlanInput, PlanResult
 
+Compare = Callable[[InstanceRecord, InstanceRecord], Sameness]
 
-def deduplicate(instances: list[InstanceRecord]) -> tuple[list[InstanceRecord], list[LedgerEntry]]:
+
+def deduplicate(instances: list[InstanceRecord], compare: Compare) -> tuple[list[InstanceRecord], list[LedgerEntry]]:
     """Keep the first file (by key) of each SOP Instance UID.
 
-    Identical content is ``skipped_duplicate``. Different content under the same UID is ``rejected``: importing
-    both would silently overwrite one with the other in the image set.
+    Identical bytes are ``skipped_duplicate`` at once. Other bytes are judged by ``compare`` (see
+    :mod:`activities.instance_identity`): the same dataset and pixels in another encoding or with another file meta
+    group is the same instance, also ``skipped_duplicate``; a real difference is ``rejected`` with the differing
+    attributes named (importing both would silently overwrite one with the other in the image set).
     """
     first: dict[str, InstanceRecord] = {}
     kept: list[InstanceRecord] = []
@@ -55,10 +60,7 @@ def deduplicate(instances: list[InstanceRecord]) -> tuple[list[InstanceRecord], 
                                       code="duplicate_sop_instance", duplicate_of=original.key,
                                       reason="identical copy of another source file; imported once"), inst))
         else:
-            ledger.append(_placed(LedgerEntry(key=inst.key, state=FileState.REJECTED, size=inst.size,
-                                      code="conflicting_duplicate_sop_instance", duplicate_of=original.key,
-                                      reason="another source file has the same SOP Instance UID with different "
-                                             "content; the first (by key) is imported, this one needs review"), inst))
+            ledger.append(_placed(_judged(inst, original, compare(original, inst)), inst))
     return kept, ledger
 
 
@@ -66,6 +68,26 @@ def _placed(entry: LedgerEntry, inst: InstanceRecord) -> LedgerEntry:
     """``entry`` with the study and series it belongs to (for the report's per-study and per-series tables)."""
     return entry.model_copy(update={"study_instance_uid": inst.study_instance_uid,
                                     "series_instance_uid": inst.series_instance_uid})
+
+
+def _judged(inst: InstanceRecord, original: InstanceRecord, verdict: Sameness) -> LedgerEntry:
+    if verdict.same:
+        return LedgerEntry(key=inst.key, state=FileState.SKIPPED_DUPLICATE, size=inst.size,
+                           code="duplicate_sop_instance", duplicate_of=original.key,
+                           reason=f"same instance, other encoding ({verdict.other_encoding}): its elements and "
+                                  "decoded pixel data equal another source file's; imported once")
+    names = list(verdict.attributes)
+    if names:
+        what = f"differs in {', '.join(names)}"
+        if verdict.why:
+            what += f" ({verdict.why})"
+    else:
+        what = f"could not be proven the same ({verdict.why})"
+    return LedgerEntry(key=inst.key, state=FileState.REJECTED, size=inst.size,
+                       code="conflicting_duplicate_sop_instance", duplicate_of=original.key,
+                       differing_attributes=names or None,
+                       reason=f"another source file has the same SOP Instance UID but {what}; the first (by key) "
+                              "is imported, this one needs review")
 
 
 @dataclass
@@ -80,31 +102,57 @@ class ImportedIndex:
     series: dict[tuple[str, str], ImportedInstance] = field(default_factory=dict)  # a primary instance per series
 
 
-def skip_already_imported(instances: list[InstanceRecord],
-                          index: ImportedIndex) -> tuple[list[InstanceRecord], list[LedgerEntry]]:
+CompareImported = Callable[[ImportedInstance, InstanceRecord], Sameness]
+
+
+def skip_already_imported(instances: list[InstanceRecord], index: ImportedIndex,
+                          compare_imported: CompareImported | None = None,
+                          ) -> tuple[list[InstanceRecord], list[LedgerEntry]]:
     """Instances the data store already holds: the same content is ``skipped_duplicate``; other content under an
-    already imported SOP Instance UID is ``rejected`` (importing it would silently replace the earlier instance
-    in its image set, so a person decides)."""
+    already imported SOP Instance UID is compared with the file that was imported (``compare_imported``, when the
+    index line says where it was read from): the same instance in another encoding is ``skipped_duplicate`` too,
+    anything else ``rejected`` (importing it would silently replace the earlier instance in its image set, so a
+    person decides)."""
     kept: list[InstanceRecord] = []
     ledger: list[LedgerEntry] = []
     for inst in instances:
         hit = index.instances.get(inst.sop_instance_uid)
         if hit is None:
             kept.append(inst)
-        elif hit.content_id == inst.content_id:
+            continue
+        verdict = None
+        if hit.content_id != inst.content_id and hit.source_uri and compare_imported is not None:
+            verdict = compare_imported(hit, inst)
+        if hit.content_id == inst.content_id or (verdict is not None and verdict.same):
+            how = "unchanged" if verdict is None else f"as the same instance in another encoding " \
+                                                     f"({verdict.other_encoding})"
             ledger.append(_placed(LedgerEntry(
                 key=inst.key, state=FileState.SKIPPED_DUPLICATE, size=inst.size, code="already_imported",
                 duplicate_of=hit.migration_id, image_set_id=hit.image_set_id, is_primary=hit.is_primary,
-                reason=f"already imported unchanged by migration {hit.migration_id} into image set "
+                reason=f"already imported {how} by migration {hit.migration_id} into image set "
                        f"{hit.image_set_id}; not imported again"), inst))
         else:
             ledger.append(_placed(LedgerEntry(
                 key=inst.key, state=FileState.REJECTED, size=inst.size, code="conflicting_already_imported",
                 duplicate_of=hit.migration_id,
+                differing_attributes=list(verdict.attributes) if verdict is not None and verdict.attributes else None,
                 reason=f"migration {hit.migration_id} already imported this SOP Instance UID with different "
-                       f"content (image set {hit.image_set_id}); importing it would replace that instance, so "
-                       "it needs review"), inst))
+                       f"content ({_index_difference(hit, inst, verdict)}; image set {hit.image_set_id}); importing "
+                       "it would replace that instance, so it needs review"), inst))
     return kept, ledger
+
+
+def _index_difference(hit: ImportedInstance, inst: InstanceRecord, verdict: Sameness | None) -> str:
+    """What is known about the difference: from comparing the files, else from the index line alone."""
+    if verdict is not None and verdict.attributes:
+        return f"differs in {', '.join(verdict.attributes)}" + (f": {verdict.why}" if verdict.why else "")
+    if verdict is not None:
+        return f"not proven the same: {verdict.why}"
+    if not hit.dataset_fingerprint or not inst.dataset_fingerprint:
+        return "other bytes; the index line predates header fingerprints"
+    if hit.dataset_fingerprint != inst.dataset_fingerprint:
+        return "other header elements"
+    return "the same header elements but other bytes; the imported copy's pixel data is not compared"
 
 
 def predict_non_primary(instances: list[InstanceRecord], held: dict[tuple[str, str], ImportedInstance] | None = None) -> int:
@@ -239,6 +287,43 @@ class PlanActivities:
         index.series = {k: v for k, v in index.series.items() if v.image_set_id not in gone}
         return index
 
+    def _fetcher(self, bucket: str, if_match: str | None = None) -> Fetch:
+        """Ranged or whole reads of files to compare, only for files with one SOP Instance UID and other bytes
+        (rare), never for the rest of the source. ``if_match``: the ETag the file must still have."""
+        def fetch(key: str, size: int, want: int | None) -> bytes | None:
+            extra: dict[str, str] = {"Range": f"bytes=0-{want - 1}"} if want is not None else {}
+            if if_match:
+                extra["IfMatch"] = if_match
+            try:
+                body: bytes = self._s3.get_object(Bucket=bucket, Key=key, **extra)["Body"].read()
+            except ClientError as err:
+                if is_missing(err) or error_code(err) in ("InvalidRange", "PreconditionFailed", "412"):
+                    return None  # gone or rewritten since: no verdict of sameness
+                raise classify(err, "reading two files with one SOP Instance UID to compare them") from None
+            return body  # (the background heartbeat keeps the activity alive; a key is never put in its details)
+        return fetch
+
+    def _comparer(self, input: PlanInput) -> Compare:
+        """``compare`` of two files of this source."""
+        fetch = self._fetcher(parse_s3_uri(input.source_s3_uri, field="source_s3_uri").bucket)
+        return lambda first, other: compare(first, other, fetch)
+
+    def _imported_comparer(self, input: PlanInput) -> CompareImported:
+        """``compare`` of a file of this source with the one an earlier migration imported, read where the index
+        line says (and only while it still has the ETag it had then)."""
+        fetch = self._fetcher(parse_s3_uri(input.source_s3_uri, field="source_s3_uri").bucket)
+
+        def compare_imported(hit: ImportedInstance, inst: InstanceRecord) -> Sameness:
+            where = parse_s3_uri(hit.source_uri or "", field="source_uri")
+            earlier = InstanceRecord(
+                key=where.key, size=hit.size or 0, etag=hit.source_etag or "", sop_instance_uid=hit.sop_instance_uid,
+                study_instance_uid=hit.study_instance_uid, series_instance_uid=hit.series_instance_uid,
+                transfer_syntax_uid=hit.transfer_syntax_uid or "", sop_class_uid="", patient_fingerprint="",
+                study_fingerprint="", series_fingerprint="", content_id=hit.content_id,
+                dataset_fingerprint=hit.dataset_fingerprint or "", header_bytes=hit.header_bytes or 0)
+            return compare(earlier, inst, fetch, fetch_first=self._fetcher(where.bucket, hit.source_etag))
+        return compare_imported
+
     def _missing_image_sets(self, datastore_id: str, image_set_ids: Iterable[str]) -> set[str]:
         """Image sets the index names that no longer exist (e.g. discarded in reconciliation): their files are
         imported again. One GetImageSet per distinct image set; a throttled call is retried here a few times
@@ -288,8 +373,8 @@ class PlanActivities:
             if keep := current():
                 keep.record(page)
         index = self._read_index(input, instances)
-        kept, ledger = deduplicate(instances)
-        kept, held = skip_already_imported(kept, index)
+        kept, ledger = deduplicate(instances, self._comparer(input))
+        kept, held = skip_already_imported(kept, index, self._imported_comparer(input))
         ledger += held
         predicted = predict_non_primary(kept, index.series)
         batches = pack(kept, input.max_files_per_batch, input.max_bytes_per_batch)

@@ -103,7 +103,8 @@ def _resolve_duplicate(row: LedgerEntry, by_key: dict[str, LedgerEntry]) -> Ledg
                                               FileState.SKIPPED_DUPLICATE):
         return row  # (an original skipped as already in the data store: the copy is too, for the same reason)
     return row.model_copy(update={"state": original.state, "code": "DuplicateOfNotImported",
-                                  "reason": f"identical copy of {row.duplicate_of}, which was not imported: "
+                                  # identical bytes or the same instance in another encoding alike
+                                  "reason": f"the same instance as {row.duplicate_of}, which was not imported: "
                                             f"{original.reason or original.state.value}"})
 
 

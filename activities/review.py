@@ -200,6 +200,7 @@ class ReviewActivities:
         ledger: list[LedgerEntry] = []
         imported: list[ImportedInstance] = []
         refs: dict[str, ImageSetRef] = {}
+        source = parse_s3_uri(batch.source_s3_uri, field="source_s3_uri")
         for inst in files:
             entry = classify_file(prefix + inst.key, output, failed, input.outcome.message, inst.warnings)
             entry = entry.model_copy(update={"key": inst.key, "size": inst.size, "batch": batch.batch,
@@ -214,7 +215,11 @@ class ReviewActivities:
                     image_set_id=entry.image_set_id, is_primary=bool(entry.is_primary),
                     study_instance_uid=inst.study_instance_uid, series_instance_uid=inst.series_instance_uid,
                     attributes_fingerprint=attributes_fingerprint(inst),
-                    migration_id=batch.migration_id, batch=batch.batch))
+                    migration_id=batch.migration_id, batch=batch.batch,
+                    dataset_fingerprint=inst.dataset_fingerprint or None,
+                    source_uri=S3Location(source.bucket, inst.key).uri, source_etag=inst.etag or None,
+                    size=inst.size, header_bytes=inst.header_bytes or None,
+                    transfer_syntax_uid=inst.transfer_syntax_uid or None))
             if entry.image_set_id:
                 ref = refs.setdefault(entry.image_set_id, ImageSetRef(
                     image_set_id=entry.image_set_id, version=entry.image_set_version,

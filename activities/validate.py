@@ -47,6 +47,9 @@ REJECTING_LEVELS: dict[str, set[ValidationLevel]] = {
     "pixel_data_size": _STRUCTURE,
     "bad_sequence": _STRUCTURE,
     "trailing_garbage": _STRUCTURE,
+    # Only recorded when HIMIG_IMPORT_REJECTS_TRAILING_PADDING says the data store's import fails such files; then
+    # sending them is certain to fail, at any level (by default zero padding is `trailing_padding`, a note).
+    "trailing_padding_rejected": _ALL,
     "length_limit": _STRICT,
     # Legal enough to parse, but not what the standard (or the data's consumers) expect.
     "unknown_charset": _STRICT,
@@ -62,7 +65,8 @@ REJECTING_LEVELS: dict[str, set[ValidationLevel]] = {
     "odd_length": _STRICT,
     # DICOM forbids it, HealthImaging's UID pattern ([0-9.]+) accepts it: only `strict` refuses it.
     "uid_not_dicom": _STRICT,
-    # Never rejecting (warnings only): empty_patient_id, private_without_creator, trailing_data_not_inspected.
+    # Never rejecting (warnings and notes only): empty_patient_id, private_without_creator,
+    # trailing_data_not_inspected, trailing_padding.
 }
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from contracts.common import FileState
+from contracts.s3uri import parse_s3_uri
 
 
 class InventoryEntry(BaseModel):
@@ -62,6 +63,9 @@ class ParsedRecord(BaseModel):
     series_fingerprint: str | None = None
     # sha256 of the bytes read (header only); with size and etag it identifies identical content.
     header_sha256: str | None = None
+    # Keyed HMAC of the header's elements in a canonical form (activities.instance_identity): equal for the same
+    # dataset in another transfer syntax or with another file meta group. None in records written before it.
+    dataset_fingerprint: str | None = None
 
 
 class InstanceRecord(BaseModel):
@@ -79,6 +83,9 @@ class InstanceRecord(BaseModel):
     study_fingerprint: str
     series_fingerprint: str
     content_id: str
+    # Header identity independent of the encoding (see ParsedRecord); "" when unknown (older records).
+    dataset_fingerprint: str = ""
+    header_bytes: int = 0  # where Pixel Data starts (0: unknown): what re-reading the header costs
     warnings: list[Finding] = Field(default_factory=list)
     # Set by planning: HealthImaging is expected to put this file in a non-primary image set (its series is
     # already held, in this source or in the data store, with other patient/study/series attributes).
@@ -99,6 +106,22 @@ class ImportedInstance(BaseModel):
     attributes_fingerprint: str
     migration_id: str
     batch: int
+    # Added with #15: the header's identity independent of the encoding, and where the imported file was read from
+    # (so a later copy in another encoding can be compared with it). Lines written before have none of these and
+    # are compared by content_id alone, as they were.
+    dataset_fingerprint: str | None = None
+    source_uri: str | None = None  # s3://bucket/key of the imported file
+    source_etag: str | None = None  # its ETag then: a file rewritten since is not compared
+    size: int | None = Field(None, ge=0, strict=True)  # strict: "12" or true is a corrupt line, not a number
+    header_bytes: int | None = Field(None, ge=0, strict=True)
+    transfer_syntax_uid: str | None = None
+
+    @field_validator("source_uri")
+    @classmethod
+    def _an_object(cls, value: str | None) -> str | None:
+        if value is not None and not parse_s3_uri(value, field="source_uri").key:
+            raise ValueError("source_uri: names a bucket, not an object (s3://bucket/key)")
+        return value
 
 
 class LedgerEntry(BaseModel):
@@ -115,6 +138,8 @@ class LedgerEntry(BaseModel):
     is_primary: bool | None = None
     image_set_version: int | None = None
     duplicate_of: str | None = None
+    # A conflicting duplicate: the attributes that differ from the file it duplicates (names only, never values).
+    differing_attributes: list[str] | None = None
     # Planning's prediction that the file lands in a non-primary image set, and why (no patient values).
     predicted_non_primary: bool | None = None
     prediction_reason: str | None = None

@@ -71,7 +71,8 @@ def build_activities(clients: AwsClients, settings: Settings) -> list[Callable[.
     receive = ReceiveActivities(s3, SourceSettings(
         dicomweb_auth=auth, dicomweb_allowed_origins=settings.allowed_origins(),
         timeout_seconds=settings.source_timeout_seconds, local_roots=settings.local_roots()))
-    parse = ParseActivities(s3, settings.parse_concurrency, fingerprint_key=settings.fingerprint_secret())
+    parse = ParseActivities(s3, settings.parse_concurrency, fingerprint_key=settings.fingerprint_secret(),
+                            padding_rejected=settings.import_rejects_trailing_padding)
     validate = ValidateActivities(s3)
     normalize = NormalizeActivities(s3)
     plan = PlanActivities(s3, mi)

@@ -78,6 +78,14 @@ def _matching(pattern: str, what: str) -> Any:
     return check
 
 
+def _flag(value: Any) -> Any:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise ValueError("must be true or false")  # not 1/0, yes/no: a typo must not read as a choice
+
+
 def _origins(value: str) -> str:
     parse_origins(value)  # raises ValueError naming the bad entry
     return value
@@ -100,6 +108,8 @@ HttpUrl = Annotated[str, AfterValidator(_http_url)]
 Origins = Annotated[str, AfterValidator(_origins)]
 #: An integer setting: a whole number from the environment, never a fraction silently truncated.
 WholeNumber = Annotated[int, BeforeValidator(_whole_number)]
+#: A yes/no setting: ``true`` or ``false`` only.
+Flag = Annotated[bool, BeforeValidator(_flag)]
 RoleArn = Annotated[str, BeforeValidator(_matching(ROLE_ARN_PATTERN, "an IAM role ARN, "
                                                    "arn:aws:iam::<12-digit account>:role/<name>"))]
 KmsKey = Annotated[str, BeforeValidator(_matching(KMS_KEY_PATTERN, "a KMS key ARN, alias ARN, key id or "
@@ -306,6 +316,11 @@ class Settings(BaseSettings):
                                                    "once")
     graceful_shutdown_seconds: float = Field(25.0, ge=0, le=115, description="drain time on SIGTERM; below the ECS "
                                              "stopTimeout")
+    import_rejects_trailing_padding: Flag = Field(
+        False, description="set when the data store's import fails files whose Pixel Data is followed by zero "
+                           "padding (no AWS document says HealthImaging does; the emulator does under its "
+                           "strict_trailing_padding fault): parse then names such files and validation rejects "
+                           "them at every level, instead of the import failing them")
     fingerprint_key: SecretStr | None = Field(
         None, min_length=16,
         description="secret (at least 16 characters) keying the patient/study/series fingerprints (HMAC) kept in "

@@ -73,3 +73,24 @@ def test_every_defect_gets_its_finding_and_verdict_at_every_level(code: str) -> 
         result = parse_header(data, len(data))
     for finding in result.findings:
         assert finding.reason and finding.code and finding.severity  # every finding is named and explained
+
+
+@pytest.mark.parametrize("code", sorted(DEFECTS))
+def test_an_import_that_rejects_padding_changes_only_the_padded_verdicts(code: str) -> None:
+    """With HIMIG_IMPORT_REJECTS_TRAILING_PADDING a padded file is named and rejected at every level; every other
+    defect keeps its findings and verdicts."""
+    spec = DEFECTS[code]
+    data = build_defect(code)
+    _, lenient = verdict(data, ValidationLevel.STRUCTURE_ONLY)
+    _, strict = verdict(data, ValidationLevel.STRUCTURE_ONLY, padding_rejected=True)
+    if spec.padding_rejected_finding is None:
+        assert strict == lenient, code
+    else:
+        assert spec.finding in lenient and spec.padding_rejected_finding in strict, (lenient, strict)
+        assert [c for c in strict if c != spec.padding_rejected_finding] == \
+            [c for c in lenient if c != spec.finding]
+    for level in ValidationLevel:
+        rejected, level_codes = verdict(data, level, padding_rejected=True)
+        assert rejected == spec.rejected_at(level, padding_rejected=True), (code, level, level_codes)
+        if spec.padding_rejected_finding is not None:
+            assert rejected, (code, level)  # the import would fail it: never sent, at any level

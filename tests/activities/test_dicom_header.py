@@ -145,10 +145,52 @@ def test_tail_elements_of_undefined_length_are_walked() -> None:
     sequence = struct.pack("<HH2sHI", 0xFFFA, 0xFFFA, b"SQ", 0, 0xFFFFFFFF) + item
     delimiter = struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
     assert check_tail(sequence + delimiter) is None
-    assert check_tail(sequence + delimiter + b"\0" * 6) is None  # zero padding after it
+    padding = check_tail(sequence + delimiter + b"\0" * 6)  # zero padding after it: a note, not a problem
+    assert padding is not None and (padding.code, padding.severity) == ("trailing_padding", "info")
+    assert "6 bytes of zero padding follow the last element (FFFA,FFFA)" in padding.reason
     assert check_tail(sequence + delimiter + b"\x01" * 6) is not None  # bytes after it that are not an element
     finding = check_tail(sequence)
     assert finding is not None and finding.code == "trailing_garbage"
+
+
+class TestZeroPaddingAfterPixelData:
+    """Zero padding after the last element is a note by default; an error only when the import rejects it."""
+
+    @pytest.mark.parametrize("size", [1, 7, 8, 9, 4096])
+    @pytest.mark.parametrize(("implicit", "little"), [(False, True), (True, True), (False, False)])
+    def test_any_length_in_any_encoding(self, size: int, implicit: bool, little: bool) -> None:
+        note = check_tail(b"\0" * size, implicit, little)
+        assert note is not None and (note.code, note.severity, note.attribute) == ("trailing_padding", "info",
+                                                                                   "PixelData")
+        assert note.reason.startswith(f"{size} bytes of zero padding follow Pixel Data")
+        error = check_tail(b"\0" * size, implicit, little, padding_rejected=True)
+        assert error is not None and (error.code, error.severity) == ("trailing_padding_rejected", "error")
+        assert "HIMIG_IMPORT_REJECTS_TRAILING_PADDING" in error.reason and "would fail this file" in error.reason
+        assert rejects("trailing_padding_rejected", ValidationLevel.MINIMAL)
+        assert not any(rejects("trailing_padding", level) for level in ValidationLevel)
+
+    def test_trailing_padding_element_is_never_rejected(self) -> None:
+        element = struct.pack("<HH2sHI", 0xFFFC, 0xFFFC, b"OB", 0, 16) + b"\0" * 16
+        assert check_tail(element, padding_rejected=True) is None
+        # zeros after Data Set Trailing Padding: part of the padding, which the import accepts (the emulator too)
+        after = check_tail(element + b"\0" * 8, padding_rejected=True)
+        assert after is not None and after.code == "trailing_padding"
+
+    def test_garbage_is_never_mistaken_for_padding(self) -> None:
+        for tail in (b"\0" * 7 + b"\x01", b"\x01" + b"\0" * 7, b"\0" * 100 + b"x"):
+            finding = check_tail(tail, padding_rejected=True)
+            assert finding is not None and finding.code == "trailing_garbage", tail
+
+    def test_parse_of_a_whole_file_says_so_with_the_setting(self) -> None:
+        ds = pydicom.dcmread(io.BytesIO(make_instance(uid(), uid())))
+        del ds[0xFFFCFFFC]
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        data = buf.getvalue() + b"\0" * 8
+        lenient = parse_header(data, len(data))
+        assert [(f.code, f.severity) for f in lenient.findings if "trailing" in f.code] == [("trailing_padding", "info")]
+        strict = parse_header(data, len(data), padding_rejected=True)
+        assert [f.code for f in strict.findings if "trailing" in f.code] == ["trailing_padding_rejected"]
 
 
 class TestFindingReasonsCarryNoFileText:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+from pydantic import ValidationError
+
+from activities.instance_identity import Sameness
 from activities.plan import (
     ImportedIndex,
     clean_folder,
@@ -25,16 +29,36 @@ def inst(key: str, study: str = "1.1", series: str = "1.1.1", sop: str | None = 
                           content_id=f"{size}:{content}")
 
 
+def never_called(first: InstanceRecord, other: InstanceRecord) -> Sameness:
+    raise AssertionError("identical bytes need no comparison")
+
+
 class TestDeduplicate:
     def test_identical_copy_is_skipped_and_points_at_the_original(self) -> None:
-        kept, ledger = deduplicate([inst("b", sop="1"), inst("a", sop="1")])
+        kept, ledger = deduplicate([inst("b", sop="1"), inst("a", sop="1")], never_called)
         assert [k.key for k in kept] == ["a"]
         assert ledger[0].key == "b" and ledger[0].state is FileState.SKIPPED_DUPLICATE and ledger[0].duplicate_of == "a"
 
-    def test_different_content_same_uid_is_rejected_for_review(self) -> None:
-        kept, ledger = deduplicate([inst("a", sop="1"), inst("b", sop="1", content="other")])
-        assert [k.key for k in kept] == ["a"]
-        assert ledger[0].state is FileState.REJECTED and "different content" in (ledger[0].reason or "")
+    def test_other_bytes_are_judged_against_the_first_by_key(self) -> None:
+        seen: list[tuple[str, str]] = []
+
+        def judge(first: InstanceRecord, other: InstanceRecord) -> Sameness:
+            seen.append((first.key, other.key))
+            return {"b": Sameness(True, other_encoding="transfer syntax 1.2.840.10008.1.2.1 and 1.2.840.10008.1.2.2"),
+                    "c": Sameness(False, ("SeriesDescription", "PixelData")),
+                    "d": Sameness(False, why="one of the files cannot be read whole as DICOM")}[other.key]
+
+        files = [inst(k, sop="1", content=k) for k in ("d", "c", "b", "a")]
+        kept, ledger = deduplicate(files, judge)
+        assert [k.key for k in kept] == ["a"] and seen == [("a", "b"), ("a", "c"), ("a", "d")]
+        same, conflict, unproven = ledger
+        assert (same.state, same.code, same.duplicate_of) == (FileState.SKIPPED_DUPLICATE, "duplicate_sop_instance", "a")
+        assert (same.reason or "").startswith("same instance, other encoding (transfer syntax")
+        assert (conflict.state, conflict.code) == (FileState.REJECTED, "conflicting_duplicate_sop_instance")
+        assert conflict.differing_attributes == ["SeriesDescription", "PixelData"]
+        assert "differs in SeriesDescription, PixelData" in (conflict.reason or "")
+        assert unproven.state is FileState.REJECTED and unproven.differing_attributes is None
+        assert "could not be proven the same (one of the files cannot be read whole" in (unproven.reason or "")
 
 
 class TestPack:
@@ -83,6 +107,65 @@ class TestAgainstTheDataStore:
         kept, ledger = skip_already_imported([inst("a", sop="1")], index)
         assert kept == [] and ledger[0].state is FileState.REJECTED
         assert ledger[0].code == "conflicting_already_imported" and "different content" in (ledger[0].reason or "")
+
+    def test_an_index_conflict_says_what_the_fingerprints_tell(self) -> None:
+        def reason(line_fp: str | None, file_fp: str) -> str:
+            line = held("1", content="10:old").model_copy(update={"dataset_fingerprint": line_fp})
+            _, ledger = skip_already_imported([inst("a", sop="1").model_copy(update={"dataset_fingerprint": file_fp})],
+                                              ImportedIndex(instances={"1": line}))
+            assert ledger[0].code == "conflicting_already_imported"
+            return ledger[0].reason or ""
+
+        assert "predates header fingerprints" in reason(None, "f1")  # an index line written before #15
+        assert "other header elements" in reason("f0", "f1")
+        assert "same header elements but other bytes" in reason("f1", "f1")
+
+    def test_other_bytes_are_compared_with_the_imported_file_when_the_line_says_where(self) -> None:
+        line = held("1", content="10:old").model_copy(update={"source_uri": "s3://earlier/x.dcm", "size": 10})
+        verdicts = {"a": Sameness(True, other_encoding="transfer syntax 1.2.840.10008.1.2.1 and 1.2.840.10008.1.2.2"),
+                    "b": Sameness(False, ("StudyDescription",)),
+                    "c": Sameness(False, why="a file changed or disappeared since it was listed")}
+        asked: list[tuple[str, str]] = []
+
+        def judge(hit: ImportedInstance, inst: InstanceRecord) -> Sameness:
+            asked.append((hit.source_uri or "", inst.key))
+            return verdicts[inst.key]
+
+        rows = {}
+        for key in verdicts:
+            _, (rows[key],) = skip_already_imported([inst(key, sop="1")], ImportedIndex(instances={"1": line}), judge)
+        assert asked == [("s3://earlier/x.dcm", k) for k in verdicts]
+        assert (rows["a"].state, rows["a"].code, rows["a"].image_set_id) == (FileState.SKIPPED_DUPLICATE,
+                                                                             "already_imported", "is1")
+        assert "as the same instance in another encoding (transfer syntax" in (rows["a"].reason or "")
+        assert rows["b"].differing_attributes == ["StudyDescription"] and "differs in StudyDescription" in (
+            rows["b"].reason or "")
+        assert rows["c"].state is FileState.REJECTED and "not proven the same: a file changed" in (rows["c"].reason or "")
+        # A line without a source location (written before #15) is never compared, and equal bytes never need it.
+        old = held("1", content="10:old")
+        _, (row,) = skip_already_imported([inst("a", sop="1")], ImportedIndex(instances={"1": old}), judge)
+        same = held("1", content="10:c").model_copy(update={"source_uri": "s3://earlier/x.dcm"})
+        skip_already_imported([inst("a", sop="1")], ImportedIndex(instances={"1": same}), judge)
+        assert row.code == "conflicting_already_imported" and len(asked) == 3
+
+    @pytest.mark.parametrize(("field", "value", "reason"), [
+        ("source_uri", "/tmp/x.dcm", "source_uri"), ("source_uri", "s3://bucket/", "names a bucket, not an object"),
+        ("source_uri", "s3://b/" + "k" * 1100, "longer than 1024"), ("size", -1, "greater than or equal to 0"),
+        ("header_bytes", True, "valid integer"), ("size", "12", "valid integer")])
+    def test_a_hostile_index_line_is_refused_naming_the_field(self, field: str, value: object, reason: str) -> None:
+        row = {**held("1").model_dump(), field: value}
+        with pytest.raises(ValidationError, match=reason) as caught:
+            ImportedInstance.model_validate(row)  # as planning reads each line
+        assert field in str(caught.value)
+
+    def test_index_lines_written_before_fingerprints_still_read(self) -> None:
+        old = {"sop_instance_uid": "1", "content_id": "10:c", "image_set_id": "is1", "is_primary": True,
+               "study_instance_uid": "1.1", "series_instance_uid": "1.1.1", "attributes_fingerprint": "p/s/se",
+               "migration_id": "m0", "batch": 0}
+        line = ImportedInstance.model_validate(old)
+        assert line.dataset_fingerprint is None
+        kept, ledger = skip_already_imported([inst("a", sop="1")], ImportedIndex(instances={"1": line}))
+        assert kept == [] and ledger[0].code == "already_imported"
 
     def test_a_series_held_with_other_attributes_predicts_every_file_non_primary(self) -> None:
         files = [inst("a", patient="p2"), inst("b", patient="p2"), inst("c", series="1.1.9", patient="p2")]

@@ -69,7 +69,7 @@ class _SmallFirstRange(_RangeSizer):
         return 8192
 
 
-def _parse_with_tail(s3: Any, tail: bytes) -> tuple[list[tuple[str, str]], int]:
+def _parse_with_tail(s3: Any, tail: bytes, padding_rejected: bool = False) -> tuple[list[tuple[str, str]], int]:
     bucket = _bucket(s3)
     data = make_instance(uid(), uid())  # CT_small ends with 138 bytes of Data Set Trailing Padding: cut them
     end = parse_header(data[:8192], len(data)).tail_start
@@ -77,7 +77,8 @@ def _parse_with_tail(s3: Any, tail: bytes) -> tuple[list[tuple[str, str]], int]:
     data = data[:end] + tail
     s3.put_object(Bucket=bucket, Key="t.dcm", Body=data)
     counter = [0, 0]
-    record = ParseActivities(s3, fingerprint_key=FINGERPRINT_KEY.encode())._read(bucket, InventoryEntry(key="t.dcm", size=len(data)), counter, _SmallFirstRange())
+    record = ParseActivities(s3, fingerprint_key=FINGERPRINT_KEY.encode(), padding_rejected=padding_rejected)._read(
+        bucket, InventoryEntry(key="t.dcm", size=len(data)), counter, _SmallFirstRange())
     assert record.readable
     return [(f.code, f.severity.value) for f in record.findings if f.severity != "warning" or "trailing" in f.code], counter[0]
 
@@ -91,8 +92,15 @@ def test_trailing_padding_after_pixel_data_passes(s3: Any) -> None:
     padding = struct.pack("<HH2sHI", 0xFFFC, 0xFFFC, b"OB", 0, 512) + b"\0" * 512
     findings, gets = _parse_with_tail(s3, padding)
     assert findings == [] and gets == 2
-    findings, _ = _parse_with_tail(s3, b"\0" * 300)  # bare zero padding
-    assert findings == []
+    findings, gets = _parse_with_tail(s3, padding, padding_rejected=True)  # the element is never rejected
+    assert findings == [] and gets == 2
+    findings, _ = _parse_with_tail(s3, b"\0" * 300)  # bare zero padding: noted, imported
+    assert findings == [("trailing_padding", "info")]
+
+
+def test_bare_zero_padding_is_rejected_at_parse_when_the_import_rejects_it(s3: Any) -> None:
+    findings, gets = _parse_with_tail(s3, b"\0" * 8, padding_rejected=True)
+    assert findings == [("trailing_padding_rejected", "error")] and gets == 2
 
 
 def test_a_large_tail_is_not_fetched_but_reported(s3: Any) -> None:

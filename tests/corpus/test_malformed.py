@@ -248,6 +248,13 @@ def _trailing_padding(data: bytes) -> None:
     assert dataset_elems(data)[-1].tag == 0xFFFCFFFC
 
 
+def _zero_padding_after_pixel_data(data: bytes) -> None:
+    full_read_ok(data)
+    assert data.endswith(b"\0" * 8)
+    pixel = tag_of(data[:-8], 0x7FE00010)
+    assert pixel.end == len(data) - 8  # the dataset ends with a complete Pixel Data, then only the zeros
+
+
 def _deflated(data: bytes) -> None:
     ds = full_read_ok(data)
     assert ds.file_meta.TransferSyntaxUID == DeflatedExplicitVRLittleEndian
@@ -306,6 +313,7 @@ CHECKS: dict[str, Callable[[bytes], None]] = {
     "study_description_too_long": _too_long("StudyDescription"),
     "tiff_like_preamble": _tiff_preamble,
     "trailing_padding": _trailing_padding,
+    "zero_padding_after_pixel_data": _zero_padding_after_pixel_data,
     "deflated": _deflated,
     "implicit_vr_little_endian": _implicit,
     "explicit_vr_big_endian": _big_endian,

@@ -12,7 +12,7 @@ from corpus.malformed import DEFECTS
 from corpus.models import MANIFEST_NAME, CorpusManifest, Expected, Origin, load_manifest
 from corpus.sample import build_sample_corpus
 
-IDENTIFIABLE = {Expected.VALID, Expected.SERVICE_FAILURE, Expected.NON_PRIMARY, Expected.DUPLICATE}
+IDENTIFIABLE = {Expected.VALID, Expected.SERVICE_FAILURE, Expected.NON_PRIMARY, Expected.DUPLICATE, Expected.CONFLICT}
 
 
 def _walk(root: Path) -> dict[str, bytes]:
@@ -35,7 +35,7 @@ def test_composition_and_budget(sample_manifest: CorpusManifest) -> None:
     counts = sample_manifest.counts_by_origin()
     assert counts["synthetic"] == 2 * 2 * 2 * 3
     assert counts["malformed"] == len(DEFECTS)
-    assert counts["nonprimary"] == 2 and counts["duplicate"] == 1
+    assert counts["nonprimary"] == 2 and counts["duplicate"] == 1 and counts["identity"] == 7
     if importlib.util.find_spec("data_store") is not None:
         assert counts["real"] >= 5
     assert len(sample_manifest.entries) <= 150  # every defect kind (>= 80) is in the sample
@@ -52,7 +52,7 @@ def test_deterministic(tmp_path: Path, sample_dir: Path) -> None:
 
 def test_other_seed_changes_generated_identities(tmp_path: Path, sample_manifest: CorpusManifest) -> None:
     other = build_sample_corpus(tmp_path / "seed1", seed=1)
-    generated = {Origin.SYNTHETIC, Origin.NONPRIMARY, Origin.DUPLICATE, Origin.MALFORMED}
+    generated = {Origin.SYNTHETIC, Origin.NONPRIMARY, Origin.DUPLICATE, Origin.MALFORMED, Origin.IDENTITY}
 
     def sops(m: CorpusManifest) -> set[str]:
         return {e.sop_instance_uid for e in m.entries if e.origin in generated and e.sop_instance_uid}
@@ -103,9 +103,11 @@ def test_no_accidental_identity_conflicts(sample_dir: Path, sample_manifest: Cor
         sop_paths[str(ds.SOPInstanceUID)].append(e.path)
         if e.expected is not Expected.NON_PRIMARY:
             patients[str(ds.StudyInstanceUID)].add((str(ds.get("PatientID")), str(ds.get("PatientName"))))
-    shared = [paths for paths in sop_paths.values() if len(paths) > 1]
+    shared = sorted(paths for paths in sop_paths.values() if len(paths) > 1)
     dup = next(e for e in sample_manifest.entries if e.origin is Origin.DUPLICATE)
-    assert shared == [[dup.related_to, dup.path]]
+    identity = [e for e in sample_manifest.entries if e.origin is Origin.IDENTITY]
+    assert shared == sorted([[dup.related_to, dup.path], [e.path for e in identity]])
+    assert all(e.related_to == identity[0].path for e in identity[1:])
     assert all(len(v) == 1 for v in patients.values())
 
 
@@ -115,3 +117,14 @@ def test_load_manifest_accepts_file_or_directory(sample_dir: Path, sample_manife
     text = (sample_dir / MANIFEST_NAME).read_text()
     with pytest.raises(ValueError, match="sha256"):
         CorpusManifest.model_validate_json(text.replace('"sha256": "', '"sha256": "x', 1))
+
+
+def test_identity_cases_say_what_is_expected(sample_manifest: CorpusManifest) -> None:
+    """Every re-encoding is a duplicate, every real change a conflict that names its attributes."""
+    identity = [e for e in sample_manifest.entries if e.origin is Origin.IDENTITY]
+    assert identity[0].expected is Expected.VALID and identity[0].related_to is None
+    syntaxes = {e.transfer_syntax_uid for e in identity if e.expected is Expected.DUPLICATE}
+    assert {"1.2.840.10008.1.2", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.1"} <= syntaxes
+    conflicts = {e.path.rsplit("/", 1)[1]: e.differs_in for e in identity if e.expected is Expected.CONFLICT}
+    assert conflicts == {"f_conflict_attribute.dcm": ["SeriesDescription"], "g_conflict_pixels.dcm": ["PixelData"]}
+    assert all(e.differs_in is None for e in identity if e.expected is not Expected.CONFLICT)

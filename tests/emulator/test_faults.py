@@ -153,6 +153,22 @@ def test_warning_line_shape(emu: ServerProcess, imp: Importer) -> None:
     assert result["manifest"]["imageSetsSummary"][0]["numberOfMatchedSOPInstances"] == 2
 
 
+def test_strict_trailing_padding_fails_only_padded_files(emu: ServerProcess, imp: Importer) -> None:
+    def unpadded(sop: str) -> bytes:
+        return dicom_bytes(sop=sop, mutate=lambda ds: ds.__delitem__(0xFFFCFFFC))  # ends at Pixel Data
+
+    batch = {"padded.dcm": unpadded("1.2.826.0.79.1") + b"\0" * 8, "plain.dcm": unpadded("1.2.826.0.79.2")}
+    lenient = imp.results(imp.run("pad/lenient/", batch))
+    assert sorted(s["inputFile"] for s in lenient["success"]) == ["pad/lenient/padded.dcm", "pad/lenient/plain.dcm"]
+    add(emu, {"kind": "strict_trailing_padding", "file": "pad/strict/*"})
+    strict = imp.results(imp.run("pad/strict/", batch))
+    assert strict["failure"] == [{"inputFile": "pad/strict/padded.dcm", "exception": {
+        "exceptionType": "ValidationException", "message": "Input file is truncated: 8 trailing bytes after element "
+                                                           "(7FE0,0010) do not form a complete data element"}}]
+    assert [s["inputFile"] for s in strict["success"]] == ["pad/strict/plain.dcm"]
+    assert strict["manifest"]["numberOfFilesWithCustomerError"] == 1
+
+
 def test_manifest_appears_after_a_delay(emu: ServerProcess, imp: Importer) -> None:
     add(emu, {"kind": "manifest_delay", "delaySeconds": 1.0})
     props = imp.run("late/in/", files(1, "1.2.826.0.76"))

@@ -37,14 +37,15 @@ def uid() -> str:
     return str(generate_uid())
 
 
-def verdict(data: bytes, level: ValidationLevel) -> tuple[bool, list[str]]:
+def verdict(data: bytes, level: ValidationLevel, *, padding_rejected: bool = False) -> tuple[bool, list[str]]:
     """(rejected at ``level``, finding codes) of a file's header, read the way the parse activity reads it: a
-    64 KiB first range, extended while the header asks for more."""
+    64 KiB first range, extended while the header asks for more. ``padding_rejected``: as with
+    HIMIG_IMPORT_REJECTS_TRAILING_PADDING."""
     buf = data[:65536]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         while True:
-            result = parse_header(buf, len(data))
+            result = parse_header(buf, len(data), padding_rejected=padding_rejected)
             if result.need_bytes and len(buf) < len(data):
                 buf = data[: result.need_bytes]
                 continue

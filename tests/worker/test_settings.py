@@ -80,6 +80,9 @@ class TestLoadSettings:
         ("HIMIG_HEALTHLAKE_DATA_ACCESS_ROLE_ARN", "arn:aws:s3:::bucket", "must be an IAM role ARN"),
         ("HIMIG_HEALTHLAKE_KMS_KEY_ID", "my key", "must be a KMS key ARN, alias ARN, key id or alias/"),
         ("HIMIG_INGEST_DATA_ACCESS_ROLE_ARN", "role/ingest", "must be an IAM role ARN"),
+        ("HIMIG_IMPORT_REJECTS_TRAILING_PADDING", "1", "must be true or false"),
+        ("HIMIG_IMPORT_REJECTS_TRAILING_PADDING", "yes", "must be true or false"),
+        ("HIMIG_IMPORT_REJECTS_TRAILING_PADDING", "", "must be true or false"),
         ("HIMIG_TEMPORAL_ADRESS", "127.0.0.1:7233", "not a himig setting; did you mean HIMIG_TEMPORAL_ADDRESS?"),
         ("HIMIG_FINGERPRINT", "x" * 32, "not a himig setting; did you mean HIMIG_FINGERPRINT_KEY?"),
         ("himig_task_queues", "q", "not a himig setting; did you mean HIMIG_TASK_QUEUE?"),
@@ -91,6 +94,12 @@ class TestLoadSettings:
             load_settings()
         assert len(caught.value.problems) == 1
         assert caught.value.problems[0].startswith(f"{var}: ") and reason in caught.value.problems[0]
+
+    @pytest.mark.parametrize(("value", "expected"), [("true", True), ("TRUE", True), ("false", False),
+                                                      (" False ", False)])
+    def test_a_flag_is_true_or_false(self, clean_env: pytest.MonkeyPatch, value: str, expected: bool) -> None:
+        clean_env.setenv("HIMIG_IMPORT_REJECTS_TRAILING_PADDING", value)
+        assert load_settings(for_worker=False).import_rejects_trailing_padding is expected
 
     def test_every_problem_is_listed_at_once(self, clean_env: pytest.MonkeyPatch) -> None:
         clean_env.setenv("HIMIG_INGEST_MAX_FILES", "0")

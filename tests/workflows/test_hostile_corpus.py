@@ -1,4 +1,4 @@
-"""The whole hostile corpus (88 defect kinds) mixed with valid files, through the real stages.
+"""The whole hostile corpus (89 defect kinds) mixed with valid files, through the real stages.
 
 First through the real parse / validate / normalize / plan activities against moto S3 at every validation level,
 then one end-to-end migration through Temporal and the HealthImaging emulator. Every file must end in exactly one
@@ -30,7 +30,7 @@ from contracts.migration import MigrationInput
 from contracts.s3uri import S3Location
 from contracts.stages import PageInput, PlanInput, ReceiveInput
 from corpus.malformed import DEFECTS
-from corpus.models import MANIFEST_NAME, CorpusManifest, Expected
+from corpus.models import MANIFEST_NAME, CorpusManifest, Expected, Origin
 from corpus.sample import build_sample_corpus
 from tests.support.settings import FINGERPRINT_KEY
 from workflows.migration import MigrationWorkflow
@@ -98,7 +98,15 @@ def test_every_hostile_file_gets_exactly_one_verdict_at_each_level(
             continue
         row = ledger.get(key)
         if entry.expected is Expected.DUPLICATE:
-            ok = row is not None and row["state"] == FileState.SKIPPED_DUPLICATE
+            ok = row is not None and row["state"] == FileState.SKIPPED_DUPLICATE \
+                and row["duplicate_of"] == f"hostile/{entry.related_to}"
+            if entry.origin is Origin.IDENTITY:
+                ok = ok and row["reason"].startswith("same instance, other encoding")
+        elif entry.expected is Expected.CONFLICT:
+            ok = row is not None and row["state"] == FileState.REJECTED \
+                and row["code"] == "conflicting_duplicate_sop_instance" \
+                and row["duplicate_of"] == f"hostile/{entry.related_to}" \
+                and row["differing_attributes"] == entry.differs_in
         elif entry.defect:
             spec = DEFECTS[entry.defect]
             codes = row["code"].split(",") if row else []
@@ -140,6 +148,7 @@ async def test_the_hostile_corpus_migrates_end_to_end(client: Client, worker: Wo
         Expected.REJECT: {FileState.REJECTED},
         Expected.SERVICE_FAILURE: {FileState.FAILED},
         Expected.DUPLICATE: {FileState.SKIPPED_DUPLICATE},
+        Expected.CONFLICT: {FileState.REJECTED},
     }
     wrong = []
     for entry in manifest.entries:
@@ -147,6 +156,8 @@ async def test_the_hostile_corpus_migrates_end_to_end(client: Client, worker: Wo
         if row["state"] not in expected_state[entry.expected] or not (row.get("reason") or row["state"] == "imported"):
             wrong.append(f"{entry.path} ({entry.defect or entry.origin.value}): expected {entry.expected.value}, "
                          f"got {row['state']} {row.get('code')} {row.get('reason')}")
+        if entry.expected is Expected.CONFLICT and row.get("differing_attributes") != entry.differs_in:
+            wrong.append(f"{entry.path}: expected differences in {entry.differs_in}, got {row}")
         if entry.expected is Expected.NON_PRIMARY and row.get("is_primary") is not False:
             wrong.append(f"{entry.path}: expected a non-primary image set, got {row}")
     assert not wrong, "\n".join(wrong)

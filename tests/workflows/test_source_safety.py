@@ -5,8 +5,11 @@ End to end through the real Temporal dev server, moto S3 and the HealthImaging e
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
+import pydicom
+from pydicom.uid import ExplicitVRBigEndian
 from temporalio.client import Client
 from temporalio.worker import Worker
 
@@ -25,6 +28,19 @@ from tests.support.eventually import assert_eventually
 from tests.support.migrations import migrate, paused_start, report_rows, report_summary, wait_phase
 from workflows.batch import ImportBatchWorkflow
 from workflows.migration import MigrationWorkflow
+
+
+def big_endian(data: bytes, series_description: str | None = None) -> bytes:
+    """The instance in ``data`` written in explicit VR big endian (pixel values unchanged)."""
+    ds = pydicom.dcmread(io.BytesIO(data))
+    pixels = ds.pixel_array
+    ds.PixelData = pixels.astype(pixels.dtype.newbyteorder(">")).tobytes()
+    if series_description is not None:
+        ds.SeriesDescription = series_description
+    ds.file_meta.TransferSyntaxUID = ExplicitVRBigEndian
+    buf = io.BytesIO()
+    pydicom.dcmwrite(buf, ds, enforce_file_format=True, little_endian=False, implicit_vr=False)
+    return buf.getvalue()
 
 
 class TestSourceChanged:
@@ -185,6 +201,41 @@ class TestAcrossMigrations:
         assert (row["state"], row["code"], row["duplicate_of"]) == (
             FileState.REJECTED, "conflicting_already_imported", first_id)
         assert "SYNTH" not in row["reason"]
+        # compared with the imported file, read where the index line (written by review) says
+        assert row["differing_attributes"] == ["PatientName"] and "differs in PatientName" in row["reason"]
+
+    async def test_the_same_instance_in_another_encoding_is_compared_with_the_imported_file(
+            self, client: Client, worker: Worker, buckets: dict[str, Any], datastore_id: str) -> None:
+        """A later migration's copy in big endian is the instance an earlier one imported; a copy that really
+        differs names the attribute; once the imported file is rewritten, nothing is proven the same."""
+        s3, src, work = buckets["s3"], buckets["source"], buckets["work"]
+        study, series, sop = uid(), uid(), uid()
+        original = make_instance(study, series, sop=sop)
+        changed = make_instance(study, series, sop=sop)
+        s3.put_object(Bucket=src, Key="e1/x.dcm", Body=original)
+
+        async def run(prefix: str) -> tuple[str, dict[str, Any]]:
+            wid, result = await migrate(client, worker, MigrationInput(
+                source_s3_uri=f"s3://{src}/{prefix}/", datastore_id=datastore_id, work_s3_uri=f"s3://{work}/w/",
+                import_start_interval_seconds=0))
+            return wid, report_rows(s3, result)[f"{prefix}/x.dcm"]
+
+        first_id, row = await run("e1")
+        assert row["state"] == FileState.IMPORTED
+        s3.put_object(Bucket=src, Key="e2/x.dcm", Body=big_endian(original))
+        _, row = await run("e2")
+        assert (row["state"], row["code"], row["duplicate_of"]) == (FileState.SKIPPED_DUPLICATE, "already_imported",
+                                                                     first_id)
+        assert "as the same instance in another encoding (transfer syntax" in row["reason"]
+        s3.put_object(Bucket=src, Key="e3/x.dcm", Body=big_endian(changed, series_description="OTHER TEXT"))
+        _, row = await run("e3")
+        assert (row["state"], row["code"]) == (FileState.REJECTED, "conflicting_already_imported")
+        assert row["differing_attributes"] == ["SeriesDescription"] and "OTHER TEXT" not in row["reason"]
+        s3.put_object(Bucket=src, Key="e1/x.dcm", Body=original + b"\0" * 2)  # the imported file, rewritten
+        s3.put_object(Bucket=src, Key="e4/x.dcm", Body=big_endian(original))
+        _, row = await run("e4")
+        assert (row["state"], row["code"]) == (FileState.REJECTED, "conflicting_already_imported")
+        assert "not proven the same: a file changed or disappeared" in row["reason"]
 
     async def test_non_primary_is_predicted_per_file_and_confirmed(
             self, client: Client, worker: Worker, buckets: dict[str, Any], datastore_id: str) -> None:

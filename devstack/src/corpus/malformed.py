@@ -199,17 +199,22 @@ class DefectSpec:
     # A second finding the defect causes as a side effect (e.g. garbled bytes hide the SOP Instance UID), which
     # may reject the file at a level where ``finding`` alone would not.
     also: str | None = None
+    # The finding instead of ``finding`` when the data store's import is known to fail zero padding after Pixel
+    # Data (HIMIG_IMPORT_REJECTS_TRAILING_PADDING; the emulator's strict_trailing_padding fault).
+    padding_rejected_finding: str | None = None
 
-    def rejected_at(self, level: ValidationLevel) -> bool:
-        """The expected verdict at ``level``, from the validation policy."""
-        return any(code is not None and rejects(code, level) for code in (self.finding, self.also))
+    def rejected_at(self, level: ValidationLevel, *, padding_rejected: bool = False) -> bool:
+        """The expected verdict at ``level``, from the validation policy (and the import's padding strictness)."""
+        first = self.padding_rejected_finding if padding_rejected and self.padding_rejected_finding else self.finding
+        return any(code is not None and rejects(code, level) for code in (first, self.also))
 
 
 DEFECTS: dict[str, DefectSpec] = {}
 
 
 def defect(code: str, expected: Expected, reason: str, *, filename: str | None = None,
-           finding: str | None = None, also: str | None = None) -> Callable[[DefectBuilder], DefectBuilder]:
+           finding: str | None = None, also: str | None = None,
+           padding_rejected_finding: str | None = None) -> Callable[[DefectBuilder], DefectBuilder]:
     """Register a defect builder under ``code`` (default file name ``<code>.dcm``).
 
     ``finding`` is the parse finding code that identifies the defect (see :attr:`DefectSpec.finding`).
@@ -218,7 +223,8 @@ def defect(code: str, expected: Expected, reason: str, *, filename: str | None =
     def register(fn: DefectBuilder) -> DefectBuilder:
         if code in DEFECTS:
             raise ValueError(f"defect {code!r} registered twice")
-        DEFECTS[code] = DefectSpec(code, expected, reason, fn, filename or f"{code}.dcm", finding, also)
+        DEFECTS[code] = DefectSpec(code, expected, reason, fn, filename or f"{code}.dcm", finding, also,
+                                   padding_rejected_finding)
         return fn
 
     return register
@@ -519,6 +525,14 @@ def _trailing_padding(ctx: DefectContext) -> bytes:
     ds = ctx.base()
     ds.add_new(0xFFFCFFFC, "OB", b"\0" * 256)
     return encode_dataset(ds)
+
+
+@defect("zero_padding_after_pixel_data", VALID, "8 zero bytes after a complete Pixel Data (padding to a block "
+        "size, no element); no AWS document says the import rejects it, so it imports. Where the import is known "
+        "to fail it (HIMIG_IMPORT_REJECTS_TRAILING_PADDING) parse predicts that and the file is rejected at every "
+        "level", finding="trailing_padding", padding_rejected_finding="trailing_padding_rejected")
+def _zero_padding_after_pixel_data(ctx: DefectContext) -> bytes:
+    return ctx.valid_bytes() + b"\0" * 8
 
 
 @defect("deflated", VALID, "Deflated Explicit VR Little Endian (1.2.840.10008.1.2.1.99): a valid file in a rare "

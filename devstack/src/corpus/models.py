@@ -27,6 +27,7 @@ class Origin(StrEnum):
     MALFORMED = "malformed"  # generated hostile input (or a legal oddity) built from a synthetic base
     NONPRIMARY = "nonprimary"  # pair sharing Study/Series UIDs with conflicting patient values
     DUPLICATE = "duplicate"  # byte-identical copy of another corpus file under another path
+    IDENTITY = "identity"  # one SOP instance re-encoded (same instance) or changed (a conflict): instance identity
 
 
 class Expected(StrEnum):
@@ -36,7 +37,10 @@ class Expected(StrEnum):
     REJECT = "reject"  # do not submit it; report why (not DICOM, truncated, no identity, bad encoding, ...)
     SERVICE_FAILURE = "service_failure"  # parseable DICOM that HealthImaging's import fails (element length limits)
     NON_PRIMARY = "non_primary"  # imports, but conflicts with an earlier file and lands in a non-primary image set
-    DUPLICATE = "duplicate"  # identical copy of another file: import once, report the other as a duplicate
+    DUPLICATE = "duplicate"  # the same instance as another file (identical bytes, or the same dataset and pixels in
+    # another encoding or with another file meta group): import once, report the other as a duplicate
+    CONFLICT = "conflict"  # same SOP Instance UID as an earlier file, other elements or pixels: the first is
+    # imported, this one rejected for review with the differing attributes named (`differs_in`)
 
 
 class CorpusEntry(BaseModel):
@@ -53,6 +57,8 @@ class CorpusEntry(BaseModel):
     reason: str | None = Field(default=None, description="Why `expected` is what it is, for humans.")
     source: str | None = Field(default=None, description="Upstream name of a real file.")
     related_to: str | None = Field(default=None, description="Corpus path this file duplicates or conflicts with.")
+    differs_in: list[str] | None = Field(default=None, description="For a conflict: the attributes (keywords) that "
+                                         "differ from `related_to`; names only, never values.")
     # Identity as written into the file. Filled for files a pipeline should be able to identify (everything
     # except `reject`), so tests and reconciliation can match image sets back to corpus files.
     sop_class_uid: str | None = None

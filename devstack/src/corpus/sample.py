@@ -1,4 +1,4 @@
-"""The bundled demo corpus: real files, a small synthetic hierarchy, hostile files and two identity cases.
+"""The bundled demo corpus: real files, a small synthetic hierarchy, hostile files and the identity cases.
 
 Layout under ``dest`` (all paths in the manifest are relative to ``dest``)::
 
@@ -8,6 +8,8 @@ Layout under ``dest`` (all paths in the manifest are relative to ``dest``)::
     nonprimary/a_original.dcm                valid
     nonprimary/b_conflict.dcm                same Study/Series UID, other patient -> non-primary image set
     synthetic_copy/p0001/st001/se001/00001.dcm   byte-identical copy of the first synthetic file
+    identity/a_original.dcm ... g_conflict_pixels.dcm   one instance re-encoded (duplicates) and changed
+                                             (conflicts naming the attribute): see corpus.identity
     corpus-manifest.json
 
 Paths that a pipeline should see second sort second (``b_conflict`` after ``a_original``; ``synthetic_copy/``
@@ -19,6 +21,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from corpus.identity import write_identity_cases
 from corpus.malformed import generate_malformed
 from corpus.models import (
     CorpusEntry,
@@ -90,7 +93,7 @@ def build_sample_corpus(dest: Path, seed: int = 0) -> CorpusManifest:
     """Build the demo corpus under ``dest`` and write ``corpus-manifest.json`` there.
 
     Deterministic for a given seed and installed pydicom/pydicom-data (real files are copied when installed).
-    About 125 files and 4 MB (every malformed kind is in it, including 2 MiB and 300 KiB headers).
+    About 135 files and 4 MB (every malformed kind is in it, including 2 MiB and 300 KiB headers).
     """
     dest.mkdir(parents=True, exist_ok=True)
     entries = select_real_files(dest, sample_only=True)
@@ -103,6 +106,7 @@ def build_sample_corpus(dest: Path, seed: int = 0) -> CorpusManifest:
     entries += synthetic
     entries += [e.with_path(f"malformed/{e.path}") for e in generate_malformed(dest / "malformed", seed=seed)]
     entries += write_nonprimary_pair(dest, seed=seed)
+    entries += write_identity_cases(dest, seed=seed)
     first = synthetic[0]
     entries.append(write_duplicate(dest, first, f"{DUPLICATE_DIR}/{first.path.removeprefix('synthetic/')}"))
     manifest = make_manifest("sample", seed, entries)

@@ -8,7 +8,8 @@ A fault is a JSON object (``POST /_emulator/faults``, or ``--faults`` / ``HIMIG_
     sees a 500), ``job_failed`` (the job ends FAILED after reading its files; manifest and failure.ndjson are still
     written, every file listed as a server error), ``file_server_error`` (the file lands in failure.ndjson with
     ``InternalServerException``), ``file_warning`` (the file is imported but reported in warning.ndjson),
-    ``manifest_delay`` (the job COMPLETES but ``job-output-manifest.json`` is written ``delaySeconds`` later),
+    ``strict_trailing_padding`` (the file fails as truncated when zero padding follows its last element, which the
+    emulator otherwise accepts because no AWS document says the service rejects it), ``manifest_delay`` (the job COMPLETES but ``job-output-manifest.json`` is written ``delaySeconds`` later),
     ``crash`` (the process ``os._exit``\\ s after ``afterFiles`` files of a job were read), ``event_duplicate``
     (an event is delivered ``copies`` + 1 times), ``event_reorder`` (an event is held back and delivered after the
     next one).
@@ -43,7 +44,7 @@ log = logging.getLogger("emulator.faults")
 
 OPERATION_KINDS = ("throttle", "server_error")
 JOB_KINDS = ("job_failed", "manifest_delay", "crash")
-FILE_KINDS = ("file_server_error", "file_warning")
+FILE_KINDS = ("file_server_error", "file_warning", "strict_trailing_padding")
 EVENT_KINDS = ("event_duplicate", "event_reorder")
 KINDS = OPERATION_KINDS + JOB_KINDS + FILE_KINDS + EVENT_KINDS
 
@@ -257,6 +258,10 @@ class FaultInjector:
         return [{"warning_reason_code": o.get("warningCode", DEFAULT_WARNING["warning_reason_code"]),
                  "type": o.get("warningType", DEFAULT_WARNING["type"]),
                  "message": o.get("warningMessage", DEFAULT_WARNING["message"])}]
+
+    def strict_trailing_padding(self, job: Any, key: str) -> bool:
+        """Whether ``key`` is judged strictly: zero padding after its last element fails it as truncated."""
+        return self.fire("strict_trailing_padding", {**_job_ctx(job), "file": key}) is not None
 
     def file_read(self, job: Any) -> None:
         """Count a file read by ``job``; crash the whole process when a ``crash`` fault says so."""

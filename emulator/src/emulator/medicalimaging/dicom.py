@@ -182,8 +182,13 @@ def _norm(value: Any) -> str:
     return str(value).strip()
 
 
-def parse_instance(data: bytes) -> ParsedInstance:
-    """Parse and check one P10 file held in memory. Raises :class:`InstanceRejected` with the reason."""
+def parse_instance(data: bytes, *, strict_trailing_padding: bool = False) -> ParsedInstance:
+    """Parse and check one P10 file held in memory. Raises :class:`InstanceRejected` with the reason.
+
+    Zero bytes after the last complete element (files padded to a block size) are accepted: no AWS document says
+    the import rejects them. ``strict_trailing_padding`` (the ``strict_trailing_padding`` fault) fails such files
+    as truncated instead, so clients can test the stricter behaviour.
+    """
     if len(data) < 132 or data[128:132] != b"DICM":
         raise InstanceRejected("Input file is not a DICOM P10 file: the 'DICM' prefix at byte offset 128 is missing")
     try:
@@ -195,7 +200,7 @@ def parse_instance(data: bytes) -> ParsedInstance:
     meta = ds.file_meta
     ts = str(meta.get("TransferSyntaxUID", "") or "").strip()
     if ts != "1.2.840.10008.1.2.1.99":  # offsets of a deflated data set refer to the inflated stream
-        _check_truncation(ds, len(data))
+        _check_truncation(ds, data, strict_trailing_padding)
     if not ts:
         raise InstanceRejected("DICOM attribute TransferSyntaxUID does not exist")
     if str(meta.get("MediaStorageSOPClassUID", "")).strip() == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds:
@@ -239,20 +244,33 @@ def parse_instance(data: bytes) -> ParsedInstance:
     )
 
 
-def _check_truncation(ds: Dataset, size: int) -> None:
+def _check_truncation(ds: Dataset, data: bytes, strict_trailing_padding: bool) -> None:
     """Detect truncation that pydicom reads silently (it stops at EOF and keeps a short last value)."""
+    size = len(data)
+    for tag in [t for t in ds._dict if t >> 16 == 0]:
+        # Zero padding read as elements (0000,0000): pydicom makes one of every 8 zero bytes. They are padding,
+        # not attributes, and must not end up in the metadata.
+        del ds[tag]
     if not len(ds):
         raise InstanceRejected("Input file is truncated: no data set follows the file meta information")
     last_tag = max(ds.keys())
     raw = ds.get_item(last_tag)
-    if not isinstance(raw, RawDataElement) or raw.length == UNDEFINED_LENGTH:
+    if not isinstance(raw, RawDataElement):
+        return
+    if raw.length == UNDEFINED_LENGTH:
+        # Encapsulated Pixel Data: pydicom keeps the items, the Sequence Delimitation Item (8 bytes) follows.
+        end = raw.value_tell + len(raw.value or b"") + 8
+        if strict_trailing_padding and last_tag == PIXEL_DATA_TAG and end < size:
+            raise InstanceRejected(
+                f"Input file is truncated: {size - end} trailing bytes after element {_tag_text(last_tag)} "
+                "do not form a complete data element")
         return
     end = raw.value_tell + raw.length
     if end > size:
         raise InstanceRejected(
             f"Input file is truncated: element {_tag_text(last_tag)} needs {raw.length} bytes at offset "
             f"{raw.value_tell} but the file ends at byte {size}")
-    if end < size and last_tag != 0xFFFCFFFC:
+    if end < size and last_tag != 0xFFFCFFFC and (strict_trailing_padding or data[end:].strip(b"\0")):
         # Bytes left that do not form a whole element: the file was cut inside the next element's header,
         # or inside an undefined-length item (such as encapsulated Pixel Data) that pydicom dropped.
         raise InstanceRejected(

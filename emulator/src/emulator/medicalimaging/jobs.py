@@ -257,8 +257,9 @@ class JobRunner(ClockedJobRunner[MedicalImagingBackend]):
             outcome.server_error = True
             return outcome
         t1 = time.perf_counter()
+        strict = job is not None and self.faults.strict_trailing_padding(job, obj.key)
         try:
-            outcome.parsed = parse_instance(data)
+            outcome.parsed = parse_instance(data, strict_trailing_padding=strict)
         except InstanceRejected as exc:
             outcome.error = str(exc)
         except Exception as exc:  # never let one odd file take the job down
