@@ -19,7 +19,15 @@ from activities.errors import classify, error_code
 from activities.heartbeat import keeps_alive
 from activities.ledger import source_changed_keys
 from activities.spotcheck import SpotChecker
-from activities.storage import get_bytes, is_missing, iter_ndjson, list_objects, put_ndjson, read_models
+from activities.storage import (
+    get_bytes,
+    is_missing,
+    iter_ndjson,
+    list_objects,
+    put_ndjson,
+    read_batch_models,
+    read_models,
+)
 from contracts import layout
 from contracts.common import FileState
 from contracts.errors import BACKOFF, ErrorType
@@ -221,8 +229,8 @@ class FailedBatchActivities:
                 accounted |= {str(row["key"]) for row in iter_ndjson(self._s3, S3Location(ledgers.bucket, obj["Key"]))}
         except ClientError as err:
             raise classify(err, "reading the batch ledgers") from None
-        files = read_models(self._s3, layout.batch_manifest(batch.work_s3_uri, batch.migration_id, batch.batch),
-                            InstanceRecord)
+        manifest = layout.batch_manifest(batch.work_s3_uri, batch.migration_id, batch.batch)
+        files = read_batch_models(self._s3, manifest, InstanceRecord, batch.batch)
         ledger = [LedgerEntry(key=f.key, state=FileState.FAILED, size=f.size, batch=batch.batch, job_id=input.job_id,
                               code="BatchFailed", reason=input.reason[:500]) for f in files if f.key not in accounted]
         if ledger:

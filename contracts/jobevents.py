@@ -16,8 +16,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
+from contracts.common import Closed
 from contracts.layout import import_output_batch
 from contracts.migration import DATASTORE_ID_PATTERN, batch_workflow_id
 
@@ -38,7 +39,7 @@ class MalformedJobEvent(ValueError):
     """The message is not a usable import-job event; the reason names the field, never a value."""
 
 
-class JobEvent(BaseModel):
+class JobEvent(Closed):
     """Signal `job_event` of `ImportBatchWorkflow`: one import job reached (per the event) a status."""
 
     job_id: str = Field(pattern=JOB_ID_PATTERN)

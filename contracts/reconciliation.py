@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from contracts.common import Strict
+from contracts.common import Float, Int, Strict
 from contracts.migration import DATASTORE_ID_PATTERN, MIGRATION_ID_PATTERN
 
 IMAGE_SET_ID_PATTERN = r"^[0-9a-z]{32}$"
@@ -66,8 +66,8 @@ class ReconciliationInput(Strict):
     datastore_id: Annotated[str, Field(pattern=DATASTORE_ID_PATTERN)]
     image_set_id: Annotated[str, Field(pattern=IMAGE_SET_ID_PATTERN, description="the non-primary image set")]
     migration_id: Annotated[str | None, Field(pattern=MIGRATION_ID_PATTERN)] = None
-    batch: int | None = Field(None, ge=0)
-    timeout_seconds: float = Field(DEFAULT_TIMEOUT_SECONDS, gt=0, le=366 * 24 * 3600,
+    batch: Int | None = Field(None, ge=0)
+    timeout_seconds: Float = Field(DEFAULT_TIMEOUT_SECONDS, gt=0, le=366 * 24 * 3600,
                                    description="wait this long for a decision, then escalate (and keep waiting)")
     authorized_reviewers: list[Annotated[str, Field(pattern=REVIEWER_PATTERN)]] | None = Field(
         None, description="when set, only these reviewers may decide")
