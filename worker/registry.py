@@ -46,16 +46,17 @@ def build_activities(clients: AwsClients, settings: Settings) -> list[Callable[.
     parse = ParseActivities(s3, settings.parse_concurrency, fingerprint_key=settings.fingerprint_secret())
     validate = ValidateActivities(s3)
     normalize = NormalizeActivities(s3)
-    plan = PlanActivities(s3, mi)
+    plan = PlanActivities(s3, mi, settings.import_index_s3_uri)
     start = ImportActivities(s3, mi, cast(str, settings.data_access_role_arn), settings.parse_concurrency)
     await_job = AwaitActivities(mi, settings.job_poll_initial_seconds, settings.job_poll_max_seconds)
     dicomweb = SignedHttp(clients.credentials, settings.aws_region, "medical-imaging") if clients.credentials else None
-    review = ReviewActivities(s3, mi, SpotChecker(mi, dicomweb, settings.dicomweb_base_url()))
+    review = ReviewActivities(s3, mi, SpotChecker(mi, dicomweb, settings.dicomweb_base_url()),
+                              settings.import_index_s3_uri)
     fhir = FhirRouteActivities(
         s3, mi, clients.healthlake,
         SignedHttp(clients.credentials, settings.aws_region, "healthlake") if clients.credentials else None,
         settings.dicomweb_base_url(), settings.healthlake_data_access_role_arn, settings.healthlake_kms_key_id,
-        settings.job_poll_initial_seconds, settings.job_poll_max_seconds)
+        settings.job_poll_initial_seconds, settings.job_poll_max_seconds, settings.import_index_s3_uri)
     failed = FailedBatchActivities(s3)
     route = RouteActivities(s3, clients.events, settings.event_bus_name)
     report = ReportActivities(s3)

@@ -102,7 +102,8 @@ def test_the_walk_reaches_the_nested_models() -> None:
     names = {m.__name__ for m in MODELS}
     # Carried state, nested messages and connectors are inputs too: a caller can type them.
     assert {"MigrationState", "IngestState", "OperatorAction", "PendingFlush", "FlushSummary", "FlushedMark",
-            "FhirRouting", "LocalSource", "DicomwebSource", "DimseSource"} <= names
+            "FhirRouting", "LocalSource", "DicomwebSource", "DimseSource", "ReconciliationCarry",
+            "ConflictDescription", "AttributeDifference", "DecisionRecord"} <= names
     assert len(SCALAR_FIELDS) > 40
 
 

@@ -61,6 +61,14 @@ class TestCarriedStateFromACaller:
                              _base(buckets, datastore_id) | {"continued": {"flushes": 7, "buffer": []}})
         assert isinstance(cause, ApplicationError) and cause.type == ErrorType.CALLER_SET_INTERNAL_STATE
 
+    async def test_a_reconciliation_refuses_it(self, client: Client, worker: Worker, datastore_id: str) -> None:
+        carry = {"state": "escalated", "decision_deadline": "2026-01-01T00:00:00Z",
+                 "conflict": {"datastore_id": datastore_id, "image_set_id": "b" * 32, "image_set_state": "ACTIVE",
+                              "is_primary": False, "version": "1", "instances": 1}}
+        cause = await _fails(client, worker, "ReconciliationWorkflow",
+                             {"datastore_id": datastore_id, "image_set_id": "b" * 32, "continued": carry})
+        assert isinstance(cause, ApplicationError) and cause.type == ErrorType.CALLER_SET_INTERNAL_STATE
+
 
 class TestStrictInputs:
     @pytest.mark.parametrize("field,value", [
