@@ -14,6 +14,7 @@ from activities.parse import ParseActivities
 from activities.plan import PlanActivities
 from activities.receive import ReceiveActivities
 from activities.reconcile import ReconcileActivities
+from activities.reconcile_sweep import SweepActivities
 from activities.report import ReportActivities
 from activities.review import FailedBatchActivities, ReviewActivities
 from activities.route import RouteActivities
@@ -28,8 +29,10 @@ from workflows.batch import ImportBatchWorkflow
 from workflows.ingest import IngestWorkflow
 from workflows.migration import MigrationWorkflow
 from workflows.reconciliation import ReconciliationWorkflow
+from workflows.sweep import ReconciliationSweepWorkflow
 
-WORKFLOWS: list[type] = [MigrationWorkflow, ImportBatchWorkflow, ReconciliationWorkflow, IngestWorkflow]
+WORKFLOWS: list[type] = [MigrationWorkflow, ImportBatchWorkflow, ReconciliationWorkflow, IngestWorkflow,
+                         ReconciliationSweepWorkflow]
 
 
 def build_activities(clients: AwsClients, settings: Settings) -> list[Callable[..., Any]]:
@@ -65,6 +68,7 @@ def build_activities(clients: AwsClients, settings: Settings) -> list[Callable[.
                                 attestation_key=settings.reviewer_attestation_secret(),
                                 reviewers=settings.reconciliation_reviewer_list())
     ingest = IngestActivities(s3)
+    sweep = SweepActivities(mi)
     return [
         receive.receive_inventory, parse.parse_headers, validate.validate_page, normalize.normalize_page,
         plan.plan_batches, plan.split_batch, start.start_import_job, await_job.await_import_job, review.review_manifest,
@@ -72,4 +76,5 @@ def build_activities(clients: AwsClients, settings: Settings) -> list[Callable[.
         fhir.start_fhir_import, fhir.await_fhir_import, fhir.review_fhir_import,
         recon.describe_conflict, recon.await_image_set, recon.update_before_promote, recon.promote_image_set,
         recon.delete_image_set, recon.publish_escalation, recon.verify_reviewer, ingest.write_ingest_manifest,
+        sweep.list_non_primary,
     ]

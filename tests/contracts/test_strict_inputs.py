@@ -25,10 +25,11 @@ from contracts.ingest import Arrival, IngestInput
 from contracts.jobevents import JobEvent
 from contracts.migration import MigrationInput, OperatorCommand
 from contracts.reconciliation import ReconciliationDecision, ReconciliationInput
+from contracts.sweep import SweepInput
 
 # What a caller can send: workflow inputs, then signal and update arguments.
 ROOTS: list[type[BaseModel]] = [
-    MigrationInput, IngestInput, ReconciliationInput, BatchInput,
+    MigrationInput, IngestInput, ReconciliationInput, BatchInput, SweepInput,
     OperatorCommand, Arrival, JobEvent, ReconciliationDecision, ManifestApproval,
 ]
 
@@ -39,6 +40,7 @@ VALID: dict[type[BaseModel], dict[str, Any]] = {
     ReconciliationInput: {"datastore_id": "a" * 32, "image_set_id": "b" * 32},
     BatchInput: {"migration_id": "m1", "batch": 0, "source_s3_uri": "s3://src-b/in/", "work_s3_uri": "s3://w-b/w/",
                  "datastore_id": "a" * 32},
+    SweepInput: {"datastore_id": "a" * 32},
     OperatorCommand: {},
     Arrival: {"key": "in/a.dcm", "size": 10, "event_time": "2026-12-01T00:00:00Z"},
     JobEvent: {"job_id": "j1", "status": "COMPLETED"},
@@ -103,7 +105,7 @@ def test_the_walk_reaches_the_nested_models() -> None:
     # Carried state, nested messages and connectors are inputs too: a caller can type them.
     assert {"MigrationState", "IngestState", "OperatorAction", "PendingFlush", "FlushSummary", "FlushedMark",
             "FhirRouting", "LocalSource", "DicomwebSource", "DimseSource", "ReconciliationCarry",
-            "ConflictDescription", "AttributeDifference", "DecisionRecord"} <= names
+            "ConflictDescription", "AttributeDifference", "DecisionRecord", "SweepCarry"} <= names
     assert len(SCALAR_FIELDS) > 40
 
 
