@@ -71,7 +71,9 @@ def parse_job_event(body: str) -> ParsedJobEvent | None:
         raise MalformedJobEvent("body is not JSON") from None
     if not isinstance(doc, dict) or "detail-type" not in doc:
         raise MalformedJobEvent("body is not an EventBridge event (no detail-type)")
-    if doc.get("source") != SOURCE or doc.get("detail-type") not in WAKING_DETAIL_TYPES:
+    detail_type = doc.get("detail-type")
+    # Checked for a string first: any JSON may arrive, and a list is not even hashable.
+    if doc.get("source") != SOURCE or not isinstance(detail_type, str) or detail_type not in WAKING_DETAIL_TYPES:
         return None
     detail = doc.get("detail")
     if not isinstance(detail, dict):
