@@ -22,6 +22,7 @@ from contracts.ingest import Arrival, IngestInput
 from contracts.migration import MigrationInput, OperatorCommand
 from tests.support.eventually import assert_eventually
 from tests.support.migrations import paused_start
+from tests.workflows.test_reconciliation import bus, mi, recon_worker, start  # noqa: F401 (fixtures)
 from workflows.ingest import IngestWorkflow
 from workflows.migration import MigrationWorkflow
 
@@ -104,3 +105,36 @@ async def test_every_operator_signal_is_applied_or_recorded_rejected(
     await assert_eventually(logged, timeout=30)
     assert (await handle.describe()).status == WorkflowExecutionStatus.RUNNING
     await handle.terminate("fuzzing done")
+
+
+NEAR_DECISION = st.fixed_dictionaries(
+    {"action": st.sampled_from(["promote", "keep", "discard", "merge"]) | JSON,
+     "reviewer": st.sampled_from(["alice-sub", "bad reviewer!"]) | JSON},
+    optional={"reason": JSON, "update_first": JSON, "reconciliation_id": JSON, "zz": JSON})
+
+
+async def test_every_decide_update_is_refused_to_its_caller_and_a_well_formed_one_is_recorded(
+        start: Any,  # noqa: F811 (the fixture imported above)
+) -> None:
+    """Unattested `decide` updates of any shape: the validator refuses the malformed ones (by Temporal's design
+    they leave no trace, and the caller gets the field at fault); the well-formed ones are refused as not
+    attested and recorded. The reconciliation keeps waiting."""
+    from temporalio.client import WorkflowUpdateFailedError
+
+    from contracts.reconciliation import ReconciliationDecision, ReconciliationStatus
+
+    recon = await start()
+    await recon.wait_state("awaiting_decision")
+    payloads = _payloads(NEAR_DECISION | JSON, 30)
+    for value in payloads:
+        try:
+            await recon.handle.execute_update("decide", json.loads(json.dumps(value, allow_nan=True)))
+        except WorkflowUpdateFailedError as err:
+            assert err.cause is not None and str(err.cause)
+        else:
+            raise AssertionError(f"an unattested decision was accepted: {value!r}")
+    well_formed = sum(isinstance(v, dict) and _valid(ReconciliationDecision, v) for v in payloads)
+    status: ReconciliationStatus = await recon.status()
+    assert len(status.decisions) == well_formed and not any(r.accepted for r in status.decisions)
+    assert all(r.error and r.error.startswith("not attested") for r in status.decisions)
+    assert status.state == "awaiting_decision"

@@ -149,7 +149,10 @@ class AdminApi(JsonRoutes):
         if JOB_ORDER[job.status] < JOB_ORDER[to]:
             self.backend.release_job(job_id, to)
             self.runner.wake()
-        if body.get("wait", True):
+        wait = body.get("wait", True)
+        if not isinstance(wait, bool):
+            raise ValidationException("'wait' must be true or false")
+        if wait:
             timeout = number(body, "timeoutSeconds", 0, MAX_WAIT_SECONDS, default=30)
             targets = {"IN_PROGRESS", "COMPLETED", "FAILED"} if to == "IN_PROGRESS" else {"COMPLETED", "FAILED"}
             job = self.runner.wait_for(job_id, targets, timeout) or job
