@@ -41,12 +41,12 @@ from activities.fhir import (
 )
 from activities.healthimaging import get_image_set_metadata, search_image_sets, with_local_retries
 from activities.heartbeat import keeps_alive
+from activities.import_index import ImportIndex
 from activities.signed_http import SignedHttp
-from activities.storage import get_bytes, get_json, is_missing, list_objects, put_json, read_models
+from activities.storage import get_bytes, get_json, is_missing, list_objects, put_json
 from contracts import layout
 from contracts.errors import ErrorType
 from contracts.fhir import MAX_FAILURES, FhirFailure, FhirImportRef, FhirJobOutcome, FhirSummary
-from contracts.records import ImportedInstance
 from contracts.s3uri import S3Location
 from contracts.stages import FhirReviewInput, RouteInput
 
@@ -105,13 +105,14 @@ def capped_refusals(rejected: list[FhirFailure]) -> dict[str, Any]:
 class FhirRouteActivities:
     def __init__(self, s3: Any, medical_imaging: Any, healthlake: Any, fhir_http: SignedHttp | None,
                  dicomweb_base_url: str, data_access_role_arn: str | None, kms_key_id: str | None,
-                 initial_delay: float = 1.0, max_delay: float = 30.0) -> None:
+                 initial_delay: float = 1.0, max_delay: float = 30.0, import_index_s3_uri: str | None = None) -> None:
         """``initial_delay`` / ``max_delay``: the job poll's back-off, as for ``AwaitActivities``.
 
         ``data_access_role_arn`` and ``kms_key_id`` are needed only to start a HealthLake import job: a worker
         without them fails that step (non-retryable) naming the variables to set.
         """
         self._s3 = s3
+        self._index = ImportIndex(s3, import_index_s3_uri)
         self._mi = medical_imaging
         self._hl = healthlake
         self._http = fhir_http
@@ -128,9 +129,7 @@ class FhirRouteActivities:
         Read from the import index the review wrote (one row per instance it imported into an image set).
         """
         batch = input.batch
-        imported = read_models(self._s3, layout.imported_index(batch.work_s3_uri, batch.datastore_id,
-                                                               batch.migration_id, batch.batch, batch.part),
-                               ImportedInstance)
+        imported = self._index.read_batch(batch)
         # Non-primary image sets wait for reconciliation; the study is routed once they are decided.
         return sorted({row.study_instance_uid for row in imported if row.is_primary})
 

@@ -23,7 +23,7 @@ from activities import phi
 from activities.errors import classify, error_code
 from activities.heartbeat import current, keeps_alive
 from activities.job_admission import StartPacer, free_job_slot
-from activities.storage import get_bytes, is_missing, list_objects, put_ndjson, read_models
+from activities.storage import is_missing, list_objects, put_ndjson, read_batch_file, read_batch_models
 from contracts import layout
 from contracts.batch import BatchInput, ImportJobRef
 from contracts.common import FileState
@@ -142,11 +142,11 @@ class ImportActivities:
     def start_import_job(self, batch: BatchInput) -> ImportJobRef:
         manifest = layout.batch_manifest(batch.work_s3_uri, batch.migration_id, batch.batch, batch.part)
         try:
-            files = read_models(self._s3, manifest, InstanceRecord)
+            files = read_batch_models(self._s3, manifest, InstanceRecord, batch.batch)
             if not files:
                 raise ApplicationError(f"batch {batch.batch} has no files", type=ErrorType.EMPTY_BATCH, non_retryable=True)
-            plan = BatchPlan.model_validate_json(
-                get_bytes(self._s3, layout.batch_meta(batch.work_s3_uri, batch.migration_id, batch.batch, batch.part)))
+            plan = BatchPlan.model_validate_json(read_batch_file(
+                self._s3, layout.batch_meta(batch.work_s3_uri, batch.migration_id, batch.batch, batch.part), batch.batch))
             changed: list[LedgerEntry] = []
             if plan.direct_input_s3_uri and self._folder_unchanged(plan.direct_input_s3_uri, files):
                 input_uri, key_prefix, direct = plan.direct_input_s3_uri, "", True

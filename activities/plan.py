@@ -19,9 +19,10 @@ from temporalio import activity
 from activities.errors import classify, error_code
 from activities.healthimaging import with_local_retries
 from activities.heartbeat import current, keeps_alive
+from activities.import_index import ImportIndex
 from activities.instance_identity import Fetch, Sameness, compare
 from activities.ledger import source_changed_keys
-from activities.storage import is_missing, iter_ndjson, list_objects, put_bytes, put_ndjson, read_models
+from activities.storage import is_missing, iter_ndjson, put_bytes, put_ndjson, read_models
 from contracts import layout
 from contracts.batch import BatchInput
 from contracts.common import FileState
@@ -253,9 +254,10 @@ def halves(files: list[InstanceRecord]) -> tuple[list[InstanceRecord], list[Inst
 
 
 class PlanActivities:
-    def __init__(self, s3: Any, medical_imaging: Any = None) -> None:
+    def __init__(self, s3: Any, medical_imaging: Any = None, import_index_s3_uri: str | None = None) -> None:
         self._s3 = s3
         self._mi = medical_imaging
+        self._index = ImportIndex(s3, import_index_s3_uri)
 
     def _read_index(self, input: PlanInput, instances: list[InstanceRecord]) -> ImportedIndex:
         """The data store's import index, one object at a time, kept only where it meets this source."""
@@ -264,13 +266,12 @@ class PlanActivities:
             return index
         sops = {i.sop_instance_uid for i in instances}
         series = {(i.study_instance_uid, i.series_instance_uid) for i in instances}
-        prefix = layout.imported_index_prefix(input.work_s3_uri, input.datastore_id)
-        own = layout.imported_index_of_migration(input.work_s3_uri, input.datastore_id, input.migration_id).key
         try:
-            for obj in list_objects(self._s3, prefix):
-                if obj["Key"].startswith(own):
-                    continue  # this migration's own batches (a re-run) are not "earlier"
-                for row in iter_ndjson(self._s3, S3Location(prefix.bucket, obj["Key"])):
+            self._index.adopt_legacy(input.work_s3_uri, input.datastore_id)
+            # This migration's own batches (a re-run) are not "earlier"; every other migration's are, wherever
+            # it kept its work.
+            for loc in self._index.earlier(input.work_s3_uri, input.datastore_id, input.migration_id):
+                for row in iter_ndjson(self._s3, loc):
                     entry = ImportedInstance.model_validate(row)
                     if entry.sop_instance_uid in sops:
                         index.instances[entry.sop_instance_uid] = entry
@@ -278,7 +279,7 @@ class PlanActivities:
                     if entry.is_primary and key in series:
                         index.series[key] = entry
                 if keep := current():
-                    keep.record(obj["Key"])
+                    keep.record(loc.key)
         except ClientError as err:
             raise classify(err, "reading the data store's import index") from None
         gone = self._missing_image_sets(input.datastore_id, {e.image_set_id for e in

@@ -18,9 +18,18 @@ from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from activities.errors import classify, error_code
 from activities.heartbeat import keeps_alive
+from activities.import_index import ImportIndex
 from activities.ledger import source_changed_keys
 from activities.spotcheck import SpotChecker
-from activities.storage import get_bytes, is_missing, iter_ndjson, list_objects, put_ndjson, read_models
+from activities.storage import (
+    get_bytes,
+    is_missing,
+    iter_ndjson,
+    list_objects,
+    put_ndjson,
+    read_batch_models,
+    read_models,
+)
 from contracts import layout
 from contracts.common import FileState
 from contracts.errors import BACKOFF, ErrorType
@@ -146,9 +155,11 @@ def check_counters(summary: dict[str, Any], staged: int, output: JobOutput) -> l
 
 
 class ReviewActivities:
-    def __init__(self, s3: Any, medical_imaging: Any, spot_check: SpotChecker | None = None) -> None:
+    def __init__(self, s3: Any, medical_imaging: Any, spot_check: SpotChecker | None = None,
+                 import_index_s3_uri: str | None = None) -> None:
         self._s3 = s3
         self._mi = medical_imaging
+        self._index = ImportIndex(s3, import_index_s3_uri)
         self._spot = spot_check or SpotChecker(medical_imaging)
 
     def _read_output(self, folder: S3Location) -> JobOutput:
@@ -239,8 +250,7 @@ class ReviewActivities:
                 problems.append(f"image set {listed.image_set_id}: manifest and success.ndjson disagree on isPrimary")
         ledger_loc = layout.ledger_for_batch(batch.work_s3_uri, batch.migration_id, batch.batch, batch.part)
         # The data store's import index first: a later migration skips these files (same content) or flags them.
-        put_ndjson(self._s3, layout.imported_index(batch.work_s3_uri, batch.datastore_id, batch.migration_id,
-                                                   batch.batch, batch.part), imported)
+        self._index.write_batch(batch, imported)
         put_ndjson(self._s3, ledger_loc, ledger)
         counts: dict[FileState, int] = {}
         for entry in ledger:
@@ -280,8 +290,8 @@ class FailedBatchActivities:
                 accounted |= {str(row["key"]) for row in iter_ndjson(self._s3, S3Location(ledgers.bucket, obj["Key"]))}
         except ClientError as err:
             raise classify(err, "reading the batch ledgers") from None
-        files = read_models(self._s3, layout.batch_manifest(batch.work_s3_uri, batch.migration_id, batch.batch),
-                            InstanceRecord)
+        manifest = layout.batch_manifest(batch.work_s3_uri, batch.migration_id, batch.batch)
+        files = read_batch_models(self._s3, manifest, InstanceRecord, batch.batch)
         ledger = [LedgerEntry(key=f.key, state=FileState.FAILED, size=f.size, batch=batch.batch, job_id=input.job_id,
                               code="BatchFailed", reason=input.reason[:500], study_instance_uid=f.study_instance_uid,
                               series_instance_uid=f.series_instance_uid)

@@ -9,7 +9,9 @@ from typing import Any, TypeVar
 
 from botocore.exceptions import ClientError
 from pydantic import BaseModel
+from temporalio.exceptions import ApplicationError
 
+from contracts.errors import ErrorType
 from contracts.s3uri import S3Location
 
 M = TypeVar("M", bound=BaseModel)
@@ -19,6 +21,29 @@ _CONTENT_RANGE = re.compile(r"bytes \d+-\d+/(\d+)")
 def is_missing(err: ClientError) -> bool:
     return err.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound")
 
+
+
+def missing_batch_plan(batch: int, loc: S3Location) -> ApplicationError:
+    """A planned batch's manifest or plan is gone: no retry brings it back, so the batch fails at once, saying
+    which object (keys under the work prefix name the migration and the batch, never a patient)."""
+    return ApplicationError(
+        f"batch {batch}: {loc.uri} is missing from the work prefix (never planned, or deleted since); "
+        "re-run the migration to plan it again", type=ErrorType.MISSING_BATCH_PLAN, non_retryable=True)
+
+
+def read_batch_file(s3: Any, loc: S3Location, batch: int) -> bytes:
+    """The bytes of one of a planned batch's own files (its manifest or its plan); `missing_batch_plan` if absent."""
+    try:
+        return get_bytes(s3, loc)
+    except ClientError as err:
+        if is_missing(err):
+            raise missing_batch_plan(batch, loc) from None
+        raise
+
+
+def read_batch_models(s3: Any, loc: S3Location, model: type[M], batch: int) -> list[M]:
+    """`read_models` of one of a planned batch's own NDJSON files; `missing_batch_plan` if absent."""
+    return [model.model_validate_json(line) for line in read_batch_file(s3, loc, batch).splitlines() if line.strip()]
 
 
 def object_size(get_object_response: dict[str, Any], fallback: int) -> int:

@@ -50,6 +50,7 @@ from contracts.stages import (
     RouteResult,
     ValidateResult,
 )
+from contracts.sweep import NonPrimaryPage, NonPrimaryPageInput
 from contracts.verify import VerifyInput, VerifyResult
 
 _DECLARATION = "a declaration: the worker runs the implementation registered under this name (worker/registry.py)"
@@ -172,6 +173,13 @@ def publish_escalation(input: EscalationInput) -> bool:
 @activity.defn(name="verify_reviewer")
 def verify_reviewer(input: ReviewerClaim) -> ReviewerVerdict:
     """Check a decision's reviewer attestation and the reviewer list; the verified identity or why not."""
+    raise NotImplementedError(_DECLARATION)
+
+# ---- ReconciliationSweepWorkflow (activities/reconcile_sweep.py)
+
+@activity.defn(name="list_non_primary")
+def list_non_primary(input: NonPrimaryPageInput) -> NonPrimaryPage:
+    """One page of a data store's non-primary image sets."""
     raise NotImplementedError(_DECLARATION)
 
 # ---- IngestWorkflow

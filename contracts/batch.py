@@ -7,7 +7,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, Field
 
-from contracts.common import FileState, Strict
+from contracts.common import Bool, Closed, FileState, Int, Strict
 from contracts.fhir import FhirRouting, FhirSummary
 from contracts.migration import MAX_SPOT_CHECK
 
@@ -29,24 +29,24 @@ class BatchStage(StrEnum):
     DONE = "done"
 
 
-class BatchInput(BaseModel):
+class BatchInput(Closed):
     """Input of one `ImportBatchWorkflow`: a planned batch, staged and imported as one import job."""
 
     migration_id: str
-    batch: int
+    batch: Int = Field(ge=0)
     source_s3_uri: str
     work_s3_uri: str
     datastore_id: str
     data_access_role_arn: str | None = None
     # The source bucket's owner when it is another account (`SourceAndTarget.source_owner_account_id`).
     source_owner_account_id: str | None = None
-    manual_review: bool = False
+    manual_review: Bool = False
     # 1 or 2: one half of this batch, imported again after the whole batch's job FAILED.
-    part: int | None = Field(None, ge=1, le=2)
+    part: Int | None = Field(None, ge=1, le=2)
     # None: no FHIR routing for this batch.
     fhir: FhirRouting | None = None
     # Instances read back through DICOMweb during review (0 for batches started before the spot check existed).
-    dicomweb_spot_check: int = Field(0, ge=0, le=MAX_SPOT_CHECK)
+    dicomweb_spot_check: Int = Field(0, ge=0, le=MAX_SPOT_CHECK)
 
 
 class ImportJobRef(BaseModel):
@@ -87,7 +87,7 @@ class BatchResult(BaseModel):
 class ManifestApproval(Strict):
     """Argument of the `approve_manifest` update on `ImportBatchWorkflow` (manual review gate)."""
 
-    approve: bool = Field(description="true: route the batch; false: hold it back from routing")
+    approve: Bool = Field(description="true: route the batch; false: hold it back from routing")
     reviewer: str = Field(min_length=1, max_length=200)
     reason: str | None = Field(None, max_length=1000, description="why (no PHI)")
 

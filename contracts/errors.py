@@ -67,6 +67,11 @@ class ErrorType(StrEnum):
     """MigrationWorkflow: its workflow id cannot name S3 keys and child workflow ids."""
     INVALID_INGEST_ID = "InvalidIngestId"
     """IngestWorkflow: its workflow id cannot name the migrations it flushes into."""
+    CALLER_SET_INTERNAL_STATE = "CallerSetInternalState"
+    """A workflow input carries ``continued`` (state only the workflow writes when it continues as new) in a run
+    that no run of the workflow continued into: a caller set it, and the workflow refuses to start."""
+    MISSING_BATCH_PLAN = "MissingBatchPlan"
+    """start_import_job / record_failed_batch: a planned batch's manifest or plan is not in the work prefix."""
     DECISION_REJECTED = "DecisionRejected"
     """ReconciliationWorkflow's ``decide`` update: a second decision accepted by validation in the same task."""
     ROLLBACK_REFUSED = "RollbackRefused"
@@ -111,7 +116,7 @@ BACKOFF: frozenset[ErrorType] = frozenset({
 FATAL: frozenset[ErrorType] = frozenset({
     ErrorType.VALIDATION_EXCEPTION, ErrorType.RESOURCE_NOT_FOUND, ErrorType.ACCESS_DENIED, ErrorType.CONFLICT,
     ErrorType.NO_SUCH_BUCKET, ErrorType.VALIDATION_ERROR, ErrorType.EMPTY_BATCH,
-    ErrorType.IMAGE_SET_MUTATION_FAILED, ErrorType.PROMOTION_NOT_PRIMARY,
+    ErrorType.IMAGE_SET_MUTATION_FAILED, ErrorType.PROMOTION_NOT_PRIMARY, ErrorType.MISSING_BATCH_PLAN,
 })
 
 

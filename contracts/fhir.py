@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from contracts.common import ValidationLevel
+from contracts.common import Bool, Closed, Int, ValidationLevel
 
 
-class FhirRouting(BaseModel):
+class FhirRouting(Closed):
     """Where and how a batch's ImagingStudy resources go into HealthLake."""
 
     datastore_id: str
     validation_level: ValidationLevel = ValidationLevel.STRUCTURE_ONLY
-    validate_first: bool = False
+    validate_first: Bool = False
     # 2: routed again because the study gained image sets while round 1 was in flight (see workflows/batch.py).
-    round: int = Field(1, ge=1, le=2)
+    round: Int = Field(1, ge=1, le=2)
 
 
 class FhirFailure(BaseModel):

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import hashlib
 from datetime import datetime
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from contracts.common import FileState
-from contracts.migration import SourceAndTarget
+from contracts.common import Closed, FileState, Float, Int
+from contracts.migration import Count, SourceAndTarget
 from contracts.records import InventoryEntry
 from contracts.s3uri import parse_s3_uri
 
@@ -24,7 +25,7 @@ MAX_FILES_PER_FLUSH = 2_000
 RECENT_FLUSHED_LIMIT = 5_000
 
 
-class Arrival(BaseModel):
+class Arrival(Closed):
     """One object that appeared under the watched prefix (from an S3 event notification).
 
     ``sequencer`` is S3's per-key ordering token (hex, compare after left-padding); when either side lacks it,
@@ -32,10 +33,10 @@ class Arrival(BaseModel):
     """
 
     key: str = Field(min_length=1, max_length=1024)
-    size: int = Field(ge=0)
-    etag: str = ""
+    size: Int = Field(ge=0)
+    etag: str = Field("", max_length=1024)
     event_time: datetime
-    sequencer: str | None = None
+    sequencer: str | None = Field(None, max_length=64)
 
     def is_newer_than(self, other: Arrival) -> bool:
         if self.sequencer and other.sequencer and self.sequencer != other.sequencer:
@@ -46,7 +47,7 @@ class Arrival(BaseModel):
         return InventoryEntry(key=self.key, size=self.size, etag=self.etag)
 
 
-class FlushedMark(BaseModel):
+class FlushedMark(Closed):
     """What a chain remembers of a flushed object: enough to drop a duplicate or older event for it."""
 
     etag: str
@@ -54,43 +55,46 @@ class FlushedMark(BaseModel):
     sequencer: str | None = None
 
 
-class FlushSummary(BaseModel):
+class FlushSummary(Closed):
     """Outcome of one flush (one child `MigrationWorkflow`)."""
 
-    flush: int
+    flush: Count
     migration_id: str
     manifest_uri: str
-    files: int
-    status: str  # "completed" | "failed"
-    files_by_state: dict[FileState, int] = Field(default_factory=dict)
+    files: Count
+    status: Literal["completed", "failed"]
+    files_by_state: dict[FileState, Count] = Field(default_factory=dict)
     report_uri: str | None = None
     files_uri: str | None = None
     error: str | None = None
 
 
-class PendingFlush(BaseModel):
+class PendingFlush(Closed):
     """A manifest already written (spilled while another flush ran) and not yet migrated: only a pointer."""
 
-    flush: int
+    flush: Count
     manifest_uri: str
-    files: int
+    files: Count
 
 
-class IngestState(BaseModel):
-    """State carried across continue-as-new: unflushed arrivals and counts, nothing unbounded."""
+class IngestState(Closed):
+    """State carried across continue-as-new: unflushed arrivals and counts, nothing unbounded. Written by the
+    workflow alone: a run that was not continued from one of its own runs refuses it (`workflows.carried`)."""
 
     buffer: list[Arrival] = Field(default_factory=list)
     # Arrivals spilled to S3 while a flush ran, oldest first; migrated in this order before the buffer.
     pending: list[PendingFlush] = Field(default_factory=list)
     first_buffered_at: datetime | None = None
     last_arrival_at: datetime | None = None
-    flushes: int = 0
-    files_flushed: int = 0
-    duplicates_ignored: int = 0
+    flushes: Count = 0
+    files_flushed: Count = 0
+    duplicates_ignored: Count = 0
+    # `arrived` signals whose input was not an `Arrival`: counted and logged (naming the fields), never dropped.
+    arrivals_rejected: Count = 0
     last_flush: FlushSummary | None = None
     # sha256(key)[:24] -> mark; keys are hashed so the carried state stays small.
     recent: dict[str, FlushedMark] = Field(default_factory=dict)
-    runs: int = 1
+    runs: Annotated[Int, Field(ge=1)] = 1
 
 
 class IngestInput(SourceAndTarget):
@@ -100,11 +104,12 @@ class IngestInput(SourceAndTarget):
     ingest manifests and the flushes' migration data.
     """
 
-    quiet_seconds: float = Field(30.0, gt=0, le=86_400, description="flush after this long without an arrival")
-    max_files: int = Field(1_000, ge=1, le=MAX_FILES_PER_FLUSH, description="flush as soon as this many are buffered")
-    max_wait_seconds: float = Field(600.0, gt=0, le=7 * 86_400,
+    quiet_seconds: Float = Field(30.0, gt=0, le=86_400, description="flush after this long without an arrival")
+    max_files: Int = Field(1_000, ge=1, le=MAX_FILES_PER_FLUSH, description="flush as soon as this many are buffered")
+    max_wait_seconds: Float = Field(600.0, gt=0, le=7 * 86_400,
                                     description="flush this long after the first buffered arrival, even while files keep coming")
-    continued: IngestState | None = Field(None, description="set by the workflow when it continues as new")
+    continued: IngestState | None = Field(
+        None, description="internal: set by the workflow itself when it continues as new; a start with it fails")
 
     @model_validator(mode="after")
     def _checks(self) -> IngestInput:
@@ -140,6 +145,7 @@ class IngestProgress(BaseModel):
     flushes: int
     files_flushed: int
     duplicates_ignored: int
+    arrivals_rejected: int = 0
     runs: int
     last_flush: FlushSummary | None = None
 

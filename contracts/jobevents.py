@@ -16,8 +16,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
+from contracts.common import Closed
 from contracts.layout import import_output_batch
 from contracts.migration import DATASTORE_ID_PATTERN, batch_workflow_id
 
@@ -38,7 +39,7 @@ class MalformedJobEvent(ValueError):
     """The message is not a usable import-job event; the reason names the field, never a value."""
 
 
-class JobEvent(BaseModel):
+class JobEvent(Closed):
     """Signal `job_event` of `ImportBatchWorkflow`: one import job reached (per the event) a status."""
 
     job_id: str = Field(pattern=JOB_ID_PATTERN)
@@ -70,7 +71,9 @@ def parse_job_event(body: str) -> ParsedJobEvent | None:
         raise MalformedJobEvent("body is not JSON") from None
     if not isinstance(doc, dict) or "detail-type" not in doc:
         raise MalformedJobEvent("body is not an EventBridge event (no detail-type)")
-    if doc.get("source") != SOURCE or doc.get("detail-type") not in WAKING_DETAIL_TYPES:
+    detail_type = doc.get("detail-type")
+    # Checked for a string first: any JSON may arrive, and a list is not even hashable.
+    if doc.get("source") != SOURCE or not isinstance(detail_type, str) or detail_type not in WAKING_DETAIL_TYPES:
         return None
     detail = doc.get("detail")
     if not isinstance(detail, dict):

@@ -1,10 +1,12 @@
-"""Where the pipeline keeps its per-file data in S3, under ``<work_s3_uri>/<migration_id>/``.
+"""Where the pipeline keeps its per-file data in S3, under ``<work_s3_uri>/<migration_id>/``, and where each
+data store's import index lives.
 
 One function per artefact so activities, the report and tests agree on the layout.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 from contracts.s3uri import S3Location, parse_s3_uri
@@ -18,21 +20,49 @@ def root(work_s3_uri: str, migration_id: str) -> S3Location:
     return parse_s3_uri(work_s3_uri, field="work_s3_uri").join(migration_id)
 
 
-def imported_index_prefix(work_s3_uri: str, datastore_id: str) -> S3Location:
-    """What every migration through this work prefix imported into one data store (``_`` never starts a
-    migration id, so this cannot collide with a migration's own folder)."""
-    return parse_s3_uri(work_s3_uri, field="work_s3_uri").join("_datastores", datastore_id, "imported").as_prefix()
+# The import index: what each data store already holds, one NDJSON per imported batch. It belongs to the data
+# store, not to a migration's work prefix, so a re-run under another work prefix still finds it: it lives under
+# HIMIG_IMPORT_INDEX_S3_URI, or else at the root of the work bucket (``_`` never starts a migration id, so the
+# root folder cannot collide with a migration's own). Each batch's file sits under a tag of the work prefix and
+# the migration id, so "this migration's own earlier batches" (a re-run of the same id and work prefix) stay
+# tellable from other migrations'.
+IMPORT_INDEX_FOLDER = "_himig-import-index"
+
+
+def import_index_root(work_s3_uri: str, index_s3_uri: str | None = None) -> S3Location:
+    if index_s3_uri:
+        return parse_s3_uri(index_s3_uri, field="import_index_s3_uri").as_prefix()
+    return S3Location(parse_s3_uri(work_s3_uri, field="work_s3_uri").bucket, f"{IMPORT_INDEX_FOLDER}/")
+
+
+def work_tag(work_s3_uri: str) -> str:
+    """16 hex characters naming a work prefix (``s3://b/w`` and ``s3://b/w/`` are one prefix)."""
+    return hashlib.sha256(parse_s3_uri(work_s3_uri, field="work_s3_uri").as_prefix().uri.encode()).hexdigest()[:16]
+
+
+def imported_index_prefix(work_s3_uri: str, datastore_id: str, index_s3_uri: str | None = None) -> S3Location:
+    """Everything any migration imported into one data store (``<root>/datastores/<ds>/imported/``)."""
+    return import_index_root(work_s3_uri, index_s3_uri).join("datastores", datastore_id, "imported").as_prefix()
+
+
+def imported_index_of_migration(work_s3_uri: str, datastore_id: str, migration_id: str,
+                                index_s3_uri: str | None = None) -> S3Location:
+    """The part of a data store's import index one migration wrote (``.../imported/<work tag>/<id>/``)."""
+    return imported_index_prefix(work_s3_uri, datastore_id, index_s3_uri).join(
+        work_tag(work_s3_uri), migration_id).as_prefix()
 
 
 def imported_index(work_s3_uri: str, datastore_id: str, migration_id: str, batch: int,
-                   part: int | None = None) -> S3Location:
-    """``_datastores/<ds>/imported/<migration>/<batch>.ndjson``: one line per instance a batch imported."""
-    return imported_index_prefix(work_s3_uri, datastore_id).join(migration_id, f"{batch_name(batch, part)}.ndjson")
+                   part: int | None = None, index_s3_uri: str | None = None) -> S3Location:
+    """``.../imported/<work tag>/<migration>/<batch>.ndjson``: one line per instance a batch imported."""
+    return imported_index_of_migration(work_s3_uri, datastore_id, migration_id, index_s3_uri).join(
+        f"{batch_name(batch, part)}.ndjson")
 
 
-def imported_index_of_migration(work_s3_uri: str, datastore_id: str, migration_id: str) -> S3Location:
-    """The part of a data store's import index that one migration wrote (``_datastores/<ds>/imported/<id>/``)."""
-    return imported_index_prefix(work_s3_uri, datastore_id).join(migration_id).as_prefix()
+def legacy_imported_index_prefix(work_s3_uri: str, datastore_id: str) -> S3Location:
+    """Where the import index lived before it belonged to the data store: ``<work>/_datastores/<ds>/imported/``
+    (then ``<migration>/<batch>.ndjson``). Still read, and moved to `imported_index_prefix` by planning."""
+    return parse_s3_uri(work_s3_uri, field="work_s3_uri").join("_datastores", datastore_id, "imported").as_prefix()
 
 
 def inventory_page(work_s3_uri: str, migration_id: str, page: int) -> S3Location:

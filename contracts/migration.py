@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
-from contracts.common import FileState, Strict, ValidationLevel
+from contracts.common import Bool, Closed, FileState, Float, Int, Strict, ValidationLevel
 from contracts.s3uri import parse_s3_uri
 from contracts.sources import SourceConnector
 
@@ -48,47 +48,50 @@ class FinishedMigrationRef(Strict):
         return _check_s3(v, "work_s3_uri")
 
 
-class OperatorCommand(BaseModel):
+class OperatorCommand(Closed):
     """Optional argument of the `pause`, `resume` and `cancel` signals: who asks, and why (no PHI)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     by: str | None = Field(None, max_length=200)
     reason: str | None = Field(None, max_length=1000)
 
 
-class OperatorAction(BaseModel):
+class OperatorAction(Closed):
     action: str
     at: datetime
     by: str | None = None
     reason: str | None = None
 
 
-class MigrationState(BaseModel):
-    """State carried across continue-as-new; counts only."""
+MigrationPhase = Literal["receiving", "parsing", "planning", "importing", "reporting", "completed"]
+Count = Annotated[Int, Field(ge=0)]
 
-    phase: str = "receiving"
-    inventory_pages: int = 0
-    pages_done: int = 0
-    batches_planned: int = 0
-    batches_done: int = 0
-    files_total: int = 0
-    bytes_total: int = 0
-    files_by_state: dict[FileState, int] = Field(default_factory=dict)
-    rejected: int = 0
-    duplicates: int = 0
-    image_sets: int = 0
-    non_primary_image_sets: int = 0
-    predicted_non_primary: int = 0
-    batches_failed: int = 0
+
+class MigrationState(Closed):
+    """State carried across continue-as-new; counts only. Written by the workflow alone: a run that was not
+    continued from one of its own runs refuses it (`workflows.carried`)."""
+
+    phase: MigrationPhase = "receiving"
+    inventory_pages: Count = 0
+    pages_done: Count = 0
+    batches_planned: Count = 0
+    batches_done: Count = 0
+    files_total: Count = 0
+    bytes_total: Count = 0
+    files_by_state: dict[FileState, Count] = Field(default_factory=dict)
+    rejected: Count = 0
+    duplicates: Count = 0
+    image_sets: Count = 0
+    non_primary_image_sets: Count = 0
+    predicted_non_primary: Count = 0
+    batches_failed: Count = 0
     # FHIR routing (ImagingStudy resources): imported, and refused by the import job or by $validate.
-    fhir_imported: int = 0
-    fhir_refused: int = 0
+    fhir_imported: Count = 0
+    fhir_refused: Count = 0
     started_at: datetime | None = None
-    runs: int = 1
+    runs: Annotated[Int, Field(ge=1)] = 1
     report_uri: str | None = None
-    paused: bool = False
-    cancel_requested: bool = False
+    paused: Bool = False
+    cancel_requested: Bool = False
     operator_log: list[OperatorAction] = Field(default_factory=list)
 
 
@@ -132,31 +135,33 @@ class MigrationInput(SourceAndTarget):
     source_manifest_uri: str | None = Field(
         None, description="NDJSON of {key, size, etag} objects (keys in the source bucket, under the source prefix) "
         "to migrate instead of listing the whole prefix; used by event-driven ingestion")
-    max_files_per_batch: int = Field(1_000, ge=1, le=MAX_FILES_PER_JOB)
-    max_bytes_per_batch: int = Field(MAX_BYTES_PER_JOB, ge=1, le=MAX_BYTES_PER_JOB)
-    inventory_page_size: int = Field(1_000, ge=1, le=10_000)
-    max_concurrent_jobs: int = Field(4, ge=1, le=100)
-    max_parallel_pages: int = Field(2, ge=1, le=50)
-    import_start_interval_seconds: float = Field(
+    max_files_per_batch: Int = Field(1_000, ge=1, le=MAX_FILES_PER_JOB)
+    max_bytes_per_batch: Int = Field(MAX_BYTES_PER_JOB, ge=1, le=MAX_BYTES_PER_JOB)
+    inventory_page_size: Int = Field(1_000, ge=1, le=10_000)
+    max_concurrent_jobs: Int = Field(4, ge=1, le=100)
+    max_parallel_pages: Int = Field(2, ge=1, le=50)
+    import_start_interval_seconds: Float = Field(
         0.0, ge=0, le=3600, description="an extra pause between this migration's import-job starts; 0: none (each "
         "worker paces StartDICOMImportJob by what the service accepts, HIMIG_IMPORT_START_*_TPS)")
-    manual_review: bool = Field(
+    manual_review: Bool = Field(
         False, description="hold each batch after its manifest is reviewed until an operator approves routing")
     source_connector: SourceConnector | None = Field(
         None, description="pull this source (a local directory, a DICOMweb or a DIMSE PACS) into source_s3_uri "
         "first, then migrate that prefix")
     # Temporal decodes a workflow's arguments by type only when their count matches, so the state carried
-    # across continue-as-new rides inside the one input object. Operators leave it out.
-    continued: MigrationState | None = Field(None, description="set by the workflow when it continues as new")
+    # across continue-as-new rides inside the one input object. A caller cannot set it: the workflow refuses it
+    # in a run that was not continued from one of its own runs (`workflows.carried`).
+    continued: MigrationState | None = Field(
+        None, description="internal: set by the workflow itself when it continues as new; a start with it fails")
     # Routing to HealthLake (off unless a FHIR data store is given) and the DICOMweb spot check in review.
     healthlake_datastore_id: Annotated[str | None, Field(
         pattern=HEALTHLAKE_DATASTORE_ID_PATTERN,
         description="HealthLake data store receiving one ImagingStudy per imported study; unset = no FHIR routing")] = None
     fhir_validation_level: ValidationLevel = Field(
         ValidationLevel.STRUCTURE_ONLY, description="ValidationLevel of the HealthLake import job")
-    fhir_validate_first: bool = Field(
+    fhir_validate_first: Bool = Field(
         False, description="call $validate on each resource first; failures are reported instead of imported")
-    dicomweb_spot_check: int = Field(
+    dicomweb_spot_check: Int = Field(
         2, ge=0, le=MAX_SPOT_CHECK, description="imported instances per batch read back through DICOMweb; 0 = off")
 
     @model_validator(mode="after")

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from contracts.common import Strict
+from contracts.common import Bool, Closed, Float, Int, Strict
 from contracts.migration import DATASTORE_ID_PATTERN, MIGRATION_ID_PATTERN
 
 IMAGE_SET_ID_PATTERN = r"^[0-9a-z]{32}$"
@@ -66,11 +66,15 @@ class ReconciliationInput(Strict):
     datastore_id: Annotated[str, Field(pattern=DATASTORE_ID_PATTERN)]
     image_set_id: Annotated[str, Field(pattern=IMAGE_SET_ID_PATTERN, description="the non-primary image set")]
     migration_id: Annotated[str | None, Field(pattern=MIGRATION_ID_PATTERN)] = None
-    batch: int | None = Field(None, ge=0)
-    timeout_seconds: float = Field(DEFAULT_TIMEOUT_SECONDS, gt=0, le=366 * 24 * 3600,
+    batch: Int | None = Field(None, ge=0)
+    timeout_seconds: Float = Field(DEFAULT_TIMEOUT_SECONDS, gt=0, le=366 * 24 * 3600,
                                    description="wait this long for a decision, then escalate (and keep waiting)")
     authorized_reviewers: list[Annotated[str, Field(pattern=REVIEWER_PATTERN)]] | None = Field(
         None, description="when set, only these reviewers may decide")
+    # The wait for a decision can outlive any history (a flood of signals, months of escalation): the workflow
+    # continues as new with what it has gathered. A caller cannot set it (`workflows.carried`).
+    continued: ReconciliationCarry | None = Field(
+        None, description="internal: set by the workflow itself when it continues as new; a start with it fails")
 
 
 class ReconciliationDecision(Strict):
@@ -107,12 +111,12 @@ class ReconciliationDecision(Strict):
         return self
 
 
-class DecisionRecord(BaseModel):
+class DecisionRecord(Closed):
     """One decision attempt, accepted or not: who, when, why, through which message, and what became of it."""
 
     at: datetime
     via: Literal["signal", "update"]
-    accepted: bool
+    accepted: Bool
     action: ReconciliationAction | None = None
     reviewer: str | None = None
     reason: str | None = None
@@ -123,23 +127,23 @@ class DecisionRecord(BaseModel):
                           "(which is what `reviewer` records); ignored for authorisation")
 
 
-class AttributeDifference(BaseModel):
+class AttributeDifference(Closed):
     level: Level
     attribute: str
-    normalized: bool = Field(description="one of the elements that decide primary vs non-primary")
+    normalized: Bool = Field(description="one of the elements that decide primary vs non-primary")
     primary_fingerprint: str | None = Field(description="keyed hash prefix of the primary's value; None = absent")
     non_primary_fingerprint: str | None
 
 
-class ConflictDescription(BaseModel):
+class ConflictDescription(Closed):
     """Result of `describe_conflict` (stored in history, hence fingerprints instead of values)."""
 
     datastore_id: str
     image_set_id: str
     image_set_state: str
-    is_primary: bool
+    is_primary: Bool
     version: str
-    instances: int
+    instances: Annotated[Int, Field(ge=0)]
     primary_image_set_id: str | None = None
     primary_version: str | None = None
     compared_with: Literal["series", "study"] | None = Field(
@@ -149,6 +153,25 @@ class ConflictDescription(BaseModel):
     @property
     def reconcilable(self) -> bool:
         return self.image_set_state == "ACTIVE" and not self.is_primary
+
+
+class ReconciliationCarry(Closed):
+    """What a `ReconciliationWorkflow` still waiting for a decision carries into its next run: the conflict it
+    described, the decision log, the deadline and whether it escalated. Nothing is in flight when it rolls over."""
+
+    state: ReconciliationState
+    conflict: ConflictDescription
+    decisions: list[DecisionRecord] = Field(default_factory=list)
+    decision_deadline: datetime
+    escalated_at: datetime | None = None
+    error: str | None = None
+    runs: Annotated[Int, Field(ge=1)] = 1
+
+    @model_validator(mode="after")
+    def _waiting(self) -> ReconciliationCarry:
+        if self.state not in (ReconciliationState.AWAITING_DECISION, ReconciliationState.ESCALATED):
+            raise ValueError("state: only a reconciliation awaiting a decision continues as new")
+        return self
 
 
 class ReconciliationStatus(BaseModel):
@@ -253,3 +276,8 @@ class EscalationInput(BaseModel):
 
 def reconciliation_workflow_id(datastore_id: str, image_set_id: str) -> str:
     return f"recon-{datastore_id}-{image_set_id}"
+
+
+# ReconciliationInput names ReconciliationCarry (defined after it, with the models it carries): resolve it now,
+# so the input is complete when it is first imported, not when it is first validated.
+ReconciliationInput.model_rebuild()

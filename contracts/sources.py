@@ -15,6 +15,8 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
+from contracts.common import Int
+
 # DICOM PS3.5 §9.1: digits and dots, no leading zero in a component, at most 64 characters.
 UID_PATTERN = re.compile(r"^(0|[1-9]\d*)(\.(0|[1-9]\d*))*$")
 # PS3.5 AE VR: up to 16 characters of the default repertoire, no backslash or control characters. We also refuse
@@ -125,7 +127,7 @@ class DicomwebSource(_Connector):
     kind: Literal["dicomweb"]
     url: str = Field(description="DICOMweb root, e.g. http://pacs:8042/dicom-web", max_length=2048)
     study_uids: StudyUids = None
-    page_size: int = Field(100, ge=1, le=1000, description="studies per QIDO-RS request (limit/offset paging)")
+    page_size: Int = Field(100, ge=1, le=1000, description="studies per QIDO-RS request (limit/offset paging)")
 
     @field_validator("url")
     @classmethod
@@ -155,7 +157,7 @@ class DimseSource(_Connector):
 
     kind: Literal["dimse"]
     host: Annotated[str, Field(min_length=1, max_length=253, description="host name or IP address of the PACS")]
-    port: int = Field(ge=1, le=65535)
+    port: Int = Field(ge=1, le=65535)
     called_ae: Annotated[str, Field(pattern=AE_TITLE_PATTERN, description="the PACS's AE title")]
     calling_ae: Annotated[str, Field(pattern=AE_TITLE_PATTERN, description="our AE title, as the PACS knows it")]
     study_uids: StudyUids = None

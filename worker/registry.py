@@ -17,6 +17,7 @@ from activities.parse import ParseActivities
 from activities.plan import PlanActivities
 from activities.receive import ReceiveActivities
 from activities.reconcile import ReconcileActivities
+from activities.reconcile_sweep import SweepActivities
 from activities.report import ReportActivities
 from activities.review import FailedBatchActivities, ReviewActivities
 from activities.rollback import RollbackActivities
@@ -34,10 +35,11 @@ from workflows.ingest import IngestWorkflow
 from workflows.migration import MigrationWorkflow
 from workflows.reconciliation import ReconciliationWorkflow
 from workflows.rollback import RollbackWorkflow
+from workflows.sweep import ReconciliationSweepWorkflow
 from workflows.verify import VerifyWorkflow
 
 WORKFLOWS: list[type] = [MigrationWorkflow, ImportBatchWorkflow, ReconciliationWorkflow, IngestWorkflow,
-                         RollbackWorkflow, VerifyWorkflow]
+                         RollbackWorkflow, VerifyWorkflow, ReconciliationSweepWorkflow]
 
 
 def token_source(settings: Settings, prefix: str) -> TokenSource | None:
@@ -75,7 +77,7 @@ def build_activities(clients: AwsClients, settings: Settings) -> list[Callable[.
                             padding_rejected=settings.import_rejects_trailing_padding)
     validate = ValidateActivities(s3)
     normalize = NormalizeActivities(s3)
-    plan = PlanActivities(s3, mi)
+    plan = PlanActivities(s3, mi, settings.import_index_s3_uri)
     pacer = StartPacer(initial_rate=min(settings.import_start_initial_tps, settings.import_start_max_tps),
                        max_rate=settings.import_start_max_tps,
                        min_rate=min(0.2, settings.import_start_initial_tps, settings.import_start_max_tps))
@@ -83,12 +85,13 @@ def build_activities(clients: AwsClients, settings: Settings) -> list[Callable[.
                              settings.datastore_max_running_jobs)
     await_job = AwaitActivities(mi, settings.job_poll_initial_seconds, settings.job_poll_max_seconds)
     dicomweb = healthimaging_dicomweb(clients, settings)
-    review = ReviewActivities(s3, mi, SpotChecker(mi, dicomweb, settings.dicomweb_base_url()))
+    review = ReviewActivities(s3, mi, SpotChecker(mi, dicomweb, settings.dicomweb_base_url()),
+                              settings.import_index_s3_uri)
     fhir = FhirRouteActivities(
         s3, mi, clients.healthlake,
         SignedHttp(clients.credentials, settings.aws_region, "healthlake") if clients.credentials else None,
         settings.dicomweb_base_url(), settings.healthlake_data_access_role_arn, settings.healthlake_kms_key_id,
-        settings.job_poll_initial_seconds, settings.job_poll_max_seconds)
+        settings.job_poll_initial_seconds, settings.job_poll_max_seconds, settings.import_index_s3_uri)
     failed = FailedBatchActivities(s3)
     route = RouteActivities(s3, clients.events, settings.event_bus_name)
     report = ReportActivities(s3, settings.dicomweb_base_url())
@@ -99,6 +102,7 @@ def build_activities(clients: AwsClients, settings: Settings) -> list[Callable[.
     ingest = IngestActivities(s3)
     rollback = RollbackActivities(s3, mi)
     verify = VerifyActivities(s3, mi, clients.events, settings.event_bus_name)
+    sweep = SweepActivities(mi)
     return [
         receive.receive_inventory, parse.parse_headers, validate.validate_page, normalize.normalize_page,
         plan.plan_batches, plan.split_batch, start.start_import_job, await_job.await_import_job, review.review_manifest,
@@ -107,4 +111,5 @@ def build_activities(clients: AwsClients, settings: Settings) -> list[Callable[.
         recon.describe_conflict, recon.await_image_set, recon.update_before_promote, recon.promote_image_set,
         recon.delete_image_set, recon.publish_escalation, recon.verify_reviewer, ingest.write_ingest_manifest,
         rollback.plan_rollback, rollback.delete_image_sets, rollback.record_rollback, verify.verify_migration,
+        sweep.list_non_primary,
     ]

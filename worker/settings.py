@@ -36,6 +36,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from contracts.common import ValidationLevel
 from contracts.ingest import IngestInput
 from contracts.migration import ROLE_ARN_PATTERN
+from contracts.s3uri import parse_s3_uri
 from contracts.sources import parse_origins
 from worker import temporal_connection
 from worker.codec import KEYS_VARIABLE, KeyRing
@@ -310,6 +311,18 @@ class Settings(BaseSettings):
     event_bus_name: str | None = Field("default", description="EventBridge bus for domain events; empty disables "
                                        "them")
     health_file: str | None = Field(None, description="file written with our pid while polling (container health)")
+    import_index_s3_uri: str | None = Field(
+        None, description="S3 prefix holding each data store's import index (what it already holds, so that no "
+        "re-run, under any work prefix, imports a file twice); the same on every worker. Unset: "
+        "`_himig-import-index/` at the root of each migration's work bucket")
+
+    @field_validator("import_index_s3_uri")
+    @classmethod
+    def _index_uri(cls, value: str | None) -> str | None:
+        if value:
+            parse_s3_uri(value, field="import_index_s3_uri")
+        return value or None
+
     parse_concurrency: WholeNumber = Field(8, ge=1, le=256, description="parallel header reads inside one parse "
                                            "activity")
     max_concurrent_activities: WholeNumber = Field(32, ge=1, le=1000, description="activities one worker runs at "

@@ -37,7 +37,7 @@ with workflow.unsafe.imports_passed_through():
     from contracts.jobevents import TERMINAL_STATUSES, JobEvent
     from contracts.reconciliation import ReconciliationInput, reconciliation_workflow_id
     from contracts.stages import FhirReviewInput, ReviewInput, ReviewResult, RouteInput
-    from workflows import metrics, patches, policies
+    from workflows import metrics, patches, policies, signals
     from workflows.counts import add_counts
     from workflows.reconciliation import ReconciliationWorkflow
     from workflows.search import upsert
@@ -73,10 +73,9 @@ class ImportBatchWorkflow:
         non-terminal statuses and duplicates beyond ``MAX_WAKES`` are counted and ignored.
         """
         p = self._progress
-        try:
-            event = JobEvent.model_validate(workflow.payload_converter().from_payload(raw.payload))
-        except Exception:
-            workflow.logger.warning("ignoring a malformed job_event signal")
+        event, error = signals.decode(raw, JobEvent)
+        if event is None:
+            signals.log_rejected("job_event", error or "no input")  # naming the fields at fault
             p.job_events_ignored += 1
             return
         if (event.job_id != p.job_id or p.stage is not BatchStage.AWAITING_JOB

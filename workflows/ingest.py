@@ -17,6 +17,7 @@ import contextlib
 from datetime import datetime, timedelta
 
 from temporalio import workflow
+from temporalio.common import RawValue
 from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
 
 with workflow.unsafe.imports_passed_through():
@@ -41,7 +42,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from contracts.migration import MigrationInput, MigrationResult, check_migration_id
     from contracts.s3uri import parse_s3_uri
-    from workflows import metrics, patches, policies
+    from workflows import carried, metrics, patches, policies, signals
     from workflows.history import should_roll_over
     from workflows.migration import MigrationWorkflow
     from workflows.search import upsert
@@ -63,8 +64,9 @@ class IngestWorkflow:
     def __init__(self, input: IngestInput) -> None:
         # State is restored here, not in run(): with signal-with-start the `arrived` handler runs before run().
         self._input = input
-        self._state = input.continued.model_copy(deep=True) if input.continued else IngestState()
-        if input.continued:
+        restored = carried.restore(input.continued)
+        self._state = restored.model_copy(deep=True) if restored else IngestState()
+        if restored:
             self._state.runs += 1
         self._buffer: dict[str, Arrival] = {a.key: a for a in self._state.buffer}
         self._state.buffer = []
@@ -74,9 +76,18 @@ class IngestWorkflow:
     # ---- messages ----------------------------------------------------------------------------------------
 
     @workflow.signal
-    def arrived(self, arrival: Arrival) -> None:
-        """One object arrived. Idempotent: repeated, older or out-of-prefix events change nothing."""
+    def arrived(self, raw: RawValue = signals.NO_INPUT) -> None:
+        """One object arrived (input: `Arrival`). Idempotent: repeated, older or out-of-prefix events change nothing.
+
+        Taken raw, so that an input that is not an `Arrival` is counted (``arrivals_rejected`` in `progress`) and
+        logged naming the fields at fault, instead of being dropped by the SDK with only a worker log line.
+        """
         s = self._state
+        arrival, error = signals.decode(raw, Arrival)
+        if arrival is None:
+            signals.log_rejected("arrived", error or "no input")
+            s.arrivals_rejected += 1
+            return
         if not in_prefix(self._input.source_s3_uri, self._source.bucket, arrival.key):
             # Only a hand-sent signal can do this (the listener filters); a migration would reject the whole
             # manifest for it, so it is counted and dropped here. The key is not logged (it may carry PHI).
@@ -104,13 +115,16 @@ class IngestWorkflow:
         s = self._state
         return IngestProgress(ingest_id=workflow.info().workflow_id, phase=self._phase, buffered=len(self._buffer),
                               pending_flushes=len(s.pending), flushes=s.flushes, files_flushed=s.files_flushed,
-                              duplicates_ignored=s.duplicates_ignored, runs=s.runs, last_flush=s.last_flush)
+                              duplicates_ignored=s.duplicates_ignored, arrivals_rejected=s.arrivals_rejected,
+                              runs=s.runs, last_flush=s.last_flush)
 
     # ---- main loop ---------------------------------------------------------------------------------------
 
     @workflow.run
     async def run(self, input: IngestInput) -> IngestResult:
         ingest_id = workflow.info().workflow_id
+        if carried.written_by_caller(input.continued):
+            carried.refuse()
         try:
             check_migration_id(flush_migration_id(ingest_id, 99_999))
         except ValueError as err:

@@ -48,7 +48,7 @@ with workflow.unsafe.imports_passed_through():
         ReceiveInput,
         ReportInput,
     )
-    from workflows import metrics, patches, policies, signals
+    from workflows import carried, metrics, patches, policies, signals
     from workflows.batch import ImportBatchWorkflow
     from workflows.counts import add_counts
     from workflows.history import should_roll_over
@@ -63,8 +63,9 @@ class MigrationWorkflow:
     def __init__(self, input: MigrationInput) -> None:
         # Carried state is restored here, not in run(): a pause or cancel signal delivered in a new run's first
         # task is applied before run() starts, and must land on the carried state, not on a blank one.
-        self._state = input.continued.model_copy(deep=True) if input.continued else MigrationState()
-        if input.continued:
+        restored = carried.restore(input.continued)
+        self._state = restored.model_copy(deep=True) if restored else MigrationState()
+        if restored:
             self._state.runs += 1
         self._running: set[int] = set()
         self._id = workflow.info().workflow_id
@@ -179,6 +180,8 @@ class MigrationWorkflow:
 
     @workflow.run
     async def run(self, input: MigrationInput) -> MigrationResult:
+        if carried.written_by_caller(input.continued):
+            carried.refuse()
         try:
             check_migration_id(self._id)
         except ValueError as err:

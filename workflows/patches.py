@@ -41,3 +41,9 @@ FHIR_ROUTING = "fhir-routing"
 # (HIMIG_RECONCILIATION_REVIEWERS); the attested identity is recorded as the reviewer, a refusal is recorded and
 # the workflow waits on. Histories without the marker accepted the JSON's `reviewer` as it was.
 VERIFY_REVIEWER = "verify-reviewer"
+
+# ReconciliationWorkflow (2026-12-03): while it waits for a decision, the workflow continues as new when the server
+# suggests it (history size or length) or the history passes workflows/history.py's bound, carrying the conflict,
+# the decision log, the deadline and the escalation (`ReconciliationCarry`); a flood of signals can no longer
+# push it past Temporal's history limit (which terminates it, losing the pending decision).
+ROLL_OVER_RECONCILIATION = "roll-over-reconciliation"

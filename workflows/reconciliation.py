@@ -51,6 +51,7 @@ with workflow.unsafe.imports_passed_through():
         ImageSetTarget,
         PromoteInput,
         ReconciliationAction,
+        ReconciliationCarry,
         ReconciliationDecision,
         ReconciliationInput,
         ReconciliationOutcome,
@@ -60,7 +61,8 @@ with workflow.unsafe.imports_passed_through():
         ReviewerVerdict,
         UpdateFirstInput,
     )
-    from workflows import patches, policies, signals
+    from workflows import carried, patches, policies, signals
+    from workflows.history import should_roll_over
     from workflows.search import upsert
 
 In = TypeVar("In")
@@ -101,6 +103,14 @@ class ReconciliationWorkflow:
         self._deadline: datetime | None = None
         self._error: str | None = None
         self._verifying = 0
+        self._runs = 1
+        restored = carried.restore(input.continued)
+        if restored is not None:
+            # Restored here, not in run(): a decision signalled in the new run's first task lands on this state.
+            self._state, self._conflict = restored.state, restored.conflict
+            self._records = list(restored.decisions)
+            self._deadline, self._escalated_at = restored.decision_deadline, restored.escalated_at
+            self._error, self._runs = restored.error, restored.runs + 1
 
     # ---- messages
 
@@ -272,28 +282,40 @@ class ReconciliationWorkflow:
 
     @workflow.run
     async def run(self, input: ReconciliationInput) -> ReconciliationOutcome:
+        if carried.written_by_caller(input.continued):
+            carried.refuse()
         target = ImageSetTarget(datastore_id=input.datastore_id, image_set_id=input.image_set_id)
-        try:
-            self._conflict = await workflow.execute_activity(
-                describe_conflict, target, start_to_close_timeout=policies.STEP_TIMEOUT,
-                schedule_to_close_timeout=policies.STEP_LIMIT, retry_policy=policies.READ_RETRY)
-        except ActivityError as err:
-            return await self._finish(ReconciliationState.FAILED, f"describing the conflict failed: {_cause(err)}")
-        if not self._conflict.reconcilable:
-            return await self._finish(
-                ReconciliationState.FAILED,
-                f"nothing to reconcile: the image set is {self._conflict.image_set_state} with "
-                f"isPrimary={self._conflict.is_primary}")
-
-        self._state = ReconciliationState.AWAITING_DECISION
+        if input.continued is None:
+            try:
+                self._conflict = await workflow.execute_activity(
+                    describe_conflict, target, start_to_close_timeout=policies.STEP_TIMEOUT,
+                    schedule_to_close_timeout=policies.STEP_LIMIT, retry_policy=policies.READ_RETRY)
+            except ActivityError as err:
+                return await self._finish(ReconciliationState.FAILED,
+                                          f"describing the conflict failed: {_cause(err)}")
+            if not self._conflict.reconcilable:
+                return await self._finish(
+                    ReconciliationState.FAILED,
+                    f"nothing to reconcile: the image set is {self._conflict.image_set_state} with "
+                    f"isPrimary={self._conflict.is_primary}")
+            self._state = ReconciliationState.AWAITING_DECISION
+            self._deadline = workflow.now() + timedelta(seconds=input.timeout_seconds)
         self._publish()
-        timeout = timedelta(seconds=input.timeout_seconds)
-        self._deadline = workflow.now() + timeout
-        try:
-            await workflow.wait_condition(lambda: self._pending is not None, timeout=timeout)
-        except TimeoutError:
-            await self._escalate(input)
-            await workflow.wait_condition(lambda: self._pending is not None)
+        # Since ROLL_OVER_RECONCILIATION: a long wait (months, or a flood of signals) continues as new before the
+        # history nears Temporal's limits, carrying the conflict, the decision log and the deadline.
+        rolls = input.continued is not None or workflow.patched(patches.ROLL_OVER_RECONCILIATION)
+        if self._state is ReconciliationState.AWAITING_DECISION:
+            assert self._deadline is not None
+            remaining = self._deadline - workflow.now()
+            try:
+                if remaining <= timedelta(0):
+                    raise TimeoutError  # the deadline passed while the previous run rolled over
+                await workflow.wait_condition(lambda: self._decided_or_rolling(rolls), timeout=remaining)
+            except TimeoutError:
+                await self._escalate(input)
+        await workflow.wait_condition(lambda: self._decided_or_rolling(rolls))
+        if self._pending is None:
+            self._roll_over(input)
 
         assert self._pending is not None
         decision, record = self._pending
@@ -307,6 +329,21 @@ class ReconciliationWorkflow:
         except ApplicationError as err:
             return await self._finish(ReconciliationState.FAILED, str(err))
         return await self._finish(final)
+
+    def _decided_or_rolling(self, rolls: bool) -> bool:
+        """A decision was accepted, or (``rolls``) the history should roll over and nothing is in flight: no
+        reviewer being verified and no message handler (a `decide` update) still running."""
+        if self._pending is not None:
+            return True
+        return rolls and self._verifying == 0 and workflow.all_handlers_finished() and should_roll_over()
+
+    def _roll_over(self, input: ReconciliationInput) -> None:
+        assert self._conflict is not None and self._deadline is not None
+        carry = ReconciliationCarry(state=self._state, conflict=self._conflict, decisions=self._records,
+                                    decision_deadline=self._deadline, escalated_at=self._escalated_at,
+                                    error=self._error, runs=self._runs)
+        workflow.logger.info("reconciliation continues as new", extra={"runs": self._runs})
+        workflow.continue_as_new(input.model_copy(update={"continued": carry}))
 
     async def _escalate(self, input: ReconciliationInput) -> None:
         self._state = ReconciliationState.ESCALATED

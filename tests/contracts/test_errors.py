@@ -17,12 +17,14 @@ RECORDED = {
     "RequestLimitExceeded", "InternalServerException", "ServiceUnavailable", "ValidationException",
     "ResourceNotFoundException", "AccessDeniedException", "ConflictException", "NoSuchBucket", "ValidationError",
     "EmptyBatch", "ImageSetMutationFailed", "PromotionNotPrimary", "InvalidSourceManifest", "InvalidSourceConnector",
-    "InvalidMigrationId", "InvalidIngestId", "DecisionRejected", "RollbackRefused", "JobSlotsFull", "JobStillRunning", "ManifestNotYetVisible",
+    "InvalidMigrationId", "InvalidIngestId", "DecisionRejected", "RollbackRefused", "JobSlotsFull",
+    "CallerSetInternalState", "MissingBatchPlan", "JobStillRunning", "ManifestNotYetVisible",
     "ImageSetBusy", "ImageSetNotReady", "DicomWebUnavailable", "HealthLakeUnavailable", "InputWriteConflict",
     "PutEventsFailed", "CorruptInventory", "CorruptUnitList", "SourceUnavailable",
 }
 PATCH_IDS = {"split-failed-batch", "start-reconciliation", "search-attributes", "job-events", "ingest-spill",
-             "source-changed-no-job", "fhir-routing", "verify-reviewer"}
+             "source-changed-no-job", "fhir-routing", "verify-reviewer",
+             "roll-over-reconciliation"}
 
 
 def _sources() -> list[Path]:

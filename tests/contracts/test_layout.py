@@ -24,8 +24,23 @@ class TestWorkPrefix:
     def test_import_index_of_one_migration(self) -> None:
         ds = "0" * 32
         own = layout.imported_index_of_migration(WORK, ds, "m")
-        assert own.key == f"w/_datastores/{ds}/imported/m/"
+        assert own.key == f"_himig-import-index/datastores/{ds}/imported/{layout.work_tag(WORK)}/m/"
         assert layout.imported_index(WORK, ds, "m", 1).key.startswith(own.key)
+        assert layout.legacy_imported_index_prefix(WORK, ds).key == f"w/_datastores/{ds}/imported/"
+
+    def test_the_import_index_belongs_to_the_data_store_not_the_work_prefix(self) -> None:
+        ds = "0" * 32
+        other = "s3://work-b/elsewhere/deeper/"
+        assert layout.imported_index_prefix(WORK, ds) == layout.imported_index_prefix(other, ds)
+        assert layout.imported_index_prefix(WORK, ds).uri == f"s3://work-b/_himig-import-index/datastores/{ds}/imported/"
+        # The same migration id under two work prefixes is two migrations: neither is the other's "own".
+        assert (layout.imported_index_of_migration(WORK, ds, "m").key
+                != layout.imported_index_of_migration(other, ds, "m").key)
+        assert layout.work_tag("s3://work-b/w") == layout.work_tag(WORK)
+        # HIMIG_IMPORT_INDEX_S3_URI: one index for every work bucket.
+        shared = "s3://index-b/idx"
+        assert layout.imported_index_prefix(WORK, ds, shared).uri == f"s3://index-b/idx/datastores/{ds}/imported/"
+        assert layout.imported_index_prefix("s3://other-b/x/", ds, shared) == layout.imported_index_prefix(WORK, ds, shared)
 
     def test_job_input_key_is_the_source_key_after_the_prefix(self) -> None:
         staging = layout.staging_prefix(WORK, "m", 2, 1)

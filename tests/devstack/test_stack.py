@@ -409,3 +409,17 @@ def test_cli_flags_status_and_down(stacks: StackFactory, tmp_path: Path, monkeyp
     assert not alive(moto["pid"])
     result = runner.invoke(stack_app, ["down", "--dir", str(state)])
     assert result.exit_code == 0 and "not running" in result.output
+
+
+def test_the_stack_runs_the_emulator_throttled_as_its_readmes_say(tmp_path: Path) -> None:
+    """The local stack behaves like AWS (1 TPS import starts...), and both READMEs say so; the test fixtures, not
+    the stack, switch throttling off."""
+    from devstack.stack import Stack, StackConfig
+
+    argv = Stack(StackConfig(), cwd=tmp_path).spec("emulator").argv
+    assert argv[argv.index("--throttling") + 1] == "on"
+    root = Path(__file__).resolve().parents[2]
+    flag_row = next(line for line in (root / "emulator" / "README.md").read_text().splitlines()
+                    if line.startswith("| `--throttling"))
+    assert "local stack (`himig stack up`) runs it on" in flag_row and "stack set" not in flag_row
+    assert "`himig stack up` starts it with `--throttling on`" in (root / "README.md").read_text()

@@ -263,7 +263,7 @@ class TestIngestBuffer:
                         start_signal_args=[arrival], id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
                         execution_timeout=timedelta(seconds=120))
                 await assert_eventually(lambda: depth(3), timeout=20)
-                await handle.signal(IngestWorkflow.arrived, arrivals[3])
+                await handle.signal("arrived", arrivals[3])
                 await assert_eventually(lambda: depth(0), timeout=20)
                 await handle.terminate("the test has seen the flush")
 

@@ -13,6 +13,7 @@ from pydicom.uid import ExplicitVRBigEndian
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.import_index import ImportIndex
 from activities.importjob import job_name
 from activities.plan import PlanActivities
 from activities.storage import put_ndjson
@@ -159,6 +160,30 @@ class TestAcrossMigrations:
         assert again == {k for k, r in first_rows.items() if r["image_set_id"] == gone}
         assert all(rows[k]["code"] == "already_imported" for k in set(rows) - again)
 
+    async def test_a_re_run_under_another_work_prefix_imports_nothing_again(
+            self, client: Client, worker: Worker, buckets: dict[str, Any], datastore_id: str) -> None:
+        """The import index belongs to the data store: a second migration of the same source, keeping its work
+        somewhere else (and even under the same migration id), finds what the first imported."""
+        s3, src, work = buckets["s3"], buckets["source"], buckets["work"]
+        study, series = uid(), uid()
+        for i in range(3):
+            s3.put_object(Bucket=src, Key=f"moved/{i}.dcm", Body=make_instance(study, series))
+        first_payload = MigrationInput(source_s3_uri=f"s3://{src}/moved/", datastore_id=datastore_id,
+                                       work_s3_uri=f"s3://{work}/first/", import_start_interval_seconds=0)
+        first_id, first = await migrate(client, worker, first_payload)
+        assert first.files_by_state[FileState.IMPORTED] == 3
+        for work_prefix in ("second/", "first/deeper/"):
+            payload = first_payload.model_copy(update={"work_s3_uri": f"s3://{work}/{work_prefix}"})
+            _, again = await migrate(client, worker, payload)
+            assert {state: n for state, n in again.files_by_state.items() if n} == {FileState.SKIPPED_DUPLICATE: 3}
+            assert {r["duplicate_of"] for r in report_rows(s3, again).values()} == {first_id}
+        # The same workflow id under another work prefix is another migration, not a re-run of the first.
+        await client.get_workflow_handle(first_id).describe()
+        same_id = await client.execute_workflow(
+            MigrationWorkflow.run, first_payload.model_copy(update={"work_s3_uri": f"s3://{work}/third/"}),
+            id=first_id, task_queue=worker.task_queue)
+        assert {state: n for state, n in same_id.files_by_state.items() if n} == {FileState.SKIPPED_DUPLICATE: 3}
+
     async def test_throttled_image_set_checks_are_retried_inside_planning(
             self, client: Client, worker: Worker, buckets: dict[str, Any], datastore_id: str,
             emulator_url: str) -> None:
@@ -295,3 +320,37 @@ class TestImportIndex:
         # The own migration's index is never "earlier".
         own = plan_input.model_copy(update={"migration_id": "mig-earlier"})
         assert PlanActivities(s3)._read_index(own, [inst]).instances == {}
+
+    def test_an_index_written_under_the_work_prefix_is_read_and_moved_into_place(
+            self, buckets: dict[str, Any], datastore_id: str) -> None:
+        """Indexes from before the move (``<work>/_datastores/<ds>/imported/``) still count, and planning copies
+        them into the data store's index once, so a later run under another work prefix finds them too."""
+        s3, work = buckets["s3"], f"s3://{buckets['work']}/w/"
+        row = ImportedInstance(sop_instance_uid="1.2.9", content_id="1:e:h", image_set_id="0" * 32, is_primary=True,
+                               study_instance_uid="1.2", series_instance_uid="1.2.4", attributes_fingerprint="p/s/se",
+                               migration_id="mig-old", batch=0)
+        legacy = layout.legacy_imported_index_prefix(work, datastore_id).join("mig-old", "batch-00000.ndjson")
+        put_ndjson(s3, legacy, [row])
+        inst = InstanceRecord(key="k.dcm", size=1, etag="e", sop_instance_uid="1.2.9", study_instance_uid="1.2",
+                              series_instance_uid="1.2.4", transfer_syntax_uid="1.2.840.10008.1.2.1",
+                              sop_class_uid="1.2.840.10008.5.1.4.1.1.2", patient_fingerprint="p",
+                              study_fingerprint="s", series_fingerprint="se", content_id="1:e:h")
+        plan_input = PlanInput(migration_id="mig-now", source_s3_uri="s3://src/", work_s3_uri=work, pages=0,
+                               max_files_per_batch=10, max_bytes_per_batch=10**6, datastore_id=datastore_id)
+        assert set(PlanActivities(s3)._read_index(plan_input, [inst]).instances) == {"1.2.9"}
+        moved = layout.imported_index(work, datastore_id, "mig-old", 0)
+        assert s3.get_object(Bucket=moved.bucket, Key=moved.key)["Body"].read() == \
+            s3.get_object(Bucket=legacy.bucket, Key=legacy.key)["Body"].read()
+        # Once: a second planning copies nothing, and reads the row once.
+        index = ImportIndex(s3)
+        assert index.adopt_legacy(work, datastore_id) == 0
+        elsewhere = plan_input.model_copy(update={"work_s3_uri": f"s3://{buckets['work']}/other/"})
+        assert set(PlanActivities(s3)._read_index(elsewhere, [inst]).instances) == {"1.2.9"}
+        # The old migration re-run under its old work prefix does not count its own rows as earlier.
+        assert PlanActivities(s3)._read_index(plan_input.model_copy(update={"migration_id": "mig-old"}),
+                                              [inst]).instances == {}
+        # A batch reviewed before the move is still read back where its review wrote it (FHIR routing).
+        batch = BatchInput(migration_id="mig-old", batch=0, source_s3_uri="s3://src/", work_s3_uri=work,
+                           datastore_id=datastore_id)
+        s3.delete_object(Bucket=moved.bucket, Key=moved.key)
+        assert index.read_batch(batch) == [row]

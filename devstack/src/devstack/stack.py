@@ -535,8 +535,10 @@ class Stack:
             argv = [py, "-m", "moto.server", "-H", HOST, "-p", str(c.moto_port)]
             env = dict(FAKE_CREDENTIALS)
         elif name == "emulator":
+            # Throttling on, with AWS's rates, said here rather than left to a default: the local stack shows
+            # the worker pacing itself as it must against AWS (README "The HealthImaging emulator").
             argv = [py, "-m", "emulator", "--host", HOST, "--port", str(c.emulator_port),
-                    "--data-dir", str(self.emulator_dir)]
+                    "--data-dir", str(self.emulator_dir), "--throttling", "on"]
             env = {**FAKE_CREDENTIALS, "AWS_ENDPOINT_URL_S3": c.moto_url, "AWS_ENDPOINT_URL_SQS": c.moto_url,
                    "AWS_ENDPOINT_URL_EVENTBRIDGE": c.moto_url}
         elif name == "worker":

@@ -23,13 +23,6 @@ from emulator.faults import parse_fault_specs
 from emulator.throttling import parse_rates
 
 
-def _positive_float(value: str) -> float:
-    number = float(value)
-    if not math.isfinite(number) or number <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number of days, not {value!r}")
-    return number
-
-
 def _env(name: str, default: Any) -> Any:
     return os.environ.get("HIMIG_EMULATOR_" + name.upper().replace("-", "_"), default)
 
@@ -87,6 +80,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, str]:
                    default=int(_env("max-concurrent-jobs", d.max_concurrent_jobs)),
                    help="SUBMITTED + IN_PROGRESS jobs per data store before ServiceQuotaExceededException")
     p.add_argument("--max-body-bytes", type=int, default=int(_env("max-body-bytes", d.max_body_bytes)))
+    p.add_argument("--idle-timeout-seconds", type=_positive_float,
+                   default=_positive_float(_env("idle-timeout-seconds", d.idle_timeout_seconds)),
+                   help="close a connection idle this long, or whose request's headers or body stall (default 60)")
+    p.add_argument("--max-connections", type=int, default=int(_env("max-connections", d.max_connections)),
+                   help="open connections (one thread each) beyond which a new one gets 503 (default 256)")
     p.add_argument("--region", default=_env("region", d.region))
     p.add_argument("--account-id", default=_env("account-id", d.account_id))
     p.add_argument("--store-instances", type=_bool, default=_bool(_env("store-instances", d.store_instances)),
@@ -94,7 +92,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, str]:
     p.add_argument("--log-level", default=_env("log-level", "INFO"))
     p.add_argument("--mutation-seconds", type=float, default=float(_env("mutation-seconds", d.mutation_seconds)),
                    help="how long image-set mutations keep their image sets LOCKED, on the job clock")
-    p.add_argument("--archive-after-days", type=_positive_float, default=float(_env("archive-after-days", d.archive_after_days)),
+    p.add_argument("--archive-after-days", type=_positive_float,
+                   default=_positive_float(_env("archive-after-days", d.archive_after_days)),
                    help="days without a touch before an image set moves to ARCHIVE_INSTANT_ACCESS (job clock)")
     p.add_argument("--throttling", type=_on_off, default=str(_env("throttling", "on")),
                    help="per-operation token buckets with AWS's rates, answering 429 ThrottlingException (on/off)")
@@ -143,7 +142,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, str]:
         threads=a.threads, max_running_jobs=a.max_running_jobs, max_files_per_job=a.max_files_per_job,
         max_bytes_per_job=a.max_bytes_per_job, max_file_bytes=a.max_file_bytes,
         max_nested_folders=a.max_nested_folders, max_concurrent_jobs=a.max_concurrent_jobs,
-        max_body_bytes=a.max_body_bytes, region=a.region, account_id=a.account_id,
+        max_body_bytes=a.max_body_bytes, idle_timeout_seconds=a.idle_timeout_seconds,
+        max_connections=a.max_connections, region=a.region, account_id=a.account_id,
         store_instances=a.store_instances, mutation_seconds=a.mutation_seconds,
         archive_after_days=a.archive_after_days,
         throttling=a.throttling, throttle_rates=a.throttle_rates, events=a.events, event_bus_name=a.event_bus_name,
@@ -164,6 +164,16 @@ def _on_off(text: Any) -> bool:
     if value not in ("on", "off", "true", "false", "1", "0", "yes", "no"):
         raise argparse.ArgumentTypeError(f"expected on or off, not {text!r}")
     return value in ("on", "true", "1", "yes")
+
+
+def _positive_float(text: Any) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, not {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number above 0, not {text!r}")
+    return value
 
 
 def _opt_float(text: Any) -> float | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable
 from dataclasses import asdict
@@ -16,6 +17,39 @@ from emulator.medicalimaging.records import JOB_ORDER
 from emulator.protocol import Dispatcher, Handler, HttpRequest, HttpResponse, json_response
 
 PREFIX = "/_emulator/"
+# The furthest one clock advance may move the job clock (ten years): enough for any test, and far from the
+# floats where adding seconds stops changing the clock or overflows to infinity.
+MAX_CLOCK_ADVANCE_SECONDS = 10 * 366 * 24 * 3600.0
+# The longest a job advance may hold its request (and a server thread) waiting for the job.
+MAX_WAIT_SECONDS = 300.0
+
+
+def non_finite_at(value: Any, path: str = "") -> str | None:
+    """The path (``seconds``, ``rates.X.rate``, ``[0].options.delaySeconds``) of the first NaN or infinite number
+    in a parsed JSON document, or None. Python's JSON reader takes ``NaN``, ``Infinity`` and ``1e309`` (which
+    overflows to infinity) as numbers; no control of ours can use one."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return path or "body"
+    if isinstance(value, dict):
+        items: Any = ((f"{path}.{k}" if path else str(k), v) for k, v in value.items())
+    elif isinstance(value, list):
+        items = ((f"{path}[{i}]", v) for i, v in enumerate(value))
+    else:
+        return None
+    for sub, v in items:
+        found = non_finite_at(v, sub)
+        if found is not None:
+            return found
+    return None
+
+
+def number(body: dict[str, Any], name: str, low: float, high: float, default: float | None = None) -> float:
+    """``body[name]`` as a finite number in [low, high] (JSON true is not 1); a 400 naming the field otherwise."""
+    value = body.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not low <= value <= high:
+        raise ValidationException(f"'{name}' must be a number between {low:g} and {high:g}")
+    return float(value)
 
 
 class JsonRoutes(Dispatcher):
@@ -45,6 +79,9 @@ class JsonRoutes(Dispatcher):
                 body = json.loads(request.body)
             except (UnicodeDecodeError, json.JSONDecodeError):
                 raise SerializationException("Request body is not valid JSON") from None
+            bad = non_finite_at(body)
+            if bad is not None:
+                raise ValidationException(f"'{bad}' must be a finite number (not NaN or Infinity)")
             if self.object_body and not isinstance(body, dict):
                 raise SerializationException("Request body must be a JSON object")
         query = {k: v[-1] for k, v in request.query.items()}
@@ -96,9 +133,7 @@ class AdminApi(JsonRoutes):
         return {"mode": self.backend.clock.mode, "now": self.backend.clock.now()}
 
     def clock_advance(self, body: dict[str, Any], **_: Any) -> dict[str, Any]:
-        seconds = body.get("seconds")
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
-            raise ValidationException("'seconds' must be a non-negative number")
+        seconds = number(body, "seconds", 0, MAX_CLOCK_ADVANCE_SECONDS)
         now = self.backend.clock.advance(seconds)
         self.runner.wake()
         return {"mode": self.backend.clock.mode, "now": now}
@@ -116,8 +151,11 @@ class AdminApi(JsonRoutes):
         if JOB_ORDER[job.status] < JOB_ORDER[to]:
             self.backend.release_job(job_id, to)
             self.runner.wake()
-        if body.get("wait", True):
-            timeout = float(body.get("timeoutSeconds", 30))
+        wait = body.get("wait", True)
+        if not isinstance(wait, bool):
+            raise ValidationException("'wait' must be true or false")
+        if wait:
+            timeout = number(body, "timeoutSeconds", 0, MAX_WAIT_SECONDS, default=30)
             targets = {"IN_PROGRESS", "COMPLETED", "FAILED"} if to == "IN_PROGRESS" else {"COMPLETED", "FAILED"}
             job = self.runner.wait_for(job_id, targets, timeout) or job
         else:

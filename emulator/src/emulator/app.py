@@ -86,5 +86,6 @@ def build(settings: Settings) -> Emulator:
     dicomweb = DicomWebApi(backend, settings, throttle=resilience.throttler.check)
     server = EmulatorHTTPServer((settings.host, settings.port),
                                 [resilience.admin, admin, healthlake.dispatcher, dicomweb, api],
-                                settings.max_body_bytes)
+                                settings.max_body_bytes, idle_timeout=settings.idle_timeout_seconds,
+                                max_connections=settings.max_connections)
     return Emulator(settings, store, backend, runner, server, resilience, healthlake=healthlake)

@@ -52,6 +52,10 @@ class Settings:
     max_nested_folders: int = 10000
     max_concurrent_jobs: int = 100
     max_body_bytes: int = 16 * 1024 * 1024
+    # HTTP connections: one closes after this long without a request (or with a request's headers or body
+    # stalled), and beyond this many open connections a new one is answered 503 and closed (emulator/server.py).
+    idle_timeout_seconds: float = 60.0
+    max_connections: int = 256
     region: str = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
     account_id: str = "123456789012"
     store_instances: bool = True

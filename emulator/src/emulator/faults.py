@@ -30,6 +30,7 @@ import fnmatch
 import itertools
 import json
 import logging
+import math
 import os
 import random
 import threading
@@ -161,6 +162,8 @@ class FaultInjector:
                 value = spec[name]
                 if isinstance(value, bool) or not isinstance(value, types):
                     raise ValidationException(f"'{name}' has the wrong type")
+                if isinstance(value, (int, float)) and not (math.isfinite(value) and value >= 0):
+                    raise ValidationException(f"'{name}' must be a finite, non-negative number")
                 options[name] = value
         if options.get("phase", "before") not in ("before", "after"):
             raise ValidationException("'phase' must be 'before' or 'after'")

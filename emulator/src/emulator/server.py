@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import urllib.parse
 from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -27,16 +28,50 @@ from emulator.protocol import Dispatcher, HttpRequest, HttpResponse, error_respo
 log = logging.getLogger("emulator.http")
 
 
+# Answered, without a thread, to a connection beyond the cap; botocore retries a 503 like AWS's own.
+_BUSY_BODY = b'{"__type":"ServiceUnavailableException","message":"Too many open connections"}'
+_BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/x-amz-json-1.1\r\n"
+         b"x-amzn-ErrorType: ServiceUnavailableException\r\nConnection: close\r\n"
+         b"Content-Length: %d\r\n\r\n%s" % (len(_BUSY_BODY), _BUSY_BODY))
+
+
 class EmulatorHTTPServer(ThreadingHTTPServer):
+    """One thread per connection, bounded twice: a connection idle for ``idle_timeout`` seconds (no request, or
+    a request whose headers or body stop arriving) is closed, and beyond ``max_connections`` open connections a
+    new one gets a 503 and is closed at once, so stalled clients cannot pin an unbounded number of threads."""
+
     daemon_threads = True
     allow_reuse_address = True
     # A burst of parallel boto3 clients must not be refused by a short listen backlog.
     request_queue_size = 128
 
-    def __init__(self, address: tuple[str, int], dispatchers: Sequence[Dispatcher], max_body_bytes: int) -> None:
+    def __init__(self, address: tuple[str, int], dispatchers: Sequence[Dispatcher], max_body_bytes: int,
+                 idle_timeout: float = 60.0, max_connections: int = 256) -> None:
         self.dispatchers = list(dispatchers)
         self.max_body_bytes = max_body_bytes
+        self.idle_timeout = idle_timeout
+        self._slots = threading.BoundedSemaphore(max_connections)
         super().__init__(address, RequestHandler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            log.warning("refusing a connection from %s: too many open connections", client_address)
+            with contextlib.suppress(OSError):
+                request.settimeout(1.0)
+                request.sendall(_BUSY)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # Connection resets and the like: log one line instead of the default traceback to stderr.
@@ -52,6 +87,12 @@ class RequestHandler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
     server_version = "himig-emulator"
     sys_version = ""
+
+    def setup(self) -> None:
+        super().setup()
+        # The socket timeout bounds every read: waiting for the next request on a kept-alive connection, for
+        # a request's headers and for its body. On expiry the connection is closed and its thread ends.
+        self.connection.settimeout(self.server.idle_timeout)
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s - %s", self.address_string(), format % args)
@@ -113,11 +154,15 @@ class RequestHandler(BaseHTTPRequestHandler):
                 self.close_connection = True
                 raise RequestEntityTooLargeException(
                     f"Request body of {length} bytes exceeds the limit of {max_body} bytes")
-            if chunked:  # only reached with a family limit (refused above otherwise)
-                body = self._read_chunked(max_body)
-                length = len(body)
-            else:
-                body = self.rfile.read(length) if length else b""
+            try:
+                if chunked:  # only reached with a family limit (refused above otherwise)
+                    body = self._read_chunked(max_body)
+                    length = len(body)
+                else:
+                    body = self.rfile.read(length) if length else b""
+            except TimeoutError:
+                self.close_connection = True  # the body stalled: nobody is waiting for an answer
+                raise SerializationException("Request body not received in time", status=408) from None
             if len(body) < length:
                 self.close_connection = True
                 raise SerializationException("Request body shorter than Content-Length")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -69,7 +70,10 @@ def parse_rates(text: str | None) -> dict[str, tuple[float, float]]:
         rate, _, burst = value.partition(":")
         try:
             r = float(rate)
-            out[name.strip()] = (r, float(burst) if burst else max(1.0, r))
+            b = float(burst) if burst else max(1.0, r)
+            if not (math.isfinite(r) and math.isfinite(b) and r >= 0 and b >= 0):
+                raise ValueError(item)
+            out[name.strip()] = (r, b)
         except ValueError:
             raise argparse.ArgumentTypeError(f"bad throttle rate {item!r}; expected Operation=RATE:BURST") from None
     return out
@@ -90,7 +94,8 @@ def normalize_rates(doc: Any) -> dict[str, tuple[float, float]]:
         if burst is None and isinstance(rate, (int, float)):
             burst = max(1.0, float(rate))
         if (not isinstance(rate, (int, float)) or not isinstance(burst, (int, float)) or isinstance(rate, bool)
-                or isinstance(burst, bool) or rate < 0 or burst < 0):
+                or isinstance(burst, bool) or not (math.isfinite(rate) and math.isfinite(burst))
+                or rate < 0 or burst < 0):
             raise ValidationException(f"rate and burst for {name} must be non-negative numbers")
         out[str(name)] = (float(rate), float(burst))
     return out

@@ -8,6 +8,7 @@ real wall-clock time; only progression follows this clock.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 
@@ -23,7 +24,13 @@ class JobClock:
         self._lock = threading.Lock()
 
     def _stored(self) -> float:
-        return float(self.store.get_meta(f"clock:{self.mode}", "0") or 0)
+        try:
+            offset = float(self.store.get_meta(f"clock:{self.mode}", "0") or 0)
+        except ValueError:
+            offset = math.nan
+        # A non-finite offset (stored before advances were checked) would stop every job for good, across
+        # restarts: read it as no offset at all.
+        return offset if math.isfinite(offset) else 0.0
 
     def now(self) -> float:
         base = time.time() if self.mode == "auto" else 0.0
@@ -35,6 +42,8 @@ class JobClock:
         return time.time() + self._stored()
 
     def advance(self, seconds: float) -> float:
+        if not (math.isfinite(seconds) and seconds >= 0):
+            raise ValueError("the job clock only moves forward by a finite number of seconds")
         with self._lock:
             self.store.set_meta(f"clock:{self.mode}", repr(self._stored() + float(seconds)))
         return self.now()
