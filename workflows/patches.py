@@ -41,3 +41,8 @@ FHIR_ROUTING = "fhir-routing"
 # (HIMIG_RECONCILIATION_REVIEWERS); the attested identity is recorded as the reviewer, a refusal is recorded and
 # the workflow waits on. Histories without the marker accepted the JSON's `reviewer` as it was.
 VERIFY_REVIEWER = "verify-reviewer"
+
+# MigrationWorkflow (2026-12-03): a standard Temporal cancel (Temporal UI, `temporal workflow cancel`, an SDK
+# handle's cancel()) drains and reports exactly as the `cancel` signal does, then ends the run cancelled with the
+# search attributes at their terminal values. Histories without the marker were cancelled where they stood.
+STANDARD_CANCEL = "standard-cancel"

@@ -1,0 +1,97 @@
+"""A standard Temporal cancel (Temporal UI, `temporal workflow cancel`, an SDK handle's cancel()) of a migration
+drains and reports exactly like `himig cancel`, then ends the run cancelled with its search attribute terminal.
+
+Against the real Temporal dev server, moto and the emulator, with an in-process worker (tests/workflows/conftest.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
+from temporalio.exceptions import CancelledError
+from temporalio.worker import Worker
+
+from activities.storage import get_json, iter_ndjson
+from contracts import layout, search
+from contracts.migration import MigrationInput
+from tests.support.dicom import make_instance, uid
+from tests.support.eventually import assert_eventually
+from tests.support.migrations import paused_start, wait_phase
+from tests.support.temporal_cli import temporal_cli
+from workflows.migration import MigrationWorkflow
+
+
+def _sources(s3: Any, bucket: str, prefix: str, n: int) -> None:
+    for i in range(n):
+        s3.put_object(Bucket=bucket, Key=f"{prefix}/{i}.dcm", Body=make_instance(uid(), uid()))
+
+
+async def _ended_cancelled(handle: Any) -> None:
+    with pytest.raises(WorkflowFailureError) as failure:
+        await handle.result()
+    assert isinstance(failure.value.cause, CancelledError)
+
+    async def described() -> Any:
+        desc = await handle.describe()
+        assert desc.status == WorkflowExecutionStatus.CANCELED
+        # Visibility is eventually consistent; the terminal value is what the last upsert set.
+        assert desc.typed_search_attributes.get(search.STATE) == "completed"
+        return desc
+
+    await assert_eventually(described, timeout=20)
+
+
+def _report(s3: Any, work: str, wid: str) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    summary = dict(get_json(s3, layout.report_document(work, wid)))
+    rows = {row["key"]: row for row in iter_ndjson(s3, layout.report_files(work, wid))}
+    return summary, rows
+
+
+class TestStandardCancel:
+    async def test_temporal_cli_cancel_of_a_paused_migration_reports_every_file(
+            self, client: Client, worker: Worker, buckets: dict[str, Any], datastore_id: str) -> None:
+        s3, src, work = buckets["s3"], buckets["source"], buckets["work"]
+        _sources(s3, src, "tc", 4)
+        work_uri = f"s3://{work}/w/"
+        handle = await paused_start(client, worker, MigrationInput(
+            source_s3_uri=f"s3://{src}/tc/", datastore_id=datastore_id, work_s3_uri=work_uri,
+            inventory_page_size=2, import_start_interval_seconds=0))
+        await wait_phase(handle, "parsing")  # paused: waiting in a condition when the cancel comes
+
+        done = temporal_cli(client, "workflow", "cancel", "--workflow-id", handle.id)
+        assert done.returncode == 0, done.stderr
+
+        await _ended_cancelled(handle)
+        summary, rows = _report(s3, work_uri, handle.id)
+        assert len(rows) == 4 and {r["code"] for r in rows.values()} == {"Cancelled"}
+        assert summary["files_total"] == 4 and not summary["unaccounted"] and not summary["accounted_twice"]
+        progress = await handle.query(MigrationWorkflow.progress)  # a closed run still answers (replayed)
+        assert progress.phase == "completed" and progress.cancel_requested
+        assert [a.action for a in progress.operator_log] == ["pause", "cancel"]
+        assert progress.operator_log[-1].by == "temporal cancel request"
+
+    async def test_sdk_cancel_drains_the_batch_in_flight(self, client: Client, worker: Worker,
+                                                         buckets: dict[str, Any], datastore_id: str) -> None:
+        s3, src, work = buckets["s3"], buckets["source"], buckets["work"]
+        _sources(s3, src, "sd", 3)
+        work_uri = f"s3://{work}/w/"
+        # One file per batch, one batch at a time, and a long pause between job starts: when the cancel comes,
+        # batch 0 is in flight and the others have not started.
+        handle = await paused_start(client, worker, MigrationInput(
+            source_s3_uri=f"s3://{src}/sd/", datastore_id=datastore_id, work_s3_uri=work_uri,
+            max_files_per_batch=1, max_concurrent_jobs=1, import_start_interval_seconds=15))
+        await wait_phase(handle, "parsing")
+        await handle.signal(MigrationWorkflow.resume)
+        await wait_phase(handle, "importing")
+
+        await handle.cancel()
+
+        await _ended_cancelled(handle)
+        summary, rows = _report(s3, work_uri, handle.id)
+        states = sorted(r["state"] for r in rows.values())
+        codes = sorted(str(r.get("code")) for r in rows.values())
+        assert states == ["failed", "failed", "imported"], rows
+        assert codes.count("Cancelled") == 2
+        assert summary["files_total"] == 3 and not summary["unaccounted"] and not summary["accounted_twice"]
