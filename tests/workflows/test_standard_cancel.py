@@ -6,14 +6,18 @@ Against the real Temporal dev server, moto and the emulator, with an in-process 
 
 from __future__ import annotations
 
+import asyncio
+import json
 from typing import Any
 
 import pytest
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
 from temporalio.exceptions import CancelledError
 from temporalio.worker import Worker
+from typer.testing import CliRunner
 
 from activities.storage import get_json, iter_ndjson
+from cli.app import app
 from contracts import layout, search
 from contracts.migration import MigrationInput
 from tests.support.dicom import make_instance, uid
@@ -51,7 +55,7 @@ def _report(s3: Any, work: str, wid: str) -> tuple[dict[str, Any], dict[str, dic
 
 class TestStandardCancel:
     async def test_temporal_cli_cancel_of_a_paused_migration_reports_every_file(
-            self, client: Client, worker: Worker, buckets: dict[str, Any], datastore_id: str) -> None:
+            self, client: Client, worker: Worker, buckets: dict[str, Any], datastore_id: str, moto_url: str) -> None:
         s3, src, work = buckets["s3"], buckets["source"], buckets["work"]
         _sources(s3, src, "tc", 4)
         work_uri = f"s3://{work}/w/"
@@ -71,6 +75,17 @@ class TestStandardCancel:
         assert progress.phase == "completed" and progress.cancel_requested
         assert [a.action for a in progress.operator_log] == ["pause", "cancel"]
         assert progress.operator_log[-1].by == "temporal cancel request"
+
+        # `himig report` reads the report of a cancelled run (which has no result) like any other.
+        env = {"HIMIG_TEMPORAL_ADDRESS": client.service_client.config.target_host, "AWS_ENDPOINT_URL_S3": moto_url}
+        shown = await asyncio.to_thread(CliRunner().invoke, app, ["report", handle.id, "--json"], env=env)
+        assert shown.exit_code == 0, shown.output
+        assert json.loads(shown.stdout)["files_total"] == 4
+        listed = await asyncio.to_thread(CliRunner().invoke, app, ["report", handle.id, "--files"], env=env)
+        assert listed.exit_code == 0 and listed.stdout.count('"Cancelled"') == 4, listed.output
+        # ... and `himig cancel` of it says it has ended, in one line.
+        again = await asyncio.to_thread(CliRunner().invoke, app, ["cancel", handle.id], env=env)
+        assert again.exit_code == 1 and "is not running (it is CANCELED)" in " ".join(again.output.split())
 
     async def test_sdk_cancel_drains_the_batch_in_flight(self, client: Client, worker: Worker,
                                                          buckets: dict[str, Any], datastore_id: str) -> None:
