@@ -46,3 +46,8 @@ VERIFY_REVIEWER = "verify-reviewer"
 # handle's cancel()) drains and reports exactly as the `cancel` signal does, then ends the run cancelled with the
 # search attributes at their terminal values. Histories without the marker were cancelled where they stood.
 STANDARD_CANCEL = "standard-cancel"
+
+# IngestWorkflow (2026-12-03): a standard Temporal cancel flushes every buffered and spilled arrival at once (the
+# arrivals live only in this workflow), waits for the flushes' migrations, sets HimigState to `completed`, then
+# ends the run cancelled. Histories without the marker were cancelled where they stood, buffer and all.
+INGEST_STANDARD_CANCEL = "ingest-standard-cancel"

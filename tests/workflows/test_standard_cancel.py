@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
+from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import CancelledError
 from temporalio.worker import Worker
 from typer.testing import CliRunner
@@ -19,11 +21,14 @@ from typer.testing import CliRunner
 from activities.storage import get_json, iter_ndjson
 from cli.app import app
 from contracts import layout, search
-from contracts.migration import MigrationInput
+from contracts.ingest import Arrival, IngestInput, ingest_workflow_id
+from contracts.migration import MigrationInput, MigrationResult
+from contracts.s3uri import parse_s3_uri
 from tests.support.dicom import make_instance, uid
 from tests.support.eventually import assert_eventually
 from tests.support.migrations import paused_start, wait_phase
 from tests.support.temporal_cli import temporal_cli
+from workflows.ingest import IngestWorkflow
 from workflows.migration import MigrationWorkflow
 
 
@@ -110,3 +115,44 @@ class TestStandardCancel:
         assert states == ["failed", "failed", "imported"], rows
         assert codes.count("Cancelled") == 2
         assert summary["files_total"] == 3 and not summary["unaccounted"] and not summary["accounted_twice"]
+
+
+class TestStandardCancelOfAnIngest:
+    async def test_buffered_arrivals_are_flushed_and_reported_before_the_run_ends(
+            self, client: Client, worker: Worker, buckets: dict[str, Any], datastore_id: str) -> None:
+        s3, src, work = buckets["s3"], buckets["source"], buckets["work"]
+        study = uid()
+        arrivals = []
+        for i in range(3):
+            key, body = f"in/{i}.dcm", make_instance(study, uid())
+            etag = s3.put_object(Bucket=src, Key=key, Body=body)["ETag"].strip('"')
+            arrivals.append(Arrival(key=key, size=len(body), etag=etag, event_time=datetime.now(UTC)))
+        # Nothing would flush for an hour: only the cancel makes these arrivals reach a migration.
+        payload = IngestInput(datastore_id=datastore_id, source_s3_uri=f"s3://{src}/in/",
+                              work_s3_uri=f"s3://{work}/ingest/", quiet_seconds=3600, max_wait_seconds=3600,
+                              max_files=100)
+        wid = ingest_workflow_id(datastore_id, study, src, "in/0.dcm")
+        for arrival in arrivals:
+            handle = await client.start_workflow(
+                IngestWorkflow.run, payload, id=wid, task_queue=worker.task_queue, start_signal="arrived",
+                start_signal_args=[arrival], id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                execution_timeout=timedelta(seconds=120))
+
+        async def buffered() -> None:
+            progress = await handle.query(IngestWorkflow.progress)
+            assert progress.buffered == 3 and progress.phase == "buffering", progress
+
+        await assert_eventually(buffered, timeout=20)
+
+        done = temporal_cli(client, "workflow", "cancel", "--workflow-id", wid)
+        assert done.returncode == 0, done.stderr
+
+        await _ended_cancelled(handle)
+        progress = await handle.query(IngestWorkflow.progress)
+        assert progress.buffered == 0 and progress.flushes == 1 and progress.files_flushed == 3
+        assert progress.last_flush is not None and progress.last_flush.status == "completed"
+        flush = await client.get_workflow_handle(progress.last_flush.migration_id,
+                                                 result_type=MigrationResult).result()
+        rows = list(iter_ndjson(s3, parse_s3_uri(flush.files_uri)))
+        assert sorted(r["key"] for r in rows) == ["in/0.dcm", "in/1.dcm", "in/2.dcm"]
+        assert {r["state"] for r in rows} == {"imported"}
