@@ -51,3 +51,9 @@ STANDARD_CANCEL = "standard-cancel"
 # arrivals live only in this workflow), waits for the flushes' migrations, sets HimigState to `completed`, then
 # ends the run cancelled. Histories without the marker were cancelled where they stood, buffer and all.
 INGEST_STANDARD_CANCEL = "ingest-standard-cancel"
+
+# ReconciliationWorkflow (2026-12-03): a standard Temporal cancel before a decision ends the reconciliation in
+# state `cancelled` (HimigState too, recorded in the query answer); a decision already accepted is still applied
+# to the end (never half a promote). Then the run ends cancelled. Histories without the marker stopped where they
+# stood, HimigState left at `awaiting_decision`.
+RECONCILIATION_STANDARD_CANCEL = "reconciliation-standard-cancel"

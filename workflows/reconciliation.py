@@ -17,6 +17,7 @@ Decisions, accepted or rejected, are recorded with who, when and why and shown b
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 from collections.abc import Callable
@@ -101,6 +102,9 @@ class ReconciliationWorkflow:
         self._deadline: datetime | None = None
         self._error: str | None = None
         self._verifying = 0
+        # A standard cancel (patches.RECONCILIATION_STANDARD_CANCEL): may this run handle it, and has it come.
+        self._drain_on_cancel = False
+        self._cancelled = False
 
     # ---- messages
 
@@ -134,7 +138,7 @@ class ReconciliationWorkflow:
         problem = await self._consider(decision, "update", raw.payload)
         if problem:
             raise ApplicationError(problem, type=ErrorType.DECISION_REJECTED)
-        await workflow.wait_condition(lambda: self._outcome is not None)
+        await self._wait(lambda: self._outcome is not None)
         assert self._outcome is not None
         return self._outcome
 
@@ -272,6 +276,32 @@ class ReconciliationWorkflow:
 
     @workflow.run
     async def run(self, input: ReconciliationInput) -> ReconciliationOutcome:
+        if not workflow.patched(patches.RECONCILIATION_STANDARD_CANCEL):
+            return await self._reconcile(input)
+        # A standard cancel (Temporal UI, `temporal workflow cancel`) cancels this task only; the reconciliation,
+        # shielded in its own task, ends in state `cancelled` if nothing was decided yet, or applies what was
+        # decided to the end. Then the run ends cancelled.
+        self._drain_on_cancel = True
+        body = asyncio.ensure_future(self._reconcile(input))
+        try:
+            return await asyncio.shield(body)
+        except asyncio.CancelledError:
+            if workflow.cancellation_reason() is None:
+                raise
+            self._cancelled = True
+        await body
+        raise asyncio.CancelledError()
+
+    async def _wait(self, condition: Callable[[], bool], timeout: timedelta | None = None) -> None:
+        """``workflow.wait_condition``, which re-raises a standard cancel in a wait pending when it came: no reason
+        to stop once this run handles the cancel itself (run() has taken it)."""
+        try:
+            await workflow.wait_condition(condition, timeout=timeout)
+        except asyncio.CancelledError:
+            if not self._drain_on_cancel:
+                raise
+
+    async def _reconcile(self, input: ReconciliationInput) -> ReconciliationOutcome:
         target = ImageSetTarget(datastore_id=input.datastore_id, image_set_id=input.image_set_id)
         try:
             self._conflict = await workflow.execute_activity(
@@ -279,6 +309,8 @@ class ReconciliationWorkflow:
                 schedule_to_close_timeout=policies.STEP_LIMIT, retry_policy=policies.READ_RETRY)
         except ActivityError as err:
             return await self._finish(ReconciliationState.FAILED, f"describing the conflict failed: {_cause(err)}")
+        if self._cancelled:
+            return await self._finish(ReconciliationState.CANCELLED, "cancelled before a decision")
         if not self._conflict.reconcilable:
             return await self._finish(
                 ReconciliationState.FAILED,
@@ -290,10 +322,12 @@ class ReconciliationWorkflow:
         timeout = timedelta(seconds=input.timeout_seconds)
         self._deadline = workflow.now() + timeout
         try:
-            await workflow.wait_condition(lambda: self._pending is not None, timeout=timeout)
+            await self._wait(lambda: self._pending is not None or self._cancelled, timeout=timeout)
         except TimeoutError:
             await self._escalate(input)
-            await workflow.wait_condition(lambda: self._pending is not None)
+            await self._wait(lambda: self._pending is not None or self._cancelled)
+        if self._pending is None and self._cancelled:
+            return await self._finish(ReconciliationState.CANCELLED, "cancelled before a decision")
 
         assert self._pending is not None
         decision, record = self._pending
@@ -371,5 +405,5 @@ class ReconciliationWorkflow:
             decided_at=record.at if record else None, reason=decision.reason if decision else None,
             promoted_image_set_id=self._promoted_id, error=error)
         # Let a waiting `decide` update return its outcome before the workflow completes.
-        await workflow.wait_condition(workflow.all_handlers_finished)
+        await self._wait(workflow.all_handlers_finished)
         return self._outcome

@@ -28,6 +28,7 @@ from tests.support.dicom import make_instance, uid
 from tests.support.eventually import assert_eventually
 from tests.support.migrations import paused_start, wait_phase
 from tests.support.temporal_cli import temporal_cli
+from tests.workflows.test_reconciliation import bus, mi, recon_worker, start  # noqa: F401 (fixtures)
 from workflows.ingest import IngestWorkflow
 from workflows.migration import MigrationWorkflow
 
@@ -156,3 +157,31 @@ class TestStandardCancelOfAnIngest:
         rows = list(iter_ndjson(s3, parse_s3_uri(flush.files_uri)))
         assert sorted(r["key"] for r in rows) == ["in/0.dcm", "in/1.dcm", "in/2.dcm"]
         assert {r["state"] for r in rows} == {"imported"}
+
+
+class TestStandardCancelOfAReconciliation:
+    async def test_cancel_before_a_decision_ends_in_state_cancelled(self, client: Client, start: Any,  # noqa: F811
+                                                                     moto_url: str) -> None:
+        recon = await start()
+        await recon.wait_state("awaiting_decision")
+
+        await recon.handle.cancel()
+
+        with pytest.raises(WorkflowFailureError) as failure:
+            await recon.handle.result()
+        assert isinstance(failure.value.cause, CancelledError)
+        status = await recon.status()
+        assert status.state == "cancelled" and status.error == "cancelled before a decision"
+
+        async def terminal() -> None:
+            desc = await recon.handle.describe()
+            assert desc.status == WorkflowExecutionStatus.CANCELED
+            assert desc.typed_search_attributes.get(search.STATE) == "cancelled"
+
+        await assert_eventually(terminal, timeout=20)
+        env = {"HIMIG_TEMPORAL_ADDRESS": client.service_client.config.target_host}
+        late = await asyncio.to_thread(CliRunner().invoke, app, ["approve", recon.handle.id, "--action", "keep"],
+                                       env=env)
+        assert late.exit_code == 1
+        assert "has finished (it is CANCELED, state cancelled)" in " ".join(late.output.split())
+        assert (await recon.status()).decisions == []
