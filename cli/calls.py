@@ -53,8 +53,10 @@ class Calls:
             raise CommandError(f"{what} failed: {' '.join(str(err).split())[:300]}") from None
 
     def timed_out(self, what: str) -> CommandError:
+        # A query is answered by a worker, not by the server: with no worker polling, it is the one to check.
+        worker = " (a query also needs a worker polling the task queue)" if "query" in what else ""
         return CommandError(f"Temporal at {self.address} did not answer {what} within {self.timeout_seconds:g}s "
-                            f"(HIMIG_CLI_TIMEOUT_SECONDS); {ADDRESS_HINT}")
+                            f"(HIMIG_CLI_TIMEOUT_SECONDS); {ADDRESS_HINT}{worker}")
 
     def failed(self, err: RPCError, what: str) -> CommandError:
         return CommandError(rpc_failure(err, self.address, what), rpc_status=err.status)
