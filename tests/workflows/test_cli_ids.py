@@ -158,6 +158,17 @@ class TestEveryKindOfId:
         assert len(result.output.strip().splitlines()) <= 2  # one sentence (wrapped at most once)
 
 
+    @pytest.mark.parametrize("args", [
+        ["status", ""], ["status", "x" * 5000], ["report", "../../etc/passwd"], ["pause", "m' OR '1'='1"],
+        ["approve", "\u202erecon", "--action", "keep"], ["approve-manifest", "\x00", "--hold"],
+        ["status", "line\nbreak"],
+    ], ids=["empty", "long", "path", "quote", "bidi", "nul", "newline"])
+    async def test_hostile_ids_are_one_line(self, env: dict[str, str], args: list[str]) -> None:
+        result = await himig(env, *args)
+        assert result.exit_code in (1, 2), result.output
+        assert result.output.lstrip().startswith("error:") or "Usage" in result.output, result.output
+
+
 class TestTemporalFailsMidCommand:
     @pytest.fixture
     async def running(self, client: Client, worker: Worker, buckets: dict[str, Any],
