@@ -57,3 +57,9 @@ INGEST_STANDARD_CANCEL = "ingest-standard-cancel"
 # to the end (never half a promote). Then the run ends cancelled. Histories without the marker stopped where they
 # stood, HimigState left at `awaiting_decision`.
 RECONCILIATION_STANDARD_CANCEL = "reconciliation-standard-cancel"
+
+# ImportBatchWorkflow (2026-12-03): a standard Temporal cancel of a batch drains it: the submitted import job is
+# still awaited and reviewed, a batch waiting at the manual review gate is held (not routed), and the batch
+# completes with its result, so its migration reports its files as they are. Histories without the marker were
+# cancelled where they stood, and their migration reported the whole batch failed.
+BATCH_STANDARD_CANCEL = "batch-standard-cancel"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,14 +22,17 @@ from typer.testing import CliRunner
 from activities.storage import get_json, iter_ndjson
 from cli.app import app
 from contracts import layout, search
+from contracts.batch import BatchStage
+from contracts.common import FileState
 from contracts.ingest import Arrival, IngestInput, ingest_workflow_id
-from contracts.migration import MigrationInput, MigrationResult
+from contracts.migration import MigrationInput, MigrationResult, batch_workflow_id
 from contracts.s3uri import parse_s3_uri
 from tests.support.dicom import make_instance, uid
 from tests.support.eventually import assert_eventually
 from tests.support.migrations import paused_start, wait_phase
 from tests.support.temporal_cli import temporal_cli
 from tests.workflows.test_reconciliation import bus, mi, recon_worker, start  # noqa: F401 (fixtures)
+from workflows.batch import ImportBatchWorkflow
 from workflows.ingest import IngestWorkflow
 from workflows.migration import MigrationWorkflow
 
@@ -185,3 +189,37 @@ class TestStandardCancelOfAReconciliation:
         assert late.exit_code == 1
         assert "has finished (it is CANCELED, state cancelled)" in " ".join(late.output.split())
         assert (await recon.status()).decisions == []
+
+
+class TestStandardCancelOfABatch:
+    async def test_a_batch_cancelled_at_the_approval_gate_is_held_and_reported_as_it_is(
+            self, client: Client, worker: Worker, buckets: dict[str, Any], datastore_id: str) -> None:
+        s3, src, work = buckets["s3"], buckets["source"], buckets["work"]
+        _sources(s3, src, "gate", 2)
+        handle = await client.start_workflow(
+            MigrationWorkflow.run, MigrationInput(source_s3_uri=f"s3://{src}/gate/", datastore_id=datastore_id,
+                                                  work_s3_uri=f"s3://{work}/w/", manual_review=True,
+                                                  import_start_interval_seconds=0),
+            id=f"bgate-{uuid.uuid4().hex[:8]}", task_queue=worker.task_queue, execution_timeout=timedelta(seconds=90))
+        batch = client.get_workflow_handle(batch_workflow_id(handle.id, 0))
+
+        async def at_the_gate() -> None:
+            try:
+                progress = await batch.query(ImportBatchWorkflow.progress)
+            except Exception as err:  # the batch workflow may not exist yet
+                raise AssertionError(f"batch not queryable yet: {err}") from err
+            assert progress.stage is BatchStage.AWAITING_APPROVAL
+
+        await assert_eventually(at_the_gate, timeout=20, interval=0.1)
+
+        done = temporal_cli(client, "workflow", "cancel", "--workflow-id", batch.id)
+        assert done.returncode == 0, done.stderr
+
+        result = await handle.result()  # the migration completes: the batch drained instead of failing
+        assert result.files_by_state[FileState.IMPORTED] == 2 and result.files_by_state[FileState.FAILED] == 0
+        final = await batch.query(ImportBatchWorkflow.progress)
+        assert final.stage is BatchStage.DONE and final.approval is not None and not final.approval.approve
+        assert final.approval.reviewer == "temporal cancel request"
+        assert BatchStage.ROUTING not in [t.stage for t in final.transitions]  # held: nothing routed
+        desc = await batch.describe()
+        assert desc.status == WorkflowExecutionStatus.COMPLETED
