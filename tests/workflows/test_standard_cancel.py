@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+import pydantic
 import pytest
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import CancelledError
-from temporalio.worker import Worker
+from temporalio.worker import Replayer, Worker
 from typer.testing import CliRunner
 
 from activities.storage import get_json, iter_ndjson
@@ -29,12 +32,16 @@ from contracts.migration import MigrationInput, MigrationResult, batch_workflow_
 from contracts.s3uri import parse_s3_uri
 from tests.support.dicom import make_instance, uid
 from tests.support.eventually import assert_eventually
+from tests.support.installation import converter, plain_history_json
 from tests.support.migrations import paused_start, wait_phase
 from tests.support.temporal_cli import temporal_cli
 from tests.workflows.test_reconciliation import bus, mi, recon_worker, start  # noqa: F401 (fixtures)
+from worker.registry import WORKFLOWS
 from workflows.batch import ImportBatchWorkflow
 from workflows.ingest import IngestWorkflow
 from workflows.migration import MigrationWorkflow
+
+HISTORIES = Path(__file__).parent.parent / "histories"
 
 
 def _sources(s3: Any, bucket: str, prefix: str, n: int) -> None:
@@ -57,6 +64,17 @@ async def _ended_cancelled(handle: Any) -> None:
     await assert_eventually(described, timeout=20)
 
 
+async def _replays(handle: Any) -> None:
+    """The cancelled run's history replays deterministically (the shielded body, the drain, the end); with
+    HIMIG_RECORD_HISTORIES=1 it is kept in tests/histories/, where test_replay guards it from then on."""
+    history = await handle.fetch_history()
+    replayer = Replayer(workflows=WORKFLOWS, data_converter=converter(),
+                        workflow_failure_exception_types=[pydantic.ValidationError])
+    await replayer.replay_workflow(history)
+    if os.environ.get("HIMIG_RECORD_HISTORIES"):
+        (HISTORIES / f"{history.workflow_id}.json").write_text(plain_history_json(history))
+
+
 def _report(s3: Any, work: str, wid: str) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     summary = dict(get_json(s3, layout.report_document(work, wid)))
     rows = {row["key"]: row for row in iter_ndjson(s3, layout.report_files(work, wid))}
@@ -71,7 +89,7 @@ class TestStandardCancel:
         work_uri = f"s3://{work}/w/"
         handle = await paused_start(client, worker, MigrationInput(
             source_s3_uri=f"s3://{src}/tc/", datastore_id=datastore_id, work_s3_uri=work_uri,
-            inventory_page_size=2, import_start_interval_seconds=0))
+            inventory_page_size=2, import_start_interval_seconds=0), prefix="std-cancel")
         await wait_phase(handle, "parsing")  # paused: waiting in a condition when the cancel comes
 
         done = temporal_cli(client, "workflow", "cancel", "--workflow-id", handle.id)
@@ -96,6 +114,7 @@ class TestStandardCancel:
         # ... and `himig cancel` of it says it has ended, in one line.
         again = await asyncio.to_thread(CliRunner().invoke, app, ["cancel", handle.id], env=env)
         assert again.exit_code == 1 and "is not running (it is CANCELED)" in " ".join(again.output.split())
+        await _replays(handle)
 
     async def test_sdk_cancel_drains_the_batch_in_flight(self, client: Client, worker: Worker,
                                                          buckets: dict[str, Any], datastore_id: str) -> None:
@@ -106,7 +125,8 @@ class TestStandardCancel:
         # batch 0 is in flight and the others have not started.
         handle = await paused_start(client, worker, MigrationInput(
             source_s3_uri=f"s3://{src}/sd/", datastore_id=datastore_id, work_s3_uri=work_uri,
-            max_files_per_batch=1, max_concurrent_jobs=1, import_start_interval_seconds=15))
+            max_files_per_batch=1, max_concurrent_jobs=1, import_start_interval_seconds=15),
+            prefix="std-cancel-drain")
         await wait_phase(handle, "parsing")
         await handle.signal(MigrationWorkflow.resume)
         await wait_phase(handle, "importing")
@@ -120,6 +140,7 @@ class TestStandardCancel:
         assert states == ["failed", "failed", "imported"], rows
         assert codes.count("Cancelled") == 2
         assert summary["files_total"] == 3 and not summary["unaccounted"] and not summary["accounted_twice"]
+        await _replays(handle)
 
 
 class TestStandardCancelOfAnIngest:
@@ -161,6 +182,7 @@ class TestStandardCancelOfAnIngest:
         rows = list(iter_ndjson(s3, parse_s3_uri(flush.files_uri)))
         assert sorted(r["key"] for r in rows) == ["in/0.dcm", "in/1.dcm", "in/2.dcm"]
         assert {r["state"] for r in rows} == {"imported"}
+        await _replays(handle)
 
 
 class TestStandardCancelOfAReconciliation:
@@ -189,6 +211,7 @@ class TestStandardCancelOfAReconciliation:
         assert late.exit_code == 1
         assert "has finished (it is CANCELED, state cancelled)" in " ".join(late.output.split())
         assert (await recon.status()).decisions == []
+        await _replays(recon.handle)
 
 
 class TestStandardCancelOfABatch:
@@ -200,7 +223,7 @@ class TestStandardCancelOfABatch:
             MigrationWorkflow.run, MigrationInput(source_s3_uri=f"s3://{src}/gate/", datastore_id=datastore_id,
                                                   work_s3_uri=f"s3://{work}/w/", manual_review=True,
                                                   import_start_interval_seconds=0),
-            id=f"bgate-{uuid.uuid4().hex[:8]}", task_queue=worker.task_queue, execution_timeout=timedelta(seconds=90))
+            id=f"std-cancel-gate-{uuid.uuid4().hex[:8]}", task_queue=worker.task_queue, execution_timeout=timedelta(seconds=90))
         batch = client.get_workflow_handle(batch_workflow_id(handle.id, 0))
 
         async def at_the_gate() -> None:
@@ -223,3 +246,4 @@ class TestStandardCancelOfABatch:
         assert BatchStage.ROUTING not in [t.stage for t in final.transitions]  # held: nothing routed
         desc = await batch.describe()
         assert desc.status == WorkflowExecutionStatus.COMPLETED
+        await _replays(batch)
