@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import pwd
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -29,6 +31,7 @@ from tests.support.eventually import assert_eventually
 from tests.support.migrations import migrate, paused_start, wait_phase
 from tests.support.silent_server import FreezableProxy
 from workflows.ingest import IngestWorkflow
+from workflows.migration import MigrationWorkflow
 from workflows.reconciliation import ReconciliationWorkflow
 
 
@@ -180,6 +183,15 @@ class TestTemporalFailsMidCommand:
         await wait_phase(handle, "parsing")
         yield handle
         await handle.terminate(reason="test done")
+
+    async def test_pause_without_login_variables_records_the_os_user(self, client: Client, running: Any) -> None:
+        env = {"HIMIG_TEMPORAL_ADDRESS": client.service_client.config.target_host,
+               **dict.fromkeys(("USER", "LOGNAME", "LNAME", "USERNAME"))}  # None: unset for the command
+        result = await himig(env, "resume", running.id, "--reason", "go on")
+        assert result.exit_code == 0, result.output
+        progress = await running.query(MigrationWorkflow.progress)
+        assert progress.operator_log[-1].action == "resume"
+        assert progress.operator_log[-1].by == pwd.getpwuid(os.getuid()).pw_name
 
     async def _watch_then(self, client: Client, handle: Any, act: str) -> Any:
         proxy = FreezableProxy(client.service_client.config.target_host)
