@@ -32,7 +32,7 @@ from cli.decisions import update_first
 from cli.progress import print_progress, watch_migration
 from cli.reporting import load_report, print_report
 from cli.sources import SourceFlagError, connector_from_flags
-from cli.start_flags import field_help, migration_input
+from cli.start_flags import FLAGS, field_help, migration_input
 from cli.targets import Kind, Target, expect, find, wrong_kind
 from contracts import search
 from contracts.batch import ManifestApproval
@@ -107,8 +107,6 @@ def validation_message(err: ValidationError) -> str:
 
 def _flag(field: str, extra: str = "") -> Any:
     """The `himig start` option of a MigrationInput field: named by cli.start_flags, helped by the model."""
-    from cli.start_flags import FLAGS
-
     return typer.Option(None, FLAGS[field], help=field_help(field, extra), show_default=False)
 
 
