@@ -53,6 +53,13 @@ async def test_promote_with_a_metadata_correction_then_a_late_second_decision(
     assert record.accepted and record.updated_attributes == ["Patient.PatientID"]
     assert CORRECTED not in (await recon.status()).model_dump_json()  # names only in the query answer
 
+    shown = await _himig(client, "status", recon.handle.id)
+    assert shown.exit_code == 0, shown.output
+    flat = " ".join(shown.output.split())
+    assert f"reconciliation {recon.handle.id} — promoted" in flat and "Patient.PatientID *" in flat
+    assert outcome.promoted_image_set_id in flat
+    assert CORRECTED not in shown.output and "SYNTH-OLD-7" not in shown.output and "SYNTH-NEW-9" not in shown.output
+
     late = await _himig(client, "approve", recon.handle.id, "--action", "keep")
     assert late.exit_code == 1
     flat = " ".join(late.output.split())
