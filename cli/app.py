@@ -8,8 +8,8 @@ Local tooling (``himig stack``, ``himig demo``, ``himig corpus``) is not part of
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-import os
 import re
 import sys
 import uuid
@@ -22,28 +22,29 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError, WorkflowUpdateFailedError
+from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from cli import identity
+from cli.calls import Calls, CommandError, rpc_failure
+from cli.decisions import update_first
 from cli.progress import print_progress, watch_migration
 from cli.report_export import ReportExportError, export
 from cli.reporting import load_report, print_report
 from cli.sources import SourceFlagError, connector_from_flags
+from cli.start_flags import FLAGS, field_help, migration_input
+from cli.targets import Kind, Target, expect, find, wrong_kind
 from contracts import search
 from contracts.batch import ManifestApproval
 from contracts.common import ValidationLevel
 from contracts.migration import (
     DATASTORE_ID_PATTERN,
-    MAX_BYTES_PER_JOB,
-    MAX_FILES_PER_JOB,
-    MigrationInput,
-    MigrationResult,
     OperatorCommand,
     check_migration_id,
 )
-from contracts.reconciliation import ReconciliationState
+from contracts.reconciliation import OPEN_STATES, ReconciliationAction, ReconciliationState
 from worker.process_exit import exit_code, exit_now
 from worker.settings import InvalidSettings, Settings, load_settings
 from workflows.migration import MigrationWorkflow
@@ -67,11 +68,21 @@ def settings() -> Settings:
         raise fail(str(err)) from None
 
 
+def _calls(s: Settings) -> Calls:
+    return Calls(s.temporal().address, s.cli_timeout_seconds)
+
+
 async def _client(s: Settings) -> Client:
     from worker.client import TemporalSetupError, connect
 
+    calls = _calls(s)
     try:
-        return await connect(s)
+        # Bounded: a server that accepts the connection and never answers must not hold the command forever.
+        return await asyncio.wait_for(connect(s), calls.timeout_seconds)
+    except TimeoutError:
+        raise fail(f"cannot reach Temporal at {calls.address}: no answer within {calls.timeout_seconds:g}s "
+                   "(HIMIG_CLI_TIMEOUT_SECONDS); check HIMIG_TEMPORAL_ADDRESS (or TEMPORAL_ADDRESS) and that the "
+                   "server is up", 1) from None
     except TemporalSetupError as err:
         raise fail(str(err), 2) from None
     except ConnectionError as err:
@@ -79,7 +90,13 @@ async def _client(s: Settings) -> Client:
 
 
 def _run(coro: Any) -> Any:
-    return asyncio.run(coro)
+    """Run a command's coroutine; whatever Temporal did wrong ends it with one line and an exit code."""
+    try:
+        return asyncio.run(coro)
+    except CommandError as err:
+        raise fail(err.message, err.code) from None
+    except RPCError as err:  # a call not wrapped in Calls.bounded: still one line, never a traceback
+        raise fail(rpc_failure(err, settings().temporal().address), 1) from None
 
 
 def validation_message(err: ValidationError) -> str:
@@ -90,26 +107,39 @@ def validation_message(err: ValidationError) -> str:
     return "invalid migration input:\n" + "\n".join(lines)
 
 
+def _flag(field: str, extra: str = "") -> Any:
+    """The `himig start` option of a MigrationInput field: named by cli.start_flags, helped by the model."""
+    return typer.Option(None, FLAGS[field], help=field_help(field, extra), show_default=False)
+
+
 @app.command()
 def start(
-    source: str = typer.Option(..., "--source", help="S3 prefix with the DICOM files (source_s3_uri)"),
-    datastore_id: str = typer.Option(..., "--datastore-id", help="HealthImaging data store id"),
-    work: str = typer.Option(..., "--work", help="S3 prefix for inventory, staging, output and report (work_s3_uri)"),
-    validation_level: ValidationLevel = typer.Option(ValidationLevel.STRUCTURE_ONLY, "--validation-level"),
-    max_files_per_batch: int = typer.Option(1000, "--max-files-per-batch", help=f"at most {MAX_FILES_PER_JOB}"),
-    max_bytes_per_batch: int = typer.Option(MAX_BYTES_PER_JOB, "--max-bytes-per-batch"),
-    max_concurrent_jobs: int = typer.Option(4, "--max-concurrent-jobs"),
-    import_start_interval: float = typer.Option(0.0, "--import-start-interval", help="an extra pause between job starts, seconds (the worker paces starts itself)"),
-    data_access_role_arn: str | None = typer.Option(None, "--data-access-role-arn"),
-    source_owner_account: str | None = typer.Option(
-        None, "--source-owner-account", help="12-digit account owning the --source bucket, when not the data store's"),
-    healthlake_datastore_id: str | None = typer.Option(
-        None, "--healthlake-datastore-id", help="route one FHIR ImagingStudy per study into this HealthLake data store"),
-    fhir_validation_level: ValidationLevel = typer.Option(ValidationLevel.STRUCTURE_ONLY, "--fhir-validation-level"),
-    fhir_validate_first: bool = typer.Option(False, "--fhir-validate-first", help="$validate each resource first"),
-    dicomweb_spot_check: int = typer.Option(2, "--dicomweb-spot-check", help="instances per batch read via DICOMweb"),
+    source: str = typer.Option(..., "--source", help=field_help("source_s3_uri")),
+    datastore_id: str = typer.Option(..., "--datastore-id", help=field_help("datastore_id")),
+    work: str = typer.Option(..., "--work", help=field_help("work_s3_uri")),
+    validation_level: ValidationLevel | None = _flag("validation_level"),
+    max_files_per_batch: int | None = _flag("max_files_per_batch"),
+    max_bytes_per_batch: int | None = _flag("max_bytes_per_batch"),
+    inventory_page_size: int | None = _flag("inventory_page_size"),
+    max_concurrent_jobs: int | None = _flag("max_concurrent_jobs"),
+    max_parallel_pages: int | None = _flag("max_parallel_pages"),
+    import_start_interval: float | None = _flag("import_start_interval_seconds", "(seconds)"),
+    data_access_role_arn: str | None = _flag("data_access_role_arn"),
+    source_owner_account: str | None = _flag("source_owner_account_id"),
+    source_manifest_uri: str | None = _flag("source_manifest_uri"),
+    manual_review: bool | None = typer.Option(
+        None, "--manual-review/--no-manual-review", help=field_help("manual_review", "(decide with "
+                                                                    "`himig approve-manifest`)"), show_default=False),
+    healthlake_datastore_id: str | None = _flag("healthlake_datastore_id"),
+    fhir_validation_level: ValidationLevel | None = _flag("fhir_validation_level"),
+    fhir_validate_first: bool | None = typer.Option(
+        None, "--fhir-validate-first/--no-fhir-validate-first", help=field_help("fhir_validate_first"),
+        show_default=False),
+    dicomweb_spot_check: int | None = _flag("dicomweb_spot_check"),
     migration_id: str | None = typer.Option(None, "--id", help="workflow id (default: migration-<random>)"),
     wait: bool = typer.Option(False, "--wait", help="watch progress until the migration ends"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="check the flags and print the workflow input JSON; "
+                                                          "start nothing"),
     source_dir: str | None = typer.Option(None, "--source-dir", help="pull this directory into --source first (it must be under the worker's HIMIG_SOURCE_DIR_ROOTS)"),
     source_dicomweb: str | None = typer.Option(None, "--source-dicomweb", help="pull this DICOMweb PACS (URL) first"),
     source_dimse: str | None = typer.Option(None, "--source-dimse", help="pull this DIMSE PACS (HOST:PORT) first"),
@@ -117,71 +147,104 @@ def start(
     calling_ae: str | None = typer.Option(None, "--calling-ae", help="our AE title as the PACS knows it (HIMIG)"),
     study_uid: list[str] | None = typer.Option(None, "--study-uid", help="pull only this study (repeatable)"),
 ) -> None:
-    """Start a MigrationWorkflow; prints its workflow id."""
+    """Start a MigrationWorkflow; prints its workflow id. Every field of the JSON input has a flag (cli.start_flags);
+    a flag left out leaves the field at the workflow's default."""
     try:
         connector = connector_from_flags(source_dir, source_dicomweb, source_dimse, called_ae, calling_ae, study_uid)
     except SourceFlagError as err:
         raise fail(str(err)) from None
     try:
-        payload = MigrationInput.model_validate(dict(
+        payload = migration_input(dict(
             source_s3_uri=source, datastore_id=datastore_id, work_s3_uri=work, validation_level=validation_level,
             max_files_per_batch=max_files_per_batch, max_bytes_per_batch=max_bytes_per_batch,
-            max_concurrent_jobs=max_concurrent_jobs, import_start_interval_seconds=import_start_interval,
-            data_access_role_arn=data_access_role_arn, source_connector=connector,
-            source_owner_account_id=source_owner_account, healthlake_datastore_id=healthlake_datastore_id,
+            inventory_page_size=inventory_page_size, max_concurrent_jobs=max_concurrent_jobs,
+            max_parallel_pages=max_parallel_pages, import_start_interval_seconds=import_start_interval,
+            data_access_role_arn=data_access_role_arn, source_manifest_uri=source_manifest_uri,
+            manual_review=manual_review, source_owner_account_id=source_owner_account,
+            healthlake_datastore_id=healthlake_datastore_id,
             fhir_validation_level=fhir_validation_level, fhir_validate_first=fhir_validate_first,
-            dicomweb_spot_check=dicomweb_spot_check))
-    except ValidationError as err:
-        raise fail(validation_message(err)) from None
+            dicomweb_spot_check=dicomweb_spot_check), connector)
+    except CommandError as err:
+        raise fail(err.message, err.code) from None
     wid = migration_id or f"migration-{uuid.uuid4().hex[:12]}"
     try:
         check_migration_id(wid)
     except ValueError as err:
         raise fail(f"--id: {err}") from None
+    if dry_run:
+        console.print_json(payload.model_dump_json(exclude_none=True))
+        return
     s = settings()
 
     async def go() -> None:
         client = await _client(s)
+        calls = _calls(s)
         try:
             # A migration id names its work prefix and its import jobs' client tokens: never reuse one.
-            await client.start_workflow(MigrationWorkflow.run, payload, id=wid, task_queue=s.task_queue,
-                                        id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE)
+            await calls.bounded(client.start_workflow(
+                MigrationWorkflow.run, payload, id=wid, task_queue=s.task_queue,
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE), "the start of the migration")
         except WorkflowAlreadyStartedError:
             raise fail(f"a migration with id {wid!r} already exists (running or finished); choose another --id") from None
         console.print(wid)
         if wait:
-            await watch_migration(client, wid, console)
+            await watch_migration(client, wid, console, calls=calls)
 
     _run(go())
 
 
 @app.command()
 def status(
-    migration_id: str = typer.Argument(..., help="workflow id of the migration"),
+    workflow_id: str = typer.Argument(..., help="id of a migration (or of a batch, a reconciliation, an ingest)"),
     as_json: bool = typer.Option(False, "--json", help="print the progress query as JSON"),
-    watch: bool = typer.Option(False, "--watch", help="show a live progress bar until it ends"),
+    watch: bool = typer.Option(False, "--watch", help="show a live progress bar until the migration ends"),
 ) -> None:
-    """Show a migration's progress (files per terminal state, batches per stage, throughput, ETA)."""
+    """Show a migration's progress (files per terminal state, batches per stage, throughput, ETA); given a batch,
+    a reconciliation or an ingest id, that workflow's own progress."""
     s = settings()
 
     async def go() -> None:
         client = await _client(s)
+        calls = _calls(s)
+        target = await find(client, calls, workflow_id, Kind.MIGRATION)
         if watch:
-            await watch_migration(client, migration_id, console)
+            expect(target, Kind.MIGRATION, "status --watch")
+            await watch_migration(client, workflow_id, console, calls=calls)
             return
-        handle = client.get_workflow_handle(migration_id)
-        try:
-            progress = await handle.query(MigrationWorkflow.progress)
-        except RPCError as err:
-            if err.status == RPCStatusCode.NOT_FOUND:
-                raise fail(f"no migration with id {migration_id!r}", 1) from None
-            raise
-        if as_json:
-            console.print_json(progress.model_dump_json())
-        else:
-            print_progress(progress, console)
+        await show_status(client, calls, target, as_json)
 
     _run(go())
+
+
+async def show_status(client: Client, calls: Calls, target: Target, as_json: bool) -> None:
+    """Print what ``target``'s own progress query answers (saying first what kind of id it is, if not a
+    migration)."""
+    from cli.views import query_status
+
+    if target.kind is None:
+        raise wrong_kind(target, Kind.MIGRATION, "status")
+    answer = await query_status(client, calls, target)
+    if as_json:
+        console.print_json(answer.model_dump_json())
+        return
+    if target.kind is not Kind.MIGRATION:
+        err_console.print(f"{target.what()} ({target.status_name}); its progress:")
+    print_status(target, answer)
+
+
+def print_status(target: Target, answer: Any) -> None:
+    from cli.views import print_batch, print_ingest, print_reconciliation
+
+    if target.kind is Kind.MIGRATION:
+        print_progress(answer, console)
+    elif target.kind is Kind.BATCH:
+        print_batch(answer, target.id, console)
+    elif target.kind is Kind.RECONCILIATION:
+        print_reconciliation(answer, target.id, console)
+    elif target.kind is Kind.ROLLBACK:
+        console.print_json(answer.model_dump_json())
+    else:
+        print_ingest(answer, console)
 
 
 @app.command()
@@ -194,25 +257,25 @@ def report(
     csv: Path | None = typer.Option(None, "--csv", dir_okay=False, help="also write the per-file lines as CSV to "
                                     "this file"),
 ) -> None:
-    """Print the final report of a finished migration."""
+    """Print the final report of a finished migration (completed, or drained after a cancel)."""
+    from cli.reporting import report_location
+
     s = settings()
 
     async def go() -> None:
         client = await _client(s)
-        handle = client.get_workflow_handle_for(MigrationWorkflow.run, migration_id)
-        try:
-            desc = await handle.describe()
-        except RPCError as err:
-            if err.status == RPCStatusCode.NOT_FOUND:
-                raise fail(f"no migration with id {migration_id!r}", 1) from None
-            raise
-        if desc.status == WorkflowExecutionStatus.RUNNING:
+        calls = _calls(s)
+        target = await find(client, calls, migration_id, Kind.MIGRATION)
+        if target.kind is not Kind.MIGRATION:
+            err_console.print(f"[red]error:[/red] {wrong_kind(target, Kind.MIGRATION, 'report').message}")
+            if target.kind is not None:
+                with contextlib.suppress(CommandError):  # the progress is a courtesy; the error stands
+                    await show_status(client, calls, target, as_json=False)
+            raise typer.Exit(1)
+        if target.running:
             raise fail(f"migration {migration_id!r} is still running; see `himig status {migration_id} --watch`", 1)
-        try:
-            result: MigrationResult = await handle.result()
-        except WorkflowFailureError as err:
-            raise fail(f"migration {migration_id!r} did not complete: {err.cause}", 1) from None
-        summary, rows = load_report(s, result, with_files=files)
+        location = await report_location(client, calls, target)
+        summary, rows = load_report(s, location, with_files=files)
         try:
             written = await export(s, client, summary, html, csv)
         except ReportExportError as err:
@@ -233,24 +296,21 @@ def report(
 def _signal(migration_id: str, name: str, reason: str | None, by: str | None) -> None:
     s = settings()
     try:
-        command = OperatorCommand(by=by or os.environ.get("USER"), reason=reason)
+        command = OperatorCommand(by=identity.operator(by), reason=reason)
     except ValidationError as err:
-        raise fail(validation_message(err)) from None
+        raise fail(validation_message(err).replace("migration input", "operator command")) from None
+    except ValueError as err:
+        raise fail(str(err)) from None
 
     async def go() -> None:
         client = await _client(s)
-        handle = client.get_workflow_handle(migration_id)
-        try:
-            desc = await handle.describe()
-            if desc.status != WorkflowExecutionStatus.RUNNING:
-                state = desc.status.name if desc.status else "unknown"
-                raise fail(f"migration {migration_id!r} is not running (it is {state})", 1)
-            await handle.signal(name, command)
-        except RPCError as err:
-            if err.status == RPCStatusCode.NOT_FOUND:
-                raise fail(f"no migration with id {migration_id!r}", 1) from None
-            raise
-        console.print(f"{name} sent to {migration_id}")
+        calls = _calls(s)
+        target = expect(await find(client, calls, migration_id, Kind.MIGRATION), Kind.MIGRATION, name)
+        if not target.running:
+            raise fail(f"migration {migration_id!r} is not running (it is {target.status_name}); "
+                       f"see `himig report {migration_id}`", 1)
+        await calls.bounded(client.get_workflow_handle(migration_id).signal(name, command), f"the {name} signal")
+        console.print(f"{name} sent to {migration_id} (by {command.by})")
 
     _run(go())
 
@@ -297,7 +357,12 @@ def list_cmd(
         for col in ("type", "workflow id", "status", "state", "started"):
             # Ids are copied into `himig approve`: never wrapped or truncated; the other columns give way.
             table.add_column(col, overflow="fold", no_wrap=col == "workflow id")
-        async for wf in client.list_workflows(list_query(all_states, datastore_id, migration_id), limit=limit):
+        query = list_query(all_states, datastore_id, migration_id)
+
+        async def listed() -> list[Any]:
+            return [wf async for wf in client.list_workflows(query, limit=limit)]
+
+        for wf in await _calls(s).bounded(listed(), "the listing"):
             table.add_row(wf.workflow_type, wf.id, wf.status.name if wf.status else "?",
                           wf.typed_search_attributes.get(search.STATE) or "-", f"{wf.start_time:%Y-%m-%d %H:%M:%S}")
         console.print(table)
@@ -306,7 +371,7 @@ def list_cmd(
 
 
 REASON = typer.Option(None, "--reason", help="why (recorded in the workflow; no patient data)")
-BY = typer.Option(None, "--by", help="who (default: $USER)")
+BY = typer.Option(None, "--by", help="who (default: the OS user running himig; never recorded empty)")
 
 
 @app.command()
@@ -330,49 +395,67 @@ def cancel(migration_id: str = typer.Argument(...), reason: str | None = REASON,
 @app.command()
 def approve(
     reconciliation_id: str = typer.Argument(..., help="ReconciliationWorkflow id (recon-<datastore>-<image set>)"),
-    action: str = typer.Option(..., "--action", help="promote | keep | discard"),
+    action: ReconciliationAction = typer.Option(..., "--action", help="what to do with the non-primary image set"),
     reason: str | None = typer.Option(None, "--reason", help="why (recorded; no patient data)"),
+    update: list[str] | None = typer.Option(
+        None, "--update", metavar="LEVEL.KEYWORD=VALUE",
+        help="promote only: correct this Patient or Study attribute (UpdateImageSetMetadata) before the copy, "
+             "e.g. Patient.PatientID=<value>; repeatable. The value is sealed in history and never printed"),
 ) -> None:
     """Decide a non-primary image set's reconciliation (validated update `decide`; prints the outcome).
 
     Only on a host holding HIMIG_REVIEWER_ATTESTATION_KEY (an admin host, the local stack): the decision is
     attested as the OS user's, who must be in the workers' HIMIG_RECONCILIATION_REVIEWERS. Elsewhere, decide
     through the codec server (Temporal UI, or `temporal workflow update execute --codec-endpoint`)."""
-    import getpass
-
     from temporalio.common import RawValue
 
     from contracts.attestation import KEY_VARIABLE, attest
     from contracts.reconciliation import ReconciliationDecision, ReconciliationOutcome
     from workflows.reconciliation import ReconciliationWorkflow
 
+    try:
+        corrections = update_first(update)
+    except CommandError as err:
+        raise fail(err.message, err.code) from None
     s = settings()
     key = s.reviewer_attestation_secret()
     if key is None:
         raise fail(
             f"this host has no {KEY_VARIABLE}, so it cannot vouch for who decides. Decide through the codec server: "
             "in the Temporal UI, or with `temporal workflow update execute --workflow-id "
-            f"{reconciliation_id} --name decide --input '{{\"action\": \"{action}\", \"reviewer\": \"<you>\", "
+            f"{reconciliation_id} --name decide --input '{{\"action\": \"{action.value}\", \"reviewer\": \"<you>\", "
             f"\"reason\": \"...\", \"reconciliation_id\": \"{reconciliation_id}\"}}' --codec-endpoint <codec server> "
             "--codec-auth \"Bearer $TOKEN\"`")
-    user = getpass.getuser()
+    user = identity.os_user()
     try:
         decision = ReconciliationDecision.model_validate({"action": action, "reviewer": user, "reason": reason,
-                                                          "reconciliation_id": reconciliation_id})
+                                                          "reconciliation_id": reconciliation_id,
+                                                          "update_first": corrections})
     except ValidationError as err:
         raise fail(validation_message(err).replace("migration input", "decision")) from None
 
     async def go() -> None:
         client = await _client(s)
+        calls = _calls(s)
+        target = expect(await find(client, calls, reconciliation_id, Kind.RECONCILIATION), Kind.RECONCILIATION,
+                        "approve")
+        if not target.running:
+            raise fail(f"reconciliation {reconciliation_id!r} has finished (it is {target.status_name}, state "
+                       f"{target.state or 'unknown'}): there is nothing left to decide; `himig status "
+                       f"{reconciliation_id}` shows its decisions", 1)
+        if target.state is not None and target.state not in OPEN_STATES:
+            raise fail(f"reconciliation {reconciliation_id!r} is not awaiting a decision (state {target.state})", 1)
         [payload] = client.data_converter.payload_converter.to_payloads([decision])
         attest(payload, key, client.namespace, user)
         handle = client.get_workflow_handle_for(ReconciliationWorkflow.run, reconciliation_id)
         try:
+            # Not bounded by HIMIG_CLI_TIMEOUT_SECONDS: the update returns once the decision has been applied (a
+            # promote copies the image set); the describe above has shown that Temporal answers.
             outcome: ReconciliationOutcome = await handle.execute_update(ReconciliationWorkflow.decide,
                                                                          RawValue(payload))
         except RPCError as err:
-            if err.status == RPCStatusCode.NOT_FOUND:
-                raise fail(f"no reconciliation with id {reconciliation_id!r}", 1) from None
+            if err.status == RPCStatusCode.NOT_FOUND:  # it finished between the describe and the update
+                raise fail(f"reconciliation {reconciliation_id!r} has finished: nothing left to decide", 1) from None
             raise
         except WorkflowUpdateFailedError as err:
             raise fail(f"decision rejected: {err.cause}", 1) from None
@@ -393,26 +476,29 @@ def approve_manifest(
 
     s = settings()
     try:
-        decision = ManifestApproval(approve=approve, reviewer=by or os.environ.get("USER") or "operator", reason=reason)
+        decision = ManifestApproval(approve=approve, reviewer=identity.operator(by), reason=reason)
     except ValidationError as err:
         raise fail(validation_message(err).replace("migration input", "approval")) from None
+    except ValueError as err:
+        raise fail(str(err)) from None
 
     async def go() -> None:
         client = await _client(s)
+        calls = _calls(s)
+        target = expect(await find(client, calls, batch_id, Kind.BATCH), Kind.BATCH, "approve-manifest")
+        if not target.running:
+            raise fail(f"batch {batch_id!r} is not awaiting approval (it has finished: {target.status_name})", 1)
         handle = client.get_workflow_handle_for(ImportBatchWorkflow.run, batch_id)
         try:
-            progress = await handle.execute_update(ImportBatchWorkflow.approve_manifest, decision)
-        except RPCError as err:
-            if err.status != RPCStatusCode.NOT_FOUND:
-                raise
-            try:  # an update to a finished workflow is also NOT_FOUND: tell the two apart
-                await handle.describe()
-            except RPCError:
-                raise fail(f"no batch with id {batch_id!r}", 1) from None
-            raise fail(f"batch {batch_id!r} is not awaiting approval (it has finished)", 1) from None
+            progress = await calls.bounded(handle.execute_update(ImportBatchWorkflow.approve_manifest, decision),
+                                           "the approval")
+        except CommandError as err:
+            if err.rpc_status == RPCStatusCode.NOT_FOUND:  # it finished between the describe and the update
+                raise fail(f"batch {batch_id!r} is not awaiting approval (it has finished)", 1) from None
+            raise
         except WorkflowUpdateFailedError as err:
             raise fail(f"approval rejected: {err.cause}", 1) from None
-        console.print(f"batch {progress.batch}: {'approved' if approve else 'held back'}")
+        console.print(f"batch {progress.batch}: {'approved' if approve else 'held back'} by {decision.reviewer}")
 
     _run(go())
 
@@ -486,6 +572,25 @@ def add_plugin_commands(target: typer.Typer, plugins: Iterable[EntryPoint] | Non
                               "neither a Typer app nor a function")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            console.print(f"himig {version('himig')}")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            console.print("himig (not installed: no version)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    show_version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                      help="print himig's version and exit"),
+) -> None:
+    """Durable DICOM → AWS HealthImaging migration."""
+
+
 add_plugin_commands(app)
 
 def main() -> None:
@@ -509,11 +614,11 @@ def rollback_cmd(
     by: str | None = BY,
 ) -> None:
     """Delete the image sets a finished migration created (never others), after confirming their count."""
-    from cli.finished import CommandRefused
+    from cli.finished import CommandError
     from cli.rollback import rollback
 
     s = settings()
-    who = by or os.environ.get("USER") or "operator"
+    who = identity.operator(by)
 
     def ask(count: int) -> int | None:
         if not sys.stdin.isatty():
@@ -525,7 +630,7 @@ def rollback_cmd(
         client = await _client(s)
         try:
             await rollback(client, migration_id, s.task_queue, confirm, who, console, ask)
-        except CommandRefused as err:
+        except CommandError as err:
             raise fail(str(err), err.code) from None
 
     _run(go())
@@ -542,7 +647,7 @@ def verify_cmd(
                                      "run publishing its outcome as an event; `off` deletes the schedule"),
 ) -> None:
     """Check that a finished migration's instances are in HealthImaging as its report says."""
-    from cli.finished import CommandRefused
+    from cli.finished import CommandError
     from cli.verify import verify
 
     s = settings()
@@ -551,7 +656,7 @@ def verify_cmd(
         client = await _client(s)
         try:
             result = await verify(client, migration_id, s.task_queue, deep, list(attribute or []), every, console)
-        except CommandRefused as err:
+        except CommandError as err:
             raise fail(str(err), err.code) from None
         except ValidationError as err:
             raise fail(validation_message(err)) from None
@@ -572,7 +677,7 @@ def retry_cmd(
     wait: bool = typer.Option(False, "--wait", help="watch progress until the retry ends"),
 ) -> None:
     """Start a new migration over exactly the files an earlier one did not import."""
-    from cli.finished import CommandRefused
+    from cli.finished import CommandError
     from cli.retry import retry
     from worker.aws import make_client
 
@@ -589,7 +694,7 @@ def retry_cmd(
         try:
             handle = await retry(client, s3, migration_id, s.task_queue, include_rejected, validation_level, new_id,
                                  console)
-        except CommandRefused as err:
+        except CommandError as err:
             raise fail(str(err), err.code) from None
         if handle is not None and wait:
             await watch_migration(client, handle.id, console)

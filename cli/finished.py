@@ -5,16 +5,9 @@ from __future__ import annotations
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
+from cli.calls import CommandError
 from contracts.migration import MigrationInput
 from workflows.migration import MigrationWorkflow
-
-
-class CommandRefused(Exception):
-    """One line for the operator, and the exit code."""
-
-    def __init__(self, message: str, code: int = 1) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 async def migration_input(client: Client, migration_id: str, action: str) -> MigrationInput:
@@ -24,17 +17,17 @@ async def migration_input(client: Client, migration_id: str, action: str) -> Mig
         desc = await handle.describe()
     except RPCError as err:
         if err.status == RPCStatusCode.NOT_FOUND:
-            raise CommandRefused(f"no migration with id {migration_id!r}") from None
+            raise CommandError(f"no migration with id {migration_id!r}") from None
         raise
     if desc.workflow_type != MigrationWorkflow.__name__:
-        raise CommandRefused(f"{migration_id!r} is a {desc.workflow_type}, not a migration: {action} the migration "
+        raise CommandError(f"{migration_id!r} is a {desc.workflow_type}, not a migration: {action} the migration "
                              "it belongs to")
     if desc.status == WorkflowExecutionStatus.RUNNING:
-        raise CommandRefused(f"migration {migration_id!r} is still running: cancel it (`himig cancel {migration_id}`) "
+        raise CommandError(f"migration {migration_id!r} is still running: cancel it (`himig cancel {migration_id}`) "
                              f"or let it finish, then {action} it")
     if desc.status != WorkflowExecutionStatus.COMPLETED:
         state = desc.status.name if desc.status else "unknown"
-        raise CommandRefused(f"migration {migration_id!r} ended {state} without a report: nothing to {action} "
+        raise CommandError(f"migration {migration_id!r} ended {state} without a report: nothing to {action} "
                              "from (its imports are listed by `himig list --all --migration-id`)")
     history = await handle.fetch_history()
     started = history.events[0].workflow_execution_started_event_attributes

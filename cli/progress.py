@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -10,6 +11,7 @@ from rich.table import Table
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError
 
+from cli.calls import Calls, CommandError
 from contracts.batch import BatchProgress
 from contracts.migration import MigrationProgress, batch_workflow_id
 from workflows.batch import ImportBatchWorkflow
@@ -36,40 +38,69 @@ def print_progress(p: MigrationProgress, console: Console) -> None:
     console.print(table)
 
 
-async def batch_stages(client: Client, migration_id: str, batches: list[int]) -> dict[int, BatchProgress]:
-    """Ask each running batch workflow for its stage (queries add nothing to history)."""
+async def batch_stages(client: Client, migration_id: str, batches: list[int],
+                       calls: Calls | None = None) -> dict[int, BatchProgress]:
+    """Ask each running batch workflow for its stage (queries add nothing to history); a batch that does not
+    answer (finished meanwhile, or slow) is left out of this round."""
     out: dict[int, BatchProgress] = {}
     for batch in batches:
+        handle = client.get_workflow_handle(batch_workflow_id(migration_id, batch))
         try:
-            handle = client.get_workflow_handle(batch_workflow_id(migration_id, batch))
-            out[batch] = await handle.query(ImportBatchWorkflow.progress)
-        except RPCError:
+            if calls is None:
+                out[batch] = await handle.query(ImportBatchWorkflow.progress)
+            else:
+                out[batch] = await calls.bounded(handle.query(ImportBatchWorkflow.progress), "a batch's query")
+        except (RPCError, CommandError):
             continue
     return out
 
 
-async def watch_migration(client: Client, migration_id: str, console: Console, interval: float = 0.5) -> MigrationProgress:
-    """Live progress bar until the migration leaves RUNNING; returns the last progress."""
+def _eta(p: MigrationProgress) -> str:
+    if p.eta_seconds is None:
+        return "ETA -" if p.phase != "completed" else ""
+    return f"ETA {timedelta(seconds=round(p.eta_seconds))}"
+
+
+# A query may fail while the run continues as new, or once when the worker restarts: so many misses in a row,
+# and the watch gives up with the last one's message.
+QUERY_MISSES = 5
+
+
+async def watch_migration(client: Client, migration_id: str, console: Console, interval: float = 0.5,
+                          calls: Calls | None = None) -> MigrationProgress:
+    """Live progress bar (with the workflow's ETA) until the migration leaves RUNNING; returns the last progress.
+
+    With ``calls``, every call is bounded in time: a Temporal that hangs or goes away ends the watch with a
+    `CommandError` (one line) instead of freezing it or printing a traceback.
+    """
+    bounded = calls or Calls("Temporal", 3600.0)
     handle = client.get_workflow_handle(migration_id)
     last: MigrationProgress | None = None
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[detail]}"),
-               TimeElapsedColumn())
+    misses = 0
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[eta]}"), TextColumn("{task.fields[detail]}"), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=False) as bar:
-        task = bar.add_task("starting", total=None, detail="")
+        task = bar.add_task("starting", total=None, detail="", eta="")
         while True:
             try:
-                last = await handle.query(MigrationWorkflow.progress)
-            except RPCError:
-                last = last  # the run may be between continue-as-new runs; ask again
-            desc = await handle.describe()
+                last = await bounded.bounded(handle.query(MigrationWorkflow.progress), "the progress query")
+                misses = 0
+            except CommandError:
+                misses += 1
+                if misses >= QUERY_MISSES:
+                    raise
+            desc = await bounded.bounded(handle.describe(), "a describe of the migration")
             if last:
-                stages = await batch_stages(client, migration_id, last.running_batches)
+                stages = await batch_stages(client, migration_id, last.running_batches, calls)
                 detail = " ".join(f"b{b}:{p.stage.value}" for b, p in sorted(stages.items()))
                 bar.update(task, description=last.phase, total=last.files_total or None, completed=last.files_done,
-                           detail=f"batches {last.batches_done}/{last.batches_planned} {detail}")
+                           eta=_eta(last), detail=f"batches {last.batches_done}/{last.batches_planned} {detail}")
             if desc.status != WorkflowExecutionStatus.RUNNING:
                 break
             await asyncio.sleep(interval)
     if last is None:
-        raise RuntimeError(f"migration {migration_id} answered no progress query")
+        raise CommandError(f"migration {migration_id!r} answered no progress query (is a worker polling its task "
+                           "queue?)")
+    if desc.status != WorkflowExecutionStatus.COMPLETED:
+        console.print(f"migration {migration_id} ended {desc.status.name if desc.status else 'unknown'}")
     return last

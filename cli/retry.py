@@ -19,7 +19,8 @@ from temporalio.common import WorkflowIDReusePolicy
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.errors import error_code
-from cli.finished import CommandRefused, migration_input
+from cli.calls import CommandError
+from cli.finished import migration_input
 from contracts import layout
 from contracts.common import ValidationLevel
 from contracts.migration import MigrationInput
@@ -40,7 +41,7 @@ def select(s3: Any, source: MigrationInput, migration_id: str, states: set[str])
     try:
         body = s3.get_object(Bucket=loc.bucket, Key=loc.key)["Body"]
     except ClientError as err:
-        raise CommandRefused(f"cannot read the report of {migration_id!r} ({error_code(err)})") from None
+        raise CommandError(f"cannot read the report of {migration_id!r} ({error_code(err)})") from None
     bucket = parse_s3_uri(source.source_s3_uri).bucket
     chosen: list[InventoryEntry] = []
     gone = 0
@@ -56,7 +57,7 @@ def select(s3: Any, source: MigrationInput, migration_id: str, states: set[str])
             if error_code(err) in ("404", "NoSuchKey", "NotFound"):
                 gone += 1
                 continue
-            raise CommandRefused(f"cannot read the source ({error_code(err)})") from None
+            raise CommandError(f"cannot read the source ({error_code(err)})") from None
         chosen.append(InventoryEntry(key=row["key"], size=int(head["ContentLength"]),
                                      etag=str(head.get("ETag", "")).strip('"')))
     return chosen, gone
@@ -71,7 +72,7 @@ async def _free_id(client: Client, migration_id: str) -> str:
             if err.status == RPCStatusCode.NOT_FOUND:
                 return candidate
             raise
-    raise CommandRefused(f"{migration_id!r} was retried {MAX_RETRIES} times already")
+    raise CommandError(f"{migration_id!r} was retried {MAX_RETRIES} times already")
 
 
 async def retry(client: Client, s3: Any, migration_id: str, task_queue: str, include_rejected: bool,
@@ -97,6 +98,6 @@ async def retry(client: Client, s3: Any, migration_id: str, task_queue: str, inc
         handle = await client.start_workflow(MigrationWorkflow.run, payload, id=wid, task_queue=task_queue,
                                              id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE)
     except Exception as err:  # WorkflowAlreadyStartedError: a chosen --id in use
-        raise CommandRefused(f"cannot start {wid!r}: {type(err).__name__}") from None
+        raise CommandError(f"cannot start {wid!r}: {type(err).__name__}") from None
     console.print(f"{wid}: retrying {len(chosen)} file(s) of {migration_id}")
     return handle

@@ -17,7 +17,8 @@ from temporalio.client import Client, WorkflowExecutionStatus, WorkflowUpdateFai
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from cli.finished import CommandRefused, migration_input
+from cli.calls import CommandError
+from cli.finished import migration_input
 from contracts.rollback import (
     KeepReason,
     RollbackConfirmation,
@@ -71,7 +72,7 @@ async def rollback(client: Client, migration_id: str, task_queue: str, confirm: 
     try:
         await handle.execute_update(RollbackWorkflow.confirm, RollbackConfirmation(count=count, by=by))
     except WorkflowUpdateFailedError as err:
-        raise CommandRefused(f"confirmation refused: {err.cause}") from None
+        raise CommandError(f"confirmation refused: {err.cause}") from None
     done: RollbackProgress = await handle.result()
     console.print(f"rollback of {migration_id} {done.phase.value}: {done.deleted} deleted, "
                   f"{done.already_deleted} already gone; recorded in {done.record_uri}")
@@ -88,7 +89,7 @@ async def _planned(handle: Any) -> RollbackProgress:
                 await handle.result()
             except Exception as err:  # the failure's cause is the message
                 cause = getattr(getattr(err, "cause", None), "cause", None) or getattr(err, "cause", None) or err
-                raise CommandRefused(f"the rollback ended {desc.status.name if desc.status else ''}: {cause}") from None
+                raise CommandError(f"the rollback ended {desc.status.name if desc.status else ''}: {cause}") from None
         try:
             progress: RollbackProgress = await handle.query(RollbackWorkflow.progress)
             if progress.phase is not RollbackPhase.PLANNING:
@@ -99,5 +100,5 @@ async def _planned(handle: Any) -> RollbackProgress:
         except Exception:  # not started yet: the query is answered once the first task ran
             pass
         if loop.time() > deadline:
-            raise CommandRefused("the rollback's plan is not ready after 10 minutes; is a worker running?")
+            raise CommandError("the rollback's plan is not ready after 10 minutes; is a worker running?")
         await asyncio.sleep(0.5)

@@ -25,7 +25,8 @@ from temporalio.client import (
 )
 from temporalio.service import RPCError, RPCStatusCode
 
-from cli.finished import CommandRefused, migration_input
+from cli.calls import CommandError
+from cli.finished import migration_input
 from contracts.verify import VerifyInput, VerifyResult, verify_workflow_id
 from workflows.verify import VerifyWorkflow
 
@@ -37,11 +38,11 @@ def parse_every(text: str) -> timedelta:
     """``30m``, ``6h``, ``7d`` (at least 5 minutes: each run reads the migration's whole report)."""
     match = _EVERY.match(text.strip())
     if not match:
-        raise CommandRefused(f"--every: {text!r} is not an interval like 30m, 6h or 7d", 2)
+        raise CommandError(f"--every: {text!r} is not an interval like 30m, 6h or 7d", 2)
     n, unit = int(match.group(1)), match.group(2)
     every = timedelta(minutes=n) if unit == "m" else timedelta(hours=n) if unit == "h" else timedelta(days=n)
     if every < MIN_INTERVAL:
-        raise CommandRefused("--every: at least 5 minutes", 2)
+        raise CommandError("--every: at least 5 minutes", 2)
     return every
 
 
@@ -62,14 +63,14 @@ async def verify(client: Client, migration_id: str, task_queue: str, deep: bool,
                  every: str | None, console: Console) -> VerifyResult | None:
     source = await migration_input(client, migration_id, "verify")
     if attributes and not deep:
-        raise CommandRefused("--attribute needs --deep (attributes are read from the image sets' metadata)", 2)
+        raise CommandError("--attribute needs --deep (attributes are read from the image sets' metadata)", 2)
     schedule_id = verify_workflow_id(migration_id)
     if every is not None and every.strip().lower() == "off":
         try:
             await client.get_schedule_handle(schedule_id).delete()
         except RPCError as err:
             if err.status == RPCStatusCode.NOT_FOUND:
-                raise CommandRefused(f"no verification schedule for {migration_id!r}") from None
+                raise CommandError(f"no verification schedule for {migration_id!r}") from None
             raise
         console.print(f"schedule {schedule_id} deleted")
         return None
@@ -96,6 +97,6 @@ async def verify(client: Client, migration_id: str, task_queue: str, deep: bool,
             VerifyWorkflow.run, payload, id=f"{schedule_id}-{uuid.uuid4().hex[:8]}", task_queue=task_queue)
     except WorkflowFailureError as err:
         cause = getattr(err.cause, "cause", None) or err.cause
-        raise CommandRefused(f"verify failed: {cause}") from None
+        raise CommandError(f"verify failed: {cause}") from None
     print_result(result, console)
     return result

@@ -45,6 +45,7 @@ class ReconciliationState(StrEnum):
     KEPT = "kept"
     DISCARDED = "discarded"
     FAILED = "failed"
+    CANCELLED = "cancelled"  # a standard Temporal cancel came before any decision
 
 
 OPEN_STATES = frozenset({ReconciliationState.DESCRIBING, ReconciliationState.AWAITING_DECISION,

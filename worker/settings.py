@@ -268,6 +268,9 @@ class Settings(BaseSettings):
     # (see worker.temporal_connection, which also reads TLS, mTLS and the API key the SDK's way).
     temporal_address: str = Field(DEFAULT_ADDRESS, description="host:port of the Temporal frontend")
     temporal_namespace: str = Field(DEFAULT_NAMESPACE, description="Temporal namespace")
+    cli_timeout_seconds: float = Field(20.0, gt=0, le=600, description="`himig`: how long one call to Temporal "
+                                       "(connecting, a query, a signal, a listing) may take before the command "
+                                       "gives up with one line saying so")
     _temporal: TemporalConnection | None = PrivateAttr(None)
     task_queue: Annotated[str, BeforeValidator(_not_blank)] = Field(
         DEFAULT_TASK_QUEUE, description="Temporal task queue the worker polls and the CLI starts workflows on")

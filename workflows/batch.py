@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+from collections.abc import Callable
 from datetime import timedelta
 
 from temporalio import workflow
@@ -55,6 +57,9 @@ class ImportBatchWorkflow:
         self._progress = BatchProgress(batch=-1, stage=BatchStage.PENDING)
         self._wake = False
         self._wakes = 0
+        # A standard cancel (patches.BATCH_STANDARD_CANCEL): may this run drain on one, and has one come.
+        self._drain_on_cancel = False
+        self._cancel_requested = False
 
     def _stage(self, stage: BatchStage) -> None:
         self._progress.stage = stage
@@ -170,7 +175,7 @@ class ImportBatchWorkflow:
                 await_import_job, job,
                 start_to_close_timeout=policies.POLL_TIMEOUT, schedule_to_close_timeout=policies.JOB_WAIT_LIMIT,
                 retry_policy=policies.POLL_RETRY)
-            await workflow.wait_condition(lambda poll=poll: poll.done() or self._wake)  # type: ignore[misc]
+            await self._wait(lambda poll=poll: poll.done() or self._wake)  # type: ignore[misc]
             self._wake = False
             if not poll.done() and workflow.patched(patches.JOB_EVENTS):
                 poll.cancel()
@@ -186,7 +191,11 @@ class ImportBatchWorkflow:
             self._progress.approval = None
             self._stage(BatchStage.AWAITING_APPROVAL)
             upsert({search.STATE: BatchStage.AWAITING_APPROVAL.value})  # what `himig list` shows operators
-            await workflow.wait_condition(lambda: self._progress.approval is not None)
+            await self._wait(lambda: self._progress.approval is not None or self._cancel_requested)
+            if self._progress.approval is None:  # a standard cancel at the gate: nobody approved, so hold
+                self._progress.approval = ManifestApproval(
+                    approve=False, reviewer="temporal cancel request",
+                    reason="standard Temporal cancel while awaiting approval")
             approved = self._progress.approval is not None and self._progress.approval.approve
             upsert({search.STATE: "approved" if approved else "held"})
         if self._progress.approval is None or self._progress.approval.approve:
@@ -255,6 +264,32 @@ class ImportBatchWorkflow:
 
     @workflow.run
     async def run(self, input: BatchInput) -> BatchResult:
+        if not workflow.patched(patches.BATCH_STANDARD_CANCEL):
+            return await self._run_batch(input)
+        # A standard cancel (Temporal UI, `temporal workflow cancel`) cancels this task only: the batch, shielded
+        # in its own task, drains (its job is awaited and reviewed, the approval gate holds) and completes, so its
+        # migration reports its files as they are, not as a failed batch.
+        self._drain_on_cancel = True
+        body = asyncio.ensure_future(self._run_batch(input))
+        try:
+            return await asyncio.shield(body)
+        except asyncio.CancelledError:
+            if workflow.cancellation_reason() is None:
+                raise
+            self._cancel_requested = True
+            workflow.logger.info("standard cancel: draining the batch", extra={"batch": input.batch})
+        return await body
+
+    async def _wait(self, condition: Callable[[], bool]) -> None:
+        """``workflow.wait_condition``, which re-raises a standard cancel in a wait pending when it came: no reason
+        to stop once this run drains on it (run() has taken it)."""
+        try:
+            await workflow.wait_condition(condition)
+        except asyncio.CancelledError:
+            if not self._drain_on_cancel:
+                raise
+
+    async def _run_batch(self, input: BatchInput) -> BatchResult:
         self._progress.batch = input.batch
         job, outcome, review = await self._import_and_review(input)
         if review is not None:

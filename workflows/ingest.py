@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from temporalio import workflow
@@ -72,6 +73,10 @@ class IngestWorkflow:
         self._state.buffer = []
         self._source = parse_s3_uri(input.source_s3_uri, field="source_s3_uri").as_prefix()
         self._phase = "buffering"
+        # A standard cancel (patches.INGEST_STANDARD_CANCEL): `_drain_on_cancel` once the run may drain,
+        # `_draining` once a cancel has come; then every arrival is flushed now and the run ends.
+        self._drain_on_cancel = False
+        self._draining = False
 
     # ---- messages ----------------------------------------------------------------------------------------
 
@@ -122,6 +127,33 @@ class IngestWorkflow:
 
     @workflow.run
     async def run(self, input: IngestInput) -> IngestResult:
+        if not workflow.patched(patches.INGEST_STANDARD_CANCEL):
+            return await self._ingest(input)
+        # The buffered arrivals exist nowhere else: a standard cancel (Temporal UI, `temporal workflow cancel`)
+        # cancels this task only, and the ingest, shielded in its own task, flushes them all before the run ends
+        # cancelled.
+        self._drain_on_cancel = True
+        body = asyncio.ensure_future(self._ingest(input))
+        try:
+            return await asyncio.shield(body)
+        except asyncio.CancelledError:
+            if workflow.cancellation_reason() is None:
+                raise
+            self._draining = True
+            workflow.logger.info("standard cancel: flushing every buffered arrival", extra={"buffered": len(self._buffer)})
+        await body
+        raise asyncio.CancelledError()
+
+    async def _wait(self, condition: Callable[[], bool], timeout: timedelta | None = None) -> None:
+        """``workflow.wait_condition``, which re-raises a standard cancel in a wait that was pending when it came:
+        once this run drains on a cancel, that is no reason to stop (run() has taken the cancel)."""
+        try:
+            await workflow.wait_condition(condition, timeout=timeout)
+        except asyncio.CancelledError:
+            if not self._drain_on_cancel:
+                raise
+
+    async def _ingest(self, input: IngestInput) -> IngestResult:
         ingest_id = workflow.info().workflow_id
         if carried.written_by_caller(input.continued):
             carried.refuse()
@@ -135,8 +167,9 @@ class IngestWorkflow:
             if not self._buffer and not self._state.pending:
                 self._set_phase("idle")
                 # Linger one quiet period: a re-delivered event now still meets its `recent` mark.
-                with contextlib.suppress(TimeoutError):
-                    await workflow.wait_condition(lambda: bool(self._buffer), timeout=quiet)
+                if not self._draining:
+                    with contextlib.suppress(TimeoutError):
+                        await self._wait(lambda: bool(self._buffer) or self._draining, timeout=quiet)
                 if not self._buffer:
                     # A signal that lands while this completion is being recorded makes the server reject the
                     # completion and replay with the signal, so nothing is lost between here and the return.
@@ -146,7 +179,8 @@ class IngestWorkflow:
                                         duplicates_ignored=self._state.duplicates_ignored,
                                         last_flush=self._state.last_flush)
                 continue
-            if flushes_this_run >= FLUSHES_PER_RUN or should_roll_over():
+            # Not while draining: a new run would not know that it was cancelled.
+            if (flushes_this_run >= FLUSHES_PER_RUN or should_roll_over()) and not self._draining:
                 self._state.buffer = list(self._buffer.values())
                 workflow.continue_as_new(input.model_copy(update={"continued": self._state}))
             if self._state.pending:
@@ -158,15 +192,15 @@ class IngestWorkflow:
                 continue
             self._set_phase("buffering")
             remaining = self._seconds_until_due(input)
-            if len(self._buffer) >= input.max_files or remaining <= 0:
+            if len(self._buffer) >= input.max_files or remaining <= 0 or self._draining:
                 await self._flush(input, ingest_id)
                 flushes_this_run += 1
                 continue
             # Arrivals do not wake this wait (only a full buffer does), so a steady stream of events costs no
             # timer churn; the deadline is recomputed from the latest arrival when the timer fires.
             with contextlib.suppress(TimeoutError):
-                await workflow.wait_condition(lambda: len(self._buffer) >= input.max_files,
-                                              timeout=timedelta(seconds=remaining))
+                await self._wait(lambda: len(self._buffer) >= input.max_files or self._draining,
+                                 timeout=timedelta(seconds=remaining))
 
     def _set_phase(self, phase: str) -> None:
         self._phase = phase
@@ -223,7 +257,7 @@ class IngestWorkflow:
                 workflow.execute_child_workflow(MigrationWorkflow.run, child_input, id=migration_id))
             running = child
             while not running.done():
-                await workflow.wait_condition(lambda: running.done() or len(self._buffer) >= input.max_files)
+                await self._wait(lambda: running.done() or len(self._buffer) >= input.max_files)
                 if not running.done():
                     # Outside the try below: a manifest that cannot be written fails the workflow, as in `_flush`.
                     self._state.pending.append(await self._write_manifest(input, ingest_id))

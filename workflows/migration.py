@@ -70,6 +70,8 @@ class MigrationWorkflow:
         self._running: set[int] = set()
         self._id = workflow.info().workflow_id
         self._input = input
+        # Set when this run drains on a standard cancel (patches.STANDARD_CANCEL) instead of stopping where it is.
+        self._drain_on_cancel = False
 
     @workflow.query
     def progress(self) -> MigrationProgress:
@@ -119,7 +121,13 @@ class MigrationWorkflow:
                 if self._state.paused:
                     if running:
                         break  # keep draining what is in flight; launch nothing new while paused
-                    await workflow.wait_condition(lambda: not self._state.paused or self._state.cancel_requested)
+                    try:
+                        await workflow.wait_condition(lambda: not self._state.paused or self._state.cancel_requested)
+                    except asyncio.CancelledError:
+                        # The SDK re-raises a standard cancel in a condition that was waiting when it came; this run
+                        # drains instead (run() has set cancel_requested), so the loop below stops launching.
+                        if not self._drain_on_cancel:
+                            raise
                     continue
                 if pace and nxt > start and not paced:
                     await workflow.sleep(pace)
@@ -182,6 +190,31 @@ class MigrationWorkflow:
     async def run(self, input: MigrationInput) -> MigrationResult:
         if carried.written_by_caller(input.continued):
             carried.refuse()
+        if not workflow.patched(patches.STANDARD_CANCEL):
+            return await self._migrate(input)
+        # A standard cancel (Temporal UI, `temporal workflow cancel`, handle.cancel()) cancels this task only: the
+        # migration itself runs shielded in its own task, drains as on the `cancel` signal and writes its report;
+        # then the run ends cancelled, as the one who cancelled it asked.
+        self._drain_on_cancel = True
+        body = asyncio.ensure_future(self._migrate(input))
+        try:
+            return await asyncio.shield(body)
+        except asyncio.CancelledError:
+            if workflow.cancellation_reason() is None:
+                raise  # not a cancel request: nothing of ours cancels this task
+            self._cancel_requested_by_temporal(workflow.cancellation_reason() or "")
+        await body
+        raise asyncio.CancelledError()
+
+    def _cancel_requested_by_temporal(self, reason: str) -> None:
+        if not self._state.cancel_requested:
+            self._state.cancel_requested = True
+            # The request's identity is in the history event, which the SDK does not expose to the workflow.
+            self._record("cancel", OperatorCommand(
+                by="temporal cancel request", reason=(reason or "standard Temporal cancel")[:1000]))
+        workflow.logger.info("standard cancel: draining and reporting")
+
+    async def _migrate(self, input: MigrationInput) -> MigrationResult:
         try:
             check_migration_id(self._id)
         except ValueError as err:

@@ -47,3 +47,25 @@ VERIFY_REVIEWER = "verify-reviewer"
 # the decision log, the deadline and the escalation (`ReconciliationCarry`); a flood of signals can no longer
 # push it past Temporal's history limit (which terminates it, losing the pending decision).
 ROLL_OVER_RECONCILIATION = "roll-over-reconciliation"
+
+# MigrationWorkflow (2026-12-03): a standard Temporal cancel (Temporal UI, `temporal workflow cancel`, an SDK
+# handle's cancel()) drains and reports exactly as the `cancel` signal does, then ends the run cancelled with the
+# search attributes at their terminal values. Histories without the marker were cancelled where they stood.
+STANDARD_CANCEL = "standard-cancel"
+
+# IngestWorkflow (2026-12-03): a standard Temporal cancel flushes every buffered and spilled arrival at once (the
+# arrivals live only in this workflow), waits for the flushes' migrations, sets HimigState to `completed`, then
+# ends the run cancelled. Histories without the marker were cancelled where they stood, buffer and all.
+INGEST_STANDARD_CANCEL = "ingest-standard-cancel"
+
+# ReconciliationWorkflow (2026-12-03): a standard Temporal cancel before a decision ends the reconciliation in
+# state `cancelled` (HimigState too, recorded in the query answer); a decision already accepted is still applied
+# to the end (never half a promote). Then the run ends cancelled. Histories without the marker stopped where they
+# stood, HimigState left at `awaiting_decision`.
+RECONCILIATION_STANDARD_CANCEL = "reconciliation-standard-cancel"
+
+# ImportBatchWorkflow (2026-12-03): a standard Temporal cancel of a batch drains it: the submitted import job is
+# still awaited and reviewed, a batch waiting at the manual review gate is held (not routed), and the batch
+# completes with its result, so its migration reports its files as they are. Histories without the marker were
+# cancelled where they stood, and their migration reported the whole batch failed.
+BATCH_STANDARD_CANCEL = "batch-standard-cancel"

@@ -17,6 +17,7 @@ Decisions, accepted or rejected, are recorded with who, when and why and shown b
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 from collections.abc import Callable
@@ -111,6 +112,9 @@ class ReconciliationWorkflow:
             self._records = list(restored.decisions)
             self._deadline, self._escalated_at = restored.decision_deadline, restored.escalated_at
             self._error, self._runs = restored.error, restored.runs + 1
+        # A standard cancel (patches.RECONCILIATION_STANDARD_CANCEL): may this run handle it, and has it come.
+        self._drain_on_cancel = False
+        self._cancelled = False
 
     # ---- messages
 
@@ -144,7 +148,7 @@ class ReconciliationWorkflow:
         problem = await self._consider(decision, "update", raw.payload)
         if problem:
             raise ApplicationError(problem, type=ErrorType.DECISION_REJECTED)
-        await workflow.wait_condition(lambda: self._outcome is not None)
+        await self._wait(lambda: self._outcome is not None)
         assert self._outcome is not None
         return self._outcome
 
@@ -284,6 +288,32 @@ class ReconciliationWorkflow:
     async def run(self, input: ReconciliationInput) -> ReconciliationOutcome:
         if carried.written_by_caller(input.continued):
             carried.refuse()
+        if not workflow.patched(patches.RECONCILIATION_STANDARD_CANCEL):
+            return await self._reconcile(input)
+        # A standard cancel (Temporal UI, `temporal workflow cancel`) cancels this task only; the reconciliation,
+        # shielded in its own task, ends in state `cancelled` if nothing was decided yet, or applies what was
+        # decided to the end. Then the run ends cancelled.
+        self._drain_on_cancel = True
+        body = asyncio.ensure_future(self._reconcile(input))
+        try:
+            return await asyncio.shield(body)
+        except asyncio.CancelledError:
+            if workflow.cancellation_reason() is None:
+                raise
+            self._cancelled = True
+        await body
+        raise asyncio.CancelledError()
+
+    async def _wait(self, condition: Callable[[], bool], timeout: timedelta | None = None) -> None:
+        """``workflow.wait_condition``, which re-raises a standard cancel in a wait pending when it came: no reason
+        to stop once this run handles the cancel itself (run() has taken it)."""
+        try:
+            await workflow.wait_condition(condition, timeout=timeout)
+        except asyncio.CancelledError:
+            if not self._drain_on_cancel:
+                raise
+
+    async def _reconcile(self, input: ReconciliationInput) -> ReconciliationOutcome:
         target = ImageSetTarget(datastore_id=input.datastore_id, image_set_id=input.image_set_id)
         if input.continued is None:
             try:
@@ -293,6 +323,8 @@ class ReconciliationWorkflow:
             except ActivityError as err:
                 return await self._finish(ReconciliationState.FAILED,
                                           f"describing the conflict failed: {_cause(err)}")
+            if self._cancelled:
+                return await self._finish(ReconciliationState.CANCELLED, "cancelled before a decision")
             if not self._conflict.reconcilable:
                 return await self._finish(
                     ReconciliationState.FAILED,
@@ -310,10 +342,12 @@ class ReconciliationWorkflow:
             try:
                 if remaining <= timedelta(0):
                     raise TimeoutError  # the deadline passed while the previous run rolled over
-                await workflow.wait_condition(lambda: self._decided_or_rolling(rolls), timeout=remaining)
+                await self._wait(lambda: self._decided_or_rolling(rolls) or self._cancelled, timeout=remaining)
             except TimeoutError:
                 await self._escalate(input)
-        await workflow.wait_condition(lambda: self._decided_or_rolling(rolls))
+        await self._wait(lambda: self._decided_or_rolling(rolls) or self._cancelled)
+        if self._pending is None and self._cancelled:
+            return await self._finish(ReconciliationState.CANCELLED, "cancelled before a decision")
         if self._pending is None:
             self._roll_over(input)
 
@@ -408,5 +442,5 @@ class ReconciliationWorkflow:
             decided_at=record.at if record else None, reason=decision.reason if decision else None,
             promoted_image_set_id=self._promoted_id, error=error)
         # Let a waiting `decide` update return its outcome before the workflow completes.
-        await workflow.wait_condition(workflow.all_handlers_finished)
+        await self._wait(workflow.all_handlers_finished)
         return self._outcome

@@ -640,8 +640,24 @@ class Stack:
     def status(self, components: Sequence[str] | None = None) -> StackStatus:
         """Inspect (never change) the selected components; all of them by default."""
         names = parse_components(components) if components is not None else list(COMPONENTS)
-        return StackStatus([self._component_status(n) for n in names], self.config.temporal_ui_url,
-                           str(self.env_file))
+        statuses = [self._component_status(n) for n in names]
+        return StackStatus(statuses, self._temporal_ui_url(statuses), str(self.env_file))
+
+    def _temporal_ui_url(self, statuses: list[ComponentStatus]) -> str:
+        """The UI of the Temporal that runs: on the port recorded when it started (`status` takes no port flags,
+        so the configured port is only right for a stack started with the defaults)."""
+        port = next((c.ports.get("temporal_ui_port") for c in statuses
+                     if c.name == "temporal" and c.state in ("healthy", "unhealthy")), None)
+        if port is None:
+            record = self._record_quietly("temporal")
+            port = record.ports.get("temporal_ui_port") if record is not None else None
+        return f"http://{HOST}:{port}" if port else self.config.temporal_ui_url
+
+    def _record_quietly(self, name: str) -> PidRecord | None:
+        try:
+            return PidRecord.load(self.pid_file(name))
+        except ValueError:
+            return None
 
     # ---- locking
 
