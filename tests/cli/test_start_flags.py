@@ -25,6 +25,7 @@ SAMPLES: dict[str, tuple[list[str], Any]] = {
     "work_s3_uri": (["s3://other-work/y/"], "s3://other-work/y/"),
     "validation_level": (["strict"], "strict"),
     "data_access_role_arn": (["arn:aws:iam::123456789012:role/R"], "arn:aws:iam::123456789012:role/R"),
+    "source_owner_account_id": (["111122223333"], "111122223333"),
     "source_manifest_uri": (["s3://src-bucket/in/manifest.ndjson"], "s3://src-bucket/in/manifest.ndjson"),
     "max_files_per_batch": (["17"], 17),
     "max_bytes_per_batch": (["12345"], 12345),

@@ -24,7 +24,8 @@ RECORDED = {
 }
 PATCH_IDS = {"split-failed-batch", "start-reconciliation", "search-attributes", "job-events", "ingest-spill",
              "source-changed-no-job", "fhir-routing", "verify-reviewer",
-             "roll-over-reconciliation"}
+             "roll-over-reconciliation", "standard-cancel", "ingest-standard-cancel", "reconciliation-standard-cancel",
+             "batch-standard-cancel"}
 
 
 def _sources() -> list[Path]:
