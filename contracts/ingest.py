@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import hashlib
 from datetime import datetime
+from typing import Annotated
 
 from pydantic import BaseModel, Field, model_validator
 
-from contracts.common import FileState
-from contracts.migration import SourceAndTarget
+from contracts.common import FileState, ValidationLevel
+from contracts.migration import HEALTHLAKE_DATASTORE_ID_PATTERN, SourceAndTarget
 from contracts.records import InventoryEntry
 from contracts.s3uri import parse_s3_uri
 
@@ -105,11 +106,22 @@ class IngestInput(SourceAndTarget):
     max_wait_seconds: float = Field(600.0, gt=0, le=7 * 86_400,
                                     description="flush this long after the first buffered arrival, even while files keep coming")
     continued: IngestState | None = Field(None, description="set by the workflow when it continues as new")
+    # Each flush's migration routes its study to HealthLake as a migration does (the batches' FHIR stage), so a
+    # study gets its ImagingStudy with its first flush and an updated one (same id) with every flush that grows it.
+    healthlake_datastore_id: Annotated[str | None, Field(
+        pattern=HEALTHLAKE_DATASTORE_ID_PATTERN,
+        description="HealthLake data store receiving one ImagingStudy per arrived study; unset = no FHIR routing")] = None
+    fhir_validation_level: ValidationLevel = Field(
+        ValidationLevel.STRUCTURE_ONLY, description="ValidationLevel of the flushes' HealthLake import jobs")
+    fhir_validate_first: bool = Field(
+        False, description="call $validate on each resource first; failures are reported instead of imported")
 
     @model_validator(mode="after")
     def _checks(self) -> IngestInput:
         if self.max_wait_seconds < self.quiet_seconds:
             raise ValueError("max_wait_seconds must be at least quiet_seconds")
+        if self.healthlake_datastore_id is None and self.fhir_validate_first:
+            raise ValueError("fhir_validate_first needs healthlake_datastore_id (FHIR routing is off without it)")
         return self
 
 
