@@ -12,6 +12,10 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
+import signal
+import socket
+import subprocess
 import sys
 import threading
 import urllib.error
@@ -482,3 +486,81 @@ def test_fhir_options_of_ingest_are_checked(buckets: dict[str, Any], datastore_i
     with pytest.raises(ValueError, match="healthlake_datastore_id"):
         ingest_input(buckets, datastore_id, healthlake_datastore_id="not/a-datastore")
     assert timedelta(seconds=ingest_input(buckets, datastore_id).quiet_seconds) == timedelta(seconds=1)
+
+
+# ---- the receiver as a process: `himig receive` and the worker option ---------------------------------------
+
+
+def _process_env(client: Client, moto_url: str, buckets: dict[str, Any], datastore_id: str,
+                 **extra: str) -> dict[str, str]:
+    return {**os.environ, "HIMIG_TEMPORAL_ADDRESS": client.service_client.config.target_host,
+            "HIMIG_TASK_QUEUE": f"recv-{uuid.uuid4().hex[:8]}", "AWS_ENDPOINT_URL_S3": moto_url,
+            "HIMIG_INGEST_DATASTORE_ID": datastore_id,
+            "HIMIG_INGEST_SOURCE_S3_URI": f"s3://{buckets['source']}/received/",
+            "HIMIG_INGEST_WORK_S3_URI": f"s3://{buckets['work']}/ingest/",
+            "HIMIG_RECEIVER_ALLOWED_CALLING_AES": MODALITY, **extra}
+
+
+class TestReceiverProcess:
+    async def test_himig_receive_stores_hands_over_and_stops_on_sigterm(
+            self, client: Client, moto_url: str, buckets: dict[str, Any], datastore_id: str, tmp_path: Path) -> None:
+        port = free_port()
+        env = _process_env(client, moto_url, buckets, datastore_id)
+        log = open(tmp_path / "receive.log", "wb")  # noqa: SIM115 - owned by the child for its lifetime
+        proc = subprocess.Popen([sys.executable, "-m", "cli.app", "receive", "--port", str(port)], env=env,
+                                stdout=log, stderr=subprocess.STDOUT)
+        try:
+            study = uid()
+            path = tmp_path / "a.dcm"
+            path.write_bytes(make_instance(study, uid(), patient_id=PATIENT_ID))
+
+            async def stored() -> None:
+                assert proc.poll() is None, (tmp_path / "receive.log").read_text()
+                assert await asyncio.to_thread(store_file, port, path) == StoreStatus.SUCCESS
+
+            await assert_eventually(stored, timeout=60, interval=0.5)
+            wid = ingest_workflow_id(datastore_id, study, buckets["source"], "")
+            history = await client.get_workflow_handle(wid).fetch_history()
+            assert any(e.HasField("workflow_execution_signaled_event_attributes") for e in history.events)
+            assert len(received_objects(buckets["s3"], ingest_input(buckets, datastore_id))) == 1
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=30) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+            log.close()
+        text = (tmp_path / "receive.log").read_text()
+        assert "receiver listening" in text and "receiver stopped" in text
+        assert PATIENT_ID not in text and study not in text  # no patient value, no UID in its logs
+
+    @pytest.mark.parametrize("extra,needle", [
+        ({"HIMIG_RECEIVER_ALLOWED_CALLING_AES": "BAD\\AE"}, "HIMIG_RECEIVER_ALLOWED_CALLING_AES: every entry"),
+        ({"HIMIG_RECEIVER_ALLOWED_CALLING_AES": "*,MODALITY1"}, "cannot be combined"),
+        ({"HIMIG_RECEIVER_ALLOWED_CALLING_AES": ""}, "HIMIG_RECEIVER_ALLOWED_CALLING_AES: required"),
+        ({"HIMIG_RECEIVER_MAX_ASSOCIATIONS": "2.5"}, "HIMIG_RECEIVER_MAX_ASSOCIATIONS: must be a whole number"),
+        ({"HIMIG_RECEIVER_MAX_ASSOCIATIONS": "0"}, "HIMIG_RECEIVER_MAX_ASSOCIATIONS"),
+        ({"HIMIG_RECEIVER_AE_TITLE": "WAY-TOO-LONG-AE-TITLE"}, "HIMIG_RECEIVER_AE_TITLE"),
+        ({"HIMIG_INGEST_DATASTORE_ID": ""}, "HIMIG_INGEST_DATASTORE_ID"),
+        ({"HIMIG_INGEST_WORK_S3_URI": "not-s3"}, "HIMIG_INGEST_WORK_S3_URI"),
+        ({"HIMIG_INGEST_HEALTHLAKE_DATASTORE_ID": "bad/id"}, "HIMIG_INGEST_HEALTHLAKE_DATASTORE_ID"),
+    ])
+    def test_bad_receiver_settings_exit_2_naming_the_variable(
+            self, client: Client, moto_url: str, buckets: dict[str, Any], datastore_id: str,
+            extra: dict[str, str], needle: str) -> None:
+        env = _process_env(client, moto_url, buckets, datastore_id, HIMIG_RECEIVER_PORT=str(free_port()), **extra)
+        done = subprocess.run([sys.executable, "-m", "worker"], env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert needle in done.stderr
+
+    def test_a_taken_port_stops_the_worker_with_exit_2(self, client: Client, moto_url: str,
+                                                        buckets: dict[str, Any], datastore_id: str) -> None:
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            env = _process_env(client, moto_url, buckets, datastore_id,
+                               HIMIG_RECEIVER_PORT=str(taken.getsockname()[1]))
+            done = subprocess.run([sys.executable, "-m", "worker"], env=env, capture_output=True, text=True,
+                                  timeout=90)
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert "HIMIG_RECEIVER_PORT" in done.stderr and "cannot listen" in done.stderr
