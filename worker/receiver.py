@@ -212,6 +212,9 @@ class StoreReceiver:
             study = check_received(body, sop_class, sop)
         except Refusal as refusal:
             return self._refuse(record, refusal.status, refusal.code, refusal.reason)
+        except Exception as err:  # a parser failure we did not foresee is still a refusal on record, not a 0xC211
+            return self._refuse(record, StoreStatus.CANNOT_UNDERSTAND, RejectionCode.UNREADABLE,
+                                f"the dataset could not be checked ({type(err).__name__})")
         key = received_key(self._prefix, study, sop)
         try:
             resp = self._s3.put_object(Bucket=key.bucket, Key=key.key, Body=body, ContentType="application/dicom",
