@@ -34,16 +34,16 @@ class StoreStatus:
     OUT_OF_RESOURCES = 0xA700  # not stored (S3) or not handed to ingestion (Temporal), or shutting down: re-send
     DOES_NOT_MATCH = 0xA900  # the dataset's SOP Class / Instance UID is missing or differs from the request's
     CANNOT_UNDERSTAND = 0xC210  # not DICOM, unreadable, or truncated
-    NO_STUDY = 0xC212  # no Study Instance UID: it cannot be filed under a study
+    MISSING_UID = 0xC212  # no Study or Series Instance UID: it cannot be filed
 
 
 class RejectionCode(StrEnum):
     """Why a C-STORE was refused (the ``code`` of a rejection record)."""
 
-    UNREADABLE = "unreadable"  # not DICOM, or a header that cannot be parsed
+    UNREADABLE = "unreadable"  # not DICOM, a header that cannot be parsed, or noise after Pixel Data
     TRUNCATED = "truncated"  # the dataset ends inside an element (header or Pixel Data)
     SOP_MISMATCH = "sop_mismatch"  # SOP Class / Instance UID missing or not the request's
-    NO_STUDY = "no_study"  # no Study Instance UID
+    MISSING_UID = "missing_uid"  # no Study or Series Instance UID
     NOT_STORED = "not_stored"  # PutObject failed
     NOT_HANDED_OVER = "not_handed_over"  # stored, but the IngestWorkflow signal failed: the sender must re-send
     SHUTTING_DOWN = "shutting_down"

@@ -386,11 +386,11 @@ class TestHostileSenders:
         meta_end = 132 + 12 + int.from_bytes(raw[140:144], "little")
         garbage.write_bytes(raw[:meta_end] + b"\xff\xfe\xfd\xfc" * 16)
         assert await asyncio.to_thread(store_file, receiver.port, mismatched) == StoreStatus.DOES_NOT_MATCH
-        assert await asyncio.to_thread(store_file, receiver.port, no_study) == StoreStatus.NO_STUDY
+        assert await asyncio.to_thread(store_file, receiver.port, no_study) == StoreStatus.MISSING_UID
         assert await asyncio.to_thread(store_file, receiver.port, garbage) == StoreStatus.CANNOT_UNDERSTAND
         codes = sorted(r.code for r in rejections(s3, ingest))
         # Noise reads as elements whose lengths run past the end: cut short, as far as anyone can tell.
-        assert codes == sorted([RejectionCode.SOP_MISMATCH, RejectionCode.NO_STUDY, RejectionCode.TRUNCATED])
+        assert codes == sorted([RejectionCode.SOP_MISMATCH, RejectionCode.MISSING_UID, RejectionCode.TRUNCATED])
         assert received_objects(s3, ingest) == []
 
 
