@@ -167,10 +167,15 @@ class StoreReceiver:
     # ---- association events ------------------------------------------------------------------------------
 
     def _on_open(self, event: Any) -> None:
-        # Senders that write a PDU in pieces with Nagle on (Orthanc) would otherwise wait for our delayed ACK.
         sock = event.assoc.dul.socket
+        # Senders that write a PDU in pieces with Nagle on (Orthanc) would otherwise wait for our delayed ACK.
         if type(sock) is AssociationSocket:
             sock.__class__ = _QuickAckSocket
+        # pynetdicom reads the rest of a PDU whose header arrived with a blocking recv: a peer that stops mid-PDU
+        # would hold its association (and a slot of max_associations) forever. With a timeout the read fails and
+        # pynetdicom closes the connection.
+        if sock is not None and sock.socket is not None:
+            sock.socket.settimeout(self._settings.timeout_seconds)
 
     def _on_rejected(self, event: Any) -> None:
         requestor, acceptor = event.assoc.requestor, event.assoc.acceptor

@@ -348,6 +348,31 @@ class TestHostileSenders:
 
         await assert_eventually(stored, timeout=20, interval=0.2)
 
+    async def test_silent_connections_are_dropped_and_free_their_slots(
+            self, client: Client, buckets: dict[str, Any], datastore_id: str, settings: Settings,
+            tmp_path: Path) -> None:
+        # Connections that never send an A-ASSOCIATE-RQ (or stop mid-way) hold a slot only until the ACSE timeout.
+        rsettings = receiver_settings(max_associations=2, timeout_seconds=1, idle_timeout_seconds=1)
+        path = tmp_path / "one.dcm"
+        path.write_bytes(make_instance(uid(), uid()))
+        async with running_receiver(rsettings, ingest_input(buckets, datastore_id), buckets["s3"], client,
+                                    settings.task_queue) as receiver:
+            silent = [socket.create_connection(("127.0.0.1", receiver.port)) for _ in range(4)]
+            half = socket.create_connection(("127.0.0.1", receiver.port))
+            half.sendall(b"\x01\x00\x00\x00\x10\x00")  # the start of an A-ASSOCIATE-RQ PDU, then nothing
+            try:
+                for sock in [*silent, half]:
+                    sock.settimeout(10)
+                    assert sock.recv(1024) in (b"", b"\x07\x00\x00\x00\x00\x04\x00\x00\x02\x00")  # closed/aborted
+
+                async def stored() -> None:
+                    assert await asyncio.to_thread(store_file, receiver.port, path) == StoreStatus.SUCCESS
+
+                await assert_eventually(stored, timeout=20, interval=0.2)
+            finally:
+                for sock in [*silent, half]:
+                    sock.close()
+
     async def test_a_truncated_dataset_is_refused_and_recorded(
             self, receiver: StoreReceiver, buckets: dict[str, Any], datastore_id: str, tmp_path: Path) -> None:
         s3, ingest = buckets["s3"], ingest_input(buckets, datastore_id)
