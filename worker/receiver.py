@@ -41,9 +41,11 @@ from pynetdicom import _config as pynetdicom_config
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # generated at import time
 from pynetdicom.transport import AssociationSocket, ThreadedAssociationServer
 from temporalio.client import Client
+from temporalio.common import MetricMeter
 
 from activities.errors import error_code
 from activities.sources.dimse import _QuickAckSocket
+from contracts import metrics
 from contracts.ingest import Arrival, IngestInput
 from contracts.receiver import (
     DELIVERED_BY_RECEIVER,
@@ -82,7 +84,7 @@ class StoreReceiver:
     """A Storage SCP for every storage SOP class and transfer syntax pydicom knows, plus Verification (C-ECHO)."""
 
     def __init__(self, settings: ReceiverSettings, ingest: IngestInput, s3: Any, client: Client,
-                 task_queue: str) -> None:
+                 task_queue: str, meter: MetricMeter | None = None) -> None:
         if settings.port is None:
             raise ValueError("port: the receiver needs HIMIG_RECEIVER_PORT (or `himig receive --port`)")
         self._settings, self._ingest, self._s3, self._client = settings, ingest, s3, client
@@ -96,6 +98,13 @@ class StoreReceiver:
         self.stored = 0
         self.refused: Counter[str] = Counter()  # C-STOREs refused, by RejectionCode
         self.associations_rejected: Counter[str] = Counter()  # by reason
+        meter = meter or MetricMeter.noop
+        self._instances = meter.create_counter(metrics.RECEIVED_INSTANCES.name,
+                                               metrics.RECEIVED_INSTANCES.description,
+                                               metrics.RECEIVED_INSTANCES.unit)
+        self._rejected = meter.create_counter(metrics.RECEIVER_ASSOCIATIONS_REJECTED.name,
+                                              metrics.RECEIVER_ASSOCIATIONS_REJECTED.description,
+                                              metrics.RECEIVER_ASSOCIATIONS_REJECTED.unit)
 
     # ---- lifecycle ---------------------------------------------------------------------------------------
 
@@ -181,13 +190,14 @@ class StoreReceiver:
         requestor, acceptor = event.assoc.requestor, event.assoc.acceptor
         calling = str(requestor.ae_title).strip()
         if self._allowed and calling not in self._allowed:
-            reason = "calling AE title not allowed"
+            reason, label = "calling AE title not allowed", "calling_ae"
         elif str(getattr(requestor.primitive, "called_ae_title", "")).strip() != str(acceptor.ae_title).strip():
-            reason = "called AE title not recognised"
+            reason, label = "called AE title not recognised", "called_ae"
         else:
-            reason = "association limit reached"
+            reason, label = "association limit reached", "limit"
         with self._lock:
             self.associations_rejected[reason] += 1
+        self._rejected.add(1, {"reason": label})
         # AE titles and the peer address are configuration, not patient data.
         log.warning("association rejected", reason=reason, calling_ae=calling, peer=requestor.address)
 
@@ -238,6 +248,7 @@ class StoreReceiver:
                                 f"stored, but handing it to ingestion failed ({type(err).__name__}); send again")
         with self._lock:
             self.stored += 1
+        self._instances.add(1, {"outcome": "stored"})
         return StoreStatus.SUCCESS
 
     def _hand_over(self, study: str, arrival: Arrival) -> None:
@@ -256,6 +267,7 @@ class StoreReceiver:
         record = record.model_copy(update={"status": f"0x{status:04X}", "code": code, "reason": reason})
         with self._lock:
             self.refused[code.value] += 1
+        self._instances.add(1, {"outcome": code.value})
         log.warning("C-STORE refused", status=record.status, code=code.value, reason=reason,
                     calling_ae=record.calling_ae, peer=record.peer, sop_instance_hash=record.sop_instance_hash)
         loc = rejection_key(self._ingest.work_s3_uri, record.at, uuid.uuid4().hex[:12])

@@ -68,7 +68,7 @@ async def run_worker(client: Client, settings: Settings) -> None:
                 # before any listener and the health file: a port that cannot be bound stops the worker.
                 receiver = StoreReceiver(settings.receiver, ingest.ingest_input(),
                                          make_client("s3", settings, settings.s3_endpoint_url), client,
-                                         settings.task_queue)
+                                         settings.task_queue, meter_of(client))
                 receiver.start(loop)
             listener_tasks: list[asyncio.Task[None]] = []
             if ingest.enabled:

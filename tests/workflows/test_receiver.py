@@ -38,6 +38,7 @@ from pynetdicom import _config as pynetdicom_config
 from pynetdicom.association import Association
 from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
 from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.common import MetricMeter
 from temporalio.service import RetryConfig, RPCError
 from temporalio.worker import Worker
 
@@ -57,8 +58,10 @@ from contracts.receiver import (
 from contracts.s3uri import parse_s3_uri
 from tests.support.dicom import make_instance, uid
 from tests.support.eventually import assert_eventually, assert_eventually_sync
+from tests.support.prometheus import by_label, scrape
 from tests.support.servers import free_port
 from worker.listener import SqsListener, configure_bucket_notifications
+from worker.metrics import build_runtime
 from worker.receiver import StoreReceiver
 from worker.settings import IngestSettings, ReceiverSettings, Settings
 
@@ -103,8 +106,8 @@ def receiver_settings(**extra: Any) -> ReceiverSettings:
 
 @asynccontextmanager
 async def running_receiver(settings: ReceiverSettings, ingest: IngestInput, s3: Any, client: Client,
-                           task_queue: str) -> AsyncIterator[StoreReceiver]:
-    receiver = StoreReceiver(settings, ingest, s3, client, task_queue)
+                           task_queue: str, meter: MetricMeter | None = None) -> AsyncIterator[StoreReceiver]:
+    receiver = StoreReceiver(settings, ingest, s3, client, task_queue, meter)
     stop = asyncio.Event()
     task = asyncio.create_task(receiver.run(stop))
     await assert_eventually(lambda: _listening(receiver), timeout=10, interval=0.02)
@@ -417,6 +420,33 @@ class TestHostileSenders:
         # Noise reads as elements whose lengths run past the end: cut short, as far as anyone can tell.
         assert codes == sorted([RejectionCode.SOP_MISMATCH, RejectionCode.MISSING_UID, RejectionCode.TRUNCATED])
         assert received_objects(s3, ingest) == []
+
+
+class TestMetrics:
+    async def test_outcomes_and_rejected_associations_are_counted_with_fixed_labels(
+            self, client: Client, buckets: dict[str, Any], datastore_id: str, settings: Settings,
+            tmp_path: Path) -> None:
+        port = free_port()
+        runtime = build_runtime(settings.model_copy(update={"metrics_port": port}))
+        assert runtime is not None
+        good, cut = tmp_path / "good.dcm", tmp_path / "cut.dcm"
+        good.write_bytes(make_instance(uid(), uid(), patient_id=PATIENT_ID))
+        cut.write_bytes(good.read_bytes()[:-2000])
+        ingest = ingest_input(buckets, datastore_id)
+        async with running_receiver(receiver_settings(), ingest, buckets["s3"], client, settings.task_queue,
+                                    runtime.metric_meter) as receiver:
+            assert await asyncio.to_thread(store_file, receiver.port, good) == StoreStatus.SUCCESS
+            assert await asyncio.to_thread(store_file, receiver.port, cut) == StoreStatus.CANNOT_UNDERSTAND
+            with association(receiver.port, "INTRUDER") as assoc:
+                assert assoc.is_rejected
+
+            def counted() -> None:
+                samples = scrape(f"http://127.0.0.1:{port}/metrics")
+                assert by_label(samples, "himig_received_instances", "outcome") == {"stored": 1, "truncated": 1}
+                assert by_label(samples, "himig_receiver_associations_rejected", "reason") == {"calling_ae": 1}
+                assert PATIENT_ID not in "\n".join(str(s) for s in samples)
+
+            await asyncio.to_thread(assert_eventually_sync, counted, timeout=15, interval=0.2)
 
 
 class TestFailuresBehindTheReceiver:
