@@ -4,7 +4,7 @@ ingest prefix and into its study's `IngestWorkflow` — the DICOM-side twin of t
 For every C-STORE, in the association's own thread (pynetdicom runs one per association):
 
 1. `worker.store_checks.check_received` parses the header of the dataset as received; a dataset that is not
-   readable DICOM, cut short, not the SOP instance the request announced, or without a Study Instance UID is
+   readable DICOM, cut short, not the SOP instance the request announced, or without a Study or Series UID is
    refused with a failure status (0xC210, 0xA900, 0xC212) and a rejection record.
 2. PutObject of the P10 bytes as received (file meta + dataset; never decoded or re-encoded) at a key derived from
    hashes of the Study and SOP Instance UIDs (`contracts.receiver.received_key`): a re-sent instance overwrites its

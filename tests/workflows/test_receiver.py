@@ -422,6 +422,39 @@ class TestHostileSenders:
         assert received_objects(s3, ingest) == []
 
 
+class TestStopping:
+    async def test_a_stopping_receiver_accepts_nothing_new_and_refuses_on_record(
+            self, client: Client, buckets: dict[str, Any], datastore_id: str, settings: Settings,
+            tmp_path: Path) -> None:
+        ingest = ingest_input(buckets, datastore_id)
+        path = tmp_path / "late.dcm"
+        path.write_bytes(make_instance(uid(), uid()))
+        receiver = StoreReceiver(receiver_settings(), ingest, buckets["s3"], client, settings.task_queue)
+        receiver.start(asyncio.get_running_loop())
+        previous = pynetdicom_config.STORE_SEND_CHUNKED_DATASET
+        pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True
+        try:
+            with association(receiver.port) as held:
+                assert held.is_established
+                stopping = asyncio.create_task(asyncio.to_thread(receiver.stop, 20))
+                await assert_eventually(lambda: _stopping(receiver), timeout=10, interval=0.05)
+                # An association already open is drained, not cut: its next C-STORE gets a re-send status.
+                status = await asyncio.to_thread(held.send_c_store, path)
+                assert int(status.Status) == StoreStatus.OUT_OF_RESOURCES
+            await asyncio.wait_for(stopping, timeout=30)  # returns as soon as the last association is released
+        finally:
+            pynetdicom_config.STORE_SEND_CHUNKED_DATASET = previous
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", receiver.port), timeout=5).close()  # no longer listening
+        [record] = rejections(buckets["s3"], ingest)
+        assert record.code == RejectionCode.SHUTTING_DOWN and record.status == "0xA700"
+        assert received_objects(buckets["s3"], ingest) == []
+
+
+async def _stopping(receiver: StoreReceiver) -> None:
+    assert receiver._stopping.is_set()
+
+
 class TestMetrics:
     async def test_outcomes_and_rejected_associations_are_counted_with_fixed_labels(
             self, client: Client, buckets: dict[str, Any], datastore_id: str, settings: Settings,
