@@ -66,6 +66,7 @@ bench: $(STAMP)
 	$(PY) bench/workers.py
 	$(PY) bench/codec_overhead.py
 	$(PY) bench/dicomweb_auth.py
+	$(PY) bench/receive_rate.py
 
 bench-quick: $(STAMP)
 	$(PY) bench/end_to_end.py --quick --no-results

@@ -536,6 +536,51 @@ def codec_server_cmd(
     server.serve_until_signalled()
 
 
+@app.command("receive")
+def receive_cmd(
+    port: int | None = typer.Option(None, min=1, max=65535, help="DICOM port (default HIMIG_RECEIVER_PORT)"),
+    host: str | None = typer.Option(None, help="listen address (default HIMIG_RECEIVER_HOST, 127.0.0.1)"),
+    ae_title: str | None = typer.Option(None, "--ae-title", help="our AE title (default HIMIG_RECEIVER_AE_TITLE)"),
+) -> None:
+    """Run the DICOM C-STORE receiver in the foreground: instances pushed to it go to S3 under
+    HIMIG_INGEST_SOURCE_S3_URI and into their study's IngestWorkflow (a worker runs the workflows)."""
+    from worker.aws import make_client
+    from worker.logs import configure_logging
+    from worker.receiver import ReceiverStartError, StoreReceiver
+    from worker.settings import ReceiverSettings, describe_error
+
+    s = settings()
+    overrides = {k: v for k, v in (("port", port), ("host", host), ("ae_title", ae_title)) if v is not None}
+    try:
+        # Validated again with the flags (init values win over the environment), so a bad flag is named too.
+        receiver_settings = ReceiverSettings(**{**s.receiver.model_dump(), **overrides})
+    except ValidationError as err:
+        raise fail("\n".join(describe_error(err))) from None
+    if receiver_settings.port is None:
+        raise fail("HIMIG_RECEIVER_PORT (or --port): the DICOM port to listen on is required")
+    problems = receiver_settings.problems(s.ingest)
+    if problems:
+        raise fail("invalid settings for the receiver:\n" + "\n".join(f"  {p}" for p in problems))
+    configure_logging(s.log_level, s.log_format)
+
+    async def go() -> None:
+        import signal as signals
+
+        client = await _client(s)
+        receiver = StoreReceiver(receiver_settings, s.ingest.ingest_input(),
+                                 make_client("s3", s, s.s3_endpoint_url), client, s.task_queue)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signals.SIGTERM, signals.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await receiver.run(stop)
+
+    try:
+        _run(go())
+    except ReceiverStartError as err:
+        raise fail(str(err)) from None
+
+
 @app.command("codec-key")
 def codec_key_cmd(key_id: str = typer.Argument(..., help="a name for the new key, e.g. 2026-12")) -> None:
     """Print a new payload-key entry ``KEY-ID:base64``. Rotation: put it first in HIMIG_PAYLOAD_KEYS and keep the

@@ -13,8 +13,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from contracts.common import Closed, FileState, Float, Int
-from contracts.migration import Count, SourceAndTarget
+from contracts.common import Bool, Closed, FileState, Float, Int, ValidationLevel
+from contracts.migration import HEALTHLAKE_DATASTORE_ID_PATTERN, Count, SourceAndTarget
 from contracts.records import InventoryEntry
 from contracts.s3uri import parse_s3_uri
 
@@ -110,11 +110,22 @@ class IngestInput(SourceAndTarget):
                                     description="flush this long after the first buffered arrival, even while files keep coming")
     continued: IngestState | None = Field(
         None, description="internal: set by the workflow itself when it continues as new; a start with it fails")
+    # Each flush's migration routes its study to HealthLake as a migration does (the batches' FHIR stage), so a
+    # study gets its ImagingStudy with its first flush and an updated one (same id) with every flush that grows it.
+    healthlake_datastore_id: Annotated[str | None, Field(
+        pattern=HEALTHLAKE_DATASTORE_ID_PATTERN,
+        description="HealthLake data store receiving one ImagingStudy per arrived study; unset = no FHIR routing")] = None
+    fhir_validation_level: ValidationLevel = Field(
+        ValidationLevel.STRUCTURE_ONLY, description="ValidationLevel of the flushes' HealthLake import jobs")
+    fhir_validate_first: Bool = Field(
+        False, description="call $validate on each resource first; failures are reported instead of imported")
 
     @model_validator(mode="after")
     def _checks(self) -> IngestInput:
         if self.max_wait_seconds < self.quiet_seconds:
             raise ValueError("max_wait_seconds must be at least quiet_seconds")
+        if self.healthlake_datastore_id is None and self.fhir_validate_first:
+            raise ValueError("fhir_validate_first needs healthlake_datastore_id (FHIR routing is off without it)")
         return self
 
 

@@ -83,9 +83,20 @@ ACTIVITY_LATENCY = Metric(
     "Duration of each activity attempt, by activity type (the stage) and `outcome`: completed, retry (a "
     "benign wait such as an import job still running or a throttle), cancelled, failed.",
     ("outcome",), "activity")
+RECEIVED_INSTANCES = Metric(
+    "himig_received_instances", Kind.COUNTER, "1",
+    "C-STOREs the DICOM receiver answered, by `outcome`: `stored` (in S3 and handed to its ingest workflow, "
+    "acknowledged) or the refusal code (`unreadable`, `truncated`, `sop_mismatch`, `missing_uid`, `not_stored`, "
+    "`not_handed_over`, `shutting_down`; each also recorded under the work prefix's receiver/rejected/).",
+    ("outcome",))
+RECEIVER_ASSOCIATIONS_REJECTED = Metric(
+    "himig_receiver_associations_rejected", Kind.COUNTER, "1",
+    "Associations the DICOM receiver rejected, by `reason`: `calling_ae` (not in "
+    "HIMIG_RECEIVER_ALLOWED_CALLING_AES), `called_ae` (not our AE title), `limit` (HIMIG_RECEIVER_MAX_ASSOCIATIONS "
+    "reached).", ("reason",))
 
 ALL = (FILES, BYTES_READ, S3_REQUESTS, IMPORT_JOBS, THROTTLES, RECONCILIATIONS_PENDING, INGEST_BUFFER,
-       ACTIVITY_LATENCY)
+       ACTIVITY_LATENCY, RECEIVED_INSTANCES, RECEIVER_ASSOCIATIONS_REJECTED)
 
 # AWS error codes that mean "slow down" (counted by THROTTLES).
 THROTTLE_CODES = frozenset({"ThrottlingException", "Throttling", "SlowDown", "TooManyRequestsException",

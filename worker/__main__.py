@@ -12,6 +12,7 @@ from worker.client import TemporalSetupError, check_search_attributes, connect
 from worker.logs import configure_logging
 from worker.metrics import MetricsEndpointError, build_runtime
 from worker.process_exit import exit_now
+from worker.receiver import ReceiverStartError
 from worker.runner import run_worker
 from worker.settings import InvalidSettings, Settings, load_settings
 from worker.sqs_poller import ListenerFailed
@@ -36,7 +37,7 @@ def main() -> int:
     configure_logging(settings.log_level, settings.log_format)
     try:
         asyncio.run(_main(settings))
-    except (TemporalSetupError, MetricsEndpointError) as err:
+    except (TemporalSetupError, MetricsEndpointError, ReceiverStartError) as err:
         print(f"worker: {err}", file=sys.stderr)  # the server is fine; its set-up is not: a settings problem
         return 2
     except ConnectionError as err:

@@ -7,6 +7,8 @@ GET of the object's first 64 KiB to find its StudyInstanceUID → signal-with-st
 Delivery rules:
 - A message is deleted only after every arrival in it was signalled; a crash or a Temporal outage leaves it in
   the queue and SQS re-delivers it after the visibility timeout. Duplicates are harmless (the workflow dedupes).
+- An object the C-STORE receiver wrote (S3 metadata ``himig-delivered-by: dimse-receiver``) was signalled by the
+  receiver before it acknowledged the C-STORE; the listener counts it and leaves it (no double delivery).
 - A body that cannot be parsed at all, or records that carry no usable object, are logged (message id and a
   reason, never a key: keys may contain PHI) and deleted. Re-delivery could never fix them, and leaving them to
   a redrive policy would only delay the valid records that share their message. A queue that wants to keep
@@ -27,15 +29,15 @@ import structlog
 from botocore.exceptions import ClientError
 from pydantic import ValidationError
 from temporalio.client import Client
-from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 
 from activities.dicom_header import parse_header
 from activities.storage import object_size
-from contracts.ingest import Arrival, in_prefix, ingest_workflow_id
+from contracts.ingest import Arrival, in_prefix
+from contracts.receiver import DELIVERED_BY_RECEIVER, DELIVERY_METADATA
 from contracts.s3uri import parse_s3_uri
+from worker.ingest_signal import signal_arrival
 from worker.settings import IngestSettings
 from worker.sqs_poller import SqsPoller
-from workflows.ingest import IngestWorkflow
 
 log = structlog.get_logger("himig.listener")
 
@@ -150,9 +152,11 @@ class SqsListener(SqsPoller):
         self._input = settings.ingest_input()  # fail at start on bad settings, not on the first message
         self._bucket = parse_s3_uri(self._input.source_s3_uri).bucket
         self.signalled = 0
+        self.left_to_receiver = 0  # objects the C-STORE receiver wrote and delivered itself
 
     def counters(self) -> dict[str, int]:
-        return {"signalled": self.signalled, "messages_deleted": self.messages_deleted}
+        return {"signalled": self.signalled, "left_to_receiver": self.left_to_receiver,
+                "messages_deleted": self.messages_deleted}
 
     async def handle(self, message: dict[str, Any]) -> None:
         msg_id = message.get("MessageId", "?")
@@ -180,24 +184,25 @@ class SqsListener(SqsPoller):
                 log.info("ignoring an object outside the watched prefix")
 
     async def _signal(self, arrival: Arrival) -> None:
-        study = await asyncio.to_thread(self._study_uid, arrival.key)
-        wid = ingest_workflow_id(self._input.datastore_id, study, self._bucket, arrival.key)
-        await self._client.start_workflow(
-            IngestWorkflow.run, self._input, id=wid, task_queue=self._task_queue,
-            start_signal="arrived", start_signal_args=[arrival],
-            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-            # A completed ingest run is followed by a fresh one for the next arrival of the same study.
-            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE)
+        study, by_receiver = await asyncio.to_thread(self._study_uid, arrival.key)
+        if by_receiver:
+            # The C-STORE receiver acknowledged this object only after signalling it itself.
+            self.left_to_receiver += 1
+            return
+        await signal_arrival(self._client, self._input, self._task_queue, self._bucket, study, arrival)
         self.signalled += 1
 
-    def _study_uid(self, key: str) -> str | None:
-        """StudyInstanceUID from ONE ranged GET, or None (not DICOM, header over 64 KiB, object gone)."""
+    def _study_uid(self, key: str) -> tuple[str | None, bool]:
+        """StudyInstanceUID from ONE ranged GET, or None (not DICOM, header over 64 KiB, object gone), and whether
+        the C-STORE receiver wrote (and so already delivered) the object."""
         try:
             resp = self._s3.get_object(Bucket=self._bucket, Key=key, Range=f"bytes=0-{HEADER_RANGE - 1}")
         except ClientError as err:
             if err.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "InvalidRange"):
-                return None  # still signalled: the migration records the file's verdict (missing / empty)
+                return None, False  # still signalled: the migration records the file's verdict (missing / empty)
             raise
+        if (resp.get("Metadata") or {}).get(DELIVERY_METADATA) == DELIVERED_BY_RECEIVER:
+            return None, True
         buf = resp["Body"].read()
         uid = parse_header(buf, object_size(resp, len(buf)), key).values.get("study_instance_uid")
-        return str(uid) if uid else None
+        return (str(uid) if uid else None), False

@@ -19,6 +19,7 @@ from worker.jobevents import JobEventListener
 from worker.listener import SqsListener
 from worker.log_context import LogContextInterceptor
 from worker.metrics import MetricsInterceptor, instrument, meter_of, watch_reconciliations
+from worker.receiver import StoreReceiver
 from worker.registry import WORKFLOWS, build_activities
 from worker.settings import Settings
 from worker.sqs_poller import ListenerFailed
@@ -61,6 +62,14 @@ async def run_worker(client: Client, settings: Settings) -> None:
         worker = build_worker(client, settings, executor)
         async with worker:
             ingest, job_events = settings.ingest, settings.job_events
+            receiver: StoreReceiver | None = None
+            if settings.receiver.enabled:
+                # DICOM push: C-STORE -> S3 under the ingest prefix -> signal-with-start IngestWorkflow. Bound
+                # before any listener and the health file: a port that cannot be bound stops the worker.
+                receiver = StoreReceiver(settings.receiver, ingest.ingest_input(),
+                                         make_client("s3", settings, settings.s3_endpoint_url), client,
+                                         settings.task_queue, meter_of(client))
+                receiver.start(loop)
             listener_tasks: list[asyncio.Task[None]] = []
             if ingest.enabled:
                 # Event-driven ingestion: S3 ObjectCreated -> SQS -> signal-with-start IngestWorkflow.
@@ -83,13 +92,17 @@ async def run_worker(client: Client, settings: Settings) -> None:
                 health.parent.mkdir(parents=True, exist_ok=True)
                 health.write_text(str(os.getpid()))
             log.info("worker started", task_queue=settings.task_queue, temporal=settings.temporal().address, temporal_security=settings.temporal().mode(),
-                     ingest_listener=ingest.enabled, job_events_listener=job_events.enabled)
+                     ingest_listener=ingest.enabled, job_events_listener=job_events.enabled,
+                     receiver=settings.receiver.enabled)
             try:
                 await stop.wait()
                 log.info("a listener failed; stopping the worker" if failed
                          else "shutdown requested; finishing in-flight work",
                          grace_seconds=settings.graceful_shutdown_seconds)
             finally:
+                if receiver is not None:
+                    # Stop accepting first, so no new C-STORE is acknowledged while the worker drains.
+                    await asyncio.to_thread(receiver.stop)
                 # Every listener is awaited (bounded) and the health file always goes, whatever one of them raised.
                 outcomes = await asyncio.gather(*(asyncio.wait_for(t, timeout=5) for t in listener_tasks),
                                                 return_exceptions=True)

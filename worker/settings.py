@@ -37,7 +37,7 @@ from contracts.common import ValidationLevel
 from contracts.ingest import IngestInput
 from contracts.migration import ROLE_ARN_PATTERN
 from contracts.s3uri import parse_s3_uri
-from contracts.sources import parse_origins
+from contracts.sources import AE_TITLE_PATTERN, parse_origins
 from worker import temporal_connection
 from worker.codec import KEYS_VARIABLE, KeyRing
 from worker.temporal_connection import (
@@ -139,6 +139,13 @@ class IngestSettings(BaseSettings):
                                               description="validation level of ingest batches")
     data_access_role_arn: RoleArn | None = Field(None, description="IAM role ARN "
                                              "HealthImaging assumes for ingest imports; unset: HIMIG_DATA_ACCESS_ROLE_ARN")
+    healthlake_datastore_id: str | None = Field(None, description="HealthLake data store receiving one FHIR "
+                                                "ImagingStudy per arrived study (again whenever it grows); unset: no "
+                                                "FHIR routing of arrivals")
+    fhir_validation_level: ValidationLevel = Field(ValidationLevel.STRUCTURE_ONLY,
+                                                   description="ValidationLevel of the arrivals' HealthLake import jobs")
+    fhir_validate_first: bool = Field(False, description="`$validate` each arrival's ImagingStudy first; refused "
+                                      "ones are reported and not imported")
     wait_seconds: WholeNumber = Field(10, ge=1, le=20, description="SQS long-poll wait, seconds")
     visibility_timeout: WholeNumber = Field(120, ge=10, le=43_200, description="seconds a received message stays "
                                             "hidden")
@@ -154,6 +161,8 @@ class IngestSettings(BaseSettings):
             "quiet_seconds": self.quiet_seconds, "max_files": self.max_files,
             "max_wait_seconds": max(self.max_wait_seconds, self.quiet_seconds),
             "validation_level": self.validation_level, "data_access_role_arn": self.data_access_role_arn,
+            "healthlake_datastore_id": self.healthlake_datastore_id or None,
+            "fhir_validation_level": self.fhir_validation_level, "fhir_validate_first": self.fhir_validate_first,
         })
 
     @model_validator(mode="after")
@@ -184,6 +193,70 @@ class JobEventSettings(BaseSettings):
     @property
     def enabled(self) -> bool:
         return bool(self.queue_url)
+
+
+def _ae_titles(value: str) -> str:
+    titles = [t.strip() for t in value.split(",") if t.strip()]
+    for title in titles:
+        if title != "*" and not re.match(AE_TITLE_PATTERN, title):
+            raise ValueError("every entry must be an AE title (1-16 characters, no backslash or control "
+                             "characters, no leading or trailing space) or *")
+    if "*" in titles and len(titles) > 1:
+        raise ValueError("* (any calling AE title) cannot be combined with a list")
+    return value
+
+
+class ReceiverSettings(BaseSettings):
+    """Settings of the C-STORE receiver (`himig receive`, or the worker when a port is set), ``HIMIG_RECEIVER_*``.
+
+    What it receives goes under ``HIMIG_INGEST_SOURCE_S3_URI`` into the study's `IngestWorkflow`, so it needs the
+    ingest data store, source and work prefix too (not the queue).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="HIMIG_RECEIVER_", env_file=".env", extra="ignore")
+
+    port: int | None = Field(None, ge=1, le=65535, description="DICOM port the receiver listens on; unset: the "
+                             "worker runs no receiver (`himig receive --port` starts one on its own)")
+    host: str = Field("127.0.0.1", min_length=1, description="address the receiver binds (0.0.0.0 to accept "
+                      "modalities on the network)")
+    ae_title: Annotated[str, Field(pattern=AE_TITLE_PATTERN)] = Field(
+        "HIMIG", description="the receiver's AE title; associations calling another title are rejected")
+    allowed_calling_aes: Annotated[str, AfterValidator(_ae_titles)] = Field(
+        "", description="comma-separated calling AE titles allowed to send (others are rejected: calling AE title "
+        "not recognized); `*` accepts any; required with a port")
+    max_associations: WholeNumber = Field(10, ge=1, le=200, description="concurrent associations; more are rejected "
+                                          "(transient, local limit exceeded) and the sender retries later")
+    idle_timeout_seconds: float = Field(60.0, gt=0, le=3600, description="an association idle this long is aborted")
+    timeout_seconds: float = Field(30.0, gt=0, le=3600, description="longest wait for the next message of an "
+                                   "association exchange (ACSE and DIMSE)")
+    max_pdu_bytes: WholeNumber = Field(262_144, ge=4096, le=16_777_216, description="largest PDU the receiver "
+                                       "accepts (senders split datasets into PDUs of at most this size)")
+
+    @property
+    def enabled(self) -> bool:
+        return self.port is not None
+
+    def calling_ae_list(self) -> list[str]:
+        """The allowed calling AE titles; empty means any (``*``)."""
+        titles = [t.strip() for t in self.allowed_calling_aes.split(",") if t.strip()]
+        return [] if titles == ["*"] else titles
+
+    def problems(self, ingest: IngestSettings) -> list[str]:
+        """What a running receiver lacks, one line per variable (nothing when it is not enabled)."""
+        if not self.enabled:
+            return []
+        problems = []
+        if not self.allowed_calling_aes.strip():
+            problems.append("HIMIG_RECEIVER_ALLOWED_CALLING_AES: required when the receiver runs (the calling AE "
+                            "titles allowed to send, or * for any)")
+        try:
+            ingest.ingest_input()
+        except ValidationError as err:
+            problems.extend(
+                f"HIMIG_INGEST_{str(e['loc'][0]).upper() if e['loc'] else 'SOURCE_S3_URI'}: "
+                + ("required when the receiver runs" if e["input"] is None else _one_line(e["msg"]))
+                for e in err.errors())
+        return problems
 
 
 def is_loopback(host: str) -> bool:
@@ -490,6 +563,8 @@ class Settings(BaseSettings):
                                          description="HIMIG_JOB_EVENTS_*: the import-job events listener")
     codec_server: CodecServerSettings = Field(default_factory=CodecServerSettings,
                                               description="HIMIG_CODEC_SERVER_*: `himig codec-server`")
+    receiver: ReceiverSettings = Field(default_factory=ReceiverSettings,
+                                       description="HIMIG_RECEIVER_*: the DICOM C-STORE receiver")
 
     # Observability: the Prometheus endpoint of the SDK runtime (its metrics and ours) and OTLP tracing.
     metrics_port: int | None = Field(None, ge=1, le=65535,
@@ -595,7 +670,7 @@ OTHER_PREFIXES = ("HIMIG_STACK_",  # the local stack (devstack.stack.StackConfig
 
 def _sections() -> tuple[tuple[type[BaseSettings], str], ...]:
     return ((Settings, "HIMIG_"), (IngestSettings, "HIMIG_INGEST_"), (JobEventSettings, "HIMIG_JOB_EVENTS_"),
-            (CodecServerSettings, "HIMIG_CODEC_SERVER_"))
+            (CodecServerSettings, "HIMIG_CODEC_SERVER_"), (ReceiverSettings, "HIMIG_RECEIVER_"))
 
 
 def _field_variables(field_name: str, field: Any, prefix: str) -> list[str]:
@@ -673,7 +748,8 @@ def with_table(readme: str) -> str:
 
 # Model name in a ValidationError's title -> the prefix of its variables.
 _PREFIXES = {model.__name__: prefix for model, prefix in _sections()}
-_SECTIONS = {"ingest": "IngestSettings", "job_events": "JobEventSettings", "codec_server": "CodecServerSettings"}
+_SECTIONS = {"ingest": "IngestSettings", "job_events": "JobEventSettings", "codec_server": "CodecServerSettings",
+             "receiver": "ReceiverSettings"}
 
 
 def env_name(model: str, loc: tuple[Any, ...]) -> str:
@@ -712,7 +788,7 @@ class InvalidSettings(ValueError):
         super().__init__("invalid settings from the environment:\n" + "\n".join(f"  {p}" for p in problems))
 
 
-_S = TypeVar("_S", IngestSettings, JobEventSettings, CodecServerSettings)
+_S = TypeVar("_S", IngestSettings, JobEventSettings, CodecServerSettings, ReceiverSettings)
 
 
 def _section(section: type[_S], problems: list[str]) -> _S:
@@ -735,13 +811,15 @@ def load_settings(*, for_worker: bool = True) -> Settings:
     ingest = _section(IngestSettings, problems)
     job_events = _section(JobEventSettings, problems)
     codec_server = _section(CodecServerSettings, problems)
+    receiver = _section(ReceiverSettings, problems)
     try:
-        settings = Settings(ingest=ingest, job_events=job_events, codec_server=codec_server)
+        settings = Settings(ingest=ingest, job_events=job_events, codec_server=codec_server, receiver=receiver)
     except ValidationError as err:
         problems.extend(describe_error(err))
     else:
         if for_worker:
             problems.extend(settings.worker_problems())
+            problems.extend(settings.receiver.problems(settings.ingest))
         try:
             settings.temporal()
         except TemporalConfigError as err:

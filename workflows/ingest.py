@@ -248,7 +248,12 @@ class IngestWorkflow:
         child_input = MigrationInput(source_s3_uri=input.source_s3_uri, source_manifest_uri=flush.manifest_uri,
                                      datastore_id=input.datastore_id, work_s3_uri=input.work_s3_uri,
                                      validation_level=input.validation_level,
-                                     data_access_role_arn=input.data_access_role_arn)
+                                     data_access_role_arn=input.data_access_role_arn,
+                                     # Only the child's input changes (no new command): a flush routes its study
+                                     # through the migration's own FHIR stage, whole study each time.
+                                     healthlake_datastore_id=input.healthlake_datastore_id,
+                                     fhir_validation_level=input.fhir_validation_level,
+                                     fhir_validate_first=input.fhir_validate_first)
         # Awaited, not fire-and-forget: flushes of one study run one after another, and the workflow only
         # completes once every file it accepted has its verdict in a report.
         child: asyncio.Future[MigrationResult] | None = None
