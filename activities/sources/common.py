@@ -228,9 +228,10 @@ class StudyConnector:
             # detail: "<first> to <last>[ (modality)]: <matches>"
             out.fail(layout.landed_object(landing.prefix, f"search-truncated/{uid_segment(detail)}").key,
                      "SearchTruncated",
-                     f"the PACS cut off the study search ({self.SEARCH}) for {detail.rpartition(':')[0]} at "
-                     f"{detail.rpartition(': ')[2]} {self.ROWS} even for a single day; studies beyond the cut "
-                     "were not enumerated (raise the PACS's limit, or pull that day with study_uids)")
+                     f"the PACS's study search ({self.SEARCH}) for {detail.rpartition(': ')[0]} reached "
+                     f"{detail.rpartition(': ')[2]} {self.ROWS}, its cap, even for a single day, so it may be cut "
+                     "off; those studies were pulled, any beyond the cut were not enumerated (raise the PACS's "
+                     "limit, or pull that day by study_uids)")
         elif kind == "undated-studies":
             # detail: "<matches of the cut-off answer>[ (modality)]: <studies without a date among them>"
             cut, _, undated = detail.rpartition(": ")
