@@ -2,7 +2,7 @@
 
 A C-MOVE names a destination by AE title and the PACS maps that title to a host and port of its own
 configuration, so a pull cannot pick an ephemeral port: one receiver per worker process listens on the configured
-port (``HIMIG_DIMSE_MOVE_*``) while at least one pull is running, and routes every received instance to the pull it
+port (``HIMIG_DIMSE_MOVE_*``) while pulls are running (and ``LINGER_SECONDS`` after the last), and routes every received instance to the pull it
 belongs to. A pull registers (PACS AE title, StudyInstanceUID) with a process-unique C-MOVE message id; a store is
 routed when
 
@@ -35,10 +35,14 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # g
 from pynetdicom.transport import ThreadedAssociationServer
 
 from activities.sources.common import SourceUnavailable
+from activities.sources.quick_ack import quick_ack
 
 log = logging.getLogger("himig.dimse.receiver")
 
 NOT_AUTHORIZED = 0x0124  # PS3.7 general status "Refused: Not Authorized"
+# How long the receiver stays up after its last pull: the next study's pull (a migration pulls study after study)
+# reuses it instead of paying a server shutdown (up to half a second of socketserver polling) and a new bind.
+LINGER_SECONDS = 5.0
 # A store handler: the pull's landing of one received instance (returns the C-STORE status).
 Sink = Callable[[Any], int]
 
@@ -94,6 +98,8 @@ class MoveReceiver:
         self._expected: dict[tuple[str, str], _Expected] = {}
         self._classes: set[str] = set()
         self._server: ThreadedAssociationServer | None = None
+        self._idle: threading.Timer | None = None
+        self.linger_seconds = LINGER_SECONDS
         self._ae: AE | None = None
         self.refused = Refusals()
 
@@ -109,6 +115,9 @@ class MoveReceiver:
                 self._lock.wait()
             entry = _Expected(sink, _next_message_id(), originator.strip())
             self._expected[key] = entry
+            if self._idle is not None:
+                self._idle.cancel()
+                self._idle = None
             self._accept(classes)
             try:
                 self._start()
@@ -122,8 +131,24 @@ class MoveReceiver:
             with self._lock:
                 del self._expected[key]
                 self._lock.notify_all()
-                if not self._expected:
-                    self._stop()
+                if not self._expected and self._server is not None and self._idle is None:
+                    self._idle = threading.Timer(self.linger_seconds, self._stop_if_idle)
+                    self._idle.daemon = True
+                    self._idle.start()
+
+    def _stop_if_idle(self) -> None:
+        with self._lock:
+            self._idle = None
+            if not self._expected:
+                self._stop()
+
+    def stop(self) -> None:
+        """Stop listening now (worker shutdown, tests); a later pull starts it again."""
+        with self._lock:
+            if self._idle is not None:
+                self._idle.cancel()
+                self._idle = None
+            self._stop()
 
     def _accept(self, classes: list[str]) -> None:
         """Accept ``classes`` (besides the standard storage classes) in every transfer syntax we offer for C-GET."""
@@ -149,7 +174,8 @@ class MoveReceiver:
         d = self.destination
         try:
             self._server = self._ae.start_server((d.host, d.port), block=False,
-                                                 evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
+                                                 evt_handlers=[(evt.EVT_C_STORE, self._on_store),
+                                                               (evt.EVT_CONN_OPEN, self._on_open)])
         except OSError as err:
             raise SourceUnavailable(f"the C-MOVE receiver cannot listen on {d.host}:{d.port} "
                                     f"(HIMIG_DIMSE_MOVE_HOST/PORT): {err.strerror or type(err).__name__}") from None
@@ -162,6 +188,12 @@ class MoveReceiver:
             log.info("C-MOVE receiver stopped", extra={"port": self.destination.port})
 
     # ---- the PACS's side --------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _on_open(event: Any) -> None:
+        # Orthanc writes each C-STORE in small pieces with Nagle on; without an immediate ACK every instance waits
+        # for our delayed ACK (~40 ms), as on the C-GET association.
+        quick_ack(event.assoc.dul.socket)
 
     def _on_store(self, event: Any) -> int:
         peer = str(event.assoc.requestor.ae_title).strip()

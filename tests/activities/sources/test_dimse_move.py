@@ -27,6 +27,7 @@ from tests.activities.sources import support
 from tests.activities.sources.pacs import seed_two_studies
 from tests.activities.sources.support import buckets, landed, receive_input, run_receive
 from tests.support.dicom import make_instance, uid
+from tests.support.eventually import assert_eventually_sync
 from tests.support.orthanc import ORTHANC_AET, OUR_AET, Orthanc
 from tests.support.servers import free_port
 
@@ -39,7 +40,8 @@ def destination(orthanc: Orthanc) -> Iterator[MoveDestination]:
     dest = MoveDestination(MOVE_AET, "127.0.0.1", free_port())
     orthanc.put_modality("himig-move", MOVE_AET, dest.port)
     yield dest
-    move_receiver._receivers.pop(dest, None)
+    if (receiver := move_receiver._receivers.pop(dest, None)) is not None:
+        receiver.stop()
 
 
 def _source(orthanc: Orthanc, **kw: Any) -> DimseSource:
@@ -50,6 +52,10 @@ def _source(orthanc: Orthanc, **kw: Any) -> DimseSource:
 def _listening(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _not(value: bool) -> None:
+    assert not value
 
 
 def test_every_study_is_pulled_by_c_move_with_its_pixels(s3: Any, orthanc: Orthanc,
@@ -69,8 +75,12 @@ def test_every_study_is_pulled_by_c_move_with_its_pixels(s3: Any, orthanc: Ortha
         assert ds.PixelData == want.PixelData
     receiver = move_receiver._receivers[destination]
     assert vars(receiver.refused) == {"unknown_peer": 0, "unexpected_study": 0, "other_move": 0, "unreadable": 0}
-    # The receiver listens only while a pull runs.
-    assert not _listening(destination.port)
+    # The receiver stays up between the studies of a pull, and stops once it has been idle for its linger time.
+    assert _listening(destination.port)
+    receiver.linger_seconds = 0.0
+    with receiver.expect(ORTHANC_AET, uid(), OUR_AET, [], _Store(support.landing(s3, land), "1.2")):
+        pass
+    assert_eventually_sync(lambda: _not(_listening(destination.port)))
 
 
 def test_move_without_a_receiver_on_the_worker_is_refused_naming_the_settings(s3: Any, orthanc: Orthanc) -> None:
@@ -97,7 +107,7 @@ def test_a_destination_the_pacs_does_not_know_becomes_failure_rows_after_retries
     for row in out.failures:
         assert row.code == "RetrieveFailed"
         assert "after 2 tries (C-MOVE final status 0xC000" in (row.reason or "")
-    move_receiver._receivers.pop(unknown, None)
+    move_receiver._receivers.pop(unknown).stop()
 
 
 class _RefusingStore(_Store):
@@ -229,6 +239,7 @@ def test_the_receiver_lands_only_what_a_pull_expects(s3: Any) -> None:
     land, _ = buckets(s3)
     dest = MoveDestination(MOVE_AET, "127.0.0.1", free_port())
     receiver = MoveReceiver(dest, dimse.ALL_SYNTAXES, timeout=10)
+    receiver.linger_seconds = 0.0
     study, other = uid(), uid()
     store = _Store(support.landing(s3, land), study)
     with receiver.expect("PACS", study, OUR_AET, [], store) as reg:
@@ -245,10 +256,10 @@ def test_the_receiver_lands_only_what_a_pull_expects(s3: Any) -> None:
         del no_study.StudyInstanceUID
         assert _send(dest.port, "PACS", no_study) == NOT_AUTHORIZED
         assert reg.received == 2
+    assert_eventually_sync(lambda: _not(_listening(dest.port)))  # no pull left: it stops listening
     assert vars(receiver.refused) == {"unknown_peer": 1, "unexpected_study": 1, "other_move": 2, "unreadable": 1}
     got = landed(s3, land)
     assert store.stored == len(got) == 2 and f"landed/{study}/{good.SeriesInstanceUID}/{good.SOPInstanceUID}.dcm" in got
-    assert not _listening(dest.port)
 
 
 def test_two_pulls_of_one_study_take_turns(s3: Any) -> None:
@@ -268,6 +279,7 @@ def test_two_pulls_of_one_study_take_turns(s3: Any) -> None:
         time.sleep(0.2)
         order.append("first")
     thread.join()
+    receiver.stop()
     assert order == ["first", "second"]
 
 

@@ -119,7 +119,7 @@ def test_modalities_are_searched_one_at_a_time_and_merged() -> None:
 
 
 def test_rows_without_a_uid_are_counted_once_even_when_split() -> None:
-    pacs = ModelPacs([(None, "20200101", {"CT"})] + _spread(20), 5)
+    pacs = ModelPacs([(None, "20200101", {"CT"}), *_spread(20)], 5)
     found = list(search_studies(pacs.search, Window(None, None), None, 5))
     assert found.count(None) == 1 and len(set(_uids(found))) == 20
 
