@@ -8,8 +8,10 @@ routed when
 
 - the association comes from that PACS's AE title,
 - the instance's StudyInstanceUID is one a pull is waiting for, and
-- the Move Originator Message ID (and AE title), when the PACS sends them, are the pull's own: a store left over
-  from an earlier, abandoned move of the same study by another migration is refused, not landed in the wrong place.
+- when the PACS names the move originator as the standard says (our calling AE title), the Move Originator Message
+  ID is the pull's own: a store left over from an earlier, abandoned move of the same study by another migration
+  is refused, not landed in the wrong place. A PACS that fills the originator with something else (pynetdicom
+  puts its own AE title there) is routed by PACS and study alone.
 
 Two pulls of one study from one PACS in the same process take turns (the second waits), so a study is never
 ambiguous. Everything else is refused with ``0x0124`` (Refused: Not Authorized); the PACS counts it as a failed
@@ -209,8 +211,10 @@ class MoveReceiver:
             if entry is None:
                 peers = {p for p, _ in self._expected}
                 return self._refuse("unexpected_study" if peer in peers else "unknown_peer")
-            # A PACS that names the move a store belongs to must name this pull's move.
-            if (move_id is not None and int(move_id) != entry.message_id) or (move_ae and move_ae != entry.originator):
+            # A PACS that names the move a store belongs to (originator AE title = our calling AE title) must name
+            # this pull's move. Some fill the fields otherwise (pynetdicom puts its own AE title there); their
+            # message id is not ours to check, and the store is routed by PACS and study alone.
+            if move_ae == entry.originator and move_id is not None and int(move_id) != entry.message_id:
                 return self._refuse("other_move")
         status = entry.sink(event)
         if status == 0x0000:
