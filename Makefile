@@ -61,6 +61,7 @@ bench: $(STAMP)
 	$(PY) bench/process_exits.py
 	$(PY) bench/worker_footprint.py
 	$(PY) bench/codec_overhead.py
+	$(PY) bench/pacs_retrieval.py
 
 clean: stop
 	rm -rf .local $(VENV)
