@@ -405,7 +405,9 @@ class DimseConnector(StudyConnector):
                 final, counts, failed_list = self._move_once(unit, None if attempt == 0 else missing,
                                                              registration.message_id)
             store.check("C-MOVE")
-            out.pulled += store.stored
+            # A repeat at STUDY level (series unknown) sends again what had arrived: count each instance once.
+            again = len(received & set(store.delivered))
+            out.pulled += store.stored - again
             received |= set(store.delivered)
             outcome = (("the association broke" if final is None else f"C-MOVE final status 0x{final:04X}")
                        + f"; the PACS reported {counts[0]} sent, {counts[1]} failed, {counts[2]} with warnings; "
@@ -420,9 +422,9 @@ class DimseConnector(StudyConnector):
                 time.sleep(self._move_backoff * 2**attempt)
         if final is None:
             raise SourceUnavailable("C-MOVE: the association broke before the study was delivered")
-        hint = ("" if final is None or final == 0 or final >= 0xA000 else
-                " (the PACS sent instances this worker never received: check that the PACS maps "
-                f"{receiver.destination.ae_title} to this worker)")
+        # Success while listed instances never arrived: they went elsewhere, or the PACS's listing and store differ.
+        hint = (f" (the PACS reports success: check that it maps {receiver.destination.ae_title} to this worker's "
+                "address and port)" if final == 0x0000 else "")
         for sop, (series, _cls) in sorted(expected.items()):
             if sop not in received:
                 code = "RetrieveFailed" if sop in failed_list or (final or 0) >= 0xA000 else "NotDelivered"
@@ -433,7 +435,8 @@ class DimseConnector(StudyConnector):
     def _move_once(self, unit: str, missing: dict[str, tuple[str | None, str | None]] | None,
                    message_id: int) -> tuple[int | None, tuple[int, int, int], set[str]]:
         """One C-MOVE of the study (``missing`` None), or IMAGE-level C-MOVEs of the ``missing`` instances (UID
-        lists per series); (final status of the last move, (sent, failed, warnings) summed, failed UIDs)."""
+        lists per series); (the first final status that was not success, else 0x0000; (sent, failed, warnings)
+        summed; failed UIDs)."""
         assert self._move is not None
         ae = self._ae()
         ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)

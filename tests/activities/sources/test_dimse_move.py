@@ -13,7 +13,8 @@ from typing import Any
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
-from pynetdicom import AE
+from pynetdicom import AE, evt
+from pynetdicom.presentation import StoragePresentationContexts
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 from temporalio.exceptions import ApplicationError
 
@@ -110,6 +111,32 @@ def test_a_destination_the_pacs_does_not_know_becomes_failure_rows_after_retries
         assert row.code == "RetrieveFailed"
         assert "after 2 tries (C-MOVE final status 0xC000" in (row.reason or "")
     move_receiver._receivers.pop(unknown).stop()
+
+
+def test_a_move_the_pacs_delivers_elsewhere_is_reported_with_the_mapping_to_check(s3: Any, orthanc: Orthanc) -> None:
+    """The PACS maps our AE title to another listener (another worker, an old address) that accepts everything:
+    Orthanc reports success, nothing reached us, and every listed instance is a row saying what to check."""
+    seeded = seed_two_studies(orthanc)
+    elsewhere = AE(ae_title=MOVE_AET)
+    elsewhere.supported_contexts = StoragePresentationContexts
+    other_port = free_port()
+    server = elsewhere.start_server(("127.0.0.1", other_port), block=False,
+                                    evt_handlers=[(evt.EVT_C_STORE, lambda event: 0x0000)])
+    ours = MoveDestination(MOVE_AET, "127.0.0.1", free_port())
+    orthanc.put_modality("himig-move", MOVE_AET, other_port)
+    try:
+        land, _ = buckets(s3)
+        # The study in the default encodings (the other holds JPEG 2000, which that listener does not accept).
+        study = next(st for st, _, _ in seeded.instances if sum(1 for k in seeded.instances if k[0] == st) == 4)
+        out = DimseConnector(_source(orthanc), move=ours, move_attempts=1).pull(study, support.landing(s3, land))
+    finally:
+        server.shutdown()
+        move_receiver._receivers.pop(ours).stop()
+    assert out.pulled == 0 and len(out.failures) == 4
+    for row in out.failures:
+        assert row.code == "NotDelivered", row.reason
+        assert "C-MOVE final status 0x0000; the PACS reported 4 sent, 0 failed, 0 with warnings; this worker " \
+               f"received 0) (the PACS reports success: check that it maps {MOVE_AET} to this worker" in (row.reason or "")
 
 
 class _RefusingStore(_Store):
