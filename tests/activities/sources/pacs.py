@@ -61,11 +61,14 @@ def seed_two_studies(orthanc: Orthanc) -> Seeded:
 
 def dated(orthanc: Orthanc, seeded: Seeded, study: str, day: str, series: str | None = None, instances: int = 1,
           modality: str = "CT") -> None:
-    """Store ``instances`` CT instances of ``study`` dated ``day`` (YYYYMMDD) in one series, with ``modality``."""
+    """Store ``instances`` CT instances of ``study`` dated ``day`` (YYYYMMDD; "" an empty StudyDate, "absent"
+    none) in one series, with ``modality``."""
     series = series or uid()
     for _ in range(instances):
         ds = pydicom.dcmread(io.BytesIO(make_instance(study, series)))
         ds.StudyDate, ds.SeriesDate, ds.Modality = day, day, modality
+        if day == "absent":
+            del ds.StudyDate, ds.SeriesDate
         buf = io.BytesIO()
         ds.save_as(buf, enforce_file_format=True)
         seeded.add(orthanc, buf.getvalue())
