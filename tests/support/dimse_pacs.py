@@ -38,6 +38,7 @@ class LoadLimitedPacs:
     destinations: dict[str, tuple[str, int]]
     max_moves: int
     hold_seconds: float = 0.1
+    aborts: int = 0  # moves to abort: the association drops once the move is under way, before any instance
     port: int = field(default_factory=free_port)
     refused: int = 0  # moves answered 0xA702
     peak: int = 0  # most moves running at once
@@ -99,7 +100,11 @@ class LoadLimitedPacs:
         try:
             yield len(matches)
             time.sleep(self.hold_seconds)
-            for ds in matches:
+            for index, ds in enumerate(matches):
+                if index == 0 and self.aborts > 0:
+                    self.aborts -= 1
+                    event.assoc.abort()
+                    return
                 yield 0xFF00, ds
         finally:
             with self._lock:

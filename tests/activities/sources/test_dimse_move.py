@@ -27,7 +27,7 @@ from contracts import layout
 from contracts.sources import DimseSource
 from tests.activities.sources import support
 from tests.activities.sources.pacs import seed_two_studies
-from tests.activities.sources.support import buckets, landed, receive_input, run_receive
+from tests.activities.sources.support import buckets, failures, landed, receive_input, run_receive
 from tests.support.dicom import make_instance, uid
 from tests.support.dimse_pacs import PACS_AET, LoadLimitedPacs
 from tests.support.eventually import assert_eventually_sync
@@ -388,3 +388,25 @@ def test_an_unknown_move_destination_stops_the_migration_naming_it(s3: Any, load
     assert info.value.type == "InvalidSourceConnector" and info.value.non_retryable
     assert "does not know the move destination UNREGISTERED (0xA801)" in str(info.value)
     move_receiver._receivers.pop(elsewhere).stop()
+
+
+@pytest.mark.parametrize(("aborts", "lands"), [(1, 3), (2, 3), (99, 0)])
+def test_an_association_dropped_mid_move_is_retried_then_reported(s3: Any, load_pacs: LoadLimitedPacs, aborts: int,
+                                                                  lands: int) -> None:
+    """The PACS drops the association once a move is under way: the move is repeated (and the study pulled
+    again by the activity's per-unit retries); a PACS that keeps dropping leaves the study a SourceUnavailable
+    row while its C-ECHO still answers."""
+    load_pacs.aborts = aborts
+    study = next(iter(load_pacs.studies))
+    land, work = buckets(s3)
+    inp = receive_input(land, work, _load_source(load_pacs, study_uids=[study]))
+    dest = MoveDestination(MOVE_AET, "127.0.0.1", load_pacs.destinations[MOVE_AET][1])
+    result, _ = run_receive(s3, inp, settings=SourceSettings(dimse_move=dest, unit_backoff_seconds=0.0))
+    assert result is not None and len(landed(s3, land)) == lands
+    rows = failures(s3, inp)
+    if lands == 3:
+        assert not rows
+    else:
+        [row] = rows
+        assert (row["key"], row["code"]) == (f"landed/{study}/", "SourceUnavailable")
+        assert "C-MOVE: the association broke before the study was delivered" in row["reason"]
