@@ -177,3 +177,19 @@ def test_undated_studies_listed_before_the_cut_are_pulled_and_reported(s3: Any, 
     else:
         # Never listed: the gap the README names (no DICOM search finds a study by a missing date).
         assert undated not in got and not rows
+
+
+def test_a_cut_off_qido_instance_search_still_lands_the_whole_study(s3: Any, capped_orthanc: Orthanc) -> None:
+    """QIDO-RS instance searches are not split: WADO-RS takes the whole study, so instances beyond the cut still
+    land, and nothing is reported missing that arrived."""
+    capped_orthanc.clear()
+    seeded = Seeded()
+    study = uid()
+    dated(capped_orthanc, seeded, study, "20200101", instances=CAP_INSTANCES + 2)
+    listed = requests.get(f"{capped_orthanc.dicomweb}/studies/{study}/instances", params={"limit": 1000}, timeout=30)
+    assert len(listed.json()) < CAP_INSTANCES + 2  # the cut this reproduces
+    land, work = buckets(s3)
+    inp = receive_input(land, work, _dicomweb(capped_orthanc, study_uids=[study]))
+    result, _ = run_receive(s3, inp)
+    assert result is not None and result.source_failures == 0
+    assert set(landed(s3, land)) == seeded.landing_keys()

@@ -366,11 +366,12 @@ def _pull_everything(s3: Any, pacs: LoadLimitedPacs, per_source: int) -> tuple[L
 
 def test_the_per_source_bound_keeps_a_loaded_pacs_from_refusing(s3: Any, load_pacs: LoadLimitedPacs) -> None:
     landing, rows = _pull_everything(s3, load_pacs, per_source=2)
-    assert load_pacs.refused == 0 and load_pacs.peak == 2
+    assert load_pacs.refused == 0 and load_pacs.peak <= 2
     assert landing.objects == 18 and not rows
 
 
 def test_moves_beyond_what_the_pacs_takes_are_refused_then_retried(s3: Any, load_pacs: LoadLimitedPacs) -> None:
+    load_pacs.hold_seconds = 1.0  # long enough that six parallel pulls reach the PACS while two moves run
     landing, rows = _pull_everything(s3, load_pacs, per_source=6)
     assert load_pacs.refused > 0 and load_pacs.peak == 2  # the PACS answered 0xA702 to the moves beyond two
     # Every instance is accounted for: landed, or a row naming the refusal after the retries.
