@@ -144,11 +144,12 @@ class _Store:
     errors: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def __call__(self, event: Any) -> int:
+    def __call__(self, event: Any, encoded: bytes | None = None) -> int:
+        """Land one C-STORE; ``encoded`` is its P10 body when the caller already built it (the receiver does)."""
         try:
             sop = str(event.request.AffectedSOPInstanceUID or "") or None
             # The P10 body as received; only its header is parsed (pixels are neither decoded nor re-encoded).
-            body = io.BytesIO(event.encoded_dataset(include_meta=True))
+            body = io.BytesIO(encoded if encoded is not None else event.encoded_dataset(include_meta=True))
             series, _ = header_uids(body)
             with self.lock:
                 # A second object with the same SOP UID gets a content-hash suffix instead of overwriting.

@@ -45,8 +45,9 @@ NOT_AUTHORIZED = 0x0124  # PS3.7 general status "Refused: Not Authorized"
 # How long the receiver stays up after its last pull: the next study's pull (a migration pulls study after study)
 # reuses it instead of paying a server shutdown (up to half a second of socketserver polling) and a new bind.
 LINGER_SECONDS = 5.0
-# A store handler: the pull's landing of one received instance (returns the C-STORE status).
-Sink = Callable[[Any], int]
+# A store handler: the pull's landing of one received instance, given the event and its P10 body (built once,
+# here, so a large instance is not copied twice); returns the C-STORE status.
+Sink = Callable[[Any, bytes], int]
 
 
 @dataclass(frozen=True)
@@ -216,7 +217,7 @@ class MoveReceiver:
             # message id is not ours to check, and the store is routed by PACS and study alone.
             if move_ae == entry.originator and move_id is not None and int(move_id) != entry.message_id:
                 return self._refuse("other_move")
-        status = entry.sink(event)
+        status = entry.sink(event, body)
         if status == 0x0000:
             with self._lock:
                 entry.received += 1

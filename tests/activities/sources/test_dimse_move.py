@@ -144,12 +144,12 @@ class _RefusingStore(_Store):
 
     refusals: dict[str, int] = {}
 
-    def __call__(self, event: Any) -> int:
+    def __call__(self, event: Any, encoded: bytes | None = None) -> int:
         sop = str(event.request.AffectedSOPInstanceUID)
         if self.refusals.get(sop, 0) > 0:
             self.refusals[sop] -= 1
             return 0xA700
-        return super().__call__(event)
+        return super().__call__(event, encoded)
 
 
 class _Flaky(DimseConnector):
