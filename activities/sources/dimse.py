@@ -175,7 +175,9 @@ class _Listing:
 
     expected: dict[str, tuple[str | None, str | None]]  # SOP Instance UID -> (Series UID, SOP Class UID)
     unusable: int = 0  # matches without a SOP Instance UID
-    truncated: dict[str, int] = field(default_factory=dict)  # series whose listing stayed cut off -> matches
+    # Searches that stayed cut off -> their matches: a series' instance search by Series UID, the study's series
+    # search under "".
+    truncated: dict[str, int] = field(default_factory=dict)
 
 
 class DimseConnector(StudyConnector):
@@ -287,7 +289,7 @@ class DimseConnector(StudyConnector):
                 query.SeriesInstanceUID = ""
                 series, series_cut = self._find(assoc, query, "finding a study's series")
                 if series_cut:
-                    raise SourceUnavailable("finding a study's series: the PACS cut the answer off")
+                    listing.truncated[""] = len(series)  # the series beyond the cut are retrieved, not listed
                 matches = []
                 for row in series:
                     uid = str(row.get("SeriesInstanceUID", "") or "")
@@ -329,8 +331,9 @@ class DimseConnector(StudyConnector):
         if not self._check_listing(unit, landing, out, bool(listing.expected), listing.unusable):
             return out
         for series, matches in sorted(listing.truncated.items()):
-            out.fail(f"{study_key(landing.prefix, unit)}{series}/search-truncated", "SearchTruncated",
-                     f"the PACS cut off the series' instance search (C-FIND) at {matches} matches; the series was "
+            what = "the series' instance search" if series else "the study's series search"
+            out.fail(f"{study_key(landing.prefix, unit)}{series + '/' if series else ''}search-truncated",
+                     "SearchTruncated", f"the PACS cut off {what} (C-FIND) at {matches} matches; the study is "
                      "retrieved whole, but instances beyond the cut cannot be checked for delivery")
         with self._slot:
             if self._config.retrieve == "move":

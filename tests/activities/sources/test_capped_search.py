@@ -193,3 +193,22 @@ def test_a_cut_off_qido_instance_search_still_lands_the_whole_study(s3: Any, cap
     result, _ = run_receive(s3, inp)
     assert result is not None and result.source_failures == 0
     assert set(landed(s3, land)) == seeded.landing_keys()
+
+
+def test_a_study_with_more_series_than_the_cap_is_retrieved_whole_and_reported(s3: Any,
+                                                                               capped_orthanc: Orthanc) -> None:
+    """Five one-instance series: the instance search stops at 4, the series search at 3; the study is still
+    retrieved (C-GET takes it whole) and one row says its listing stayed cut off."""
+    capped_orthanc.clear()
+    seeded = Seeded()
+    study = uid()
+    for _ in range(CAP_INSTANCES + 1):
+        dated(capped_orthanc, seeded, study, "20200101")
+    land, work = buckets(s3)
+    inp = receive_input(land, work, _dimse(capped_orthanc, study_uids=[study]))
+    result, _ = run_receive(s3, inp)
+    assert result is not None and result.files == CAP_INSTANCES + 1
+    assert set(landed(s3, land)) == seeded.landing_keys()
+    [row] = failures(s3, inp)
+    assert (row["key"], row["code"]) == (f"landed/{study}/search-truncated", "SearchTruncated")
+    assert f"the study's series search (C-FIND) at {CAP_STUDIES} matches" in row["reason"]
