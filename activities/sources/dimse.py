@@ -61,6 +61,7 @@ from activities.sources.common import (
 )
 from activities.sources.move_receiver import MoveDestination, MoveReceiver, receiver_for
 from activities.sources.quick_ack import quick_ack
+from activities.sources.storage_classes import accept_as_storage
 from activities.sources.study_search import Answer, search_studies, window
 from contracts.sources import DimseSource
 
@@ -320,8 +321,9 @@ class DimseConnector(StudyConnector):
         return self._find(assoc, query, "finding a study's instances")
 
     def _storage_classes(self, expected: dict[str, tuple[str | None, str | None]]) -> list[str]:
-        """The SOP classes to accept C-STOREs for: those C-FIND reported for the study."""
-        return sorted({cls for _, cls in expected.values() if cls})
+        """The SOP classes to accept C-STOREs for: those C-FIND reported for the study (private ones registered
+        with pynetdicom as storage classes; a value that is not a UID is left out)."""
+        return accept_as_storage(sorted({cls for _, cls in expected.values() if cls}))
 
     def pull(self, unit: str, landing: Landing) -> UnitOutcome:
         if (marked := self._marker_outcome(unit, landing)) is not None:

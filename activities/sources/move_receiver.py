@@ -38,6 +38,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from activities.sources.common import SourceUnavailable
 from activities.sources.quick_ack import quick_ack
+from activities.sources.storage_classes import accept_as_storage
 
 log = logging.getLogger("himig.dimse.receiver")
 
@@ -161,7 +162,7 @@ class MoveReceiver:
             self._ae.add_supported_context(Verification)
             for context in StoragePresentationContexts:
                 self._add(str(context.abstract_syntax))
-        for cls in classes:
+        for cls in accept_as_storage(classes):
             self._add(cls)
 
     def _add(self, cls: str) -> None:
@@ -169,6 +170,10 @@ class MoveReceiver:
         if cls not in self._classes:
             self._classes.add(cls)
             self._ae.add_supported_context(cls, self._syntaxes)
+            if self._server is not None:
+                # A running server negotiates from the list it was started with: give it a new one (each
+                # association copies the list, so replacing it is safe while others negotiate).
+                self._server.contexts = self._ae.supported_contexts
 
     def _start(self) -> None:
         if self._server is not None:

@@ -13,6 +13,7 @@ from typing import Any
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.presentation import StoragePresentationContexts
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
@@ -84,6 +85,33 @@ def test_every_study_is_pulled_by_c_move_with_its_pixels(s3: Any, orthanc: Ortha
     with receiver.expect(ORTHANC_AET, uid(), OUR_AET, [], _Store(support.landing(s3, land), "1.2")):
         pass
     assert_eventually_sync(lambda: _not(_listening(destination.port)))
+
+
+@pytest.mark.parametrize("retrieve", ["get", "move"])
+def test_an_instance_of_a_private_sop_class_is_retrieved(s3: Any, orthanc: Orthanc, destination: MoveDestination,
+                                                         retrieve: str) -> None:
+    """pynetdicom aborts a C-STORE of a class it does not know; a class C-FIND listed is registered first."""
+    orthanc.clear()
+    study, series = uid(), uid()
+    ds = pydicom.dcmread(io.BytesIO(make_instance(study, series)))
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = f"1.2.826.0.1.3680043.8.498.{7 if retrieve == 'get' else 8}1"
+    body = io.BytesIO()
+    ds.save_as(body, enforce_file_format=True)
+    orthanc.upload(body.getvalue())
+    orthanc.upload(make_instance(study, series))
+    land, _ = buckets(s3)
+    out = DimseConnector(_source(orthanc).model_copy(update={"retrieve": retrieve}), move=destination).pull(
+        study, support.landing(s3, land))
+    got = landed(s3, land)
+    if retrieve == "move":
+        assert not out.failures and out.pulled == 2
+        assert f"landed/{study}/{series}/{ds.SOPInstanceUID}.dcm" in got
+    else:
+        # Orthanc 1.10 accepts the private class's context but fails its C-GET sub-operation (0xB000), where its
+        # C-MOVE sends it: the instance is a row naming the status, the other one lands.
+        assert out.pulled == 1 and len(got) == 1
+        [row] = out.failures
+        assert row.key.endswith(f"/{ds.SOPInstanceUID}.dcm") and "C-GET final status 0xB000" in (row.reason or "")
 
 
 def test_move_without_a_receiver_on_the_worker_is_refused_naming_the_settings(s3: Any, orthanc: Orthanc) -> None:
@@ -290,6 +318,30 @@ def test_the_receiver_lands_only_what_a_pull_expects(s3: Any) -> None:
     assert vars(receiver.refused) == {"unknown_peer": 1, "unexpected_study": 1, "other_move": 1, "unreadable": 1}
     got = landed(s3, land)
     assert store.stored == len(got) == 3 and f"landed/{study}/{good.SeriesInstanceUID}/{good.SOPInstanceUID}.dcm" in got
+
+
+def test_a_class_a_later_pull_lists_is_accepted_by_the_running_receiver(s3: Any) -> None:
+    """A private SOP class (not among the standard storage classes) that a pull's C-FIND listed is negotiated even
+    when the receiver was already running for another pull."""
+    dest = MoveDestination(MOVE_AET, "127.0.0.1", free_port())
+    receiver = MoveReceiver(dest, dimse.ALL_SYNTAXES, timeout=10)
+    land, _ = buckets(s3)
+    private = "1.2.826.0.1.3680043.8.498.999"
+    first, second = uid(), uid()
+    ds = _ct(second)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = private
+    with receiver.expect("PACS", first, OUR_AET, [], _Store(support.landing(s3, land), first)), \
+            receiver.expect("PACS", second, OUR_AET, [private], _Store(support.landing(s3, land), second)):
+        ae = AE(ae_title="PACS")
+        ae.add_requested_context(private, ExplicitVRLittleEndian)
+        assoc = ae.associate("127.0.0.1", dest.port, ae_title=MOVE_AET)
+        assert assoc.is_established
+        try:
+            assert int(assoc.send_c_store(ds).Status) == 0x0000
+        finally:
+            assoc.release()
+    receiver.stop()
+    assert len(landed(s3, land)) == 1
 
 
 def test_two_pulls_of_one_study_take_turns(s3: Any) -> None:
