@@ -269,7 +269,8 @@ def test_moves_against_one_pacs_never_exceed_the_per_source_bound(s3: Any, ortha
     landing = support.landing(s3, land)
     pull_all(s3, connector, landing, f"s3://{work}/runs/", "m-bound", PullCursor(), lambda _: None)
     dimse._slots.pop((config.host, config.port, config.called_ae), None)
-    assert peak == 2 and landing.objects == 4
+    # Four studies pulled four at a time, never more than two moves at once (fewer when the machine staggers them).
+    assert 1 <= peak <= 2 and landing.objects == 4
 
 
 # ---- the receiver on its own: what it refuses ---------------------------------------------------------------------
