@@ -417,14 +417,9 @@ class Settings(BaseSettings):
                                                                     "error")
     log_format: Literal["json", "console"] = Field("json", description="json (structlog JSON lines) or console")
 
-    @field_validator("metrics_port", "otlp_endpoint", mode="before")
+    @field_validator("metrics_port", "otlp_endpoint", "dimse_move_ae_title", "dimse_move_port", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: Any) -> Any:
-        return None if isinstance(value, str) and not value.strip() else value
-
-    @field_validator("dimse_move_ae_title", "dimse_move_port", mode="before")
-    @classmethod
-    def _blank_move_is_unset(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
 
     @model_validator(mode="after")
