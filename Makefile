@@ -67,6 +67,7 @@ bench: $(STAMP)
 	$(PY) bench/codec_overhead.py
 	$(PY) bench/dicomweb_auth.py
 	$(PY) bench/receive_rate.py
+	$(PY) bench/pacs_retrieval.py
 
 bench-quick: $(STAMP)
 	$(PY) bench/end_to_end.py --quick --no-results

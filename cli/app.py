@@ -146,11 +146,23 @@ def start(
     called_ae: str | None = typer.Option(None, "--called-ae", help="the DIMSE PACS's AE title"),
     calling_ae: str | None = typer.Option(None, "--calling-ae", help="our AE title as the PACS knows it (HIMIG)"),
     study_uid: list[str] | None = typer.Option(None, "--study-uid", help="pull only this study (repeatable)"),
+    study_date_from: str | None = typer.Option(None, "--study-date-from", help="PACS: first study date, YYYY-MM-DD"),
+    study_date_to: str | None = typer.Option(None, "--study-date-to", help="PACS: last study date, YYYY-MM-DD"),
+    modality: list[str] | None = typer.Option(None, "--modality", help="PACS: only studies with this modality "
+                                              "(repeatable)"),
+    result_cap: int | None = typer.Option(None, "--result-cap", help="PACS: its maximum matches per search "
+                                          "(an answer this long is split by date)"),
+    retrieve: str | None = typer.Option(None, "--retrieve", help="DIMSE: get (C-GET, default) or move (C-MOVE to "
+                                        "the worker's HIMIG_DIMSE_MOVE_AE_TITLE)"),
+    parallel: int | None = typer.Option(None, "--parallel", help="DIMSE: studies retrieved at once (1)"),
 ) -> None:
     """Start a MigrationWorkflow; prints its workflow id. Every field of the JSON input has a flag (cli.start_flags);
     a flag left out leaves the field at the workflow's default."""
     try:
-        connector = connector_from_flags(source_dir, source_dicomweb, source_dimse, called_ae, calling_ae, study_uid)
+        connector = connector_from_flags(source_dir, source_dicomweb, source_dimse, called_ae, calling_ae, study_uid,
+                                         {"study_date_from": study_date_from, "study_date_to": study_date_to,
+                                          "modalities": modality, "result_cap": result_cap, "retrieve": retrieve,
+                                          "parallel": parallel})
     except SourceFlagError as err:
         raise fail(str(err)) from None
     try:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from datetime import date
 from pathlib import PurePosixPath
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from contracts.common import Int
 
@@ -25,6 +26,9 @@ AE_TITLE_PATTERN = r"^[\x21-\x5b\x5d-\x7e]([\x20-\x5b\x5d-\x7e]{0,14}[\x21-\x5b\
 # One DNS label (RFC 1123): letters, digits, inner hyphens, at most 63 characters.
 HOST_LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 MAX_STUDY_FILTER = 10_000
+# A modality code (CS VR: upper-case letters, digits, space and underscore, at most 16 characters).
+MODALITY_PATTERN = r"^[A-Z0-9_]([A-Z0-9_ ]{0,14}[A-Z0-9_])?$"
+MAX_MODALITIES = 32
 
 
 def is_uid(value: str) -> bool:
@@ -98,8 +102,62 @@ StudyUids = Annotated[list[str] | None, Field(max_length=MAX_STUDY_FILTER, descr
                       AfterValidator(_check_uids)]
 
 
+def _check_date(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+        raise ValueError("must be a date written YYYY-MM-DD")
+    try:
+        day = date.fromisoformat(value)
+    except ValueError:
+        raise ValueError("is not a calendar date") from None
+    if day.year < 1850:
+        raise ValueError("must not be before 1850 (no DICOM study is older)")
+    return value
+
+
+def _check_modalities(values: list[str] | None) -> list[str] | None:
+    if values is not None and not values:
+        raise ValueError("must list at least one modality (leave it out for every modality)")
+    return None if values is None else list(dict.fromkeys(values))
+
+
+# The optional study-date window of a PACS source, inclusive, as YYYY-MM-DD.
+StudyDate = Annotated[str | None, AfterValidator(_check_date)]
+Modalities = Annotated[
+    list[Annotated[str, Field(pattern=MODALITY_PATTERN)]] | None,
+    Field(max_length=MAX_MODALITIES, description="pull only studies with a series of one of these modalities"),
+    AfterValidator(_check_modalities)]
+# The PACS's maximum matches per search (e.g. Orthanc's LimitFindResults): an answer this long is taken as cut off.
+ResultCap = Annotated[int | None, Field(None, ge=1, le=1_000_000, strict=True)]
+
+
 class _Connector(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _StudySearch(_Connector):
+    """What a PACS source's study search may be narrowed by, and how a cut-off answer is recognised.
+
+    Without ``study_uids`` the study search is split by study date: a range whose answer reaches ``result_cap``
+    (or that the PACS flags as cut off) is halved until every answer is complete, so a PACS that caps its
+    answers (500-1,000 matches is common) cannot silently truncate the enumeration.
+    """
+
+    study_uids: StudyUids = None
+    study_date_from: StudyDate = Field(None, description="first study date to pull, YYYY-MM-DD (inclusive)")
+    study_date_to: StudyDate = Field(None, description="last study date to pull, YYYY-MM-DD (inclusive)")
+    modalities: Modalities = None
+    result_cap: ResultCap = Field(None, description="the PACS's maximum matches per search")
+
+    @model_validator(mode="after")
+    def _window(self) -> _StudySearch:
+        if self.study_date_from and self.study_date_to and self.study_date_from > self.study_date_to:
+            raise ValueError("study_date_from must not be after study_date_to")
+        if self.study_uids and (self.study_date_from or self.study_date_to or self.modalities):
+            raise ValueError("study_uids names the studies; it cannot be combined with study_date_from, "
+                             "study_date_to or modalities")
+        return self
 
 
 class LocalSource(_Connector):
@@ -121,12 +179,11 @@ class LocalSource(_Connector):
         return v
 
 
-class DicomwebSource(_Connector):
+class DicomwebSource(_StudySearch):
     """A DICOMweb PACS: QIDO-RS enumerates studies, WADO-RS pulls each study."""
 
     kind: Literal["dicomweb"]
     url: str = Field(description="DICOMweb root, e.g. http://pacs:8042/dicom-web", max_length=2048)
-    study_uids: StudyUids = None
     page_size: Int = Field(100, ge=1, le=1000, description="studies per QIDO-RS request (limit/offset paging)")
 
     @field_validator("url")
@@ -152,15 +209,20 @@ class DicomwebSource(_Connector):
         return v.rstrip("/")
 
 
-class DimseSource(_Connector):
-    """A DIMSE PACS: C-FIND (Study Root, STUDY level) enumerates studies, C-GET pulls each study."""
+class DimseSource(_StudySearch):
+    """A DIMSE PACS: C-FIND (Study Root, STUDY level) enumerates studies, C-GET or C-MOVE pulls each study."""
 
     kind: Literal["dimse"]
     host: Annotated[str, Field(min_length=1, max_length=253, description="host name or IP address of the PACS")]
     port: Int = Field(ge=1, le=65535)
     called_ae: Annotated[str, Field(pattern=AE_TITLE_PATTERN, description="the PACS's AE title")]
     calling_ae: Annotated[str, Field(pattern=AE_TITLE_PATTERN, description="our AE title, as the PACS knows it")]
-    study_uids: StudyUids = None
+    retrieve: Literal["get", "move"] = Field(
+        "get", description="get: C-GET over our association; move: C-MOVE to the worker's C-STORE receiver "
+        "(HIMIG_DIMSE_MOVE_AE_TITLE, which the PACS must know as a move destination)")
+    parallel: Int = Field(1, ge=1, le=32,
+                          description="studies retrieved at once from this PACS by one pull (also capped per worker "
+                          "by HIMIG_DIMSE_RETRIEVALS_PER_SOURCE)")
 
     @field_validator("host")
     @classmethod

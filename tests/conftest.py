@@ -22,7 +22,7 @@ from contracts import search
 from tests.support.installation import INSTALLATION_ENV, converter
 
 # The session-wide Orthanc PACS fixture (skips with a clear message where it cannot run).
-from tests.support.orthanc import orthanc  # noqa: F401
+from tests.support.orthanc import capped_orthanc, orthanc  # noqa: F401
 from tests.support.servers import FAKE_AWS_ENV, ServerProcess, start_emulator, start_moto
 
 # Clients created anywhere in the test process (including activities run in-process) use fake credentials.

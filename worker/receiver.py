@@ -39,12 +39,12 @@ from pydicom.uid import AllTransferSyntaxes
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom import _config as pynetdicom_config
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # generated at import time
-from pynetdicom.transport import AssociationSocket, ThreadedAssociationServer
+from pynetdicom.transport import ThreadedAssociationServer
 from temporalio.client import Client
 from temporalio.common import MetricMeter
 
 from activities.errors import error_code
-from activities.sources.dimse import _QuickAckSocket
+from activities.sources.quick_ack import quick_ack
 from contracts import metrics
 from contracts.ingest import Arrival, IngestInput
 from contracts.receiver import (
@@ -178,8 +178,7 @@ class StoreReceiver:
     def _on_open(self, event: Any) -> None:
         sock = event.assoc.dul.socket
         # Senders that write a PDU in pieces with Nagle on (Orthanc) would otherwise wait for our delayed ACK.
-        if type(sock) is AssociationSocket:
-            sock.__class__ = _QuickAckSocket
+        quick_ack(sock)
         # pynetdicom reads the rest of a PDU whose header arrived with a blocking recv: a peer that stops mid-PDU
         # would hold its association (and a slot of max_associations) forever. With a timeout the read fails and
         # pynetdicom closes the connection.

@@ -24,6 +24,7 @@ from activities.rollback import RollbackActivities
 from activities.route import RouteActivities
 from activities.signed_http import SignedHttp
 from activities.sources.dicomweb import DicomwebAuth
+from activities.sources.move_receiver import MoveDestination
 from activities.sources.registry import SourceSettings
 from activities.spotcheck import SpotChecker
 from activities.validate import ValidateActivities
@@ -72,7 +73,10 @@ def build_activities(clients: AwsClients, settings: Settings) -> list[Callable[.
         tokens=token_source(settings, "dicomweb_oidc"))
     receive = ReceiveActivities(s3, SourceSettings(
         dicomweb_auth=auth, dicomweb_allowed_origins=settings.allowed_origins(),
-        timeout_seconds=settings.source_timeout_seconds, local_roots=settings.local_roots()))
+        timeout_seconds=settings.source_timeout_seconds, local_roots=settings.local_roots(),
+        dimse_move=(MoveDestination(settings.dimse_move_ae_title, settings.dimse_move_host, settings.dimse_move_port)
+                    if settings.dimse_move_ae_title and settings.dimse_move_port else None),
+        dimse_retrievals_per_source=settings.dimse_retrievals_per_source))
     parse = ParseActivities(s3, settings.parse_concurrency, fingerprint_key=settings.fingerprint_secret(),
                             padding_rejected=settings.import_rejects_trailing_padding)
     validate = ValidateActivities(s3)

@@ -556,6 +556,18 @@ class Settings(BaseSettings):
                                           "seconds")
     source_dir_roots: str = Field(
         "", description="colon-separated directories a `local` source must be under; empty refuses `local` sources")
+    # C-MOVE (a `dimse` source with "retrieve": "move"): the PACS sends studies to this AE title, which it maps to
+    # this worker's address and port; each worker needs a title (and a PACS entry) of its own.
+    dimse_move_ae_title: str | None = Field(
+        None, pattern=AE_TITLE_PATTERN, description="AE title of this worker's C-STORE receiver, the C-MOVE "
+        "destination the PACS knows; unset refuses `retrieve: move`")
+    dimse_move_port: int | None = Field(None, ge=1, le=65535,
+                                        description="port the C-MOVE receiver listens on while a move runs")
+    dimse_move_host: str = Field("127.0.0.1", description="address the C-MOVE receiver binds (0.0.0.0 in a "
+                                 "container; the PACS must reach it)")
+    dimse_retrievals_per_source: int = Field(4, ge=1, le=64,
+                                             description="C-GETs/C-MOVEs at once against one PACS from this worker "
+                                             "(PACS fail with 0xA702 under too many parallel moves)")
 
     # Sections with their own prefixes, read (and validated) together with everything above.
     ingest: IngestSettings = Field(default_factory=IngestSettings, description="HIMIG_INGEST_*: the S3 arrivals listener")
@@ -580,12 +592,18 @@ class Settings(BaseSettings):
                                                                     "error")
     log_format: Literal["json", "console"] = Field("json", description="json (structlog JSON lines) or console")
 
-    @field_validator("metrics_port", "otlp_endpoint", mode="before")
+    @field_validator("metrics_port", "otlp_endpoint", "dimse_move_ae_title", "dimse_move_port", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
 
-    @field_validator("metrics_host")
+    @model_validator(mode="after")
+    def _move_pair(self) -> Settings:
+        if (self.dimse_move_ae_title is None) != (self.dimse_move_port is None):
+            raise ValueError("HIMIG_DIMSE_MOVE_AE_TITLE and HIMIG_DIMSE_MOVE_PORT are set together or not at all")
+        return self
+
+    @field_validator("metrics_host", "dimse_move_host")
     @classmethod
     def _ip_literal(cls, value: str) -> str:
         try:

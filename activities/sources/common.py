@@ -15,9 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import re
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import IO, Any, Protocol
 
 import pydicom
@@ -138,6 +142,8 @@ class Landing:
     requests: int = 0
     objects: int = 0
     bytes_written: int = 0
+    # Parallel pulls and C-MOVE receiver threads write through one Landing.
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def put(self, key: str, body: IO[bytes], size: int) -> None:
         try:
@@ -153,10 +159,11 @@ class Landing:
                                        ExtraArgs={"ContentType": "application/dicom"})
         except ClientError as err:
             raise classify(err, "writing a pulled object to the landing prefix") from None
-        # One PutObject, or create + parts + complete for a multipart upload.
-        self.requests += 1 if size < self.multipart_threshold else 2 + -(-size // self.multipart_threshold)
-        self.objects += 1
-        self.bytes_written += size
+        with self._lock:
+            # One PutObject, or create + parts + complete for a multipart upload.
+            self.requests += 1 if size < self.multipart_threshold else 2 + -(-size // self.multipart_threshold)
+            self.objects += 1
+            self.bytes_written += size
 
 
 @dataclass
@@ -211,13 +218,32 @@ class StudyConnector:
             yield marker("unusable-studies", str(unusable))
 
     def _marker_outcome(self, unit: str, landing: Landing) -> UnitOutcome | None:
-        """The outcome of an ``unusable-studies`` marker unit; None for a study."""
+        """The outcome of a marker unit (a finding of the study search); None for a study."""
         found = parse_marker(unit)
         if found is None:
             return None
+        kind, detail = found
         out = UnitOutcome()
-        out.fail(layout.landed_object(landing.prefix, "unusable-study-listing").key, "UnusableListing",
-                 f"the PACS's study search ({self.SEARCH}) listed {found[1]} {self.ROWS} without a StudyInstanceUID")
+        if kind == "search-truncated":
+            # detail: "<first> to <last>[ (modality)]: <matches>"
+            out.fail(layout.landed_object(landing.prefix, f"search-truncated/{uid_segment(detail)}").key,
+                     "SearchTruncated",
+                     f"the PACS's study search ({self.SEARCH}) for {detail.rpartition(': ')[0]} reached "
+                     f"{detail.rpartition(': ')[2]} {self.ROWS}, its cap, even for a single day, so it may be cut "
+                     "off; those studies were pulled, any beyond the cut were not enumerated (raise the PACS's "
+                     "limit, or pull that day by study_uids)")
+        elif kind == "undated-studies":
+            # detail: "<matches of the cut-off answer>[ (modality)]: <studies without a date among them>"
+            cut, _, undated = detail.rpartition(": ")
+            out.fail(layout.landed_object(landing.prefix, f"undated-studies/{uid_segment(detail)}").key,
+                     "SearchTruncated",
+                     f"the PACS cut off the unsplit study search ({self.SEARCH}) at {cut} {self.ROWS}, {undated} "
+                     "of them without a study date; those were pulled, but studies without a study date beyond "
+                     "the cut cannot be found by date ranges")
+        else:
+            out.fail(layout.landed_object(landing.prefix, "unusable-study-listing").key, "UnusableListing",
+                     f"the PACS's study search ({self.SEARCH}) listed {detail} {self.ROWS} without a "
+                     "StudyInstanceUID")
         return out
 
     def _check_listing(self, unit: str, landing: Landing, out: UnitOutcome, found: bool, unusable: int) -> bool:
@@ -322,18 +348,28 @@ def pull_all(s3: Any, connector: Connector, landing: Landing, work: str, migrati
             # if the unit now succeeds (one listing instead of a DeleteObject per unit).
             after = layout.receive_failures(work, migration, cursor.next_unit - 1).key if cursor.next_unit else None
             earlier = {index for _, index in _failure_files(s3, failures_prefix, after)}
-        for index, unit in _iter_units(s3, work, migration, cursor.next_unit, cursor.units_total):
-            outcome = pull_unit(connector, unit, landing, attempts, backoff_seconds)
-            failures_loc = layout.receive_failures(work, migration, index)
-            if outcome.failures:
-                put_ndjson(s3, failures_loc, outcome.failures)
-            elif index in earlier:
-                # An earlier attempt recorded failures for this unit that this pull has now delivered.
-                s3.delete_object(Bucket=failures_loc.bucket, Key=failures_loc.key)
-            cursor.next_unit = index + 1
-            cursor.pulled += outcome.pulled
-            cursor.source_failures += len(outcome.failures)
-            save(cursor)
+        # Units are pulled ``parallel`` at a time (a connector's choice, 1 unless it says so); the cursor still
+        # advances in unit order, after the whole window, so a resumed attempt re-pulls at most one window.
+        parallel = max(1, int(getattr(connector, "parallel", 1)))
+        units = _iter_units(s3, work, migration, cursor.next_unit, cursor.units_total)
+        with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="pull") if parallel > 1 else nullcontext() as pool:
+            while window := list(islice(units, parallel)):
+                if pool is None:
+                    outcomes = [pull_unit(connector, unit, landing, attempts, backoff_seconds) for _, unit in window]
+                else:
+                    outcomes = list(pool.map(lambda item: pull_unit(connector, item[1], landing, attempts,
+                                                                    backoff_seconds), window))
+                for (index, _), outcome in zip(window, outcomes, strict=True):
+                    failures_loc = layout.receive_failures(work, migration, index)
+                    if outcome.failures:
+                        put_ndjson(s3, failures_loc, outcome.failures)
+                    elif index in earlier:
+                        # An earlier attempt recorded failures for this unit that this pull has now delivered.
+                        s3.delete_object(Bucket=failures_loc.bucket, Key=failures_loc.key)
+                    cursor.next_unit = index + 1
+                    cursor.pulled += outcome.pulled
+                    cursor.source_failures += len(outcome.failures)
+                save(cursor)
         cursor.done = True
         save(cursor)
     except SourceUnavailable as err:

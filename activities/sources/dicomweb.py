@@ -28,6 +28,7 @@ from activities.sources.common import (
     landing_key,
 )
 from activities.sources.multipart import MultipartError, boundary_of, iter_parts
+from activities.sources.study_search import Answer, search_studies, window
 from contracts.sources import DicomwebSource, origin_of
 
 MAX_QIDO_PAGES = 100_000  # bounds every paging loop (100k pages x 1000 rows is far beyond any PACS we meet)
@@ -176,7 +177,16 @@ class DicomwebConnector(StudyConnector):
 
     def _qido(self, path: str, params: dict[str, Any], what: str) -> list[Any] | None:
         """One QIDO-RS page; None when the resource does not exist (404)."""
+        return self._qido_page(path, params, what)[0]
+
+    def _qido_page(self, path: str, params: dict[str, Any], what: str) -> tuple[list[Any] | None, bool]:
+        """One QIDO-RS page, and whether the PACS says it cut the answer off (``Warning: 299 ...``, PS3.18
+        8.3.4.5: "The number of results exceeded the maximum supported by the server")."""
         resp = self._get(path, params, "application/dicom+json", what)
+        warned = any(w.strip().startswith("299") for w in resp.headers.get("Warning", "").split(","))
+        return self._rows(resp, what), warned
+
+    def _rows(self, resp: requests.Response, what: str) -> list[Any] | None:
         if resp.status_code == 404:
             return None
         if resp.status_code == 204 or not resp.content:
@@ -199,14 +209,27 @@ class DicomwebConnector(StudyConnector):
         return self._study_units(self._config.study_uids, self._list_studies)
 
     def _list_studies(self) -> Iterator[str | None]:
+        """Every study QIDO-RS lists (once each), split by date while answers are cut off (`study_search`)."""
+        c = self._config
         what = "searching studies (QIDO-RS)"
-        limit = self._config.page_size
 
-        def fetch(offset: int) -> list[Any] | None:
-            return self._qido("/studies", {"limit": limit, "offset": offset, "includefield": STUDY_UID}, what)
+        def search(dates: str | None, modality: str | None) -> Answer:
+            keys: dict[str, Any] = {"includefield": STUDY_UID}
+            if dates:
+                keys["StudyDate"] = dates
+            if modality:
+                keys["ModalitiesInStudy"] = modality
+            warned = False
 
-        for uid, _row in page_uids(fetch, STUDY_UID, MAX_QIDO_PAGES, what):
-            yield uid
+            def fetch(offset: int) -> list[Any] | None:
+                nonlocal warned
+                rows, cut = self._qido_page("/studies", {"limit": c.page_size, "offset": offset, **keys}, what)
+                warned = warned or cut
+                return rows
+
+            return Answer([uid for uid, _row in page_uids(fetch, STUDY_UID, MAX_QIDO_PAGES, what)], warned)
+
+        yield from search_studies(search, window(c.study_date_from, c.study_date_to), c.modalities, c.result_cap)
 
     def _enumerate(self, study: str) -> tuple[dict[str, str | None] | None, int]:
         """(SOP Instance UID -> Series Instance UID of every instance of ``study``, or None if the study is

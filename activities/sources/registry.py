@@ -6,8 +6,9 @@ from dataclasses import dataclass
 
 from activities.sources.common import UNIT_ATTEMPTS, UNIT_BACKOFF_SECONDS, Connector
 from activities.sources.dicomweb import DicomwebAuth, DicomwebConnector
-from activities.sources.dimse import DimseConnector
+from activities.sources.dimse import RETRIEVALS_PER_SOURCE, DimseConnector
 from activities.sources.local import LocalConnector
+from activities.sources.move_receiver import MoveDestination
 from contracts.sources import DicomwebSource, DimseSource, LocalSource
 
 
@@ -24,6 +25,10 @@ class SourceSettings:
     # Tries of one unit (a study, a file) before it becomes a failed row, and the first pause between them.
     unit_attempts: int = UNIT_ATTEMPTS
     unit_backoff_seconds: float = UNIT_BACKOFF_SECONDS
+    # Where this worker receives C-MOVEs (None: a `dimse` source with retrieve "move" is refused).
+    dimse_move: MoveDestination | None = None
+    # Concurrent C-GETs/C-MOVEs against one PACS from this process, whatever the number of pulls.
+    dimse_retrievals_per_source: int = RETRIEVALS_PER_SOURCE
 
 
 def connector_for(config: LocalSource | DicomwebSource | DimseSource, settings: SourceSettings) -> Connector:
@@ -32,4 +37,5 @@ def connector_for(config: LocalSource | DicomwebSource | DimseSource, settings: 
     if isinstance(config, DicomwebSource):
         return DicomwebConnector(config, settings.dicomweb_auth, settings.timeout_seconds,
                                  settings.dicomweb_allowed_origins)
-    return DimseConnector(config, settings.timeout_seconds)
+    return DimseConnector(config, settings.timeout_seconds, settings.dimse_move, settings.dimse_retrievals_per_source,
+                          settings.unit_attempts, settings.unit_backoff_seconds)

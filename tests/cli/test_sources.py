@@ -70,6 +70,31 @@ def test_start_refuses_bad_connector_flags_before_sending(runner: CliRunner, arg
     assert "cannot reach Temporal" not in _flat(result)
 
 
+def test_pacs_flags_are_mirrored_for_pacs_sources_only() -> None:
+    pacs = {"study_date_from": "2020-01-01", "study_date_to": None, "modalities": ["CT"], "result_cap": 500,
+            "retrieve": "move", "parallel": 4}
+    assert connector_from_flags(None, None, "pacs:104", "PACS", None, None, pacs) == {
+        "kind": "dimse", "host": "pacs", "port": 104, "called_ae": "PACS", "calling_ae": "HIMIG",
+        "study_date_from": "2020-01-01", "modalities": ["CT"], "result_cap": 500, "retrieve": "move", "parallel": 4}
+    with pytest.raises(SourceFlagError, match="--retrieve, --parallel: only with --source-dimse"):
+        connector_from_flags(None, "http://pacs/dw", None, None, None, None, pacs)
+    with pytest.raises(SourceFlagError, match="--modality: only with --source-dicomweb or --source-dimse"):
+        connector_from_flags("/data", None, None, None, None, None, {"modalities": ["CT"]})
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["--retrieve", "MOVE"], "source_connector.dimse.retrieve: Input should be 'get' or 'move'"),
+    (["--study-date-from", "2020-02-30"], "source_connector.dimse.study_date_from: Value error, is not a calendar date"),
+    (["--modality", "ct"], "source_connector.dimse.modalities.0: String should match pattern"),
+    (["--result-cap", "0"], "source_connector.dimse.result_cap: Input should be greater than or equal to 1"),
+    (["--parallel", "99"], "source_connector.dimse.parallel: Input should be less than or equal to 32"),
+])
+def test_bad_pacs_flags_are_refused_naming_the_field(runner: CliRunner, args: list[str], needle: str) -> None:
+    result = runner.invoke(app, ["start", *GOOD, "--source-dimse", "pacs:104", "--called-ae", "PACS", *args])
+    assert result.exit_code == 2, result.output
+    assert needle in _flat(result)
+
+
 def test_good_connector_flags_reach_temporal(runner: CliRunner) -> None:
     result = runner.invoke(app, ["start", *GOOD, "--source-dimse", "127.0.0.1:104", "--called-ae", "PACS",
                                  "--study-uid", "1.2.3", "--id", "m-cli-src"])

@@ -22,6 +22,7 @@ from tests.support.servers import ServerProcess, free_port, wait_http
 
 ORTHANC_AET = "ORTHANC"
 OUR_AET = "MIGRATOR"
+CAP_STUDIES, CAP_INSTANCES = 3, 4  # capped_orthanc's LimitFindResults / LimitFindInstances
 INSTALL_HINT = "install with `apt-get install orthanc orthanc-dicomweb`; `make test` does this"
 
 
@@ -92,12 +93,19 @@ class Orthanc:
             [hit] = [h for h in json.loads(resp.read()) if h["Type"] == "Instance"]
         return str(hit["ID"])
 
+    def put_modality(self, name: str, ae_title: str, port: int, host: str = "127.0.0.1") -> None:
+        """Declare (or redeclare) a DICOM peer, e.g. our C-MOVE destination: Orthanc maps its AE title to host:port."""
+        body = json.dumps({"AET": ae_title, "Host": host, "Port": port}).encode()
+        urllib.request.urlopen(urllib.request.Request(self.url + f"/modalities/{name}", data=body, method="PUT"),
+                               timeout=30).close()
+
     def clear(self) -> None:
         for patient in self.get("/patients"):
             self.delete(f"/patients/{patient}")
 
 
-def start_orthanc(work: Path, log_dir: Path) -> Orthanc:
+def start_orthanc(work: Path, log_dir: Path, **overrides: Any) -> Orthanc:
+    """An Orthanc on free ports; ``overrides`` are configuration options (e.g. ``LimitFindResults=3``)."""
     http_port, dicom_port = free_port(), free_port()
     db = work / "db"
     db.mkdir(parents=True, exist_ok=True)
@@ -117,6 +125,7 @@ def start_orthanc(work: Path, log_dir: Path) -> Orthanc:
         "MaximumStorageCacheSize": 0,
         "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": True, "WadoRoot": "/wado",
                      "Host": "127.0.0.1", "Ssl": False},
+        **overrides,
     }
     config_path = work / "orthanc.json"
     config_path.write_text(json.dumps(config))
@@ -132,6 +141,19 @@ def start_orthanc(work: Path, log_dir: Path) -> Orthanc:
         server.stop()
         raise RuntimeError(f"Orthanc failed to start:\n{server.log_tail()}") from None
     return Orthanc(server, dicom_port, db)
+
+
+@pytest.fixture(scope="session")
+def capped_orthanc(tmp_path_factory: pytest.TempPathFactory, log_dir: Path) -> Iterator[Orthanc]:
+    """An Orthanc that cuts answers off as many PACS do: at most 3 studies per C-FIND/QIDO-RS search
+    (``LimitFindResults``) and 4 instances per instance search (``LimitFindInstances``)."""
+    reason = skip_reason()
+    if reason:
+        pytest.skip(reason)
+    server = start_orthanc(tmp_path_factory.mktemp("orthanc-capped"), log_dir, LimitFindResults=CAP_STUDIES,
+                           LimitFindInstances=CAP_INSTANCES)
+    yield server
+    server.server.stop()
 
 
 @pytest.fixture(scope="session")

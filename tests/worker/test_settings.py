@@ -193,6 +193,38 @@ class TestLoadSettings:
             Settings()
 
 
+class TestDimseMoveSettings:
+    def test_the_receiver_is_configured_by_title_and_port_together(self, clean_env: pytest.MonkeyPatch) -> None:
+        clean_env.setenv("HIMIG_DIMSE_MOVE_AE_TITLE", "HIMIG-W1")
+        clean_env.setenv("HIMIG_DIMSE_MOVE_PORT", "11112")
+        settings = load_settings()
+        assert (settings.dimse_move_ae_title, settings.dimse_move_port, settings.dimse_move_host) == (
+            "HIMIG-W1", 11112, "127.0.0.1")
+
+    def test_blank_is_unset(self, clean_env: pytest.MonkeyPatch) -> None:
+        clean_env.setenv("HIMIG_DIMSE_MOVE_AE_TITLE", " ")
+        clean_env.setenv("HIMIG_DIMSE_MOVE_PORT", "")
+        assert load_settings().dimse_move_ae_title is None
+
+    @pytest.mark.parametrize(("env", "needle"), [
+        ({"HIMIG_DIMSE_MOVE_AE_TITLE": "HIMIG"}, "HIMIG_DIMSE_MOVE_AE_TITLE and HIMIG_DIMSE_MOVE_PORT are set together"),
+        ({"HIMIG_DIMSE_MOVE_PORT": "11112"}, "are set together"),
+        ({"HIMIG_DIMSE_MOVE_AE_TITLE": "A" * 17, "HIMIG_DIMSE_MOVE_PORT": "104"}, "HIMIG_DIMSE_MOVE_AE_TITLE: "),
+        ({"HIMIG_DIMSE_MOVE_AE_TITLE": "BAD\\AE", "HIMIG_DIMSE_MOVE_PORT": "104"}, "HIMIG_DIMSE_MOVE_AE_TITLE: "),
+        ({"HIMIG_DIMSE_MOVE_AE_TITLE": "HIMIG", "HIMIG_DIMSE_MOVE_PORT": "0"}, "HIMIG_DIMSE_MOVE_PORT: "),
+        ({"HIMIG_DIMSE_MOVE_AE_TITLE": "HIMIG", "HIMIG_DIMSE_MOVE_PORT": "104x"}, "HIMIG_DIMSE_MOVE_PORT: "),
+        ({"HIMIG_DIMSE_MOVE_HOST": "pacs.example"}, "HIMIG_DIMSE_MOVE_HOST: "),
+        ({"HIMIG_DIMSE_RETRIEVALS_PER_SOURCE": "0"}, "HIMIG_DIMSE_RETRIEVALS_PER_SOURCE: "),
+    ])
+    def test_bad_values_name_the_variable(self, clean_env: pytest.MonkeyPatch, env: dict[str, str],
+                                          needle: str) -> None:
+        for key, value in env.items():
+            clean_env.setenv(key, value)
+        with pytest.raises(InvalidSettings) as caught:
+            load_settings()
+        assert any(needle in problem for problem in caught.value.problems), caught.value.problems
+
+
 class TestReadmeTable:
     def test_the_readme_table_is_the_models(self) -> None:
         text = README.read_text()

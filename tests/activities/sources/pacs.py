@@ -57,3 +57,18 @@ def seed_two_studies(orthanc: Orthanc) -> Seeded:
         seeded.add(orthanc, make_instance(b, ct_b, patient_id="SYNTH-0002"))
     seeded.add(orthanc, from_testdata("JPEG2000.dcm", b, sc_b, patient_id="SYNTH-0002"))
     return seeded
+
+
+def dated(orthanc: Orthanc, seeded: Seeded, study: str, day: str, series: str | None = None, instances: int = 1,
+          modality: str = "CT") -> None:
+    """Store ``instances`` CT instances of ``study`` dated ``day`` (YYYYMMDD; "" an empty StudyDate, "absent"
+    none) in one series, with ``modality``."""
+    series = series or uid()
+    for _ in range(instances):
+        ds = pydicom.dcmread(io.BytesIO(make_instance(study, series)))
+        ds.StudyDate, ds.SeriesDate, ds.Modality = day, day, modality
+        if day == "absent":
+            del ds.StudyDate, ds.SeriesDate
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        seeded.add(orthanc, buf.getvalue())

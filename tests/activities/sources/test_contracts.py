@@ -79,9 +79,54 @@ def test_valid_connectors_parse_to_their_kind() -> None:
     ({**DIMSE, "host": "pacs local"}, "source_connector.dimse.host: Value error, is not a valid host name"),
     ({**DIMSE, "host": "."}, "source_connector.dimse.host: Value error, is not a valid IPv4"),
     ({k: v for k, v in DIMSE.items() if k != "calling_ae"}, "source_connector.dimse.calling_ae: Field required"),
+    ({**DIMSE, "port": True}, "source_connector.dimse.port: Input should be a valid integer"),
+    ({**DIMSE, "retrieve": "MOVE"}, "source_connector.dimse.retrieve: Input should be 'get' or 'move'"),
+    ({**DIMSE, "retrieve": "store"}, "source_connector.dimse.retrieve: Input should be 'get' or 'move'"),
+    ({**DIMSE, "parallel": 0}, "source_connector.dimse.parallel: Input should be greater than or equal to 1"),
+    ({**DIMSE, "parallel": 33}, "source_connector.dimse.parallel: Input should be less than or equal to 32"),
+    ({**DIMSE, "parallel": True}, "source_connector.dimse.parallel: Input should be a valid integer"),
+    ({**DIMSE, "parallel": "4"}, "source_connector.dimse.parallel: Input should be a valid integer"),
+    ({**DIMSE, "result_cap": 0}, "source_connector.dimse.result_cap: Input should be greater than or equal to 1"),
+    ({**DIMSE, "result_cap": False}, "source_connector.dimse.result_cap: Input should be a valid integer"),
+    ({**DIMSE, "result_cap": 500.0}, "source_connector.dimse.result_cap: Input should be a valid integer"),
+    ({**DIMSE, "study_date_from": "2020-1-5"}, "source_connector.dimse.study_date_from: Value error, must be a date written YYYY-MM-DD"),
+    ({**DIMSE, "study_date_from": "20200105"}, "study_date_from: Value error, must be a date written YYYY-MM-DD"),
+    ({**DIMSE, "study_date_to": "2020-02-30"}, "source_connector.dimse.study_date_to: Value error, is not a calendar date"),
+    ({**DIMSE, "study_date_to": "1700-01-01"}, "study_date_to: Value error, must not be before 1850"),
+    ({**DIMSE, "study_date_to": 20200101}, "source_connector.dimse.study_date_to: Input should be a valid string"),
+    ({**DIMSE, "study_date_from": "2020-01-01\n"}, "study_date_from: Value error, must be a date written YYYY-MM-DD"),
+    ({**DIMSE, "study_date_from": "2021-01-01", "study_date_to": "2020-12-31"},
+     "source_connector.dimse: Value error, study_date_from must not be after study_date_to"),
+    ({**DIMSE, "study_uids": ["1.2"], "modalities": ["CT"]},
+     "source_connector.dimse: Value error, study_uids names the studies; it cannot be combined"),
+    ({**DIMSE, "modalities": []}, "source_connector.dimse.modalities: Value error, must list at least one modality"),
+    ({**DIMSE, "modalities": ["ct"]}, "source_connector.dimse.modalities.0: String should match pattern"),
+    ({**DIMSE, "modalities": ["CT\\MR"]}, "source_connector.dimse.modalities.0: String should match pattern"),
+    ({**DIMSE, "modalities": ["CT*"]}, "source_connector.dimse.modalities.0: String should match pattern"),
+    ({**DIMSE, "modalities": ["A" * 17]}, "source_connector.dimse.modalities.0: String should match pattern"),
+    ({**DIMSE, "modalities": "CT"}, "source_connector.dimse.modalities: Input should be a valid list"),
+    ({**DIMSE, "modalities": ["CT"] * 33}, "source_connector.dimse.modalities: List should have at most 32 items"),
+    ({"kind": "dicomweb", "url": "http://pacs/dw", "page_size": True}, "source_connector.dicomweb.page_size: Input should be a valid integer"),
+    ({"kind": "dicomweb", "url": "http://pacs/dw", "result_cap": -1}, "source_connector.dicomweb.result_cap: Input should be greater"),
+    ({"kind": "dicomweb", "url": "http://pacs/dw", "retrieve": "move"}, "source_connector.dicomweb.retrieve: Extra inputs"),
 ])
 def test_hostile_connector_configs_name_the_field(connector: Any, needle: str) -> None:
     assert needle in _error(connector)
+
+
+def test_study_search_fields_parse() -> None:
+    ok = DimseSource.model_validate({**DIMSE, "study_date_from": "2020-01-01", "study_date_to": "2020-01-01",
+                                     "modalities": ["CT", "MR", "CT"], "result_cap": 500, "retrieve": "move",
+                                     "parallel": 4})
+    assert (ok.modalities, ok.result_cap, ok.retrieve, ok.parallel) == (["CT", "MR"], 500, "move", 4)
+    plain = DimseSource.model_validate(DIMSE)
+    assert (plain.retrieve, plain.parallel, plain.result_cap, plain.modalities) == ("get", 1, None, None)
+    # JSON (how workflow input arrives) is just as strict: no bool or string for a number.
+    assert DimseSource.model_validate_json('{"kind":"dimse","host":"p","port":104,"called_ae":"A","calling_ae":"B",'
+                                           '"result_cap":3}').result_cap == 3
+    with pytest.raises(ValidationError, match="result_cap"):
+        DimseSource.model_validate_json('{"kind":"dimse","host":"p","port":104,"called_ae":"A","calling_ae":"B",'
+                                        '"result_cap":"3"}')
 
 
 def test_connector_and_manifest_are_exclusive() -> None:

@@ -134,3 +134,54 @@ def test_resume_deletes_only_failure_files_an_earlier_attempt_wrote(s3: Any) -> 
     _run(s3, Scripted(names), work, resumed)
     assert set(_failure_files(s3, work)) == {1}  # u1 was before the resume point and stays
     assert counter.calls.get("DeleteObject", 0) == 1  # only u3's file, not one delete per unit
+
+
+@dataclass
+class Parallel(Scripted):
+    """A scripted connector that asks for ``parallel`` units at once (as a DIMSE source's ``parallel`` does)."""
+
+    parallel: int = 3
+
+
+class _Died(Exception):
+    pass
+
+
+def test_parallel_windows_account_for_every_unit_in_order(s3: Any) -> None:
+    _, work = buckets(s3)
+    names = [f"u{i}" for i in range(8)]
+    connector = Parallel(names, fails={"u2": 1, "u6": 99}, failed_rows={"u4"})
+    saved: list[int] = []
+    land = landing(s3, work.replace("work-", "land-"))
+    cursor = PullCursor()
+    pull_all(s3, connector, land, f"s3://{work}/runs/", "m1", cursor, lambda c: saved.append(c.next_unit), 3, 0.0)
+    assert cursor.done and cursor.next_unit == 8 and cursor.pulled == 6 and cursor.source_failures == 2
+    # The cursor is saved after the enumeration (0), after each whole window, and at the end.
+    assert saved == [0, 3, 6, 8, 8]
+    assert sorted(set(connector.calls)) == names and connector.calls.count("u2") == 2
+    assert set(_failure_files(s3, work)) == {4, 6} and land.objects == 6
+
+
+def test_a_worker_dying_mid_window_re_pulls_that_window_only(s3: Any) -> None:
+    _, work = buckets(s3)
+    names = [f"u{i}" for i in range(7)]
+    first = Parallel(names, failed_rows={"u5"})
+    cursor = PullCursor()
+    saves = 0
+
+    def dies_on_the_second_window(c: PullCursor) -> None:
+        nonlocal saves
+        saves += 1
+        if saves == 3:  # enumeration, first window, then the worker dies recording the second
+            raise _Died()
+
+    land = landing(s3, work.replace("work-", "land-"))
+    with pytest.raises(_Died):
+        pull_all(s3, first, land, f"s3://{work}/runs/", "m1", cursor, dies_on_the_second_window, 3, 0.0)
+    # What the heartbeat last recorded: the first window done.
+    resumed = PullCursor(units_total=7, next_unit=3, pulled=3)
+    second = Parallel(names, failed_rows={"u5"})
+    pull_all(s3, second, land, f"s3://{work}/runs/", "m1", resumed, lambda _c: None, 3, 0.0)
+    assert resumed.done and resumed.pulled == 6 and resumed.source_failures == 1
+    assert sorted(second.calls) == names[3:]  # the lost window again, nothing before it
+    assert set(_failure_files(s3, work)) == {5}
