@@ -80,9 +80,10 @@ async def _client(s: Settings) -> Client:
         # Bounded: a server that accepts the connection and never answers must not hold the command forever.
         return await asyncio.wait_for(connect(s), calls.timeout_seconds)
     except TimeoutError:
-        raise fail(f"cannot reach Temporal at {calls.address}: no answer within {calls.timeout_seconds:g}s "
-                   "(HIMIG_CLI_TIMEOUT_SECONDS); check HIMIG_TEMPORAL_ADDRESS (or TEMPORAL_ADDRESS) and that the "
-                   "server is up", 1) from None
+        # The transport in words (plaintext, TLS, mTLS): a plaintext client to a TLS port hangs rather than fails.
+        raise fail(f"cannot reach Temporal at {calls.address} ({s.temporal().mode()}): no answer within "
+                   f"{calls.timeout_seconds:g}s (HIMIG_CLI_TIMEOUT_SECONDS); check HIMIG_TEMPORAL_ADDRESS (or "
+                   "TEMPORAL_ADDRESS), that the server is up and that it expects this transport", 1) from None
     except TemporalSetupError as err:
         raise fail(str(err), 2) from None
     except ConnectionError as err:
