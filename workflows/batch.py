@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import Callable
 from datetime import timedelta
@@ -39,7 +38,7 @@ with workflow.unsafe.imports_passed_through():
     from contracts.jobevents import TERMINAL_STATUSES, JobEvent
     from contracts.reconciliation import ReconciliationInput, reconciliation_workflow_id
     from contracts.stages import FhirReviewInput, ReviewInput, ReviewResult, RouteInput
-    from workflows import metrics, patches, policies, signals
+    from workflows import cancellation, metrics, patches, policies, signals
     from workflows.counts import add_counts
     from workflows.reconciliation import ReconciliationWorkflow
     from workflows.search import upsert
@@ -270,24 +269,15 @@ class ImportBatchWorkflow:
         # in its own task, drains (its job is awaited and reviewed, the approval gate holds) and completes, so its
         # migration reports its files as they are, not as a failed batch.
         self._drain_on_cancel = True
-        body = asyncio.ensure_future(self._run_batch(input))
-        try:
-            return await asyncio.shield(body)
-        except asyncio.CancelledError:
-            if workflow.cancellation_reason() is None:
-                raise
+
+        def on_cancel() -> None:
             self._cancel_requested = True
             workflow.logger.info("standard cancel: draining the batch", extra={"batch": input.batch})
-        return await body
+
+        return await cancellation.shielded(self._run_batch(input), on_cancel, end_cancelled=False)
 
     async def _wait(self, condition: Callable[[], bool]) -> None:
-        """``workflow.wait_condition``, which re-raises a standard cancel in a wait pending when it came: no reason
-        to stop once this run drains on it (run() has taken it)."""
-        try:
-            await workflow.wait_condition(condition)
-        except asyncio.CancelledError:
-            if not self._drain_on_cancel:
-                raise
+        await cancellation.wait_condition(condition, lambda: self._drain_on_cancel)
 
     async def _run_batch(self, input: BatchInput) -> BatchResult:
         self._progress.batch = input.batch

@@ -43,7 +43,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from contracts.migration import MigrationInput, MigrationResult, check_migration_id
     from contracts.s3uri import parse_s3_uri
-    from workflows import carried, metrics, patches, policies, signals
+    from workflows import cancellation, carried, metrics, patches, policies, signals
     from workflows.history import should_roll_over
     from workflows.migration import MigrationWorkflow
     from workflows.search import upsert
@@ -133,25 +133,15 @@ class IngestWorkflow:
         # cancels this task only, and the ingest, shielded in its own task, flushes them all before the run ends
         # cancelled.
         self._drain_on_cancel = True
-        body = asyncio.ensure_future(self._ingest(input))
-        try:
-            return await asyncio.shield(body)
-        except asyncio.CancelledError:
-            if workflow.cancellation_reason() is None:
-                raise
+
+        def on_cancel() -> None:
             self._draining = True
             workflow.logger.info("standard cancel: flushing every buffered arrival", extra={"buffered": len(self._buffer)})
-        await body
-        raise asyncio.CancelledError()
+
+        return await cancellation.shielded(self._ingest(input), on_cancel)
 
     async def _wait(self, condition: Callable[[], bool], timeout: timedelta | None = None) -> None:
-        """``workflow.wait_condition``, which re-raises a standard cancel in a wait that was pending when it came:
-        once this run drains on a cancel, that is no reason to stop (run() has taken the cancel)."""
-        try:
-            await workflow.wait_condition(condition, timeout=timeout)
-        except asyncio.CancelledError:
-            if not self._drain_on_cancel:
-                raise
+        await cancellation.wait_condition(condition, lambda: self._drain_on_cancel, timeout)
 
     async def _ingest(self, input: IngestInput) -> IngestResult:
         ingest_id = workflow.info().workflow_id

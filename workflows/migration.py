@@ -48,7 +48,7 @@ with workflow.unsafe.imports_passed_through():
         ReceiveInput,
         ReportInput,
     )
-    from workflows import carried, metrics, patches, policies, signals
+    from workflows import cancellation, carried, metrics, patches, policies, signals
     from workflows.batch import ImportBatchWorkflow
     from workflows.counts import add_counts
     from workflows.history import should_roll_over
@@ -196,15 +196,8 @@ class MigrationWorkflow:
         # migration itself runs shielded in its own task, drains as on the `cancel` signal and writes its report;
         # then the run ends cancelled, as the one who cancelled it asked.
         self._drain_on_cancel = True
-        body = asyncio.ensure_future(self._migrate(input))
-        try:
-            return await asyncio.shield(body)
-        except asyncio.CancelledError:
-            if workflow.cancellation_reason() is None:
-                raise  # not a cancel request: nothing of ours cancels this task
-            self._cancel_requested_by_temporal(workflow.cancellation_reason() or "")
-        await body
-        raise asyncio.CancelledError()
+        return await cancellation.shielded(
+            self._migrate(input), lambda: self._cancel_requested_by_temporal(workflow.cancellation_reason() or ""))
 
     def _cancel_requested_by_temporal(self, reason: str) -> None:
         if not self._state.cancel_requested:

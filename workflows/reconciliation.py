@@ -17,7 +17,6 @@ Decisions, accepted or rejected, are recorded with who, when and why and shown b
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import re
 from collections.abc import Callable
@@ -62,7 +61,7 @@ with workflow.unsafe.imports_passed_through():
         ReviewerVerdict,
         UpdateFirstInput,
     )
-    from workflows import carried, patches, policies, signals
+    from workflows import cancellation, carried, patches, policies, signals
     from workflows.history import should_roll_over
     from workflows.search import upsert
 
@@ -294,24 +293,14 @@ class ReconciliationWorkflow:
         # shielded in its own task, ends in state `cancelled` if nothing was decided yet, or applies what was
         # decided to the end. Then the run ends cancelled.
         self._drain_on_cancel = True
-        body = asyncio.ensure_future(self._reconcile(input))
-        try:
-            return await asyncio.shield(body)
-        except asyncio.CancelledError:
-            if workflow.cancellation_reason() is None:
-                raise
+
+        def on_cancel() -> None:
             self._cancelled = True
-        await body
-        raise asyncio.CancelledError()
+
+        return await cancellation.shielded(self._reconcile(input), on_cancel)
 
     async def _wait(self, condition: Callable[[], bool], timeout: timedelta | None = None) -> None:
-        """``workflow.wait_condition``, which re-raises a standard cancel in a wait pending when it came: no reason
-        to stop once this run handles the cancel itself (run() has taken it)."""
-        try:
-            await workflow.wait_condition(condition, timeout=timeout)
-        except asyncio.CancelledError:
-            if not self._drain_on_cancel:
-                raise
+        await cancellation.wait_condition(condition, lambda: self._drain_on_cancel, timeout)
 
     async def _reconcile(self, input: ReconciliationInput) -> ReconciliationOutcome:
         target = ImageSetTarget(datastore_id=input.datastore_id, image_set_id=input.image_set_id)
