@@ -298,12 +298,13 @@ class TestWorkerProcess:
             def scraped() -> list[Sample]:
                 samples = scrape(url)
                 assert by_label(samples, metrics.FILES.name, "state") == {"imported": 1.0, "rejected": 1.0}
+                # The SDK exports the completion a moment after the client has the result.
+                assert total(samples, "temporal_workflow_completed", workflow_type="MigrationWorkflow") == 1
                 return samples
 
             samples = assert_eventually_sync(scraped, timeout=10)
             assert listening_ports(proc.pid) == {port}  # the SDK's endpoint is the only one
             assert result.files_total == 2
-            assert total(samples, "temporal_workflow_completed", workflow_type="MigrationWorkflow") == 1
             assert total(samples, metrics.S3_REQUESTS.name) > 0
             # the run loop's watcher counted this queue's waiting reconciliations at start (none)
             assert by_label(samples, metrics.RECONCILIATIONS_PENDING.name, "state") == {
