@@ -23,6 +23,7 @@ import io
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,7 @@ import pydicom
 from botocore.exceptions import ClientError
 from pydicom.errors import InvalidDicomError
 
+from activities import phi
 from activities.dicom_header import register_phi
 from activities.errors import classify
 from activities.verify_pixels import Candidate
@@ -37,6 +39,8 @@ from contracts.s3uri import S3Location
 from contracts.verify import DifferenceKind
 
 HEADER_RANGE = 64 * 1024
+READ_CONCURRENCY = 8  # header GETs in flight (as parse's default)
+CHUNK = 256  # headers read between heartbeats
 UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
 
 
@@ -66,14 +70,14 @@ def text(value: Any) -> str:
     return str(value).strip().rstrip("\x00").strip()
 
 
-def read_header(s3: Any, bucket: str, key: str, requests: Counter[str]) -> pydicom.Dataset | None:
-    """The file's header (patient values registered for scrubbing), or None when it is not DICOM."""
+def read_header(s3: Any, bucket: str, key: str) -> tuple[pydicom.Dataset | None, int]:
+    """The file's header (patient values registered for scrubbing), or None when it is not DICOM; and the GETs
+    made (1, or 2 when the header is longer than the first range)."""
     def parse(body: bytes) -> pydicom.Dataset:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return pydicom.dcmread(io.BytesIO(body), stop_before_pixels=True)
 
-    requests["GetObject"] += 1
     try:
         body = s3.get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{HEADER_RANGE - 1}")["Body"].read()
     except ClientError as err:
@@ -81,42 +85,56 @@ def read_header(s3: Any, bucket: str, key: str, requests: Counter[str]) -> pydic
     try:
         ds = parse(body)
     except InvalidDicomError:
-        return None  # no DICM prefix: reading more cannot help
+        return None, 1  # no DICM prefix: reading more cannot help
     except Exception:
         if len(body) < HEADER_RANGE:
-            return None  # the whole object was read: it is broken, not long
-        requests["GetObject"] += 1
+            return None, 1  # the whole object was read: it is broken, not long
         try:
             ds = parse(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
         except ClientError as err:
             raise classify(err, "GetObject") from None
         except Exception:
-            return None
+            return None, 2
+        register_phi(ds)
+        return ds, 2
     register_phi(ds)
-    return ds
+    return ds, 1
 
 
 def read_source(s3: Any, prefix: S3Location, attributes: list[str], requests: Counter[str],
-                progress: Callable[[], None]) -> SourceInventory:
+                progress: Callable[[], None], concurrency: int = READ_CONCURRENCY) -> SourceInventory:
     inv = SourceInventory()
-    for key in _keys(s3, prefix, requests):
-        if key.endswith("/"):
-            continue  # a folder marker, not a file
-        inv.files += 1
-        ds = read_header(s3, prefix.bucket, key, requests)
-        uids = [text(ds.get(name, "")) if ds is not None else "" for name in UIDS]
-        if ds is None or not all(uids):
-            inv.unreadable.append(key)
-            continue
-        study, series, sop = uids
-        sops = inv.studies.setdefault(study, {}).setdefault(series, {})
-        if sop in sops:
-            inv.repeated += 1
-            continue
-        sops[sop] = SourceInstance(key, {name: (text(ds.get(name)) if ds.get(name) is not None else None)
-                                         for name in attributes})
-        progress()
+    # The pool's threads run in a copy of the activity's context, so the patient-value scrub set goes with them.
+    read = phi.in_context(lambda key: (key, *read_header(s3, prefix.bucket, key)))
+    with ThreadPoolExecutor(concurrency) as pool:
+        for chunk in _chunks(_keys(s3, prefix, requests), CHUNK):
+            for key, ds, gets in pool.map(read, chunk):
+                requests["GetObject"] += gets
+                inv.files += 1
+                uids = [text(ds.get(name, "")) if ds is not None else "" for name in UIDS]
+                if ds is None or not all(uids):
+                    inv.unreadable.append(key)
+                    continue
+                study, series, sop = uids
+                sops = inv.studies.setdefault(study, {}).setdefault(series, {})
+                if sop in sops:
+                    inv.repeated += 1
+                    continue
+                sops[sop] = SourceInstance(key, {name: (text(ds.get(name)) if ds.get(name) is not None else None)
+                                                 for name in attributes})
+            progress()
     return inv
+
+
+def _chunks(keys: Iterator[str], size: int) -> Iterator[list[str]]:
+    chunk: list[str] = []
+    for key in keys:
+        chunk.append(key)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def _keys(s3: Any, prefix: S3Location, requests: Counter[str]) -> Iterator[str]:
@@ -124,7 +142,8 @@ def _keys(s3: Any, prefix: S3Location, requests: Counter[str]) -> Iterator[str]:
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=prefix.bucket, Prefix=prefix.key):
             requests["ListObjectsV2"] += 1
             for obj in page.get("Contents", []):
-                yield str(obj["Key"])
+                if not str(obj["Key"]).endswith("/"):  # a folder marker, not a file
+                    yield str(obj["Key"])
     except ClientError as err:
         raise classify(err, "ListObjectsV2") from None
 
