@@ -20,6 +20,7 @@ from tests.conftest import emulator_admin
 from tests.support.cli import invoke
 from tests.support.dicom import make_instance, uid
 from tests.support.migrations import migrate, report_rows
+from tests.workflows.conftest import active_datastore
 from workflows.migration import MigrationWorkflow
 
 
@@ -72,6 +73,12 @@ async def test_plain_rerun_holds_back_what_failed_for_good_and_retry_sends_it(
     retried = await client.get_workflow_handle_for(MigrationWorkflow.run, f"{first_id}-retry-1").result()
     again = report_rows(s3, retried)[f"{prefix}/bad.dcm"]
     assert (again["state"], again["code"]) == ("failed", "ValidationException") and again.get("job_id")
+
+    # Another data store has no such failure on record: the same file is sent there.
+    other_ds = active_datastore(emulator_url, f"fb-other-{uuid.uuid4().hex[:6]}")
+    _, elsewhere = await migrate(client, worker, payload.model_copy(update={"datastore_id": other_ds}), prefix="fb")
+    sent = report_rows(s3, elsewhere)[f"{prefix}/bad.dcm"]
+    assert (sent["state"], sent["code"]) == ("failed", "ValidationException") and sent.get("job_id")
 
     # The operator fixes the file: a plain re-run sends it.
     s3.put_object(Bucket=src, Key=f"{prefix}/bad.dcm", Body=make_instance(study, series))
