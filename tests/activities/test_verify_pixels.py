@@ -53,3 +53,35 @@ class TestJudge:
             assert isinstance(reason, str) and "no JPEG 2000" in reason  # never a pass
         reason = self._check(True)._judge(ds, 0, mine, b"\xff\xd8", "1.2.840.10008.1.2.4.50", ts)
         assert isinstance(reason, str) and "does not decode" in reason
+
+
+class TestSourceFrames:
+    def _ds(self, frames: int, encapsulated: bool) -> pydicom.Dataset:
+        from pydicom.encaps import encapsulate
+        from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit
+
+        ds = pydicom.dcmread(io.BytesIO(make_instance(uid(), uid())))
+        size = ds.Rows * ds.Columns * 2
+        native = b"".join(bytes([n + 1]) * size for n in range(frames))
+        ds.NumberOfFrames = frames
+        if encapsulated:
+            ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+            ds.PixelData = encapsulate([bytes([0xFF, 0xD8, n]) * 10 for n in range(frames)])
+        else:
+            ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+            ds.PixelData = native
+        return ds
+
+    def test_native_frames_are_cut_by_size(self) -> None:
+        frames = source_frames(self._ds(3, encapsulated=False))
+        assert len(frames) == 3 and [f[0] for f in frames] == [1, 2, 3] and len({len(f) for f in frames}) == 1
+
+    def test_encapsulated_frames_are_their_fragments(self) -> None:
+        frames = source_frames(self._ds(2, encapsulated=True))
+        assert frames == [bytes([0xFF, 0xD8, 0]) * 10, bytes([0xFF, 0xD8, 1]) * 10]
+        # Stored as received (JPEG baseline is kept by the service): compared byte for byte.
+        ds = self._ds(2, encapsulated=True)
+        check = PixelCheck(None, None, "a" * 32, "bkt", Counter())
+        ts = str(ds.file_meta.TransferSyntaxUID)
+        assert check._judge(ds, 1, frames[1], frames[1], ts, ts) is True
+        assert check._judge(ds, 1, frames[1], frames[0], ts, ts) is False

@@ -18,7 +18,13 @@ from temporalio.client import Client, WorkflowFailureError
 from temporalio.worker import Worker
 
 from contracts.migration import MigrationInput
-from contracts.verify import DifferenceKind, SourceVerifyInput, VerifyInput, VerifyResult
+from contracts.verify import (
+    DifferenceKind,
+    SourceVerifyInput,
+    VerifyInput,
+    VerifyResult,
+    source_verify_workflow_id,
+)
 from tests.conftest import emulator_admin
 from tests.support.cli import invoke
 from tests.support.dicom import make_instance, uid
@@ -197,6 +203,13 @@ class TestVerifySourceCommand:
         assert "touches made 0; a deep check would touch 1 image set(s)" in once.flat
         deep = await invoke(himig_cli, "verify", *flags, "--deep", "--pixels", "1")
         assert deep.exit_code == 0 and "pixels: 1 frame(s) equal to the source" in deep.flat, deep.flat
+        scheduled = await invoke(himig_cli, "verify", *flags, "--every", "6h")
+        schedule_id = source_verify_workflow_id(payload.source_s3_uri, own_datastore)
+        assert scheduled.exit_code == 0 and f"schedule {schedule_id}" in scheduled.flat, scheduled.flat
+        desc = await client.get_schedule_handle(schedule_id).describe()
+        assert desc.schedule.action.workflow == "SourceVerifyWorkflow"  # type: ignore[union-attr]
+        stopped = await invoke(himig_cli, "verify", *flags, "--every", "off")
+        assert stopped.exit_code == 0 and "deleted" in stopped.flat
 
         both = await invoke(himig_cli, "verify", "some-migration", *flags)
         assert both.exit_code == 2 and "not both" in both.flat
