@@ -17,6 +17,8 @@ from botocore.exceptions import ClientError
 from temporalio import activity
 
 from activities.errors import classify, error_code
+from activities.failed_before import hold_failed_before, read_failed_before
+from activities.failed_index import FailedIndex
 from activities.healthimaging import with_local_retries
 from activities.heartbeat import current, keeps_alive
 from activities.import_index import ImportIndex
@@ -258,6 +260,7 @@ class PlanActivities:
         self._s3 = s3
         self._mi = medical_imaging
         self._index = ImportIndex(s3, import_index_s3_uri)
+        self._failed = FailedIndex(s3, import_index_s3_uri)
 
     def _read_index(self, input: PlanInput, instances: list[InstanceRecord]) -> ImportedIndex:
         """The data store's import index, one object at a time, kept only where it meets this source."""
@@ -345,6 +348,19 @@ class PlanActivities:
                 gone.add(image_set_id)
         return gone
 
+    def _held_failed_before(self, input: PlanInput, instances: list[InstanceRecord],
+                            ) -> tuple[list[InstanceRecord], list[LedgerEntry]]:
+        """Files an earlier migration's import into this data store failed for good, unchanged since: not sent
+        again unless this migration resends them (`himig retry`); see activities/failed_before.py."""
+        if not input.datastore_id or input.resend_failed:
+            return instances, []
+        try:
+            failed = read_failed_before(self._s3, self._failed, input.work_s3_uri, input.datastore_id,
+                                        input.migration_id, instances)
+        except ClientError as err:
+            raise classify(err, "reading the data store's failed index") from None
+        return hold_failed_before(instances, failed)
+
     @activity.defn(name="split_batch")
     @keeps_alive
     def split_batch(self, batch: BatchInput) -> list[int]:
@@ -377,6 +393,7 @@ class PlanActivities:
         kept, ledger = deduplicate(instances, self._comparer(input))
         kept, held = skip_already_imported(kept, index, self._imported_comparer(input))
         ledger += held
+        kept, refused = self._held_failed_before(input, kept)
         predicted = predict_non_primary(kept, index.series)
         batches = pack(kept, input.max_files_per_batch, input.max_bytes_per_batch)
         source = parse_s3_uri(input.source_s3_uri, field="source_s3_uri").as_prefix()
@@ -395,9 +412,10 @@ class PlanActivities:
                              direct_input_s3_uri=S3Location(source.bucket, folder).uri if folder else None)
             put_bytes(self._s3, layout.batch_meta(input.work_s3_uri, input.migration_id, n),
                       plan.model_dump_json().encode(), "application/json")
-        put_ndjson(self._s3, layout.ledger_for_plan(input.work_s3_uri, input.migration_id), ledger)
+        put_ndjson(self._s3, layout.ledger_for_plan(input.work_s3_uri, input.migration_id), ledger + refused)
         conflicting = sum(1 for e in ledger if e.state is FileState.REJECTED)
         held_conflicting = sum(1 for e in held if e.state is FileState.REJECTED)
         return PlanResult(batches=len(batches), direct_batches=direct, files=len(kept), duplicates=len(ledger) - conflicting,
                           conflicting_duplicates=conflicting, predicted_non_primary=predicted,
-                          already_imported=len(held) - held_conflicting, conflicting_already_imported=held_conflicting)
+                          already_imported=len(held) - held_conflicting, conflicting_already_imported=held_conflicting,
+                          failed_before=len(refused))

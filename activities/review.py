@@ -17,6 +17,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from activities.errors import classify, error_code
+from activities.failed_index import FailedIndex, fails_again
 from activities.heartbeat import keeps_alive
 from activities.import_index import ImportIndex
 from activities.ledger import source_changed_keys
@@ -34,6 +35,7 @@ from contracts import layout
 from contracts.common import FileState
 from contracts.errors import BACKOFF, ErrorType
 from contracts.records import (
+    FailedFile,
     Finding,
     FindingOrigin,
     ImportedInstance,
@@ -160,6 +162,7 @@ class ReviewActivities:
         self._s3 = s3
         self._mi = medical_imaging
         self._index = ImportIndex(s3, import_index_s3_uri)
+        self._failed = FailedIndex(s3, import_index_s3_uri)
         self._spot = spot_check or SpotChecker(medical_imaging)
 
     def _read_output(self, folder: S3Location) -> JobOutput:
@@ -210,6 +213,7 @@ class ReviewActivities:
         failed = input.outcome.status == "FAILED"
         ledger: list[LedgerEntry] = []
         imported: list[ImportedInstance] = []
+        failing: list[FailedFile] = []
         refs: dict[str, ImageSetRef] = {}
         source = parse_s3_uri(batch.source_s3_uri, field="source_s3_uri")
         for inst in files:
@@ -220,6 +224,10 @@ class ReviewActivities:
                                              "predicted_non_primary": inst.predicted_non_primary or None,
                                              "prediction_reason": inst.prediction_reason})
             ledger.append(entry)
+            if prefix + inst.key in output.failure and fails_again(entry.code or ""):
+                failing.append(FailedFile(content_id=inst.content_id, sop_instance_uid=inst.sop_instance_uid,
+                                          key=inst.key, code=entry.code or "", migration_id=batch.migration_id,
+                                          batch=batch.batch))
             if entry.image_set_id and entry.state in (FileState.IMPORTED, FileState.IMPORTED_WITH_WARNINGS):
                 imported.append(ImportedInstance(
                     sop_instance_uid=inst.sop_instance_uid, content_id=inst.content_id,
@@ -251,6 +259,7 @@ class ReviewActivities:
         ledger_loc = layout.ledger_for_batch(batch.work_s3_uri, batch.migration_id, batch.batch, batch.part)
         # The data store's import index first: a later migration skips these files (same content) or flags them.
         self._index.write_batch(batch, imported)
+        self._failed.write_batch(batch, failing)
         put_ndjson(self._s3, ledger_loc, ledger)
         counts: dict[FileState, int] = {}
         for entry in ledger:

@@ -7,7 +7,10 @@ Default check, no "touch" (nothing leaves the archive tier): `GetImageSet` for e
 still primary?) and `SearchImageSets` per study (each set's instance count, and sets in the study the migration
 did not make). Deep check: also `GetImageSetMetadata` per set (one touch each) for every SOP instance under its
 series and, with ``attributes``, those attributes compared with the source file's header (one ranged GET per
-file; names of differing attributes are reported, never values).
+file; names of differing attributes are reported, never values) and, with ``pixels``, the frames of a seeded
+sample of the verified instances against the source's (activities/verify_pixels.py; each frame a touch).
+
+`verify_source` does the same for a bare source, with no migration (activities/verify_source.py).
 """
 
 from __future__ import annotations
@@ -32,15 +35,25 @@ from activities.errors import classify, error_code
 from activities.healthimaging import get_image_set_metadata, search_image_sets, with_local_retries
 from activities.heartbeat import keeps_alive
 from activities.storage import get_json, iter_ndjson, list_objects, put_bytes, put_json
+from activities.verify_pixels import Candidate, PixelCheck, sample
+from activities.verify_source import check_counts, check_instances, read_source
 from contracts import layout
 from contracts.errors import ErrorType
 from contracts.report import VerifyResult as ReportVerify
 from contracts.s3uri import parse_s3_uri
-from contracts.verify import DifferenceKind, VerifyInput, VerifyResult
+from contracts.verify import DifferenceKind, SourceVerifyInput, VerifyInput, VerifyOptions, VerifyResult
 
 EVENT_SOURCE = "himig.migration"
 DETAIL_TYPE = "Migration Verified"
 HEADER_RANGE = 64 * 1024
+
+
+@dataclass
+class PixelTally:
+    compared: int = 0
+    touches: int = 0
+    differing: int = 0  # instances
+    not_comparable: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -142,6 +155,7 @@ class VerifyActivities:
         diffs: list[dict[str, Any]] = []
         found: Counter[DifferenceKind] = Counter()
         verified = touches = 0
+        candidates: list[Candidate] = []
 
         def differ(kind: DifferenceKind, count: int = 1, **detail: Any) -> None:
             found[kind] += count
@@ -158,7 +172,7 @@ class VerifyActivities:
                 differ(DifferenceKind.MOVED_TO_NON_PRIMARY, len(keys), image_set_id=image_set_id, keys=keys)
                 continue
             if input.deep:
-                verified += self._deep(input, image_set_id, exp, requests, differ)
+                verified += self._deep(input, image_set_id, exp, requests, differ, candidates)
                 touches += 1
             else:
                 verified += len(keys)
@@ -182,16 +196,18 @@ class VerifyActivities:
             if extra:
                 differ(DifferenceKind.EXTRA, len(extra), image_sets=extra,
                        note="image sets in a verified study that this migration did not import")
+        pixels = self._pixels(input, input.datastore_id, parse_s3_uri(input.source_s3_uri).bucket, candidates,
+                              requests, differ)
         out = layout.root(input.work_s3_uri, input.migration_id).join(
             "verify", activity.info().workflow_run_id or "run")
-        put_bytes(self._s3, out.join("differences.ndjson"),
-                  "".join(json.dumps(d, sort_keys=True) + "\n" for d in diffs).encode(), "application/x-ndjson")
         instances = sum(len(e.instances) for e in expected.values())
         result = VerifyResult(migration_id=input.migration_id, deep=input.deep, instances_expected=instances,
-                              instances_verified=max(0, verified), image_sets_checked=len(expected),
+                              instances_verified=max(0, verified - pixels.differing), image_sets_checked=len(expected),
                               differences=dict(found), differences_uri=out.join("differences.ndjson").uri,
-                              touches=touches, touches_for_deep=len(expected) - len(gone), requests=dict(requests))
-        put_json(self._s3, out.join("result.json"), result.model_dump(mode="json"))
+                              touches=touches + pixels.touches, touches_for_deep=len(expected) - len(gone),
+                              requests=dict(requests), frames_compared=pixels.compared,
+                              frames_not_comparable=pixels.not_comparable)
+        self._write(out, diffs, result)
         # The latest outcome, where the report page (`himig report --html`) shows it.
         put_json(self._s3, layout.report_verify(input.work_s3_uri, input.migration_id), ReportVerify(
             verified_at=datetime.now(UTC), passed=result.clean,
@@ -206,7 +222,7 @@ class VerifyActivities:
         return result
 
     def _deep(self, input: VerifyInput, image_set_id: str, exp: ExpectedSet, requests: Counter[str],
-              differ: Any) -> int:
+              differ: Any, candidates: list[Candidate]) -> int:
         """Every SOP instance of the set under its series, and the chosen attributes; returns those verified."""
         requests["GetImageSetMetadata"] += 1
         try:
@@ -244,17 +260,128 @@ class VerifyActivities:
                     differ(DifferenceKind.METADATA_DIFFERS, key=key, image_set_id=image_set_id, attributes=differing)
                     continue
             verified += 1
+            candidates.append(Candidate(sop, key, image_set_id, got[1]))
             activity.heartbeat()
         if where:
             differ(DifferenceKind.EXTRA, len(where), image_set_id=image_set_id,
                    note="instances in the image set that this migration did not import")
         return verified
 
+    def _write(self, out: Any, diffs: list[dict[str, Any]], result: VerifyResult) -> None:
+        put_bytes(self._s3, out.join("differences.ndjson"),
+                  "".join(json.dumps(d, sort_keys=True) + "\n" for d in diffs).encode(), "application/x-ndjson")
+        put_json(self._s3, out.join("result.json"), result.model_dump(mode="json"))
+
+    def _pixels(self, options: VerifyOptions, datastore_id: str, source_bucket: str, candidates: list[Candidate],
+                requests: Counter[str], differ: Any) -> PixelTally:
+        """The pixel check of a seeded sample of ``candidates`` (verified instances); differences go to ``differ``."""
+        if not (options.deep and options.pixels):
+            return PixelTally()
+        outcome = PixelCheck(self._s3, self._mi, datastore_id, source_bucket, requests).run(
+            sample(candidates, options.pixels, options.pixel_seed))
+        for cand, frames in outcome.differing:
+            differ(DifferenceKind.PIXELS_DIFFER, key=cand.key, image_set_id=cand.image_set_id,
+                   frames=frames or "the number of frames differs")
+        return PixelTally(outcome.compared, outcome.touches, len(outcome.differing), dict(outcome.not_comparable))
+
+    def _datastore(self, datastore_id: str, requests: Counter[str]) -> None:
+        """Refuse, in one clear line, a data store that does not exist or that this worker may not read."""
+        requests["GetDatastore"] += 1
+        try:
+            with_local_retries(partial(self._mi.get_datastore, datastoreId=datastore_id))
+        except ClientError as err:
+            code = error_code(err)
+            if code == ErrorType.RESOURCE_NOT_FOUND:
+                raise ApplicationError(f"datastore_id: no data store {datastore_id}",
+                                       type=ErrorType.VALIDATION_ERROR, non_retryable=True) from None
+            if code == ErrorType.ACCESS_DENIED:
+                raise ApplicationError(f"datastore_id: the worker may not read data store {datastore_id} "
+                                       "(AccessDeniedException: medical-imaging:GetDatastore)",
+                                       type=ErrorType.ACCESS_DENIED, non_retryable=True) from None
+            raise classify(err, "GetDatastore") from None
+
+    @activity.defn(name="verify_source")
+    @keeps_alive
+    def verify_source(self, input: SourceVerifyInput) -> VerifyResult:
+        """A bare source (every object under its prefix) against a data store; see activities/verify_source.py."""
+        unknown = [a for a in input.attributes if a not in keyword_dict]
+        if unknown:
+            raise ApplicationError(f"attributes: not DICOM keywords: {', '.join(unknown)}",
+                                   type=ErrorType.VALIDATION_ERROR, non_retryable=True)
+        requests: Counter[str] = Counter()
+        self._datastore(input.datastore_id, requests)
+        source = parse_s3_uri(input.source_s3_uri, field="source_s3_uri").as_prefix()
+        inv = read_source(self._s3, source, input.attributes, requests, activity.heartbeat)
+        if not inv.files:
+            raise ApplicationError(f"source_s3_uri: no object under {source.uri}", type=ErrorType.VALIDATION_ERROR,
+                                   non_retryable=True)
+        diffs: list[dict[str, Any]] = []
+        found: Counter[DifferenceKind] = Counter()
+
+        def differ(kind: DifferenceKind, count: int = 1, **detail: Any) -> None:
+            found[kind] += count
+            diffs.append({"kind": kind.value, "count": count, **detail})
+
+        if inv.unreadable:
+            differ(DifferenceKind.UNREADABLE, len(inv.unreadable), keys=sorted(inv.unreadable),
+                   note="no readable DICOM header with Study, Series and SOP Instance UIDs")
+        verified = sets_seen = touches = 0
+        candidates: list[Candidate] = []
+        for study, series in sorted(inv.studies.items()):
+            summaries = self._study_sets(input.datastore_id, study, requests)
+            sets_seen += len(summaries)
+            activity.heartbeat()
+            if not input.deep:
+                verified += check_counts(series, summaries, differ)
+                continue
+            docs = {}
+            for summary in summaries:
+                requests["GetImageSetMetadata"] += 1
+                touches += 1
+                try:
+                    docs[summary["imageSetId"]] = (bool(summary.get("isPrimary")), with_local_retries(
+                        partial(get_image_set_metadata, self._mi, input.datastore_id, summary["imageSetId"])))
+                except ClientError as err:
+                    if error_code(err) == ErrorType.RESOURCE_NOT_FOUND:
+                        continue  # deleted since the search: its instances are not there
+                    raise classify(err, "GetImageSetMetadata") from None
+            verified += check_instances(series, docs, differ, candidates)
+        pixels = self._pixels(input, input.datastore_id, source.bucket, candidates, requests, differ)
+        notes = []
+        if not input.deep:
+            notes.append("no-touch check: instances are counted per series from SearchImageSets, not found one by "
+                         "one; --deep reads each image set's metadata (touches_for_deep) to place every instance")
+        if inv.repeated:
+            notes.append(f"{inv.repeated} file(s) repeat the SOP Instance UID of another file and were checked once")
+        out = parse_s3_uri(input.work_s3_uri, field="work_s3_uri").join(
+            "verify-source", activity.info().workflow_run_id or "run")
+        result = VerifyResult(
+            source_s3_uri=input.source_s3_uri, deep=input.deep, instances_expected=inv.instances,
+            instances_verified=max(0, verified - pixels.differing), image_sets_checked=sets_seen,
+            differences=dict(found), differences_uri=out.join("differences.ndjson").uri,
+            touches=touches + pixels.touches, touches_for_deep=sets_seen, requests=dict(requests),
+            frames_compared=pixels.compared, frames_not_comparable=pixels.not_comparable, notes=notes)
+        self._write(out, diffs, result)
+        if input.publish and self._events is not None and self._bus:
+            self._publish_source(input, result)
+            result.published = True
+        return result
+
+    def _publish_source(self, input: SourceVerifyInput, result: VerifyResult) -> None:
+        self._put_event({"sourceS3Uri": input.source_s3_uri, "datastoreId": input.datastore_id,
+                         "deep": result.deep, "instancesExpected": result.instances_expected,
+                         "instancesVerified": result.instances_verified,
+                         "differences": {k.value: v for k, v in result.differences.items()},
+                         "differencesUri": result.differences_uri})
+
     def _publish(self, input: VerifyInput, result: VerifyResult) -> None:
         detail = {"migrationId": input.migration_id, "datastoreId": input.datastore_id, "deep": result.deep,
                   "instancesExpected": result.instances_expected, "instancesVerified": result.instances_verified,
                   "differences": {k.value: v for k, v in result.differences.items()},
                   "differencesUri": result.differences_uri}
+        self._put_event(detail)
+
+    def _put_event(self, detail: dict[str, Any]) -> None:
         try:
             resp = self._events.put_events(Entries=[{"Source": EVENT_SOURCE, "DetailType": DETAIL_TYPE,
                                                      "EventBusName": self._bus, "Detail": json.dumps(detail)}])

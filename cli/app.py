@@ -696,24 +696,43 @@ def rollback_cmd(
 
 @app.command("verify")
 def verify_cmd(
-    migration_id: str = typer.Argument(..., help="workflow id of a finished migration"),
+    migration_id: str | None = typer.Argument(None, help="workflow id of a finished migration (or --source)"),
+    source: str | None = typer.Option(None, "--source", help="verify a bare source instead, s3://bucket/prefix/: "
+                                      "every object under it, headers only, no migration needed"),
+    datastore_id: str | None = typer.Option(None, "--datastore-id", help="with --source: the data store to "
+                                            "check against"),
+    work: str | None = typer.Option(None, "--work", help="with --source: where the result is "
+                                    "written, s3://bucket/prefix/ (under verify-source/<run>/)"),
     deep: bool = typer.Option(False, "--deep", help="read each image set's metadata: every SOP instance checked, "
                               "one touch per image set (moves archived sets back to Frequent Access)"),
     attribute: list[str] | None = typer.Option(None, "--attribute", help="with --deep: compare this DICOM keyword "
                                                "with the source header (repeatable; names reported, never values)"),
+    pixels: int = typer.Option(0, "--pixels", min=0, max=1000, help="with --deep: compare the frames of this many "
+                               "instances (a seeded sample) with the source through GetImageFrame; one touch per "
+                               "frame, the source file read whole"),
+    seed: int = typer.Option(0, "--seed", min=0, max=2**31 - 1, help="with --pixels: the sample's seed"),
     every: str | None = typer.Option(None, "--every", help="run as a Temporal Schedule every 30m / 6h / 7d, each "
                                      "run publishing its outcome as an event; `off` deletes the schedule"),
 ) -> None:
-    """Check that a finished migration's instances are in HealthImaging as its report says."""
+    """Check that a finished migration's instances (or a source's) are in HealthImaging."""
     from cli.finished import CommandError
-    from cli.verify import verify
+    from cli.verify import verify, verify_source
 
+    if (migration_id is None) == (source is None):
+        raise fail("give a migration id or --source s3://bucket/prefix/, not both", 2)
+    if source is None and (datastore_id or work):
+        raise fail("--datastore-id and --work go with --source (a migration names its own)", 2)
     s = settings()
 
     async def go() -> None:
         client = await _client(s)
         try:
-            result = await verify(client, migration_id, s.task_queue, deep, list(attribute or []), every, console)
+            if source is not None:
+                result = await verify_source(client, source, datastore_id, work,
+                                             s.task_queue, deep, list(attribute or []), pixels, seed, every, console)
+            else:
+                result = await verify(client, migration_id or "", s.task_queue, deep, list(attribute or []), every,
+                                      console, pixels, seed)
         except CommandError as err:
             raise fail(str(err), err.code) from None
         except ValidationError as err:

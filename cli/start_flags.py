@@ -40,6 +40,7 @@ FLAGS: dict[str, str] = {
 NOT_FLAGS: dict[str, str] = {
     "source_connector": "built from --source-dir, --source-dicomweb or --source-dimse (cli.sources)",
     "continued": "the state a run carries across continue-as-new: set by the workflow only",
+    "resend_failed": "set by `himig retry`, which re-sends files whose import failed; a plain start never does",
 }
 
 

@@ -30,7 +30,7 @@ class Kind(StrEnum):
 WORKFLOW_KINDS = {"MigrationWorkflow": Kind.MIGRATION, "ImportBatchWorkflow": Kind.BATCH,
                   "ReconciliationWorkflow": Kind.RECONCILIATION, "IngestWorkflow": Kind.INGEST,
                   "RollbackWorkflow": Kind.ROLLBACK, "VerifyWorkflow": Kind.VERIFICATION,
-                  "ReconciliationSweepWorkflow": Kind.SWEEP}
+                  "ReconciliationSweepWorkflow": Kind.SWEEP, "SourceVerifyWorkflow": Kind.VERIFICATION}
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ COMMANDS = {
     Kind.RECONCILIATION: "`himig status` (its conflict and decisions) and `himig approve`",
     Kind.INGEST: "`himig status` (its buffer and flushes)",
     Kind.ROLLBACK: "`himig status` (its plan and deletions) and `himig rollback <migration id>` to confirm it",
-    Kind.VERIFICATION: "`himig verify <migration id>` (its result: `temporal workflow show -w <id>`)",
+    Kind.VERIFICATION: "`himig verify <migration id>` or `himig verify --source ...` (its result: `temporal workflow show -w <id>`)",
     Kind.SWEEP: "`temporal workflow show -w <id>` (it starts reconciliations)",
 }
 

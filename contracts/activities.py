@@ -51,7 +51,7 @@ from contracts.stages import (
     ValidateResult,
 )
 from contracts.sweep import NonPrimaryPage, NonPrimaryPageInput
-from contracts.verify import VerifyInput, VerifyResult
+from contracts.verify import SourceVerifyInput, VerifyInput, VerifyResult
 
 _DECLARATION = "a declaration: the worker runs the implementation registered under this name (worker/registry.py)"
 
@@ -211,4 +211,9 @@ def record_rollback(input: RecordInput) -> str:
 @activity.defn(name="verify_migration")
 def verify_migration(input: VerifyInput) -> VerifyResult:
     """Check a finished migration's imports against HealthImaging (activities/verify.py)."""
+    raise NotImplementedError(_DECLARATION)
+
+@activity.defn(name="verify_source")
+def verify_source(input: SourceVerifyInput) -> VerifyResult:
+    """Check a bare source (an S3 prefix) against a data store, without a migration (activities/verify.py)."""
     raise NotImplementedError(_DECLARATION)

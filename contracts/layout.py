@@ -59,6 +59,25 @@ def imported_index(work_s3_uri: str, datastore_id: str, migration_id: str, batch
         f"{batch_name(batch, part)}.ndjson")
 
 
+def failed_index_prefix(work_s3_uri: str, datastore_id: str, index_s3_uri: str | None = None) -> S3Location:
+    """Files whose import into one data store the service failed for a reason that would fail again
+    (``<root>/datastores/<ds>/failed/``): a plain re-run does not send them unchanged (activities/failed_before.py)."""
+    return import_index_root(work_s3_uri, index_s3_uri).join("datastores", datastore_id, "failed").as_prefix()
+
+
+def failed_index_of_migration(work_s3_uri: str, datastore_id: str, migration_id: str,
+                              index_s3_uri: str | None = None) -> S3Location:
+    return failed_index_prefix(work_s3_uri, datastore_id, index_s3_uri).join(
+        work_tag(work_s3_uri), migration_id).as_prefix()
+
+
+def failed_index(work_s3_uri: str, datastore_id: str, migration_id: str, batch: int,
+                 part: int | None = None, index_s3_uri: str | None = None) -> S3Location:
+    """``.../failed/<work tag>/<migration>/<batch>.ndjson``: one line per file a batch's import failed."""
+    return failed_index_of_migration(work_s3_uri, datastore_id, migration_id, index_s3_uri).join(
+        f"{batch_name(batch, part)}.ndjson")
+
+
 def legacy_imported_index_prefix(work_s3_uri: str, datastore_id: str) -> S3Location:
     """Where the import index lived before it belonged to the data store: ``<work>/_datastores/<ds>/imported/``
     (then ``<migration>/<batch>.ndjson``). Still read, and moved to `imported_index_prefix` by planning."""

@@ -163,6 +163,10 @@ class MigrationInput(SourceAndTarget):
         False, description="call $validate on each resource first; failures are reported instead of imported")
     dicomweb_spot_check: Int = Field(
         2, ge=0, le=MAX_SPOT_CHECK, description="imported instances per batch read back through DICOMweb; 0 = off")
+    resend_failed: Bool = Field(
+        False, description="send files whose import into this data store failed before for a reason that would "
+        "fail again, although unchanged (what `himig retry` sets); off: such files are reported failed again, "
+        "naming the earlier migration, and start no import job")
 
     @model_validator(mode="after")
     def _fhir_options_need_a_datastore(self) -> MigrationInput:

@@ -105,7 +105,7 @@ class ImportedInstance(BaseModel):
     # patient / study / series fingerprints joined: equal means HealthImaging would see no conflict.
     attributes_fingerprint: str
     migration_id: str
-    batch: int
+    batch: int = Field(ge=0, strict=True)
     # Added with #15: the header's identity independent of the encoding, and where the imported file was read from
     # (so a later copy in another encoding can be compared with it). Lines written before have none of these and
     # are compared by content_id alone, as they were.
@@ -157,3 +157,15 @@ def attributes_fingerprint(inst: InstanceRecord) -> str:
     Written into the data store's import index by review and compared by planning: one definition for both.
     """
     return f"{inst.patient_fingerprint}/{inst.study_fingerprint}/{inst.series_fingerprint}"
+
+
+class FailedFile(BaseModel):
+    """One line of a data store's failed index: a file whose import into the data store the service failed for a
+    reason that would fail again (no patient values: the service's reason stays in the migration's report)."""
+
+    content_id: str  # size:ETag:header hash; the same content fails the same way
+    sop_instance_uid: str
+    key: str  # where the file was read from (in the migration's source bucket)
+    code: str  # the service's exceptionType
+    migration_id: str
+    batch: int = Field(ge=0, strict=True)

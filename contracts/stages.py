@@ -72,6 +72,9 @@ class PlanInput(BaseModel):
     max_bytes_per_batch: int
     # The target data store: files it already holds unchanged (per the import index) are skipped.
     datastore_id: str | None = None
+    # Send files whose import into the data store failed before, unchanged (`himig retry`); otherwise they are
+    # recorded failed again without a job (activities/failed_before.py).
+    resend_failed: bool = False
 
 
 class BatchPlan(BaseModel):
@@ -95,6 +98,8 @@ class PlanResult(BaseModel):
     # Of `duplicates` / `conflicting_duplicates`: those found in the data store's import index.
     already_imported: int = 0
     conflicting_already_imported: int = 0
+    # Files not sent again: unchanged since an earlier migration's import of them failed for good (`failed`).
+    failed_before: int = 0
 
 
 class ReviewInput(BaseModel):

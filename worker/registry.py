@@ -37,10 +37,10 @@ from workflows.migration import MigrationWorkflow
 from workflows.reconciliation import ReconciliationWorkflow
 from workflows.rollback import RollbackWorkflow
 from workflows.sweep import ReconciliationSweepWorkflow
-from workflows.verify import VerifyWorkflow
+from workflows.verify import SourceVerifyWorkflow, VerifyWorkflow
 
 WORKFLOWS: list[type] = [MigrationWorkflow, ImportBatchWorkflow, ReconciliationWorkflow, IngestWorkflow,
-                         RollbackWorkflow, VerifyWorkflow, ReconciliationSweepWorkflow]
+                         RollbackWorkflow, VerifyWorkflow, ReconciliationSweepWorkflow, SourceVerifyWorkflow]
 
 
 def token_source(settings: Settings, prefix: str) -> TokenSource | None:
@@ -115,5 +115,6 @@ def build_activities(clients: AwsClients, settings: Settings) -> list[Callable[.
         recon.describe_conflict, recon.await_image_set, recon.update_before_promote, recon.promote_image_set,
         recon.delete_image_set, recon.publish_escalation, recon.verify_reviewer, ingest.write_ingest_manifest,
         rollback.plan_rollback, rollback.delete_image_sets, rollback.record_rollback, verify.verify_migration,
+        verify.verify_source,
         sweep.list_non_primary,
     ]

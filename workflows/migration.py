@@ -248,7 +248,7 @@ class MigrationWorkflow:
                 PlanInput(migration_id=self._id, source_s3_uri=input.source_s3_uri, work_s3_uri=input.work_s3_uri,
                           pages=s.pages_done, allow_direct=input.source_manifest_uri is None,
                           max_files_per_batch=input.max_files_per_batch, max_bytes_per_batch=input.max_bytes_per_batch,
-                          datastore_id=input.datastore_id),
+                          datastore_id=input.datastore_id, resend_failed=input.resend_failed),
                 start_to_close_timeout=timedelta(hours=2), heartbeat_timeout=policies.HEARTBEAT,
                 retry_policy=policies.STAGE_RETRY)
             s.batches_planned, s.duplicates = plan.batches, plan.duplicates
@@ -256,7 +256,8 @@ class MigrationWorkflow:
             s.rejected += plan.conflicting_duplicates
             # Both kinds of duplicate are final here: they never reach an import job.
             self._add_states({FileState.SKIPPED_DUPLICATE: plan.duplicates,
-                              FileState.REJECTED: plan.conflicting_duplicates})
+                              FileState.REJECTED: plan.conflicting_duplicates,
+                              FileState.FAILED: plan.failed_before})
             s.phase = "importing"
             self._publish()
 

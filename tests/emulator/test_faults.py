@@ -67,6 +67,17 @@ def test_throttle_fault_exact_count(emu: ServerProcess, mi: Any) -> None:
     assert admin(emu.url, "GET", "faults")["faults"][0]["remaining"] == 0
 
 
+def test_access_denied_fault_targets_one_data_store(emu: ServerProcess, mi: Any) -> None:
+    denied, allowed = create_datastore(mi), create_datastore(mi)
+    add(emu, {"kind": "access_denied", "operation": "GetDatastore", "datastoreId": denied})
+    with pytest.raises(ClientError) as exc:
+        mi.get_datastore(datastoreId=denied)
+    assert error_of(exc) == ("AccessDeniedException", 403)
+    assert "medical-imaging:GetDatastore" in str(exc.value)
+    mi.get_datastore(datastoreId=allowed)  # another data store, another operation: not targeted
+    mi.list_datastores()
+
+
 def test_rate_faults_are_repeatable_with_a_seed(emu: ServerProcess, mi: Any) -> None:
     def pattern() -> list[bool]:
         (fault,) = add(emu, {"kind": "throttle", "operation": "ListDatastores", "rate": 0.5, "seed": 42})

@@ -5,7 +5,8 @@ A fault is a JSON object (``POST /_emulator/faults``, or ``--faults`` / ``HIMIG_
 ``kind``
     ``throttle`` (429 ThrottlingException regardless of the token buckets), ``server_error`` (500
     InternalServerException; ``"phase": "after"`` runs the operation first, so its effect happens but the client
-    sees a 500), ``job_failed`` (the job ends FAILED after reading its files; manifest and failure.ndjson are still
+    sees a 500), ``access_denied`` (403 AccessDeniedException, as IAM answers a caller without the permission; the
+    emulator has no IAM of its own), ``job_failed`` (the job ends FAILED after reading its files; manifest and failure.ndjson are still
     written, every file listed as a server error), ``file_server_error`` (the file lands in failure.ndjson with
     ``InternalServerException``), ``file_warning`` (the file is imported but reported in warning.ndjson),
     ``strict_trailing_padding`` (the file fails as truncated when zero padding follows its last element, which the
@@ -39,11 +40,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from emulator.errors import InternalServerException, ThrottlingException, ValidationException
+from emulator.errors import (
+    AccessDeniedException,
+    InternalServerException,
+    ThrottlingException,
+    ValidationException,
+)
 
 log = logging.getLogger("emulator.faults")
 
-OPERATION_KINDS = ("throttle", "server_error")
+OPERATION_KINDS = ("throttle", "server_error", "access_denied")
 JOB_KINDS = ("job_failed", "manifest_delay", "crash")
 FILE_KINDS = ("file_server_error", "file_warning", "strict_trailing_padding")
 EVENT_KINDS = ("event_duplicate", "event_reorder")
@@ -216,6 +222,9 @@ class FaultInjector:
         ctx = _operation_ctx(operation, path)
         if self.fire("throttle", ctx) is not None:
             raise ThrottlingException("Rate exceeded")
+        if self.fire("access_denied", ctx) is not None:
+            raise AccessDeniedException(f"User is not authorized to perform: medical-imaging:{operation} "
+                                        "(injected)")
         fault = self._fire_phase(ctx, "before")
         if fault is not None:
             raise InternalServerException(fault.options.get("message", "Internal server error (injected)"))
