@@ -164,6 +164,14 @@ class PlanStore:
         self._db.executemany("DELETE FROM hit WHERE image_set = ?", rows)
         self._db.executemany("DELETE FROM held_series WHERE image_set = ?", rows)
 
+    def index_hits(self) -> Iterator[str]:
+        """SOP Instance UIDs of this source the import index holds (after `forget_image_sets`)."""
+        for (sop,) in self._db.execute("SELECT sop FROM hit ORDER BY sop"):
+            yield sop
+
+    def held_series_keys(self) -> Iterator[tuple[str, str]]:
+        yield from self._db.execute("SELECT study, series FROM held_series ORDER BY study, series")
+
     def held_series(self, study: str, series: str) -> str | None:
         found = self._db.execute("SELECT record FROM held_series WHERE study = ? AND series = ?",
                                  (study, series)).fetchone()
