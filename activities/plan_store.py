@@ -8,20 +8,18 @@ UID's copies, one series' first record, one batch) at a time. Why SQLite rather 
 pages: three orders would mean three sorts and a merge-join with the index; SQLite does the sorting, joining
 and spilling, ships with Python and needs nothing to be cleaned up but one directory.
 
-The file belongs to one activity attempt (a fresh temporary directory): a retry, on this worker or another,
-rebuilds it from the pages in S3, so nothing here must survive a crash.
+The file belongs to one activity attempt (`activities.spill_db`): a retry, on this worker or another, rebuilds it
+from the pages in S3, so nothing here must survive a crash.
 """
 
 from __future__ import annotations
 
-import sqlite3
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import groupby
-from pathlib import Path
 from types import TracebackType
 
+from activities.spill_db import SpillDatabase
 from contracts.common import FileState
 from contracts.records import InstanceRecord, LedgerEntry, attributes_fingerprint
 
@@ -100,14 +98,8 @@ class PlanStore:
     """``with PlanStore() as store:`` a fresh database in a fresh temporary directory, removed on exit."""
 
     def __init__(self, cache_mib: int = 16) -> None:
-        self._dir = tempfile.TemporaryDirectory(prefix="himig-plan-")
-        self.path = Path(self._dir.name) / "plan.sqlite"
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        # A crash loses the file anyway (a retry rebuilds it), so no journal and no fsync.
-        for pragma in ("journal_mode=OFF", "synchronous=OFF", "temp_store=FILE", f"cache_size=-{cache_mib * 1024}"):
-            self._db.execute(f"PRAGMA {pragma}")
-        self._db.executescript(_SCHEMA)
-        self._db.execute("BEGIN")
+        self._spill = SpillDatabase("plan", _SCHEMA, cache_mib)
+        self._db = self._spill.db
 
     def __enter__(self) -> PlanStore:
         return self
@@ -117,8 +109,7 @@ class PlanStore:
         self.close()
 
     def close(self) -> None:
-        self._db.close()
-        self._dir.cleanup()
+        self._spill.close()
 
     # -- loading -------------------------------------------------------------------------------------------
 
