@@ -198,7 +198,7 @@ def main() -> None:
         if len(by_size) > 1:
             low, high = min(by_size.values()), max(by_size.values())
             mid = (low + high) / 2
-            print(f"{step}: peak RSS {low:.0f}–{high:.0f} MiB over {len(by_size)} sizes "
+            print(f"{step}: peak RSS {low:.0f} to {high:.0f} MiB over {len(by_size)} sizes "
                   f"(±{(high - low) / 2 / mid:.0%} around {mid:.0f} MiB)")
 
 
