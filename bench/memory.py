@@ -10,8 +10,8 @@ each in a fresh subprocess so every peak is its own:
 * ``old-plan`` / ``old-report``: the same activities as they were before they streamed (``BEFORE_REF``, loaded
   from git), for the sizes in ``BENCH_BEFORE`` only: at a million files they need gigabytes.
 
-Printed per size and step: seconds, the process's RSS after imports, its peak RSS (``VmHWM``, /proc) and the
-peak above that baseline; then the spread of the streaming peaks over the sizes (target: within ±20 %) and,
+Printed per size and step: seconds, the process's RSS after imports, its peak RSS (``VmHWM``, /proc), the
+peak above that baseline and the largest size of the local spill database (the disk it trades memory for); then the spread of the streaming peaks over the sizes (target: within ±20 %) and,
 for planning, the share of batches and of files imported in place and the staging copies per file.
 
     .venv/bin/python bench/memory.py        (BENCH_SIZES=10000,100000,1000000  BENCH_BEFORE=10000,100000)
@@ -20,6 +20,7 @@ for planning, the share of batches and of files imported in place and the stagin
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import os
@@ -116,11 +117,38 @@ def _old_module(name: str, tmp: Path) -> Any:
     return module
 
 
+class DiskSampler:
+    """The largest size the spill databases (``himig-*`` under ``tempfile.gettempdir()``) reach, sampled."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        root = Path(tempfile.gettempdir())
+        while not self._stop.wait(0.25):
+            size = 0
+            for path in root.glob("himig-*/*"):
+                with contextlib.suppress(OSError):
+                    size += path.stat().st_size
+            self.peak = max(self.peak, size)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
 def child(step: str, url: str, pages: int) -> None:
     from bench.lib.procfs import status_kib
     from contracts.stages import PlanInput, ReportInput
 
     s3 = s3_client(url)
+    disk = DiskSampler()
     with tempfile.TemporaryDirectory() as tmp:
         if step.startswith("old-"):
             module = _old_module("plan" if step == "old-plan" else "report", Path(tmp))
@@ -142,12 +170,14 @@ def child(step: str, url: str, pages: int) -> None:
                 mode="json")
         seconds = time.perf_counter() - started
     print(json.dumps({"seconds": seconds, "baseline_kib": baseline, "peak_kib": status_kib(os.getpid(), "VmHWM"),
-                      "result": result}))
+                      "disk_bytes": disk.stop(), "result": result}))
 
 
 def run_step(step: str, url: str, pages: int) -> dict[str, Any]:
-    done = subprocess.run([sys.executable, __file__, "--child", step, "--url", url, "--pages", str(pages)],
-                          check=True, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:  # (its own TMPDIR: the disk sampler's view)
+        done = subprocess.run([sys.executable, __file__, "--child", step, "--url", url, "--pages", str(pages)],
+                              check=True, capture_output=True, text=True,
+                              env={**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": tmp})
     out: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return out
 
@@ -177,7 +207,7 @@ def main() -> None:
                     above = (r["peak_kib"] - r["baseline_kib"]) / 1024
                     print(f"{files:>9,} files  {step:<10} {r['seconds']:8.1f} s   RSS after imports "
                           f"{r['baseline_kib'] / 1024:6.0f} MiB   peak {r['peak_kib'] / 1024:6.0f} MiB "
-                          f"(+{above:.0f})", flush=True)
+                          f"(+{above:.0f})   local disk {r.get('disk_bytes', 0) / 1024**2:.0f} MiB", flush=True)
                     if step in peaks:
                         peaks[step][files] = r["peak_kib"] / 1024
                     if step == "plan":
