@@ -1,7 +1,13 @@
 """Batch planning (the first half of the import stage): de-duplicate and pack instances into import jobs.
 
-Packing keeps a study in one batch whenever it fits, because HealthImaging builds image sets per series and a
-study split across jobs costs more jobs and more chances of partial failure. Limits are the job quotas.
+Clean source folders are imported in place whole (`activities.plan_folders`); the rest is packed keeping a study
+in one batch whenever it fits, because HealthImaging builds image sets per series and a study split across jobs
+costs more jobs and more chances of partial failure. Limits are the job quotas.
+
+The functions over lists (`deduplicate`, `skip_already_imported`, `predict_non_primary`, `pack`) state each rule;
+`plan_batches` applies the first two to one group at a time and the streaming forms of the last two
+(`predict_streaming`, `activities.plan_folders.StreamPacker`) to records spilled to disk (`activities.plan_store`),
+so its memory does not grow with the migration. The tests hold both to the same verdicts and batches.
 """
 
 from __future__ import annotations
