@@ -9,6 +9,7 @@ service's exception type, and starts no import job; ``himig retry <that migratio
 
 from __future__ import annotations
 
+from collections.abc import Container, Iterable
 from typing import Any
 
 from activities.failed_index import FailedIndex
@@ -21,21 +22,22 @@ CODE = "failed_before"
 
 
 def read_failed_before(s3: Any, index: FailedIndex, work_s3_uri: str, datastore_id: str, migration_id: str,
-                       instances: list[InstanceRecord]) -> dict[str, FailedFile]:
-    """Earlier failures of exactly these files' contents (content id -> the first line found, in key order)."""
-    wanted = {i.content_id for i in instances}
+                       wanted: Container[str] | None = None) -> dict[str, FailedFile]:
+    """Earlier failures into this data store (content id -> the first line found, in key order), of the
+    ``wanted`` contents only when given. Held whole: it grows with the data store's lasting failures, not with
+    the files planned."""
     found: dict[str, FailedFile] = {}
     for loc in index.earlier(work_s3_uri, datastore_id, migration_id):
         for row in iter_ndjson(s3, loc):
             line = FailedFile.model_validate(row)
-            if line.content_id in wanted:
+            if wanted is None or line.content_id in wanted:
                 found.setdefault(line.content_id, line)
         if keep := current():
             keep.record(loc.key)
     return found
 
 
-def hold_failed_before(instances: list[InstanceRecord], failed: dict[str, FailedFile],
+def hold_failed_before(instances: Iterable[InstanceRecord], failed: dict[str, FailedFile],
                        ) -> tuple[list[InstanceRecord], list[LedgerEntry]]:
     """The instances to send, and a ``failed`` ledger line for each one held back."""
     kept: list[InstanceRecord] = []
@@ -45,10 +47,14 @@ def hold_failed_before(instances: list[InstanceRecord], failed: dict[str, Failed
         if earlier is None:
             kept.append(inst)
             continue
-        held.append(LedgerEntry(
-            key=inst.key, state=FileState.FAILED, size=inst.size, code=CODE,
-            reason=(f"not sent again: unchanged since its import into this data store failed in migration "
-                    f"{earlier.migration_id} ({earlier.code}), which would fail again; `himig retry "
-                    f"{earlier.migration_id}` sends it"),
-            study_instance_uid=inst.study_instance_uid, series_instance_uid=inst.series_instance_uid))
+        held.append(held_entry(inst, earlier))
     return kept, held
+
+
+def held_entry(inst: InstanceRecord, earlier: FailedFile) -> LedgerEntry:
+    return LedgerEntry(
+        key=inst.key, state=FileState.FAILED, size=inst.size, code=CODE,
+        reason=(f"not sent again: unchanged since its import into this data store failed in migration "
+                f"{earlier.migration_id} ({earlier.code}), which would fail again; `himig retry "
+                f"{earlier.migration_id}` sends it"),
+        study_instance_uid=inst.study_instance_uid, series_instance_uid=inst.series_instance_uid)

@@ -1,7 +1,13 @@
 """Batch planning (the first half of the import stage): de-duplicate and pack instances into import jobs.
 
-Packing keeps a study in one batch whenever it fits, because HealthImaging builds image sets per series and a
-study split across jobs costs more jobs and more chances of partial failure. Limits are the job quotas.
+Clean source folders are imported in place whole (`activities.plan_folders`); the rest is packed keeping a study
+in one batch whenever it fits, because HealthImaging builds image sets per series and a study split across jobs
+costs more jobs and more chances of partial failure. Limits are the job quotas.
+
+The functions over lists (`deduplicate`, `skip_already_imported`, `predict_non_primary`, `pack`) state each rule;
+`plan_batches` applies the first two to one group at a time and the streaming forms of the last two
+(`predict_streaming`, `activities.plan_folders.StreamPacker`) to records spilled to disk (`activities.plan_store`),
+so its memory does not grow with the migration. The tests hold both to the same verdicts and batches.
 """
 
 from __future__ import annotations
@@ -17,13 +23,25 @@ from botocore.exceptions import ClientError
 from temporalio import activity
 
 from activities.errors import classify, error_code
-from activities.failed_before import hold_failed_before, read_failed_before
+from activities.failed_before import held_entry, read_failed_before
 from activities.failed_index import FailedIndex
 from activities.healthimaging import with_local_retries
 from activities.heartbeat import current, keeps_alive
 from activities.import_index import ImportIndex
 from activities.instance_identity import Fetch, Sameness, compare
 from activities.ledger import source_changed_keys
+from activities.plan_folders import FolderPlanner, StreamPacker, split_direct, study_units
+from activities.plan_store import (
+    DUPLICATE,
+    FAILED_BEFORE,
+    HELD,
+    PHASE_DUPLICATES,
+    PHASE_FAILED_BEFORE,
+    PHASE_HELD,
+    PlanStore,
+    Row,
+)
+from activities.s3_stream import S3StreamWriter
 from activities.storage import is_missing, iter_ndjson, put_bytes, put_ndjson, read_models
 from contracts import layout
 from contracts.batch import BatchInput
@@ -158,6 +176,14 @@ def _index_difference(hit: ImportedInstance, inst: InstanceRecord, verdict: Same
     return "the same header elements but other bytes; the imported copy's pixel data is not compared"
 
 
+def _held_elsewhere(earlier: ImportedInstance) -> str:
+    return (f"the data store already holds this series (image set {earlier.image_set_id}, "
+            f"migration {earlier.migration_id}) with other patient/study/series attributes")
+
+
+_EARLIER_IN_SOURCE = "an earlier file of this series in this source has other patient/study/series attributes"
+
+
 def predict_non_primary(instances: list[InstanceRecord], held: dict[tuple[str, str], ImportedInstance] | None = None) -> int:
     """Mark, per file, whether it is expected to land in a non-primary image set; return how many are.
 
@@ -174,14 +200,35 @@ def predict_non_primary(instances: list[InstanceRecord], held: dict[tuple[str, s
         earlier = held.get(series)
         if earlier is not None and earlier.attributes_fingerprint != fp:
             inst.predicted_non_primary = True
-            inst.prediction_reason = (f"the data store already holds this series (image set {earlier.image_set_id}, "
-                                      f"migration {earlier.migration_id}) with other patient/study/series attributes")
+            inst.prediction_reason = _held_elsewhere(earlier)
         elif earlier is None and seen.setdefault(series, fp) != fp:
             inst.predicted_non_primary = True
-            inst.prediction_reason = ("an earlier file of this series in this source has other patient/study/series "
-                                      "attributes")
+            inst.prediction_reason = _EARLIER_IN_SOURCE
         count += inst.predicted_non_primary
     return count
+
+
+def predict_streaming(store: PlanStore) -> int:
+    """`predict_non_primary` over the kept files of ``store``, one series at a time (the same verdicts: the
+    files arrive by series and key, so a series' first file by key comes first); returns how many are."""
+    reasons: list[tuple[int, str]] = []
+    series: tuple[str, str] | None = None
+    first = ""
+    earlier: ImportedInstance | None = None
+    for seq, study, series_uid, fp in store.kept_by_series():
+        if (study, series_uid) != series:
+            series, first = (study, series_uid), fp
+            line = store.held_series(study, series_uid)
+            earlier = ImportedInstance.model_validate_json(line) if line is not None else None
+        if earlier is not None and earlier.attributes_fingerprint != fp:
+            reasons.append((seq, _held_elsewhere(earlier)))
+        elif earlier is None and first != fp:
+            reasons.append((seq, _EARLIER_IN_SOURCE))
+        if len(reasons) >= 5000:
+            store.set_predicted(reasons)
+            reasons = []
+    store.set_predicted(reasons)
+    return store.predicted()
 
 
 def pack(instances: list[InstanceRecord], max_files: int, max_bytes: int) -> list[list[InstanceRecord]]:
@@ -262,34 +309,24 @@ class PlanActivities:
         self._index = ImportIndex(s3, import_index_s3_uri)
         self._failed = FailedIndex(s3, import_index_s3_uri)
 
-    def _read_index(self, input: PlanInput, instances: list[InstanceRecord]) -> ImportedIndex:
-        """The data store's import index, one object at a time, kept only where it meets this source."""
-        index = ImportedIndex()
+    def _read_index(self, input: PlanInput, store: PlanStore) -> None:
+        """The data store's import index, one object at a time, kept (in ``store``) only where it meets this
+        source, minus lines whose image set no longer exists."""
         if not input.datastore_id:
-            return index
-        sops = {i.sop_instance_uid for i in instances}
-        series = {(i.study_instance_uid, i.series_instance_uid) for i in instances}
+            return
         try:
             self._index.adopt_legacy(input.work_s3_uri, input.datastore_id)
             # This migration's own batches (a re-run) are not "earlier"; every other migration's are, wherever
             # it kept its work.
             for loc in self._index.earlier(input.work_s3_uri, input.datastore_id, input.migration_id):
-                for row in iter_ndjson(self._s3, loc):
-                    entry = ImportedInstance.model_validate(row)
-                    if entry.sop_instance_uid in sops:
-                        index.instances[entry.sop_instance_uid] = entry
-                    key = (entry.study_instance_uid, entry.series_instance_uid)
-                    if entry.is_primary and key in series:
-                        index.series[key] = entry
+                rows = (ImportedInstance.model_validate(row) for row in iter_ndjson(self._s3, loc))
+                store.add_index_rows((e.sop_instance_uid, e.study_instance_uid, e.series_instance_uid, e.is_primary,
+                                      e.image_set_id, e.model_dump_json(exclude_none=True)) for e in rows)
                 if keep := current():
                     keep.record(loc.key)
         except ClientError as err:
             raise classify(err, "reading the data store's import index") from None
-        gone = self._missing_image_sets(input.datastore_id, {e.image_set_id for e in
-                                                              (*index.instances.values(), *index.series.values())})
-        index.instances = {k: v for k, v in index.instances.items() if v.image_set_id not in gone}
-        index.series = {k: v for k, v in index.series.items() if v.image_set_id not in gone}
-        return index
+        store.forget_image_sets(self._missing_image_sets(input.datastore_id, store.indexed_image_sets()))
 
     def _fetcher(self, bucket: str, if_match: str | None = None) -> Fetch:
         """Ranged or whole reads of files to compare, only for files with one SOP Instance UID and other bytes
@@ -348,18 +385,29 @@ class PlanActivities:
                 gone.add(image_set_id)
         return gone
 
-    def _held_failed_before(self, input: PlanInput, instances: list[InstanceRecord],
-                            ) -> tuple[list[InstanceRecord], list[LedgerEntry]]:
-        """Files an earlier migration's import into this data store failed for good, unchanged since: not sent
-        again unless this migration resends them (`himig retry`); see activities/failed_before.py."""
+    def _held_failed_before(self, input: PlanInput, store: PlanStore) -> int:
+        """Hold back files an earlier migration's import into this data store failed for good, unchanged since:
+        not sent again unless this migration resends them (`himig retry`); see activities/failed_before.py.
+        Returns how many were held."""
         if not input.datastore_id or input.resend_failed:
-            return instances, []
+            return 0
         try:
             failed = read_failed_before(self._s3, self._failed, input.work_s3_uri, input.datastore_id,
-                                        input.migration_id, instances)
+                                        input.migration_id)
         except ClientError as err:
             raise classify(err, "reading the data store's failed index") from None
-        return hold_failed_before(instances, failed)
+        if not failed:
+            return 0
+        held: list[tuple[int, LedgerEntry]] = []
+        # Collected, then dropped: the kept set must not change under the running SELECT.
+        for row in store.kept_by_key():
+            inst = InstanceRecord.model_validate_json(row.record)
+            earlier = failed.get(inst.content_id)
+            if earlier is not None:
+                held.append((row.seq, held_entry(inst, earlier)))
+        store.drop([seq for seq, _ in held], FAILED_BEFORE)
+        store.add_ledger(PHASE_FAILED_BEFORE, [entry for _, entry in held])
+        return len(held)
 
     @activity.defn(name="split_batch")
     @keeps_alive
@@ -383,39 +431,85 @@ class PlanActivities:
     @activity.defn(name="plan_batches")
     @keeps_alive
     def plan_batches(self, input: PlanInput) -> PlanResult:
-        instances: list[InstanceRecord] = []
-        for page in range(input.pages):
-            instances.extend(read_models(
-                self._s3, layout.normalized_page(input.work_s3_uri, input.migration_id, page), InstanceRecord))
-            if keep := current():
-                keep.record(page)
-        index = self._read_index(input, instances)
-        kept, ledger = deduplicate(instances, self._comparer(input))
-        kept, held = skip_already_imported(kept, index, self._imported_comparer(input))
-        ledger += held
-        kept, refused = self._held_failed_before(input, kept)
-        predicted = predict_non_primary(kept, index.series)
-        batches = pack(kept, input.max_files_per_batch, input.max_bytes_per_batch)
+        """Dedupe, check the import index, predict non-primary sets and pack, with every record spilled to a
+        local `PlanStore` rather than held in lists: memory stays flat from thousands to millions of files.
+        A retry rebuilds the store from the pages; manifests, batch plans and the plan ledger are rewritten whole."""
+        with PlanStore() as store:
+            for page in range(input.pages):
+                store.add_records(read_models(
+                    self._s3, layout.normalized_page(input.work_s3_uri, input.migration_id, page), InstanceRecord))
+                if keep := current():
+                    keep.record(page)
+            store.finish_loading()
+            self._read_index(input, store)
+            self._deduplicate(input, store)
+            self._skip_already_imported(input, store)
+            failed_before = self._held_failed_before(input, store)
+            predicted = predict_streaming(store)
+            batches, direct = self._pack(input, store)
+            with S3StreamWriter(self._s3, layout.ledger_for_plan(input.work_s3_uri, input.migration_id),
+                                "application/x-ndjson") as out:
+                out.write_lines(store.ledger_lines())
+            entries, conflicting = store.ledger_counts()
+            entries -= failed_before  # failed, not duplicates (never rejected either)
+            held, held_conflicting = store.ledger_counts(PHASE_HELD)
+            return PlanResult(batches=batches, direct_batches=direct, files=store.kept(),
+                              duplicates=entries - conflicting, conflicting_duplicates=conflicting,
+                              predicted_non_primary=predicted, already_imported=held - held_conflicting,
+                              conflicting_already_imported=held_conflicting, failed_before=failed_before)
+
+    def _deduplicate(self, input: PlanInput, store: PlanStore) -> None:
+        """`deduplicate` over each SOP Instance UID found more than once, one group at a time."""
+        compare = self._comparer(input)
+        for group in store.duplicate_groups():
+            records = [InstanceRecord.model_validate_json(record) for _, record in group]
+            kept, entries = deduplicate(records, compare)
+            first = next(seq for (seq, _), r in zip(group, records, strict=True) if r is kept[0])
+            store.drop([seq for seq, _ in group if seq != first], DUPLICATE)
+            store.add_ledger(PHASE_DUPLICATES, entries)
+
+    def _skip_already_imported(self, input: PlanInput, store: PlanStore) -> None:
+        """`skip_already_imported` over the kept files the import index holds, a chunk at a time."""
+        compare_imported = self._imported_comparer(input)
+        for chunk in store.kept_with_hits():
+            records = [InstanceRecord.model_validate_json(record) for _, record, _ in chunk]
+            index = ImportedIndex(instances={r.sop_instance_uid: ImportedInstance.model_validate_json(line)
+                                             for r, (_, _, line) in zip(records, chunk, strict=True)})
+            _, entries = skip_already_imported(records, index, compare_imported)
+            store.drop([seq for seq, _, _ in chunk], HELD)
+            store.add_ledger(PHASE_HELD, entries)
+
+    def _pack(self, input: PlanInput, store: PlanStore) -> tuple[int, int]:
+        """Write every batch's manifest and plan: clean source folders imported in place first, then the rest
+        packed by study (see `activities.plan_folders`); returns (batches, of them imported in place)."""
         source = parse_s3_uri(input.source_s3_uri, field="source_s3_uri").as_prefix()
-        inventory: list[str] = []
-        for page in range(input.pages):
-            inventory += [e.key for e in read_models(
-                self._s3, layout.inventory_page(input.work_s3_uri, input.migration_id, page), InventoryEntry)]
-        counts = folder_counts(inventory)
-        direct = 0
-        for n, batch in enumerate(batches):
-            put_ndjson(self._s3, layout.batch_manifest(input.work_s3_uri, input.migration_id, n), batch)
-            folder = clean_folder([i.key for i in batch], counts, source.key) if input.allow_direct else None
-            direct += folder is not None
-            plan = BatchPlan(files=len(batch), bytes=sum(i.size for i in batch),
-                             studies=len({i.study_instance_uid for i in batch}),
+        planner: FolderPlanner | None = None
+        if input.allow_direct:
+            for page in range(input.pages):
+                store.add_inventory_keys(e.key for e in read_models(
+                    self._s3, layout.inventory_page(input.work_s3_uri, input.migration_id, page), InventoryEntry))
+            store.count_kept_folders()
+            planner = FolderPlanner(store.folder, source.key, input.max_files_per_batch, input.max_bytes_per_batch)
+        written = [0, 0]
+
+        def write(rows: list[Row], folder: str | None) -> None:
+            n = written[0]
+            put_bytes(self._s3, layout.batch_manifest(input.work_s3_uri, input.migration_id, n),
+                      ("\n".join(r.manifest_line() for r in rows) + "\n").encode(), "application/x-ndjson")
+            plan = BatchPlan(files=len(rows), bytes=sum(r.size for r in rows), studies=len({r.study for r in rows}),
                              direct_input_s3_uri=S3Location(source.bucket, folder).uri if folder else None)
             put_bytes(self._s3, layout.batch_meta(input.work_s3_uri, input.migration_id, n),
                       plan.model_dump_json().encode(), "application/json")
-        put_ndjson(self._s3, layout.ledger_for_plan(input.work_s3_uri, input.migration_id), ledger + refused)
-        conflicting = sum(1 for e in ledger if e.state is FileState.REJECTED)
-        held_conflicting = sum(1 for e in held if e.state is FileState.REJECTED)
-        return PlanResult(batches=len(batches), direct_batches=direct, files=len(kept), duplicates=len(ledger) - conflicting,
-                          conflicting_duplicates=conflicting, predicted_non_primary=predicted,
-                          already_imported=len(held) - held_conflicting, conflicting_already_imported=held_conflicting,
-                          failed_before=len(refused))
+            written[0] += 1
+            written[1] += folder is not None
+            if keep := current():
+                keep.record("batches", written[0])
+
+        for folder, rows in split_direct(store.kept_by_key(), planner, store.set_staged):
+            write(rows, folder)
+        packer = StreamPacker(input.max_files_per_batch, input.max_bytes_per_batch,
+                              lambda rows: write(rows, planner.is_clean([r.key for r in rows]) if planner else None))
+        for unit in study_units(store.staged_by_study(), input.max_files_per_batch, input.max_bytes_per_batch):
+            packer.add(unit)
+        packer.close()
+        return written[0], written[1]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -11,9 +12,11 @@ from botocore.exceptions import ClientError
 from pydantic import ValidationError
 from temporalio import activity
 
-from activities.heartbeat import keeps_alive
+from activities.heartbeat import current, keeps_alive
 from activities.report_aggregate import ReportAggregator
 from activities.report_html import csv_lines, render_html
+from activities.report_store import ReportStore
+from activities.s3_stream import S3StreamWriter
 from activities.storage import get_bytes, get_json, is_missing, iter_ndjson, list_objects, put_bytes, put_json
 from contracts import layout
 from contracts.common import FileState
@@ -58,47 +61,74 @@ def build_report(inventory: list[InventoryEntry], ledger: list[LedgerEntry],
     # An instance that failed once and landed on a retry is in the inventory: the inventory wins.
     rows += sorted({u.key: u for u in unreceived or [] if u.key not in inventoried}.values(), key=lambda u: u.key)
     by_row_key = {r.key: r for r in rows}
-    rows = [_resolve_duplicate(r, by_row_key) for r in rows]
-    states = Counter(r.state for r in rows)
-    reasons: Counter[str] = Counter()
+    rows = [_resolve_duplicate(r, by_row_key.get) for r in rows]
+    tally = ReportTally()
     for r in rows:
+        tally.add(r)
+    return rows, tally.summary(unaccounted=unaccounted, cancelled=cancelled, not_reached=not_reached,
+                               accounted_twice=len(twice), outside_inventory=len(by_key))
+
+
+class ReportTally:
+    """The report's counts (``report.json`` minus ``details``), added one row at a time: memory follows the
+    image sets, jobs and distinct reasons, not the files."""
+
+    def __init__(self) -> None:
+        self._files = self._bytes = 0
+        self._states: Counter[FileState] = Counter()
+        self._reasons: Counter[str] = Counter()
+        self._image_sets: dict[str, bool] = {}
+        self._jobs: set[str] = set()
+        self._predicted = self._confirmed = self._not_confirmed = self._not_predicted = self._already = 0
+
+    def add(self, r: LedgerEntry) -> None:
+        self._files += 1
+        self._bytes += r.size
+        self._states[r.state] += 1
         if r.state in (FileState.REJECTED, FileState.FAILED, FileState.IMPORTED_WITH_WARNINGS):
-            reasons[f"{r.state.value}: {r.reason}"] += 1
-    image_sets: dict[str, bool] = {}
-    for r in rows:
+            self._reasons[f"{r.state.value}: {r.reason}"] += 1
         if r.image_set_id and r.state is not FileState.SKIPPED_DUPLICATE:  # an earlier migration's image set
-            image_sets[r.image_set_id] = bool(r.is_primary)
-    imported = [r for r in rows if r.state in (FileState.IMPORTED, FileState.IMPORTED_WITH_WARNINGS)]
-    predicted = [r for r in rows if r.predicted_non_primary]
-    summary = {
-        "files_total": len(rows),
-        "bytes_total": sum(r.size for r in rows),
-        "files_by_state": {s.value: states.get(s, 0) for s in FileState},
-        "reasons": dict(reasons.most_common()),
-        "image_sets": len(image_sets),
-        "primary_image_sets": sum(1 for p in image_sets.values() if p),
-        "non_primary_image_sets": sorted(k for k, p in image_sets.items() if not p),
-        "jobs": sorted({r.job_id for r in rows if r.job_id}),
-        # Planning's per-file prediction against what review saw (isPrimary per imported file).
-        "predicted_non_primary": len(predicted),
-        "predicted_non_primary_confirmed": sum(1 for r in predicted if r.state in (FileState.IMPORTED, FileState.IMPORTED_WITH_WARNINGS) and r.is_primary is False),
-        "predicted_non_primary_not_confirmed": sum(1 for r in predicted if r.is_primary is True),
-        "non_primary_not_predicted": sum(1 for r in imported if r.is_primary is False and not r.predicted_non_primary),
-        "already_imported": sum(1 for r in rows if r.code == "already_imported"),
-        "unaccounted": unaccounted,
-        "cancelled": cancelled,
-        "not_reached_before_cancel": not_reached,
-        "accounted_twice": len(twice),
-        "outside_inventory": len(by_key),
-    }
-    return rows, summary
+            self._image_sets[r.image_set_id] = bool(r.is_primary)
+        if r.job_id:
+            self._jobs.add(r.job_id)
+        imported = r.state in (FileState.IMPORTED, FileState.IMPORTED_WITH_WARNINGS)
+        if r.predicted_non_primary:
+            self._predicted += 1
+            self._confirmed += imported and r.is_primary is False
+            self._not_confirmed += r.is_primary is True
+        self._not_predicted += imported and r.is_primary is False and not r.predicted_non_primary
+        self._already += r.code == "already_imported"
+
+    def summary(self, *, unaccounted: int, cancelled: bool, not_reached: int, accounted_twice: int,
+                outside_inventory: int) -> dict[str, Any]:
+        return {
+            "files_total": self._files,
+            "bytes_total": self._bytes,
+            "files_by_state": {s.value: self._states.get(s, 0) for s in FileState},
+            "reasons": dict(self._reasons.most_common()),
+            "image_sets": len(self._image_sets),
+            "primary_image_sets": sum(1 for p in self._image_sets.values() if p),
+            "non_primary_image_sets": sorted(k for k, p in self._image_sets.items() if not p),
+            "jobs": sorted(self._jobs),
+            # Planning's per-file prediction against what review saw (isPrimary per imported file).
+            "predicted_non_primary": self._predicted,
+            "predicted_non_primary_confirmed": self._confirmed,
+            "predicted_non_primary_not_confirmed": self._not_confirmed,
+            "non_primary_not_predicted": self._not_predicted,
+            "already_imported": self._already,
+            "unaccounted": unaccounted,
+            "cancelled": cancelled,
+            "not_reached_before_cancel": not_reached,
+            "accounted_twice": accounted_twice,
+            "outside_inventory": outside_inventory,
+        }
 
 
-def _resolve_duplicate(row: LedgerEntry, by_key: dict[str, LedgerEntry]) -> LedgerEntry:
+def _resolve_duplicate(row: LedgerEntry, row_of: Callable[[str], LedgerEntry | None]) -> LedgerEntry:
     """A copy is only `skipped_duplicate` if its original really was imported; otherwise it shares its fate."""
     if row.state is not FileState.SKIPPED_DUPLICATE or not row.duplicate_of or row.code == "already_imported":
         return row  # (an earlier migration's import is checked at planning: its image set still exists)
-    original = by_key.get(row.duplicate_of)
+    original = row_of(row.duplicate_of)
     if original is None or original.state in (FileState.IMPORTED, FileState.IMPORTED_WITH_WARNINGS,
                                               FileState.SKIPPED_DUPLICATE):
         return row  # (an original skipped as already in the data store: the copy is too, for the same reason)
@@ -241,40 +271,63 @@ class ReportActivities:
                    for name, key in keys[".start.json"].items() if name not in results}
         return results, started
 
-    def _read_lines(self, prefix: S3Location, times: dict[str, datetime]) -> list[LedgerEntry]:
-        """Every ledger line under ``prefix``; ``times`` gets, per file, when its ledger object was written."""
-        out: list[LedgerEntry] = []
+    def _read_lines(self, prefix: S3Location, add: Callable[[int, Iterable[LedgerEntry]], None],
+                    times: list[datetime]) -> None:
+        """Every ledger line under ``prefix`` into ``add``, object by object; ``times`` gets each object's time
+        (an object is numbered by its place in ``times``)."""
         for obj in list_objects(self._s3, prefix):
-            for r in iter_ndjson(self._s3, S3Location(prefix.bucket, obj["Key"])):
-                entry = LedgerEntry.model_validate(r)
-                times[entry.key] = obj["LastModified"]
-                out.append(entry)
-        return out
+            times.append(obj["LastModified"])
+            add(len(times) - 1, (LedgerEntry.model_validate(r)
+                                 for r in iter_ndjson(self._s3, S3Location(prefix.bucket, obj["Key"]))))
 
     @activity.defn(name="write_report")
     @keeps_alive
     def write_report(self, input: ReportInput) -> ReportResult:
+        """Join the inventory with every ledger (`ReportStore`, on local disk) and write the per-file lines as
+        they are produced (multipart uploads of files.ndjson and files.csv), counting as they pass: memory
+        follows the studies, series and image sets, never the files."""
         root = layout.root(input.work_s3_uri, input.migration_id)
-        inventory: list[InventoryEntry] = []
         if input.inventory_pages is not None:
             # Exactly the pages this run wrote: a stale page from an earlier run of the same id must not count.
             page_locs = [layout.inventory_page(input.work_s3_uri, input.migration_id, n) for n in range(input.inventory_pages)]
         else:
             page_locs = [S3Location(root.bucket, o["Key"]) for o in list_objects(self._s3, layout.inventory_prefix(input.work_s3_uri, input.migration_id))]
-        for loc in page_locs:
-            inventory += [InventoryEntry.model_validate(r) for r in iter_ndjson(self._s3, loc)]
-        times: dict[str, datetime] = {}
-        ledger = self._read_lines(layout.ledger_prefix(input.work_s3_uri, input.migration_id), times)
-        unreceived = self._read_lines(layout.receive_failures_prefix(input.work_s3_uri, input.migration_id), times)
-        rows, summary = build_report(inventory, ledger, input.cancelled, unreceived)
+        with ReportStore() as store:
+            for loc in page_locs:
+                store.add_inventory(InventoryEntry.model_validate(r) for r in iter_ndjson(self._s3, loc))
+            times: list[datetime] = []
+            self._read_lines(layout.ledger_prefix(input.work_s3_uri, input.migration_id), store.add_ledger, times)
+            self._read_lines(layout.receive_failures_prefix(input.work_s3_uri, input.migration_id),
+                             store.add_unreceived, times)
+            store.finish_loading()
+            unaccounted, not_reached = store.build_rows(input.cancelled)
+            tally = ReportTally()
+            # Files no stage recorded (cancelled, unaccounted) get their verdict now, from this report.
+            now = datetime.now(UTC)
+            aggregate = ReportAggregator(input.datastore_id)
+            files_loc = layout.report_files(input.work_s3_uri, input.migration_id)
+            csv_loc = layout.report_csv(input.work_s3_uri, input.migration_id)
+            with S3StreamWriter(self._s3, files_loc, "application/x-ndjson") as lines, \
+                    S3StreamWriter(self._s3, csv_loc, "text/csv; charset=utf-8") as table:
+
+                def rows() -> Iterator[LedgerEntry]:
+                    for n, (row, obj) in enumerate(store.rows()):
+                        row = _resolve_duplicate(row, store.row)
+                        lines.write(row.model_dump_json(exclude_none=True).encode() + b"\n")
+                        tally.add(row)
+                        aggregate.add(row, times[obj] if obj is not None else now)
+                        if n % 10_000 == 0 and (keep := current()):
+                            keep.record("rows", n)
+                        yield row
+
+                for text in csv_lines(rows()):
+                    table.write(text.encode())
+            summary = tally.summary(unaccounted=unaccounted, cancelled=input.cancelled, not_reached=not_reached,
+                                    accounted_twice=store.accounted_twice(),
+                                    outside_inventory=store.outside_inventory())
         if (fhir := fhir_section(*self._fhir_docs(layout.fhir_prefix(input.work_s3_uri, input.migration_id)))) is not None:
             summary["fhir"] = fhir
         summary.update({"migration_id": input.migration_id, "datastore_id": input.datastore_id})
-        # Files no stage recorded (cancelled, unaccounted) get their verdict now, from this report.
-        now = datetime.now(UTC)
-        aggregate = ReportAggregator(input.datastore_id)
-        for row in rows:
-            aggregate.add(row, times.get(row.key, now))
         # The migration's start: when its first inventory page was written (pages of an earlier run of the same
         # id, which page_locs leaves out, do not count).
         pages = {loc.key for loc in page_locs}
@@ -286,13 +339,8 @@ class ReportActivities:
         details = aggregate.details(min(started, default=None), now, self._dicomweb_url).model_copy(
             update=optional_sections(self._s3, plan_loc, verify_loc))
         summary["details"] = details.model_dump(mode="json", exclude_none=True)
-        files_loc = layout.report_files(input.work_s3_uri, input.migration_id)
         report_loc = layout.report_document(input.work_s3_uri, input.migration_id)
         text_loc = layout.report_summary(input.work_s3_uri, input.migration_id)
-        body = "".join(r.model_dump_json(exclude_none=True) + "\n" for r in rows).encode()
-        put_bytes(self._s3, files_loc, body, "application/x-ndjson")
-        csv_loc = layout.report_csv(input.work_s3_uri, input.migration_id)
-        put_bytes(self._s3, csv_loc, "".join(csv_lines(rows)).encode(), "text/csv; charset=utf-8")
         html_loc = layout.report_html(input.work_s3_uri, input.migration_id)
         summary.update({"files_uri": files_loc.uri, "csv_uri": csv_loc.uri, "html_uri": html_loc.uri})
         put_json(self._s3, report_loc, summary)
@@ -300,5 +348,6 @@ class ReportActivities:
         document = ReportDocument.model_validate_json(json.dumps(summary, default=str))
         put_bytes(self._s3, html_loc, render_html(document).encode(), "text/html; charset=utf-8")
         return ReportResult(report_uri=report_loc.uri, summary_uri=text_loc.uri, files_uri=files_loc.uri,
-                            files_total=len(rows), files_by_state={FileState(k): v for k, v in summary["files_by_state"].items()},
+                            files_total=summary["files_total"],
+                            files_by_state={FileState(k): v for k, v in summary["files_by_state"].items()},
                             unaccounted=summary["unaccounted"], accounted_twice=summary["accounted_twice"])

@@ -74,9 +74,14 @@ def get_bytes(s3: Any, loc: S3Location) -> bytes:
 
 
 def iter_ndjson(s3: Any, loc: S3Location) -> Iterator[dict[str, Any]]:
-    for line in get_bytes(s3, loc).splitlines():
-        if line.strip():
-            yield json.loads(line)
+    """The rows of an NDJSON object, read as a stream: memory follows one line, not the object."""
+    body = s3.get_object(Bucket=loc.bucket, Key=loc.key)["Body"]
+    try:
+        for line in body.iter_lines(chunk_size=64 * 1024):
+            if line.strip():
+                yield json.loads(line)
+    finally:
+        body.close()
 
 
 def read_models(s3: Any, loc: S3Location, model: type[M]) -> list[M]:

@@ -16,6 +16,7 @@ from temporalio.worker import Worker
 from activities.import_index import ImportIndex
 from activities.importjob import job_name
 from activities.plan import PlanActivities
+from activities.plan_store import PlanStore
 from activities.storage import put_ndjson
 from contracts import layout
 from contracts.batch import BatchInput, BatchResult
@@ -288,6 +289,16 @@ class TestAcrossMigrations:
         assert progress.predicted_non_primary == 1 and progress.non_primary_image_sets == 1
 
 
+def read_index(activities: PlanActivities, plan_input: PlanInput, instances: list[InstanceRecord],
+               ) -> tuple[set[str], set[tuple[str, str]]]:
+    """Planning's reading of the import index: the instances and the series it holds of ``instances``."""
+    with PlanStore() as store:
+        store.add_records(instances)
+        store.finish_loading()
+        activities._read_index(plan_input, store)
+        return set(store.index_hits()), set(store.held_series_keys())
+
+
 class TestImportIndex:
     """Planning's reading of the data store's import index, against moto and the emulator (activity level)."""
 
@@ -311,15 +322,15 @@ class TestImportIndex:
         # Throttled more often than the client's own retry absorbs: waited out inside the activity, which then
         # learns that the image set does not exist.
         emulator_admin(emulator_url, "faults", {"kind": "throttle", "operation": "GetImageSet", "count": 3})
-        index = activities._read_index(plan_input, [inst])
+        hits, series = read_index(activities, plan_input, [inst])
         assert all(f["remaining"] == 0 for f in emulator_admin(emulator_url, "faults")["faults"]
                    if f.get("operation") == "GetImageSet")
-        assert index.instances == {} and index.series == {}
+        assert hits == set() and series == set()
         # Without the existence check (no HealthImaging client) the entry would have counted.
-        assert set(PlanActivities(s3)._read_index(plan_input, [inst]).instances) == {"1.2.3"}
+        assert read_index(PlanActivities(s3), plan_input, [inst])[0] == {"1.2.3"}
         # The own migration's index is never "earlier".
         own = plan_input.model_copy(update={"migration_id": "mig-earlier"})
-        assert PlanActivities(s3)._read_index(own, [inst]).instances == {}
+        assert read_index(PlanActivities(s3), own, [inst])[0] == set()
 
     def test_an_index_written_under_the_work_prefix_is_read_and_moved_into_place(
             self, buckets: dict[str, Any], datastore_id: str) -> None:
@@ -337,7 +348,7 @@ class TestImportIndex:
                               study_fingerprint="s", series_fingerprint="se", content_id="1:e:h")
         plan_input = PlanInput(migration_id="mig-now", source_s3_uri="s3://src/", work_s3_uri=work, pages=0,
                                max_files_per_batch=10, max_bytes_per_batch=10**6, datastore_id=datastore_id)
-        assert set(PlanActivities(s3)._read_index(plan_input, [inst]).instances) == {"1.2.9"}
+        assert read_index(PlanActivities(s3), plan_input, [inst])[0] == {"1.2.9"}
         moved = layout.imported_index(work, datastore_id, "mig-old", 0)
         assert s3.get_object(Bucket=moved.bucket, Key=moved.key)["Body"].read() == \
             s3.get_object(Bucket=legacy.bucket, Key=legacy.key)["Body"].read()
@@ -345,10 +356,10 @@ class TestImportIndex:
         index = ImportIndex(s3)
         assert index.adopt_legacy(work, datastore_id) == 0
         elsewhere = plan_input.model_copy(update={"work_s3_uri": f"s3://{buckets['work']}/other/"})
-        assert set(PlanActivities(s3)._read_index(elsewhere, [inst]).instances) == {"1.2.9"}
+        assert read_index(PlanActivities(s3), elsewhere, [inst])[0] == {"1.2.9"}
         # The old migration re-run under its old work prefix does not count its own rows as earlier.
-        assert PlanActivities(s3)._read_index(plan_input.model_copy(update={"migration_id": "mig-old"}),
-                                              [inst]).instances == {}
+        assert read_index(PlanActivities(s3), plan_input.model_copy(update={"migration_id": "mig-old"}),
+                          [inst])[0] == set()
         # A batch reviewed before the move is still read back where its review wrote it (FHIR routing).
         batch = BatchInput(migration_id="mig-old", batch=0, source_s3_uri="s3://src/", work_s3_uri=work,
                            datastore_id=datastore_id)

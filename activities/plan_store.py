@@ -1,0 +1,278 @@
+"""Planning's working set on local disk: every normalized record of a migration in one SQLite file.
+
+Planning needs three orders over the same records (by SOP Instance UID to find duplicates, by key to find
+source folders, by study and series to predict non-primary image sets and to pack), plus lookups into the
+import index. Held in lists, that is the worker's peak memory at a million files; here it is a temporary
+SQLite database with one index per order, so memory is SQLite's page cache plus one group (one SOP Instance
+UID's copies, one series' first record, one batch) at a time. Why SQLite rather than an external sort of the
+pages: three orders would mean three sorts and a merge-join with the index; SQLite does the sorting, joining
+and spilling, ships with Python and needs nothing to be cleaned up but one directory.
+
+The file belongs to one activity attempt (`activities.spill_db`): a retry, on this worker or another, rebuilds it
+from the pages in S3, so nothing here must survive a crash.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from itertools import groupby
+from types import TracebackType
+
+from activities.spill_db import SpillDatabase
+from contracts.common import FileState
+from contracts.records import InstanceRecord, LedgerEntry, attributes_fingerprint
+
+# dropped.state
+DUPLICATE, HELD, FAILED_BEFORE = 1, 2, 3
+_KEPT = "NOT EXISTS (SELECT 1 FROM dropped WHERE dropped.seq = inst.seq)"
+# Ledger phases, written in this order (as planning always wrote them): duplicates within the source, then
+# files the data store already holds, then files held back because they failed before (activities.failed_before).
+PHASE_DUPLICATES, PHASE_HELD, PHASE_FAILED_BEFORE = 0, 1, 2
+
+_SCHEMA = """
+CREATE TABLE inst (
+    seq INTEGER PRIMARY KEY,          -- reading order (page, line): the tie-break of equal keys
+    key TEXT NOT NULL, sop TEXT NOT NULL, study TEXT NOT NULL, series TEXT NOT NULL,
+    size INTEGER NOT NULL, afp TEXT NOT NULL,
+    record TEXT NOT NULL,             -- the validated InstanceRecord as JSON (exclude_none), as manifests hold it
+    predicted INTEGER NOT NULL DEFAULT 0 -- the record arrived predicted non-primary already
+);
+-- Verdicts go into tables of their own: SQLite leaves undefined what a running SELECT sees of rows the same
+-- connection updates, and every verdict is written while a SELECT over inst is running.
+CREATE TABLE dropped (seq INTEGER PRIMARY KEY, state INTEGER NOT NULL);  -- DUPLICATE or HELD: in the ledger
+CREATE TABLE prediction (seq INTEGER PRIMARY KEY, reason TEXT NOT NULL);  -- predicted non-primary by this plan
+CREATE TABLE staged (seq INTEGER PRIMARY KEY);  -- packed into staged batches, not imported in place
+CREATE TABLE hit (sop TEXT PRIMARY KEY, image_set TEXT NOT NULL, record TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE held_series (study TEXT NOT NULL, series TEXT NOT NULL, image_set TEXT NOT NULL, record TEXT NOT NULL,
+                          PRIMARY KEY (study, series)) WITHOUT ROWID;
+CREATE TABLE idx (n INTEGER PRIMARY KEY, sop TEXT, study TEXT, series TEXT, is_primary INTEGER, image_set TEXT,
+                  record TEXT);
+CREATE TABLE ledger (id INTEGER PRIMARY KEY, phase INTEGER NOT NULL, key TEXT NOT NULL, rejected INTEGER NOT NULL,
+                     line TEXT NOT NULL);
+CREATE TABLE folder (path TEXT PRIMARY KEY, inv INTEGER NOT NULL DEFAULT 0, kept INTEGER NOT NULL DEFAULT 0,
+                     bytes INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;
+"""
+_CHUNK = 2000
+_ROW = ("SELECT inst.seq, key, size, study, series, record, prediction.reason FROM inst "
+        "LEFT JOIN prediction ON prediction.seq = inst.seq")
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One kept record on its way into a batch."""
+
+    seq: int
+    key: str
+    size: int
+    study: str
+    series: str
+    record: str
+    reason: str | None  # set: planning predicted it non-primary, and the record must say so
+
+    def manifest_line(self) -> str:
+        if self.reason is None:
+            return self.record
+        inst = InstanceRecord.model_validate_json(self.record)
+        inst.predicted_non_primary = True
+        inst.prediction_reason = self.reason
+        return inst.model_dump_json(exclude_none=True)
+
+
+@dataclass(frozen=True, slots=True)
+class FolderStats:
+    inventoried: int  # objects under the folder in the source listing (recursively)
+    kept: int  # of them, files this plan imports
+    bytes: int  # their bytes
+
+
+def ancestors(key: str) -> Iterator[str]:
+    """Every folder of ``key``, shortest first: ``a/``, ``a/b/`` for ``a/b/c.dcm``."""
+    end = key.find("/")
+    while end != -1:
+        yield key[: end + 1]
+        end = key.find("/", end + 1)
+
+
+class PlanStore:
+    """``with PlanStore() as store:`` a fresh database in a fresh temporary directory, removed on exit."""
+
+    def __init__(self, cache_mib: int = 16) -> None:
+        self._spill = SpillDatabase("plan", _SCHEMA, cache_mib)
+        self._db = self._spill.db
+
+    def __enter__(self) -> PlanStore:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._spill.close()
+
+    # -- loading -------------------------------------------------------------------------------------------
+
+    def add_records(self, records: Iterable[InstanceRecord]) -> int:
+        rows = [(r.key, r.sop_instance_uid, r.study_instance_uid, r.series_instance_uid, r.size,
+                 attributes_fingerprint(r), r.model_dump_json(exclude_none=True), int(r.predicted_non_primary))
+                for r in records]
+        self._db.executemany("INSERT INTO inst (key, sop, study, series, size, afp, record, predicted) "
+                             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        return len(rows)
+
+    def finish_loading(self) -> None:
+        """Build the three orders once every record is in (faster than keeping indexes up while inserting)."""
+        self._db.execute("CREATE INDEX inst_sop ON inst (sop)")
+        self._db.execute("CREATE INDEX inst_key ON inst (key, seq)")
+        self._db.execute("CREATE INDEX inst_series ON inst (study, series, key, seq)")
+
+    def records(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM inst").fetchone()[0])
+
+    # -- the import index ----------------------------------------------------------------------------------
+
+    def add_index_rows(self, rows: Iterable[tuple[str, str, str, bool, str, str]]) -> None:
+        """One index object's rows (sop, study, series, is_primary, image set, line JSON), in their order: kept
+        where they meet this source, a later line replacing an earlier one of the same instance or series."""
+        self._db.executemany("INSERT INTO idx (sop, study, series, is_primary, image_set, record) "
+                             "VALUES (?, ?, ?, ?, ?, ?)", rows)
+        self._db.execute("INSERT OR REPLACE INTO hit (sop, image_set, record) SELECT sop, image_set, record FROM idx "
+                         "WHERE sop IN (SELECT sop FROM inst) ORDER BY n")
+        self._db.execute("INSERT OR REPLACE INTO held_series (study, series, image_set, record) "
+                         "SELECT study, series, image_set, record FROM idx WHERE is_primary AND EXISTS "
+                         "(SELECT 1 FROM inst WHERE inst.study = idx.study AND inst.series = idx.series) ORDER BY n")
+        self._db.execute("DELETE FROM idx")
+
+    def indexed_image_sets(self) -> Iterator[str]:
+        for (image_set,) in self._db.execute("SELECT image_set FROM hit UNION SELECT image_set FROM held_series "
+                                             "ORDER BY 1"):
+            yield image_set
+
+    def forget_image_sets(self, gone: Iterable[str]) -> None:
+        """Index lines pointing into image sets that no longer exist: their files are imported again."""
+        rows = [(g,) for g in gone]
+        self._db.executemany("DELETE FROM hit WHERE image_set = ?", rows)
+        self._db.executemany("DELETE FROM held_series WHERE image_set = ?", rows)
+
+    def index_hits(self) -> Iterator[str]:
+        """SOP Instance UIDs of this source the import index holds (after `forget_image_sets`)."""
+        for (sop,) in self._db.execute("SELECT sop FROM hit ORDER BY sop"):
+            yield sop
+
+    def held_series_keys(self) -> Iterator[tuple[str, str]]:
+        yield from self._db.execute("SELECT study, series FROM held_series ORDER BY study, series")
+
+    def held_series(self, study: str, series: str) -> str | None:
+        found = self._db.execute("SELECT record FROM held_series WHERE study = ? AND series = ?",
+                                 (study, series)).fetchone()
+        return None if found is None else str(found[0])
+
+    # -- verdicts ------------------------------------------------------------------------------------------
+
+    def duplicate_groups(self) -> Iterator[list[tuple[int, str]]]:
+        """(seq, record JSON) of every SOP Instance UID found more than once, one group at a time, by key."""
+        cursor = self._db.execute(
+            "SELECT sop, seq, record FROM inst WHERE sop IN (SELECT sop FROM inst GROUP BY sop HAVING COUNT(*) > 1) "
+            "ORDER BY sop, key, seq")
+        for _, group in groupby(cursor, key=lambda r: r[0]):
+            yield [(seq, record) for _, seq, record in group]
+
+    def kept_with_hits(self) -> Iterator[list[tuple[int, str, str]]]:
+        """(seq, record, index line) of kept files whose SOP Instance UID the index holds, by key, in chunks."""
+        cursor = self._db.execute("SELECT inst.seq, inst.record, hit.record FROM inst JOIN hit ON hit.sop = inst.sop "
+                                  f"WHERE {_KEPT} ORDER BY inst.key, inst.seq")
+        while chunk := cursor.fetchmany(_CHUNK):
+            yield [(int(seq), str(record), str(line)) for seq, record, line in chunk]
+
+    def drop(self, seqs: Iterable[int], state: int) -> None:
+        self._db.executemany("INSERT INTO dropped (seq, state) VALUES (?, ?)", [(s, state) for s in seqs])
+
+    def add_ledger(self, phase: int, entries: Iterable[LedgerEntry]) -> None:
+        self._db.executemany("INSERT INTO ledger (phase, key, rejected, line) VALUES (?, ?, ?, ?)",
+                             [(phase, e.key, int(e.state is FileState.REJECTED), e.model_dump_json(exclude_none=True))
+                              for e in entries])
+
+    def ledger_lines(self) -> Iterator[str]:
+        for (line,) in self._db.execute("SELECT line FROM ledger ORDER BY phase, key, id"):
+            yield line
+
+    def ledger_counts(self, phase: int | None = None) -> tuple[int, int]:
+        """(entries, rejected entries), of one phase or of all."""
+        where, args = ("WHERE phase = ?", (phase,)) if phase is not None else ("", ())
+        total, rejected = self._db.execute(f"SELECT COUNT(*), COALESCE(SUM(rejected), 0) FROM ledger {where}",
+                                           args).fetchone()
+        return int(total), int(rejected)
+
+    # -- prediction ----------------------------------------------------------------------------------------
+
+    def kept_by_series(self) -> Iterator[tuple[int, str, str, str]]:
+        """(seq, study, series, attributes fingerprint) of kept files by study, series and key."""
+        yield from self._db.execute(f"SELECT seq, study, series, afp FROM inst WHERE {_KEPT} "
+                                    "ORDER BY study, series, key, seq")
+
+    def set_predicted(self, reasons: Iterable[tuple[int, str]]) -> None:
+        self._db.executemany("INSERT INTO prediction (seq, reason) VALUES (?, ?)", reasons)
+
+    def predicted(self) -> int:
+        """Kept files predicted non-primary: by this plan, or already on arrival."""
+        return int(self._db.execute(f"SELECT COUNT(*) FROM inst WHERE {_KEPT} AND (predicted OR EXISTS "
+                                    "(SELECT 1 FROM prediction WHERE prediction.seq = inst.seq))").fetchone()[0])
+
+    def kept(self) -> int:
+        return int(self._db.execute(f"SELECT COUNT(*) FROM inst WHERE {_KEPT}").fetchone()[0])
+
+    # -- folders -------------------------------------------------------------------------------------------
+
+    def add_inventory_keys(self, keys: Iterable[str]) -> None:
+        """One inventory page's keys: every folder above each counts it (summed per page, then stored)."""
+        counts: dict[str, int] = {}
+        for key in keys:
+            for folder in ancestors(key):
+                counts[folder] = counts.get(folder, 0) + 1
+        self._db.executemany("INSERT INTO folder (path, inv) VALUES (?, ?) "
+                             "ON CONFLICT (path) DO UPDATE SET inv = inv + excluded.inv", counts.items())
+
+    def count_kept_folders(self) -> None:
+        """Files and bytes this plan imports under every folder (recursively)."""
+        counts: dict[str, list[int]] = {}
+
+        def flush() -> None:
+            self._db.executemany("INSERT INTO folder (path, kept, bytes) VALUES (?, ?, ?) ON CONFLICT (path) "
+                                 "DO UPDATE SET kept = kept + excluded.kept, bytes = bytes + excluded.bytes",
+                                 [(p, n, b) for p, (n, b) in counts.items()])
+            counts.clear()
+
+        for key, size in self._db.execute(f"SELECT key, size FROM inst WHERE {_KEPT} ORDER BY key, seq"):
+            for folder in ancestors(key):
+                c = counts.setdefault(folder, [0, 0])
+                c[0] += 1
+                c[1] += size
+            if len(counts) >= 50_000:
+                flush()
+        flush()
+
+    def folder(self, path: str) -> FolderStats:
+        found = self._db.execute("SELECT inv, kept, bytes FROM folder WHERE path = ?", (path,)).fetchone()
+        return FolderStats(*found) if found else FolderStats(0, 0, 0)
+
+    # -- packing -------------------------------------------------------------------------------------------
+
+    def _rows(self, sql: str) -> Iterator[Row]:
+        cursor = self._db.execute(sql)
+        while chunk := cursor.fetchmany(_CHUNK):
+            for seq, key, size, study, series, record, reason in chunk:
+                yield Row(seq, key, size, study, series, record, reason)
+
+    def kept_by_key(self) -> Iterator[Row]:
+        return self._rows(f"{_ROW} WHERE {_KEPT} ORDER BY key, inst.seq")
+
+    def set_staged(self, seqs: Iterable[int]) -> None:
+        self._db.executemany("INSERT INTO staged (seq) VALUES (?)", [(s,) for s in seqs])
+
+    def stage_all(self) -> None:
+        self._db.execute(f"INSERT INTO staged (seq) SELECT seq FROM inst WHERE {_KEPT}")
+
+    def staged_by_study(self) -> Iterator[Row]:
+        return self._rows(f"{_ROW} JOIN staged ON staged.seq = inst.seq WHERE {_KEPT} "
+                          "ORDER BY study, series, key, inst.seq")
