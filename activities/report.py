@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from temporalio import activity
 
 from activities.heartbeat import keeps_alive
+from activities.plan_compare import write_comparison
 from activities.report_aggregate import ReportAggregator
 from activities.report_html import csv_lines, render_html
 from activities.storage import get_bytes, get_json, is_missing, iter_ndjson, list_objects, put_bytes, put_json
@@ -280,6 +281,9 @@ class ReportActivities:
         pages = {loc.key for loc in page_locs}
         started = [o["LastModified"] for o in list_objects(
             self._s3, layout.inventory_prefix(input.work_s3_uri, input.migration_id)) if o["Key"] in pages]
+        # A migration started from a plan: plan against actual, before the section is read back just below.
+        write_comparison(self._s3, input.work_s3_uri, input.migration_id, rows, len(summary["jobs"]),
+                         min(started, default=None), now)
         plan_loc = layout.report_plan(input.work_s3_uri, input.migration_id)
         verify_loc = layout.report_verify(input.work_s3_uri, input.migration_id)
         summary.update({"plan_uri": plan_loc.uri, "verify_uri": verify_loc.uri})
