@@ -25,7 +25,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from contracts.common import Closed, FileState, Int, Strict, ValidationLevel
+from contracts.common import Closed, FileState, Float, Int, Strict, ValidationLevel
 from contracts.migration import MigrationInput
 from contracts.stages import PlanResult
 
@@ -64,9 +64,9 @@ class PlanState(Closed):
     header_requests: Count = 0
     started_at: datetime | None = None
     # Seconds each stage took, measured by the workflow clock: the estimate's receive/parse/plan figures.
-    receive_seconds: float = 0.0
-    parse_seconds: float = 0.0
-    plan_seconds: float = 0.0
+    receive_seconds: Annotated[Float, Field(ge=0)] = 0.0
+    parse_seconds: Annotated[Float, Field(ge=0)] = 0.0
+    plan_seconds: Annotated[Float, Field(ge=0)] = 0.0
     runs: Annotated[Int, Field(ge=1)] = 1
     plan_uri: str | None = None
 

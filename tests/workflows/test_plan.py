@@ -11,6 +11,7 @@ when started directly.
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from collections import Counter
 from datetime import timedelta
@@ -19,7 +20,7 @@ from typing import Any
 
 import pytest
 from temporalio.client import Client, WorkflowFailureError
-from temporalio.worker import Worker
+from temporalio.worker import Replayer, Worker
 
 from activities.storage import get_bytes, iter_ndjson
 from contracts import layout
@@ -30,10 +31,14 @@ from contracts.report import PlanComparison
 from contracts.s3uri import parse_s3_uri
 from tests.support.cli import invoke
 from tests.support.dicom import make_instance, uid
+from tests.support.installation import converter, plain_history_json
 from tests.support.migrations import migrate, report_rows
 from tests.workflows.conftest import active_datastore
+from worker.registry import WORKFLOWS
 from workflows.migration import MigrationWorkflow
 from workflows.plan import PlanWorkflow
+
+HISTORIES = Path(__file__).parent.parent / "histories"
 
 
 @pytest.fixture
@@ -167,6 +172,14 @@ async def test_start_from_plan_reuses_it_and_reports_plan_against_actual(
     predicted = _predictions(s3, small.work_s3_uri, pid)
     assert set(rows) == set(predicted)
     assert all(agrees(p, FileState(rows[k]["state"]), rows[k].get("code")) for k, p in predicted.items())
+    # Deterministic: both workflows replay from their histories (recorded into tests/histories on request).
+    plan_history = await client.get_workflow_handle(pid).fetch_history()
+    replayer = Replayer(workflows=WORKFLOWS, data_converter=converter())
+    for recorded in (plan_history, history):
+        await replayer.replay_workflow(recorded)
+    if os.environ.get("HIMIG_RECORD_HISTORIES"):
+        for recorded in (plan_history, history):  # the file name is the workflow id
+            (HISTORIES / f"{recorded.workflow_id}.json").write_text(plain_history_json(recorded))
     shown = PlanComparison.model_validate_json(get_bytes(s3, layout.report_plan(small.work_s3_uri, mid)))
     by_label = {r.label: r for r in shown.rows}
     assert by_label["files with the predicted outcome"].actual == by_label["files"].planned == 8
