@@ -350,7 +350,7 @@ def print_status(target: Target, answer: Any) -> None:
         print_batch(answer, target.id, console)
     elif target.kind is Kind.RECONCILIATION:
         print_reconciliation(answer, target.id, console)
-    elif target.kind is Kind.ROLLBACK:
+    elif target.kind in (Kind.ROLLBACK, Kind.PLAN):
         console.print_json(answer.model_dump_json())
     else:
         print_ingest(answer, console)

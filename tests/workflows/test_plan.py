@@ -159,6 +159,13 @@ async def test_start_from_plan_reuses_it_and_reports_plan_against_actual(
     assert (doc.files, doc.rejected_files, doc.duplicates_in_source, doc.predicted_non_primary_files) == (8, 1, 1, 1)
     assert doc.predicted_non_primary_series[0].attributes[:2] == ["PatientID", "PatientName"]
 
+    status = await invoke(himig_cli, "status", pid, "--json")
+    assert status.exit_code == 0 and json.loads(status.output)["phase"] == "completed", status.output
+    wrong = await invoke(himig_cli, "report", pid)
+    assert wrong.exit_code != 0 and "is a plan" in wrong.flat and "himig plan --show" in wrong.flat
+    shown = await invoke(himig_cli, "plan", "--show", pid)
+    assert shown.exit_code == 0 and f"plan {pid}: 8 files" in shown.flat
+
     mid = f"from-plan-{uuid.uuid4().hex[:6]}"
     started = await invoke(himig_cli, "start", "--from-plan", pid, "--id", mid)
     assert started.exit_code == 0, started.output
@@ -180,8 +187,8 @@ async def test_start_from_plan_reuses_it_and_reports_plan_against_actual(
     if os.environ.get("HIMIG_RECORD_HISTORIES"):
         for recorded in (plan_history, history):  # the file name is the workflow id
             (HISTORIES / f"{recorded.workflow_id}.json").write_text(plain_history_json(recorded))
-    shown = PlanComparison.model_validate_json(get_bytes(s3, layout.report_plan(small.work_s3_uri, mid)))
-    by_label = {r.label: r for r in shown.rows}
+    compared = PlanComparison.model_validate_json(get_bytes(s3, layout.report_plan(small.work_s3_uri, mid)))
+    by_label = {r.label: r for r in compared.rows}
     assert by_label["files with the predicted outcome"].actual == by_label["files"].planned == 8
     assert by_label["import jobs"].planned == by_label["import jobs"].actual
     html = get_bytes(s3, layout.report_html(small.work_s3_uri, mid)).decode()
