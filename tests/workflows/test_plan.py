@@ -258,3 +258,33 @@ async def test_plan_input_is_strict(client: Client, worker: Worker, small: Migra
                                       id=f"plan-forged-{uuid.uuid4().hex[:6]}", task_queue=worker.task_queue,
                                       execution_timeout=timedelta(seconds=30))
     assert "continued" in str(failed.value.cause)
+
+
+# ---- any connector: a plan over a DICOMweb PACS (Orthanc), then a migration from it that does not pull again
+
+async def test_a_plan_over_a_pacs_predicts_what_cannot_be_pulled_and_is_not_pulled_again(
+        client: Client, worker: Worker, buckets: dict[str, Any], own_datastore: str, orthanc: Any) -> None:
+    from contracts.sources import DicomwebSource
+    from tests.activities.sources.pacs import seed_two_studies
+
+    seeded = seed_two_studies(orthanc)
+    s3, missing = buckets["s3"], uid()
+    payload = MigrationInput(
+        source_s3_uri=f"s3://{buckets['source']}/landed/", datastore_id=own_datastore,
+        work_s3_uri=f"s3://{buckets['work']}/runs/", inventory_page_size=3, max_files_per_batch=5,
+        import_start_interval_seconds=0,
+        source_connector=DicomwebSource(kind="dicomweb", url=orthanc.dicomweb, study_uids=[*seeded.studies, missing]))
+    pid, doc = await _plan(client, worker, s3, payload)
+    assert (doc.files, doc.source_failures) == (7, 1)
+    assert doc.predicted_by_outcome == {PredictedOutcome.IMPORT: 7, PredictedOutcome.FAILED: 1}
+    predicted = _predictions(s3, payload.work_s3_uri, pid)
+    assert predicted[f"landed/{missing}/"].code == "StudyNotFound"
+
+    from_plan = payload.model_copy(update={"source_connector": None, "from_plan": pid})
+    mid, result = await migrate(client, worker, from_plan, prefix="pacs-from-plan", timeout_seconds=120)
+    kinds = _activity_types(await client.get_workflow_handle(mid).fetch_history())
+    assert kinds["adopt_plan"] == 1 and not kinds["receive_inventory"] and not kinds["parse_headers"]
+    rows = report_rows(s3, result)
+    assert set(rows) == set(predicted) and len(rows) == 8
+    assert all(agrees(p, FileState(rows[k]["state"]), rows[k].get("code")) for k, p in predicted.items())
+    assert rows[f"landed/{missing}/"]["state"] == FileState.FAILED
