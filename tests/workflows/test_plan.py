@@ -148,6 +148,13 @@ def _activity_types(history: Any) -> Counter[str]:
 async def test_start_from_plan_reuses_it_and_reports_plan_against_actual(
         client: Client, worker: Worker, buckets: dict[str, Any], small: MigrationInput, himig_cli: Any) -> None:
     s3 = buckets["s3"]
+    source = parse_s3_uri(small.source_s3_uri)
+
+    def source_objects() -> dict[str, str]:
+        listed = s3.list_objects_v2(Bucket=source.bucket, Prefix=source.key)["Contents"]
+        return {o["Key"]: o["ETag"] for o in listed}
+
+    before = source_objects()
     out = await invoke(himig_cli, "plan", "--source", small.source_s3_uri, "--datastore-id", small.datastore_id,
                        "--work", small.work_s3_uri, "--max-files-per-batch", "4", "--import-start-interval", "0",
                        "--id", f"plan-cli-{uuid.uuid4().hex[:6]}")
@@ -156,6 +163,11 @@ async def test_start_from_plan_reuses_it_and_reports_plan_against_actual(
     assert "rejected by validation, per code" in out.flat and "PatientID" in out.flat
     assert f"himig start --from-plan {pid}" in out.flat
     doc = PlanDocument.model_validate_json(get_bytes(s3, layout.plan_document(small.work_s3_uri, pid)))
+    # Moved nothing: the source is as it was, and the plan staged nothing and asked for no job output.
+    assert source_objects() == before
+    written = [o["Key"] for o in s3.list_objects_v2(Bucket=parse_s3_uri(small.work_s3_uri).bucket,
+                                                    Prefix=layout.root(small.work_s3_uri, pid).key)["Contents"]]
+    assert written and not [k for k in written if "/staging/" in k or "/import-output/" in k]
     assert (doc.files, doc.rejected_files, doc.duplicates_in_source, doc.predicted_non_primary_files) == (8, 1, 1, 1)
     assert doc.predicted_non_primary_series[0].attributes[:2] == ["PatientID", "PatientName"]
 
@@ -215,6 +227,17 @@ async def test_from_plan_refuses_what_it_cannot_use(
         return str(out.flat)
 
     assert "no plan with id 'plan-nope-1'" in await refused("--from-plan", "plan-nope-1")
+    for args, said in ((["--show", "plan-nope-2"], "no plan with id 'plan-nope-2'"),
+                       (["--show", mid], "is a MigrationWorkflow, not a plan"),
+                       (["--work", small.work_s3_uri], "--source, --datastore-id: required"),
+                       (["--source", small.source_s3_uri, "--datastore-id", small.datastore_id, "--work",
+                         small.work_s3_uri, "--id", "../x"], "--id:"),
+                       (["--source", small.source_s3_uri, "--datastore-id", small.datastore_id, "--work",
+                         small.work_s3_uri, "--id", pid], f"a workflow with id '{pid}' already exists"),
+                       (["--source", small.source_s3_uri, "--datastore-id", "NOT-AN-ID", "--work",
+                         small.work_s3_uri], "datastore_id (--datastore-id)")):
+        out = await invoke(himig_cli, "plan", *args)
+        assert out.exit_code != 0 and said in out.flat, (args, out.output)
     assert "is a MigrationWorkflow, not a plan" in await refused("--from-plan", mid)
     other = active_datastore(emulator_url, f"plan-other-{uuid.uuid4().hex[:6]}")
     assert "--datastore-id: plan" in await refused("--from-plan", pid, "--datastore-id", other)
