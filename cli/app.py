@@ -259,7 +259,7 @@ def plan_cmd(**params: Any) -> None:
     from cli.plan import run_plan, show_plan
     from worker.aws import make_client
 
-    show, plan_id, no_wait = params.pop("show"), params.pop("plan_id"), params.pop("no_wait")
+    show, plan_id, no_wait, as_json = (params.pop(k) for k in ("show", "plan_id", "no_wait", "as_json"))
     payload = None
     if show is None:
         flags = _input_flags(params)
@@ -277,7 +277,7 @@ def plan_cmd(**params: Any) -> None:
             if no_wait:
                 return
         assert target is not None
-        await show_plan(client, calls, make_client("s3", s, s.s3_endpoint_url), target, console)
+        await show_plan(client, calls, make_client("s3", s, s.s3_endpoint_url), target, console, as_json)
 
     _run(go())
 
@@ -289,8 +289,9 @@ def _plan_signature() -> None:
         "show": typer.Option(None, "--show", help="print this finished plan again (its id)"),
         "plan_id": typer.Option(None, "--id", help="workflow id (default: plan-<random>)"),
         "no_wait": typer.Option(False, "--no-wait", help="print the plan's id and return; `--show ID` later"),
+        "as_json": typer.Option(False, "--json", help="print plan.json instead of the summary"),
     }
-    kinds = {"show": "str | None", "plan_id": "str | None", "no_wait": "bool"}
+    kinds = {"show": "str | None", "plan_id": "str | None", "no_wait": "bool", "as_json": "bool"}
     base = inspect.signature(start)
     params = [p for name, p in base.parameters.items() if name not in _NOT_FOR_PLAN]
     params += [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=opt) for name, opt in own.items()]

@@ -148,12 +148,16 @@ async def run_plan(client: Client, calls: Calls, payload: MigrationInput, plan_i
     return wid
 
 
-async def show_plan(client: Client, calls: Calls, s3: Any, plan_id: str, console: Console) -> PlanDocument:
+async def show_plan(client: Client, calls: Calls, s3: Any, plan_id: str, console: Console,
+                    as_json: bool = False) -> PlanDocument:
     planned = await planned_input(client, calls, plan_id)
     try:
         doc = read_plan(s3, planned.work_s3_uri, plan_id)
     except PlanUnusable as err:
         raise CommandError(str(err)) from None
-    print_plan(doc, console)
+    if as_json:
+        console.print_json(doc.model_dump_json())
+    else:
+        print_plan(doc, console)
     return doc
 

@@ -177,6 +177,8 @@ async def test_start_from_plan_reuses_it_and_reports_plan_against_actual(
     assert wrong.exit_code != 0 and "is a plan" in wrong.flat and "himig plan --show" in wrong.flat
     shown = await invoke(himig_cli, "plan", "--show", pid)
     assert shown.exit_code == 0 and f"plan {pid}: 8 files" in shown.flat
+    as_json = await invoke(himig_cli, "plan", "--show", pid, "--json")
+    assert as_json.exit_code == 0 and PlanDocument.model_validate_json(as_json.output) == doc
 
     mid = f"from-plan-{uuid.uuid4().hex[:6]}"
     started = await invoke(himig_cli, "start", "--from-plan", pid, "--id", mid)
