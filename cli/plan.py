@@ -25,6 +25,7 @@ from cli.calls import Calls, CommandError
 from cli.start_flags import FLAGS, validation_message
 from contracts.migration import MigrationInput, check_migration_id
 from contracts.plan import PlanDocument, PlanRequest
+from contracts.s3uri import parse_s3_uri
 from workflows.plan import PlanWorkflow, plan_workflow_id
 
 # Fields a migration from a plan must share with the plan (its prediction is for exactly these).
@@ -95,13 +96,24 @@ async def planned_input(client: Client, calls: Calls, plan_id: str) -> Migration
     return request.migration
 
 
+def _same_form(field: str, value: Any) -> str:
+    """``value`` as compared: an enum by its value, a prefix with its trailing ``/`` (``s3://b/p`` is ``s3://b/p/``)."""
+    text = str(getattr(value, "value", value))
+    if field in ("source_s3_uri", "work_s3_uri"):
+        try:
+            return parse_s3_uri(text, field=field).as_prefix().uri
+        except ValueError:
+            return text  # (refused below, by the input's own validation, naming the field)
+    return text
+
+
 async def from_plan_input(client: Client, calls: Calls, s3: Any, plan_id: str, given: dict[str, Any]) -> MigrationInput:
     """The migration input for ``--from-plan``: the plan's settings, overridden by the flags ``given`` (None: not
     given), checked against the plan and the source as it is now."""
     planned = await planned_input(client, calls, plan_id)
     for field in FIXED:
         ours, theirs = given.get(field), getattr(planned, field)
-        if ours is not None and str(getattr(ours, "value", ours)) != str(getattr(theirs, "value", theirs)):
+        if ours is not None and _same_form(field, ours) != _same_form(field, theirs):
             raise CommandError(f"{FLAGS[field]}: plan {plan_id!r} was made for {theirs}, not {ours}: a plan "
                                f"predicts for one {field.replace('_', ' ')}; plan again for this one", 2)
     data = planned.model_dump(exclude_none=True, exclude={"source_connector", "continued"})

@@ -181,7 +181,9 @@ async def test_start_from_plan_reuses_it_and_reports_plan_against_actual(
     assert as_json.exit_code == 0 and PlanDocument.model_validate_json(as_json.output) == doc
 
     mid = f"from-plan-{uuid.uuid4().hex[:6]}"
-    started = await invoke(himig_cli, "start", "--from-plan", pid, "--id", mid)
+    # The plan's own settings, given again (the source without its trailing slash is the same prefix), are fine.
+    started = await invoke(himig_cli, "start", "--from-plan", pid, "--id", mid, "--datastore-id", small.datastore_id,
+                           "--source", small.source_s3_uri.rstrip("/"), "--validation-level", "structure-only")
     assert started.exit_code == 0, started.output
     handle = client.get_workflow_handle_for(MigrationWorkflow.run, mid)
     result = await handle.result()
