@@ -1,8 +1,8 @@
 """The canary test: patient data never leaves the files and the data store, wherever the service writes.
 
-A migration (and a dry run, `himig plan`) over files whose patient attributes are distinctive canary strings (with files that fail validation,
-a non-primary conflict decided with a metadata correction of the PatientID, and an ingest arrival), served by a
-real ``python -m worker`` process on a private Temporal dev server that keeps its database in a file. Afterwards
+A migration and a dry run (`himig plan`) over files whose patient attributes are distinctive canary strings (with
+files that fail validation, a non-primary conflict decided with a metadata correction of the PatientID, and an
+ingest arrival), served by a real ``python -m worker`` process on a private Temporal dev server that keeps its database in a file. Afterwards
 none of these contain a canary:
 - the raw bytes of the Temporal server's database (every history, search attribute and memo it stored);
 - ``temporal workflow show`` / ``list`` without the codec, for every workflow the run made (payload data
