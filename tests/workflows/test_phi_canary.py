@@ -2,8 +2,8 @@
 
 A migration and a dry run (`himig plan`) over files whose patient attributes are distinctive canary strings (with
 files that fail validation, a non-primary conflict decided with a metadata correction of the PatientID, and an
-ingest arrival), served by a real ``python -m worker`` process on a private Temporal dev server that keeps its database in a file. Afterwards
-none of these contain a canary:
+ingest arrival), served by a real ``python -m worker`` process on a private Temporal dev server that keeps its
+database in a file. Afterwards none of these contain a canary:
 - the raw bytes of the Temporal server's database (every history, search attribute and memo it stored);
 - ``temporal workflow show`` / ``list`` without the codec, for every workflow the run made (payload data
   base64-decoded, so a value cannot hide in the JSON's base64);
