@@ -34,6 +34,7 @@ from tests.support.dicom import make_instance, uid
 from tests.support.installation import converter, plain_history_json
 from tests.support.migrations import migrate, report_rows
 from tests.workflows.conftest import active_datastore
+from tests.workflows.test_rollover import small_client, small_history_env  # noqa: F401 - fixtures
 from worker.registry import WORKFLOWS
 from workflows.migration import MigrationWorkflow
 from workflows.plan import PlanWorkflow
@@ -315,3 +316,36 @@ async def test_a_plan_over_a_pacs_predicts_what_cannot_be_pulled_and_is_not_pull
     assert set(rows) == set(predicted) and len(rows) == 8
     assert all(agrees(p, FileState(rows[k]["state"]), rows[k].get("code")) for k, p in predicted.items())
     assert rows[f"landed/{missing}/"]["state"] == FileState.FAILED
+
+
+# ---- bounded history: a plan over many pages continues as new, carrying its counts and stage timings
+
+async def test_a_long_plan_continues_as_new_and_counts_every_page(
+        small_client: Client, settings: Any, buckets: dict[str, Any], own_datastore: str) -> None:  # noqa: F811
+    from concurrent.futures import ThreadPoolExecutor
+
+    from worker.runner import build_worker
+
+    s3, src = buckets["s3"], buckets["source"]
+    prefix = f"long-{uuid.uuid4().hex[:6]}"
+    study, series = uid(), uid()
+    files = 90
+    body = make_instance(study, series)
+    for i in range(files):  # even files: instances of their own; odd files: byte copies of one instance
+        s3.put_object(Bucket=src, Key=f"{prefix}/{i:03d}.dcm", Body=body if i % 2 else make_instance(study, series))
+    payload = MigrationInput(source_s3_uri=f"s3://{src}/{prefix}/", datastore_id=own_datastore,
+                             work_s3_uri=f"s3://{buckets['work']}/w/", inventory_page_size=1, max_parallel_pages=4)
+    pid = f"plan-long-{uuid.uuid4().hex[:6]}"
+    with ThreadPoolExecutor(max_workers=settings.max_concurrent_activities) as executor:
+        async with build_worker(small_client, settings, executor) as w:
+            result = await small_client.execute_workflow(
+                PlanWorkflow.run, PlanRequest(migration=payload), id=pid, task_queue=w.task_queue,
+                execution_timeout=timedelta(seconds=240))
+    runs = [r async for r in small_client.list_workflows(f"WorkflowId = '{pid}'")]
+    assert len(runs) >= 2, "the plan never continued as new"
+    doc = PlanDocument.model_validate_json(get_bytes(s3, parse_s3_uri(result.plan_uri)))
+    assert (doc.files, doc.inventory_pages, result.files) == (files, files, files)
+    # The odd files are 45 copies of one instance: one is imported, the other 44 are skipped.
+    assert doc.duplicates_in_source == files // 2 - 1
+    assert doc.predicted_by_outcome[PredictedOutcome.IMPORT] == files - doc.duplicates_in_source
+    assert doc.estimate.parse_seconds > 0
