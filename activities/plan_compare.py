@@ -12,10 +12,13 @@ from datetime import datetime
 from typing import Any
 
 from botocore.exceptions import ClientError
+from pydantic import ValidationError
+from temporalio import activity
 
 from activities.storage import get_bytes, is_missing, iter_ndjson, put_bytes, put_ndjson
 from contracts import layout
 from contracts.common import FileState
+from contracts.errors import describe_validation_error
 from contracts.plan import PlanDocument, PredictedFile, agrees
 from contracts.records import LedgerEntry
 from contracts.report import PlanComparison, PlanRow
@@ -73,12 +76,17 @@ def write_comparison(s3: Any, work_s3_uri: str, migration_id: str, rows: list[Le
     """Compare and write, when this migration was started from a plan (its copy of plan.json exists)."""
     try:
         doc = PlanDocument.model_validate_json(get_bytes(s3, layout.plan_document(work_s3_uri, migration_id)))
+        predictions = {p.key: p for p in (PredictedFile.model_validate(r) for r in
+                                          iter_ndjson(s3, layout.plan_files(work_s3_uri, migration_id)))}
     except ClientError as err:
         if is_missing(err):
             return None
         raise
-    predictions = {p.key: p for p in (PredictedFile.model_validate(r) for r in
-                                      iter_ndjson(s3, layout.plan_files(work_s3_uri, migration_id)))}
+    except ValidationError as err:
+        # The migration's own report stands without the comparison: never fail it over the plan's copy.
+        activity.logger.warning("plan copy unreadable; no plan against actual",
+                                extra={"why": describe_validation_error(err)})
+        return None
     seconds = (finished - started).total_seconds() if started else None
     comparison, differ = compare(doc, predictions, rows, jobs, seconds)
     put_ndjson(s3, disagreement_location(work_s3_uri, migration_id), differ)

@@ -12,6 +12,7 @@ import pytest
 
 from activities.dicom_header import PATIENT_ATTRS, SERIES_ATTRS, STUDY_ATTRS
 from activities.plan_adopt import PlanUnusable, check_plan, mismatch, read_plan, source_changes
+from activities.plan_compare import compare, write_comparison
 from activities.plan_report import EstimateRates, PlannedBatch, import_seconds, non_primary_series
 from activities.storage import put_ndjson
 from contracts import layout
@@ -26,7 +27,7 @@ from contracts.plan import (
     PredictedOutcome,
     agrees,
 )
-from contracts.records import InstanceRecord, InventoryEntry
+from contracts.records import InstanceRecord, InventoryEntry, LedgerEntry
 from tests.conftest import make_s3
 
 RATES = EstimateRates(import_files_per_second=10.0, staging_copies_per_second=20.0, job_overhead_seconds=5.0,
@@ -201,3 +202,32 @@ class TestUnusablePlans:
             check_plan(s3, AdoptInput(migration_id="plan-1", plan_id="plan-1", source_s3_uri=m.source_s3_uri,
                                       work_s3_uri=m.work_s3_uri, datastore_id=m.datastore_id,
                                       validation_level=m.validation_level))
+
+
+class TestComparison:
+    def test_rows_name_each_figure_and_list_what_differs(self, plan: tuple[PlanDocument, str]) -> None:
+        doc, _ = plan
+        predictions = {k: PredictedFile(key=k, outcome=o, code=c) for k, o, c in (
+            ("a", PredictedOutcome.IMPORT, None), ("b", PredictedOutcome.REJECTED, "not_dicom"),
+            ("c", PredictedOutcome.IMPORT, None))}
+        rows = [LedgerEntry(key="a", state=FileState.IMPORTED, batch=0, is_primary=True),
+                LedgerEntry(key="b", state=FileState.REJECTED, code="truncated"),
+                LedgerEntry(key="c", state=FileState.FAILED, code="InvalidDICOM", batch=0)]
+        comparison, differ = compare(doc, predictions, rows, jobs=1, seconds=12.5)
+        assert differ == [{"key": "b", "predicted": "rejected", "predicted_code": "not_dicom", "state": "rejected",
+                           "code": "truncated"}]
+        by = {r.label: (r.planned, r.actual) for r in comparison.rows}
+        assert by["files with the predicted outcome"] == (3.0, 2.0)
+        assert by["files sent to import jobs"] == (3.0, 2.0)
+        assert by["failed by the import"] == (None, 1.0)  # nothing a plan can predict
+        assert by["wall time, seconds (estimate for a migration from the plan)"] == (2.0, 12.5)
+
+    def test_a_migration_without_a_plan_gets_no_comparison(self, s3: Any, plan: tuple[PlanDocument, str]) -> None:
+        doc, _ = plan
+        assert write_comparison(s3, doc.migration.work_s3_uri, "mig-x", [], 0, None, datetime.now(UTC)) is None
+
+    def test_a_damaged_plan_copy_leaves_the_report_alone(self, s3: Any, plan: tuple[PlanDocument, str]) -> None:
+        doc, _ = plan
+        loc = layout.plan_document(doc.migration.work_s3_uri, "mig-y")
+        s3.put_object(Bucket=loc.bucket, Key=loc.key, Body=b'{"plan_id": []}')
+        assert write_comparison(s3, doc.migration.work_s3_uri, "mig-y", [], 0, None, datetime.now(UTC)) is None
