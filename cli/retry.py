@@ -90,7 +90,9 @@ async def retry(client: Client, s3: Any, migration_id: str, task_queue: str, inc
     manifest = layout.root(source.work_s3_uri, migration_id).join("retries", f"{wid}.ndjson")
     s3.put_object(Bucket=manifest.bucket, Key=manifest.key, ContentType="application/x-ndjson",
                   Body="".join(e.model_dump_json() + "\n" for e in chosen).encode())
-    changes: dict[str, Any] = {"source_manifest_uri": manifest.uri, "source_connector": None, "continued": None}
+    # A retry reads its files afresh: never through the plan the earlier migration may have started from.
+    changes: dict[str, Any] = {"source_manifest_uri": manifest.uri, "source_connector": None, "continued": None,
+                               "from_plan": None}
     if validation_level is not None:
         changes["validation_level"] = validation_level
     payload = MigrationInput.model_validate({**source.model_dump(), **changes})
