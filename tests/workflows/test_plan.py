@@ -211,6 +211,9 @@ async def test_start_from_plan_reuses_it_and_reports_plan_against_actual(
     html = get_bytes(s3, layout.report_html(small.work_s3_uri, mid)).decode()
     assert "files with the predicted outcome" in html and "No dry run" not in html
 
+    shown_report = await invoke(himig_cli, "report", mid)
+    assert "plan against actual: 8 of 8 files had the predicted outcome" in shown_report.flat, shown_report.output
+
     # A retry of a migration from a plan reads its files afresh (the plan was for the whole source).
     retried = await invoke(himig_cli, "retry", mid, "--include-rejected")
     assert retried.exit_code == 0 and f"{mid}-retry-1: retrying 1 file(s)" in retried.flat, retried.flat
