@@ -83,8 +83,8 @@ async def planned_input(client: Client, calls: Calls, plan_id: str) -> Migration
     if desc.workflow_type != PlanWorkflow.__name__:
         raise CommandError(f"{plan_id!r} is a {desc.workflow_type}, not a plan (`himig plan` makes one)")
     if desc.status == WorkflowExecutionStatus.RUNNING:
-        raise CommandError(f"plan {plan_id!r} is still running: wait for it (`himig plan --show {plan_id}`), then "
-                           "start from it")
+        raise CommandError(f"plan {plan_id!r} is still running (`himig status {plan_id}` shows its phase): use it "
+                           "once it has finished")
     if desc.status != WorkflowExecutionStatus.COMPLETED:
         state = desc.status.name if desc.status else "unknown"
         raise CommandError(f"plan {plan_id!r} ended {state} and predicts nothing: run `himig plan` again")
