@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import nullcontext
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,6 +14,7 @@ from pydantic import ValidationError
 from temporalio import activity
 
 from activities.heartbeat import current, keeps_alive
+from activities.plan_compare import open_comparison, write_comparison
 from activities.report_aggregate import ReportAggregator
 from activities.report_html import csv_lines, render_html
 from activities.report_store import ReportStore
@@ -292,7 +294,14 @@ class ReportActivities:
             page_locs = [layout.inventory_page(input.work_s3_uri, input.migration_id, n) for n in range(input.inventory_pages)]
         else:
             page_locs = [S3Location(root.bucket, o["Key"]) for o in list_objects(self._s3, layout.inventory_prefix(input.work_s3_uri, input.migration_id))]
-        with ReportStore() as store:
+        # The migration's start: when its first inventory page was written (pages of an earlier run of the same
+        # id, which page_locs leaves out, do not count).
+        pages = {loc.key for loc in page_locs}
+        started = [o["LastModified"] for o in list_objects(
+            self._s3, layout.inventory_prefix(input.work_s3_uri, input.migration_id)) if o["Key"] in pages]
+        # A migration started from a plan: plan against actual, row by row as the report is written.
+        comparer = open_comparison(self._s3, input.work_s3_uri, input.migration_id)
+        with ReportStore() as store, comparer or nullcontext():
             for loc in page_locs:
                 store.add_inventory(InventoryEntry.model_validate(r) for r in iter_ndjson(self._s3, loc))
             times: list[datetime] = []
@@ -316,6 +325,8 @@ class ReportActivities:
                         lines.write(row.model_dump_json(exclude_none=True).encode() + b"\n")
                         tally.add(row)
                         aggregate.add(row, times[obj] if obj is not None else now)
+                        if comparer is not None:
+                            comparer.add(row)
                         if n % 10_000 == 0 and (keep := current()):
                             keep.record("rows", n)
                         yield row
@@ -325,14 +336,12 @@ class ReportActivities:
             summary = tally.summary(unaccounted=unaccounted, cancelled=input.cancelled, not_reached=not_reached,
                                     accounted_twice=store.accounted_twice(),
                                     outside_inventory=store.outside_inventory())
+            if comparer is not None:
+                write_comparison(self._s3, input.work_s3_uri, input.migration_id, comparer, len(summary["jobs"]),
+                                 min(started, default=None), now)
         if (fhir := fhir_section(*self._fhir_docs(layout.fhir_prefix(input.work_s3_uri, input.migration_id)))) is not None:
             summary["fhir"] = fhir
         summary.update({"migration_id": input.migration_id, "datastore_id": input.datastore_id})
-        # The migration's start: when its first inventory page was written (pages of an earlier run of the same
-        # id, which page_locs leaves out, do not count).
-        pages = {loc.key for loc in page_locs}
-        started = [o["LastModified"] for o in list_objects(
-            self._s3, layout.inventory_prefix(input.work_s3_uri, input.migration_id)) if o["Key"] in pages]
         plan_loc = layout.report_plan(input.work_s3_uri, input.migration_id)
         verify_loc = layout.report_verify(input.work_s3_uri, input.migration_id)
         summary.update({"plan_uri": plan_loc.uri, "verify_uri": verify_loc.uri})

@@ -360,7 +360,7 @@ def _plan(doc: ReportDocument) -> str:
     plan = doc.details.plan
     if plan is None:
         return '<p class="none">No dry run (himig plan) was recorded for this migration.</p>'
-    rows = "".join(f"<tr><td>{e(r.label)}</td><td class=\"n\">{r.planned:,.6g}</td>"
+    rows = "".join(f"<tr><td>{e(r.label)}</td><td class=\"n\">{DASH if r.planned is None else f'{r.planned:,.6g}'}</td>"
                    f"<td class=\"n\">{DASH if r.actual is None else f'{r.actual:,.6g}'}</td></tr>" for r in plan.rows)
     return (f'<p class="meta">planned {_fmt_time(plan.planned_at)}</p>'
             "<table><tr><th></th><th>planned</th><th>actual</th></tr>" + rows + "</table>")

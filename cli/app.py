@@ -115,9 +115,12 @@ def _flag(field: str, extra: str = "") -> Any:
 
 @app.command()
 def start(
-    source: str = typer.Option(..., "--source", help=field_help("source_s3_uri")),
-    datastore_id: str = typer.Option(..., "--datastore-id", help=field_help("datastore_id")),
-    work: str = typer.Option(..., "--work", help=field_help("work_s3_uri")),
+    source: str | None = typer.Option(None, "--source", help=field_help("source_s3_uri", "(required unless "
+                                                                       "--from-plan)"), show_default=False),
+    datastore_id: str | None = typer.Option(None, "--datastore-id", help=field_help("datastore_id", "(required "
+                                            "unless --from-plan)"), show_default=False),
+    work: str | None = typer.Option(None, "--work", help=field_help("work_s3_uri", "(required unless "
+                                                                   "--from-plan)"), show_default=False),
     validation_level: ValidationLevel | None = _flag("validation_level"),
     max_files_per_batch: int | None = _flag("max_files_per_batch"),
     max_bytes_per_batch: int | None = _flag("max_bytes_per_batch"),
@@ -156,35 +159,29 @@ def start(
     retrieve: str | None = typer.Option(None, "--retrieve", help="DIMSE: get (C-GET, default) or move (C-MOVE to "
                                         "the worker's HIMIG_DIMSE_MOVE_AE_TITLE)"),
     parallel: int | None = typer.Option(None, "--parallel", help="DIMSE: studies retrieved at once (1)"),
+    from_plan: str | None = _flag("from_plan", "(the plan's settings apply unless a flag is given)"),
 ) -> None:
     """Start a MigrationWorkflow; prints its workflow id. Every field of the JSON input has a flag (cli.start_flags);
-    a flag left out leaves the field at the workflow's default."""
-    try:
-        connector = connector_from_flags(source_dir, source_dicomweb, source_dimse, called_ae, calling_ae, study_uid,
-                                         {"study_date_from": study_date_from, "study_date_to": study_date_to,
-                                          "modalities": modality, "result_cap": result_cap, "retrieve": retrieve,
-                                          "parallel": parallel})
-    except SourceFlagError as err:
-        raise fail(str(err)) from None
-    try:
-        payload = migration_input(dict(
-            source_s3_uri=source, datastore_id=datastore_id, work_s3_uri=work, validation_level=validation_level,
-            max_files_per_batch=max_files_per_batch, max_bytes_per_batch=max_bytes_per_batch,
-            inventory_page_size=inventory_page_size, max_concurrent_jobs=max_concurrent_jobs,
-            max_parallel_pages=max_parallel_pages, import_start_interval_seconds=import_start_interval,
-            data_access_role_arn=data_access_role_arn, source_manifest_uri=source_manifest_uri,
-            manual_review=manual_review, source_owner_account_id=source_owner_account,
-            healthlake_datastore_id=healthlake_datastore_id,
-            fhir_validation_level=fhir_validation_level, fhir_validate_first=fhir_validate_first,
-            dicomweb_spot_check=dicomweb_spot_check), connector)
-    except CommandError as err:
-        raise fail(err.message, err.code) from None
+    a flag left out leaves the field at the workflow's default (with --from-plan: at the plan's)."""
+    params = dict(locals())
+    flags = _input_flags(params)
     wid = migration_id or f"migration-{uuid.uuid4().hex[:12]}"
     try:
         check_migration_id(wid)
     except ValueError as err:
         raise fail(f"--id: {err}") from None
-    if dry_run:
+    if from_plan is not None:
+        if _connector(params) is not None:
+            raise fail("--from-plan: the plan already pulled its source; leave out --source-dir, --source-dicomweb "
+                       "and --source-dimse")
+        payload = None
+        if dry_run and all(flags[f] is not None for f in REQUIRED_FIELDS):
+            payload = _payload(flags | {"from_plan": from_plan}, None)  # nothing to look up: the flags say it all
+    else:
+        if missing := [FLAGS[f] for f in REQUIRED_FIELDS if flags[f] is None]:
+            raise fail(f"{', '.join(missing)}: required (or --from-plan PLAN_ID: a finished plan's settings)")
+        payload = _payload(flags, _connector(params))
+    if dry_run and payload is not None:
         console.print_json(payload.model_dump_json(exclude_none=True))
         return
     s = settings()
@@ -192,6 +189,16 @@ def start(
     async def go() -> None:
         client = await _client(s)
         calls = _calls(s)
+        nonlocal payload
+        if payload is None:
+            from cli.plan import from_plan_input
+            from worker.aws import make_client
+
+            assert from_plan is not None
+            payload = await from_plan_input(client, calls, make_client("s3", s, s.s3_endpoint_url), from_plan, flags)
+            if dry_run:
+                console.print_json(payload.model_dump_json(exclude_none=True))
+                return
         try:
             # A migration id names its work prefix and its import jobs' client tokens: never reuse one.
             await calls.bounded(client.start_workflow(
@@ -204,6 +211,96 @@ def start(
             await watch_migration(client, wid, console, calls=calls)
 
     _run(go())
+
+
+REQUIRED_FIELDS = ("source_s3_uri", "datastore_id", "work_s3_uri")
+
+
+def _input_flags(p: dict[str, Any]) -> dict[str, Any]:
+    """`MigrationInput` field → the value of its flag in a `start` or `plan` command's parameters (None: not given)."""
+    return dict(
+        source_s3_uri=p["source"], datastore_id=p["datastore_id"], work_s3_uri=p["work"],
+        validation_level=p["validation_level"], max_files_per_batch=p["max_files_per_batch"],
+        max_bytes_per_batch=p["max_bytes_per_batch"], inventory_page_size=p["inventory_page_size"],
+        max_concurrent_jobs=p["max_concurrent_jobs"], max_parallel_pages=p["max_parallel_pages"],
+        import_start_interval_seconds=p["import_start_interval"], data_access_role_arn=p["data_access_role_arn"],
+        source_manifest_uri=p["source_manifest_uri"], manual_review=p["manual_review"],
+        source_owner_account_id=p["source_owner_account"], healthlake_datastore_id=p["healthlake_datastore_id"],
+        fhir_validation_level=p["fhir_validation_level"], fhir_validate_first=p["fhir_validate_first"],
+        dicomweb_spot_check=p["dicomweb_spot_check"])
+
+
+def _connector(p: dict[str, Any]) -> dict[str, Any] | None:
+    try:
+        return connector_from_flags(p["source_dir"], p["source_dicomweb"], p["source_dimse"], p["called_ae"],
+                                    p["calling_ae"], p["study_uid"],
+                                    {"study_date_from": p["study_date_from"], "study_date_to": p["study_date_to"],
+                                     "modalities": p["modality"], "result_cap": p["result_cap"],
+                                     "retrieve": p["retrieve"], "parallel": p["parallel"]})
+    except SourceFlagError as err:
+        raise fail(str(err)) from None
+
+
+def _payload(flags: dict[str, Any], connector: dict[str, Any] | None) -> Any:
+    try:
+        return migration_input(flags, connector)
+    except CommandError as err:
+        raise fail(err.message, err.code) from None
+
+
+# `himig plan` takes exactly `himig start`'s flags for the migration it plans (so the two cannot drift), plus its own.
+_NOT_FOR_PLAN = {"migration_id", "wait", "dry_run", "from_plan"}
+
+
+def plan_cmd(**params: Any) -> None:
+    """Dry run of a migration: what it would reject (per code), skip as duplicate, import in how many jobs, which
+    series would land non-primary, the S3 requests and the wall time; moves nothing, starts no import job. Takes
+    the flags of `himig start`; `--show ID` prints a finished plan again."""
+    from cli.plan import run_plan, show_plan
+    from worker.aws import make_client
+
+    show, plan_id, no_wait, as_json = (params.pop(k) for k in ("show", "plan_id", "no_wait", "as_json"))
+    payload = None
+    if show is None:
+        flags = _input_flags(params)
+        if missing := [FLAGS[f] for f in REQUIRED_FIELDS if flags[f] is None]:
+            raise fail(f"{', '.join(missing)}: required (or --show PLAN_ID)")
+        payload = _payload(flags, _connector(params))
+    s = settings()
+
+    async def go() -> None:
+        client = await _client(s)
+        calls = _calls(s)
+        target = show
+        if payload is not None:
+            target = await run_plan(client, calls, payload, plan_id, s.task_queue, not no_wait, console)
+            if no_wait:
+                return
+        assert target is not None
+        await show_plan(client, calls, make_client("s3", s, s.s3_endpoint_url), target, console, as_json)
+
+    _run(go())
+
+
+def _plan_signature() -> None:
+    import inspect
+
+    own = {
+        "show": typer.Option(None, "--show", help="print this finished plan again (its id)"),
+        "plan_id": typer.Option(None, "--id", help="workflow id (default: plan-<random>)"),
+        "no_wait": typer.Option(False, "--no-wait", help="print the plan's id and return; `--show ID` later"),
+        "as_json": typer.Option(False, "--json", help="print plan.json instead of the summary"),
+    }
+    kinds = {"show": "str | None", "plan_id": "str | None", "no_wait": "bool", "as_json": "bool"}
+    base = inspect.signature(start)
+    params = [p for name, p in base.parameters.items() if name not in _NOT_FOR_PLAN]
+    params += [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=opt) for name, opt in own.items()]
+    plan_cmd.__signature__ = base.replace(parameters=params)  # type: ignore[attr-defined]
+    plan_cmd.__annotations__ = {k: v for k, v in start.__annotations__.items() if k not in _NOT_FOR_PLAN} | kinds
+
+
+_plan_signature()
+app.command("plan")(plan_cmd)
 
 
 @app.command()
@@ -254,7 +351,7 @@ def print_status(target: Target, answer: Any) -> None:
         print_batch(answer, target.id, console)
     elif target.kind is Kind.RECONCILIATION:
         print_reconciliation(answer, target.id, console)
-    elif target.kind is Kind.ROLLBACK:
+    elif target.kind in (Kind.ROLLBACK, Kind.PLAN):
         console.print_json(answer.model_dump_json())
     else:
         print_ingest(answer, console)

@@ -88,6 +88,17 @@ def load_report(settings: Settings, result: ReportUris, with_files: bool = False
     return summary, rows
 
 
+def plan_line(summary: dict[str, Any]) -> str:
+    """For a migration started from a plan: how many files had the predicted outcome ('' otherwise)."""
+    plan = (summary.get("details") or {}).get("plan") or {}
+    rows = {r.get("label"): r for r in plan.get("rows") or []}
+    agreed = rows.get("files with the predicted outcome") or {}
+    if agreed.get("planned") is None or agreed.get("actual") is None:
+        return ""
+    return (f"plan against actual: {agreed['actual']:,.0f} of {agreed['planned']:,.0f} files had the predicted "
+            "outcome (the page's Plan against actual section has the rest)")
+
+
 def print_report(summary: dict[str, Any], console: Console) -> None:
     table = Table(title=f"Migration report — {summary.get('migration_id', '')}")
     table.add_column("outcome")
@@ -112,6 +123,8 @@ def print_report(summary: dict[str, Any], console: Console) -> None:
     fhir = summary.get("fhir")
     if fhir:
         console.print(f"FHIR ImagingStudy in HealthLake: {fhir_line(fhir)}")
+    if line := plan_line(summary):
+        console.print(line)
     if summary.get("unaccounted") or summary.get("accounted_twice"):
         console.print(f"[red]accounting problem: {summary['unaccounted']} files unaccounted, "
                       f"{summary['accounted_twice']} accounted twice[/red]")

@@ -90,9 +90,10 @@ async def retry(client: Client, s3: Any, migration_id: str, task_queue: str, inc
     manifest = layout.root(source.work_s3_uri, migration_id).join("retries", f"{wid}.ndjson")
     s3.put_object(Bucket=manifest.bucket, Key=manifest.key, ContentType="application/x-ndjson",
                   Body="".join(e.model_dump_json() + "\n" for e in chosen).encode())
-    # Unchanged files whose import failed for good are sent again only here (a plain re-run holds them back).
+    # Unchanged files whose import failed for good are sent again only here (a plain re-run holds them back); and
+    # a retry reads its files afresh: never through the plan the earlier migration may have started from.
     changes: dict[str, Any] = {"source_manifest_uri": manifest.uri, "source_connector": None, "continued": None,
-                               "resend_failed": True}
+                               "resend_failed": True, "from_plan": None}
     if validation_level is not None:
         changes["validation_level"] = validation_level
     payload = MigrationInput.model_validate({**source.model_dump(), **changes})

@@ -34,6 +34,7 @@ FLAGS: dict[str, str] = {
     "fhir_validation_level": "--fhir-validation-level",
     "fhir_validate_first": "--fhir-validate-first",
     "dicomweb_spot_check": "--dicomweb-spot-check",
+    "from_plan": "--from-plan",
 }
 
 # field → why no flag sets it directly

@@ -25,12 +25,14 @@ class Kind(StrEnum):
     ROLLBACK = "rollback"
     VERIFICATION = "verification"
     SWEEP = "reconciliation sweep"
+    PLAN = "plan"
 
 
 WORKFLOW_KINDS = {"MigrationWorkflow": Kind.MIGRATION, "ImportBatchWorkflow": Kind.BATCH,
                   "ReconciliationWorkflow": Kind.RECONCILIATION, "IngestWorkflow": Kind.INGEST,
                   "RollbackWorkflow": Kind.ROLLBACK, "VerifyWorkflow": Kind.VERIFICATION,
-                  "ReconciliationSweepWorkflow": Kind.SWEEP, "SourceVerifyWorkflow": Kind.VERIFICATION}
+                  "ReconciliationSweepWorkflow": Kind.SWEEP, "SourceVerifyWorkflow": Kind.VERIFICATION,
+                  "PlanWorkflow": Kind.PLAN}
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,7 @@ COMMANDS = {
     Kind.ROLLBACK: "`himig status` (its plan and deletions) and `himig rollback <migration id>` to confirm it",
     Kind.VERIFICATION: "`himig verify <migration id>` or `himig verify --source ...` (its result: `temporal workflow show -w <id>`)",
     Kind.SWEEP: "`temporal workflow show -w <id>` (it starts reconciliations)",
+    Kind.PLAN: "`himig status` (its phase), `himig plan --show <id>` and `himig start --from-plan <id>`",
 }
 
 

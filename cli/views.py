@@ -16,6 +16,7 @@ from contracts.reconciliation import ReconciliationStatus
 from workflows.batch import ImportBatchWorkflow
 from workflows.ingest import IngestWorkflow
 from workflows.migration import MigrationWorkflow
+from workflows.plan import PlanWorkflow
 from workflows.reconciliation import ReconciliationWorkflow
 from workflows.rollback import RollbackWorkflow
 
@@ -32,6 +33,8 @@ async def query_status(client: Client, calls: Calls, target: Target) -> BaseMode
         return await calls.bounded(handle.query(ReconciliationWorkflow.conflict), f"the conflict query of {target.id!r}")
     if target.kind is Kind.ROLLBACK:
         return await calls.bounded(handle.query(RollbackWorkflow.progress), what)
+    if target.kind is Kind.PLAN:
+        return await calls.bounded(handle.query(PlanWorkflow.progress), what)
     if target.kind in (Kind.VERIFICATION, Kind.SWEEP):
         raise CommandError(f"{target.what()} ({target.status_name}): it answers no progress query; see "
                            f"`temporal workflow show -w {target.id}`")

@@ -18,6 +18,7 @@ from temporalio import activity
 from contracts.batch import BatchInput, ImportJobRef, JobOutcome
 from contracts.fhir import FhirImportRef, FhirJobOutcome, FhirSummary
 from contracts.ingest import IngestManifest, IngestManifestInput
+from contracts.plan import AdoptInput, AdoptResult, WritePlanInput, WritePlanResult
 from contracts.reconciliation import (
     ConflictDescription,
     DeleteResult,
@@ -80,6 +81,18 @@ def normalize_page(input: PageInput) -> NormalizeResult:
 @activity.defn(name="plan_batches")
 def plan_batches(input: PlanInput) -> PlanResult:
     """Find duplicates and cut the instances into import batches (activities/plan.py)."""
+    raise NotImplementedError(_DECLARATION)
+
+# ---- PlanWorkflow (`himig plan`) and a migration started from a plan
+
+@activity.defn(name="write_plan")
+def write_plan(input: WritePlanInput) -> WritePlanResult:
+    """Write a dry run's plan.json and per-file predictions from its ledgers and batches (activities/plan_report.py)."""
+    raise NotImplementedError(_DECLARATION)
+
+@activity.defn(name="adopt_plan")
+def adopt_plan(input: AdoptInput) -> AdoptResult:
+    """Check a finished plan still fits the source and copy its inventory and parse results (activities/plan_adopt.py)."""
     raise NotImplementedError(_DECLARATION)
 
 # ---- ImportBatchWorkflow

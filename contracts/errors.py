@@ -74,6 +74,12 @@ class ErrorType(StrEnum):
     """start_import_job / record_failed_batch: a planned batch's manifest or plan is not in the work prefix."""
     DECISION_REJECTED = "DecisionRejected"
     """ReconciliationWorkflow's ``decide`` update: a second decision accepted by validation in the same task."""
+    PLAN_REFUSED = "PlanRefused"
+    """adopt_plan (a migration started from a plan): the plan is not finished, or was made for another source,
+    data store or validation level (raised non-retryable)."""
+    PLAN_STALE = "PlanStale"
+    """adopt_plan: source objects were added, removed or rewritten since the plan listed them (raised
+    non-retryable; plan again)."""
     ROLLBACK_REFUSED = "RollbackRefused"
     """plan_rollback / delete_image_sets: the migration has no report, or its report or plan names another data
     store (raised non-retryable by the activity)."""

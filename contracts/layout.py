@@ -215,6 +215,17 @@ def report_plan(work_s3_uri: str, migration_id: str) -> S3Location:
     return report_prefix(work_s3_uri, migration_id).join("plan.json")
 
 
+def plan_document(work_s3_uri: str, migration_id: str) -> S3Location:
+    """A dry run's ``plan.json`` (`contracts.plan.PlanDocument`), under the plan's id; a migration started from
+    the plan keeps a copy under its own id."""
+    return root(work_s3_uri, migration_id).join("plan", "plan.json")
+
+
+def plan_files(work_s3_uri: str, migration_id: str) -> S3Location:
+    """A dry run's per-file predictions (`contracts.plan.PredictedFile`), next to its ``plan.json``."""
+    return root(work_s3_uri, migration_id).join("plan", "files.ndjson")
+
+
 def report_verify(work_s3_uri: str, migration_id: str) -> S3Location:
     """The verification of this migration (`contracts.report.VerifyResult`), shown by the report."""
     return report_prefix(work_s3_uri, migration_id).join("verify.json")

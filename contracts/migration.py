@@ -153,6 +153,11 @@ class MigrationInput(SourceAndTarget):
     # in a run that was not continued from one of its own runs (`workflows.carried`).
     continued: MigrationState | None = Field(
         None, description="internal: set by the workflow itself when it continues as new; a start with it fails")
+    from_plan: Annotated[str | None, Field(
+        pattern=MIGRATION_ID_PATTERN,
+        description="id of a finished `himig plan` of this source, data store and validation level: its inventory "
+        "and parse results are reused instead of reading the source again (refused when the source changed since); "
+        "batches are planned afresh")] = None
     # Routing to HealthLake (off unless a FHIR data store is given) and the DICOMweb spot check in review.
     healthlake_datastore_id: Annotated[str | None, Field(
         pattern=HEALTHLAKE_DATASTORE_ID_PATTERN,
@@ -183,6 +188,13 @@ class MigrationInput(SourceAndTarget):
     def _one_source_kind(self) -> MigrationInput:
         if self.source_connector is not None and self.source_manifest_uri is not None:
             raise ValueError("source_connector and source_manifest_uri are exclusive: a connector lists what it pulls")
+        return self
+
+    @model_validator(mode="after")
+    def _plan_pulled_already(self) -> MigrationInput:
+        if self.from_plan is not None and self.source_connector is not None:
+            raise ValueError("from_plan and source_connector are exclusive: the plan pulled the source into "
+                             "source_s3_uri already, and the migration reuses what it read there")
         return self
 
 

@@ -84,7 +84,7 @@ class WarningCount(_Read):
 
 class PlanRow(_Read):
     label: str
-    planned: float
+    planned: float | None = None  # None: a plan cannot predict it (what the import job decides)
     actual: float | None = None
 
 

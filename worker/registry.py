@@ -15,6 +15,8 @@ from activities.job_admission import StartPacer
 from activities.normalize import NormalizeActivities
 from activities.parse import ParseActivities
 from activities.plan import PlanActivities
+from activities.plan_adopt import AdoptActivities
+from activities.plan_report import EstimateRates, PlanReportActivities
 from activities.receive import ReceiveActivities
 from activities.reconcile import ReconcileActivities
 from activities.reconcile_sweep import SweepActivities
@@ -34,13 +36,15 @@ from worker.settings import InvalidSettings, Settings
 from workflows.batch import ImportBatchWorkflow
 from workflows.ingest import IngestWorkflow
 from workflows.migration import MigrationWorkflow
+from workflows.plan import PlanWorkflow
 from workflows.reconciliation import ReconciliationWorkflow
 from workflows.rollback import RollbackWorkflow
 from workflows.sweep import ReconciliationSweepWorkflow
 from workflows.verify import SourceVerifyWorkflow, VerifyWorkflow
 
 WORKFLOWS: list[type] = [MigrationWorkflow, ImportBatchWorkflow, ReconciliationWorkflow, IngestWorkflow,
-                         RollbackWorkflow, VerifyWorkflow, ReconciliationSweepWorkflow, SourceVerifyWorkflow]
+                         RollbackWorkflow, VerifyWorkflow, ReconciliationSweepWorkflow, SourceVerifyWorkflow,
+                         PlanWorkflow]
 
 
 def token_source(settings: Settings, prefix: str) -> TokenSource | None:
@@ -82,6 +86,13 @@ def build_activities(clients: AwsClients, settings: Settings) -> list[Callable[.
     validate = ValidateActivities(s3)
     normalize = NormalizeActivities(s3)
     plan = PlanActivities(s3, mi, settings.import_index_s3_uri)
+    plan_report = PlanReportActivities(s3, EstimateRates(
+        import_files_per_second=settings.plan_import_files_per_second,
+        staging_copies_per_second=settings.plan_staging_copies_per_second,
+        job_overhead_seconds=settings.plan_import_job_overhead_seconds,
+        job_slots_cap=settings.datastore_max_running_jobs,
+        start_tps=min(settings.import_start_initial_tps, settings.import_start_max_tps)))
+    adopt = AdoptActivities(s3)
     pacer = StartPacer(initial_rate=min(settings.import_start_initial_tps, settings.import_start_max_tps),
                        max_rate=settings.import_start_max_tps,
                        min_rate=min(0.2, settings.import_start_initial_tps, settings.import_start_max_tps))
@@ -116,5 +127,5 @@ def build_activities(clients: AwsClients, settings: Settings) -> list[Callable[.
         recon.delete_image_set, recon.publish_escalation, recon.verify_reviewer, ingest.write_ingest_manifest,
         rollback.plan_rollback, rollback.delete_image_sets, rollback.record_rollback, verify.verify_migration,
         verify.verify_source,
-        sweep.list_non_primary,
+        sweep.list_non_primary, plan_report.write_plan, adopt.adopt_plan,
     ]

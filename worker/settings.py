@@ -495,6 +495,16 @@ class Settings(BaseSettings):
     import_start_max_tps: float = Field(40.0, gt=0, le=1000, allow_inf_nan=False, description="the most "
                                         "StartDICOMImportJob calls per second a worker makes (AWS's newest quota "
                                         "table: 40, burst 80)")
+    plan_import_files_per_second: float = Field(
+        80.0, gt=0, le=100_000, allow_inf_nan=False, description="`himig plan`'s estimate: files one import job "
+        "imports per second (default: the local stack's measured 82/s, bench/RESULTS.md; set it from your data "
+        "store's own jobs)")
+    plan_staging_copies_per_second: float = Field(
+        100.0, gt=0, le=100_000, allow_inf_nan=False, description="`himig plan`'s estimate: server-side S3 copies "
+        "per second while one batch is staged")
+    plan_import_job_overhead_seconds: float = Field(
+        10.0, ge=0, le=86_400, allow_inf_nan=False, description="`himig plan`'s estimate: seconds each import job "
+        "adds beyond its files (start, polling, manifest review, routing)")
     datastore_max_running_jobs: WholeNumber = Field(100, ge=1, le=1000, description="import jobs a data store may "
                                                     "run at once, counting every migration, ingest and other tool "
                                                     "(HealthImaging: 100, 20 in ap-southeast-2)")

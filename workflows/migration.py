@@ -19,6 +19,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflow
 with workflow.unsafe.imports_passed_through():
     from contracts import search
     from contracts.activities import (
+        adopt_plan,
         normalize_page,
         parse_headers,
         plan_batches,
@@ -41,6 +42,7 @@ with workflow.unsafe.imports_passed_through():
         batch_workflow_id,
         check_migration_id,
     )
+    from contracts.plan import AdoptInput
     from contracts.stages import (
         FailedBatchInput,
         PageInput,
@@ -217,6 +219,9 @@ class MigrationWorkflow:
         s = self._state
         self._publish()
 
+        if s.phase == "receiving" and input.from_plan is not None and workflow.patched(patches.FROM_PLAN):
+            await self._adopt(input, input.from_plan)
+
         if s.phase == "receiving":
             received = await workflow.execute_activity(
                 receive_inventory,
@@ -287,6 +292,25 @@ class MigrationWorkflow:
         return MigrationResult(migration_id=self._id, report_uri=report.report_uri, summary_uri=report.summary_uri,
                                files_uri=report.files_uri, files_by_state=report.files_by_state,
                                files_total=report.files_total)
+
+    async def _adopt(self, input: MigrationInput, plan_id: str) -> None:
+        """Take the plan's inventory, parse results and rejections instead of reading the source again; the
+        activity refuses a plan that is unfinished, of another source, data store or level, or stale."""
+        s = self._state
+        adopted = await workflow.execute_activity(
+            adopt_plan, AdoptInput(migration_id=self._id, plan_id=plan_id, source_s3_uri=input.source_s3_uri,
+                                   work_s3_uri=input.work_s3_uri, datastore_id=input.datastore_id,
+                                   validation_level=input.validation_level,
+                                   source_manifest_uri=input.source_manifest_uri),
+            start_to_close_timeout=timedelta(hours=6), heartbeat_timeout=policies.HEARTBEAT,
+            retry_policy=policies.STAGE_RETRY)
+        s.inventory_pages = s.pages_done = adopted.pages
+        s.files_total = adopted.files + adopted.source_failures
+        s.bytes_total = adopted.bytes
+        s.rejected += adopted.rejected
+        self._add_states({FileState.FAILED: adopted.source_failures, FileState.REJECTED: adopted.rejected})
+        s.phase = "planning"
+        self._publish()
 
     async def _page(self, input: MigrationInput, page: int) -> None:
         args = PageInput(migration_id=self._id, work_s3_uri=input.work_s3_uri, page=page,

@@ -69,3 +69,8 @@ RECONCILIATION_STANDARD_CANCEL = "reconciliation-standard-cancel"
 # completes with its result, so its migration reports its files as they are. Histories without the marker were
 # cancelled where they stood, and their migration reported the whole batch failed.
 BATCH_STANDARD_CANCEL = "batch-standard-cancel"
+
+# MigrationWorkflow (2026-12-03): a migration started with `from_plan` runs `adopt_plan` (check the plan, copy its
+# inventory and parse results) instead of receive_inventory and the page stages. Asked only on that branch:
+# histories without `from_plan` carry no marker.
+FROM_PLAN = "from-plan"

@@ -38,6 +38,7 @@ SAMPLES: dict[str, tuple[list[str], Any]] = {
     "fhir_validation_level": (["minimal"], "minimal"),
     "fhir_validate_first": ([], True),
     "dicomweb_spot_check": (["5"], 5),
+    "from_plan": (["plan-abc"], "plan-abc"),
 }
 
 

@@ -17,7 +17,7 @@ RECORDED = {
     "RequestLimitExceeded", "InternalServerException", "ServiceUnavailable", "ValidationException",
     "ResourceNotFoundException", "AccessDeniedException", "ConflictException", "NoSuchBucket", "ValidationError",
     "EmptyBatch", "ImageSetMutationFailed", "PromotionNotPrimary", "InvalidSourceManifest", "InvalidSourceConnector",
-    "InvalidMigrationId", "InvalidIngestId", "DecisionRejected", "RollbackRefused", "JobSlotsFull",
+    "InvalidMigrationId", "InvalidIngestId", "DecisionRejected", "RollbackRefused", "PlanRefused", "PlanStale", "JobSlotsFull",
     "CallerSetInternalState", "MissingBatchPlan", "JobStillRunning", "ManifestNotYetVisible",
     "ImageSetBusy", "ImageSetNotReady", "DicomWebUnavailable", "HealthLakeUnavailable", "InputWriteConflict",
     "PutEventsFailed", "CorruptInventory", "CorruptUnitList", "SourceUnavailable",
@@ -25,7 +25,7 @@ RECORDED = {
 PATCH_IDS = {"split-failed-batch", "start-reconciliation", "search-attributes", "job-events", "ingest-spill",
              "source-changed-no-job", "fhir-routing", "verify-reviewer",
              "roll-over-reconciliation", "standard-cancel", "ingest-standard-cancel", "reconciliation-standard-cancel",
-             "batch-standard-cancel"}
+             "batch-standard-cancel", "from-plan"}
 
 
 def _sources() -> list[Path]:

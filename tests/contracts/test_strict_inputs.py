@@ -24,13 +24,14 @@ from contracts.errors import describe_validation_error
 from contracts.ingest import Arrival, IngestInput
 from contracts.jobevents import JobEvent
 from contracts.migration import MigrationInput, OperatorCommand
+from contracts.plan import PlanRequest
 from contracts.reconciliation import ReconciliationDecision, ReconciliationInput
 from contracts.sweep import SweepInput
 
 # What a caller can send: workflow inputs, then signal and update arguments.
 ROOTS: list[type[BaseModel]] = [
     MigrationInput, IngestInput, ReconciliationInput, BatchInput, SweepInput,
-    OperatorCommand, Arrival, JobEvent, ReconciliationDecision, ManifestApproval,
+    OperatorCommand, Arrival, JobEvent, ReconciliationDecision, ManifestApproval, PlanRequest,
 ]
 
 # Valid JSON for each root, the base each hostile case alters one field of.
@@ -46,6 +47,8 @@ VALID: dict[type[BaseModel], dict[str, Any]] = {
     JobEvent: {"job_id": "j1", "status": "COMPLETED"},
     ReconciliationDecision: {"action": "keep", "reviewer": "alice"},
     ManifestApproval: {"approve": True, "reviewer": "alice"},
+    PlanRequest: {"migration": {"source_s3_uri": "s3://src-b/in/", "datastore_id": "a" * 32,
+                                "work_s3_uri": "s3://work-b/w/"}},
 }
 
 # JSON texts lax mode would coerce, per scalar type.

@@ -1,15 +1,15 @@
 """The canary test: patient data never leaves the files and the data store, wherever the service writes.
 
-A migration over files whose patient attributes are distinctive canary strings (with files that fail validation,
-a non-primary conflict decided with a metadata correction of the PatientID, and an ingest arrival), served by a
-real ``python -m worker`` process on a private Temporal dev server that keeps its database in a file. Afterwards
-none of these contain a canary:
+A migration and a dry run (`himig plan`) over files whose patient attributes are distinctive canary strings (with
+files that fail validation, a non-primary conflict decided with a metadata correction of the PatientID, and an
+ingest arrival), served by a real ``python -m worker`` process on a private Temporal dev server that keeps its
+database in a file. Afterwards none of these contain a canary:
 - the raw bytes of the Temporal server's database (every history, search attribute and memo it stored);
 - ``temporal workflow show`` / ``list`` without the codec, for every workflow the run made (payload data
   base64-decoded, so a value cannot hide in the JSON's base64);
 - the worker's log file;
-- every object the service wrote under its work prefix, but the staged DICOM copies and HealthImaging's own
-  import-job output (those are the images themselves).
+- every object the service wrote under its work prefix (a dry run's plan too), but the staged DICOM copies and
+  HealthImaging's own import-job output (those are the images themselves).
 The source folder's name is a canary too (PACS exports name folders after patients): it may appear in the
 operator's own report in the work prefix, which lists source keys, but nowhere in Temporal or the logs.
 """
@@ -37,6 +37,7 @@ from temporalio.testing import WorkflowEnvironment
 from contracts import search
 from contracts.common import FileState
 from contracts.migration import MigrationInput
+from contracts.plan import PlanRequest
 from contracts.reconciliation import (
     ReconciliationAction,
     ReconciliationDecision,
@@ -49,6 +50,7 @@ from tests.support.installation import converter
 from tests.support.reviewers import decide
 from tests.support.temporal_cli import shown, temporal_cli, temporal_path
 from workflows.migration import MigrationWorkflow
+from workflows.plan import PlanWorkflow
 from workflows.reconciliation import ReconciliationWorkflow
 
 # Distinctive values for every patient-identifying attribute the service reads.
@@ -189,6 +191,14 @@ async def test_no_canary_anywhere_the_service_writes(
         id=migration_id, task_queue=worker_process["queue"], execution_timeout=timedelta(minutes=5))
     assert result.files_by_state.get(FileState.IMPORTED, 0) >= 4, result
 
+    # A dry run over the same source (`himig plan`): its plan.json and per-file predictions are checked below too.
+    planned = await client.execute_workflow(
+        PlanWorkflow.run, PlanRequest(migration=MigrationInput(
+            source_s3_uri=f"s3://{src}/{FOLDER}/", datastore_id=datastore_id, work_s3_uri=f"s3://{work}/w/")),
+        id=f"canary-plan-{uuid.uuid4().hex[:8]}", task_queue=worker_process["queue"],
+        execution_timeout=timedelta(minutes=5))
+    assert planned.files == 8, planned
+
     # The non-primary set is decided by a promote that first corrects the PatientID.
     report_bucket, report_key = result.report_uri[5:].split("/", 1)
     summary = json.loads(s3.get_object(Bucket=report_bucket, Key=report_key)["Body"].read())
@@ -234,7 +244,7 @@ async def test_no_canary_anywhere_the_service_writes(
     if found := _found(listed):
         leaks["temporal workflow list"] = found
     ids = {w.id async for w in client.list_workflows()}
-    assert len(ids) >= 5, ids  # migration, batch(es), reconciliation, ingest and its flush
+    assert len(ids) >= 6, ids  # migration, batch(es), plan, reconciliation, ingest and its flush
     for wid in sorted(ids):
         history = await asyncio.to_thread(_cli_json, client, "workflow", "show", "-w", wid)
         if found := _found(history):
