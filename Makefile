@@ -35,8 +35,11 @@ $(TEST_PACKAGES_STAMP): tests/support/ensure_test_packages.sh
 
 ## Install (or refresh) the venv, Orthanc, haproxy and docker-compose, and run the whole suite against real local
 ## servers, inside a private network namespace (Orthanc cannot bind to 127.0.0.1 only).
+## TEST_PROCESSES: pytest-xdist processes, each with its own servers (Temporal, moto, emulator) on free ports; a test
+## file stays in one process (--dist loadfile). Much of the suite waits on servers, so 4 beat 2 even on 2 cores.
+TEST_PROCESSES ?= 4
 test: $(STAMP) $(TEST_PACKAGES_STAMP)
-	bash tests/support/in_private_netns.sh $(PY) -m pytest -q -p no:cacheprovider
+	bash tests/support/in_private_netns.sh $(PY) -m pytest -q -p no:cacheprovider -n $(TEST_PROCESSES) --dist loadfile
 
 ## ruff, mypy and the import contracts (the layering in pyproject's [tool.importlinter]).
 lint: $(STAMP)
