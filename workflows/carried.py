@@ -9,7 +9,8 @@ a run that nothing continued into was written by a caller. Such a run restores n
 
 from __future__ import annotations
 
-from typing import NoReturn, TypeVar
+from collections.abc import Callable
+from typing import NoReturn, Protocol, TypeVar
 
 from temporalio import workflow
 from temporalio.exceptions import ApplicationError
@@ -18,6 +19,15 @@ with workflow.unsafe.imports_passed_through():
     from contracts.errors import ErrorType
 
 T = TypeVar("T")
+
+
+class RunCounted(Protocol):
+    runs: int
+
+    def model_copy(self: C, *, deep: bool = ...) -> C: ...
+
+
+C = TypeVar("C", bound=RunCounted)
 
 
 def written_by_caller(continued: object | None) -> bool:
@@ -29,6 +39,17 @@ def restore(continued: T | None) -> T | None:
     """``continued`` when this run was continued from an earlier one, else None (what a caller wrote is ignored;
     `refuse` fails the run)."""
     return None if written_by_caller(continued) else continued
+
+
+def resume(continued: C | None, blank: Callable[[], C]) -> C:
+    """The state this run starts from: a copy of the carried one, its ``runs`` counting this run, or ``blank()``
+    in a first run (and in a run a caller wrote ``continued`` into, which `refuse` fails)."""
+    restored = restore(continued)
+    if restored is None:
+        return blank()
+    state = restored.model_copy(deep=True)
+    state.runs += 1
+    return state
 
 
 def refuse(field: str = "continued") -> NoReturn:

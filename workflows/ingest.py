@@ -65,10 +65,7 @@ class IngestWorkflow:
     def __init__(self, input: IngestInput) -> None:
         # State is restored here, not in run(): with signal-with-start the `arrived` handler runs before run().
         self._input = input
-        restored = carried.restore(input.continued)
-        self._state = restored.model_copy(deep=True) if restored else IngestState()
-        if restored:
-            self._state.runs += 1
+        self._state = carried.resume(input.continued, IngestState)
         self._buffer: dict[str, Arrival] = {a.key: a for a in self._state.buffer}
         self._state.buffer = []
         self._source = parse_s3_uri(input.source_s3_uri, field="source_s3_uri").as_prefix()

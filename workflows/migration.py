@@ -65,10 +65,7 @@ class MigrationWorkflow:
     def __init__(self, input: MigrationInput) -> None:
         # Carried state is restored here, not in run(): a pause or cancel signal delivered in a new run's first
         # task is applied before run() starts, and must land on the carried state, not on a blank one.
-        restored = carried.restore(input.continued)
-        self._state = restored.model_copy(deep=True) if restored else MigrationState()
-        if restored:
-            self._state.runs += 1
+        self._state = carried.resume(input.continued, MigrationState)
         self._running: set[int] = set()
         self._id = workflow.info().workflow_id
         self._input = input

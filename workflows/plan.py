@@ -56,10 +56,7 @@ def plan_workflow_id(name: str) -> str:
 class PlanWorkflow:
     @workflow.init
     def __init__(self, input: PlanRequest) -> None:
-        restored = carried.restore(input.continued)
-        self._state = restored.model_copy(deep=True) if restored else PlanState()
-        if restored:
-            self._state.runs += 1
+        self._state = carried.resume(input.continued, PlanState)
         self._id = workflow.info().workflow_id
 
     @workflow.query

@@ -12,6 +12,7 @@ from temporalio.worker import Worker
 from activities.storage import get_json, iter_ndjson
 from contracts.migration import MigrationInput, MigrationResult, OperatorCommand
 from contracts.s3uri import parse_s3_uri
+from tests.support.dicom import make_instance, uid
 from tests.support.eventually import assert_eventually
 from workflows.migration import MigrationWorkflow
 
@@ -53,3 +54,20 @@ def report_rows(s3: Any, result: MigrationResult) -> dict[str, dict[str, Any]]:
 def report_summary(s3: Any, result: MigrationResult) -> dict[str, Any]:
     """The JSON summary (report.json)."""
     return dict(get_json(s3, parse_s3_uri(result.report_uri)))
+
+
+async def migrate_small_source(client: Client, worker: Worker, buckets: dict[str, Any], datastore_id: str,
+                               studies: int = 2, per_series: int = 3, tag: str = "v",
+                               ) -> tuple[str, str, MigrationResult, MigrationInput]:
+    """Migrate ``studies`` one-series studies of ``per_series`` synthetic instances each (one folder per study);
+    returns (migration id, source prefix, result, input)."""
+    s3, src, work = buckets["s3"], buckets["source"], buckets["work"]
+    prefix = f"{tag}-{uuid.uuid4().hex[:6]}"
+    for n in range(studies):
+        study, series = uid(), uid()
+        for i in range(per_series):
+            s3.put_object(Bucket=src, Key=f"{prefix}/s{n}/{i}.dcm", Body=make_instance(study, series))
+    payload = MigrationInput(source_s3_uri=f"s3://{src}/{prefix}/", datastore_id=datastore_id,
+                             work_s3_uri=f"s3://{work}/w/", import_start_interval_seconds=0)
+    mid, result = await migrate(client, worker, payload, prefix=f"{tag}m")
+    return mid, prefix, result, payload

@@ -16,9 +16,8 @@ from temporalio.worker import Worker
 from contracts.migration import MigrationInput, MigrationResult
 from contracts.verify import DifferenceKind, VerifyInput, VerifyResult, verify_workflow_id
 from tests.support.cli import invoke
-from tests.support.dicom import make_instance, uid
 from tests.support.eventually import assert_eventually
-from tests.support.migrations import migrate, report_rows
+from tests.support.migrations import migrate_small_source, report_rows
 from tests.workflows.conftest import active_datastore
 from workflows.verify import VerifyWorkflow
 
@@ -30,15 +29,7 @@ def own_datastore(emulator_url: str) -> str:
 
 async def _migrated(client: Client, worker: Worker, buckets: dict[str, Any], datastore_id: str,
                     studies: int = 2, per_series: int = 3) -> tuple[str, MigrationResult, MigrationInput]:
-    s3, src, work = buckets["s3"], buckets["source"], buckets["work"]
-    prefix = f"v-{uuid.uuid4().hex[:6]}"
-    for n in range(studies):
-        study, series = uid(), uid()
-        for i in range(per_series):
-            s3.put_object(Bucket=src, Key=f"{prefix}/s{n}/{i}.dcm", Body=make_instance(study, series))
-    payload = MigrationInput(source_s3_uri=f"s3://{src}/{prefix}/", datastore_id=datastore_id,
-                             work_s3_uri=f"s3://{work}/w/", import_start_interval_seconds=0)
-    mid, result = await migrate(client, worker, payload, prefix="vm")
+    mid, _, result, payload = await migrate_small_source(client, worker, buckets, datastore_id, studies, per_series)
     return mid, result, payload
 
 

@@ -28,7 +28,7 @@ from contracts.verify import (
 from tests.conftest import emulator_admin
 from tests.support.cli import invoke
 from tests.support.dicom import make_instance, uid
-from tests.support.migrations import migrate
+from tests.support.migrations import migrate_small_source
 from tests.workflows.conftest import active_datastore
 from workflows.verify import SourceVerifyWorkflow, VerifyWorkflow
 
@@ -40,15 +40,8 @@ def own_datastore(emulator_url: str) -> str:
 
 async def _migrated_source(client: Client, worker: Worker, buckets: dict[str, Any], datastore_id: str,
                            studies: int = 2, per_series: int = 3) -> tuple[str, str, MigrationInput]:
-    s3, src, work = buckets["s3"], buckets["source"], buckets["work"]
-    prefix = f"vs-{uuid.uuid4().hex[:6]}"
-    for n in range(studies):
-        study, series = uid(), uid()
-        for i in range(per_series):
-            s3.put_object(Bucket=src, Key=f"{prefix}/s{n}/{i}.dcm", Body=make_instance(study, series))
-    payload = MigrationInput(source_s3_uri=f"s3://{src}/{prefix}/", datastore_id=datastore_id,
-                             work_s3_uri=f"s3://{work}/w/", import_start_interval_seconds=0)
-    mid, _ = await migrate(client, worker, payload, prefix="vsm")
+    mid, prefix, _, payload = await migrate_small_source(client, worker, buckets, datastore_id, studies, per_series,
+                                                         tag="vs")
     return mid, prefix, payload
 
 
