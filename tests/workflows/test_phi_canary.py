@@ -34,7 +34,6 @@ import pytest
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.testing import WorkflowEnvironment
 
-from contracts import search
 from contracts.common import FileState
 from contracts.migration import MigrationInput
 from contracts.plan import PlanRequest
@@ -46,9 +45,8 @@ from contracts.reconciliation import (
 )
 from tests.support.dicom import make_instance, uid
 from tests.support.eventually import assert_eventually, assert_eventually_sync
-from tests.support.installation import converter
 from tests.support.reviewers import decide
-from tests.support.temporal_cli import shown, temporal_cli, temporal_path
+from tests.support.temporal_cli import shown, start_dev_server, temporal_cli
 from workflows.migration import MigrationWorkflow
 from workflows.plan import PlanWorkflow
 from workflows.reconciliation import ReconciliationWorkflow
@@ -95,9 +93,7 @@ def _found(data: bytes) -> list[str]:
 async def private_temporal(tmp_path: Path) -> AsyncIterator[tuple[WorkflowEnvironment, Path]]:
     """A dev server of this test's own, whose database is a file we can read byte by byte afterwards."""
     db = tmp_path / "temporal.db"
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=temporal_path(), data_converter=converter(), ui=False,
-        dev_server_extra_args=["--db-filename", str(db), "--log-level", "error", *search.dev_server_args()])
+    env = await start_dev_server("--db-filename", str(db))
     yield env, db
     await env.shutdown()
 

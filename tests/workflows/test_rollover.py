@@ -9,13 +9,9 @@ new with its conflict, decision log and deadline, and a decision after the flood
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import sys
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pydantic
@@ -25,12 +21,11 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.reconcile import ReconcileActivities
-from contracts import search
 from contracts.reconciliation import ReconciliationOutcome, ReconciliationStatus, reconciliation_workflow_id
 from tests.support.eventually import assert_eventually
-from tests.support.installation import converter
 from tests.support.reviewers import signal_approve
 from tests.support.settings import FINGERPRINT_KEY
+from tests.support.temporal_cli import start_dev_server
 from tests.workflows.test_reconciliation import _import_conflict
 from worker.aws import AwsClients
 from worker.settings import Settings
@@ -44,15 +39,10 @@ SIGNALS = 25  # 1.5 MB in all: past the error limit without roll-over
 
 @pytest.fixture(scope="module")
 async def small_history_env() -> AsyncIterator[WorkflowEnvironment]:
-    path = shutil.which("temporal", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
-    assert path
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=path, data_converter=converter(), ui=False,
-        dev_server_extra_args=[
-            "--log-level", "error", *search.dev_server_args(),
-            "--dynamic-config-value", f"limit.historySize.suggestContinueAsNew={SUGGEST_BYTES}",
-            "--dynamic-config-value", f"limit.historySize.warn={SUGGEST_BYTES}",
-            "--dynamic-config-value", f"limit.historySize.error={ERROR_BYTES}"])
+    env = await start_dev_server(
+        "--dynamic-config-value", f"limit.historySize.suggestContinueAsNew={SUGGEST_BYTES}",
+        "--dynamic-config-value", f"limit.historySize.warn={SUGGEST_BYTES}",
+        "--dynamic-config-value", f"limit.historySize.error={ERROR_BYTES}")
     yield env
     await env.shutdown()
 
