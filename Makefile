@@ -62,6 +62,7 @@ bench: $(STAMP)
 	$(PY) bench/end_to_end.py
 	$(PY) bench/emulator.py
 	$(PY) bench/parse.py
+	$(PY) bench/corpus_generation.py
 	$(PY) bench/stage_requests.py
 	$(PY) bench/orchestration.py
 	$(PY) bench/process_exits.py

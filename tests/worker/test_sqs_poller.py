@@ -4,6 +4,8 @@ waiting cannot fix (real sockets and moto servers, no mocks)."""
 from __future__ import annotations
 
 import asyncio
+import threading
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +49,43 @@ async def test_an_unreachable_queue_does_not_end_the_listener() -> None:
     await asyncio.sleep(1.0)  # a span of failing receives: the loop must still be running after it
     assert not task.done(), task.exception() if task.done() else None
     stop.set()
-    await asyncio.wait_for(task, timeout=5)
+    await asyncio.wait_for(task, timeout=30)
+
+
+class _WatchedLongPoll(SqsPoller):
+    """Records when its receive (a real 20 s long poll) starts and when it returns."""
+
+    kind = "test"
+
+    def __init__(self, sqs: Any, queue_url: str) -> None:
+        super().__init__(sqs, queue_url, wait_seconds=20, visibility_timeout=10)
+        self.polling = threading.Event()
+        self.returned = threading.Event()
+
+    async def handle(self, message: dict[str, Any]) -> None:
+        await self._delete(message)
+
+    def _receive(self) -> list[dict[str, Any]]:
+        self.polling.set()
+        try:
+            return super()._receive()
+        finally:
+            self.returned.set()
+
+
+async def test_a_stop_abandons_the_long_poll_in_flight(moto_url: str) -> None:
+    sqs = boto3.client("sqs", endpoint_url=moto_url, region_name="us-east-1", config=Config(read_timeout=60))
+    # Empty: moto holds the receive for its whole 20 s wait, as SQS does.
+    queue = sqs.create_queue(QueueName=f"poller-stop-{uuid.uuid4().hex[:8]}")["QueueUrl"]
+    poller = _WatchedLongPoll(sqs, queue)
+    stop = asyncio.Event()
+    task = asyncio.create_task(poller.run(stop))
+    assert await asyncio.to_thread(poller.polling.wait, 60)
+    stop.set()
+    await asyncio.wait_for(task, timeout=60)  # bounds a hung stop; not the claim
+    # The claim, as an ordering: `run` returned while its receive was still waiting on the empty queue. A `run`
+    # that waited the poll out would return only after it, with ``returned`` set.
+    assert not poller.returned.is_set()
 
 
 async def test_a_failing_handler_leaves_its_message_and_the_others_are_handled(moto_url: str) -> None:
@@ -62,9 +100,9 @@ async def test_a_failing_handler_leaves_its_message_and_the_others_are_handled(m
     async def both_handled() -> None:
         assert len(poller.handled) == 2, poller.handled
 
-    await assert_eventually(both_handled, timeout=5)
+    await assert_eventually(both_handled, timeout=30)
     stop.set()
-    await asyncio.wait_for(task, timeout=5)
+    await asyncio.wait_for(task, timeout=30)
     assert sorted(poller.handled) == ["a", "b"] and poller.messages_deleted == 2
     attrs = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["ApproximateNumberOfMessagesNotVisible"])
     assert attrs["Attributes"]["ApproximateNumberOfMessagesNotVisible"] == "1"  # "boom" waits for re-delivery

@@ -75,10 +75,9 @@ async def running_listener(client: Client, sqs: Any, s3: Any, ingest: IngestSett
         yield listener, task
     finally:
         stop.set()
-        started = time.monotonic()
-        await asyncio.wait_for(task, timeout=5)
-        # `run` abandons an in-flight long poll instead of waiting it out.
-        assert time.monotonic() - started < 2.0
+        # That `run` abandons an in-flight long poll (rather than waiting it out) is proved by ordering in
+        # tests/worker/test_sqs_poller.py; here the bound only keeps a hung stop from hanging the test.
+        await asyncio.wait_for(task, timeout=60)
 
 
 def _ingest_settings(queue_url: str, datastore_id: str, src: str, work: str, prefix: str) -> IngestSettings:

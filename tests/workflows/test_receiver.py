@@ -23,6 +23,7 @@ import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
 from datetime import timedelta
 from pathlib import Path
@@ -37,6 +38,7 @@ from pynetdicom import AE
 from pynetdicom import _config as pynetdicom_config
 from pynetdicom.association import Association
 from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.common import MetricMeter
 from temporalio.service import RetryConfig, RPCError
@@ -63,6 +65,7 @@ from tests.support.servers import free_port
 from worker.listener import SqsListener, configure_bucket_notifications
 from worker.metrics import build_runtime
 from worker.receiver import StoreReceiver
+from worker.runner import build_worker
 from worker.settings import IngestSettings, ReceiverSettings, Settings
 
 WAIT_LIMIT = 120.0  # seconds; every wait here is bounded (2 busy cores)
@@ -530,7 +533,7 @@ class TestFailuresBehindTheReceiver:
 
 
 async def test_arrivals_are_routed_to_healthlake_once_per_flush_and_again_when_the_study_grows(
-        client: Client, worker: Worker, buckets: dict[str, Any], datastore_id: str, fhir_datastore: str,
+        client: Client, settings: Settings, buckets: dict[str, Any], datastore_id: str, fhir_datastore: str,
         emulator_url: str, tmp_path: Path) -> None:
     s3 = buckets["s3"]
     ingest = ingest_input(buckets, datastore_id, healthlake_datastore_id=fhir_datastore)
@@ -539,21 +542,31 @@ async def test_arrivals_are_routed_to_healthlake_once_per_flush_and_again_when_t
     write_study(first, study, 2, series)
     resource = f"/datastore/{fhir_datastore}/r4/ImagingStudy/{study_resource_id(datastore_id, study)}"
     wid = ingest_workflow_id(datastore_id, study, buckets["source"], "")
-    async with running_receiver(receiver_settings(), ingest, s3, client, worker.task_queue) as receiver:
+    async with running_receiver(receiver_settings(), ingest, s3, client, settings.task_queue) as receiver:
+        # No worker polls the task queue yet, so both arrivals are in the ingest's history before its first
+        # workflow task runs: its quiet period starts after the second, and one flush takes both however slowly
+        # the machine stores them. (With a worker already running, a pause longer than quiet_seconds between the
+        # two stores would rightly split them into two flushes.)
         for path in sorted(first.iterdir()):
             assert await asyncio.to_thread(store_file, receiver.port, path) == StoreStatus.SUCCESS
-        await wait_ingested(client, wid)
-        status, body = _fhir_get(emulator_url, resource)
-        assert status == 200, body
-        assert body["numberOfInstances"] == 2 and body["meta"]["versionId"] == "1"
-        assert body["subject"]["identifier"]["value"] == PATIENT_ID
-        # The study grows: a later arrival (another series) flushes again and updates the same resource.
-        more = tmp_path / "more"
-        write_study(more, study, 1)
-        for path in sorted(more.iterdir()):
-            assert await asyncio.to_thread(store_file, receiver.port, path) == StoreStatus.SUCCESS
-        await wait_ingested(client, wid)
-    flushes = await flush_rows(client, s3, ingest, wid)
+        kinds = [e.event_type for e in (await client.get_workflow_handle(wid).fetch_history()).events]
+        assert kinds.count(EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED) == 2
+        assert EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED not in kinds
+        with ThreadPoolExecutor(max_workers=settings.max_concurrent_activities) as executor:
+            async with build_worker(client, settings, executor):
+                await wait_ingested(client, wid)
+                status, body = _fhir_get(emulator_url, resource)
+                assert status == 200, body
+                assert body["numberOfInstances"] == 2 and body["meta"]["versionId"] == "1"
+                assert body["subject"]["identifier"]["value"] == PATIENT_ID
+                # The study grows: a later arrival (another series; one, so nothing to split) flushes again and
+                # updates the same resource.
+                more = tmp_path / "more"
+                write_study(more, study, 1)
+                for path in sorted(more.iterdir()):
+                    assert await asyncio.to_thread(store_file, receiver.port, path) == StoreStatus.SUCCESS
+                await wait_ingested(client, wid)
+                flushes = await flush_rows(client, s3, ingest, wid)
     assert [len(f) for f in flushes] == [2, 1]
     status, body = _fhir_get(emulator_url, resource)
     assert status == 200 and body["numberOfInstances"] == 3 and body["numberOfSeries"] == 2
