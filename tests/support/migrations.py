@@ -43,7 +43,7 @@ async def wait_phase(handle: Any, phase: str) -> Any:
         assert progress.phase == phase, f"never reached phase {phase} (still {progress.phase})"
         return progress
 
-    return await assert_eventually(reached, timeout=10)
+    return await assert_eventually(reached, timeout=60)
 
 
 def report_rows(s3: Any, result: MigrationResult) -> dict[str, dict[str, Any]]:

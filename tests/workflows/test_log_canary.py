@@ -121,7 +121,7 @@ class TestLogCanary:
                 execution_timeout=timedelta(seconds=90))
             # A malformed operator signal: recorded as rejected, and logged naming the fields, not the values.
             await handle.signal("pause", {"by": 4417, "reason": SIGNAL_CANARY, "zzz": SIGNAL_CANARY})
-            await assert_eventually(lambda: _line(logs, "signal rejected", signal="pause"), timeout=10)
+            await assert_eventually(lambda: _line(logs, "signal rejected", signal="pause"), timeout=60)
             await handle.signal(MigrationWorkflow.resume, OperatorCommand(by="tester", reason="go"))
             result = await handle.result()
             # A malformed arrival: counted in the workflow's progress and logged naming the fields, not the values.
@@ -130,7 +130,7 @@ class TestLogCanary:
                                                 datastore_id=datastore_id, quiet_seconds=1, max_wait_seconds=1),
                 id=f"canary-ingest-{uuid.uuid4().hex[:8]}", task_queue=worker.task_queue, start_signal="arrived",
                 start_signal_args=[{"key": SIGNAL_CANARY, "size": -1, "event_time": SIGNAL_CANARY}])
-            dropped = await assert_eventually(lambda: _line(logs, "signal rejected", signal="arrived"), timeout=10)
+            dropped = await assert_eventually(lambda: _line(logs, "signal rejected", signal="arrived"), timeout=60)
             assert (await ingest.query(IngestWorkflow.progress)).arrivals_rejected == 1
             await ingest.result()
 

@@ -126,7 +126,7 @@ class TestMetricsDuringAMigration:
                     assert states == {s.value: float(n) for s, n in result.files_by_state.items() if n}, states
                     return samples
 
-                samples = await assert_eventually(settled, timeout=10)
+                samples = await assert_eventually(settled, timeout=60)
         throttled_after = _throttled(emulator_url)
 
         # files by terminal state: exactly the report's totals (every state of this corpus is present)

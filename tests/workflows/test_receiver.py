@@ -113,7 +113,7 @@ async def running_receiver(settings: ReceiverSettings, ingest: IngestInput, s3: 
     receiver = StoreReceiver(settings, ingest, s3, client, task_queue, meter)
     stop = asyncio.Event()
     task = asyncio.create_task(receiver.run(stop))
-    await assert_eventually(lambda: _listening(receiver), timeout=10, interval=0.02)
+    await assert_eventually(lambda: _listening(receiver), timeout=60, interval=0.02)
     try:
         yield receiver
     finally:
@@ -233,7 +233,7 @@ class TestReceivedInstancesAreIngested:
             await wait_ingested(client, wid)
             await assert_eventually(lambda: _left(listener, 3), timeout=30, interval=0.2)
         stop_listener.set()
-        await asyncio.wait_for(listening, timeout=10)
+        await asyncio.wait_for(listening, timeout=60)
 
         prefix = parse_s3_uri(ingest.source_s3_uri)
         expected = sorted(received_key(prefix, study, sop).key for sop in sops)
@@ -443,7 +443,7 @@ class TestStopping:
             with association(receiver.port) as held:
                 assert held.is_established
                 stopping = asyncio.create_task(asyncio.to_thread(receiver.stop, 20))
-                await assert_eventually(lambda: _stopping(receiver), timeout=10, interval=0.05)
+                await assert_eventually(lambda: _stopping(receiver), timeout=60, interval=0.05)
                 # An association already open is drained, not cut: its next C-STORE gets a re-send status.
                 status = await asyncio.to_thread(held.send_c_store, path)
                 assert int(status.Status) == StoreStatus.OUT_OF_RESOURCES

@@ -257,7 +257,7 @@ class TestReconciliation:
             assert len(status.decisions) == 4, status.decisions
             return status
 
-        status = await assert_eventually(recorded, timeout=10, interval=0.05)
+        status = await assert_eventually(recorded, timeout=60, interval=0.05)
         assert status.state == "awaiting_decision"
         rejected = [r for r in status.decisions if not r.accepted]
         assert sorted(r.via for r in rejected) == ["signal", "signal", "signal", "update"]
@@ -291,7 +291,7 @@ class TestReconciliation:
                 assert len(found) == 2, logs.text
                 return found
 
-            bad_action, unauthorised = await assert_eventually(two_rejections, timeout=10)
+            bad_action, unauthorised = await assert_eventually(two_rejections, timeout=60)
         assert canary.lower() not in logs.text.lower() and "explode" not in logs.text
         assert "could not be formatted" not in logs.text
         assert bad_action["error"].startswith("action: ") and bad_action["via"] == "signal"
@@ -545,4 +545,4 @@ class TestReconciliationsPending:
             await assert_eventually(lambda: pending(0.0), timeout=20)
         finally:
             stop.set()
-            await asyncio.wait_for(watcher, timeout=5)
+            await asyncio.wait_for(watcher, timeout=60)

@@ -154,7 +154,7 @@ class TestAcrossMigrations:
                 return
             assert state == "DELETED", f"image set {gone} still {state}"
 
-        await assert_eventually(deleted, timeout=5, interval=0.05)
+        await assert_eventually(deleted, timeout=60, interval=0.05)
         _, third = await migrate(client, worker, payload)
         rows = report_rows(s3, third)
         again = {k for k, r in rows.items() if r["state"] == FileState.IMPORTED}
