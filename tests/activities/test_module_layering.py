@@ -17,7 +17,7 @@ ACTIVITIES = Path(__file__).resolve().parents[2] / "activities"
 
 SHARED = {"dicom_header", "errors", "healthimaging", "heartbeat", "import_index", "instance_identity", "bearer_http", "client_credentials", "ledger", "phi", "signed_http", "sources", "storage"}
 # helper -> the one stage module allowed to import it
-PRIVATE = {"spotcheck": "review", "fhir": "fhir_route", "report_aggregate": "report", "report_html": "report", "job_admission": "importjob"}
+PRIVATE = {"spotcheck": "review", "copy_lanes": "importjob", "fhir": "fhir_route", "report_aggregate": "report", "report_html": "report", "job_admission": "importjob"}
 
 
 def _modules() -> dict[str, Path]:
