@@ -9,7 +9,8 @@ and prints, in seconds from the migration's start:
 - per batch: when its workflow started and each stage transition (from the batch's progress as history records
   it: the activity events of its own history);
 - the share of the wall time before the first StartDICOMImportJob and between the last job's completion and the
-  migration's end.
+  migration's end;
+- the HealthImaging calls of the run, per operation (the emulator's throttling counters: allowed and throttled).
 
 It measures one run: a profile, not a benchmark (bench/end_to_end.py compares methods).
 
@@ -36,7 +37,15 @@ from typing import Any
 sys.path.remove(str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.end_to_end import SOURCE_BUCKET, WORK_BUCKET, clients, fresh_datastore, prepare_corpus, start_stack
+from bench.end_to_end import (
+    SOURCE_BUCKET,
+    WORK_BUCKET,
+    clients,
+    fresh_datastore,
+    http_json,
+    prepare_corpus,
+    start_stack,
+)
 from bench.lib.histories import migration_histories
 from bench.lib.localstack import ensure_payload_keys
 from worker.process_exit import run_then_exit
@@ -108,6 +117,12 @@ def report(histories: list[Any], wall: float) -> list[str]:
     return lines
 
 
+def api_calls(stack: Any) -> dict[str, tuple[int, int]]:
+    """(allowed, throttled) per HealthImaging operation so far, from the emulator's throttling counters."""
+    ops = http_json(f"{stack.config.emulator_url}/_emulator/throttling").get("operations", {})
+    return {op: (int(v.get("allowed", 0)), int(v.get("throttled", 0))) for op, v in ops.items()}
+
+
 async def run(settings: Any, datastore_id: str, prefix: str, files: int) -> tuple[float, list[Any]]:
     from contracts.migration import MigrationInput
     from worker.client import connect
@@ -141,8 +156,13 @@ def main() -> None:
         settings, s3, mi = clients(env)
         prefix, _ = prepare_corpus(s3, tmp, files)
         datastore_id = fresh_datastore(mi, f"timeline-{uuid.uuid4().hex[:10]}")
+        before = api_calls(stack)
         wall, histories = asyncio.run(run(settings, datastore_id, prefix, files))
+        after = api_calls(stack)
         print("\n".join(report(histories, wall)), flush=True)
+        print("HealthImaging calls: " + ", ".join(
+            f"{op} {after[op][0] - before.get(op, (0, 0))[0]} (throttled {after[op][1] - before.get(op, (0, 0))[1]})"
+            for op in sorted(after) if after[op] != before.get(op, (0, 0))), flush=True)
     finally:
         with contextlib.suppress(Exception):
             stack.down()
