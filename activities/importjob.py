@@ -20,6 +20,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities import phi
+from activities.copy_lanes import CopyLanes
 from activities.errors import classify, error_code
 from activities.heartbeat import current, keeps_alive
 from activities.job_admission import StartPacer, free_job_slot
@@ -88,11 +89,13 @@ def source_changed(s3: Any, bucket: str, key: str, source_bucket: str, inst: Ins
 
 class ImportActivities:
     def __init__(self, s3: Any, medical_imaging: Any, default_role_arn: str, concurrency: int = 8,
-                 pacer: StartPacer | None = None, datastore_max_running_jobs: int | None = None) -> None:
+                 pacer: StartPacer | None = None, datastore_max_running_jobs: int | None = None,
+                 lanes: CopyLanes | None = None) -> None:
         self._s3 = s3
         self._mi = medical_imaging
         self._role = default_role_arn
-        self._concurrency = concurrency
+        # Shared by every batch this worker stages (activities/copy_lanes.py): the first batch is staged first.
+        self._lanes = lanes or CopyLanes(concurrency)
         self._pacer = pacer or StartPacer()
         self._job_cap = datastore_max_running_jobs
 
@@ -103,12 +106,14 @@ class ImportActivities:
         done = 0
         lock = threading.Lock()
         keep = current()  # captured here: the pool threads below have no activity context
+        order = self._lanes.staging()
 
         def copy(inst: InstanceRecord) -> LedgerEntry | None:
             nonlocal done
             # Copying again is harmless: same source, same key, same bytes.
             key = layout.job_input_key(staging.key, inst.key)
-            changed = source_changed(self._s3, staging.bucket, key, source_bucket, inst)
+            with self._lanes.lane(order):
+                changed = source_changed(self._s3, staging.bucket, key, source_bucket, inst)
             with lock:
                 done += 1
                 if keep and done % 100 == 0:
@@ -119,7 +124,9 @@ class ImportActivities:
                                code="SourceChanged", reason=changed, study_instance_uid=inst.study_instance_uid,
                                series_instance_uid=inst.series_instance_uid)
 
-        with ThreadPoolExecutor(self._concurrency) as pool:
+        # Twice the lanes: while its copies run, a staging always has copies waiting at the head of the line, so
+        # a lane it frees goes to its next copy, not to a later staging's.
+        with ThreadPoolExecutor(2 * self._lanes.lanes) as pool:
             # In copies of this context: third-party lines from the copies keep the activity's log ids.
             changed = [e for e in pool.map(phi.in_context(copy), files) if e is not None]
         # Rewritten whole on every attempt, so a retried activity never records a file twice.

@@ -1,9 +1,10 @@
 """review manifest: prove, file by file, what one import job did.
 
 Reads ``job-output-manifest.json`` and the SUCCESS / FAILURE / WARNING NDJSON (retrying while they are not yet
-visible), gives every staged file exactly one terminal state, cross-checks the job's counters, and verifies
-each image set the job reports with ``GetImageSet``. An imported file with warnings, ours from parsing or the
-job's own, is ``imported_with_warnings`` and carries them, each marked by origin.
+visible), gives every staged file exactly one terminal state, cross-checks the job's counters, and checks each image
+set's primary flag (`primary_lookups`): from the job's own two statements where they suffice, with
+``GetImageSet`` where they do not. An imported file with warnings, ours from parsing or the job's own, is
+``imported_with_warnings`` and carries them, each marked by origin.
 """
 
 from __future__ import annotations
@@ -156,6 +157,32 @@ def check_counters(summary: dict[str, Any], staged: int, output: JobOutput) -> l
     return problems
 
 
+def primary_lookups(refs: dict[str, ImageSetRef], claims: dict[str, set[bool | None]],
+                    summary: dict[str, Any]) -> tuple[list[str], list[ImageSetRef]]:
+    """The isPrimary check without a call per image set: (problems, the image sets GetImageSet must confirm).
+
+    The job states each image set's primary flag twice, independently: on every file's line of the SUCCESS /
+    WARNING output (``claims``: each line's ``isPrimary``) and once in the manifest's ``imageSetsSummary``. Where
+    every line and the summary agree that a set is primary, a GetImageSet would only repeat it (and its existence
+    is proven by the GetImageSetMetadata read-back of every set), so it is not called. GetImageSet still confirms
+    every set the job calls non-primary (a reconciliation starts from that verdict), every set some line states
+    no flag for, and every set the manifest's summary does not list with a flag. Lines or summary disagreeing
+    are problems.
+    """
+    listed = {str(s.get("imageSetId")): s for s in summary.get("imageSetsSummary", []) or [] if isinstance(s, dict)}
+    problems, lookups = [], []
+    for image_set_id, ref in refs.items():
+        said = claims.get(image_set_id, set())
+        if len(said - {None}) > 1:
+            problems.append(f"image set {image_set_id}: the job output's lines disagree on isPrimary")
+        entry = listed.get(image_set_id)
+        stated = entry.get("isPrimary") if entry is not None else None
+        if isinstance(stated, bool) and said == {stated} and stated:
+            continue
+        lookups.append(ref)
+    return problems, lookups
+
+
 class ReviewActivities:
     def __init__(self, s3: Any, medical_imaging: Any, spot_check: SpotChecker | None = None,
                  import_index_s3_uri: str | None = None) -> None:
@@ -184,9 +211,9 @@ class ReviewActivities:
             raise classify(err, "reading the import job output") from None
         return output
 
-    def _verify_image_sets(self, datastore_id: str, refs: dict[str, ImageSetRef]) -> list[str]:
+    def _verify_image_sets(self, datastore_id: str, refs: list[ImageSetRef]) -> list[str]:
         problems = []
-        for ref in refs.values():
+        for ref in refs:
             try:
                 props = self._mi.get_image_set(datastoreId=datastore_id, imageSetId=ref.image_set_id)
             except ClientError as err:
@@ -215,6 +242,7 @@ class ReviewActivities:
         imported: list[ImportedInstance] = []
         failing: list[FailedFile] = []
         refs: dict[str, ImageSetRef] = {}
+        claims: dict[str, set[bool | None]] = {}
         source = parse_s3_uri(batch.source_s3_uri, field="source_s3_uri")
         for inst in files:
             entry = classify_file(prefix + inst.key, output, failed, input.outcome.message, inst.warnings)
@@ -244,12 +272,15 @@ class ReviewActivities:
                     image_set_id=entry.image_set_id, version=entry.image_set_version,
                     is_primary=bool(entry.is_primary), instances=0))
                 ref.instances += 1
+                claims.setdefault(entry.image_set_id, set()).add(entry.is_primary)
         staged_keys = {layout.job_input_key(prefix, f.key) for f in files}
         unknown = [k for k in (*output.success, *output.failure, *output.warning) if k not in staged_keys]
         problems = check_counters(output.summary, len(files), output)
         if unknown:
             problems.append(f"{len(unknown)} files in the job output were not staged by this batch")
-        problems += self._verify_image_sets(job.datastore_id, refs)
+        primary_problems, lookups = primary_lookups(refs, claims, output.summary)
+        problems += primary_problems
+        problems += self._verify_image_sets(job.datastore_id, lookups)
         # Read-back: instances per image set in GetImageSetMetadata, and a DICOMweb sample (activities/spotcheck.py).
         problems += self._spot.check(job.datastore_id, files, ledger, batch.dicomweb_spot_check)
         for summary in output.summary.get("imageSetsSummary", []) or []:

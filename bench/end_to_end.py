@@ -51,7 +51,8 @@ from pathlib import Path
 from typing import Any
 
 # Without bench/ itself on the path: bench/emulator.py would shadow the `emulator` package the stack checks for.
-sys.path.remove(str(Path(__file__).resolve().parent))
+with contextlib.suppress(ValueError):  # absent when another bench script imports this one
+    sys.path.remove(str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.baselines import naive, raw, sample

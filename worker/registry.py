@@ -8,6 +8,7 @@ from typing import Any, cast
 from activities.await_job import AwaitActivities
 from activities.bearer_http import BearerHttp
 from activities.client_credentials import ClientCredentials, TokenSource
+from activities.copy_lanes import CopyLanes
 from activities.fhir_route import FhirRouteActivities
 from activities.importjob import ImportActivities
 from activities.ingest import IngestActivities
@@ -97,7 +98,7 @@ def build_activities(clients: AwsClients, settings: Settings) -> list[Callable[.
                        max_rate=settings.import_start_max_tps,
                        min_rate=min(0.2, settings.import_start_initial_tps, settings.import_start_max_tps))
     start = ImportActivities(s3, mi, cast(str, settings.data_access_role_arn), settings.parse_concurrency, pacer,
-                             settings.datastore_max_running_jobs)
+                             settings.datastore_max_running_jobs, CopyLanes(settings.staging_copy_concurrency))
     await_job = AwaitActivities(mi, settings.job_poll_initial_seconds, settings.job_poll_max_seconds)
     dicomweb = healthimaging_dicomweb(clients, settings)
     review = ReviewActivities(s3, mi, SpotChecker(mi, dicomweb, settings.dicomweb_base_url()),

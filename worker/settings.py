@@ -401,6 +401,11 @@ class Settings(BaseSettings):
 
     parse_concurrency: WholeNumber = Field(8, ge=1, le=256, description="parallel header reads inside one parse "
                                            "activity")
+    staging_copy_concurrency: WholeNumber = Field(
+        16, ge=1, le=48, description="server-side S3 copies one worker runs at once to stage batches, across all the "
+                                     "batches it stages; the batch whose staging started first is copied first, so "
+                                     "its import job starts while later batches copy (at most 48: the worker's S3 "
+                                     "connection pool of 64 is shared with parsing)")
     max_concurrent_activities: WholeNumber = Field(32, ge=1, le=1000, description="activities one worker runs at "
                                                    "once")
     graceful_shutdown_seconds: float = Field(25.0, ge=0, le=115, description="drain time on SIGTERM; below the ECS "
