@@ -132,13 +132,13 @@ async def test_migration_routes_imaging_studies_into_healthlake(
     study_a, study_b = uid(), uid()
     series_a1, series_a2, series_b = uid(), uid(), uid()
     for i in range(2):
-        s3.put_object(Bucket=src, Key=f"f/a1/{i}.dcm", Body=make_instance(study_a, series_a1, patient_id=PATIENT_ID,
+        s3.put_object(Bucket=src, Key=f"f/a/1/{i}.dcm", Body=make_instance(study_a, series_a1, patient_id=PATIENT_ID,
                                                                            patient_name=PATIENT_NAME))
-    s3.put_object(Bucket=src, Key="f/a2/0.dcm", Body=make_instance(study_a, series_a2, patient_id=PATIENT_ID,
+    s3.put_object(Bucket=src, Key="f/a/2/0.dcm", Body=make_instance(study_a, series_a2, patient_id=PATIENT_ID,
                                                                     patient_name=PATIENT_NAME))
     s3.put_object(Bucket=src, Key="f/b/0.dcm", Body=make_instance(study_b, series_b, patient_id=PATIENT_ID + "B",
                                                                    patient_name=PATIENT_NAME))
-    # Two batches: study A (3 files) and study B (1 file); studies are never split here.
+    # Two batches, one per study folder (each clean and within the 3-file cap: imported in place).
     wid, result = await migrate(client, worker, payload(buckets, datastore_id, "f", max_files_per_batch=3,
                                                         healthlake_datastore_id=fhir_datastore))
     assert result.files_by_state[FileState.IMPORTED] == result.files_total == 4
@@ -196,7 +196,7 @@ async def test_migration_routes_imaging_studies_into_healthlake(
 
     # A re-run over the same source with one more instance of study A: the four files already imported are
     # skipped (no job for study B), and study A is routed again, updating its resource instead of duplicating it.
-    s3.put_object(Bucket=src, Key="f/a1/2.dcm", Body=make_instance(study_a, series_a1, patient_id=PATIENT_ID,
+    s3.put_object(Bucket=src, Key="f/a/1/2.dcm", Body=make_instance(study_a, series_a1, patient_id=PATIENT_ID,
                                                                     patient_name=PATIENT_NAME))
     _, again = await migrate(client, worker, payload(buckets, datastore_id, "f", max_files_per_batch=3,
                                                      healthlake_datastore_id=fhir_datastore))
