@@ -126,6 +126,6 @@ def build_activities(clients: AwsClients, settings: Settings) -> list[Callable[.
         recon.describe_conflict, recon.await_image_set, recon.update_before_promote, recon.promote_image_set,
         recon.delete_image_set, recon.publish_escalation, recon.verify_reviewer, ingest.write_ingest_manifest,
         rollback.plan_rollback, rollback.delete_image_sets, rollback.record_rollback, verify.verify_migration,
-        verify.verify_source,
+        verify.verify_source, verify.verify_pulled_source,
         sweep.list_non_primary, plan_report.write_plan, adopt.adopt_plan,
     ]

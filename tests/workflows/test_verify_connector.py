@@ -1,0 +1,226 @@
+"""`himig verify` of a source named by a connector (a local directory, a DICOMweb PACS), on the real stack: the
+source is migrated, then verified against the data store with no difference; then the source gains an instance,
+the data store loses an image set, and a named study is not in the PACS: each is reported. Hostile use (an
+unreachable PACS, a directory outside the worker's roots, bad connector flags, a connector plus a plain S3 source)
+ends in one clear line. The Orthanc test needs the private network namespace (``make test`` runs it there)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+from temporalio.client import Client, WorkflowFailureError
+from temporalio.worker import Worker
+
+from activities.storage import list_objects
+from contracts.migration import MigrationInput
+from contracts.s3uri import parse_s3_uri
+from contracts.sources import DicomwebSource, LocalSource
+from contracts.verify import DifferenceKind, SourceVerifyInput, VerifyResult
+from tests.support.cli import invoke
+from tests.support.dicom import make_instance, uid
+from tests.support.migrations import migrate
+from tests.support.orthanc import Orthanc
+from tests.support.servers import free_port
+from tests.workflows.conftest import active_datastore
+from worker.settings import Settings
+from workflows.verify import SourceVerifyWorkflow
+
+
+@pytest.fixture
+def source_root(tmp_path: Path) -> Path:
+    root = tmp_path / "exports"
+    root.mkdir()
+    return root
+
+
+@pytest.fixture
+def settings(settings: Settings, source_root: Path) -> Settings:
+    """The workflow tests' settings, with a directory `local` sources may be under."""
+    return settings.model_copy(update={"source_dir_roots": str(source_root)})
+
+
+@pytest.fixture
+def own_datastore(emulator_url: str) -> str:
+    return active_datastore(emulator_url, f"vcon-{uuid.uuid4().hex[:8]}")
+
+
+async def _verify(client: Client, worker: Worker, payload: SourceVerifyInput) -> VerifyResult:
+    result: VerifyResult = await client.execute_workflow(
+        SourceVerifyWorkflow.run, payload, id=f"vc-t-{uuid.uuid4().hex[:8]}", task_queue=worker.task_queue,
+        execution_timeout=timedelta(seconds=120))
+    return result
+
+
+def _delete_series_set(mi: Any, datastore_id: str, series_uid: str) -> None:
+    """Delete the image set that holds ``series_uid`` (the data store loses what the source still has)."""
+    pages = mi.get_paginator("search_image_sets").paginate(datastoreId=datastore_id, searchCriteria={})
+    sets = [s["imageSetId"] for p in pages for s in p["imageSetsMetadataSummaries"]
+            if s.get("DICOMTags", {}).get("DICOMSeriesInstanceUID") == series_uid]
+    assert len(sets) == 1, sets
+    mi.delete_image_set(datastoreId=datastore_id, imageSetId=sets[0])
+
+
+async def test_a_local_directory_verifies_clean_then_reports_what_changed(
+        client: Client, worker: Worker, buckets: dict[str, Any], own_datastore: str, source_root: Path,
+        medical_imaging: Any) -> None:
+    s3, src, work = buckets["s3"], buckets["source"], buckets["work"]
+    folder = source_root / "ward-a"
+    series: list[tuple[str, str]] = []
+    for n in range(2):
+        study, one = uid(), uid()
+        series.append((study, one))
+        (folder / f"study{n}").mkdir(parents=True)
+        for i in range(3):
+            (folder / f"study{n}" / f"{i}.dcm").write_bytes(make_instance(study, one))
+    connector = LocalSource(kind="local", path=str(folder))
+    _, migrated = await migrate(client, worker, MigrationInput(
+        source_s3_uri=f"s3://{src}/landed/", datastore_id=own_datastore, work_s3_uri=f"s3://{work}/m/",
+        import_start_interval_seconds=0, source_connector=connector), prefix="vcm")
+    assert migrated.files_total == 6
+
+    request = SourceVerifyInput(source_connector=connector, datastore_id=own_datastore,
+                                work_s3_uri=f"s3://{work}/v/")
+    clean = await _verify(client, worker, request)
+    assert clean.clean and (clean.instances_expected, clean.instances_verified) == (6, 6), clean
+    assert clean.source_connector == "local directory" and clean.touches == 0
+    # The pull landed under the run's own prefix, next to its result, and nowhere near the migration's landing.
+    landing = parse_s3_uri(clean.source_s3_uri or "")
+    assert landing.bucket == work and landing.key.startswith("v/verify-source/") and landing.key.endswith("/landing/")
+    assert len(list(list_objects(s3, landing))) == 6
+    assert any("pulled into" in note for note in clean.notes)
+
+    # The source gains an instance of a migrated series; the data store loses the other study's image set.
+    (folder / "study0" / "9.dcm").write_bytes(make_instance(*series[0]))
+    _delete_series_set(medical_imaging, own_datastore, series[1][1])
+    changed = await _verify(client, worker, request)
+    assert changed.differences == {DifferenceKind.MISSING: 1 + 3}, changed
+    assert (changed.instances_expected, changed.instances_verified) == (7, 3)
+    # A later run pulls afresh into a landing prefix of its own: nothing of the first run's copy is reused.
+    assert changed.source_s3_uri != clean.source_s3_uri
+
+    deep = await _verify(client, worker, request.model_copy(update={"deep": True}))
+    assert deep.differences == {DifferenceKind.MISSING: 4} and deep.touches == 1
+    named = sorted(parse_s3_uri(f"s3://{work}/{d['key']}").key.rsplit("/landing/", 1)[1]
+                   for d in _lines(s3, deep.differences_uri) if d["kind"] == "missing")
+    assert named == ["study0/9.dcm", "study1/0.dcm", "study1/1.dcm", "study1/2.dcm"]
+
+
+def _lines(s3: Any, uri: str) -> list[dict[str, Any]]:
+    loc = parse_s3_uri(uri)
+    return [json.loads(x) for x in s3.get_object(Bucket=loc.bucket, Key=loc.key)["Body"].read().splitlines()]
+
+
+async def test_a_dicomweb_pacs_verifies_clean_then_reports_what_changed(
+        client: Client, worker: Worker, buckets: dict[str, Any], own_datastore: str, orthanc: Orthanc,
+        medical_imaging: Any) -> None:
+    # Two studies of one series each, one patient each (instances that agree, so every series lands primary).
+    orthanc.clear()
+    (study_a, series_a), (study_b, series_b) = (uid(), uid()), (uid(), uid())
+    for study, series, n, patient in ((study_a, series_a, 3, "SYNTH-0001"), (study_b, series_b, 2, "SYNTH-0002")):
+        for _ in range(n):
+            assert orthanc.upload(make_instance(study, series, patient_id=patient))["Status"] == "Success"
+    src, work = buckets["source"], buckets["work"]
+    pacs = DicomwebSource(kind="dicomweb", url=orthanc.dicomweb)
+    _, migrated = await migrate(client, worker, MigrationInput(
+        source_s3_uri=f"s3://{src}/landed/", datastore_id=own_datastore, work_s3_uri=f"s3://{work}/m/",
+        import_start_interval_seconds=0, source_connector=pacs), prefix="vcp", timeout_seconds=120)
+    assert migrated.files_total == 5
+
+    request = SourceVerifyInput(source_connector=pacs, datastore_id=own_datastore, work_s3_uri=f"s3://{work}/v/")
+    clean = await _verify(client, worker, request)
+    assert clean.clean and (clean.instances_expected, clean.instances_verified) == (5, 5), (
+        clean.differences, clean.instances_expected, clean.instances_verified)
+    assert clean.source_connector == "DICOMweb " + "/".join(orthanc.dicomweb.split("/")[:3])
+    assert clean.requests["SearchImageSets"] == 2 and clean.touches == 0
+
+    # The PACS gains an instance of a migrated series, the data store loses a series' image set, and a named
+    # study is not in the PACS at all.
+    orthanc.upload(make_instance(study_a, series_a))
+    _delete_series_set(medical_imaging, own_datastore, series_b)
+    missing = uid()
+    changed = await _verify(client, worker, request.model_copy(update={"source_connector": pacs.model_copy(
+        update={"study_uids": [study_a, study_b, missing]})}))
+    assert changed.differences == {DifferenceKind.MISSING: 1 + 2, DifferenceKind.NOT_PULLED: 1}, changed
+    not_pulled = [d for d in _lines(buckets["s3"], changed.differences_uri) if d["kind"] == "not_pulled"]
+    assert [(d["key"].rsplit("/landing/", 1)[1], d["code"]) for d in not_pulled] == [(f"{missing}/", "StudyNotFound")]
+
+
+async def test_an_unreachable_pacs_or_a_refused_directory_fails_in_one_line(
+        client: Client, worker: Worker, buckets: dict[str, Any], own_datastore: str, himig_cli: Any,
+        tmp_path: Path) -> None:
+    work = f"s3://{buckets['work']}/v/"
+    nobody = f"http://127.0.0.1:{free_port()}/dicom-web"
+    with pytest.raises(WorkflowFailureError) as failed:
+        await _verify(client, worker, SourceVerifyInput(
+            source_connector=DicomwebSource(kind="dicomweb", url=nobody), datastore_id=own_datastore,
+            work_s3_uri=work))
+    message = str(failed.value.cause.cause)
+    assert "DICOMweb source http://127.0.0.1:" in message and "did not answer" in message, message
+    assert "\n" not in message
+
+    down = await invoke(himig_cli, "verify", "--source-dicomweb", nobody, "--datastore-id", own_datastore,
+                        "--work", work)
+    # (The in-process worker's own log lines share the runner's output; the command's is the one error line.)
+    assert down.exit_code == 1 and down.flat.count("error:") == 1, down.output
+    assert "verify failed: SourceUnavailable: DICOMweb source http://127.0.0.1:" in down.flat, down.output
+    assert "Traceback" not in down.output
+    outside = await invoke(himig_cli, "verify", "--source-dir", str(tmp_path / "elsewhere"), "--datastore-id",
+                           own_datastore, "--work", work)
+    assert outside.exit_code == 1 and outside.flat.count("error:") == 1, outside.output
+    assert "verify failed: InvalidSourceConnector: local directory source" in outside.flat, outside.output
+    assert "Traceback" not in outside.output
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--source", "s3://bkt/p/", "--source-dir", "/data"], "--source and --source-dir: give one source"),
+    (["--source", "s3://bkt/p/", "--source-dicomweb", "http://pacs/dicom-web"], "give one source"),
+    (["--source-dir", "/data", "--source-dicomweb", "http://pacs/dicom-web"], "give at most one source connector"),
+    (["--source-dimse", "pacs"], "--source-dimse: expected HOST:PORT"),
+    (["--source-dimse", "pacs:104"], "--called-ae: required with --source-dimse"),
+    (["--called-ae", "PACS", "--source-dicomweb", "http://pacs/dicom-web"], "only with --source-dimse"),
+    (["--retrieve", "move", "--source-dicomweb", "http://pacs/dicom-web"], "--retrieve: only with --source-dimse"),
+    (["--source-dicomweb", "ftp://pacs/dicom-web"], "source_connector.dicomweb.url"),
+    (["--source-dicomweb", "http://user:pw@pacs/dicom-web"], "must not carry credentials"),
+    (["--source-dimse", "pacs:99999", "--called-ae", "PACS"], "source_connector.dimse.port"),
+    (["--source-dimse", "bad host:104", "--called-ae", "PACS"], "source_connector.dimse.host"),
+    (["--source-dicomweb", "http://pacs/dicom-web", "--study-uid", "1.02"], "source_connector.dicomweb.study_uids"),
+    (["--source-dicomweb", "http://pacs/dicom-web", "--study-date-from", "2024-13-01"], "study_date_from"),
+    (["--source-dir", "/data", "--study-uid", "1.2"], "--study-uid: only with --source-dicomweb or --source-dimse"),
+])
+async def test_bad_connector_flags_end_in_one_line(himig_cli: Any, args: list[str], says: str) -> None:
+    out = await invoke(himig_cli, "verify", *args, "--datastore-id", "a" * 32, "--work", "s3://bkt/w/")
+    assert out.exit_code == 2 and says in out.flat and "Traceback" not in out.output, out.output
+
+
+async def test_a_connector_needs_a_data_store_and_a_work_prefix_and_no_migration_id(himig_cli: Any) -> None:
+    pacs = ["--source-dicomweb", "http://pacs/dicom-web"]
+    no_store = await invoke(himig_cli, "verify", *pacs, "--work", "s3://bkt/w/")
+    assert no_store.exit_code == 2 and "--source-dicomweb needs --datastore-id" in no_store.flat
+    no_work = await invoke(himig_cli, "verify", *pacs, "--datastore-id", "a" * 32)
+    assert no_work.exit_code == 2 and "--source-dicomweb needs --work" in no_work.flat
+    both = await invoke(himig_cli, "verify", "some-migration", *pacs)
+    assert both.exit_code == 2 and "not both" in both.flat
+    neither = await invoke(himig_cli, "verify")
+    assert neither.exit_code == 2 and "--source-dicomweb" in neither.flat
+
+
+@pytest.mark.parametrize("fields, says", [
+    ({"source_s3_uri": "s3://bkt/s/", "source_connector": {"kind": "local", "path": "/data"}}, "exclusive"),
+    ({}, "give source_s3_uri"),
+    ({"source_connector": {"kind": "local", "path": "/data", "extra": 1}}, "extra"),
+    ({"source_connector": {"kind": "local", "path": "data"}}, "absolute"),
+    ({"source_connector": {"kind": "smb", "path": "/data"}}, "source_connector"),
+    ({"source_connector": {"kind": "dimse", "host": "pacs", "port": True, "called_ae": "P", "calling_ae": "H"}},
+     "port"),
+    ({"source_connector": {"kind": "dicomweb", "url": "http://pacs", "page_size": "10"}}, "page_size"),
+])
+def test_source_verify_input_takes_one_strict_source(fields: dict[str, Any], says: str) -> None:
+    with pytest.raises(ValidationError) as err:
+        SourceVerifyInput.model_validate({"datastore_id": "a" * 32, "work_s3_uri": "s3://bkt/w/", **fields})
+    assert says in str(err.value)
