@@ -811,6 +811,8 @@ def verify_cmd(
     seed: int = typer.Option(0, "--seed", min=0, max=2**31 - 1, help="with --pixels: the sample's seed"),
     every: str | None = typer.Option(None, "--every", help="run as a Temporal Schedule every 30m / 6h / 7d, each "
                                      "run publishing its outcome as an event; `off` deletes the schedule"),
+    pull: bool = typer.Option(False, "--pull", help="a PACS: pull every file under --work and check what lands, "
+                              "instead of what its QIDO-RS / C-FIND listing names (--attribute and --pixels pull)"),
     **connector_flags: Any,
 ) -> None:
     """Check that a finished migration's instances (or a source's) are in HealthImaging. A source is an S3 prefix
@@ -829,13 +831,13 @@ def verify_cmd(
     if migration_id is None:
         try:
             payload = source_input(source, connector, datastore_id, work, deep, list(attribute or []), pixels, seed,
-                                   every is not None)
+                                   every is not None, pull)
         except CommandError as err:
             raise fail(str(err), err.code) from None
         except ValidationError as err:
             raise fail(validation_message(err).replace("migration input", "verify input")) from None
-    elif datastore_id or work:
-        raise fail("--datastore-id and --work go with --source or a connector (a migration names its own)", 2)
+    elif datastore_id or work or pull:
+        raise fail("--datastore-id, --work and --pull go with --source or a connector (a migration names its own)", 2)
     s = settings()
 
     async def go() -> None:

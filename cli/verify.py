@@ -99,11 +99,14 @@ async def verify(client: Client, migration_id: str, task_queue: str, deep: bool,
 
 def source_input(source_s3_uri: str | None, connector: dict[str, Any] | None, datastore_id: str | None,
                  work_s3_uri: str | None, deep: bool, attributes: list[str], pixels: int, pixel_seed: int,
-                 publish: bool) -> SourceVerifyInput:
+                 publish: bool, pull: bool = False) -> SourceVerifyInput:
     """The workflow input of a bare source (an S3 prefix, or a connector's JSON from cli/sources.py); raises
     `CommandError` (a flag missing or clashing) or pydantic's ValidationError (a value refused, by field)."""
     check_options(deep, attributes, pixels)
     what = "--source" if connector is None else f"--source-{'dir' if connector['kind'] == 'local' else connector['kind']}"
+    if pull and (connector is None or connector["kind"] == "local"):
+        raise CommandError("--pull: only with --source-dicomweb or --source-dimse (an S3 prefix is read in place, "
+                           "a directory is always pulled)", 2)
     if source_s3_uri is not None and connector is not None:
         raise CommandError(f"--source and {what}: give one source, an S3 prefix or a connector (a connector's "
                            "source is pulled under --work)", 2)
@@ -115,7 +118,7 @@ def source_input(source_s3_uri: str | None, connector: dict[str, Any] | None, da
     return SourceVerifyInput.model_validate(
         {"source_s3_uri": source_s3_uri, "source_connector": connector, "datastore_id": datastore_id,
          "work_s3_uri": work_s3_uri, "deep": deep, "attributes": attributes, "pixels": pixels,
-         "pixel_seed": pixel_seed, "publish": publish})
+         "pixel_seed": pixel_seed, "publish": publish, "pull": pull})
 
 
 async def verify_source(client: Client, payload: SourceVerifyInput, task_queue: str, every: str | None,

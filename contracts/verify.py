@@ -130,6 +130,8 @@ class SourceVerifyInput(VerifyOptions):
     source_connector: SourceConnector | None = Field(
         None, description="a local directory, DICOMweb or DIMSE PACS: pulled (as a migration pulls it) into "
         "<work>/verify-source/<run>/landing/ first, then what landed is checked")
+    pull: StrictBool = Field(False, description="a PACS connector: pull every file and check what lands, instead "
+                             "of checking what the PACS lists (QIDO-RS / C-FIND); --attribute and --pixels pull too")
     datastore_id: Annotated[str, Field(pattern=DATASTORE_ID_PATTERN)]
     work_s3_uri: str = Field(description="where the result and differences are written (verify-source/<run>/)")
 
@@ -145,7 +147,17 @@ class SourceVerifyInput(VerifyOptions):
                              "under work_s3_uri, not into an S3 prefix of yours")
         if self.source_s3_uri is None and self.source_connector is None:
             raise ValueError("give source_s3_uri (an S3 prefix) or source_connector (a directory or a PACS)")
+        if self.pull and (self.source_connector is None or self.source_connector.kind == "local"):
+            raise ValueError("pull: only with a DICOMweb or DIMSE source_connector (an S3 prefix is read in place, "
+                             "a directory is always pulled)")
         return self
+
+    @property
+    def listed_only(self) -> bool:
+        """Checked by the PACS's listing alone, nothing pulled: a PACS connector, and nothing that needs the files
+        (``attributes`` are read from headers, ``pixels`` from whole files)."""
+        c = self.source_connector
+        return c is not None and c.kind != "local" and not (self.pull or self.attributes or self.pixels)
 
 
 class PulledSourceInput(BaseModel):

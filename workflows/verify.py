@@ -6,9 +6,11 @@ nothing, so a retried attempt simply checks again.
 
 `SourceVerifyWorkflow`: the same check of a bare source (every object under an S3 prefix) against a data store,
 without a migration (`verify_source`; started by ``himig verify --source``). A source named by a connector
-(``himig verify --source-dir/--source-dicomweb/--source-dimse``) is first pulled by the migration's own
-`receive_inventory` into ``<work>/verify-source/<run>/landing/``; `verify_pulled_source` then checks what landed
-and lists what the source would not deliver. That path is chosen by the input alone (an S3 source runs the one
+(``himig verify --source-dir/--source-dicomweb/--source-dimse``) is, for a PACS, checked by what its QIDO-RS or
+C-FIND listing names (`verify_listed_source`, nothing pulled); a directory, or a PACS with ``pull``, ``attributes``
+or ``pixels``, is first pulled by the migration's own `receive_inventory` into
+``<work>/verify-source/<run>/landing/``, and `verify_pulled_source` then checks what landed and lists what the
+source would not deliver. That path is chosen by the input alone (an S3 source runs the one
 activity it always ran), so histories of S3 verifications replay unchanged.
 """
 
@@ -20,7 +22,13 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
-    from contracts.activities import receive_inventory, verify_migration, verify_pulled_source, verify_source
+    from contracts.activities import (
+        receive_inventory,
+        verify_listed_source,
+        verify_migration,
+        verify_pulled_source,
+        verify_source,
+    )
     from contracts.stages import ReceiveInput
     from contracts.verify import (
         PulledSourceInput,
@@ -59,6 +67,10 @@ class SourceVerifyWorkflow:
             return await workflow.execute_activity(
                 verify_source, input, start_to_close_timeout=timedelta(hours=6), heartbeat_timeout=policies.HEARTBEAT,
                 retry_policy=policies.STAGE_RETRY)
+        if input.listed_only:
+            return await workflow.execute_activity(
+                verify_listed_source, input, start_to_close_timeout=timedelta(hours=6),
+                heartbeat_timeout=policies.HEARTBEAT, retry_policy=PULL_RETRY)
         run_id = workflow.info().run_id
         landing, pull_id = verify_landing(input.work_s3_uri, run_id), verify_pull_id(run_id)
         pulled = await workflow.execute_activity(

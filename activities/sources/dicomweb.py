@@ -257,6 +257,11 @@ class DicomwebConnector(StudyConnector):
             return self._enumerate_by_series(study)
         return found, unusable
 
+    def _instances(self, study: str) -> tuple[dict[str, str | None], int, dict[str, int]]:
+        # QIDO-RS pages with limit/offset until an answer is short, so a listing is never silently cut off.
+        found, unusable = self._enumerate(study)
+        return found or {}, unusable, {}
+
     def _enumerate_by_series(self, study: str) -> tuple[dict[str, str | None] | None, int]:
         found: dict[str, str | None] = {}
         unusable = 0

@@ -20,12 +20,12 @@ from temporalio.worker import Worker
 from activities.storage import list_objects
 from contracts.migration import MigrationInput
 from contracts.s3uri import parse_s3_uri
-from contracts.sources import DicomwebSource, LocalSource
+from contracts.sources import DicomwebSource, DimseSource, LocalSource
 from contracts.verify import DifferenceKind, SourceVerifyInput, VerifyResult
 from tests.support.cli import invoke
 from tests.support.dicom import make_instance, uid
 from tests.support.migrations import migrate
-from tests.support.orthanc import Orthanc
+from tests.support.orthanc import ORTHANC_AET, OUR_AET, Orthanc
 from tests.support.servers import free_port
 from tests.workflows.conftest import active_datastore
 from worker.settings import Settings
@@ -132,23 +132,43 @@ async def test_a_dicomweb_pacs_verifies_clean_then_reports_what_changed(
         import_start_interval_seconds=0, source_connector=pacs), prefix="vcp", timeout_seconds=120)
     assert migrated.files_total == 5
 
+    # By default a PACS is checked by its listing: QIDO-RS names each instance, nothing is pulled.
     request = SourceVerifyInput(source_connector=pacs, datastore_id=own_datastore, work_s3_uri=f"s3://{work}/v/")
-    clean = await _verify(client, worker, request)
-    assert clean.clean and (clean.instances_expected, clean.instances_verified) == (5, 5), (
-        clean.differences, clean.instances_expected, clean.instances_verified)
-    assert clean.source_connector == "DICOMweb " + "/".join(orthanc.dicomweb.split("/")[:3])
-    assert clean.requests["SearchImageSets"] == 2 and clean.touches == 0
+    listed = await _verify(client, worker, request)
+    assert listed.clean and (listed.instances_expected, listed.instances_verified) == (5, 5), listed.differences
+    assert listed.source_connector == "DICOMweb " + "/".join(orthanc.dicomweb.split("/")[:3])
+    assert listed.source_s3_uri is None and any(n.startswith("listed, not pulled") for n in listed.notes)
+    assert listed.requests["QIDO-RS instance searches"] == 2 and listed.requests["SearchImageSets"] == 2
+    assert all("/landing/" not in o["Key"] for o in list_objects(buckets["s3"], parse_s3_uri(f"s3://{work}/v/")))
+    pulled = await _verify(client, worker, request.model_copy(update={"pull": True}))
+    assert pulled.clean and (pulled.instances_expected, pulled.instances_verified) == (5, 5), pulled.differences
+    assert (pulled.source_s3_uri or "").endswith("/landing/") and pulled.touches == 0
 
     # The PACS gains an instance of a migrated series, the data store loses a series' image set, and a named
-    # study is not in the PACS at all.
+    # study is not in the PACS at all: both paths report the same differences.
     orthanc.upload(make_instance(study_a, series_a))
     _delete_series_set(medical_imaging, own_datastore, series_b)
     missing = uid()
-    changed = await _verify(client, worker, request.model_copy(update={"source_connector": pacs.model_copy(
-        update={"study_uids": [study_a, study_b, missing]})}))
-    assert changed.differences == {DifferenceKind.MISSING: 1 + 2, DifferenceKind.NOT_PULLED: 1}, changed
-    not_pulled = [d for d in _lines(buckets["s3"], changed.differences_uri) if d["kind"] == "not_pulled"]
-    assert [(d["key"].rsplit("/landing/", 1)[1], d["code"]) for d in not_pulled] == [(f"{missing}/", "StudyNotFound")]
+    named = pacs.model_copy(update={"study_uids": [study_a, study_b, missing]})
+    for pull in (False, True):
+        changed = await _verify(client, worker, request.model_copy(update={"source_connector": named, "pull": pull}))
+        assert changed.differences == {DifferenceKind.MISSING: 1 + 2, DifferenceKind.NOT_PULLED: 1}, (
+            pull, changed.differences)
+        assert (changed.instances_expected, changed.instances_verified) == (6, 3)
+        not_pulled = [d for d in _lines(buckets["s3"], changed.differences_uri) if d["kind"] == "not_pulled"]
+        assert [(d["key"].rsplit("/landing/", 1)[-1], d["code"]) for d in not_pulled] == [
+            (f"{missing}/", "StudyNotFound")], pull
+    # The same PACS through DIMSE: C-FIND at IMAGE level lists the same instances, nothing retrieved.
+    dimse = DimseSource(kind="dimse", host="127.0.0.1", port=orthanc.dicom_port, called_ae=ORTHANC_AET,
+                        calling_ae=OUR_AET, study_uids=[study_a, study_b, missing])
+    found = await _verify(client, worker, request.model_copy(update={"source_connector": dimse}))
+    assert found.differences == {DifferenceKind.MISSING: 3, DifferenceKind.NOT_PULLED: 1}, found.differences
+    assert found.source_connector == f"DIMSE {ORTHANC_AET}@127.0.0.1:{orthanc.dicom_port}"
+    assert found.requests["C-FIND instance searches"] == 3 and found.source_s3_uri is None
+    deep = await _verify(client, worker, request.model_copy(update={"deep": True}))
+    assert deep.differences == {DifferenceKind.MISSING: 3} and deep.touches == 1  # study B has no set left
+    keys = sorted(d["key"] for d in _lines(buckets["s3"], deep.differences_uri) if d["kind"] == "missing")
+    assert len(keys) == 3 and all(k.startswith((f"{study_a}/{series_a}/", f"{study_b}/{series_b}/")) for k in keys)
 
 
 async def test_an_unreachable_pacs_or_a_refused_directory_fails_in_one_line(
@@ -156,13 +176,14 @@ async def test_an_unreachable_pacs_or_a_refused_directory_fails_in_one_line(
         tmp_path: Path) -> None:
     work = f"s3://{buckets['work']}/v/"
     nobody = f"http://127.0.0.1:{free_port()}/dicom-web"
-    with pytest.raises(WorkflowFailureError) as failed:
-        await _verify(client, worker, SourceVerifyInput(
-            source_connector=DicomwebSource(kind="dicomweb", url=nobody), datastore_id=own_datastore,
-            work_s3_uri=work))
-    message = str(failed.value.cause.cause)
-    assert "DICOMweb source http://127.0.0.1:" in message and "did not answer" in message, message
-    assert "\n" not in message
+    for pull in (False, True):  # listed (the probe fails) and pulled (the pull's study search fails)
+        with pytest.raises(WorkflowFailureError) as failed:
+            await _verify(client, worker, SourceVerifyInput(
+                source_connector=DicomwebSource(kind="dicomweb", url=nobody), datastore_id=own_datastore,
+                work_s3_uri=work, pull=pull))
+        message = str(failed.value.cause.cause)
+        assert "DICOMweb source http://127.0.0.1:" in message and "did not answer" in message, message
+        assert "\n" not in message
 
     down = await invoke(himig_cli, "verify", "--source-dicomweb", nobody, "--datastore-id", own_datastore,
                         "--work", work)
@@ -192,6 +213,8 @@ async def test_an_unreachable_pacs_or_a_refused_directory_fails_in_one_line(
     (["--source-dicomweb", "http://pacs/dicom-web", "--study-uid", "1.02"], "source_connector.dicomweb.study_uids"),
     (["--source-dicomweb", "http://pacs/dicom-web", "--study-date-from", "2024-13-01"], "study_date_from"),
     (["--source-dir", "/data", "--study-uid", "1.2"], "--study-uid: only with --source-dicomweb or --source-dimse"),
+    (["--source-dir", "/data", "--pull"], "--pull: only with --source-dicomweb or --source-dimse"),
+    (["--source", "s3://bkt/p/", "--pull"], "--pull: only with"),
 ])
 async def test_bad_connector_flags_end_in_one_line(himig_cli: Any, args: list[str], says: str) -> None:
     out = await invoke(himig_cli, "verify", *args, "--datastore-id", "a" * 32, "--work", "s3://bkt/w/")
@@ -219,8 +242,23 @@ async def test_a_connector_needs_a_data_store_and_a_work_prefix_and_no_migration
     ({"source_connector": {"kind": "dimse", "host": "pacs", "port": True, "called_ae": "P", "calling_ae": "H"}},
      "port"),
     ({"source_connector": {"kind": "dicomweb", "url": "http://pacs", "page_size": "10"}}, "page_size"),
+    ({"source_connector": {"kind": "local", "path": "/data"}, "pull": True}, "pull: only with"),
+    ({"source_s3_uri": "s3://bkt/s/", "pull": True}, "pull: only with"),
+    ({"source_connector": {"kind": "dicomweb", "url": "http://pacs"}, "pull": 1}, "pull"),
 ])
+
 def test_source_verify_input_takes_one_strict_source(fields: dict[str, Any], says: str) -> None:
     with pytest.raises(ValidationError) as err:
         SourceVerifyInput.model_validate({"datastore_id": "a" * 32, "work_s3_uri": "s3://bkt/w/", **fields})
     assert says in str(err.value)
+
+
+def test_a_pacs_is_listed_unless_files_are_needed() -> None:
+    base = {"datastore_id": "a" * 32, "work_s3_uri": "s3://bkt/w/"}
+    pacs = {"kind": "dicomweb", "url": "http://pacs/dicom-web"}
+    assert SourceVerifyInput.model_validate({**base, "source_connector": pacs}).listed_only
+    assert SourceVerifyInput.model_validate({**base, "source_connector": pacs, "deep": True}).listed_only
+    for needs_files in ({"pull": True}, {"deep": True, "attributes": ["Modality"]}, {"deep": True, "pixels": 1}):
+        assert not SourceVerifyInput.model_validate({**base, "source_connector": pacs, **needs_files}).listed_only
+    assert not SourceVerifyInput.model_validate({**base, "source_connector": {"kind": "local", "path": "/d"}}).listed_only
+    assert not SourceVerifyInput.model_validate({**base, "source_s3_uri": "s3://bkt/s/"}).listed_only
