@@ -379,6 +379,12 @@ class VerifyActivities:
                  "pulls every file and checks what lands)"]
         return self._check(input, inv, found, activity.info().workflow_run_id or "run", requests, None, notes)
 
+    @activity.defn(name="check_verify_target")
+    def check_verify_target(self, input: SourceVerifyInput) -> bool:
+        """Before a source is pulled (which may move a whole PACS): the attribute keywords and the data store."""
+        self._start(input)
+        return True
+
     def _start(self, input: SourceVerifyInput) -> Counter[str]:
         """Refuse unknown attribute keywords and a data store that cannot be read, before reading any source."""
         unknown = [a for a in input.attributes if a not in keyword_dict]

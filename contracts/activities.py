@@ -231,6 +231,11 @@ def verify_source(input: SourceVerifyInput) -> VerifyResult:
     """Check a bare source (an S3 prefix) against a data store, without a migration (activities/verify.py)."""
     raise NotImplementedError(_DECLARATION)
 
+@activity.defn(name="check_verify_target")
+def check_verify_target(input: SourceVerifyInput) -> bool:
+    """Refuse unknown attribute keywords and an unreadable data store before a source is pulled (activities/verify.py)."""
+    raise NotImplementedError(_DECLARATION)
+
 @activity.defn(name="verify_listed_source")
 def verify_listed_source(input: SourceVerifyInput) -> VerifyResult:
     """Check a PACS by its QIDO-RS / C-FIND listing against a data store, nothing pulled (activities/verify.py)."""

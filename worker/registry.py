@@ -128,5 +128,6 @@ def build_activities(clients: AwsClients, settings: Settings) -> list[Callable[.
         recon.delete_image_set, recon.publish_escalation, recon.verify_reviewer, ingest.write_ingest_manifest,
         rollback.plan_rollback, rollback.delete_image_sets, rollback.record_rollback, verify.verify_migration,
         verify.verify_source, verify.verify_pulled_source, verify.verify_listed_source,
+        verify.check_verify_target,
         sweep.list_non_primary, plan_report.write_plan, adopt.adopt_plan,
     ]

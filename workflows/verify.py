@@ -23,6 +23,7 @@ from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
     from contracts.activities import (
+        check_verify_target,
         receive_inventory,
         verify_listed_source,
         verify_migration,
@@ -71,6 +72,9 @@ class SourceVerifyWorkflow:
             return await workflow.execute_activity(
                 verify_listed_source, input, start_to_close_timeout=timedelta(hours=6),
                 heartbeat_timeout=policies.HEARTBEAT, retry_policy=PULL_RETRY)
+        # A wrong data store or attribute is refused before the pull, not after moving the whole source.
+        await workflow.execute_activity(
+            check_verify_target, input, start_to_close_timeout=timedelta(minutes=2), retry_policy=PULL_RETRY)
         run_id = workflow.info().run_id
         landing, pull_id = verify_landing(input.work_s3_uri, run_id), verify_pull_id(run_id)
         pulled = await workflow.execute_activity(

@@ -7,6 +7,7 @@ ends in one clear line. The Orthanc test needs the private network namespace (``
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 from temporalio.client import Client, WorkflowFailureError
-from temporalio.worker import Worker
+from temporalio.worker import Replayer, Worker
 
 from activities.storage import list_objects
 from contracts.migration import MigrationInput
@@ -24,10 +25,12 @@ from contracts.sources import DicomwebSource, DimseSource, LocalSource
 from contracts.verify import DifferenceKind, SourceVerifyInput, VerifyResult
 from tests.support.cli import invoke
 from tests.support.dicom import make_instance, uid
+from tests.support.installation import converter, plain_history_json
 from tests.support.migrations import migrate
 from tests.support.orthanc import ORTHANC_AET, OUR_AET, Orthanc
 from tests.support.servers import free_port
 from tests.workflows.conftest import active_datastore
+from worker.registry import WORKFLOWS
 from worker.settings import Settings
 from workflows.verify import SourceVerifyWorkflow
 
@@ -50,10 +53,18 @@ def own_datastore(emulator_url: str) -> str:
     return active_datastore(emulator_url, f"vcon-{uuid.uuid4().hex[:8]}")
 
 
-async def _verify(client: Client, worker: Worker, payload: SourceVerifyInput) -> VerifyResult:
-    result: VerifyResult = await client.execute_workflow(
+async def _verify(client: Client, worker: Worker, payload: SourceVerifyInput, record: str | None = None
+                  ) -> VerifyResult:
+    """Run one verification; its history must replay (and is written to tests/histories as ``record`` when
+    HIMIG_RECORD_HISTORIES is set)."""
+    handle = await client.start_workflow(
         SourceVerifyWorkflow.run, payload, id=f"vc-t-{uuid.uuid4().hex[:8]}", task_queue=worker.task_queue,
         execution_timeout=timedelta(seconds=120))
+    result: VerifyResult = await handle.result()
+    history = await handle.fetch_history()
+    await Replayer(workflows=WORKFLOWS, data_converter=converter()).replay_workflow(history)
+    if record and os.environ.get("HIMIG_RECORD_HISTORIES"):
+        (Path(__file__).parent.parent / "histories" / f"{record}.json").write_text(plain_history_json(history))
     return result
 
 
@@ -86,7 +97,7 @@ async def test_a_local_directory_verifies_clean_then_reports_what_changed(
 
     request = SourceVerifyInput(source_connector=connector, datastore_id=own_datastore,
                                 work_s3_uri=f"s3://{work}/v/")
-    clean = await _verify(client, worker, request)
+    clean = await _verify(client, worker, request, record="verify-source-pulled-local")
     assert clean.clean and (clean.instances_expected, clean.instances_verified) == (6, 6), clean
     assert clean.source_connector == "local directory" and clean.touches == 0
     # The pull landed under the run's own prefix, next to its result, and nowhere near the migration's landing.
@@ -134,7 +145,7 @@ async def test_a_dicomweb_pacs_verifies_clean_then_reports_what_changed(
 
     # By default a PACS is checked by its listing: QIDO-RS names each instance, nothing is pulled.
     request = SourceVerifyInput(source_connector=pacs, datastore_id=own_datastore, work_s3_uri=f"s3://{work}/v/")
-    listed = await _verify(client, worker, request)
+    listed = await _verify(client, worker, request, record="verify-source-listed-dicomweb")
     assert listed.clean and (listed.instances_expected, listed.instances_verified) == (5, 5), listed.differences
     assert listed.source_connector == "DICOMweb " + "/".join(orthanc.dicomweb.split("/")[:3])
     assert listed.source_s3_uri is None and any(n.startswith("listed, not pulled") for n in listed.notes)
@@ -173,7 +184,7 @@ async def test_a_dicomweb_pacs_verifies_clean_then_reports_what_changed(
 
 async def test_an_unreachable_pacs_or_a_refused_directory_fails_in_one_line(
         client: Client, worker: Worker, buckets: dict[str, Any], own_datastore: str, himig_cli: Any,
-        tmp_path: Path) -> None:
+        tmp_path: Path, source_root: Path) -> None:
     work = f"s3://{buckets['work']}/v/"
     nobody = f"http://127.0.0.1:{free_port()}/dicom-web"
     for pull in (False, True):  # listed (the probe fails) and pulled (the pull's study search fails)
@@ -191,6 +202,15 @@ async def test_an_unreachable_pacs_or_a_refused_directory_fails_in_one_line(
     assert down.exit_code == 1 and down.flat.count("error:") == 1, down.output
     assert "verify failed: SourceUnavailable: DICOMweb source http://127.0.0.1:" in down.flat, down.output
     assert "Traceback" not in down.output
+    # A data store that does not exist is refused before anything is pulled.
+    (source_root / "one").mkdir()
+    (source_root / "one" / "0.dcm").write_bytes(make_instance(uid(), uid()))
+    with pytest.raises(WorkflowFailureError) as failed:
+        await _verify(client, worker, SourceVerifyInput(
+            source_connector=LocalSource(kind="local", path=str(source_root / "one")), datastore_id="f" * 32,
+            work_s3_uri=work))
+    assert "datastore_id: no data store" in str(failed.value.cause.cause)
+    assert not [o for o in list_objects(buckets["s3"], parse_s3_uri(work)) if "/landing/" in o["Key"]]
     outside = await invoke(himig_cli, "verify", "--source-dir", str(tmp_path / "elsewhere"), "--datastore-id",
                            own_datastore, "--work", work)
     assert outside.exit_code == 1 and outside.flat.count("error:") == 1, outside.output
