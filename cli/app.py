@@ -863,13 +863,25 @@ _CONNECTOR_FLAGS = ("source_dir", "source_dicomweb", "source_dimse", "called_ae"
                     "study_date_from", "study_date_to", "modality", "result_cap", "retrieve", "parallel")
 
 
+# Where `himig start`'s help speaks of migrating, `himig verify`'s speaks of verifying.
+_VERIFY_HELP = {
+    "source_dir": typer.Option(None, "--source-dir", help="verify this directory (under the worker's "
+                               "HIMIG_SOURCE_DIR_ROOTS): pulled under --work, then checked"),
+    "source_dicomweb": typer.Option(None, "--source-dicomweb", help="verify this DICOMweb PACS (URL) by its "
+                                    "QIDO-RS listing (--pull: by pulling it)"),
+    "source_dimse": typer.Option(None, "--source-dimse", help="verify this DIMSE PACS (HOST:PORT) by its C-FIND "
+                                 "listing (--pull: by pulling it)"),
+}
+
+
 def _verify_signature() -> None:
     import inspect
 
     own = inspect.signature(verify_cmd)
     start_params = inspect.signature(start).parameters
     params = [p for p in own.parameters.values() if p.kind != inspect.Parameter.VAR_KEYWORD]
-    params += [start_params[name].replace(kind=inspect.Parameter.KEYWORD_ONLY) for name in _CONNECTOR_FLAGS]
+    params += [start_params[name].replace(kind=inspect.Parameter.KEYWORD_ONLY, default=_VERIFY_HELP.get(
+        name, start_params[name].default)) for name in _CONNECTOR_FLAGS]
     verify_cmd.__signature__ = own.replace(parameters=params)  # type: ignore[attr-defined]
     verify_cmd.__annotations__ = ({k: v for k, v in verify_cmd.__annotations__.items() if k != "connector_flags"}
                                   | {k: start.__annotations__[k] for k in _CONNECTOR_FLAGS})

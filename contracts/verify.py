@@ -166,8 +166,7 @@ class PulledSourceInput(BaseModel):
 
     request: SourceVerifyInput
     landing_s3_uri: str
-    pull_id: str
-    source_failures: Int = 0
+    pull_id: str  # where the pull kept its bookkeeping: its failure rows are read back from there
 
 
 class VerifyResult(BaseModel):

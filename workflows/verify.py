@@ -77,14 +77,13 @@ class SourceVerifyWorkflow:
             check_verify_target, input, start_to_close_timeout=timedelta(minutes=2), retry_policy=PULL_RETRY)
         run_id = workflow.info().run_id
         landing, pull_id = verify_landing(input.work_s3_uri, run_id), verify_pull_id(run_id)
-        pulled = await workflow.execute_activity(
+        await workflow.execute_activity(
             receive_inventory,
             ReceiveInput(migration_id=pull_id, source_s3_uri=landing, work_s3_uri=input.work_s3_uri,
                          page_size=INVENTORY_PAGE, source_connector=input.source_connector),
             start_to_close_timeout=PULL_TIMEOUT, heartbeat_timeout=policies.HEARTBEAT, retry_policy=PULL_RETRY)
         return await workflow.execute_activity(
             verify_pulled_source,
-            PulledSourceInput(request=input, landing_s3_uri=landing, pull_id=pull_id,
-                              source_failures=pulled.source_failures),
+            PulledSourceInput(request=input, landing_s3_uri=landing, pull_id=pull_id),
             start_to_close_timeout=timedelta(hours=6), heartbeat_timeout=policies.HEARTBEAT,
             retry_policy=policies.STAGE_RETRY)

@@ -79,7 +79,7 @@ def _delete_series_set(mi: Any, datastore_id: str, series_uid: str) -> None:
 
 async def test_a_local_directory_verifies_clean_then_reports_what_changed(
         client: Client, worker: Worker, buckets: dict[str, Any], own_datastore: str, source_root: Path,
-        medical_imaging: Any) -> None:
+        medical_imaging: Any, himig_cli: Any) -> None:
     s3, src, work = buckets["s3"], buckets["source"], buckets["work"]
     folder = source_root / "ward-a"
     series: list[tuple[str, str]] = []
@@ -106,11 +106,21 @@ async def test_a_local_directory_verifies_clean_then_reports_what_changed(
     assert len(list(list_objects(s3, landing))) == 6
     assert any("pulled into" in note for note in clean.notes)
 
+    # The same through the command: `himig start`'s --source-dir flag.
+    once = await invoke(himig_cli, "verify", "--source-dir", str(folder), "--datastore-id", own_datastore,
+                        "--work", f"s3://{work}/v/")
+    assert once.exit_code == 0, once.output
+    assert "verify local directory, default (no touches): 6 of 6 instances of the source found" in once.flat
+    assert "no differences" in once.flat and "pulled into" in once.flat
+
     # The source gains an instance of a migrated series; the data store loses the other study's image set.
     (folder / "study0" / "9.dcm").write_bytes(make_instance(*series[0]))
     _delete_series_set(medical_imaging, own_datastore, series[1][1])
     changed = await _verify(client, worker, request)
     assert changed.differences == {DifferenceKind.MISSING: 1 + 3}, changed
+    differs = await invoke(himig_cli, "verify", "--source-dir", str(folder), "--datastore-id", own_datastore,
+                           "--work", f"s3://{work}/v/")
+    assert differs.exit_code == 3 and "missing: 4" in differs.flat, differs.output
     assert (changed.instances_expected, changed.instances_verified) == (7, 3)
     # A later run pulls afresh into a landing prefix of its own: nothing of the first run's copy is reused.
     assert changed.source_s3_uri != clean.source_s3_uri
