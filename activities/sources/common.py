@@ -257,7 +257,7 @@ class StudyConnector:
         instances, unusable, truncated = self._instances(unit)
         self._check_listing(unit, landing, out, bool(instances), unusable)
         for series, matches in sorted(truncated.items()):
-            where = f"series {series}" if series else "the study's series search"
+            where = f"series {series}" if series else "the study's instance (or series) search"
             out.fail(f"{study_key(landing.prefix, unit)}listing-truncated/{uid_segment(series or 'series')}",
                      "ListingTruncated", f"the PACS cut off {where} at {matches} {self.ROWS}: instances beyond the "
                      "cut are not listed, so they are not checked (verify with a pull instead)")
