@@ -34,14 +34,27 @@ from activities.dicom_header import register_phi
 from activities.errors import classify, error_code
 from activities.healthimaging import get_image_set_metadata, search_image_sets, with_local_retries
 from activities.heartbeat import keeps_alive
+from activities.sources.common import SourceMisconfigured, SourceUnavailable
+from activities.sources.dicomweb import DicomwebConnector
+from activities.sources.dimse import DimseConnector
+from activities.sources.registry import SourceSettings, connector_for
 from activities.storage import get_json, iter_ndjson, list_objects, put_bytes, put_json
+from activities.verify_listing import list_source
 from activities.verify_pixels import Candidate, PixelCheck, sample
-from activities.verify_source import check_counts, check_instances, read_source
+from activities.verify_source import SourceInventory, check_counts, check_instances, read_source
 from contracts import layout
 from contracts.errors import ErrorType
 from contracts.report import VerifyResult as ReportVerify
-from contracts.s3uri import parse_s3_uri
-from contracts.verify import DifferenceKind, SourceVerifyInput, VerifyInput, VerifyOptions, VerifyResult
+from contracts.s3uri import S3Location, parse_s3_uri
+from contracts.verify import (
+    DifferenceKind,
+    PulledSourceInput,
+    SourceVerifyInput,
+    VerifyInput,
+    VerifyOptions,
+    VerifyResult,
+    describe_source,
+)
 
 EVENT_SOURCE = "himig.migration"
 DETAIL_TYPE = "Migration Verified"
@@ -72,8 +85,10 @@ def _text(value: Any) -> str:
 
 
 class VerifyActivities:
-    def __init__(self, s3: Any, medical_imaging: Any, events: Any = None, event_bus_name: str | None = None) -> None:
+    def __init__(self, s3: Any, medical_imaging: Any, events: Any = None, event_bus_name: str | None = None,
+                 sources: SourceSettings | None = None) -> None:
         self._s3 = s3
+        self._sources = sources or SourceSettings()
         self._mi = medical_imaging
         self._events = events
         self._bus = event_bus_name
@@ -304,19 +319,88 @@ class VerifyActivities:
     @keeps_alive
     def verify_source(self, input: SourceVerifyInput) -> VerifyResult:
         """A bare source (every object under its prefix) against a data store; see activities/verify_source.py."""
+        source = parse_s3_uri(input.source_s3_uri or "", field="source_s3_uri").as_prefix()
+        return self._check_prefix(input, source, [], activity.info().workflow_run_id or "run")
+
+    @activity.defn(name="verify_pulled_source")
+    @keeps_alive
+    def verify_pulled_source(self, input: PulledSourceInput) -> VerifyResult:
+        """A connector source, pulled by `receive_inventory` into ``landing_s3_uri``, checked as an S3 source; every
+        study or file the pull could not deliver (its failure rows) is a ``not_pulled`` difference, never a pass."""
+        run = activity.info().workflow_run_id or "run"
+        failures_prefix = layout.receive_failures_prefix(input.request.work_s3_uri, input.pull_id)
+        rows: list[dict[str, Any]] = []
+        try:
+            for obj in list_objects(self._s3, failures_prefix):
+                rows.extend(iter_ndjson(self._s3, parse_s3_uri(f"s3://{failures_prefix.bucket}/{obj['Key']}")))
+        except ClientError as err:
+            raise classify(err, "reading the pull's failure rows") from None
+        found = [{"kind": DifferenceKind.NOT_PULLED.value, "count": 1, "key": r["key"], "code": r.get("code"),
+                  "note": r.get("reason")} for r in rows]
+        landing = parse_s3_uri(input.landing_s3_uri, field="landing_s3_uri").as_prefix()
+        return self._check_prefix(input.request, landing, found, run, allow_empty=bool(found))
+
+    def _check_prefix(self, input: SourceVerifyInput, source: S3Location, found_before: list[dict[str, Any]],
+                      run: str, allow_empty: bool = False) -> VerifyResult:
+        """Every object under ``source`` against the data store; ``found_before``: differences already known (a
+        pull's undelivered units), listed first. ``allow_empty``: an empty prefix is a finding, not an error."""
+        requests = self._start(input)
+        inv = read_source(self._s3, source, input.attributes, requests, activity.heartbeat)
+        if not inv.files and not allow_empty:
+            where = describe_source(input) if input.source_connector is not None else source.uri
+            raise ApplicationError(f"{'source_connector' if input.source_connector else 'source_s3_uri'}: "
+                                   f"no object under {where}", type=ErrorType.VALIDATION_ERROR, non_retryable=True)
+        notes = []
+        if input.source_connector is not None:
+            notes.append(f"the source was pulled into {source.uri} ({inv.files} object(s)); differences name keys "
+                         "there; delete the prefix when you no longer need it")
+        return self._check(input, inv, found_before, run, requests, source, notes)
+
+    @activity.defn(name="verify_listed_source")
+    @keeps_alive
+    def verify_listed_source(self, input: SourceVerifyInput) -> VerifyResult:
+        """A PACS by its listing alone (QIDO-RS or C-FIND), nothing pulled; see activities/verify_listing.py."""
+        assert input.source_connector is not None and input.source_connector.kind != "local"
+        requests = self._start(input)
+        connector = connector_for(input.source_connector, self._sources)
+        assert isinstance(connector, DicomwebConnector | DimseConnector)
+        try:
+            connector.probe()
+            inv, found = list_source(connector, activity.heartbeat)
+        except SourceUnavailable as err:
+            raise ApplicationError(f"{connector.describe()}: {err}", type=ErrorType.SOURCE_UNAVAILABLE) from None
+        except SourceMisconfigured as err:
+            raise ApplicationError(f"{connector.describe()}: {err}", type=ErrorType.INVALID_SOURCE_CONNECTOR,
+                                   non_retryable=True) from None
+        studies = len(inv.studies) + sum(1 for d in found if d.get("code") == "StudyNotFound")
+        requests[f"{connector.SEARCH} instance searches"] += studies
+        notes = [f"listed, not pulled: {connector.SEARCH} named {inv.files} instance(s) in {studies} study(ies); "
+                 "this proves what the PACS lists is in the data store, not that each file would import (--pull "
+                 "pulls every file and checks what lands)"]
+        return self._check(input, inv, found, activity.info().workflow_run_id or "run", requests, None, notes)
+
+    @activity.defn(name="check_verify_target")
+    def check_verify_target(self, input: SourceVerifyInput) -> bool:
+        """Before a source is pulled (which may move a whole PACS): the attribute keywords and the data store."""
+        self._start(input)
+        return True
+
+    def _start(self, input: SourceVerifyInput) -> Counter[str]:
+        """Refuse unknown attribute keywords and a data store that cannot be read, before reading any source."""
         unknown = [a for a in input.attributes if a not in keyword_dict]
         if unknown:
             raise ApplicationError(f"attributes: not DICOM keywords: {', '.join(unknown)}",
                                    type=ErrorType.VALIDATION_ERROR, non_retryable=True)
         requests: Counter[str] = Counter()
         self._datastore(input.datastore_id, requests)
-        source = parse_s3_uri(input.source_s3_uri, field="source_s3_uri").as_prefix()
-        inv = read_source(self._s3, source, input.attributes, requests, activity.heartbeat)
-        if not inv.files:
-            raise ApplicationError(f"source_s3_uri: no object under {source.uri}", type=ErrorType.VALIDATION_ERROR,
-                                   non_retryable=True)
-        diffs: list[dict[str, Any]] = []
-        found: Counter[DifferenceKind] = Counter()
+        return requests
+
+    def _check(self, input: SourceVerifyInput, inv: SourceInventory, found_before: list[dict[str, Any]], run: str,
+               requests: Counter[str], source: S3Location | None, notes: list[str]) -> VerifyResult:
+        """The source's inventory against the data store; ``found_before``: differences already known (what a
+        pull or a listing could not deliver), listed first; ``source``: where the files are (None: listed only)."""
+        diffs: list[dict[str, Any]] = list(found_before)
+        found: Counter[DifferenceKind] = Counter(DifferenceKind(d["kind"]) for d in found_before)
 
         def differ(kind: DifferenceKind, count: int = 1, **detail: Any) -> None:
             found[kind] += count
@@ -346,17 +430,18 @@ class VerifyActivities:
                         continue  # deleted since the search: its instances are not there
                     raise classify(err, "GetImageSetMetadata") from None
             verified += check_instances(series, docs, differ, candidates)
-        pixels = self._pixels(input, input.datastore_id, source.bucket, candidates, requests, differ)
-        notes = []
+        pixels = (self._pixels(input, input.datastore_id, source.bucket, candidates, requests, differ)
+                  if source is not None else PixelTally())
         if not input.deep:
             notes.append("no-touch check: instances are counted per series from SearchImageSets, not found one by "
                          "one; --deep reads each image set's metadata (touches_for_deep) to place every instance")
         if inv.repeated:
             notes.append(f"{inv.repeated} file(s) repeat the SOP Instance UID of another file and were checked once")
-        out = parse_s3_uri(input.work_s3_uri, field="work_s3_uri").join(
-            "verify-source", activity.info().workflow_run_id or "run")
+        out = parse_s3_uri(input.work_s3_uri, field="work_s3_uri").join("verify-source", run)
         result = VerifyResult(
-            source_s3_uri=input.source_s3_uri, deep=input.deep, instances_expected=inv.instances,
+            source_s3_uri=input.source_s3_uri or (source.uri if source is not None else None),
+            source_connector=describe_source(input) if input.source_connector is not None else None,
+            deep=input.deep, instances_expected=inv.instances,
             instances_verified=max(0, verified - pixels.differing), image_sets_checked=sets_seen,
             differences=dict(found), differences_uri=out.join("differences.ndjson").uri,
             touches=touches + pixels.touches, touches_for_deep=sets_seen, requests=dict(requests),
@@ -368,7 +453,8 @@ class VerifyActivities:
         return result
 
     def _publish_source(self, input: SourceVerifyInput, result: VerifyResult) -> None:
-        self._put_event({"sourceS3Uri": input.source_s3_uri, "datastoreId": input.datastore_id,
+        self._put_event({"sourceS3Uri": result.source_s3_uri, "sourceConnector": result.source_connector,
+                         "datastoreId": input.datastore_id,
                          "deep": result.deep, "instancesExpected": result.instances_expected,
                          "instancesVerified": result.instances_verified,
                          "differences": {k.value: v for k, v in result.differences.items()},

@@ -791,15 +791,16 @@ def rollback_cmd(
     _run(go())
 
 
-@app.command("verify")
 def verify_cmd(
-    migration_id: str | None = typer.Argument(None, help="workflow id of a finished migration (or --source)"),
+    migration_id: str | None = typer.Argument(None, help="workflow id of a finished migration (or --source, or a "
+                                              "connector: --source-dir, --source-dicomweb, --source-dimse)"),
     source: str | None = typer.Option(None, "--source", help="verify a bare source instead, s3://bucket/prefix/: "
                                       "every object under it, headers only, no migration needed"),
-    datastore_id: str | None = typer.Option(None, "--datastore-id", help="with --source: the data store to "
-                                            "check against"),
-    work: str | None = typer.Option(None, "--work", help="with --source: where the result is "
-                                    "written, s3://bucket/prefix/ (under verify-source/<run>/)"),
+    datastore_id: str | None = typer.Option(None, "--datastore-id", help="with --source or a connector: the data "
+                                            "store to check against"),
+    work: str | None = typer.Option(None, "--work", help="with --source or a connector: where the result is "
+                                    "written, s3://bucket/prefix/ (under verify-source/<run>/; a connector's "
+                                    "source is pulled to verify-source/<run>/landing/)"),
     deep: bool = typer.Option(False, "--deep", help="read each image set's metadata: every SOP instance checked, "
                               "one touch per image set (moves archived sets back to Frequent Access)"),
     attribute: list[str] | None = typer.Option(None, "--attribute", help="with --deep: compare this DICOM keyword "
@@ -810,23 +811,40 @@ def verify_cmd(
     seed: int = typer.Option(0, "--seed", min=0, max=2**31 - 1, help="with --pixels: the sample's seed"),
     every: str | None = typer.Option(None, "--every", help="run as a Temporal Schedule every 30m / 6h / 7d, each "
                                      "run publishing its outcome as an event; `off` deletes the schedule"),
+    pull: bool = typer.Option(False, "--pull", help="a PACS: pull every file under --work and check what lands, "
+                              "instead of what its QIDO-RS / C-FIND listing names (--attribute and --pixels pull)"),
+    **connector_flags: Any,
 ) -> None:
-    """Check that a finished migration's instances (or a source's) are in HealthImaging."""
+    """Check that a finished migration's instances (or a source's) are in HealthImaging. A source is an S3 prefix
+    (--source) or, with `himig start`'s connector flags, a local directory or a DICOMweb / DIMSE PACS: it is pulled
+    under --work first, as a migration would pull it, and what was pulled is checked."""
     from cli.finished import CommandError
-    from cli.verify import verify, verify_source
+    from cli.verify import source_input, verify, verify_source
 
-    if (migration_id is None) == (source is None):
-        raise fail("give a migration id or --source s3://bucket/prefix/, not both", 2)
-    if source is None and (datastore_id or work):
-        raise fail("--datastore-id and --work go with --source (a migration names its own)", 2)
+    connector = _connector(connector_flags)
+    if migration_id is not None and (source is not None or connector is not None):
+        raise fail("give a migration id or a source (--source, or a connector), not both", 2)
+    if migration_id is None and source is None and connector is None:
+        raise fail("give a migration id, --source s3://bucket/prefix/, or a connector (--source-dir, "
+                   "--source-dicomweb, --source-dimse)", 2)
+    payload = None
+    if migration_id is None:
+        try:
+            payload = source_input(source, connector, datastore_id, work, deep, list(attribute or []), pixels, seed,
+                                   every is not None, pull)
+        except CommandError as err:
+            raise fail(str(err), err.code) from None
+        except ValidationError as err:
+            raise fail(validation_message(err).replace("migration input", "verify input")) from None
+    elif datastore_id or work or pull:
+        raise fail("--datastore-id, --work and --pull go with --source or a connector (a migration names its own)", 2)
     s = settings()
 
     async def go() -> None:
         client = await _client(s)
         try:
-            if source is not None:
-                result = await verify_source(client, source, datastore_id, work,
-                                             s.task_queue, deep, list(attribute or []), pixels, seed, every, console)
+            if payload is not None:
+                result = await verify_source(client, payload, s.task_queue, every, console)
             else:
                 result = await verify(client, migration_id or "", s.task_queue, deep, list(attribute or []), every,
                                       console, pixels, seed)
@@ -838,6 +856,39 @@ def verify_cmd(
             raise typer.Exit(3)
 
     _run(go())
+
+
+# `himig verify` takes exactly `himig start`'s source connector flags (cli/sources.py reads them for both).
+_CONNECTOR_FLAGS = ("source_dir", "source_dicomweb", "source_dimse", "called_ae", "calling_ae", "study_uid",
+                    "study_date_from", "study_date_to", "modality", "result_cap", "retrieve", "parallel")
+
+
+# Where `himig start`'s help speaks of migrating, `himig verify`'s speaks of verifying.
+_VERIFY_HELP = {
+    "source_dir": typer.Option(None, "--source-dir", help="verify this directory (under the worker's "
+                               "HIMIG_SOURCE_DIR_ROOTS): pulled under --work, then checked"),
+    "source_dicomweb": typer.Option(None, "--source-dicomweb", help="verify this DICOMweb PACS (URL) by its "
+                                    "QIDO-RS listing (--pull: by pulling it)"),
+    "source_dimse": typer.Option(None, "--source-dimse", help="verify this DIMSE PACS (HOST:PORT) by its C-FIND "
+                                 "listing (--pull: by pulling it)"),
+}
+
+
+def _verify_signature() -> None:
+    import inspect
+
+    own = inspect.signature(verify_cmd)
+    start_params = inspect.signature(start).parameters
+    params = [p for p in own.parameters.values() if p.kind != inspect.Parameter.VAR_KEYWORD]
+    params += [start_params[name].replace(kind=inspect.Parameter.KEYWORD_ONLY, default=_VERIFY_HELP.get(
+        name, start_params[name].default)) for name in _CONNECTOR_FLAGS]
+    verify_cmd.__signature__ = own.replace(parameters=params)  # type: ignore[attr-defined]
+    verify_cmd.__annotations__ = ({k: v for k, v in verify_cmd.__annotations__.items() if k != "connector_flags"}
+                                  | {k: start.__annotations__[k] for k in _CONNECTOR_FLAGS})
+
+
+_verify_signature()
+app.command("verify")(verify_cmd)
 
 
 @app.command("retry")

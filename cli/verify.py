@@ -4,7 +4,9 @@ Once: runs `VerifyWorkflow` (id `verify-<migration id>`; a new run each time) an
 ``--every``: a Temporal Schedule `verify-<migration id>` runs the same check periodically and each run publishes
 its outcome as an EventBridge event (``--every off`` deletes the schedule). With ``--source`` instead of a
 migration id: `SourceVerifyWorkflow` (id `verify-source-<hash of source and data store>`) checks every object
-under the prefix, no migration needed.
+under the prefix, no migration needed. With `himig start`'s connector flags instead (``--source-dir``,
+``--source-dicomweb``, ``--source-dimse`` and theirs, read by cli/sources.py), the same workflow first pulls that
+directory or PACS under ``--work`` and checks what it pulled.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from contracts.verify import (
     SourceVerifyInput,
     VerifyInput,
     VerifyResult,
+    source_key,
     source_verify_workflow_id,
     verify_workflow_id,
 )
@@ -57,7 +60,7 @@ def parse_every(text: str) -> timedelta:
 
 def print_result(r: VerifyResult, console: Console) -> None:
     mode = "deep (metadata read: touches)" if r.deep else "default (no touches)"
-    what = r.migration_id or r.source_s3_uri
+    what = r.migration_id or r.source_connector or r.source_s3_uri
     console.print(f"verify {what}, {mode}: {r.instances_verified} of {r.instances_expected} instances "
                   f"{'as reported' if r.migration_id else 'of the source found'}, in {r.image_sets_checked} "
                   "image set(s)")
@@ -94,20 +97,36 @@ async def verify(client: Client, migration_id: str, task_queue: str, deep: bool,
                                     migration_id, task_queue, every, console)
 
 
-async def verify_source(client: Client, source_s3_uri: str, datastore_id: str | None, work_s3_uri: str | None,
-                        task_queue: str, deep: bool, attributes: list[str], pixels: int, pixel_seed: int,
-                        every: str | None, console: Console) -> VerifyResult | None:
-    """A bare source against a data store (``--datastore-id``), the result written under ``--work``."""
+def source_input(source_s3_uri: str | None, connector: dict[str, Any] | None, datastore_id: str | None,
+                 work_s3_uri: str | None, deep: bool, attributes: list[str], pixels: int, pixel_seed: int,
+                 publish: bool, pull: bool = False) -> SourceVerifyInput:
+    """The workflow input of a bare source (an S3 prefix, or a connector's JSON from cli/sources.py); raises
+    `CommandError` (a flag missing or clashing) or pydantic's ValidationError (a value refused, by field)."""
     check_options(deep, attributes, pixels)
+    what = "--source" if connector is None else f"--source-{'dir' if connector['kind'] == 'local' else connector['kind']}"
+    if pull and (connector is None or connector["kind"] == "local"):
+        raise CommandError("--pull: only with --source-dicomweb or --source-dimse (an S3 prefix is read in place, "
+                           "a directory is always pulled)", 2)
+    if source_s3_uri is not None and connector is not None:
+        raise CommandError(f"--source and {what}: give one source, an S3 prefix or a connector (a connector's "
+                           "source is pulled under --work)", 2)
     if not datastore_id:
-        raise CommandError("--source needs --datastore-id", 2)
+        raise CommandError(f"{what} needs --datastore-id", 2)
     if not work_s3_uri:
-        raise CommandError("--source needs --work, the prefix where the result is written", 2)
-    payload = SourceVerifyInput(source_s3_uri=source_s3_uri, datastore_id=datastore_id, work_s3_uri=work_s3_uri,
-                                deep=deep, attributes=attributes, pixels=pixels, pixel_seed=pixel_seed,
-                                publish=every is not None)
+        raise CommandError(f"{what} needs --work, the prefix where the result is written"
+                           + (" and the source pulled" if connector is not None else ""), 2)
+    return SourceVerifyInput.model_validate(
+        {"source_s3_uri": source_s3_uri, "source_connector": connector, "datastore_id": datastore_id,
+         "work_s3_uri": work_s3_uri, "deep": deep, "attributes": attributes, "pixels": pixels,
+         "pixel_seed": pixel_seed, "publish": publish, "pull": pull})
+
+
+async def verify_source(client: Client, payload: SourceVerifyInput, task_queue: str, every: str | None,
+                        console: Console) -> VerifyResult | None:
+    """A bare source against a data store (``--datastore-id``), the result written under ``--work``."""
+    what = payload.source_s3_uri or "the connector's source"
     return await _once_or_scheduled(client, SourceVerifyWorkflow.run, payload,
-                                    source_verify_workflow_id(source_s3_uri, datastore_id), source_s3_uri,
+                                    source_verify_workflow_id(source_key(payload), payload.datastore_id), what,
                                     task_queue, every, console)
 
 

@@ -52,7 +52,7 @@ from contracts.stages import (
     ValidateResult,
 )
 from contracts.sweep import NonPrimaryPage, NonPrimaryPageInput
-from contracts.verify import SourceVerifyInput, VerifyInput, VerifyResult
+from contracts.verify import PulledSourceInput, SourceVerifyInput, VerifyInput, VerifyResult
 
 _DECLARATION = "a declaration: the worker runs the implementation registered under this name (worker/registry.py)"
 
@@ -229,4 +229,19 @@ def verify_migration(input: VerifyInput) -> VerifyResult:
 @activity.defn(name="verify_source")
 def verify_source(input: SourceVerifyInput) -> VerifyResult:
     """Check a bare source (an S3 prefix) against a data store, without a migration (activities/verify.py)."""
+    raise NotImplementedError(_DECLARATION)
+
+@activity.defn(name="check_verify_target")
+def check_verify_target(input: SourceVerifyInput) -> bool:
+    """Refuse unknown attribute keywords and an unreadable data store before a source is pulled (activities/verify.py)."""
+    raise NotImplementedError(_DECLARATION)
+
+@activity.defn(name="verify_listed_source")
+def verify_listed_source(input: SourceVerifyInput) -> VerifyResult:
+    """Check a PACS by its QIDO-RS / C-FIND listing against a data store, nothing pulled (activities/verify.py)."""
+    raise NotImplementedError(_DECLARATION)
+
+@activity.defn(name="verify_pulled_source")
+def verify_pulled_source(input: PulledSourceInput) -> VerifyResult:
+    """Check a connector source, pulled into its landing prefix, against a data store (activities/verify.py)."""
     raise NotImplementedError(_DECLARATION)

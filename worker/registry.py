@@ -76,12 +76,13 @@ def build_activities(clients: AwsClients, settings: Settings) -> list[Callable[.
         password=settings.dicomweb_password.get_secret_value() if settings.dicomweb_password else None,
         token=settings.dicomweb_token.get_secret_value() if settings.dicomweb_token else None,
         tokens=token_source(settings, "dicomweb_oidc"))
-    receive = ReceiveActivities(s3, SourceSettings(
+    sources = SourceSettings(
         dicomweb_auth=auth, dicomweb_allowed_origins=settings.allowed_origins(),
         timeout_seconds=settings.source_timeout_seconds, local_roots=settings.local_roots(),
         dimse_move=(MoveDestination(settings.dimse_move_ae_title, settings.dimse_move_host, settings.dimse_move_port)
                     if settings.dimse_move_ae_title and settings.dimse_move_port else None),
-        dimse_retrievals_per_source=settings.dimse_retrievals_per_source))
+        dimse_retrievals_per_source=settings.dimse_retrievals_per_source)
+    receive = ReceiveActivities(s3, sources)
     parse = ParseActivities(s3, settings.parse_concurrency, fingerprint_key=settings.fingerprint_secret(),
                             padding_rejected=settings.import_rejects_trailing_padding)
     validate = ValidateActivities(s3)
@@ -117,7 +118,7 @@ def build_activities(clients: AwsClients, settings: Settings) -> list[Callable[.
                                 reviewers=settings.reconciliation_reviewer_list())
     ingest = IngestActivities(s3)
     rollback = RollbackActivities(s3, mi)
-    verify = VerifyActivities(s3, mi, clients.events, settings.event_bus_name)
+    verify = VerifyActivities(s3, mi, clients.events, settings.event_bus_name, sources)
     sweep = SweepActivities(mi)
     return [
         receive.receive_inventory, parse.parse_headers, validate.validate_page, normalize.normalize_page,
@@ -127,6 +128,7 @@ def build_activities(clients: AwsClients, settings: Settings) -> list[Callable[.
         recon.describe_conflict, recon.await_image_set, recon.update_before_promote, recon.promote_image_set,
         recon.delete_image_set, recon.publish_escalation, recon.verify_reviewer, ingest.write_ingest_manifest,
         rollback.plan_rollback, rollback.delete_image_sets, rollback.record_rollback, verify.verify_migration,
-        verify.verify_source,
+        verify.verify_source, verify.verify_pulled_source, verify.verify_listed_source,
+        verify.check_verify_target,
         sweep.list_non_primary, plan_report.write_plan, adopt.adopt_plan,
     ]

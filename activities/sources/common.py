@@ -246,6 +246,28 @@ class StudyConnector:
                      "StudyInstanceUID")
         return out
 
+    def list_unit(self, unit: str, landing: Landing) -> tuple[dict[str, str | None], UnitOutcome]:
+        """Header-only (`himig verify` of a PACS): the instances one study lists (SOP Instance UID -> Series UID,
+        None when the row has none), and, as failed rows keyed like a pull's, what the listing cannot show: the
+        study search's findings (a marker unit), ``StudyNotFound``, ``UnusableListing`` and, where the PACS cut an
+        instance search off, ``ListingTruncated``. Nothing is retrieved."""
+        if (marked := self._marker_outcome(unit, landing)) is not None:
+            return {}, marked
+        out = UnitOutcome()
+        instances, unusable, truncated = self._instances(unit)
+        self._check_listing(unit, landing, out, bool(instances), unusable)
+        for series, matches in sorted(truncated.items()):
+            where = f"series {series}" if series else "the study's instance (or series) search"
+            out.fail(f"{study_key(landing.prefix, unit)}listing-truncated/{uid_segment(series or 'series')}",
+                     "ListingTruncated", f"the PACS cut off {where} at {matches} {self.ROWS}: instances beyond the "
+                     "cut are not listed, so they are not checked (verify with a pull instead)")
+        return instances, out
+
+    def _instances(self, study: str) -> tuple[dict[str, str | None], int, dict[str, int]]:
+        """(SOP Instance UID -> Series UID of ``study``'s instances, rows without a SOP Instance UID, cut-off
+        searches -> their matches); a connector's own instance search."""
+        raise NotImplementedError
+
     def _check_listing(self, unit: str, landing: Landing, out: UnitOutcome, found: bool, unusable: int) -> bool:
         """Record a study's instance rows without a SOP Instance UID and, when it listed no instance
         (``found`` false), a ``StudyNotFound`` row; False when there is nothing to pull."""

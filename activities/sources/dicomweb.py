@@ -34,6 +34,7 @@ from contracts.sources import DicomwebSource, origin_of
 MAX_QIDO_PAGES = 100_000  # bounds every paging loop (100k pages x 1000 rows is far beyond any PACS we meet)
 INSTANCE_PAGE = 1000
 STUDY_UID, SERIES_UID, SOP_UID = "0020000D", "0020000E", "00080018"
+STUDY_INSTANCES = "00201208"  # NumberOfStudyRelatedInstances
 ACCEPT_DICOM = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 
 
@@ -256,6 +257,21 @@ class DicomwebConnector(StudyConnector):
             # SigV4-protected source) offers only the per-series one. Unknown studies end up None either way.
             return self._enumerate_by_series(study)
         return found, unusable
+
+    def _instances(self, study: str) -> tuple[dict[str, str | None], int, dict[str, int]]:
+        # Paging stops at a short answer, and some PACS cut an instance search off silently below our page size
+        # (Orthanc's LimitFindInstances answers the cap plus one, unflagged). The study's own count of instances
+        # (NumberOfStudyRelatedInstances, where the PACS gives it) shows such a cut: one more search per study.
+        found, unusable = self._enumerate(study)
+        if not found:
+            return {}, unusable, {}
+        rows = self._qido("/studies", {"StudyInstanceUID": study, "includefield": STUDY_INSTANCES},
+                          "counting a study's instances (QIDO-RS)")
+        try:
+            total = int((rows or [{}])[0][STUDY_INSTANCES]["Value"][0])
+        except (KeyError, IndexError, TypeError, ValueError):
+            total = 0  # not given: nothing to compare with
+        return found, unusable, ({"": len(found) + unusable} if total > len(found) + unusable else {})
 
     def _enumerate_by_series(self, study: str) -> tuple[dict[str, str | None] | None, int]:
         found: dict[str, str | None] = {}

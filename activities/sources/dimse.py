@@ -311,6 +311,10 @@ class DimseConnector(StudyConnector):
             assoc.release()
         return listing
 
+    def _instances(self, study: str) -> tuple[dict[str, str | None], int, dict[str, int]]:
+        listing = self._listing(study)
+        return {sop: series for sop, (series, _) in listing.expected.items()}, listing.unusable, listing.truncated
+
     def _image_find(self, assoc: Association, study: str, series: str | None) -> tuple[list[Dataset], bool]:
         query = Dataset()
         query.QueryRetrieveLevel = "IMAGE"

@@ -17,7 +17,7 @@ ACTIVITIES = Path(__file__).resolve().parents[2] / "activities"
 
 SHARED = {"dicom_header", "errors", "s3_stream", "spill_db", "healthimaging", "heartbeat", "import_index", "failed_index", "instance_identity", "bearer_http", "client_credentials", "ledger", "phi", "signed_http", "sources", "storage"}
 # helper -> the one stage module allowed to import it
-PRIVATE = {"spotcheck": "review", "fhir": "fhir_route", "report_aggregate": "report", "report_html": "report", "plan_store": "plan", "report_store": "report", "plan_folders": "plan", "job_admission": "importjob", "failed_before": "plan", "verify_pixels": "verify", "verify_source": "verify", "plan_compare": "report", "copy_lanes": "importjob"}
+PRIVATE = {"spotcheck": "review", "fhir": "fhir_route", "report_aggregate": "report", "report_html": "report", "plan_store": "plan", "report_store": "report", "plan_folders": "plan", "job_admission": "importjob", "failed_before": "plan", "verify_pixels": "verify", "verify_source": "verify", "verify_listing": "verify", "plan_compare": "report", "copy_lanes": "importjob"}
 
 
 def _modules() -> dict[str, Path]:

@@ -212,3 +212,26 @@ def test_a_study_with_more_series_than_the_cap_is_retrieved_whole_and_reported(s
     [row] = failures(s3, inp)
     assert (row["key"], row["code"]) == (f"landed/{study}/search-truncated", "SearchTruncated")
     assert f"the study's series search (C-FIND) at {CAP_STUDIES} matches" in row["reason"]
+
+
+@pytest.mark.parametrize("source", [
+    pytest.param(lambda o: _dimse(o), id="c-find"),  # the cut is flagged (0xFE00) even per series
+    pytest.param(lambda o: _dicomweb(o), id="qido"),  # unflagged: the study's instance count shows it
+])
+def test_a_cut_off_instance_listing_is_reported_never_passed(capped_orthanc: Orthanc, source: Any) -> None:
+    """`himig verify` by listing: a study whose one series holds more instances than the PACS answers per search
+    lists a ``ListingTruncated`` row; a study within the cap lists every instance and no row."""
+    from activities.sources.registry import SourceSettings, connector_for
+    from activities.verify_listing import list_source
+    from tests.support.dicom import make_instance
+
+    capped_orthanc.clear()
+    big, small = (uid(), uid()), (uid(), uid())
+    for study, series, n in ((*big, CAP_INSTANCES + 2), (*small, CAP_INSTANCES - 1)):
+        for _ in range(n):
+            capped_orthanc.upload(make_instance(study, series))
+    config = source(capped_orthanc).model_copy(update={"study_uids": [big[0], small[0]]})
+    connector = connector_for(config, SourceSettings())
+    inv, found = list_source(connector, lambda: None)  # type: ignore[arg-type]
+    assert [d["code"] for d in found] == ["ListingTruncated"] and found[0]["key"].startswith(f"{big[0]}/")
+    assert len(inv.studies[small[0]][small[1]]) == CAP_INSTANCES - 1
