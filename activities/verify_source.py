@@ -33,7 +33,7 @@ from pydicom.errors import InvalidDicomError
 
 from activities import phi
 from activities.dicom_header import register_phi
-from activities.errors import classify
+from activities.errors import classify, error_code
 from activities.verify_pixels import Candidate
 from contracts.s3uri import S3Location
 from contracts.verify import DifferenceKind
@@ -81,6 +81,9 @@ def read_header(s3: Any, bucket: str, key: str) -> tuple[pydicom.Dataset | None,
     try:
         body = s3.get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{HEADER_RANGE - 1}")["Body"].read()
     except ClientError as err:
+        # A range from byte 0 is unsatisfiable only for an empty object (S3 answers 416): nothing to hold.
+        if error_code(err) == "InvalidRange":
+            return None, 1
         raise classify(err, "GetObject") from None
     try:
         ds = parse(body)
