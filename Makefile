@@ -72,6 +72,7 @@ bench: $(STAMP)
 	$(PY) bench/dicomweb_auth.py
 	$(PY) bench/receive_rate.py
 	$(PY) bench/pacs_retrieval.py
+	$(PY) bench/commands.py
 
 bench-quick: $(STAMP)
 	$(PY) bench/end_to_end.py --quick --no-results

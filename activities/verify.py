@@ -408,7 +408,8 @@ class VerifyActivities:
 
         if inv.unreadable:
             differ(DifferenceKind.UNREADABLE, len(inv.unreadable), keys=sorted(inv.unreadable),
-                   note="no readable DICOM header with Study, Series and SOP Instance UIDs")
+                   note="no readable DICOM header with Study, Series and SOP Instance UIDs that HealthImaging "
+                        "accepts")
         verified = sets_seen = touches = 0
         candidates: list[Candidate] = []
         for study, series in sorted(inv.studies.items()):

@@ -2,7 +2,8 @@
 
 Expected: every object under the source prefix, header only (one ranged GET of the first 64 KiB, the whole object
 only when the header is longer), grouped by study, series and SOP Instance UID. A file without a readable DICOM
-header or without the three UIDs is ``unreadable`` (HealthImaging cannot hold it); a file repeating another's SOP
+header, without the three UIDs or with one HealthImaging's UID pattern refuses (it could not be searched for) is
+``unreadable`` (HealthImaging cannot hold it: an empty object, a text file, a UID with letters); a file repeating another's SOP
 Instance UID is checked once, under the first key.
 
 Default check, no touch: per study one `SearchImageSets`; per series of the source, the image sets whose
@@ -32,8 +33,8 @@ from botocore.exceptions import ClientError
 from pydicom.errors import InvalidDicomError
 
 from activities import phi
-from activities.dicom_header import register_phi
-from activities.errors import classify
+from activities.dicom_header import register_phi, uid_problem
+from activities.errors import classify, error_code
 from activities.verify_pixels import Candidate
 from contracts.s3uri import S3Location
 from contracts.verify import DifferenceKind
@@ -81,6 +82,9 @@ def read_header(s3: Any, bucket: str, key: str) -> tuple[pydicom.Dataset | None,
     try:
         body = s3.get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{HEADER_RANGE - 1}")["Body"].read()
     except ClientError as err:
+        # A range from byte 0 is unsatisfiable only for an empty object (S3 answers 416): nothing to hold.
+        if error_code(err) == "InvalidRange":
+            return None, 1
         raise classify(err, "GetObject") from None
     try:
         ds = parse(body)
@@ -112,7 +116,7 @@ def read_source(s3: Any, prefix: S3Location, attributes: list[str], requests: Co
                 requests["GetObject"] += gets
                 inv.files += 1
                 uids = [text(ds.get(name, "")) if ds is not None else "" for name in UIDS]
-                if ds is None or not all(uids):
+                if ds is None or not all(uids) or any(_refused(u) for u in uids):
                     inv.unreadable.append(key)
                     continue
                 study, series, sop = uids
@@ -124,6 +128,12 @@ def read_source(s3: Any, prefix: S3Location, attributes: list[str], requests: Co
                                                  for name in attributes})
             progress()
     return inv
+
+
+def _refused(uid: str) -> bool:
+    """HealthImaging's API pattern refuses this UID: no image set has it, and a search for it is itself refused."""
+    problem = uid_problem(uid)
+    return problem is not None and problem[0] == "invalid_uid"
 
 
 def _chunks(keys: Iterator[str], size: int) -> Iterator[list[str]]:

@@ -115,6 +115,29 @@ async def test_a_bare_source_checks_clean_and_costs_no_touch(
     assert named == [f"{prefix}/new/0.dcm", f"{prefix}/s0/9.dcm"]  # deep names each instance
 
 
+async def test_files_healthimaging_cannot_hold_are_unreadable_not_a_failed_check(
+        client: Client, worker: Worker, buckets: dict[str, Any], own_datastore: str) -> None:
+    # S3 refuses a ranged GET of an empty object (InvalidRange), and SearchImageSets a UID outside its pattern
+    # (ValidationException): each such file is a difference found, never the end of the check.
+    _, prefix, payload = await _migrated_source(client, worker, buckets, own_datastore, studies=1, per_series=2)
+    s3, src = buckets["s3"], buckets["source"]
+    hostile = {f"{prefix}/empty.dcm": b"", f"{prefix}/s0/also-empty": b"",
+               f"{prefix}/letters.dcm": make_instance("1.2.840.abc", uid()),
+               f"{prefix}/long.dcm": make_instance("1." + "2" * 70, uid()),
+               f"{prefix}/sop.dcm": make_instance(uid(), uid(), sop="1.2.3 4")}
+    for key, body in hostile.items():
+        s3.put_object(Bucket=src, Key=key, Body=body)
+    # The pattern lets a leading zero through (HealthImaging holds such a UID): searched for, found missing.
+    s3.put_object(Bucket=src, Key=f"{prefix}/zero.dcm", Body=make_instance("1.2.0123", uid()))
+    for deep in (False, True):
+        result = await _run(client, worker, _source_input(payload, deep=deep))
+        assert result.differences == {DifferenceKind.UNREADABLE: 5, DifferenceKind.MISSING: 1}, (deep, result)
+        assert (result.instances_expected, result.instances_verified) == (3, 2)
+        assert result.requests["GetObject"] == 8  # one ranged GET each, the empty ones included
+        unreadable = next(x for x in _lines(s3, result.differences_uri) if x["kind"] == "unreadable")
+        assert unreadable["keys"] == sorted(hostile)
+
+
 async def test_deep_pixels_compare_a_seeded_sample_and_find_changed_pixels(
         client: Client, worker: Worker, buckets: dict[str, Any], own_datastore: str) -> None:
     mid, prefix, payload = await _migrated_source(client, worker, buckets, own_datastore, studies=1, per_series=4)
