@@ -73,6 +73,9 @@ bench: $(STAMP)
 	$(PY) bench/receive_rate.py
 	$(PY) bench/pacs_retrieval.py
 	$(PY) bench/commands.py
+	$(PY) bench/plan.py
+	$(PY) bench/memory.py
+	$(PY) bench/verify_cost.py
 
 bench-quick: $(STAMP)
 	$(PY) bench/end_to_end.py --quick --no-results
