@@ -210,8 +210,12 @@ class DimseConnector(StudyConnector):
         c = self._config
         assoc = ae.associate(c.host, c.port, ae_title=c.called_ae, **kwargs)
         if not assoc.is_established:
+            # A PACS that refuses a peer may abort instead of rejecting, and a reject followed at once by a closed
+            # socket can reach pynetdicom as an abort: both point at the AE titles.
             why = ("the association was rejected (check called_ae/calling_ae and the PACS's list of peers)"
-                   if assoc.is_rejected else "the association was aborted" if assoc.is_aborted
+                   if assoc.is_rejected else
+                   "the association was aborted before it was established (check called_ae/calling_ae and the "
+                   "PACS's list of peers)" if assoc.is_aborted
                    else "the PACS did not answer")
             raise SourceUnavailable(why)
         return assoc
