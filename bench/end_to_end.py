@@ -25,6 +25,8 @@ Temporal history events per file. The table is appended to bench/RESULTS.md with
     .venv/bin/python bench/end_to_end.py            (BENCH_SIZES=1000,10000  BENCH_ROUNDS=3  BENCH_LATENCY_MS=15)
     .venv/bin/python bench/end_to_end.py --quick    (1,000 instances, one round: `make bench-quick`)
     .venv/bin/python bench/end_to_end.py --large    (adds 100,000 instances)
+    BENCH_SIZES=100000 BENCH_ROUNDS=1 .venv/bin/python bench/end_to_end.py --methods ours,raw --stacks as-is
+                                                    (a subset: the ratio lines name only the methods run)
 """
 
 from __future__ import annotations
@@ -251,14 +253,15 @@ def median_rate(runs: list[Run], method: str) -> float:
     return statistics.median(r.rate for r in runs if r.method == method)
 
 
-def summary_lines(bench: Bench, files: int) -> list[str]:
+def summary_lines(bench: Bench, files: int, methods: list[str]) -> list[str]:
     runs = bench.runs[files]
     tag = f"{bench.label}: " if bench.label else ""
     ours = median_rate(runs, "ours")
     lines = [f"{tag}{files} instances: ours {ours:.1f} instances/s (median of "
              f"{sum(r.method == 'ours' for r in runs)})"]
-    lines += [f"{tag}ratio vs {m} = {ours / median_rate(runs, m):.2f}" for m in ("raw", "naive", "sample")]
-    for m in METHODS:
+    lines += [f"{tag}ratio vs {m} = {ours / median_rate(runs, m):.2f}" for m in ("raw", "naive", "sample")
+              if m in methods]
+    for m in methods:
         mine = [r for r in runs if r.method == m]
         last = mine[-1]
         s3 = (f"{statistics.median(r.s3_requests for r in mine if r.s3_requests is not None) / files:.2f}"
@@ -294,7 +297,8 @@ def append_results(lines: list[str], args: argparse.Namespace, sizes: list[int],
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     header = "" if RESULTS.exists() else "# Benchmark results\n\nAppended by the bench scripts; newest last.\n"
     block = [header, f"\n## end_to_end.py — {now}\n", f"- machine: {machine()}", f"- versions: {versions()}",
-             f"- sizes {sizes}, {rounds} round(s), latency {args.latency_ms} ms on the latency stack\n", "```",
+             f"- sizes {sizes}, {rounds} round(s), methods {', '.join(args.methods)}, stacks {', '.join(args.stacks)}"
+             f" (latency {args.latency_ms} ms on the latency stack)\n", "```",
              *lines, "```", ""]
     with RESULTS.open("a") as f:
         f.write("\n".join(block))
@@ -303,12 +307,32 @@ def append_results(lines: list[str], args: argparse.Namespace, sizes: list[int],
 # ---------------------------------------------------------------------------------------------------------
 
 
+def _methods(text: str) -> list[str]:
+    chosen = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = sorted(set(chosen) - set(METHODS))
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    return ["ours", *[m for m in METHODS[1:] if m in chosen]]
+
+
+def _stacks(text: str) -> list[str]:
+    chosen = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = sorted(set(chosen) - {"as-is", "latency"})
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(f"stacks must be a subset of as-is,latency, not {text!r}")
+    return chosen
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="1,000 instances, one round")
     parser.add_argument("--large", action="store_true", help="also 100,000 instances")
     parser.add_argument("--latency-ms", type=float, default=float(os.environ.get("BENCH_LATENCY_MS", "15")))
     parser.add_argument("--no-results", action="store_true", help="do not append to bench/RESULTS.md")
+    parser.add_argument("--methods", type=_methods, default=list(METHODS),
+                        help="comma-separated subset of ours,raw,naive,sample (ours is always run)")
+    parser.add_argument("--stacks", type=_stacks, default=["as-is", "latency"],
+                        help="comma-separated subset of as-is,latency")
     args = parser.parse_args()
     sizes = [int(x) for x in os.environ.get("BENCH_SIZES", "1000,10000").split(",") if x.strip()]
     rounds = int(os.environ.get("BENCH_ROUNDS", "3"))
@@ -319,7 +343,10 @@ def main() -> None:
     ensure_payload_keys()
     base_env = dict(os.environ)
     out: list[str] = []
-    for label, latency in (("", None), ("latency", args.latency_ms)):
+    methods: list[str] = args.methods
+    stacks = [(label, latency) for name, label, latency in (("as-is", "", None), ("latency", "latency", args.latency_ms))
+              if name in args.stacks]
+    for label, latency in stacks:
         tmp = Path(tempfile.mkdtemp(prefix="himig-e2e-"))
         stack = start_stack(tmp, latency)
         try:
@@ -330,12 +357,12 @@ def main() -> None:
             for files in sizes:
                 prefix, layout = prepare_corpus(s3, tmp, files)
                 for r in range(rounds):
-                    for method in METHODS[r % len(METHODS):] + METHODS[:r % len(METHODS)]:
+                    for method in methods[r % len(methods):] + methods[:r % len(methods)]:
                         run = run_one(bench, method, files, prefix, layout)
                         bench.runs[files].append(run)
                         print(f"  {label or 'as-is'} {files} round {r + 1}: {method:<6} {run.seconds:7.1f}s "
                               f"{run.rate:8.1f} inst/s", flush=True)
-                lines = summary_lines(bench, files)
+                lines = summary_lines(bench, files, methods)
                 print("\n".join(lines), flush=True)
                 out += lines
         finally:
