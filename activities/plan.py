@@ -8,6 +8,13 @@ The functions over lists (`deduplicate`, `skip_already_imported`, `predict_non_p
 `plan_batches` applies the first two to one group at a time and the streaming forms of the last two
 (`predict_streaming`, `activities.plan_folders.StreamPacker`) to records spilled to disk (`activities.plan_store`),
 so its memory does not grow with the migration. The tests hold both to the same verdicts and batches.
+
+A migration plans in waves while later pages still parse (workflows/migration.py): each call plans the files that
+became *ready* since the previous wave. A file is ready once the last inventory page listing anything directly in
+its folder is parsed (its own page when folders do not matter: an explicit object list), so a folder is planned
+whole by one wave and can still be imported in place; a wave never plans a file twice, and every wave keeps the
+same copy of a duplicated SOP Instance UID (the first by readiness, then key). Pages are listed in key order, so
+that is the first by key in practice, as a plan of every page at once has it.
 """
 
 from __future__ import annotations
@@ -60,8 +67,9 @@ from contracts.stages import BatchPlan, PlanInput, PlanResult
 Compare = Callable[[InstanceRecord, InstanceRecord], Sameness]
 
 
-def deduplicate(instances: list[InstanceRecord], compare: Compare) -> tuple[list[InstanceRecord], list[LedgerEntry]]:
-    """Keep the first file (by key) of each SOP Instance UID.
+def deduplicate(instances: list[InstanceRecord], compare: Compare, *, in_order: bool = False,
+                ) -> tuple[list[InstanceRecord], list[LedgerEntry]]:
+    """Keep the first file (by key, or as given when ``in_order``: planning's order) of each SOP Instance UID.
 
     Identical bytes are ``skipped_duplicate`` at once. Other bytes are judged by ``compare`` (see
     :mod:`activities.instance_identity`): the same dataset and pixels in another encoding or with another file meta
@@ -71,7 +79,7 @@ def deduplicate(instances: list[InstanceRecord], compare: Compare) -> tuple[list
     first: dict[str, InstanceRecord] = {}
     kept: list[InstanceRecord] = []
     ledger: list[LedgerEntry] = []
-    for inst in sorted(instances, key=lambda i: i.key):
+    for inst in (instances if in_order else sorted(instances, key=lambda i: i.key)):
         original = first.get(inst.sop_instance_uid)
         if original is None:
             first[inst.sop_instance_uid] = inst
@@ -433,22 +441,38 @@ class PlanActivities:
     def plan_batches(self, input: PlanInput) -> PlanResult:
         """Dedupe, check the import index, predict non-primary sets and pack, with every record spilled to a
         local `PlanStore` rather than held in lists: memory stays flat from thousands to millions of files.
-        A retry rebuilds the store from the pages; manifests, batch plans and the plan ledger are rewritten whole."""
+        A retry rebuilds the store from the pages; manifests, batch plans and the plan ledger are rewritten whole.
+
+        In waves (``input.inventory_pages`` set) it plans only the files that became ready since
+        ``input.first_page`` (module docstring) and judges their duplicates against every parsed copy."""
+        waved = input.inventory_pages is not None
+        total = input.inventory_pages if input.inventory_pages is not None else input.pages
         with PlanStore() as store:
+            if input.allow_direct:
+                # Every page, parsed yet or not: folder counts decide in-place imports, and a folder is ready only
+                # once its last page is parsed.
+                for page in range(total):
+                    store.add_inventory_keys((e.key for e in read_models(
+                        self._s3, layout.inventory_page(input.work_s3_uri, input.migration_id, page),
+                        InventoryEntry)), page)
             for page in range(input.pages):
                 store.add_records(read_models(
-                    self._s3, layout.normalized_page(input.work_s3_uri, input.migration_id, page), InstanceRecord))
+                    self._s3, layout.normalized_page(input.work_s3_uri, input.migration_id, page), InstanceRecord),
+                    page)
                 if keep := current():
                     keep.record(page)
             store.finish_loading()
+            store.set_ready(by_folder=input.allow_direct)
+            store.keep_wave(input.first_page, input.pages, complete=input.complete or input.pages >= total)
             self._read_index(input, store)
             self._deduplicate(input, store)
             self._skip_already_imported(input, store)
             failed_before = self._held_failed_before(input, store)
             predicted = predict_streaming(store)
             batches, direct = self._pack(input, store)
-            with S3StreamWriter(self._s3, layout.ledger_for_plan(input.work_s3_uri, input.migration_id),
-                                "application/x-ndjson") as out:
+            ledger = layout.ledger_for_plan(input.work_s3_uri, input.migration_id,
+                                            input.first_page if waved else None)
+            with S3StreamWriter(self._s3, ledger, "application/x-ndjson") as out:
                 out.write_lines(store.ledger_lines())
             entries, conflicting = store.ledger_counts()
             entries -= failed_before  # failed, not duplicates (never rejected either)
@@ -459,13 +483,22 @@ class PlanActivities:
                               conflicting_already_imported=held_conflicting, failed_before=failed_before)
 
     def _deduplicate(self, input: PlanInput, store: PlanStore) -> None:
-        """`deduplicate` over each SOP Instance UID found more than once, one group at a time."""
+        """`deduplicate` over each SOP Instance UID found more than once, one group at a time, in planning order.
+
+        The copy kept is the first by (readiness, key) of all copies parsed so far: every wave finds the same one,
+        since a copy ready earlier was parsed by every wave that sees a later one. Only this wave's copies are
+        judged against it (an earlier wave judged its own; a later wave will judge copies not ready yet), so no
+        file is judged twice and no comparison is fetched again."""
         compare = self._comparer(input)
+        complete = input.complete or input.pages >= (input.inventory_pages or input.pages)
         for group in store.duplicate_groups():
-            records = [InstanceRecord.model_validate_json(record) for _, record in group]
-            kept, entries = deduplicate(records, compare)
-            first = next(seq for (seq, _), r in zip(group, records, strict=True) if r is kept[0])
-            store.drop([seq for seq, _ in group if seq != first], DUPLICATE)
+            ready = [g for g in group if complete or g[2] < input.pages]
+            judged = ready[:1] + [g for g in ready[1:] if g[2] >= input.first_page]
+            if len(judged) < 2:
+                continue  # none of this wave's copies, or only the one kept
+            records = [InstanceRecord.model_validate_json(record) for _, record, _ in judged]
+            _, entries = deduplicate(records, compare, in_order=True)
+            store.drop([seq for seq, _, _ in judged[1:]], DUPLICATE)
             store.add_ledger(PHASE_DUPLICATES, entries)
 
     def _skip_already_imported(self, input: PlanInput, store: PlanStore) -> None:
@@ -484,16 +517,13 @@ class PlanActivities:
         packed by study (see `activities.plan_folders`); returns (batches, of them imported in place)."""
         source = parse_s3_uri(input.source_s3_uri, field="source_s3_uri").as_prefix()
         planner: FolderPlanner | None = None
-        if input.allow_direct:
-            for page in range(input.pages):
-                store.add_inventory_keys(e.key for e in read_models(
-                    self._s3, layout.inventory_page(input.work_s3_uri, input.migration_id, page), InventoryEntry))
+        if input.allow_direct:  # (the inventory's folder counts are in the store already)
             store.count_kept_folders()
             planner = FolderPlanner(store.folder, source.key, input.max_files_per_batch, input.max_bytes_per_batch)
         written = [0, 0]
 
         def write(rows: list[Row], folder: str | None) -> None:
-            n = written[0]
+            n = input.first_batch + written[0]
             put_bytes(self._s3, layout.batch_manifest(input.work_s3_uri, input.migration_id, n),
                       ("\n".join(r.manifest_line() for r in rows) + "\n").encode(), "application/x-ndjson")
             plan = BatchPlan(files=len(rows), bytes=sum(r.size for r in rows), studies=len({r.study for r in rows}),

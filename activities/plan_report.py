@@ -127,14 +127,18 @@ class PlanReportActivities:
         self._rates = rates
 
     def _ledgers(self, input: WritePlanInput) -> tuple[list[LedgerEntry], list[LedgerEntry]]:
-        """(page ledgers: rejected by validation, the plan's duplicate ledger)."""
+        """(page ledgers: rejected by validation, the plan's duplicate ledgers: one, or one per wave)."""
         work, pid = input.migration.work_s3_uri, input.plan_id
         prefix = layout.ledger_prefix(work, pid)
         pages: list[LedgerEntry] = []
+        planned: list[LedgerEntry] = []
         for obj in list_objects(self._s3, prefix):
-            if obj["Key"].rsplit("/", 1)[-1].startswith("page-"):
+            name = obj["Key"].rsplit("/", 1)[-1]
+            if name.startswith("page-"):
                 pages += read_models(self._s3, S3Location(prefix.bucket, obj["Key"]), LedgerEntry)
-        return pages, read_models(self._s3, layout.ledger_for_plan(work, pid), LedgerEntry)
+            elif name.startswith("plan"):  # plan.ndjson, or plan-<first page>.ndjson per wave
+                planned += read_models(self._s3, S3Location(prefix.bucket, obj["Key"]), LedgerEntry)
+        return pages, planned
 
     def _failures(self, input: WritePlanInput) -> list[LedgerEntry]:
         prefix = layout.receive_failures_prefix(input.migration.work_s3_uri, input.plan_id)

@@ -23,8 +23,8 @@ from activities.spill_db import SpillDatabase
 from contracts.common import FileState
 from contracts.records import InstanceRecord, LedgerEntry, attributes_fingerprint
 
-# dropped.state
-DUPLICATE, HELD, FAILED_BEFORE = 1, 2, 3
+# dropped.state; OTHER_WAVE: planned by an earlier wave or left to a later one (never in this call's ledger)
+DUPLICATE, HELD, FAILED_BEFORE, OTHER_WAVE = 1, 2, 3, 4
 _KEPT = "NOT EXISTS (SELECT 1 FROM dropped WHERE dropped.seq = inst.seq)"
 # Ledger phases, written in this order (as planning always wrote them): duplicates within the source, then
 # files the data store already holds, then files held back because they failed before (activities.failed_before).
@@ -36,7 +36,9 @@ CREATE TABLE inst (
     key TEXT NOT NULL, sop TEXT NOT NULL, study TEXT NOT NULL, series TEXT NOT NULL,
     size INTEGER NOT NULL, afp TEXT NOT NULL,
     record TEXT NOT NULL,             -- the validated InstanceRecord as JSON (exclude_none), as manifests hold it
-    predicted INTEGER NOT NULL DEFAULT 0 -- the record arrived predicted non-primary already
+    predicted INTEGER NOT NULL DEFAULT 0, -- the record arrived predicted non-primary already
+    page INTEGER NOT NULL DEFAULT 0,  -- the inventory page it was parsed from
+    ready INTEGER NOT NULL DEFAULT 0  -- the wave that plans it is the first to have parsed page `ready` (set_ready)
 );
 -- Verdicts go into tables of their own: SQLite leaves undefined what a running SELECT sees of rows the same
 -- connection updates, and every verdict is written while a SELECT over inst is running.
@@ -50,8 +52,9 @@ CREATE TABLE idx (n INTEGER PRIMARY KEY, sop TEXT, study TEXT, series TEXT, is_p
                   record TEXT);
 CREATE TABLE ledger (id INTEGER PRIMARY KEY, phase INTEGER NOT NULL, key TEXT NOT NULL, rejected INTEGER NOT NULL,
                      line TEXT NOT NULL);
+-- last: the last inventory page listing an object directly in this folder (-1: none; "" is the source's root)
 CREATE TABLE folder (path TEXT PRIMARY KEY, inv INTEGER NOT NULL DEFAULT 0, kept INTEGER NOT NULL DEFAULT 0,
-                     bytes INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;
+                     bytes INTEGER NOT NULL DEFAULT 0, last INTEGER NOT NULL DEFAULT -1) WITHOUT ROWID;
 """
 _CHUNK = 2000
 _ROW = ("SELECT inst.seq, key, size, study, series, record, prediction.reason FROM inst "
@@ -113,12 +116,12 @@ class PlanStore:
 
     # -- loading -------------------------------------------------------------------------------------------
 
-    def add_records(self, records: Iterable[InstanceRecord]) -> int:
+    def add_records(self, records: Iterable[InstanceRecord], page: int = 0) -> int:
         rows = [(r.key, r.sop_instance_uid, r.study_instance_uid, r.series_instance_uid, r.size,
-                 attributes_fingerprint(r), r.model_dump_json(exclude_none=True), int(r.predicted_non_primary))
+                 attributes_fingerprint(r), r.model_dump_json(exclude_none=True), int(r.predicted_non_primary), page)
                 for r in records]
-        self._db.executemany("INSERT INTO inst (key, sop, study, series, size, afp, record, predicted) "
-                             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        self._db.executemany("INSERT INTO inst (key, sop, study, series, size, afp, record, predicted, page) "
+                             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
         return len(rows)
 
     def finish_loading(self) -> None:
@@ -130,6 +133,28 @@ class PlanStore:
     def records(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM inst").fetchone()[0])
 
+    # -- waves ---------------------------------------------------------------------------------------------
+
+    def set_ready(self, by_folder: bool) -> None:
+        """Each record's readiness: by folder, the last inventory page listing anything directly in its folder
+        (so a folder is planned whole, by the first wave to have parsed all of it, and can still be imported in
+        place); otherwise its own page. Needs `add_inventory_keys` of every page first when ``by_folder``."""
+        if not by_folder:
+            self._db.execute("UPDATE inst SET ready = page")
+            return
+        # rtrim(key, key without its slashes) is the key up to and including its last "/": its folder.
+        self._db.execute("UPDATE inst SET ready = MAX(page, COALESCE((SELECT last FROM folder WHERE folder.path = "
+                         "rtrim(inst.key, replace(inst.key, '/', ''))), -1))")
+
+    def keep_wave(self, first_page: int, pages: int, complete: bool) -> None:
+        """Set aside (`OTHER_WAVE`) what this wave does not plan: records an earlier wave planned (ready before
+        ``first_page``) and, unless ``complete``, records whose folder is not parsed whole yet (ready at
+        ``pages`` or later). They still take part in `duplicate_groups`."""
+        later = "" if complete else " OR ready >= ?"
+        args = (first_page,) if complete else (first_page, pages)
+        self._db.execute(f"INSERT INTO dropped (seq, state) SELECT seq, {OTHER_WAVE} FROM inst "
+                         f"WHERE ready < ?{later}", args)
+
     # -- the import index ----------------------------------------------------------------------------------
 
     def add_index_rows(self, rows: Iterable[tuple[str, str, str, bool, str, str]]) -> None:
@@ -137,11 +162,13 @@ class PlanStore:
         where they meet this source, a later line replacing an earlier one of the same instance or series."""
         self._db.executemany("INSERT INTO idx (sop, study, series, is_primary, image_set, record) "
                              "VALUES (?, ?, ?, ?, ?, ?)", rows)
+        # Only where it meets the files this call plans (a wave's: `keep_wave` runs first).
         self._db.execute("INSERT OR REPLACE INTO hit (sop, image_set, record) SELECT sop, image_set, record FROM idx "
-                         "WHERE sop IN (SELECT sop FROM inst) ORDER BY n")
+                         f"WHERE sop IN (SELECT sop FROM inst WHERE {_KEPT}) ORDER BY n")
         self._db.execute("INSERT OR REPLACE INTO held_series (study, series, image_set, record) "
                          "SELECT study, series, image_set, record FROM idx WHERE is_primary AND EXISTS "
-                         "(SELECT 1 FROM inst WHERE inst.study = idx.study AND inst.series = idx.series) ORDER BY n")
+                         f"(SELECT 1 FROM inst WHERE inst.study = idx.study AND inst.series = idx.series AND {_KEPT}) "
+                         "ORDER BY n")
         self._db.execute("DELETE FROM idx")
 
     def indexed_image_sets(self) -> Iterator[str]:
@@ -170,13 +197,14 @@ class PlanStore:
 
     # -- verdicts ------------------------------------------------------------------------------------------
 
-    def duplicate_groups(self) -> Iterator[list[tuple[int, str]]]:
-        """(seq, record JSON) of every SOP Instance UID found more than once, one group at a time, by key."""
+    def duplicate_groups(self) -> Iterator[list[tuple[int, str, int]]]:
+        """(seq, record JSON, ready) of every SOP Instance UID found more than once, one group at a time, in
+        planning order: by readiness, then key (the first is the copy every wave keeps)."""
         cursor = self._db.execute(
-            "SELECT sop, seq, record FROM inst WHERE sop IN (SELECT sop FROM inst GROUP BY sop HAVING COUNT(*) > 1) "
-            "ORDER BY sop, key, seq")
+            "SELECT sop, seq, record, ready FROM inst WHERE sop IN "
+            "(SELECT sop FROM inst GROUP BY sop HAVING COUNT(*) > 1) ORDER BY sop, ready, key, seq")
         for _, group in groupby(cursor, key=lambda r: r[0]):
-            yield [(seq, record) for _, seq, record in group]
+            yield [(seq, record, ready) for _, seq, record, ready in group]
 
     def kept_with_hits(self) -> Iterator[list[tuple[int, str, str]]]:
         """(seq, record, index line) of kept files whose SOP Instance UID the index holds, by key, in chunks."""
@@ -224,14 +252,20 @@ class PlanStore:
 
     # -- folders -------------------------------------------------------------------------------------------
 
-    def add_inventory_keys(self, keys: Iterable[str]) -> None:
-        """One inventory page's keys: every folder above each counts it (summed per page, then stored)."""
+    def add_inventory_keys(self, keys: Iterable[str], page: int = 0) -> None:
+        """One inventory page's keys: every folder above each counts it (summed per page, then stored), and the
+        folder each is directly in notes ``page`` as the last page listing it so far (pages come in order)."""
         counts: dict[str, int] = {}
+        leaves: set[str] = set()
         for key in keys:
             for folder in ancestors(key):
                 counts[folder] = counts.get(folder, 0) + 1
+            leaves.add(key[: key.rfind("/") + 1])
         self._db.executemany("INSERT INTO folder (path, inv) VALUES (?, ?) "
                              "ON CONFLICT (path) DO UPDATE SET inv = inv + excluded.inv", counts.items())
+        self._db.executemany("INSERT INTO folder (path, last) VALUES (?, ?) "
+                             "ON CONFLICT (path) DO UPDATE SET last = MAX(last, excluded.last)",
+                             [(leaf, page) for leaf in leaves])
 
     def count_kept_folders(self) -> None:
         """Files and bytes this plan imports under every folder (recursively)."""

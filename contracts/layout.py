@@ -161,9 +161,11 @@ def ledger_for_page(work_s3_uri: str, migration_id: str, page: int) -> S3Locatio
     return ledger_prefix(work_s3_uri, migration_id).join(f"page-{page:06d}.ndjson")
 
 
-def ledger_for_plan(work_s3_uri: str, migration_id: str) -> S3Location:
-    """Duplicates found while planning batches."""
-    return ledger_prefix(work_s3_uri, migration_id).join("plan.ndjson")
+def ledger_for_plan(work_s3_uri: str, migration_id: str, wave_first_page: int | None = None) -> S3Location:
+    """Duplicates (and files held back) found while planning batches: one object for a plan of every page, one
+    per wave (named by the wave's first page) for a migration planning in waves."""
+    name = "plan.ndjson" if wave_first_page is None else f"plan-{wave_first_page:06d}.ndjson"
+    return ledger_prefix(work_s3_uri, migration_id).join(name)
 
 
 def ledger_for_batch(work_s3_uri: str, migration_id: str, batch: int, part: int | None = None) -> S3Location:

@@ -73,6 +73,9 @@ class MigrationState(Closed):
     phase: MigrationPhase = "receiving"
     inventory_pages: Count = 0
     pages_done: Count = 0
+    # Planning in waves (patch `planning-waves`): pages [0, pages_planned) are planned; their batches are numbered
+    # [0, batches_planned).
+    pages_planned: Count = 0
     batches_planned: Count = 0
     batches_done: Count = 0
     files_total: Count = 0

@@ -75,6 +75,15 @@ class PlanInput(BaseModel):
     # Send files whose import into the data store failed before, unchanged (`himig retry`); otherwise they are
     # recorded failed again without a job (activities/failed_before.py).
     resend_failed: bool = False
+    # Planning in waves (MigrationWorkflow, patch `planning-waves`): this call plans the files that became ready
+    # since page `first_page` (see activities/plan.py's module docstring for "ready") out of the `pages` parsed so
+    # far, of `inventory_pages` in all, numbering its batches from `first_batch`. Unset `inventory_pages`: one plan
+    # of every page (a `himig plan`, a migration started from a plan, histories from before waves).
+    first_page: int = Field(0, ge=0)
+    inventory_pages: int | None = Field(None, ge=0)
+    first_batch: int = Field(0, ge=0)
+    # Plan every parsed file now, ready or not: the last wave of a cancelled migration (nothing is parsed after it).
+    complete: bool = False
 
 
 class BatchPlan(BaseModel):

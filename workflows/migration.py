@@ -47,6 +47,7 @@ with workflow.unsafe.imports_passed_through():
         FailedBatchInput,
         PageInput,
         PlanInput,
+        PlanResult,
         ReceiveInput,
         ReportInput,
     )
@@ -55,9 +56,9 @@ with workflow.unsafe.imports_passed_through():
     from workflows.counts import add_counts
     from workflows.history import should_roll_over
     from workflows.search import upsert
+    from workflows.waves import plan_parsed, wave_end
 
 Out = TypeVar("Out")
-
 
 @workflow.defn
 class MigrationWorkflow:
@@ -71,6 +72,8 @@ class MigrationWorkflow:
         self._input = input
         # Set when this run drains on a standard cancel (patches.STANDARD_CANCEL) instead of stopping where it is.
         self._drain_on_cancel = False
+        # Planning in waves: set once no more batches will be planned in this run (`_pump` may end).
+        self._planning_over = False
 
     @workflow.query
     def progress(self) -> MigrationProgress:
@@ -235,6 +238,14 @@ class MigrationWorkflow:
             s.phase = "parsing"
             self._publish()
 
+        if s.phase == "parsing" and workflow.patched(patches.PLANNING_WAVES):
+            await self._waves(input)  # ends with the phase at "importing" once every page is planned
+            if s.cancel_requested:
+                s.phase = "reporting"
+                self._publish()
+            elif s.pages_planned < s.inventory_pages or s.batches_done < s.batches_planned:
+                workflow.continue_as_new(input.model_copy(update={"continued": s}))
+
         if s.phase == "parsing":
             reached = await self._bounded(s.pages_done, s.inventory_pages, input.max_parallel_pages,
                                           lambda page: self._page(input, page))
@@ -242,6 +253,15 @@ class MigrationWorkflow:
                 workflow.continue_as_new(input.model_copy(update={"continued": s}))
             # Planning runs even after a cancel, so files already parsed get their duplicate verdicts.
             s.phase = "planning"
+            self._publish()
+
+        if s.phase == "planning" and workflow.patched(patches.PLANNING_WAVES):
+            # Every page is parsed (a migration started from a plan): the same waves one after the other, so the
+            # batches are the ones the plan predicted.
+            self._planned(await plan_parsed(
+                s.pages_done, lambda first, end, first_batch: self._plan_call(input, first, end, first_batch)))
+            s.pages_planned = s.pages_done
+            s.phase = "importing"
             self._publish()
 
         if s.phase == "planning":
@@ -253,13 +273,8 @@ class MigrationWorkflow:
                           datastore_id=input.datastore_id, resend_failed=input.resend_failed),
                 start_to_close_timeout=timedelta(hours=2), heartbeat_timeout=policies.HEARTBEAT,
                 retry_policy=policies.STAGE_RETRY)
-            s.batches_planned, s.duplicates = plan.batches, plan.duplicates
-            s.predicted_non_primary = plan.predicted_non_primary
-            s.rejected += plan.conflicting_duplicates
-            # Both kinds of duplicate are final here: they never reach an import job.
-            self._add_states({FileState.SKIPPED_DUPLICATE: plan.duplicates,
-                              FileState.REJECTED: plan.conflicting_duplicates,
-                              FileState.FAILED: plan.failed_before})
+            self._planned(plan)
+            s.pages_planned = s.pages_done
             s.phase = "importing"
             self._publish()
 
@@ -289,6 +304,104 @@ class MigrationWorkflow:
         return MigrationResult(migration_id=self._id, report_uri=report.report_uri, summary_uri=report.summary_uri,
                                files_uri=report.files_uri, files_by_state=report.files_by_state,
                                files_total=report.files_total)
+
+    def _planned(self, plan: PlanResult) -> None:
+        s = self._state
+        s.batches_planned += plan.batches
+        s.duplicates += plan.duplicates
+        s.predicted_non_primary += plan.predicted_non_primary
+        s.rejected += plan.conflicting_duplicates
+        # Both kinds of duplicate are final here: they never reach an import job.
+        self._add_states({FileState.SKIPPED_DUPLICATE: plan.duplicates,
+                          FileState.REJECTED: plan.conflicting_duplicates,
+                          FileState.FAILED: plan.failed_before})
+
+    async def _waves(self, input: MigrationInput) -> None:
+        """Parse, plan and import at once (patch `planning-waves`): pages are parsed a wave at a time (see
+        `wave_end`); each parsed wave is planned while the next one parses, and its batches start as soon as it
+        is planned (`_pump`), under the same cap, pacing, pause and cancel as the import phase.
+
+        Returns when every page is planned and every batch done, or, on a roll-over or a cancel, once nothing is
+        in flight: the caller continues as new (counts only) or reports. On a cancel the pages parsed but not
+        planned yet are planned all the same (duplicate verdicts), and nothing more starts."""
+        s = self._state
+        self._planning_over = False
+        pump = asyncio.ensure_future(self._pump(input))
+        planning: asyncio.Task[None] | None = None
+        parsed_to = s.pages_planned  # the end of the last wave handed to planning
+        try:
+            while parsed_to < s.inventory_pages:
+                end = wave_end(parsed_to, s.inventory_pages)
+                reached = await self._bounded(s.pages_done, end, input.max_parallel_pages,
+                                              lambda page: self._page(input, page))
+                if reached < end:
+                    break  # a roll-over or a cancel; everything launched has finished
+                if planning is not None:
+                    await planning  # waves are planned in order: batch numbers follow on
+                planning = asyncio.ensure_future(self._plan_wave(input, parsed_to, end, complete=False))
+                parsed_to = end
+            if planning is not None:
+                await planning
+            if s.cancel_requested and s.pages_planned < s.pages_done:
+                await self._plan_wave(input, s.pages_planned, s.pages_done, complete=True)
+            elif s.pages_planned == s.inventory_pages and not s.cancel_requested:
+                s.phase = "importing"  # parsing and planning are over; what is left imports (as after a plan)
+                self._publish()
+        finally:
+            self._planning_over = True
+        await pump
+
+    async def _plan_wave(self, input: MigrationInput, first_page: int, end: int, complete: bool) -> None:
+        s = self._state
+        self._planned(await self._plan_call(input, first_page, end, s.batches_planned, complete))
+        s.pages_planned = end
+
+    async def _plan_call(self, input: MigrationInput, first_page: int, end: int, first_batch: int,
+                         complete: bool = False) -> PlanResult:
+        return await workflow.execute_activity(
+            plan_batches,
+            PlanInput(migration_id=self._id, source_s3_uri=input.source_s3_uri, work_s3_uri=input.work_s3_uri,
+                      pages=end, first_page=first_page, inventory_pages=self._state.inventory_pages,
+                      first_batch=first_batch, complete=complete, allow_direct=input.source_manifest_uri is None,
+                      max_files_per_batch=input.max_files_per_batch, max_bytes_per_batch=input.max_bytes_per_batch,
+                      datastore_id=input.datastore_id, resend_failed=input.resend_failed),
+            start_to_close_timeout=timedelta(hours=2), heartbeat_timeout=policies.HEARTBEAT,
+            retry_policy=policies.STAGE_RETRY)
+
+    async def _pump(self, input: MigrationInput) -> None:
+        """Start planned batches as they appear, at most ``max_concurrent_jobs`` at once, paced by
+        ``import_start_interval_seconds``; ends once planning is over and everything started has finished.
+        Launches nothing while paused or after a cancel or once history should roll over."""
+        s = self._state
+        pace = timedelta(seconds=input.import_start_interval_seconds) if input.import_start_interval_seconds else None
+        running: set[asyncio.Task[None]] = set()
+        nxt = s.batches_done
+        started = False
+
+        def may_launch() -> bool:
+            return (nxt < s.batches_planned and len(running) < input.max_concurrent_jobs and not s.paused
+                    and not s.cancel_requested and not should_roll_over())
+
+        def finished() -> bool:
+            # Paused with batches left is not finished: the pump waits for a resume (or a cancel or a roll-over).
+            return self._planning_over and not running and (
+                nxt >= s.batches_planned or s.cancel_requested or should_roll_over())
+
+        while not finished():
+            if may_launch():
+                if pace and started:
+                    await workflow.sleep(pace)
+                    started = False
+                    continue  # a pause, cancel or roll-over may have arrived meanwhile
+                running.add(asyncio.ensure_future(self._batch(input, nxt)))
+                nxt += 1
+                started = pace is not None
+                continue
+            await cancellation.wait_condition(lambda: may_launch() or finished() or any(t.done() for t in running),
+                                              lambda: self._drain_on_cancel)
+            for task in [t for t in running if t.done()]:
+                running.discard(task)
+                task.result()
 
     async def _adopt(self, input: MigrationInput, plan_id: str) -> None:
         """Take the plan's inventory, parse results and rejections instead of reading the source again; the

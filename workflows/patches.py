@@ -74,3 +74,8 @@ BATCH_STANDARD_CANCEL = "batch-standard-cancel"
 # inventory and parse results) instead of receive_inventory and the page stages. Asked only on that branch:
 # histories without `from_plan` carry no marker.
 FROM_PLAN = "from-plan"
+
+# MigrationWorkflow (2026-12-03): parsing is no longer a barrier before planning. Pages are parsed in growing
+# waves (`workflows.migration.wave_end`), each wave is planned as soon as it is parsed (`PlanInput.first_page`) and
+# its batches start while later waves parse. Histories without the marker parse every page, then plan once.
+PLANNING_WAVES = "planning-waves"

@@ -36,9 +36,10 @@ with workflow.unsafe.imports_passed_through():
         WritePlanInput,
         WritePlanResult,
     )
-    from contracts.stages import PageInput, PlanInput, ReceiveInput
-    from workflows import carried, policies
+    from contracts.stages import PageInput, PlanInput, PlanResult, ReceiveInput
+    from workflows import carried, patches, policies
     from workflows.history import should_roll_over
+    from workflows.waves import plan_parsed
 
 Out = TypeVar("Out")
 
@@ -104,14 +105,22 @@ class PlanWorkflow:
             s.phase = "planning"
 
         began = workflow.now()
-        planned = await workflow.execute_activity(
-            plan_batches,
-            PlanInput(migration_id=self._id, source_s3_uri=m.source_s3_uri, work_s3_uri=m.work_s3_uri,
-                      pages=s.pages_done, allow_direct=m.source_manifest_uri is None,
-                      max_files_per_batch=m.max_files_per_batch, max_bytes_per_batch=m.max_bytes_per_batch,
-                      datastore_id=m.datastore_id),
-            start_to_close_timeout=PLAN_TIMEOUT, heartbeat_timeout=policies.HEARTBEAT,
-            retry_policy=policies.STAGE_RETRY)
+        args = PlanInput(migration_id=self._id, source_s3_uri=m.source_s3_uri, work_s3_uri=m.work_s3_uri,
+                         pages=s.pages_done, allow_direct=m.source_manifest_uri is None,
+                         max_files_per_batch=m.max_files_per_batch, max_bytes_per_batch=m.max_bytes_per_batch,
+                         datastore_id=m.datastore_id)
+
+        async def plan(wave: PlanInput) -> PlanResult:
+            return await workflow.execute_activity(
+                plan_batches, wave, start_to_close_timeout=PLAN_TIMEOUT, heartbeat_timeout=policies.HEARTBEAT,
+                retry_policy=policies.STAGE_RETRY)
+
+        if workflow.patched(patches.PLANNING_WAVES):
+            # The waves a migration of this source plans in (workflows/waves.py): its batches, its import jobs.
+            planned = await plan_parsed(s.pages_done, lambda first, end, first_batch: plan(args.model_copy(update={
+                "pages": end, "first_page": first, "first_batch": first_batch, "inventory_pages": s.pages_done})))
+        else:
+            planned = await plan(args)
         s.plan_seconds = self._since(began)
         s.phase = "writing"
         written = await workflow.execute_activity(

@@ -16,6 +16,7 @@ import pytest
 from temporalio.client import Client, WorkflowHistory
 from temporalio.worker import Replayer, Worker
 
+from contracts.common import FileState
 from contracts.migration import MigrationInput
 from tests.support.dicom import make_instance, uid
 from tests.support.installation import converter, plain_history_json
@@ -52,6 +53,34 @@ async def test_live_run_replays_and_is_recorded(client: Client, worker: Worker, 
         HISTORIES.mkdir(exist_ok=True)
         for history in histories[:2]:  # the migration and its first batch; the file name is the workflow id
             (HISTORIES / f"{history.workflow_id}.json").write_text(plain_history_json(history))
+
+
+async def test_live_run_in_waves_replays_and_is_recorded(client: Client, worker: Worker, buckets: dict[str, Any],
+                                                         datastore_id: str) -> None:
+    """Several pages, so parsing, planning in waves and imports overlap (patch `planning-waves`)."""
+    s3, src, work = buckets["s3"], buckets["source"], buckets["work"]
+    for series in range(3):
+        study = uid()
+        for i in range(2):
+            s3.put_object(Bucket=src, Key=f"w/s{series}/{i}.dcm", Body=make_instance(study, uid()))
+    wid = f"waves-{uuid.uuid4().hex[:8]}"
+    handle = await client.start_workflow(
+        MigrationWorkflow.run, MigrationInput(source_s3_uri=f"s3://{src}/w/", datastore_id=datastore_id,
+                                              work_s3_uri=f"s3://{work}/w/", inventory_page_size=2,
+                                              max_parallel_pages=1, import_start_interval_seconds=0.1),
+        id=wid, task_queue=worker.task_queue, execution_timeout=timedelta(seconds=90))
+    result = await handle.result()
+    assert result.files_by_state[FileState.IMPORTED] == result.files_total == 6
+    history = await handle.fetch_history()
+    names = [e.activity_task_scheduled_event_attributes.activity_type.name
+             if e.HasField("activity_task_scheduled_event_attributes") else
+             "child" if e.HasField("start_child_workflow_execution_initiated_event_attributes") else ""
+             for e in history.events]
+    assert names.count("plan_batches") == 3 and names.count("child") == 3
+    assert "parse_headers" in names[names.index("child"):]  # a batch started before the last page was parsed
+    await _replayer().replay_workflow(history)
+    if os.environ.get("HIMIG_RECORD_HISTORIES"):
+        (HISTORIES / f"{history.workflow_id}.json").write_text(plain_history_json(history))
 
 
 @pytest.mark.parametrize("path", sorted(HISTORIES.glob("*.json")), ids=lambda p: p.stem)
