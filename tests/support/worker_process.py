@@ -12,8 +12,23 @@ from typing import Any
 from temporalio.service import RPCError
 
 from contracts.migration import MigrationProgress
-from tests.support.eventually import assert_eventually
+from tests.support.eventually import assert_eventually, assert_eventually_sync
 from workflows.migration import MigrationWorkflow
+
+# A worker's start imports temporalio, boto3 and pydicom and connects to Temporal: seconds when the machine is
+# quiet, more than 30 s when the suite's other processes hold both cores. The bound only matters when it fails.
+HEALTH_TIMEOUT = 120.0
+
+
+def wait_for_health(health: Path, proc: subprocess.Popen[bytes], log: Path | None = None,
+                    timeout: float = HEALTH_TIMEOUT) -> None:
+    """Until ``python -m worker`` has written its health file (it polls Temporal); fails at once if it exited."""
+    def ready() -> None:
+        assert proc.poll() is None, f"worker exited with {proc.returncode}" + (
+            f": {log.read_text(errors='replace')[-2000:]}" if log else "")
+        assert health.exists(), "worker never wrote its health file"
+
+    assert_eventually_sync(ready, timeout=timeout)
 
 
 class WorkerProcess:

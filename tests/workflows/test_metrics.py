@@ -37,6 +37,7 @@ from tests.support.installation import converter
 from tests.support.migrations import migrate, report_summary
 from tests.support.prometheus import Sample, by_label, listening_ports, scrape, total
 from tests.support.servers import free_port
+from tests.support.worker_process import wait_for_health
 from worker.aws import AwsClients
 from worker.metrics import (
     MetricsEndpointError,
@@ -282,11 +283,7 @@ class TestWorkerProcess:
         proc = subprocess.Popen([sys.executable, "-m", "worker"], env=env, stdout=log, stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{port}/metrics"
         try:
-            def ready() -> None:
-                assert proc.poll() is None, f"worker exited with {proc.returncode}"
-                assert health.exists(), "worker never wrote its health file"
-
-            assert_eventually_sync(ready, timeout=30)
+            wait_for_health(health, proc)
             s3, src, work = buckets["s3"], buckets["source"], buckets["work"]
             s3.put_object(Bucket=src, Key="p/1.dcm", Body=make_instance(uid(), uid()))
             s3.put_object(Bucket=src, Key="p/2.txt", Body=b"not DICOM")

@@ -12,6 +12,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 import pydantic
@@ -91,16 +92,21 @@ async def test_a_flood_of_malformed_signals_rolls_the_reconciliation_over_and_a_
         return status
 
     before = await assert_eventually(awaiting, timeout=20)
+
+    async def recorded(count: int) -> ReconciliationStatus:
+        status = await small_client.get_workflow_handle(wid).query("conflict", result_type=ReconciliationStatus)
+        assert len([r for r in status.decisions if not r.accepted]) == count, len(status.decisions)
+        return status
+
     for i in range(SIGNALS):
         # Well-formed JSON, but not a decision: each is rejected and recorded, and its bytes stay in history.
         await handle.signal("approve", {"action": "promote", "reason": "x" * SIGNAL_BYTES, "n": i})
+        # One at a time, each seen by the workflow before the next: the roll-over happens in a workflow task, and
+        # signals sent faster than a starved worker runs tasks would all land in one run's history first (the
+        # server, not the workflow, stores them). A flood from reviewers' tools is paced by their round trips.
+        await assert_eventually(partial(recorded, i + 1), timeout=60)
 
-    async def recorded() -> ReconciliationStatus:
-        status = await small_client.get_workflow_handle(wid).query("conflict", result_type=ReconciliationStatus)
-        assert len([r for r in status.decisions if not r.accepted]) == SIGNALS, len(status.decisions)
-        return status
-
-    status = await assert_eventually(recorded, timeout=60)
+    status = await recorded(SIGNALS)
     # Rolled over (more than one run), never terminated; the conflict and deadline came along.
     runs = await asyncio.wait_for(_runs(small_client, wid), timeout=30)
     assert len(runs) >= 2, [r.status for r in runs]

@@ -21,6 +21,7 @@ from temporalio.testing import WorkflowEnvironment
 from tests.support.dicom import make_instance, uid
 from tests.support.eventually import assert_eventually_sync, wait_until
 from tests.support.tls import HAPROXY, Certificates, TlsProxy, start_proxy
+from tests.support.worker_process import wait_for_health
 
 pytestmark = pytest.mark.skipif(HAPROXY is None, reason="haproxy is not installed (make test installs it with apt)")
 
@@ -75,11 +76,7 @@ async def test_worker_cli_and_temporal_cli_run_a_migration_over_mtls(
     log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115 - owned by the child for its lifetime
     worker = subprocess.Popen([sys.executable, "-m", "worker"], env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        def ready() -> None:
-            assert worker.poll() is None, (tmp_path / "worker.log").read_text()[-2000:]
-            assert health.exists(), "worker never wrote its health file"
-
-        assert_eventually_sync(ready, timeout=60)
+        wait_for_health(health, worker, tmp_path / "worker.log")
         s3, src, work = buckets["s3"], buckets["source"], buckets["work"]
         s3.put_object(Bucket=src, Key="tls/1.dcm", Body=make_instance(uid(), uid()))
         migration_id = f"tls-{uuid.uuid4().hex[:8]}"

@@ -17,17 +17,9 @@ from temporalio.client import Client
 from contracts.common import FileState
 from contracts.migration import MigrationInput
 from tests.support.dicom import make_instance, uid
-from tests.support.eventually import assert_eventually_sync
 from tests.support.prometheus import listening_ports
+from tests.support.worker_process import wait_for_health
 from workflows.migration import MigrationWorkflow
-
-
-def _wait_for(path: Path, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
-    def ready() -> None:
-        assert proc.poll() is None, f"worker exited with {proc.returncode}"
-        assert path.exists(), "worker never wrote its health file"
-
-    assert_eventually_sync(ready, timeout=timeout)
 
 
 async def test_worker_process_migrates_and_stops_on_sigterm(
@@ -42,7 +34,7 @@ async def test_worker_process_migrates_and_stops_on_sigterm(
     log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115 - owned by the child for its lifetime
     proc = subprocess.Popen([sys.executable, "-m", "worker"], env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        _wait_for(health, proc)
+        wait_for_health(health, proc)
         assert health.read_text() == str(proc.pid)
         s3, src, work = buckets["s3"], buckets["source"], buckets["work"]
         s3.put_object(Bucket=src, Key="p/1.dcm", Body=make_instance(uid(), uid()))
