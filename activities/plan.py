@@ -14,7 +14,11 @@ became *ready* since the previous wave. A file is ready once the last inventory 
 its folder is parsed (its own page when folders do not matter: an explicit object list), so a folder is planned
 whole by one wave and can still be imported in place; a wave never plans a file twice, and every wave keeps the
 same copy of a duplicated SOP Instance UID (the first by readiness, then key). Pages are listed in key order, so
-that is the first by key in practice, as a plan of every page at once has it.
+that is the first by key in practice, as a plan of every page at once has it. With `large_folders_by_page` (patch
+`large-folders-by-page`), a file whose folder is larger than a batch is ready at its own page: it is staged
+whatever happens, so a flat prefix or a series of thousands of files no longer waits for its last page. Every
+wave of one migration uses the same rule (the workflow fixes it when the first wave is planned): were the rule to
+change between waves, a file an earlier wave left for later could count as planned already.
 """
 
 from __future__ import annotations
@@ -452,7 +456,7 @@ class PlanActivities:
                 # Every page, parsed yet or not: folder counts decide in-place imports, and a folder is ready only
                 # once its last page is parsed.
                 for page in range(total):
-                    store.add_inventory_keys((e.key for e in read_models(
+                    store.add_inventory(((e.key, e.size) for e in read_models(
                         self._s3, layout.inventory_page(input.work_s3_uri, input.migration_id, page),
                         InventoryEntry)), page)
             for page in range(input.pages):
@@ -462,7 +466,8 @@ class PlanActivities:
                 if keep := current():
                     keep.record(page)
             store.finish_loading()
-            store.set_ready(by_folder=input.allow_direct)
+            store.set_ready(by_folder=input.allow_direct, fits=(input.max_files_per_batch, input.max_bytes_per_batch)
+                            if input.large_folders_by_page else None)
             store.keep_wave(input.first_page, input.pages, complete=input.complete or input.pages >= total)
             self._read_index(input, store)
             self._deduplicate(input, store)

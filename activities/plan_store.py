@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from itertools import groupby
+from itertools import chain, groupby
 from types import TracebackType
 
 from activities.spill_db import SpillDatabase
@@ -53,8 +53,10 @@ CREATE TABLE idx (n INTEGER PRIMARY KEY, sop TEXT, study TEXT, series TEXT, is_p
 CREATE TABLE ledger (id INTEGER PRIMARY KEY, phase INTEGER NOT NULL, key TEXT NOT NULL, rejected INTEGER NOT NULL,
                      line TEXT NOT NULL);
 -- last: the last inventory page listing an object directly in this folder (-1: none; "" is the source's root)
+-- inv, inv_bytes: objects and bytes under the folder in the source listing (recursively)
 CREATE TABLE folder (path TEXT PRIMARY KEY, inv INTEGER NOT NULL DEFAULT 0, kept INTEGER NOT NULL DEFAULT 0,
-                     bytes INTEGER NOT NULL DEFAULT 0, last INTEGER NOT NULL DEFAULT -1) WITHOUT ROWID;
+                     bytes INTEGER NOT NULL DEFAULT 0, last INTEGER NOT NULL DEFAULT -1,
+                     inv_bytes INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;
 """
 _CHUNK = 2000
 _ROW = ("SELECT inst.seq, key, size, study, series, record, prediction.reason FROM inst "
@@ -135,16 +137,26 @@ class PlanStore:
 
     # -- waves ---------------------------------------------------------------------------------------------
 
-    def set_ready(self, by_folder: bool) -> None:
+    def set_ready(self, by_folder: bool, fits: tuple[int, int] | None = None) -> None:
         """Each record's readiness: by folder, the last inventory page listing anything directly in its folder
         (so a folder is planned whole, by the first wave to have parsed all of it, and can still be imported in
-        place); otherwise its own page. Needs `add_inventory_keys` of every page first when ``by_folder``."""
+        place); otherwise its own page. Needs `add_inventory` of every page first when ``by_folder``.
+
+        ``fits`` (max files, max bytes of a batch): a file whose folder, with everything under it, is larger
+        than that is ready at its own page. No folder above it is smaller, so it can never be imported in place
+        and nothing is gained by waiting for the rest of the folder (a flat prefix of a whole archive, a series
+        of thousands of files)."""
         if not by_folder:
             self._db.execute("UPDATE inst SET ready = page")
             return
         # rtrim(key, key without its slashes) is the key up to and including its last "/": its folder.
-        self._db.execute("UPDATE inst SET ready = MAX(page, COALESCE((SELECT last FROM folder WHERE folder.path = "
-                         "rtrim(inst.key, replace(inst.key, '/', ''))), -1))")
+        folder = "SELECT {} FROM folder WHERE folder.path = rtrim(inst.key, replace(inst.key, '/', ''))"
+        whole = f"MAX(page, COALESCE(({folder.format('last')}), -1))"
+        if fits is None:
+            self._db.execute(f"UPDATE inst SET ready = {whole}")
+            return
+        too_big = f"COALESCE(({folder.format('inv > ? OR inv_bytes > ?')}), 0)"
+        self._db.execute(f"UPDATE inst SET ready = CASE WHEN {too_big} THEN page ELSE {whole} END", fits)
 
     def keep_wave(self, first_page: int, pages: int, complete: bool) -> None:
         """Set aside (`OTHER_WAVE`) what this wave does not plan: records an earlier wave planned (ready before
@@ -252,17 +264,22 @@ class PlanStore:
 
     # -- folders -------------------------------------------------------------------------------------------
 
-    def add_inventory_keys(self, keys: Iterable[str], page: int = 0) -> None:
-        """One inventory page's keys: every folder above each counts it (summed per page, then stored), and the
-        folder each is directly in notes ``page`` as the last page listing it so far (pages come in order)."""
-        counts: dict[str, int] = {}
+    def add_inventory(self, objects: Iterable[tuple[str, int]], page: int = 0) -> None:
+        """One inventory page's (key, size) pairs: every folder above each counts it and its bytes (summed per
+        page, then stored), and the folder each is directly in notes ``page`` as the last page listing it so far
+        (pages come in order)."""
+        counts: dict[str, list[int]] = {}
         leaves: set[str] = set()
-        for key in keys:
-            for folder in ancestors(key):
-                counts[folder] = counts.get(folder, 0) + 1
+        for key, size in objects:
+            # "" (the bucket's root) too: a source of a whole bucket may hold its files there.
+            for folder in chain(("",), ancestors(key)):
+                c = counts.setdefault(folder, [0, 0])
+                c[0] += 1
+                c[1] += size
             leaves.add(key[: key.rfind("/") + 1])
-        self._db.executemany("INSERT INTO folder (path, inv) VALUES (?, ?) "
-                             "ON CONFLICT (path) DO UPDATE SET inv = inv + excluded.inv", counts.items())
+        self._db.executemany("INSERT INTO folder (path, inv, inv_bytes) VALUES (?, ?, ?) ON CONFLICT (path) "
+                             "DO UPDATE SET inv = inv + excluded.inv, inv_bytes = inv_bytes + excluded.inv_bytes",
+                             [(path, n, b) for path, (n, b) in counts.items()])
         self._db.executemany("INSERT INTO folder (path, last) VALUES (?, ?) "
                              "ON CONFLICT (path) DO UPDATE SET last = MAX(last, excluded.last)",
                              [(leaf, page) for leaf in leaves])

@@ -76,6 +76,9 @@ class MigrationState(Closed):
     # Planning in waves (patch `planning-waves`): pages [0, pages_planned) are planned; their batches are numbered
     # [0, batches_planned).
     pages_planned: Count = 0
+    # Fixed when the first wave is planned (patch `large-folders-by-page`) and kept for every later wave and run:
+    # `PlanInput.large_folders_by_page`.
+    large_folders_by_page: Bool = False
     batches_planned: Count = 0
     batches_done: Count = 0
     files_total: Count = 0

@@ -84,6 +84,9 @@ class PlanInput(BaseModel):
     first_batch: int = Field(0, ge=0)
     # Plan every parsed file now, ready or not: the last wave of a cancelled migration (nothing is parsed after it).
     complete: bool = False
+    # A file whose folder (with everything under it) is larger than a batch is ready at its own page, not when its
+    # folder is parsed whole (patch `large-folders-by-page`). The same for every wave of one migration.
+    large_folders_by_page: bool = False
 
 
 class BatchPlan(BaseModel):

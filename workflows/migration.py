@@ -258,6 +258,7 @@ class MigrationWorkflow:
         if s.phase == "planning" and workflow.patched(patches.PLANNING_WAVES):
             # Every page is parsed (a migration started from a plan): the same waves one after the other, so the
             # batches are the ones the plan predicted.
+            self._fix_ready_rule()
             self._planned(await plan_parsed(
                 s.pages_done, lambda first, end, first_batch: self._plan_call(input, first, end, first_batch)))
             s.pages_planned = s.pages_done
@@ -325,6 +326,7 @@ class MigrationWorkflow:
         in flight: the caller continues as new (counts only) or reports. On a cancel the pages parsed but not
         planned yet are planned all the same (duplicate verdicts), and nothing more starts."""
         s = self._state
+        self._fix_ready_rule()
         self._planning_over = False
         pump = asyncio.ensure_future(self._pump(input))
         planning: asyncio.Task[None] | None = None
@@ -351,6 +353,13 @@ class MigrationWorkflow:
             self._planning_over = True
         await pump
 
+    def _fix_ready_rule(self) -> None:
+        """Before the first wave is planned: which files are ready (`PlanInput.large_folders_by_page`). Never
+        changed after it, in this run or the next: a rule changed between waves could leave a file unplanned."""
+        s = self._state
+        if s.pages_planned == 0:
+            s.large_folders_by_page = workflow.patched(patches.LARGE_FOLDERS_BY_PAGE)
+
     async def _plan_wave(self, input: MigrationInput, first_page: int, end: int, complete: bool) -> None:
         s = self._state
         self._planned(await self._plan_call(input, first_page, end, s.batches_planned, complete))
@@ -363,6 +372,7 @@ class MigrationWorkflow:
             PlanInput(migration_id=self._id, source_s3_uri=input.source_s3_uri, work_s3_uri=input.work_s3_uri,
                       pages=end, first_page=first_page, inventory_pages=self._state.inventory_pages,
                       first_batch=first_batch, complete=complete, allow_direct=input.source_manifest_uri is None,
+                      large_folders_by_page=self._state.large_folders_by_page,
                       max_files_per_batch=input.max_files_per_batch, max_bytes_per_batch=input.max_bytes_per_batch,
                       datastore_id=input.datastore_id, resend_failed=input.resend_failed),
             start_to_close_timeout=timedelta(hours=2), heartbeat_timeout=policies.HEARTBEAT,

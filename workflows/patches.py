@@ -79,3 +79,10 @@ FROM_PLAN = "from-plan"
 # waves (`workflows.migration.wave_end`), each wave is planned as soon as it is parsed (`PlanInput.first_page`) and
 # its batches start while later waves parse. Histories without the marker parse every page, then plan once.
 PLANNING_WAVES = "planning-waves"
+
+# MigrationWorkflow and PlanWorkflow (2026-12-03): in waves, a file whose folder is larger than a batch (it can never
+# be imported in place) is planned by the wave that parsed its page, not once its folder is parsed whole
+# (`PlanInput.large_folders_by_page`): a flat prefix or a series of thousands of files no longer waits for the last
+# page. Asked when the first wave is planned; the answer is kept in `MigrationState` so every wave of a migration
+# uses one rule. Histories without the marker wait for whole folders.
+LARGE_FOLDERS_BY_PAGE = "large-folders-by-page"

@@ -117,8 +117,11 @@ class PlanWorkflow:
 
         if workflow.patched(patches.PLANNING_WAVES):
             # The waves a migration of this source plans in (workflows/waves.py): its batches, its import jobs.
+            # As a migration fixes it before its first wave (one rule for every wave).
+            by_page = workflow.patched(patches.LARGE_FOLDERS_BY_PAGE)
             planned = await plan_parsed(s.pages_done, lambda first, end, first_batch: plan(args.model_copy(update={
-                "pages": end, "first_page": first, "first_batch": first_batch, "inventory_pages": s.pages_done})))
+                "pages": end, "first_page": first, "first_batch": first_batch, "inventory_pages": s.pages_done,
+                "large_folders_by_page": by_page})))
         else:
             planned = await plan(args)
         s.plan_seconds = self._since(began)

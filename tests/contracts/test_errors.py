@@ -25,7 +25,7 @@ RECORDED = {
 PATCH_IDS = {"split-failed-batch", "start-reconciliation", "search-attributes", "job-events", "ingest-spill",
              "source-changed-no-job", "fhir-routing", "verify-reviewer",
              "roll-over-reconciliation", "standard-cancel", "ingest-standard-cancel", "reconciliation-standard-cancel",
-             "batch-standard-cancel", "from-plan", "planning-waves"}
+             "batch-standard-cancel", "from-plan", "planning-waves", "large-folders-by-page"}
 
 
 def _sources() -> list[Path]:

@@ -55,19 +55,24 @@ async def test_live_run_replays_and_is_recorded(client: Client, worker: Worker, 
             (HISTORIES / f"{history.workflow_id}.json").write_text(plain_history_json(history))
 
 
+@pytest.mark.parametrize("flat", [False, True], ids=["series-folders", "flat-prefix"])
 async def test_live_run_in_waves_replays_and_is_recorded(client: Client, worker: Worker, buckets: dict[str, Any],
-                                                         datastore_id: str) -> None:
-    """Several pages, so parsing, planning in waves and imports overlap (patch `planning-waves`)."""
+                                                         datastore_id: str, flat: bool) -> None:
+    """Several pages, so parsing, planning in waves and imports overlap (patch `planning-waves`): series folders
+    that fit a batch, each planned once parsed whole, or six files straight under the prefix with batches of two
+    (patch `large-folders-by-page`: the prefix is larger than a batch, so each page is planned once parsed)."""
     s3, src, work = buckets["s3"], buckets["source"], buckets["work"]
     for series in range(3):
         study = uid()
         for i in range(2):
-            s3.put_object(Bucket=src, Key=f"w/s{series}/{i}.dcm", Body=make_instance(study, uid()))
-    wid = f"waves-{uuid.uuid4().hex[:8]}"
+            key = f"w/{series}-{i}.dcm" if flat else f"w/s{series}/{i}.dcm"
+            s3.put_object(Bucket=src, Key=key, Body=make_instance(study, uid()))
+    wid = f"{'flat' if flat else 'waves'}-{uuid.uuid4().hex[:8]}"
     handle = await client.start_workflow(
         MigrationWorkflow.run, MigrationInput(source_s3_uri=f"s3://{src}/w/", datastore_id=datastore_id,
                                               work_s3_uri=f"s3://{work}/w/", inventory_page_size=2,
-                                              max_parallel_pages=1, import_start_interval_seconds=0.1),
+                                              max_parallel_pages=1, import_start_interval_seconds=0.1,
+                                              **({"max_files_per_batch": 2} if flat else {})),
         id=wid, task_queue=worker.task_queue, execution_timeout=timedelta(seconds=90))
     result = await handle.result()
     assert result.files_by_state[FileState.IMPORTED] == result.files_total == 6
