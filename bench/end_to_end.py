@@ -154,9 +154,14 @@ def clients(env: dict[str, str]) -> tuple[Any, Any, Any]:
 # The corpus
 
 
-def prepare_corpus(s3: Any, tmp: Path, files: int) -> tuple[str, dict[str, int]]:
+def prepare_corpus(s3: Any, tmp: Path, files: int, series_size: int | None = None) -> tuple[str, dict[str, int]]:
+    """``files`` instances uploaded under ``e2e/<files>/`` (`corpus_shape`, or one study of series of
+    ``series_size`` instances, each series a folder); returns the prefix and the files per folder."""
     corpus_dir = tmp / f"corpus-{files}"
-    entries = generate_studies(corpus_dir, **corpus_shape(files), seed=files)
+    shape = corpus_shape(files) if series_size is None else {
+        "patients": 1, "studies_per_patient": 1, "series_per_study": files // series_size,
+        "instances_per_series": series_size}
+    entries = generate_studies(corpus_dir, **shape, seed=files)
     if len(entries) != files or len({e.sop_instance_uid for e in entries}) != files:
         raise SystemExit(f"the generated corpus of {files} is not {files} distinct instances")
     prefix = f"e2e/{files}/"

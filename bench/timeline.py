@@ -16,6 +16,7 @@ It measures one run: a profile, not a benchmark (bench/end_to_end.py compares me
 
     .venv/bin/python bench/timeline.py                 (BENCH_N=1000)
     BENCH_N=5000 .venv/bin/python bench/timeline.py --latency-ms 15
+    BENCH_N=5000 .venv/bin/python bench/timeline.py --series-size 2500   (folders larger than a batch)
 """
 
 from __future__ import annotations
@@ -146,15 +147,20 @@ async def run(settings: Any, datastore_id: str, prefix: str, files: int) -> tupl
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--latency-ms", type=float, default=None, help="run behind the S3 latency proxy")
+    parser.add_argument("--series-size", type=int, default=None,
+                        help="one study of series of this many instances, each a folder (default: the end-to-end "
+                             "corpus's shape); larger than a batch, no folder can be imported in place")
     args = parser.parse_args()
     files = int(os.environ.get("BENCH_N", "1000"))
+    if args.series_size is not None and (args.series_size < 1 or files % args.series_size):
+        parser.error(f"--series-size must divide BENCH_N ({files}) exactly")
     ensure_payload_keys()
     tmp = Path(tempfile.mkdtemp(prefix="himig-timeline-"))
     stack = start_stack(tmp, args.latency_ms)
     try:
         env = {**os.environ, **stack.env()}
         settings, s3, mi = clients(env)
-        prefix, _ = prepare_corpus(s3, tmp, files)
+        prefix, _ = prepare_corpus(s3, tmp, files, args.series_size)
         datastore_id = fresh_datastore(mi, f"timeline-{uuid.uuid4().hex[:10]}")
         before = api_calls(stack)
         wall, histories = asyncio.run(run(settings, datastore_id, prefix, files))
