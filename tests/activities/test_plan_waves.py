@@ -8,12 +8,13 @@ must hold only its batch's files, and no wave may plan a file whose folder is no
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 import pytest
 
 from activities.plan import PlanActivities
-from activities.plan_store import PlanStore
+from activities.plan_store import PlanStore, ancestors
 from activities.storage import get_bytes, put_ndjson, read_models
 from contracts import layout
 from contracts.records import InstanceRecord, InventoryEntry, LedgerEntry
@@ -92,13 +93,12 @@ def test_waves_decide_what_one_plan_decides(s3: Any, seed: int, step: int | None
     assert sorted(f.model_dump_json() for b, _ in wave_batches for f in b) == sorted(
         f.model_dump_json() for b, _ in whole_batches for f in b)
     keys = sorted(k for page in inventory(s3, inp) for k in page)
-    last_page, page_of, under = {}, {}, dict.fromkeys({k[: i + 1] for k in keys for i, c in enumerate(k) if c == "/"}, 0)
+    under = Counter(folder for k in keys for folder in ancestors(k))  # objects under each folder, recursively
+    last_page, page_of = {}, {}
     for p, page in enumerate(inventory(s3, inp)):
         for k in page:
             last_page[k[: k.rfind("/") + 1]] = p
             page_of[k] = p
-    for folder in under:
-        under[folder] = sum(1 for k in keys if k.startswith(folder))
     streamed = 0
     first_batch = 0
     for wave, result in waves:
